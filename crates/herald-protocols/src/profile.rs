@@ -1,0 +1,534 @@
+//! The plug-in point for wire profiles. A profile is one module (see [`crate::standard_webhooks`])
+//! plus one variant here; the engine and API only talk to [`Profile`] and [`Credentials`].
+//!
+//! Owns the dispatch from a profile to its module: default retry schedule and ack rule, notify
+//! id format, credential creation / rotation / public view, and encoding one attempt. The
+//! wire details live in the profile's module.
+use serde::{Deserialize, Serialize};
+
+use crate::standard_webhooks;
+use crate::{AckRule, RetryPolicy};
+
+/// The wire profiles Herald speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Profile {
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile {0:?}; expected one of: standard-webhooks")]
+    Unknown(String),
+    #[error("invalid credentials: {0}")]
+    BadCredentials(String),
+    #[error("cannot encode the notification: {0}")]
+    Encode(String),
+}
+
+/// One notification as the engine hands it to a profile for one attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct OutgoingNotification<'a> {
+    /// The delivery's stable notify id (the same on every attempt).
+    pub notify_id: &'a str,
+    pub event_type: &'a str,
+    /// The producer's JSON payload, byte for byte.
+    pub payload: &'a [u8],
+    /// This attempt's time, unix seconds.
+    pub timestamp: i64,
+}
+
+/// The bytes and headers of one signed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedRequest {
+    pub content_type: String,
+    /// Extra headers (signature, ids, timestamps). Never logged: they may carry secrets' output.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An app's signing material, per profile. Serialized into the store as JSON; contains
+/// secrets, so it is never logged and never returned by the API after creation.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "profile")]
+pub enum Credentials {
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks(crate::standard_webhooks::Keys),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = ProfileError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard-webhooks" => Ok(Profile::StandardWebhooks),
+            other => Err(ProfileError::Unknown(other.to_string())),
+        }
+    }
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::StandardWebhooks => "standard-webhooks",
+        }
+    }
+
+    /// The provider's retry schedule (`standard` for standard-webhooks).
+    pub fn default_retry(self) -> RetryPolicy {
+        match self {
+            Profile::StandardWebhooks => RetryPolicy::standard(),
+        }
+    }
+
+    /// What the provider's senders take as an acknowledgement (any 2xx for
+    /// standard-webhooks).
+    pub fn default_ack(self) -> AckRule {
+        match self {
+            Profile::StandardWebhooks => AckRule::Http2xx,
+        }
+    }
+
+    /// A fresh, globally unique notify id in the provider's format (`msg_<ulid>` for
+    /// standard-webhooks).
+    pub fn new_notify_id(self) -> String {
+        match self {
+            Profile::StandardWebhooks => format!("msg_{}", ulid::Ulid::new()),
+        }
+    }
+
+    /// Credentials for a new app. `options` is the API's `credentials` object, which may be
+    /// null (generate everything), or carry given material (e.g. `{"secret": "whsec_..."}`, or
+    /// `{"key_type": "ed25519"}`). Returns the credentials to store and the view returned
+    /// once to the caller (for standard-webhooks: `{"secret": "whsec_..."}` or
+    /// `{"public_key": "whpk_..."}`).
+    ///
+    /// For standard-webhooks: `null` or `{}` or `{"key_type": "hmac"}` generates a `whsec_`
+    /// secret; `{"key_type": "ed25519"}` generates a `whsk_`/`whpk_` pair; `{"secret": ...}`
+    /// takes a `whsec_` (24 to 64 bytes) or `whsk_` secret. Anything else is
+    /// [`ProfileError::BadCredentials`], whose message never quotes the secret.
+    pub fn create_credentials(
+        self,
+        options: &serde_json::Value,
+    ) -> Result<(Credentials, serde_json::Value), ProfileError> {
+        match self {
+            Profile::StandardWebhooks => {
+                let (keys, view) = standard_webhooks::create_keys(options)?;
+                Ok((Credentials::StandardWebhooks(keys), view))
+            }
+        }
+    }
+
+    /// New signing material that replaces the current one; the old material keeps signing
+    /// (and verifying) until `grace_until` (unix seconds). Expired old material is dropped.
+    /// Returns the new credentials and the once-only view of the new secret.
+    ///
+    /// For standard-webhooks the new key has the current key's type (HMAC or ed25519) and the
+    /// view has the shape [`Profile::create_credentials`] returns.
+    pub fn rotate(
+        self,
+        current: &Credentials,
+        grace_until: i64,
+        now: i64,
+    ) -> Result<(Credentials, serde_json::Value), ProfileError> {
+        match (self, current) {
+            (Profile::StandardWebhooks, Credentials::StandardWebhooks(keys)) => {
+                let (keys, view) = standard_webhooks::rotate_keys(keys, grace_until, now)?;
+                Ok((Credentials::StandardWebhooks(keys), view))
+            }
+        }
+    }
+
+    /// What may be shown about credentials at any time (public keys only, never secrets).
+    /// Counts keys still in their grace period against the system clock; see
+    /// [`Profile::public_view_at`] to pass the time explicitly.
+    pub fn public_view(self, creds: &Credentials) -> serde_json::Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.public_view_at(creds, now)
+    }
+
+    /// [`Profile::public_view`] at `now` (unix seconds). For standard-webhooks:
+    /// `{"key_type": "hmac", "rotating_keys": 0}` or
+    /// `{"key_type": "ed25519", "public_key": "whpk_...", "rotating_keys": 1}`, where
+    /// `rotating_keys` counts old keys still valid at `now`.
+    pub fn public_view_at(self, creds: &Credentials, now: i64) -> serde_json::Value {
+        match (self, creds) {
+            (Profile::StandardWebhooks, Credentials::StandardWebhooks(keys)) => {
+                standard_webhooks::public_view(keys, now)
+            }
+        }
+    }
+
+    /// Encodes and signs one attempt of a notification. Material whose grace period ended
+    /// before `n.timestamp` does not sign.
+    ///
+    /// For standard-webhooks: `Content-Type: application/json`, the payload byte for byte, and
+    /// the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers.
+    pub fn encode(
+        self,
+        creds: &Credentials,
+        n: &OutgoingNotification<'_>,
+    ) -> Result<EncodedRequest, ProfileError> {
+        match (self, creds) {
+            (Profile::StandardWebhooks, Credentials::StandardWebhooks(keys)) => {
+                standard_webhooks::encode(keys, n)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::standard_webhooks::{self as sw, KeyEntry, Keys, SigningSecret, VerifyKey};
+    use serde_json::json;
+
+    const P: Profile = Profile::StandardWebhooks;
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn keys(c: &Credentials) -> &Keys {
+        match c {
+            Credentials::StandardWebhooks(k) => k,
+        }
+    }
+
+    fn notification<'a>(
+        id: &'a str,
+        payload: &'a [u8],
+        timestamp: i64,
+    ) -> OutgoingNotification<'a> {
+        OutgoingNotification {
+            notify_id: id,
+            event_type: "payment.succeeded",
+            payload,
+            timestamp,
+        }
+    }
+
+    fn header<'a>(r: &'a EncodedRequest, name: &str) -> &'a str {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap()
+    }
+
+    #[test]
+    fn profile_name_round_trips_through_str_and_serde() {
+        assert_eq!("standard-webhooks".parse::<Profile>().unwrap(), P);
+        assert_eq!(P.name(), "standard-webhooks");
+        assert_eq!(serde_json::to_value(P).unwrap(), json!("standard-webhooks"));
+        assert!(matches!(
+            "stripe2".parse::<Profile>(),
+            Err(ProfileError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn standard_webhooks_defaults_are_the_standard_schedule_and_any_2xx() {
+        assert_eq!(P.default_retry(), RetryPolicy::named("standard").unwrap());
+        assert_eq!(P.default_ack(), AckRule::Http2xx);
+    }
+
+    #[test]
+    fn notify_ids_are_msg_prefixed_ulids_and_unique() {
+        let a = P.new_notify_id();
+        let b = P.new_notify_id();
+        assert_ne!(a, b);
+        let ulid = a.strip_prefix("msg_").unwrap();
+        assert!(ulid::Ulid::from_string(ulid).is_ok(), "{a}");
+    }
+
+    #[test]
+    fn null_or_empty_options_generate_an_hmac_secret_shown_once() {
+        for options in [json!(null), json!({}), json!({"key_type": "hmac"})] {
+            let (creds, view) = P.create_credentials(&options).unwrap();
+            let k = keys(&creds);
+            assert_eq!(k.keys.len(), 1);
+            assert_eq!(k.keys[0].expires_at, None);
+            assert!(k.keys[0].secret.starts_with("whsec_"));
+            assert_eq!(view, json!({"secret": k.keys[0].secret}));
+        }
+    }
+
+    #[test]
+    fn a_given_whsec_secret_is_validated_and_used() {
+        let (creds, view) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        assert_eq!(keys(&creds), &Keys::single(SECRET.into()));
+        assert_eq!(view, json!({"secret": SECRET}));
+    }
+
+    #[test]
+    fn ed25519_key_type_generates_a_pair_and_shows_only_the_public_key() {
+        let (creds, view) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let secret = &keys(&creds).keys[0].secret;
+        assert!(secret.starts_with("whsk_"));
+        let pk = view["public_key"].as_str().unwrap();
+        assert_eq!(
+            SigningSecret::parse(secret)
+                .unwrap()
+                .public_key()
+                .as_deref(),
+            Some(pk)
+        );
+        assert_eq!(view.as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_given_whsk_secret_is_used_and_its_public_key_shown() {
+        let (sk, pk) = sw::generate_ed25519();
+        let (creds, view) = P
+            .create_credentials(&json!({"secret": sk, "key_type": "ed25519"}))
+            .unwrap();
+        assert_eq!(keys(&creds).keys[0].secret, sk);
+        assert_eq!(view, json!({"public_key": pk}));
+    }
+
+    #[test]
+    fn bad_credential_options_are_refused_without_echoing_the_secret() {
+        let short = "whsec_c2hvcnRzZWNyZXQ="; // 11 bytes
+        let (pk_secret, pk) = sw::generate_ed25519();
+        let _ = pk_secret;
+        for options in [
+            json!("whsec_abc"),
+            json!([1]),
+            json!({"secret": short}),
+            json!({"secret": "sk_test_mysecretvalue"}),
+            json!({"secret": "whsec_!!mysecretvalue"}),
+            json!({"secret": pk}),
+            json!({"secret": 5}),
+            json!({"key_type": "rsa"}),
+            json!({"key_type": "ed25519", "secret": SECRET}),
+            json!({"secrett": SECRET}),
+        ] {
+            let err = P.create_credentials(&options).unwrap_err();
+            assert!(matches!(err, ProfileError::BadCredentials(_)), "{options}");
+            let msg = err.to_string();
+            for leak in ["c2hvcnRz", "mysecretvalue", "MfKQ9r8G", &pk[5..]] {
+                assert!(!msg.contains(leak), "{msg}");
+            }
+        }
+        let msg = P
+            .create_credentials(&json!({"secret": short}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "invalid credentials: secret: the whsec_ key decodes to 11 bytes; expected 24 to 64"
+        );
+    }
+
+    #[test]
+    fn rotation_puts_a_new_key_of_the_same_type_first_and_keeps_the_old_one_until_grace_ends() {
+        let (creds, _) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        let (rotated, view) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        let k = keys(&rotated);
+        assert_eq!(k.keys.len(), 2);
+        assert!(k.keys[0].secret.starts_with("whsec_"));
+        assert_ne!(k.keys[0].secret, SECRET);
+        assert_eq!(k.keys[0].expires_at, None);
+        assert_eq!(
+            k.keys[1],
+            KeyEntry {
+                secret: SECRET.into(),
+                expires_at: Some(2_000)
+            }
+        );
+        assert_eq!(view, json!({"secret": k.keys[0].secret}));
+
+        let (creds, _) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let (rotated, view) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        let k = keys(&rotated);
+        assert!(k.keys[0].secret.starts_with("whsk_"));
+        assert!(view["public_key"].as_str().unwrap().starts_with("whpk_"));
+    }
+
+    #[test]
+    fn rotation_drops_old_keys_that_have_expired() {
+        let creds = Credentials::StandardWebhooks(Keys {
+            keys: vec![
+                KeyEntry::current(SECRET.into()),
+                KeyEntry {
+                    secret: sw::generate_hmac_secret(),
+                    expires_at: Some(1_000),
+                },
+                KeyEntry {
+                    secret: sw::generate_hmac_secret(),
+                    expires_at: Some(1_500),
+                },
+            ],
+        });
+        let (rotated, _) = P.rotate(&creds, 3_000, 1_000).unwrap();
+        let expiries: Vec<_> = keys(&rotated).keys.iter().map(|k| k.expires_at).collect();
+        assert_eq!(expiries, [None, Some(3_000), Some(1_500)]);
+
+        // A grace period already over retires the old key at once.
+        let (rotated, _) = P.rotate(&creds, 1_000, 1_000).unwrap();
+        let expiries: Vec<_> = keys(&rotated).keys.iter().map(|k| k.expires_at).collect();
+        assert_eq!(expiries, [None, Some(1_500)]);
+    }
+
+    #[test]
+    fn rotating_broken_or_empty_credentials_is_refused() {
+        for k in [Keys { keys: vec![] }, Keys::single("whsec_***".into())] {
+            let err = P
+                .rotate(&Credentials::StandardWebhooks(k), 10, 0)
+                .unwrap_err();
+            assert!(matches!(err, ProfileError::BadCredentials(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn public_view_shows_type_public_key_and_rotating_count_but_no_secret() {
+        let (creds, _) = P.create_credentials(&json!(null)).unwrap();
+        assert_eq!(
+            P.public_view_at(&creds, 0),
+            json!({"key_type": "hmac", "rotating_keys": 0})
+        );
+        let (rotated, _) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        assert_eq!(
+            P.public_view_at(&rotated, 1_999),
+            json!({"key_type": "hmac", "rotating_keys": 1})
+        );
+        assert_eq!(
+            P.public_view_at(&rotated, 2_000),
+            json!({"key_type": "hmac", "rotating_keys": 0})
+        );
+
+        let (creds, view) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let shown = P.public_view(&creds);
+        assert_eq!(
+            shown,
+            json!({"key_type": "ed25519", "public_key": view["public_key"], "rotating_keys": 0})
+        );
+        assert!(!shown
+            .to_string()
+            .contains(&keys(&creds).keys[0].secret[5..]));
+    }
+
+    #[test]
+    fn encode_sends_the_payload_unchanged_with_signed_standard_headers() {
+        let (creds, _) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        let payload = br#"{"test": 2432232314}"#;
+        let n = notification("msg_p5jXN8AQM9LWM0D4loKWxJek", payload, 1614265330);
+        let r = P.encode(&creds, &n).unwrap();
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(r.body, payload);
+        assert_eq!(header(&r, "webhook-id"), "msg_p5jXN8AQM9LWM0D4loKWxJek");
+        assert_eq!(header(&r, "webhook-timestamp"), "1614265330");
+        assert_eq!(
+            header(&r, "webhook-signature"),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(r.headers.len(), 3);
+    }
+
+    #[test]
+    fn encoded_requests_verify_with_the_receiver_side() {
+        let (creds, view) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let key = VerifyKey::parse(view["public_key"].as_str().unwrap()).unwrap();
+        let r = P
+            .encode(&creds, &notification("msg_1", b"{}", 5_000))
+            .unwrap();
+        let got = sw::verify(
+            header(&r, "webhook-id"),
+            header(&r, "webhook-timestamp"),
+            header(&r, "webhook-signature"),
+            &r.body,
+            &[key],
+            5_010,
+        );
+        assert_eq!(got, Ok(()));
+    }
+
+    #[test]
+    fn during_rotation_encode_signs_with_old_and_new_keys_until_grace_ends() {
+        let (creds, _) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        let (rotated, view) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        let old = VerifyKey::parse(SECRET).unwrap();
+        let new = VerifyKey::parse(view["secret"].as_str().unwrap()).unwrap();
+
+        let r = P
+            .encode(&rotated, &notification("msg_1", b"{}", 1_999))
+            .unwrap();
+        let sig = header(&r, "webhook-signature");
+        assert_eq!(sig.split(' ').count(), 2);
+        for key in [&old, &new] {
+            let got = sw::verify(
+                "msg_1",
+                "1999",
+                sig,
+                b"{}",
+                std::slice::from_ref(key),
+                1_999,
+            );
+            assert_eq!(got, Ok(()));
+        }
+
+        let r = P
+            .encode(&rotated, &notification("msg_1", b"{}", 2_000))
+            .unwrap();
+        let sig = header(&r, "webhook-signature");
+        assert_eq!(sig.split(' ').count(), 1);
+        assert_eq!(
+            sw::verify("msg_1", "2000", sig, b"{}", &[old], 2_000),
+            Err(sw::VerifyError::NoMatchingSignature)
+        );
+        assert_eq!(
+            sw::verify("msg_1", "2000", sig, b"{}", &[new], 2_000),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn encode_refuses_ids_that_are_not_safe_header_values() {
+        let (creds, _) = P.create_credentials(&json!(null)).unwrap();
+        for id in ["", "msg 1", "msg_1\r\nx: y", "msg.1", "msg_é"] {
+            let err = P.encode(&creds, &notification(id, b"{}", 1)).unwrap_err();
+            assert!(matches!(err, ProfileError::Encode(_)), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn encode_with_only_expired_keys_is_an_error() {
+        let creds = Credentials::StandardWebhooks(Keys {
+            keys: vec![KeyEntry {
+                secret: SECRET.into(),
+                expires_at: Some(10),
+            }],
+        });
+        let err = P
+            .encode(&creds, &notification("msg_1", b"{}", 10))
+            .unwrap_err();
+        assert!(matches!(err, ProfileError::Encode(_)));
+        assert!(err.to_string().contains("no key is valid"), "{err}");
+    }
+
+    #[test]
+    fn credentials_serialize_with_a_profile_tag_and_debug_redacts() {
+        let creds = Credentials::StandardWebhooks(Keys::single(SECRET.into()));
+        let v = serde_json::to_value(&creds).unwrap();
+        assert_eq!(
+            v,
+            json!({"profile": "standard-webhooks", "keys": [{"secret": SECRET}]})
+        );
+        let back: Credentials = serde_json::from_value(v).unwrap();
+        assert_eq!(back, creds);
+        assert!(!format!("{creds:?}").contains("MfKQ"));
+    }
+}

@@ -1,0 +1,872 @@
+//! The conformance suite: the behaviours every [`Store`] driver must have, written once.
+//!
+//! A driver's test file supplies a factory for a fresh, empty store and expands
+//! [`conformance_tests!`](crate::conformance_tests), which turns every case below into a
+//! `#[tokio::test]`. Cases panic (assert) on a violation.
+use std::time::Duration;
+
+use herald_protocols::standard_webhooks::{KeyEntry, Keys};
+use herald_protocols::{Credentials, Profile};
+
+use crate::model::*;
+use crate::{EventReceiver, Store, StoreError};
+
+/// Expands every conformance case into a test, given an async factory expression that
+/// yields a fresh store (`impl Store`). Use inside a test module of the driver.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@cases $factory;
+            app_round_trips,
+            endpoint_crud_works_and_missing_app_is_not_found,
+            notification_fans_out_to_enabled_matching_endpoints,
+            notify_url_goes_to_that_url_alone,
+            idempotency_key_returns_the_first_notification_and_creates_nothing,
+            ordered_endpoint_releases_next_delivery_only_when_previous_ends,
+            order_key_serializes_notify_url_deliveries,
+            attempt_outcomes_move_delivery_state,
+            stale_attempt_outcome_is_not_applied,
+            load_returns_due_work_in_key_order_from_the_cursor,
+            load_skips_deliveries_blocked_by_their_order_key,
+            deleting_an_endpoint_cancels_its_pending_deliveries,
+            manual_retry_puts_a_failed_delivery_back_to_pending,
+            recover_requeues_failed_deliveries_since_a_time,
+            notifications_list_pages_and_filters_by_status,
+            meta_values_round_trip,
+            credentials_change_is_announced_to_the_engine,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store = $factory.await;
+                $crate::conformance::$case(&store).await;
+            }
+        )*
+    };
+}
+
+const T0: Millis = 1_700_000_000_000;
+
+fn creds() -> Credentials {
+    Credentials::StandardWebhooks(Keys {
+        keys: vec![KeyEntry {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            expires_at: None,
+        }],
+    })
+}
+
+async fn app(store: &impl Store) -> App {
+    store
+        .create_app(NewApp {
+            name: "shop".into(),
+            profile: Profile::StandardWebhooks,
+            retry: None,
+            ack: None,
+            credentials: creds(),
+            now: T0,
+        })
+        .await
+        .expect("create app")
+}
+
+fn new_endpoint(app_id: &str, url: &str) -> NewEndpoint {
+    NewEndpoint {
+        app_id: app_id.into(),
+        url: url.into(),
+        event_types: None,
+        retry: None,
+        ack: None,
+        max_in_flight: 8,
+        ordered: false,
+        enabled: true,
+        now: T0,
+    }
+}
+
+fn new_notification(app_id: &str, event_type: &str) -> NewNotification {
+    NewNotification {
+        app_id: app_id.into(),
+        event_type: event_type.into(),
+        payload: r#"{"amount": 100}"#.into(),
+        notify_url: None,
+        idempotency_key: None,
+        order_key: None,
+        now: T0,
+    }
+}
+
+async fn next_event(events: &mut EventReceiver) -> StoreEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("event stream open")
+}
+
+/// The next event that is not about app/endpoint settings.
+async fn next_work_event(events: &mut EventReceiver) -> StoreEvent {
+    loop {
+        match next_event(events).await {
+            StoreEvent::AppChanged(_) | StoreEvent::EndpointChanged(_) => continue,
+            ev => return ev,
+        }
+    }
+}
+
+async fn scheduled(events: &mut EventReceiver) -> Vec<std::sync::Arc<Job>> {
+    match next_work_event(events).await {
+        StoreEvent::Scheduled(jobs) => jobs,
+        other => panic!("expected Scheduled, got {other:?}"),
+    }
+}
+
+/// Asserts no work event is pending, by sending a load marker and expecting it first.
+async fn assert_no_work_event(store: &impl Store, events: &mut EventReceiver) {
+    let marker = LoadRequest {
+        after: (i64::MAX, i64::MAX),
+        horizon: 0,
+        limit: 1,
+    };
+    store.request_load(marker).await.expect("load");
+    match next_work_event(events).await {
+        StoreEvent::Loaded { request, .. } if request == marker => {}
+        other => panic!("expected no event before the marker, got {other:?}"),
+    }
+}
+
+async fn record(
+    store: &impl Store,
+    events: &mut EventReceiver,
+    job: &std::sync::Arc<Job>,
+    outcome: Outcome,
+) -> StoreEvent {
+    store
+        .record_attempt(AttemptReport {
+            job: job.clone(),
+            attempt: Attempt {
+                n: job.attempts + 1,
+                at: T0 + 1000,
+                duration_ms: 12,
+                status_code: Some(if outcome == Outcome::Succeeded {
+                    200
+                } else {
+                    500
+                }),
+                response: Some("body".into()),
+                error_class: if outcome == Outcome::Succeeded {
+                    None
+                } else {
+                    Some("http-status".into())
+                },
+                error: None,
+            },
+            outcome,
+        })
+        .await
+        .expect("record");
+    next_work_event(events).await
+}
+
+pub async fn app_round_trips(store: &impl Store) {
+    let created = app(store).await;
+    let got = store
+        .get_app(&created.id)
+        .await
+        .unwrap()
+        .expect("app exists");
+    assert_eq!(got.id, created.id);
+    assert_eq!(got.name, "shop");
+    assert_eq!(got.profile, Profile::StandardWebhooks);
+    assert_eq!(got.credentials, creds());
+    assert!(store.get_app("app_missing").await.unwrap().is_none());
+}
+
+pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store) {
+    let a = app(store).await;
+    let ep = store
+        .create_endpoint(new_endpoint(&a.id, "https://example.com/hook"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_endpoint(&a.id, &ep.id).await.unwrap(),
+        Some(ep.clone())
+    );
+    assert_eq!(store.list_endpoints(&a.id).await.unwrap(), vec![ep.clone()]);
+
+    let patched = store
+        .update_endpoint(
+            &a.id,
+            &ep.id,
+            EndpointPatch {
+                url: Some("https://example.com/v2".into()),
+                max_in_flight: Some(2),
+                event_types: Some(Some(vec!["trade.*".into()])),
+                ..Default::default()
+            },
+            T0 + 5,
+        )
+        .await
+        .unwrap()
+        .expect("endpoint exists");
+    assert_eq!(patched.url, "https://example.com/v2");
+    assert_eq!(patched.max_in_flight, 2);
+    assert_eq!(patched.event_types, Some(vec!["trade.*".to_string()]));
+    assert_eq!(patched.updated_at, T0 + 5);
+    assert_eq!(
+        store.get_endpoint(&a.id, &ep.id).await.unwrap(),
+        Some(patched)
+    );
+
+    // Another app cannot see or change it.
+    let b = app(store).await;
+    assert!(store.get_endpoint(&b.id, &ep.id).await.unwrap().is_none());
+    assert!(!store.delete_endpoint(&b.id, &ep.id, T0).await.unwrap());
+
+    assert!(store.delete_endpoint(&a.id, &ep.id, T0).await.unwrap());
+    assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().is_none());
+    assert!(store.list_endpoints(&a.id).await.unwrap().is_empty());
+    assert!(!store.delete_endpoint(&a.id, &ep.id, T0).await.unwrap());
+
+    let err = store
+        .create_endpoint(new_endpoint("app_missing", "https://example.com"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+}
+
+pub async fn notification_fans_out_to_enabled_matching_endpoints(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let all = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/all"))
+        .await
+        .unwrap();
+    let trade = store
+        .create_endpoint(NewEndpoint {
+            event_types: Some(vec!["trade.*".into()]),
+            ..new_endpoint(&a.id, "https://a.example/trade")
+        })
+        .await
+        .unwrap();
+    let _refund = store
+        .create_endpoint(NewEndpoint {
+            event_types: Some(vec!["refund.success".into()]),
+            ..new_endpoint(&a.id, "https://a.example/refund")
+        })
+        .await
+        .unwrap();
+    let _disabled = store
+        .create_endpoint(NewEndpoint {
+            enabled: false,
+            ..new_endpoint(&a.id, "https://a.example/off")
+        })
+        .await
+        .unwrap();
+
+    let created = store
+        .create_notification(new_notification(&a.id, "trade.success"))
+        .await
+        .unwrap();
+    assert!(!created.replayed);
+    let mut urls: Vec<_> = created.deliveries.iter().map(|d| d.url.as_str()).collect();
+    urls.sort();
+    assert_eq!(
+        urls,
+        vec!["https://a.example/all", "https://a.example/trade"]
+    );
+    for d in &created.deliveries {
+        assert_eq!(d.status, DeliveryStatus::Pending);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.next_attempt_at, Some(T0));
+        assert!(!d.notify_id.is_empty());
+    }
+    let ids: std::collections::HashSet<_> = created
+        .deliveries
+        .iter()
+        .map(|d| d.notify_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "each delivery has its own notify id");
+
+    let jobs = scheduled(&mut events).await;
+    assert_eq!(jobs.len(), 2);
+    let mut eps: Vec<_> = jobs
+        .iter()
+        .map(|j| j.endpoint.as_ref().unwrap().id.clone())
+        .collect();
+    eps.sort();
+    let mut want = vec![all.id.clone(), trade.id.clone()];
+    want.sort();
+    assert_eq!(eps, want);
+    assert_eq!(&*jobs[0].payload, r#"{"amount": 100}"#);
+    assert_eq!(jobs[0].notification_id, created.notification.id);
+
+    let detail = store
+        .get_notification(&created.notification.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.notification, created.notification);
+    assert_eq!(detail.deliveries.len(), 2);
+}
+
+pub async fn notify_url_goes_to_that_url_alone(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/all"))
+        .await
+        .unwrap();
+    let created = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "trade.success")
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.deliveries.len(), 1);
+    assert_eq!(created.deliveries[0].url, "https://merchant.example/notify");
+    assert_eq!(created.deliveries[0].endpoint_id, None);
+    let jobs = scheduled(&mut events).await;
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].endpoint.is_none());
+    assert_eq!(jobs[0].url, "https://merchant.example/notify");
+
+    let err = store
+        .create_notification(new_notification("app_missing", "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+}
+
+pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
+    store: &impl Store,
+) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let url = Some("https://merchant.example/notify".to_string());
+    let first = store
+        .create_notification(NewNotification {
+            notify_url: url.clone(),
+            idempotency_key: Some("order-1".into()),
+            ..new_notification(&a.id, "trade.success")
+        })
+        .await
+        .unwrap();
+    scheduled(&mut events).await;
+    let second = store
+        .create_notification(NewNotification {
+            notify_url: url.clone(),
+            idempotency_key: Some("order-1".into()),
+            payload: r#"{"different": true}"#.into(),
+            ..new_notification(&a.id, "trade.success")
+        })
+        .await
+        .unwrap();
+    assert!(second.replayed);
+    assert_eq!(second.notification, first.notification);
+    assert_eq!(second.deliveries, first.deliveries);
+    assert_no_work_event(store, &mut events).await;
+
+    let page = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+
+    // The key is scoped to the app.
+    let b = app(store).await;
+    let other = store
+        .create_notification(NewNotification {
+            notify_url: url,
+            idempotency_key: Some("order-1".into()),
+            ..new_notification(&b.id, "trade.success")
+        })
+        .await
+        .unwrap();
+    assert!(!other.replayed);
+    assert_ne!(other.notification.id, first.notification.id);
+}
+
+pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    store
+        .create_endpoint(NewEndpoint {
+            ordered: true,
+            ..new_endpoint(&a.id, "https://a.example/o")
+        })
+        .await
+        .unwrap();
+    let n1 = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let n2 = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let first = scheduled(&mut events).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, n1.deliveries[0].id);
+    // The second is blocked: no event for it.
+    assert_no_work_event(store, &mut events).await;
+
+    // A retry does not end the first: the second stays blocked.
+    let ev = record(
+        store,
+        &mut events,
+        &first[0],
+        Outcome::Retry { next_at: T0 + 5000 },
+    )
+    .await;
+    let StoreEvent::AttemptRecorded {
+        job,
+        status,
+        applied,
+    } = ev
+    else {
+        panic!("{ev:?}")
+    };
+    assert!(applied);
+    assert_eq!(status, DeliveryStatus::Pending);
+    assert_no_work_event(store, &mut events).await;
+
+    // Success ends it: the second is released.
+    record(store, &mut events, &job, Outcome::Succeeded).await;
+    let next = scheduled(&mut events).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, n2.deliveries[0].id);
+}
+
+pub async fn order_key_serializes_notify_url_deliveries(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let mk = |key: &str| NewNotification {
+        notify_url: Some("https://merchant.example/notify".into()),
+        order_key: Some(key.into()),
+        ..new_notification(&a.id, "trade.success")
+    };
+    store.create_notification(mk("trade-1")).await.unwrap();
+    let first = scheduled(&mut events).await;
+    let blocked = store.create_notification(mk("trade-1")).await.unwrap();
+    assert_no_work_event(store, &mut events).await;
+    // Another key is independent.
+    store.create_notification(mk("trade-2")).await.unwrap();
+    assert_eq!(scheduled(&mut events).await.len(), 1);
+    record(store, &mut events, &first[0], Outcome::Failed).await;
+    let next = scheduled(&mut events).await;
+    assert_eq!(
+        next[0].id, blocked.deliveries[0].id,
+        "a failed predecessor also ends"
+    );
+}
+
+pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let n = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let job = scheduled(&mut events).await.remove(0);
+    let ev = record(
+        store,
+        &mut events,
+        &job,
+        Outcome::Retry {
+            next_at: T0 + 60_000,
+        },
+    )
+    .await;
+    let StoreEvent::AttemptRecorded {
+        job,
+        status,
+        applied,
+    } = ev
+    else {
+        panic!("{ev:?}")
+    };
+    assert!(applied);
+    assert_eq!(status, DeliveryStatus::Pending);
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.next_at, T0 + 60_000);
+    let d = store
+        .get_delivery(&n.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Pending);
+    assert_eq!(d.delivery.attempts, 1);
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 60_000));
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].status_code, Some(500));
+    assert_eq!(d.attempts[0].error_class.as_deref(), Some("http-status"));
+
+    let ev = record(store, &mut events, &job, Outcome::Succeeded).await;
+    let StoreEvent::AttemptRecorded {
+        status, applied, ..
+    } = ev
+    else {
+        panic!("{ev:?}")
+    };
+    assert!(applied);
+    assert_eq!(status, DeliveryStatus::Succeeded);
+    let d = store
+        .get_delivery(&n.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Succeeded);
+    assert_eq!(d.delivery.attempts, 2);
+    assert_eq!(d.delivery.next_attempt_at, None);
+    assert_eq!(
+        d.attempts.iter().map(|a| a.n).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+pub async fn stale_attempt_outcome_is_not_applied(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let n = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let job = scheduled(&mut events).await.remove(0);
+    record(store, &mut events, &job, Outcome::Succeeded).await;
+    // The same (now stale) job reports a failure: nothing changes.
+    let ev = record(store, &mut events, &job, Outcome::Failed).await;
+    let StoreEvent::AttemptRecorded {
+        status, applied, ..
+    } = ev
+    else {
+        panic!("{ev:?}")
+    };
+    assert!(!applied);
+    assert_eq!(status, DeliveryStatus::Succeeded);
+    let d = store
+        .get_delivery(&n.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Succeeded);
+}
+
+pub async fn load_returns_due_work_in_key_order_from_the_cursor(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let n = store
+            .create_notification(NewNotification {
+                notify_url: Some("https://merchant.example/notify".into()),
+                now: T0 + i,
+                ..new_notification(&a.id, "e")
+            })
+            .await
+            .unwrap();
+        ids.push(n.deliveries[0].id.clone());
+        scheduled(&mut events).await;
+    }
+    let req = LoadRequest {
+        after: (i64::MIN, i64::MIN),
+        horizon: T0 + 3,
+        limit: 2,
+    };
+    store.request_load(req).await.unwrap();
+    let StoreEvent::Loaded {
+        request,
+        jobs,
+        exhausted,
+    } = next_work_event(&mut events).await
+    else {
+        panic!("expected Loaded")
+    };
+    assert_eq!(request, req);
+    assert!(!exhausted);
+    assert_eq!(
+        jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    let last = jobs[1].key();
+    let req = LoadRequest {
+        after: last,
+        horizon: T0 + 3,
+        limit: 10,
+    };
+    store.request_load(req).await.unwrap();
+    let StoreEvent::Loaded {
+        jobs, exhausted, ..
+    } = next_work_event(&mut events).await
+    else {
+        panic!("expected Loaded")
+    };
+    assert!(exhausted);
+    assert_eq!(
+        jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        ids[2..4],
+        "horizon is inclusive"
+    );
+}
+
+pub async fn load_skips_deliveries_blocked_by_their_order_key(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let mk = || NewNotification {
+        notify_url: Some("https://merchant.example/notify".into()),
+        order_key: Some("k".into()),
+        ..new_notification(&a.id, "e")
+    };
+    let first = store.create_notification(mk()).await.unwrap();
+    store.create_notification(mk()).await.unwrap();
+    scheduled(&mut events).await;
+    let req = LoadRequest {
+        after: (i64::MIN, i64::MIN),
+        horizon: T0 + 10,
+        limit: 10,
+    };
+    store.request_load(req).await.unwrap();
+    let StoreEvent::Loaded { jobs, .. } = next_work_event(&mut events).await else {
+        panic!()
+    };
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].id, first.deliveries[0].id);
+}
+
+pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let ep = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
+        .await
+        .unwrap();
+    let n = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let jobs = scheduled(&mut events).await;
+    assert!(store.delete_endpoint(&a.id, &ep.id, T0 + 1).await.unwrap());
+    let mut saw_deleted = false;
+    loop {
+        match next_event(&mut events).await {
+            StoreEvent::EndpointChanged(e) => {
+                assert_eq!(e.id, ep.id);
+                saw_deleted = e.deleted;
+            }
+            StoreEvent::Canceled(seqs) => {
+                assert_eq!(seqs, vec![jobs[0].seq]);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(saw_deleted);
+    let d = store
+        .get_delivery(&n.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Canceled);
+    let err = store
+        .retry_delivery(&n.deliveries[0].id, T0 + 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // New notifications no longer go there.
+    let n2 = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    assert!(n2.deliveries.is_empty());
+}
+
+pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let n = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let job = scheduled(&mut events).await.remove(0);
+    record(store, &mut events, &job, Outcome::Failed).await;
+    let d = store
+        .retry_delivery(&n.deliveries[0].id, T0 + 9)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, DeliveryStatus::Pending);
+    assert_eq!(d.next_attempt_at, Some(T0 + 9));
+    let jobs = scheduled(&mut events).await;
+    assert_eq!(jobs[0].attempts, 1);
+    assert_eq!(jobs[0].next_at, T0 + 9);
+    assert!(store
+        .retry_delivery("dlv_missing", T0)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let mut jobs = Vec::new();
+    for t in [T0, T0 + 100] {
+        store
+            .create_notification(NewNotification {
+                notify_url: Some("https://merchant.example/notify".into()),
+                now: t,
+                ..new_notification(&a.id, "e")
+            })
+            .await
+            .unwrap();
+        jobs.push(scheduled(&mut events).await.remove(0));
+    }
+    for j in &jobs {
+        record(store, &mut events, j, Outcome::Failed).await;
+    }
+    assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 1);
+    let again = scheduled(&mut events).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, jobs[1].id);
+    assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 0);
+}
+
+pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        let n = store
+            .create_notification(NewNotification {
+                notify_url: Some("https://merchant.example/notify".into()),
+                ..new_notification(&a.id, "e")
+            })
+            .await
+            .unwrap();
+        created.push(n.notification.id.clone());
+        let job = scheduled(&mut events).await.remove(0);
+        if created.len() == 2 {
+            record(store, &mut events, &job, Outcome::Succeeded).await;
+        }
+    }
+    let page1 = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page1
+            .items
+            .iter()
+            .map(|n| n.notification.id.clone())
+            .collect::<Vec<_>>(),
+        vec![created[2].clone(), created[1].clone()],
+        "newest first"
+    );
+    let page2 = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 2,
+                cursor: page1.next_cursor.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page2.items.len(), 1);
+    assert_eq!(page2.items[0].notification.id, created[0]);
+    assert!(page2.next_cursor.is_none());
+
+    let ok = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 10,
+                status: Some(DeliveryStatus::Succeeded),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.items.len(), 1);
+    assert_eq!(ok.items[0].notification.id, created[1]);
+    let pending = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 10,
+                status: Some(DeliveryStatus::Pending),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending.items.len(), 2);
+    let bad = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 10,
+                cursor: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)));
+}
+
+pub async fn meta_values_round_trip(store: &impl Store) {
+    assert_eq!(store.get_meta("k").await.unwrap(), None);
+    store.set_meta("k", "v1").await.unwrap();
+    store.set_meta("k", "v2").await.unwrap();
+    assert_eq!(store.get_meta("k").await.unwrap().as_deref(), Some("v2"));
+}
+
+pub async fn credentials_change_is_announced_to_the_engine(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let new_creds = Credentials::StandardWebhooks(Keys {
+        keys: vec![KeyEntry {
+            secret: "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=".into(),
+            expires_at: None,
+        }],
+    });
+    let updated = store
+        .set_app_credentials(&a.id, new_creds.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.credentials, new_creds);
+    match next_event(&mut events).await {
+        StoreEvent::AppChanged(ctx) => assert_eq!(ctx.credentials, new_creds),
+        other => panic!("expected AppChanged, got {other:?}"),
+    }
+    assert!(store
+        .set_app_credentials("app_missing", new_creds)
+        .await
+        .unwrap()
+        .is_none());
+}

@@ -1,0 +1,408 @@
+//! The domain model as the store keeps it: apps, endpoints, notifications, deliveries and
+//! attempts, plus the resolved views the engine works with ([`Job`], [`AppCtx`],
+//! [`EndpointCtx`]).
+//!
+//! Times are unix milliseconds ([`Millis`]) and always passed in by the caller, so tests
+//! control the clock.
+use std::sync::Arc;
+
+use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+/// The state of one delivery. A closed set, enforced by a CHECK constraint in every driver.
+///
+/// - `Pending`: created by a notification (or put back by a manual retry / recover); has a
+///   `next_attempt_at`. Left only by the engine recording an attempt outcome, or by the
+///   endpoint being deleted.
+/// - `Succeeded`: the receiver acknowledged. Final (a manual retry may send it again).
+/// - `Failed`: the retry schedule is spent without an ack. A manual retry or `recover` puts it
+///   back to `Pending`.
+/// - `Canceled`: its endpoint was deleted while it was pending. Final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        Some(match s {
+            "pending" => DeliveryStatus::Pending,
+            "succeeded" => DeliveryStatus::Succeeded,
+            "failed" => DeliveryStatus::Failed,
+            "canceled" => DeliveryStatus::Canceled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeliveryStatus::Pending)
+    }
+}
+
+/// A tenant: a merchant account on a platform, or a SaaS product's customer.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    pub profile: Profile,
+    /// Overrides the profile's default retry policy for the app's deliveries.
+    pub retry: Option<RetryPolicy>,
+    /// Overrides the profile's default ack rule.
+    pub ack: Option<AckRule>,
+    pub credentials: Credentials,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewApp {
+    pub name: String,
+    pub profile: Profile,
+    pub retry: Option<RetryPolicy>,
+    pub ack: Option<AckRule>,
+    pub credentials: Credentials,
+    pub now: Millis,
+}
+
+/// A subscribed URL of an app.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub id: String,
+    pub app_id: String,
+    pub url: String,
+    /// Event-type filter; `None` receives every event type. See [`event_type_matches`].
+    pub event_types: Option<Vec<String>>,
+    pub retry: Option<RetryPolicy>,
+    pub ack: Option<AckRule>,
+    pub max_in_flight: u32,
+    pub ordered: bool,
+    pub enabled: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewEndpoint {
+    pub app_id: String,
+    pub url: String,
+    pub event_types: Option<Vec<String>>,
+    pub retry: Option<RetryPolicy>,
+    pub ack: Option<AckRule>,
+    pub max_in_flight: u32,
+    pub ordered: bool,
+    pub enabled: bool,
+    pub now: Millis,
+}
+
+/// A partial update; `None` leaves a field as it is. For nullable fields the inner `None`
+/// clears the value.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub event_types: Option<Option<Vec<String>>>,
+    pub retry: Option<Option<RetryPolicy>>,
+    pub ack: Option<Option<AckRule>>,
+    pub max_in_flight: Option<u32>,
+    pub ordered: Option<bool>,
+    pub enabled: Option<bool>,
+}
+
+/// What a producer sent. Immutable once stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    pub id: String,
+    pub app_id: String,
+    pub event_type: String,
+    /// The producer's JSON payload, byte for byte.
+    pub payload: String,
+    pub notify_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub order_key: Option<String>,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    pub app_id: String,
+    pub event_type: String,
+    pub payload: String,
+    /// Send to this URL alone (the payment-API style) instead of the app's endpoints.
+    pub notify_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub order_key: Option<String>,
+    pub now: Millis,
+}
+
+/// One notification to one URL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub id: String,
+    pub notification_id: String,
+    pub app_id: String,
+    pub endpoint_id: Option<String>,
+    pub url: String,
+    /// Stable across attempts: the receiver's dedupe key.
+    pub notify_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One HTTP try.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub n: u32,
+    pub at: Millis,
+    pub duration_ms: u32,
+    pub status_code: Option<u16>,
+    /// The first 4 KiB of the response body, as lossy UTF-8.
+    pub response: Option<String>,
+    /// `connect`, `timeout`, `tls`, `bad-ack`, `http-status`, `blocked-target`, `request`,
+    /// `body`, or `None` when acknowledged.
+    pub error_class: Option<String>,
+    /// A short human-readable reason (never contains secrets).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeliveryDetail {
+    pub delivery: Delivery,
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NotificationDetail {
+    pub notification: Notification,
+    pub deliveries: Vec<DeliveryDetail>,
+}
+
+/// The result of storing a notification.
+#[derive(Clone, Debug)]
+pub struct CreatedNotification {
+    pub notification: Notification,
+    pub deliveries: Vec<Delivery>,
+    /// True when the idempotency key matched an earlier notification: nothing was created
+    /// and the earlier notification is returned.
+    pub replayed: bool,
+}
+
+/// Filter for listing an app's notifications.
+#[derive(Clone, Debug, Default)]
+pub struct ListNotifications {
+    /// `pending`/`failed`/`canceled`: some delivery has that status; `succeeded`: every
+    /// delivery succeeded.
+    pub status: Option<DeliveryStatus>,
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// True when `event_type` passes `filter`: `None` or `"*"` matches everything, `"a.*"`
+/// matches `a.` followed by anything, any other pattern matches itself exactly.
+pub fn event_type_matches(filter: Option<&[String]>, event_type: &str) -> bool {
+    let Some(patterns) = filter else { return true };
+    patterns.iter().any(|p| {
+        if p == "*" {
+            true
+        } else if let Some(prefix) = p.strip_suffix('*') {
+            event_type.starts_with(prefix)
+        } else {
+            p == event_type
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// What the engine works with.
+
+/// An app as the engine needs it to sign and judge deliveries.
+#[derive(Clone, Debug)]
+pub struct AppCtx {
+    pub id: String,
+    pub profile: Profile,
+    pub credentials: Credentials,
+    /// The app's retry policy, or its profile's default.
+    pub retry: RetryPolicy,
+    /// The app's ack rule, or its profile's default.
+    pub ack: AckRule,
+}
+
+impl AppCtx {
+    pub fn from_app(app: &App) -> AppCtx {
+        AppCtx {
+            id: app.id.clone(),
+            profile: app.profile,
+            credentials: app.credentials.clone(),
+            retry: app
+                .retry
+                .clone()
+                .unwrap_or_else(|| app.profile.default_retry()),
+            ack: app.ack.clone().unwrap_or_else(|| app.profile.default_ack()),
+        }
+    }
+}
+
+/// An endpoint as the engine needs it.
+#[derive(Clone, Debug)]
+pub struct EndpointCtx {
+    pub id: String,
+    pub app_id: String,
+    pub url: String,
+    pub event_types: Option<Vec<String>>,
+    pub retry: Option<RetryPolicy>,
+    pub ack: Option<AckRule>,
+    pub max_in_flight: u32,
+    pub ordered: bool,
+    pub enabled: bool,
+    /// Set on the last version of a deleted endpoint, so the engine drops what it holds.
+    pub deleted: bool,
+}
+
+impl EndpointCtx {
+    pub fn from_endpoint(e: &Endpoint) -> EndpointCtx {
+        EndpointCtx {
+            id: e.id.clone(),
+            app_id: e.app_id.clone(),
+            url: e.url.clone(),
+            event_types: e.event_types.clone(),
+            retry: e.retry.clone(),
+            ack: e.ack.clone(),
+            max_in_flight: e.max_in_flight,
+            ordered: e.ordered,
+            enabled: e.enabled,
+            deleted: false,
+        }
+    }
+}
+
+/// One pending delivery with everything needed to attempt it. `app` and `endpoint` are the
+/// versions current when the job was built; the engine replaces them with newer versions it
+/// learns of through [`StoreEvent`]s.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The delivery's internal sequence number: creation order, the timer tiebreak.
+    pub seq: i64,
+    pub id: String,
+    pub notify_id: String,
+    pub notification_id: String,
+    pub app: Arc<AppCtx>,
+    pub endpoint: Option<Arc<EndpointCtx>>,
+    /// The URL recorded at creation (for endpoint deliveries the endpoint's current URL wins).
+    pub url: String,
+    pub event_type: String,
+    pub payload: Arc<str>,
+    /// Attempts already made.
+    pub attempts: u32,
+    pub next_at: Millis,
+    pub order_key: Option<String>,
+}
+
+impl Job {
+    /// The timer key: due time, then creation order.
+    pub fn key(&self) -> (Millis, i64) {
+        (self.next_at, self.seq)
+    }
+}
+
+/// What the engine decided after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Retry { next_at: Millis },
+    Failed,
+}
+
+/// An attempt and its outcome, to be recorded.
+#[derive(Clone, Debug)]
+pub struct AttemptReport {
+    pub job: Arc<Job>,
+    pub attempt: Attempt,
+    pub outcome: Outcome,
+}
+
+/// A request to load pending, unblocked deliveries whose key `(next_at, seq)` lies in
+/// `(after, (horizon, +inf)]`, in key order, at most `limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadRequest {
+    pub after: (Millis, i64),
+    pub horizon: Millis,
+    pub limit: usize,
+}
+
+/// What the store tells the engine, in commit order. Events are sent only after the change
+/// they describe is durably committed.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// Deliveries that became attemptable: new ones, manually retried or recovered ones, and
+    /// ordered successors whose predecessor just ended.
+    Scheduled(Vec<Arc<Job>>),
+    /// An attempt was recorded. `status` is the delivery's status afterwards; when it is
+    /// `Pending`, `job` carries the new attempt count and next time. `applied` is false when
+    /// the delivery had changed meanwhile (e.g. canceled) and the outcome was not applied.
+    AttemptRecorded {
+        job: Arc<Job>,
+        status: DeliveryStatus,
+        applied: bool,
+    },
+    /// Recording an attempt failed (storage error): the engine must try the delivery again.
+    AttemptNotRecorded {
+        job: Arc<Job>,
+    },
+    /// The answer to a [`LoadRequest`]. `exhausted` is true when fewer than `limit` rows
+    /// matched, i.e. everything up to the horizon is now loaded.
+    Loaded {
+        request: LoadRequest,
+        jobs: Vec<Arc<Job>>,
+        exhausted: bool,
+    },
+    /// The load failed; the engine should ask again later.
+    LoadFailed {
+        request: LoadRequest,
+    },
+    /// Deliveries canceled (their endpoint was deleted).
+    Canceled(Vec<i64>),
+    AppChanged(Arc<AppCtx>),
+    EndpointChanged(Arc<EndpointCtx>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_filter_matches_exact_prefix_and_wildcard() {
+        let f = vec!["trade.*".to_string(), "refund.success".to_string()];
+        assert!(event_type_matches(Some(&f), "trade.success"));
+        assert!(event_type_matches(Some(&f), "trade.closed.partial"));
+        assert!(event_type_matches(Some(&f), "refund.success"));
+        assert!(!event_type_matches(Some(&f), "refund.failed"));
+        assert!(!event_type_matches(Some(&f), "trade"));
+        assert!(event_type_matches(None, "anything"));
+        assert!(event_type_matches(Some(&["*".to_string()]), "anything"));
+        assert!(!event_type_matches(Some(&[]), "anything"));
+    }
+}

@@ -1,0 +1,302 @@
+//! Row mapping and the read queries, shared by the reader pool and the writer (which reads
+//! inside its own transaction).
+use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::schema::backend;
+use crate::model::*;
+use crate::{Result, StoreError};
+
+pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
+pub(crate) const ENDPOINT_COLS: &str =
+    "id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at";
+pub(crate) const NOTIFICATION_COLS: &str =
+    "seq, id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at";
+/// Delivery columns, prefixed `d.`, joined with its notification `n` for the id.
+pub(crate) const DELIVERY_COLS: &str =
+    "d.seq, d.id, n.id, d.app_id, d.endpoint_id, d.url, d.notify_id, \
+     d.status, d.attempts, d.next_at, d.created_at, d.updated_at";
+
+fn decode_err(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("bad {what} in the database: {e}").into(),
+    )
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    idx: usize,
+    what: &str,
+) -> rusqlite::Result<Option<T>> {
+    let text: Option<String> = row.get(idx)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| decode_err(what, e)))
+        .transpose()
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+pub(crate) fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
+    v.as_ref().map(to_json).transpose()
+}
+
+pub(crate) fn app_from_row(row: &Row) -> rusqlite::Result<App> {
+    let profile: String = row.get(2)?;
+    let profile: Profile = profile.parse().map_err(|e| decode_err("profile", e))?;
+    let credentials: Credentials =
+        json_col(row, 5, "credentials")?.ok_or_else(|| decode_err("credentials", "null"))?;
+    Ok(App {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        profile,
+        retry: json_col::<RetryPolicy>(row, 3, "retry policy")?,
+        ack: json_col::<AckRule>(row, 4, "ack rule")?,
+        credentials,
+        created_at: row.get(6)?,
+    })
+}
+
+pub(crate) fn endpoint_from_row(row: &Row) -> rusqlite::Result<Endpoint> {
+    Ok(Endpoint {
+        id: row.get(0)?,
+        app_id: row.get(1)?,
+        url: row.get(2)?,
+        event_types: json_col(row, 3, "event types")?,
+        retry: json_col(row, 4, "retry policy")?,
+        ack: json_col(row, 5, "ack rule")?,
+        max_in_flight: row.get(6)?,
+        ordered: row.get(7)?,
+        enabled: row.get(8)?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+pub(crate) fn notification_from_row(row: &Row) -> rusqlite::Result<(i64, Notification)> {
+    Ok((
+        row.get(0)?,
+        Notification {
+            id: row.get(1)?,
+            app_id: row.get(2)?,
+            event_type: row.get(3)?,
+            payload: row.get(4)?,
+            notify_url: row.get(5)?,
+            idempotency_key: row.get(6)?,
+            order_key: row.get(7)?,
+            created_at: row.get(8)?,
+        },
+    ))
+}
+
+pub(crate) fn delivery_from_row(row: &Row) -> rusqlite::Result<(i64, Delivery)> {
+    let status: String = row.get(7)?;
+    Ok((
+        row.get(0)?,
+        Delivery {
+            id: row.get(1)?,
+            notification_id: row.get(2)?,
+            app_id: row.get(3)?,
+            endpoint_id: row.get(4)?,
+            url: row.get(5)?,
+            notify_id: row.get(6)?,
+            status: DeliveryStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?,
+            attempts: row.get(8)?,
+            next_attempt_at: row.get(9)?,
+            created_at: row.get(10)?,
+            updated_at: row.get(11)?,
+        },
+    ))
+}
+
+pub(crate) fn get_app(conn: &Connection, id: &str) -> Result<Option<App>> {
+    conn.prepare_cached(&format!("SELECT {APP_COLS} FROM apps WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], app_from_row).optional())
+        .map_err(backend)
+}
+
+pub(crate) fn get_endpoint(conn: &Connection, app_id: &str, id: &str) -> Result<Option<Endpoint>> {
+    conn.prepare_cached(&format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints WHERE app_id = ?1 AND id = ?2 AND deleted = 0"
+    ))
+    .and_then(|mut s| s.query_row([app_id, id], endpoint_from_row).optional())
+    .map_err(backend)
+}
+
+pub(crate) fn get_endpoint_by_id(conn: &Connection, id: &str) -> Result<Option<Endpoint>> {
+    conn.prepare_cached(&format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = ?1 AND deleted = 0"
+    ))
+    .and_then(|mut s| s.query_row([id], endpoint_from_row).optional())
+    .map_err(backend)
+}
+
+pub(crate) fn list_endpoints(conn: &Connection, app_id: &str) -> Result<Vec<Endpoint>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ENDPOINT_COLS} FROM endpoints WHERE app_id = ?1 AND deleted = 0 ORDER BY created_at, id"
+        ))
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([app_id], endpoint_from_row)
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+}
+
+pub(crate) fn attempts_of(conn: &Connection, delivery_seq: i64) -> Result<Vec<Attempt>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT n, at, duration_ms, status_code, response, error_class, error
+             FROM attempts WHERE delivery_seq = ?1 ORDER BY n",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([delivery_seq], |r| {
+            Ok(Attempt {
+                n: r.get(0)?,
+                at: r.get(1)?,
+                duration_ms: r.get(2)?,
+                status_code: r.get(3)?,
+                response: r.get(4)?,
+                error_class: r.get(5)?,
+                error: r.get(6)?,
+            })
+        })
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+}
+
+pub(crate) fn deliveries_of(
+    conn: &Connection,
+    notification_seq: i64,
+) -> Result<Vec<(i64, Delivery)>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq
+             WHERE d.notification_seq = ?1 ORDER BY d.seq"
+        ))
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([notification_seq], delivery_from_row)
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+}
+
+pub(crate) fn get_delivery(conn: &Connection, id: &str) -> Result<Option<(i64, Delivery)>> {
+    conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLS} FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq
+         WHERE d.id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([id], delivery_from_row).optional())
+    .map_err(backend)
+}
+
+pub(crate) fn get_delivery_detail(conn: &Connection, id: &str) -> Result<Option<DeliveryDetail>> {
+    let Some((seq, delivery)) = get_delivery(conn, id)? else {
+        return Ok(None);
+    };
+    Ok(Some(DeliveryDetail {
+        delivery,
+        attempts: attempts_of(conn, seq)?,
+    }))
+}
+
+fn detail(conn: &Connection, seq: i64, notification: Notification) -> Result<NotificationDetail> {
+    let deliveries = deliveries_of(conn, seq)?
+        .into_iter()
+        .map(|(dseq, delivery)| {
+            Ok(DeliveryDetail {
+                delivery,
+                attempts: attempts_of(conn, dseq)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(NotificationDetail {
+        notification,
+        deliveries,
+    })
+}
+
+pub(crate) fn get_notification_by_seq(
+    conn: &Connection,
+    seq: i64,
+) -> Result<Option<(i64, Notification)>> {
+    conn.prepare_cached(&format!(
+        "SELECT {NOTIFICATION_COLS} FROM notifications WHERE seq = ?1"
+    ))
+    .and_then(|mut s| s.query_row([seq], notification_from_row).optional())
+    .map_err(backend)
+}
+
+pub(crate) fn get_notification(conn: &Connection, id: &str) -> Result<Option<NotificationDetail>> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {NOTIFICATION_COLS} FROM notifications WHERE id = ?1"
+        ))
+        .and_then(|mut s| s.query_row([id], notification_from_row).optional())
+        .map_err(backend)?;
+    found.map(|(seq, n)| detail(conn, seq, n)).transpose()
+}
+
+pub(crate) fn list_notifications(
+    conn: &Connection,
+    app_id: &str,
+    filter: &ListNotifications,
+) -> Result<Page<NotificationDetail>> {
+    let before: i64 = match &filter.cursor {
+        Some(c) => c.parse().map_err(|_| StoreError::BadCursor)?,
+        None => i64::MAX,
+    };
+    let status_clause = match filter.status {
+        None => "",
+        Some(DeliveryStatus::Succeeded) => {
+            "AND EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_seq = n.seq)
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_seq = n.seq AND d.status != 'succeeded')"
+        }
+        Some(_) => {
+            "AND EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_seq = n.seq AND d.status = ?4)"
+        }
+    };
+    let sql = format!(
+        "SELECT n.seq, n.id, n.app_id, n.event_type, n.payload, n.notify_url, n.idempotency_key, n.order_key, n.created_at
+         FROM notifications n WHERE n.app_id = ?1 AND n.seq < ?2 {status_clause}
+         ORDER BY n.seq DESC LIMIT ?3"
+    );
+    let limit = filter.limit.clamp(1, 1000) as i64;
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let status = filter.status.map(|s| s.as_str()).unwrap_or("");
+    let rows = if matches!(filter.status, Some(s) if s != DeliveryStatus::Succeeded) {
+        stmt.query_map(
+            params![app_id, before, limit + 1, status],
+            notification_from_row,
+        )
+    } else {
+        stmt.query_map(params![app_id, before, limit + 1], notification_from_row)
+    }
+    .map_err(backend)?
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .map_err(backend)?;
+    let more = rows.len() as i64 > limit;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last_seq = None;
+    for (seq, n) in rows.into_iter().take(limit as usize) {
+        last_seq = Some(seq);
+        items.push(detail(conn, seq, n)?);
+    }
+    Ok(Page {
+        items,
+        next_cursor: if more {
+            last_seq.map(|s| s.to_string())
+        } else {
+            None
+        },
+    })
+}
+
+pub(crate) fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .map_err(backend)
+}

@@ -1,0 +1,121 @@
+//! The SQLite schema and its migrations, embedded in the binary and applied in order at
+//! open time. `PRAGMA user_version` records how many have run; migration numbers are the
+//! same in every driver.
+use rusqlite::Connection;
+
+use crate::{Result, StoreError};
+
+/// Each entry is one migration; never edit a released one, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE apps (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        profile     TEXT NOT NULL,
+        retry       TEXT,
+        ack         TEXT,
+        credentials TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE endpoints (
+        id            TEXT PRIMARY KEY,
+        app_id        TEXT NOT NULL REFERENCES apps(id),
+        url           TEXT NOT NULL,
+        event_types   TEXT,
+        retry         TEXT,
+        ack           TEXT,
+        max_in_flight INTEGER NOT NULL CHECK (max_in_flight > 0),
+        ordered       INTEGER NOT NULL CHECK (ordered IN (0, 1)),
+        enabled       INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+        deleted       INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX endpoints_by_app ON endpoints(app_id) WHERE deleted = 0;
+
+    CREATE TABLE notifications (
+        seq             INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        app_id          TEXT NOT NULL REFERENCES apps(id),
+        event_type      TEXT NOT NULL,
+        payload         TEXT NOT NULL,
+        notify_url      TEXT,
+        idempotency_key TEXT,
+        order_key       TEXT,
+        created_at      INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX notifications_idempotency
+        ON notifications(app_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX notifications_by_app ON notifications(app_id, seq);
+
+    CREATE TABLE deliveries (
+        seq              INTEGER PRIMARY KEY,
+        id               TEXT NOT NULL UNIQUE,
+        notification_seq INTEGER NOT NULL REFERENCES notifications(seq),
+        app_id           TEXT NOT NULL,
+        endpoint_id      TEXT,
+        url              TEXT NOT NULL,
+        notify_id        TEXT NOT NULL,
+        status           TEXT NOT NULL
+            CHECK (status IN ('pending', 'succeeded', 'failed', 'canceled')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_at          INTEGER,
+        order_key        TEXT,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        CHECK ((status = 'pending') = (next_at IS NOT NULL))
+    );
+    -- The engine's window loads walk this index in (next_at, seq) order.
+    CREATE INDEX deliveries_due ON deliveries(next_at, seq) WHERE status = 'pending';
+    -- "Is an earlier delivery with my order key still pending?"
+    CREATE INDEX deliveries_order ON deliveries(order_key, seq)
+        WHERE status = 'pending' AND order_key IS NOT NULL;
+    CREATE INDEX deliveries_by_notification ON deliveries(notification_seq);
+    CREATE INDEX deliveries_failed_by_app ON deliveries(app_id, created_at) WHERE status = 'failed';
+    CREATE INDEX deliveries_by_endpoint ON deliveries(endpoint_id) WHERE status = 'pending';
+
+    CREATE TABLE attempts (
+        delivery_seq INTEGER NOT NULL REFERENCES deliveries(seq),
+        n            INTEGER NOT NULL,
+        at           INTEGER NOT NULL,
+        duration_ms  INTEGER NOT NULL,
+        status_code  INTEGER,
+        response     TEXT,
+        error_class  TEXT,
+        error        TEXT,
+        PRIMARY KEY (delivery_seq, n)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// Applies every migration not yet applied, each in its own transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(backend)? as usize;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {applied}, newer than this Herald ({}); upgrade Herald",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}

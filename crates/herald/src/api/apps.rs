@@ -1,0 +1,119 @@
+//! `/v1/apps`: create an app (with generated or given credentials), read it, rotate its
+//! signing secret with a grace period.
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herald_protocols::Profile;
+use herald_store::NewApp;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::extract::{parse_json, JsonBody};
+use super::{views, ApiState};
+use crate::clock::now_ms;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApp {
+    name: String,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    retry: Option<Value>,
+    #[serde(default)]
+    ack: Option<String>,
+    #[serde(default)]
+    credentials: Option<Value>,
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    JsonBody(req): JsonBody<CreateApp>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = views::bounded_text("name", &req.name, 256)?;
+    let profile: Profile = match &req.profile {
+        Some(p) => p
+            .parse()
+            .map_err(|e: herald_protocols::ProfileError| ApiError::Invalid(e.to_string()))?,
+        None => Profile::StandardWebhooks,
+    };
+    let retry = req.retry.as_ref().map(views::parse_retry).transpose()?;
+    let ack = req.ack.as_deref().map(views::parse_ack).transpose()?;
+    let (credentials, once) = profile
+        .create_credentials(req.credentials.as_ref().unwrap_or(&Value::Null))
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let app = state
+        .store
+        .create_app(NewApp {
+            name,
+            profile,
+            retry,
+            ack,
+            credentials,
+            now: now_ms(),
+        })
+        .await?;
+    tracing::info!(app = %app.id, profile = profile.name(), "app created");
+    Ok((StatusCode::CREATED, Json(views::app(&app, once))))
+}
+
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(app_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = state
+        .store
+        .get_app(&app_id)
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    let public = app.profile.public_view(&app.credentials);
+    Ok(Json(views::app(&app, public)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// Seconds the old secret keeps signing; default one day, at most 30 days.
+    #[serde(default)]
+    grace_period: Option<u64>,
+}
+
+const DEFAULT_GRACE: u64 = 24 * 3600;
+const MAX_GRACE: u64 = 30 * 24 * 3600;
+
+pub async fn rotate(
+    State(state): State<ApiState>,
+    Path(app_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
+        Rotate { grace_period: None }
+    } else {
+        parse_json(&body)?
+    };
+    let grace = req.grace_period.unwrap_or(DEFAULT_GRACE);
+    if grace > MAX_GRACE {
+        return Err(ApiError::Invalid(format!(
+            "grace_period is at most {MAX_GRACE} seconds (30 days)"
+        )));
+    }
+    let app = state
+        .store
+        .get_app(&app_id)
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    let now = now_ms() / 1000;
+    let (credentials, once) = app
+        .profile
+        .rotate(&app.credentials, now + grace as i64, now)
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let app = state
+        .store
+        .set_app_credentials(&app_id, credentials)
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    tracing::info!(app = %app.id, grace_seconds = grace, "app secret rotated");
+    Ok(Json(views::app(&app, once)))
+}

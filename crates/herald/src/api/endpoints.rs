@@ -1,0 +1,177 @@
+//! `/v1/apps/{app_id}/endpoints`: an app's subscribed URLs, with their event-type filter,
+//! retry and ack overrides, in-flight limit and ordering.
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use herald_store::{EndpointPatch, NewEndpoint};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::extract::JsonBody;
+use super::{views, ApiState};
+use crate::clock::now_ms;
+
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
+const MAX_IN_FLIGHT_LIMIT: u32 = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEndpoint {
+    url: String,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+    #[serde(default)]
+    retry: Option<Value>,
+    #[serde(default)]
+    ack: Option<String>,
+    #[serde(default)]
+    max_in_flight: Option<u32>,
+    #[serde(default)]
+    ordered: Option<bool>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+fn event_types(v: &[String]) -> Result<Vec<String>, ApiError> {
+    if v.len() > 100 {
+        return Err(ApiError::Invalid(
+            "event_types has more than 100 entries".into(),
+        ));
+    }
+    v.iter()
+        .map(|t| views::bounded_text("event_types[]", t, 256))
+        .collect()
+}
+
+fn max_in_flight(n: u32) -> Result<u32, ApiError> {
+    if n == 0 || n > MAX_IN_FLIGHT_LIMIT {
+        return Err(ApiError::Invalid(format!(
+            "max_in_flight must be between 1 and {MAX_IN_FLIGHT_LIMIT}"
+        )));
+    }
+    Ok(n)
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    Path(app_id): Path<String>,
+    JsonBody(req): JsonBody<CreateEndpoint>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new = NewEndpoint {
+        app_id,
+        url: views::parse_url("url", &req.url)?,
+        event_types: req.event_types.as_deref().map(event_types).transpose()?,
+        retry: req.retry.as_ref().map(views::parse_retry).transpose()?,
+        ack: req.ack.as_deref().map(views::parse_ack).transpose()?,
+        max_in_flight: max_in_flight(req.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT))?,
+        ordered: req.ordered.unwrap_or(false),
+        enabled: req.enabled.unwrap_or(true),
+        now: now_ms(),
+    };
+    let ep = state.store.create_endpoint(new).await?;
+    Ok((StatusCode::CREATED, Json(views::endpoint(&ep))))
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Path(app_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .store
+        .get_app(&app_id)
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    let eps = state.store.list_endpoints(&app_id).await?;
+    Ok(Json(
+        serde_json::json!({"data": eps.iter().map(views::endpoint).collect::<Vec<_>>()}),
+    ))
+}
+
+pub async fn get(
+    State(state): State<ApiState>,
+    Path((app_id, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let ep = state
+        .store
+        .get_endpoint(&app_id, &id)
+        .await?
+        .ok_or(ApiError::NotFound("endpoint"))?;
+    Ok(Json(views::endpoint(&ep)))
+}
+
+/// Reads a PATCH body: absent keys stay, `null` clears nullable fields.
+fn parse_patch(body: Map<String, Value>) -> Result<EndpointPatch, ApiError> {
+    let mut patch = EndpointPatch::default();
+    for (key, value) in body {
+        let invalid = |what: &str| ApiError::Invalid(format!("{key} must be {what}"));
+        match key.as_str() {
+            "url" => {
+                let s = value.as_str().ok_or_else(|| invalid("a URL string"))?;
+                patch.url = Some(views::parse_url("url", s)?);
+            }
+            "event_types" => {
+                patch.event_types = Some(match value {
+                    Value::Null => None,
+                    v => {
+                        let list: Vec<String> = serde_json::from_value(v)
+                            .map_err(|_| invalid("a list of strings or null"))?;
+                        Some(event_types(&list)?)
+                    }
+                })
+            }
+            "retry" => {
+                patch.retry = Some(match value {
+                    Value::Null => None,
+                    v => Some(views::parse_retry(&v)?),
+                })
+            }
+            "ack" => {
+                patch.ack = Some(match value {
+                    Value::Null => None,
+                    Value::String(s) => Some(views::parse_ack(&s)?),
+                    _ => return Err(invalid("a string or null")),
+                })
+            }
+            "max_in_flight" => {
+                let n = value
+                    .as_u64()
+                    .ok_or_else(|| invalid("a positive integer"))?;
+                patch.max_in_flight = Some(max_in_flight(u32::try_from(n).unwrap_or(u32::MAX))?);
+            }
+            "ordered" => {
+                patch.ordered = Some(value.as_bool().ok_or_else(|| invalid("true or false"))?)
+            }
+            "enabled" => {
+                patch.enabled = Some(value.as_bool().ok_or_else(|| invalid("true or false"))?)
+            }
+            _ => return Err(ApiError::Invalid(format!("unknown field {key:?}"))),
+        }
+    }
+    Ok(patch)
+}
+
+pub async fn update(
+    State(state): State<ApiState>,
+    Path((app_id, id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let patch = parse_patch(body)?;
+    let ep = state
+        .store
+        .update_endpoint(&app_id, &id, patch, now_ms())
+        .await?
+        .ok_or(ApiError::NotFound("endpoint"))?;
+    Ok(Json(views::endpoint(&ep)))
+}
+
+pub async fn delete(
+    State(state): State<ApiState>,
+    Path((app_id, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete_endpoint(&app_id, &id, now_ms()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("endpoint"))
+    }
+}

@@ -1,0 +1,94 @@
+//! The HTTP API (axum): routes, shared state, the admin-token guard, and the JSON views of
+//! domain objects. Handlers live in one file per resource; errors map to HTTP in
+//! [`error`].
+mod apps;
+mod endpoints;
+pub mod error;
+mod extract;
+mod notifications;
+mod views;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use herald_store::Store;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use self::error::ApiError;
+
+/// Request bodies larger than this get 413.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    /// SHA-256 of the admin token; requests are compared by hash, the token is not kept.
+    pub admin_token_sha256: [u8; 32],
+}
+
+/// Builds the router with every route.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/apps", post(apps::create))
+        .route("/apps/{app_id}", get(apps::get))
+        .route("/apps/{app_id}/secret/rotate", post(apps::rotate))
+        .route(
+            "/apps/{app_id}/endpoints",
+            post(endpoints::create).get(endpoints::list),
+        )
+        .route(
+            "/apps/{app_id}/endpoints/{endpoint_id}",
+            get(endpoints::get)
+                .patch(endpoints::update)
+                .delete(endpoints::delete),
+        )
+        .route(
+            "/apps/{app_id}/notifications",
+            post(notifications::create).get(notifications::list),
+        )
+        .route("/apps/{app_id}/recover", post(notifications::recover))
+        .route("/notifications/{id}", get(notifications::get))
+        .route("/deliveries/{id}", get(notifications::get_delivery))
+        .route("/deliveries/{id}/retry", post(notifications::retry))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+async fn require_admin(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if constant_time_eq(&hash_token(token), &state.admin_token_sha256) => {
+            Ok(next.run(req).await)
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,202 @@
+//! Notifications and deliveries: accept a notification (committed before the 202), read it
+//! with its deliveries and attempts, list an app's notifications, retry a delivery, recover
+//! failed deliveries.
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_store::{DeliveryStatus, ListNotifications, NewNotification};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::JsonBody;
+use super::{views, ApiState};
+use crate::clock::now_ms;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNotification {
+    event_type: String,
+    /// Kept byte for byte: it is what gets signed and sent.
+    payload: Box<RawValue>,
+    #[serde(default)]
+    notify_url: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    order_key: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    Path(app_id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateNotification>,
+) -> Result<Response, ApiError> {
+    let event_type = views::bounded_text("event_type", &req.event_type, 256)?;
+    if !req.payload.get().starts_with('{') {
+        return Err(ApiError::Invalid("payload must be a JSON object".into()));
+    }
+    let header_key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::Invalid("the Idempotency-Key header must be visible ASCII".into())
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let idempotency_key = match (req.idempotency_key, header_key) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(ApiError::Invalid(
+                "idempotency_key in the body and the Idempotency-Key header differ".into(),
+            ))
+        }
+        (Some(k), _) | (None, Some(k)) => Some(views::bounded_text("idempotency_key", &k, 256)?),
+        (None, None) => None,
+    };
+    let new = NewNotification {
+        app_id,
+        event_type,
+        payload: req.payload.get().to_string(),
+        notify_url: req
+            .notify_url
+            .as_deref()
+            .map(|u| views::parse_url("notify_url", u))
+            .transpose()?,
+        idempotency_key,
+        order_key: req
+            .order_key
+            .as_deref()
+            .map(|k| views::bounded_text("order_key", k, 256))
+            .transpose()?,
+        now: now_ms(),
+    };
+    let created = state.store.create_notification(new).await?;
+    let body = json!({
+        "id": created.notification.id,
+        "event_type": created.notification.event_type,
+        "created_at": views::rfc3339(created.notification.created_at),
+        "deliveries": created.deliveries.iter().map(views::delivery_summary).collect::<Vec<_>>(),
+    });
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if created.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = state
+        .store
+        .get_notification(&id)
+        .await?
+        .ok_or(ApiError::NotFound("notification"))?;
+    Ok(Json(views::notification(&n)))
+}
+
+pub async fn get_delivery(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = state
+        .store
+        .get_delivery(&id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    Ok(Json(views::delivery(&d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    Path(app_id): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            DeliveryStatus::parse(s).ok_or_else(|| {
+                ApiError::Invalid(format!(
+                    "status must be pending, succeeded, failed or canceled, not {s:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Invalid("limit must be between 1 and 1000".into()));
+    }
+    state
+        .store
+        .get_app(&app_id)
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    let page = state
+        .store
+        .list_notifications(
+            &app_id,
+            ListNotifications {
+                status,
+                limit,
+                cursor: q.cursor,
+            },
+        )
+        .await?;
+    Ok(Json(json!({
+        "data": page.items.iter().map(views::notification).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+pub async fn retry(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let d = state
+        .store
+        .retry_delivery(&id, now_ms())
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    Ok((StatusCode::ACCEPTED, Json(views::delivery_summary(&d))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    since: String,
+}
+
+pub async fn recover(
+    State(state): State<ApiState>,
+    Path(app_id): Path<String>,
+    JsonBody(req): JsonBody<Recover>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let since = views::parse_rfc3339(&req.since)?;
+    state
+        .store
+        .get_app(&app_id)
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    let n = state.store.recover(&app_id, since, now_ms()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"requeued": n}))))
+}

@@ -1,0 +1,169 @@
+//! JSON views of domain objects, and validation of the inputs shared by several handlers
+//! (URLs, retry policies, ack rules). Parsing happens here, at the edge; the store trusts
+//! what it gets.
+use herald_protocols::{AckRule, RetryPolicy};
+use herald_store::{
+    App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, Millis, NotificationDetail,
+};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+
+pub fn rfc3339(ms: Millis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn parse_rfc3339(s: &str) -> Result<Millis, ApiError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as Millis)
+        .map_err(|e| ApiError::Invalid(format!("{s:?} is not an RFC 3339 time: {e}")))
+}
+
+/// A delivery target: an absolute http(s) URL with a host.
+pub fn parse_url(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.len() > 2048 {
+        return Err(ApiError::Invalid(format!(
+            "{field} is longer than 2048 characters"
+        )));
+    }
+    let url = url::Url::parse(s)
+        .map_err(|e| ApiError::Invalid(format!("{field} is not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::Invalid(format!(
+            "{field} must be an http or https URL"
+        )));
+    }
+    if url.host().is_none() {
+        return Err(ApiError::Invalid(format!("{field} has no host")));
+    }
+    Ok(s.to_string())
+}
+
+pub fn parse_retry(v: &Value) -> Result<RetryPolicy, ApiError> {
+    RetryPolicy::from_json(v).map_err(|e| ApiError::Invalid(format!("retry: {e}")))
+}
+
+pub fn parse_ack(s: &str) -> Result<AckRule, ApiError> {
+    s.parse()
+        .map_err(|e: herald_protocols::ack::AckRuleError| ApiError::Invalid(format!("ack: {e}")))
+}
+
+pub fn bounded_text(field: &str, s: &str, max: usize) -> Result<String, ApiError> {
+    if s.trim().is_empty() {
+        return Err(ApiError::Invalid(format!("{field} must not be empty")));
+    }
+    if s.chars().count() > max {
+        return Err(ApiError::Invalid(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+pub fn app(app: &App, credentials: Value) -> Value {
+    json!({
+        "id": app.id,
+        "name": app.name,
+        "profile": app.profile.name(),
+        "retry": app.retry,
+        "ack": app.ack.as_ref().map(|a| a.to_string()),
+        "credentials": credentials,
+        "created_at": rfc3339(app.created_at),
+    })
+}
+
+pub fn endpoint(e: &Endpoint) -> Value {
+    json!({
+        "id": e.id,
+        "app_id": e.app_id,
+        "url": e.url,
+        "event_types": e.event_types,
+        "retry": e.retry,
+        "ack": e.ack.as_ref().map(|a| a.to_string()),
+        "max_in_flight": e.max_in_flight,
+        "ordered": e.ordered,
+        "enabled": e.enabled,
+        "created_at": rfc3339(e.created_at),
+        "updated_at": rfc3339(e.updated_at),
+    })
+}
+
+pub fn delivery_summary(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "notify_id": d.notify_id,
+        "url": d.url,
+        "status": d.status,
+    })
+}
+
+fn attempt(a: &Attempt) -> Value {
+    json!({
+        "n": a.n,
+        "at": rfc3339(a.at),
+        "duration_ms": a.duration_ms,
+        "status_code": a.status_code,
+        "response": a.response,
+        "error_class": a.error_class,
+        "error": a.error,
+    })
+}
+
+pub fn delivery(d: &DeliveryDetail) -> Value {
+    let x = &d.delivery;
+    json!({
+        "id": x.id,
+        "notification_id": x.notification_id,
+        "notify_id": x.notify_id,
+        "endpoint_id": x.endpoint_id,
+        "url": x.url,
+        "status": x.status,
+        "attempt_count": x.attempts,
+        "next_attempt_at": x.next_attempt_at.map(rfc3339),
+        "created_at": rfc3339(x.created_at),
+        "updated_at": rfc3339(x.updated_at),
+        "attempts": d.attempts.iter().map(attempt).collect::<Vec<_>>(),
+    })
+}
+
+/// A notification's overall status: `pending` while any delivery is pending, `failed` when
+/// any failed, `succeeded` when all succeeded (or there were none to make), else `canceled`.
+pub fn overall_status(deliveries: &[DeliveryDetail]) -> DeliveryStatus {
+    let has = |s| deliveries.iter().any(|d| d.delivery.status == s);
+    if has(DeliveryStatus::Pending) {
+        DeliveryStatus::Pending
+    } else if has(DeliveryStatus::Failed) {
+        DeliveryStatus::Failed
+    } else if deliveries
+        .iter()
+        .all(|d| d.delivery.status == DeliveryStatus::Succeeded)
+    {
+        DeliveryStatus::Succeeded
+    } else {
+        DeliveryStatus::Canceled
+    }
+}
+
+pub fn notification(n: &NotificationDetail) -> Value {
+    let x = &n.notification;
+    let payload: Value =
+        serde_json::from_str(&x.payload).unwrap_or(Value::String(x.payload.clone()));
+    json!({
+        "id": x.id,
+        "app_id": x.app_id,
+        "event_type": x.event_type,
+        "payload": payload,
+        "notify_url": x.notify_url,
+        "idempotency_key": x.idempotency_key,
+        "order_key": x.order_key,
+        "created_at": rfc3339(x.created_at),
+        "status": overall_status(&n.deliveries),
+        "deliveries": n.deliveries.iter().map(delivery).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,18 @@
+//! The CLI commands other than argument parsing: one module per command.
+pub mod listen;
+pub mod send;
+pub mod serve;
+
+/// Reads a value given as literal text, `@FILE`, or `-` for standard input.
+pub fn read_arg_text(value: &str) -> Result<String, String> {
+    if value == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        Ok(s)
+    } else if let Some(path) = value.strip_prefix('@') {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+    } else {
+        Ok(value.to_string())
+    }
+}

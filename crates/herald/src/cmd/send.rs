@@ -1,0 +1,189 @@
+//! `herald send`: deliver one signed notification in the foreground, with the engine's own
+//! attempt code, and show every attempt until it is acknowledged or the schedule is spent.
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use herald_engine::attempt::{build_client, next_outcome, Sender};
+use herald_engine::{now_ms, EngineConfig, TargetPolicy};
+use herald_protocols::standard_webhooks::{Keys, SigningSecret};
+use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
+use herald_store::{AppCtx, Job, Outcome};
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Where to POST the notification.
+    #[arg(long)]
+    pub url: String,
+    /// Signing secret: a whsec_ (HMAC) or whsk_ (ed25519) key.
+    #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The JSON payload: literal JSON, @FILE, or - for standard input.
+    #[arg(long, value_name = "JSON")]
+    pub json: String,
+    /// Event type (for display; the body is the payload as given).
+    #[arg(long, default_value = "test.event")]
+    pub event_type: String,
+    /// Retry schedule: a policy name (standard, alipay, wechatpay-v2, wechatpay-v3, stripe),
+    /// `none`, or delays such as 1,5,30s,2m (plain numbers are seconds).
+    #[arg(long, default_value = "1,5,30")]
+    pub retry: String,
+    /// What counts as an acknowledgement: 2xx, body:<text>, or wechat-xml.
+    #[arg(long, default_value = "2xx")]
+    pub ack: String,
+    /// The webhook-id to send (default: a fresh msg_ id, the same on every attempt).
+    #[arg(long)]
+    pub notify_id: Option<String>,
+    /// Seconds one attempt may take.
+    #[arg(long, default_value_t = 15)]
+    pub timeout: u64,
+    /// Refuse loopback and private addresses, as `herald serve` does by default.
+    #[arg(long)]
+    pub block_private_targets: bool,
+}
+
+/// Parses the `--retry` forms shared by the CLI.
+pub fn parse_retry_arg(s: &str) -> Result<RetryPolicy, String> {
+    let s = s.trim();
+    if s == "none" {
+        return Ok(RetryPolicy {
+            name: Some("none".into()),
+            delays_ms: vec![],
+            jitter: 0.0,
+        });
+    }
+    if let Some(p) = RetryPolicy::named(s) {
+        return Ok(p);
+    }
+    let items: Vec<serde_json::Value> = s
+        .split(',')
+        .map(|part| {
+            let part = part.trim();
+            match part.parse::<f64>() {
+                Ok(n) => serde_json::json!(n),
+                Err(_) => serde_json::Value::String(part.to_string()),
+            }
+        })
+        .collect();
+    RetryPolicy::from_json(&serde_json::Value::Array(items)).map_err(|e| e.to_string())
+}
+
+pub async fn run(args: SendArgs) -> Result<bool, String> {
+    let secret = args.secret.trim().to_string();
+    SigningSecret::parse_for_signing(&secret).map_err(|e| format!("--secret: {e}"))?;
+    let payload = super::read_arg_text(&args.json)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&payload).map_err(|e| format!("--json is not valid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("--json must be a JSON object".into());
+    }
+    let retry = parse_retry_arg(&args.retry).map_err(|e| format!("--retry: {e}"))?;
+    let ack: AckRule = args.ack.parse().map_err(|e| format!("--ack: {e}"))?;
+    let profile = Profile::StandardWebhooks;
+    let app = Arc::new(AppCtx {
+        id: "cli".into(),
+        profile,
+        credentials: Credentials::StandardWebhooks(Keys::single(secret)),
+        retry: retry.clone(),
+        ack: ack.clone(),
+    });
+    let config = EngineConfig {
+        request_timeout: Duration::from_secs(args.timeout.max(1)),
+        target_policy: Arc::new(TargetPolicy {
+            allow_private: !args.block_private_targets,
+            allow: vec![],
+        }),
+        ..EngineConfig::default()
+    };
+    let sender = Sender {
+        client: build_client(&config).map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+        policy: config.target_policy.clone(),
+        read_cap: config.response_read_cap,
+        store_cap: config.response_store_cap,
+    };
+    let mut job = Job {
+        seq: 0,
+        id: "cli".into(),
+        notify_id: args
+            .notify_id
+            .clone()
+            .unwrap_or_else(|| profile.new_notify_id()),
+        notification_id: "cli".into(),
+        app: app.clone(),
+        endpoint: None,
+        url: args.url.clone(),
+        event_type: args.event_type.clone(),
+        payload: Arc::from(payload.as_str()),
+        attempts: 0,
+        next_at: now_ms(),
+        order_key: None,
+    };
+    println!(
+        "POST {}  webhook-id {}  ({} attempts at most, ack {})",
+        job.url,
+        job.notify_id,
+        retry.max_attempts(),
+        ack
+    );
+    loop {
+        let result = sender.attempt(&job, &app, &job.url, &ack).await;
+        let a = &result.attempt;
+        let status = a
+            .status_code
+            .map(|s| format!("HTTP {s}"))
+            .unwrap_or_else(|| "no response".into());
+        let verdict = match (&a.error_class, &a.error) {
+            (None, _) => "acknowledged".to_string(),
+            (Some(class), Some(msg)) => format!("{class}: {msg}"),
+            (Some(class), None) => class.clone(),
+        };
+        println!("attempt {}  {status}  {} ms  {verdict}", a.n, a.duration_ms);
+        if let (Some(body), Some(_)) = (&a.response, &a.error_class) {
+            let shown: String = body.chars().take(200).collect();
+            println!("  response: {shown:?}");
+        }
+        let outcome = {
+            let mut rng = rand::thread_rng();
+            next_outcome(&result.verdict, a.n, &retry, now_ms(), &mut rng)
+        };
+        match outcome {
+            Outcome::Succeeded => {
+                println!("delivered: acknowledged on attempt {}", a.n);
+                return Ok(true);
+            }
+            Outcome::Failed => {
+                println!("failed: not acknowledged after {} attempts", a.n);
+                return Ok(false);
+            }
+            Outcome::Retry { next_at } => {
+                let wait = (next_at - now_ms()).max(0) as u64;
+                println!("  next attempt in {:.1} s", wait as f64 / 1000.0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                job.attempts = a.n;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_argument_accepts_names_lists_and_none() {
+        assert_eq!(
+            parse_retry_arg("alipay").unwrap(),
+            RetryPolicy::named("alipay").unwrap()
+        );
+        assert_eq!(
+            parse_retry_arg("1,5,30s").unwrap().delays_ms,
+            vec![1000, 5000, 30_000]
+        );
+        assert_eq!(
+            parse_retry_arg("0.1, 2m").unwrap().delays_ms,
+            vec![100, 120_000]
+        );
+        assert!(parse_retry_arg("none").unwrap().delays_ms.is_empty());
+        assert!(parse_retry_arg("soon").is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! `herald serve`: run the delivery service until Ctrl-C or SIGTERM.
+use crate::config::ServeArgs;
+use crate::server;
+
+pub async fn run(args: ServeArgs) -> Result<(), String> {
+    let opts = args.resolve().map_err(|e| e.to_string())?;
+    let running = server::start(opts, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("Herald is listening on http://{}", running.addr);
+    if let Some(token) = &running.generated_token {
+        println!("Admin token (shown once, only its hash is stored; keep it): {token}");
+        println!("Use it as:  Authorization: Bearer {token}");
+    }
+    running.wait().await;
+    println!("Herald stopped.");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,67 @@
+//! The `herald` command line: argument parsing and logging set-up; each command's work is
+//! in `herald::cmd`.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald::cmd;
+use herald::config::ServeArgs;
+
+/// Herald delivers payment notifications and webhooks durably, signed, and retried on the
+/// provider's schedule until the receiver acknowledges them.
+#[derive(Parser, Debug)]
+#[command(name = "herald", version)]
+#[command(after_help = "Examples:\n  \
+    herald serve --db sqlite://herald.db --allow-private-targets\n  \
+    herald listen --port 9000 --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  \
+    herald send --url http://127.0.0.1:9000/hook --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --json '{\"order\": 42}'\n\n\
+    Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug) for more.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the delivery service: the HTTP API and the delivery engine on one database.
+    Serve(ServeArgs),
+    /// Deliver one signed notification now, showing each attempt (exit 1 if never acked).
+    Send(cmd::send::SendArgs),
+    /// Run a local receiver that verifies, prints and acknowledges notifications.
+    Listen(cmd::listen::ListenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => cmd::serve::run(args).await.map(|_| true),
+            Command::Send(args) => cmd::send::run(args).await,
+            Command::Listen(args) => cmd::listen::run(args).await.map(|_| true),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `herald serve`'s core: open the store, resolve the admin token, start the engine and
+//! the HTTP API, and stop both when the shutdown future completes. Integration tests call
+//! [`start`] directly with a random port and a fresh database.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use herald_engine::{Engine, EngineConfig, EngineStats};
+use herald_store::sqlite::{Durability, SqliteStore};
+use herald_store::Store;
+use rand::RngCore;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState};
+
+const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
+
+/// Where the data lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+}
+
+impl std::str::FromStr for Database {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, e.g. sqlite://herald.db".into());
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Err(
+                "the PostgreSQL driver is not available in this build yet; use sqlite://PATH"
+                    .into(),
+            );
+        }
+        Err(format!(
+            "unsupported database URL {s:?}; expected sqlite://PATH"
+        ))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub database: Database,
+    pub listen: SocketAddr,
+    /// The admin token; when `None`, the one stored at first start is used, or a new one is
+    /// generated, stored (as a hash) and returned once in [`Running::generated_token`].
+    pub admin_token: Option<String>,
+    pub engine: EngineConfig,
+    pub durability: Durability,
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// Set only when this start generated the admin token: print it once, it is not kept.
+    pub generated_token: Option<String>,
+    pub stats: Arc<EngineStats>,
+    pub store: Arc<dyn Store>,
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops accepting requests, lets attempts in flight finish (bounded), and waits.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops by itself (its shutdown future completed).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] herald_store::StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("cannot start the engine: {0}")]
+    Engine(#[from] herald_engine::EngineError),
+    #[error("the stored admin token hash is corrupt; start with --admin-token to replace it")]
+    BadStoredToken,
+}
+
+/// Starts the server; it runs until `shutdown` completes or [`Running::shutdown`] is called.
+pub async fn start(
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, ServerError> {
+    let store: Arc<dyn Store> = match &opts.database {
+        Database::Sqlite(path) => Arc::new(SqliteStore::open(path, opts.durability)?),
+    };
+    let (token_hash, generated_token) =
+        resolve_admin_token(store.as_ref(), opts.admin_token.as_deref()).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // Either the caller's shutdown future or an explicit stop ends everything.
+    let stop_on_shutdown = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_on_shutdown.send(true);
+    });
+
+    let engine = Engine::start(store.clone(), opts.engine.clone(), stopped)?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| ServerError::Bind(opts.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Bind(opts.listen, e))?;
+    let app = api::router(ApiState {
+        store: store.clone(),
+        admin_token_sha256: token_hash,
+    });
+    let mut rx = stop_rx;
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = rx.wait_for(|s| *s).await;
+    });
+    let stats = engine.stats.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "the HTTP server failed");
+        }
+        let _ = engine.task.await;
+    });
+    tracing::info!(%addr, "Herald is listening");
+    Ok(Running {
+        addr,
+        generated_token,
+        stats,
+        store,
+        task,
+        stop: stop_tx,
+    })
+}
+
+async fn resolve_admin_token(
+    store: &dyn Store,
+    given: Option<&str>,
+) -> Result<([u8; 32], Option<String>), ServerError> {
+    if let Some(token) = given {
+        return Ok((api::hash_token(token), None));
+    }
+    if let Some(stored) = store.get_meta(ADMIN_TOKEN_KEY).await? {
+        let bytes = hex_decode(&stored).ok_or(ServerError::BadStoredToken)?;
+        let hash: [u8; 32] = bytes.try_into().map_err(|_| ServerError::BadStoredToken)?;
+        return Ok((hash, None));
+    }
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = format!(
+        "hrd_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let hash = api::hash_token(&token);
+    store.set_meta(ADMIN_TOKEN_KEY, &hex_encode(&hash)).await?;
+    Ok((hash, Some(token)))
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_parse_with_clear_errors() {
+        assert_eq!(
+            "sqlite://herald.db".parse::<Database>(),
+            Ok(Database::Sqlite("herald.db".into()))
+        );
+        assert_eq!(
+            "sqlite:/tmp/x.db".parse::<Database>(),
+            Ok(Database::Sqlite("/tmp/x.db".into()))
+        );
+        assert!("sqlite://"
+            .parse::<Database>()
+            .unwrap_err()
+            .contains("file path"));
+        assert!("postgres://x"
+            .parse::<Database>()
+            .unwrap_err()
+            .contains("PostgreSQL"));
+        assert!("mysql://x"
+            .parse::<Database>()
+            .unwrap_err()
+            .contains("unsupported"));
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let h = api::hash_token("t");
+        assert_eq!(hex_decode(&hex_encode(&h)).unwrap(), h.to_vec());
+        assert_eq!(hex_decode("zz"), None);
+        assert_eq!(hex_decode("abc"), None);
+    }
+}

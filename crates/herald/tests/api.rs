@@ -1,0 +1,374 @@
+//! The HTTP API's contract: auth, errors with their shape and status, CRUD, listing.
+mod common;
+
+use common::{Receiver, TestServer, TOKEN};
+use serde_json::json;
+
+#[tokio::test]
+async fn every_v1_route_requires_the_admin_token() {
+    let server = TestServer::start().await;
+    for token in [None, Some("wrong")] {
+        let (status, v) = server
+            .call_raw(
+                "POST",
+                "/v1/apps",
+                Some(b"{\"name\":\"x\"}".to_vec()),
+                token,
+                &[],
+            )
+            .await;
+        assert_eq!(status, 401);
+        assert_eq!(v["error"]["code"], "unauthorized");
+        let (status, _) = server
+            .call_raw("GET", "/v1/notifications/ntf_x", None, token, &[])
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (status, v) = server.call_raw("GET", "/healthz", None, None, &[]).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let app = server.app(json!({})).await;
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/apps".into(),
+            b"{\"name\":".to_vec(),
+            400,
+            "bad_request",
+        ),
+        ("POST", "/v1/apps".into(), b"".to_vec(), 400, "bad_request"),
+        (
+            "POST",
+            "/v1/apps".into(),
+            b"{\"name\": 5}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/apps".into(),
+            b"{\"name\": \"\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/apps".into(),
+            b"{\"name\": \"x\", \"profile\": \"paypal\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/apps".into(),
+            b"{\"name\": \"x\", \"ack\": \"3xx\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/apps".into(),
+            b"{\"name\": \"x\", \"credentials\": {\"secret\": \"nope\"}}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/apps".into(),
+            b"{\"name\": \"x\", \"surprise\": 1}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/endpoints"),
+            b"{\"url\": \"ftp://x\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/endpoints"),
+            b"{\"url\": \"not a url\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/endpoints"),
+            b"{\"url\": \"https://x.example\", \"max_in_flight\": 0}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/endpoints"),
+            b"{\"url\": \"https://x.example\", \"retry\": [-1]}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/apps/app_missing/endpoints".into(),
+            b"{\"url\": \"https://x.example\"}".to_vec(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/notifications"),
+            b"{\"event_type\": \"e\", \"payload\": [1]}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/notifications"),
+            b"{\"event_type\": \"e\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/notifications"),
+            b"{\"event_type\": \"e\", \"payload\": {}, \"notify_url\": \"x\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/apps/app_missing/notifications".into(),
+            b"{\"event_type\": \"e\", \"payload\": {}}".to_vec(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/notifications/ntf_missing".into(),
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/apps/app_missing".into(),
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/deliveries/dlv_missing/retry".into(),
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/v1/apps/{app}/recover"),
+            b"{\"since\": \"yesterday\"}".to_vec(),
+            422,
+            "invalid",
+        ),
+        (
+            "GET",
+            format!("/v1/apps/{app}/notifications?status=lost"),
+            vec![],
+            422,
+            "invalid",
+        ),
+        (
+            "GET",
+            format!("/v1/apps/{app}/notifications?limit=0"),
+            vec![],
+            422,
+            "invalid",
+        ),
+        (
+            "GET",
+            format!("/v1/apps/{app}/notifications?cursor=zzz"),
+            vec![],
+            422,
+            "invalid",
+        ),
+        ("GET", "/v2/whatever".into(), vec![], 404, "not_found"),
+    ];
+    for (method, path, body, want_status, want_code) in cases {
+        let body = if body.is_empty() && method == "GET" {
+            None
+        } else {
+            Some(body)
+        };
+        let (status, v) = server
+            .call_raw(method, &path, body.clone(), Some(TOKEN), &[])
+            .await;
+        assert_eq!(
+            status,
+            want_status,
+            "{method} {path} {:?}: {v}",
+            body.map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
+        assert_eq!(v["error"]["code"], want_code, "{method} {path}: {v}");
+        assert!(
+            !v["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{v}"
+        );
+    }
+    // Nothing was created by any of them.
+    let (_, eps) = server
+        .call("GET", &format!("/v1/apps/{app}/endpoints"), None)
+        .await;
+    assert_eq!(eps["data"].as_array().unwrap().len(), 0);
+    let (_, list) = server
+        .call("GET", &format!("/v1/apps/{app}/notifications"), None)
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn bodies_over_one_mebibyte_get_413() {
+    let server = TestServer::start().await;
+    let app = server.app(json!({})).await;
+    let big = format!(
+        "{{\"event_type\": \"e\", \"payload\": {{\"x\": \"{}\"}}}}",
+        "a".repeat(1024 * 1024 + 10)
+    );
+    let (status, v) = server
+        .call_raw(
+            "POST",
+            &format!("/v1/apps/{app}/notifications"),
+            Some(big.into_bytes()),
+            Some(TOKEN),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn endpoints_can_be_read_patched_and_deleted() {
+    let server = TestServer::start().await;
+    let app = server.app(json!({})).await;
+    let ep = server
+        .endpoint(
+            &app,
+            json!({"url": "https://merchant.example/hook", "retry": "alipay"}),
+        )
+        .await;
+    let path = format!("/v1/apps/{app}/endpoints/{ep}");
+    let (status, v) = server.call("GET", &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["max_in_flight"], 8);
+    assert_eq!(v["retry"]["name"], "alipay");
+    let (status, v) = server
+        .call("PATCH", &path, Some(json!({"url": "https://merchant.example/v2", "retry": null, "ordered": true, "ack": "body:success"})))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["url"], "https://merchant.example/v2");
+    assert_eq!(v["retry"], serde_json::Value::Null);
+    assert_eq!(v["ordered"], true);
+    assert_eq!(v["ack"], "body:success");
+    let (status, v) = server
+        .call("PATCH", &path, Some(json!({"colour": "red"})))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("invalid"))
+    );
+    let (status, _) = server.call("DELETE", &path, None).await;
+    assert_eq!(status, 204);
+    let (status, _) = server.call("GET", &path, None).await;
+    assert_eq!(status, 404);
+    let (status, _) = server.call("DELETE", &path, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn app_creation_returns_the_secret_once_and_named_policies() {
+    let server = TestServer::start().await;
+    let (status, v) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "p", "retry": "wechatpay-v3", "ack": "2xx"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert!(v["credentials"]["secret"]
+        .as_str()
+        .unwrap()
+        .starts_with("whsec_"));
+    assert_eq!(v["profile"], "standard-webhooks");
+    assert_eq!(v["retry"]["name"], "wechatpay-v3");
+    assert_eq!(v["retry"]["delays_ms"].as_array().unwrap().len(), 15);
+    let (_, got) = server
+        .call(
+            "GET",
+            &format!("/v1/apps/{}", v["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(got["credentials"].get("secret").is_none(), "{got}");
+}
+
+#[tokio::test]
+async fn notifications_list_filters_by_status_and_pages_with_a_cursor() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start(Receiver::ok()).await;
+    let app = server.app(json!({})).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let n = server
+            .notify(
+                &app,
+                json!({"event_type": "e", "payload": {"i": i}, "notify_url": rx.url("/")}),
+            )
+            .await;
+        ids.push(n["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        server.wait_status(id, "succeeded").await;
+    }
+    // One without deliveries that can succeed: its receiver refuses everything.
+    let (_, page1) = server
+        .call(
+            "GET",
+            &format!("/v1/apps/{app}/notifications?limit=2"),
+            None,
+        )
+        .await;
+    let data = page1["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["id"], ids[2].as_str());
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = server
+        .call(
+            "GET",
+            &format!("/v1/apps/{app}/notifications?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["next_cursor"], serde_json::Value::Null);
+    let (_, ok) = server
+        .call(
+            "GET",
+            &format!("/v1/apps/{app}/notifications?status=succeeded"),
+            None,
+        )
+        .await;
+    assert_eq!(ok["data"].as_array().unwrap().len(), 3);
+    let (_, pending) = server
+        .call(
+            "GET",
+            &format!("/v1/apps/{app}/notifications?status=pending"),
+            None,
+        )
+        .await;
+    assert_eq!(pending["data"].as_array().unwrap().len(), 0);
+}

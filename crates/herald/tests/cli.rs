@@ -1,0 +1,412 @@
+//! The `herald` binary itself: crash safety under `kill -9`, the admin token printed once,
+//! `send`, `listen` and `--help`.
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Receiver, Reply};
+use herald_protocols::standard_webhooks::{self as sw, SigningSecret, VerifyKey};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc {
+    child: Child,
+    base: String,
+    stdout_lines: Vec<String>,
+}
+
+async fn serve(db: &std::path::Path, port: u16, extra: &[&str]) -> Proc {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--db",
+            &format!("sqlite://{}", db.display()),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--allow-private-targets",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn herald");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut stdout_lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first line says it listens; a generated token follows on the next lines.
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline.into(), lines.next_line()).await
+    {
+        let done = line.starts_with("Use it as")
+            || (line.starts_with("Herald is listening") && extra.contains(&"--admin-token"));
+        stdout_lines.push(line);
+        if done {
+            break;
+        }
+        if stdout_lines.len() == 1 {
+            // Without a generated token there is no second line: give it a moment.
+            if let Ok(Ok(Some(next))) =
+                tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
+            {
+                let done = next.starts_with("Use it as");
+                stdout_lines.push(next);
+                if done {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+    }
+    assert!(
+        stdout_lines
+            .first()
+            .is_some_and(|l| l.starts_with("Herald is listening")),
+        "{stdout_lines:?}"
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Proc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        stdout_lines,
+    }
+}
+
+async fn call(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .request(method.parse().unwrap(), format!("{base}{path}"))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let v = serde_json::from_slice::<Value>(&resp.bytes().await.unwrap_or_default())
+        .unwrap_or(Value::Null);
+    (status, v)
+}
+
+#[tokio::test]
+async fn acknowledged_notifications_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("herald.db");
+    let port = free_port();
+    let token = "kill-test-token";
+    let rx = Receiver::start(|_, _| Reply::Hang).await;
+    let mut p = serve(&db, port, &["--admin-token", token]).await;
+    let (_, app) = call(
+        &p.base,
+        token,
+        "POST",
+        "/v1/apps",
+        Some(json!({"name": "crash"})),
+    )
+    .await;
+    let app = app["id"].as_str().unwrap().to_string();
+    let (s, _) = call(
+        &p.base,
+        token,
+        "POST",
+        &format!("/v1/apps/{app}/endpoints"),
+        Some(json!({"url": rx.url("/"), "retry": [3600]})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    // Concurrent producers; every 202 is a promise.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let base = p.base.clone();
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            call(
+                &base,
+                token,
+                "POST",
+                &format!("/v1/apps/{app}/notifications"),
+                Some(json!({"event_type": "e", "payload": {"i": i}})),
+            )
+            .await
+        }));
+    }
+    let mut accepted = Vec::new();
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        assert_eq!(status, 202);
+        accepted.push(v["id"].as_str().unwrap().to_string());
+    }
+    rx.wait_count(8).await;
+    p.child.start_kill().unwrap(); // SIGKILL
+    p.child.wait().await.unwrap();
+
+    rx.set_script(|_, _| Reply::Status(204, ""));
+    let p = serve(&db, port, &["--admin-token", token]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &accepted {
+        loop {
+            let (status, v) = call(
+                &p.base,
+                token,
+                "GET",
+                &format!("/v1/notifications/{id}"),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "an acknowledged notification was lost: {id}");
+            if v["status"] == "succeeded" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not delivered after restart: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let delivered: std::collections::HashSet<i64> = rx
+        .received()
+        .iter()
+        .filter_map(|r| r.json()["i"].as_i64())
+        .collect();
+    assert_eq!(delivered.len(), 40);
+}
+
+#[tokio::test]
+async fn generated_admin_token_is_printed_once_and_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("herald.db");
+    let port = free_port();
+    let mut first = serve(&db, port, &[]).await;
+    let line = first
+        .stdout_lines
+        .iter()
+        .find(|l| l.contains("Admin token"))
+        .cloned()
+        .expect("token printed");
+    let token = line.rsplit(' ').next().unwrap().to_string();
+    assert!(token.starts_with("hrd_"), "{line}");
+    let (status, _) = call(
+        &first.base,
+        &token,
+        "POST",
+        "/v1/apps",
+        Some(json!({"name": "a"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+
+    let second = serve(&db, port, &[]).await;
+    assert!(
+        !second.stdout_lines.iter().any(|l| l.contains("hrd_")),
+        "printed again: {:?}",
+        second.stdout_lines
+    );
+    let (status, _) = call(
+        &second.base,
+        &token,
+        "POST",
+        "/v1/apps",
+        Some(json!({"name": "b"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = call(
+        &second.base,
+        "hrd_wrong",
+        "POST",
+        "/v1/apps",
+        Some(json!({"name": "c"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn send_shows_each_attempt_and_exits_zero_once_acknowledged() {
+    let rx = Receiver::start(|n, _| {
+        if n == 0 {
+            Reply::Status(500, "not yet")
+        } else {
+            Reply::Status(204, "")
+        }
+    })
+    .await;
+    let out = Command::new(BIN)
+        .args([
+            "send",
+            "--url",
+            &rx.url("/hook"),
+            "--secret",
+            common::SECRET,
+            "--json",
+            "{\"order\": 42}",
+            "--retry",
+            "0.1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("attempt 1  HTTP 500"), "{stdout}");
+    assert!(stdout.contains("attempt 2  HTTP 204"), "{stdout}");
+    assert!(stdout.contains("acknowledged on attempt 2"), "{stdout}");
+    let got = rx.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    assert_eq!(&got[1].body[..], b"{\"order\": 42}");
+}
+
+#[tokio::test]
+async fn send_exits_one_when_never_acknowledged_and_two_on_bad_input() {
+    let rx = Receiver::start(|_, _| Reply::Status(500, "")).await;
+    let out = Command::new(BIN)
+        .args([
+            "send",
+            "--url",
+            &rx.url("/"),
+            "--secret",
+            common::SECRET,
+            "--json",
+            "{}",
+            "--retry",
+            "none",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("failed: not acknowledged after 1 attempts")
+    );
+
+    for (args, needle) in [
+        (vec!["--secret", "nope", "--json", "{}"], "--secret"),
+        (vec!["--secret", common::SECRET, "--json", "{"], "--json"),
+        (
+            vec![
+                "--secret",
+                common::SECRET,
+                "--json",
+                "{}",
+                "--retry",
+                "later",
+            ],
+            "--retry",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["send", "--url", &rx.url("/")])
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(rx.count(), 1, "bad input sent nothing");
+}
+
+#[tokio::test]
+async fn listen_verifies_acks_and_rejects_tampered_requests() {
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let receiver = herald::cmd::listen::Receiver {
+        keys: Arc::new(vec![VerifyKey::parse(common::SECRET).unwrap()]),
+        status: axum::http::StatusCode::NO_CONTENT,
+        out: Arc::new(move |l| sink.lock().unwrap().push(l)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, herald::cmd::listen::router(receiver)).await });
+    let now = herald_engine::now_ms() / 1000;
+    let body = br#"{"a":1}"#;
+    let sig = sw::sign(
+        "msg_1",
+        now,
+        body,
+        &[SigningSecret::parse(common::SECRET).unwrap()],
+    );
+    let client = reqwest::Client::new();
+    let send = |body: &'static [u8]| {
+        client
+            .post(format!("http://{addr}/hook"))
+            .header("webhook-id", "msg_1")
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", sig.clone())
+            .body(body)
+            .send()
+    };
+    assert_eq!(send(body).await.unwrap().status().as_u16(), 204);
+    let tampered = send(br#"{"a":2}"#).await.unwrap();
+    assert_eq!(tampered.status().as_u16(), 401);
+    let lines = lines.lock().unwrap();
+    assert!(lines[0].starts_with("verified POST /hook"), "{lines:?}");
+    assert!(
+        lines[1].contains("invalid") && lines[1].contains("no signature"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn help_teaches_each_command() {
+    for (cmd, needles) in [
+        (
+            "serve",
+            vec![
+                "--db",
+                "--allow-private-targets",
+                "HERALD_ADMIN_TOKEN",
+                "--config",
+            ],
+        ),
+        ("send", vec!["--url", "--secret", "--retry", "--ack"]),
+        ("listen", vec!["--port", "--secret", "--status"]),
+    ] {
+        let out = Command::new(BIN)
+            .args([cmd, "--help"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(text.contains(n), "herald {cmd} --help lacks {n}:\n{text}");
+        }
+    }
+}

@@ -18,6 +18,8 @@ pub fn build_client(config: &EngineConfig) -> reqwest::Result<reqwest::Client> {
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve the target itself, past the address check.
+        .no_proxy()
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)

@@ -74,6 +74,8 @@ pub struct EngineStats {
     pub failed: AtomicU64,
     pub in_flight: AtomicU64,
     pub in_memory: AtomicU64,
+    /// Deliveries postponed to relieve memory (see the scheduler's parking).
+    pub parked: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,11 @@
 //!   limit caps all attempts. Destinations take turns (round robin), so a slow one fills only
 //!   its own slots. A destination whose recent attempts all failed drops to one attempt at a
 //!   time until one succeeds.
+//! - **Parking.** When memory passes its bound because a destination cannot keep up, the
+//!   tail of the longest ready queues is postponed in the store (moved past the watermark,
+//!   no attempt spent) and dropped from memory; loads bring it back later.
+//! - **No silent loss.** Every attempt task reports back, even when it panics (a drop
+//!   guard), so slots never leak and the delivery is tried again.
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -32,8 +37,12 @@ use crate::{now_ms, EngineConfig, EngineStats};
 const UNHEALTHY_AFTER: u32 = 5;
 /// Events handled before dispatching again.
 const EVENT_BATCH: usize = 1024;
-/// Delay before a job whose outcome could not be recorded is tried again.
-const RECORD_RETRY: Millis = 5_000;
+/// Delay before a job whose outcome could not be recorded is tried again; doubles with each
+/// consecutive storage failure, up to `RECORD_RETRY_MAX`.
+const RECORD_RETRY: Millis = 1_000;
+const RECORD_RETRY_MAX: Millis = 300_000;
+/// Ready jobs a destination keeps in memory when parking.
+const PARK_KEEP_MIN: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -44,11 +53,16 @@ enum State {
     InFlight,
     /// Canceled while in flight: drop it when its outcome arrives.
     InFlightCanceled,
+    /// Being postponed in the store; leaves memory when the store confirms.
+    Parking,
 }
 
 struct Slot {
     job: Arc<Job>,
     state: State,
+    /// Kept in memory whatever the watermark (its outcome could not be recorded, so the
+    /// store does not know its retry time).
+    pinned: bool,
 }
 
 #[derive(Default)]
@@ -92,6 +106,35 @@ pub(crate) struct Scheduler {
     next_load_at: Instant,
     apps: HashMap<String, Arc<AppCtx>>,
     endpoints: HashMap<String, Arc<EndpointCtx>>,
+    /// Jobs in `Parking` state.
+    parking: usize,
+    /// Consecutive storage failures to record outcomes (for backoff).
+    record_failures: u32,
+    /// Attempt tasks that ended without their outcome reaching the store (panic, store
+    /// closed) send their job here.
+    lost_tx: tokio::sync::mpsc::UnboundedSender<Arc<Job>>,
+    lost_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Job>>>,
+}
+
+/// Reports an attempt task's job as lost unless disarmed (the outcome was handed to the
+/// store). Runs on panic too, so the scheduler's slots never leak.
+struct AttemptGuard {
+    job: Option<Arc<Job>>,
+    lost: tokio::sync::mpsc::UnboundedSender<Arc<Job>>,
+}
+
+impl AttemptGuard {
+    fn disarm(&mut self) {
+        self.job = None;
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            let _ = self.lost.send(job);
+        }
+    }
 }
 
 impl Scheduler {
@@ -101,6 +144,7 @@ impl Scheduler {
         sender: Arc<Sender>,
         stats: Arc<EngineStats>,
     ) -> Scheduler {
+        let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
         Scheduler {
             store,
             config,
@@ -117,6 +161,10 @@ impl Scheduler {
             next_load_at: Instant::now(),
             apps: HashMap::new(),
             endpoints: HashMap::new(),
+            parking: 0,
+            record_failures: 0,
+            lost_tx,
+            lost_rx: Some(lost_rx),
         }
     }
 
@@ -126,10 +174,12 @@ impl Scheduler {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut lost = self.lost_rx.take().expect("run is called once");
         loop {
             let now = now_ms();
             self.promote_due(now);
             self.dispatch();
+            self.keep_memory_bounded(now).await;
             self.maybe_load(now).await;
             self.stats
                 .in_memory
@@ -138,15 +188,18 @@ impl Scheduler {
                 .in_flight
                 .store(self.in_flight as u64, Ordering::Relaxed);
 
-            let wake = self
+            let far = Instant::now() + Duration::from_secs(3600);
+            let mut wake = self
                 .timers
                 .first()
                 .map(|&(t, _)| Instant::now() + Duration::from_millis((t - now).max(0) as u64))
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let wake = wake.min(
-                self.next_load_at
-                    .max(Instant::now() + Duration::from_millis(1)),
-            );
+                .unwrap_or(far);
+            if !self.load_pending {
+                wake = wake.min(
+                    self.next_load_at
+                        .max(Instant::now() + Duration::from_millis(1)),
+                );
+            }
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -160,6 +213,7 @@ impl Scheduler {
                         }
                     }
                 }
+                Some(job) = lost.recv() => self.attempt_lost(job),
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
@@ -167,9 +221,12 @@ impl Scheduler {
         // short is attempted again after the restart.
         let deadline = Instant::now() + self.config.shutdown_grace;
         while self.in_flight > 0 {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(ev)) => self.handle(ev),
-                _ => break,
+            tokio::select! {
+                ev = tokio::time::timeout_at(deadline, events.recv()) => match ev {
+                    Ok(Some(ev)) => self.handle(ev),
+                    _ => break,
+                },
+                Some(job) = lost.recv() => self.attempt_lost(job),
             }
         }
     }
@@ -180,13 +237,18 @@ impl Scheduler {
         if self.load_pending || Instant::now() < self.next_load_at {
             return;
         }
-        let horizon = now + self.config.window.as_millis() as Millis;
+        let window = self.config.window.as_millis() as Millis;
+        let horizon = now + window;
         let room = self.config.max_in_memory.saturating_sub(self.jobs.len());
-        let behind = !self.caught_up
-            || self.watermark.0 < now + (self.config.window.as_millis() as Millis) / 2;
-        if !behind || room < self.config.max_in_memory / 4 {
-            // Either far enough ahead, or memory is too full to be worth a load.
+        let behind = !self.caught_up || self.watermark.0 < now + window / 2;
+        if !behind {
             self.next_load_at = Instant::now() + self.config.window / 4;
+            return;
+        }
+        if room < self.config.max_in_memory / 4 {
+            // Memory is too full to be worth a load; look again soon (parking and
+            // completions free room).
+            self.next_load_at = Instant::now() + Duration::from_millis(100);
             return;
         }
         let request = LoadRequest {
@@ -201,41 +263,129 @@ impl Scheduler {
         }
     }
 
-    fn on_loaded(&mut self, request: LoadRequest, jobs: Vec<Arc<Job>>, exhausted: bool) {
+    fn on_loaded(
+        &mut self,
+        request: LoadRequest,
+        jobs: Vec<Arc<Job>>,
+        exhausted: bool,
+        last_key: Option<(Millis, i64)>,
+    ) {
         self.load_pending = false;
-        let last = jobs.last().map(|j| j.key());
+        // An eviction or rewind while the load ran may have pulled the watermark back
+        // below where the load started: then the loaded range is not contiguous with
+        // memory, so keep only what lies within the current watermark and let the next
+        // load continue from there.
+        let contiguous = self.watermark >= request.after;
         for job in jobs {
-            self.admit(job, true);
+            self.admit(job, contiguous);
         }
-        if exhausted {
-            self.watermark = self.watermark.max((request.horizon, i64::MAX));
-            self.caught_up = true;
-            self.next_load_at = Instant::now() + self.config.window / 4;
-        } else {
-            if let Some(last) = last {
-                self.watermark = self.watermark.max(last);
+        if contiguous {
+            if exhausted {
+                self.watermark = self.watermark.max((request.horizon, i64::MAX));
+                self.caught_up = true;
+                self.next_load_at = Instant::now() + self.config.window / 4;
+            } else {
+                if let Some(last) = last_key {
+                    self.watermark = self.watermark.max(last);
+                }
+                self.caught_up = false;
+                self.next_load_at = Instant::now();
             }
+        } else {
             self.caught_up = false;
             self.next_load_at = Instant::now();
         }
-        self.evict_over_capacity();
     }
 
-    /// Keeps memory bounded: drops the latest waiting jobs and pulls the watermark back
-    /// before them (the store still has them; a later load brings them back).
-    fn evict_over_capacity(&mut self) {
-        if self.jobs.len() <= self.config.max_in_memory {
+    /// Keeps memory bounded. First drops the latest waiting jobs and pulls the watermark
+    /// back before them (the store still has them; a later load brings them back). If ready
+    /// jobs alone exceed the bound (destinations that cannot keep up), parks the tail of the
+    /// longest ready queues.
+    async fn keep_memory_bounded(&mut self, now: Millis) {
+        let max = self.config.max_in_memory;
+        if self.jobs.len() - self.parking <= max || self.load_pending {
             return;
         }
-        let target = self.config.max_in_memory * 3 / 4;
-        while self.jobs.len() > target {
-            let Some(&key) = self.timers.last() else {
+        let target = max * 3 / 4;
+        let mut evict = Vec::new();
+        let mut count = self.jobs.len() - self.parking;
+        for &key in self.timers.iter().rev() {
+            if count <= target {
                 break;
-            };
+            }
+            if self.jobs.get(&key.1).is_some_and(|s| !s.pinned) {
+                evict.push(key);
+                count -= 1;
+            }
+        }
+        for key in evict {
             self.timers.remove(&key);
             self.jobs.remove(&key.1);
-            self.watermark = (key.0, key.1 - 1);
+            self.watermark = self.watermark.min((key.0, key.1 - 1));
             self.caught_up = false;
+        }
+        if count <= max {
+            return;
+        }
+        // Park: the longest ready queues give up their tails.
+        let mut queues: Vec<(usize, Arc<str>)> = self
+            .dests
+            .iter()
+            .map(|(k, d)| (d.ready.len(), k.clone()))
+            .filter(|(len, _)| *len > PARK_KEEP_MIN)
+            .collect();
+        queues.sort_unstable_by_key(|q| std::cmp::Reverse(q.0));
+        let mut parked = Vec::new();
+        for (_, key) in queues {
+            if count <= target {
+                break;
+            }
+            let Some(dest) = self.dests.get_mut(&key) else {
+                continue;
+            };
+            let keep = (dest.limit as usize * 16).max(PARK_KEEP_MIN);
+            while dest.ready.len() > keep && count > target {
+                let Some(seq) = dest.ready.pop_back() else {
+                    break;
+                };
+                if let Some(slot) = self.jobs.get_mut(&seq) {
+                    if slot.state == State::Ready && !slot.pinned {
+                        slot.state = State::Parking;
+                        parked.push(slot.job.clone());
+                        count -= 1;
+                    }
+                }
+            }
+        }
+        if parked.is_empty() {
+            return;
+        }
+        // Past the watermark, so they leave memory; loads bring them back in time.
+        let until = (now + self.config.window.as_millis() as Millis)
+            .max(self.watermark.0.saturating_add(1));
+        tracing::warn!(
+            count = parked.len(),
+            "destinations cannot keep up: parking part of their backlog in the store"
+        );
+        self.parking += parked.len();
+        self.stats
+            .parked
+            .fetch_add(parked.len() as u64, Ordering::Relaxed);
+        if self.store.postpone(parked.clone(), until).await.is_err() {
+            self.unpark(&parked);
+        }
+    }
+
+    /// Returns parking jobs to their ready queues.
+    fn unpark(&mut self, jobs: &[Arc<Job>]) {
+        for job in jobs {
+            if let Some(slot) = self.jobs.get_mut(&job.seq) {
+                if slot.state == State::Parking {
+                    slot.state = State::Waiting;
+                    self.parking -= 1;
+                    self.timers.insert(slot.job.key());
+                }
+            }
         }
     }
 
@@ -257,8 +407,8 @@ impl Scheduler {
                     self.timers.insert(job.key());
                     slot.job = job;
                 }
-                // Already due or being attempted: nothing to add.
-                State::Ready | State::InFlight | State::InFlightCanceled => {}
+                // Already due, being attempted or parked: nothing to add.
+                State::Ready | State::InFlight | State::InFlightCanceled | State::Parking => {}
             },
             None => {
                 if !from_load && job.key() > self.watermark {
@@ -270,6 +420,7 @@ impl Scheduler {
                     Slot {
                         job,
                         state: State::Waiting,
+                        pinned: false,
                     },
                 );
             }
@@ -284,14 +435,14 @@ impl Scheduler {
                 for job in jobs {
                     self.admit(job, false);
                 }
-                self.evict_over_capacity();
             }
             StoreEvent::AttemptRecorded {
                 job,
                 status,
                 applied,
             } => {
-                self.finish_attempt(&job, status == DeliveryStatus::Succeeded);
+                self.record_failures = 0;
+                self.finish_attempt(&job, Some(status == DeliveryStatus::Succeeded));
                 let canceled = matches!(
                     self.jobs.get(&job.seq).map(|s| s.state),
                     Some(State::InFlightCanceled)
@@ -306,34 +457,51 @@ impl Scheduler {
                     }
                     _ => {}
                 }
+                // (When not applied but still pending, the store follows up with a
+                // Scheduled event carrying the current state.)
                 if applied && status == DeliveryStatus::Pending && !canceled {
                     self.admit(job, false);
                 }
             }
-            StoreEvent::AttemptNotRecorded { job } => {
-                self.finish_attempt(&job, false);
-                self.jobs.remove(&job.seq);
-                let mut retry = (*job).clone();
-                retry.next_at = now_ms() + RECORD_RETRY;
-                // Keep it in memory regardless of the watermark: the store may not know.
-                let retry = Arc::new(retry);
-                self.timers.insert(retry.key());
-                self.jobs.insert(
-                    retry.seq,
-                    Slot {
-                        job: retry,
-                        state: State::Waiting,
-                    },
-                );
-            }
+            StoreEvent::AttemptNotRecorded { job } => self.attempt_lost(job),
             StoreEvent::Loaded {
                 request,
                 jobs,
                 exhausted,
-            } => self.on_loaded(request, jobs, exhausted),
+                last_key,
+            } => self.on_loaded(request, jobs, exhausted, last_key),
             StoreEvent::LoadFailed { .. } => {
                 self.load_pending = false;
                 self.next_load_at = Instant::now() + Duration::from_secs(1);
+            }
+            StoreEvent::Rewind { from } => {
+                self.watermark = self.watermark.min((from, i64::MIN));
+                self.caught_up = false;
+                self.next_load_at = Instant::now();
+            }
+            StoreEvent::Postponed { jobs, requested } => {
+                // Confirmed ones leave (or stay, if still within the window) with their new
+                // time; the rest changed meanwhile and are dropped or were unchanged.
+                let moved: std::collections::HashSet<i64> = jobs.iter().map(|j| j.seq).collect();
+                for seq in requested {
+                    if let Some(slot) = self.jobs.get(&seq) {
+                        if slot.state == State::Parking {
+                            self.parking -= 1;
+                            if moved.contains(&seq) {
+                                self.jobs.remove(&seq);
+                            } else if let Some(slot) = self.jobs.get_mut(&seq) {
+                                // Not moved: still due as it was.
+                                slot.state = State::Waiting;
+                                self.timers.insert(slot.job.key());
+                            }
+                        }
+                    }
+                }
+                for job in jobs {
+                    if !self.jobs.contains_key(&job.seq) {
+                        self.admit(job, false);
+                    }
+                }
             }
             StoreEvent::Canceled(seqs) => {
                 for seq in seqs {
@@ -341,6 +509,10 @@ impl Scheduler {
                         match slot.state {
                             State::InFlight => slot.state = State::InFlightCanceled,
                             State::InFlightCanceled => {}
+                            State::Parking => {
+                                self.parking -= 1;
+                                self.jobs.remove(&seq);
+                            }
                             // A ready one stays in its queue as a stale entry, skipped there.
                             State::Waiting | State::Ready => {
                                 self.timers.remove(&slot.job.key());
@@ -357,26 +529,64 @@ impl Scheduler {
                 if let Some(dest) = self.dests.get_mut(ep.id.as_str()) {
                     dest.limit = ep.max_in_flight;
                 }
-                self.endpoints.insert(ep.id.clone(), ep);
+                if ep.deleted {
+                    self.endpoints.remove(&ep.id);
+                } else {
+                    self.endpoints.insert(ep.id.clone(), ep);
+                }
             }
         }
     }
 
-    fn finish_attempt(&mut self, job: &Job, success: bool) {
+    /// An attempt whose outcome did not reach the store (storage failure, or the task
+    /// died): release its slots and try it again after a backoff, kept in memory whatever
+    /// the watermark because the store does not know about it.
+    fn attempt_lost(&mut self, job: Arc<Job>) {
+        self.finish_attempt(&job, None);
+        let canceled = matches!(
+            self.jobs.get(&job.seq).map(|s| s.state),
+            Some(State::InFlightCanceled)
+        );
+        self.jobs.remove(&job.seq);
+        if canceled {
+            return;
+        }
+        self.record_failures = self.record_failures.saturating_add(1);
+        let backoff = RECORD_RETRY
+            .saturating_mul(1 << self.record_failures.min(20))
+            .min(RECORD_RETRY_MAX);
+        let mut retry = (*job).clone();
+        retry.next_at = now_ms() + backoff;
+        let retry = Arc::new(retry);
+        self.timers.insert(retry.key());
+        self.jobs.insert(
+            retry.seq,
+            Slot {
+                job: retry,
+                state: State::Waiting,
+                pinned: true,
+            },
+        );
+    }
+
+    /// Releases an attempt's slots. `success` is `None` when the endpoint's answer is not
+    /// known (the attempt was lost), which leaves its health as it was.
+    fn finish_attempt(&mut self, job: &Job, success: Option<bool>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let key = self.dest_key(job);
         if let Some(dest) = self.dests.get_mut(&key) {
             dest.in_flight = dest.in_flight.saturating_sub(1);
-            if success {
-                dest.consecutive_failures = 0;
-            } else {
-                dest.consecutive_failures = dest.consecutive_failures.saturating_add(1);
+            match success {
+                Some(true) => dest.consecutive_failures = 0,
+                Some(false) => {
+                    dest.consecutive_failures = dest.consecutive_failures.saturating_add(1)
+                }
+                None => {}
             }
             if dest.can_send() && !dest.queued {
                 dest.queued = true;
                 self.ready_dests.push_back(key);
-            } else if dest.ready.is_empty() && dest.in_flight == 0 && dest.consecutive_failures == 0
-            {
+            } else if dest.ready.is_empty() && dest.in_flight == 0 {
                 self.dests.remove(&key);
             }
         }
@@ -478,6 +688,10 @@ impl Scheduler {
         let store = self.store.clone();
         let sender = self.sender.clone();
         let stats = self.stats.clone();
+        let mut guard = AttemptGuard {
+            job: Some(job.clone()),
+            lost: self.lost_tx.clone(),
+        };
         tokio::spawn(async move {
             let url = endpoint
                 .as_ref()
@@ -497,8 +711,10 @@ impl Scheduler {
                 attempt: result.attempt,
                 outcome,
             };
-            if let Err(e) = store.record_attempt(report).await {
-                tracing::error!(error = %e, "cannot queue an attempt outcome; it will be retried after a restart");
+            match store.record_attempt(report).await {
+                // From here the store reports the outcome (or its failure) as an event.
+                Ok(()) => guard.disarm(),
+                Err(e) => tracing::error!(error = %e, "cannot queue an attempt outcome"),
             }
         });
     }

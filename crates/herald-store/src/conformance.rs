@@ -31,6 +31,9 @@ macro_rules! conformance_tests {
             deleting_an_endpoint_cancels_its_pending_deliveries,
             manual_retry_puts_a_failed_delivery_back_to_pending,
             recover_requeues_failed_deliveries_since_a_time,
+            recover_and_retry_never_overtake_a_pending_later_delivery,
+            postpone_moves_pending_jobs_and_skips_changed_ones,
+            stale_attempt_row_does_not_overwrite_the_recorded_one,
             notifications_list_pages_and_filters_by_status,
             meta_values_round_trip,
             credentials_change_is_announced_to_the_engine,
@@ -592,6 +595,7 @@ pub async fn load_returns_due_work_in_key_order_from_the_cursor(store: &impl Sto
         request,
         jobs,
         exhausted,
+        ..
     } = next_work_event(&mut events).await
     else {
         panic!("expected Loaded")
@@ -742,10 +746,110 @@ pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store)
         record(store, &mut events, j, Outcome::Failed).await;
     }
     assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 1);
-    let again = scheduled(&mut events).await;
+    match next_work_event(&mut events).await {
+        StoreEvent::Rewind { from } => assert_eq!(from, T0 + 200),
+        other => panic!("expected Rewind, got {other:?}"),
+    }
+    let req = LoadRequest {
+        after: (i64::MIN, i64::MIN),
+        horizon: T0 + 200,
+        limit: 10,
+    };
+    store.request_load(req).await.unwrap();
+    let StoreEvent::Loaded { jobs: again, .. } = next_work_event(&mut events).await else {
+        panic!("expected Loaded")
+    };
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, jobs[1].id);
+    assert_eq!(again[0].attempts, 1);
     assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 0);
+}
+
+pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let mk = || NewNotification {
+        notify_url: Some("https://merchant.example/notify".into()),
+        order_key: Some("trade-9".into()),
+        ..new_notification(&a.id, "e")
+    };
+    let first = store.create_notification(mk()).await.unwrap();
+    let job = scheduled(&mut events).await.remove(0);
+    store.create_notification(mk()).await.unwrap();
+    record(store, &mut events, &job, Outcome::Failed).await;
+    scheduled(&mut events).await; // the second is released and now pending
+    let err = store
+        .retry_delivery(&first.deliveries[0].id, T0 + 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.recover(&a.id, T0, T0 + 5).await.unwrap(), 0);
+    let d = store
+        .get_delivery(&first.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Failed);
+}
+
+pub async fn postpone_moves_pending_jobs_and_skips_changed_ones(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        store
+            .create_notification(NewNotification {
+                notify_url: Some("https://merchant.example/notify".into()),
+                ..new_notification(&a.id, "e")
+            })
+            .await
+            .unwrap();
+        jobs.push(scheduled(&mut events).await.remove(0));
+    }
+    // The second one gets an attempt first: its parked copy is stale.
+    record(
+        store,
+        &mut events,
+        &jobs[1],
+        Outcome::Retry { next_at: T0 + 10 },
+    )
+    .await;
+    store.postpone(jobs.clone(), T0 + 99_000).await.unwrap();
+    match next_work_event(&mut events).await {
+        StoreEvent::Postponed {
+            jobs: moved,
+            requested,
+        } => {
+            assert_eq!(requested, vec![jobs[0].seq, jobs[1].seq]);
+            assert_eq!(moved.len(), 1);
+            assert_eq!(moved[0].seq, jobs[0].seq);
+            assert_eq!(moved[0].next_at, T0 + 99_000);
+        }
+        other => panic!("expected Postponed, got {other:?}"),
+    }
+    let d = store.get_delivery(&jobs[0].id).await.unwrap().unwrap();
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 99_000));
+    assert_eq!(d.delivery.attempts, 0);
+    let d = store.get_delivery(&jobs[1].id).await.unwrap().unwrap();
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 10));
+}
+
+pub async fn stale_attempt_row_does_not_overwrite_the_recorded_one(store: &impl Store) {
+    let mut events = store.take_events().expect("events");
+    let a = app(store).await;
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let job = scheduled(&mut events).await.remove(0);
+    record(store, &mut events, &job, Outcome::Succeeded).await;
+    record(store, &mut events, &job, Outcome::Failed).await;
+    let d = store.get_delivery(&job.id).await.unwrap().unwrap();
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].status_code, Some(200));
 }
 
 pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) {

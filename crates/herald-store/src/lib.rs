@@ -11,6 +11,8 @@ pub mod conformance;
 pub mod model;
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -96,6 +98,10 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempt(&self, report: AttemptReport) -> Result<()>;
     /// Queues a load; the answer arrives as `Loaded` (or `LoadFailed`), in commit order.
     async fn request_load(&self, request: LoadRequest) -> Result<()>;
+    /// Queues moving pending jobs (not in flight) to a later time without an attempt: the
+    /// engine parks the backlog of a destination that cannot keep up, so memory stays
+    /// bounded. The answer arrives as `Postponed`.
+    async fn postpone(&self, jobs: Vec<Arc<Job>>, next_at: Millis) -> Result<()>;
 
     // Small key-value settings (the admin token's hash).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;

@@ -373,11 +373,26 @@ pub enum StoreEvent {
         job: Arc<Job>,
     },
     /// The answer to a [`LoadRequest`]. `exhausted` is true when fewer than `limit` rows
-    /// matched, i.e. everything up to the horizon is now loaded.
+    /// matched, i.e. everything up to the horizon is now loaded; otherwise `last_key` is the
+    /// key of the last row scanned (the next load starts after it, even when that row was
+    /// an orphan, canceled on the spot and not among `jobs`).
     Loaded {
         request: LoadRequest,
         jobs: Vec<Arc<Job>>,
         exhausted: bool,
+        last_key: Option<(Millis, i64)>,
+    },
+    /// Many deliveries became due at or after this time in one go (`recover`): the engine
+    /// must reload from there. Safe because the engine skips what memory already holds.
+    Rewind {
+        from: Millis,
+    },
+    /// The answer to a postpone: `jobs` now carry their new `next_at` (jobs whose delivery
+    /// changed meanwhile are left out); `requested` lists every seq that was asked for.
+    /// On failure `jobs` come back unchanged.
+    Postponed {
+        jobs: Vec<Arc<Job>>,
+        requested: Vec<i64>,
     },
     /// The load failed; the engine should ask again later.
     LoadFailed {

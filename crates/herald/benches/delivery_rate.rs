@@ -15,10 +15,16 @@ use herald_store::sqlite::{Durability, SqliteStore};
 use herald_store::{NewApp, NewNotification, Store};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let n: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let concurrency: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(8);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(run(n, concurrency));
 }
 
@@ -33,7 +39,10 @@ async fn run(n: usize, concurrency: u32) {
     let body = r#"{"out_trade_no":"20261123000001","total_amount":"88.00","trade_status":"TRADE_SUCCESS","subject":"coffee"}"#;
 
     // Ceiling: the same bodies, the same sink, the same concurrency, no Herald.
-    let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
     let started = Instant::now();
     let per = n / concurrency as usize;
     let mut tasks = Vec::new();
@@ -41,7 +50,13 @@ async fn run(n: usize, concurrency: u32) {
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..per {
-                let r = client.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
                 let _ = r.bytes().await;
             }
         }));
@@ -60,7 +75,12 @@ async fn run(n: usize, concurrency: u32) {
             profile: Profile::StandardWebhooks,
             retry: None,
             ack: None,
-            credentials: Credentials::StandardWebhooks(Keys { keys: vec![KeyEntry { secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(), expires_at: None }] }),
+            credentials: Credentials::StandardWebhooks(Keys {
+                keys: vec![KeyEntry {
+                    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                    expires_at: None,
+                }],
+            }),
             now: herald_engine::now_ms(),
         })
         .await
@@ -90,16 +110,25 @@ async fn run(n: usize, concurrency: u32) {
     }
     let config = EngineConfig {
         default_max_in_flight: concurrency,
-        target_policy: Arc::new(TargetPolicy { allow_private: true, allow: vec![] }),
+        target_policy: Arc::new(TargetPolicy {
+            allow_private: true,
+            allow: vec![],
+        }),
         ..EngineConfig::default()
     };
     let started = Instant::now();
     let engine = Engine::start(store.clone(), config, std::future::pending()).unwrap();
     while (engine.stats.succeeded.load(Ordering::Relaxed) as usize) < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(started.elapsed() < Duration::from_secs(600), "drain did not finish");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain did not finish"
+        );
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     println!("ceiling  (plain client, concurrency {concurrency}): {ceiling:>9.0} req/s");
-    println!("delivery (Herald, {n} stored, durable):   {rate:>9.0} deliveries/s  = {:.2}x ceiling", rate / ceiling);
+    println!(
+        "delivery (Herald, {n} stored, durable):   {rate:>9.0} deliveries/s  = {:.2}x ceiling",
+        rate / ceiling
+    );
 }

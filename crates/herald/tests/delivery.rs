@@ -552,3 +552,58 @@ async fn ed25519_app_signs_v1a_verifiable_with_its_public_key() {
     assert!(got[0].header("webhook-signature").starts_with("v1a,"));
     verify(&got[0], &public).expect("verifies with the public key");
 }
+
+#[tokio::test]
+async fn stuck_endpoint_backlog_is_parked_memory_stays_bounded_and_nothing_is_lost() {
+    let mut config = engine_config(true);
+    config.max_in_memory = 200;
+    config.load_page = 100;
+    config.window = Duration::from_secs(2);
+    config.request_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(config).await;
+    let stuck = Receiver::start(|_, _| Reply::Hang).await;
+    let healthy = Receiver::start(Receiver::ok()).await;
+    let slow_app = server.app(json!({"retry": [0.2]})).await;
+    let app = server.app(json!({})).await;
+    server
+        .endpoint(&slow_app, json!({"url": stuck.url("/")}))
+        .await;
+    server
+        .endpoint(&app, json!({"url": healthy.url("/")}))
+        .await;
+    let mut slow = Vec::new();
+    for _ in 0..600 {
+        slow.push(
+            server
+                .notify(&slow_app, json!({"event_type": "e", "payload": {}}))
+                .await,
+        );
+    }
+    let mut fast = Vec::new();
+    for _ in 0..50 {
+        fast.push(
+            server
+                .notify(&app, json!({"event_type": "e", "payload": {}}))
+                .await,
+        );
+    }
+    for n in &fast {
+        server
+            .wait_status(n["id"].as_str().unwrap(), "succeeded")
+            .await;
+    }
+    let stats = server.running.as_ref().unwrap().stats.clone();
+    let in_memory = stats.in_memory.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(in_memory <= 200, "memory holds {in_memory} deliveries");
+    assert!(
+        stats.parked.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the backlog was parked"
+    );
+    // The endpoint recovers: every parked or evicted delivery is still delivered.
+    stuck.set_script(|_, _| Reply::Status(204, ""));
+    for n in &slow {
+        server
+            .wait_status(n["id"].as_str().unwrap(), "succeeded")
+            .await;
+    }
+}

@@ -266,6 +266,13 @@ impl Store for SqliteStore {
             .map_err(|_| StoreError::Closed)
     }
 
+    async fn postpone(&self, jobs: Vec<Arc<Job>>, next_at: Millis) -> Result<()> {
+        self.ops
+            .send(Op::Postpone(jobs, next_at))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_string();
         self.readers.read(move |c| rows::get_meta(c, &key)).await

@@ -8,7 +8,7 @@
 //!
 //! The writer keeps small caches of app and endpoint settings (it is the only one who
 //! changes them, so it keeps them coherent); a failed commit clears them.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use herald_protocols::Credentials;
@@ -57,6 +57,7 @@ pub(crate) enum Op {
     },
     RecordAttempt(AttemptReport),
     Load(LoadRequest),
+    Postpone(Vec<Arc<Job>>, Millis),
     SetMeta(String, String, Reply<()>),
 }
 
@@ -110,8 +111,8 @@ impl Writer {
     fn apply_batch(&mut self, batch: &mut Vec<Op>) {
         let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
         let mut events: Vec<StoreEvent> = Vec::new();
-        // Engine-side ops whose failure must be reported as an event, not a reply.
-        let mut engine_ops: Vec<StoreEvent> = Vec::new();
+        // For engine ops that succeeded: what to tell the engine if the commit then fails.
+        let mut on_commit_failure: Vec<StoreEvent> = Vec::new();
 
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let err = backend(e);
@@ -120,11 +121,14 @@ impl Writer {
             }
             return;
         }
-        for op in batch.drain(..) {
+        let mut aborted: Option<StoreError> = None;
+        let mut ops = batch.drain(..);
+        for op in ops.by_ref() {
             if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
                 let err = backend(e);
                 self.fail_op(op, &err);
-                continue;
+                aborted = Some(err);
+                break;
             }
             let mut op_events = Vec::new();
             let (ok, completion, failure_event) = self.apply(op, &mut op_events);
@@ -139,13 +143,26 @@ impl Writer {
             }
             if let Some(ev) = failure_event {
                 if ok {
-                    engine_ops.push(ev);
+                    on_commit_failure.push(ev);
                 } else {
                     events.push(ev);
                 }
             }
+            // Some errors (disk full, I/O) roll back the whole transaction, not just the
+            // savepoint: then nothing of this batch may be reported as done.
+            if self.conn.is_autocommit() {
+                aborted = Some(StoreError::Backend(
+                    "the transaction was rolled back by the database".into(),
+                ));
+                break;
+            }
         }
-        match self.conn.execute_batch("COMMIT") {
+        let remaining: Vec<Op> = ops.collect();
+        let outcome = match aborted {
+            Some(err) => Err(err),
+            None => self.conn.execute_batch("COMMIT").map_err(backend),
+        };
+        match outcome {
             Ok(()) => {
                 for c in completions {
                     c(None);
@@ -154,24 +171,33 @@ impl Writer {
                     let _ = self.events.send(ev);
                 }
             }
-            Err(e) => {
-                let err = backend(e);
-                tracing::error!(error = %err, "commit failed; the batch is rolled back");
-                let _ = self.conn.execute_batch("ROLLBACK");
+            Err(err) => {
+                tracing::error!(error = %err, "the batch is rolled back");
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
                 self.clear_caches();
                 for c in completions {
                     c(Some(&err));
                 }
                 // Every engine-side op of the batch must be retried by the engine.
-                for ev in engine_ops.into_iter().chain(events) {
-                    match ev {
-                        StoreEvent::AttemptNotRecorded { .. } | StoreEvent::LoadFailed { .. } => {
-                            let _ = self.events.send(ev);
-                        }
-                        _ => {}
+                for ev in on_commit_failure.into_iter().chain(events) {
+                    if matches!(
+                        ev,
+                        StoreEvent::AttemptNotRecorded { .. }
+                            | StoreEvent::LoadFailed { .. }
+                            | StoreEvent::Postponed { .. }
+                    ) {
+                        let _ = self.events.send(ev);
                     }
                 }
             }
+        }
+        for op in remaining {
+            self.fail_op(
+                op,
+                &StoreError::Backend("an earlier operation of its batch failed".into()),
+            );
         }
     }
 
@@ -200,6 +226,10 @@ impl Writer {
             }
             Op::Load(request) => {
                 let _ = self.events.send(StoreEvent::LoadFailed { request });
+            }
+            Op::Postpone(jobs, _) => {
+                let requested = jobs.iter().map(|j| j.seq).collect();
+                let _ = self.events.send(StoreEvent::Postponed { jobs, requested });
             }
         }
     }
@@ -290,11 +320,12 @@ impl Writer {
                 }
             }
             Op::Load(request) => match self.load(request) {
-                Ok((jobs, exhausted)) => {
+                Ok((jobs, exhausted, last_key)) => {
                     events.push(StoreEvent::Loaded {
                         request,
                         jobs,
                         exhausted,
+                        last_key,
                     });
                     (true, None, Some(StoreEvent::LoadFailed { request }))
                 }
@@ -303,6 +334,26 @@ impl Writer {
                     (false, None, Some(StoreEvent::LoadFailed { request }))
                 }
             },
+            Op::Postpone(jobs, next_at) => {
+                let requested: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
+                let unchanged = StoreEvent::Postponed {
+                    jobs: jobs.clone(),
+                    requested: requested.clone(),
+                };
+                match self.postpone(jobs, next_at) {
+                    Ok(moved) => {
+                        events.push(StoreEvent::Postponed {
+                            jobs: moved,
+                            requested,
+                        });
+                        (true, None, Some(unchanged))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "postponing deliveries failed");
+                        (false, None, Some(unchanged))
+                    }
+                }
+            }
         }
     }
 
@@ -806,6 +857,29 @@ impl Writer {
                 "the delivery was canceled (its endpoint was deleted)".into(),
             ));
         }
+        if let Some(ep) = &d.endpoint_id {
+            if self.endpoint_ctx(ep)?.is_none() {
+                return Err(StoreError::Conflict(
+                    "the delivery's endpoint was deleted".into(),
+                ));
+            }
+        }
+        if d.status != DeliveryStatus::Pending {
+            let later_pending: bool = self
+                .conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries s, deliveries d
+                     WHERE d.seq = ?1 AND d.order_key IS NOT NULL AND s.order_key = d.order_key
+                       AND s.status = 'pending' AND s.seq > d.seq)",
+                )
+                .and_then(|mut st| st.query_row([seq], |r| r.get(0)))
+                .map_err(backend)?;
+            if later_pending {
+                return Err(StoreError::Conflict(
+                    "a later delivery with the same order key is still pending; retry this one after it ends".into(),
+                ));
+            }
+        }
         self.conn
             .execute(
                 "UPDATE deliveries SET status = 'pending', next_at = ?2, updated_at = ?2 WHERE seq = ?1",
@@ -819,6 +893,9 @@ impl Writer {
         Ok(rows::get_delivery(&self.conn, id)?.map(|(_, d)| d))
     }
 
+    /// Puts failed deliveries back to pending in one statement, skipping those whose
+    /// endpoint was deleted and those a later delivery of the same order key has overtaken
+    /// (reviving them would break the order). The engine is told to reload from `now`.
     fn recover(
         &mut self,
         app_id: &str,
@@ -826,27 +903,48 @@ impl Writer {
         now: Millis,
         events: &mut Vec<StoreEvent>,
     ) -> Result<u64> {
-        let seqs = {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_at = ?3, updated_at = ?3
-                     WHERE app_id = ?1 AND status = 'failed' AND created_at >= ?2 RETURNING seq",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![app_id, since, now], |r| r.get::<_, i64>(0))
-                .map_err(backend)?;
-            rows.collect::<rusqlite::Result<Vec<i64>>>()
-                .map_err(backend)?
-        };
-        let mut seqs_sorted = seqs.clone();
-        seqs_sorted.sort_unstable();
-        let jobs = self.jobs_for(&seqs_sorted)?;
-        if !jobs.is_empty() {
-            events.push(StoreEvent::Scheduled(jobs));
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE deliveries SET status = 'pending', next_at = ?3, updated_at = ?3
+                 WHERE app_id = ?1 AND status = 'failed' AND created_at >= ?2
+                   AND (endpoint_id IS NULL OR EXISTS (
+                        SELECT 1 FROM endpoints e WHERE e.id = deliveries.endpoint_id AND e.deleted = 0))
+                   AND (order_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM deliveries s WHERE s.order_key = deliveries.order_key
+                        AND s.status = 'pending' AND s.seq > deliveries.seq))",
+            )
+            .and_then(|mut st| st.execute(params![app_id, since, now]))
+            .map_err(backend)?;
+        if n > 0 {
+            events.push(StoreEvent::Rewind { from: now });
         }
-        Ok(seqs.len() as u64)
+        Ok(n as u64)
+    }
+
+    /// Moves parked jobs to `next_at` if they are still pending with the attempt count the
+    /// engine saw. Returns the moved jobs with their new time.
+    fn postpone(&mut self, jobs: Vec<Arc<Job>>, next_at: Millis) -> Result<Vec<Arc<Job>>> {
+        let mut moved = Vec::with_capacity(jobs.len());
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "UPDATE deliveries SET next_at = ?3
+                 WHERE seq = ?1 AND status = 'pending' AND attempts = ?2",
+            )
+            .map_err(backend)?;
+        for job in jobs {
+            if stmt
+                .execute(params![job.seq, job.attempts, next_at])
+                .map_err(backend)?
+                == 1
+            {
+                let mut j = (*job).clone();
+                j.next_at = next_at;
+                moved.push(Arc::new(j));
+            }
+        }
+        Ok(moved)
     }
 
     fn record_attempt(
@@ -858,7 +956,7 @@ impl Writer {
         let a = &report.attempt;
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO attempts (delivery_seq, n, at, duration_ms, status_code, response, error_class, error)
+                "INSERT OR IGNORE INTO attempts (delivery_seq, n, at, duration_ms, status_code, response, error_class, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .and_then(|mut s| {
@@ -922,6 +1020,14 @@ impl Writer {
             status,
             applied,
         });
+        // Not applied but still pending (the delivery changed meanwhile): hand the engine
+        // its current state, so it is not dropped from memory.
+        if !applied && status == DeliveryStatus::Pending {
+            let jobs = self.jobs_for(&[job.seq])?;
+            if !jobs.is_empty() {
+                events.push(StoreEvent::Scheduled(jobs));
+            }
+        }
         // The delivery ended: the next one with its order key may go.
         if applied && status.is_final() {
             if let Some(k) = &job.order_key {
@@ -944,7 +1050,7 @@ impl Writer {
         Ok(())
     }
 
-    fn load(&mut self, req: LoadRequest) -> Result<(Vec<Arc<Job>>, bool)> {
+    fn load(&mut self, req: LoadRequest) -> Result<LoadOutcome> {
         let rows = {
             let mut stmt = self
                 .conn
@@ -967,26 +1073,38 @@ impl Writer {
                 .map_err(backend)?
         };
         let exhausted = rows.len() < req.limit;
+        let last_key = rows.last().map(|r| (r.next_at, r.seq));
         let mut jobs = Vec::with_capacity(rows.len());
-        let mut orphans = HashSet::new();
+        let mut orphans = Vec::new();
         for row in rows {
             let seq = row.seq;
             match self.job_from_row(row)? {
                 Some(job) => jobs.push(job),
-                None => {
-                    orphans.insert(seq);
-                }
+                None => orphans.push(seq),
             }
         }
         if !orphans.is_empty() {
+            // A pending delivery whose app or endpoint is gone can never be sent.
             tracing::warn!(
                 count = orphans.len(),
-                "pending deliveries without an app or endpoint were skipped"
+                "canceling pending deliveries whose app or endpoint is gone"
             );
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'canceled', next_at = NULL WHERE seq = ?1 AND status = 'pending'",
+                )
+                .map_err(backend)?;
+            for seq in orphans {
+                stmt.execute([seq]).map_err(backend)?;
+            }
         }
-        Ok((jobs, exhausted))
+        Ok((jobs, exhausted, last_key))
     }
 }
+
+/// Loaded jobs, whether the range is exhausted, and the last key scanned.
+type LoadOutcome = (Vec<Arc<Job>>, bool, Option<(Millis, i64)>);
 
 const JOB_SELECT: &str = "SELECT d.seq, d.id, d.notify_id, n.id, d.app_id, d.endpoint_id, d.url, n.event_type, n.payload,
             d.attempts, d.next_at, d.order_key

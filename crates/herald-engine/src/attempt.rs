@@ -105,6 +105,7 @@ impl Sender {
                 event_type: &job.event_type,
                 payload: job.payload.as_bytes(),
                 timestamp: at.div_euclid(1000),
+                created_at: job.created_at.div_euclid(1000),
             },
         ) {
             Ok(e) => e,

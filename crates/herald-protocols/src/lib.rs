@@ -8,6 +8,7 @@
 
 pub mod ack;
 pub mod profile;
+pub mod receive;
 pub mod retry;
 pub mod standard_webhooks;
 

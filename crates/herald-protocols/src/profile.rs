@@ -36,6 +36,8 @@ pub struct OutgoingNotification<'a> {
     pub payload: &'a [u8],
     /// This attempt's time, unix seconds.
     pub timestamp: i64,
+    /// When the notification was created, unix seconds (the same on every attempt).
+    pub created_at: i64,
 }
 
 /// The bytes and headers of one signed request.
@@ -209,6 +211,7 @@ mod tests {
             event_type: "payment.succeeded",
             payload,
             timestamp,
+            created_at: timestamp,
         }
     }
 

@@ -315,6 +315,8 @@ pub struct Job {
     pub url: String,
     pub event_type: String,
     pub payload: Arc<str>,
+    /// When the notification was created (unix ms).
+    pub created_at: Millis,
     /// Attempts already made.
     pub attempts: u32,
     pub next_at: Millis,

@@ -760,6 +760,7 @@ impl Writer {
                     url: delivery.url.clone(),
                     event_type: notification.event_type.clone(),
                     payload: payload.clone(),
+                    created_at: notification.created_at,
                     attempts: 0,
                     next_at: new.now,
                     order_key,
@@ -837,6 +838,7 @@ impl Writer {
             url: row.url,
             event_type: row.event_type,
             payload: Arc::from(row.payload),
+            created_at: row.created_at,
             attempts: row.attempts,
             next_at: row.next_at,
             order_key: row.order_key,
@@ -1107,7 +1109,7 @@ impl Writer {
 type LoadOutcome = (Vec<Arc<Job>>, bool, Option<(Millis, i64)>);
 
 const JOB_SELECT: &str = "SELECT d.seq, d.id, d.notify_id, n.id, d.app_id, d.endpoint_id, d.url, n.event_type, n.payload,
-            d.attempts, d.next_at, d.order_key
+            d.attempts, d.next_at, d.order_key, n.created_at
      FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq";
 
 struct JobRow {
@@ -1123,6 +1125,7 @@ struct JobRow {
     attempts: u32,
     next_at: Millis,
     order_key: Option<String>,
+    created_at: Millis,
 }
 
 impl JobRow {
@@ -1140,6 +1143,7 @@ impl JobRow {
             attempts: r.get(9)?,
             next_at: r.get(10)?,
             order_key: r.get(11)?,
+            created_at: r.get(12)?,
         })
     }
 }

@@ -114,6 +114,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         url: args.url.clone(),
         event_type: args.event_type.clone(),
         payload: Arc::from(payload.as_str()),
+        created_at: now_ms(),
         attempts: 0,
         next_at: now_ms(),
         order_key: None,

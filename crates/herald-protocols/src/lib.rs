@@ -7,10 +7,15 @@
 //! profile is tested by round trip and by the published vectors.
 
 pub mod ack;
+pub mod alipay;
+pub mod keys;
 pub mod profile;
 pub mod receive;
 pub mod retry;
 pub mod standard_webhooks;
+pub mod stripe;
+pub mod wechatpay_v2;
+pub mod wechatpay_v3;
 
 pub use ack::{classify, AckRule, Verdict};
 pub use profile::{Credentials, EncodedRequest, OutgoingNotification, Profile, ProfileError};

@@ -1,12 +1,15 @@
-//! The plug-in point for wire profiles. A profile is one module (see [`crate::standard_webhooks`])
-//! plus one variant here; the engine and API only talk to [`Profile`] and [`Credentials`].
+//! The plug-in point for wire profiles. A profile is one module (`standard_webhooks`,
+//! `alipay`, `wechatpay_v2`, `wechatpay_v3`, `stripe`) plus one variant in each enum here;
+//! the engine, API and CLI only talk to [`Profile`], [`Credentials`] and [`ReceiverKeys`].
 //!
-//! Owns the dispatch from a profile to its module: default retry schedule and ack rule, notify
-//! id format, credential creation / rotation / public view, and encoding one attempt. The
-//! wire details live in the profile's module.
+//! Owns the dispatch from a profile to its module, in both directions: default retry
+//! schedule and ack rule, notify id format, credential creation / rotation / public view,
+//! encoding one attempt (sender), and verifying / decoding / replying (receiver). The wire
+//! details live in the profile's module.
 use serde::{Deserialize, Serialize};
 
-use crate::standard_webhooks;
+use crate::receive::{IncomingRequest, ReceiveError, Reply, VerifiedNotification};
+use crate::{alipay, standard_webhooks, stripe, wechatpay_v2, wechatpay_v3};
 use crate::{AckRule, RetryPolicy};
 
 /// The wire profiles Herald speaks.
@@ -14,11 +17,19 @@ use crate::{AckRule, RetryPolicy};
 pub enum Profile {
     #[serde(rename = "standard-webhooks")]
     StandardWebhooks,
+    #[serde(rename = "alipay")]
+    Alipay,
+    #[serde(rename = "wechatpay-v2")]
+    WechatPayV2,
+    #[serde(rename = "wechatpay-v3")]
+    WechatPayV3,
+    #[serde(rename = "stripe")]
+    Stripe,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("unknown profile {0:?}; expected one of: standard-webhooks")]
+    #[error("unknown profile {0:?}; expected one of: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe")]
     Unknown(String),
     #[error("invalid credentials: {0}")]
     BadCredentials(String),
@@ -55,7 +66,25 @@ pub struct EncodedRequest {
 #[serde(tag = "profile")]
 pub enum Credentials {
     #[serde(rename = "standard-webhooks")]
-    StandardWebhooks(crate::standard_webhooks::Keys),
+    StandardWebhooks(standard_webhooks::Keys),
+    #[serde(rename = "alipay")]
+    Alipay(alipay::Credentials),
+    #[serde(rename = "wechatpay-v2")]
+    WechatPayV2(wechatpay_v2::Credentials),
+    #[serde(rename = "wechatpay-v3")]
+    WechatPayV3(wechatpay_v3::Credentials),
+    #[serde(rename = "stripe")]
+    Stripe(stripe::Credentials),
+}
+
+/// What a receiver verifies with, per profile.
+#[derive(Debug)]
+pub enum ReceiverKeys {
+    StandardWebhooks(Vec<standard_webhooks::VerifyKey>),
+    Alipay(alipay::ReceiverKeys),
+    WechatPayV2(wechatpay_v2::ReceiverKeys),
+    WechatPayV3(wechatpay_v3::ReceiverKeys),
+    Stripe(stripe::ReceiverKeys),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -67,112 +96,160 @@ impl std::fmt::Debug for Credentials {
 impl std::str::FromStr for Profile {
     type Err = ProfileError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "standard-webhooks" => Ok(Profile::StandardWebhooks),
-            other => Err(ProfileError::Unknown(other.to_string())),
-        }
+        Profile::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| ProfileError::Unknown(s.to_string()))
     }
 }
 
 impl Profile {
+    pub const ALL: [Profile; 5] = [
+        Profile::StandardWebhooks,
+        Profile::Alipay,
+        Profile::WechatPayV2,
+        Profile::WechatPayV3,
+        Profile::Stripe,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Profile::StandardWebhooks => "standard-webhooks",
+            Profile::Alipay => "alipay",
+            Profile::WechatPayV2 => "wechatpay-v2",
+            Profile::WechatPayV3 => "wechatpay-v3",
+            Profile::Stripe => "stripe",
         }
     }
 
-    /// The provider's retry schedule (`standard` for standard-webhooks).
     pub fn default_retry(self) -> RetryPolicy {
         match self {
             Profile::StandardWebhooks => RetryPolicy::standard(),
+            Profile::Alipay => alipay::default_retry(),
+            Profile::WechatPayV2 => wechatpay_v2::default_retry(),
+            Profile::WechatPayV3 => wechatpay_v3::default_retry(),
+            Profile::Stripe => stripe::default_retry(),
         }
     }
 
-    /// What the provider's senders take as an acknowledgement (any 2xx for
-    /// standard-webhooks).
     pub fn default_ack(self) -> AckRule {
         match self {
             Profile::StandardWebhooks => AckRule::Http2xx,
+            Profile::Alipay => alipay::default_ack(),
+            Profile::WechatPayV2 => wechatpay_v2::default_ack(),
+            Profile::WechatPayV3 => wechatpay_v3::default_ack(),
+            Profile::Stripe => stripe::default_ack(),
         }
     }
 
     /// A fresh, globally unique notify id in the provider's format (`msg_<ulid>` for
-    /// standard-webhooks).
+    /// standard-webhooks, a numeric id for Alipay, `evt_...` for Stripe...).
     pub fn new_notify_id(self) -> String {
         match self {
             Profile::StandardWebhooks => format!("msg_{}", ulid::Ulid::new()),
+            Profile::Alipay => alipay::new_notify_id(),
+            Profile::WechatPayV2 => wechatpay_v2::new_notify_id(),
+            Profile::WechatPayV3 => wechatpay_v3::new_notify_id(),
+            Profile::Stripe => stripe::new_notify_id(),
         }
     }
 
-    /// Credentials for a new app. `options` is the API's `credentials` object, which may be
-    /// null (generate everything), or carry given material (e.g. `{"secret": "whsec_..."}`, or
-    /// `{"key_type": "ed25519"}`). Returns the credentials to store and the view returned
-    /// once to the caller (for standard-webhooks: `{"secret": "whsec_..."}` or
-    /// `{"public_key": "whpk_..."}`).
-    ///
-    /// For standard-webhooks: `null` or `{}` or `{"key_type": "hmac"}` generates a `whsec_`
-    /// secret; `{"key_type": "ed25519"}` generates a `whsk_`/`whpk_` pair; `{"secret": ...}`
-    /// takes a `whsec_` (24 to 64 bytes) or `whsk_` secret. Anything else is
-    /// [`ProfileError::BadCredentials`], whose message never quotes the secret.
+    /// The credentials field a bare `--key` fills (CLI `sign`).
+    pub fn secret_field(self) -> &'static str {
+        match self {
+            Profile::StandardWebhooks | Profile::Stripe => "secret",
+            Profile::Alipay | Profile::WechatPayV3 => "private_key",
+            Profile::WechatPayV2 => "api_key",
+        }
+    }
+
+    /// Credentials for a new app. `options` is the API's `credentials` object: null
+    /// (generate everything) or given material (e.g. `{"secret": "whsec_..."}`,
+    /// `{"app_id": ..., "private_key": ...}`). Returns the credentials to store and the view
+    /// returned once to the caller (never a private key; shared secrets only here).
     pub fn create_credentials(
         self,
         options: &serde_json::Value,
     ) -> Result<(Credentials, serde_json::Value), ProfileError> {
-        match self {
+        Ok(match self {
             Profile::StandardWebhooks => {
                 let (keys, view) = standard_webhooks::create_keys(options)?;
-                Ok((Credentials::StandardWebhooks(keys), view))
+                (Credentials::StandardWebhooks(keys), view)
             }
-        }
+            Profile::Alipay => {
+                let (c, view) = alipay::create_credentials(options)?;
+                (Credentials::Alipay(c), view)
+            }
+            Profile::WechatPayV2 => {
+                let (c, view) = wechatpay_v2::create_credentials(options)?;
+                (Credentials::WechatPayV2(c), view)
+            }
+            Profile::WechatPayV3 => {
+                let (c, view) = wechatpay_v3::create_credentials(options)?;
+                (Credentials::WechatPayV3(c), view)
+            }
+            Profile::Stripe => {
+                let (c, view) = stripe::create_credentials(options)?;
+                (Credentials::Stripe(c), view)
+            }
+        })
     }
 
-    /// New signing material that replaces the current one; the old material keeps signing
-    /// (and verifying) until `grace_until` (unix seconds). Expired old material is dropped.
-    /// Returns the new credentials and the once-only view of the new secret.
-    ///
-    /// For standard-webhooks the new key has the current key's type (HMAC or ed25519) and the
-    /// view has the shape [`Profile::create_credentials`] returns.
+    /// New signing material; where the profile allows several signatures, the old material
+    /// keeps signing until `grace_until` (unix seconds). Returns the new credentials and the
+    /// once-only view of the new material.
     pub fn rotate(
         self,
         current: &Credentials,
         grace_until: i64,
         now: i64,
     ) -> Result<(Credentials, serde_json::Value), ProfileError> {
-        match (self, current) {
-            (Profile::StandardWebhooks, Credentials::StandardWebhooks(keys)) => {
-                let (keys, view) = standard_webhooks::rotate_keys(keys, grace_until, now)?;
-                Ok((Credentials::StandardWebhooks(keys), view))
+        Ok(match current {
+            Credentials::StandardWebhooks(k) => {
+                let (keys, view) = standard_webhooks::rotate_keys(k, grace_until, now)?;
+                (Credentials::StandardWebhooks(keys), view)
             }
-        }
+            Credentials::Alipay(c) => {
+                let (c, view) = alipay::rotate(c, grace_until, now)?;
+                (Credentials::Alipay(c), view)
+            }
+            Credentials::WechatPayV2(c) => {
+                let (c, view) = wechatpay_v2::rotate(c, grace_until, now)?;
+                (Credentials::WechatPayV2(c), view)
+            }
+            Credentials::WechatPayV3(c) => {
+                let (c, view) = wechatpay_v3::rotate(c, grace_until, now)?;
+                (Credentials::WechatPayV3(c), view)
+            }
+            Credentials::Stripe(c) => {
+                let (c, view) = stripe::rotate(c, grace_until, now)?;
+                (Credentials::Stripe(c), view)
+            }
+        })
     }
 
-    /// What may be shown about credentials at any time (public keys only, never secrets).
-    /// Counts keys still in their grace period against the system clock; see
-    /// [`Profile::public_view_at`] to pass the time explicitly.
+    /// What may be shown about credentials at any time (public keys and ids, never
+    /// secrets), using the system clock.
     pub fn public_view(self, creds: &Credentials) -> serde_json::Value {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         self.public_view_at(creds, now)
     }
 
-    /// [`Profile::public_view`] at `now` (unix seconds). For standard-webhooks:
-    /// `{"key_type": "hmac", "rotating_keys": 0}` or
-    /// `{"key_type": "ed25519", "public_key": "whpk_...", "rotating_keys": 1}`, where
-    /// `rotating_keys` counts old keys still valid at `now`.
+    /// [`Profile::public_view`] at a given time (rotating keys still valid at `now`).
     pub fn public_view_at(self, creds: &Credentials, now: i64) -> serde_json::Value {
-        match (self, creds) {
-            (Profile::StandardWebhooks, Credentials::StandardWebhooks(keys)) => {
-                standard_webhooks::public_view(keys, now)
-            }
+        match creds {
+            Credentials::StandardWebhooks(keys) => standard_webhooks::public_view(keys, now),
+            Credentials::Alipay(c) => alipay::public_view(c),
+            Credentials::WechatPayV2(c) => wechatpay_v2::public_view(c),
+            Credentials::WechatPayV3(c) => wechatpay_v3::public_view(c),
+            Credentials::Stripe(c) => stripe::public_view(c),
         }
     }
 
-    /// Encodes and signs one attempt of a notification. Material whose grace period ended
-    /// before `n.timestamp` does not sign.
-    ///
-    /// For standard-webhooks: `Content-Type: application/json`, the payload byte for byte, and
-    /// the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers.
+    /// Encodes and signs one attempt of a notification.
     pub fn encode(
         self,
         creds: &Credentials,
@@ -182,6 +259,119 @@ impl Profile {
             (Profile::StandardWebhooks, Credentials::StandardWebhooks(keys)) => {
                 standard_webhooks::encode(keys, n)
             }
+            (Profile::Alipay, Credentials::Alipay(c)) => alipay::encode(c, n),
+            (Profile::WechatPayV2, Credentials::WechatPayV2(c)) => wechatpay_v2::encode(c, n),
+            (Profile::WechatPayV3, Credentials::WechatPayV3(c)) => wechatpay_v3::encode(c, n),
+            (Profile::Stripe, Credentials::Stripe(c)) => stripe::encode(c, n),
+            _ => Err(ProfileError::BadCredentials(format!(
+                "the app's credentials are not {} credentials",
+                self.name()
+            ))),
+        }
+    }
+
+    // --- the receiving side ----------------------------------------------------------
+
+    /// Receiver keys from CLI-style strings (secrets, public keys, file contents) and, for
+    /// wechatpay-v3, the APIv3 key that decrypts the resource.
+    pub fn receiver_keys(
+        self,
+        keys: &[String],
+        decrypt_key: Option<&str>,
+    ) -> Result<ReceiverKeys, ReceiveError> {
+        Ok(match self {
+            Profile::StandardWebhooks => {
+                ReceiverKeys::StandardWebhooks(standard_webhooks::receiver_keys(keys)?)
+            }
+            Profile::Alipay => ReceiverKeys::Alipay(alipay::receiver_keys(keys)?),
+            Profile::WechatPayV2 => ReceiverKeys::WechatPayV2(wechatpay_v2::receiver_keys(keys)?),
+            Profile::WechatPayV3 => {
+                ReceiverKeys::WechatPayV3(wechatpay_v3::receiver_keys(keys, decrypt_key)?)
+            }
+            Profile::Stripe => ReceiverKeys::Stripe(stripe::receiver_keys(keys)?),
+        })
+    }
+
+    /// The receiver keys that verify what `creds` sign (for tests, the sandbox, the demo).
+    pub fn receiver_keys_from(
+        self,
+        creds: &Credentials,
+        now: i64,
+    ) -> Result<ReceiverKeys, ProfileError> {
+        Ok(match creds {
+            Credentials::StandardWebhooks(k) => {
+                ReceiverKeys::StandardWebhooks(standard_webhooks::receiver_keys_from(k, now))
+            }
+            Credentials::Alipay(c) => ReceiverKeys::Alipay(alipay::receiver_keys_from(c)?),
+            Credentials::WechatPayV2(c) => {
+                ReceiverKeys::WechatPayV2(wechatpay_v2::receiver_keys_from(c))
+            }
+            Credentials::WechatPayV3(c) => {
+                ReceiverKeys::WechatPayV3(wechatpay_v3::receiver_keys_from(c)?)
+            }
+            Credentials::Stripe(c) => ReceiverKeys::Stripe(stripe::receiver_keys_from(c)),
+        })
+    }
+
+    /// Verifies a raw request and decodes it into a typed notification.
+    pub fn verify(
+        self,
+        keys: &ReceiverKeys,
+        req: &IncomingRequest<'_>,
+    ) -> Result<VerifiedNotification, ReceiveError> {
+        match (self, keys) {
+            (Profile::StandardWebhooks, ReceiverKeys::StandardWebhooks(k)) => {
+                standard_webhooks::verify_request(k, req)
+            }
+            (Profile::Alipay, ReceiverKeys::Alipay(k)) => alipay::verify(k, req),
+            (Profile::WechatPayV2, ReceiverKeys::WechatPayV2(k)) => wechatpay_v2::verify(k, req),
+            (Profile::WechatPayV3, ReceiverKeys::WechatPayV3(k)) => wechatpay_v3::verify(k, req),
+            (Profile::Stripe, ReceiverKeys::Stripe(k)) => stripe::verify(k, req),
+            _ => Err(ReceiveError::UnknownKey(format!(
+                "the keys are not {} keys",
+                self.name()
+            ))),
+        }
+    }
+
+    /// The exact string the request's signature covers (secrets masked).
+    pub fn explain(
+        self,
+        keys: &ReceiverKeys,
+        req: &IncomingRequest<'_>,
+    ) -> Result<String, ReceiveError> {
+        match (self, keys) {
+            (Profile::StandardWebhooks, _) => Ok(standard_webhooks::explain(req)),
+            (Profile::Alipay, _) => alipay::explain(req),
+            (Profile::WechatPayV2, ReceiverKeys::WechatPayV2(k)) => wechatpay_v2::explain(k, req),
+            (Profile::WechatPayV3, _) => wechatpay_v3::explain(req),
+            (Profile::Stripe, ReceiverKeys::Stripe(k)) => stripe::explain(k, req),
+            _ => Err(ReceiveError::UnknownKey(format!(
+                "the keys are not {} keys",
+                self.name()
+            ))),
+        }
+    }
+
+    /// The reply that acknowledges a notification, exactly as the provider expects it.
+    pub fn ack_reply(self) -> Reply {
+        match self {
+            Profile::StandardWebhooks => standard_webhooks::ack_reply(),
+            Profile::Alipay => alipay::ack_reply(),
+            Profile::WechatPayV2 => wechatpay_v2::ack_reply(),
+            Profile::WechatPayV3 => wechatpay_v3::ack_reply(),
+            Profile::Stripe => stripe::ack_reply(),
+        }
+    }
+
+    /// The reply that makes the provider send again (and says why, where the wire allows).
+    pub fn failure_reply(self, reason: &str) -> Reply {
+        match self {
+            Profile::StandardWebhooks => standard_webhooks::failure_reply(reason),
+            Profile::Alipay => alipay::failure_reply(reason),
+            Profile::WechatPayV2 => wechatpay_v2::failure_reply(reason),
+            Profile::WechatPayV3 => wechatpay_v3::failure_reply(reason),
+            Profile::Stripe => stripe::failure_reply(reason),
         }
     }
 }
@@ -198,6 +388,7 @@ mod tests {
     fn keys(c: &Credentials) -> &Keys {
         match c {
             Credentials::StandardWebhooks(k) => k,
+            other => panic!("not standard-webhooks credentials: {other:?}"),
         }
     }
 
@@ -533,5 +724,109 @@ mod tests {
         let back: Credentials = serde_json::from_value(v).unwrap();
         assert_eq!(back, creds);
         assert!(!format!("{creds:?}").contains("MfKQ"));
+    }
+
+    #[test]
+    fn every_profile_round_trips_sign_then_verify_and_rejects_a_changed_byte() {
+        let payloads: [(Profile, &str, &str); 5] = [
+            (
+                Profile::StandardWebhooks,
+                "payment.succeeded",
+                r#"{"out_trade_no":"A1","amount":100,"currency":"cny"}"#,
+            ),
+            (
+                Profile::Alipay,
+                "trade.success",
+                r#"{"out_trade_no":"A1","trade_no":"T1","total_amount":"1.00","trade_status":"TRADE_SUCCESS"}"#,
+            ),
+            (
+                Profile::WechatPayV2,
+                "trade.success",
+                r#"{"out_trade_no":"A1","transaction_id":"T1","total_fee":100}"#,
+            ),
+            (
+                Profile::WechatPayV3,
+                "TRANSACTION.SUCCESS",
+                r#"{"out_trade_no":"A1","transaction_id":"T1","trade_state":"SUCCESS","amount":{"total":100,"currency":"CNY"}}"#,
+            ),
+            (
+                Profile::Stripe,
+                "payment_intent.succeeded",
+                r#"{"id":"pi_1","amount":100,"currency":"cny","metadata":{"out_trade_no":"A1"}}"#,
+            ),
+        ];
+        let now = 1_763_900_000;
+        for (profile, event_type, payload) in payloads {
+            let (creds, _) = profile
+                .create_credentials(&serde_json::Value::Null)
+                .unwrap();
+            let id = profile.new_notify_id();
+            let n = OutgoingNotification {
+                notify_id: &id,
+                event_type,
+                payload: payload.as_bytes(),
+                timestamp: now,
+                created_at: now,
+            };
+            let req = profile.encode(&creds, &n).unwrap();
+            let mut headers = req.headers.clone();
+            headers.push(("Content-Type".into(), req.content_type.clone()));
+            let keys = profile.receiver_keys_from(&creds, now).unwrap();
+            let incoming = IncomingRequest {
+                method: "POST",
+                headers: &headers,
+                query: "",
+                body: &req.body,
+                now,
+            };
+            let v = profile
+                .verify(&keys, &incoming)
+                .unwrap_or_else(|e| panic!("{}: {e}", profile.name()));
+            assert_eq!(v.profile, profile.name());
+            assert_eq!(v.out_trade_no.as_deref(), Some("A1"), "{}", profile.name());
+            assert_eq!(
+                v.amount.as_ref().map(|a| a.minor),
+                Some(100),
+                "{}",
+                profile.name()
+            );
+            assert!(profile.explain(&keys, &incoming).is_ok());
+            // The ack reply satisfies the sender's default ack rule.
+            let ack = profile.ack_reply();
+            assert!(
+                profile.default_ack().is_ack(ack.status, &ack.body),
+                "{}",
+                profile.name()
+            );
+            let fail = profile.failure_reply("no");
+            assert!(
+                !profile.default_ack().is_ack(fail.status, &fail.body),
+                "{}",
+                profile.name()
+            );
+            // One changed byte anywhere in the body fails.
+            let mut body = req.body.clone();
+            let i = body.iter().rposition(|b| b.is_ascii_digit()).unwrap();
+            body[i] = if body[i] == b'1' { b'2' } else { b'1' };
+            let tampered = IncomingRequest {
+                body: &body,
+                ..incoming
+            };
+            assert!(
+                profile.verify(&keys, &tampered).is_err(),
+                "{} accepted a changed byte",
+                profile.name()
+            );
+            // Another app's keys fail.
+            let (other, _) = profile
+                .create_credentials(&serde_json::Value::Null)
+                .unwrap();
+            let other_keys = profile.receiver_keys_from(&other, now).unwrap();
+            assert!(
+                profile.verify(&other_keys, &incoming).is_err(),
+                "{} accepted a foreign key",
+                profile.name()
+            );
+        }
     }
 }

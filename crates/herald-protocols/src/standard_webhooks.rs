@@ -740,6 +740,107 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+// --- the receiving side ---------------------------------------------------------------
+
+/// Verification keys from the CLI's `--key` values (`whsec_`, `whpk_` or `whsk_`).
+pub fn receiver_keys(keys: &[String]) -> Result<Vec<VerifyKey>, crate::receive::ReceiveError> {
+    if keys.is_empty() {
+        return Err(crate::receive::ReceiveError::UnknownKey(
+            "no key given".into(),
+        ));
+    }
+    keys.iter()
+        .map(|k| {
+            VerifyKey::parse(k.trim())
+                .map_err(|e| crate::receive::ReceiveError::UnknownKey(e.to_string()))
+        })
+        .collect()
+}
+
+/// The verification keys matching an app's signing keys (current and rotating ones).
+pub fn receiver_keys_from(keys: &Keys, now: i64) -> Vec<VerifyKey> {
+    keys.verify_keys(now).unwrap_or_default()
+}
+
+/// Verifies a Standard Webhooks request and decodes it: the notify id is `webhook-id`, and
+/// the JSON body's top-level fields are kept (an `out_trade_no`, `amount` + `currency`,
+/// `status` or `type` in the body are picked up when present).
+pub fn verify_request(
+    keys: &[VerifyKey],
+    req: &crate::receive::IncomingRequest<'_>,
+) -> Result<crate::receive::VerifiedNotification, crate::receive::ReceiveError> {
+    use crate::receive::{Amount, ReceiveError};
+    let id = req.header(HEADER_ID).unwrap_or("");
+    let ts = req.header(HEADER_TIMESTAMP).unwrap_or("");
+    let sig = req.header(HEADER_SIGNATURE).unwrap_or("");
+    verify(id, ts, sig, req.body, keys, req.now).map_err(|e| match e {
+        VerifyError::MissingHeader(h) => ReceiveError::Missing(format!("{h} header")),
+        VerifyError::TimestampOutOfWindow { timestamp, now, .. } => {
+            ReceiveError::TimestampOutOfWindow { timestamp, now }
+        }
+        VerifyError::BadTimestamp => {
+            ReceiveError::MalformedBody("webhook-timestamp is not unix seconds".into())
+        }
+        VerifyError::NoKeys => ReceiveError::UnknownKey("no key configured".into()),
+        VerifyError::NoMatchingSignature => ReceiveError::BadSignature(e.to_string()),
+    })?;
+    let fields: std::collections::BTreeMap<String, serde_json::Value> =
+        match serde_json::from_slice(req.body) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => std::collections::BTreeMap::new(),
+        };
+    let text = |k: &str| fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let amount = match (
+        fields.get("amount").and_then(|v| v.as_i64()),
+        text("currency"),
+    ) {
+        (Some(minor), Some(currency)) => Some(Amount {
+            minor,
+            currency: currency.to_ascii_uppercase(),
+        }),
+        _ => None,
+    };
+    Ok(crate::receive::VerifiedNotification {
+        profile: "standard-webhooks",
+        notify_id: id.to_string(),
+        app_id: text("app_id"),
+        merchant_id: text("merchant_id"),
+        out_trade_no: text("out_trade_no"),
+        transaction_id: text("transaction_id"),
+        amount,
+        status: text("status"),
+        event_type: text("type").or_else(|| text("event_type")),
+        fields,
+    })
+}
+
+/// The exact bytes that were signed: `{webhook-id}.{webhook-timestamp}.{body}`.
+pub fn explain(req: &crate::receive::IncomingRequest<'_>) -> String {
+    let id = req.header(HEADER_ID).unwrap_or("");
+    let ts = req.header(HEADER_TIMESTAMP).unwrap_or("");
+    format!("{id}.{ts}.{}", String::from_utf8_lossy(req.body))
+}
+
+/// Any 2xx acknowledges; Herald's receiver answers 204.
+pub fn ack_reply() -> crate::receive::Reply {
+    crate::receive::Reply {
+        status: 204,
+        content_type: "text/plain",
+        body: Vec::new(),
+    }
+}
+
+/// A non-2xx makes the sender retry.
+pub fn failure_reply(reason: &str) -> crate::receive::Reply {
+    crate::receive::Reply {
+        status: 400,
+        content_type: "application/json",
+        body: serde_json::json!({ "error": reason })
+            .to_string()
+            .into_bytes(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@ use herald::config::ServeArgs;
 #[command(after_help = "Examples:\n  \
     herald serve --db sqlite://herald.db --allow-private-targets\n  \
     herald listen --port 9000 --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  \
-    herald send --url http://127.0.0.1:9000/hook --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --json '{\"order\": 42}'\n\n\
+    herald send --url http://127.0.0.1:9000/hook --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --json '{\"order\": 42}'\n  \
+    herald verify --profile alipay --key alipay_public.pem --content-type application/x-www-form-urlencoded --explain < notify.txt\n\n\
     Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug) for more.")]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +29,10 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Run a local receiver that verifies, prints and acknowledges notifications.
     Listen(cmd::listen::ListenArgs),
+    /// Verify a captured request (body on standard input); exit 1 and say why if invalid.
+    Verify(cmd::verify::VerifyArgs),
+    /// Print the signed request Herald would send for a payload (on standard input).
+    Sign(cmd::sign::SignArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +59,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => cmd::serve::run(args).await.map(|_| true),
             Command::Send(args) => cmd::send::run(args).await,
             Command::Listen(args) => cmd::listen::run(args).await.map(|_| true),
+            Command::Verify(args) => cmd::verify::run(args),
+            Command::Sign(args) => cmd::sign::run(args).map(|_| true),
         }
     });
     match result {

@@ -1,6 +1,7 @@
-//! `herald listen`: a local receiver for development. It verifies Standard Webhooks
-//! requests against the given keys, prints each one, and acknowledges it (or answers 401
-//! with the reason when verification fails).
+//! `herald listen`: a local receiver for development. It verifies requests of any profile
+//! against the given keys, prints each decoded notification, and answers with the
+//! profile's exact acknowledgement (or its failure reply, with the reason, when
+//! verification fails).
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -10,7 +11,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use clap::Args;
-use herald_protocols::standard_webhooks::{self as sw, VerifyKey};
+use herald_protocols::profile::ReceiverKeys;
+use herald_protocols::receive::{IncomingRequest, Reply};
+use herald_protocols::Profile;
 
 #[derive(Args, Debug)]
 pub struct ListenArgs {
@@ -20,31 +23,47 @@ pub struct ListenArgs {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// Verification key: whsec_ (HMAC), whpk_ (ed25519 public) or whsk_; repeatable, or
-    /// comma-separated (any one matching is enough, as during key rotation).
+    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe.
+    #[arg(long, default_value = "standard-webhooks")]
+    pub profile: String,
+    /// Verification key: whsec_/whpk_ (standard-webhooks, stripe), the platform public key
+    /// (alipay, wechatpay-v3: PEM, bare base64 or a file; SERIAL=key for v3), or the API key
+    /// (wechatpay-v2). Repeatable or comma-separated: any one matching is enough.
     #[arg(
-        long = "secret",
+        long = "key",
+        visible_alias = "secret",
         env = "HERALD_SECRET",
         value_delimiter = ',',
         required = true,
         hide_env_values = true
     )]
-    pub secrets: Vec<String>,
-    /// Status to answer verified requests with (use a non-2xx one to watch retries).
-    #[arg(long, default_value_t = 204)]
-    pub status: u16,
+    pub keys: Vec<String>,
+    /// wechatpay-v3: the APIv3 key that decrypts the resource.
+    #[arg(long, value_name = "KEY")]
+    pub decrypt_key: Option<String>,
+    /// Answer verified requests with this status instead of the profile's acknowledgement
+    /// (use a non-2xx one to watch the sender retry).
+    #[arg(long)]
+    pub status: Option<u16>,
 }
 
 /// What the receiver does with each request; `out` gets one printable report per request.
 #[derive(Clone)]
 pub struct Receiver {
-    pub keys: Arc<Vec<VerifyKey>>,
-    pub status: StatusCode,
+    pub profile: Profile,
+    pub keys: Arc<ReceiverKeys>,
+    /// Overrides the profile's acknowledgement.
+    pub status: Option<StatusCode>,
     pub out: Arc<dyn Fn(String) + Send + Sync>,
 }
 
 pub fn router(receiver: Receiver) -> Router {
     Router::new().fallback(handle).with_state(receiver)
+}
+
+fn reply(r: Reply) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    (status, [("content-type", r.content_type)], r.body).into_response()
 }
 
 async fn handle(
@@ -54,56 +73,76 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    };
-    let id = header(sw::HEADER_ID);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let now = herald_engine::now_ms() / 1000;
-    match sw::verify(
-        id,
-        header(sw::HEADER_TIMESTAMP),
-        header(sw::HEADER_SIGNATURE),
-        &body,
-        &r.keys,
+    let req = IncomingRequest {
+        method: method.as_str(),
+        headers: &headers,
+        query: uri.query().unwrap_or(""),
+        body: &body,
         now,
-    ) {
-        Ok(()) => {
-            let shown = match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-                Err(_) => String::from_utf8_lossy(&body).into_owned(),
-            };
+    };
+    match r.profile.verify(&r.keys, &req) {
+        Ok(n) => {
+            let shown = serde_json::to_string_pretty(&n).unwrap_or_default();
             (r.out)(format!(
-                "verified {method} {uri}  webhook-id {id}  ({} bytes)\n{shown}",
-                body.len()
+                "verified {method} {}  notify id {}\n{shown}",
+                uri.path(),
+                n.notify_id
             ));
-            r.status.into_response()
+            match r.status {
+                Some(s) => s.into_response(),
+                None => reply(r.profile.ack_reply()),
+            }
         }
         Err(e) => {
-            (r.out)(format!("invalid {method} {uri}  webhook-id {id:?}: {e}"));
-            let body = serde_json::json!({"error": {"code": "invalid_signature", "message": e.to_string()}});
-            (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+            (r.out)(format!("invalid {method} {}: {e}", uri.path()));
+            reply(r.profile.failure_reply(&e.to_string()))
         }
     }
 }
 
 pub async fn run(args: ListenArgs) -> Result<(), String> {
-    let keys = args
-        .secrets
+    let profile: Profile = args
+        .profile
+        .parse()
+        .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+    let keys: Vec<String> = args
+        .keys
         .iter()
-        .map(|s| VerifyKey::parse(s.trim()).map_err(|e| format!("--secret: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let status = StatusCode::from_u16(args.status)
-        .map_err(|_| format!("--status {} is not an HTTP status", args.status))?;
+        .map(|k| super::verify::key_arg(k.trim()))
+        .collect();
+    let decrypt = args.decrypt_key.as_deref().map(super::verify::key_arg);
+    let receiver_keys = profile
+        .receiver_keys(&keys, decrypt.as_deref())
+        .map_err(|e| format!("--key: {e}"))?;
+    let status = args
+        .status
+        .map(|s| StatusCode::from_u16(s).map_err(|_| format!("--status {s} is not an HTTP status")))
+        .transpose()?;
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    println!("Listening on http://{addr}  (verifying Standard Webhooks with {} key(s), answering {status})", keys.len());
+    println!(
+        "Listening on http://{addr}  (verifying {} with {} key(s), answering {})",
+        profile.name(),
+        keys.len(),
+        status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "the profile's acknowledgement".into())
+    );
     let receiver = Receiver {
-        keys: Arc::new(keys),
+        profile,
+        keys: Arc::new(receiver_keys),
         status,
         out: Arc::new(|line| println!("{line}")),
     };

@@ -2,6 +2,8 @@
 pub mod listen;
 pub mod send;
 pub mod serve;
+pub mod sign;
+pub mod verify;
 
 /// Reads a value given as literal text, `@FILE`, or `-` for standard input.
 pub fn read_arg_text(value: &str) -> Result<String, String> {

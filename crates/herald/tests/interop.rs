@@ -1,0 +1,231 @@
+//! Interop: the providers' own Python SDKs (python-alipay-sdk, wechatpy, wechatpayv3,
+//! stripe, standardwebhooks) verify notifications that Herald delivered to a test receiver.
+//! The test builds its own virtualenv under target/ on first use (pip from PyPI), so
+//! `cargo test` needs no setup beyond `python3`.
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use common::{Receiver, Reply, TestServer};
+use serde_json::{json, Value};
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// The venv's python, created and filled once.
+fn python() -> &'static PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/interop-venv");
+        let py = venv.join("bin/python");
+        let ready = py.exists()
+            && Command::new(&py)
+                .args([
+                    "-c",
+                    "import alipay, wechatpy, wechatpayv3, stripe, standardwebhooks",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ready {
+            let status = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 is needed for the interop tests");
+            assert!(status.success(), "python3 -m venv failed");
+            let status = Command::new(&py)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(interop_dir().join("requirements.txt"))
+                .status()
+                .expect("pip runs");
+            assert!(status.success(), "installing the provider SDKs failed");
+        }
+        py
+    })
+}
+
+/// Runs the SDK checker; returns (accepted, its output).
+fn sdk_check(
+    profile: &str,
+    headers: &BTreeMap<String, String>,
+    body: &[u8],
+    keys: &Value,
+) -> (bool, String) {
+    let input = json!({
+        "profile": profile,
+        "headers": headers,
+        "body_b64": base64::engine::general_purpose::STANDARD.encode(body),
+        "keys": keys,
+    });
+    let mut child = Command::new(python())
+        .arg(interop_dir().join("verify.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run verify.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => (true, text),
+        Some(1) => (false, text),
+        _ => panic!("verify.py failed to run: {text}"),
+    }
+}
+
+/// Delivers one notification through an app of `profile` and has the SDK check it, then
+/// checks that the SDK rejects the same request with one body byte changed.
+async fn delivered_notification_passes_the_sdk(
+    profile: &str,
+    credentials: Value,
+    event_type: &str,
+    payload: Value,
+    ack: Reply,
+    keys_from: impl Fn(&Value) -> Value,
+) -> String {
+    let server = TestServer::start().await;
+    let rx = Receiver::start(move |_, _| ack.clone()).await;
+    let (status, app) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "interop", "profile": profile, "credentials": credentials})),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().unwrap().to_string();
+    let n = server
+        .notify(
+            &app_id,
+            json!({"event_type": event_type, "payload": payload, "notify_url": rx.url("/notify")}),
+        )
+        .await;
+    server
+        .wait_status(n["id"].as_str().unwrap(), "succeeded")
+        .await;
+    let got = rx.received().remove(0);
+    let headers: BTreeMap<String, String> = got
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let keys = keys_from(&app["credentials"]);
+    let (ok, out) = sdk_check(profile, &headers, &got.body, &keys);
+    assert!(
+        ok,
+        "{profile}: the SDK rejected Herald's notification: {out}\nbody: {}",
+        String::from_utf8_lossy(&got.body)
+    );
+    let mut tampered = got.body.to_vec();
+    let i = tampered.len() / 2;
+    tampered[i] = if tampered[i] == b'7' { b'8' } else { b'7' };
+    let (ok, out) = sdk_check(profile, &headers, &tampered, &keys);
+    assert!(!ok, "{profile}: the SDK accepted a tampered body: {out}");
+    out_of(&sdk_check(profile, &headers, &got.body, &keys).1)
+}
+
+fn out_of(s: &str) -> String {
+    s.trim().to_string()
+}
+
+#[tokio::test]
+async fn standardwebhooks_sdk_accepts_herald_notifications() {
+    let out = delivered_notification_passes_the_sdk(
+        "standard-webhooks",
+        json!(null),
+        "payment.succeeded",
+        json!({"out_trade_no": "T-1", "amount": 880}),
+        Reply::Status(204, ""),
+        |c| json!({"secret": c["secret"]}),
+    )
+    .await;
+    assert!(out.contains("T-1"), "{out}");
+}
+
+#[tokio::test]
+async fn alipay_sdk_accepts_herald_notifications() {
+    let out = delivered_notification_passes_the_sdk(
+        "alipay",
+        json!(null),
+        "trade.success",
+        json!({"out_trade_no": "20261123-0001", "trade_no": "2026112322001400001", "total_amount": "88.00",
+               "receipt_amount": "88.00", "trade_status": "TRADE_SUCCESS", "subject": "咖啡 x2", "buyer_id": "2088102177846880"}),
+        Reply::Status(200, "success"),
+        |c| json!({"app_id": c["app_id"], "public_key_pem": c["public_key_pem"]}),
+    )
+    .await;
+    assert!(
+        out.contains("20261123-0001") && out.contains("TRADE_SUCCESS"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn wechatpy_accepts_herald_v2_notifications() {
+    let out = delivered_notification_passes_the_sdk(
+        "wechatpay-v2",
+        json!(null),
+        "trade.success",
+        json!({"out_trade_no": "W2-0001", "transaction_id": "4200000001202611230000000001", "total_fee": 1,
+               "fee_type": "CNY", "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "trade_type": "NATIVE",
+               "bank_type": "CMC", "time_end": "20261123201500"}),
+        Reply::Status(200, "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>"),
+        |c| json!({"appid": c["appid"], "mch_id": c["mch_id"], "api_key": c["api_key"]}),
+    )
+    .await;
+    assert!(out.contains("W2-0001"), "{out}");
+}
+
+#[tokio::test]
+async fn wechatpayv3_sdk_accepts_and_decrypts_herald_notifications() {
+    let out = delivered_notification_passes_the_sdk(
+        "wechatpay-v3",
+        json!(null),
+        "TRANSACTION.SUCCESS",
+        json!({"out_trade_no": "W3-0001", "transaction_id": "4200000001202611230000000002", "trade_type": "NATIVE",
+               "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "OTHERS",
+               "success_time": "2026-11-23T20:15:00+08:00", "payer": {"openid": "o1"},
+               "amount": {"total": 880, "payer_total": 880, "currency": "CNY", "payer_currency": "CNY"}}),
+        Reply::Status(204, ""),
+        |c| json!({"mchid": c["mchid"], "api_v3_key": c["api_v3_key"], "public_key_pem": c["public_key_pem"], "serial": c["serial"]}),
+    )
+    .await;
+    assert!(out.contains("W3-0001") && out.contains("880"), "{out}");
+}
+
+#[tokio::test]
+async fn stripe_sdk_accepts_herald_events() {
+    let out = delivered_notification_passes_the_sdk(
+        "stripe",
+        json!(null),
+        "payment_intent.succeeded",
+        json!({"id": "pi_3Nexample", "object": "payment_intent", "amount": 2000, "currency": "usd", "status": "succeeded"}),
+        Reply::Status(200, ""),
+        |c| json!({"secret": c["secret"]}),
+    )
+    .await;
+    assert!(out.contains("payment_intent.succeeded"), "{out}");
+}

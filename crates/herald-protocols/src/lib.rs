@@ -8,6 +8,7 @@
 
 pub mod ack;
 pub mod alipay;
+pub mod fuzzing;
 pub mod keys;
 pub mod profile;
 pub mod receive;
@@ -18,5 +19,7 @@ pub mod wechatpay_v2;
 pub mod wechatpay_v3;
 
 pub use ack::{classify, AckRule, Verdict};
-pub use profile::{Credentials, EncodedRequest, OutgoingNotification, Profile, ProfileError};
+pub use profile::{
+    Credentials, EncodedRequest, OutgoingNotification, Profile, ProfileError, ReceiverKeys,
+};
 pub use retry::{RetryPolicy, RetryPolicyError};

@@ -372,3 +372,73 @@ async fn notifications_list_filters_by_status_and_pages_with_a_cursor() {
         .await;
     assert_eq!(pending["data"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn payment_profile_apps_show_secrets_once_and_public_material_after() {
+    let server = TestServer::start().await;
+    for (profile, once_fields, secret_fields) in [
+        (
+            "alipay",
+            vec!["app_id", "public_key", "public_key_pem"],
+            vec!["private_key"],
+        ),
+        (
+            "wechatpay-v2",
+            vec!["appid", "mch_id", "api_key"],
+            vec!["api_key"],
+        ),
+        (
+            "wechatpay-v3",
+            vec!["mchid", "serial", "public_key_pem", "api_v3_key"],
+            vec!["api_v3_key", "private_key"],
+        ),
+        ("stripe", vec!["secret"], vec!["secret"]),
+    ] {
+        let (status, v) = server
+            .call(
+                "POST",
+                "/v1/apps",
+                Some(json!({"name": profile, "profile": profile})),
+            )
+            .await;
+        assert_eq!(status, 201, "{profile}: {v}");
+        assert_eq!(v["profile"], profile);
+        for f in &once_fields {
+            assert!(
+                v["credentials"].get(*f).is_some(),
+                "{profile}: creation shows {f}: {v}"
+            );
+        }
+        assert!(
+            v["credentials"].get("private_key").is_none(),
+            "{profile}: a private key is never returned"
+        );
+        let (_, got) = server
+            .call(
+                "GET",
+                &format!("/v1/apps/{}", v["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        for f in &secret_fields {
+            assert!(
+                got["credentials"].get(*f).is_none(),
+                "{profile}: GET hides {f}: {got}"
+            );
+        }
+        let body = got.to_string();
+        assert!(!body.contains("PRIVATE KEY"), "{profile}: {body}");
+    }
+    let (status, v) = server
+        .call("POST", "/v1/apps", Some(json!({"name": "x", "profile": "alipay", "credentials": {"private_key": "not a key"}})))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("invalid")),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains("not a key"),
+        "the given secret is not echoed: {v}"
+    );
+}

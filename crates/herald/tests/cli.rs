@@ -416,3 +416,217 @@ async fn help_teaches_each_command() {
         }
     }
 }
+
+/// Runs `herald` with `stdin` and returns (exit code, stdout, stderr).
+async fn herald_with_input(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Splits `herald sign` output into headers and body.
+fn signed_request(out: &str) -> (Vec<String>, String) {
+    let (head, body) = out
+        .split_once("\n\n")
+        .expect("a blank line before the body");
+    let headers = head.lines().skip(1).map(str::to_string).collect();
+    (headers, body.strip_suffix('\n').unwrap_or(body).to_string())
+}
+
+#[tokio::test]
+async fn sign_then_verify_round_trips_for_every_profile_and_a_changed_byte_fails() {
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "standard-webhooks",
+            r#"{"out_trade_no":"C1","amount":100,"currency":"cny"}"#,
+            "secret",
+        ),
+        (
+            "alipay",
+            r#"{"out_trade_no":"C1","trade_no":"T1","total_amount":"1.00","trade_status":"TRADE_SUCCESS"}"#,
+            "public_key",
+        ),
+        (
+            "wechatpay-v2",
+            r#"{"out_trade_no":"C1","transaction_id":"T1","total_fee":100}"#,
+            "api_key",
+        ),
+        (
+            "wechatpay-v3",
+            r#"{"out_trade_no":"C1","transaction_id":"T1","trade_state":"SUCCESS","amount":{"total":100,"currency":"CNY"}}"#,
+            "public_key",
+        ),
+        (
+            "stripe",
+            r#"{"id":"pi_1","amount":100,"currency":"cny","metadata":{"out_trade_no":"C1"}}"#,
+            "secret",
+        ),
+    ];
+    for (profile, payload, key_field) in cases {
+        let (code, out, err) = herald_with_input(
+            &[
+                "sign",
+                "--profile",
+                profile,
+                "--event-type",
+                "TRANSACTION.SUCCESS",
+            ],
+            payload.as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 0, "{profile}: {err}");
+        let view: Value = serde_json::from_str(err.split_once('\n').unwrap().1)
+            .expect("generated credentials on stderr");
+        let mut key = view[key_field].as_str().unwrap().to_string();
+        if profile == "wechatpay-v3" {
+            key = format!("{}={key}", view["serial"].as_str().unwrap());
+        }
+        let (headers, body) = signed_request(&out);
+        let mut args: Vec<String> = vec![
+            "verify".into(),
+            "--profile".into(),
+            profile.into(),
+            "--key".into(),
+            key.clone(),
+        ];
+        for h in &headers {
+            args.push("--header".into());
+            args.push(h.clone());
+        }
+        if profile == "wechatpay-v3" {
+            args.push("--decrypt-key".into());
+            args.push(view["api_v3_key"].as_str().unwrap().into());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = herald_with_input(&argv, body.as_bytes()).await;
+        assert_eq!(code, 0, "{profile}: {out}{err}");
+        let decoded: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(decoded["out_trade_no"], "C1", "{profile}: {out}");
+        assert_eq!(decoded["amount"]["minor"], 100, "{profile}: {out}");
+
+        let tampered = body.replacen("100", "900", 1).replacen("1.00", "9.00", 1);
+        let tampered = if tampered == body {
+            format!("{body} ")
+        } else {
+            tampered
+        };
+        let (code, out, _) = herald_with_input(&argv, tampered.as_bytes()).await;
+        assert_eq!(code, 1, "{profile} accepted a changed body: {out}");
+        assert!(out.starts_with("invalid: "), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn verify_explain_shows_the_alipay_string_to_sign_of_the_published_vector() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/vectors/given.json"
+    );
+    let Ok(text) = std::fs::read_to_string(path) else {
+        eprintln!("shared/vectors/given.json not found beside the repository; skipping");
+        return;
+    };
+    let given: Value = serde_json::from_str(&text).unwrap();
+    let v = &given["alipay"][0];
+    let key = v["public_key_spki_base64"].as_str().unwrap();
+    let form = v["form_body"].as_str().unwrap();
+    let (code, out, err) = herald_with_input(
+        &[
+            "verify",
+            "--profile",
+            "alipay",
+            "--key",
+            key,
+            "--content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+            "--explain",
+        ],
+        form.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(v["string_to_sign"].as_str().unwrap()), "{out}");
+    assert!(
+        out.contains("\"notify_id\": \"2019081500222155624068450559358070\""),
+        "{out}"
+    );
+    assert!(out.contains("\"minor\": 10"), "{out}");
+}
+
+#[tokio::test]
+async fn verify_rejects_a_wechat_probe_and_reports_usage_errors() {
+    let payload = r#"{"out_trade_no":"P1","transaction_id":"T1","trade_state":"SUCCESS","amount":{"total":1,"currency":"CNY"}}"#;
+    let (code, out, err) = herald_with_input(
+        &[
+            "sign",
+            "--profile",
+            "wechatpay-v3",
+            "--event-type",
+            "TRANSACTION.SUCCESS",
+        ],
+        payload.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let view: Value = serde_json::from_str(err.split_once('\n').unwrap().1).unwrap();
+    let key = format!(
+        "{}={}",
+        view["serial"].as_str().unwrap(),
+        view["public_key"].as_str().unwrap()
+    );
+    let (headers, body) = signed_request(&out);
+    let mut args: Vec<String> = vec![
+        "verify".into(),
+        "--profile".into(),
+        "wechatpay-v3".into(),
+        "--key".into(),
+        key,
+    ];
+    args.push("--decrypt-key".into());
+    args.push(view["api_v3_key"].as_str().unwrap().into());
+    for h in &headers {
+        args.push("--header".into());
+        if h.to_ascii_lowercase().starts_with("wechatpay-signature:") {
+            args.push("Wechatpay-Signature: WECHATPAY/SIGNTEST/abc".into());
+        } else {
+            args.push(h.clone());
+        }
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, _) = herald_with_input(&argv, body.as_bytes()).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("probe"), "{out}");
+
+    let (code, out, _) = herald_with_input(
+        &[
+            "verify",
+            "--profile",
+            "wechatpay-v3",
+            "--key",
+            "nonsense",
+            "--decrypt-key",
+            "x",
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(code, 2, "a bad key is a usage error: {out}");
+    let (code, _, err) =
+        herald_with_input(&["verify", "--profile", "paypal", "--key", "k"], b"").await;
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown profile"), "{err}");
+}

@@ -76,6 +76,9 @@ pub struct EngineStats {
     pub in_memory: AtomicU64,
     /// Deliveries postponed to relieve memory (see the scheduler's parking).
     pub parked: AtomicU64,
+    /// Window loads answered by the store; the first one means the engine is ready (it
+    /// holds everything due soon).
+    pub loads: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -271,6 +271,7 @@ impl Scheduler {
         last_key: Option<(Millis, i64)>,
     ) {
         self.load_pending = false;
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
         // An eviction or rewind while the load ran may have pulled the watermark back
         // below where the load started: then the loaded range is not contiguous with
         // memory, so keep only what lies within the current watermark and let the next

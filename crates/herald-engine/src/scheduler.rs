@@ -108,22 +108,51 @@ pub(crate) struct Scheduler {
     endpoints: HashMap<String, Arc<EndpointCtx>>,
     /// Jobs in `Parking` state.
     parking: usize,
+    /// Attempts whose HTTP exchange is over and whose outcome is being committed.
+    recording: usize,
     /// Consecutive storage failures to record outcomes (for backoff).
     record_failures: u32,
-    /// Attempt tasks that ended without their outcome reaching the store (panic, store
-    /// closed) send their job here.
-    lost_tx: tokio::sync::mpsc::UnboundedSender<Arc<Job>>,
-    lost_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Arc<Job>>>,
+    /// Attempt tasks report here: when their HTTP exchange is over (the slot is free while
+    /// the outcome is being committed), and when they ended without handing their outcome
+    /// to the store (panic, store closed).
+    task_tx: tokio::sync::mpsc::UnboundedSender<TaskMsg>,
+    task_rx: Option<tokio::sync::mpsc::UnboundedReceiver<TaskMsg>>,
+}
+
+/// What an attempt task tells the scheduler directly (not through the store).
+enum TaskMsg {
+    /// The HTTP exchange ended: release the destination's slot. `success` is the
+    /// receiver's answer, for the destination's health.
+    HttpDone { dest: Arc<str>, success: bool },
+    /// The outcome never reached the store; `slot_held` when the HTTP slot was not
+    /// released yet either.
+    Lost {
+        job: Arc<Job>,
+        dest: Arc<str>,
+        slot_held: bool,
+    },
 }
 
 /// Reports an attempt task's job as lost unless disarmed (the outcome was handed to the
 /// store). Runs on panic too, so the scheduler's slots never leak.
 struct AttemptGuard {
     job: Option<Arc<Job>>,
-    lost: tokio::sync::mpsc::UnboundedSender<Arc<Job>>,
+    dest: Arc<str>,
+    slot_held: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<TaskMsg>,
 }
 
 impl AttemptGuard {
+    /// The HTTP exchange is over: free the slot now, before the outcome is committed, so a
+    /// destination's in-flight limit counts requests, not commits.
+    fn http_done(&mut self, success: bool) {
+        self.slot_held = false;
+        let _ = self.tx.send(TaskMsg::HttpDone {
+            dest: self.dest.clone(),
+            success,
+        });
+    }
+
     fn disarm(&mut self) {
         self.job = None;
     }
@@ -132,7 +161,11 @@ impl AttemptGuard {
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
         if let Some(job) = self.job.take() {
-            let _ = self.lost.send(job);
+            let _ = self.tx.send(TaskMsg::Lost {
+                job,
+                dest: self.dest.clone(),
+                slot_held: self.slot_held,
+            });
         }
     }
 }
@@ -144,7 +177,7 @@ impl Scheduler {
         sender: Arc<Sender>,
         stats: Arc<EngineStats>,
     ) -> Scheduler {
-        let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (task_tx, task_rx) = tokio::sync::mpsc::unbounded_channel();
         Scheduler {
             store,
             config,
@@ -162,9 +195,10 @@ impl Scheduler {
             apps: HashMap::new(),
             endpoints: HashMap::new(),
             parking: 0,
+            recording: 0,
             record_failures: 0,
-            lost_tx,
-            lost_rx: Some(lost_rx),
+            task_tx,
+            task_rx: Some(task_rx),
         }
     }
 
@@ -174,7 +208,7 @@ impl Scheduler {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut lost = self.lost_rx.take().expect("run is called once");
+        let mut tasks = self.task_rx.take().expect("run is called once");
         loop {
             let now = now_ms();
             self.promote_due(now);
@@ -213,20 +247,25 @@ impl Scheduler {
                         }
                     }
                 }
-                Some(job) = lost.recv() => self.attempt_lost(job),
+                Some(msg) = tasks.recv() => {
+                    self.task_msg(msg);
+                    while let Ok(msg) = tasks.try_recv() {
+                        self.task_msg(msg);
+                    }
+                }
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
         // Let attempts in flight finish and be recorded, for a bounded time; anything cut
         // short is attempted again after the restart.
         let deadline = Instant::now() + self.config.shutdown_grace;
-        while self.in_flight > 0 {
+        while self.in_flight > 0 || self.recording > 0 {
             tokio::select! {
                 ev = tokio::time::timeout_at(deadline, events.recv()) => match ev {
                     Ok(Some(ev)) => self.handle(ev),
                     _ => break,
                 },
-                Some(job) = lost.recv() => self.attempt_lost(job),
+                Some(msg) = tasks.recv() => self.task_msg(msg),
             }
         }
     }
@@ -443,7 +482,7 @@ impl Scheduler {
                 applied,
             } => {
                 self.record_failures = 0;
-                self.finish_attempt(&job, Some(status == DeliveryStatus::Succeeded));
+                self.recording = self.recording.saturating_sub(1);
                 let canceled = matches!(
                     self.jobs.get(&job.seq).map(|s| s.state),
                     Some(State::InFlightCanceled)
@@ -464,7 +503,10 @@ impl Scheduler {
                     self.admit(job, false);
                 }
             }
-            StoreEvent::AttemptNotRecorded { job } => self.attempt_lost(job),
+            StoreEvent::AttemptNotRecorded { job } => {
+                self.recording = self.recording.saturating_sub(1);
+                self.attempt_lost(job);
+            }
             StoreEvent::Loaded {
                 request,
                 jobs,
@@ -543,7 +585,6 @@ impl Scheduler {
     /// died): release its slots and try it again after a backoff, kept in memory whatever
     /// the watermark because the store does not know about it.
     fn attempt_lost(&mut self, job: Arc<Job>) {
-        self.finish_attempt(&job, None);
         let canceled = matches!(
             self.jobs.get(&job.seq).map(|s| s.state),
             Some(State::InFlightCanceled)
@@ -570,11 +611,31 @@ impl Scheduler {
         );
     }
 
-    /// Releases an attempt's slots. `success` is `None` when the endpoint's answer is not
-    /// known (the attempt was lost), which leaves its health as it was.
-    fn finish_attempt(&mut self, job: &Job, success: Option<bool>) {
+    fn task_msg(&mut self, msg: TaskMsg) {
+        match msg {
+            TaskMsg::HttpDone { dest, success } => {
+                self.recording += 1;
+                self.release_slot(dest, Some(success));
+            }
+            TaskMsg::Lost {
+                job,
+                dest,
+                slot_held,
+            } => {
+                if slot_held {
+                    self.release_slot(dest, None);
+                } else {
+                    self.recording = self.recording.saturating_sub(1);
+                }
+                self.attempt_lost(job);
+            }
+        }
+    }
+
+    /// Releases an attempt's HTTP slots. `success` is `None` when the endpoint's answer is
+    /// not known (the attempt was lost), which leaves its health as it was.
+    fn release_slot(&mut self, key: Arc<str>, success: Option<bool>) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let key = self.dest_key(job);
         if let Some(dest) = self.dests.get_mut(&key) {
             dest.in_flight = dest.in_flight.saturating_sub(1);
             match success {
@@ -666,7 +727,7 @@ impl Scheduler {
             }
             if let Some(job) = started {
                 self.in_flight += 1;
-                self.spawn_attempt(job);
+                self.spawn_attempt(job, dkey.clone());
             } else if dest.ready.is_empty() && dest.in_flight == 0 && dest.consecutive_failures == 0
             {
                 self.dests.remove(&dkey);
@@ -674,7 +735,7 @@ impl Scheduler {
         }
     }
 
-    fn spawn_attempt(&self, job: Arc<Job>) {
+    fn spawn_attempt(&self, job: Arc<Job>, dest: Arc<str>) {
         let app = self
             .apps
             .get(&job.app.id)
@@ -691,7 +752,9 @@ impl Scheduler {
         let stats = self.stats.clone();
         let mut guard = AttemptGuard {
             job: Some(job.clone()),
-            lost: self.lost_tx.clone(),
+            dest,
+            slot_held: true,
+            tx: self.task_tx.clone(),
         };
         tokio::spawn(async move {
             let url = endpoint
@@ -701,6 +764,7 @@ impl Scheduler {
             let (retry, ack) = effective_rules(&app, endpoint.as_deref());
             let result = sender.attempt(&job, &app, url, ack).await;
             stats.attempts.fetch_add(1, Ordering::Relaxed);
+            guard.http_done(result.verdict == herald_protocols::Verdict::Acked);
             let outcome: Outcome = {
                 let mut rng = rand::thread_rng();
                 next_outcome(&result.verdict, result.attempt.n, retry, now_ms(), &mut rng)

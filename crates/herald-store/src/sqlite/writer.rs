@@ -114,7 +114,7 @@ impl Writer {
         // For engine ops that succeeded: what to tell the engine if the commit then fails.
         let mut on_commit_failure: Vec<StoreEvent> = Vec::new();
 
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = self.exec_cached("BEGIN IMMEDIATE") {
             let err = backend(e);
             for op in batch.drain(..) {
                 self.fail_op(op, &err);
@@ -124,7 +124,7 @@ impl Writer {
         let mut aborted: Option<StoreError> = None;
         let mut ops = batch.drain(..);
         for op in ops.by_ref() {
-            if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
+            if let Err(e) = self.exec_cached("SAVEPOINT op") {
                 let err = backend(e);
                 self.fail_op(op, &err);
                 aborted = Some(err);
@@ -133,10 +133,11 @@ impl Writer {
             let mut op_events = Vec::new();
             let (ok, completion, failure_event) = self.apply(op, &mut op_events);
             if ok {
-                let _ = self.conn.execute_batch("RELEASE op");
+                let _ = self.exec_cached("RELEASE op");
                 events.append(&mut op_events);
             } else {
-                let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                let _ = self.exec_cached("ROLLBACK TO op");
+                let _ = self.exec_cached("RELEASE op");
             }
             if let Some(c) = completion {
                 completions.push(c);
@@ -160,7 +161,7 @@ impl Writer {
         let remaining: Vec<Op> = ops.collect();
         let outcome = match aborted {
             Some(err) => Err(err),
-            None => self.conn.execute_batch("COMMIT").map_err(backend),
+            None => self.exec_cached("COMMIT").map_err(backend),
         };
         match outcome {
             Ok(()) => {
@@ -199,6 +200,12 @@ impl Writer {
                 &StoreError::Backend("an earlier operation of its batch failed".into()),
             );
         }
+    }
+
+    /// Runs a parameterless statement from the statement cache: the per-operation
+    /// savepoints run thousands of times a second and must not be parsed each time.
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
     }
 
     fn clear_caches(&mut self) {

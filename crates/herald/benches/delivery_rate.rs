@@ -14,6 +14,9 @@ use herald_protocols::{Credentials, Profile};
 use herald_store::sqlite::{Durability, SqliteStore};
 use herald_store::{NewApp, NewNotification, Store};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)

@@ -1,0 +1,76 @@
+//! Ceiling: what this machine allows without Herald. A plain pooled keep-alive client POSTs
+//! the delivery scenario's request (the same signed body and headers) to the same sink at
+//! the same concurrency. Its rate is the delivery scenario's baseline; its round trip
+//! (p50/p99) is the latency scenario's.
+use std::sync::Arc;
+
+use herald_protocols::{OutgoingNotification, Profile};
+
+use super::fixture::{EVENT_TYPE, PAYLOAD};
+use super::load::{self, MakeRequest};
+use super::report::Figure;
+use super::sink::AckSink;
+use super::Plan;
+
+/// The ceiling's numbers, for the scenarios that compare with them.
+#[derive(Clone, Copy, Debug)]
+pub struct Ceiling {
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(Ceiling, Vec<Figure>), String> {
+    // One attempt as Herald would sign it, sent over and over.
+    let profile = Profile::StandardWebhooks;
+    let (creds, _) = profile
+        .create_credentials(&serde_json::Value::Null)
+        .map_err(|e| format!("ceiling credentials: {e}"))?;
+    let now = herald_engine::now_ms() / 1000;
+    let notify_id = profile.new_notify_id();
+    let encoded = profile
+        .encode(
+            &creds,
+            &OutgoingNotification {
+                notify_id: &notify_id,
+                event_type: EVENT_TYPE,
+                payload: PAYLOAD.as_bytes(),
+                timestamp: now,
+                created_at: now,
+            },
+        )
+        .map_err(|e| format!("ceiling: {e}"))?;
+    let encoded = Arc::new(encoded);
+    let url = sink.url("/notify");
+    let make: MakeRequest = Arc::new(move |client, _| {
+        let mut req = client
+            .post(&url)
+            .header("content-type", &encoded.content_type)
+            .body(encoded.body.clone());
+        for (k, v) in &encoded.headers {
+            req = req.header(k, v);
+        }
+        req
+    });
+    let client = load::client(plan.concurrency)?;
+    let r = load::closed_loop(
+        "ceiling",
+        &client,
+        plan.sizes.delivery,
+        plan.concurrency,
+        make,
+    )
+    .await?;
+    let ceiling = Ceiling {
+        rate: r.rate(),
+        p50_ms: r.round_trip_ms(50.0),
+        p99_ms: r.round_trip_ms(99.0),
+    };
+    let c = plan.concurrency;
+    let figures = vec![
+        Figure::new(format!("plain client, {c} in flight"), ceiling.rate, "req/s"),
+        Figure::new("round trip p50", ceiling.p50_ms, "ms"),
+        Figure::new("round trip p99", ceiling.p99_ms, "ms"),
+    ];
+    Ok((ceiling, figures))
+}

@@ -1,0 +1,57 @@
+//! Delivery: how fast the engine drains a backlog with every outcome durably recorded.
+//! N notifications (to the sink's `notify_url`, a standard-webhooks app) are stored first;
+//! then the engine starts and the clock runs until the engine counts N acknowledged
+//! deliveries. Compared with the ceiling: the same requests without Herald.
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_protocols::Profile;
+use herald_store::Store;
+
+use super::ceiling::Ceiling;
+use super::fixture::{self, BenchEngine};
+use super::progress::Progress;
+use super::report::{Figure, Target};
+use super::sink::AckSink;
+use super::Plan;
+
+/// Returns the rate (deliveries/s) and the figures.
+pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<(f64, Vec<Figure>), String> {
+    let n = plan.sizes.delivery;
+    let dir = fixture::temp_dir(plan)?;
+    let store: Arc<dyn Store> = fixture::open_store(&dir.path().join("herald.db"))?;
+    let app = fixture::create_app(store.as_ref(), "bench", Profile::StandardWebhooks).await?;
+    let url = sink.url("/notify");
+    fixture::insert("delivery: storing", store.clone(), n, {
+        let app_id = app.id.clone();
+        Arc::new(move |_| fixture::notification(&app_id, Some(&url), herald_engine::now_ms()))
+    })
+    .await?;
+
+    let engine = BenchEngine::start(
+        store.clone(),
+        fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
+    )?;
+    let stats = engine.stats.clone();
+    let progress = Progress::start("delivery", n, {
+        let stats = stats.clone();
+        Arc::new(move || stats.succeeded.load(std::sync::atomic::Ordering::Relaxed))
+    });
+    let elapsed = fixture::wait_until("delivery", fixture::drain_timeout(n), || {
+        engine.succeeded() >= n
+    })
+    .await;
+    progress.finish().await;
+    engine.stop().await;
+    let elapsed = elapsed?;
+
+    let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
+    let figures = vec![Figure::new(
+        format!("{n} stored, durable"),
+        rate,
+        "deliveries/s",
+    )
+    .against("ceiling", ceiling.rate, "req/s")
+    .target(Target::RatioAtLeast(0.5))];
+    Ok((rate, figures))
+}

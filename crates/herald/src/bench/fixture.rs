@@ -1,0 +1,222 @@
+//! What the scenarios that drive the store and engine directly set up: a durable SQLite
+//! store (`synchronous=FULL`) in a fresh temporary directory, apps with generated
+//! credentials, endpoints, bulk inserts from many tasks (the store's writer group-commits
+//! them, so this is how a busy API would fill it), and an engine that can be stopped and
+//! whose counters are waited on.
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_engine::{Engine, EngineConfig, EngineStats, TargetPolicy};
+use herald_protocols::Profile;
+use herald_store::sqlite::{Durability, SqliteStore};
+use herald_store::{App, Endpoint, NewApp, NewEndpoint, NewNotification, Store};
+use tokio::sync::oneshot;
+
+use super::progress::Progress;
+use super::Plan;
+
+/// The payload of every notification: a small payment result, as a provider would send.
+/// Its fields suit every profile (wechatpay-v2 needs `out_trade_no` or `transaction_id`).
+pub const PAYLOAD: &str = r#"{"out_trade_no":"20261123000001","transaction_id":"4200002026112300001","total_amount":"88.00","total_fee":8800,"trade_status":"TRADE_SUCCESS","subject":"coffee"}"#;
+pub const EVENT_TYPE: &str = "trade.success";
+
+/// Tasks inserting at once. Many, so each group commit carries many rows; the store's
+/// write queue (16k operations) bounds what they can have waiting.
+const INSERT_TASKS: u64 = 256;
+
+/// A fresh temporary directory under the plan's directory; removed when dropped.
+pub fn temp_dir(plan: &Plan) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("herald-bench-")
+        .tempdir_in(&plan.dir)
+        .map_err(|e| {
+            format!(
+                "cannot create a temporary directory in {}: {e}",
+                plan.dir.display()
+            )
+        })
+}
+
+/// Opens a durable store. Must be called inside the runtime.
+pub fn open_store(path: &Path) -> Result<Arc<SqliteStore>, String> {
+    SqliteStore::open(path, Durability::Full)
+        .map(Arc::new)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+pub async fn create_app(store: &dyn Store, name: &str, profile: Profile) -> Result<App, String> {
+    let (credentials, _) = profile
+        .create_credentials(&serde_json::Value::Null)
+        .map_err(|e| format!("{} credentials: {e}", profile.name()))?;
+    store
+        .create_app(NewApp {
+            name: name.into(),
+            profile,
+            retry: None,
+            ack: None,
+            credentials,
+            now: herald_engine::now_ms(),
+        })
+        .await
+        .map_err(|e| format!("create app: {e}"))
+}
+
+pub async fn create_endpoint(
+    store: &dyn Store,
+    app_id: &str,
+    url: String,
+    max_in_flight: u32,
+) -> Result<Endpoint, String> {
+    store
+        .create_endpoint(NewEndpoint {
+            app_id: app_id.into(),
+            url,
+            event_types: None,
+            retry: None,
+            ack: None,
+            max_in_flight,
+            ordered: false,
+            enabled: true,
+            now: herald_engine::now_ms(),
+        })
+        .await
+        .map_err(|e| format!("create endpoint: {e}"))
+}
+
+/// A notification of `app_id` with the bench payload, created at `now`, to `notify_url`
+/// (or to the app's endpoints when `None`).
+pub fn notification(app_id: &str, notify_url: Option<&str>, now: i64) -> NewNotification {
+    NewNotification {
+        app_id: app_id.into(),
+        event_type: EVENT_TYPE.into(),
+        payload: PAYLOAD.into(),
+        notify_url: notify_url.map(str::to_string),
+        idempotency_key: None,
+        order_key: None,
+        now,
+    }
+}
+
+/// Stores `n` notifications made by `make` from many tasks, with a progress line.
+pub async fn insert(
+    label: &str,
+    store: Arc<dyn Store>,
+    n: u64,
+    make: Arc<dyn Fn(u64) -> NewNotification + Send + Sync>,
+) -> Result<(), String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(label, n, {
+        let done = done.clone();
+        Arc::new(move || done.load(Ordering::Relaxed))
+    });
+    let mut tasks = Vec::new();
+    for first in 0..INSERT_TASKS.min(n) {
+        let (store, make, done) = (store.clone(), make.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = first;
+            while i < n {
+                store
+                    .create_notification(make(i))
+                    .await
+                    .map_err(|e| format!("storing notification {i}: {e}"))?;
+                done.fetch_add(1, Ordering::Relaxed);
+                i += INSERT_TASKS;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .map_err(|e| format!("{label}: an insert task died: {e}"))??;
+    }
+    progress.finish().await;
+    Ok(())
+}
+
+/// The engine settings of the bench: loopback targets allowed, `concurrency` in flight per
+/// ad-hoc `notify_url` destination, attempts time out after `request_timeout`.
+pub fn engine_config(concurrency: u32, request_timeout: Duration) -> EngineConfig {
+    EngineConfig {
+        default_max_in_flight: concurrency,
+        request_timeout,
+        target_policy: Arc::new(TargetPolicy {
+            allow_private: true,
+            allow: vec![],
+        }),
+        // Shutdown is between measurements; what is cut short does not matter.
+        shutdown_grace: Duration::from_millis(500),
+        ..EngineConfig::default()
+    }
+}
+
+/// An engine the bench can stop.
+pub struct BenchEngine {
+    pub stats: Arc<EngineStats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BenchEngine {
+    pub fn start(store: Arc<dyn Store>, config: EngineConfig) -> Result<BenchEngine, String> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let engine = Engine::start(store, config, async move {
+            let _ = stopped.await;
+        })
+        .map_err(|e| format!("cannot start the engine: {e}"))?;
+        Ok(BenchEngine {
+            stats: engine.stats,
+            stop: Some(stop),
+            task: engine.task,
+        })
+    }
+
+    /// Stops the engine and waits for it (attempts in flight get its shutdown grace).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Deliveries acknowledged so far.
+    pub fn succeeded(&self) -> u64 {
+        self.stats.succeeded.load(Ordering::Relaxed)
+    }
+}
+
+/// Polls `done` every 2 ms until true; the time it took, or an error after `timeout`.
+/// Polling an atomic counter is cheap and 2 ms is below every phase's resolution.
+pub async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > timeout {
+            return Err(format!("{what}: not done after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs `f` with a deadline, turning a timeout into an error naming `what`.
+pub async fn within<T>(
+    what: &str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| format!("{what}: not done after {timeout:?}"))?
+}
+
+/// How long a drain of `n` deliveries may take before the bench calls it stuck: generous
+/// (a debug build on a slow disk) but finite.
+pub fn drain_timeout(n: u64) -> Duration {
+    Duration::from_secs(120 + n / 100)
+}

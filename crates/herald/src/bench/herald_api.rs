@@ -1,0 +1,111 @@
+//! Herald as a user runs it, for the scenarios that go through the HTTP API: the full
+//! server (`server::start`: API and engine) on a fresh durable database, an app created
+//! through the API with one endpoint subscribed, and the request every producer sends.
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::fixture::{self, EVENT_TYPE, PAYLOAD};
+use super::Plan;
+use crate::server::{self, Database, Running, ServerOptions};
+
+/// The admin token the bench's servers are started with.
+pub const TOKEN: &str = "herald-bench-token";
+
+/// A running Herald with one app whose one endpoint points at a sink.
+pub struct Herald {
+    pub running: Running,
+    pub base: String,
+    pub app_id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Herald {
+    /// Starts Herald on a fresh durable database and subscribes `endpoint_url` to a new
+    /// standard-webhooks app, with room for `concurrency` attempts in flight.
+    pub async fn start(
+        plan: &Plan,
+        client: &reqwest::Client,
+        endpoint_url: &str,
+    ) -> Result<Herald, String> {
+        let dir = fixture::temp_dir(plan)?;
+        let running = server::start(
+            ServerOptions {
+                database: Database::Sqlite(dir.path().join("herald.db")),
+                listen: ([127, 0, 0, 1], 0).into(),
+                admin_token: Some(TOKEN.into()),
+                engine: fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
+                durability: herald_store::sqlite::Durability::Full,
+            },
+            std::future::pending(),
+        )
+        .await
+        .map_err(|e| format!("cannot start Herald: {e}"))?;
+        let base = format!("http://{}", running.addr);
+        let app = call(
+            client,
+            &format!("{base}/v1/apps"),
+            json!({"name": "bench", "profile": "standard-webhooks"}),
+        )
+        .await?;
+        let app_id = app["id"]
+            .as_str()
+            .ok_or_else(|| format!("creating the app answered {app}"))?
+            .to_string();
+        call(
+            client,
+            &format!("{base}/v1/apps/{app_id}/endpoints"),
+            json!({"url": endpoint_url, "max_in_flight": plan.concurrency}),
+        )
+        .await?;
+        Ok(Herald {
+            running,
+            base,
+            app_id,
+            _dir: dir,
+        })
+    }
+
+    /// Where notifications of the app are posted.
+    pub fn notifications_url(&self) -> String {
+        format!("{}/v1/apps/{}/notifications", self.base, self.app_id)
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown().await;
+    }
+}
+
+/// The body of every notification posted through the API.
+pub fn notification_body() -> Arc<str> {
+    format!(r#"{{"event_type":"{EVENT_TYPE}","payload":{PAYLOAD}}}"#).into()
+}
+
+/// A POST of `body` to `url` as a producer sends it (admin token, JSON).
+pub fn post(client: &reqwest::Client, url: &str, body: &Arc<str>) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+}
+
+async fn call(client: &reqwest::Client, url: &str, body: Value) -> Result<Value, String> {
+    let resp = client
+        .post(url)
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("POST {url}: the answer is not JSON: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("POST {url} answered {status}: {v}"));
+    }
+    Ok(v)
+}

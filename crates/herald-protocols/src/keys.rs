@@ -286,6 +286,24 @@ pub fn verify_sha1(key: &RsaPublicKey, msg: &[u8], sig_b64: &str) -> bool {
         .is_ok()
 }
 
+/// The `private_key` field of a credentials object: absent or null generates an RSA-2048
+/// key, a string is parsed (any accepted format, at least 2048 bits). Returns the key and
+/// its normalised PKCS#8 PEM for storage. Errors name the field, never the key.
+pub fn signing_key_option(
+    value: Option<&serde_json::Value>,
+) -> Result<(RsaPrivateKey, String), crate::ProfileError> {
+    use crate::ProfileError::BadCredentials;
+    let key = match value {
+        None | Some(serde_json::Value::Null) => generate_rsa_2048(),
+        Some(serde_json::Value::String(s)) => {
+            parse_signing_key(s).map_err(|e| BadCredentials(format!("private_key: {e}")))?
+        }
+        Some(_) => return Err(BadCredentials("private_key must be a string".into())),
+    };
+    let pem = private_pem_pkcs8(&key).map_err(|e| BadCredentials(format!("private_key: {e}")))?;
+    Ok((key, pem))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

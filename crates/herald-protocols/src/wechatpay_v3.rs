@@ -167,15 +167,7 @@ pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), Profi
             ))
         }
     };
-    let key = match fields.get("private_key") {
-        None | Some(Value::Null) => keys::generate_rsa_2048(),
-        Some(Value::String(s)) => {
-            keys::parse_signing_key(s).map_err(|e| bad_credentials(format!("private_key: {e}")))?
-        }
-        Some(_) => return Err(bad_credentials("private_key must be a string")),
-    };
-    let private_key =
-        keys::private_pem_pkcs8(&key).map_err(|e| bad_credentials(format!("private_key: {e}")))?;
+    let (key, private_key) = keys::signing_key_option(fields.get("private_key"))?;
     let c = Credentials {
         mchid,
         appid,

@@ -1,6 +1,8 @@
 //! Herald, the binary's library half: the HTTP API, the server that ties store, engine and
-//! API together, configuration, and the CLI commands. `main.rs` only parses arguments.
+//! API together, configuration, the CLI commands, and `herald bench`. `main.rs` only parses
+//! arguments.
 pub mod api;
+pub mod bench;
 pub mod clock;
 pub mod cmd;
 pub mod config;

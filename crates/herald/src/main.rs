@@ -38,6 +38,9 @@ enum Command {
     Verify(cmd::verify::VerifyArgs),
     /// Print the signed request Herald would send for a payload (on standard input).
     Sign(cmd::sign::SignArgs),
+    /// Measure delivery, ingest, latency, isolation, backlog and signing cost against
+    /// baselines measured in the same run (see `herald bench --help`).
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Listen(args) => cmd::listen::run(args).await.map(|_| true),
             Command::Verify(args) => cmd::verify::run(args),
             Command::Sign(args) => cmd::sign::run(args).map(|_| true),
+            Command::Bench(args) => cmd::bench::run(args).await,
         }
     });
     match result {

@@ -68,7 +68,11 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(Ceiling, Vec<Figure>), 
     };
     let c = plan.concurrency;
     let figures = vec![
-        Figure::new(format!("plain client, {c} in flight"), ceiling.rate, "req/s"),
+        Figure::new(
+            format!("plain client, {c} in flight"),
+            ceiling.rate,
+            "req/s",
+        ),
         Figure::new("round trip p50", ceiling.p50_ms, "ms"),
         Figure::new("round trip p99", ceiling.p99_ms, "ms"),
     ];

@@ -2,6 +2,7 @@
 //! N notifications (to the sink's `notify_url`, a standard-webhooks app) are stored first;
 //! then the engine starts and the clock runs until the engine counts N acknowledged
 //! deliveries. Compared with the ceiling: the same requests without Herald.
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,18 +17,23 @@ use super::sink::AckSink;
 use super::Plan;
 
 /// Returns the rate (deliveries/s) and the figures.
-pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<(f64, Vec<Figure>), String> {
+pub async fn run(
+    plan: &Plan,
+    sink: &AckSink,
+    ceiling: Ceiling,
+) -> Result<(f64, Vec<Figure>), String> {
     let n = plan.sizes.delivery;
     let dir = fixture::temp_dir(plan)?;
     let store: Arc<dyn Store> = fixture::open_store(&dir.path().join("herald.db"))?;
     let app = fixture::create_app(store.as_ref(), "bench", Profile::StandardWebhooks).await?;
     let url = sink.url("/notify");
-    fixture::insert("delivery: storing", store.clone(), n, {
+    fixture::insert("delivery: store", store.clone(), n, {
         let app_id = app.id.clone();
         Arc::new(move |_| fixture::notification(&app_id, Some(&url), herald_engine::now_ms()))
     })
     .await?;
 
+    let served_before = sink.served.load(Ordering::Relaxed);
     let engine = BenchEngine::start(
         store.clone(),
         fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
@@ -35,7 +41,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<(f64, 
     let stats = engine.stats.clone();
     let progress = Progress::start("delivery", n, {
         let stats = stats.clone();
-        Arc::new(move || stats.succeeded.load(std::sync::atomic::Ordering::Relaxed))
+        Arc::new(move || stats.succeeded.load(Ordering::Relaxed))
     });
     let elapsed = fixture::wait_until("delivery", fixture::drain_timeout(n), || {
         engine.succeeded() >= n
@@ -44,14 +50,20 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<(f64, 
     progress.finish().await;
     engine.stop().await;
     let elapsed = elapsed?;
+    // The engine's count is the figure; the sink's is the cross-check that every counted
+    // acknowledgement answered a request that really arrived.
+    let served = sink.served.load(Ordering::Relaxed) - served_before;
+    if served < n {
+        return Err(format!(
+            "delivery: the engine counted {n} acknowledgements, the sink served {served}"
+        ));
+    }
 
     let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
-    let figures = vec![Figure::new(
-        format!("{n} stored, durable"),
-        rate,
-        "deliveries/s",
-    )
-    .against("ceiling", ceiling.rate, "req/s")
-    .target(Target::RatioAtLeast(0.5))];
+    let figures = vec![
+        Figure::new(format!("{n} stored, durable"), rate, "deliveries/s")
+            .against("ceiling", ceiling.rate, "req/s")
+            .target(Target::RatioAtLeast(0.5)),
+    ];
     Ok((rate, figures))
 }

@@ -3,7 +3,6 @@
 //! credentials, endpoints, bulk inserts from many tasks (the store's writer group-commits
 //! them, so this is how a busy API would fill it), and an engine that can be stopped and
 //! whose counters are waited on.
-use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -202,17 +201,6 @@ pub async fn wait_until(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(started.elapsed())
-}
-
-/// Runs `f` with a deadline, turning a timeout into an error naming `what`.
-pub async fn within<T>(
-    what: &str,
-    timeout: Duration,
-    f: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    tokio::time::timeout(timeout, f)
-        .await
-        .map_err(|_| format!("{what}: not done after {timeout:?}"))?
 }
 
 /// How long a drain of `n` deliveries may take before the bench calls it stuck: generous

@@ -95,14 +95,17 @@ async fn call(client: &reqwest::Client, url: &str, body: Value) -> Result<Value,
     let resp = client
         .post(url)
         .bearer_auth(TOKEN)
-        .json(&body)
+        .header("content-type", "application/json")
+        .body(body.to_string())
         .send()
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
     let status = resp.status();
-    let v: Value = resp
-        .json()
+    let bytes = resp
+        .bytes()
         .await
+        .map_err(|e| format!("POST {url}: reading the answer: {e}"))?;
+    let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| format!("POST {url}: the answer is not JSON: {e}"))?;
     if !status.is_success() {
         return Err(format!("POST {url} answered {status}: {v}"));

@@ -81,7 +81,7 @@ pub async fn closed_loop(
                     Ok(resp) => {
                         let status = resp.status();
                         match resp.bytes().await {
-                            Ok(body) if status.is_success() => Ok(()),
+                            Ok(_) if status.is_success() => Ok(()),
                             Ok(body) => Err(format!(
                                 "answered {status}: {}",
                                 String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -110,7 +110,10 @@ pub async fn closed_loop(
     }
     let mut round_trips_us = Vec::with_capacity(n as usize);
     for t in tasks {
-        round_trips_us.extend(t.await.map_err(|e| format!("{label}: a client task died: {e}"))?);
+        round_trips_us.extend(
+            t.await
+                .map_err(|e| format!("{label}: a client task died: {e}"))?,
+        );
     }
     let elapsed = started.elapsed();
     progress.finish().await;

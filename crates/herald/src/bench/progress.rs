@@ -95,7 +95,7 @@ fn line(label: &str, done: u64, total: u64, rate: f64, elapsed: Duration) -> Str
     };
     let filled = (frac * BAR as f64).round() as usize;
     format!(
-        "bench {label:<24} [{}{}] {done:>9}/{total:<9} {:>5.1}% {rate:>9.0}/s {:>7.1}s",
+        "bench {label:<26} [{}{}] {done:>9}/{total:<9} {:>5.1}% {rate:>9.0}/s {:>7.1}s",
         "#".repeat(filled),
         ".".repeat(BAR - filled),
         frac * 100.0,
@@ -113,7 +113,10 @@ mod tests {
         assert!(l.starts_with("bench delivery "), "{l}");
         assert!(l.contains("[##########..........]"), "{l}");
         assert!(l.contains("50/100"), "{l}");
-        assert!(l.contains("50.0%") && l.contains("25/s") && l.ends_with("2.0s"), "{l}");
+        assert!(
+            l.contains("50.0%") && l.contains("25/s") && l.ends_with("2.0s"),
+            "{l}"
+        );
         // Over-counting (a retried request) never breaks the bar.
         assert!(line("x", 200, 100, 0.0, Duration::ZERO).contains("100.0%"));
     }

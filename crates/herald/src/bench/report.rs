@@ -141,9 +141,7 @@ impl Report {
                         .as_ref()
                         .map(|b| format!("{}: {}", b.name, quantity(b.value, b.unit)))
                         .unwrap_or_else(|| "-".into()),
-                    f.ratio()
-                        .map(|r| format!("{r:.2}x"))
-                        .unwrap_or_else(|| "-".into()),
+                    f.ratio().map(ratio).unwrap_or_else(|| "-".into()),
                     f.target_text().unwrap_or_else(|| "-".into()),
                     match f.pass() {
                         Some(true) => "pass".into(),
@@ -203,6 +201,22 @@ impl Report {
     }
 }
 
+/// A ratio with two significant digits at least: `0.53x`, `0.0033x`, `12.4x`, `310x`.
+pub fn ratio(r: f64) -> String {
+    if !r.is_finite() || r <= 0.0 {
+        format!("{r}x")
+    } else if r >= 100.0 {
+        format!("{r:.0}x")
+    } else if r >= 10.0 {
+        format!("{r:.1}x")
+    } else if r >= 0.1 {
+        format!("{r:.2}x")
+    } else {
+        let decimals = (-r.log10()).ceil() as usize + 1;
+        format!("{r:.decimals$}x")
+    }
+}
+
 /// A value with its unit, e.g. `12,345 deliveries/s`, `3.21 ms`.
 pub fn quantity(value: f64, unit: &str) -> String {
     format!("{} {unit}", number(value))
@@ -245,6 +259,11 @@ mod tests {
         assert_eq!(number(12.34), "12.3");
         assert_eq!(number(1.234), "1.23");
         assert_eq!(number(-1500.0), "-1,500");
+        assert_eq!(ratio(0.5312), "0.53x");
+        assert_eq!(ratio(0.00329), "0.0033x");
+        assert_eq!(ratio(0.05), "0.050x");
+        assert_eq!(ratio(12.44), "12.4x");
+        assert_eq!(ratio(1033.5), "1034x");
     }
 
     #[test]

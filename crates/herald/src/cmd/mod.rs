@@ -1,4 +1,5 @@
 //! The CLI commands other than argument parsing: one module per command.
+pub mod bench;
 pub mod listen;
 pub mod send;
 pub mod serve;

@@ -1,0 +1,138 @@
+//! `herald bench`: its arguments and help, the refusal to measure a debug build, and the
+//! output (the table, or `--json`). The scenarios are in `crate::bench`.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::bench::{self, Plan, Scenario, Sizes};
+
+const SCENARIOS: &str = "\
+Scenarios (every figure is shown with a baseline measured in the same run, their ratio,
+and the issue's target; targets are reported, not enforced):
+  ceiling    A plain pooled keep-alive client POSTs the delivery request (same body, same
+             signature headers) to a loopback sink at --concurrency: what the machine
+             allows without Herald. Its round trip is the latency baseline.
+  delivery   --count notifications stored (SQLite, synchronous=FULL), then the engine
+             started and timed until it counts every acknowledgement: deliveries/s with
+             every outcome durable. Target: >= 0.5x the ceiling.
+  ingest     Notifications/s accepted through the HTTP API (202 after a durable commit)
+             while the app's endpoint receives them, against a no-op axum handler hit by
+             the same client. Target: >= 0.3x the no-op.
+  latency    Accept -> first attempt p50/p99/max while posting at half load (paced, open
+             loop): half the delivery rate, or half the ingest rate when that is lower;
+             --latency-rate sets another load. Against the ceiling's round trip.
+             Target: p99 < 10 ms.
+  isolation  A healthy endpoint's delivery rate while 100 endpoints accept and never
+             answer, against its rate alone (medians of 5 interleaved rounds; --quick:
+             1). Target: >= 0.9x.
+  backlog    --backlog deliveries scheduled a day ahead; Herald restarted on them in a
+             fresh process: resident memory (against before loading), CPU while idle,
+             and start to ready (against an empty database). Targets: < 256 MiB,
+             < 1% of a core, < 5 s.
+  profiles   Signing cost of each wire profile (Profile::encode) on one core, against
+             standard-webhooks.
+
+Sinks, clients and Herald share this process and its cores, on loopback; databases are
+temporary (under --dir) and removed afterwards. Progress goes to standard error every 2 s,
+the table (or --json) to standard output. Exit status 0 unless a scenario cannot run.
+
+Examples:
+  cargo run --release -- bench
+  herald bench --quick --json
+  herald bench --scenario latency --concurrency 32";
+
+/// Measure delivery, ingest, latency, isolation, backlog and signing cost against baselines
+/// measured in the same run.
+#[derive(Args, Debug)]
+#[command(after_long_help = SCENARIOS)]
+pub struct BenchArgs {
+    /// Small sizes and short windows: every scenario in a few seconds (allowed in a debug
+    /// build).
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only this scenario (repeatable); the scenarios it compares with run too.
+    #[arg(long = "scenario", value_name = "NAME", value_enum)]
+    pub scenarios: Vec<Scenario>,
+    /// Print one JSON object (every figure, baseline, ratio, target and pass flag) instead
+    /// of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Requests in flight: the clients' concurrency and Herald's in-flight limit toward the
+    /// sink.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+    /// Requests of the ceiling and notifications of the delivery scenario [default: 100000;
+    /// with --quick: 2000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Deliveries scheduled in the backlog scenario [default: 1000000; with --quick: 20000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub backlog: Option<u64>,
+    /// Load of the latency scenario, notifications/s [default: half the delivery rate
+    /// measured in the same run, or half the ingest rate when that is lower].
+    #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
+    pub latency_rate: Option<u64>,
+    /// Directory for the temporary databases: put it on the disk you mean to measure
+    /// [default: the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Measure a debug build anyway (its numbers mean little).
+    #[arg(long)]
+    pub allow_debug: bool,
+    /// Internal: the backlog scenario's restarted process, on this database.
+    #[arg(long, value_name = "DB", hide = true)]
+    pub backlog_probe: Option<PathBuf>,
+    /// Internal: how long the backlog probe watches idle CPU, milliseconds.
+    #[arg(long, value_name = "MS", hide = true, default_value_t = 5000)]
+    pub probe_idle_ms: u64,
+}
+
+pub async fn run(args: BenchArgs) -> Result<bool, String> {
+    if let Some(db) = &args.backlog_probe {
+        let idle = Duration::from_millis(args.probe_idle_ms);
+        let report = bench::backlog::probe(db, args.concurrency, idle).await?;
+        println!("{report}");
+        return Ok(true);
+    }
+    if cfg!(debug_assertions) && !args.quick && !args.allow_debug {
+        return Err(
+            "this is a debug build, whose numbers mean little: build with --release \
+                    (cargo run --release -- bench), or pass --quick (a smoke run) or \
+                    --allow-debug"
+                .into(),
+        );
+    }
+    let mut sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    if let Some(n) = args.count {
+        sizes.delivery = n;
+    }
+    if let Some(n) = args.backlog {
+        sizes.backlog = n;
+    }
+    let dir = args.dir.unwrap_or_else(std::env::temp_dir);
+    if !dir.is_dir() {
+        return Err(format!("--dir {} is not a directory", dir.display()));
+    }
+    let plan = Plan {
+        quick: args.quick,
+        concurrency: args.concurrency,
+        sizes,
+        latency_rate: args.latency_rate.map(|r| r as f64),
+        dir,
+        scenarios: Plan::select(&args.scenarios),
+    };
+    let report = bench::run(&plan).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report.json())
+            .map_err(|e| format!("cannot print the report: {e}"))?;
+        println!("{text}");
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(true)
+}

@@ -1,0 +1,134 @@
+//! `herald bench`: the quick run reports every scenario with positive, finite figures in its
+//! JSON; a debug build refuses a full run; `--help` explains every scenario. Nothing about
+//! speed is asserted: a debug build on a shared machine measures nothing worth asserting.
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+const SCENARIOS: [&str; 7] = [
+    "ceiling",
+    "delivery",
+    "ingest",
+    "latency",
+    "isolation",
+    "backlog",
+    "profiles",
+];
+
+fn positive(v: &Value, what: &str) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{what} = {x}");
+    x
+}
+
+#[test]
+fn quick_json_reports_every_scenario() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--json", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "herald bench: {}\n{stderr}",
+        out.status
+    );
+    // Progress goes to standard error, in the fixed format.
+    assert!(stderr.contains("bench delivery "), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(report["quick"], true);
+    assert!(report["pass"].is_boolean());
+    let scenarios = report["scenarios"].as_object().expect("scenarios");
+    assert_eq!(scenarios.len(), SCENARIOS.len(), "{report:#}");
+    for name in SCENARIOS {
+        let s = &report["scenarios"][name];
+        let figures = s["figures"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {name} in {report:#}"));
+        assert!(!figures.is_empty(), "{name} has no figures");
+        positive(&s["seconds"], &format!("{name}.seconds"));
+        for f in figures {
+            let what = format!("{name}: {}", f["name"]);
+            if f["unit"] == "% of a core" {
+                // Idle CPU over a one-second window may be zero clock ticks.
+                let x = f["value"].as_f64().expect("idle CPU");
+                assert!(x.is_finite() && x >= 0.0, "{what} = {x}");
+            } else {
+                positive(&f["value"], &what);
+            }
+            if !f["baseline"].is_null() {
+                positive(&f["baseline"]["value"], &format!("{what} baseline"));
+                positive(&f["ratio"], &format!("{what} ratio"));
+            }
+            if f["target"].is_null() {
+                assert!(f["pass"].is_null(), "{what}: a pass flag without a target");
+            } else {
+                assert!(
+                    f["pass"].is_boolean(),
+                    "{what}: a target without a pass flag"
+                );
+            }
+        }
+    }
+    // The temporary databases are gone.
+    let left = std::fs::read_dir(dir.path()).expect("dir").count();
+    assert_eq!(
+        left,
+        0,
+        "temporary databases left in {}",
+        dir.path().display()
+    );
+}
+
+#[test]
+fn a_debug_build_refuses_a_full_run() {
+    if !cfg!(debug_assertions) {
+        return; // The binary under test is a release build: it would run for minutes.
+    }
+    let out = Command::new(BIN)
+        .args(["bench", "--scenario", "profiles"])
+        .output()
+        .expect("run herald bench");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("debug build") && stderr.contains("--allow-debug"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn help_explains_every_scenario_and_flag() {
+    let out = Command::new(BIN)
+        .args(["bench", "--help"])
+        .output()
+        .expect("run herald bench --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in SCENARIOS.iter().chain(&[
+        "--quick",
+        "--json",
+        "--scenario",
+        "--concurrency",
+        "--allow-debug",
+    ]) {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    assert!(!help.contains("backlog-probe"), "internal flags are hidden");
+}

@@ -23,11 +23,14 @@ pub struct Herald {
 
 impl Herald {
     /// Starts Herald on a fresh durable database and subscribes `endpoint_url` to a new
-    /// standard-webhooks app, with room for `concurrency` attempts in flight.
+    /// standard-webhooks app, with room for `concurrency` attempts in flight. With
+    /// `deliver` false the endpoint is disabled: notifications are accepted and stored, and
+    /// nothing is sent.
     pub async fn start(
         plan: &Plan,
         client: &reqwest::Client,
         endpoint_url: &str,
+        deliver: bool,
     ) -> Result<Herald, String> {
         let dir = fixture::temp_dir(plan)?;
         let running = server::start(
@@ -56,7 +59,7 @@ impl Herald {
         call(
             client,
             &format!("{base}/v1/apps/{app_id}/endpoints"),
-            json!({"url": endpoint_url, "max_in_flight": plan.concurrency}),
+            json!({"url": endpoint_url, "max_in_flight": plan.concurrency, "enabled": deliver}),
         )
         .await?;
         Ok(Herald {

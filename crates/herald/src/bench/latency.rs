@@ -49,7 +49,7 @@ pub async fn run(
         .clone()
         .ok_or("the latency sink does not record arrivals")?;
     let client = load::client(plan.concurrency)?;
-    let herald = Herald::start(plan, &client, &sink.url("/hook")).await?;
+    let herald = Herald::start(plan, &client, &sink.url("/hook"), true).await?;
     let (sent, send_time) = match paced(&client, &herald, rate, total).await {
         Ok(sent) => sent,
         Err(e) => {

@@ -349,9 +349,8 @@ pub fn encode(
             "the payload has characters that charset {charset} cannot represent"
         ))
     })?;
-    let key = signing_key(c)?;
-    let sign =
-        keys::sign_sha256(&key, &to_sign).map_err(|e| ProfileError::Encode(e.to_string()))?;
+    let sign = keys::sign_sha256_cached(&c.private_key, &to_sign)
+        .map_err(|e| ProfileError::Encode(e.to_string()))?;
     params.push(("sign_type".into(), SIGN_TYPE.into()));
     params.push(("sign".into(), sign));
 
@@ -389,8 +388,7 @@ pub fn sign_params(
     params: &mut Vec<(String, String)>,
 ) -> Result<(), ProfileError> {
     params.retain(|(k, _)| k != "sign" && k != "sign_type");
-    let key = signing_key(c)?;
-    let sign = keys::sign_sha256(&key, string_to_sign(params).as_bytes())
+    let sign = keys::sign_sha256_cached(&c.private_key, string_to_sign(params).as_bytes())
         .map_err(|e| ProfileError::Encode(e.to_string()))?;
     params.push(("sign_type".into(), SIGN_TYPE.into()));
     params.push(("sign".into(), sign));
@@ -403,8 +401,7 @@ pub fn sign_query_response(
     c: &Credentials,
     response_json_text: &str,
 ) -> Result<String, ProfileError> {
-    let key = signing_key(c)?;
-    keys::sign_sha256(&key, response_json_text.as_bytes())
+    keys::sign_sha256_cached(&c.private_key, response_json_text.as_bytes())
         .map_err(|e| ProfileError::Encode(e.to_string()))
 }
 

@@ -429,11 +429,11 @@ pub fn encode(
     })
     .map_err(|e| ProfileError::Encode(format!("cannot serialise the body: {e}")))?;
 
-    let key = signing_key(c)?;
     let timestamp = n.timestamp.to_string();
     let header_nonce = random_alphanumeric(32);
-    let signature = keys::sign_sha256(&key, &message(&timestamp, &header_nonce, &body))
-        .map_err(|e| ProfileError::Encode(e.to_string()))?;
+    let signature =
+        keys::sign_sha256_cached(&c.private_key, &message(&timestamp, &header_nonce, &body))
+            .map_err(|e| ProfileError::Encode(e.to_string()))?;
     Ok(EncodedRequest {
         content_type: "application/json".into(),
         headers: vec![

@@ -138,10 +138,25 @@ impl SqliteStore {
             .name("herald-sqlite-sync".into())
             .spawn(move || writer::run_syncer(out_rx, ev_tx, wal))
             .map_err(|e| StoreError::Backend(format!("cannot start the syncer thread: {e}")))?;
-        let writer = Writer::new(conn, out_tx, manual_sync);
+        let wrote = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let alive = Arc::new(());
+        if manual_sync {
+            let cp = Connection::open(&path).map_err(backend)?;
+            cp.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(backend)?;
+            let (wrote, weak) = (wrote.clone(), Arc::downgrade(&alive));
+            std::thread::Builder::new()
+                .name("herald-sqlite-checkpoint".into())
+                .spawn(move || writer::run_checkpointer(cp, wrote, weak))
+                .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
+        }
+        let writer = Writer::new(conn, out_tx, manual_sync, wrote);
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || writer.run(ops_rx))
+            .spawn(move || {
+                let _alive = alive;
+                writer.run(ops_rx)
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             ops: ops_tx,

@@ -12,8 +12,8 @@
 //! emits the batch's events, in commit order. So the next batch's SQL runs while the previous
 //! one's sync is in flight, and nothing is acknowledged before it is on disk. Checkpoints,
 //! the only moment SQLite moves WAL pages into the database file, run with
-//! `synchronous = NORMAL` (WAL synced before, database after), from the writer, about once a
-//! second.
+//! `synchronous = NORMAL` (WAL synced before, database after) from a checkpointer thread with
+//! its own connection, about once a second, so the writer never waits for them.
 //!
 //! The writer keeps small caches of app and endpoint settings (it is the only one who
 //! changes them, so it keeps them coherent); a failed commit clears them.
@@ -167,13 +167,41 @@ fn sync_wal(file: &mut Option<std::fs::File>, path: &std::path::Path) -> Result<
     }
 }
 
+/// Moves the WAL into the database file with syncs: `synchronous = NORMAL` makes SQLite
+/// sync the WAL before copying and the database file after.
+pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    conn.execute_batch("PRAGMA synchronous = OFF")?;
+    result
+}
+
+/// The checkpointer: about once a second, when something was written, checkpoints from its
+/// own connection, so the writer never waits for the database file's sync (auto-checkpoints
+/// are off with `Durability::Full`). Stops when the writer is gone.
+pub(crate) fn run_checkpointer(
+    conn: Connection,
+    wrote: Arc<std::sync::atomic::AtomicBool>,
+    writer_alive: std::sync::Weak<()>,
+) {
+    while writer_alive.strong_count() > 0 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if wrote.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = checkpoint(&conn) {
+                tracing::warn!(error = %e, "checkpoint failed; will try again");
+                wrote.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 pub(crate) struct Writer {
     conn: Connection,
     out: std::sync::mpsc::Sender<Release>,
     /// SQLite does not sync by itself (the syncer does); checkpoints are ours to run.
     manual_sync: bool,
-    last_checkpoint: std::time::Instant,
-    wrote_since_checkpoint: bool,
+    /// Set after each commit; the checkpointer clears it when it checkpoints.
+    wrote: Arc<std::sync::atomic::AtomicBool>,
     apps: HashMap<String, Arc<AppCtx>>,
     endpoints: HashMap<String, Arc<EndpointCtx>>,
     /// Apps whose complete endpoint list is in `endpoints`.
@@ -185,13 +213,13 @@ impl Writer {
         conn: Connection,
         out: std::sync::mpsc::Sender<Release>,
         manual_sync: bool,
+        wrote: Arc<std::sync::atomic::AtomicBool>,
     ) -> Writer {
         Writer {
             conn,
             out,
             manual_sync,
-            last_checkpoint: std::time::Instant::now(),
-            wrote_since_checkpoint: false,
+            wrote,
             apps: HashMap::new(),
             endpoints: HashMap::new(),
             endpoint_lists: HashMap::new(),
@@ -210,41 +238,13 @@ impl Writer {
                 }
             }
             self.apply_batch(&mut batch);
-            self.maybe_checkpoint();
         }
-        self.checkpoint();
-    }
-
-    /// About once a second, moves the WAL into the database file, with syncs (see the
-    /// module doc). Without it the WAL would grow forever, since auto-checkpoints are off.
-    fn maybe_checkpoint(&mut self) {
-        if self.manual_sync
-            && self.wrote_since_checkpoint
-            && self.last_checkpoint.elapsed() >= std::time::Duration::from_secs(1)
-        {
-            self.checkpoint();
+        // Shutting down: leave the database file complete and synced.
+        if self.manual_sync {
+            if let Err(e) = checkpoint(&self.conn) {
+                tracing::warn!(error = %e, "final checkpoint failed");
+            }
         }
-    }
-
-    fn checkpoint(&mut self) {
-        if !self.manual_sync {
-            return;
-        }
-        let result = self
-            .conn
-            .execute_batch("PRAGMA synchronous = NORMAL")
-            .and_then(|_| {
-                self.conn
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "checkpoint failed; will try again");
-        }
-        if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = OFF") {
-            tracing::error!(error = %e, "cannot restore synchronous = OFF");
-        }
-        self.last_checkpoint = std::time::Instant::now();
-        self.wrote_since_checkpoint = false;
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<Op>) {
@@ -304,7 +304,7 @@ impl Writer {
         };
         match outcome {
             Ok(()) => {
-                self.wrote_since_checkpoint = true;
+                self.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = self.out.send(Release::Committed {
                     completions,
                     events,

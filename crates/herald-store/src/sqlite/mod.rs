@@ -27,8 +27,8 @@ const READERS: usize = 4;
 /// How durable a commit is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// The WAL is fdatasync'd before anything is acknowledged: nothing acknowledged is
-    /// lost even on power failure. The default.
+    /// fsync on every commit (`synchronous = FULL`): nothing acknowledged is lost even on
+    /// power failure. The default.
     #[default]
     Full,
     /// `synchronous = NORMAL` in WAL mode: survives a process crash, may lose the last
@@ -95,19 +95,15 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
-        // Full: SQLite does not sync; the syncer thread fdatasyncs the WAL before anything
-        // is acknowledged, and checkpoints are run by the writer (see `writer`).
-        let manual_sync = durability == Durability::Full;
         conn.pragma_update(
             None,
             "synchronous",
-            if manual_sync { "OFF" } else { "NORMAL" },
+            match durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
         )
         .map_err(backend)?;
-        if manual_sync {
-            conn.pragma_update(None, "wal_autocheckpoint", 0)
-                .map_err(backend)?;
-        }
         conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(backend)?;
         // Each operation runs in a savepoint; keep their sub-journals in memory instead of a
@@ -126,37 +122,10 @@ impl SqliteStore {
         // waits on the writer's queue). Its volume is bounded by the commit rate, and the
         // engine's handling of an event is far cheaper than the commit that produced it.
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        // Unbounded: the writer never waits for the syncer; what is queued there is at most
-        // what one fdatasync takes to cover, and the op queue bounds the writer's input.
-        let (out_tx, out_rx) = std::sync::mpsc::channel();
-        let wal = manual_sync.then(|| {
-            let mut p = path.clone().into_os_string();
-            p.push("-wal");
-            PathBuf::from(p)
-        });
-        std::thread::Builder::new()
-            .name("herald-sqlite-sync".into())
-            .spawn(move || writer::run_syncer(out_rx, ev_tx, wal))
-            .map_err(|e| StoreError::Backend(format!("cannot start the syncer thread: {e}")))?;
-        let wrote = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let alive = Arc::new(());
-        if manual_sync {
-            let cp = Connection::open(&path).map_err(backend)?;
-            cp.busy_timeout(std::time::Duration::from_secs(5))
-                .map_err(backend)?;
-            let (wrote, weak) = (wrote.clone(), Arc::downgrade(&alive));
-            std::thread::Builder::new()
-                .name("herald-sqlite-checkpoint".into())
-                .spawn(move || writer::run_checkpointer(cp, wrote, weak))
-                .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
-        }
-        let writer = Writer::new(conn, out_tx, manual_sync, wrote);
+        let writer = Writer::new(conn, ev_tx);
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || {
-                let _alive = alive;
-                writer.run(ops_rx)
-            })
+            .spawn(move || writer.run(ops_rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             ops: ops_tx,

@@ -6,15 +6,6 @@
 //! attemptable, in commit order, on the event stream. Loads for the engine's window run in
 //! the same sequence, which is what makes the engine's watermark race-free.
 //!
-//! Durability is pipelined: with `Durability::Full` SQLite itself does not sync
-//! (`synchronous = OFF`); the writer hands each committed batch to a syncer thread, which
-//! `fdatasync`s the WAL once for everything committed so far and only then replies and
-//! emits the batch's events, in commit order. So the next batch's SQL runs while the previous
-//! one's sync is in flight, and nothing is acknowledged before it is on disk. Checkpoints,
-//! the only moment SQLite moves WAL pages into the database file, run with
-//! `synchronous = NORMAL` (WAL synced before, database after) from a checkpointer thread with
-//! its own connection, about once a second, so the writer never waits for them.
-//!
 //! The writer keeps small caches of app and endpoint settings (it is the only one who
 //! changes them, so it keeps them coherent); a failed commit clears them.
 use std::collections::HashMap;
@@ -71,10 +62,7 @@ pub(crate) enum Op {
 }
 
 /// What to do with an operation's result once the batch's fate is known.
-pub(crate) type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-
-/// A reply whose outcome is already decided.
-pub(crate) type Action = Box<dyn FnOnce() + Send>;
+type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 fn complete<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Completion {
     Box::new(move |commit_error| {
@@ -85,123 +73,9 @@ fn complete<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Completion
     })
 }
 
-/// What the syncer releases, in commit order.
-pub(crate) enum Release {
-    /// A committed batch: made durable first (when the store is `Full`), then its replies
-    /// and events go out.
-    Committed {
-        completions: Vec<Completion>,
-        events: Vec<StoreEvent>,
-    },
-    /// Outcomes of operations that did not commit (their errors are already bound).
-    Immediate {
-        actions: Vec<Action>,
-        events: Vec<StoreEvent>,
-    },
-}
-
-/// Runs the syncer until the writer is gone. `wal` is the WAL file to `fdatasync` before
-/// releasing a committed batch; `None` when SQLite syncs by itself.
-pub(crate) fn run_syncer(
-    releases: std::sync::mpsc::Receiver<Release>,
-    events: mpsc::UnboundedSender<StoreEvent>,
-    wal: Option<std::path::PathBuf>,
-) {
-    let mut file: Option<std::fs::File> = None;
-    while let Ok(first) = releases.recv() {
-        let mut group = vec![first];
-        while let Ok(more) = releases.try_recv() {
-            group.push(more);
-        }
-        let committed = group.iter().any(|r| matches!(r, Release::Committed { .. }));
-        let sync_error = match (&wal, committed) {
-            (Some(path), true) => sync_wal(&mut file, path).err(),
-            _ => None,
-        };
-        if let Some(e) = &sync_error {
-            tracing::error!(error = %e, "syncing the WAL failed; replying with errors");
-        }
-        for release in group {
-            match release {
-                Release::Committed {
-                    completions,
-                    events: evs,
-                } => {
-                    for c in completions {
-                        c(sync_error.as_ref());
-                    }
-                    for ev in evs {
-                        let _ = events.send(ev);
-                    }
-                }
-                Release::Immediate {
-                    actions,
-                    events: evs,
-                } => {
-                    for a in actions {
-                        a();
-                    }
-                    for ev in evs {
-                        let _ = events.send(ev);
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn sync_wal(file: &mut Option<std::fs::File>, path: &std::path::Path) -> Result<()> {
-    if file.is_none() {
-        match std::fs::File::open(path) {
-            Ok(f) => *file = Some(f),
-            // No WAL yet means nothing was written to it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::Backend(format!("cannot open the WAL: {e}"))),
-        }
-    }
-    match file {
-        Some(f) => f
-            .sync_data()
-            .map_err(|e| StoreError::Backend(format!("fdatasync of the WAL failed: {e}"))),
-        None => Ok(()),
-    }
-}
-
-/// Moves the WAL into the database file with syncs: `synchronous = NORMAL` makes SQLite
-/// sync the WAL before copying and the database file after.
-pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-    conn.execute_batch("PRAGMA synchronous = OFF")?;
-    result
-}
-
-/// The checkpointer: about once a second, when something was written, checkpoints from its
-/// own connection, so the writer never waits for the database file's sync (auto-checkpoints
-/// are off with `Durability::Full`). Stops when the writer is gone.
-pub(crate) fn run_checkpointer(
-    conn: Connection,
-    wrote: Arc<std::sync::atomic::AtomicBool>,
-    writer_alive: std::sync::Weak<()>,
-) {
-    while writer_alive.strong_count() > 0 {
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        if wrote.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            if let Err(e) = checkpoint(&conn) {
-                tracing::warn!(error = %e, "checkpoint failed; will try again");
-                wrote.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-}
-
 pub(crate) struct Writer {
     conn: Connection,
-    out: std::sync::mpsc::Sender<Release>,
-    /// SQLite does not sync by itself (the syncer does); checkpoints are ours to run.
-    manual_sync: bool,
-    /// Set after each commit; the checkpointer clears it when it checkpoints.
-    wrote: Arc<std::sync::atomic::AtomicBool>,
+    events: mpsc::UnboundedSender<StoreEvent>,
     apps: HashMap<String, Arc<AppCtx>>,
     endpoints: HashMap<String, Arc<EndpointCtx>>,
     /// Apps whose complete endpoint list is in `endpoints`.
@@ -209,17 +83,10 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(
-        conn: Connection,
-        out: std::sync::mpsc::Sender<Release>,
-        manual_sync: bool,
-        wrote: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Writer {
+    pub(crate) fn new(conn: Connection, events: mpsc::UnboundedSender<StoreEvent>) -> Writer {
         Writer {
             conn,
-            out,
-            manual_sync,
-            wrote,
+            events,
             apps: HashMap::new(),
             endpoints: HashMap::new(),
             endpoint_lists: HashMap::new(),
@@ -238,12 +105,6 @@ impl Writer {
                 }
             }
             self.apply_batch(&mut batch);
-        }
-        // Shutting down: leave the database file complete and synced.
-        if self.manual_sync {
-            if let Err(e) = checkpoint(&self.conn) {
-                tracing::warn!(error = %e, "final checkpoint failed");
-            }
         }
     }
 
@@ -304,11 +165,12 @@ impl Writer {
         };
         match outcome {
             Ok(()) => {
-                self.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
-                let _ = self.out.send(Release::Committed {
-                    completions,
-                    events,
-                });
+                for c in completions {
+                    c(None);
+                }
+                for ev in events {
+                    let _ = self.events.send(ev);
+                }
             }
             Err(err) => {
                 tracing::error!(error = %err, "the batch is rolled back");
@@ -316,30 +178,20 @@ impl Writer {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 self.clear_caches();
-                let actions = completions
-                    .into_iter()
-                    .map(|c| {
-                        let err = err.clone();
-                        Box::new(move || c(Some(&err))) as Action
-                    })
-                    .collect();
+                for c in completions {
+                    c(Some(&err));
+                }
                 // Every engine-side op of the batch must be retried by the engine.
-                let retry = on_commit_failure
-                    .into_iter()
-                    .chain(events)
-                    .filter(|ev| {
-                        matches!(
-                            ev,
-                            StoreEvent::AttemptNotRecorded { .. }
-                                | StoreEvent::LoadFailed { .. }
-                                | StoreEvent::Postponed { .. }
-                        )
-                    })
-                    .collect();
-                let _ = self.out.send(Release::Immediate {
-                    actions,
-                    events: retry,
-                });
+                for ev in on_commit_failure.into_iter().chain(events) {
+                    if matches!(
+                        ev,
+                        StoreEvent::AttemptNotRecorded { .. }
+                            | StoreEvent::LoadFailed { .. }
+                            | StoreEvent::Postponed { .. }
+                    ) {
+                        let _ = self.events.send(ev);
+                    }
+                }
             }
         }
         for op in remaining {
@@ -362,46 +214,31 @@ impl Writer {
         self.endpoint_lists.clear();
     }
 
-    /// Reports an operation that could not even start (through the syncer, to keep the
-    /// order of everything the engine is told).
+    /// Reports an operation that could not even start.
     fn fail_op(&self, op: Op, err: &StoreError) {
-        let e = err.clone();
-        let (action, event): (Option<Action>, Option<StoreEvent>) = match op {
-            Op::CreateApp(_, r) => (Some(Box::new(move || complete(r, Err(e))(None))), None),
-            Op::SetCredentials(_, _, r) => {
-                (Some(Box::new(move || complete(r, Err(e))(None))), None)
+        match op {
+            Op::CreateApp(_, r) => complete(r, Err(err.clone()))(None),
+            Op::SetCredentials(_, _, r) => complete(r, Err(err.clone()))(None),
+            Op::CreateEndpoint(_, r) => complete(r, Err(err.clone()))(None),
+            Op::UpdateEndpoint { reply, .. } => complete(reply, Err(err.clone()))(None),
+            Op::DeleteEndpoint { reply, .. } => complete(reply, Err(err.clone()))(None),
+            Op::CreateNotification(_, r) => complete(r, Err(err.clone()))(None),
+            Op::RetryDelivery { reply, .. } => complete(reply, Err(err.clone()))(None),
+            Op::Recover { reply, .. } => complete(reply, Err(err.clone()))(None),
+            Op::SetMeta(_, _, r) => complete(r, Err(err.clone()))(None),
+            Op::RecordAttempt(report) => {
+                let _ = self
+                    .events
+                    .send(StoreEvent::AttemptNotRecorded { job: report.job });
             }
-            Op::CreateEndpoint(_, r) => (Some(Box::new(move || complete(r, Err(e))(None))), None),
-            Op::UpdateEndpoint { reply, .. } => {
-                (Some(Box::new(move || complete(reply, Err(e))(None))), None)
+            Op::Load(request) => {
+                let _ = self.events.send(StoreEvent::LoadFailed { request });
             }
-            Op::DeleteEndpoint { reply, .. } => {
-                (Some(Box::new(move || complete(reply, Err(e))(None))), None)
-            }
-            Op::CreateNotification(_, r) => {
-                (Some(Box::new(move || complete(r, Err(e))(None))), None)
-            }
-            Op::RetryDelivery { reply, .. } => {
-                (Some(Box::new(move || complete(reply, Err(e))(None))), None)
-            }
-            Op::Recover { reply, .. } => {
-                (Some(Box::new(move || complete(reply, Err(e))(None))), None)
-            }
-            Op::SetMeta(_, _, r) => (Some(Box::new(move || complete(r, Err(e))(None))), None),
-            Op::RecordAttempt(report) => (
-                None,
-                Some(StoreEvent::AttemptNotRecorded { job: report.job }),
-            ),
-            Op::Load(request) => (None, Some(StoreEvent::LoadFailed { request })),
             Op::Postpone(jobs, _) => {
                 let requested = jobs.iter().map(|j| j.seq).collect();
-                (None, Some(StoreEvent::Postponed { jobs, requested }))
+                let _ = self.events.send(StoreEvent::Postponed { jobs, requested });
             }
-        };
-        let _ = self.out.send(Release::Immediate {
-            actions: action.into_iter().collect(),
-            events: event.into_iter().collect(),
-        });
+        }
     }
 
     /// Applies one operation inside the open transaction. Returns whether it succeeded, the

@@ -43,7 +43,7 @@ pub enum Scenario {
     Ceiling,
     /// Stored notifications drained by the engine, every outcome durable.
     Delivery,
-    /// Notifications accepted through the HTTP API while they are delivered.
+    /// Notifications accepted through the HTTP API: alone, then while they are delivered.
     Ingest,
     /// Accept to first attempt at half load.
     Latency,

@@ -16,9 +16,10 @@ and the issue's target; targets are reported, not enforced):
   delivery   --count notifications stored (SQLite, synchronous=FULL), then the engine
              started and timed until it counts every acknowledgement: deliveries/s with
              every outcome durable. Target: >= 0.5x the ceiling.
-  ingest     Notifications/s accepted through the HTTP API (202 after a durable commit)
-             while the app's endpoint receives them, against a no-op axum handler hit by
-             the same client. Target: >= 0.3x the no-op.
+  ingest     Notifications/s accepted through the HTTP API (202 after a durable commit),
+             first accepting alone (the app's endpoint disabled), then while the endpoint
+             receives every one, against a no-op axum handler hit by the same client.
+             Target (accepting alone): >= 0.3x the no-op.
   latency    Accept -> first attempt p50/p99/max while posting at half load (paced, open
              loop): half the delivery rate, or half the ingest rate when that is lower;
              --latency-rate sets another load. Against the ceiling's round trip.

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use time::macros::format_description;
 
 use crate::keys;
+use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 use crate::receive::{
     parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification,
@@ -63,10 +64,6 @@ impl std::fmt::Debug for Credentials {
 }
 
 const CREDENTIALS_SHAPE: &str = "credentials for alipay are null (generate everything) or an object with any of app_id, private_key (PEM or base64 DER, PKCS#8 or PKCS#1), seller_id";
-
-fn bad_credentials(msg: impl Into<String>) -> ProfileError {
-    ProfileError::BadCredentials(msg.into())
-}
 
 /// Checks an id that goes on the wire as is (`app_id`, `seller_id`): 1 to 64 ASCII letters,
 /// digits, `_` or `-`.
@@ -114,12 +111,7 @@ fn view(app_id: &str, public: &RsaPublicKey, seller_id: Option<&str>) -> Value {
 /// once (`app_id`, `public_key_pem`, `public_key`, `seller_id` when set), which holds nothing
 /// secret.
 pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), ProfileError> {
-    let empty = serde_json::Map::new();
-    let fields = match options {
-        Value::Null => &empty,
-        Value::Object(map) => map,
-        _ => return Err(bad_credentials(CREDENTIALS_SHAPE)),
-    };
+    let fields = crate::profile::credential_fields(options, CREDENTIALS_SHAPE)?;
     if let Some(k) = fields
         .keys()
         .find(|k| !["app_id", "private_key", "seller_id"].contains(&k.as_str()))
@@ -168,9 +160,7 @@ pub fn rotate(
     _grace_until: i64,
     _now: i64,
 ) -> Result<(Credentials, Value), ProfileError> {
-    let key = keys::generate_rsa_2048();
-    let private_key =
-        keys::private_pem_pkcs8(&key).map_err(|e| bad_credentials(format!("private_key: {e}")))?;
+    let (key, private_key) = keys::signing_key_option(None)?;
     let shown = view(&c.app_id, &key.to_public_key(), c.seller_id.as_deref());
     Ok((
         Credentials {

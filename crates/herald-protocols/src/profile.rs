@@ -12,6 +12,25 @@ use crate::receive::{IncomingRequest, ReceiveError, Reply, VerifiedNotification}
 use crate::{alipay, standard_webhooks, stripe, wechatpay_v2, wechatpay_v3};
 use crate::{AckRule, RetryPolicy};
 
+/// A credentials error with its message (which must never quote a secret).
+pub(crate) fn bad_credentials(msg: impl Into<String>) -> ProfileError {
+    ProfileError::BadCredentials(msg.into())
+}
+
+/// The `credentials` object of an app-creation request: `null` (generate everything) reads as
+/// an empty object; anything but an object is refused with `shape`, the profile's description
+/// of what it accepts.
+pub(crate) fn credential_fields(
+    options: &serde_json::Value,
+    shape: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ProfileError> {
+    match options {
+        serde_json::Value::Null => Ok(serde_json::Map::new()),
+        serde_json::Value::Object(map) => Ok(map.clone()),
+        _ => Err(ProfileError::BadCredentials(shape.to_string())),
+    }
+}
+
 /// The wire profiles Herald speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Profile {

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 
 /// Prefix of an HMAC secret (`whsec_` + base64 of the key bytes).
@@ -557,10 +558,6 @@ impl Keys {
 
 const CREDENTIALS_SHAPE: &str = "credentials for standard-webhooks are null (generate an HMAC secret), {\"key_type\": \"hmac\" | \"ed25519\"} (generate one), or {\"secret\": \"whsec_...\" | \"whsk_...\"} (use it)";
 
-fn bad_credentials(msg: impl Into<String>) -> ProfileError {
-    ProfileError::BadCredentials(msg.into())
-}
-
 /// A fresh key of `key_type` and its once-only view.
 fn generate_key(key_type: &str) -> (String, serde_json::Value) {
     if key_type == "ed25519" {
@@ -577,12 +574,7 @@ fn generate_key(key_type: &str) -> (String, serde_json::Value) {
 /// [`crate::Profile::create_credentials`]). Error messages never quote the given secret.
 pub fn create_keys(options: &serde_json::Value) -> Result<(Keys, serde_json::Value), ProfileError> {
     use serde_json::Value;
-    let empty = serde_json::Map::new();
-    let fields = match options {
-        Value::Null => &empty,
-        Value::Object(map) => map,
-        _ => return Err(bad_credentials(CREDENTIALS_SHAPE)),
-    };
+    let fields = crate::profile::credential_fields(options, CREDENTIALS_SHAPE)?;
     if fields.keys().any(|k| k != "secret" && k != "key_type") {
         return Err(bad_credentials(format!(
             "unknown field in credentials: {CREDENTIALS_SHAPE}"

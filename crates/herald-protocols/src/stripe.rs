@@ -34,6 +34,7 @@ use sha2::Sha256;
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::ack::AckRule;
+use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 use crate::receive::{Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification};
 use crate::retry::RetryPolicy;
@@ -170,10 +171,6 @@ pub fn signature_header(timestamp: i64, body: &[u8], secrets: &[&str]) -> String
 
 const CREDENTIALS_SHAPE: &str = "credentials for stripe are null (generate a whsec_ secret) or {\"secret\": \"whsec_...\"} (use it)";
 
-fn bad_credentials(msg: impl Into<String>) -> ProfileError {
-    ProfileError::BadCredentials(msg.into())
-}
-
 /// A new endpoint secret: `whsec_` + 32 random ASCII letters and digits from the OS.
 pub fn generate_secret() -> String {
     let body: String = OsRng
@@ -212,12 +209,7 @@ fn check_secret(secret: &str) -> Result<(), String> {
 /// the view shown once, `{"secret": "whsec_..."}`. Anything else is
 /// [`ProfileError::BadCredentials`], whose message never quotes the secret.
 pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), ProfileError> {
-    let empty = serde_json::Map::new();
-    let fields = match options {
-        Value::Null => &empty,
-        Value::Object(map) => map,
-        _ => return Err(bad_credentials(CREDENTIALS_SHAPE)),
-    };
+    let fields = crate::profile::credential_fields(options, CREDENTIALS_SHAPE)?;
     if fields.keys().any(|k| k != "secret") {
         return Err(bad_credentials(format!(
             "unknown field in credentials: {CREDENTIALS_SHAPE}"

@@ -42,6 +42,7 @@ use sha2::Sha256;
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::ack::AckRule;
+use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 use crate::receive::{
     parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification,
@@ -177,10 +178,6 @@ fn upper_hex(bytes: &[u8]) -> String {
 
 const CREDENTIALS_SHAPE: &str = "credentials for wechatpay-v2 are null (generate everything) or an object with any of \"appid\", \"mch_id\", \"api_key\" (32 ASCII letters and digits) and \"sign_type\" (\"MD5\" or \"HMAC-SHA256\"); what is not given is generated";
 
-fn bad_credentials(msg: impl Into<String>) -> ProfileError {
-    ProfileError::BadCredentials(msg.into())
-}
-
 fn random_alphanumeric(len: usize) -> String {
     OsRng
         .sample_iter(&Alphanumeric)
@@ -255,12 +252,7 @@ fn once_view(c: &Credentials) -> Value {
 /// shared secret the merchant must configure). Unknown fields or invalid values are
 /// [`ProfileError::BadCredentials`], whose message never quotes a value.
 pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), ProfileError> {
-    let empty = serde_json::Map::new();
-    let fields = match options {
-        Value::Null => &empty,
-        Value::Object(map) => map,
-        _ => return Err(bad_credentials(CREDENTIALS_SHAPE)),
-    };
+    let fields = crate::profile::credential_fields(options, CREDENTIALS_SHAPE)?;
     if fields
         .keys()
         .any(|k| !matches!(k.as_str(), "appid" | "mch_id" | "api_key" | "sign_type"))

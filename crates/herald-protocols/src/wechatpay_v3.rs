@@ -26,6 +26,7 @@ use serde_json::{json, Map, Value};
 use time::macros::format_description;
 
 use crate::keys;
+use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 use crate::receive::{Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification};
 use crate::{AckRule, RetryPolicy};
@@ -83,10 +84,6 @@ impl std::fmt::Debug for Credentials {
 
 const CREDENTIALS_SHAPE: &str = "credentials for wechatpay-v3 are null (generate everything) or an object with any of mchid, appid, private_key (PEM or base64 DER, PKCS#8 or PKCS#1), serial, api_v3_key (32 ASCII characters)";
 
-fn bad_credentials(msg: impl Into<String>) -> ProfileError {
-    ProfileError::BadCredentials(msg.into())
-}
-
 fn random_alphanumeric(n: usize) -> String {
     (0..n)
         .map(|_| char::from(OsRng.sample(Alphanumeric)))
@@ -141,12 +138,7 @@ fn view(c: &Credentials, public: Option<&RsaPublicKey>) -> Value {
 /// The once view is `{mchid, appid, serial, public_key_pem, public_key, api_v3_key}`: the APIv3
 /// key is a shared secret the receiver needs to decrypt, shown here and never again.
 pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), ProfileError> {
-    let empty = Map::new();
-    let fields = match options {
-        Value::Null => &empty,
-        Value::Object(map) => map,
-        _ => return Err(bad_credentials(CREDENTIALS_SHAPE)),
-    };
+    let fields = crate::profile::credential_fields(options, CREDENTIALS_SHAPE)?;
     const KNOWN: [&str; 5] = ["mchid", "appid", "private_key", "serial", "api_v3_key"];
     if let Some(k) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(bad_credentials(format!(
@@ -210,9 +202,7 @@ pub fn rotate(
     _grace_until: i64,
     _now: i64,
 ) -> Result<(Credentials, Value), ProfileError> {
-    let key = keys::generate_rsa_2048();
-    let private_key =
-        keys::private_pem_pkcs8(&key).map_err(|e| bad_credentials(format!("private_key: {e}")))?;
+    let (key, private_key) = keys::signing_key_option(None)?;
     let rotated = Credentials {
         private_key,
         serial: random_hex_upper(20),

@@ -355,6 +355,7 @@ async fn listen_verifies_acks_and_rejects_tampered_requests() {
                 .unwrap(),
         ),
         status: None,
+        forward: None,
         out: Arc::new(move |l| sink.lock().unwrap().push(l)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -389,6 +390,125 @@ async fn listen_verifies_acks_and_rejects_tampered_requests() {
     );
 }
 
+/// A developer's app for `listen --forward`: records what reaches it and answers `status`.
+async fn forward_target(
+    status: u16,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>,
+) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let rec = rec.clone();
+            async move {
+                rec.lock().unwrap().push((headers, body.to_vec()));
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+async fn forwarding_listener(forward_to: String, raw: bool) -> std::net::SocketAddr {
+    let profile = herald_protocols::Profile::StandardWebhooks;
+    let receiver = herald::cmd::listen::Receiver {
+        profile,
+        keys: Arc::new(
+            profile
+                .receiver_keys(&[common::SECRET.to_string()], None)
+                .unwrap(),
+        ),
+        status: None,
+        forward: Some(herald::cmd::listen::Forward::new(&forward_to, raw).unwrap()),
+        out: Arc::new(|_| {}),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, herald::cmd::listen::router(receiver)).await });
+    addr
+}
+
+async fn post_signed(addr: std::net::SocketAddr, body: &'static [u8]) -> reqwest::Response {
+    let now = herald_engine::now_ms() / 1000;
+    let sig = sw::sign(
+        "msg_fw",
+        now,
+        body,
+        &[SigningSecret::parse(common::SECRET).unwrap()],
+    );
+    reqwest::Client::new()
+        .post(format!("http://{addr}/notify"))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_fw")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn listen_forward_sends_the_decoded_notification_and_acks_only_after_the_app_took_it() {
+    let (app, seen) = forward_target(200).await;
+    let listen = forwarding_listener(format!("http://{app}/hooks"), false).await;
+    let resp = post_signed(
+        listen,
+        br#"{"out_trade_no":"o-1","amount":100,"currency":"usd"}"#,
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 204, "acked after the forward");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let (headers, body) = &seen[0];
+    assert_eq!(headers["x-herald-notify-id"], "msg_fw");
+    assert_eq!(headers["x-herald-profile"], "standard-webhooks");
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(json["notify_id"], "msg_fw");
+    assert_eq!(json["out_trade_no"], "o-1");
+    assert_eq!(json["amount"]["minor"], 100);
+    assert_eq!(json["amount"]["currency"], "USD");
+}
+
+#[tokio::test]
+async fn listen_forward_refuses_the_provider_when_the_app_fails_or_is_down() {
+    let (app, seen) = forward_target(500).await;
+    let listen = forwarding_listener(format!("http://{app}/hooks"), false).await;
+    let resp = post_signed(listen, br#"{"a":1}"#).await;
+    assert_eq!(resp.status().as_u16(), 400, "the provider must send again");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // Nothing listens on this port: connection refused is a failure reply too.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let listen = forwarding_listener(format!("http://{dead}/hooks"), false).await;
+    let resp = post_signed(listen, br#"{"a":1}"#).await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("forward"), "{text}");
+}
+
+#[tokio::test]
+async fn listen_forward_raw_passes_the_original_signed_request_through() {
+    let (app, seen) = forward_target(204).await;
+    let listen = forwarding_listener(format!("http://{app}/hooks"), true).await;
+    let body: &'static [u8] = br#"{"b":2}"#;
+    let resp = post_signed(listen, body).await;
+    assert_eq!(resp.status().as_u16(), 204);
+    let seen = seen.lock().unwrap();
+    let (headers, got) = &seen[0];
+    assert_eq!(got.as_slice(), body, "byte for byte");
+    assert_eq!(headers["webhook-id"], "msg_fw");
+    assert!(headers.contains_key("webhook-signature"));
+    assert_eq!(headers["content-type"], "application/json");
+}
+
 #[tokio::test]
 async fn help_teaches_each_command() {
     for (cmd, needles) in [
@@ -402,7 +522,10 @@ async fn help_teaches_each_command() {
             ],
         ),
         ("send", vec!["--url", "--secret", "--retry", "--ack"]),
-        ("listen", vec!["--port", "--secret", "--status"]),
+        (
+            "listen",
+            vec!["--port", "--secret", "--status", "--forward"],
+        ),
     ] {
         let out = Command::new(BIN)
             .args([cmd, "--help"])

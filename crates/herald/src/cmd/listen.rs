@@ -1,7 +1,8 @@
 //! `herald listen`: a local receiver for development. It verifies requests of any profile
-//! against the given keys, prints each decoded notification, and answers with the
-//! profile's exact acknowledgement (or its failure reply, with the reason, when
-//! verification fails).
+//! against the given keys, prints each decoded notification, optionally forwards it to the
+//! developer's app (`--forward URL`), and answers with the profile's exact acknowledgement
+//! (or its failure reply, with the reason, when verification or the forward fails, so the
+//! provider sends it again).
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use clap::Args;
 use herald_protocols::profile::ReceiverKeys;
-use herald_protocols::receive::{IncomingRequest, Reply};
+use herald_protocols::receive::{IncomingRequest, Reply, VerifiedNotification};
 use herald_protocols::Profile;
 
 #[derive(Args, Debug)]
@@ -45,6 +46,107 @@ pub struct ListenArgs {
     /// (use a non-2xx one to watch the sender retry).
     #[arg(long)]
     pub status: Option<u16>,
+    /// Forward each verified notification to this URL (your app) and acknowledge the
+    /// provider only when it answers 2xx; otherwise the provider gets the failure reply and
+    /// sends again. The forward is a POST of the decoded notification as JSON (headers
+    /// `X-Herald-Profile`, `X-Herald-Notify-Id`), or with `--forward-raw` the original request.
+    #[arg(long, value_name = "URL")]
+    pub forward: Option<String>,
+    /// With --forward: send the provider's original request (same body, content type,
+    /// signature headers and query) instead of the decoded JSON, for apps that verify
+    /// themselves (e.g. with herald-receiver).
+    #[arg(long, requires = "forward")]
+    pub forward_raw: bool,
+}
+
+/// Where verified notifications go next.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    pub url: url::Url,
+    /// Send the original request instead of the decoded JSON.
+    pub raw: bool,
+    pub client: reqwest::Client,
+}
+
+impl Forward {
+    pub fn new(url: &str, raw: bool) -> Result<Self, String> {
+        let url = url::Url::parse(url).map_err(|e| format!("--forward {url:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "--forward {url}: only http and https URLs can be forwarded to"
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Forward { url, raw, client })
+    }
+
+    /// Sends one verified notification on; `Ok(status)` when the app answered 2xx.
+    async fn send(
+        &self,
+        n: &VerifiedNotification,
+        req: &IncomingRequest<'_>,
+    ) -> Result<u16, String> {
+        let mut url = self.url.clone();
+        let builder = if self.raw {
+            if !req.query.is_empty() {
+                url.set_query(Some(req.query));
+            }
+            let method = reqwest::Method::from_bytes(req.method.as_bytes())
+                .map_err(|_| format!("method {:?} cannot be forwarded", req.method))?;
+            let mut b = self.client.request(method, url);
+            for (k, v) in req.headers {
+                if !HOP_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h)) {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+            }
+            b.body(req.body.to_vec())
+        } else {
+            let json = serde_json::to_vec(n).map_err(|e| e.to_string())?;
+            self.client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(json)
+        };
+        let resp = builder
+            .header("x-herald-profile", n.profile)
+            .header("x-herald-notify-id", n.notify_id.as_str())
+            .send()
+            .await
+            .map_err(|e| format!("forward to {} failed: {}", self.url, error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            Ok(status)
+        } else {
+            Err(format!("forward to {} answered {status}", self.url))
+        }
+    }
+}
+
+/// Headers that describe one hop, not the request: never copied onto the forward.
+const HOP_HEADERS: [&str; 6] = [
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "keep-alive",
+    "upgrade",
+];
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 /// What the receiver does with each request; `out` gets one printable report per request.
@@ -54,6 +156,8 @@ pub struct Receiver {
     pub keys: Arc<ReceiverKeys>,
     /// Overrides the profile's acknowledgement.
     pub status: Option<StatusCode>,
+    /// Forward verified notifications here and ack only when the app took them.
+    pub forward: Option<Forward>,
     pub out: Arc<dyn Fn(String) + Send + Sync>,
 }
 
@@ -98,6 +202,15 @@ async fn handle(
                 uri.path(),
                 n.notify_id
             ));
+            if let Some(fw) = &r.forward {
+                match fw.send(&n, &req).await {
+                    Ok(status) => (r.out)(format!("forwarded to {} -> {status}", fw.url)),
+                    Err(e) => {
+                        (r.out)(format!("not acknowledged: {e}"));
+                        return reply(r.profile.failure_reply(&e));
+                    }
+                }
+            }
             match r.status {
                 Some(s) => s.into_response(),
                 None => reply(r.profile.ack_reply()),
@@ -128,6 +241,11 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
         .status
         .map(|s| StatusCode::from_u16(s).map_err(|_| format!("--status {s} is not an HTTP status")))
         .transpose()?;
+    let forward = args
+        .forward
+        .as_deref()
+        .map(|u| Forward::new(u, args.forward_raw))
+        .transpose()?;
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -140,10 +258,18 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
             .map(|s| s.to_string())
             .unwrap_or_else(|| "the profile's acknowledgement".into())
     );
+    if let Some(fw) = &forward {
+        println!(
+            "Forwarding verified notifications to {} ({}); the provider is acknowledged only when it answers 2xx",
+            fw.url,
+            if fw.raw { "the original request" } else { "decoded JSON" }
+        );
+    }
     let receiver = Receiver {
         profile,
         keys: Arc::new(receiver_keys),
         status,
+        forward,
         out: Arc::new(|line| println!("{line}")),
     };
     axum::serve(listener, router(receiver))

@@ -37,6 +37,7 @@ macro_rules! conformance_tests {
             notifications_list_pages_and_filters_by_status,
             meta_values_round_trip,
             credentials_change_is_announced_to_the_engine,
+            sandbox_payment_and_its_notifications_commit_together,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -973,4 +974,116 @@ pub async fn credentials_change_is_announced_to_the_engine(store: &impl Store) {
         .await
         .unwrap()
         .is_none());
+}
+
+/// A sandbox trade change commits with its notifications (given notify ids kept), a stale
+/// version or a duplicate trade is a conflict that changes nothing, and deadlines list
+/// earliest first.
+pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl Store) {
+    let a = app(store).await;
+    let row = |id: &str, trade: &str, deadline: Option<Millis>| SandboxPayment {
+        id: id.into(),
+        app_id: a.id.clone(),
+        out_trade_no: trade.into(),
+        doc: r#"{"state":"WAIT_BUYER_PAY"}"#.into(),
+        version: 0,
+        deadline,
+    };
+    let first = store
+        .write_sandbox_payment(SandboxWrite {
+            payment: row("pay_1", "T-1", Some(T0 + 2_000)),
+            expected_version: None,
+            notifications: vec![],
+        })
+        .await
+        .expect("insert");
+    assert_eq!(first.payment.version, 1);
+    store
+        .write_sandbox_payment(SandboxWrite {
+            payment: row("pay_2", "T-2", Some(T0 + 1_000)),
+            expected_version: None,
+            notifications: vec![],
+        })
+        .await
+        .expect("insert a second");
+    let dup = store
+        .write_sandbox_payment(SandboxWrite {
+            payment: row("pay_3", "T-1", None),
+            expected_version: None,
+            notifications: vec![],
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    let due = store.sandbox_deadlines(10).await.expect("deadlines");
+    assert_eq!(
+        due.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["pay_2", "pay_1"]
+    );
+
+    let mut notification = new_notification(&a.id, "trade.success");
+    notification.notify_url = Some("http://127.0.0.1:9/notify".into());
+    notification.order_key = Some("T-1".into());
+    let mut paid = row("pay_1", "T-1", None);
+    paid.doc = r#"{"state":"TRADE_SUCCESS"}"#.into();
+    let written = store
+        .write_sandbox_payment(SandboxWrite {
+            payment: paid.clone(),
+            expected_version: Some(1),
+            notifications: vec![
+                SandboxNotification {
+                    new: notification.clone(),
+                    notify_id: Some("nid-1".into()),
+                },
+                SandboxNotification {
+                    new: notification.clone(),
+                    notify_id: Some("nid-1".into()),
+                },
+            ],
+        })
+        .await
+        .expect("update with notifications");
+    assert_eq!(written.payment.version, 2);
+    assert_eq!(written.notifications.len(), 2);
+    for n in &written.notifications {
+        assert_eq!(n.deliveries[0].notify_id, "nid-1");
+    }
+    let got = store.get_sandbox_payment("pay_1").await.unwrap().unwrap();
+    assert_eq!(got.doc, paid.doc);
+    assert_eq!(got.deadline, None);
+    assert_eq!(
+        store
+            .find_sandbox_payment(&a.id, "T-1")
+            .await
+            .unwrap()
+            .map(|p| p.id),
+        Some("pay_1".to_string())
+    );
+
+    // A stale version, or a notification for a missing app: nothing is written.
+    let stale = store
+        .write_sandbox_payment(SandboxWrite {
+            payment: row("pay_1", "T-1", None),
+            expected_version: Some(1),
+            notifications: vec![],
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let mut orphan = new_notification("app_missing", "trade.closed");
+    orphan.notify_url = Some("http://127.0.0.1:9/notify".into());
+    let mut closed = row("pay_1", "T-1", None);
+    closed.doc = r#"{"state":"TRADE_CLOSED"}"#.into();
+    let failed = store
+        .write_sandbox_payment(SandboxWrite {
+            payment: closed,
+            expected_version: Some(2),
+            notifications: vec![SandboxNotification {
+                new: orphan,
+                notify_id: None,
+            }],
+        })
+        .await;
+    assert!(failed.is_err());
+    let got = store.get_sandbox_payment("pay_1").await.unwrap().unwrap();
+    assert_eq!((got.version, got.doc.as_str()), (2, paid.doc.as_str()));
+    assert_eq!(store.sandbox_deadlines(10).await.unwrap().len(), 1);
 }

@@ -103,6 +103,20 @@ pub trait Store: Send + Sync + 'static {
     /// bounded. The answer arrives as `Postponed`.
     async fn postpone(&self, jobs: Vec<Arc<Job>>, next_at: Millis) -> Result<()>;
 
+    // The payment sandbox (`herald serve --sandbox`).
+    /// Inserts or updates a sandbox payment and enqueues its notifications in one
+    /// transaction (see [`SandboxWrite`]). `Err(NotFound("app"))` when a notification's app
+    /// does not exist; nothing is written then.
+    async fn write_sandbox_payment(&self, write: SandboxWrite) -> Result<SandboxWritten>;
+    async fn get_sandbox_payment(&self, id: &str) -> Result<Option<SandboxPayment>>;
+    async fn find_sandbox_payment(
+        &self,
+        app_id: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<SandboxPayment>>;
+    /// The payments that have a deadline, earliest deadline first, at most `limit`.
+    async fn sandbox_deadlines(&self, limit: u32) -> Result<Vec<SandboxPayment>>;
+
     // Small key-value settings (the admin token's hash).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;

@@ -406,6 +406,55 @@ pub enum StoreEvent {
     EndpointChanged(Arc<EndpointCtx>),
 }
 
+// ---------------------------------------------------------------------------------------
+// The payment sandbox's trades.
+
+/// One sandbox payment (a trade of `herald serve --sandbox`) as the store keeps it: the
+/// columns the store indexes, plus the sandbox's own JSON document, which the store keeps
+/// byte for byte and never interprets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxPayment {
+    pub id: String,
+    pub app_id: String,
+    pub out_trade_no: String,
+    /// The sandbox's document (state, amounts, refunds, events).
+    pub doc: String,
+    /// Bumped by every write; a write names the version it read (optimistic concurrency).
+    pub version: i64,
+    /// When an unpaid trade closes by itself; `None` once it is paid or closed.
+    pub deadline: Option<Millis>,
+}
+
+/// A notification the sandbox enqueues together with a trade change.
+#[derive(Clone, Debug)]
+pub struct SandboxNotification {
+    pub new: NewNotification,
+    /// The delivery's notify id, chosen by the sandbox (so a duplicate drill can send the same
+    /// notify id again); `None` lets the store pick one as usual.
+    pub notify_id: Option<String>,
+}
+
+/// One atomic sandbox change: the payment's new document and the notifications that change
+/// enqueues, committed in one transaction (both or neither).
+#[derive(Clone, Debug)]
+pub struct SandboxWrite {
+    /// The new row; its `version` is ignored (the store sets it).
+    pub payment: SandboxPayment,
+    /// `None` inserts a new payment (`Err(Conflict)` when the app already has one with this
+    /// `out_trade_no`); `Some(v)` updates it only if its version is still `v` (else
+    /// `Err(Conflict)`: someone else changed it first).
+    pub expected_version: Option<i64>,
+    pub notifications: Vec<SandboxNotification>,
+}
+
+/// What a [`SandboxWrite`] committed.
+#[derive(Clone, Debug)]
+pub struct SandboxWritten {
+    pub payment: SandboxPayment,
+    /// In the order of [`SandboxWrite::notifications`].
+    pub notifications: Vec<CreatedNotification>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

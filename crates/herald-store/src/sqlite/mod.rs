@@ -2,6 +2,7 @@
 //! thread that group-commits (see [`writer`]), and a small pool of read-only connections
 //! for the API's queries.
 mod rows;
+mod sandbox;
 mod schema;
 mod writer;
 
@@ -279,6 +280,32 @@ impl Store for SqliteStore {
             .send(Op::Postpone(jobs, next_at))
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    async fn write_sandbox_payment(&self, write: SandboxWrite) -> Result<SandboxWritten> {
+        self.call(|r| Op::WriteSandbox(write, r)).await
+    }
+
+    async fn get_sandbox_payment(&self, id: &str) -> Result<Option<SandboxPayment>> {
+        let id = id.to_string();
+        self.readers.read(move |c| sandbox::get(c, &id)).await
+    }
+
+    async fn find_sandbox_payment(
+        &self,
+        app_id: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<SandboxPayment>> {
+        let (app_id, out_trade_no) = (app_id.to_string(), out_trade_no.to_string());
+        self.readers
+            .read(move |c| sandbox::find(c, &app_id, &out_trade_no))
+            .await
+    }
+
+    async fn sandbox_deadlines(&self, limit: u32) -> Result<Vec<SandboxPayment>> {
+        self.readers
+            .read(move |c| sandbox::deadlines(c, limit))
+            .await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {

@@ -93,6 +93,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (delivery_seq, n)
     ) WITHOUT ROWID;
     "#,
+    // 2: the payment sandbox's trades (`herald serve --sandbox`). `doc` is the sandbox's own
+    // JSON document; the store indexes only what it looks rows up by.
+    r#"
+    CREATE TABLE sandbox_payments (
+        id           TEXT PRIMARY KEY,
+        app_id       TEXT NOT NULL REFERENCES apps(id),
+        out_trade_no TEXT NOT NULL,
+        doc          TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        deadline     INTEGER
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX sandbox_payments_by_trade ON sandbox_payments(app_id, out_trade_no);
+    CREATE INDEX sandbox_payments_by_deadline ON sandbox_payments(deadline, id)
+        WHERE deadline IS NOT NULL;
+    "#,
 ];
 
 /// Applies every migration not yet applied, each in its own transaction.

@@ -59,6 +59,7 @@ pub(crate) enum Op {
     Load(LoadRequest),
     Postpone(Vec<Arc<Job>>, Millis),
     SetMeta(String, String, Reply<()>),
+    WriteSandbox(SandboxWrite, Reply<SandboxWritten>),
 }
 
 /// What to do with an operation's result once the batch's fate is known.
@@ -226,6 +227,7 @@ impl Writer {
             Op::RetryDelivery { reply, .. } => complete(reply, Err(err.clone()))(None),
             Op::Recover { reply, .. } => complete(reply, Err(err.clone()))(None),
             Op::SetMeta(_, _, r) => complete(r, Err(err.clone()))(None),
+            Op::WriteSandbox(_, r) => complete(r, Err(err.clone()))(None),
             Op::RecordAttempt(report) => {
                 let _ = self
                     .events
@@ -288,7 +290,7 @@ impl Writer {
                 done(reply, r)
             }
             Op::CreateNotification(new, reply) => {
-                let r = self.create_notification(new, events);
+                let r = self.create_notification(new, None, events);
                 done(reply, r)
             }
             Op::RetryDelivery { id, now, reply } => {
@@ -314,6 +316,10 @@ impl Writer {
                     )
                     .map(|_| ())
                     .map_err(backend);
+                done(reply, r)
+            }
+            Op::WriteSandbox(write, reply) => {
+                let r = self.write_sandbox(write, events);
                 done(reply, r)
             }
             Op::RecordAttempt(report) => {
@@ -631,9 +637,32 @@ impl Writer {
         })
     }
 
+    /// The sandbox's trade change and its notifications, all or nothing (the caller's
+    /// savepoint rolls back a partial failure).
+    fn write_sandbox(
+        &mut self,
+        write: SandboxWrite,
+        events: &mut Vec<StoreEvent>,
+    ) -> Result<SandboxWritten> {
+        let payment = super::sandbox::put(&self.conn, &write.payment, write.expected_version)?;
+        let mut created = Vec::with_capacity(write.notifications.len());
+        let mut own_events = Vec::new();
+        for n in write.notifications {
+            created.push(self.create_notification(n.new, n.notify_id, &mut own_events)?);
+        }
+        events.append(&mut own_events);
+        Ok(SandboxWritten {
+            payment,
+            notifications: created,
+        })
+    }
+
+    /// Stores a notification and its deliveries; `notify_id`, when given, is every new
+    /// delivery's notify id instead of a fresh one.
     fn create_notification(
         &mut self,
         new: NewNotification,
+        notify_id: Option<String>,
         events: &mut Vec<StoreEvent>,
     ) -> Result<CreatedNotification> {
         if let Some(key) = &new.idempotency_key {
@@ -727,7 +756,9 @@ impl Writer {
                 app_id: notification.app_id.clone(),
                 endpoint_id: endpoint.as_ref().map(|e| e.id.clone()),
                 url,
-                notify_id: app.profile.new_notify_id(),
+                notify_id: notify_id
+                    .clone()
+                    .unwrap_or_else(|| app.profile.new_notify_id()),
                 status: DeliveryStatus::Pending,
                 attempts: 0,
                 next_attempt_at: Some(new.now),

@@ -12,6 +12,7 @@ use herald_store::sqlite::Durability;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::sandbox::SandboxOptions;
 use crate::server::{Database, ServerOptions};
 
 pub const DEFAULT_DB: &str = "sqlite://herald.db";
@@ -61,8 +62,32 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", value_name = "SECONDS")]
     pub request_timeout: Option<u64>,
 
+    /// Also run the payment sandbox: a local payment platform for testing a shop's notify
+    /// handler end to end. Create payments with POST /v1/sandbox/payments (admin token) for
+    /// an app of any profile; buyers pay or cancel on the checkout page /pay/{id} (public,
+    /// with a QR code for phones); Herald then delivers the provider's signed notification to
+    /// notify_url and redirects to return_url. Refunds, unpaid timeouts, a signed trade query
+    /// and failure drills (duplicates, out of order, bad signature, tampered amount) are
+    /// under /v1/sandbox. Not for production: anyone who can reach /pay can "pay".
+    #[arg(long, env = "HERALD_SANDBOX", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), value_name = "BOOL")]
+    pub sandbox: Option<bool>,
+
+    /// How long an unpaid sandbox payment stays open before it closes by itself
+    /// (TRADE_CLOSED, with the close notification where the provider sends one): a number
+    /// with a unit, e.g. 90s, 15m, 2h. [default: 15m]
+    #[arg(long, env = "HERALD_SANDBOX_UNPAID_TIMEOUT", value_name = "DURATION")]
+    pub sandbox_unpaid_timeout: Option<String>,
+
+    /// The base URL buyers reach this server at, used in payment_url and the QR code, e.g.
+    /// http://192.168.1.20:8080 or https://pay.example.test. [default: http://{--listen},
+    /// with this machine's LAN address in place of 0.0.0.0 so a phone can scan it]
+    #[arg(long, env = "HERALD_SANDBOX_PUBLIC_URL", value_name = "URL")]
+    pub sandbox_public_url: Option<String>,
+
     /// TOML file with any of the settings above (keys: db, listen, admin_token,
-    /// allow_private_targets, allow_targets, concurrency, request_timeout).
+    /// allow_private_targets, allow_targets, concurrency, request_timeout, sandbox,
+    /// sandbox_unpaid_timeout, sandbox_public_url).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -79,6 +104,9 @@ pub struct FileConfig {
     pub allow_targets: Vec<String>,
     pub concurrency: Option<usize>,
     pub request_timeout: Option<u64>,
+    pub sandbox: Option<bool>,
+    pub sandbox_unpaid_timeout: Option<String>,
+    pub sandbox_public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +123,28 @@ pub enum ConfigError {
     Cidr(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("invalid --sandbox-unpaid-timeout {0:?}: expected a positive number with a unit, e.g. 90s, 15m, 2h")]
+    Timeout(String),
+    #[error("invalid --sandbox-public-url {0:?}: expected an http(s) URL such as http://192.168.1.20:8080")]
+    PublicUrl(String),
+}
+
+/// `90s`, `15m`, `2h`, `1d` (or bare seconds) to a non-zero duration of at most 30 days.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (1..=30 * 86_400)
+        .contains(&secs)
+        .then(|| Duration::from_secs(secs))
 }
 
 impl ServeArgs {
@@ -156,12 +206,31 @@ impl ServeArgs {
             }
             engine.request_timeout = Duration::from_secs(s);
         }
+        let sandbox = if self.sandbox.or(file.sandbox).unwrap_or(false) {
+            let mut opts = SandboxOptions::default();
+            if let Some(t) = self.sandbox_unpaid_timeout.or(file.sandbox_unpaid_timeout) {
+                opts.unpaid_timeout = parse_duration(&t).ok_or(ConfigError::Timeout(t))?;
+            }
+            if let Some(u) = self.sandbox_public_url.or(file.sandbox_public_url) {
+                match url::Url::parse(&u) {
+                    Ok(parsed)
+                        if matches!(parsed.scheme(), "http" | "https")
+                            && parsed.host().is_some() => {}
+                    _ => return Err(ConfigError::PublicUrl(u)),
+                }
+                opts.public_url = Some(u);
+            }
+            Some(opts)
+        } else {
+            None
+        };
         Ok(ServerOptions {
             database,
             listen,
             admin_token: self.admin_token.or(file.admin_token),
             engine,
             durability: Durability::Full,
+            sandbox,
         })
     }
 }
@@ -235,5 +304,55 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.to_string().contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_is_off_by_default_and_its_settings_are_checked() {
+        assert!(ServeArgs::default().resolve().unwrap().sandbox.is_none());
+        let o = ServeArgs {
+            sandbox: Some(true),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let s = o.sandbox.expect("sandbox on");
+        assert_eq!(s.unpaid_timeout, Duration::from_secs(15 * 60));
+        assert_eq!(s.public_url, None);
+        let o = ServeArgs {
+            sandbox: Some(true),
+            sandbox_unpaid_timeout: Some("90s".into()),
+            sandbox_public_url: Some("http://192.168.1.20:8080".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let s = o.sandbox.unwrap();
+        assert_eq!(s.unpaid_timeout, Duration::from_secs(90));
+        assert_eq!(s.public_url.as_deref(), Some("http://192.168.1.20:8080"));
+        for bad in ["0s", "15", "15 m", "-1m", "1y", "31d"] {
+            let e = ServeArgs {
+                sandbox: Some(true),
+                sandbox_unpaid_timeout: Some(bad.into()),
+                ..Default::default()
+            }
+            .resolve();
+            if bad == "15" {
+                assert!(e.is_ok(), "bare seconds are accepted");
+                continue;
+            }
+            let e = e.unwrap_err();
+            assert!(
+                e.to_string().contains("--sandbox-unpaid-timeout"),
+                "{bad}: {e}"
+            );
+        }
+        let e = ServeArgs {
+            sandbox: Some(true),
+            sandbox_public_url: Some("ftp://x".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.to_string().contains("--sandbox-public-url"), "{e}");
     }
 }

@@ -14,6 +14,7 @@ use rand::RngCore;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
+use crate::sandbox::{self, Sandbox, SandboxOptions};
 
 const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
 
@@ -56,6 +57,8 @@ pub struct ServerOptions {
     pub admin_token: Option<String>,
     pub engine: EngineConfig,
     pub durability: Durability,
+    /// Mounts the payment sandbox (`/v1/sandbox/*`, `/pay/*`) when set.
+    pub sandbox: Option<SandboxOptions>,
 }
 
 /// A started server.
@@ -65,6 +68,8 @@ pub struct Running {
     pub generated_token: Option<String>,
     pub stats: Arc<EngineStats>,
     pub store: Arc<dyn Store>,
+    /// The payment sandbox's public base URL, when it is mounted.
+    pub sandbox_url: Option<String>,
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
@@ -126,10 +131,18 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Bind(opts.listen, e))?;
-    let app = api::router(ApiState {
+    let api_state = ApiState {
         store: store.clone(),
         admin_token_sha256: token_hash,
-    });
+    };
+    let mut app = api::router(api_state.clone());
+    let mut sandbox_url = None;
+    if let Some(sandbox_opts) = &opts.sandbox {
+        let sb = Sandbox::start(store.clone(), sandbox_opts, addr, stop_rx.clone());
+        tracing::info!(public_url = %sb.public_url(), "the payment sandbox is mounted");
+        sandbox_url = Some(sb.public_url().to_string());
+        app = app.merge(sandbox::router(sb, api_state));
+    }
     let mut rx = stop_rx;
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -147,6 +160,7 @@ pub async fn start(
         generated_token,
         stats,
         store,
+        sandbox_url,
         task,
         stop: stop_tx,
     })

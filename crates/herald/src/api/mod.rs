@@ -4,9 +4,9 @@
 mod apps;
 mod endpoints;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 mod notifications;
-mod views;
+pub(crate) mod views;
 
 use std::sync::Arc;
 
@@ -70,7 +70,8 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-async fn require_admin(
+/// The admin-token guard (also used by the sandbox's `/v1/sandbox` routes).
+pub(crate) async fn require_admin(
     State(state): State<ApiState>,
     req: Request,
     next: Next,

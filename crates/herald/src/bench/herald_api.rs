@@ -39,6 +39,7 @@ impl Herald {
                 listen: ([127, 0, 0, 1], 0).into(),
                 admin_token: Some(TOKEN.into()),
                 engine: fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
+                sandbox: None,
                 durability: herald_store::sqlite::Durability::Full,
             },
             std::future::pending(),

@@ -8,6 +8,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!("Herald is listening on http://{}", running.addr);
+    if let Some(url) = &running.sandbox_url {
+        println!("Payment sandbox: create payments with POST /v1/sandbox/payments; checkout pages at {url}/pay/{{payment_id}}");
+    }
     if let Some(token) = &running.generated_token {
         println!("Admin token (shown once, only its hash is stored; keep it): {token}");
         println!("Use it as:  Authorization: Bearer {token}");

@@ -59,6 +59,7 @@ impl TestServer {
                 admin_token: Some(TOKEN.into()),
                 engine,
                 durability: Durability::Normal,
+                sandbox: None,
             },
             std::future::pending(),
         )
@@ -70,6 +71,35 @@ impl TestServer {
             db,
             client: reqwest::Client::new(),
             _dir: None,
+        }
+    }
+
+    /// A server with the payment sandbox mounted, on a fresh database.
+    pub async fn start_sandbox(sandbox: herald::sandbox::SandboxOptions) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("herald.db");
+        let running = server::start(
+            ServerOptions {
+                database: Database::Sqlite(db.clone()),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                admin_token: Some(TOKEN.into()),
+                engine: engine_config(true),
+                durability: Durability::Normal,
+                sandbox: Some(sandbox),
+            },
+            std::future::pending(),
+        )
+        .await
+        .expect("server starts");
+        TestServer {
+            base: format!("http://{}", running.addr),
+            running: Some(running),
+            db,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            _dir: Some(dir),
         }
     }
 

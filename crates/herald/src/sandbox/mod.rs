@@ -1,0 +1,175 @@
+//! The payment sandbox of `herald serve --sandbox`: a local payment platform on Herald's own
+//! engine, for merchants to test their notify handlers end to end without a real provider.
+//!
+//! A producer (the merchant's test suite, or a person) creates a payment for a Herald app
+//! (`POST /v1/sandbox/payments`); the buyer opens the checkout page (`/pay/{id}`, with a QR
+//! code of its own URL for a phone) and pays or cancels; the sandbox then enqueues the
+//! provider's notification to `notify_url` through the engine, signed with the app's
+//! credentials in the app's wire profile, and redirects the browser to `return_url`.
+//! Refunds, unpaid timeouts, a signed trade query and failure drills complete the picture.
+//!
+//! Owns: the options ([`SandboxOptions`]), the routes ([`router`]), trade transitions and
+//! their notifications ([`trade`]), per-profile payloads ([`wire`]), drills ([`drills`]), the
+//! checkout page ([`page`]), QR codes ([`qr`]) and the unpaid-timeout timer ([`timer`]).
+//! Trades live in herald-store (`sandbox_payments`); a trade change and the notifications it
+//! enqueues commit in one transaction, so a crash loses or doubles neither.
+mod api;
+mod drills;
+mod model;
+mod money;
+mod page;
+mod qr;
+mod timer;
+mod trade;
+mod wire;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use herald_store::Store;
+use tokio::sync::{watch, Mutex, Notify};
+
+use crate::api::{ApiState, MAX_BODY};
+
+/// How long an unpaid payment stays open by default.
+pub const DEFAULT_UNPAID_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// `herald serve --sandbox` settings; `ServerOptions::sandbox` is `Some` to mount it.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// The base of the absolute URLs the sandbox hands out (`payment_url`, the QR code),
+    /// e.g. `http://192.168.1.20:8080`. `None`: `http://{listen address}`, with a LAN address
+    /// in place of 0.0.0.0 / :: so that a phone on the same network can open it.
+    pub public_url: Option<String>,
+    /// An unpaid payment closes (`TRADE_CLOSED`) this long after its creation.
+    pub unpaid_timeout: Duration,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            public_url: None,
+            unpaid_timeout: DEFAULT_UNPAID_TIMEOUT,
+        }
+    }
+}
+
+/// The sandbox's shared state.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    public_url: String,
+    unpaid_timeout: Duration,
+    /// Serializes trade changes (the sandbox is not a hot path; the store's version check
+    /// guards against anything else).
+    lock: Mutex<()>,
+    /// Wakes the timer when a payment with a deadline is created.
+    wake: Notify,
+}
+
+impl Sandbox {
+    /// The sandbox on `store`, serving URLs under its public base for a server bound to
+    /// `addr`; starts the unpaid-timeout timer, which ends when `stop` turns true.
+    pub fn start(
+        store: Arc<dyn Store>,
+        opts: &SandboxOptions,
+        addr: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) -> Sandbox {
+        let public_url = opts
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| default_public_url(addr));
+        let sandbox = Sandbox {
+            inner: Arc::new(Inner {
+                store,
+                public_url,
+                unpaid_timeout: opts.unpaid_timeout,
+                lock: Mutex::new(()),
+                wake: Notify::new(),
+            }),
+        };
+        tokio::spawn(timer::run(sandbox.clone(), stop));
+        sandbox
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.inner.public_url
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    fn payment_url(&self, id: &str) -> String {
+        format!("{}/pay/{id}", self.inner.public_url)
+    }
+}
+
+/// `http://{addr}`; for an unspecified address (0.0.0.0, ::), the machine's LAN address
+/// (the source address of a route to a public address; no packet is sent), else loopback.
+fn default_public_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        lan_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+fn lan_address() -> Option<IpAddr> {
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// The sandbox's routes: `/v1/sandbox/*` behind the admin token, `/pay/*` public.
+pub fn router(sandbox: Sandbox, api_state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/payments", post(api::create))
+        .route("/payments/{payment_id}", get(api::get))
+        .route("/payments/{payment_id}/refund", post(api::refund))
+        .route("/payments/{payment_id}/drills", post(api::drills))
+        .route("/trades/{out_trade_no}", get(api::trade_query))
+        .route_layer(middleware::from_fn_with_state(
+            api_state,
+            crate::api::require_admin,
+        ));
+    Router::new()
+        .nest("/v1/sandbox", v1)
+        .route("/pay/{payment_id}", get(page::show))
+        .route("/pay/{payment_id}/pay", post(page::pay))
+        .route("/pay/{payment_id}/cancel", post(page::cancel))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(sandbox)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_url_uses_the_listen_address_or_a_lan_one_for_any() {
+        assert_eq!(
+            default_public_url("127.0.0.1:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
+        let any = default_public_url("0.0.0.0:8080".parse().unwrap());
+        assert!(
+            any.starts_with("http://") && any.ends_with(":8080"),
+            "{any}"
+        );
+        assert!(!any.contains("0.0.0.0"), "{any}");
+    }
+}

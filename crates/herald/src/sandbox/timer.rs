@@ -1,0 +1,61 @@
+//! The unpaid-timeout timer: closes waiting trades at their deadline. It sleeps until the
+//! earliest deadline in the store (or until a new payment wakes it), closes what is due, and
+//! sleeps again; it never polls rows one by one. Deadlines are in the store, so a restart
+//! picks up where it left off.
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Sandbox;
+use crate::clock::now_ms;
+
+/// How many due payments one pass reads.
+const BATCH: u32 = 64;
+/// The longest sleep without a known deadline (a safety net; creations wake the timer).
+const IDLE: Duration = Duration::from_secs(3600);
+
+pub async fn run(sandbox: Sandbox, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let sleep = match pass(&sandbox).await {
+            Ok(Some(next)) => Duration::from_millis(u64::try_from(next - now_ms()).unwrap_or(0)),
+            Ok(None) => IDLE,
+            Err(e) => {
+                tracing::warn!(error = %e, "the sandbox timer cannot read deadlines; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        if sleep.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = sandbox.inner.wake.notified() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Closes the due payments of the earliest batch; returns the next deadline (now when the
+/// batch was full of due ones, so the caller goes again at once).
+async fn pass(sandbox: &Sandbox) -> Result<Option<i64>, herald_store::StoreError> {
+    let rows = sandbox.store().sandbox_deadlines(BATCH).await?;
+    let now = now_ms();
+    for row in &rows {
+        let Some(deadline) = row.deadline else {
+            continue;
+        };
+        if deadline > now {
+            return Ok(Some(deadline));
+        }
+        match sandbox.close(&row.id, "expired").await {
+            Ok(_) => tracing::info!(payment = %row.id, "unpaid sandbox payment expired"),
+            Err(e) => {
+                tracing::warn!(payment = %row.id, error = %e, "closing an expired sandbox payment failed")
+            }
+        }
+    }
+    Ok((rows.len() as u32 == BATCH).then_some(now))
+}

@@ -1,0 +1,590 @@
+//! What the sandbox says, per wire profile, with each provider's own field names: the
+//! notification payloads (paid, closed, refunded), the signed return_url parameters, the
+//! trade-query response, provider-shaped ids, and the amount change of the tampering drill.
+//! The profile's `encode` (herald-protocols) turns a payload into the signed wire request.
+use herald_protocols::{alipay, wechatpay_v2, Credentials, Profile};
+use herald_store::Millis;
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use super::model::{Payment, Refund, TradeState};
+use super::money;
+
+/// A notification to enqueue: the event type and the payload the profile encodes.
+pub struct Outgoing {
+    pub event_type: String,
+    pub payload: Value,
+}
+
+const CHINA_OFFSET_SECS: i32 = 8 * 3600;
+
+fn china(ms: Millis) -> time::OffsetDateTime {
+    let offset =
+        time::UtcOffset::from_whole_seconds(CHINA_OFFSET_SECS).unwrap_or(time::UtcOffset::UTC);
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(offset)
+}
+
+/// `yyyy-MM-dd HH:mm:ss` in China time (Alipay's `gmt_*`, `timestamp`).
+pub fn alipay_time(ms: Millis) -> String {
+    china(ms)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]"
+        ))
+        .unwrap_or_default()
+}
+
+/// `yyyyMMddHHmmss` in China time (WeChat Pay v2's `time_end`).
+fn wechat_compact_time(ms: Millis) -> String {
+    china(ms)
+        .format(time::macros::format_description!(
+            "[year][month][day][hour][minute][second]"
+        ))
+        .unwrap_or_default()
+}
+
+/// RFC 3339 in China time (WeChat Pay v3's `success_time`).
+fn wechat_rfc3339(ms: Millis) -> String {
+    china(ms)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]+08:00"
+        ))
+        .unwrap_or_default()
+}
+
+fn china_date(ms: Millis) -> String {
+    china(ms)
+        .format(time::macros::format_description!("[year][month][day]"))
+        .unwrap_or_default()
+}
+
+fn digits(n: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
+}
+
+fn alphanumeric(n: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| char::from(CHARS[rng.gen_range(0..CHARS.len())]))
+        .collect()
+}
+
+/// The provider's transaction id for a new trade.
+pub fn new_trade_no(profile: Profile, now: Millis) -> String {
+    match profile {
+        // 2013112011001004330000121536: date, channel, then digits (28 in all).
+        Profile::Alipay => format!("{}22001{}", china_date(now), digits(15)),
+        Profile::WechatPayV2 | Profile::WechatPayV3 => {
+            format!("4200001{}{}", china_date(now), digits(13))
+        }
+        Profile::Stripe => format!("pi_{}", alphanumeric(24)),
+        Profile::StandardWebhooks => format!("txn_{}", ulid::Ulid::new()),
+    }
+}
+
+/// The provider's id for a refund.
+pub fn new_refund_id(profile: Profile, now: Millis) -> String {
+    match profile {
+        Profile::WechatPayV2 | Profile::WechatPayV3 => {
+            format!("5030001{}{}", china_date(now), digits(13))
+        }
+        Profile::Stripe => format!("re_{}", alphanumeric(24)),
+        _ => format!("rfd_{}", ulid::Ulid::new()),
+    }
+}
+
+/// Stripe's charge id for a payment intent (`pi_X` -> `ch_X`).
+fn charge_id(trade_no: &str) -> String {
+    format!("ch_{}", trade_no.trim_start_matches("pi_"))
+}
+
+fn alipay_ids(c: &Credentials) -> (Option<String>, Option<String>) {
+    match c {
+        Credentials::Alipay(a) => (Some(a.app_id.clone()), a.seller_id.clone()),
+        _ => (None, None),
+    }
+}
+
+fn wechat_ids(c: &Credentials) -> (Option<String>, Option<String>) {
+    match c {
+        Credentials::WechatPayV2(w) => (Some(w.appid.clone()), Some(w.mch_id.clone())),
+        Credentials::WechatPayV3(w) => (Some(w.appid.clone()), Some(w.mchid.clone())),
+        _ => (None, None),
+    }
+}
+
+fn insert_opt(map: &mut Map<String, Value>, k: &str, v: Option<String>) {
+    if let Some(v) = v {
+        map.insert(k.into(), Value::String(v));
+    }
+}
+
+fn alipay_base(p: &Payment, c: &Credentials, status: &str) -> Map<String, Value> {
+    let total = money::format(p.amount, &p.currency);
+    let (app_id, seller_id) = alipay_ids(c);
+    let mut m = Map::new();
+    insert_opt(&mut m, "app_id", app_id);
+    insert_opt(&mut m, "seller_id", seller_id);
+    m.insert("out_trade_no".into(), json!(p.out_trade_no));
+    m.insert("trade_no".into(), json!(p.trade_no));
+    m.insert("trade_status".into(), json!(status));
+    m.insert("total_amount".into(), json!(total));
+    m.insert("subject".into(), json!(p.subject));
+    m.insert("gmt_create".into(), json!(alipay_time(p.created_at)));
+    if let Some(paid) = p.paid_at {
+        m.insert("receipt_amount".into(), json!(total));
+        m.insert("buyer_pay_amount".into(), json!(total));
+        m.insert("gmt_payment".into(), json!(alipay_time(paid)));
+    }
+    m
+}
+
+fn standard(p: &Payment, kind: &str, status: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), json!(kind));
+    m.insert("app_id".into(), json!(p.app_id));
+    m.insert("payment_id".into(), json!(p.id));
+    m.insert("out_trade_no".into(), json!(p.out_trade_no));
+    m.insert("transaction_id".into(), json!(p.trade_no));
+    m.insert("amount".into(), json!(p.amount));
+    m.insert("currency".into(), json!(p.currency));
+    m.insert("status".into(), json!(status));
+    m
+}
+
+fn stripe_intent(p: &Payment, status: &str) -> Value {
+    let received = if p.paid_at.is_some() { p.amount } else { 0 };
+    let mut v = json!({
+        "id": p.trade_no,
+        "object": "payment_intent",
+        "amount": p.amount,
+        "amount_received": received,
+        "currency": p.currency.to_ascii_lowercase(),
+        "status": status,
+        "created": p.created_at / 1000,
+        "description": p.subject,
+        "livemode": false,
+        "metadata": {"out_trade_no": p.out_trade_no, "payment_id": p.id},
+    });
+    if p.paid_at.is_some() {
+        v["latest_charge"] = json!(charge_id(&p.trade_no));
+    }
+    v
+}
+
+/// The notification of a successful payment (every profile sends one).
+pub fn paid(p: &Payment, c: &Credentials) -> Outgoing {
+    let paid_at = p.paid_at.unwrap_or(p.created_at);
+    match p.profile {
+        Profile::Alipay => Outgoing {
+            event_type: "trade.success".into(),
+            payload: Value::Object(alipay_base(p, c, "TRADE_SUCCESS")),
+        },
+        Profile::WechatPayV2 => {
+            let (appid, mch_id) = wechat_ids(c);
+            let mut m = Map::new();
+            m.insert("return_code".into(), json!("SUCCESS"));
+            m.insert("result_code".into(), json!("SUCCESS"));
+            insert_opt(&mut m, "appid", appid);
+            insert_opt(&mut m, "mch_id", mch_id);
+            m.insert("out_trade_no".into(), json!(p.out_trade_no));
+            m.insert("transaction_id".into(), json!(p.trade_no));
+            m.insert("total_fee".into(), json!(p.amount));
+            m.insert("fee_type".into(), json!(p.currency));
+            m.insert("trade_type".into(), json!("NATIVE"));
+            m.insert("time_end".into(), json!(wechat_compact_time(paid_at)));
+            m.insert("nonce_str".into(), json!(wechatpay_v2::generate_nonce()));
+            Outgoing {
+                event_type: "trade.success".into(),
+                payload: Value::Object(m),
+            }
+        }
+        Profile::WechatPayV3 => Outgoing {
+            event_type: "TRANSACTION.SUCCESS".into(),
+            payload: v3_transaction(p, c, "SUCCESS", Some(paid_at)),
+        },
+        Profile::Stripe => Outgoing {
+            event_type: "payment_intent.succeeded".into(),
+            payload: stripe_intent(p, "succeeded"),
+        },
+        Profile::StandardWebhooks => Outgoing {
+            event_type: "payment.succeeded".into(),
+            payload: Value::Object(standard(p, "payment.succeeded", "succeeded")),
+        },
+    }
+}
+
+fn v3_transaction(p: &Payment, c: &Credentials, state: &str, paid_at: Option<Millis>) -> Value {
+    let (appid, mchid) = wechat_ids(c);
+    let payer_total = if paid_at.is_some() { p.amount } else { 0 };
+    let mut v = json!({
+        "appid": appid,
+        "mchid": mchid,
+        "out_trade_no": p.out_trade_no,
+        "transaction_id": p.trade_no,
+        "trade_type": "NATIVE",
+        "trade_state": state,
+        "attach": "",
+        "amount": {"total": p.amount, "payer_total": payer_total, "currency": p.currency, "payer_currency": p.currency},
+    });
+    if let Some(t) = paid_at {
+        v["success_time"] = json!(wechat_rfc3339(t));
+    }
+    v
+}
+
+/// The notification of a trade closed unpaid; `None` where the provider sends none
+/// (WeChat Pay notifies only successes).
+pub fn closed(p: &Payment, c: &Credentials) -> Option<Outgoing> {
+    match p.profile {
+        Profile::Alipay => {
+            let mut m = alipay_base(p, c, "TRADE_CLOSED");
+            m.insert(
+                "gmt_close".into(),
+                json!(alipay_time(p.closed_at.unwrap_or(p.created_at))),
+            );
+            Some(Outgoing {
+                event_type: "trade.closed".into(),
+                payload: Value::Object(m),
+            })
+        }
+        Profile::WechatPayV2 | Profile::WechatPayV3 => None,
+        Profile::Stripe => {
+            let mut v = stripe_intent(p, "canceled");
+            v["cancellation_reason"] = json!("abandoned");
+            Some(Outgoing {
+                event_type: "payment_intent.canceled".into(),
+                payload: v,
+            })
+        }
+        Profile::StandardWebhooks => Some(Outgoing {
+            event_type: "payment.closed".into(),
+            payload: Value::Object(standard(p, "payment.closed", "closed")),
+        }),
+    }
+}
+
+/// The notification of a refund; `None` for wechatpay-v2, whose refund notifications carry
+/// an encrypted `req_info` Herald does not produce.
+pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
+    let full = r.refunded_total >= p.amount;
+    match p.profile {
+        Profile::Alipay => {
+            let status = if full {
+                "TRADE_CLOSED"
+            } else {
+                "TRADE_SUCCESS"
+            };
+            let mut m = alipay_base(p, c, status);
+            m.insert(
+                "refund_fee".into(),
+                json!(money::format(r.refunded_total, &p.currency)),
+            );
+            m.insert("out_biz_no".into(), json!(r.out_refund_no));
+            m.insert("gmt_refund".into(), json!(alipay_time(r.at)));
+            if full {
+                m.insert("gmt_close".into(), json!(alipay_time(r.at)));
+            }
+            Some(Outgoing {
+                event_type: "trade.refund".into(),
+                payload: Value::Object(m),
+            })
+        }
+        Profile::WechatPayV2 => None,
+        Profile::WechatPayV3 => {
+            let (_, mchid) = wechat_ids(c);
+            Some(Outgoing {
+                event_type: "REFUND.SUCCESS".into(),
+                payload: json!({
+                    "mchid": mchid,
+                    "out_trade_no": p.out_trade_no,
+                    "transaction_id": p.trade_no,
+                    "out_refund_no": r.out_refund_no,
+                    "refund_id": r.refund_id,
+                    "refund_status": "SUCCESS",
+                    "success_time": wechat_rfc3339(r.at),
+                    "user_received_account": "支付用户零钱",
+                    "amount": {"total": p.amount, "refund": r.amount, "payer_total": p.amount, "payer_refund": r.amount},
+                }),
+            })
+        }
+        Profile::Stripe => Some(Outgoing {
+            event_type: "charge.refunded".into(),
+            payload: json!({
+                "id": charge_id(&p.trade_no),
+                "object": "charge",
+                "amount": p.amount,
+                "amount_captured": p.amount,
+                "amount_refunded": r.refunded_total,
+                "currency": p.currency.to_ascii_lowercase(),
+                "paid": true,
+                "refunded": full,
+                "status": "succeeded",
+                "payment_intent": p.trade_no,
+                "metadata": {"out_trade_no": p.out_trade_no, "payment_id": p.id, "refund_id": r.refund_id},
+            }),
+        }),
+        Profile::StandardWebhooks => {
+            let status = if full {
+                "refunded"
+            } else {
+                "partially_refunded"
+            };
+            let mut m = standard(p, "refund.succeeded", status);
+            m.insert("refund_id".into(), json!(r.refund_id));
+            m.insert("out_refund_no".into(), json!(r.out_refund_no));
+            m.insert("refund_amount".into(), json!(r.amount));
+            m.insert("refunded_total".into(), json!(r.refunded_total));
+            Some(Outgoing {
+                event_type: "refund.succeeded".into(),
+                payload: Value::Object(m),
+            })
+        }
+    }
+}
+
+/// The tampering drill: every amount field of the payload raised by 100 minor units
+/// (1.00), the way a forged notification would claim more than the order is worth.
+pub fn tamper(profile: Profile, payload: &mut Value) {
+    let bump_minor = |v: &mut Value| {
+        if let Some(n) = v.as_i64() {
+            *v = json!(n + 100);
+        }
+    };
+    match profile {
+        Profile::Alipay => {
+            for k in ["total_amount", "receipt_amount", "buyer_pay_amount"] {
+                if let Some(Value::String(s)) = payload.get(k) {
+                    if let Ok(minor) = money::parse_decimal(k, s, "CNY") {
+                        payload[k] = json!(money::format(minor + 100, "CNY"));
+                    }
+                }
+            }
+        }
+        Profile::WechatPayV2 => {
+            if let Some(v) = payload.get_mut("total_fee") {
+                bump_minor(v);
+            }
+        }
+        Profile::WechatPayV3 => {
+            if let Some(a) = payload.get_mut("amount") {
+                for k in ["total", "payer_total"] {
+                    if let Some(v) = a.get_mut(k) {
+                        bump_minor(v);
+                    }
+                }
+            }
+        }
+        Profile::Stripe => {
+            for k in ["amount", "amount_received", "amount_captured"] {
+                if let Some(v) = payload.get_mut(k) {
+                    bump_minor(v);
+                }
+            }
+        }
+        Profile::StandardWebhooks => {
+            if let Some(v) = payload.get_mut("amount") {
+                bump_minor(v);
+            }
+        }
+    }
+}
+
+/// The query of the return_url redirect after a payment: the return_url's own query
+/// parameters (`existing`), then the provider's. Alipay signs them
+/// (`alipay.trade.page.pay.return`, RSA2 with the app's key, over every parameter, the
+/// return_url's own included, so that verifying the whole query succeeds); the other
+/// providers do not sign their redirects, so they get `out_trade_no` and `payment_id` only.
+pub fn return_params(
+    p: &Payment,
+    c: &Credentials,
+    now: Millis,
+    existing: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, String> {
+    match c {
+        Credentials::Alipay(a) => {
+            let mut ours = vec![
+                (
+                    "method".to_string(),
+                    "alipay.trade.page.pay.return".to_string(),
+                ),
+                ("timestamp".into(), alipay_time(now)),
+                ("app_id".into(), a.app_id.clone()),
+                ("out_trade_no".into(), p.out_trade_no.clone()),
+                ("trade_no".into(), p.trade_no.clone()),
+                ("total_amount".into(), money::format(p.amount, &p.currency)),
+                ("charset".into(), "utf-8".into()),
+                ("version".into(), "1.0".into()),
+            ];
+            if let Some(s) = &a.seller_id {
+                ours.push(("seller_id".into(), s.clone()));
+            }
+            let mut params: Vec<(String, String)> = existing
+                .into_iter()
+                .filter(|(k, _)| !ours.iter().any(|(o, _)| o == k))
+                .collect();
+            params.extend(ours);
+            alipay::sign_params(a, &mut params).map_err(|e| e.to_string())?;
+            Ok(params)
+        }
+        _ => {
+            let mut params = existing;
+            params.push(("out_trade_no".into(), p.out_trade_no.clone()));
+            params.push(("payment_id".into(), p.id.clone()));
+            Ok(params)
+        }
+    }
+}
+
+/// A trade-query response: content type, extra headers and body.
+pub struct QueryResponse {
+    pub content_type: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+fn v2_trade_state(p: &Payment) -> &'static str {
+    match p.state {
+        TradeState::WaitBuyerPay => "NOTPAY",
+        TradeState::TradeSuccess if p.refunded() > 0 => "REFUND",
+        TradeState::TradeSuccess => "SUCCESS",
+        TradeState::TradeClosed if p.paid_at.is_some() => "REFUND",
+        TradeState::TradeClosed => "CLOSED",
+    }
+}
+
+/// The trade as the provider's query API answers, signed the way that provider signs API
+/// responses: Alipay's `alipay_trade_query_response` + `sign` (RSA2 over the response
+/// object's raw JSON text), WeChat Pay v2's `orderquery` XML with `sign`, WeChat Pay v3's
+/// JSON with `Wechatpay-*` signature headers. Stripe and Standard Webhooks do not sign API
+/// responses: their JSON comes unsigned (the admin token authenticates it).
+pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryResponse, String> {
+    let total = money::format(p.amount, &p.currency);
+    match c {
+        Credentials::Alipay(a) => {
+            let mut m = Map::new();
+            m.insert("code".into(), json!("10000"));
+            m.insert("msg".into(), json!("Success"));
+            m.insert("out_trade_no".into(), json!(p.out_trade_no));
+            m.insert("trade_no".into(), json!(p.trade_no));
+            m.insert("trade_status".into(), json!(p.state.as_str()));
+            m.insert("total_amount".into(), json!(total));
+            if let Some(t) = p.paid_at {
+                m.insert("buyer_pay_amount".into(), json!(total));
+                m.insert("receipt_amount".into(), json!(total));
+                m.insert("send_pay_date".into(), json!(alipay_time(t)));
+            }
+            if p.refunded() > 0 {
+                m.insert(
+                    "refund_fee".into(),
+                    json!(money::format(p.refunded(), &p.currency)),
+                );
+            }
+            let text = Value::Object(m).to_string();
+            let sign = alipay::sign_query_response(a, &text).map_err(|e| e.to_string())?;
+            Ok(QueryResponse {
+                content_type: "application/json; charset=utf-8",
+                headers: vec![],
+                body: format!(
+                    "{{\"alipay_trade_query_response\":{text},\"sign\":{}}}",
+                    json!(sign)
+                ),
+            })
+        }
+        Credentials::WechatPayV2(w) => {
+            let mut fields: Vec<(String, String)> = vec![
+                ("return_code".into(), "SUCCESS".into()),
+                ("return_msg".into(), "OK".into()),
+                ("result_code".into(), "SUCCESS".into()),
+                ("appid".into(), w.appid.clone()),
+                ("mch_id".into(), w.mch_id.clone()),
+                ("nonce_str".into(), wechatpay_v2::generate_nonce()),
+                ("out_trade_no".into(), p.out_trade_no.clone()),
+                ("transaction_id".into(), p.trade_no.clone()),
+                ("trade_state".into(), v2_trade_state(p).into()),
+                ("trade_type".into(), "NATIVE".into()),
+                ("total_fee".into(), p.amount.to_string()),
+                ("fee_type".into(), p.currency.clone()),
+            ];
+            if let Some(t) = p.paid_at {
+                fields.push(("time_end".into(), wechat_compact_time(t)));
+            }
+            if w.sign_type != wechatpay_v2::SignType::Md5 {
+                fields.push(("sign_type".into(), w.sign_type.as_str().into()));
+            }
+            fields.sort();
+            let sign = wechatpay_v2::sign(&fields, &w.api_key, w.sign_type);
+            fields.push(("sign".into(), sign));
+            let mut xml = String::from("<xml>");
+            for (k, v) in &fields {
+                xml.push_str(&format!("<{k}><![CDATA[{}]]></{k}>", v.replace("]]>", "")));
+            }
+            xml.push_str("</xml>");
+            Ok(QueryResponse {
+                content_type: "text/xml; charset=utf-8",
+                headers: vec![],
+                body: xml,
+            })
+        }
+        Credentials::WechatPayV3(w) => {
+            let state = match p.state {
+                TradeState::WaitBuyerPay => "NOTPAY",
+                TradeState::TradeSuccess if p.refunded() > 0 => "REFUND",
+                TradeState::TradeSuccess => "SUCCESS",
+                TradeState::TradeClosed if p.paid_at.is_some() => "REFUND",
+                TradeState::TradeClosed => "CLOSED",
+            };
+            let body = v3_transaction(p, c, state, p.paid_at).to_string();
+            let timestamp = (now / 1000).to_string();
+            let nonce = alphanumeric(32);
+            let message = format!("{timestamp}\n{nonce}\n{body}\n");
+            let signature =
+                herald_protocols::keys::sign_sha256_cached(&w.private_key, message.as_bytes())
+                    .map_err(|e| e.to_string())?;
+            Ok(QueryResponse {
+                content_type: "application/json",
+                headers: vec![
+                    ("Wechatpay-Timestamp".into(), timestamp),
+                    ("Wechatpay-Nonce".into(), nonce),
+                    ("Wechatpay-Signature".into(), signature),
+                    ("Wechatpay-Serial".into(), w.serial.clone()),
+                    (
+                        "Wechatpay-Signature-Type".into(),
+                        "WECHATPAY2-SHA256-RSA2048".into(),
+                    ),
+                ],
+                body,
+            })
+        }
+        Credentials::Stripe(_) => {
+            let status = match p.state {
+                TradeState::WaitBuyerPay => "requires_payment_method",
+                TradeState::TradeSuccess => "succeeded",
+                TradeState::TradeClosed if p.paid_at.is_some() => "succeeded",
+                TradeState::TradeClosed => "canceled",
+            };
+            let mut v = stripe_intent(p, status);
+            v["amount_refunded"] = json!(p.refunded());
+            Ok(QueryResponse {
+                content_type: "application/json",
+                headers: vec![],
+                body: v.to_string(),
+            })
+        }
+        Credentials::StandardWebhooks(_) => {
+            let mut m = standard(p, "payment", p.state.as_str());
+            m.remove("type");
+            m.insert("refunded_total".into(), json!(p.refunded()));
+            Ok(QueryResponse {
+                content_type: "application/json",
+                headers: vec![],
+                body: Value::Object(m).to_string(),
+            })
+        }
+    }
+}

@@ -1,0 +1,748 @@
+//! The payment sandbox (`herald serve --sandbox`) end to end: payments created over the API,
+//! paid or canceled through the checkout page's forms (as a browser posts them, redirects not
+//! followed), notifications delivered by the real engine to a real receiver and checked with
+//! the providers' own SDKs and with Herald's verifier.
+mod common;
+#[path = "common/interop.rs"]
+mod interop;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Received, Receiver, Reply, TestServer};
+use herald::sandbox::SandboxOptions;
+use herald_protocols::receive::IncomingRequest;
+use herald_protocols::{alipay, Profile, ReceiverKeys};
+use serde_json::{json, Value};
+
+async fn sandbox() -> TestServer {
+    TestServer::start_sandbox(SandboxOptions::default()).await
+}
+
+/// Creates an app of `profile`; returns its id and the once-shown credentials view.
+async fn app(server: &TestServer, profile: &str, extra: Value) -> (String, Value) {
+    let mut body = json!({"name": "Coffee & <Co>", "profile": profile});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let (status, v) = server.call("POST", "/v1/apps", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["credentials"].clone(),
+    )
+}
+
+async fn create_payment(server: &TestServer, body: Value) -> Value {
+    let (status, v) = server
+        .call("POST", "/v1/sandbox/payments", Some(body))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+/// Posts the checkout page's form like a browser; returns the status and Location.
+async fn post_form(server: &TestServer, path: &str) -> (u16, Option<String>, String) {
+    let resp = server
+        .client
+        .post(format!("{}{path}", server.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()
+        .await
+        .expect("form post");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+async fn payment(server: &TestServer, id: &str) -> Value {
+    let (status, v) = server
+        .call("GET", &format!("/v1/sandbox/payments/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+fn headers_of(r: &Received) -> Vec<(String, String)> {
+    r.headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The receiver keys that verify what the app signs, from the stored credentials.
+async fn keys(server: &TestServer, app_id: &str) -> (Profile, ReceiverKeys) {
+    let app = server
+        .running
+        .as_ref()
+        .unwrap()
+        .store
+        .get_app(app_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let keys = app
+        .profile
+        .receiver_keys_from(&app.credentials, now_s())
+        .expect("receiver keys");
+    (app.profile, keys)
+}
+
+fn verify(
+    profile: Profile,
+    keys: &ReceiverKeys,
+    r: &Received,
+) -> Result<herald_protocols::receive::VerifiedNotification, String> {
+    let headers = headers_of(r);
+    profile
+        .verify(
+            keys,
+            &IncomingRequest {
+                method: "POST",
+                headers: &headers,
+                query: "",
+                body: &r.body,
+                now: now_s(),
+            },
+        )
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until the event's first notification reached `status`.
+async fn wait_event_delivered(server: &TestServer, payment_id: &str, seq: usize, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = payment(server, payment_id).await;
+        if let Some(id) = p["events"][seq]["notifications"][0]["notification_id"].as_str() {
+            server.wait_status(id, status).await;
+            return;
+        }
+        assert!(Instant::now() < deadline, "no notification recorded: {p:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn form(body: &[u8]) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn ack(profile: &str) -> Reply {
+    match profile {
+        "alipay" => Reply::Status(200, "success"),
+        "wechatpay-v2" => Reply::Status(
+            200,
+            "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>",
+        ),
+        _ => Reply::Status(204, ""),
+    }
+}
+
+/// Create, pay through the page's form, and check the delivered notification with the
+/// provider's SDK and with `Profile::verify`; returns the receiver's request.
+async fn paid_notification_is_accepted(
+    profile: &str,
+    sdk_keys: impl Fn(&Value) -> Value,
+) -> (TestServer, Value, Received) {
+    let server = sandbox().await;
+    let reply = ack(profile);
+    let rx = Receiver::start(move |_, _| reply.clone()).await;
+    let (app_id, creds) = app(&server, profile, json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-1001", "amount": 8800,
+               "subject": "Coffee x2", "notify_url": rx.url("/notify"),
+               "return_url": "http://shop.test/return?from=sandbox"}),
+    )
+    .await;
+    assert_eq!(p["status"], "WAIT_BUYER_PAY");
+    let id = p["payment_id"].as_str().unwrap().to_string();
+    let (status, location, _) = post_form(&server, &format!("/pay/{id}/pay")).await;
+    assert_eq!(status, 303);
+    let location = location.expect("a redirect to return_url");
+    assert!(
+        location.starts_with("http://shop.test/return?from=sandbox&"),
+        "{location}"
+    );
+    assert!(location.contains("out_trade_no=T-1001"), "{location}");
+
+    let got = rx.wait_count(1).await.remove(0);
+    let (prof, keys) = keys(&server, &app_id).await;
+    let v = verify(prof, &keys, &got).expect("Herald's verifier accepts the notification");
+    assert_eq!(v.out_trade_no.as_deref(), Some("T-1001"));
+    let sdk_headers: BTreeMap<String, String> = headers_of(&got).into_iter().collect();
+    let (ok, out) = interop::sdk_check(profile, &sdk_headers, &got.body, &sdk_keys(&creds));
+    assert!(
+        ok,
+        "{profile}: the SDK rejected the sandbox's notification: {out}"
+    );
+    wait_event_delivered(&server, &id, 0, "succeeded").await;
+    assert_eq!(payment(&server, &id).await["status"], "TRADE_SUCCESS");
+    (
+        server,
+        json!({"payment_id": id, "app_id": app_id, "location": location}),
+        got,
+    )
+}
+
+#[tokio::test]
+async fn alipay_payment_notifies_trade_success_and_signs_the_return_redirect() {
+    let (server, p, got) = paid_notification_is_accepted(
+        "alipay",
+        |c| json!({"app_id": c["app_id"], "public_key_pem": c["public_key_pem"]}),
+    )
+    .await;
+    let f = form(&got.body);
+    assert_eq!(f["trade_status"], "TRADE_SUCCESS");
+    assert_eq!(f["total_amount"], "88.00");
+    assert_eq!(f["notify_type"], "trade_status_sync");
+    for k in [
+        "notify_id",
+        "notify_time",
+        "app_id",
+        "trade_no",
+        "receipt_amount",
+        "buyer_pay_amount",
+        "subject",
+        "gmt_create",
+        "gmt_payment",
+    ] {
+        assert!(f.contains_key(k), "{k} missing: {f:?}");
+    }
+    // The return redirect's query verifies as an alipay.trade.page.pay.return.
+    let location = p["location"].as_str().unwrap();
+    let query = location.split_once('?').unwrap().1;
+    let (prof, keys) = keys(&server, p["app_id"].as_str().unwrap()).await;
+    let v = prof
+        .verify(
+            &keys,
+            &IncomingRequest {
+                method: "GET",
+                headers: &[],
+                query,
+                body: b"",
+                now: now_s(),
+            },
+        )
+        .expect("the return_url parameters verify");
+    assert_eq!(
+        v.event_type.as_deref(),
+        Some("alipay.trade.page.pay.return")
+    );
+    assert_eq!(v.amount.map(|a| a.minor), Some(8800));
+    let tampered = query.replace("total_amount=88.00", "total_amount=1.00");
+    assert!(prof
+        .verify(
+            &keys,
+            &IncomingRequest {
+                method: "GET",
+                headers: &[],
+                query: &tampered,
+                body: b"",
+                now: now_s()
+            }
+        )
+        .is_err());
+}
+
+#[tokio::test]
+async fn wechatpay_v2_payment_notification_passes_wechatpy() {
+    let (_server, _, got) = paid_notification_is_accepted(
+        "wechatpay-v2",
+        |c| json!({"appid": c["appid"], "mch_id": c["mch_id"], "api_key": c["api_key"]}),
+    )
+    .await;
+    let body = String::from_utf8_lossy(&got.body);
+    for k in [
+        "<total_fee><![CDATA[8800]]>",
+        "<fee_type><![CDATA[CNY]]>",
+        "<trade_type><![CDATA[NATIVE]]>",
+        "<return_code><![CDATA[SUCCESS]]>",
+        "<result_code><![CDATA[SUCCESS]]>",
+        "<time_end>",
+        "<transaction_id>",
+        "<nonce_str>",
+        "<appid>",
+        "<mch_id>",
+    ] {
+        assert!(body.contains(k), "{k} missing: {body}");
+    }
+}
+
+#[tokio::test]
+async fn wechatpay_v3_payment_notification_passes_the_sdk() {
+    let (server, p, got) = paid_notification_is_accepted("wechatpay-v3", |c| {
+        json!({"mchid": c["mchid"], "api_v3_key": c["api_v3_key"], "public_key_pem": c["public_key_pem"], "serial": c["serial"]})
+    })
+    .await;
+    let (prof, keys) = keys(&server, p["app_id"].as_str().unwrap()).await;
+    let v = verify(prof, &keys, &got).unwrap();
+    assert_eq!(v.event_type.as_deref(), Some("TRANSACTION.SUCCESS"));
+    assert_eq!(v.amount.map(|a| a.minor), Some(8800));
+}
+
+#[tokio::test]
+async fn stripe_payment_sends_payment_intent_succeeded() {
+    let (_server, _, got) =
+        paid_notification_is_accepted("stripe", |c| json!({"secret": c["secret"]})).await;
+    let e = got.json();
+    assert_eq!(e["type"], "payment_intent.succeeded");
+    let o = &e["data"]["object"];
+    assert_eq!(o["object"], "payment_intent");
+    assert!(o["id"].as_str().unwrap().starts_with("pi_"));
+    assert_eq!(
+        (o["amount"].as_i64(), o["amount_received"].as_i64()),
+        (Some(8800), Some(8800))
+    );
+    assert_eq!(o["currency"], "usd");
+    assert_eq!(o["metadata"]["out_trade_no"], "T-1001");
+}
+
+#[tokio::test]
+async fn standard_webhooks_payment_sends_payment_succeeded() {
+    let (_server, p, got) =
+        paid_notification_is_accepted("standard-webhooks", |c| json!({"secret": c["secret"]}))
+            .await;
+    let e = got.json();
+    assert_eq!(e["type"], "payment.succeeded");
+    assert_eq!(e["amount"], 8800);
+    assert_eq!(e["currency"], "USD");
+    assert_eq!(e["app_id"], p["app_id"]);
+    assert!(p["location"].as_str().unwrap().contains("payment_id=pay_"));
+}
+
+#[tokio::test]
+async fn a_handler_that_answers_wrongly_twice_gets_the_third_attempt_on_schedule() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|n, _| {
+        if n < 2 {
+            Reply::Status(200, "fail")
+        } else {
+            Reply::Status(200, "success")
+        }
+    })
+    .await;
+    let (app_id, _) = app(&server, "alipay", json!({"retry": [0.3, 0.3]})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-retry", "total_amount": "1.00",
+               "subject": "tea", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let (status, _, html) = post_form(&server, &format!("/pay/{id}/pay")).await;
+    assert_eq!(status, 200, "no return_url: the paid page");
+    assert!(html.contains("TRADE_SUCCESS"), "{html}");
+    let got = rx.wait_count(3).await;
+    let gap1 = got[1].at - got[0].at;
+    let gap2 = got[2].at - got[1].at;
+    assert!(
+        gap1 >= Duration::from_millis(250) && gap2 >= Duration::from_millis(250),
+        "{gap1:?} {gap2:?}"
+    );
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| form(&r.body)["notify_id"].clone())
+        .collect();
+    assert!(
+        ids.iter().all(|i| i == &ids[0]),
+        "one notify id on every attempt: {ids:?}"
+    );
+    wait_event_delivered(&server, id, 0, "succeeded").await;
+}
+
+#[tokio::test]
+async fn refunds_are_notified_after_the_payment_in_order_and_bounded() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, _) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-refund", "total_amount": "10.00",
+               "subject": "book", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let refund_path = format!("/v1/sandbox/payments/{id}/refund");
+    let (status, v) = server
+        .call("POST", &refund_path, Some(json!({"amount": 100})))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let (status, v) = server
+        .call("POST", &refund_path, Some(json!({"amount": 300})))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["refunded_total"], 300);
+    let (status, v) = server
+        .call("POST", &refund_path, Some(json!({"refund_amount": "7.01"})))
+        .await;
+    assert_eq!(status, 422, "more than is left: {v}");
+    let (status, v) = server
+        .call("POST", &refund_path, Some(json!({"refund_amount": "7.00"})))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["status"], "TRADE_CLOSED");
+
+    let got = rx.wait_count(3).await;
+    let f: Vec<_> = got.iter().map(|r| form(&r.body)).collect();
+    assert_eq!(f[0]["trade_status"], "TRADE_SUCCESS");
+    assert!(!f[0].contains_key("refund_fee"));
+    assert_eq!(
+        (f[1]["trade_status"].as_str(), f[1]["refund_fee"].as_str()),
+        ("TRADE_SUCCESS", "3.00")
+    );
+    assert!(f[1].contains_key("out_biz_no") && f[1].contains_key("gmt_refund"));
+    assert_eq!(
+        (f[2]["trade_status"].as_str(), f[2]["refund_fee"].as_str()),
+        ("TRADE_CLOSED", "10.00")
+    );
+    let view = payment(&server, id).await;
+    assert_eq!(view["refunded_amount"], 1000);
+    assert_eq!(view["refunds"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn out_of_order_drill_delivers_the_refund_before_the_payment() {
+    let server = sandbox().await;
+    let rx = Receiver::start(Receiver::ok()).await;
+    let (app_id, _) = app(&server, "standard-webhooks", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-ooo", "amount": 500, "subject": "cake",
+               "notify_url": rx.url("/notify"), "drills": {"out_of_order": true}}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.count(), 0, "the payment notification is held back");
+    assert_eq!(payment(&server, id).await["events"][0]["held"], true);
+    let (status, v) = server
+        .call(
+            "POST",
+            &format!("/v1/sandbox/payments/{id}/refund"),
+            Some(json!({"amount": 200})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let got = rx.wait_count(2).await;
+    assert_eq!(got[0].json()["type"], "refund.succeeded");
+    assert_eq!(got[0].json()["refund_amount"], 200);
+    assert_eq!(got[0].json()["refunded_total"], 200);
+    assert_eq!(got[1].json()["type"], "payment.succeeded");
+}
+
+#[tokio::test]
+async fn drills_send_duplicates_with_one_notify_id_and_copies_that_fail_verification() {
+    let server = sandbox().await;
+    let rx = Receiver::start(Receiver::ok()).await;
+    let (app_id, _) = app(&server, "standard-webhooks", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-drill", "amount": 500, "subject": "pie",
+               "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let (status, v) = server
+        .call(
+            "POST",
+            &format!("/v1/sandbox/payments/{id}/drills"),
+            Some(json!({"duplicate": 2, "bad_signature": true, "tampered_amount": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let got = rx.wait_count(5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rx.count(), 5, "1 + 2 duplicates + 2 untrusted copies");
+    let (prof, keys) = keys(&server, &app_id).await;
+    let (good, bad): (Vec<_>, Vec<_>) = got.iter().partition(|r| verify(prof, &keys, r).is_ok());
+    assert_eq!(good.len(), 3);
+    assert!(good
+        .iter()
+        .all(|r| r.header("webhook-id") == good[0].header("webhook-id")));
+    assert_eq!(bad.len(), 2);
+    assert!(
+        bad.iter().any(|r| r.json()["amount"] == 600),
+        "the tampered copy claims more"
+    );
+    assert!(bad.iter().any(|r| r.json()["amount"] == 500));
+}
+
+#[tokio::test]
+async fn trade_query_is_signed_like_the_alipay_gateway() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, _) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-query", "total_amount": "12.34",
+               "subject": "jam", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let resp = server
+        .client
+        .get(format!(
+            "{}/v1/sandbox/trades/T-query?app_id={app_id}",
+            server.base
+        ))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let inner = &v["alipay_trade_query_response"];
+    assert_eq!(inner["trade_status"], "TRADE_SUCCESS");
+    assert_eq!(inner["total_amount"], "12.34");
+    // The signature covers the raw text of the response object.
+    let start = text.find(":").unwrap() + 1;
+    let end = text.rfind(",\"sign\"").unwrap();
+    let raw = &text[start..end];
+    let (_, keys) = keys(&server, &app_id).await;
+    let ReceiverKeys::Alipay(k) = keys else {
+        panic!("alipay keys")
+    };
+    assert!(alipay::verify_query_response(
+        &k,
+        raw,
+        v["sign"].as_str().unwrap()
+    ));
+    assert!(!alipay::verify_query_response(
+        &k,
+        &raw.replace("12.34", "99.99"),
+        v["sign"].as_str().unwrap()
+    ));
+    let (status, _) = server.call("GET", "/v1/sandbox/trades/T-query", None).await;
+    assert_eq!(status, 422, "app_id is required");
+    let (status, _) = server
+        .call_raw(
+            "GET",
+            &format!("/v1/sandbox/trades/T-query?app_id={app_id}"),
+            None,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 401, "the admin token is required");
+}
+
+#[tokio::test]
+async fn same_out_trade_no_is_idempotent_and_different_terms_conflict() {
+    let server = sandbox().await;
+    let (app_id, _) = app(&server, "alipay", json!({})).await;
+    let terms = json!({"app_id": app_id, "out_trade_no": "T-idem", "total_amount": "5.00",
+                       "subject": "tea", "notify_url": "http://shop.test/notify"});
+    let first = create_payment(&server, terms.clone()).await;
+    assert!(first["payment_url"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}/pay/pay_", server.base)));
+    assert!(first["qr_code_svg"].as_str().unwrap().starts_with("<svg"));
+    let (status, again) = server
+        .call("POST", "/v1/sandbox/payments", Some(terms.clone()))
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["payment_id"], first["payment_id"]);
+    let mut other = terms.clone();
+    other["total_amount"] = json!("6.00");
+    let (status, v) = server
+        .call("POST", "/v1/sandbox/payments", Some(other))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+
+    for (bad, why) in [
+        (json!({"amount": 500}), "both amounts"),
+        (json!({"total_amount": "5.001"}), "too many decimals"),
+        (json!({"currency": "USD"}), "alipay is CNY"),
+        (json!({"notify_url": "ftp://x"}), "bad notify_url"),
+        (json!({"out_trade_no": "has space"}), "bad out_trade_no"),
+        (json!({"app_id": "app_missing"}), "unknown app"),
+        (json!({"drills": {"duplicate": 99}}), "too many duplicates"),
+    ] {
+        let mut body = terms.clone();
+        body["out_trade_no"] = json!("T-bad");
+        for (k, v) in bad.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, v) = server
+            .call("POST", "/v1/sandbox/payments", Some(body))
+            .await;
+        assert_eq!(status, 422, "{why}: {v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let (status, v) = server
+        .call(
+            "GET",
+            "/v1/sandbox/trades/T-bad?app_id=".to_string().as_str(),
+            None,
+        )
+        .await;
+    assert_ne!(status, 200, "nothing was created: {v}");
+    let (status, _) = server
+        .call_raw(
+            "POST",
+            "/v1/sandbox/payments",
+            Some(terms.to_string().into_bytes()),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn cancel_closes_the_trade_and_alipay_notifies_trade_closed() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, _) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-cancel", "total_amount": "3.00",
+               "subject": "bun", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let (status, _, html) = post_form(&server, &format!("/pay/{id}/cancel")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("TRADE_CLOSED"), "{html}");
+    let got = rx.wait_count(1).await;
+    let f = form(&got[0].body);
+    assert_eq!(f["trade_status"], "TRADE_CLOSED");
+    let (prof, keys) = keys(&server, &app_id).await;
+    verify(prof, &keys, &got[0]).expect("the close notification verifies");
+    assert_eq!(payment(&server, id).await["status"], "TRADE_CLOSED");
+    let (status, _, _) = post_form(&server, &format!("/pay/{id}/pay")).await;
+    assert_eq!(status, 409, "a closed trade cannot be paid");
+}
+
+#[tokio::test]
+async fn an_unpaid_payment_closes_at_its_timeout() {
+    let server = TestServer::start_sandbox(SandboxOptions {
+        unpaid_timeout: Duration::from_millis(700),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let rx = Receiver::start(Receiver::ok()).await;
+    let (app_id, _) = app(&server, "standard-webhooks", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-expire", "amount": 100, "subject": "gum",
+               "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let got = rx.wait_count(1).await;
+    assert_eq!(got[0].json()["type"], "payment.closed");
+    let v = payment(&server, id).await;
+    assert_eq!(
+        (v["status"].as_str(), v["close_reason"].as_str()),
+        (Some("TRADE_CLOSED"), Some("expired"))
+    );
+}
+
+#[tokio::test]
+async fn checkout_page_shows_amount_subject_qr_and_pay_button_escaped() {
+    let server = sandbox().await;
+    let (app_id, _) = app(&server, "wechatpay-v3", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-page", "total_amount": "1234.50",
+               "subject": "<script>alert(1)</script> latte", "notify_url": "http://shop.test/n"}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let resp = server
+        .client
+        .get(format!("{}/pay/{id}", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("1234.50"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; latte"));
+    assert!(!html.contains("<script>"));
+    assert!(
+        html.contains("Coffee &amp; &lt;Co&gt;"),
+        "the merchant is the app's name"
+    );
+    assert!(html.contains("<svg"));
+    assert!(html.contains("id=\"pay\"") && html.contains("id=\"cancel\""));
+    let resp = server
+        .client
+        .get(format!("{}/pay/pay_nope", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn paying_twice_sends_one_notification_and_wechat_v2_refunds_say_there_is_none() {
+    let server = sandbox().await;
+    let reply = ack("wechatpay-v2");
+    let rx = Receiver::start(move |_, _| reply.clone()).await;
+    let (app_id, _) = app(&server, "wechatpay-v2", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-twice", "amount": 100, "subject": "gum",
+               "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let (status, _, html) = post_form(&server, &format!("/pay/{id}/pay")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("TRADE_SUCCESS"));
+    wait_event_delivered(&server, id, 0, "succeeded").await;
+    let (status, v) = server
+        .call(
+            "POST",
+            &format!("/v1/sandbox/payments/{id}/refund"),
+            Some(json!({"amount": 100})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["notification"], Value::Null);
+    assert!(v["note"].as_str().unwrap().contains("req_info"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        rx.count(),
+        1,
+        "one payment notification, no refund notification"
+    );
+    assert_eq!(
+        payment(&server, id).await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -297,7 +297,7 @@ pub async fn refund(
         .events
         .iter()
         .rev()
-        .find(|e| e.kind == super::model::EventKind::Refund && e.seq as usize > 0)
+        .find(|e| e.kind == super::model::EventKind::Refund)
         .filter(|_| created);
     let notification = event
         .and_then(|e| e.notifications.first())

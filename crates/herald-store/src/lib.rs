@@ -8,6 +8,7 @@
 //! outside a driver writes SQL.
 
 pub mod conformance;
+pub mod inbox;
 pub mod model;
 pub mod sqlite;
 

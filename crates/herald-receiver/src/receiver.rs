@@ -1,0 +1,105 @@
+//! Verification of one raw request for one merchant: the profile's signature and timestamp
+//! checks (through `herald-protocols`), then the merchant's own ids.
+use std::sync::Arc;
+
+use herald_protocols::receive::{IncomingRequest, VerifiedNotification};
+use herald_protocols::{Profile, ReceiverKeys};
+
+use crate::{RawRequest, Rejection};
+
+/// A profile, the keys that verify it, and the ids the merchant expects.
+pub struct Receiver {
+    profile: Profile,
+    keys: ReceiverKeys,
+    app_id: Option<String>,
+    merchant_id: Option<String>,
+    clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("profile", &self.profile)
+            .field("keys", &self.keys)
+            .field("app_id", &self.app_id)
+            .field("merchant_id", &self.merchant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Receiver {
+    /// A receiver for `profile` verifying with `keys`, on the system clock, accepting any
+    /// app and merchant id until told otherwise.
+    pub fn new(profile: Profile, keys: ReceiverKeys) -> Self {
+        Receiver {
+            profile,
+            keys,
+            app_id: None,
+            merchant_id: None,
+            clock: Arc::new(system_now),
+        }
+    }
+
+    /// The notification's app id (`app_id` / `appid`) must equal `id` when the wire carries
+    /// one; otherwise it is [`Rejection::ForeignApp`].
+    pub fn expect_app_id(mut self, id: impl Into<String>) -> Self {
+        self.app_id = Some(id.into());
+        self
+    }
+
+    /// The notification's merchant id (`seller_id` / `mch_id` / `mchid` / Stripe `account`)
+    /// must equal `id` when the wire carries one; otherwise [`Rejection::ForeignMerchant`].
+    pub fn expect_merchant_id(mut self, id: impl Into<String>) -> Self {
+        self.merchant_id = Some(id.into());
+        self
+    }
+
+    /// The clock timestamps are checked against, unix seconds (for tests).
+    pub fn with_clock(mut self, now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(now);
+        self
+    }
+
+    /// The profile this receiver speaks.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Verifies the signature and timestamp, decodes, and checks the app and merchant ids.
+    /// Failures are logged at `warn` (without secrets).
+    pub fn verify(&self, req: &RawRequest) -> Result<VerifiedNotification, Rejection> {
+        let incoming = IncomingRequest {
+            method: &req.method,
+            headers: &req.headers,
+            query: &req.query,
+            body: &req.body,
+            now: (self.clock)(),
+        };
+        let n = self.profile.verify(&self.keys, &incoming).map_err(|e| {
+            tracing::warn!(profile = self.profile.name(), error = %e, "notification refused: it does not verify");
+            Rejection::Invalid(e)
+        })?;
+        let foreign = |expected: &Option<String>, got: &Option<String>| match (expected, got) {
+            (Some(want), Some(got)) if want != got => Some(got.clone()),
+            _ => None,
+        };
+        if let Some(got) = foreign(&self.app_id, &n.app_id) {
+            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, app_id = %got,
+                "notification refused: signed for another app (misrouted, or a possible forgery)");
+            return Err(Rejection::ForeignApp { got });
+        }
+        if let Some(got) = foreign(&self.merchant_id, &n.merchant_id) {
+            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, merchant_id = %got,
+                "notification refused: signed for another merchant (misrouted, or a possible forgery)");
+            return Err(Rejection::ForeignMerchant { got });
+        }
+        Ok(n)
+    }
+}

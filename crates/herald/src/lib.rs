@@ -6,5 +6,6 @@ pub mod bench;
 pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod demo;
 pub mod sandbox;
 pub mod server;

@@ -16,6 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "herald", version)]
 #[command(after_help = "Examples:\n  \
+    herald demo\n  \
     herald serve --db sqlite://herald.db --allow-private-targets\n  \
     herald listen --port 9000 --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  \
     herald send --url http://127.0.0.1:9000/hook --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --json '{\"order\": 42}'\n  \
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the delivery service: the HTTP API and the delivery engine on one database.
     Serve(ServeArgs),
+    /// Try the whole payment flow locally: the sandbox platform, the example shop, a browser.
+    Demo(cmd::demo::DemoArgs),
     /// Deliver one signed notification now, showing each attempt (exit 1 if never acked).
     Send(cmd::send::SendArgs),
     /// Run a local receiver that verifies, prints and acknowledges notifications.
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => cmd::serve::run(args).await.map(|_| true),
+            Command::Demo(args) => cmd::demo::run(args).await.map(|_| true),
             Command::Send(args) => cmd::send::run(args).await,
             Command::Listen(args) => cmd::listen::run(args).await.map(|_| true),
             Command::Verify(args) => cmd::verify::run(args),

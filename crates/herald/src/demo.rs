@@ -1,0 +1,201 @@
+//! `herald demo`'s wiring, callable from tests: Herald with the payment sandbox on a fresh
+//! embedded database, one merchant app of the chosen profile, and the example shop (from
+//! `examples/shop`) receiving that app's notifications through the inbox. Everything runs
+//! in this process on loopback (private targets allowed, so the engine may call the shop).
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use herald_engine::{EngineConfig, TargetPolicy};
+use herald_protocols::profile::Credentials;
+use herald_protocols::Profile;
+use herald_receiver::{Inbox, Receiver};
+use herald_shop::{Platform, ShopConfig};
+use herald_store::inbox::SqliteInbox;
+use herald_store::sqlite::Durability;
+use herald_store::NewApp;
+use rand::RngCore;
+
+use crate::sandbox::SandboxOptions;
+use crate::server::{self, Database, Running, ServerOptions};
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Where the databases go (a fresh directory).
+    pub dir: PathBuf,
+    /// Address both servers bind; `0.0.0.0` lets a phone on the same network scan the QR.
+    pub host: IpAddr,
+    /// Herald's port (API, sandbox, checkout pages); 0 picks a free one.
+    pub herald_port: u16,
+    /// The shop's port; 0 picks a free one.
+    pub shop_port: u16,
+    /// The merchant app's wire profile.
+    pub profile: Profile,
+    /// The sandbox's unpaid timeout.
+    pub unpaid_timeout: Duration,
+}
+
+/// A started demo.
+pub struct Demo {
+    pub herald: Running,
+    /// Herald's base URL as browsers reach it.
+    pub herald_url: String,
+    /// The shop's base URL.
+    pub shop_url: String,
+    pub admin_token: String,
+    /// The merchant app the shop's payments belong to.
+    pub app_id: String,
+    pub profile: Profile,
+    shop_task: tokio::task::JoinHandle<()>,
+}
+
+impl Demo {
+    pub async fn shutdown(self) {
+        self.shop_task.abort();
+        self.herald.shutdown().await;
+    }
+}
+
+/// The currency a provider's merchants usually charge in.
+fn currency_for(profile: Profile) -> &'static str {
+    match profile {
+        Profile::Alipay | Profile::WechatPayV2 | Profile::WechatPayV3 => "CNY",
+        Profile::Stripe | Profile::StandardWebhooks => "USD",
+    }
+}
+
+/// The ids the shop insists on: notifications for another app or merchant are forgeries.
+fn expected_ids(creds: &Credentials) -> (Option<String>, Option<String>) {
+    match creds {
+        Credentials::Alipay(c) => (Some(c.app_id.clone()), c.seller_id.clone()),
+        Credentials::WechatPayV2(c) => (Some(c.appid.clone()), Some(c.mch_id.clone())),
+        Credentials::WechatPayV3(c) => (Some(c.appid.clone()), Some(c.mchid.clone())),
+        Credentials::Stripe(_) | Credentials::StandardWebhooks(_) => (None, None),
+    }
+}
+
+/// The address browsers use for a bound address: loopback stays, `0.0.0.0` becomes the
+/// machine's LAN address when one is found.
+fn browsable(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        crate::sandbox::lan_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// The address this process itself uses to reach a listener.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// Starts Herald with the sandbox, creates the merchant app, and opens the shop.
+pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
+    std::fs::create_dir_all(&opts.dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
+    let mut raw = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let admin_token = format!(
+        "hrd_demo_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+
+    // Bind the shop first so Herald's sandbox and the app know its URL.
+    let shop_listener = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.shop_port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.shop_port))?;
+    let shop_addr = shop_listener.local_addr().map_err(|e| e.to_string())?;
+    let shop_url = browsable(shop_addr);
+
+    let herald_listen = SocketAddr::new(opts.host, opts.herald_port);
+    let herald = server::start(
+        ServerOptions {
+            database: Database::Sqlite(opts.dir.join("herald.db")),
+            listen: herald_listen,
+            admin_token: Some(admin_token.clone()),
+            engine: EngineConfig {
+                target_policy: Arc::new(TargetPolicy {
+                    allow_private: true,
+                    allow: vec![],
+                }),
+                shutdown_grace: Duration::from_millis(500),
+                ..EngineConfig::default()
+            },
+            durability: Durability::Full,
+            sandbox: Some(SandboxOptions {
+                public_url: None,
+                unpaid_timeout: opts.unpaid_timeout,
+            }),
+        },
+        std::future::pending(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let herald_url = browsable(herald.addr);
+
+    let now_ms = crate::clock::now_ms();
+    let (credentials, _) = opts
+        .profile
+        .create_credentials(&serde_json::Value::Null)
+        .map_err(|e| e.to_string())?;
+    let app = herald
+        .store
+        .create_app(NewApp {
+            name: "Herald demo shop".into(),
+            profile: opts.profile,
+            retry: None,
+            ack: None,
+            credentials,
+            now: now_ms,
+        })
+        .await
+        .map_err(|e| format!("cannot create the demo app: {e}"))?;
+    let keys = opts
+        .profile
+        .receiver_keys_from(&app.credentials, now_ms / 1000)
+        .map_err(|e| e.to_string())?;
+    let mut receiver = Receiver::new(opts.profile, keys);
+    let (app_id, merchant_id) = expected_ids(&app.credentials);
+    if let Some(id) = app_id {
+        receiver = receiver.expect_app_id(id);
+    }
+    if let Some(id) = merchant_id {
+        receiver = receiver.expect_merchant_id(id);
+    }
+    let shop_db = opts.dir.join("shop.db");
+    let inbox_store = SqliteInbox::open(&shop_db).map_err(|e| format!("shop database: {e}"))?;
+    let shop = herald_shop::router(ShopConfig {
+        inbox: Inbox::new(receiver, Arc::new(inbox_store)),
+        database: shop_db,
+        public_url: shop_url.clone(),
+        currency: currency_for(opts.profile).into(),
+        platform: Some(Platform {
+            base_url: format!("http://{}", loopback(herald.addr)),
+            admin_token: admin_token.clone(),
+            app_id: app.id.clone(),
+        }),
+    })
+    .map_err(|e| e.to_string())?;
+    let shop_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(shop_listener, shop).await {
+            tracing::error!(error = %e, "the shop stopped");
+        }
+    });
+    Ok(Demo {
+        herald,
+        herald_url,
+        shop_url,
+        admin_token,
+        app_id: app.id,
+        profile: opts.profile,
+        shop_task,
+    })
+}

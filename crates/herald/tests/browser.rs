@@ -1,0 +1,294 @@
+//! The demo in a real browser: headless Chromium, driven over WebDriver (chromedriver),
+//! opens the shop, buys, pays on the sandbox's checkout page, follows the redirect back and
+//! sees the order turn paid once the notification has arrived. The checkout page's
+//! screenshot is kept in `target/test-artifacts/checkout.png`.
+//!
+//! Chromium comes from Debian's `chromium` and `chromium-driver` packages: `.ci/run`
+//! installs them, and this test installs them itself (as root, with apt-get) when missing.
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use herald::demo::{self, DemoOptions};
+use herald_protocols::Profile;
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The W3C WebDriver key under which an element reference is returned.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// Installs Debian's chromium + chromium-driver when they are missing.
+fn ensure_chromium() {
+    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
+        return;
+    }
+    let status = std::process::Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "chromium",
+            "chromium-driver",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status();
+    let ok = status.map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        // The package lists may be missing on a fresh machine.
+        let _ = std::process::Command::new("apt-get")
+            .arg("update")
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::process::Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "chromium",
+                "chromium-driver",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status();
+    }
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "the browser test needs Debian's chromium and chromium-driver \
+         (apt-get install chromium chromium-driver); installing them failed"
+    );
+}
+
+/// A chromedriver process and one browser session; both end on drop.
+struct Browser {
+    driver: std::process::Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile_dir: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let driver = std::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http.get(format!("{base}/status")).send().await;
+            if let Ok(r) = ready {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if v["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile_dir = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--window-size=1024,900",
+                    format!("--user-data-dir={}", profile_dir.path().display()),
+                ]
+            }
+        }}});
+        let resp: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {resp}"))
+            .to_string();
+        Browser {
+            driver,
+            base,
+            session,
+            http,
+            _profile_dir: profile_dir,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        let v = self
+            .call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+        assert!(v.is_null(), "navigation to {url} failed: {v}");
+    }
+
+    async fn url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The element matching `css`, if present now.
+    async fn find(&self, css: &str) -> Option<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v[ELEMENT_KEY].as_str().map(str::to_string)
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self
+            .find(css)
+            .await
+            .unwrap_or_else(|| panic!("no element matches {css}"));
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{el}/click"),
+                Some(json!({})),
+            )
+            .await;
+        assert!(v.is_null(), "click on {css} failed: {v}");
+    }
+
+    async fn attribute(&self, css: &str, name: &str) -> Option<String> {
+        let el = self.find(css).await?;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{el}/attribute/{name}"),
+            None,
+        )
+        .await
+        .as_str()
+        .map(str::to_string)
+    }
+
+    async fn page_text(&self) -> String {
+        let el = self.find("body").await.unwrap_or_default();
+        self.call(reqwest::Method::GET, &format!("/element/{el}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn screenshot(&self, to: &Path) {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("a base64 screenshot"))
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn artifacts_dir() -> PathBuf {
+    // tests run with the crate's directory as cwd; artifacts go to the workspace target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("test-artifacts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shopper_pays_in_chromium_and_the_order_turns_paid_when_the_notify_arrives() {
+    ensure_chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = demo::start(DemoOptions {
+        dir: dir.path().to_path_buf(),
+        host: "127.0.0.1".parse().unwrap(),
+        herald_port: 0,
+        shop_port: 0,
+        profile: Profile::Alipay,
+        unpaid_timeout: Duration::from_secs(900),
+    })
+    .await
+    .expect("the demo starts");
+    let browser = Browser::start().await;
+
+    browser.goto(&format!("{}/", demo.shop_url)).await;
+    assert!(browser.page_text().await.contains("Herald mug"));
+    browser.click("#buy-mug").await;
+
+    // The sandbox's checkout page.
+    let checkout = browser.url().await;
+    assert!(
+        checkout.starts_with(&format!("{}/pay/", demo.herald_url)),
+        "checkout at {checkout}"
+    );
+    let text = browser.page_text().await;
+    assert!(text.contains("19.90"), "the amount is shown: {text}");
+    assert!(text.contains("Herald mug"), "the subject is shown: {text}");
+    assert!(browser.find("svg").await.is_some(), "a QR code");
+    browser
+        .screenshot(&artifacts_dir().join("checkout.png"))
+        .await;
+
+    browser.click("#pay").await;
+    let back = browser.url().await;
+    assert!(
+        back.starts_with(&format!("{}/orders/shop-", demo.shop_url)) && back.contains("/return"),
+        "redirected to the shop's return_url: {back}"
+    );
+
+    // The return page shows the database's state; it reloads until the notify has arrived.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = browser.attribute("#state", "data-state").await;
+        if state.as_deref() == Some("paid") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order never turned paid (last state {state:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = browser.call(reqwest::Method::DELETE, "", None).await;
+    drop(browser);
+    demo.shutdown().await;
+}

@@ -67,6 +67,13 @@ impl Sandbox {
                     "the trade is closed and can no longer be paid".into(),
                 ))
             }
+            // Past its deadline but not yet closed by the timer: it can't be paid either.
+            TradeState::WaitBuyerPay if now_ms() >= p.expires_at => {
+                self.inner.wake.notify_one();
+                return Err(ApiError::Conflict(
+                    "the payment expired unpaid and can no longer be paid".into(),
+                ));
+            }
             TradeState::WaitBuyerPay => {}
         }
         let app = self.app(&p.app_id).await?;

@@ -96,7 +96,8 @@ impl Inbox {
 
     /// verify + process + reply: the whole notify_url handler. `handler` runs only when the
     /// order moves forward, while the order is locked; its `Err` (or panic) rejects the
-    /// notification so the provider sends it again.
+    /// notification so the provider sends it again. Keep it short and non-blocking: other
+    /// copies for the order wait for it, and on PostgreSQL it runs on the async runtime.
     pub async fn receive<H>(&self, req: &RawRequest, handler: H) -> Handled
     where
         H: FnOnce(&mut Effects, &Transition) -> Result<(), String> + Send + 'static,
@@ -127,7 +128,9 @@ impl Inbox {
             tracing::warn!(profile = n.profile, notify_id = %n.notify_id, "notification refused: it names no order");
             Rejection::NoOrderRef
         })?;
-        let reading = state::read(&n)?;
+        let reading = state::read(&n).inspect_err(|e| {
+            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, out_trade_no, error = %e, "notification refused");
+        })?;
         let notify_id = n.notify_id.clone();
         let profile = n.profile;
         let dialect = self.inner.store.dialect();

@@ -19,43 +19,35 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The W3C WebDriver key under which an element reference is returned.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// Installs Debian's chromium + chromium-driver when they are missing.
-fn ensure_chromium() {
-    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
-        return;
-    }
-    let status = std::process::Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "chromium",
-            "chromium-driver",
-        ])
+/// Runs `apt-get ARGS` quietly; true when it succeeded.
+fn apt_get(args: &[&str]) -> bool {
+    std::process::Command::new("apt-get")
+        .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout(Stdio::null())
-        .status();
-    let ok = status.map(|s| s.success()).unwrap_or(false);
-    if !ok {
-        // The package lists may be missing on a fresh machine.
-        let _ = std::process::Command::new("apt-get")
-            .arg("update")
-            .stdout(Stdio::null())
-            .status();
-        let _ = std::process::Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "chromium",
-                "chromium-driver",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status();
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs Debian's chromium + chromium-driver when they are missing.
+fn ensure_chromium() {
+    let present = || Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if present() {
+        return;
+    }
+    let install = [
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "chromium",
+        "chromium-driver",
+    ];
+    // The package lists may be missing on a fresh machine: update once, then try again.
+    if !apt_get(&install) && apt_get(&["update"]) {
+        apt_get(&install);
     }
     assert!(
-        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        present(),
         "the browser test needs Debian's chromium and chromium-driver \
          (apt-get install chromium chromium-driver); installing them failed"
     );
@@ -150,6 +142,20 @@ impl Browser {
             .call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
             .await;
         assert!(v.is_null(), "navigation to {url} failed: {v}");
+    }
+
+    /// Waits (up to 20 s) until the current URL satisfies `want`: a click that navigates
+    /// may return before the new page has loaded.
+    async fn wait_url(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = self.url().await;
+            if want(&url) {
+                return url;
+            }
+            assert!(Instant::now() < deadline, "never reached {what}; at {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn url(&self) -> String {
@@ -255,11 +261,10 @@ async fn a_shopper_pays_in_chromium_and_the_order_turns_paid_when_the_notify_arr
     browser.click("#buy-mug").await;
 
     // The sandbox's checkout page.
-    let checkout = browser.url().await;
-    assert!(
-        checkout.starts_with(&format!("{}/pay/", demo.herald_url)),
-        "checkout at {checkout}"
-    );
+    let pay_prefix = format!("{}/pay/", demo.herald_url);
+    browser
+        .wait_url("the checkout page", |u| u.starts_with(&pay_prefix))
+        .await;
     let text = browser.page_text().await;
     assert!(text.contains("19.90"), "the amount is shown: {text}");
     assert!(text.contains("Herald mug"), "the subject is shown: {text}");
@@ -269,11 +274,12 @@ async fn a_shopper_pays_in_chromium_and_the_order_turns_paid_when_the_notify_arr
         .await;
 
     browser.click("#pay").await;
-    let back = browser.url().await;
-    assert!(
-        back.starts_with(&format!("{}/orders/shop-", demo.shop_url)) && back.contains("/return"),
-        "redirected to the shop's return_url: {back}"
-    );
+    let return_prefix = format!("{}/orders/shop-", demo.shop_url);
+    browser
+        .wait_url("the shop's return_url", |u| {
+            u.starts_with(&return_prefix) && u.contains("/return")
+        })
+        .await;
 
     // The return page shows the database's state; it reloads until the notify has arrived.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -346,21 +346,7 @@ async fn send_exits_one_when_never_acknowledged_and_two_on_bad_input() {
 async fn listen_verifies_acks_and_rejects_tampered_requests() {
     let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();
-    let profile = herald_protocols::Profile::StandardWebhooks;
-    let receiver = herald::cmd::listen::Receiver {
-        profile,
-        keys: Arc::new(
-            profile
-                .receiver_keys(&[common::SECRET.to_string()], None)
-                .unwrap(),
-        ),
-        status: None,
-        forward: None,
-        out: Arc::new(move |l| sink.lock().unwrap().push(l)),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, herald::cmd::listen::router(receiver)).await });
+    let addr = start_listen(None, Arc::new(move |l| sink.lock().unwrap().push(l))).await;
     let now = herald_engine::now_ms() / 1000;
     let body = br#"{"a":1}"#;
     let sig = sw::sign(
@@ -414,7 +400,11 @@ async fn forward_target(
     (addr, seen)
 }
 
-async fn forwarding_listener(forward_to: String, raw: bool) -> std::net::SocketAddr {
+/// `herald listen` for standard-webhooks with the test secret, on a free port.
+async fn start_listen(
+    forward: Option<herald::cmd::listen::Forward>,
+    out: Arc<dyn Fn(String) + Send + Sync>,
+) -> std::net::SocketAddr {
     let profile = herald_protocols::Profile::StandardWebhooks;
     let receiver = herald::cmd::listen::Receiver {
         profile,
@@ -424,13 +414,18 @@ async fn forwarding_listener(forward_to: String, raw: bool) -> std::net::SocketA
                 .unwrap(),
         ),
         status: None,
-        forward: Some(herald::cmd::listen::Forward::new(&forward_to, raw).unwrap()),
-        out: Arc::new(|_| {}),
+        forward,
+        out,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, herald::cmd::listen::router(receiver)).await });
     addr
+}
+
+async fn forwarding_listener(forward_to: String, raw: bool) -> std::net::SocketAddr {
+    let forward = herald::cmd::listen::Forward::new(&forward_to, raw).unwrap();
+    start_listen(Some(forward), Arc::new(|_| {})).await
 }
 
 async fn post_signed(addr: std::net::SocketAddr, body: &'static [u8]) -> reqwest::Response {

@@ -11,6 +11,8 @@ use crate::clock::now_ms;
 
 /// How many due payments one pass reads.
 const BATCH: u32 = 64;
+/// How long a payment that could not be closed waits before the next try.
+const RETRY_MS: i64 = 1000;
 /// The longest sleep without a known deadline (a safety net; creations wake the timer).
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -53,7 +55,9 @@ async fn pass(sandbox: &Sandbox) -> Result<Option<i64>, herald_store::StoreError
         match sandbox.close(&row.id, "expired").await {
             Ok(_) => tracing::info!(payment = %row.id, "unpaid sandbox payment expired"),
             Err(e) => {
-                tracing::warn!(payment = %row.id, error = %e, "closing an expired sandbox payment failed")
+                // It stays due: try again in a second rather than at once, forever.
+                tracing::warn!(payment = %row.id, error = %e, "closing an expired sandbox payment failed; retrying in 1 s");
+                return Ok(Some(now + RETRY_MS));
             }
         }
     }

@@ -124,10 +124,15 @@ impl Inbox {
     where
         H: FnOnce(&mut Effects, &Transition) -> Result<(), String> + Send + 'static,
     {
-        let out_trade_no = n.out_trade_no.clone().ok_or_else(|| {
-            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, "notification refused: it names no order");
-            Rejection::NoOrderRef
-        })?;
+        let Some(out_trade_no) = n.out_trade_no.clone() else {
+            let reason = format!(
+                "the {} notification names no order (status {})",
+                n.profile,
+                n.status.as_deref().unwrap_or("none")
+            );
+            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, reason, "verified notification acknowledged without an order to move");
+            return Ok(Outcome::Unrelated { reason });
+        };
         let reading = state::read(&n).inspect_err(|e| {
             tracing::warn!(profile = n.profile, notify_id = %n.notify_id, out_trade_no, error = %e, "notification refused");
         })?;
@@ -214,6 +219,8 @@ fn log(profile: &str, notify_id: &str, out_trade_no: &str, result: &Result<Outco
         Ok(Outcome::Stale { state, reason }) => {
             tracing::info!(profile, notify_id, out_trade_no, %state, reason, "stale notification acknowledged")
         }
+        // Logged where it is decided, before any order is looked up.
+        Ok(Outcome::Unrelated { .. }) => {}
         Err(Rejection::AmountMismatch { expected, got }) => tracing::warn!(
             profile,
             notify_id,

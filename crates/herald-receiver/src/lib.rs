@@ -61,9 +61,6 @@ pub enum Rejection {
     /// Signed, but for another merchant than the one this receiver expects.
     #[error("the notification is for merchant {got:?}, not this receiver's")]
     ForeignMerchant { got: String },
-    /// The notification names no order (`out_trade_no`).
-    #[error("the notification names no order (out_trade_no)")]
-    NoOrderRef,
     /// No order has this `out_trade_no`.
     #[error("unknown order {0:?}")]
     UnknownOrder(String),
@@ -104,6 +101,10 @@ pub enum Outcome {
     /// Nothing to do for the order (in `state`): a replay, a late payment after a refund or
     /// close, a status that moves nothing. Recorded and acknowledged; the handler did not run.
     Stale { state: OrderState, reason: String },
+    /// A verified notification that names no order (e.g. a Stripe `customer.created`):
+    /// acknowledged so the provider stops sending it, nothing recorded, handler not run.
+    /// Sending it again could not make it name an order.
+    Unrelated { reason: String },
 }
 
 /// A handled request: the outcome and the reply to send (the profile's ack for `Ok`, its

@@ -229,6 +229,15 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Killing chromedriver leaves the browser it started when the session was not ended
+        // (a failed assertion): end every process using this session's profile directory.
+        let _ = std::process::Command::new("pkill")
+            .arg("-f")
+            .arg(format!(
+                "--user-data-dir={}",
+                self._profile_dir.path().display()
+            ))
+            .status();
     }
 }
 

@@ -746,3 +746,100 @@ async fn paying_twice_sends_one_notification_and_wechat_v2_refunds_say_there_is_
         2
     );
 }
+
+/// Pays a fresh trade of `profile` and returns (server, app id, the trade query's response).
+async fn paid_trade_query(profile: &str) -> (TestServer, String, reqwest::Response) {
+    let server = sandbox().await;
+    let rx = Receiver::start(Receiver::ok()).await;
+    let (app_id, _) = app(&server, profile, json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-q", "amount": 1234,
+               "subject": "tea", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let resp = server
+        .client
+        .get(format!(
+            "{}/v1/sandbox/trades/T-q?app_id={app_id}",
+            server.base
+        ))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    (server, app_id, resp)
+}
+
+#[tokio::test]
+async fn trade_query_is_signed_like_wechat_pay_v2_orderquery() {
+    let (server, app_id, resp) = paid_trade_query("wechatpay-v2").await;
+    let body = resp.bytes().await.unwrap().to_vec();
+    let (profile, keys) = keys(&server, &app_id).await;
+    let headers = vec![("content-type".to_string(), "text/xml".to_string())];
+    let check = |body: &[u8]| {
+        profile.verify(
+            &keys,
+            &IncomingRequest {
+                method: "POST",
+                headers: &headers,
+                query: "",
+                body,
+                now: now_s(),
+            },
+        )
+    };
+    let n = check(&body).expect("the orderquery XML's sign verifies with the API key");
+    assert_eq!(n.status.as_deref(), Some("SUCCESS"));
+    assert_eq!(n.fields["trade_state"], "SUCCESS");
+    assert_eq!(n.amount.map(|a| a.minor), Some(1234));
+    let tampered = String::from_utf8(body).unwrap().replace("1234", "9999");
+    assert!(
+        check(tampered.as_bytes()).is_err(),
+        "a changed total_fee fails"
+    );
+}
+
+#[tokio::test]
+async fn trade_query_is_signed_like_wechat_pay_v3_responses() {
+    let (server, app_id, resp) = paid_trade_query("wechatpay-v3").await;
+    let header = |name: &str| resp.headers()[name].to_str().unwrap().to_string();
+    let (ts, nonce, sig) = (
+        header("wechatpay-timestamp"),
+        header("wechatpay-nonce"),
+        header("wechatpay-signature"),
+    );
+    let body = resp.text().await.unwrap();
+    let app = server
+        .running
+        .as_ref()
+        .unwrap()
+        .store
+        .get_app(&app_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let herald_protocols::profile::Credentials::WechatPayV3(c) = &app.credentials else {
+        panic!("wechatpay-v3 credentials")
+    };
+    let public = herald_protocols::keys::parse_private_key(&c.private_key)
+        .unwrap()
+        .to_public_key();
+    let signed = |body: &str| format!("{ts}\n{nonce}\n{body}\n");
+    assert!(herald_protocols::keys::verify_sha256(
+        &public,
+        signed(&body).as_bytes(),
+        &sig
+    ));
+    assert!(!herald_protocols::keys::verify_sha256(
+        &public,
+        signed(&body.replace("1234", "9999")).as_bytes(),
+        &sig
+    ));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["trade_state"], "SUCCESS");
+    assert_eq!(v["amount"]["total"], 1234);
+}

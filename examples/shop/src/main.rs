@@ -25,8 +25,8 @@ struct Args {
     /// wechatpay-v3, stripe.
     #[arg(long, default_value = "alipay")]
     profile: String,
-    /// Verification key (the platform public key, API key or whsec_ secret); `@FILE` reads
-    /// a file. Repeatable.
+    /// Verification key (the platform public key, API key or whsec_ secret), or a file
+    /// holding one (a path, or `@FILE`). Repeatable.
     #[arg(
         long = "key",
         required = true,
@@ -34,7 +34,7 @@ struct Args {
         hide_env_values = true
     )]
     keys: Vec<String>,
-    /// wechatpay-v3: the APIv3 key that decrypts the resource (`@FILE` reads a file).
+    /// wechatpay-v3: the APIv3 key that decrypts the resource (or a file holding it).
     #[arg(long, env = "SHOP_DECRYPT_KEY", hide_env_values = true)]
     decrypt_key: Option<String>,
     /// Refuse notifications whose app id differs (alipay app_id, WeChat appid).
@@ -60,12 +60,13 @@ struct Args {
     platform_app: Option<String>,
 }
 
+/// A key given as text, as `@FILE`, or as the path of a file holding it.
 fn read_key(v: &str) -> Result<String, String> {
     match v.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
             .map_err(|e| format!("cannot read {path}: {e}")),
-        None => Ok(v.to_string()),
+        None => Ok(herald_protocols::keys::read_key_arg(v)),
     }
 }
 

@@ -48,7 +48,6 @@ pub struct Demo {
     pub admin_token: String,
     /// The merchant app the shop's payments belong to.
     pub app_id: String,
-    pub profile: Profile,
     shop_task: tokio::task::JoinHandle<()>,
 }
 
@@ -77,17 +76,6 @@ fn expected_ids(creds: &Credentials) -> (Option<String>, Option<String>) {
     }
 }
 
-/// The address browsers use for a bound address: loopback stays, `0.0.0.0` becomes the
-/// machine's LAN address when one is found.
-fn browsable(addr: SocketAddr) -> String {
-    let ip = if addr.ip().is_unspecified() {
-        crate::sandbox::lan_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
-    } else {
-        addr.ip()
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
-}
-
 /// The address this process itself uses to reach a listener.
 fn loopback(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -113,7 +101,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.shop_port))?;
     let shop_addr = shop_listener.local_addr().map_err(|e| e.to_string())?;
-    let shop_url = browsable(shop_addr);
+    let shop_url = crate::sandbox::default_public_url(shop_addr);
 
     let herald_listen = SocketAddr::new(opts.host, opts.herald_port);
     let herald = server::start(
@@ -139,7 +127,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    let herald_url = browsable(herald.addr);
+    let herald_url = crate::sandbox::default_public_url(herald.addr);
 
     let now_ms = crate::clock::now_ms();
     let (credentials, _) = opts
@@ -195,7 +183,6 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         shop_url,
         admin_token,
         app_id: app.id,
-        profile: opts.profile,
         shop_task,
     })
 }

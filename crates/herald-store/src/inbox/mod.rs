@@ -272,6 +272,11 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// The row a fresh order is stored as.
+/// The error for a second order with the same `out_trade_no`.
+pub(crate) fn order_exists(out_trade_no: &str) -> InboxError {
+    InboxError::Conflict(format!("an order {out_trade_no:?} already exists"))
+}
+
 pub(crate) fn fresh_record(new: NewOrder) -> OrderRecord {
     let now = now_ms();
     OrderRecord {

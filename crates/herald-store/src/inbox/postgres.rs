@@ -17,8 +17,8 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::schema::{self, ORDER_COLUMNS};
 use super::{
-    fresh_record, now_ms, parse_state, validate, Decide, Decision, Dialect, InboxError, InboxStore,
-    NewOrder, OrderRecord, OrderState, ProcessOutcome, SqlValue, Statement,
+    fresh_record, now_ms, order_exists, parse_state, validate, Decide, Decision, Dialect,
+    InboxError, InboxStore, NewOrder, OrderRecord, OrderState, ProcessOutcome, SqlValue, Statement,
 };
 
 /// Connections open at once.
@@ -300,10 +300,7 @@ impl InboxStore for PgInbox {
             .await
             .map_err(backend)?;
         if inserted == 0 {
-            return Err(InboxError::Conflict(format!(
-                "an order {:?} already exists",
-                order.out_trade_no
-            )));
+            return Err(order_exists(&order.out_trade_no));
         }
         Ok(order)
     }

@@ -15,8 +15,8 @@ use tokio::sync::Semaphore;
 
 use super::schema::{self, ORDER_COLUMNS};
 use super::{
-    fresh_record, now_ms, validate, Decide, Decision, Dialect, InboxError, InboxStore, NewOrder,
-    OrderRecord, OrderState, ProcessOutcome, SqlValue, Statement,
+    fresh_record, now_ms, order_exists, validate, Decide, Decision, Dialect, InboxError,
+    InboxStore, NewOrder, OrderRecord, OrderState, ProcessOutcome, SqlValue, Statement,
 };
 
 /// Connections open at once (writers queue on the database lock anyway).
@@ -312,10 +312,7 @@ impl InboxStore for SqliteInbox {
                 })
                 .map_err(backend)?;
             if inserted == 0 {
-                return Err(InboxError::Conflict(format!(
-                    "an order {:?} already exists",
-                    order.out_trade_no
-                )));
+                return Err(order_exists(&order.out_trade_no));
             }
             Ok(order)
         })

@@ -118,7 +118,8 @@ impl Sandbox {
 
 /// `http://{addr}`; for an unspecified address (0.0.0.0, ::), the machine's LAN address
 /// (the source address of a route to a public address; no packet is sent), else loopback.
-fn default_public_url(addr: SocketAddr) -> String {
+/// Browsers use it to reach a listener; `herald demo` uses it for the shop as well.
+pub fn default_public_url(addr: SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
         lan_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))
     } else {
@@ -127,7 +128,7 @@ fn default_public_url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-pub fn lan_address() -> Option<IpAddr> {
+fn lan_address() -> Option<IpAddr> {
     let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.connect("192.0.2.1:9").ok()?;
     let ip = socket.local_addr().ok()?.ip();

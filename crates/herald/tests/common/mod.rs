@@ -52,6 +52,29 @@ impl TestServer {
     }
 
     pub async fn start_on(db: PathBuf, engine: EngineConfig) -> TestServer {
+        Self::launch(db, engine, None, reqwest::Client::new()).await
+    }
+
+    /// A server with the payment sandbox mounted, on a fresh database; its client does not
+    /// follow redirects (checkout forms answer 303 to the return_url).
+    pub async fn start_sandbox(sandbox: herald::sandbox::SandboxOptions) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let db = dir.path().join("herald.db");
+        let mut s = Self::launch(db, engine_config(true), Some(sandbox), client).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    async fn launch(
+        db: PathBuf,
+        engine: EngineConfig,
+        sandbox: Option<herald::sandbox::SandboxOptions>,
+        client: reqwest::Client,
+    ) -> TestServer {
         let running = server::start(
             ServerOptions {
                 database: Database::Sqlite(db.clone()),
@@ -59,7 +82,7 @@ impl TestServer {
                 admin_token: Some(TOKEN.into()),
                 engine,
                 durability: Durability::Normal,
-                sandbox: None,
+                sandbox,
             },
             std::future::pending(),
         )
@@ -69,37 +92,8 @@ impl TestServer {
             base: format!("http://{}", running.addr),
             running: Some(running),
             db,
-            client: reqwest::Client::new(),
+            client,
             _dir: None,
-        }
-    }
-
-    /// A server with the payment sandbox mounted, on a fresh database.
-    pub async fn start_sandbox(sandbox: herald::sandbox::SandboxOptions) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("herald.db");
-        let running = server::start(
-            ServerOptions {
-                database: Database::Sqlite(db.clone()),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                admin_token: Some(TOKEN.into()),
-                engine: engine_config(true),
-                durability: Durability::Normal,
-                sandbox: Some(sandbox),
-            },
-            std::future::pending(),
-        )
-        .await
-        .expect("server starts");
-        TestServer {
-            base: format!("http://{}", running.addr),
-            running: Some(running),
-            db,
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
-            _dir: Some(dir),
         }
     }
 

@@ -3,7 +3,7 @@
 //! same in every driver.
 use rusqlite::Connection;
 
-use crate::{Result, StoreError};
+use herald_store::{Result, StoreError};
 
 /// Each entry is one migration; never edit a released one, append a new one.
 const MIGRATIONS: &[&str] = &[

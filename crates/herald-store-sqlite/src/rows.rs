@@ -4,8 +4,8 @@ use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::backend;
-use crate::model::*;
-use crate::{Result, StoreError};
+use herald_store::model::*;
+use herald_store::{Result, StoreError};
 
 pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
 pub(crate) const ENDPOINT_COLS: &str =

@@ -2,7 +2,7 @@
 //! in a fresh database of this process's throwaway cluster), plus what only one driver shows.
 use std::sync::Arc;
 
-use herald_store::inbox::{InboxError, InboxStore, NewOrder, OrderState, PgInbox, SqliteInbox};
+use herald_inbox::{InboxError, InboxStore, NewOrder, OrderState, PgInbox, SqliteInbox};
 
 mod sqlite {
     use super::*;
@@ -13,7 +13,7 @@ mod sqlite {
         Arc::new(SqliteInbox::open(&path).expect("open inbox"))
     }
 
-    herald_store::inbox_conformance_tests!(fresh());
+    herald_inbox::inbox_conformance_tests!(fresh());
 }
 
 mod postgres {
@@ -24,7 +24,7 @@ mod postgres {
         Arc::new(PgInbox::connect(&url).await.expect("connect inbox"))
     }
 
-    herald_store::inbox_conformance_tests!(fresh());
+    herald_inbox::inbox_conformance_tests!(fresh());
 }
 
 fn order(no: &str) -> NewOrder {

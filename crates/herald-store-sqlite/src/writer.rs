@@ -18,8 +18,8 @@ use ulid::Ulid;
 
 use super::rows::{self, opt_json, to_json};
 use super::schema::backend;
-use crate::model::*;
-use crate::{Result, StoreError};
+use herald_store::model::*;
+use herald_store::{Result, StoreError};
 
 /// Most operations applied in one transaction. Bounds how long one commit holds replies.
 const MAX_BATCH: usize = 2048;

@@ -1,6 +1,6 @@
 //! Runs the store conformance suite against the SQLite driver, plus what only a file-backed
 //! driver can show (data survives reopening).
-use herald_store::sqlite::{Durability, SqliteStore};
+use herald_store_sqlite::{Durability, SqliteStore};
 use herald_store::Store;
 
 async fn fresh() -> SqliteStore {

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::schema::backend;
 use self::writer::{Op, Writer};
-use crate::model::*;
-use crate::{EventReceiver, Result, Store, StoreError};
+use herald_store::model::*;
+use herald_store::{EventReceiver, Result, Store, StoreError};
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
 /// tasks) wait: that is the backpressure that keeps memory bounded under overload.

@@ -131,7 +131,12 @@ async fn node(store: &impl Store, name: &str) -> NodeId {
     node
 }
 
-async fn claim_at(store: &impl Store, node: &NodeId, now: Millis, horizon: Millis) -> Vec<Arc<Job>> {
+async fn claim_at(
+    store: &impl Store,
+    node: &NodeId,
+    now: Millis,
+    horizon: Millis,
+) -> Vec<Arc<Job>> {
     store
         .claim(ClaimParams {
             node: node.clone(),
@@ -392,7 +397,10 @@ pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
     assert!(second.replayed);
     assert_eq!(second.notification, first.notification);
     assert_eq!(second.deliveries, first.deliveries);
-    assert!(claim(store, &n1).await.is_empty(), "a replay creates no work");
+    assert!(
+        claim(store, &n1).await.is_empty(),
+        "a replay creates no work"
+    );
 
     let page = store
         .list_notifications(
@@ -439,7 +447,11 @@ pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(sto
         .await
         .unwrap();
     let jobs = claim(store, &n1).await;
-    assert_eq!(ids(&jobs), vec![first.deliveries[0].id.clone()], "only the head");
+    assert_eq!(
+        ids(&jobs),
+        vec![first.deliveries[0].id.clone()],
+        "only the head"
+    );
 
     // A retry does not end the first: the second stays blocked.
     let done = complete(store, &n1, &jobs[0], Outcome::Retry { next_at: T0 + 5000 }).await;
@@ -454,7 +466,10 @@ pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(sto
     assert!(done.applied);
     let next = done.successor.expect("the successor");
     assert_eq!(next.id, second.deliveries[0].id);
-    assert!(claim(store, &n1).await.is_empty(), "the successor is held already");
+    assert!(
+        claim(store, &n1).await.is_empty(),
+        "the successor is held already"
+    );
 }
 
 pub async fn order_key_serializes_notify_url_deliveries(store: &impl Store) {
@@ -714,7 +729,9 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
         Lease::Held
     );
     assert_eq!(store.rescue(T0 + LEASE - 1).await.unwrap(), 0, "not yet");
-    assert!(claim_at(store, &n2, T0 + LEASE - 1, HORIZON).await.is_empty());
+    assert!(claim_at(store, &n2, T0 + LEASE - 1, HORIZON)
+        .await
+        .is_empty());
     assert_eq!(store.rescue(T0 + LEASE + 1).await.unwrap(), 1);
     let taken = claim_at(store, &n2, T0 + LEASE + 1, HORIZON).await;
     assert_eq!(ids(&taken), ids(&held));
@@ -844,7 +861,11 @@ pub async fn manual_retry_of_a_held_delivery_frees_it_for_any_node(store: &impl 
         .await
         .unwrap();
     let jobs = claim_at(store, &n2, T0 + 2_000, T0 + 2_000).await;
-    assert_eq!(ids(&jobs), vec![n.deliveries[0].id.clone()], "due now, anyone's");
+    assert_eq!(
+        ids(&jobs),
+        vec![n.deliveries[0].id.clone()],
+        "due now, anyone's"
+    );
     let stale = complete(store, &n1, &held, Outcome::Succeeded).await;
     assert!(!stale.applied, "the former holder's outcome is stale");
 }
@@ -886,7 +907,10 @@ pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &i
     let job = claim(store, &n1).await.remove(0);
     store.create_notification(mk()).await.unwrap();
     let done = complete(store, &n1, &job, Outcome::Failed).await;
-    assert!(done.successor.is_some(), "the second is released and now pending");
+    assert!(
+        done.successor.is_some(),
+        "the second is released and now pending"
+    );
     let err = store
         .retry_delivery(&first.deliveries[0].id, T0 + 5)
         .await

@@ -41,7 +41,7 @@ async fn sqlite_inbox_survives_reopening_and_shares_a_file_with_the_delivery_sto
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("herald.db");
     let _store =
-        herald_store::sqlite::SqliteStore::open(&path, herald_store::sqlite::Durability::Full)
+        herald_store_sqlite::SqliteStore::open(&path, herald_store_sqlite::Durability::Full)
             .expect("delivery store");
     {
         let inbox = SqliteInbox::open(&path).expect("open");

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
+use herald_inbox::OrderState;
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Outcome, Rejection};
-use herald_store::inbox::OrderState;
 use serde_json::{json, Value};
 
 /// A sender for `profile` and one payment of 100 (minor units, CNY) for order `A1`:

@@ -49,8 +49,8 @@ pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
     hints: Arc<HintHub>,
     readers: Arc<Readers>,
-    /// Held for the store's life: the exclusive lock on `<file>.lock`.
-    _lock: std::fs::File,
+    /// The exclusive lock on `<file>.lock`, held until the store is closed or dropped.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 /// The engines subscribed to hints. Unbounded on purpose: the writer must never block on an
@@ -186,7 +186,7 @@ impl SqliteStore {
                 path,
                 pool: Mutex::new(Vec::new()),
             }),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -382,6 +382,14 @@ impl MetaStore for SqliteStore {
             .await
     }
 
+    async fn close(&self) {
+        // The writer commits what it has, answers, and stops; everything queued later fails.
+        let _ = self.call(Op::Close).await;
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+    }
+
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_string();
         self.readers.read(move |c| rows::get_meta(c, &key)).await
@@ -392,6 +400,10 @@ impl MetaStore for SqliteStore {
         self.call(|r| Op::SetMeta(k, v, r)).await
     }
 }
+
+/// How long opening waits for an earlier owner of the file to let go (a process that is
+/// exiting, or a store of this process still being dropped) before refusing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Takes the exclusive lock that makes one process the owner of the database at `path`.
 fn lock_file(path: &Path) -> Result<std::fs::File> {
@@ -409,7 +421,24 @@ fn lock_file(path: &Path) -> Result<std::fs::File> {
                 lock_path.display()
             ))
         })?;
-    match file.try_lock() {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break lock_result(file, other, path, &lock_path),
+        }
+    }
+}
+
+fn lock_result(
+    file: std::fs::File,
+    result: std::result::Result<(), std::fs::TryLockError>,
+    path: &Path,
+    lock_path: &Path,
+) -> Result<std::fs::File> {
+    match result {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
             "another Herald process is using {} (its lock {} is held); one process owns an SQLite database, use PostgreSQL for several nodes",

@@ -743,6 +743,19 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     );
     let done = complete(store, &n1, &held[0], Outcome::Succeeded).await;
     assert!(!done.applied);
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    assert!(
+        claim_at(store, &n1, T0 + LEASE + 2, HORIZON)
+            .await
+            .is_empty(),
+        "a forgotten node claims nothing until it registers again"
+    );
     let done = complete(store, &n2, &taken[0], Outcome::Succeeded).await;
     assert!(done.applied);
 }

@@ -116,6 +116,10 @@ pub trait SandboxStore: Send + Sync + 'static {
 pub trait MetaStore: Send + Sync + 'static {
     /// Succeeds when the database answers a trivial query now (for `/healthz`).
     async fn ping(&self) -> Result<()>;
+    /// Stops the store: what was queued is committed, later calls fail with
+    /// [`StoreError::Closed`], and the database is let go (the SQLite file's lock is
+    /// released, so the same process may open it again at once).
+    async fn close(&self);
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
 }

@@ -71,6 +71,8 @@ pub(crate) enum Op {
     Claim(ClaimParams, Reply<Vec<Arc<Job>>>),
     Complete(Box<CompleteParams>, Reply<Completed>),
     Release(ReleaseParams, Reply<Vec<i64>>),
+    /// Stop after this batch (see `MetaStore::close`).
+    Close(Reply<()>),
 }
 
 /// What to do with an operation's result once the batch's fate is known.
@@ -119,7 +121,16 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let closing = batch.iter().any(|op| matches!(op, Op::Close(_)));
             self.apply_batch(&mut batch);
+            if closing {
+                // Dropping the receiver fails whatever is queued or sent from now on.
+                ops.close();
+                while let Ok(op) = ops.try_recv() {
+                    fail_op(op, &StoreError::Closed);
+                }
+                return;
+            }
         }
     }
 
@@ -301,6 +312,7 @@ impl Writer {
                 let r = self.release(&params, hints);
                 done(reply, r)
             }
+            Op::Close(reply) => done(reply, Ok(())),
         }
     }
 }
@@ -329,5 +341,6 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::Claim(_, r) => fail(r, err),
         Op::Complete(_, r) => fail(r, err),
         Op::Release(_, r) => fail(r, err),
+        Op::Close(r) => fail(r, err),
     }
 }

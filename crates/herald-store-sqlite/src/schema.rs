@@ -110,8 +110,9 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 3: the claim-based queue. `locked_by` names the node holding a pending delivery (NULL:
     // claimable when due); `nodes` holds each node's lease. Claims walk the due index, which
-    // now covers unheld deliveries only; the held-by-endpoint index answers "does another
-    // node serve this endpoint?". Endpoints may override the profile's attempt timeout.
+    // now covers unheld deliveries only; the held index answers "does another node serve
+    // this endpoint?" and lets a rescue visit held rows alone. Endpoints may override the
+    // profile's attempt timeout.
     r#"
     ALTER TABLE deliveries ADD COLUMN locked_by TEXT;
     CREATE TABLE nodes (
@@ -123,7 +124,6 @@ const MIGRATIONS: &[&str] = &[
         WHERE status = 'pending' AND locked_by IS NULL;
     CREATE INDEX deliveries_held ON deliveries(endpoint_id, locked_by)
         WHERE locked_by IS NOT NULL;
-    CREATE INDEX deliveries_by_node ON deliveries(locked_by) WHERE locked_by IS NOT NULL;
     ALTER TABLE endpoints ADD COLUMN timeout_ms INTEGER;
     "#,
 ];

@@ -1,6 +1,8 @@
 //! API errors: one enum, mapped to HTTP status and the `{"error": {"code", "message"}}` body
-//! in one place. Caller mistakes are 4xx with a message; unexpected failures are 500 and
-//! logged with their cause, never shown.
+//! in one place. Caller mistakes are 4xx with a message; a database that cannot take the
+//! request (disk full, read-only, unreachable) is 503, so the client retries and nothing is
+//! acknowledged that was not stored; unexpected failures are 500. Causes are logged, never
+//! shown.
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_store::StoreError;
@@ -20,6 +22,8 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     Invalid(String),
+    #[error("the database is unavailable; nothing was stored, try again later")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -33,6 +37,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -44,8 +49,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::BadCursor => ApiError::Invalid("invalid cursor".into()),
-            StoreError::Backend(m) => ApiError::Internal(m),
-            StoreError::Closed => ApiError::Internal("the store is shut down".into()),
+            StoreError::Backend(m) => ApiError::Unavailable(m),
+            StoreError::Closed => ApiError::Unavailable("the store is shut down".into()),
         }
     }
 }
@@ -53,8 +58,12 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let ApiError::Internal(cause) = &self {
-            tracing::error!(%cause, "request failed");
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "the database refused a request")
+            }
+            _ => {}
         }
         let body = json!({"error": {"code": code, "message": self.to_string()}});
         (status, axum::Json(body)).into_response()

@@ -59,11 +59,33 @@ pub fn router(state: ApiState) -> Router {
         .route("/deliveries/{id}/retry", post(notifications::retry))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Healthy while the database answers (within 2 s): a node that cannot reach it says so, so
+/// a load balancer sends requests elsewhere.
+async fn healthz(State(state): State<ApiState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
+    match ping {
+        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
+        Ok(Err(e)) => unhealthy(&e.to_string()),
+        Err(_) => unhealthy("the database did not answer within 2 s"),
+    }
+}
+
+fn unhealthy(why: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    tracing::warn!(reason = why, "health check failed");
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable", "error": {"code": "unavailable", "message": "the database is unreachable"}})),
+    )
+        .into_response()
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {

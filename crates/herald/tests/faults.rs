@@ -1,0 +1,166 @@
+//! Fault tests on the real binary: `kill -9` at random moments under load, and a database
+//! that refuses writes. What they prove is the delivery guarantee: every notification that
+//! got a 2xx is delivered, every delivery ends `succeeded`, and a repeat happens only for an
+//! attempt that was in flight when a process died.
+#[path = "common/fleet.rs"]
+mod fleet;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet::{FlakyReceiver, Node};
+use rand::Rng;
+
+/// Waits until the receiver acknowledged every id, for at most `limit`.
+async fn wait_all_received(rx: &FlakyReceiver, ids: &[String], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let missing = ids.iter().filter(|id| !rx.has(id)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged notifications never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Counts deliveries by status straight from the database file.
+fn statuses(db: &std::path::Path) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(db).expect("open the database");
+    let mut stmt = conn
+        .prepare("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status")
+        .expect("query");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_kill_9_under_load_loses_nothing_acknowledged() {
+    const COUNT: usize = 20_000;
+    const KILLS: usize = 5;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_path = dir.path().join("herald.db");
+    let db = format!("sqlite://{}", db_path.display());
+    let rx = FlakyReceiver::start(1.0 / 3.0).await;
+    let port = fleet::free_port();
+    let mut node = Node::start(&db, port, &[]).await;
+    let bases = Arc::new(vec![node.url()]);
+    let client = reqwest::Client::new();
+    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+
+    let loader = tokio::spawn(fleet::post_notifications(bases.clone(), app, COUNT, 32));
+    let mut in_flight_at_kills = 0;
+    for _ in 0..KILLS {
+        let pause = rand::thread_rng().gen_range(500..2_000);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        in_flight_at_kills += rx.in_flight(Duration::from_millis(250));
+        node.kill9().await;
+        node.restart().await;
+    }
+    let acknowledged = loader.await.expect("the loader finishes");
+    assert_eq!(acknowledged.len(), COUNT, "every notification was accepted");
+    wait_all_received(&rx, &acknowledged, Duration::from_secs(180)).await;
+    // Let the last outcomes commit, then stop for good and read the file.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.kill9().await;
+    let by_status = statuses(&db_path);
+    let repeats = rx.repeats();
+    eprintln!(
+        "kills: {KILLS}; acknowledged: {}; received: {}; repeated: {repeats}; in flight at the kills: {in_flight_at_kills}; deliveries by status: {by_status:?}",
+        acknowledged.len(),
+        rx.acked_ids()
+    );
+    assert_eq!(by_status, vec![("succeeded".to_string(), COUNT as i64)]);
+    assert_eq!(rx.acked_ids(), COUNT, "no unknown notification arrived");
+    assert!(
+        repeats <= in_flight_at_kills as u64,
+        "{repeats} repeated receptions, but only {in_flight_at_kills} attempts were in flight at the kills"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_answers_503_and_acknowledges_nothing_it_could_not_store() {
+    // A 4 MiB filesystem of our own (a tmpfs in a private mount namespace, so no root is
+    // needed), holding the database and nothing else.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().to_str().expect("utf-8 path").to_string();
+    let port = fleet::free_port();
+    let script = format!(
+        "mount -t tmpfs -o size=4m tmpfs '{mnt}' && exec '{bin}' serve --db 'sqlite://{mnt}/herald.db' \
+         --listen 127.0.0.1:{port} --admin-token '{token}' --allow-private-targets",
+        bin = env!("CARGO_BIN_EXE_herald"),
+        token = fleet::TOKEN,
+    );
+    let _child = tokio::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare runs");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the node never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rx = FlakyReceiver::start(0.0).await;
+    let bases = vec![base.clone()];
+    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+
+    // 64 KiB payloads until the disk is full.
+    let filler = "x".repeat(64 * 1024);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..400 {
+        let resp = client
+            .post(format!("{base}/v1/apps/{app}/notifications"))
+            .bearer_auth(fleet::TOKEN)
+            .json(&serde_json::json!({"event_type": "e", "payload": {"i": i, "fill": filler}}))
+            .send()
+            .await
+            .expect("the node answers");
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.expect("a JSON body");
+        match status {
+            202 => accepted.push(
+                body["deliveries"][0]["notify_id"]
+                    .as_str()
+                    .expect("notify id")
+                    .to_string(),
+            ),
+            503 => {
+                assert_eq!(body["error"]["code"], "unavailable", "{body}");
+                refused += 1;
+                if refused >= 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        refused >= 5,
+        "the disk never filled ({} accepted)",
+        accepted.len()
+    );
+    assert!(!accepted.is_empty());
+    // Everything acknowledged is delivered; nothing refused ever is.
+    wait_all_received(&rx, &accepted, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "accepted {} before the disk filled, refused {refused}; received {}",
+        accepted.len(),
+        rx.acked_ids()
+    );
+    assert_eq!(
+        rx.acked_ids(),
+        accepted.len(),
+        "only acknowledged notifications arrive"
+    );
+}

@@ -3,7 +3,7 @@
 //! list, the sizes (full and `--quick`), and running the chosen scenarios in order; the
 //! command line is in `cmd::bench`.
 //!
-//! One file per scenario ([`ceiling`], [`delivery`], [`ingest`], [`latency`],
+//! One file per scenario ([`ceiling`], [`delivery`], [`ingest`], [`e2e`], [`latency`],
 //! [`isolation`], [`backlog`], [`profiles`]), and the pieces they share: the loopback sinks
 //! ([`sink`]), the closed-loop client ([`load`]), stores and engines ([`fixture`]), Herald
 //! through its HTTP API ([`herald_api`]), `/proc` readings ([`procfs`]), the progress line
@@ -15,6 +15,7 @@
 pub mod backlog;
 mod ceiling;
 mod delivery;
+mod e2e;
 mod fixture;
 mod herald_api;
 mod ingest;
@@ -45,6 +46,9 @@ pub enum Scenario {
     Delivery,
     /// Notifications accepted through the HTTP API: alone, then while they are delivered.
     Ingest,
+    /// Notifications posted through the API by 32 producers and delivered, end to end, on
+    /// SQLite and (when at hand) PostgreSQL with one and three nodes.
+    E2e,
     /// Accept to first attempt at half load.
     Latency,
     /// A healthy endpoint's rate while 100 endpoints hang.
@@ -56,10 +60,11 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Ceiling,
         Scenario::Delivery,
         Scenario::Ingest,
+        Scenario::E2e,
         Scenario::Latency,
         Scenario::Isolation,
         Scenario::Backlog,
@@ -71,6 +76,7 @@ impl Scenario {
             Scenario::Ceiling => "ceiling",
             Scenario::Delivery => "delivery",
             Scenario::Ingest => "ingest",
+            Scenario::E2e => "e2e",
             Scenario::Latency => "latency",
             Scenario::Isolation => "isolation",
             Scenario::Backlog => "backlog",
@@ -81,7 +87,7 @@ impl Scenario {
     /// The scenarios whose results this one compares with (they run first).
     fn needs(self) -> &'static [Scenario] {
         match self {
-            Scenario::Delivery => &[Scenario::Ceiling],
+            Scenario::Delivery | Scenario::E2e => &[Scenario::Ceiling],
             Scenario::Latency => &[Scenario::Ceiling, Scenario::Delivery, Scenario::Ingest],
             _ => &[],
         }
@@ -95,6 +101,8 @@ pub struct Sizes {
     pub delivery: u64,
     /// Notifications posted in the ingest scenario (and its no-op baseline).
     pub ingest: u64,
+    /// Notifications posted and delivered in each end-to-end run.
+    pub e2e: u64,
     /// How long the latency scenario posts.
     pub latency_window: Duration,
     /// Deliveries to the healthy endpoint, in each isolation measurement.
@@ -115,6 +123,7 @@ impl Sizes {
         Sizes {
             delivery: 100_000,
             ingest: 50_000,
+            e2e: 30_000,
             latency_window: Duration::from_secs(10),
             isolation: 50_000,
             isolation_rounds: 5,
@@ -129,6 +138,7 @@ impl Sizes {
         Sizes {
             delivery: 2_000,
             ingest: 1_000,
+            e2e: 1_000,
             latency_window: Duration::from_secs(2),
             isolation: 1_000,
             isolation_rounds: 1,
@@ -152,6 +162,9 @@ pub struct Plan {
     pub latency_rate: Option<f64>,
     /// Where temporary databases go.
     pub dir: PathBuf,
+    /// The PostgreSQL database of the end-to-end scenario's PostgreSQL runs; `None`: a
+    /// throwaway cluster when this machine has PostgreSQL, else SQLite only.
+    pub postgres: Option<String>,
     pub scenarios: BTreeSet<Scenario>,
 }
 
@@ -201,6 +214,10 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
                 let (rate, figures) = ingest::run(plan, &sink).await?;
                 ingest_rate = Some(rate);
                 figures
+            }
+            Scenario::E2e => {
+                let c = ceiling.ok_or("e2e needs the ceiling")?;
+                e2e::run(plan, &sink, c).await?
             }
             Scenario::Latency => {
                 let c = ceiling.ok_or("latency needs the ceiling")?;

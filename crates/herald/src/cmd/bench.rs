@@ -21,6 +21,12 @@ and the issue's target; targets are reported, not enforced):
              first accepting alone (the app's endpoint disabled), then while the endpoint
              receives every one, against a no-op axum handler hit by the same client.
              Target (accepting alone): >= 0.3x the no-op.
+  e2e        30,000 notifications (--quick: 1,000) POSTed through the API by 32
+             producers while the engine delivers each to the sink: delivered/s from the
+             first POST to the last acknowledgement, against the ceiling. On SQLite (target >= 0.3x), then on
+             PostgreSQL (--postgres URL, or a throwaway cluster when this machine has
+             PostgreSQL's binaries): one node (target >= 0.08x), and three nodes on one
+             database with the producers spread over them (target: no slower than one).
   latency    Accept -> first attempt p50/p99/max while posting at half load (paced, open
              loop): half the delivery rate, or half the ingest rate when that is lower;
              --latency-rate sets another load. Against the ceiling's round trip.
@@ -75,6 +81,11 @@ pub struct BenchArgs {
     /// measured in the same run, or half the ingest rate when that is lower].
     #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
     pub latency_rate: Option<u64>,
+    /// PostgreSQL database for the e2e scenario's PostgreSQL runs, e.g.
+    /// postgres://herald@127.0.0.1:5432/herald_bench [default: a throwaway cluster when
+    /// this machine has PostgreSQL's server binaries, else SQLite only].
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
     /// Directory for the temporary databases: put it on the disk you mean to measure
     /// [default: the system's temporary directory].
     #[arg(long, value_name = "DIR")]
@@ -126,6 +137,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
         sizes,
         latency_rate: args.latency_rate.map(|r| r as f64),
         dir,
+        postgres: args.postgres,
         scenarios: Plan::select(&args.scenarios),
     };
     let report = bench::run(&plan).await?;

@@ -1,0 +1,375 @@
+//! Hints across nodes: `LISTEN/NOTIFY` on one channel, and the app/endpoint caches that the
+//! notifications keep coherent.
+//!
+//! Writers call `pg_notify('herald_hints', ...)` inside the transaction that makes the
+//! change, so PostgreSQL delivers the hint only if and when it commits:
+//! - `work`: unheld work was committed (a notification, a retry, a recovery, a release);
+//! - `app:<id>` / `endpoint:<id>`: settings changed; the listener fetches the current
+//!   version and hands it on as [`Hint::AppChanged`] / [`Hint::EndpointChanged`];
+//! - `revoked:<node>:<seq>,<seq>...`: held deliveries left the node's hands (canceled, or
+//!   retried by hand); only that node's subscribers get [`Hint::Revoked`].
+//!
+//! Each store keeps one listening connection of its own ([`start`]). Hints are lossy by
+//! nature: a notification sent while the connection is down is gone. The listener checks
+//! its connection every few seconds, reconnects with backoff when it broke, and then
+//! clears the caches and sends every subscriber [`Hint::Work`], since anything may have
+//! been missed meanwhile. The engine stays correct without hints (it claims on a timer).
+//!
+//! The caches ([`Contexts`]) hold the [`AppCtx`]/[`EndpointCtx`] versions that claimed
+//! jobs carry, so a claim does not re-read settings. A change committed here or on any
+//! other node reaches every store's cache through its `app:`/`endpoint:` notification.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+use herald_store::model::*;
+use herald_store::queue::{Hint, HintReceiver, NodeId};
+use herald_store::Result;
+
+use crate::{backend, rows, Inner};
+
+/// The one channel every hint goes through.
+pub(crate) const CHANNEL: &str = "herald_hints";
+/// How often the listener checks that its connection still answers.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long that check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// NOTIFY payloads must stay under 8000 bytes; revocations are split below this.
+const MAX_PAYLOAD: usize = 7000;
+
+/// `pg_notify` inside the caller's transaction: delivered when (if) it commits.
+pub(crate) async fn notify(c: &impl GenericClient, payload: &str) -> Result<()> {
+    let stmt = c
+        .prepare_cached("SELECT pg_notify($1, $2)")
+        .await
+        .map_err(backend)?;
+    c.execute(&stmt, &[&CHANNEL, &payload])
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Notifies each holding node that these deliveries left its hands: `held` is
+/// `(seq, node)` for every changed delivery that some node held.
+pub(crate) async fn notify_revoked(c: &impl GenericClient, held: &[(i64, String)]) -> Result<()> {
+    let mut by_node: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (seq, node) in held {
+        by_node.entry(node.as_str()).or_default().push(*seq);
+    }
+    for (node, seqs) in by_node {
+        let prefix = format!("revoked:{node}:");
+        let mut payload = prefix.clone();
+        for seq in seqs {
+            if payload.len() > MAX_PAYLOAD {
+                notify(c, &payload).await?;
+                payload = prefix.clone();
+            }
+            if payload.len() > prefix.len() {
+                payload.push(',');
+            }
+            payload.push_str(&seq.to_string());
+        }
+        notify(c, &payload).await?;
+    }
+    Ok(())
+}
+
+/// The engines subscribed to this store's hints.
+#[derive(Default)]
+pub(crate) struct Subscribers {
+    list: Mutex<Vec<(NodeId, mpsc::UnboundedSender<Hint>)>>,
+}
+
+impl Subscribers {
+    pub(crate) fn subscribe(&self, node: NodeId) -> HintReceiver {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut list) = self.list.lock() {
+            list.push((node, tx));
+        }
+        rx
+    }
+
+    fn any(&self) -> bool {
+        self.list.lock().map(|l| !l.is_empty()).unwrap_or(false)
+    }
+
+    /// Sends a hint to every subscriber (forgetting those that went away).
+    pub(crate) fn broadcast(&self, hint: Hint) {
+        if let Ok(mut list) = self.list.lock() {
+            list.retain(|(_, tx)| tx.send(hint.clone()).is_ok());
+        }
+    }
+
+    /// Sends a hint to the subscribers of one node.
+    pub(crate) fn send_to(&self, node: &str, hint: Hint) {
+        if let Ok(mut list) = self.list.lock() {
+            list.retain(|(n, tx)| &**n != node || tx.send(hint.clone()).is_ok());
+        }
+    }
+}
+
+/// Cached app and endpoint versions (see the module doc).
+#[derive(Default)]
+pub(crate) struct Contexts {
+    apps: Mutex<HashMap<String, Arc<AppCtx>>>,
+    endpoints: Mutex<HashMap<String, Arc<EndpointCtx>>>,
+}
+
+impl Contexts {
+    pub(crate) fn put_app(&self, ctx: Arc<AppCtx>) {
+        if let Ok(mut m) = self.apps.lock() {
+            m.insert(ctx.id.clone(), ctx);
+        }
+    }
+
+    pub(crate) fn put_endpoint(&self, ctx: Arc<EndpointCtx>) {
+        if let Ok(mut m) = self.endpoints.lock() {
+            if ctx.deleted {
+                m.remove(&ctx.id);
+            } else {
+                m.insert(ctx.id.clone(), ctx);
+            }
+        }
+    }
+
+    fn forget_app(&self, id: &str) {
+        if let Ok(mut m) = self.apps.lock() {
+            m.remove(id);
+        }
+    }
+
+    fn forget_endpoint(&self, id: &str) {
+        if let Ok(mut m) = self.endpoints.lock() {
+            m.remove(id);
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut m) = self.apps.lock() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.endpoints.lock() {
+            m.clear();
+        }
+    }
+
+    /// The contexts of these apps and (live) endpoints, from the cache or, for those
+    /// missing, read on `c` (inside the caller's transaction). Deleted or missing ones are
+    /// absent from the answer.
+    pub(crate) async fn resolve(
+        &self,
+        c: &impl GenericClient,
+        app_ids: &[&str],
+        endpoint_ids: &[&str],
+    ) -> Result<(
+        HashMap<String, Arc<AppCtx>>,
+        HashMap<String, Arc<EndpointCtx>>,
+    )> {
+        let mut apps = HashMap::new();
+        let mut missing_apps = Vec::new();
+        if let Ok(m) = self.apps.lock() {
+            for id in app_ids {
+                match m.get(*id) {
+                    Some(ctx) => {
+                        apps.insert(id.to_string(), ctx.clone());
+                    }
+                    None => missing_apps.push(*id),
+                }
+            }
+        }
+        let mut endpoints = HashMap::new();
+        let mut missing_endpoints = Vec::new();
+        if let Ok(m) = self.endpoints.lock() {
+            for id in endpoint_ids {
+                match m.get(*id) {
+                    Some(ctx) => {
+                        endpoints.insert(id.to_string(), ctx.clone());
+                    }
+                    None => missing_endpoints.push(*id),
+                }
+            }
+        }
+        missing_apps.sort_unstable();
+        missing_apps.dedup();
+        missing_endpoints.sort_unstable();
+        missing_endpoints.dedup();
+        if !missing_apps.is_empty() {
+            for app in rows::get_apps(c, &missing_apps).await? {
+                let ctx = Arc::new(AppCtx::from_app(&app));
+                self.put_app(ctx.clone());
+                apps.insert(app.id, ctx);
+            }
+        }
+        if !missing_endpoints.is_empty() {
+            for ep in rows::get_endpoints(c, &missing_endpoints).await? {
+                let ctx = Arc::new(EndpointCtx::from_endpoint(&ep));
+                self.put_endpoint(ctx.clone());
+                endpoints.insert(ep.id, ctx);
+            }
+        }
+        Ok((apps, endpoints))
+    }
+}
+
+/// A listening connection: its client (kept for the liveness check; dropping it closes
+/// the connection), the notifications its driver task forwards, and that task.
+struct Listening {
+    client: tokio_postgres::Client,
+    payloads: mpsc::UnboundedReceiver<String>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The `application_name` of listening connections (to tell them apart in
+/// `pg_stat_activity`).
+pub(crate) const LISTENER_NAME: &str = "herald-hints";
+
+async fn listen(inner: &Inner) -> Result<Listening> {
+    let (client, mut connection) = inner.target.connect_as(LISTENER_NAME).await?;
+    let (tx, payloads) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %crate::describe(&e), "hint connection failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    let listening = Listening {
+        client,
+        payloads,
+        driver,
+    };
+    listening
+        .client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(backend)?;
+    Ok(listening)
+}
+
+/// Opens the listening connection (so a store that connected hears every hint committed
+/// from then on) and starts the task that serves it and reconnects it.
+pub(crate) async fn start(inner: &Arc<Inner>) -> Result<tokio::task::AbortHandle> {
+    let first = listen(inner).await?;
+    let task = tokio::spawn(run(Arc::downgrade(inner), first));
+    Ok(task.abort_handle())
+}
+
+async fn run(store: Weak<Inner>, first: Listening) {
+    let mut current = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listening = match current.take() {
+            Some(l) => l,
+            None => {
+                let Some(inner) = store.upgrade() else { return };
+                match listen(&inner).await {
+                    Ok(l) => {
+                        tracing::info!("hint listener reconnected");
+                        backoff = Duration::from_millis(100);
+                        // Anything may have changed or been committed meanwhile.
+                        inner.contexts.clear();
+                        inner.subscribers.broadcast(Hint::Work);
+                        l
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hint listener cannot connect; retrying");
+                        drop(inner);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                payload = listening.payloads.recv() => {
+                    let Some(payload) = payload else { break };
+                    let Some(inner) = store.upgrade() else { return };
+                    if let Err(e) = handle(&inner, &payload).await {
+                        tracing::warn!(error = %e, hint = %payload, "handling a hint failed");
+                    }
+                }
+                _ = check.tick() => {
+                    let alive = tokio::time::timeout(
+                        CHECK_TIMEOUT,
+                        listening.client.simple_query("SELECT 1"),
+                    )
+                    .await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!("hint listener lost its connection; reconnecting");
+        // The caches can no longer learn of changes until the listener is back.
+        if let Some(inner) = store.upgrade() {
+            inner.contexts.clear();
+        }
+    }
+}
+
+/// Acts on one notification payload (see the module doc).
+async fn handle(inner: &Inner, payload: &str) -> Result<()> {
+    if payload == "work" {
+        inner.subscribers.broadcast(Hint::Work);
+    } else if let Some(id) = payload.strip_prefix("app:") {
+        inner.contexts.forget_app(id);
+        if !inner.subscribers.any() {
+            return Ok(());
+        }
+        if let Some(app) = rows::get_app(&inner.client().await?, id).await? {
+            let ctx = Arc::new(AppCtx::from_app(&app));
+            inner.contexts.put_app(ctx.clone());
+            inner.subscribers.broadcast(Hint::AppChanged(ctx));
+        }
+    } else if let Some(id) = payload.strip_prefix("endpoint:") {
+        inner.contexts.forget_endpoint(id);
+        if !inner.subscribers.any() {
+            return Ok(());
+        }
+        if let Some((ep, deleted)) = rows::get_endpoint_any(&inner.client().await?, id).await? {
+            let mut ctx = EndpointCtx::from_endpoint(&ep);
+            ctx.deleted = deleted;
+            let ctx = Arc::new(ctx);
+            inner.contexts.put_endpoint(ctx.clone());
+            inner.subscribers.broadcast(Hint::EndpointChanged(ctx));
+        }
+    } else if let Some(rest) = payload.strip_prefix("revoked:") {
+        // Node ids contain no ':' (`node_<ulid>`); split at the last one to be safe.
+        if let Some((node, seqs)) = rest.rsplit_once(':') {
+            let seqs: Vec<i64> = seqs.split(',').filter_map(|s| s.parse().ok()).collect();
+            if !seqs.is_empty() {
+                inner.subscribers.send_to(node, Hint::Revoked(seqs));
+            }
+        }
+    } else {
+        tracing::debug!(hint = %payload, "unknown hint ignored");
+    }
+    Ok(())
+}

@@ -322,6 +322,7 @@ const INSERT_NOTIFICATION: &str = "
         INSERT INTO notifications
             (id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (app_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING seq),
     d AS (
         INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
@@ -332,13 +333,12 @@ const INSERT_NOTIFICATION: &str = "
                 WITH ORDINALITY AS t(id, endpoint_id, url, notify_id, order_key, ord)
         ORDER BY t.ord
         RETURNING seq)
-    SELECT n.seq,
-           CASE WHEN EXISTS (SELECT 1 FROM d) THEN pg_notify($14, 'work')::text END
-    FROM n";
+    SELECT n.seq, (SELECT count(*) FROM d) FROM n";
 
 /// Stores a notification and its deliveries in one statement (atomic on its own, or part
 /// of the caller's transaction). `None` when another transaction took the idempotency key
-/// first (a unique violation; a caller outside a transaction reads that one instead).
+/// first (the insert does nothing then, and aborts no transaction; the caller reads that
+/// notification instead).
 pub(crate) async fn insert_notification(
     c: &impl GenericClient,
     new: NewNotification,
@@ -391,7 +391,7 @@ pub(crate) async fn insert_notification(
         .await
         .map_err(backend)?;
     let inserted = c
-        .query_one(
+        .query_opt(
             &stmt,
             &[
                 &notification.id,
@@ -407,23 +407,19 @@ pub(crate) async fn insert_notification(
                 &urls,
                 &notify_ids,
                 &order_keys,
-                &CHANNEL,
             ],
         )
         .await;
     match inserted {
-        Ok(_) => Ok(Some(CreatedNotification {
+        Ok(Some(_)) => Ok(Some(CreatedNotification {
             notification,
             deliveries,
             replayed: false,
         })),
-        Err(e) => match violated(&e, &SqlState::UNIQUE_VIOLATION).as_deref() {
-            Some("notifications_idempotency") => Ok(None),
-            Some(_) => Err(backend(e)),
-            None => match violated(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                Some(_) => Err(StoreError::NotFound("app")),
-                None => Err(backend(e)),
-            },
+        Ok(None) => Ok(None),
+        Err(e) => match violated(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+            Some(_) => Err(StoreError::NotFound("app")),
+            None => Err(backend(e)),
         },
     }
 }
@@ -435,19 +431,30 @@ pub(crate) async fn create_notification(
     let client = inner.client().await?;
     let (app_id, key) = (new.app_id.clone(), new.idempotency_key.clone());
     if let Some(created) = insert_notification(&client, new, None).await? {
+        if !created.replayed && !created.deliveries.is_empty() {
+            inner.work.signal();
+        }
         return Ok(created);
     }
     // Another node stored a notification with the same idempotency key first.
-    let key = key.unwrap_or_default();
-    let seq: i64 = client
-        .query_one(
+    existing_by_key(&client, &app_id, key.as_deref().unwrap_or_default()).await
+}
+
+/// The notification the app stored under this idempotency key, as a replay.
+pub(crate) async fn existing_by_key(
+    c: &impl GenericClient,
+    app_id: &str,
+    key: &str,
+) -> Result<CreatedNotification> {
+    let row = c
+        .query_opt(
             "SELECT seq FROM notifications WHERE app_id = $1 AND idempotency_key = $2",
             &[&app_id, &key],
         )
         .await
         .map_err(backend)?
-        .get(0);
-    existing(&client, seq).await
+        .ok_or(StoreError::NotFound("notification"))?;
+    existing(c, col(&row, 0)?).await
 }
 
 // --- deliveries --------------------------------------------------------------------------
@@ -533,11 +540,14 @@ pub(crate) async fn recover(
                         SELECT 1 FROM deliveries s WHERE s.order_key = deliveries.order_key
                         AND s.status = 'pending' AND s.seq > deliveries.seq))
                  RETURNING seq)
-             SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify($4, 'work')::text END FROM r",
-            &[&app_id, &since, &now, &CHANNEL],
+             SELECT count(*) FROM r",
+            &[&app_id, &since, &now],
         )
         .await
         .map_err(backend)?;
     let n: i64 = col(&row, 0)?;
+    if n > 0 {
+        inner.work.signal();
+    }
     Ok(u64::try_from(n).unwrap_or(0))
 }

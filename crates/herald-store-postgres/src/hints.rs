@@ -9,6 +9,13 @@
 //! - `revoked:<node>:<seq>,<seq>...`: held deliveries left the node's hands (canceled, or
 //!   retried by hand); only that node's subscribers get [`Hint::Revoked`].
 //!
+//! `work` is the hot one (every notification makes work): writers do not notify inside
+//! their transactions but signal the store's [`WorkSignal`] after they commit, and one
+//! task sends a single `work` for all the signals since its last one. A transaction that
+//! notifies takes a database-wide lock through its commit (PostgreSQL serializes the
+//! notification queue), so notifying in every notification's transaction would serialize
+//! their commits and their fsyncs.
+//!
 //! Each store keeps one listening connection of its own ([`start`]). Hints are lossy by
 //! nature: a notification sent while the connection is down is gone. The listener checks
 //! its connection every few seconds, reconnects with backoff when it broke, and then
@@ -42,6 +49,48 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// NOTIFY payloads must stay under 8000 bytes; revocations are split below this.
 const MAX_PAYLOAD: usize = 7000;
+
+/// How long the work signaller waits after a `work` before the next one, so that a burst
+/// of commits costs one notification.
+const WORK_COALESCE: Duration = Duration::from_millis(2);
+
+/// Coalesced `work` hints (see the module doc): [`WorkSignal::signal`] after a commit that
+/// made unheld work.
+pub(crate) struct WorkSignal {
+    tx: mpsc::Sender<()>,
+}
+
+impl WorkSignal {
+    /// The signal, and the task that turns signals into notifications (it ends when the
+    /// store is gone).
+    pub(crate) fn new() -> (WorkSignal, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        (WorkSignal { tx }, rx)
+    }
+
+    pub(crate) fn signal(&self) {
+        // Full means a signal is already pending: this one is folded into it.
+        let _ = self.tx.try_send(());
+    }
+}
+
+pub(crate) fn start_work_signaller(store: Weak<Inner>, mut rx: mpsc::Receiver<()>) {
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            let Some(inner) = store.upgrade() else { return };
+            let sent = async {
+                let client = inner.client().await?;
+                notify(&client, "work").await
+            }
+            .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "cannot send a work hint");
+            }
+            drop(inner);
+            tokio::time::sleep(WORK_COALESCE).await;
+        }
+    });
+}
 
 /// `pg_notify` inside the caller's transaction: delivered when (if) it commits.
 pub(crate) async fn notify(c: &impl GenericClient, payload: &str) -> Result<()> {

@@ -32,7 +32,7 @@ use herald_store::queue::*;
 use herald_store::{AdminStore, MetaStore, Result, SandboxStore, StoreError};
 
 use self::connect::Target;
-use self::hints::{Contexts, Subscribers};
+use self::hints::{Contexts, Subscribers, WorkSignal};
 
 /// How long [`MetaStore::ping`] waits for the database before calling it unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,6 +49,7 @@ pub(crate) struct Inner {
     pub(crate) target: Target,
     pub(crate) contexts: Contexts,
     pub(crate) subscribers: Subscribers,
+    pub(crate) work: WorkSignal,
 }
 
 impl Drop for PgStore {
@@ -79,12 +80,15 @@ impl PgStore {
             let mut client = pool.get().await.map_err(pool_error)?;
             schema::migrate(&mut client).await?;
         }
+        let (work, signals) = WorkSignal::new();
         let inner = Arc::new(Inner {
             pool,
             target,
             contexts: Contexts::default(),
             subscribers: Subscribers::default(),
+            work,
         });
+        hints::start_work_signaller(Arc::downgrade(&inner), signals);
         let listener = hints::start(&inner).await?;
         Ok(PgStore { inner, listener })
     }

@@ -22,7 +22,6 @@ use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{Result, StoreError};
 
-use crate::hints::CHANNEL;
 use crate::rows::col;
 use crate::{backend, Inner};
 
@@ -125,9 +124,8 @@ pub(crate) async fn rescue(inner: &Inner, now: Millis) -> Result<u64> {
                    AND (locked_by IN (SELECT id FROM dead)
                         OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = deliveries.locked_by))
                  RETURNING seq)
-             SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify($2, 'work')::text END
-             FROM released",
-            &[&now, &CHANNEL],
+             SELECT count(*) FROM released",
+            &[&now],
         )
         .await
         .map_err(backend)?;
@@ -374,19 +372,22 @@ pub(crate) async fn release(inner: &Inner, p: ReleaseParams) -> Result<Vec<i64>>
                  WHERE d.seq = j.seq AND d.attempts = j.attempts AND d.locked_by = $1
                    AND d.status = 'pending'
                  RETURNING d.seq)
-             SELECT seq, CASE WHEN $3::bigint IS NULL THEN pg_notify($5, 'work')::text END
-             FROM r",
+             SELECT seq FROM r",
         )
         .await
         .map_err(backend)?;
     let node: &str = &p.node;
     let rows = client
-        .query(&stmt, &[&node, &seqs, &p.next_at, &attempts, &CHANNEL])
+        .query(&stmt, &[&node, &seqs, &p.next_at, &attempts])
         .await
         .map_err(backend)?;
     let released: HashSet<i64> = rows
         .iter()
         .map(|r| col::<i64>(r, 0))
         .collect::<Result<_>>()?;
+    // Released as they are (not parked for later): others may claim them now.
+    if p.next_at.is_none() && !released.is_empty() {
+        inner.work.signal();
+    }
     Ok(seqs.into_iter().filter(|s| released.contains(s)).collect())
 }

@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 use herald_store::model::*;
 use herald_store::{Result, StoreError};
 
-use crate::admin::insert_notification;
+use crate::admin::{existing_by_key, insert_notification};
 use crate::rows::col;
 use crate::{backend, violated, Inner};
 
@@ -134,16 +134,21 @@ pub(crate) async fn write(inner: &Inner, write: SandboxWrite) -> Result<SandboxW
     let payment = put(&tx, &write.payment, write.expected_version).await?;
     let mut notifications = Vec::with_capacity(write.notifications.len());
     for n in write.notifications {
-        let created = insert_notification(&tx, n.new, n.notify_id)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Conflict(
-                    "another request stored a notification with the same idempotency key".into(),
-                )
-            })?;
+        let (app_id, key) = (n.new.app_id.clone(), n.new.idempotency_key.clone());
+        let created = match insert_notification(&tx, n.new, n.notify_id).await? {
+            Some(created) => created,
+            // Another transaction committed the same idempotency key meanwhile.
+            None => existing_by_key(&tx, &app_id, key.as_deref().unwrap_or_default()).await?,
+        };
         notifications.push(created);
     }
     tx.commit().await.map_err(backend)?;
+    if notifications
+        .iter()
+        .any(|n| !n.replayed && !n.deliveries.is_empty())
+    {
+        inner.work.signal();
+    }
     Ok(SandboxWritten {
         payment,
         notifications,

@@ -583,3 +583,50 @@ async fn migrate_alone_is_idempotent_and_connect_rejects_bad_urls() {
         "{err:?}"
     );
 }
+
+/// 32 concurrent producers: every notification lands once with its deliveries (and the
+/// rate is printed, for a feel of the write path: `--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_all_land() {
+    let (a, _b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, false).await;
+    endpoint(&a, &ap.id, false).await;
+    const PRODUCERS: usize = 32;
+    const EACH: usize = 40;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..PRODUCERS {
+        let (a, app_id) = (a.clone(), ap.id.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let n = a
+                    .create_notification(notification(&app_id, None))
+                    .await
+                    .unwrap();
+                assert_eq!(n.deliveries.len(), 2);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("producer");
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "{} notifications ({} deliveries) in {took:?}: {:.0}/s",
+        PRODUCERS * EACH,
+        PRODUCERS * EACH * 2,
+        (PRODUCERS * EACH) as f64 / took.as_secs_f64()
+    );
+    let me = node(&a, "node_a", T0).await;
+    let mut claimed = 0;
+    loop {
+        let jobs = claim(&a, &me, T0, 500).await;
+        if jobs.is_empty() {
+            break;
+        }
+        claimed += jobs.len();
+    }
+    assert_eq!(claimed, PRODUCERS * EACH * 2);
+}

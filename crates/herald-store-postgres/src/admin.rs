@@ -424,7 +424,21 @@ pub(crate) async fn insert_notification(
     }
 }
 
-pub(crate) async fn create_notification(
+/// Stores a notification inside the caller's transaction (a group commit's): a lost
+/// idempotency race reads the winner, which the transaction then sees.
+pub(crate) async fn create_in(
+    c: &impl GenericClient,
+    new: NewNotification,
+) -> Result<CreatedNotification> {
+    let (app_id, key) = (new.app_id.clone(), new.idempotency_key.clone());
+    match insert_notification(c, new, None).await? {
+        Some(created) => Ok(created),
+        None => existing_by_key(c, &app_id, key.as_deref().unwrap_or_default()).await,
+    }
+}
+
+/// Stores a notification in its own statement (outside a group commit).
+pub(crate) async fn create_notification_alone(
     inner: &Inner,
     new: NewNotification,
 ) -> Result<CreatedNotification> {

@@ -11,8 +11,10 @@
 //! - `hints`: `LISTEN/NOTIFY` wake-ups and the app/endpoint caches they keep coherent.
 //!
 //! Writes cost a fixed number of round trips, whatever a notification fans out to: the
-//! notification and all its deliveries are one multi-row statement.
+//! notification and all its deliveries are one multi-row statement; and concurrent
+//! notifications and outcomes are group-committed (`batch`).
 mod admin;
+mod batch;
 mod connect;
 mod hints;
 mod queue;
@@ -50,6 +52,7 @@ pub(crate) struct Inner {
     pub(crate) contexts: Contexts,
     pub(crate) subscribers: Subscribers,
     pub(crate) work: WorkSignal,
+    pub(crate) batcher: batch::Batcher,
 }
 
 impl Drop for PgStore {
@@ -81,13 +84,16 @@ impl PgStore {
             schema::migrate(&mut client).await?;
         }
         let (work, signals) = WorkSignal::new();
+        let (batcher, writes) = batch::Batcher::new();
         let inner = Arc::new(Inner {
             pool,
             target,
             contexts: Contexts::default(),
             subscribers: Subscribers::default(),
             work,
+            batcher,
         });
+        batch::start(Arc::downgrade(&inner), writes);
         hints::start_work_signaller(Arc::downgrade(&inner), signals);
         let listener = hints::start(&inner).await?;
         Ok(PgStore { inner, listener })
@@ -183,7 +189,7 @@ impl AdminStore for PgStore {
     }
 
     async fn create_notification(&self, new: NewNotification) -> Result<CreatedNotification> {
-        admin::create_notification(&self.inner, new).await
+        self.inner.batcher.create(new).await
     }
 
     async fn get_notification(&self, id: &str) -> Result<Option<NotificationDetail>> {
@@ -288,7 +294,12 @@ impl Queue for PgStore {
     }
 
     async fn complete(&self, params: CompleteParams) -> Result<Completed> {
-        queue::complete(&self.inner, params).await
+        if queue::frees_successor(&params) {
+            // Claims under the claim lock: not inside a group commit.
+            queue::complete(&self.inner, params).await
+        } else {
+            self.inner.batcher.complete(params).await
+        }
     }
 
     async fn release(&self, params: ReleaseParams) -> Result<Vec<i64>> {

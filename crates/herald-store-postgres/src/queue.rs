@@ -268,7 +268,29 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Job>>
     Ok(jobs)
 }
 
+/// True when this outcome ends an ordered delivery, so that completing it also claims the
+/// successor (under the claim lock, so never inside a group commit).
+pub(crate) fn frees_successor(p: &CompleteParams) -> bool {
+    p.report.job.order_key.is_some() && !matches!(p.report.outcome, Outcome::Retry { .. })
+}
+
+/// Records an outcome alone, in its own transaction (ordered deliveries, and outcomes whose
+/// group commit failed).
 pub(crate) async fn complete(inner: &Inner, p: CompleteParams) -> Result<Completed> {
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let done = complete_in(inner, &tx, &p).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(done)
+}
+
+/// Records an outcome inside `tx` (see [`COMPLETE`]); when it ends an ordered delivery,
+/// also claims the successor for the node.
+pub(crate) async fn complete_in(
+    inner: &Inner,
+    tx: &deadpool_postgres::Transaction<'_>,
+    p: &CompleteParams,
+) -> Result<Completed> {
     let job = &p.report.job;
     let a = &p.report.attempt;
     let (status, next_at) = match p.report.outcome {
@@ -300,36 +322,11 @@ pub(crate) async fn complete(inner: &Inner, p: CompleteParams) -> Result<Complet
         &a.error_class,
         &error,
     ];
-    let successor_key = match (&job.order_key, status.is_final()) {
-        (Some(k), true) => Some(k.as_str()),
-        _ => None,
-    };
-    let mut client = inner.client().await?;
-    let (row, successor) = match successor_key {
-        None => {
-            let stmt = client.prepare_cached(COMPLETE).await.map_err(backend)?;
-            let row = client.query_one(&stmt, &params).await.map_err(backend)?;
-            (row, None)
-        }
-        Some(key) => {
-            let tx = client.transaction().await.map_err(backend)?;
-            let stmt = tx.prepare_cached(COMPLETE).await.map_err(backend)?;
-            let row = tx.query_one(&stmt, &params).await.map_err(backend)?;
-            let applied = col::<i64>(&row, 0)? == 1;
-            let successor = if applied {
-                claim_in(inner, &tx, node, p.now, p.horizon, 1, Some(key))
-                    .await?
-                    .pop()
-            } else {
-                None
-            };
-            tx.commit().await.map_err(backend)?;
-            (row, successor)
-        }
-    };
+    let stmt = tx.prepare_cached(COMPLETE).await.map_err(backend)?;
+    let row = tx.query_one(&stmt, &params).await.map_err(backend)?;
     let applied = col::<i64>(&row, 0)? == 1;
-    let before: Option<String> = col(&row, 1)?;
     if !applied {
+        let before: Option<String> = col(&row, 1)?;
         return Ok(Completed {
             applied: false,
             status: before.as_deref().and_then(DeliveryStatus::parse),
@@ -337,6 +334,12 @@ pub(crate) async fn complete(inner: &Inner, p: CompleteParams) -> Result<Complet
             successor: None,
         });
     }
+    let successor = match (&job.order_key, status.is_final()) {
+        (Some(key), true) => claim_in(inner, tx, node, p.now, p.horizon, 1, Some(key))
+            .await?
+            .pop(),
+        _ => None,
+    };
     let held = keep.then(|| {
         let mut j = (**job).clone();
         j.attempts = a.n;

@@ -630,3 +630,53 @@ async fn concurrent_creates_all_land() {
     }
     assert_eq!(claimed, PRODUCERS * EACH * 2);
 }
+
+/// Writes are group-committed: one that fails a statement (PostgreSQL text cannot hold
+/// NUL) must not take the others of its batch down with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_write_does_not_fail_the_others_of_its_batch() {
+    let (a, _b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (a, app_id) = (a.clone(), ap.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = notification(&app_id, Some("https://merchant.example/n"));
+            if i == 17 {
+                n.event_type = "bad\0type".into();
+            }
+            a.create_notification(n).await
+        }));
+    }
+    let mut ok = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.expect("task") {
+            Ok(n) => {
+                assert_ne!(i, 17);
+                assert_eq!(n.deliveries.len(), 1);
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(i, 17, "{e}");
+                assert!(matches!(e, herald_store::StoreError::Backend(_)), "{e:?}");
+            }
+        }
+    }
+    assert_eq!(ok, 39);
+    let page = a
+        .list_notifications(
+            &ap.id,
+            ListNotifications {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.len(),
+        39,
+        "everything acknowledged was stored, nothing else"
+    );
+}

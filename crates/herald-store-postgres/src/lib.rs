@@ -2,7 +2,7 @@
 //!
 //! [`PgStore`] implements the seam's traits ([`Queue`], [`AdminStore`], [`SandboxStore`],
 //! [`MetaStore`]) with the same semantics as the SQLite driver, in these parts:
-//! - [`connect`](crate::connect): the URL, TLS over rustls, the connection pool;
+//! - `connect`: the URL, TLS over rustls, the connection pool;
 //! - `schema`: migrations, run at connect under an advisory lock (also [`migrate`] alone);
 //! - `rows`: row mapping and the read queries;
 //! - `admin` and `sandbox`: what the API and the sandbox write;
@@ -73,9 +73,9 @@ pub async fn migrate(url: &str) -> Result<()> {
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://user@host:port/db`, `?sslmode=require` for TLS; see
-    /// [`connect`](crate::connect)), runs the migrations, and starts listening for hints.
-    /// Must be called inside a Tokio runtime.
+    /// Connects to `url` (`postgres://user@host:port/db`; `?sslmode=require` for TLS,
+    /// verified against the public roots or `&sslrootcert=/path/ca.pem`), runs the
+    /// migrations, and starts listening for hints. Must be called inside a Tokio runtime.
     pub async fn connect(url: &str) -> Result<PgStore> {
         let target = Target::parse(url)?;
         let pool = target.pool()?;

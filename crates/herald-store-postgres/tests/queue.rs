@@ -680,3 +680,130 @@ async fn a_failing_write_does_not_fail_the_others_of_its_batch() {
         "everything acknowledged was stored, nothing else"
     );
 }
+
+/// Four nodes on two stores work a mixed load (ordered endpoints, order keys, retries)
+/// concurrently: at no moment do two nodes hold deliveries of one endpoint, or two
+/// deliveries of one order key run at once; in the end every delivery succeeded once.
+///
+/// The check keeps a registry that is a subset of what the database holds (an entry is
+/// added after the claim returns and removed before the outcome is reported), so two
+/// entries that clash in it clashed in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Registry {
+        endpoint: HashMap<String, (String, usize)>,
+        order_keys: HashSet<String>,
+    }
+
+    let (a, b, _) = two_stores().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let ap = app(&a).await;
+    for ordered in [true, false, true, false] {
+        endpoint(&a, &ap.id, ordered).await;
+    }
+    let mut total = 0;
+    for i in 0..60 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let fan = store
+            .create_notification(notification(&ap.id, None))
+            .await
+            .unwrap();
+        let keyed = store
+            .create_notification(NewNotification {
+                order_key: Some(format!("trade-{}", i % 7)),
+                ..notification(&ap.id, Some("https://merchant.example/n"))
+            })
+            .await
+            .unwrap();
+        total += fan.deliveries.len() + keyed.deliveries.len();
+    }
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let add = |reg: &Mutex<Registry>, node: &str, job: &Job| {
+        let mut r = reg.lock().unwrap();
+        if let Some(e) = &job.endpoint {
+            let entry = r
+                .endpoint
+                .entry(e.id.clone())
+                .or_insert((node.to_string(), 0));
+            assert!(
+                entry.0 == node || entry.1 == 0,
+                "{node} holds a delivery of {} while {} does",
+                e.id,
+                entry.0
+            );
+            *entry = (node.to_string(), entry.1 + 1);
+        }
+        if let Some(k) = &job.order_key {
+            assert!(
+                r.order_keys.insert(k.clone()),
+                "two deliveries of {k} at once"
+            );
+        }
+    };
+    let remove = |reg: &Mutex<Registry>, job: &Job| {
+        let mut r = reg.lock().unwrap();
+        if let Some(e) = &job.endpoint {
+            if let Some(entry) = r.endpoint.get_mut(&e.id) {
+                entry.1 -= 1;
+            }
+        }
+        if let Some(k) = &job.order_key {
+            r.order_keys.remove(k);
+        }
+    };
+    let mut tasks = Vec::new();
+    for (i, store) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = node(&store, &format!("node_{i}"), T0).await;
+            let mut succeeded = Vec::new();
+            let mut idle = 0;
+            while idle < 5 {
+                let mut work: Vec<Arc<Job>> = claim(&store, &me, T0, 3).await;
+                if work.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    continue;
+                }
+                idle = 0;
+                for job in &work {
+                    add(&registry, &me, job);
+                }
+                while let Some(job) = work.pop() {
+                    tokio::task::yield_now().await;
+                    remove(&registry, &job);
+                    // Every third first attempt fails and is retried at once.
+                    let outcome = if job.attempts == 0 && job.seq % 3 == 0 {
+                        Outcome::Retry { next_at: T0 }
+                    } else {
+                        Outcome::Succeeded
+                    };
+                    let done = complete(&store, &me, &job, outcome, T0).await;
+                    assert!(done.applied, "{me} held {}", job.id);
+                    if outcome == Outcome::Succeeded {
+                        succeeded.push(job.id.clone());
+                    }
+                    for next in done.held.into_iter().chain(done.successor) {
+                        add(&registry, &me, &next);
+                        work.push(next);
+                    }
+                }
+            }
+            succeeded
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.expect("node") {
+            assert!(seen.insert(id.clone()), "{id} succeeded twice");
+        }
+    }
+    assert_eq!(seen.len(), total, "every delivery succeeded once");
+}

@@ -10,7 +10,8 @@
 //! with a rollback; so a batch in which any statement failed is not committed, and each of
 //! its operations runs again alone (one bad operation, or a deadlock between two nodes'
 //! batches, is then nobody else's problem). Caller mistakes that fail no statement (an
-//! unknown app) are answered from the batch as they are.
+//! unknown app) are answered from the batch as they are. When the database cannot be
+//! reached, every operation of the batch gets that failure at once.
 use std::sync::{Arc, Weak};
 
 use futures_util::future::join_all;
@@ -120,47 +121,70 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         }
         return;
     }
-    let committed = async {
-        let mut client = inner.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let done = join_all(batch.iter().map(|w| async {
-            match w {
-                Write::Create(new, _) => Done::Create(admin::create_in(&tx, new.clone()).await),
-                Write::Complete(p, _) => Done::Complete(queue::complete_in(inner, &tx, p).await),
-            }
-        }))
-        .await;
-        if done.iter().any(Done::failed_statement) {
-            return Err(StoreError::Backend(
-                "a statement of the batch failed".into(),
-            ));
+    let mut client = match inner.client().await {
+        Ok(c) => c,
+        Err(e) => return fail_all(batch, e),
+    };
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch, backend(e)),
+    };
+    let done = join_all(batch.iter().map(|w| async {
+        match w {
+            Write::Create(new, _) => Done::Create(admin::create_in(&tx, new.clone()).await),
+            Write::Complete(p, _) => Done::Complete(queue::complete_in(inner, &tx, p).await),
         }
-        tx.commit().await.map_err(backend)?;
-        Ok(done)
-    }
+    }))
     .await;
-    match committed {
-        Ok(done) => {
-            let mut work = false;
-            for (w, d) in batch.into_iter().zip(done) {
-                match (w, d) {
-                    (Write::Create(_, reply), Done::Create(r)) => {
-                        work |= matches!(&r, Ok(c) if !c.replayed && !c.deliveries.is_empty());
-                        let _ = reply.send(r);
-                    }
-                    (Write::Complete(_, reply), Done::Complete(r)) => {
-                        let _ = reply.send(r);
-                    }
-                    _ => unreachable!("outcomes are zipped with their own operations"),
-                }
-            }
-            if work {
-                inner.work.signal();
-            }
+    if done.iter().any(Done::failed_statement) {
+        drop(tx);
+        if client.is_closed() {
+            return fail_all(
+                batch,
+                StoreError::Backend("the database connection was lost".into()),
+            );
         }
-        Err(e) => {
-            tracing::debug!(error = %e, size = batch.len(), "batch not committed; each runs alone");
-            join_all(batch.into_iter().map(|w| alone(inner, w))).await;
+        // A statement failed and the transaction with it: each runs again alone.
+        tracing::debug!(size = batch.len(), "batch not committed; each runs alone");
+        join_all(batch.into_iter().map(|w| alone(inner, w))).await;
+        return;
+    }
+    if let Err(e) = tx.commit().await {
+        // Whether it committed is unknown: the callers retry (the API's producers with
+        // their idempotency keys; the engine's outcomes are conditional).
+        return fail_all(batch, backend(e));
+    }
+    let mut work = false;
+    for (w, d) in batch.into_iter().zip(done) {
+        match (w, d) {
+            (Write::Create(_, reply), Done::Create(r)) => {
+                work |= matches!(&r, Ok(c) if !c.replayed && !c.deliveries.is_empty());
+                let _ = reply.send(r);
+            }
+            (Write::Complete(_, reply), Done::Complete(r)) => {
+                let _ = reply.send(r);
+            }
+            (w, _) => fail_all(
+                vec![w],
+                StoreError::Backend("internal error: batch outcomes out of order".into()),
+            ),
+        }
+    }
+    if work {
+        inner.work.signal();
+    }
+}
+
+/// Answers every operation of a batch with the same failure.
+fn fail_all(batch: Vec<Write>, e: StoreError) {
+    for w in batch {
+        match w {
+            Write::Create(_, reply) => {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Write::Complete(_, reply) => {
+                let _ = reply.send(Err(e.clone()));
+            }
         }
     }
 }

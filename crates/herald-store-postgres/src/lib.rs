@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     pub(crate) subscribers: Subscribers,
     pub(crate) work: WorkSignal,
     pub(crate) batcher: batch::Batcher,
+    /// The health check's own connection (see [`MetaStore::ping`]).
+    health: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl Drop for PgStore {
@@ -92,6 +94,7 @@ impl PgStore {
             subscribers: Subscribers::default(),
             work,
             batcher,
+            health: tokio::sync::Mutex::new(None),
         });
         batch::start(Arc::downgrade(&inner), writes);
         hints::start_work_signaller(Arc::downgrade(&inner), signals);
@@ -242,19 +245,38 @@ impl SandboxStore for PgStore {
 
 #[async_trait]
 impl MetaStore for PgStore {
+    /// `SELECT 1` on a connection of its own, so that a pool busy with work does not make
+    /// a reachable database look unhealthy. A connection that failed or did not answer in
+    /// time is dropped, and the next ping connects afresh.
     async fn ping(&self) -> Result<()> {
-        let check = async {
-            let client = self.client().await?;
-            client.simple_query("SELECT 1").await.map_err(backend)?;
-            Ok(())
+        let deadline = tokio::time::Instant::now() + PING_TIMEOUT;
+        let late = || {
+            StoreError::Backend(format!(
+                "the database did not answer within {PING_TIMEOUT:?}"
+            ))
         };
-        tokio::time::timeout(PING_TIMEOUT, check)
+        let mut slot = tokio::time::timeout_at(deadline, self.inner.health.lock())
             .await
-            .map_err(|_| {
-                StoreError::Backend(format!(
-                    "the database did not answer within {PING_TIMEOUT:?}"
-                ))
-            })?
+            .map_err(|_| late())?;
+        let client = match slot.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let (client, connection) = tokio::time::timeout_at(
+                    deadline,
+                    self.inner.target.connect_as("herald-health"),
+                )
+                .await
+                .map_err(|_| late())??;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        tokio::time::timeout_at(deadline, client.simple_query("SELECT 1"))
+            .await
+            .map_err(|_| late())?
+            .map_err(backend)?;
+        *slot = Some(client);
+        Ok(())
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {

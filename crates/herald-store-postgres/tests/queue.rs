@@ -807,3 +807,43 @@ async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
     }
     assert_eq!(seen.len(), total, "every delivery succeeded once");
 }
+
+/// `/healthz` asks `ping`: a pool whose every connection waits on a lock must not make a
+/// reachable database look unhealthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ping_answers_while_every_pooled_connection_is_busy() {
+    let url = herald_pgtest::database();
+    let store = Arc::new(PgStore::connect(&url).await.expect("connect"));
+    let ap = app(&store).await;
+    let ep = endpoint(&store, &ap.id, false).await;
+    let (mut locker, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE",
+        &[&ep.id],
+    )
+    .await
+    .unwrap();
+    let mut blocked = Vec::new();
+    for i in 0..40u32 {
+        let (store, app_id, id) = (store.clone(), ap.id.clone(), ep.id.clone());
+        blocked.push(tokio::spawn(async move {
+            let patch = EndpointPatch {
+                max_in_flight: Some(i + 1),
+                ..Default::default()
+            };
+            store.update_endpoint(&app_id, &id, patch, T0 + 1).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.ping().await.expect("healthy while the pool is busy");
+    tx.rollback().await.unwrap();
+    for t in blocked {
+        t.await
+            .expect("task")
+            .expect("the update ran once the lock was gone");
+    }
+}

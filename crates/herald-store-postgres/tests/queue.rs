@@ -518,6 +518,9 @@ async fn ping_fails_while_the_database_refuses_connections_and_recovers() {
     let url = herald_pgtest::database();
     let store = PgStore::connect(&url).await.expect("connect");
     store.ping().await.expect("healthy");
+    let ap = app(&store).await;
+    let me = node(&store, "node_a", T0).await;
+    let mut hints = store.hints(me.clone());
     let db = url.rsplit('/').next().unwrap().to_string();
     let admin_url = url.replace(&format!("/{db}"), "/postgres");
     let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -539,11 +542,27 @@ async fn ping_fails_while_the_database_refuses_connections_and_recovers() {
         matches!(err, herald_store::StoreError::Backend(_)),
         "{err:?}"
     );
+    let err = store
+        .create_notification(notification(&ap.id, Some("https://m.example/n")))
+        .await
+        .expect_err("nothing is acknowledged that was not stored");
+    assert!(
+        matches!(err, herald_store::StoreError::Backend(_)),
+        "{err:?}"
+    );
     admin
         .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
         .await
         .unwrap();
     store.ping().await.expect("healthy again");
+    // Writes, claims and hints work again (the listener reconnected by itself).
+    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
+    store
+        .create_notification(notification(&ap.id, Some("https://m.example/n")))
+        .await
+        .expect("stored after the outage");
+    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
+    assert_eq!(claim(&store, &me, T0, 10).await.len(), 1);
 }
 
 #[tokio::test]

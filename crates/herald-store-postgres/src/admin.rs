@@ -29,6 +29,7 @@ pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
         credentials: new.credentials,
         created_at: new.now,
     };
+    let generation = inner.contexts.generation();
     let client = inner.client().await?;
     client
         .execute(
@@ -46,7 +47,9 @@ pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
         )
         .await
         .map_err(backend)?;
-    inner.contexts.put_app(Arc::new(AppCtx::from_app(&app)));
+    inner
+        .contexts
+        .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
     Ok(app)
 }
 
@@ -55,6 +58,7 @@ pub(crate) async fn set_app_credentials(
     id: &str,
     creds: Credentials,
 ) -> Result<Option<App>> {
+    let generation = inner.contexts.generation();
     let client = inner.client().await?;
     let payload = format!("app:{id}");
     let row = client
@@ -69,7 +73,9 @@ pub(crate) async fn set_app_credentials(
         .map_err(backend)?;
     let Some(row) = row else { return Ok(None) };
     let app = rows::app_from_row(&row)?;
-    inner.contexts.put_app(Arc::new(AppCtx::from_app(&app)));
+    inner
+        .contexts
+        .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
     Ok(Some(app))
 }
 
@@ -124,6 +130,7 @@ pub(crate) async fn update_endpoint(
     patch: EndpointPatch,
     now: Millis,
 ) -> Result<Option<Endpoint>> {
+    let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
     let row = tx
@@ -186,7 +193,7 @@ pub(crate) async fn update_endpoint(
     tx.commit().await.map_err(backend)?;
     inner
         .contexts
-        .put_endpoint(Arc::new(EndpointCtx::from_endpoint(&ep)));
+        .put_endpoint_since(Arc::new(EndpointCtx::from_endpoint(&ep)), generation);
     Ok(Some(ep))
 }
 

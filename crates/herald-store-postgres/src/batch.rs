@@ -121,6 +121,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         }
         return;
     }
+    let generation = inner.contexts.generation();
     let mut client = match inner.client().await {
         Ok(c) => c,
         Err(e) => return fail_all(batch, e),
@@ -132,7 +133,9 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
     let done = join_all(batch.iter().map(|w| async {
         match w {
             Write::Create(new, _) => Done::Create(admin::create_in(&tx, new.clone()).await),
-            Write::Complete(p, _) => Done::Complete(queue::complete_in(inner, &tx, p).await),
+            Write::Complete(p, _) => {
+                Done::Complete(queue::complete_in(inner, generation, &tx, p).await)
+            }
         }
     }))
     .await;

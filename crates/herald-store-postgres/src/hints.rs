@@ -24,8 +24,13 @@
 //!
 //! The caches ([`Contexts`]) hold the [`AppCtx`]/[`EndpointCtx`] versions that claimed
 //! jobs carry, so a claim does not re-read settings. A change committed here or on any
-//! other node reaches every store's cache through its `app:`/`endpoint:` notification.
+//! other node reaches every store's cache through its `app:`/`endpoint:` notification,
+//! which invalidates the entry before its hint goes out. A generation counter closes the
+//! races around that: nothing read from a snapshot older than an invalidation is cached,
+//! and a claim that overlapped an invalidation reads its jobs' versions again, so no job
+//! reaches the engine with a version older than a hint the engine already has.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -168,9 +173,65 @@ impl Subscribers {
 pub(crate) struct Contexts {
     apps: Mutex<HashMap<String, Arc<AppCtx>>>,
     endpoints: Mutex<HashMap<String, Arc<EndpointCtx>>>,
+    /// Bumped by every invalidation, before its hint goes out: a claim that saw it change
+    /// while it ran may hold versions older than a hint the engine already applied, and
+    /// reads them again ([`Contexts::refresh`]).
+    generation: AtomicU64,
 }
 
 impl Contexts {
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// `jobs` with their app and endpoint read again, when the cache was invalidated since
+    /// `generation` (see the field's doc); as they are otherwise.
+    pub(crate) async fn refresh(
+        &self,
+        c: &impl GenericClient,
+        jobs: Vec<Arc<Job>>,
+        generation: u64,
+    ) -> Result<Vec<Arc<Job>>> {
+        if jobs.is_empty() || self.generation() == generation {
+            return Ok(jobs);
+        }
+        let app_ids: Vec<&str> = jobs.iter().map(|j| j.app.id.as_str()).collect();
+        let endpoint_ids: Vec<&str> = jobs
+            .iter()
+            .filter_map(|j| j.endpoint.as_ref().map(|e| e.id.as_str()))
+            .collect();
+        let now = self.generation();
+        let (apps, endpoints) = self.resolve(c, &app_ids, &endpoint_ids, now).await?;
+        Ok(jobs
+            .iter()
+            .map(|j| {
+                let mut fresh = (**j).clone();
+                if let Some(app) = apps.get(&j.app.id) {
+                    fresh.app = app.clone();
+                }
+                if let Some(e) = j.endpoint.as_ref().and_then(|e| endpoints.get(&e.id)) {
+                    fresh.endpoint = Some(e.clone());
+                }
+                Arc::new(fresh)
+            })
+            .collect())
+    }
+
+    /// Caches a version this store just committed, unless something was invalidated since
+    /// `generation` (read before the write): then a newer version may exist already.
+    pub(crate) fn put_app_since(&self, ctx: Arc<AppCtx>, generation: u64) {
+        if self.generation() == generation {
+            self.put_app(ctx);
+        }
+    }
+
+    /// [`Contexts::put_app_since`] for an endpoint.
+    pub(crate) fn put_endpoint_since(&self, ctx: Arc<EndpointCtx>, generation: u64) {
+        if self.generation() == generation {
+            self.put_endpoint(ctx);
+        }
+    }
+
     pub(crate) fn put_app(&self, ctx: Arc<AppCtx>) {
         if let Ok(mut m) = self.apps.lock() {
             m.insert(ctx.id.clone(), ctx);
@@ -188,18 +249,21 @@ impl Contexts {
     }
 
     fn forget_app(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut m) = self.apps.lock() {
             m.remove(id);
         }
     }
 
     fn forget_endpoint(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut m) = self.endpoints.lock() {
             m.remove(id);
         }
     }
 
     fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut m) = self.apps.lock() {
             m.clear();
         }
@@ -210,12 +274,15 @@ impl Contexts {
 
     /// The contexts of these apps and (live) endpoints, from the cache or, for those
     /// missing, read on `c` (inside the caller's transaction). Deleted or missing ones are
-    /// absent from the answer.
+    /// absent from the answer. What is read is cached only if nothing was invalidated
+    /// since `generation`, read before `c`'s snapshot was taken: otherwise the snapshot may
+    /// predate a change whose hint already went out, and caching it would keep it stale.
     pub(crate) async fn resolve(
         &self,
         c: &impl GenericClient,
         app_ids: &[&str],
         endpoint_ids: &[&str],
+        generation: u64,
     ) -> Result<(
         HashMap<String, Arc<AppCtx>>,
         HashMap<String, Arc<EndpointCtx>>,
@@ -251,14 +318,18 @@ impl Contexts {
         if !missing_apps.is_empty() {
             for app in rows::get_apps(c, &missing_apps).await? {
                 let ctx = Arc::new(AppCtx::from_app(&app));
-                self.put_app(ctx.clone());
+                if self.generation() == generation {
+                    self.put_app(ctx.clone());
+                }
                 apps.insert(app.id, ctx);
             }
         }
         if !missing_endpoints.is_empty() {
             for ep in rows::get_endpoints(c, &missing_endpoints).await? {
                 let ctx = Arc::new(EndpointCtx::from_endpoint(&ep));
-                self.put_endpoint(ctx.clone());
+                if self.generation() == generation {
+                    self.put_endpoint(ctx.clone());
+                }
                 endpoints.insert(ep.id, ctx);
             }
         }

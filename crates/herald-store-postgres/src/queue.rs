@@ -141,8 +141,10 @@ pub(crate) async fn rescue(inner: &Inner, now: Millis) -> Result<u64> {
 
 /// Claims with [`CLAIM`] inside `tx`, after taking the claim lock (pipelined: the claim's
 /// snapshot is taken after the lock is granted). `order_key` narrows it to one key.
+#[allow(clippy::too_many_arguments)]
 async fn claim_in(
     inner: &Inner,
+    generation: u64,
     tx: &deadpool_postgres::Transaction<'_>,
     node: &str,
     now: Millis,
@@ -179,13 +181,14 @@ async fn claim_in(
             tokio::try_join!(lock_fut, claim)?.1
         }
     };
-    jobs_from_rows(inner, tx, &rows, now).await
+    jobs_from_rows(inner, generation, tx, &rows, now).await
 }
 
 /// Builds jobs from claimed rows, resolving apps and endpoints (cached). A delivery whose
 /// app or endpoint is gone can never be sent: it is canceled instead.
 async fn jobs_from_rows(
     inner: &Inner,
+    generation: u64,
     c: &impl GenericClient,
     rows: &[Row],
     now: Millis,
@@ -201,7 +204,10 @@ async fn jobs_from_rows(
             endpoint_ids.push(e);
         }
     }
-    let (apps, endpoints) = inner.contexts.resolve(c, &app_ids, &endpoint_ids).await?;
+    let (apps, endpoints) = inner
+        .contexts
+        .resolve(c, &app_ids, &endpoint_ids, generation)
+        .await?;
     let mut jobs = Vec::with_capacity(rows.len());
     let mut orphans = Vec::new();
     for row in rows {
@@ -261,11 +267,15 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Job>>
     if p.limit == 0 {
         return Ok(Vec::new());
     }
+    let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
-    let jobs = claim_in(inner, &tx, &p.node, p.now, p.horizon, p.limit, None).await?;
+    let jobs = claim_in(
+        inner, generation, &tx, &p.node, p.now, p.horizon, p.limit, None,
+    )
+    .await?;
     tx.commit().await.map_err(backend)?;
-    Ok(jobs)
+    inner.contexts.refresh(&client, jobs, generation).await
 }
 
 /// True when this outcome ends an ordered delivery, so that completing it also claims the
@@ -277,17 +287,27 @@ pub(crate) fn frees_successor(p: &CompleteParams) -> bool {
 /// Records an outcome alone, in its own transaction (ordered deliveries, and outcomes whose
 /// group commit failed).
 pub(crate) async fn complete(inner: &Inner, p: CompleteParams) -> Result<Completed> {
+    let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
-    let done = complete_in(inner, &tx, &p).await?;
+    let mut done = complete_in(inner, generation, &tx, &p).await?;
     tx.commit().await.map_err(backend)?;
+    if let Some(next) = done.successor.take() {
+        done.successor = inner
+            .contexts
+            .refresh(&client, vec![next], generation)
+            .await?
+            .pop();
+    }
     Ok(done)
 }
 
 /// Records an outcome inside `tx` (see [`COMPLETE`]); when it ends an ordered delivery,
-/// also claims the successor for the node.
+/// also claims the successor for the node. `generation` is the context cache's, read
+/// before `tx` began (see `Contexts::resolve`).
 pub(crate) async fn complete_in(
     inner: &Inner,
+    generation: u64,
     tx: &deadpool_postgres::Transaction<'_>,
     p: &CompleteParams,
 ) -> Result<Completed> {
@@ -335,7 +355,7 @@ pub(crate) async fn complete_in(
         });
     }
     let successor = match (&job.order_key, status.is_final()) {
-        (Some(key), true) => claim_in(inner, tx, node, p.now, p.horizon, 1, Some(key))
+        (Some(key), true) => claim_in(inner, generation, tx, node, p.now, p.horizon, 1, Some(key))
             .await?
             .pop(),
         _ => None,

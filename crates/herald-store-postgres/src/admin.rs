@@ -239,11 +239,7 @@ pub(crate) async fn delete_endpoint(
     notify_revoked(&tx, &held).await?;
     notify(&tx, &format!("endpoint:{id}")).await?;
     tx.commit().await.map_err(backend)?;
-    if let Some(ep) = rows::get_endpoint_any(&client, id).await? {
-        let mut ctx = EndpointCtx::from_endpoint(&ep.0);
-        ctx.deleted = true;
-        inner.contexts.put_endpoint(Arc::new(ctx));
-    }
+    inner.contexts.forget_endpoint(id);
     Ok(true)
 }
 

@@ -255,7 +255,7 @@ impl Contexts {
         }
     }
 
-    fn forget_endpoint(&self, id: &str) {
+    pub(crate) fn forget_endpoint(&self, id: &str) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut m) = self.endpoints.lock() {
             m.remove(id);

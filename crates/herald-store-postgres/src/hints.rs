@@ -19,8 +19,11 @@
 //! Each store keeps one listening connection of its own ([`start`]). Hints are lossy by
 //! nature: a notification sent while the connection is down is gone. The listener checks
 //! its connection every few seconds, reconnects with backoff when it broke, and then
-//! clears the caches and sends every subscriber [`Hint::Work`], since anything may have
-//! been missed meanwhile. The engine stays correct without hints (it claims on a timer).
+//! clears the caches, sends every subscriber [`Hint::Work`] (work may have been committed
+//! meanwhile) and announces the current settings of every app and endpoint its nodes hold
+//! work for (settings may have changed meanwhile). Revocations sent while it was away stay
+//! lost: the engine learns of those when its outcome turns out stale. The engine stays
+//! correct without hints (it claims on a timer).
 //!
 //! The caches ([`Contexts`]) hold the [`AppCtx`]/[`EndpointCtx`] versions that claimed
 //! jobs carry, so a claim does not re-read settings. A change committed here or on any
@@ -151,6 +154,18 @@ impl Subscribers {
 
     fn any(&self) -> bool {
         self.list.lock().map(|l| !l.is_empty()).unwrap_or(false)
+    }
+
+    /// The nodes subscribed here.
+    fn nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .list
+            .lock()
+            .map(|l| l.iter().map(|(n, _)| n.to_string()).collect())
+            .unwrap_or_default();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
     }
 
     /// Sends a hint to every subscriber (forgetting those that went away).
@@ -411,6 +426,9 @@ async fn run(store: Weak<Inner>, first: Listening) {
                         // Anything may have changed or been committed meanwhile.
                         inner.contexts.clear();
                         inner.subscribers.broadcast(Hint::Work);
+                        if let Err(e) = resync(&inner).await {
+                            tracing::warn!(error = %e, "re-announcing settings failed");
+                        }
                         l
                     }
                     Err(e) => {
@@ -452,6 +470,51 @@ async fn run(store: Weak<Inner>, first: Listening) {
             inner.contexts.clear();
         }
     }
+}
+
+/// After a reconnection: the settings changes announced while the listener was away are
+/// lost, so announce the current apps and endpoints of everything the subscribed nodes
+/// hold (deleted endpoints as such), which is all the engines keep settings for.
+async fn resync(inner: &Inner) -> Result<()> {
+    let nodes = inner.subscribers.nodes();
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let client = inner.client().await?;
+    let held = client
+        .query(
+            "SELECT DISTINCT app_id, endpoint_id FROM deliveries WHERE locked_by = ANY($1)",
+            &[&nodes],
+        )
+        .await
+        .map_err(backend)?;
+    let mut app_ids = Vec::new();
+    let mut endpoint_ids = Vec::new();
+    for row in &held {
+        app_ids.push(rows::col::<&str>(row, 0)?);
+        if let Some(e) = rows::col::<Option<&str>>(row, 1)? {
+            endpoint_ids.push(e);
+        }
+    }
+    app_ids.sort_unstable();
+    app_ids.dedup();
+    endpoint_ids.sort_unstable();
+    endpoint_ids.dedup();
+    for app in rows::get_apps(&client, &app_ids).await? {
+        inner
+            .subscribers
+            .broadcast(Hint::AppChanged(Arc::new(AppCtx::from_app(&app))));
+    }
+    for id in endpoint_ids {
+        if let Some((ep, deleted)) = rows::get_endpoint_any(&client, id).await? {
+            let mut ctx = EndpointCtx::from_endpoint(&ep);
+            ctx.deleted = deleted;
+            inner
+                .subscribers
+                .broadcast(Hint::EndpointChanged(Arc::new(ctx)));
+        }
+    }
+    Ok(())
 }
 
 /// Acts on one notification payload (see the module doc).

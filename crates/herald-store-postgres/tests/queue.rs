@@ -498,11 +498,28 @@ async fn the_hint_listener_reconnects_after_losing_its_connection() {
     let (a, b, url) = two_stores().await;
     let nb = node(&b, "node_b", T0).await;
     let mut hints = b.hints(nb.clone());
-    terminate(&url, "application_name = 'herald-hints'").await;
-    // After reconnecting it says "work" (anything may have been missed)...
-    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
-    // ...and hears new hints again.
     let ap = app(&a).await;
+    let ep = endpoint(&a, &ap.id, false).await;
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    assert_eq!(claim(&b, &nb, T0, 10).await.len(), 1);
+    while hints.try_recv().is_ok() {}
+    terminate(&url, "application_name = 'herald-hints'").await;
+    // After reconnecting it says "work" (anything may have been missed) and announces the
+    // settings of what its node holds (they may have changed meanwhile)...
+    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
+    next_hint(
+        &mut hints,
+        |h| matches!(h, Hint::AppChanged(c) if c.id == ap.id),
+    )
+    .await;
+    next_hint(
+        &mut hints,
+        |h| matches!(h, Hint::EndpointChanged(e) if e.id == ep.id && !e.deleted),
+    )
+    .await;
+    // ...and hears new hints again.
     a.set_app_credentials(&ap.id, ap.credentials.clone())
         .await
         .unwrap();

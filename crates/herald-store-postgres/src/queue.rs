@@ -408,8 +408,8 @@ pub(crate) async fn release(inner: &Inner, p: ReleaseParams) -> Result<Vec<i64>>
         .iter()
         .map(|r| col::<i64>(r, 0))
         .collect::<Result<_>>()?;
-    // Released as they are (not parked for later): others may claim them now.
-    if p.next_at.is_none() && !released.is_empty() {
+    // Unheld work again: any node may claim it (parked work once it is due by its horizon).
+    if !released.is_empty() {
         inner.work.signal();
     }
     Ok(seqs.into_iter().filter(|s| released.contains(s)).collect())

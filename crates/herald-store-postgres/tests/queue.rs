@@ -883,3 +883,62 @@ async fn ping_answers_while_every_pooled_connection_is_busy() {
             .expect("the update ran once the lock was gone");
     }
 }
+
+/// One node drains a backlog the way an engine does, many outcomes in flight at once
+/// (they are group-committed): every delivery ends succeeded with one attempt. The rate is
+/// printed for a feel of the queue path (`--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_drains_a_backlog_with_outcomes_in_flight_together() {
+    let (a, _b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    const N: usize = 2000;
+    let creates = (0..N).map(|i| {
+        let (a, app_id) = (a.clone(), ap.id.clone());
+        async move {
+            let url = format!("https://merchant.example/{}", i % 50);
+            a.create_notification(notification(&app_id, Some(&url)))
+                .await
+                .unwrap()
+        }
+    });
+    futures_util::future::join_all(creates).await;
+    let me = node(&a, "node_a", T0).await;
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    loop {
+        let jobs = claim(&a, &me, T0, 200).await;
+        if jobs.is_empty() {
+            break;
+        }
+        let outcomes = jobs
+            .iter()
+            .map(|job| complete(&a, &me, job, Outcome::Succeeded, T0 + 1));
+        for c in futures_util::future::join_all(outcomes).await {
+            assert!(c.applied);
+            done += 1;
+        }
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "{done} deliveries claimed and completed in {took:?}: {:.0}/s",
+        done as f64 / took.as_secs_f64()
+    );
+    assert_eq!(done, N);
+    let page = a
+        .list_notifications(
+            &ap.id,
+            ListNotifications {
+                limit: 1000,
+                status: Some(DeliveryStatus::Succeeded),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1000);
+    assert!(page
+        .items
+        .iter()
+        .all(|n| n.deliveries[0].attempts.len() == 1));
+}

@@ -1,0 +1,570 @@
+//! What the API writes: apps, endpoints, notifications and their deliveries, manual retries
+//! and recoveries. Each change that the engines must learn of notifies them (see `hints`)
+//! inside its own transaction.
+use std::sync::Arc;
+
+use deadpool_postgres::GenericClient;
+use herald_protocols::Credentials;
+use tokio_postgres::error::SqlState;
+use ulid::Ulid;
+
+use herald_store::model::*;
+use herald_store::{Result, StoreError};
+
+use crate::hints::{notify, notify_revoked, CHANNEL};
+use crate::rows::{self, col, opt_json, to_json, APP_COLS, ENDPOINT_COLS};
+use crate::{backend, violated, Inner};
+
+fn int(v: u32, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| StoreError::Conflict(format!("{what} is too large: {v}")))
+}
+
+pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
+    let app = App {
+        id: format!("app_{}", Ulid::new()),
+        name: new.name,
+        profile: new.profile,
+        retry: new.retry,
+        ack: new.ack,
+        credentials: new.credentials,
+        created_at: new.now,
+    };
+    let generation = inner.contexts.generation();
+    let client = inner.client().await?;
+    client
+        .execute(
+            "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &app.id,
+                &app.name,
+                &app.profile.name(),
+                &opt_json(&app.retry)?,
+                &opt_json(&app.ack)?,
+                &to_json(&app.credentials)?,
+                &app.created_at,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    inner
+        .contexts
+        .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
+    Ok(app)
+}
+
+pub(crate) async fn set_app_credentials(
+    inner: &Inner,
+    id: &str,
+    creds: Credentials,
+) -> Result<Option<App>> {
+    let generation = inner.contexts.generation();
+    let client = inner.client().await?;
+    let payload = format!("app:{id}");
+    let row = client
+        .query_opt(
+            &format!(
+                "WITH u AS (UPDATE apps SET credentials = $2 WHERE id = $1 RETURNING {APP_COLS})
+                 SELECT {APP_COLS}, pg_notify($3, $4)::text FROM u"
+            ),
+            &[&id, &to_json(&creds)?, &CHANNEL, &payload],
+        )
+        .await
+        .map_err(backend)?;
+    let Some(row) = row else { return Ok(None) };
+    let app = rows::app_from_row(&row)?;
+    inner
+        .contexts
+        .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
+    Ok(Some(app))
+}
+
+pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<Endpoint> {
+    let ep = Endpoint {
+        id: format!("ep_{}", Ulid::new()),
+        app_id: new.app_id,
+        url: new.url,
+        event_types: new.event_types,
+        retry: new.retry,
+        ack: new.ack,
+        max_in_flight: new.max_in_flight,
+        ordered: new.ordered,
+        enabled: new.enabled,
+        timeout_ms: new.timeout_ms,
+        created_at: new.now,
+        updated_at: new.now,
+    };
+    let client = inner.client().await?;
+    client
+        .execute(
+            "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
+                                    ordered, enabled, timeout_ms, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &ep.id,
+                &ep.app_id,
+                &ep.url,
+                &opt_json(&ep.event_types)?,
+                &opt_json(&ep.retry)?,
+                &opt_json(&ep.ack)?,
+                &int(ep.max_in_flight, "max_in_flight")?,
+                &ep.ordered,
+                &ep.enabled,
+                &ep.timeout_ms.map(|t| int(t, "timeout_ms")).transpose()?,
+                &ep.created_at,
+                &ep.updated_at,
+            ],
+        )
+        .await
+        .map_err(|e| match violated(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+            Some(_) => StoreError::NotFound("app"),
+            None => backend(e),
+        })?;
+    Ok(ep)
+}
+
+pub(crate) async fn update_endpoint(
+    inner: &Inner,
+    app_id: &str,
+    id: &str,
+    patch: EndpointPatch,
+    now: Millis,
+) -> Result<Option<Endpoint>> {
+    let generation = inner.contexts.generation();
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT {ENDPOINT_COLS} FROM endpoints
+                 WHERE app_id = $1 AND id = $2 AND NOT deleted FOR UPDATE"
+            ),
+            &[&app_id, &id],
+        )
+        .await
+        .map_err(backend)?;
+    let Some(row) = row else { return Ok(None) };
+    let (mut ep, _) = rows::endpoint_from_row(&row)?;
+    if let Some(v) = patch.url {
+        ep.url = v;
+    }
+    if let Some(v) = patch.event_types {
+        ep.event_types = v;
+    }
+    if let Some(v) = patch.retry {
+        ep.retry = v;
+    }
+    if let Some(v) = patch.ack {
+        ep.ack = v;
+    }
+    if let Some(v) = patch.max_in_flight {
+        ep.max_in_flight = v;
+    }
+    if let Some(v) = patch.ordered {
+        ep.ordered = v;
+    }
+    if let Some(v) = patch.enabled {
+        ep.enabled = v;
+    }
+    if let Some(v) = patch.timeout_ms {
+        ep.timeout_ms = v;
+    }
+    ep.updated_at = now;
+    tx.execute(
+        "UPDATE endpoints SET url = $2, event_types = $3, retry = $4, ack = $5,
+             max_in_flight = $6, ordered = $7, enabled = $8, timeout_ms = $9, updated_at = $10
+         WHERE id = $1",
+        &[
+            &ep.id,
+            &ep.url,
+            &opt_json(&ep.event_types)?,
+            &opt_json(&ep.retry)?,
+            &opt_json(&ep.ack)?,
+            &int(ep.max_in_flight, "max_in_flight")?,
+            &ep.ordered,
+            &ep.enabled,
+            &ep.timeout_ms.map(|t| int(t, "timeout_ms")).transpose()?,
+            &ep.updated_at,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    notify(&tx, &format!("endpoint:{id}")).await?;
+    tx.commit().await.map_err(backend)?;
+    inner
+        .contexts
+        .put_endpoint_since(Arc::new(EndpointCtx::from_endpoint(&ep)), generation);
+    Ok(Some(ep))
+}
+
+pub(crate) async fn delete_endpoint(
+    inner: &Inner,
+    app_id: &str,
+    id: &str,
+    now: Millis,
+) -> Result<bool> {
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let deleted = tx
+        .execute(
+            "UPDATE endpoints SET deleted = TRUE, updated_at = $3
+             WHERE id = $1 AND app_id = $2 AND NOT deleted",
+            &[&id, &app_id, &now],
+        )
+        .await
+        .map_err(backend)?;
+    if deleted == 0 {
+        return Ok(false);
+    }
+    // Cancel what is pending, telling the nodes that held some of it.
+    let canceled = tx
+        .query(
+            "WITH old AS (
+                 SELECT seq, locked_by FROM deliveries
+                 WHERE endpoint_id = $1 AND status = 'pending' FOR UPDATE)
+             UPDATE deliveries d
+             SET status = 'canceled', next_at = NULL, updated_at = $2, locked_by = NULL
+             FROM old WHERE d.seq = old.seq
+             RETURNING d.seq, old.locked_by",
+            &[&id, &now],
+        )
+        .await
+        .map_err(backend)?;
+    let mut held = Vec::new();
+    for row in &canceled {
+        if let Some(node) = col::<Option<String>>(row, 1)? {
+            held.push((col::<i64>(row, 0)?, node));
+        }
+    }
+    notify_revoked(&tx, &held).await?;
+    notify(&tx, &format!("endpoint:{id}")).await?;
+    tx.commit().await.map_err(backend)?;
+    inner.contexts.forget_endpoint(id);
+    Ok(true)
+}
+
+// --- notifications -----------------------------------------------------------------------
+
+/// A notification's delivery targets: `(endpoint id, url, order key)`.
+type Targets = Vec<(Option<String>, String, Option<String>)>;
+
+/// The state a new notification is decided on: its app, the endpoints it may fan out to,
+/// and the seq of the notification that already used its idempotency key.
+async fn read_for_notification(
+    c: &impl GenericClient,
+    new: &NewNotification,
+) -> Result<(App, Vec<Endpoint>, Option<i64>)> {
+    let app_sql = format!(
+        "SELECT {APP_COLS},
+                (SELECT seq FROM notifications WHERE app_id = $1 AND idempotency_key = $2)
+         FROM apps WHERE id = $1"
+    );
+    let app_stmt = c.prepare_cached(&app_sql).await.map_err(backend)?;
+    let app_query = async {
+        c.query_opt(&app_stmt, &[&new.app_id, &new.idempotency_key])
+            .await
+            .map_err(backend)
+    };
+    // Pipelined with the app's row: the endpoints, when the notification fans out.
+    let (app_row, endpoints) = if new.notify_url.is_none() {
+        tokio::try_join!(app_query, rows::list_endpoints(c, &new.app_id))?
+    } else {
+        (app_query.await?, Vec::new())
+    };
+    let row = app_row.ok_or(StoreError::NotFound("app"))?;
+    let app = rows::app_from_row(&row)?;
+    let existing: Option<i64> = col(&row, 7)?;
+    Ok((app, endpoints, existing))
+}
+
+fn targets(new: &NewNotification, endpoints: &[Endpoint]) -> Targets {
+    match &new.notify_url {
+        Some(url) => vec![(
+            None,
+            url.clone(),
+            new.order_key
+                .as_ref()
+                .map(|k| format!("app:{}:{k}", new.app_id)),
+        )],
+        None => endpoints
+            .iter()
+            .filter(|e| e.enabled && event_type_matches(e.event_types.as_deref(), &new.event_type))
+            .map(|e| {
+                let key = if e.ordered {
+                    Some(format!("ep:{}", e.id))
+                } else {
+                    new.order_key.as_ref().map(|k| format!("ep:{}:{k}", e.id))
+                };
+                (Some(e.id.clone()), e.url.clone(), key)
+            })
+            .collect(),
+    }
+}
+
+/// The notification stored earlier under the same idempotency key.
+async fn existing(c: &impl GenericClient, seq: i64) -> Result<CreatedNotification> {
+    let (_, notification) = rows::get_notification_by_seq(c, seq)
+        .await?
+        .ok_or(StoreError::NotFound("notification"))?;
+    let deliveries = rows::deliveries_of(c, &[seq])
+        .await?
+        .remove(&seq)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    Ok(CreatedNotification {
+        notification,
+        deliveries,
+        replayed: true,
+    })
+}
+
+const INSERT_NOTIFICATION: &str = "
+    WITH n AS (
+        INSERT INTO notifications
+            (id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (app_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING seq),
+    d AS (
+        INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
+                                status, attempts, next_at, order_key, created_at, updated_at)
+        SELECT t.id, n.seq, $2, t.endpoint_id, t.url, t.notify_id, 'pending', 0, $8,
+               t.order_key, $8, $8
+        FROM n, unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+                WITH ORDINALITY AS t(id, endpoint_id, url, notify_id, order_key, ord)
+        ORDER BY t.ord
+        RETURNING seq)
+    SELECT n.seq, (SELECT count(*) FROM d) FROM n";
+
+/// Stores a notification and its deliveries in one statement (atomic on its own, or part
+/// of the caller's transaction). `None` when another transaction took the idempotency key
+/// first (the insert does nothing then, and aborts no transaction; the caller reads that
+/// notification instead).
+pub(crate) async fn insert_notification(
+    c: &impl GenericClient,
+    new: NewNotification,
+    notify_id: Option<String>,
+) -> Result<Option<CreatedNotification>> {
+    let (app, endpoints, found) = read_for_notification(c, &new).await?;
+    if let Some(seq) = found {
+        return existing(c, seq).await.map(Some);
+    }
+    let targets = targets(&new, &endpoints);
+    let notification = Notification {
+        id: format!("ntf_{}", Ulid::new()),
+        app_id: new.app_id,
+        event_type: new.event_type,
+        payload: new.payload,
+        notify_url: new.notify_url,
+        idempotency_key: new.idempotency_key,
+        order_key: new.order_key,
+        created_at: new.now,
+    };
+    let mut deliveries = Vec::with_capacity(targets.len());
+    let mut order_keys = Vec::with_capacity(targets.len());
+    for (endpoint_id, url, order_key) in targets {
+        deliveries.push(Delivery {
+            id: format!("dlv_{}", Ulid::new()),
+            notification_id: notification.id.clone(),
+            app_id: notification.app_id.clone(),
+            endpoint_id,
+            url,
+            notify_id: notify_id
+                .clone()
+                .unwrap_or_else(|| app.profile.new_notify_id()),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: Some(new.now),
+            created_at: new.now,
+            updated_at: new.now,
+        });
+        order_keys.push(order_key);
+    }
+    let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+    let endpoint_ids: Vec<Option<&str>> = deliveries
+        .iter()
+        .map(|d| d.endpoint_id.as_deref())
+        .collect();
+    let urls: Vec<&str> = deliveries.iter().map(|d| d.url.as_str()).collect();
+    let notify_ids: Vec<&str> = deliveries.iter().map(|d| d.notify_id.as_str()).collect();
+    let stmt = c
+        .prepare_cached(INSERT_NOTIFICATION)
+        .await
+        .map_err(backend)?;
+    let inserted = c
+        .query_opt(
+            &stmt,
+            &[
+                &notification.id,
+                &notification.app_id,
+                &notification.event_type,
+                &notification.payload,
+                &notification.notify_url,
+                &notification.idempotency_key,
+                &notification.order_key,
+                &notification.created_at,
+                &ids,
+                &endpoint_ids,
+                &urls,
+                &notify_ids,
+                &order_keys,
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(Some(_)) => Ok(Some(CreatedNotification {
+            notification,
+            deliveries,
+            replayed: false,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) => match violated(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
+            Some(_) => Err(StoreError::NotFound("app")),
+            None => Err(backend(e)),
+        },
+    }
+}
+
+/// Stores a notification inside the caller's transaction (a group commit's): a lost
+/// idempotency race reads the winner, which the transaction then sees.
+pub(crate) async fn create_in(
+    c: &impl GenericClient,
+    new: NewNotification,
+) -> Result<CreatedNotification> {
+    let (app_id, key) = (new.app_id.clone(), new.idempotency_key.clone());
+    match insert_notification(c, new, None).await? {
+        Some(created) => Ok(created),
+        None => existing_by_key(c, &app_id, key.as_deref().unwrap_or_default()).await,
+    }
+}
+
+/// Stores a notification in its own statement (outside a group commit).
+pub(crate) async fn create_notification_alone(
+    inner: &Inner,
+    new: NewNotification,
+) -> Result<CreatedNotification> {
+    let client = inner.client().await?;
+    let (app_id, key) = (new.app_id.clone(), new.idempotency_key.clone());
+    if let Some(created) = insert_notification(&client, new, None).await? {
+        if !created.replayed && !created.deliveries.is_empty() {
+            inner.work.signal();
+        }
+        return Ok(created);
+    }
+    // Another node stored a notification with the same idempotency key first.
+    existing_by_key(&client, &app_id, key.as_deref().unwrap_or_default()).await
+}
+
+/// The notification the app stored under this idempotency key, as a replay.
+pub(crate) async fn existing_by_key(
+    c: &impl GenericClient,
+    app_id: &str,
+    key: &str,
+) -> Result<CreatedNotification> {
+    let row = c
+        .query_opt(
+            "SELECT seq FROM notifications WHERE app_id = $1 AND idempotency_key = $2",
+            &[&app_id, &key],
+        )
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound("notification"))?;
+    existing(c, col(&row, 0)?).await
+}
+
+// --- deliveries --------------------------------------------------------------------------
+
+pub(crate) async fn retry_delivery(
+    inner: &Inner,
+    id: &str,
+    now: Millis,
+) -> Result<Option<Delivery>> {
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let row = tx
+        .query_opt(
+            "SELECT d.seq, d.status, d.endpoint_id, d.locked_by, COALESCE(e.deleted, FALSE),
+                    d.order_key IS NOT NULL AND EXISTS (
+                        SELECT 1 FROM deliveries s WHERE s.order_key = d.order_key
+                        AND s.status = 'pending' AND s.seq > d.seq)
+             FROM deliveries d LEFT JOIN endpoints e ON e.id = d.endpoint_id
+             WHERE d.id = $1 FOR UPDATE OF d",
+            &[&id],
+        )
+        .await
+        .map_err(backend)?;
+    let Some(row) = row else { return Ok(None) };
+    let seq: i64 = col(&row, 0)?;
+    let status: String = col(&row, 1)?;
+    let endpoint_id: Option<String> = col(&row, 2)?;
+    let held_by: Option<String> = col(&row, 3)?;
+    let endpoint_deleted: bool = col(&row, 4)?;
+    let later_pending: bool = col(&row, 5)?;
+    if status == "canceled" {
+        return Err(StoreError::Conflict(
+            "the delivery was canceled (its endpoint was deleted)".into(),
+        ));
+    }
+    if endpoint_id.is_some() && endpoint_deleted {
+        return Err(StoreError::Conflict(
+            "the delivery's endpoint was deleted".into(),
+        ));
+    }
+    if status != "pending" && later_pending {
+        return Err(StoreError::Conflict(
+            "a later delivery with the same order key is still pending; retry this one after it ends".into(),
+        ));
+    }
+    tx.execute(
+        "UPDATE deliveries
+         SET status = 'pending', next_at = $2, updated_at = $2, locked_by = NULL
+         WHERE seq = $1",
+        &[&seq, &now],
+    )
+    .await
+    .map_err(backend)?;
+    if let Some(node) = held_by {
+        notify_revoked(&tx, &[(seq, node)]).await?;
+    }
+    notify(&tx, "work").await?;
+    let delivery = rows::get_delivery(&tx, id).await?.map(|(_, d)| d);
+    tx.commit().await.map_err(backend)?;
+    Ok(delivery)
+}
+
+/// Puts failed deliveries back to pending in one statement, skipping those whose endpoint
+/// was deleted and those a later delivery of the same order key has overtaken (reviving
+/// them would break the order).
+pub(crate) async fn recover(
+    inner: &Inner,
+    app_id: &str,
+    since: Millis,
+    now: Millis,
+) -> Result<u64> {
+    let client = inner.client().await?;
+    let row = client
+        .query_one(
+            "WITH r AS (
+                 UPDATE deliveries SET status = 'pending', next_at = $3, updated_at = $3,
+                                       locked_by = NULL
+                 WHERE app_id = $1 AND status = 'failed' AND created_at >= $2
+                   AND (endpoint_id IS NULL OR EXISTS (
+                        SELECT 1 FROM endpoints e
+                        WHERE e.id = deliveries.endpoint_id AND NOT e.deleted))
+                   AND (order_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM deliveries s WHERE s.order_key = deliveries.order_key
+                        AND s.status = 'pending' AND s.seq > deliveries.seq))
+                 RETURNING seq)
+             SELECT count(*) FROM r",
+            &[&app_id, &since, &now],
+        )
+        .await
+        .map_err(backend)?;
+    let n: i64 = col(&row, 0)?;
+    if n > 0 {
+        inner.work.signal();
+    }
+    Ok(u64::try_from(n).unwrap_or(0))
+}

@@ -1,0 +1,205 @@
+//! Group commit for the hot writes: notifications from the API and attempt outcomes from
+//! the engine.
+//!
+//! Concurrent calls queue here, and a batch of them runs in one transaction: their
+//! statements are pipelined (sent together, answered in order), so a batch costs a few
+//! round trips and one commit (one WAL flush) however many operations it holds. Up to
+//! [`IN_FLIGHT`] batches commit at once; the next batch forms while they do.
+//!
+//! A failed statement aborts the whole transaction, and PostgreSQL then answers `COMMIT`
+//! with a rollback; so a batch in which any statement failed is not committed, and each of
+//! its operations runs again alone (one bad operation, or a deadlock between two nodes'
+//! batches, is then nobody else's problem). Caller mistakes that fail no statement (an
+//! unknown app) are answered from the batch as they are. When the database cannot be
+//! reached, every operation of the batch gets that failure at once.
+use std::sync::{Arc, Weak};
+
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use herald_store::model::*;
+use herald_store::queue::{CompleteParams, Completed};
+use herald_store::{Result, StoreError};
+
+use crate::{admin, backend, queue, Inner};
+
+/// Most operations in one transaction.
+const MAX_BATCH: usize = 256;
+/// Batches committing at once.
+const IN_FLIGHT: usize = 4;
+/// Operations waiting for a batch; callers wait when it is full (backpressure).
+const QUEUE: usize = 8 * 1024;
+
+enum Write {
+    Create(
+        NewNotification,
+        oneshot::Sender<Result<CreatedNotification>>,
+    ),
+    Complete(CompleteParams, oneshot::Sender<Result<Completed>>),
+}
+
+/// The queue of writes waiting for a batch.
+pub(crate) struct Batcher {
+    tx: mpsc::Sender<Write>,
+}
+
+impl Batcher {
+    /// The batcher, and its queue's receiving end for [`start`].
+    pub(crate) fn new() -> (Batcher, BatchQueue) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Batcher { tx }, BatchQueue(rx))
+    }
+
+    pub(crate) async fn create(&self, new: NewNotification) -> Result<CreatedNotification> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Write::Create(new, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(crate) async fn complete(&self, params: CompleteParams) -> Result<Completed> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Write::Complete(params, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The receiving end of a [`Batcher`]'s queue.
+pub(crate) struct BatchQueue(mpsc::Receiver<Write>);
+
+/// Starts the task that forms and commits batches; it ends when the store is gone.
+pub(crate) fn start(store: Weak<Inner>, queue: BatchQueue) {
+    let mut rx = queue.0;
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let Some(inner) = store.upgrade() else { return };
+            tokio::spawn(async move {
+                run(&inner, batch).await;
+                drop(slot);
+            });
+        }
+    });
+}
+
+/// What one operation of a batch produced, to be sent once the batch's fate is known.
+enum Done {
+    Create(Result<CreatedNotification>),
+    Complete(Result<Completed>),
+}
+
+impl Done {
+    /// Whether a statement failed (which aborted the transaction).
+    fn failed_statement(&self) -> bool {
+        matches!(
+            self,
+            Done::Create(Err(StoreError::Backend(_))) | Done::Complete(Err(StoreError::Backend(_)))
+        )
+    }
+}
+
+async fn run(inner: &Inner, batch: Vec<Write>) {
+    if batch.len() == 1 {
+        for w in batch {
+            alone(inner, w).await;
+        }
+        return;
+    }
+    let generation = inner.contexts.generation();
+    let mut client = match inner.client().await {
+        Ok(c) => c,
+        Err(e) => return fail_all(batch, e),
+    };
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch, backend(e)),
+    };
+    let done = join_all(batch.iter().map(|w| async {
+        match w {
+            Write::Create(new, _) => Done::Create(admin::create_in(&tx, new.clone()).await),
+            Write::Complete(p, _) => {
+                Done::Complete(queue::complete_in(inner, generation, &tx, p).await)
+            }
+        }
+    }))
+    .await;
+    if done.iter().any(Done::failed_statement) {
+        drop(tx);
+        if client.is_closed() {
+            return fail_all(
+                batch,
+                StoreError::Backend("the database connection was lost".into()),
+            );
+        }
+        // A statement failed and the transaction with it: each runs again alone.
+        tracing::debug!(size = batch.len(), "batch not committed; each runs alone");
+        join_all(batch.into_iter().map(|w| alone(inner, w))).await;
+        return;
+    }
+    if let Err(e) = tx.commit().await {
+        // Whether it committed is unknown: the callers retry (the API's producers with
+        // their idempotency keys; the engine's outcomes are conditional).
+        return fail_all(batch, backend(e));
+    }
+    let mut work = false;
+    for (w, d) in batch.into_iter().zip(done) {
+        match (w, d) {
+            (Write::Create(_, reply), Done::Create(r)) => {
+                work |= matches!(&r, Ok(c) if !c.replayed && !c.deliveries.is_empty());
+                let _ = reply.send(r);
+            }
+            (Write::Complete(_, reply), Done::Complete(r)) => {
+                let _ = reply.send(r);
+            }
+            (w, _) => fail_all(
+                vec![w],
+                StoreError::Backend("internal error: batch outcomes out of order".into()),
+            ),
+        }
+    }
+    if work {
+        inner.work.signal();
+    }
+}
+
+/// Answers every operation of a batch with the same failure.
+fn fail_all(batch: Vec<Write>, e: StoreError) {
+    for w in batch {
+        match w {
+            Write::Create(_, reply) => {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Write::Complete(_, reply) => {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One operation in its own transaction.
+async fn alone(inner: &Inner, w: Write) {
+    match w {
+        Write::Create(new, reply) => {
+            let _ = reply.send(admin::create_notification_alone(inner, new).await);
+        }
+        Write::Complete(p, reply) => {
+            let _ = reply.send(queue::complete(inner, p).await);
+        }
+    }
+}

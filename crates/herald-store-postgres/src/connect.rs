@@ -1,0 +1,211 @@
+//! Connecting: the database URL, TLS, and the connection pool.
+//!
+//! Owns how a `postgres://user@host:port/db?sslmode=...` URL becomes connections, so every
+//! connection of the driver (the pool's and the hint listener's) is made the same way.
+//!
+//! TLS is rustls (no OpenSSL): `sslmode=require` (or `verify-ca` / `verify-full`) makes
+//! every connection encrypted and *verified*: the server's certificate must chain to the
+//! CA in `sslrootcert=/path/ca.pem` when given, else to the public web PKI roots, and must
+//! name the host. This is stricter than libpq's `require`, which encrypts without
+//! verifying; an unverified TLS connection protects against nothing active. `disable`,
+//! `allow` and `prefer` (libpq's default) connect without TLS.
+//!
+//! The pool is `deadpool-postgres`: a maintained pool over tokio-postgres that checks a
+//! connection before lending it again and drops it when it broke, bounded in size, with
+//! timeouts so a caller never waits forever on an unreachable database.
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use herald_store::{Result, StoreError};
+
+use crate::describe;
+
+/// Connections the pool keeps open at most (the hint listener has one more of its own).
+pub(crate) const POOL_SIZE: usize = 16;
+/// How long connecting (TCP, TLS, authentication) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a pooled connection before the store reports a failure.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection made by [`Target::connect`]; polling it drives its client.
+pub(crate) type Connection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// Everything needed to open a connection, parsed once from the URL.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) config: Config,
+    tls: MakeRustlsConnect,
+}
+
+impl Target {
+    /// Parses the URL (`postgres://user[:password]@host[:port]/db[?params]`, or libpq's
+    /// `key=value` form). `sslmode` and `sslrootcert` are handled here (see the module doc);
+    /// the other parameters are tokio-postgres's.
+    pub(crate) fn parse(url: &str) -> Result<Target> {
+        let invalid = |why: String| StoreError::Backend(format!("bad PostgreSQL URL: {why}"));
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut ssl_mode = SslMode::Disable;
+        let mut root_cert: Option<String> = None;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "sslmode" => {
+                    ssl_mode = match v {
+                        "disable" | "allow" | "prefer" => SslMode::Disable,
+                        "require" | "verify-ca" | "verify-full" => SslMode::Require,
+                        other => return Err(invalid(format!("unknown sslmode {other:?}"))),
+                    }
+                }
+                "sslrootcert" => root_cert = Some(percent_decode(v)),
+                _ => rest.push(pair),
+            }
+        }
+        let url = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let mut config: Config = url.parse().map_err(|e| invalid(format!("{e}")))?;
+        config.ssl_mode(ssl_mode);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // Notice a peer that vanished (a dead server, a cut network) within a minute
+        // instead of the kernel's two hours.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(15));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        let tls = tls_connector(root_cert.as_deref())?;
+        Ok(Target { config, tls })
+    }
+
+    /// A pool of connections to the target.
+    pub(crate) fn pool(&self) -> Result<Pool> {
+        let mut config = self.config.clone();
+        if config.get_application_name().is_none() {
+            config.application_name("herald");
+        }
+        let manager = Manager::from_config(
+            config,
+            self.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))
+    }
+
+    /// One connection outside the pool (the hint listener's, the migration's). The
+    /// returned connection must be polled (spawned) for the client to work.
+    pub(crate) async fn connect(&self) -> Result<(Client, Connection)> {
+        self.connect_as("herald").await
+    }
+
+    /// [`Target::connect`] with its own `application_name`.
+    pub(crate) async fn connect_as(&self, name: &str) -> Result<(Client, Connection)> {
+        let mut config = self.config.clone();
+        config.application_name(name);
+        config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect: {}", describe(&e))))
+    }
+}
+
+/// The rustls connector: roots from `root_cert` (a PEM file of CA certificates) when
+/// given, else the web PKI roots.
+fn tls_connector(root_cert: Option<&str>) -> Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| StoreError::Backend(format!("cannot read sslrootcert {path}: {e}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    StoreError::Backend(format!("bad certificate in sslrootcert {path}: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Backend(format!("unusable certificate in sslrootcert {path}: {e}"))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError::Backend(format!(
+                    "sslrootcert {path} holds no certificate"
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS set-up failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Decodes `%XX` escapes of a URL query value (paths may be escaped).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_ours_the_rest_is_tokio_postgres() {
+        let t = Target::parse("postgres://herald@127.0.0.1:5432/db?sslmode=disable&user=x")
+            .expect("parse");
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(t.config.get_user(), Some("x"));
+        let t =
+            Target::parse("postgres://herald@db.example:5432/db?sslmode=require").expect("parse");
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
+        let t = Target::parse("postgres://herald@db.example/db").expect("parse");
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+        assert!(Target::parse("postgres://h@x/db?sslmode=bogus").is_err());
+        let err =
+            Target::parse("postgres://h@x/db?sslmode=require&sslrootcert=/nonexistent%2Fca.pem")
+                .err()
+                .expect("missing file");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

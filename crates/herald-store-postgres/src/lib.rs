@@ -1,0 +1,334 @@
+//! Herald's PostgreSQL driver: several stateless nodes over one database.
+//!
+//! [`PgStore`] implements the seam's traits ([`Queue`], [`AdminStore`], [`SandboxStore`],
+//! [`MetaStore`]) with the same semantics as the SQLite driver, in these parts:
+//! - `connect`: the URL, TLS over rustls, the connection pool;
+//! - `schema`: migrations, run at connect under an advisory lock (also [`migrate`] alone);
+//! - `rows`: row mapping and the read queries;
+//! - `admin` and `sandbox`: what the API and the sandbox write;
+//! - `queue`: the engine's claim-based queue (`FOR UPDATE SKIP LOCKED` claims serialized by
+//!   an advisory lock, node leases, conditional outcomes);
+//! - `hints`: `LISTEN/NOTIFY` wake-ups and the app/endpoint caches they keep coherent.
+//!
+//! Writes cost a fixed number of round trips, whatever a notification fans out to: the
+//! notification and all its deliveries are one multi-row statement; and concurrent
+//! notifications and outcomes are group-committed (`batch`).
+mod admin;
+mod batch;
+mod connect;
+mod hints;
+mod queue;
+mod rows;
+mod sandbox;
+mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use herald_protocols::Credentials;
+
+use herald_store::model::*;
+use herald_store::queue::*;
+use herald_store::{AdminStore, MetaStore, Result, SandboxStore, StoreError};
+
+use self::connect::Target;
+use self::hints::{Contexts, Subscribers, WorkSignal};
+
+/// How long [`MetaStore::ping`] waits for the database before calling it unreachable.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Herald store in a PostgreSQL database. Cheap to share (`Arc` it); each instance keeps
+/// a connection pool and one listening connection for hints.
+pub struct PgStore {
+    inner: Arc<Inner>,
+    listener: tokio::task::AbortHandle,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: Pool,
+    pub(crate) target: Target,
+    pub(crate) contexts: Contexts,
+    pub(crate) subscribers: Subscribers,
+    pub(crate) work: WorkSignal,
+    pub(crate) batcher: batch::Batcher,
+    /// The health check's own connection (see [`MetaStore::ping`]).
+    health: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Runs the migrations not yet applied to the database at `url`, alone (`herald migrate`).
+pub async fn migrate(url: &str) -> Result<()> {
+    let target = Target::parse(url)?;
+    let (mut client, connection) = target.connect().await?;
+    let driver = tokio::spawn(connection);
+    let result = schema::migrate(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`; `?sslmode=require` for TLS,
+    /// verified against the public roots or `&sslrootcert=/path/ca.pem`), runs the
+    /// migrations, and starts listening for hints. Must be called inside a Tokio runtime.
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        let target = Target::parse(url)?;
+        let pool = target.pool()?;
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::migrate(&mut client).await?;
+        }
+        let (work, signals) = WorkSignal::new();
+        let (batcher, writes) = batch::Batcher::new();
+        let inner = Arc::new(Inner {
+            pool,
+            target,
+            contexts: Contexts::default(),
+            subscribers: Subscribers::default(),
+            work,
+            batcher,
+            health: tokio::sync::Mutex::new(None),
+        });
+        batch::start(Arc::downgrade(&inner), writes);
+        hints::start_work_signaller(Arc::downgrade(&inner), signals);
+        let listener = hints::start(&inner).await?;
+        Ok(PgStore { inner, listener })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.inner.client().await
+    }
+}
+
+impl Inner {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// A PostgreSQL error with the server's message, code and detail when there is one (the
+/// bare `Display` of `tokio_postgres::Error` says only "db error").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(": ");
+                s.push_str(detail);
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(describe(&e))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => {
+            StoreError::Backend(format!("cannot connect: {}", describe(&e)))
+        }
+        other => StoreError::Backend(format!("no database connection: {other}")),
+    }
+}
+
+/// The name of the constraint a unique or foreign-key violation broke, if that is what `e` is.
+pub(crate) fn violated(
+    e: &tokio_postgres::Error,
+    code: &tokio_postgres::error::SqlState,
+) -> Option<String> {
+    let db = e.as_db_error()?;
+    (db.code() == code).then(|| db.constraint().unwrap_or("").to_string())
+}
+
+#[async_trait]
+impl AdminStore for PgStore {
+    async fn create_app(&self, new: NewApp) -> Result<App> {
+        admin::create_app(&self.inner, new).await
+    }
+
+    async fn get_app(&self, id: &str) -> Result<Option<App>> {
+        rows::get_app(&self.client().await?, id).await
+    }
+
+    async fn set_app_credentials(&self, id: &str, credentials: Credentials) -> Result<Option<App>> {
+        admin::set_app_credentials(&self.inner, id, credentials).await
+    }
+
+    async fn create_endpoint(&self, new: NewEndpoint) -> Result<Endpoint> {
+        admin::create_endpoint(&self.inner, new).await
+    }
+
+    async fn get_endpoint(&self, app_id: &str, id: &str) -> Result<Option<Endpoint>> {
+        rows::get_endpoint(&self.client().await?, app_id, id).await
+    }
+
+    async fn list_endpoints(&self, app_id: &str) -> Result<Vec<Endpoint>> {
+        rows::list_endpoints(&self.client().await?, app_id).await
+    }
+
+    async fn update_endpoint(
+        &self,
+        app_id: &str,
+        id: &str,
+        patch: EndpointPatch,
+        now: Millis,
+    ) -> Result<Option<Endpoint>> {
+        admin::update_endpoint(&self.inner, app_id, id, patch, now).await
+    }
+
+    async fn delete_endpoint(&self, app_id: &str, id: &str, now: Millis) -> Result<bool> {
+        admin::delete_endpoint(&self.inner, app_id, id, now).await
+    }
+
+    async fn create_notification(&self, new: NewNotification) -> Result<CreatedNotification> {
+        self.inner.batcher.create(new).await
+    }
+
+    async fn get_notification(&self, id: &str) -> Result<Option<NotificationDetail>> {
+        rows::get_notification(&self.client().await?, id).await
+    }
+
+    async fn list_notifications(
+        &self,
+        app_id: &str,
+        filter: ListNotifications,
+    ) -> Result<Page<NotificationDetail>> {
+        rows::list_notifications(&self.client().await?, app_id, &filter).await
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>> {
+        rows::get_delivery_detail(&self.client().await?, id).await
+    }
+
+    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
+        admin::retry_delivery(&self.inner, id, now).await
+    }
+
+    async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64> {
+        admin::recover(&self.inner, app_id, since, now).await
+    }
+}
+
+#[async_trait]
+impl SandboxStore for PgStore {
+    async fn write_sandbox_payment(&self, write: SandboxWrite) -> Result<SandboxWritten> {
+        sandbox::write(&self.inner, write).await
+    }
+
+    async fn get_sandbox_payment(&self, id: &str) -> Result<Option<SandboxPayment>> {
+        sandbox::get(&self.client().await?, id).await
+    }
+
+    async fn find_sandbox_payment(
+        &self,
+        app_id: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<SandboxPayment>> {
+        sandbox::find(&self.client().await?, app_id, out_trade_no).await
+    }
+
+    async fn sandbox_deadlines(&self, limit: u32) -> Result<Vec<SandboxPayment>> {
+        sandbox::deadlines(&self.client().await?, limit).await
+    }
+}
+
+#[async_trait]
+impl MetaStore for PgStore {
+    /// `SELECT 1` on a connection of its own, so that a pool busy with work does not make
+    /// a reachable database look unhealthy. A connection that failed or did not answer in
+    /// time is dropped, and the next ping connects afresh.
+    async fn ping(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + PING_TIMEOUT;
+        let late = || {
+            StoreError::Backend(format!(
+                "the database did not answer within {PING_TIMEOUT:?}"
+            ))
+        };
+        let mut slot = tokio::time::timeout_at(deadline, self.inner.health.lock())
+            .await
+            .map_err(|_| late())?;
+        let client = match slot.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let (client, connection) = tokio::time::timeout_at(
+                    deadline,
+                    self.inner.target.connect_as("herald-health"),
+                )
+                .await
+                .map_err(|_| late())??;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        tokio::time::timeout_at(deadline, client.simple_query("SELECT 1"))
+            .await
+            .map_err(|_| late())?
+            .map_err(backend)?;
+        *slot = Some(client);
+        Ok(())
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        rows::get_meta(&self.client().await?, key).await
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Queue for PgStore {
+    async fn register_node(&self, params: LeaseParams, _claim_new: bool) -> Result<()> {
+        queue::register_node(&self.inner, params).await
+    }
+
+    async fn renew_lease(&self, params: LeaseParams) -> Result<Lease> {
+        queue::renew_lease(&self.inner, params).await
+    }
+
+    async fn rescue(&self, now: Millis) -> Result<u64> {
+        queue::rescue(&self.inner, now).await
+    }
+
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<Job>>> {
+        queue::claim(&self.inner, params).await
+    }
+
+    async fn complete(&self, params: CompleteParams) -> Result<Completed> {
+        if queue::frees_successor(&params) {
+            // Claims under the claim lock: not inside a group commit.
+            queue::complete(&self.inner, params).await
+        } else {
+            self.inner.batcher.complete(params).await
+        }
+    }
+
+    async fn release(&self, params: ReleaseParams) -> Result<Vec<i64>> {
+        queue::release(&self.inner, params).await
+    }
+
+    fn hints(&self, node: NodeId) -> HintReceiver {
+        self.inner.subscribers.subscribe(node)
+    }
+}

@@ -1,0 +1,409 @@
+//! Row mapping and the read queries (apps, endpoints, notifications, deliveries, attempts,
+//! settings), usable on a pooled connection or inside a transaction.
+use std::collections::HashMap;
+
+use deadpool_postgres::GenericClient;
+use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
+use tokio_postgres::Row;
+
+use herald_store::model::*;
+use herald_store::{Result, StoreError};
+
+use crate::backend;
+
+pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
+pub(crate) const ENDPOINT_COLS: &str = "id, app_id, url, event_types, retry, ack, max_in_flight, \
+     ordered, enabled, timeout_ms, created_at, updated_at, deleted";
+pub(crate) const NOTIFICATION_COLS: &str =
+    "seq, id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at";
+/// Delivery columns, prefixed `d.`, joined with its notification `n` for the id.
+pub(crate) const DELIVERY_COLS: &str = "d.seq, d.id, n.id, d.app_id, d.endpoint_id, d.url, \
+     d.notify_id, d.status, d.attempts, d.next_at, d.created_at, d.updated_at";
+
+fn decode(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("bad {what} in the database: {e}"))
+}
+
+/// A column, or a decoding failure naming it.
+pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T> {
+    row.try_get(idx).map_err(|e| {
+        let name = row.columns().get(idx).map(|c| c.name()).unwrap_or("?");
+        decode(&format!("column {name}"), e)
+    })
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    idx: usize,
+    what: &str,
+) -> Result<Option<T>> {
+    let text: Option<String> = col(row, idx)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| decode(what, e)))
+        .transpose()
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+pub(crate) fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
+    v.as_ref().map(to_json).transpose()
+}
+
+fn u32_col(row: &Row, idx: usize) -> Result<u32> {
+    let v: i32 = col(row, idx)?;
+    u32::try_from(v).map_err(|e| decode("count", e))
+}
+
+pub(crate) fn app_from_row(row: &Row) -> Result<App> {
+    let profile: String = col(row, 2)?;
+    let profile: Profile = profile.parse().map_err(|e| decode("profile", e))?;
+    let credentials: Credentials =
+        json_col(row, 5, "credentials")?.ok_or_else(|| decode("credentials", "null"))?;
+    Ok(App {
+        id: col(row, 0)?,
+        name: col(row, 1)?,
+        profile,
+        retry: json_col::<RetryPolicy>(row, 3, "retry policy")?,
+        ack: json_col::<AckRule>(row, 4, "ack rule")?,
+        credentials,
+        created_at: col(row, 6)?,
+    })
+}
+
+/// An endpoint row ([`ENDPOINT_COLS`]) and whether it is deleted.
+pub(crate) fn endpoint_from_row(row: &Row) -> Result<(Endpoint, bool)> {
+    let timeout: Option<i32> = col(row, 9)?;
+    Ok((
+        Endpoint {
+            id: col(row, 0)?,
+            app_id: col(row, 1)?,
+            url: col(row, 2)?,
+            event_types: json_col(row, 3, "event types")?,
+            retry: json_col(row, 4, "retry policy")?,
+            ack: json_col(row, 5, "ack rule")?,
+            max_in_flight: u32_col(row, 6)?,
+            ordered: col(row, 7)?,
+            enabled: col(row, 8)?,
+            timeout_ms: timeout
+                .map(|t| u32::try_from(t).map_err(|e| decode("timeout", e)))
+                .transpose()?,
+            created_at: col(row, 10)?,
+            updated_at: col(row, 11)?,
+        },
+        col(row, 12)?,
+    ))
+}
+
+pub(crate) fn notification_from_row(row: &Row) -> Result<(i64, Notification)> {
+    Ok((
+        col(row, 0)?,
+        Notification {
+            id: col(row, 1)?,
+            app_id: col(row, 2)?,
+            event_type: col(row, 3)?,
+            payload: col(row, 4)?,
+            notify_url: col(row, 5)?,
+            idempotency_key: col(row, 6)?,
+            order_key: col(row, 7)?,
+            created_at: col(row, 8)?,
+        },
+    ))
+}
+
+pub(crate) fn delivery_from_row(row: &Row) -> Result<(i64, Delivery)> {
+    let status: String = col(row, 7)?;
+    Ok((
+        col(row, 0)?,
+        Delivery {
+            id: col(row, 1)?,
+            notification_id: col(row, 2)?,
+            app_id: col(row, 3)?,
+            endpoint_id: col(row, 4)?,
+            url: col(row, 5)?,
+            notify_id: col(row, 6)?,
+            status: DeliveryStatus::parse(&status).ok_or_else(|| decode("status", &status))?,
+            attempts: u32_col(row, 8)?,
+            next_attempt_at: col(row, 9)?,
+            created_at: col(row, 10)?,
+            updated_at: col(row, 11)?,
+        },
+    ))
+}
+
+fn attempt_from_row(row: &Row) -> Result<(i64, Attempt)> {
+    let code: Option<i32> = col(row, 4)?;
+    Ok((
+        col(row, 0)?,
+        Attempt {
+            n: u32_col(row, 1)?,
+            at: col(row, 2)?,
+            duration_ms: u32_col(row, 3)?,
+            status_code: code
+                .map(|c| u16::try_from(c).map_err(|e| decode("status code", e)))
+                .transpose()?,
+            response: col(row, 5)?,
+            error_class: col(row, 6)?,
+            error: col(row, 7)?,
+        },
+    ))
+}
+
+pub(crate) async fn get_app(c: &impl GenericClient, id: &str) -> Result<Option<App>> {
+    let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = $1");
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&id]).await.map_err(backend)?;
+    row.as_ref().map(app_from_row).transpose()
+}
+
+/// The apps with these ids (missing ones are left out).
+pub(crate) async fn get_apps(c: &impl GenericClient, ids: &[&str]) -> Result<Vec<App>> {
+    let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = ANY($1)");
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let rows = c.query(&stmt, &[&ids]).await.map_err(backend)?;
+    rows.iter().map(app_from_row).collect()
+}
+
+/// An endpoint by id, deleted or not.
+pub(crate) async fn get_endpoint_any(
+    c: &impl GenericClient,
+    id: &str,
+) -> Result<Option<(Endpoint, bool)>> {
+    let sql = format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = $1");
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&id]).await.map_err(backend)?;
+    row.as_ref().map(endpoint_from_row).transpose()
+}
+
+/// The live (not deleted) endpoints with these ids.
+pub(crate) async fn get_endpoints(c: &impl GenericClient, ids: &[&str]) -> Result<Vec<Endpoint>> {
+    let sql = format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = ANY($1) AND NOT deleted");
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let rows = c.query(&stmt, &[&ids]).await.map_err(backend)?;
+    rows.iter()
+        .map(|r| endpoint_from_row(r).map(|(e, _)| e))
+        .collect()
+}
+
+pub(crate) async fn get_endpoint(
+    c: &impl GenericClient,
+    app_id: &str,
+    id: &str,
+) -> Result<Option<Endpoint>> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints WHERE app_id = $1 AND id = $2 AND NOT deleted"
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&app_id, &id]).await.map_err(backend)?;
+    row.as_ref()
+        .map(|r| endpoint_from_row(r).map(|(e, _)| e))
+        .transpose()
+}
+
+pub(crate) async fn list_endpoints(c: &impl GenericClient, app_id: &str) -> Result<Vec<Endpoint>> {
+    let sql = format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints WHERE app_id = $1 AND NOT deleted
+         ORDER BY created_at, id"
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let rows = c.query(&stmt, &[&app_id]).await.map_err(backend)?;
+    rows.iter()
+        .map(|r| endpoint_from_row(r).map(|(e, _)| e))
+        .collect()
+}
+
+/// The attempts of these deliveries, by delivery seq, each in attempt order.
+async fn attempts_of(
+    c: &impl GenericClient,
+    delivery_seqs: &[i64],
+) -> Result<HashMap<i64, Vec<Attempt>>> {
+    let mut out: HashMap<i64, Vec<Attempt>> = HashMap::new();
+    if delivery_seqs.is_empty() {
+        return Ok(out);
+    }
+    let stmt = c
+        .prepare_cached(
+            "SELECT delivery_seq, n, at, duration_ms, status_code, response, error_class, error
+             FROM attempts WHERE delivery_seq = ANY($1) ORDER BY delivery_seq, n",
+        )
+        .await
+        .map_err(backend)?;
+    for row in c.query(&stmt, &[&delivery_seqs]).await.map_err(backend)? {
+        let (seq, a) = attempt_from_row(&row)?;
+        out.entry(seq).or_default().push(a);
+    }
+    Ok(out)
+}
+
+/// The deliveries of these notifications, by notification seq, each in creation order.
+pub(crate) async fn deliveries_of(
+    c: &impl GenericClient,
+    notification_seqs: &[i64],
+) -> Result<HashMap<i64, Vec<(i64, Delivery)>>> {
+    let mut out: HashMap<i64, Vec<(i64, Delivery)>> = HashMap::new();
+    if notification_seqs.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT {DELIVERY_COLS}, d.notification_seq
+         FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq
+         WHERE d.notification_seq = ANY($1) ORDER BY d.seq"
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    for row in c
+        .query(&stmt, &[&notification_seqs])
+        .await
+        .map_err(backend)?
+    {
+        let nseq: i64 = col(&row, 12)?;
+        out.entry(nseq).or_default().push(delivery_from_row(&row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) async fn get_delivery(
+    c: &impl GenericClient,
+    id: &str,
+) -> Result<Option<(i64, Delivery)>> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLS} FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq
+         WHERE d.id = $1"
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&id]).await.map_err(backend)?;
+    row.as_ref().map(delivery_from_row).transpose()
+}
+
+pub(crate) async fn get_delivery_detail(
+    c: &impl GenericClient,
+    id: &str,
+) -> Result<Option<DeliveryDetail>> {
+    let Some((seq, delivery)) = get_delivery(c, id).await? else {
+        return Ok(None);
+    };
+    let mut attempts = attempts_of(c, &[seq]).await?;
+    Ok(Some(DeliveryDetail {
+        delivery,
+        attempts: attempts.remove(&seq).unwrap_or_default(),
+    }))
+}
+
+/// Notifications with their deliveries and attempts, in the order given (three queries
+/// however many notifications).
+async fn details(
+    c: &impl GenericClient,
+    notifications: Vec<(i64, Notification)>,
+) -> Result<Vec<NotificationDetail>> {
+    let nseqs: Vec<i64> = notifications.iter().map(|(s, _)| *s).collect();
+    let mut deliveries = deliveries_of(c, &nseqs).await?;
+    let dseqs: Vec<i64> = deliveries
+        .values()
+        .flat_map(|ds| ds.iter().map(|(s, _)| *s))
+        .collect();
+    let mut attempts = attempts_of(c, &dseqs).await?;
+    Ok(notifications
+        .into_iter()
+        .map(|(seq, notification)| NotificationDetail {
+            notification,
+            deliveries: deliveries
+                .remove(&seq)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(dseq, delivery)| DeliveryDetail {
+                    delivery,
+                    attempts: attempts.remove(&dseq).unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+pub(crate) async fn get_notification_by_seq(
+    c: &impl GenericClient,
+    seq: i64,
+) -> Result<Option<(i64, Notification)>> {
+    let sql = format!("SELECT {NOTIFICATION_COLS} FROM notifications WHERE seq = $1");
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&seq]).await.map_err(backend)?;
+    row.as_ref().map(notification_from_row).transpose()
+}
+
+pub(crate) async fn get_notification(
+    c: &impl GenericClient,
+    id: &str,
+) -> Result<Option<NotificationDetail>> {
+    let sql = format!("SELECT {NOTIFICATION_COLS} FROM notifications WHERE id = $1");
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let Some(row) = c.query_opt(&stmt, &[&id]).await.map_err(backend)? else {
+        return Ok(None);
+    };
+    let found = notification_from_row(&row)?;
+    Ok(details(c, vec![found]).await?.pop())
+}
+
+pub(crate) async fn list_notifications(
+    c: &impl GenericClient,
+    app_id: &str,
+    filter: &ListNotifications,
+) -> Result<Page<NotificationDetail>> {
+    let before: i64 = match &filter.cursor {
+        Some(cur) => cur.parse().map_err(|_| StoreError::BadCursor)?,
+        None => i64::MAX,
+    };
+    let status_clause = match filter.status {
+        None => "",
+        Some(DeliveryStatus::Succeeded) => {
+            "AND EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_seq = n.seq)
+             AND NOT EXISTS (SELECT 1 FROM deliveries d
+                             WHERE d.notification_seq = n.seq AND d.status <> 'succeeded')"
+        }
+        Some(_) => {
+            "AND EXISTS (SELECT 1 FROM deliveries d
+                         WHERE d.notification_seq = n.seq AND d.status = $4)"
+        }
+    };
+    let sql = format!(
+        "SELECT n.seq, n.id, n.app_id, n.event_type, n.payload, n.notify_url, n.idempotency_key,
+                n.order_key, n.created_at
+         FROM notifications n WHERE n.app_id = $1 AND n.seq < $2 {status_clause}
+         ORDER BY n.seq DESC LIMIT $3"
+    );
+    let limit = i64::from(filter.limit.clamp(1, 1000));
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let fetch = limit + 1;
+    let rows = match filter.status {
+        Some(s) if s != DeliveryStatus::Succeeded => {
+            c.query(&stmt, &[&app_id, &before, &fetch, &s.as_str()])
+                .await
+        }
+        _ => c.query(&stmt, &[&app_id, &before, &fetch]).await,
+    }
+    .map_err(backend)?;
+    let more = rows.len() as i64 > limit;
+    let found = rows
+        .iter()
+        .take(limit as usize)
+        .map(notification_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    let last_seq = found.last().map(|(s, _)| *s);
+    Ok(Page {
+        items: details(c, found).await?,
+        next_cursor: if more {
+            last_seq.map(|s| s.to_string())
+        } else {
+            None
+        },
+    })
+}
+
+pub(crate) async fn get_meta(c: &impl GenericClient, key: &str) -> Result<Option<String>> {
+    let stmt = c
+        .prepare_cached("SELECT value FROM meta WHERE key = $1")
+        .await
+        .map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&key]).await.map_err(backend)?;
+    row.as_ref().map(|r| col(r, 0)).transpose()
+}

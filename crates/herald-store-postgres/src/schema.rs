@@ -1,0 +1,182 @@
+//! The PostgreSQL schema and its migrations, applied in order by [`migrate`] under an
+//! advisory lock so that nodes starting together do not migrate at once.
+//!
+//! Migration numbers are the same as the SQLite driver's: 1 the initial schema, 2 the
+//! sandbox's payments, 3 the claim-based queue. `herald_store_migrations` records which ran.
+//! Millisecond times are `BIGINT`, sequence numbers identity columns; the delivery status is
+//! a closed set enforced by a CHECK constraint, as on SQLite.
+use tokio_postgres::Client;
+
+use herald_store::{Result, StoreError};
+
+use crate::backend;
+
+/// Any constant: the advisory lock key migrations take (distinct from the inbox's).
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0002;
+
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS herald_store_migrations (
+    version    INTEGER PRIMARY KEY,
+    applied_at BIGINT NOT NULL
+)";
+
+/// Each entry is one migration; never edit a released one, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    CREATE TABLE apps (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        profile     TEXT NOT NULL,
+        retry       TEXT,
+        ack         TEXT,
+        credentials TEXT NOT NULL,
+        created_at  BIGINT NOT NULL
+    );
+
+    CREATE TABLE endpoints (
+        id            TEXT PRIMARY KEY,
+        app_id        TEXT NOT NULL REFERENCES apps(id),
+        url           TEXT NOT NULL,
+        event_types   TEXT,
+        retry         TEXT,
+        ack           TEXT,
+        max_in_flight INTEGER NOT NULL CHECK (max_in_flight > 0),
+        ordered       BOOLEAN NOT NULL,
+        enabled       BOOLEAN NOT NULL,
+        deleted       BOOLEAN NOT NULL DEFAULT FALSE,
+        created_at    BIGINT NOT NULL,
+        updated_at    BIGINT NOT NULL
+    );
+    CREATE INDEX endpoints_by_app ON endpoints(app_id) WHERE NOT deleted;
+
+    CREATE TABLE notifications (
+        seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        app_id          TEXT NOT NULL REFERENCES apps(id),
+        event_type      TEXT NOT NULL,
+        payload         TEXT NOT NULL,
+        notify_url      TEXT,
+        idempotency_key TEXT,
+        order_key       TEXT,
+        created_at      BIGINT NOT NULL
+    );
+    CREATE UNIQUE INDEX notifications_idempotency
+        ON notifications(app_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX notifications_by_app ON notifications(app_id, seq);
+
+    CREATE TABLE deliveries (
+        seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id               TEXT NOT NULL UNIQUE,
+        notification_seq BIGINT NOT NULL REFERENCES notifications(seq),
+        app_id           TEXT NOT NULL,
+        endpoint_id      TEXT,
+        url              TEXT NOT NULL,
+        notify_id        TEXT NOT NULL,
+        status           TEXT NOT NULL
+            CHECK (status IN ('pending', 'succeeded', 'failed', 'canceled')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_at          BIGINT,
+        order_key        TEXT,
+        created_at       BIGINT NOT NULL,
+        updated_at       BIGINT NOT NULL,
+        CHECK ((status = 'pending') = (next_at IS NOT NULL))
+    );
+    CREATE INDEX deliveries_due ON deliveries(next_at, seq) WHERE status = 'pending';
+    -- "Is an earlier delivery with my order key still pending?"
+    CREATE INDEX deliveries_order ON deliveries(order_key, seq)
+        WHERE status = 'pending' AND order_key IS NOT NULL;
+    CREATE INDEX deliveries_by_notification ON deliveries(notification_seq);
+    CREATE INDEX deliveries_failed_by_app ON deliveries(app_id, created_at) WHERE status = 'failed';
+    CREATE INDEX deliveries_by_endpoint ON deliveries(endpoint_id) WHERE status = 'pending';
+
+    CREATE TABLE attempts (
+        delivery_seq BIGINT NOT NULL REFERENCES deliveries(seq),
+        n            INTEGER NOT NULL,
+        at           BIGINT NOT NULL,
+        duration_ms  INTEGER NOT NULL,
+        status_code  INTEGER,
+        response     TEXT,
+        error_class  TEXT,
+        error        TEXT,
+        PRIMARY KEY (delivery_seq, n)
+    );
+    "#,
+    // 2: the payment sandbox's trades (`herald serve --sandbox`). `doc` is the sandbox's own
+    // JSON document; the store indexes only what it looks rows up by.
+    r#"
+    CREATE TABLE sandbox_payments (
+        id           TEXT PRIMARY KEY,
+        app_id       TEXT NOT NULL REFERENCES apps(id),
+        out_trade_no TEXT NOT NULL,
+        doc          TEXT NOT NULL,
+        version      BIGINT NOT NULL,
+        deadline     BIGINT
+    );
+    CREATE UNIQUE INDEX sandbox_payments_by_trade ON sandbox_payments(app_id, out_trade_no);
+    CREATE INDEX sandbox_payments_by_deadline ON sandbox_payments(deadline, id)
+        WHERE deadline IS NOT NULL;
+    "#,
+    // 3: the claim-based queue. A delivery is held while `locked_by` names a node; a node
+    // holds its claims while its lease (`nodes.lease_until`) runs. Endpoints get an attempt
+    // timeout of their own.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN locked_by TEXT;
+    ALTER TABLE endpoints ADD COLUMN timeout_ms INTEGER;
+    CREATE TABLE nodes (
+        id          TEXT PRIMARY KEY,
+        lease_until BIGINT NOT NULL
+    );
+    -- Claims walk due, unheld work in (next_at, seq) order.
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_due ON deliveries(next_at, seq)
+        WHERE status = 'pending' AND locked_by IS NULL;
+    -- "Does another node hold a delivery of this endpoint?"
+    CREATE INDEX deliveries_held_by_endpoint ON deliveries(endpoint_id, locked_by)
+        WHERE locked_by IS NOT NULL;
+    -- Rescue releases what a dead node held.
+    CREATE INDEX deliveries_held_by_node ON deliveries(locked_by)
+        WHERE locked_by IS NOT NULL;
+    "#,
+];
+
+/// Applies every migration not yet applied, in one transaction that holds an advisory
+/// lock (nodes starting together wait for the first one instead of migrating twice).
+pub(crate) async fn migrate(client: &mut Client) -> Result<()> {
+    let tx = client.transaction().await.map_err(backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(backend)?;
+    tx.batch_execute(MIGRATIONS_TABLE).await.map_err(backend)?;
+    let applied: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM herald_store_migrations",
+            &[],
+        )
+        .await
+        .map_err(backend)?
+        .get(0);
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {applied}, newer than this Herald ({}); upgrade Herald",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.batch_execute(sql).await.map_err(backend)?;
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO herald_store_migrations (version, applied_at)
+             VALUES ($1, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT)",
+            &[&version],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
+}

@@ -1,0 +1,944 @@
+//! What only several nodes on one PostgreSQL database show: two `PgStore`s (two nodes) on
+//! one fresh database of this process's throwaway cluster, claiming, completing, rescuing
+//! and hinting against each other.
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_protocols::standard_webhooks::{KeyEntry, Keys};
+use herald_protocols::{Credentials, Profile};
+use herald_store::model::*;
+use herald_store::queue::*;
+use herald_store::{AdminStore, MetaStore, Queue};
+use herald_store_postgres::PgStore;
+
+const T0: Millis = 1_700_000_000_000;
+const LEASE: Millis = 30_000;
+
+/// Two stores (as two nodes would have) on one fresh database, and its URL.
+async fn two_stores() -> (PgStore, PgStore, String) {
+    let url = herald_pgtest::database();
+    let a = PgStore::connect(&url).await.expect("connect a");
+    let b = PgStore::connect(&url).await.expect("connect b");
+    (a, b, url)
+}
+
+async fn app(store: &PgStore) -> App {
+    store
+        .create_app(NewApp {
+            name: "shop".into(),
+            profile: Profile::StandardWebhooks,
+            retry: None,
+            ack: None,
+            credentials: Credentials::StandardWebhooks(Keys {
+                keys: vec![KeyEntry {
+                    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                    expires_at: None,
+                }],
+            }),
+            now: T0,
+        })
+        .await
+        .expect("create app")
+}
+
+async fn endpoint(store: &PgStore, app_id: &str, ordered: bool) -> Endpoint {
+    store
+        .create_endpoint(NewEndpoint {
+            app_id: app_id.into(),
+            url: "https://a.example/hook".into(),
+            event_types: None,
+            retry: None,
+            ack: None,
+            max_in_flight: 8,
+            ordered,
+            enabled: true,
+            timeout_ms: Some(2_500),
+            now: T0,
+        })
+        .await
+        .expect("create endpoint")
+}
+
+fn notification(app_id: &str, notify_url: Option<&str>) -> NewNotification {
+    NewNotification {
+        app_id: app_id.into(),
+        event_type: "trade.success".into(),
+        payload: r#"{"amount": 100}"#.into(),
+        notify_url: notify_url.map(str::to_string),
+        idempotency_key: None,
+        order_key: None,
+        now: T0,
+    }
+}
+
+async fn node(store: &PgStore, name: &str, now: Millis) -> NodeId {
+    let node: NodeId = Arc::from(name);
+    store
+        .register_node(
+            LeaseParams {
+                node: node.clone(),
+                now,
+                lease: LEASE,
+            },
+            true,
+        )
+        .await
+        .expect("register");
+    node
+}
+
+async fn claim(store: &PgStore, node: &NodeId, now: Millis, limit: usize) -> Vec<Arc<Job>> {
+    store
+        .claim(ClaimParams {
+            node: node.clone(),
+            now,
+            horizon: now + 60_000,
+            limit,
+        })
+        .await
+        .expect("claim")
+}
+
+async fn complete(
+    store: &PgStore,
+    node: &NodeId,
+    job: &Arc<Job>,
+    outcome: Outcome,
+    now: Millis,
+) -> Completed {
+    store
+        .complete(CompleteParams {
+            node: node.clone(),
+            report: AttemptReport {
+                job: job.clone(),
+                attempt: Attempt {
+                    n: job.attempts + 1,
+                    at: now,
+                    duration_ms: 5,
+                    status_code: Some(if outcome == Outcome::Succeeded {
+                        200
+                    } else {
+                        500
+                    }),
+                    // NUL cannot be stored in PostgreSQL text: the driver replaces it.
+                    response: Some("ok\0".into()),
+                    error_class: None,
+                    error: None,
+                },
+                outcome,
+            },
+            now,
+            horizon: now + 60_000,
+        })
+        .await
+        .expect("complete")
+}
+
+async fn next_hint(hints: &mut HintReceiver, want: impl Fn(&Hint) -> bool) -> Hint {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let hint = tokio::time::timeout_at(deadline, hints.recv())
+            .await
+            .expect("the hint within 20 s")
+            .expect("hints open");
+        if want(&hint) {
+            return hint;
+        }
+        eprintln!("skipped {hint:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_never_claim_the_same_delivery_under_concurrency() {
+    let (a, b, _) = two_stores().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let ap = app(&a).await;
+    // Fan-out deliveries to three endpoints and notify_url deliveries, 300 in all.
+    for _ in 0..3 {
+        endpoint(&a, &ap.id, false).await;
+    }
+    let mut all = HashSet::new();
+    for i in 0..75 {
+        let url = format!("https://merchant.example/{i}");
+        for n in [
+            a.create_notification(notification(&ap.id, None))
+                .await
+                .unwrap(),
+            b.create_notification(notification(&ap.id, Some(&url)))
+                .await
+                .unwrap(),
+        ] {
+            all.extend(n.deliveries.into_iter().map(|d| d.id));
+        }
+    }
+    assert_eq!(all.len(), 300);
+    let mut tasks = Vec::new();
+    for (i, store) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            // Two engines per store, each its own node.
+            let me = node(&store, &format!("node_{i}"), T0).await;
+            let mut mine = Vec::new();
+            let mut idle = 0;
+            while idle < 3 {
+                let jobs = claim(&store, &me, T0, 7).await;
+                if jobs.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                idle = 0;
+                for job in jobs {
+                    let done = complete(&store, &me, &job, Outcome::Succeeded, T0 + 1).await;
+                    assert!(
+                        done.applied,
+                        "{} was claimed by {me}, so its outcome applies",
+                        job.id
+                    );
+                    mine.push(job.id.clone());
+                }
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.expect("claimer") {
+            assert!(seen.insert(id.clone()), "{id} was claimed twice");
+        }
+    }
+    assert_eq!(seen, all, "every delivery was claimed exactly once");
+    let d = a
+        .get_delivery(seen.iter().next().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Succeeded);
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].response.as_deref(), Some("ok\u{fffd}"));
+}
+
+#[tokio::test]
+async fn only_one_live_node_at_a_time_holds_an_endpoint() {
+    let (a, b, _) = two_stores().await;
+    let ap = app(&a).await;
+    let e1 = endpoint(&a, &ap.id, false).await;
+    for _ in 0..4 {
+        a.create_notification(notification(&ap.id, None))
+            .await
+            .unwrap();
+    }
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    let held = claim(&a, &na, T0, 2).await;
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0].endpoint.as_ref().unwrap().id, e1.id);
+    assert_eq!(held[0].endpoint.as_ref().unwrap().timeout_ms, Some(2_500));
+    // b may not take the endpoint's other deliveries while a holds some.
+    assert!(claim(&b, &nb, T0, 10).await.is_empty());
+    // a may take more of it.
+    let third = claim(&a, &na, T0, 1).await;
+    assert_eq!(third.len(), 1);
+    for job in &held {
+        complete(&a, &na, job, Outcome::Succeeded, T0 + 1).await;
+    }
+    assert!(claim(&b, &nb, T0, 10).await.is_empty(), "a still holds one");
+    // a parks the one it holds (no attempt spent): then b may take the endpoint.
+    let released = a
+        .release(ReleaseParams {
+            node: na.clone(),
+            jobs: vec![(third[0].seq, third[0].attempts), (held[0].seq, 0)],
+            next_at: Some(T0 + 500),
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        released,
+        vec![third[0].seq],
+        "the ended one is not a's any more"
+    );
+    let d = a.get_delivery(&third[0].id).await.unwrap().unwrap();
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 500));
+    assert_eq!(d.delivery.attempts, 0, "parking spends no attempt");
+    let taken = claim(&b, &nb, T0, 10).await;
+    assert_eq!(
+        taken.len(),
+        2,
+        "the fourth (due) and the parked third (due by the horizon)"
+    );
+    assert!(
+        claim(&a, &na, T0, 10).await.is_empty(),
+        "now b holds the endpoint"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
+    let (a, b, _) = two_stores().await;
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, false).await;
+    let n = a
+        .create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    let held = claim(&a, &na, T0, 10).await;
+    assert_eq!(held.len(), 1);
+    // Before a's lease ends, nothing is rescued and b gets nothing.
+    b.renew_lease(LeaseParams {
+        node: nb.clone(),
+        now: T0 + 20_000,
+        lease: LEASE,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.rescue(T0 + 20_000).await.unwrap(), 0);
+    assert!(claim(&b, &nb, T0 + 20_000, 10).await.is_empty());
+    // a's lease (T0 + 30 s) ran out: b rescues and takes over.
+    assert_eq!(b.rescue(T0 + 31_000).await.unwrap(), 1);
+    let taken = claim(&b, &nb, T0 + 31_000, 10).await;
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, n.deliveries[0].id);
+    let lost = a
+        .renew_lease(LeaseParams {
+            node: na.clone(),
+            now: T0 + 32_000,
+            lease: LEASE,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, Lease::Lost);
+    // a's late outcome is stale: nothing changes, no attempt is recorded.
+    let late = complete(&a, &na, &held[0], Outcome::Failed, T0 + 33_000).await;
+    assert!(!late.applied);
+    assert_eq!(late.status, Some(DeliveryStatus::Pending));
+    let d = a.get_delivery(&n.deliveries[0].id).await.unwrap().unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Pending);
+    assert!(d.attempts.is_empty());
+    // b's outcome applies; a retry within the horizon stays held by b.
+    let done = complete(
+        &b,
+        &nb,
+        &taken[0],
+        Outcome::Retry {
+            next_at: T0 + 40_000,
+        },
+        T0 + 34_000,
+    )
+    .await;
+    assert!(done.applied);
+    let again = done.held.expect("still held by b");
+    assert_eq!((again.attempts, again.next_at), (1, T0 + 40_000));
+    assert!(
+        claim(&a, &node(&a, "node_a2", T0 + 35_000).await, T0 + 41_000, 10)
+            .await
+            .is_empty()
+    );
+    // An outcome with an old attempt count is stale too.
+    assert!(
+        !complete(&b, &nb, &taken[0], Outcome::Succeeded, T0 + 41_000)
+            .await
+            .applied
+    );
+    assert!(
+        complete(&b, &nb, &again, Outcome::Succeeded, T0 + 41_000)
+            .await
+            .applied
+    );
+}
+
+#[tokio::test]
+async fn an_ordered_successor_is_claimed_with_the_outcome_that_frees_it() {
+    let (a, b, _) = two_stores().await;
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, true).await;
+    let n1 = a
+        .create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    let n2 = b
+        .create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    let first = claim(&a, &na, T0, 10).await;
+    assert_eq!(first.len(), 1, "only the head of the order");
+    assert_eq!(first[0].id, n1.deliveries[0].id);
+    assert!(claim(&b, &nb, T0, 10).await.is_empty());
+    let retried = complete(
+        &a,
+        &na,
+        &first[0],
+        Outcome::Retry {
+            next_at: T0 + 5_000,
+        },
+        T0 + 1,
+    )
+    .await;
+    assert!(retried.successor.is_none(), "a retry does not end it");
+    let done = complete(
+        &a,
+        &na,
+        &retried.held.unwrap(),
+        Outcome::Succeeded,
+        T0 + 6_000,
+    )
+    .await;
+    let next = done.successor.expect("the successor, claimed for a");
+    assert_eq!(next.id, n2.deliveries[0].id);
+    assert!(
+        claim(&b, &nb, T0 + 6_000, 10).await.is_empty(),
+        "a holds it"
+    );
+}
+
+#[tokio::test]
+async fn hints_reach_the_other_node() {
+    let (a, b, _) = two_stores().await;
+    let nb = node(&b, "node_b", T0).await;
+    let mut hints = b.hints(nb.clone());
+    let ap = app(&a).await;
+    let ep = endpoint(&a, &ap.id, false).await;
+    let n = a
+        .create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
+    let jobs = claim(&b, &nb, T0, 10).await;
+    assert_eq!(jobs[0].id, n.deliveries[0].id);
+    assert_eq!(jobs[0].endpoint.as_ref().unwrap().max_in_flight, 8);
+
+    a.update_endpoint(
+        &ap.id,
+        &ep.id,
+        EndpointPatch {
+            max_in_flight: Some(3),
+            ..Default::default()
+        },
+        T0 + 1,
+    )
+    .await
+    .unwrap();
+    let Hint::EndpointChanged(ctx) =
+        next_hint(&mut hints, |h| matches!(h, Hint::EndpointChanged(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!((ctx.max_in_flight, ctx.deleted), (3, false));
+
+    let mut creds = ap.credentials.clone();
+    if let Credentials::StandardWebhooks(k) = &mut creds {
+        k.keys[0].secret = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=".into();
+    }
+    a.set_app_credentials(&ap.id, creds.clone()).await.unwrap();
+    let Hint::AppChanged(app_ctx) =
+        next_hint(&mut hints, |h| matches!(h, Hint::AppChanged(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(app_ctx.credentials, creds);
+
+    // A manual retry of a held delivery revokes it from its holder.
+    a.retry_delivery(&jobs[0].id, T0 + 2).await.unwrap();
+    let Hint::Revoked(seqs) = next_hint(&mut hints, |h| matches!(h, Hint::Revoked(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(seqs, vec![jobs[0].seq]);
+    let stale = complete(&b, &nb, &jobs[0], Outcome::Succeeded, T0 + 3).await;
+    assert!(!stale.applied, "no longer held by b");
+
+    // Deleting the endpoint cancels what b holds, and says so.
+    let again = claim(&b, &nb, T0 + 2, 10).await;
+    assert_eq!(again.len(), 1);
+    assert!(a.delete_endpoint(&ap.id, &ep.id, T0 + 4).await.unwrap());
+    let (mut revoked, mut deleted) = (None, None);
+    while revoked.is_none() || deleted.is_none() {
+        match next_hint(&mut hints, |h| {
+            matches!(h, Hint::Revoked(_) | Hint::EndpointChanged(_))
+        })
+        .await
+        {
+            Hint::Revoked(seqs) => revoked = Some(seqs),
+            Hint::EndpointChanged(e) if e.deleted => deleted = Some(e),
+            _ => {}
+        }
+    }
+    assert_eq!(revoked, Some(vec![again[0].seq]));
+    assert_eq!(deleted.map(|e| e.id.clone()), Some(ep.id.clone()));
+}
+
+/// Ends the sessions on `url`'s database that match `which` (SQL on `pg_stat_activity`).
+async fn terminate(url: &str, which: &str) {
+    let db = url.rsplit('/').next().unwrap_or_default();
+    let admin_url = url.replace(&format!("/{db}"), "/postgres");
+    let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    tokio::spawn(conn);
+    client
+        .execute(
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = '{db}' AND pid <> pg_backend_pid() AND {which}"
+            ),
+            &[],
+        )
+        .await
+        .expect("terminate");
+}
+
+#[tokio::test]
+async fn the_hint_listener_reconnects_after_losing_its_connection() {
+    let (a, b, url) = two_stores().await;
+    let nb = node(&b, "node_b", T0).await;
+    let mut hints = b.hints(nb.clone());
+    let ap = app(&a).await;
+    let ep = endpoint(&a, &ap.id, false).await;
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    assert_eq!(claim(&b, &nb, T0, 10).await.len(), 1);
+    while hints.try_recv().is_ok() {}
+    terminate(&url, "application_name = 'herald-hints'").await;
+    // After reconnecting it says "work" (anything may have been missed) and announces the
+    // settings of what its node holds (they may have changed meanwhile)...
+    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
+    next_hint(
+        &mut hints,
+        |h| matches!(h, Hint::AppChanged(c) if c.id == ap.id),
+    )
+    .await;
+    next_hint(
+        &mut hints,
+        |h| matches!(h, Hint::EndpointChanged(e) if e.id == ep.id && !e.deleted),
+    )
+    .await;
+    // ...and hears new hints again.
+    a.set_app_credentials(&ap.id, ap.credentials.clone())
+        .await
+        .unwrap();
+    next_hint(
+        &mut hints,
+        |h| matches!(h, Hint::AppChanged(c) if c.id == ap.id),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ping_fails_while_the_database_refuses_connections_and_recovers() {
+    let url = herald_pgtest::database();
+    let store = PgStore::connect(&url).await.expect("connect");
+    store.ping().await.expect("healthy");
+    let ap = app(&store).await;
+    let me = node(&store, "node_a", T0).await;
+    let mut hints = store.hints(me.clone());
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let admin_url = url.replace(&format!("/{db}"), "/postgres");
+    let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    terminate(&url, "TRUE").await;
+    let err = store.ping().await.expect_err("unreachable");
+    assert!(
+        matches!(err, herald_store::StoreError::Backend(_)),
+        "{err:?}"
+    );
+    let err = store.get_app("app_x").await.expect_err("no connection");
+    assert!(
+        matches!(err, herald_store::StoreError::Backend(_)),
+        "{err:?}"
+    );
+    let err = store
+        .create_notification(notification(&ap.id, Some("https://m.example/n")))
+        .await
+        .expect_err("nothing is acknowledged that was not stored");
+    assert!(
+        matches!(err, herald_store::StoreError::Backend(_)),
+        "{err:?}"
+    );
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    store.ping().await.expect("healthy again");
+    // Writes, claims and hints work again (the listener reconnected by itself).
+    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
+    store
+        .create_notification(notification(&ap.id, Some("https://m.example/n")))
+        .await
+        .expect("stored after the outage");
+    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
+    assert_eq!(claim(&store, &me, T0, 10).await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_idempotent_creates_store_one_notification() {
+    let (a, b, _) = two_stores().await;
+    let ap = app(&a).await;
+    let mk = || NewNotification {
+        idempotency_key: Some("order-1".into()),
+        ..notification(&ap.id, Some("https://merchant.example/n"))
+    };
+    let (x, y) = tokio::join!(a.create_notification(mk()), b.create_notification(mk()));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.notification.id, y.notification.id);
+    assert!(x.replayed != y.replayed || (x.replayed && y.replayed));
+    assert_eq!(x.deliveries, y.deliveries);
+}
+
+#[tokio::test]
+async fn migrate_alone_is_idempotent_and_connect_rejects_bad_urls() {
+    let url = herald_pgtest::database();
+    let (r1, r2) = tokio::join!(
+        herald_store_postgres::migrate(&url),
+        herald_store_postgres::migrate(&url)
+    );
+    r1.unwrap();
+    r2.unwrap();
+    PgStore::connect(&url).await.expect("connect after migrate");
+    assert!(PgStore::connect("postgres://h@127.0.0.1:1/db?sslmode=nope")
+        .await
+        .is_err());
+    let err = PgStore::connect("postgres://herald@127.0.0.1:1/db")
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, herald_store::StoreError::Backend(_)),
+        "{err:?}"
+    );
+}
+
+/// 32 concurrent producers: every notification lands once with its deliveries (and the
+/// rate is printed, for a feel of the write path: `--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_all_land() {
+    let (a, _b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, false).await;
+    endpoint(&a, &ap.id, false).await;
+    const PRODUCERS: usize = 32;
+    const EACH: usize = 40;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..PRODUCERS {
+        let (a, app_id) = (a.clone(), ap.id.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let n = a
+                    .create_notification(notification(&app_id, None))
+                    .await
+                    .unwrap();
+                assert_eq!(n.deliveries.len(), 2);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("producer");
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "{} notifications ({} deliveries) in {took:?}: {:.0}/s",
+        PRODUCERS * EACH,
+        PRODUCERS * EACH * 2,
+        (PRODUCERS * EACH) as f64 / took.as_secs_f64()
+    );
+    let me = node(&a, "node_a", T0).await;
+    let mut claimed = 0;
+    loop {
+        let jobs = claim(&a, &me, T0, 500).await;
+        if jobs.is_empty() {
+            break;
+        }
+        claimed += jobs.len();
+    }
+    assert_eq!(claimed, PRODUCERS * EACH * 2);
+}
+
+/// Writes are group-committed: one that fails a statement (PostgreSQL text cannot hold
+/// NUL) must not take the others of its batch down with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_write_does_not_fail_the_others_of_its_batch() {
+    let (a, _b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (a, app_id) = (a.clone(), ap.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = notification(&app_id, Some("https://merchant.example/n"));
+            if i == 17 {
+                n.event_type = "bad\0type".into();
+            }
+            a.create_notification(n).await
+        }));
+    }
+    let mut ok = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.expect("task") {
+            Ok(n) => {
+                assert_ne!(i, 17);
+                assert_eq!(n.deliveries.len(), 1);
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(i, 17, "{e}");
+                assert!(matches!(e, herald_store::StoreError::Backend(_)), "{e:?}");
+            }
+        }
+    }
+    assert_eq!(ok, 39);
+    let page = a
+        .list_notifications(
+            &ap.id,
+            ListNotifications {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.len(),
+        39,
+        "everything acknowledged was stored, nothing else"
+    );
+}
+
+/// Four nodes on two stores work a mixed load (ordered endpoints, order keys, retries)
+/// concurrently: at no moment do two nodes hold deliveries of one endpoint, or two
+/// deliveries of one order key run at once; in the end every delivery succeeded once.
+///
+/// The check keeps a registry that is a subset of what the database holds (an entry is
+/// added after the claim returns and removed before the outcome is reported), so two
+/// entries that clash in it clashed in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Registry {
+        endpoint: HashMap<String, (String, usize)>,
+        order_keys: HashSet<String>,
+    }
+
+    let (a, b, _) = two_stores().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let ap = app(&a).await;
+    for ordered in [true, false, true, false] {
+        endpoint(&a, &ap.id, ordered).await;
+    }
+    let mut total = 0;
+    for i in 0..60 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let fan = store
+            .create_notification(notification(&ap.id, None))
+            .await
+            .unwrap();
+        let keyed = store
+            .create_notification(NewNotification {
+                order_key: Some(format!("trade-{}", i % 7)),
+                ..notification(&ap.id, Some("https://merchant.example/n"))
+            })
+            .await
+            .unwrap();
+        total += fan.deliveries.len() + keyed.deliveries.len();
+    }
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let add = |reg: &Mutex<Registry>, node: &str, job: &Job| {
+        let mut r = reg.lock().unwrap();
+        if let Some(e) = &job.endpoint {
+            let entry = r
+                .endpoint
+                .entry(e.id.clone())
+                .or_insert((node.to_string(), 0));
+            assert!(
+                entry.0 == node || entry.1 == 0,
+                "{node} holds a delivery of {} while {} does",
+                e.id,
+                entry.0
+            );
+            *entry = (node.to_string(), entry.1 + 1);
+        }
+        if let Some(k) = &job.order_key {
+            assert!(
+                r.order_keys.insert(k.clone()),
+                "two deliveries of {k} at once"
+            );
+        }
+    };
+    let remove = |reg: &Mutex<Registry>, job: &Job| {
+        let mut r = reg.lock().unwrap();
+        if let Some(e) = &job.endpoint {
+            if let Some(entry) = r.endpoint.get_mut(&e.id) {
+                entry.1 -= 1;
+            }
+        }
+        if let Some(k) = &job.order_key {
+            r.order_keys.remove(k);
+        }
+    };
+    let mut tasks = Vec::new();
+    for (i, store) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = node(&store, &format!("node_{i}"), T0).await;
+            let mut succeeded = Vec::new();
+            let mut idle = 0;
+            while idle < 5 {
+                let mut work: Vec<Arc<Job>> = claim(&store, &me, T0, 3).await;
+                if work.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    continue;
+                }
+                idle = 0;
+                for job in &work {
+                    add(&registry, &me, job);
+                }
+                while let Some(job) = work.pop() {
+                    tokio::task::yield_now().await;
+                    remove(&registry, &job);
+                    // Every third first attempt fails and is retried at once.
+                    let outcome = if job.attempts == 0 && job.seq % 3 == 0 {
+                        Outcome::Retry { next_at: T0 }
+                    } else {
+                        Outcome::Succeeded
+                    };
+                    let done = complete(&store, &me, &job, outcome, T0).await;
+                    assert!(done.applied, "{me} held {}", job.id);
+                    if outcome == Outcome::Succeeded {
+                        succeeded.push(job.id.clone());
+                    }
+                    for next in done.held.into_iter().chain(done.successor) {
+                        add(&registry, &me, &next);
+                        work.push(next);
+                    }
+                }
+            }
+            succeeded
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.expect("node") {
+            assert!(seen.insert(id.clone()), "{id} succeeded twice");
+        }
+    }
+    assert_eq!(seen.len(), total, "every delivery succeeded once");
+}
+
+/// `/healthz` asks `ping`: a pool whose every connection waits on a lock must not make a
+/// reachable database look unhealthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ping_answers_while_every_pooled_connection_is_busy() {
+    let url = herald_pgtest::database();
+    let store = Arc::new(PgStore::connect(&url).await.expect("connect"));
+    let ap = app(&store).await;
+    let ep = endpoint(&store, &ap.id, false).await;
+    let (mut locker, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE",
+        &[&ep.id],
+    )
+    .await
+    .unwrap();
+    let mut blocked = Vec::new();
+    for i in 0..40u32 {
+        let (store, app_id, id) = (store.clone(), ap.id.clone(), ep.id.clone());
+        blocked.push(tokio::spawn(async move {
+            let patch = EndpointPatch {
+                max_in_flight: Some(i + 1),
+                ..Default::default()
+            };
+            store.update_endpoint(&app_id, &id, patch, T0 + 1).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.ping().await.expect("healthy while the pool is busy");
+    tx.rollback().await.unwrap();
+    for t in blocked {
+        t.await
+            .expect("task")
+            .expect("the update ran once the lock was gone");
+    }
+}
+
+/// One node drains a backlog the way an engine does, many outcomes in flight at once
+/// (they are group-committed): every delivery ends succeeded with one attempt. The rate is
+/// printed for a feel of the queue path (`--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_drains_a_backlog_with_outcomes_in_flight_together() {
+    let (a, _b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    const N: usize = 2000;
+    let creates = (0..N).map(|i| {
+        let (a, app_id) = (a.clone(), ap.id.clone());
+        async move {
+            let url = format!("https://merchant.example/{}", i % 50);
+            a.create_notification(notification(&app_id, Some(&url)))
+                .await
+                .unwrap()
+        }
+    });
+    futures_util::future::join_all(creates).await;
+    let me = node(&a, "node_a", T0).await;
+    let started = std::time::Instant::now();
+    let mut done = 0;
+    loop {
+        let jobs = claim(&a, &me, T0, 200).await;
+        if jobs.is_empty() {
+            break;
+        }
+        let outcomes = jobs
+            .iter()
+            .map(|job| complete(&a, &me, job, Outcome::Succeeded, T0 + 1));
+        for c in futures_util::future::join_all(outcomes).await {
+            assert!(c.applied);
+            done += 1;
+        }
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "{done} deliveries claimed and completed in {took:?}: {:.0}/s",
+        done as f64 / took.as_secs_f64()
+    );
+    assert_eq!(done, N);
+    let page = a
+        .list_notifications(
+            &ap.id,
+            ListNotifications {
+                limit: 1000,
+                status: Some(DeliveryStatus::Succeeded),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1000);
+    assert!(page
+        .items
+        .iter()
+        .all(|n| n.deliveries[0].attempts.len() == 1));
+}

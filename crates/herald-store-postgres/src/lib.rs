@@ -279,6 +279,14 @@ impl MetaStore for PgStore {
         Ok(())
     }
 
+    /// Stops listening for hints and closes the pool: later calls fail, and the
+    /// connections go back to the server (nothing is held across nodes, so nothing else
+    /// needs letting go).
+    async fn close(&self) {
+        self.listener.abort();
+        self.inner.pool.close();
+    }
+
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         rows::get_meta(&self.client().await?, key).await
     }

@@ -19,6 +19,8 @@
 //! - Field values take part in the signature exactly as sent (not trimmed): an empty value
 //!   is left out, anything else is signed byte for byte. Some SDKs trim values before
 //!   signing; producers should not send values with surrounding whitespace.
+//! - Refund notifications are not signed: their `req_info` is encrypted with a key derived
+//!   from the API key. [`refund_notify`] encodes and decrypts them; [`verify`] takes both kinds.
 //! - Key rotation has no grace period: WeChat v2 has one API key per merchant, and the old
 //!   key stops signing the moment a new one is set ([`rotate`] ignores `grace_until`).
 //!
@@ -26,6 +28,8 @@
 //! [`create_credentials`] / [`rotate`]: every `Debug` redacts it, no error quotes it, and
 //! [`explain`] writes `<API key>` in its place. The digests are RustCrypto's (`md-5`,
 //! `hmac` + `sha2`); signs are compared in constant time.
+pub mod refund_notify;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -532,6 +536,11 @@ fn utf8_name(raw: &[u8]) -> Result<String, ReceiveError> {
 /// instructions, another root, nested elements, text between fields, duplicate fields, and
 /// anything not well-formed or not UTF-8.
 pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
+    parse_flat_xml(body, "xml")
+}
+
+/// [`parse_xml`] with another root element name (the decrypted refund `<root>`).
+fn parse_flat_xml(body: &[u8], root: &str) -> Result<Vec<(String, String)>, ReceiveError> {
     let mut reader = Reader::from_reader(body);
     let mut state = State::BeforeRoot;
     let mut fields: Vec<(String, String)> = Vec::new();
@@ -555,10 +564,10 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
             Event::Start(e) => {
                 let name = utf8_name(e.name().as_ref())?;
                 state = match state {
-                    State::BeforeRoot if name == "xml" => State::InRoot,
+                    State::BeforeRoot if name == root => State::InRoot,
                     State::BeforeRoot => {
                         return Err(malformed(format!(
-                            "the root element must be <xml>, not <{name}>"
+                            "the root element must be <{root}>, not <{name}>"
                         )))
                     }
                     State::InRoot => {
@@ -576,17 +585,19 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
                         )))
                     }
                     State::AfterRoot => {
-                        return Err(malformed("content after the </xml> root element"))
+                        return Err(malformed(format!(
+                            "content after the </{root}> root element"
+                        )))
                     }
                 };
             }
             Event::Empty(e) => {
                 let name = utf8_name(e.name().as_ref())?;
                 match &state {
-                    State::BeforeRoot if name == "xml" => state = State::AfterRoot,
+                    State::BeforeRoot if name == root => state = State::AfterRoot,
                     State::BeforeRoot => {
                         return Err(malformed(format!(
-                            "the root element must be <xml>, not <{name}>"
+                            "the root element must be <{root}>, not <{name}>"
                         )))
                     }
                     State::InRoot => {
@@ -601,7 +612,9 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
                         )))
                     }
                     State::AfterRoot => {
-                        return Err(malformed("content after the </xml> root element"))
+                        return Err(malformed(format!(
+                            "content after the </{root}> root element"
+                        )))
                     }
                 }
             }
@@ -668,8 +681,10 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
     }
     match state {
         State::AfterRoot => Ok(fields),
-        State::BeforeRoot => Err(malformed("no <xml> root element")),
-        State::InRoot | State::InField { .. } => Err(malformed("the body ends before </xml>")),
+        State::BeforeRoot => Err(malformed(format!("no <{root}> root element"))),
+        State::InRoot | State::InField { .. } => {
+            Err(malformed(format!("the body ends before </{root}>")))
+        }
     }
 }
 
@@ -765,7 +780,9 @@ fn parse_fen(s: &str) -> Result<i64, ReceiveError> {
     parse_decimal_minor(s, 0)
 }
 
-/// Verifies and decodes one notification, in this order: content type, XML ([`parse_xml`]),
+/// Verifies and decodes one notification. A refund notification (`req_info` and no `sign`)
+/// is taken by [`refund_notify::verify`]: it is verified by decrypting `req_info`. A payment
+/// notification is checked in this order: content type, XML ([`parse_xml`]),
 /// `sign` (its algorithm from `sign_type`, `MD5` when absent; compared in constant time,
 /// case-insensitively, against every configured key), `return_code` = `SUCCESS`, then the
 /// amount (`total_fee`, whole fen, in `fee_type`, `CNY` by default).
@@ -780,6 +797,9 @@ pub fn verify(
 ) -> Result<VerifiedNotification, ReceiveError> {
     check_content_type(req)?;
     let fields = parse_xml(req.body)?;
+    if refund_notify::is_refund_notify(&fields) {
+        return refund_notify::verify(keys, &fields);
+    }
     let return_code = field(&fields, "return_code");
     let Some(received) = field(&fields, "sign") else {
         return Err(match return_code {

@@ -1,9 +1,7 @@
-//! The WeChat Pay v2 profile: the published signing vector (B-1 in
-//! `shared/vectors/given.json`), round trips through `encode` and `verify` for both sign types,
-//! tampering, XML hardening (no DTDs or entities), replies, and amounts.
-//!
-//! The vector file lives outside the repository; when it is absent the vector test prints a
-//! note and passes, rather than fail for a reason that has nothing to do with the code.
+//! The WeChat Pay v2 profile: the published signing vector (B-1 in `tests/data/given.json`,
+//! test data in the repository: a missing file fails the test), round trips through `encode`
+//! and `verify` for both sign types, tampering, XML hardening (no DTDs or entities), replies,
+//! and amounts.
 use herald_protocols::ack::AckRule;
 use herald_protocols::profile::{OutgoingNotification, ProfileError};
 use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError};
@@ -15,10 +13,9 @@ use herald_protocols::wechatpay_v2::{
 use herald_protocols::RetryPolicy;
 use serde_json::{json, Value};
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/vectors/given.json"
-);
+/// The published vectors, kept in the repository as test data (a copy of the project's
+/// `vectors/given.json`). A missing file fails the tests that read it.
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/given.json");
 
 const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 
@@ -109,13 +106,8 @@ const BASE: &[(&str, &str)] = &[
 
 #[test]
 fn published_vector_b1_signs_exactly() {
-    let text = match std::fs::read_to_string(VECTORS) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!("note: skipping the published vectors: cannot read {VECTORS}: {e}");
-            return;
-        }
-    };
+    let text = std::fs::read_to_string(VECTORS)
+        .unwrap_or_else(|e| panic!("cannot read the published vectors at {VECTORS}: {e}"));
     let all: Value = serde_json::from_str(&text).unwrap();
     let list = all["wechatpay-v2"].as_array().unwrap();
     assert!(!list.is_empty(), "no wechatpay-v2 vectors in {VECTORS}");

@@ -13,8 +13,9 @@
 //! - WeChat v2 has no notify id on the wire. Herald's notify id ([`new_notify_id`],
 //!   `wx2_<ulid>`) stays internal; a receiver dedupes on `transaction_id`.
 //! - With `MD5` (WeChat's default) [`encode`] sends no `sign_type` field, as WeChat does;
-//!   with `HMAC-SHA256` it sends `sign_type=HMAC-SHA256`, which receivers read to pick the
-//!   algorithm.
+//!   with `HMAC-SHA256` it sends `sign_type=HMAC-SHA256`. Receivers do not rely on the
+//!   field (WeChat's own HMAC-SHA256 notifications usually lack it): [`verify`] uses the
+//!   merchant's configured sign type, else the sign's length (32 hex MD5, 64 HMAC-SHA256).
 //! - Each attempt carries a fresh `nonce_str`, so the body differs between attempts.
 //! - Field values take part in the signature exactly as sent (not trimmed): an empty value
 //!   is left out, anything else is signed byte for byte. Some SDKs trim values before
@@ -688,13 +689,28 @@ fn parse_flat_xml(body: &[u8], root: &str) -> Result<Vec<(String, String)>, Rece
     }
 }
 
-/// The API keys a receiver verifies with. `Debug` shows only how many there are.
+/// The API keys a receiver verifies with, and the merchant's sign type when it is known.
+/// `Debug` shows only how many keys there are.
 #[derive(Clone)]
 pub struct ReceiverKeys {
     api_keys: Vec<String>,
+    /// The merchant's configured sign type; `None` = read it from the sign's length.
+    sign_type: Option<SignType>,
 }
 
 impl ReceiverKeys {
+    /// The merchant's sign type (WeChat's account setting): every payment notification is
+    /// verified with it, whatever its `sign_type` field says or lacks.
+    pub fn with_sign_type(mut self, sign_type: SignType) -> Self {
+        self.sign_type = Some(sign_type);
+        self
+    }
+
+    /// The configured sign type, if any.
+    pub fn sign_type(&self) -> Option<SignType> {
+        self.sign_type
+    }
+
     /// How many keys are configured.
     pub fn len(&self) -> usize {
         self.api_keys.len()
@@ -710,8 +726,10 @@ impl std::fmt::Debug for ReceiverKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ReceiverKeys(<{} redacted API keys>)",
-            self.api_keys.len()
+            "ReceiverKeys(<{} redacted API keys>, sign type {})",
+            self.api_keys.len(),
+            self.sign_type
+                .map_or("from the sign's length", SignType::as_str)
         )
     }
 }
@@ -735,13 +753,59 @@ pub fn receiver_keys(keys: &[String]) -> Result<ReceiverKeys, ReceiveError> {
         }
         api_keys.push(k.to_string());
     }
-    Ok(ReceiverKeys { api_keys })
+    Ok(ReceiverKeys {
+        api_keys,
+        sign_type: None,
+    })
 }
 
-/// The receiver's keys from stored credentials (their one API key).
+/// The receiver's keys from stored credentials: their one API key and their sign type.
 pub fn receiver_keys_from(c: &Credentials) -> ReceiverKeys {
     ReceiverKeys {
         api_keys: vec![c.api_key.clone()],
+        sign_type: Some(c.sign_type),
+    }
+}
+
+/// Which algorithm verifies a payment notification: the merchant's configured type when
+/// there is one, otherwise the sign's length (32 hex digits MD5, 64 HMAC-SHA256). WeChat's
+/// HMAC-SHA256 notifications usually carry no `sign_type` field, so the field alone cannot
+/// decide. A `sign_type` field that names another algorithm than the one chosen is refused.
+fn choose_sign_type(
+    configured: Option<SignType>,
+    field_value: Option<&str>,
+    received: &str,
+) -> Result<SignType, ReceiveError> {
+    let named = match field_value {
+        None => None,
+        Some(s) => Some(SignType::parse(s).ok_or_else(|| {
+            ReceiveError::BadSignature("unsupported sign_type; expected MD5 or HMAC-SHA256".into())
+        })?),
+    };
+    let chosen = match configured {
+        Some(t) => t,
+        None => match received.len() {
+            32 => SignType::Md5,
+            64 => SignType::HmacSha256,
+            n => {
+                return Err(ReceiveError::BadSignature(format!(
+                    "the sign has {n} characters: neither MD5 (32 hex digits) nor HMAC-SHA256 (64)"
+                )))
+            }
+        },
+    };
+    match named {
+        Some(n) if n != chosen => Err(ReceiveError::BadSignature(format!(
+            "the notification's sign_type is {} but {} ({})",
+            n.as_str(),
+            chosen.as_str(),
+            if configured.is_some() {
+                "the merchant's configured sign type"
+            } else {
+                "read from the sign's length"
+            }
+        ))),
+        _ => Ok(chosen),
     }
 }
 
@@ -783,7 +847,8 @@ fn parse_fen(s: &str) -> Result<i64, ReceiveError> {
 /// Verifies and decodes one notification. A refund notification (`req_info` and no `sign`)
 /// is taken by [`refund_notify::verify`]: it is verified by decrypting `req_info`. A payment
 /// notification is checked in this order: content type, XML ([`parse_xml`]),
-/// `sign` (its algorithm from `sign_type`, `MD5` when absent; compared in constant time,
+/// `sign` (its algorithm the merchant's configured sign type, else read from the sign's
+/// length: 32 hex digits MD5, 64 HMAC-SHA256; compared in constant time,
 /// case-insensitively, against every configured key), `return_code` = `SUCCESS`, then the
 /// amount (`total_fee`, whole fen, in `fee_type`, `CNY` by default).
 ///
@@ -810,12 +875,7 @@ pub fn verify(
             _ => ReceiveError::Missing("sign".into()),
         });
     };
-    let sign_type = match field(&fields, "sign_type") {
-        None => SignType::Md5,
-        Some(s) => SignType::parse(s).ok_or_else(|| {
-            ReceiveError::BadSignature("unsupported sign_type; expected MD5 or HMAC-SHA256".into())
-        })?,
-    };
+    let sign_type = choose_sign_type(keys.sign_type, field(&fields, "sign_type"), received)?;
     let received = received.to_ascii_uppercase();
     // Check every key, so the time taken does not depend on which one matched.
     let matched = keys.api_keys.iter().fold(Choice::from(0), |acc, key| {

@@ -4,8 +4,10 @@
 mod common;
 
 use common::*;
+use herald_protocols::receive::ReceiveError;
+use herald_protocols::wechatpay_v2::{self, SignType};
 use herald_protocols::Profile;
-use herald_receiver::{Inbox, Outcome, Rejection};
+use herald_receiver::{Inbox, Outcome, RawRequest, Receiver, Rejection};
 use herald_store::inbox::OrderState;
 use serde_json::{json, Value};
 
@@ -202,4 +204,108 @@ async fn alipay_refund_then_close_after_payment_ends_refunded() {
     );
     let o = inbox.order("A1").await.expect("read").expect("order");
     assert_eq!((o.state, o.refunded_minor), (OrderState::Refunded, 100));
+}
+
+// ---------------------------------------------------------------------------------------
+// Real traffic the receiver must take (issue 10)
+
+/// A WeChat Pay v2 API key for the hand-built notifications below.
+const WX_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+
+/// A WeChat Pay v2 body: the fields in order, then `sign` computed with `sign_type`.
+fn wechat_v2_body(fields: &[(&str, &str)], sign_type: SignType) -> RawRequest {
+    let mut pairs: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sign = wechatpay_v2::sign(&pairs, WX_KEY, sign_type);
+    pairs.push(("sign".into(), sign));
+    let mut xml = String::from("<xml>");
+    for (k, v) in &pairs {
+        xml.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+    }
+    xml.push_str("</xml>");
+    RawRequest {
+        method: "POST".into(),
+        headers: vec![("Content-Type".into(), "text/xml".into())],
+        query: String::new(),
+        body: xml.into_bytes().into(),
+    }
+}
+
+/// A real HMAC-SHA256 payment notification's fields, as WeChat sent them: no `sign_type`
+/// (binarywang/WxJava issue #1585; the merchant's key is not public, so the sign is
+/// recomputed with [`WX_KEY`]). Order `A1` and 100 fen replace the original order and 1 fen.
+const WX_HMAC_NOTIFY: &[(&str, &str)] = &[
+    ("appid", "wxbabdf7a3a9acdfef"),
+    ("bank_type", "OTHERS"),
+    ("cash_fee", "100"),
+    ("fee_type", "CNY"),
+    ("is_subscribe", "N"),
+    ("mch_id", "1583165551"),
+    ("nonce_str", "1590477937689"),
+    ("openid", "oWeP25T9OE1ixbLUgN0DxMuSZ6N4"),
+    ("out_trade_no", "A1"),
+    ("result_code", "SUCCESS"),
+    ("return_code", "SUCCESS"),
+    ("time_end", "20200526152550"),
+    ("total_fee", "100"),
+    ("trade_type", "JSAPI"),
+    ("transaction_id", "4200000540202005267407409907"),
+];
+
+fn wx_hmac_sender() -> Sender {
+    Sender::new(
+        Profile::WechatPayV2,
+        json!({"appid": "wxbabdf7a3a9acdfef", "mch_id": "1583165551",
+               "api_key": WX_KEY, "sign_type": "HMAC-SHA256"}),
+    )
+}
+
+#[tokio::test]
+async fn a_wechat_v2_hmac_notify_without_sign_type_pays_the_order_of_an_hmac_merchant() {
+    let req = wechat_v2_body(WX_HMAC_NOTIFY, SignType::HmacSha256);
+    // Configured from the merchant's credentials (sign type HMAC-SHA256) ...
+    let configured = wx_hmac_sender().receiver();
+    // ... and from a bare API key, as `herald listen --key` builds it (the sign's length).
+    let bare = Receiver::new(
+        Profile::WechatPayV2,
+        Profile::WechatPayV2
+            .receiver_keys(&[WX_KEY.to_string()], None)
+            .expect("keys"),
+    )
+    .with_clock(|| NOW)
+    .expect_app_id("wxbabdf7a3a9acdfef")
+    .expect_merchant_id("1583165551");
+    for receiver in [configured, bare] {
+        let store = sqlite().await;
+        let inbox = Inbox::new(receiver, store.clone());
+        new_order(&inbox, "A1", 100).await;
+        let handled = inbox.receive(&req, handler(&calls())).await;
+        assert_eq!(
+            handled.result,
+            Ok(Outcome::Applied {
+                from: OrderState::Unpaid,
+                to: OrderState::Paid
+            })
+        );
+        assert_eq!(handled.reply, Profile::WechatPayV2.ack_reply());
+    }
+}
+
+#[tokio::test]
+async fn a_wechat_v2_md5_sign_is_refused_for_a_merchant_configured_for_hmac() {
+    let req = wechat_v2_body(WX_HMAC_NOTIFY, SignType::Md5);
+    let store = sqlite().await;
+    let inbox = Inbox::new(wx_hmac_sender().receiver(), store.clone());
+    new_order(&inbox, "A1", 100).await;
+    let handled = inbox.receive(&req, handler(&calls())).await;
+    assert!(
+        matches!(
+            handled.result,
+            Err(Rejection::Invalid(ReceiveError::BadSignature(_)))
+        ),
+        "{:?}",
+        handled.result
+    );
 }

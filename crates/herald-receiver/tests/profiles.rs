@@ -309,3 +309,108 @@ async fn a_wechat_v2_md5_sign_is_refused_for_a_merchant_configured_for_hmac() {
         handled.result
     );
 }
+
+/// Alipay's own asynchronous-notify sample (the App-payment notify shown with Alipay's
+/// "verify the signature yourself" guide, quoted e.g. in alipay-easysdk integrations): a
+/// TRADE_SUCCESS payment that carries `refund_fee=0.00` and `gmt_close`. Only the order
+/// number (`A1`) differs; `sign` is recomputed with the test key.
+fn alipay_sample_payment() -> Value {
+    json!({
+        "total_amount": "2.00",
+        "buyer_id": "2088102116773037",
+        "body": "大乐透2.1",
+        "trade_no": "2016071921001003030200089909",
+        "refund_fee": "0.00",
+        "notify_time": "2016-07-19 14:10:49",
+        "subject": "大乐透2.1",
+        "charset": "utf-8",
+        "notify_type": "trade_status_sync",
+        "out_trade_no": "A1",
+        "gmt_close": "2016-07-19 14:10:46",
+        "gmt_payment": "2016-07-19 14:10:47",
+        "trade_status": "TRADE_SUCCESS",
+        "version": "1.0",
+        "gmt_create": "2016-07-19 14:10:44",
+        "app_id": "2015102700040153",
+        "seller_id": "2088102119685838",
+        "notify_id": "4a91b7a78a503640467525113fb7d8bg8e"
+    })
+}
+
+fn alipay_sample_sender() -> Sender {
+    Sender::new(
+        Profile::Alipay,
+        json!({"app_id": "2015102700040153", "seller_id": "2088102119685838"}),
+    )
+}
+
+#[tokio::test]
+async fn an_alipay_payment_with_a_zero_refund_fee_and_gmt_close_pays_the_order() {
+    let sender = alipay_sample_sender();
+    let store = sqlite().await;
+    let inbox = Inbox::new(sender.receiver(), store.clone());
+    new_order(&inbox, "A1", 200).await;
+    let req = sender.request(
+        "4a91b7a78a503640467525113fb7d8bg8e",
+        "trade.success",
+        &alipay_sample_payment(),
+    );
+    let handled = inbox.receive(&req, handler(&calls())).await;
+    assert_eq!(
+        handled.result,
+        Ok(Outcome::Applied {
+            from: OrderState::Unpaid,
+            to: OrderState::Paid
+        })
+    );
+    assert_eq!(handled.reply, Profile::Alipay.ack_reply());
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!((o.state, o.refunded_minor), (OrderState::Paid, 0));
+}
+
+#[tokio::test]
+async fn an_alipay_refund_is_a_refund_only_when_its_fee_is_above_zero() {
+    // Each notify below gets its own notify id (the sample's would make them duplicates).
+    let alipay_sample_payment = || {
+        let mut p = alipay_sample_payment();
+        p.as_object_mut().map(|o| o.remove("notify_id"));
+        p
+    };
+    let sender = alipay_sample_sender();
+    let store = sqlite().await;
+    let inbox = Inbox::new(sender.receiver(), store.clone());
+    new_order(&inbox, "A1", 200).await;
+    let calls = calls();
+    let paid = sender.request("n1", "trade.success", &alipay_sample_payment());
+    assert!(matches!(
+        inbox.receive(&paid, handler(&calls)).await.result,
+        Ok(Outcome::Applied { .. })
+    ));
+    // A partial refund notify: refund fields and a refund fee above zero (gmt_refund with
+    // milliseconds, as Alipay sends it).
+    let mut refund = alipay_sample_payment();
+    refund["refund_fee"] = "0.50".into();
+    refund["out_biz_no"] = "R1".into();
+    refund["gmt_refund"] = "2016-07-20 10:00:00.123".into();
+    let r = sender.request("n2", "trade.success", &refund);
+    assert_eq!(
+        inbox.receive(&r, handler(&calls)).await.result,
+        Ok(Outcome::Applied {
+            from: OrderState::Paid,
+            to: OrderState::PartiallyRefunded
+        })
+    );
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!(
+        (o.state, o.refunded_minor),
+        (OrderState::PartiallyRefunded, 50)
+    );
+    // A negative refund fee is not an amount.
+    let mut negative = alipay_sample_payment();
+    negative["refund_fee"] = "-0.50".into();
+    let r = sender.request("n3", "trade.success", &negative);
+    assert!(matches!(
+        inbox.receive(&r, handler(&calls)).await.result,
+        Err(Rejection::Invalid(ReceiveError::BadAmount(_)))
+    ));
+}

@@ -98,6 +98,35 @@ pub(crate) fn read(n: &VerifiedNotification) -> Result<Reading, Rejection> {
             };
             Reading { event, total }
         }
+        "wechatpay-v2" if n.fields.get("req_info").is_some_and(Value::is_object) => {
+            // A refund notification: `amount` is this refund, `req_info.total_fee` the
+            // order total. Each refund counts once (the notify id is its `refund_id`).
+            let info = n.fields.get("req_info");
+            if text(info.and_then(|i| i.get("refund_status"))) != Some("SUCCESS") {
+                return Ok(Reading {
+                    event: Event::NoChange(format!(
+                        "refund {}",
+                        text(info.and_then(|i| i.get("refund_status"))).unwrap_or("(none)")
+                    )),
+                    total: None,
+                });
+            }
+            let refund = n
+                .amount
+                .as_ref()
+                .ok_or_else(|| missing("req_info.refund_fee"))?;
+            let total_fee = info.and_then(|i| i.get("total_fee"));
+            let order_total = text(total_fee)
+                .ok_or_else(|| missing("req_info.total_fee"))
+                .and_then(|t| parse_decimal_minor(t, 0).map_err(Rejection::Invalid))?;
+            Reading {
+                event: Event::Refund(refund.minor),
+                total: Some(Amount {
+                    minor: order_total,
+                    currency: refund.currency.clone(),
+                }),
+            }
+        }
         "wechatpay-v2" => {
             let ok = text(n.fields.get("result_code")) == Some("SUCCESS")
                 && text(n.fields.get("return_code")) == Some("SUCCESS")

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use herald_protocols::receive::ReceiveError;
+use herald_protocols::wechatpay_v2::refund_notify::{self, RefundInfo};
 use herald_protocols::wechatpay_v2::{self, SignType};
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Outcome, RawRequest, Receiver, Rejection};
@@ -413,4 +414,251 @@ async fn an_alipay_refund_is_a_refund_only_when_its_fee_is_above_zero() {
         inbox.receive(&r, handler(&calls)).await.result,
         Err(Rejection::Invalid(ReceiveError::BadAmount(_)))
     ));
+}
+
+/// The WeChat Pay v2 credentials inside a sender.
+fn wx_creds(sender: &Sender) -> wechatpay_v2::Credentials {
+    match &sender.creds {
+        herald_protocols::Credentials::WechatPayV2(c) => c.clone(),
+        _ => panic!("not a wechatpay-v2 sender"),
+    }
+}
+
+/// A refund of `refund_fee` out of 100 fen for order `A1`, shaped like WxJava's decrypted
+/// refund-notify sample (`WxPayRefundNotifyResultTest`).
+fn wx_refund(refund_id: &str, refund_fee: i64, total_fee: i64, status: &str) -> RefundInfo {
+    RefundInfo {
+        transaction_id: "T1".into(),
+        out_trade_no: "A1".into(),
+        refund_id: refund_id.into(),
+        out_refund_no: format!("R{refund_id}"),
+        total_fee,
+        settlement_total_fee: Some(total_fee),
+        refund_fee,
+        settlement_refund_fee: Some(refund_fee),
+        refund_status: status.into(),
+        success_time: (status == "SUCCESS").then(|| "2017-07-26 02:45:49".into()),
+        refund_recv_accout: Some("用户零钱".into()),
+        refund_account: Some("REFUND_SOURCE_UNSETTLED_FUNDS".into()),
+        refund_request_source: Some("API".into()),
+        extra: vec![],
+    }
+}
+
+fn wx_refund_request(sender: &Sender, info: &RefundInfo) -> RawRequest {
+    let enc = refund_notify::encode(&wx_creds(sender), info).expect("encode");
+    RawRequest {
+        method: "POST".into(),
+        headers: vec![("Content-Type".into(), enc.content_type)],
+        query: String::new(),
+        body: enc.body.into(),
+    }
+}
+
+/// A paid order `A1` of 100 fen in a fresh inbox for `sender`.
+async fn wx_paid_inbox(sender: &Sender) -> Inbox {
+    let (_, event_type, payload) = payment(Profile::WechatPayV2);
+    let inbox = Inbox::new(sender.receiver(), sqlite().await);
+    new_order(&inbox, "A1", 100).await;
+    let paid = inbox
+        .receive(
+            &sender.request("p", event_type, &payload),
+            handler(&calls()),
+        )
+        .await;
+    assert!(
+        matches!(paid.result, Ok(Outcome::Applied { .. })),
+        "{paid:?}"
+    );
+    inbox
+}
+
+#[tokio::test]
+async fn wechat_v2_refund_notifications_refund_the_order_once_per_refund_id() {
+    let (sender, _, _) = payment(Profile::WechatPayV2);
+    let inbox = wx_paid_inbox(&sender).await;
+    let calls = calls();
+    let first = wx_refund_request(&sender, &wx_refund("5000001", 40, 100, "SUCCESS"));
+    let r = inbox.receive(&first, handler(&calls)).await;
+    assert_eq!(
+        r.result,
+        Ok(Outcome::Applied {
+            from: OrderState::Paid,
+            to: OrderState::PartiallyRefunded
+        })
+    );
+    assert_eq!(r.reply, Profile::WechatPayV2.ack_reply());
+    // WeChat sends the same refund again (a fresh nonce_str, the same refund_id).
+    let again = wx_refund_request(&sender, &wx_refund("5000001", 40, 100, "SUCCESS"));
+    assert_ne!(again.body, first.body);
+    let r = inbox.receive(&again, handler(&calls)).await;
+    assert_eq!(r.result, Ok(Outcome::Duplicate));
+    assert_eq!(r.reply, Profile::WechatPayV2.ack_reply());
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!(
+        (o.state, o.refunded_minor),
+        (OrderState::PartiallyRefunded, 40)
+    );
+    // The rest, as a second refund.
+    let rest = wx_refund_request(&sender, &wx_refund("5000002", 60, 100, "SUCCESS"));
+    assert_eq!(
+        inbox.receive(&rest, handler(&calls)).await.result,
+        Ok(Outcome::Applied {
+            from: OrderState::PartiallyRefunded,
+            to: OrderState::Refunded
+        })
+    );
+    assert_eq!(count(&calls), 2);
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!((o.state, o.refunded_minor), (OrderState::Refunded, 100));
+}
+
+#[tokio::test]
+async fn a_wechat_v2_refund_whose_total_or_amount_is_not_the_orders_is_refused() {
+    let (sender, _, _) = payment(Profile::WechatPayV2);
+    let inbox = wx_paid_inbox(&sender).await;
+    for info in [
+        wx_refund("5000001", 40, 999, "SUCCESS"),
+        wx_refund("5000002", 140, 100, "SUCCESS"),
+    ] {
+        let r = inbox
+            .receive(&wx_refund_request(&sender, &info), handler(&calls()))
+            .await;
+        assert!(
+            matches!(r.result, Err(Rejection::AmountMismatch { .. })),
+            "{:?}",
+            r.result
+        );
+        assert!(!Profile::WechatPayV2
+            .default_ack()
+            .is_ack(r.reply.status, &r.reply.body));
+    }
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!((o.state, o.refunded_minor), (OrderState::Paid, 0));
+}
+
+#[tokio::test]
+async fn a_wechat_v2_refund_that_failed_or_was_closed_moves_nothing_and_is_acknowledged() {
+    let (sender, _, _) = payment(Profile::WechatPayV2);
+    let inbox = wx_paid_inbox(&sender).await;
+    for (id, status) in [("5000001", "CHANGE"), ("5000002", "REFUNDCLOSE")] {
+        let r = inbox
+            .receive(
+                &wx_refund_request(&sender, &wx_refund(id, 40, 100, status)),
+                handler(&calls()),
+            )
+            .await;
+        assert!(
+            matches!(
+                &r.result,
+                Ok(Outcome::Stale {
+                    state: OrderState::Paid,
+                    ..
+                })
+            ),
+            "{status}: {:?}",
+            r.result
+        );
+        assert_eq!(r.reply, Profile::WechatPayV2.ack_reply());
+    }
+}
+
+#[tokio::test]
+async fn a_wechat_v2_refund_encrypted_with_another_key_or_for_another_merchant_is_refused() {
+    let (sender, _, _) = payment(Profile::WechatPayV2);
+    let inbox = wx_paid_inbox(&sender).await;
+    // Another merchant's key: req_info does not decrypt.
+    let stranger = Sender::new(
+        Profile::WechatPayV2,
+        json!({"appid": "wx0000000000000001", "mch_id": "1900000001"}),
+    );
+    let r = inbox
+        .receive(
+            &wx_refund_request(&stranger, &wx_refund("5000001", 40, 100, "SUCCESS")),
+            handler(&calls()),
+        )
+        .await;
+    assert!(
+        matches!(
+            r.result,
+            Err(Rejection::Invalid(
+                ReceiveError::Decrypt(_) | ReceiveError::MalformedBody(_)
+            ))
+        ),
+        "{:?}",
+        r.result
+    );
+    // The right key, but another merchant's mch_id in the outer XML.
+    let mut other = wx_creds(&sender);
+    other.mch_id = "1900000999".into();
+    let enc =
+        refund_notify::encode(&other, &wx_refund("5000002", 40, 100, "SUCCESS")).expect("encode");
+    let req = RawRequest {
+        method: "POST".into(),
+        headers: vec![("Content-Type".into(), enc.content_type)],
+        query: String::new(),
+        body: enc.body.into(),
+    };
+    let r = inbox.receive(&req, handler(&calls())).await;
+    assert_eq!(
+        r.result,
+        Err(Rejection::ForeignMerchant {
+            got: "1900000999".into()
+        })
+    );
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!((o.state, o.refunded_minor), (OrderState::Paid, 0));
+}
+
+/// A real refund notification's `req_info` and its merchant key, quoted by several SDKs'
+/// tests (silenceper/wechat `pay/notify/refund_test.go`, data source
+/// studygolang.com/articles/11811; go-pay/gopay): a full refund of 6 fen.
+const REAL_WX_KEY: &str = "ziR0QKsTUfMOuochC9RfCdmfHECorQAP";
+const REAL_REQ_INFO: &str = "YYwp8C48th0wnQzTqeI+41pflB26v+smFj9z6h9RPBgxTyZyxc+4YNEz7QEgZNWj/6rIb2MfyWMZmCc41CfjKSssoSZPXxOhUayb6KvNSZ1p6frOX1PDWzhyruXK7ouNND+gDsG4yZ0XXzsL4/pYNwLLba/71QrnkJ/BHcByk4EXnglju5DLup9pJQSnTxjomI9Rxu57m9jg5lLQFxMWXyeASZJNvof0ulnHlWJswS4OxKOkmW7VEyKyLGV6npoOm03Qsx2wkRxLsSa9gPpg4hdaReeUqh1FMbm7aWjyrVYT/MEZWg98p4GomEIYvz34XfDncTezX4bf/ZiSLXt79aE1/YTZrYfymXeCrGjlbe0rg/T2ezJHAC870u2vsVbY1/KcE2A443N+DEnAziXlBQ1AeWq3Rqk/O6/TMM0lomzgctAOiAMg+bh5+Gu1ubA9O3E+vehULydD5qx2o6i3+qA9ORbH415NyRrQdeFq5vmCiRikp5xYptWiGZA0tkoaLKMPQ4ndE5gWHqiBbGPfULZWokI+QjjhhBmwgbd6J0VqpRorwOuzC/BHdkP72DCdNcm7IDUpggnzBIy0+seWIkcHEryKjge3YDHpJeQCqrAH0CgxXHDt1xtbQbST1VqFyuhPhUjDXMXrknrGPN/oE1t0rLRq+78cI+k8xe5E6seeUXQsEe8r3358mpcDYSmXWSXVZxK6er9EF98APqHwcndyEJD2YyCh/mMVhERuX+7kjlRXSiNUWa/Cv/XAKFQuvUYA5ea2eYWtPRHa4DpyuF1SNsaqVKfgqKXZrJHfAgslVpSVqUpX4zkKszHF4kwMZO3M7J1P94Mxa7Tm9mTOJePOoHPXeEB+m9rX6pSfoi3mJDQ5inJ+Vc4gOkg/Wd/lqiy6TTyP/dHDN6/v+AuJx5AXBo/2NDD3fWhHjkqEKIuARr2ClZt9ZRQO4HkXdZo7CN06sGCHk48Tg8PmxnxKcMZm7Aoquv5yMIM2gWSWIRJhwJ8cUpafIHc+GesDlbF6Zbt+/KXkafJAQq2RklEN+WvZ/zFz113EPgWPjp16TwBoziq96MMekvWKY/vdhjol8VFtGH9F61Oy1Xwf6DJtPw==";
+
+#[tokio::test]
+async fn a_real_wechat_v2_refund_notification_refunds_its_order() {
+    let sender = Sender::new(
+        Profile::WechatPayV2,
+        json!({"appid": "wx2421b1c4370ec43b", "mch_id": "10000100", "api_key": REAL_WX_KEY}),
+    );
+    let order = "4893e76d8c8b434cb64e9cd536338e33";
+    let inbox = Inbox::new(sender.receiver(), sqlite().await);
+    new_order(&inbox, order, 6).await;
+    let payment = json!({"out_trade_no": order, "transaction_id": "4200000015201711256947025404",
+                         "total_fee": 6, "fee_type": "CNY"});
+    let paid = inbox
+        .receive(
+            &sender.request("p", "trade.success", &payment),
+            handler(&calls()),
+        )
+        .await;
+    assert!(
+        matches!(paid.result, Ok(Outcome::Applied { .. })),
+        "{paid:?}"
+    );
+    // The outer XML as WeChat sends it (WxJava's sample), with the real req_info.
+    let body = format!(
+        "<xml><return_code>SUCCESS</return_code><appid><![CDATA[wx2421b1c4370ec43b]]></appid>\
+         <mch_id><![CDATA[10000100]]></mch_id>\
+         <nonce_str><![CDATA[1ee38e38b04990449808688cf3a763b7]]></nonce_str>\
+         <req_info><![CDATA[{REAL_REQ_INFO}]]></req_info></xml>"
+    );
+    let req = RawRequest {
+        method: "POST".into(),
+        headers: vec![("Content-Type".into(), "text/xml".into())],
+        query: String::new(),
+        body: body.into_bytes().into(),
+    };
+    let r = inbox.receive(&req, handler(&calls())).await;
+    assert_eq!(
+        r.result,
+        Ok(Outcome::Applied {
+            from: OrderState::Paid,
+            to: OrderState::Refunded
+        })
+    );
+    assert_eq!(r.reply, Profile::WechatPayV2.ack_reply());
+    let o = inbox.order(order).await.expect("read").expect("order");
+    assert_eq!((o.state, o.refunded_minor), (OrderState::Refunded, 6));
 }

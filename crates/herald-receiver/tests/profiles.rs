@@ -662,3 +662,70 @@ async fn a_real_wechat_v2_refund_notification_refunds_its_order() {
     let o = inbox.order(order).await.expect("read").expect("order");
     assert_eq!((o.state, o.refunded_minor), (OrderState::Refunded, 6));
 }
+
+#[tokio::test]
+async fn a_notification_lacking_an_id_its_wire_always_carries_is_refused_when_one_is_expected() {
+    // WeChat Pay v2 payment notifications always carry appid and mch_id (WeChat's 支付结果通知
+    // lists both as required; real ones, e.g. WxJava #1585's, have both). Signed correctly,
+    // but one of them left out:
+    for (missing, field) in [("appid", "appid"), ("mch_id", "mch_id")] {
+        let fields: Vec<(&str, &str)> = WX_HMAC_NOTIFY
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        let req = wechat_v2_body(&fields, SignType::HmacSha256);
+        let inbox = Inbox::new(wx_hmac_sender().receiver(), sqlite().await);
+        new_order(&inbox, "A1", 100).await;
+        let handled = inbox.receive(&req, handler(&calls())).await;
+        assert!(
+            matches!(&handled.result,
+                Err(Rejection::Invalid(ReceiveError::Missing(m))) if m.starts_with(field)),
+            "{missing}: {:?}",
+            handled.result
+        );
+        let o = inbox.order("A1").await.expect("read").expect("order");
+        assert_eq!(o.state, OrderState::Unpaid);
+    }
+    // Alipay notifications always carry seller_id: a sender that leaves it out is refused by
+    // a receiver expecting one.
+    let sender = Sender::new(Profile::Alipay, json!({"app_id": "2015102700040153"}));
+    let receiver = sender.receiver().expect_merchant_id("2088102119685838");
+    let inbox = Inbox::new(receiver, sqlite().await);
+    new_order(&inbox, "A1", 200).await;
+    let mut payload = alipay_sample_payment();
+    payload.as_object_mut().map(|o| o.remove("seller_id"));
+    let handled = inbox
+        .receive(
+            &sender.request("n1", "trade.success", &payload),
+            handler(&calls()),
+        )
+        .await;
+    assert!(
+        matches!(&handled.result,
+            Err(Rejection::Invalid(ReceiveError::Missing(m))) if m.starts_with("seller_id")),
+        "{:?}",
+        handled.result
+    );
+}
+
+#[tokio::test]
+async fn an_id_a_wire_carries_only_sometimes_is_checked_only_when_present() {
+    // Stripe events carry `account` only for Connect: a receiver expecting an account still
+    // takes an event without one.
+    let (sender, event_type, payload) = payment(Profile::Stripe);
+    let receiver = sender.receiver().expect_merchant_id("acct_1");
+    let inbox = Inbox::new(receiver, sqlite().await);
+    new_order(&inbox, "A1", 100).await;
+    let handled = inbox
+        .receive(
+            &sender.request("evt_1", event_type, &payload),
+            handler(&calls()),
+        )
+        .await;
+    assert!(
+        matches!(handled.result, Ok(Outcome::Applied { .. })),
+        "{:?}",
+        handled.result
+    );
+}

@@ -776,3 +776,75 @@ fn notify_ids_are_random_uuids() {
     assert_eq!(&a[14..15], "4");
     assert!("89ab".contains(&a[19..20]), "{a}");
 }
+
+/// `req` with its body replaced and signed again with the platform key (the same timestamp
+/// and nonce), as WeChat would sign that body.
+fn resigned(r: &EncodedRequest, body: &str) -> Req {
+    let req = Req::from(r);
+    let message = format!(
+        "{}\n{}\n{body}\n",
+        req.header("Wechatpay-Timestamp"),
+        req.header("Wechatpay-Nonce")
+    );
+    let sig = keys::sign_sha256_cached(&creds().private_key, message.as_bytes()).unwrap();
+    let mut req = req.set("Wechatpay-Signature", &sig);
+    req.body = body.as_bytes().to_vec();
+    req
+}
+
+#[test]
+fn a_signed_notification_whose_resource_type_is_not_encrypt_resource_is_refused() {
+    // WeChat's notify shape (支付成功结果通知): resource_type is always "encrypt-resource".
+    let r = encode(&transaction(), "TRANSACTION.SUCCESS");
+    let body = String::from_utf8(r.body.clone()).unwrap();
+    assert!(
+        body.contains(r#""resource_type":"encrypt-resource""#),
+        "{body}"
+    );
+    assert!(v3::verify(&own_keys(), &resigned(&r, &body).incoming()).is_ok());
+    let other = body.replace(r#""encrypt-resource""#, r#""plain-resource""#);
+    let err = v3::verify(&own_keys(), &resigned(&r, &other).incoming()).unwrap_err();
+    assert!(
+        matches!(&err, ReceiveError::MalformedBody(m) if m.contains("plain-resource")),
+        "{err}"
+    );
+    let none = body.replace(r#""resource_type":"encrypt-resource","#, "");
+    assert_ne!(none, body);
+    assert_eq!(
+        v3::verify(&own_keys(), &resigned(&r, &none).incoming()),
+        Err(ReceiveError::Missing("resource_type".into()))
+    );
+}
+
+#[test]
+fn serials_match_whatever_their_case_and_leading_zeros() {
+    // WeChat's Wechatpay-Serial keeps leading zeros that BigInteger.toString(16) drops
+    // (wechatpay-apiv3/wechatpay-go#46), and is upper-case hex while configured serials are
+    // often lower-case.
+    let r = encode(&transaction(), "TRANSACTION.SUCCESS");
+    let public = keys::public_base64(&keys::parse_public_key(&creds().private_key).unwrap());
+    let api = Some(creds().api_v3_key.as_str());
+    let serial = creds().serial.trim_start_matches('0').to_string();
+    for (configured, header) in [
+        (serial.to_ascii_lowercase(), format!("00{serial}")),
+        (format!("000{serial}"), serial.clone()),
+        (
+            format!("0{}", serial.to_ascii_lowercase()),
+            format!("00{serial}"),
+        ),
+    ] {
+        let ks = v3::receiver_keys(&[format!("{configured}={public}")], api).unwrap();
+        let req = Req::from(&r).set("Wechatpay-Serial", &header);
+        assert!(
+            v3::verify(&ks, &req.incoming()).is_ok(),
+            "{configured} vs {header}"
+        );
+    }
+    // A different serial still selects nothing.
+    let ks = v3::receiver_keys(&[format!("1{serial}={public}")], api).unwrap();
+    let req = Req::from(&r).set("Wechatpay-Serial", &serial);
+    assert!(matches!(
+        v3::verify(&ks, &req.incoming()),
+        Err(ReceiveError::UnknownKey(_))
+    ));
+}

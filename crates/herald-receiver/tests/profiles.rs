@@ -729,3 +729,100 @@ async fn an_id_a_wire_carries_only_sometimes_is_checked_only_when_present() {
         handled.result
     );
 }
+
+/// A WeChat Pay v3 merchant whose platform certificate serial starts with zeros (as WeChat
+/// sends it in `Wechatpay-Serial`; wechatpay-apiv3/wechatpay-go#46 fixed an SDK that dropped
+/// them), and the pieces a receiver is configured with.
+fn v3_sender() -> (Sender, herald_protocols::wechatpay_v3::Credentials) {
+    let sender = Sender::new(
+        Profile::WechatPayV3,
+        json!({"appid": "wx0000000000000001", "mchid": "1900000001",
+               "serial": "00F4C5AE6B1D2C3E4F5061728394A5B6C7D8E9F0"}),
+    );
+    let c = match &sender.creds {
+        herald_protocols::Credentials::WechatPayV3(c) => c.clone(),
+        _ => panic!("not a wechatpay-v3 sender"),
+    };
+    (sender, c)
+}
+
+#[tokio::test]
+async fn a_wechat_v3_receiver_matches_the_serial_without_case_or_leading_zeros() {
+    let (sender, c) = v3_sender();
+    let public = sender.view["public_key"].as_str().expect("public key");
+    // Configured as a tool prints it: lower-case, no leading zeros.
+    let keys = Profile::WechatPayV3
+        .receiver_keys(
+            &[format!("f4c5ae6b1d2c3e4f5061728394a5b6c7d8e9f0={public}")],
+            Some(&c.api_v3_key),
+        )
+        .expect("keys");
+    let receiver = Receiver::new(Profile::WechatPayV3, keys)
+        .with_clock(|| NOW)
+        .expect_app_id("wx0000000000000001")
+        .expect_merchant_id("1900000001");
+    let inbox = Inbox::new(receiver, sqlite().await);
+    new_order(&inbox, "A1", 100).await;
+    let (_, event_type, payload) = payment(Profile::WechatPayV3);
+    let req = sender.request("evt-1", event_type, &payload);
+    let serial = req
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Wechatpay-Serial"))
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        serial.as_deref(),
+        Some("00F4C5AE6B1D2C3E4F5061728394A5B6C7D8E9F0")
+    );
+    let handled = inbox.receive(&req, handler(&calls())).await;
+    assert_eq!(
+        handled.result,
+        Ok(Outcome::Applied {
+            from: OrderState::Unpaid,
+            to: OrderState::Paid
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_wechat_v3_notification_whose_resource_type_is_not_encrypt_resource_is_refused() {
+    let (sender, c) = v3_sender();
+    let inbox = Inbox::new(sender.receiver(), sqlite().await);
+    new_order(&inbox, "A1", 100).await;
+    let (_, event_type, payload) = payment(Profile::WechatPayV3);
+    let mut req = sender.request("evt-1", event_type, &payload);
+    let body = String::from_utf8(req.body.to_vec())
+        .expect("utf-8")
+        .replace(
+            r#""resource_type":"encrypt-resource""#,
+            r#""resource_type":"plain""#,
+        );
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .expect("header")
+    };
+    // Signed correctly for the changed body: only resource_type is wrong.
+    let message = format!(
+        "{}\n{}\n{body}\n",
+        header("Wechatpay-Timestamp"),
+        header("Wechatpay-Nonce")
+    );
+    let sig = herald_protocols::keys::sign_sha256_cached(&c.private_key, message.as_bytes())
+        .expect("sign");
+    req.headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case("Wechatpay-Signature"));
+    req.headers.push(("Wechatpay-Signature".into(), sig));
+    req.body = body.into_bytes().into();
+    let handled = inbox.receive(&req, handler(&calls())).await;
+    assert!(
+        matches!(&handled.result,
+            Err(Rejection::Invalid(ReceiveError::MalformedBody(m))) if m.contains("resource_type")),
+        "{:?}",
+        handled.result
+    );
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!(o.state, OrderState::Unpaid);
+}

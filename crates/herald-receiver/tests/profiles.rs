@@ -826,3 +826,33 @@ async fn a_wechat_v3_notification_whose_resource_type_is_not_encrypt_resource_is
     let o = inbox.order("A1").await.expect("read").expect("order");
     assert_eq!(o.state, OrderState::Unpaid);
 }
+
+#[tokio::test]
+async fn a_stripe_event_signed_ahead_of_the_receivers_clock_is_taken_as_stripes_libraries_do() {
+    // stripe-node and stripe-python refuse only a timestamp older than the 300 s tolerance;
+    // one ahead of the receiver's clock (skew) verifies.
+    let (sender, event_type, payload) = payment(Profile::Stripe);
+    let inbox = Inbox::new(sender.receiver(), sqlite().await);
+    new_order(&inbox, "A1", 100).await;
+    let ahead = sender.request_at("evt_1", event_type, &payload, NOW + 900);
+    let handled = inbox.receive(&ahead, handler(&calls())).await;
+    assert_eq!(
+        handled.result,
+        Ok(Outcome::Applied {
+            from: OrderState::Unpaid,
+            to: OrderState::Paid
+        })
+    );
+    let stale = sender.request_at("evt_2", event_type, &payload, NOW - 301);
+    let handled = inbox.receive(&stale, handler(&calls())).await;
+    assert!(
+        matches!(
+            handled.result,
+            Err(Rejection::Invalid(
+                ReceiveError::TimestampOutOfWindow { .. }
+            ))
+        ),
+        "{:?}",
+        handled.result
+    );
+}

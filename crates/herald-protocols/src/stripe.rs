@@ -36,7 +36,7 @@ use subtle::{Choice, ConstantTimeEq};
 use crate::ack::AckRule;
 use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
-use crate::receive::{Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification};
+use crate::receive::{Amount, IncomingRequest, ReceiveError, Refusal, Reply, VerifiedNotification};
 use crate::retry::RetryPolicy;
 
 /// The profile's name (in [`VerifiedNotification::profile`] and retry policy names).
@@ -516,6 +516,21 @@ pub fn verify(
     keys: &ReceiverKeys,
     req: &IncomingRequest<'_>,
 ) -> Result<VerifiedNotification, ReceiveError> {
+    verify_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify`], saying whether the signature (and timestamp) had verified when a request is
+/// refused: a correctly signed body that is not an event is a [`Refusal::signed`].
+pub fn verify_detailed(
+    keys: &ReceiverKeys,
+    req: &IncomingRequest<'_>,
+) -> Result<VerifiedNotification, Refusal> {
+    check_signature(keys, req).map_err(Refusal::unsigned)?;
+    decode(req.body).map_err(Refusal::signed)
+}
+
+/// Content type, header, signature, then the timestamp's age.
+fn check_signature(keys: &ReceiverKeys, req: &IncomingRequest<'_>) -> Result<(), ReceiveError> {
     check_content_type(req)?;
     let header = parse_header(req)?;
     let t = header.timestamp;
@@ -550,8 +565,12 @@ pub fn verify(
             now: req.now,
         });
     }
+    Ok(())
+}
 
-    let event: serde_json::Map<String, Value> = serde_json::from_slice(req.body)
+/// The event of a correctly signed body.
+fn decode(body: &[u8]) -> Result<VerifiedNotification, ReceiveError> {
+    let event: serde_json::Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ReceiveError::MalformedBody(format!("the body is not a JSON object: {e}")))?;
     let id = non_empty_str(event.get("id"))
         .ok_or_else(|| ReceiveError::Missing("id".into()))?

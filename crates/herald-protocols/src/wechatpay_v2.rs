@@ -50,7 +50,8 @@ use crate::ack::AckRule;
 use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 use crate::receive::{
-    parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification,
+    parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Refusal, Reply,
+    VerifiedNotification,
 };
 use crate::retry::RetryPolicy;
 
@@ -860,26 +861,42 @@ pub fn verify(
     keys: &ReceiverKeys,
     req: &IncomingRequest<'_>,
 ) -> Result<VerifiedNotification, ReceiveError> {
-    check_content_type(req)?;
-    let fields = parse_xml(req.body)?;
+    verify_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify`], saying whether the sign had verified when a request is refused: a correctly
+/// signed payment body without `return_code` `SUCCESS` or without ids is a
+/// [`Refusal::signed`]. A refund notification that does not decrypt is unsigned.
+pub fn verify_detailed(
+    keys: &ReceiverKeys,
+    req: &IncomingRequest<'_>,
+) -> Result<VerifiedNotification, Refusal> {
+    check_content_type(req).map_err(Refusal::unsigned)?;
+    let fields = parse_xml(req.body).map_err(Refusal::unsigned)?;
     if refund_notify::is_refund_notify(&fields) {
-        return refund_notify::verify(keys, &fields);
+        return refund_notify::verify(keys, &fields).map_err(Refusal::unsigned);
     }
-    let return_code = field(&fields, "return_code");
-    let Some(received) = field(&fields, "sign") else {
+    check_sign(keys, &fields).map_err(Refusal::unsigned)?;
+    decode(&fields).map_err(Refusal::signed)
+}
+
+/// The `sign` of a payment notification under any configured key.
+fn check_sign(keys: &ReceiverKeys, fields: &[(String, String)]) -> Result<(), ReceiveError> {
+    let return_code = field(fields, "return_code");
+    let Some(received) = field(fields, "sign") else {
         return Err(match return_code {
             Some(code) if code != "SUCCESS" => malformed(format!(
                 "return_code is {code:?}, not SUCCESS, and the message is unsigned (return_msg: {:?})",
-                field(&fields, "return_msg").unwrap_or("")
+                field(fields, "return_msg").unwrap_or("")
             )),
             _ => ReceiveError::Missing("sign".into()),
         });
     };
-    let sign_type = choose_sign_type(keys.sign_type, field(&fields, "sign_type"), received)?;
+    let sign_type = choose_sign_type(keys.sign_type, field(fields, "sign_type"), received)?;
     let received = received.to_ascii_uppercase();
     // Check every key, so the time taken does not depend on which one matched.
     let matched = keys.api_keys.iter().fold(Choice::from(0), |acc, key| {
-        let expected = sign(&fields, key, sign_type);
+        let expected = sign(fields, key, sign_type);
         if expected.is_empty() {
             acc
         } else {
@@ -893,41 +910,45 @@ pub fn verify(
             if keys.api_keys.len() > 1 { "s" } else { "" }
         )));
     }
+    Ok(())
+}
 
-    match return_code {
+/// The notification of correctly signed payment fields.
+fn decode(fields: &[(String, String)]) -> Result<VerifiedNotification, ReceiveError> {
+    match field(fields, "return_code") {
         None => return Err(ReceiveError::Missing("return_code".into())),
         Some("SUCCESS") => {}
         Some(code) => {
             return Err(malformed(format!(
                 "return_code is {code:?}, not SUCCESS (return_msg: {:?})",
-                field(&fields, "return_msg").unwrap_or("")
+                field(fields, "return_msg").unwrap_or("")
             )))
         }
     }
 
-    let transaction_id = field(&fields, "transaction_id").map(str::to_string);
-    let out_trade_no = field(&fields, "out_trade_no").map(str::to_string);
+    let transaction_id = field(fields, "transaction_id").map(str::to_string);
+    let out_trade_no = field(fields, "out_trade_no").map(str::to_string);
     let notify_id = transaction_id
         .clone()
         .or_else(|| out_trade_no.clone())
         .ok_or_else(|| ReceiveError::Missing("transaction_id (and out_trade_no)".into()))?;
-    let amount = match field(&fields, "total_fee") {
+    let amount = match field(fields, "total_fee") {
         None => None,
         Some(fee) => Some(Amount {
             minor: parse_fen(fee)?,
-            currency: field(&fields, "fee_type")
+            currency: field(fields, "fee_type")
                 .unwrap_or(DEFAULT_FEE_TYPE)
                 .to_ascii_uppercase(),
         }),
     };
-    let status = field(&fields, "trade_state")
-        .or_else(|| field(&fields, "result_code"))
+    let status = field(fields, "trade_state")
+        .or_else(|| field(fields, "result_code"))
         .map(str::to_string);
     Ok(VerifiedNotification {
         profile: PROFILE,
         notify_id,
-        app_id: field(&fields, "appid").map(str::to_string),
-        merchant_id: field(&fields, "mch_id").map(str::to_string),
+        app_id: field(fields, "appid").map(str::to_string),
+        merchant_id: field(fields, "mch_id").map(str::to_string),
         out_trade_no,
         transaction_id,
         amount,

@@ -28,7 +28,7 @@ use time::macros::format_description;
 use crate::keys;
 use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
-use crate::receive::{Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification};
+use crate::receive::{Amount, IncomingRequest, ReceiveError, Refusal, Reply, VerifiedNotification};
 use crate::{AckRule, RetryPolicy};
 
 /// The profile's name on the wire and in [`VerifiedNotification::profile`].
@@ -603,6 +603,22 @@ pub fn verify(
     keys: &ReceiverKeys,
     req: &IncomingRequest<'_>,
 ) -> Result<VerifiedNotification, ReceiveError> {
+    verify_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify`], saying whether the signature had verified when a request is refused: a
+/// correctly signed body whose resource is not a WeChat resource, or does not decrypt with
+/// the APIv3 key, is a [`Refusal::signed`].
+pub fn verify_detailed(
+    keys: &ReceiverKeys,
+    req: &IncomingRequest<'_>,
+) -> Result<VerifiedNotification, Refusal> {
+    check_signature(keys, req).map_err(Refusal::unsigned)?;
+    decode(keys, req.body).map_err(Refusal::signed)
+}
+
+/// Probe, method, content type, headers, timestamp window, serial, signature.
+fn check_signature(keys: &ReceiverKeys, req: &IncomingRequest<'_>) -> Result<(), ReceiveError> {
     if req
         .header(HEADER_SIGNATURE)
         .is_some_and(|s| s.trim_start().starts_with(PROBE_PREFIX))
@@ -671,8 +687,12 @@ pub fn verify(
             "{HEADER_SIGNATURE} does not verify under the platform key for serial {serial:?}"
         )));
     }
+    Ok(())
+}
 
-    let outer: Map<String, Value> = serde_json::from_slice(req.body)
+/// The notification of a correctly signed body: its resource checked and decrypted.
+fn decode(keys: &ReceiverKeys, body: &[u8]) -> Result<VerifiedNotification, ReceiveError> {
+    let outer: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ReceiveError::MalformedBody(format!("the body is not a JSON object: {e}")))?;
     match outer.get("resource_type").and_then(Value::as_str) {
         Some(RESOURCE_TYPE) => {}

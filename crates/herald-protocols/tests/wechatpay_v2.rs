@@ -4,7 +4,7 @@
 //! and amounts.
 use herald_protocols::ack::AckRule;
 use herald_protocols::profile::{OutgoingNotification, ProfileError};
-use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError};
+use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError, Refusal};
 use herald_protocols::wechatpay_v2::{
     self as wx, ack_reply, create_credentials, encode, explain, failure_reply, parse_xml,
     public_view, receiver_keys, receiver_keys_from, rotate, sign, string_to_sign, verify,
@@ -862,4 +862,28 @@ fn a_sign_of_another_length_is_refused_saying_why() {
         matches!(&err, ReceiveError::BadSignature(m) if m.contains("6 characters")),
         "{err}"
     );
+}
+
+#[test]
+fn verify_detailed_says_a_signed_body_without_return_code_had_a_valid_sign() {
+    let fields: Vec<(&str, &str)> = BASE
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "return_code")
+        .collect();
+    let body = signed_body(&fields, KEY, SignType::Md5);
+    let keys = receiver_keys(&[KEY.to_string()]).unwrap();
+    let headers = xml_headers();
+    assert_eq!(
+        wx::verify_detailed(&keys, &request(&headers, &body)),
+        Err(Refusal::signed(ReceiveError::Missing("return_code".into())))
+    );
+    let other = receiver_keys(&["0123456789abcdef0123456789ABCDEF".to_string()]).unwrap();
+    assert!(matches!(
+        wx::verify_detailed(&other, &request(&headers, &body)),
+        Err(Refusal {
+            signature_valid: false,
+            error: ReceiveError::BadSignature(_)
+        })
+    ));
 }

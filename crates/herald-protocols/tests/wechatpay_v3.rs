@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use herald_protocols::keys;
-use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError};
+use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError, Refusal};
 use herald_protocols::wechatpay_v3::{self as v3, Credentials};
 use herald_protocols::{AckRule, EncodedRequest, OutgoingNotification, ProfileError, RetryPolicy};
 use serde_json::{json, Value};
@@ -846,5 +846,32 @@ fn serials_match_whatever_their_case_and_leading_zeros() {
     assert!(matches!(
         v3::verify(&ks, &req.incoming()),
         Err(ReceiveError::UnknownKey(_))
+    ));
+}
+
+#[test]
+fn verify_detailed_says_a_signed_notification_that_does_not_decrypt_had_a_valid_signature() {
+    let req = Req::from(&encode(&transaction(), "TRANSACTION.SUCCESS"));
+    let public = keys::public_pem(&keys::parse_public_key(&creds().private_key).unwrap());
+    let ks = v3::receiver_keys(
+        std::slice::from_ref(&public),
+        Some("0123456789abcdef0123456789abcdef"),
+    )
+    .unwrap();
+    assert!(matches!(
+        v3::verify_detailed(&ks, &req.incoming()),
+        Err(Refusal {
+            signature_valid: true,
+            error: ReceiveError::Decrypt(_)
+        })
+    ));
+    let mut stale = Req::from(&encode(&transaction(), "TRANSACTION.SUCCESS"));
+    stale.now = TS + 3_600;
+    assert!(matches!(
+        v3::verify_detailed(&own_keys(), &stale.incoming()),
+        Err(Refusal {
+            signature_valid: false,
+            error: ReceiveError::TimestampOutOfWindow { .. }
+        })
     ));
 }

@@ -784,7 +784,22 @@ fn choose_sign_type(
         })?),
     };
     let chosen = match configured {
-        Some(t) => t,
+        Some(t) => {
+            let length_says = match received.len() {
+                32 => Some(SignType::Md5),
+                64 => Some(SignType::HmacSha256),
+                _ => None,
+            };
+            if let Some(other) = length_says.filter(|l| *l != t) {
+                return Err(ReceiveError::BadSignature(format!(
+                    "the sign has {} characters, an {} sign, but the merchant is configured for {}",
+                    received.len(),
+                    other.as_str(),
+                    t.as_str()
+                )));
+            }
+            t
+        }
         None => match received.len() {
             32 => SignType::Md5,
             64 => SignType::HmacSha256,
@@ -964,9 +979,18 @@ fn decode(fields: &[(String, String)]) -> Result<VerifiedNotification, ReceiveEr
 /// The string the request's sign covers, with `<API key>` in place of the key (the key is
 /// never shown): for debugging a sign that does not match. Needs only a parseable body;
 /// `keys` is not used.
+///
+/// A refund notification has no sign: its explanation says how `req_info` is checked.
 pub fn explain(keys: &ReceiverKeys, req: &IncomingRequest<'_>) -> Result<String, ReceiveError> {
     let _ = keys;
     let fields = parse_xml(req.body)?;
+    if refund_notify::is_refund_notify(&fields) {
+        return Ok(
+            "(none: a refund notification is not signed; req_info is AES-256-ECB with PKCS#7 \
+             under the lowercase hex MD5 of <API key>, and decrypting it is the check)"
+                .to_string(),
+        );
+    }
     Ok(string_to_sign(&fields, KEY_PLACEHOLDER))
 }
 

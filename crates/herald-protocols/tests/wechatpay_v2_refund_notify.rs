@@ -272,3 +272,23 @@ fn encode_sends_what_wechat_sends_and_verify_takes_it_back() {
     let again = refund_notify::encode(&c, &wxjava_info()).expect("encodes");
     assert_ne!(enc.body, again.body);
 }
+
+#[test]
+fn explain_says_a_refund_notification_is_checked_by_decryption_not_a_sign() {
+    let keys = receiver_keys(&[REAL_KEY.to_string()]).expect("keys");
+    let body = outer(REAL_REQ_INFO);
+    let headers = vec![("Content-Type".to_string(), "text/xml".to_string())];
+    let req = IncomingRequest {
+        method: "POST",
+        headers: &headers,
+        query: "",
+        body: &body,
+        now: 0,
+    };
+    let s = herald_protocols::wechatpay_v2::explain(&keys, &req).expect("explains");
+    assert!(
+        s.contains("not signed") && s.contains("MD5 of <API key>"),
+        "{s}"
+    );
+    assert!(!s.contains(REAL_KEY), "{s}");
+}

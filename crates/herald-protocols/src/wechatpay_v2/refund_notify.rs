@@ -244,7 +244,7 @@ fn aes_key(api_key: &str) -> [u8; 32] {
 }
 
 /// `info` as WeChat sends it in `req_info`: [`RefundInfo::to_xml`], AES-256-ECB with PKCS#7
-/// under [`aes_key`] of `api_key`, standard base64.
+/// under the lowercase hex MD5 of `api_key` (32 ASCII bytes), standard base64.
 pub fn encrypt_req_info(api_key: &str, info: &RefundInfo) -> Result<String, ProfileError> {
     let xml = info.to_xml()?;
     let cipher = ecb::Encryptor::<Aes256>::new(&aes_key(api_key).into());

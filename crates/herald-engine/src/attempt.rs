@@ -1,7 +1,10 @@
 //! One HTTP attempt: sign and encode with the app's profile, send with the pooled client,
 //! read a capped response, classify it, and decide the delivery's next step.
+//!
+//! The scheduler makes attempts through the [`Attempter`] trait, so its tests can script
+//! receivers without sockets; [`HttpAttempter`] is the real one.
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use herald_protocols::{classify, AckRule, OutgoingNotification, RetryPolicy, Verdict};
 use herald_store::{AppCtx, Attempt, EndpointCtx, Job, Millis, Outcome};
@@ -9,7 +12,7 @@ use rand::Rng;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
 use crate::ssrf::{BlockedTarget, CheckedResolver, TargetPolicy};
-use crate::{now_ms, EngineConfig};
+use crate::{Clock, EngineConfig};
 
 /// The engine's HTTP client: one pool of keep-alive connections for every endpoint,
 /// connect and total timeouts, redirects not followed, addresses checked by the resolver.
@@ -37,26 +40,47 @@ pub struct AttemptResult {
     pub verdict: Verdict,
 }
 
-/// Everything an attempt needs besides the job.
-pub struct Sender {
+/// Makes attempt number `job.attempts + 1` of a job: to the endpoint's current URL (or the
+/// job's own), judged by the endpoint's or the app's ack rule.
+#[async_trait::async_trait]
+pub trait Attempter: Send + Sync + 'static {
+    async fn attempt(
+        &self,
+        job: &Job,
+        app: &AppCtx,
+        endpoint: Option<&EndpointCtx>,
+    ) -> AttemptResult;
+}
+
+/// The real attempter: HTTP with the pooled client, under the target policy.
+pub struct HttpAttempter {
     pub client: reqwest::Client,
     pub policy: Arc<TargetPolicy>,
     /// Most bytes of a response body read.
     pub read_cap: usize,
     /// Most bytes of a response body stored.
     pub store_cap: usize,
+    pub clock: Arc<dyn Clock>,
 }
 
-impl Sender {
-    /// Makes attempt number `job.attempts + 1` of `job` to `url`.
-    pub async fn attempt(
+#[async_trait::async_trait]
+impl Attempter for HttpAttempter {
+    async fn attempt(
         &self,
         job: &Job,
         app: &AppCtx,
-        url: &str,
-        ack: &AckRule,
+        endpoint: Option<&EndpointCtx>,
     ) -> AttemptResult {
-        let at = now_ms();
+        let url = endpoint.map(|e| e.url.as_str()).unwrap_or(&job.url);
+        let (_, ack) = effective_rules(app, endpoint);
+        self.send(job, app, url, ack).await
+    }
+}
+
+impl HttpAttempter {
+    /// Makes attempt number `job.attempts + 1` of `job` to `url`.
+    pub async fn send(&self, job: &Job, app: &AppCtx, url: &str, ack: &AckRule) -> AttemptResult {
+        let at = self.clock.now();
         let started = Instant::now();
         let n = job.attempts + 1;
         let fail = |class: &str, error: String, status: Option<u16>, response: Option<String>| {
@@ -176,7 +200,7 @@ impl Sender {
             status,
             &body,
             retry_after.as_deref(),
-            SystemTime::now(),
+            UNIX_EPOCH + Duration::from_millis(self.clock.now().max(0) as u64),
         );
         let (error_class, error) = match verdict {
             Verdict::Acked => (None, None),

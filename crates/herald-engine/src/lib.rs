@@ -1,11 +1,16 @@
 //! Herald's delivery engine: which delivery is due, who may send it now, the HTTP attempt,
 //! its outcome and the next attempt time. It never blocks on one endpoint.
 //!
-//! The store is the source of truth; the engine keeps a bounded window of soon-due work in
-//! memory ([`scheduler`]), makes attempts with one pooled client ([`attempt`]) under the
-//! target policy ([`ssrf`]), and hands every outcome back to the store, whose group commit
-//! makes it durable. After a restart every pending delivery (including those that were in
-//! flight) is loaded and attempted again.
+//! The store is the source of truth; the engine claims soon-due work from the store's queue
+//! and keeps it in memory (the scheduler), makes attempts with one pooled client
+//! ([`attempt`]) under the target policy ([`ssrf`]), and hands every outcome back to the
+//! store, which applies it only while this node's claim holds. Several engines may share one
+//! database: each claims its own work under a lease, and a dead engine's work is taken over
+//! when its lease expires. After a restart every pending delivery (including those that were
+//! in flight) is claimed and attempted again.
+//!
+//! The engine never reads the wall clock directly: it asks its [`Clock`], so tests run it on
+//! Tokio's paused time.
 pub mod attempt;
 mod scheduler;
 pub mod ssrf;
@@ -15,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_store::{Millis, Store};
+use herald_store::{Millis, NodeId, Queue};
 
 pub use ssrf::TargetPolicy;
 
@@ -35,12 +40,19 @@ pub struct EngineConfig {
     pub response_read_cap: usize,
     /// Most bytes of a response stored with the attempt.
     pub response_store_cap: usize,
-    /// How far ahead of now the in-memory window reaches.
+    /// How far ahead of now the engine claims work and keeps it in memory.
     pub window: Duration,
     /// Most deliveries held in memory.
     pub max_in_memory: usize,
-    /// Most deliveries per load.
-    pub load_page: usize,
+    /// Most deliveries per claim.
+    pub claim_batch: usize,
+    /// How often the engine claims without a hint (hints only make it sooner).
+    pub claim_interval: Duration,
+    /// How long a node's claims hold without a renewal: a dead node's work is taken over
+    /// after at most this plus half of it. Renewed every third of it.
+    pub lease: Duration,
+    /// Where the engine reads the time.
+    pub clock: Arc<dyn Clock>,
     pub target_policy: Arc<TargetPolicy>,
     pub user_agent: String,
     /// How long shutdown waits for attempts in flight.
@@ -58,7 +70,10 @@ impl Default for EngineConfig {
             response_store_cap: 4 * 1024,
             window: Duration::from_secs(60),
             max_in_memory: 100_000,
-            load_page: 10_000,
+            claim_batch: 10_000,
+            claim_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
             target_policy: Arc::new(TargetPolicy::default()),
             user_agent: concat!("Herald/", env!("CARGO_PKG_VERSION")).to_string(),
             shutdown_grace: Duration::from_secs(5),
@@ -76,17 +91,15 @@ pub struct EngineStats {
     pub in_memory: AtomicU64,
     /// Deliveries postponed to relieve memory (see the scheduler's parking).
     pub parked: AtomicU64,
-    /// Window loads answered by the store; the first one means the engine is ready (it
-    /// holds everything due soon).
-    pub loads: AtomicU64,
+    /// Claims answered by the store; the first one means the engine is ready (it holds
+    /// what was due soon and free).
+    pub claims: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("the store's event stream was already taken by another engine")]
-    EventsTaken,
     #[error("cannot build the HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 /// A running engine.
@@ -96,27 +109,80 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine on `store` until `shutdown` completes. Must be called inside a
-    /// Tokio runtime.
+    /// Starts the engine on `queue` until `shutdown` completes, attempting over HTTP. Must be
+    /// called inside a Tokio runtime.
     pub fn start(
-        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
         config: EngineConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Engine, EngineError> {
-        let events = store.take_events().ok_or(EngineError::EventsTaken)?;
-        let client =
-            attempt::build_client(&config).map_err(|e| EngineError::Client(e.to_string()))?;
-        let sender = Arc::new(attempt::Sender {
+        let client = attempt::build_client(&config).map_err(EngineError::Client)?;
+        let attempter = Arc::new(attempt::HttpAttempter {
             client,
             policy: config.target_policy.clone(),
             read_cap: config.response_read_cap,
             store_cap: config.response_store_cap,
+            clock: config.clock.clone(),
         });
-        let stats = Arc::new(EngineStats::default());
-        let scheduler = scheduler::Scheduler::new(store, config, sender, stats.clone());
-        let task = tokio::spawn(scheduler.run(events, shutdown));
-        Ok(Engine { stats, task })
+        Ok(Engine::with_attempter(queue, config, attempter, shutdown))
     }
+
+    /// Starts the engine with another way of making attempts (tests).
+    pub fn with_attempter(
+        queue: Arc<dyn Queue>,
+        config: EngineConfig,
+        attempter: Arc<dyn attempt::Attempter>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Engine {
+        let stats = Arc::new(EngineStats::default());
+        let scheduler = scheduler::Scheduler::new(queue, config, attempter, stats.clone());
+        let task = tokio::spawn(scheduler.run(shutdown));
+        Engine { stats, task }
+    }
+}
+
+/// Where the engine reads the time, in unix milliseconds.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    fn now(&self) -> Millis;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        now_ms()
+    }
+}
+
+/// A clock that starts at a fixed time and follows Tokio's clock from there, so tests that
+/// pause and advance Tokio's time move the engine's time with it.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: Millis,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Must be called inside a Tokio runtime.
+    pub fn starting_at(start: Millis) -> TokioClock {
+        TokioClock {
+            start,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Millis {
+        self.start + self.origin.elapsed().as_millis() as Millis
+    }
+}
+
+/// A fresh node id for a lease.
+pub(crate) fn new_node_id() -> NodeId {
+    NodeId::from(format!("node_{}", ulid::Ulid::new()))
 }
 
 /// The wall clock in unix milliseconds.

@@ -1,11 +1,17 @@
 //! The scheduler: one task that owns all in-memory delivery state and decides who may be
-//! attempted now.
+//! attempted now. It works against the store's claim-based queue (`herald_store::queue`).
 //!
-//! - **Window.** Memory holds only deliveries due before a *watermark* `(time, seq)`; the
-//!   store holds the rest. Loads extend the watermark page by page; store events about
-//!   deliveries beyond the watermark are ignored (a later load brings them). Because loads
-//!   and events come through the store's single ordered stream, every pending delivery is
-//!   either in memory or beyond the watermark, never both, never neither.
+//! - **Claims.** Memory holds only deliveries this node has claimed: due before `now +
+//!   window`. Claims run on a timer (`claim_interval`), at once when a hint says work was
+//!   committed, and again straight away while a claim comes back full. What another node
+//!   holds is never claimed here, so several engines on one database never attempt the same
+//!   delivery while their leases hold. Hints are only wake-ups: if one is lost, the timer's
+//!   claim finds the work anyway.
+//! - **Lease.** The node renews its lease every `lease / 3`. When a renewal says the lease
+//!   was lost (or none succeeded for a whole lease, e.g. the database was unreachable), other
+//!   nodes may have taken the work over: the scheduler forgets everything it holds (late
+//!   outcomes of attempts in flight are stale and change nothing), takes a new node id and
+//!   claims afresh. Every `lease / 2` it also rescues the work of nodes whose lease expired.
 //! - **Timers.** A `BTreeSet` of `(next_at, seq)`: ordered, so the earliest is at the front
 //!   and eviction takes from the back.
 //! - **Queues.** Due deliveries move to their destination's ready queue (an endpoint, or the
@@ -14,35 +20,39 @@
 //!   its own slots. A destination whose recent attempts all failed drops to one attempt at a
 //!   time until one succeeds.
 //! - **Parking.** When memory passes its bound because a destination cannot keep up, the
-//!   tail of the longest ready queues is postponed in the store (moved past the watermark,
-//!   no attempt spent) and dropped from memory; loads bring it back later.
+//!   tail of the longest ready queues is released in the store with a later time (no attempt
+//!   spent) and dropped from memory; claims bring it back later.
 //! - **No silent loss.** Every attempt task reports back, even when it panics (a drop
-//!   guard), so slots never leak and the delivery is tried again.
-use std::collections::{BTreeSet, HashMap, VecDeque};
+//!   guard), so slots never leak; an outcome the store could not take is attempted again
+//!   after a backoff (the delivery stays held by this node, so nobody else sends it).
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_store::{
-    AppCtx, AttemptReport, DeliveryStatus, EndpointCtx, EventReceiver, Job, LoadRequest, Millis,
-    Outcome, Store, StoreEvent,
+    AppCtx, AttemptReport, ClaimParams, CompleteParams, Completed, DeliveryStatus, EndpointCtx,
+    Hint, HintReceiver, Job, Lease, LeaseParams, Millis, NodeId, Outcome, Queue, ReleaseParams,
 };
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
-use crate::attempt::{effective_rules, next_outcome, Sender};
-use crate::{now_ms, EngineConfig, EngineStats};
+use crate::attempt::{effective_rules, next_outcome, Attempter};
+use crate::{new_node_id, Clock, EngineConfig, EngineStats};
 
 /// Consecutive failed attempts after which a destination gets one attempt at a time.
 const UNHEALTHY_AFTER: u32 = 5;
-/// Events handled before dispatching again.
-const EVENT_BATCH: usize = 1024;
+/// Hints or task messages handled before dispatching again.
+const MSG_BATCH: usize = 1024;
 /// Delay before a job whose outcome could not be recorded is tried again; doubles with each
 /// consecutive storage failure, up to `RECORD_RETRY_MAX`.
 const RECORD_RETRY: Millis = 1_000;
 const RECORD_RETRY_MAX: Millis = 300_000;
 /// Ready jobs a destination keeps in memory when parking.
 const PARK_KEEP_MIN: usize = 64;
+/// Pause before claiming again after a failed claim, lease or release call.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -51,18 +61,16 @@ enum State {
     /// In its destination's ready queue.
     Ready,
     InFlight,
-    /// Canceled while in flight: drop it when its outcome arrives.
-    InFlightCanceled,
-    /// Being postponed in the store; leaves memory when the store confirms.
+    /// Revoked (canceled, retried by hand, lease lost) while in flight: drop it when its
+    /// outcome arrives.
+    InFlightRevoked,
+    /// Being released (parked) in the store; leaves memory when the store confirms.
     Parking,
 }
 
 struct Slot {
     job: Arc<Job>,
     state: State,
-    /// Kept in memory whatever the watermark (its outcome could not be recorded, so the
-    /// store does not know its retry time).
-    pinned: bool,
 }
 
 #[derive(Default)]
@@ -89,41 +97,13 @@ impl Dest {
     }
 }
 
-pub(crate) struct Scheduler {
-    store: Arc<dyn Store>,
-    config: EngineConfig,
-    sender: Arc<Sender>,
-    stats: Arc<EngineStats>,
-    timers: BTreeSet<(Millis, i64)>,
-    jobs: HashMap<i64, Slot>,
-    dests: HashMap<Arc<str>, Dest>,
-    ready_dests: VecDeque<Arc<str>>,
-    in_flight: usize,
-    watermark: (Millis, i64),
-    /// Everything up to the watermark's time is loaded (the last load was not cut short).
-    caught_up: bool,
-    load_pending: bool,
-    next_load_at: Instant,
-    apps: HashMap<String, Arc<AppCtx>>,
-    endpoints: HashMap<String, Arc<EndpointCtx>>,
-    /// Jobs in `Parking` state.
-    parking: usize,
-    /// Attempts whose HTTP exchange is over and whose outcome is being committed.
-    recording: usize,
-    /// Consecutive storage failures to record outcomes (for backoff).
-    record_failures: u32,
-    /// Attempt tasks report here: when their HTTP exchange is over (the slot is free while
-    /// the outcome is being committed), and when they ended without handing their outcome
-    /// to the store (panic, store closed).
-    task_tx: tokio::sync::mpsc::UnboundedSender<TaskMsg>,
-    task_rx: Option<tokio::sync::mpsc::UnboundedReceiver<TaskMsg>>,
-}
-
-/// What an attempt task tells the scheduler directly (not through the store).
+/// What spawned tasks (attempts and store calls) tell the scheduler.
 enum TaskMsg {
     /// The HTTP exchange ended: release the destination's slot. `success` is the
     /// receiver's answer, for the destination's health.
     HttpDone { dest: Arc<str>, success: bool },
+    /// The store took the attempt's outcome.
+    Completed { job: Arc<Job>, completed: Completed },
     /// The outcome never reached the store; `slot_held` when the HTTP slot was not
     /// released yet either.
     Lost {
@@ -131,15 +111,30 @@ enum TaskMsg {
         dest: Arc<str>,
         slot_held: bool,
     },
+    /// A claim's answer (`None`: it failed). `node` is who claimed.
+    Claimed {
+        node: NodeId,
+        limit: usize,
+        jobs: Option<Vec<Arc<Job>>>,
+    },
+    /// A release's answer: the seqs asked for and those the store released.
+    Released {
+        requested: Vec<i64>,
+        released: Option<Vec<i64>>,
+    },
+    /// A lease renewal's answer.
+    Renewed { node: NodeId, lease: Option<Lease> },
+    /// The node (re)registered.
+    Registered { node: NodeId, ok: bool },
 }
 
-/// Reports an attempt task's job as lost unless disarmed (the outcome was handed to the
-/// store). Runs on panic too, so the scheduler's slots never leak.
+/// Reports an attempt task's job as lost unless disarmed (its outcome reached the store).
+/// Runs on panic too, so the scheduler's slots never leak.
 struct AttemptGuard {
     job: Option<Arc<Job>>,
     dest: Arc<str>,
     slot_held: bool,
-    tx: tokio::sync::mpsc::UnboundedSender<TaskMsg>,
+    tx: UnboundedSender<TaskMsg>,
 }
 
 impl AttemptGuard {
@@ -153,8 +148,8 @@ impl AttemptGuard {
         });
     }
 
-    fn disarm(&mut self) {
-        self.job = None;
+    fn disarm(&mut self) -> Option<Arc<Job>> {
+        self.job.take()
     }
 }
 
@@ -170,28 +165,70 @@ impl Drop for AttemptGuard {
     }
 }
 
+pub(crate) struct Scheduler {
+    queue: Arc<dyn Queue>,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    attempter: Arc<dyn Attempter>,
+    stats: Arc<EngineStats>,
+    node: NodeId,
+    /// The node's lease is registered (claims wait until it is).
+    registered: bool,
+    timers: BTreeSet<(Millis, i64)>,
+    jobs: HashMap<i64, Slot>,
+    dests: HashMap<Arc<str>, Dest>,
+    ready_dests: VecDeque<Arc<str>>,
+    in_flight: usize,
+    claim_pending: bool,
+    /// A hint arrived while a claim was running: claim again when it answers.
+    claim_again: bool,
+    next_claim_at: Instant,
+    renew_pending: bool,
+    next_renew_at: Instant,
+    /// When the lease was last confirmed (by registering or renewing).
+    lease_confirmed_at: Instant,
+    next_rescue_at: Instant,
+    apps: HashMap<String, Arc<AppCtx>>,
+    endpoints: HashMap<String, Arc<EndpointCtx>>,
+    /// Jobs in `Parking` state.
+    parking: usize,
+    /// Attempts whose HTTP exchange is over and whose outcome is being committed.
+    recording: usize,
+    /// Consecutive storage failures to record outcomes (for backoff).
+    record_failures: u32,
+    task_tx: UnboundedSender<TaskMsg>,
+    task_rx: Option<UnboundedReceiver<TaskMsg>>,
+}
+
 impl Scheduler {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
         config: EngineConfig,
-        sender: Arc<Sender>,
+        attempter: Arc<dyn Attempter>,
         stats: Arc<EngineStats>,
     ) -> Scheduler {
-        let (task_tx, task_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (task_tx, task_rx) = unbounded_channel();
+        let now = Instant::now();
         Scheduler {
-            store,
+            queue,
+            clock: config.clock.clone(),
             config,
-            sender,
+            attempter,
             stats,
+            node: new_node_id(),
+            registered: false,
             timers: BTreeSet::new(),
             jobs: HashMap::new(),
             dests: HashMap::new(),
             ready_dests: VecDeque::new(),
             in_flight: 0,
-            watermark: (Millis::MIN, i64::MIN),
-            caught_up: false,
-            load_pending: false,
-            next_load_at: Instant::now(),
+            claim_pending: false,
+            claim_again: false,
+            next_claim_at: now,
+            renew_pending: false,
+            next_renew_at: now,
+            lease_confirmed_at: now,
+            next_rescue_at: now,
             apps: HashMap::new(),
             endpoints: HashMap::new(),
             parking: 0,
@@ -202,19 +239,26 @@ impl Scheduler {
         }
     }
 
-    pub(crate) async fn run(
-        mut self,
-        mut events: EventReceiver,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    fn lease_ms(&self) -> Millis {
+        self.config.lease.as_millis() as Millis
+    }
+
+    fn window_ms(&self) -> Millis {
+        self.config.window.as_millis() as Millis
+    }
+
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tasks = self.task_rx.take().expect("run is called once");
+        // `None` once the store dropped its side: then the timer's claims alone find work.
+        let mut hints = Some(self.queue.hints(self.node.clone()));
+        self.register();
         loop {
-            let now = now_ms();
+            let now = self.clock.now();
             self.promote_due(now);
             self.dispatch();
-            self.keep_memory_bounded(now).await;
-            self.maybe_load(now).await;
+            self.keep_memory_bounded(now);
+            self.maintain(now);
             self.stats
                 .in_memory
                 .store(self.jobs.len() as u64, Ordering::Relaxed);
@@ -222,147 +266,339 @@ impl Scheduler {
                 .in_flight
                 .store(self.in_flight as u64, Ordering::Relaxed);
 
-            let far = Instant::now() + Duration::from_secs(3600);
-            let mut wake = self
-                .timers
-                .first()
-                .map(|&(t, _)| Instant::now() + Duration::from_millis((t - now).max(0) as u64))
-                .unwrap_or(far);
-            if !self.load_pending {
-                wake = wake.min(
-                    self.next_load_at
-                        .max(Instant::now() + Duration::from_millis(1)),
-                );
-            }
+            let wake = self.next_wake(now);
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                ev = events.recv() => {
-                    let Some(ev) = ev else { break };
-                    self.handle(ev);
-                    for _ in 0..EVENT_BATCH {
-                        match events.try_recv() {
-                            Ok(ev) => self.handle(ev),
+                Some(msg) = tasks.recv() => {
+                    self.task_msg(msg);
+                    for _ in 0..MSG_BATCH {
+                        match tasks.try_recv() {
+                            Ok(msg) => self.task_msg(msg),
                             Err(_) => break,
                         }
                     }
                 }
-                Some(msg) = tasks.recv() => {
-                    self.task_msg(msg);
-                    while let Ok(msg) = tasks.try_recv() {
-                        self.task_msg(msg);
+                hint = next_hint(&mut hints) => {
+                    match hint {
+                        Some(h) => {
+                            self.hint(h);
+                            for _ in 0..MSG_BATCH {
+                                match hints.as_mut().map(|r| r.try_recv()) {
+                                    Some(Ok(h)) => self.hint(h),
+                                    _ => break,
+                                }
+                            }
+                        }
+                        None => hints = None,
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
-        // Let attempts in flight finish and be recorded, for a bounded time; anything cut
-        // short is attempted again after the restart.
+        self.shut_down(tasks).await;
+    }
+
+    /// When the loop must look again: the first timer, the next claim, renewal or rescue.
+    fn next_wake(&self, now: Millis) -> Instant {
+        let soon = Instant::now() + Duration::from_millis(1);
+        let mut wake = self
+            .timers
+            .first()
+            .map(|&(t, _)| Instant::now() + Duration::from_millis((t - now).max(0) as u64))
+            .unwrap_or(Instant::now() + Duration::from_secs(3600));
+        if self.registered && !self.claim_pending {
+            wake = wake.min(self.next_claim_at.max(soon));
+        }
+        if !self.renew_pending {
+            wake = wake.min(self.next_renew_at.max(soon));
+        }
+        wake.min(self.next_rescue_at.max(soon))
+    }
+
+    /// Lets attempts in flight finish and be recorded, for a bounded time, then gives back
+    /// everything still held so another node (or the next start) takes it at once.
+    async fn shut_down(&mut self, mut tasks: UnboundedReceiver<TaskMsg>) {
         let deadline = Instant::now() + self.config.shutdown_grace;
         while self.in_flight > 0 || self.recording > 0 {
-            tokio::select! {
-                ev = tokio::time::timeout_at(deadline, events.recv()) => match ev {
-                    Ok(Some(ev)) => self.handle(ev),
-                    _ => break,
-                },
-                Some(msg) = tasks.recv() => self.task_msg(msg),
+            match tokio::time::timeout_at(deadline, tasks.recv()).await {
+                Ok(Some(msg)) => self.task_msg(msg),
+                _ => break,
             }
+        }
+        let held: Vec<(i64, u32)> = self
+            .jobs
+            .values()
+            .filter(|s| matches!(s.state, State::Waiting | State::Ready))
+            .map(|s| (s.job.seq, s.job.attempts))
+            .collect();
+        if !held.is_empty() {
+            let params = ReleaseParams {
+                node: self.node.clone(),
+                jobs: held,
+                next_at: None,
+                now: self.clock.now(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.queue.release(params)).await;
         }
     }
 
-    // --- the window ----------------------------------------------------------------------
+    // --- the lease and claims ------------------------------------------------------------
 
-    async fn maybe_load(&mut self, now: Millis) {
-        if self.load_pending || Instant::now() < self.next_load_at {
-            return;
-        }
-        let window = self.config.window.as_millis() as Millis;
-        let horizon = now + window;
-        let room = self.config.max_in_memory.saturating_sub(self.jobs.len());
-        let behind = !self.caught_up || self.watermark.0 < now + window / 2;
-        if !behind {
-            self.next_load_at = Instant::now() + self.config.window / 4;
-            return;
-        }
-        if room < self.config.max_in_memory / 4 {
-            // Memory is too full to be worth a load; look again soon (parking and
-            // completions free room).
-            self.next_load_at = Instant::now() + Duration::from_millis(100);
-            return;
-        }
-        let request = LoadRequest {
-            after: self.watermark,
-            horizon,
-            limit: room.min(self.config.load_page),
+    fn register(&mut self) {
+        let params = LeaseParams {
+            node: self.node.clone(),
+            now: self.clock.now(),
+            lease: self.lease_ms(),
         };
-        if self.store.request_load(request).await.is_ok() {
-            self.load_pending = true;
-        } else {
-            self.next_load_at = Instant::now() + Duration::from_secs(1);
-        }
-    }
-
-    fn on_loaded(
-        &mut self,
-        request: LoadRequest,
-        jobs: Vec<Arc<Job>>,
-        exhausted: bool,
-        last_key: Option<(Millis, i64)>,
-    ) {
-        self.load_pending = false;
-        self.stats.loads.fetch_add(1, Ordering::Relaxed);
-        // An eviction or rewind while the load ran may have pulled the watermark back
-        // below where the load started: then the loaded range is not contiguous with
-        // memory, so keep only what lies within the current watermark and let the next
-        // load continue from there.
-        let contiguous = self.watermark >= request.after;
-        for job in jobs {
-            self.admit(job, contiguous);
-        }
-        if contiguous {
-            if exhausted {
-                self.watermark = self.watermark.max((request.horizon, i64::MAX));
-                self.caught_up = true;
-                self.next_load_at = Instant::now() + self.config.window / 4;
-            } else {
-                if let Some(last) = last_key {
-                    self.watermark = self.watermark.max(last);
+        let queue = self.queue.clone();
+        let tx = self.task_tx.clone();
+        self.renew_pending = true;
+        tokio::spawn(async move {
+            let node = params.node.clone();
+            let ok = match queue.register_node(params, true).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register the node's lease; retrying");
+                    false
                 }
-                self.caught_up = false;
-                self.next_load_at = Instant::now();
+            };
+            let _ = tx.send(TaskMsg::Registered { node, ok });
+        });
+    }
+
+    /// Starts the lease renewal, the rescue of dead nodes' work and claims when they are due.
+    fn maintain(&mut self, now: Millis) {
+        let instant = Instant::now();
+        if !self.renew_pending && instant >= self.next_renew_at {
+            if !self.registered {
+                self.register();
+            } else {
+                self.renew_pending = true;
+                let params = LeaseParams {
+                    node: self.node.clone(),
+                    now,
+                    lease: self.lease_ms(),
+                };
+                let queue = self.queue.clone();
+                let tx = self.task_tx.clone();
+                tokio::spawn(async move {
+                    let node = params.node.clone();
+                    let lease = match queue.renew_lease(params).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot renew the node's lease");
+                            None
+                        }
+                    };
+                    let _ = tx.send(TaskMsg::Renewed { node, lease });
+                });
             }
+        }
+        if instant >= self.next_rescue_at {
+            self.next_rescue_at = instant + self.config.lease / 2;
+            let queue = self.queue.clone();
+            tokio::spawn(async move {
+                match queue.rescue(now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        deliveries = n,
+                        "released the work of nodes whose lease expired"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot rescue expired leases"),
+                }
+            });
+        }
+        self.maybe_claim(now);
+    }
+
+    fn maybe_claim(&mut self, now: Millis) {
+        if !self.registered || self.claim_pending || Instant::now() < self.next_claim_at {
+            return;
+        }
+        let room = self.config.max_in_memory.saturating_sub(self.jobs.len());
+        if room < self.config.max_in_memory / 4 {
+            // Memory is too full to be worth a claim; look again soon (parking and
+            // completions free room).
+            self.next_claim_at = Instant::now() + Duration::from_millis(100);
+            return;
+        }
+        let limit = room.min(self.config.claim_batch);
+        let params = ClaimParams {
+            node: self.node.clone(),
+            now,
+            horizon: now + self.window_ms(),
+            limit,
+        };
+        self.claim_pending = true;
+        self.claim_again = false;
+        let queue = self.queue.clone();
+        let tx = self.task_tx.clone();
+        tokio::spawn(async move {
+            let node = params.node.clone();
+            let jobs = match queue.claim(params).await {
+                Ok(jobs) => Some(jobs),
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming due deliveries failed");
+                    None
+                }
+            };
+            let _ = tx.send(TaskMsg::Claimed { node, limit, jobs });
+        });
+    }
+
+    fn on_claimed(&mut self, node: NodeId, limit: usize, jobs: Option<Vec<Arc<Job>>>) {
+        self.claim_pending = false;
+        let Some(jobs) = jobs else {
+            self.next_claim_at = Instant::now() + STORE_RETRY;
+            return;
+        };
+        self.stats.claims.fetch_add(1, Ordering::Relaxed);
+        if node != self.node {
+            // Claimed under a lease that has since been lost: those are not ours to send.
+            return;
+        }
+        let full = jobs.len() >= limit;
+        for job in jobs {
+            self.admit(job);
+        }
+        self.next_claim_at = if full || self.claim_again {
+            Instant::now()
         } else {
-            self.caught_up = false;
-            self.next_load_at = Instant::now();
+            Instant::now() + self.config.claim_interval
+        };
+    }
+
+    fn on_renewed(&mut self, node: NodeId, lease: Option<Lease>) {
+        self.renew_pending = false;
+        if node != self.node {
+            return;
+        }
+        match lease {
+            Some(Lease::Held) => {
+                self.lease_confirmed_at = Instant::now();
+                self.next_renew_at = Instant::now() + self.config.lease / 3;
+            }
+            Some(Lease::Lost) => {
+                self.lease_lost("the node's lease expired and its work was released")
+            }
+            None => {
+                self.next_renew_at = Instant::now() + STORE_RETRY;
+                if self.lease_confirmed_at.elapsed() >= self.config.lease {
+                    self.lease_lost("the lease could not be renewed for a whole lease period");
+                }
+            }
         }
     }
 
-    /// Keeps memory bounded. First drops the latest waiting jobs and pulls the watermark
-    /// back before them (the store still has them; a later load brings them back). If ready
-    /// jobs alone exceed the bound (destinations that cannot keep up), parks the tail of the
-    /// longest ready queues.
-    async fn keep_memory_bounded(&mut self, now: Millis) {
+    /// Other nodes may hold our work now: forget it all and start over as a new node.
+    fn lease_lost(&mut self, why: &str) {
+        tracing::warn!(node = %self.node, reason = why, "lease lost: dropping held work and re-registering");
+        let seqs: Vec<i64> = self.jobs.keys().copied().collect();
+        self.revoke(&seqs);
+        self.node = new_node_id();
+        self.registered = false;
+        self.next_renew_at = Instant::now();
+    }
+
+    fn on_registered(&mut self, node: NodeId, ok: bool) {
+        self.renew_pending = false;
+        if node != self.node {
+            return;
+        }
+        if ok {
+            self.registered = true;
+            self.lease_confirmed_at = Instant::now();
+            self.next_renew_at = Instant::now() + self.config.lease / 3;
+            self.next_claim_at = Instant::now();
+        } else {
+            self.next_renew_at = Instant::now() + STORE_RETRY;
+        }
+    }
+
+    /// Takes a claimed job into memory (or refreshes a waiting one).
+    fn admit(&mut self, job: Arc<Job>) {
+        if let Some(ep) = &job.endpoint {
+            self.endpoints
+                .entry(ep.id.clone())
+                .or_insert_with(|| ep.clone());
+        }
+        self.apps
+            .entry(job.app.id.clone())
+            .or_insert_with(|| job.app.clone());
+        match self.jobs.get_mut(&job.seq) {
+            Some(slot) => {
+                if slot.state == State::Waiting {
+                    self.timers.remove(&slot.job.key());
+                    self.timers.insert(job.key());
+                    slot.job = job;
+                }
+            }
+            None => {
+                self.timers.insert(job.key());
+                self.jobs.insert(
+                    job.seq,
+                    Slot {
+                        job,
+                        state: State::Waiting,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops jobs that are no longer this node's to send.
+    fn revoke(&mut self, seqs: &[i64]) {
+        for &seq in seqs {
+            let Some(slot) = self.jobs.get_mut(&seq) else {
+                continue;
+            };
+            match slot.state {
+                State::InFlight => slot.state = State::InFlightRevoked,
+                State::InFlightRevoked => {}
+                State::Parking => {
+                    self.parking -= 1;
+                    self.jobs.remove(&seq);
+                }
+                // A ready one stays in its queue as a stale entry, skipped there.
+                State::Waiting | State::Ready => {
+                    self.timers.remove(&slot.job.key());
+                    self.jobs.remove(&seq);
+                }
+            }
+        }
+    }
+
+    // --- memory --------------------------------------------------------------------------
+
+    /// Keeps memory bounded. First releases the latest waiting jobs (the store keeps them;
+    /// a later claim brings them back). If ready jobs alone exceed the bound (destinations
+    /// that cannot keep up), parks the tail of the longest ready queues with a later time.
+    fn keep_memory_bounded(&mut self, now: Millis) {
         let max = self.config.max_in_memory;
-        if self.jobs.len() - self.parking <= max || self.load_pending {
+        if self.jobs.len() - self.parking <= max {
             return;
         }
         let target = max * 3 / 4;
-        let mut evict = Vec::new();
         let mut count = self.jobs.len() - self.parking;
+        let mut evict = Vec::new();
         for &key in self.timers.iter().rev() {
             if count <= target {
                 break;
             }
-            if self.jobs.get(&key.1).is_some_and(|s| !s.pinned) {
-                evict.push(key);
-                count -= 1;
-            }
+            evict.push(key);
+            count -= 1;
         }
+        let mut to_release = Vec::new();
         for key in evict {
             self.timers.remove(&key);
-            self.jobs.remove(&key.1);
-            self.watermark = self.watermark.min((key.0, key.1 - 1));
-            self.caught_up = false;
+            if let Some(slot) = self.jobs.get_mut(&key.1) {
+                slot.state = State::Parking;
+                to_release.push(slot.job.clone());
+            }
+        }
+        if !to_release.is_empty() {
+            self.release(to_release, None);
         }
         if count <= max {
             return;
@@ -389,7 +625,7 @@ impl Scheduler {
                     break;
                 };
                 if let Some(slot) = self.jobs.get_mut(&seq) {
-                    if slot.state == State::Ready && !slot.pinned {
+                    if slot.state == State::Ready {
                         slot.state = State::Parking;
                         parked.push(slot.job.clone());
                         count -= 1;
@@ -400,175 +636,86 @@ impl Scheduler {
         if parked.is_empty() {
             return;
         }
-        // Past the watermark, so they leave memory; loads bring them back in time.
-        let until = (now + self.config.window.as_millis() as Millis)
-            .max(self.watermark.0.saturating_add(1));
         tracing::warn!(
             count = parked.len(),
             "destinations cannot keep up: parking part of their backlog in the store"
         );
-        self.parking += parked.len();
         self.stats
             .parked
             .fetch_add(parked.len() as u64, Ordering::Relaxed);
-        if self.store.postpone(parked.clone(), until).await.is_err() {
-            self.unpark(&parked);
-        }
+        // Beyond the claim horizon, so claims do not bring them straight back.
+        self.release(parked, Some(now + self.window_ms() + 1));
     }
 
-    /// Returns parking jobs to their ready queues.
-    fn unpark(&mut self, jobs: &[Arc<Job>]) {
-        for job in jobs {
-            if let Some(slot) = self.jobs.get_mut(&job.seq) {
-                if slot.state == State::Parking {
-                    slot.state = State::Waiting;
-                    self.parking -= 1;
-                    self.timers.insert(slot.job.key());
+    /// Gives jobs (already in `Parking` state) back to the store.
+    fn release(&mut self, jobs: Vec<Arc<Job>>, next_at: Option<Millis>) {
+        self.parking += jobs.len();
+        let requested: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
+        let params = ReleaseParams {
+            node: self.node.clone(),
+            jobs: jobs.iter().map(|j| (j.seq, j.attempts)).collect(),
+            next_at,
+            now: self.clock.now(),
+        };
+        let queue = self.queue.clone();
+        let tx = self.task_tx.clone();
+        tokio::spawn(async move {
+            let released = match queue.release(params).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "releasing deliveries failed");
+                    None
                 }
+            };
+            let _ = tx.send(TaskMsg::Released {
+                requested,
+                released,
+            });
+        });
+    }
+
+    fn on_released(&mut self, requested: Vec<i64>, released: Option<Vec<i64>>) {
+        let released: HashSet<i64> = released.unwrap_or_default().into_iter().collect();
+        for seq in requested {
+            let Some(slot) = self.jobs.get_mut(&seq) else {
+                continue;
+            };
+            if slot.state != State::Parking {
+                continue;
+            }
+            self.parking -= 1;
+            if released.contains(&seq) {
+                self.jobs.remove(&seq);
+            } else {
+                // Not released (the call failed, or the delivery changed meanwhile and a
+                // hint says so): keep it as it was.
+                slot.state = State::Waiting;
+                self.timers.insert(slot.job.key());
             }
         }
     }
 
-    /// Takes a job into memory if it lies within the window. `from_load` jobs are within it
-    /// by construction.
-    fn admit(&mut self, job: Arc<Job>, from_load: bool) {
-        if let Some(ep) = &job.endpoint {
-            self.endpoints
-                .entry(ep.id.clone())
-                .or_insert_with(|| ep.clone());
-        }
-        self.apps
-            .entry(job.app.id.clone())
-            .or_insert_with(|| job.app.clone());
-        match self.jobs.get_mut(&job.seq) {
-            Some(slot) => match slot.state {
-                State::Waiting => {
-                    self.timers.remove(&slot.job.key());
-                    self.timers.insert(job.key());
-                    slot.job = job;
-                }
-                // Already due, being attempted or parked: nothing to add.
-                State::Ready | State::InFlight | State::InFlightCanceled | State::Parking => {}
-            },
-            None => {
-                if !from_load && job.key() > self.watermark {
-                    return;
-                }
-                self.timers.insert(job.key());
-                self.jobs.insert(
-                    job.seq,
-                    Slot {
-                        job,
-                        state: State::Waiting,
-                        pinned: false,
-                    },
-                );
-            }
-        }
-    }
+    // --- hints and task messages ---------------------------------------------------------
 
-    // --- events --------------------------------------------------------------------------
-
-    fn handle(&mut self, ev: StoreEvent) {
-        match ev {
-            StoreEvent::Scheduled(jobs) => {
+    fn hint(&mut self, hint: Hint) {
+        match hint {
+            Hint::Claimed(jobs) => {
                 for job in jobs {
-                    self.admit(job, false);
+                    self.admit(job);
                 }
             }
-            StoreEvent::AttemptRecorded {
-                job,
-                status,
-                applied,
-            } => {
-                self.record_failures = 0;
-                self.recording = self.recording.saturating_sub(1);
-                let canceled = matches!(
-                    self.jobs.get(&job.seq).map(|s| s.state),
-                    Some(State::InFlightCanceled)
-                );
-                self.jobs.remove(&job.seq);
-                match status {
-                    DeliveryStatus::Succeeded => {
-                        self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-                    }
-                    DeliveryStatus::Failed => {
-                        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-                // (When not applied but still pending, the store follows up with a
-                // Scheduled event carrying the current state.)
-                if applied && status == DeliveryStatus::Pending && !canceled {
-                    self.admit(job, false);
+            Hint::Work => {
+                if self.claim_pending {
+                    self.claim_again = true;
+                } else {
+                    self.next_claim_at = Instant::now();
                 }
             }
-            StoreEvent::AttemptNotRecorded { job } => {
-                self.recording = self.recording.saturating_sub(1);
-                self.attempt_lost(job);
-            }
-            StoreEvent::Loaded {
-                request,
-                jobs,
-                exhausted,
-                last_key,
-            } => self.on_loaded(request, jobs, exhausted, last_key),
-            StoreEvent::LoadFailed { .. } => {
-                self.load_pending = false;
-                self.next_load_at = Instant::now() + Duration::from_secs(1);
-            }
-            StoreEvent::Rewind { from } => {
-                self.watermark = self.watermark.min((from, i64::MIN));
-                self.caught_up = false;
-                self.next_load_at = Instant::now();
-            }
-            StoreEvent::Postponed { jobs, requested } => {
-                // Confirmed ones leave (or stay, if still within the window) with their new
-                // time; the rest changed meanwhile and are dropped or were unchanged.
-                let moved: std::collections::HashSet<i64> = jobs.iter().map(|j| j.seq).collect();
-                for seq in requested {
-                    if let Some(slot) = self.jobs.get(&seq) {
-                        if slot.state == State::Parking {
-                            self.parking -= 1;
-                            if moved.contains(&seq) {
-                                self.jobs.remove(&seq);
-                            } else if let Some(slot) = self.jobs.get_mut(&seq) {
-                                // Not moved: still due as it was.
-                                slot.state = State::Waiting;
-                                self.timers.insert(slot.job.key());
-                            }
-                        }
-                    }
-                }
-                for job in jobs {
-                    if !self.jobs.contains_key(&job.seq) {
-                        self.admit(job, false);
-                    }
-                }
-            }
-            StoreEvent::Canceled(seqs) => {
-                for seq in seqs {
-                    if let Some(slot) = self.jobs.get_mut(&seq) {
-                        match slot.state {
-                            State::InFlight => slot.state = State::InFlightCanceled,
-                            State::InFlightCanceled => {}
-                            State::Parking => {
-                                self.parking -= 1;
-                                self.jobs.remove(&seq);
-                            }
-                            // A ready one stays in its queue as a stale entry, skipped there.
-                            State::Waiting | State::Ready => {
-                                self.timers.remove(&slot.job.key());
-                                self.jobs.remove(&seq);
-                            }
-                        }
-                    }
-                }
-            }
-            StoreEvent::AppChanged(app) => {
+            Hint::Revoked(seqs) => self.revoke(&seqs),
+            Hint::AppChanged(app) => {
                 self.apps.insert(app.id.clone(), app);
             }
-            StoreEvent::EndpointChanged(ep) => {
+            Hint::EndpointChanged(ep) => {
                 if let Some(dest) = self.dests.get_mut(ep.id.as_str()) {
                     dest.limit = ep.max_in_flight;
                 }
@@ -581,41 +728,15 @@ impl Scheduler {
         }
     }
 
-    /// An attempt whose outcome did not reach the store (storage failure, or the task
-    /// died): release its slots and try it again after a backoff, kept in memory whatever
-    /// the watermark because the store does not know about it.
-    fn attempt_lost(&mut self, job: Arc<Job>) {
-        let canceled = matches!(
-            self.jobs.get(&job.seq).map(|s| s.state),
-            Some(State::InFlightCanceled)
-        );
-        self.jobs.remove(&job.seq);
-        if canceled {
-            return;
-        }
-        self.record_failures = self.record_failures.saturating_add(1);
-        let backoff = RECORD_RETRY
-            .saturating_mul(1 << self.record_failures.min(20))
-            .min(RECORD_RETRY_MAX);
-        let mut retry = (*job).clone();
-        retry.next_at = now_ms() + backoff;
-        let retry = Arc::new(retry);
-        self.timers.insert(retry.key());
-        self.jobs.insert(
-            retry.seq,
-            Slot {
-                job: retry,
-                state: State::Waiting,
-                pinned: true,
-            },
-        );
-    }
-
     fn task_msg(&mut self, msg: TaskMsg) {
         match msg {
             TaskMsg::HttpDone { dest, success } => {
                 self.recording += 1;
                 self.release_slot(dest, Some(success));
+            }
+            TaskMsg::Completed { job, completed } => {
+                self.recording = self.recording.saturating_sub(1);
+                self.on_completed(job, completed);
             }
             TaskMsg::Lost {
                 job,
@@ -629,7 +750,64 @@ impl Scheduler {
                 }
                 self.attempt_lost(job);
             }
+            TaskMsg::Claimed { node, limit, jobs } => self.on_claimed(node, limit, jobs),
+            TaskMsg::Released {
+                requested,
+                released,
+            } => self.on_released(requested, released),
+            TaskMsg::Renewed { node, lease } => self.on_renewed(node, lease),
+            TaskMsg::Registered { node, ok } => self.on_registered(node, ok),
         }
+    }
+
+    fn on_completed(&mut self, job: Arc<Job>, completed: Completed) {
+        self.record_failures = 0;
+        let revoked = matches!(
+            self.jobs.get(&job.seq).map(|s| s.state),
+            Some(State::InFlightRevoked)
+        );
+        self.jobs.remove(&job.seq);
+        if completed.applied {
+            match completed.status {
+                Some(DeliveryStatus::Succeeded) => {
+                    self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(DeliveryStatus::Failed) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        if revoked {
+            return;
+        }
+        if let Some(held) = completed.held {
+            self.admit(held);
+        }
+        if let Some(next) = completed.successor {
+            self.admit(next);
+        }
+    }
+
+    /// An attempt whose outcome did not reach the store (storage failure, or the task
+    /// died): release its slots and try it again after a backoff. The store still shows the
+    /// delivery as held by this node, so nobody else sends it meanwhile.
+    fn attempt_lost(&mut self, job: Arc<Job>) {
+        let revoked = matches!(
+            self.jobs.get(&job.seq).map(|s| s.state),
+            Some(State::InFlightRevoked)
+        );
+        self.jobs.remove(&job.seq);
+        if revoked {
+            return;
+        }
+        self.record_failures = self.record_failures.saturating_add(1);
+        let backoff = RECORD_RETRY
+            .saturating_mul(1 << self.record_failures.min(20))
+            .min(RECORD_RETRY_MAX);
+        let mut retry = (*job).clone();
+        retry.next_at = self.clock.now() + backoff;
+        self.admit(Arc::new(retry));
     }
 
     /// Releases an attempt's HTTP slots. `success` is `None` when the endpoint's answer is
@@ -718,7 +896,7 @@ impl Scheduler {
                         started = Some(slot.job.clone());
                         break;
                     }
-                    _ => continue, // stale entry (canceled)
+                    _ => continue, // stale entry (revoked or parked)
                 }
             }
             if dest.can_send() {
@@ -747,9 +925,13 @@ impl Scheduler {
                 .cloned()
                 .unwrap_or_else(|| e.clone())
         });
-        let store = self.store.clone();
-        let sender = self.sender.clone();
+        let queue = self.queue.clone();
+        let attempter = self.attempter.clone();
+        let clock = self.clock.clone();
         let stats = self.stats.clone();
+        let node = self.node.clone();
+        let window = self.window_ms();
+        let tx = self.task_tx.clone();
         let mut guard = AttemptGuard {
             job: Some(job.clone()),
             dest,
@@ -757,31 +939,46 @@ impl Scheduler {
             tx: self.task_tx.clone(),
         };
         tokio::spawn(async move {
-            let url = endpoint
-                .as_ref()
-                .map(|e| e.url.as_str())
-                .unwrap_or(&job.url);
-            let (retry, ack) = effective_rules(&app, endpoint.as_deref());
-            let result = sender.attempt(&job, &app, url, ack).await;
+            let result = attempter.attempt(&job, &app, endpoint.as_deref()).await;
             stats.attempts.fetch_add(1, Ordering::Relaxed);
             guard.http_done(result.verdict == herald_protocols::Verdict::Acked);
+            let (retry, _) = effective_rules(&app, endpoint.as_deref());
+            let now = clock.now();
             let outcome: Outcome = {
                 let mut rng = rand::thread_rng();
-                next_outcome(&result.verdict, result.attempt.n, retry, now_ms(), &mut rng)
+                next_outcome(&result.verdict, result.attempt.n, retry, now, &mut rng)
             };
             tracing::debug!(delivery = %job.id, n = result.attempt.n, status = ?result.attempt.status_code,
                 error_class = ?result.attempt.error_class, ?outcome, "attempt");
-            let report = AttemptReport {
-                job,
-                attempt: result.attempt,
-                outcome,
+            let params = CompleteParams {
+                node,
+                report: AttemptReport {
+                    job: job.clone(),
+                    attempt: result.attempt,
+                    outcome,
+                },
+                now,
+                horizon: now + window,
             };
-            match store.record_attempt(report).await {
-                // From here the store reports the outcome (or its failure) as an event.
-                Ok(()) => guard.disarm(),
-                Err(e) => tracing::error!(error = %e, "cannot queue an attempt outcome"),
+            match queue.complete(params).await {
+                Ok(completed) => {
+                    if let Some(job) = guard.disarm() {
+                        let _ = tx.send(TaskMsg::Completed { job, completed });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, delivery = %job.id, "recording an attempt failed")
+                }
             }
         });
+    }
+}
+
+/// The next hint; never resolves once the hint stream is gone.
+async fn next_hint(hints: &mut Option<HintReceiver>) -> Option<Hint> {
+    match hints {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

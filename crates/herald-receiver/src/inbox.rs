@@ -6,11 +6,11 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-use herald_protocols::receive::VerifiedNotification;
-use herald_store::inbox::{
+use herald_inbox::{
     Decide, Decision, Dialect, InboxError, InboxStore, NewOrder, OrderRecord, OrderState,
     ProcessOutcome, SqlValue, Statement,
 };
+use herald_protocols::receive::VerifiedNotification;
 
 use crate::state::{self, Step};
 use crate::{Handled, Outcome, RawRequest, Receiver, Rejection};

@@ -15,7 +15,7 @@
 //!     .receive(&req, |effects, t| {
 //!         effects.execute(
 //!             "INSERT INTO shipments (out_trade_no) VALUES (?1)",
-//!             vec![herald_store::inbox::SqlValue::Text(t.out_trade_no.clone())],
+//!             vec![herald_inbox::SqlValue::Text(t.out_trade_no.clone())],
 //!         );
 //!         Ok(())
 //!     })
@@ -29,8 +29,8 @@ mod inbox;
 mod receiver;
 mod state;
 
+use herald_inbox::OrderState;
 use herald_protocols::receive::{Amount, ReceiveError, Reply};
-use herald_store::inbox::OrderState;
 
 pub use crate::inbox::{Effects, Inbox, Transition};
 pub use crate::receiver::Receiver;

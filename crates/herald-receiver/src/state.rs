@@ -7,8 +7,8 @@
 //! `Unpaid -> Paid -> PartiallyRefunded -> Refunded`, and `Unpaid -> Closed`; a refund that
 //! arrives before its payment moves an unpaid order straight to (partially) refunded, and a
 //! payment arriving after that is stale.
+use herald_inbox::{OrderRecord, OrderState};
 use herald_protocols::receive::{parse_decimal_minor, Amount, ReceiveError, VerifiedNotification};
-use herald_store::inbox::{OrderRecord, OrderState};
 use serde_json::Value;
 
 use crate::Rejection;

@@ -8,9 +8,9 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
 use common::*;
+use herald_inbox::OrderState;
 use herald_protocols::Profile;
 use herald_receiver::{Handled, Inbox, RawRequest};
-use herald_store::inbox::OrderState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn notify(State(inbox): State<Inbox>, req: RawRequest) -> Handled {

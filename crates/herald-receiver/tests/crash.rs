@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use herald_inbox::{InboxStore, OrderState, PgInbox, SqlValue, SqliteInbox};
 use herald_receiver::Outcome;
-use herald_store::inbox::{InboxStore, OrderState, PgInbox, SqlValue, SqliteInbox};
 
 const CHILD_ENV: &str = "HERALD_CRASH_CHILD";
 

@@ -7,10 +7,10 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use herald_inbox::{InboxStore, OrderState};
 use herald_protocols::receive::ReceiveError;
 use herald_protocols::Profile;
 use herald_receiver::{Outcome, Rejection};
-use herald_store::inbox::{InboxStore, OrderState};
 
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {

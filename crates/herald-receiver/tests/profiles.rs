@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
+use herald_inbox::OrderState;
 use herald_protocols::receive::ReceiveError;
 use herald_protocols::wechatpay_v2::refund_notify::{self, RefundInfo};
 use herald_protocols::wechatpay_v2::{self, SignType};
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Outcome, RawRequest, Receiver, Rejection};
-use herald_store::inbox::OrderState;
 use serde_json::{json, Value};
 
 /// A sender for `profile` and one payment of 100 (minor units, CNY) for order `A1`:

@@ -3,13 +3,14 @@
 //! A driver's test file supplies a factory for a fresh, empty store and expands
 //! [`conformance_tests!`](crate::conformance_tests), which turns every case below into a
 //! `#[tokio::test]`. Cases panic (assert) on a violation.
-use std::time::Duration;
+use std::sync::Arc;
 
 use herald_protocols::standard_webhooks::{KeyEntry, Keys};
 use herald_protocols::{Credentials, Profile};
 
 use crate::model::*;
-use crate::{EventReceiver, Store, StoreError};
+use crate::queue::*;
+use crate::{Store, StoreError};
 
 /// Expands every conformance case into a test, given an async factory expression that
 /// yields a fresh store (`impl Store`). Use inside a test module of the driver.
@@ -26,17 +27,22 @@ macro_rules! conformance_tests {
             order_key_serializes_notify_url_deliveries,
             attempt_outcomes_move_delivery_state,
             stale_attempt_outcome_is_not_applied,
-            load_returns_due_work_in_key_order_from_the_cursor,
-            load_skips_deliveries_blocked_by_their_order_key,
+            claim_takes_due_work_in_key_order_up_to_the_horizon,
+            claim_skips_deliveries_blocked_by_their_order_key,
+            a_claimed_delivery_is_not_claimed_by_another_node,
+            an_endpoint_is_served_by_one_node_at_a_time,
+            a_dead_nodes_work_is_rescued_after_its_lease,
+            a_retry_far_ahead_releases_the_claim,
             deleting_an_endpoint_cancels_its_pending_deliveries,
             manual_retry_puts_a_failed_delivery_back_to_pending,
+            manual_retry_of_a_held_delivery_frees_it_for_any_node,
             recover_requeues_failed_deliveries_since_a_time,
             recover_and_retry_never_overtake_a_pending_later_delivery,
-            postpone_moves_pending_jobs_and_skips_changed_ones,
+            release_moves_held_jobs_and_skips_changed_ones,
             stale_attempt_row_does_not_overwrite_the_recorded_one,
             notifications_list_pages_and_filters_by_status,
             meta_values_round_trip,
-            credentials_change_is_announced_to_the_engine,
+            credentials_change_reaches_claimed_work,
             sandbox_payment_and_its_notifications_commit_together,
         );
     };
@@ -86,6 +92,7 @@ fn new_endpoint(app_id: &str, url: &str) -> NewEndpoint {
         max_in_flight: 8,
         ordered: false,
         enabled: true,
+        timeout_ms: None,
         now: T0,
     }
 }
@@ -102,75 +109,93 @@ fn new_notification(app_id: &str, event_type: &str) -> NewNotification {
     }
 }
 
-async fn next_event(events: &mut EventReceiver) -> StoreEvent {
-    tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .expect("an event within 10 s")
-        .expect("event stream open")
-}
+/// The lease every case's nodes take (30 s from `T0`).
+const LEASE: Millis = 30_000;
+/// How far ahead nodes hold work in these cases.
+const HORIZON: Millis = T0 + 60_000;
 
-/// The next event that is not about app/endpoint settings.
-async fn next_work_event(events: &mut EventReceiver) -> StoreEvent {
-    loop {
-        match next_event(events).await {
-            StoreEvent::AppChanged(_) | StoreEvent::EndpointChanged(_) => continue,
-            ev => return ev,
-        }
-    }
-}
-
-async fn scheduled(events: &mut EventReceiver) -> Vec<std::sync::Arc<Job>> {
-    match next_work_event(events).await {
-        StoreEvent::Scheduled(jobs) => jobs,
-        other => panic!("expected Scheduled, got {other:?}"),
-    }
-}
-
-/// Asserts no work event is pending, by sending a load marker and expecting it first.
-async fn assert_no_work_event(store: &impl Store, events: &mut EventReceiver) {
-    let marker = LoadRequest {
-        after: (i64::MAX, i64::MAX),
-        horizon: 0,
-        limit: 1,
-    };
-    store.request_load(marker).await.expect("load");
-    match next_work_event(events).await {
-        StoreEvent::Loaded { request, .. } if request == marker => {}
-        other => panic!("expected no event before the marker, got {other:?}"),
-    }
-}
-
-async fn record(
-    store: &impl Store,
-    events: &mut EventReceiver,
-    job: &std::sync::Arc<Job>,
-    outcome: Outcome,
-) -> StoreEvent {
+/// Registers a node (without claims at birth, so every driver behaves alike here).
+async fn node(store: &impl Store, name: &str) -> NodeId {
+    let node: NodeId = Arc::from(name);
     store
-        .record_attempt(AttemptReport {
-            job: job.clone(),
-            attempt: Attempt {
-                n: job.attempts + 1,
-                at: T0 + 1000,
-                duration_ms: 12,
-                status_code: Some(if outcome == Outcome::Succeeded {
-                    200
-                } else {
-                    500
-                }),
-                response: Some("body".into()),
-                error_class: if outcome == Outcome::Succeeded {
-                    None
-                } else {
-                    Some("http-status".into())
-                },
-                error: None,
+        .register_node(
+            LeaseParams {
+                node: node.clone(),
+                now: T0,
+                lease: LEASE,
             },
-            outcome,
+            false,
+        )
+        .await
+        .expect("register node");
+    node
+}
+
+async fn claim_at(
+    store: &impl Store,
+    node: &NodeId,
+    now: Millis,
+    horizon: Millis,
+) -> Vec<Arc<Job>> {
+    store
+        .claim(ClaimParams {
+            node: node.clone(),
+            now,
+            horizon,
+            limit: 100,
         })
         .await
-        .expect("record");
-    next_work_event(events).await
+        .expect("claim")
+}
+
+/// Claims everything due by [`HORIZON`] for `node`.
+async fn claim(store: &impl Store, node: &NodeId) -> Vec<Arc<Job>> {
+    claim_at(store, node, T0, HORIZON).await
+}
+
+fn report(job: &Arc<Job>, outcome: Outcome) -> AttemptReport {
+    AttemptReport {
+        job: job.clone(),
+        attempt: Attempt {
+            n: job.attempts + 1,
+            at: T0 + 1000,
+            duration_ms: 12,
+            status_code: Some(if outcome == Outcome::Succeeded {
+                200
+            } else {
+                500
+            }),
+            response: Some("body".into()),
+            error_class: if outcome == Outcome::Succeeded {
+                None
+            } else {
+                Some("http-status".into())
+            },
+            error: None,
+        },
+        outcome,
+    }
+}
+
+async fn complete(
+    store: &impl Store,
+    node: &NodeId,
+    job: &Arc<Job>,
+    outcome: Outcome,
+) -> Completed {
+    store
+        .complete(CompleteParams {
+            node: node.clone(),
+            report: report(job, outcome),
+            now: T0 + 1000,
+            horizon: HORIZON,
+        })
+        .await
+        .expect("complete")
+}
+
+fn ids(jobs: &[Arc<Job>]) -> Vec<String> {
+    jobs.iter().map(|j| j.id.clone()).collect()
 }
 
 pub async fn app_round_trips(store: &impl Store) {
@@ -241,8 +266,8 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
 }
 
 pub async fn notification_fans_out_to_enabled_matching_endpoints(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let all = store
         .create_endpoint(new_endpoint(&a.id, "https://a.example/all"))
         .await
@@ -286,14 +311,14 @@ pub async fn notification_fans_out_to_enabled_matching_endpoints(store: &impl St
         assert_eq!(d.next_attempt_at, Some(T0));
         assert!(!d.notify_id.is_empty());
     }
-    let ids: std::collections::HashSet<_> = created
+    let notify_ids: std::collections::HashSet<_> = created
         .deliveries
         .iter()
         .map(|d| d.notify_id.clone())
         .collect();
-    assert_eq!(ids.len(), 2, "each delivery has its own notify id");
+    assert_eq!(notify_ids.len(), 2, "each delivery has its own notify id");
 
-    let jobs = scheduled(&mut events).await;
+    let jobs = claim(store, &n1).await;
     assert_eq!(jobs.len(), 2);
     let mut eps: Vec<_> = jobs
         .iter()
@@ -305,6 +330,7 @@ pub async fn notification_fans_out_to_enabled_matching_endpoints(store: &impl St
     assert_eq!(eps, want);
     assert_eq!(&*jobs[0].payload, r#"{"amount": 100}"#);
     assert_eq!(jobs[0].notification_id, created.notification.id);
+    assert_eq!(jobs[0].app.id, a.id);
 
     let detail = store
         .get_notification(&created.notification.id)
@@ -316,8 +342,8 @@ pub async fn notification_fans_out_to_enabled_matching_endpoints(store: &impl St
 }
 
 pub async fn notify_url_goes_to_that_url_alone(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     store
         .create_endpoint(new_endpoint(&a.id, "https://a.example/all"))
         .await
@@ -332,7 +358,7 @@ pub async fn notify_url_goes_to_that_url_alone(store: &impl Store) {
     assert_eq!(created.deliveries.len(), 1);
     assert_eq!(created.deliveries[0].url, "https://merchant.example/notify");
     assert_eq!(created.deliveries[0].endpoint_id, None);
-    let jobs = scheduled(&mut events).await;
+    let jobs = claim(store, &n1).await;
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].endpoint.is_none());
     assert_eq!(jobs[0].url, "https://merchant.example/notify");
@@ -347,8 +373,8 @@ pub async fn notify_url_goes_to_that_url_alone(store: &impl Store) {
 pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
     store: &impl Store,
 ) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let url = Some("https://merchant.example/notify".to_string());
     let first = store
         .create_notification(NewNotification {
@@ -358,7 +384,7 @@ pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
         })
         .await
         .unwrap();
-    scheduled(&mut events).await;
+    assert_eq!(claim(store, &n1).await.len(), 1);
     let second = store
         .create_notification(NewNotification {
             notify_url: url.clone(),
@@ -371,7 +397,10 @@ pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
     assert!(second.replayed);
     assert_eq!(second.notification, first.notification);
     assert_eq!(second.deliveries, first.deliveries);
-    assert_no_work_event(store, &mut events).await;
+    assert!(
+        claim(store, &n1).await.is_empty(),
+        "a replay creates no work"
+    );
 
     let page = store
         .list_notifications(
@@ -400,8 +429,8 @@ pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
 }
 
 pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     store
         .create_endpoint(NewEndpoint {
             ordered: true,
@@ -409,73 +438,67 @@ pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(sto
         })
         .await
         .unwrap();
-    let n1 = store
+    let first = store
         .create_notification(new_notification(&a.id, "e"))
         .await
         .unwrap();
-    let n2 = store
+    let second = store
         .create_notification(new_notification(&a.id, "e"))
         .await
         .unwrap();
-    let first = scheduled(&mut events).await;
-    assert_eq!(first.len(), 1);
-    assert_eq!(first[0].id, n1.deliveries[0].id);
-    // The second is blocked: no event for it.
-    assert_no_work_event(store, &mut events).await;
+    let jobs = claim(store, &n1).await;
+    assert_eq!(
+        ids(&jobs),
+        vec![first.deliveries[0].id.clone()],
+        "only the head"
+    );
 
     // A retry does not end the first: the second stays blocked.
-    let ev = record(
-        store,
-        &mut events,
-        &first[0],
-        Outcome::Retry { next_at: T0 + 5000 },
-    )
-    .await;
-    let StoreEvent::AttemptRecorded {
-        job,
-        status,
-        applied,
-    } = ev
-    else {
-        panic!("{ev:?}")
-    };
-    assert!(applied);
-    assert_eq!(status, DeliveryStatus::Pending);
-    assert_no_work_event(store, &mut events).await;
+    let done = complete(store, &n1, &jobs[0], Outcome::Retry { next_at: T0 + 5000 }).await;
+    assert!(done.applied);
+    assert_eq!(done.status, Some(DeliveryStatus::Pending));
+    assert!(done.successor.is_none());
+    let held = done.held.expect("still held: due within the horizon");
+    assert!(claim(store, &n1).await.is_empty());
 
-    // Success ends it: the second is released.
-    record(store, &mut events, &job, Outcome::Succeeded).await;
-    let next = scheduled(&mut events).await;
-    assert_eq!(next.len(), 1);
-    assert_eq!(next[0].id, n2.deliveries[0].id);
+    // Success ends it: the second is claimed for the node with the outcome.
+    let done = complete(store, &n1, &held, Outcome::Succeeded).await;
+    assert!(done.applied);
+    let next = done.successor.expect("the successor");
+    assert_eq!(next.id, second.deliveries[0].id);
+    assert!(
+        claim(store, &n1).await.is_empty(),
+        "the successor is held already"
+    );
 }
 
 pub async fn order_key_serializes_notify_url_deliveries(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let mk = |key: &str| NewNotification {
         notify_url: Some("https://merchant.example/notify".into()),
         order_key: Some(key.into()),
         ..new_notification(&a.id, "trade.success")
     };
     store.create_notification(mk("trade-1")).await.unwrap();
-    let first = scheduled(&mut events).await;
+    let first = claim(store, &n1).await;
+    assert_eq!(first.len(), 1);
     let blocked = store.create_notification(mk("trade-1")).await.unwrap();
-    assert_no_work_event(store, &mut events).await;
+    assert!(claim(store, &n1).await.is_empty());
     // Another key is independent.
     store.create_notification(mk("trade-2")).await.unwrap();
-    assert_eq!(scheduled(&mut events).await.len(), 1);
-    record(store, &mut events, &first[0], Outcome::Failed).await;
-    let next = scheduled(&mut events).await;
+    assert_eq!(claim(store, &n1).await.len(), 1);
+    let done = complete(store, &n1, &first[0], Outcome::Failed).await;
     assert_eq!(
-        next[0].id, blocked.deliveries[0].id,
+        done.successor.map(|j| j.id.clone()),
+        Some(blocked.deliveries[0].id.clone()),
         "a failed predecessor also ends"
     );
 }
 
 pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let n = store
         .create_notification(NewNotification {
             notify_url: Some("https://merchant.example/notify".into()),
@@ -483,28 +506,21 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
         })
         .await
         .unwrap();
-    let job = scheduled(&mut events).await.remove(0);
-    let ev = record(
+    let job = claim(store, &n1).await.remove(0);
+    let done = complete(
         store,
-        &mut events,
+        &n1,
         &job,
         Outcome::Retry {
-            next_at: T0 + 60_000,
+            next_at: T0 + 50_000,
         },
     )
     .await;
-    let StoreEvent::AttemptRecorded {
-        job,
-        status,
-        applied,
-    } = ev
-    else {
-        panic!("{ev:?}")
-    };
-    assert!(applied);
-    assert_eq!(status, DeliveryStatus::Pending);
+    assert!(done.applied);
+    assert_eq!(done.status, Some(DeliveryStatus::Pending));
+    let job = done.held.expect("held: due within the horizon");
     assert_eq!(job.attempts, 1);
-    assert_eq!(job.next_at, T0 + 60_000);
+    assert_eq!(job.next_at, T0 + 50_000);
     let d = store
         .get_delivery(&n.deliveries[0].id)
         .await
@@ -512,20 +528,15 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
         .unwrap();
     assert_eq!(d.delivery.status, DeliveryStatus::Pending);
     assert_eq!(d.delivery.attempts, 1);
-    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 60_000));
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 50_000));
     assert_eq!(d.attempts.len(), 1);
     assert_eq!(d.attempts[0].status_code, Some(500));
     assert_eq!(d.attempts[0].error_class.as_deref(), Some("http-status"));
 
-    let ev = record(store, &mut events, &job, Outcome::Succeeded).await;
-    let StoreEvent::AttemptRecorded {
-        status, applied, ..
-    } = ev
-    else {
-        panic!("{ev:?}")
-    };
-    assert!(applied);
-    assert_eq!(status, DeliveryStatus::Succeeded);
+    let done = complete(store, &n1, &job, Outcome::Succeeded).await;
+    assert!(done.applied);
+    assert_eq!(done.status, Some(DeliveryStatus::Succeeded));
+    assert!(done.held.is_none());
     let d = store
         .get_delivery(&n.deliveries[0].id)
         .await
@@ -541,8 +552,8 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
 }
 
 pub async fn stale_attempt_outcome_is_not_applied(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let n = store
         .create_notification(NewNotification {
             notify_url: Some("https://merchant.example/notify".into()),
@@ -550,18 +561,12 @@ pub async fn stale_attempt_outcome_is_not_applied(store: &impl Store) {
         })
         .await
         .unwrap();
-    let job = scheduled(&mut events).await.remove(0);
-    record(store, &mut events, &job, Outcome::Succeeded).await;
+    let job = claim(store, &n1).await.remove(0);
+    complete(store, &n1, &job, Outcome::Succeeded).await;
     // The same (now stale) job reports a failure: nothing changes.
-    let ev = record(store, &mut events, &job, Outcome::Failed).await;
-    let StoreEvent::AttemptRecorded {
-        status, applied, ..
-    } = ev
-    else {
-        panic!("{ev:?}")
-    };
-    assert!(!applied);
-    assert_eq!(status, DeliveryStatus::Succeeded);
+    let done = complete(store, &n1, &job, Outcome::Failed).await;
+    assert!(!done.applied);
+    assert_eq!(done.status, Some(DeliveryStatus::Succeeded));
     let d = store
         .get_delivery(&n.deliveries[0].id)
         .await
@@ -570,10 +575,10 @@ pub async fn stale_attempt_outcome_is_not_applied(store: &impl Store) {
     assert_eq!(d.delivery.status, DeliveryStatus::Succeeded);
 }
 
-pub async fn load_returns_due_work_in_key_order_from_the_cursor(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
+pub async fn claim_takes_due_work_in_key_order_up_to_the_horizon(store: &impl Store) {
     let a = app(store).await;
-    let mut ids = Vec::new();
+    let n1 = node(store, "node_a").await;
+    let mut created = Vec::new();
     for i in 0..5 {
         let n = store
             .create_notification(NewNotification {
@@ -583,54 +588,24 @@ pub async fn load_returns_due_work_in_key_order_from_the_cursor(store: &impl Sto
             })
             .await
             .unwrap();
-        ids.push(n.deliveries[0].id.clone());
-        scheduled(&mut events).await;
+        created.push(n.deliveries[0].id.clone());
     }
-    let req = LoadRequest {
-        after: (i64::MIN, i64::MIN),
+    let params = |limit| ClaimParams {
+        node: n1.clone(),
+        now: T0,
         horizon: T0 + 3,
-        limit: 2,
+        limit,
     };
-    store.request_load(req).await.unwrap();
-    let StoreEvent::Loaded {
-        request,
-        jobs,
-        exhausted,
-        ..
-    } = next_work_event(&mut events).await
-    else {
-        panic!("expected Loaded")
-    };
-    assert_eq!(request, req);
-    assert!(!exhausted);
-    assert_eq!(
-        jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
-        ids[..2]
-    );
-    let last = jobs[1].key();
-    let req = LoadRequest {
-        after: last,
-        horizon: T0 + 3,
-        limit: 10,
-    };
-    store.request_load(req).await.unwrap();
-    let StoreEvent::Loaded {
-        jobs, exhausted, ..
-    } = next_work_event(&mut events).await
-    else {
-        panic!("expected Loaded")
-    };
-    assert!(exhausted);
-    assert_eq!(
-        jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
-        ids[2..4],
-        "horizon is inclusive"
-    );
+    let first = store.claim(params(2)).await.unwrap();
+    assert_eq!(ids(&first), created[..2]);
+    let rest = store.claim(params(10)).await.unwrap();
+    assert_eq!(ids(&rest), created[2..4], "the horizon is inclusive");
+    assert!(store.claim(params(10)).await.unwrap().is_empty());
 }
 
-pub async fn load_skips_deliveries_blocked_by_their_order_key(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
+pub async fn claim_skips_deliveries_blocked_by_their_order_key(store: &impl Store) {
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let mk = || NewNotification {
         notify_url: Some("https://merchant.example/notify".into()),
         order_key: Some("k".into()),
@@ -638,23 +613,178 @@ pub async fn load_skips_deliveries_blocked_by_their_order_key(store: &impl Store
     };
     let first = store.create_notification(mk()).await.unwrap();
     store.create_notification(mk()).await.unwrap();
-    scheduled(&mut events).await;
-    let req = LoadRequest {
-        after: (i64::MIN, i64::MIN),
-        horizon: T0 + 10,
-        limit: 10,
+    let jobs = claim(store, &n1).await;
+    assert_eq!(ids(&jobs), vec![first.deliveries[0].id.clone()]);
+}
+
+pub async fn a_claimed_delivery_is_not_claimed_by_another_node(store: &impl Store) {
+    let a = app(store).await;
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
+    for _ in 0..3 {
+        store
+            .create_notification(NewNotification {
+                notify_url: Some("https://merchant.example/notify".into()),
+                ..new_notification(&a.id, "e")
+            })
+            .await
+            .unwrap();
+    }
+    let mine = store
+        .claim(ClaimParams {
+            node: n1.clone(),
+            now: T0,
+            horizon: HORIZON,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 2);
+    let theirs = claim(store, &n2).await;
+    assert_eq!(theirs.len(), 1, "only what node_a did not take");
+    assert!(!ids(&mine).contains(&theirs[0].id));
+    // An outcome from a node that does not hold the delivery changes nothing.
+    let done = complete(store, &n2, &mine[0], Outcome::Succeeded).await;
+    assert!(!done.applied);
+    assert_eq!(done.status, Some(DeliveryStatus::Pending));
+}
+
+pub async fn an_endpoint_is_served_by_one_node_at_a_time(store: &impl Store) {
+    let a = app(store).await;
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
+    let shared = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/shared"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        store
+            .create_notification(new_notification(&a.id, "e"))
+            .await
+            .unwrap();
+    }
+    let mine = store
+        .claim(ClaimParams {
+            node: n1.clone(),
+            now: T0,
+            horizon: HORIZON,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(
+        claim(store, &n2).await.is_empty(),
+        "node_a holds a delivery of the endpoint, so node_b takes none of it"
+    );
+    // Another endpoint is free for node_b.
+    store
+        .update_endpoint(
+            &a.id,
+            &shared.id,
+            EndpointPatch {
+                enabled: Some(false),
+                ..Default::default()
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/other"))
+        .await
+        .unwrap();
+    store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let other = claim(store, &n2).await;
+    assert_eq!(other.len(), 1);
+    assert_ne!(other[0].endpoint.as_ref().unwrap().id, shared.id);
+    // Once node_a's delivery ends, node_b may take the endpoint's remaining one.
+    complete(store, &n1, &mine[0], Outcome::Succeeded).await;
+    let next = claim(store, &n2).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].endpoint.as_ref().unwrap().id, shared.id);
+}
+
+pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
+    let a = app(store).await;
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let held = claim(store, &n1).await;
+    assert_eq!(held.len(), 1);
+    // node_b stays alive; node_a stops renewing.
+    let renew = |n: &NodeId, now| LeaseParams {
+        node: n.clone(),
+        now,
+        lease: LEASE,
     };
-    store.request_load(req).await.unwrap();
-    let StoreEvent::Loaded { jobs, .. } = next_work_event(&mut events).await else {
-        panic!()
-    };
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].id, first.deliveries[0].id);
+    assert_eq!(
+        store.renew_lease(renew(&n2, T0 + 20_000)).await.unwrap(),
+        Lease::Held
+    );
+    assert_eq!(store.rescue(T0 + LEASE - 1).await.unwrap(), 0, "not yet");
+    assert!(claim_at(store, &n2, T0 + LEASE - 1, HORIZON)
+        .await
+        .is_empty());
+    assert_eq!(store.rescue(T0 + LEASE + 1).await.unwrap(), 1);
+    let taken = claim_at(store, &n2, T0 + LEASE + 1, HORIZON).await;
+    assert_eq!(ids(&taken), ids(&held));
+    assert_eq!(taken[0].attempts, 0);
+    // The dead node learns it lost everything, and its late outcome is stale.
+    assert_eq!(
+        store.renew_lease(renew(&n1, T0 + LEASE + 2)).await.unwrap(),
+        Lease::Lost
+    );
+    let done = complete(store, &n1, &held[0], Outcome::Succeeded).await;
+    assert!(!done.applied);
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    assert!(
+        claim_at(store, &n1, T0 + LEASE + 2, HORIZON)
+            .await
+            .is_empty(),
+        "a forgotten node claims nothing until it registers again"
+    );
+    let done = complete(store, &n2, &taken[0], Outcome::Succeeded).await;
+    assert!(done.applied);
+}
+
+pub async fn a_retry_far_ahead_releases_the_claim(store: &impl Store) {
+    let a = app(store).await;
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let job = claim(store, &n1).await.remove(0);
+    let later = HORIZON + 3_600_000;
+    let done = complete(store, &n1, &job, Outcome::Retry { next_at: later }).await;
+    assert!(done.applied);
+    assert!(done.held.is_none(), "beyond the horizon: released");
+    assert!(claim(store, &n2).await.is_empty(), "not due yet");
+    let again = claim_at(store, &n2, T0, later).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].next_at, later);
 }
 
 pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let ep = store
         .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
         .await
@@ -663,29 +793,18 @@ pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl St
         .create_notification(new_notification(&a.id, "e"))
         .await
         .unwrap();
-    let jobs = scheduled(&mut events).await;
+    let jobs = claim(store, &n1).await;
     assert!(store.delete_endpoint(&a.id, &ep.id, T0 + 1).await.unwrap());
-    let mut saw_deleted = false;
-    loop {
-        match next_event(&mut events).await {
-            StoreEvent::EndpointChanged(e) => {
-                assert_eq!(e.id, ep.id);
-                saw_deleted = e.deleted;
-            }
-            StoreEvent::Canceled(seqs) => {
-                assert_eq!(seqs, vec![jobs[0].seq]);
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(saw_deleted);
     let d = store
         .get_delivery(&n.deliveries[0].id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(d.delivery.status, DeliveryStatus::Canceled);
+    // The holder's late outcome changes nothing.
+    let done = complete(store, &n1, &jobs[0], Outcome::Succeeded).await;
+    assert!(!done.applied);
+    assert_eq!(done.status, Some(DeliveryStatus::Canceled));
     let err = store
         .retry_delivery(&n.deliveries[0].id, T0 + 2)
         .await
@@ -700,8 +819,8 @@ pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl St
 }
 
 pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let n = store
         .create_notification(NewNotification {
             notify_url: Some("https://merchant.example/notify".into()),
@@ -709,8 +828,8 @@ pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl St
         })
         .await
         .unwrap();
-    let job = scheduled(&mut events).await.remove(0);
-    record(store, &mut events, &job, Outcome::Failed).await;
+    let job = claim(store, &n1).await.remove(0);
+    complete(store, &n1, &job, Outcome::Failed).await;
     let d = store
         .retry_delivery(&n.deliveries[0].id, T0 + 9)
         .await
@@ -718,7 +837,8 @@ pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl St
         .unwrap();
     assert_eq!(d.status, DeliveryStatus::Pending);
     assert_eq!(d.next_attempt_at, Some(T0 + 9));
-    let jobs = scheduled(&mut events).await;
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].attempts, 1);
     assert_eq!(jobs[0].next_at, T0 + 9);
     assert!(store
@@ -728,9 +848,44 @@ pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl St
         .is_none());
 }
 
-pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
+pub async fn manual_retry_of_a_held_delivery_frees_it_for_any_node(store: &impl Store) {
     let a = app(store).await;
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
+    let n = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let job = claim(store, &n1).await.remove(0);
+    let done = complete(
+        store,
+        &n1,
+        &job,
+        Outcome::Retry {
+            next_at: T0 + 40_000,
+        },
+    )
+    .await;
+    let held = done.held.expect("held");
+    store
+        .retry_delivery(&n.deliveries[0].id, T0 + 2_000)
+        .await
+        .unwrap();
+    let jobs = claim_at(store, &n2, T0 + 2_000, T0 + 2_000).await;
+    assert_eq!(
+        ids(&jobs),
+        vec![n.deliveries[0].id.clone()],
+        "due now, anyone's"
+    );
+    let stale = complete(store, &n1, &held, Outcome::Succeeded).await;
+    assert!(!stale.applied, "the former holder's outcome is stale");
+}
+
+pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let mut jobs = Vec::new();
     for t in [T0, T0 + 100] {
         store
@@ -741,44 +896,34 @@ pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store)
             })
             .await
             .unwrap();
-        jobs.push(scheduled(&mut events).await.remove(0));
+        jobs.push(claim(store, &n1).await.remove(0));
     }
     for j in &jobs {
-        record(store, &mut events, j, Outcome::Failed).await;
+        complete(store, &n1, j, Outcome::Failed).await;
     }
     assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 1);
-    match next_work_event(&mut events).await {
-        StoreEvent::Rewind { from } => assert_eq!(from, T0 + 200),
-        other => panic!("expected Rewind, got {other:?}"),
-    }
-    let req = LoadRequest {
-        after: (i64::MIN, i64::MIN),
-        horizon: T0 + 200,
-        limit: 10,
-    };
-    store.request_load(req).await.unwrap();
-    let StoreEvent::Loaded { jobs: again, .. } = next_work_event(&mut events).await else {
-        panic!("expected Loaded")
-    };
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].id, jobs[1].id);
+    let again = claim_at(store, &n1, T0 + 200, T0 + 200).await;
+    assert_eq!(ids(&again), vec![jobs[1].id.clone()]);
     assert_eq!(again[0].attempts, 1);
     assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 0);
 }
 
 pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let mk = || NewNotification {
         notify_url: Some("https://merchant.example/notify".into()),
         order_key: Some("trade-9".into()),
         ..new_notification(&a.id, "e")
     };
     let first = store.create_notification(mk()).await.unwrap();
-    let job = scheduled(&mut events).await.remove(0);
+    let job = claim(store, &n1).await.remove(0);
     store.create_notification(mk()).await.unwrap();
-    record(store, &mut events, &job, Outcome::Failed).await;
-    scheduled(&mut events).await; // the second is released and now pending
+    let done = complete(store, &n1, &job, Outcome::Failed).await;
+    assert!(
+        done.successor.is_some(),
+        "the second is released and now pending"
+    );
     let err = store
         .retry_delivery(&first.deliveries[0].id, T0 + 5)
         .await
@@ -793,10 +938,9 @@ pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &i
     assert_eq!(d.delivery.status, DeliveryStatus::Failed);
 }
 
-pub async fn postpone_moves_pending_jobs_and_skips_changed_ones(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
+pub async fn release_moves_held_jobs_and_skips_changed_ones(store: &impl Store) {
     let a = app(store).await;
-    let mut jobs = Vec::new();
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
     for _ in 0..2 {
         store
             .create_notification(NewNotification {
@@ -805,39 +949,34 @@ pub async fn postpone_moves_pending_jobs_and_skips_changed_ones(store: &impl Sto
             })
             .await
             .unwrap();
-        jobs.push(scheduled(&mut events).await.remove(0));
     }
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 2);
     // The second one gets an attempt first: its parked copy is stale.
-    record(
-        store,
-        &mut events,
-        &jobs[1],
-        Outcome::Retry { next_at: T0 + 10 },
-    )
-    .await;
-    store.postpone(jobs.clone(), T0 + 99_000).await.unwrap();
-    match next_work_event(&mut events).await {
-        StoreEvent::Postponed {
-            jobs: moved,
-            requested,
-        } => {
-            assert_eq!(requested, vec![jobs[0].seq, jobs[1].seq]);
-            assert_eq!(moved.len(), 1);
-            assert_eq!(moved[0].seq, jobs[0].seq);
-            assert_eq!(moved[0].next_at, T0 + 99_000);
-        }
-        other => panic!("expected Postponed, got {other:?}"),
-    }
+    complete(store, &n1, &jobs[1], Outcome::Retry { next_at: T0 + 10 }).await;
+    let released = store
+        .release(ReleaseParams {
+            node: n1.clone(),
+            jobs: jobs.iter().map(|j| (j.seq, j.attempts)).collect(),
+            next_at: Some(T0 + 99_000),
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, vec![jobs[0].seq]);
     let d = store.get_delivery(&jobs[0].id).await.unwrap().unwrap();
     assert_eq!(d.delivery.next_attempt_at, Some(T0 + 99_000));
     assert_eq!(d.delivery.attempts, 0);
     let d = store.get_delivery(&jobs[1].id).await.unwrap().unwrap();
     assert_eq!(d.delivery.next_attempt_at, Some(T0 + 10));
+    // Released work is anyone's once due.
+    let taken = claim_at(store, &n2, T0 + 99_000, T0 + 99_000).await;
+    assert_eq!(ids(&taken), vec![jobs[0].id.clone()]);
 }
 
 pub async fn stale_attempt_row_does_not_overwrite_the_recorded_one(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     store
         .create_notification(NewNotification {
             notify_url: Some("https://merchant.example/notify".into()),
@@ -845,17 +984,17 @@ pub async fn stale_attempt_row_does_not_overwrite_the_recorded_one(store: &impl 
         })
         .await
         .unwrap();
-    let job = scheduled(&mut events).await.remove(0);
-    record(store, &mut events, &job, Outcome::Succeeded).await;
-    record(store, &mut events, &job, Outcome::Failed).await;
+    let job = claim(store, &n1).await.remove(0);
+    complete(store, &n1, &job, Outcome::Succeeded).await;
+    complete(store, &n1, &job, Outcome::Failed).await;
     let d = store.get_delivery(&job.id).await.unwrap().unwrap();
     assert_eq!(d.attempts.len(), 1);
     assert_eq!(d.attempts[0].status_code, Some(200));
 }
 
 pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let mut created = Vec::new();
     for _ in 0..3 {
         let n = store
@@ -866,9 +1005,9 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
             .await
             .unwrap();
         created.push(n.notification.id.clone());
-        let job = scheduled(&mut events).await.remove(0);
+        let job = claim(store, &n1).await.remove(0);
         if created.len() == 2 {
-            record(store, &mut events, &job, Outcome::Succeeded).await;
+            complete(store, &n1, &job, Outcome::Succeeded).await;
         }
     }
     let page1 = store
@@ -944,15 +1083,16 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
 }
 
 pub async fn meta_values_round_trip(store: &impl Store) {
+    store.ping().await.expect("the database answers");
     assert_eq!(store.get_meta("k").await.unwrap(), None);
     store.set_meta("k", "v1").await.unwrap();
     store.set_meta("k", "v2").await.unwrap();
     assert_eq!(store.get_meta("k").await.unwrap().as_deref(), Some("v2"));
 }
 
-pub async fn credentials_change_is_announced_to_the_engine(store: &impl Store) {
-    let mut events = store.take_events().expect("events");
+pub async fn credentials_change_reaches_claimed_work(store: &impl Store) {
     let a = app(store).await;
+    let n1 = node(store, "node_a").await;
     let new_creds = Credentials::StandardWebhooks(Keys {
         keys: vec![KeyEntry {
             secret: "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=".into(),
@@ -965,10 +1105,15 @@ pub async fn credentials_change_is_announced_to_the_engine(store: &impl Store) {
         .unwrap()
         .unwrap();
     assert_eq!(updated.credentials, new_creds);
-    match next_event(&mut events).await {
-        StoreEvent::AppChanged(ctx) => assert_eq!(ctx.credentials, new_creds),
-        other => panic!("expected AppChanged, got {other:?}"),
-    }
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs[0].app.credentials, new_creds);
     assert!(store
         .set_app_credentials("app_missing", new_creds)
         .await

@@ -1,25 +1,23 @@
-//! Herald's storage: the [`Store`] trait, its embedded SQLite driver ([`sqlite`]) and the
-//! conformance suite ([`conformance`]) that every driver runs unchanged.
+//! Herald's storage seam: the traits every driver implements, the data model ([`model`]) and
+//! the conformance suite ([`conformance`]) every driver runs unchanged.
 //!
-//! The store is the source of truth and the sequencer: every change goes through it, and
-//! after each commit it tells the engine what became attemptable, in commit order, on one
-//! event stream ([`StoreEvent`]). That single ordered stream is what lets the engine keep a
-//! bounded in-memory window of due work without races against concurrent writes. Nothing
-//! outside a driver writes SQL.
+//! The store is the source of truth. The engine sees only the claim-based [`Queue`] (see
+//! [`queue`] for claims, leases and hints); the API, the sandbox and the settings use their
+//! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`]). [`Store`] is all four, which
+//! is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
+//! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
+//! SQL.
 
 pub mod conformance;
-pub mod inbox;
 pub mod model;
-pub mod sqlite;
-
-use std::sync::Arc;
+pub mod queue;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
 pub use model::*;
+pub use queue::*;
 
-/// Storage errors. Caller mistakes (missing rows) are `Ok(None)`/`Ok(false)` on the trait,
+/// Storage errors. Caller mistakes (missing rows) are `Ok(None)`/`Ok(false)` on the traits,
 /// so what is left here is either a conflict the API reports, or an unexpected failure.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,6 +27,7 @@ pub enum StoreError {
     Conflict(String),
     #[error("invalid cursor")]
     BadCursor,
+    /// The database refused or failed (I/O, disk full, connection lost). The API answers 503.
     #[error("storage failure: {0}")]
     Backend(String),
     #[error("the store is shut down")]
@@ -37,16 +36,17 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The receiving end of a store's event stream (see [`StoreEvent`]).
-pub type EventReceiver = mpsc::UnboundedReceiver<StoreEvent>;
+/// Everything a driver provides: the engine's queue plus administration, the sandbox's
+/// trades and settings. Implemented for every type that implements the four.
+pub trait Store: Queue + AdminStore + SandboxStore + MetaStore {}
 
-/// The storage operations Herald needs. Methods that change state are committed (durably)
-/// before they return; their effect on due work reaches the engine as [`StoreEvent`]s.
+impl<T: Queue + AdminStore + SandboxStore + MetaStore> Store for T {}
+
+/// Apps, endpoints, notifications and deliveries as the API administers and queries them.
+/// Methods that change state are committed (durably) before they return; what they change
+/// for the engines reaches them as [`Hint`]s.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Takes the event stream. There is one stream per store; a second call returns `None`.
-    fn take_events(&self) -> Option<EventReceiver>;
-
+pub trait AdminStore: Send + Sync + 'static {
     // Apps.
     async fn create_app(&self, new: NewApp) -> Result<App>;
     async fn get_app(&self, id: &str) -> Result<Option<App>>;
@@ -92,19 +92,11 @@ pub trait Store: Send + Sync + 'static {
     /// Puts every failed delivery of the app created at or after `since` back to pending,
     /// due now. Returns how many.
     async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64>;
+}
 
-    // The engine's side.
-    /// Queues an attempt's outcome; the result arrives as `AttemptRecorded` (or
-    /// `AttemptNotRecorded`). Waits only when the writer's queue is full.
-    async fn record_attempt(&self, report: AttemptReport) -> Result<()>;
-    /// Queues a load; the answer arrives as `Loaded` (or `LoadFailed`), in commit order.
-    async fn request_load(&self, request: LoadRequest) -> Result<()>;
-    /// Queues moving pending jobs (not in flight) to a later time without an attempt: the
-    /// engine parks the backlog of a destination that cannot keep up, so memory stays
-    /// bounded. The answer arrives as `Postponed`.
-    async fn postpone(&self, jobs: Vec<Arc<Job>>, next_at: Millis) -> Result<()>;
-
-    // The payment sandbox (`herald serve --sandbox`).
+/// The payment sandbox's trades (`herald serve --sandbox`).
+#[async_trait]
+pub trait SandboxStore: Send + Sync + 'static {
     /// Inserts or updates a sandbox payment and enqueues its notifications in one
     /// transaction (see [`SandboxWrite`]). `Err(NotFound("app"))` when a notification's app
     /// does not exist; nothing is written then.
@@ -117,8 +109,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<SandboxPayment>>;
     /// The payments that have a deadline, earliest deadline first, at most `limit`.
     async fn sandbox_deadlines(&self, limit: u32) -> Result<Vec<SandboxPayment>>;
+}
 
-    // Small key-value settings (the admin token's hash).
+/// Small key-value settings (the admin token's hash), and the database's reachability.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Succeeds when the database answers a trivial query now (for `/healthz`).
+    async fn ping(&self) -> Result<()>;
+    /// Stops the store: what was queued is committed, later calls fail with
+    /// [`StoreError::Closed`], and the database is let go (the SQLite file's lock is
+    /// released, so the same process may open it again at once).
+    async fn close(&self);
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
 }

@@ -92,6 +92,8 @@ pub struct Endpoint {
     pub max_in_flight: u32,
     pub ordered: bool,
     pub enabled: bool,
+    /// Overrides the profile's attempt timeout (milliseconds).
+    pub timeout_ms: Option<u32>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -106,6 +108,7 @@ pub struct NewEndpoint {
     pub max_in_flight: u32,
     pub ordered: bool,
     pub enabled: bool,
+    pub timeout_ms: Option<u32>,
     pub now: Millis,
 }
 
@@ -120,6 +123,7 @@ pub struct EndpointPatch {
     pub max_in_flight: Option<u32>,
     pub ordered: Option<bool>,
     pub enabled: Option<bool>,
+    pub timeout_ms: Option<Option<u32>>,
 }
 
 /// What a producer sent. Immutable once stored.
@@ -278,6 +282,7 @@ pub struct EndpointCtx {
     pub max_in_flight: u32,
     pub ordered: bool,
     pub enabled: bool,
+    pub timeout_ms: Option<u32>,
     /// Set on the last version of a deleted endpoint, so the engine drops what it holds.
     pub deleted: bool,
 }
@@ -294,14 +299,15 @@ impl EndpointCtx {
             max_in_flight: e.max_in_flight,
             ordered: e.ordered,
             enabled: e.enabled,
+            timeout_ms: e.timeout_ms,
             deleted: false,
         }
     }
 }
 
 /// One pending delivery with everything needed to attempt it. `app` and `endpoint` are the
-/// versions current when the job was built; the engine replaces them with newer versions it
-/// learns of through [`StoreEvent`]s.
+/// versions current when the job was claimed; the engine replaces them with newer versions it
+/// learns of through [`Hint`](crate::Hint)s.
 #[derive(Clone, Debug)]
 pub struct Job {
     /// The delivery's internal sequence number: creation order, the timer tiebreak.
@@ -344,66 +350,6 @@ pub struct AttemptReport {
     pub job: Arc<Job>,
     pub attempt: Attempt,
     pub outcome: Outcome,
-}
-
-/// A request to load pending, unblocked deliveries whose key `(next_at, seq)` lies in
-/// `(after, (horizon, +inf)]`, in key order, at most `limit`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LoadRequest {
-    pub after: (Millis, i64),
-    pub horizon: Millis,
-    pub limit: usize,
-}
-
-/// What the store tells the engine, in commit order. Events are sent only after the change
-/// they describe is durably committed.
-#[derive(Debug)]
-pub enum StoreEvent {
-    /// Deliveries that became attemptable: new ones, manually retried or recovered ones, and
-    /// ordered successors whose predecessor just ended.
-    Scheduled(Vec<Arc<Job>>),
-    /// An attempt was recorded. `status` is the delivery's status afterwards; when it is
-    /// `Pending`, `job` carries the new attempt count and next time. `applied` is false when
-    /// the delivery had changed meanwhile (e.g. canceled) and the outcome was not applied.
-    AttemptRecorded {
-        job: Arc<Job>,
-        status: DeliveryStatus,
-        applied: bool,
-    },
-    /// Recording an attempt failed (storage error): the engine must try the delivery again.
-    AttemptNotRecorded {
-        job: Arc<Job>,
-    },
-    /// The answer to a [`LoadRequest`]. `exhausted` is true when fewer than `limit` rows
-    /// matched, i.e. everything up to the horizon is now loaded; otherwise `last_key` is the
-    /// key of the last row scanned (the next load starts after it, even when that row was
-    /// an orphan, canceled on the spot and not among `jobs`).
-    Loaded {
-        request: LoadRequest,
-        jobs: Vec<Arc<Job>>,
-        exhausted: bool,
-        last_key: Option<(Millis, i64)>,
-    },
-    /// Many deliveries became due at or after this time in one go (`recover`): the engine
-    /// must reload from there. Safe because the engine skips what memory already holds.
-    Rewind {
-        from: Millis,
-    },
-    /// The answer to a postpone: `jobs` now carry their new `next_at` (jobs whose delivery
-    /// changed meanwhile are left out); `requested` lists every seq that was asked for.
-    /// On failure `jobs` come back unchanged.
-    Postponed {
-        jobs: Vec<Arc<Job>>,
-        requested: Vec<i64>,
-    },
-    /// The load failed; the engine should ask again later.
-    LoadFailed {
-        request: LoadRequest,
-    },
-    /// Deliveries canceled (their endpoint was deleted).
-    Canceled(Vec<i64>),
-    AppChanged(Arc<AppCtx>),
-    EndpointChanged(Arc<EndpointCtx>),
 }
 
 // ---------------------------------------------------------------------------------------

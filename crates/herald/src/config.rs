@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use herald_engine::{EngineConfig, TargetPolicy};
-use herald_store::sqlite::Durability;
+use herald_store_sqlite::Durability;
 use ipnet::IpNet;
 use serde::Deserialize;
 

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use herald_engine::{EngineConfig, TargetPolicy};
+use herald_inbox::SqliteInbox;
 use herald_protocols::profile::Credentials;
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Receiver};
 use herald_shop::{Platform, ShopConfig};
-use herald_store::inbox::SqliteInbox;
-use herald_store::sqlite::Durability;
 use herald_store::NewApp;
+use herald_store_sqlite::Durability;
 use rand::RngCore;
 
 use crate::sandbox::SandboxOptions;

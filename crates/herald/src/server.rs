@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use herald_engine::{Engine, EngineConfig, EngineStats};
-use herald_store::sqlite::{Durability, SqliteStore};
 use herald_store::Store;
+use herald_store_sqlite::{Durability, SqliteStore};
 use rand::RngCore;
 use tokio::sync::watch;
 
@@ -148,11 +148,13 @@ pub async fn start(
         let _ = rx.wait_for(|s| *s).await;
     });
     let stats = engine.stats.clone();
+    let closing = store.clone();
     let task = tokio::spawn(async move {
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "the HTTP server failed");
         }
         let _ = engine.task.await;
+        closing.close().await;
     });
     tracing::info!(%addr, "Herald is listening");
     Ok(Running {

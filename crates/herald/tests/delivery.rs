@@ -557,7 +557,7 @@ async fn ed25519_app_signs_v1a_verifiable_with_its_public_key() {
 async fn stuck_endpoint_backlog_is_parked_memory_stays_bounded_and_nothing_is_lost() {
     let mut config = engine_config(true);
     config.max_in_memory = 200;
-    config.load_page = 100;
+    config.claim_batch = 100;
     config.window = Duration::from_secs(2);
     config.request_timeout = Duration::from_secs(1);
     let server = TestServer::start_with(config).await;

@@ -20,8 +20,8 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
+use herald_inbox::{NewOrder, OrderRecord, SqlValue};
 use herald_receiver::{Effects, Handled, Inbox, RawRequest, Transition};
-use herald_store::inbox::{NewOrder, OrderRecord, SqlValue};
 use serde::Deserialize;
 
 /// One thing the shop sells.

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
+use herald_inbox::SqliteInbox;
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Receiver};
 use herald_shop::{Platform, ShopConfig};
-use herald_store::inbox::SqliteInbox;
 
 /// The example shop: products, orders, checkout, return page and a notify_url handler that
 /// takes each payment notification exactly once.

@@ -1,7 +1,7 @@
 //! The shop's HTML: the product page, the order / return page and plain messages. Every
 //! interpolated value is escaped; no external assets.
+use herald_inbox::{OrderRecord, OrderState};
 use herald_protocols::receive::format_minor;
-use herald_store::inbox::{OrderRecord, OrderState};
 
 use crate::Product;
 

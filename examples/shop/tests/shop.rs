@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use herald_inbox::SqliteInbox;
 use herald_protocols::profile::{Credentials, OutgoingNotification};
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Receiver};
 use herald_shop::ShopConfig;
-use herald_store::inbox::SqliteInbox;
 use serde_json::{json, Value};
 
 struct Shop {

@@ -5,11 +5,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use herald_inbox::{InboxStore, NewOrder, OrderRecord, PgInbox, SqlValue, SqliteInbox, Statement};
 use herald_protocols::{Credentials, OutgoingNotification, Profile, ReceiverKeys};
 use herald_receiver::{Effects, Inbox, RawRequest, Receiver, Transition};
-use herald_store::inbox::{
-    InboxStore, NewOrder, OrderRecord, PgInbox, SqlValue, SqliteInbox, Statement,
-};
 use serde_json::{json, Value};
 
 /// The receiver's clock in every test (unix seconds).

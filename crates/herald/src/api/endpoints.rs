@@ -1,5 +1,5 @@
 //! `/v1/apps/{app_id}/endpoints`: an app's subscribed URLs, with their event-type filter,
-//! retry and ack overrides, in-flight limit and ordering.
+//! retry, ack and attempt-timeout overrides, in-flight limit and ordering.
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -14,6 +14,8 @@ use crate::clock::now_ms;
 
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
 const MAX_IN_FLIGHT_LIMIT: u32 = 256;
+/// The range an endpoint's attempt timeout may be set in (milliseconds).
+const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u32> = 100..=60_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +33,9 @@ pub struct CreateEndpoint {
     ordered: Option<bool>,
     #[serde(default)]
     enabled: Option<bool>,
+    /// Overrides the profile's attempt timeout (WeChat Pay 5 s, others 15 s).
+    #[serde(default)]
+    timeout_ms: Option<u32>,
 }
 
 fn event_types(v: &[String]) -> Result<Vec<String>, ApiError> {
@@ -42,6 +47,17 @@ fn event_types(v: &[String]) -> Result<Vec<String>, ApiError> {
     v.iter()
         .map(|t| views::bounded_text("event_types[]", t, 256))
         .collect()
+}
+
+fn timeout_ms(n: u64) -> Result<u32, ApiError> {
+    match u32::try_from(n) {
+        Ok(n) if TIMEOUT_MS_RANGE.contains(&n) => Ok(n),
+        _ => Err(ApiError::Invalid(format!(
+            "timeout_ms must be between {} and {}",
+            TIMEOUT_MS_RANGE.start(),
+            TIMEOUT_MS_RANGE.end()
+        ))),
+    }
 }
 
 fn max_in_flight(n: u32) -> Result<u32, ApiError> {
@@ -67,6 +83,7 @@ pub async fn create(
         max_in_flight: max_in_flight(req.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT))?,
         ordered: req.ordered.unwrap_or(false),
         enabled: req.enabled.unwrap_or(true),
+        timeout_ms: req.timeout_ms.map(|n| timeout_ms(n.into())).transpose()?,
         now: now_ms(),
     };
     let ep = state.store.create_endpoint(new).await?;
@@ -144,6 +161,16 @@ fn parse_patch(body: Map<String, Value>) -> Result<EndpointPatch, ApiError> {
             }
             "enabled" => {
                 patch.enabled = Some(value.as_bool().ok_or_else(|| invalid("true or false"))?)
+            }
+            "timeout_ms" => {
+                patch.timeout_ms = Some(match value {
+                    Value::Null => None,
+                    v => {
+                        Some(timeout_ms(v.as_u64().ok_or_else(|| {
+                            invalid("a number of milliseconds or null")
+                        })?)?)
+                    }
+                })
             }
             _ => return Err(ApiError::Invalid(format!("unknown field {key:?}"))),
         }

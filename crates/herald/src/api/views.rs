@@ -89,6 +89,7 @@ pub fn endpoint(e: &Endpoint) -> Value {
         "max_in_flight": e.max_in_flight,
         "ordered": e.ordered,
         "enabled": e.enabled,
+        "timeout_ms": e.timeout_ms,
         "created_at": rfc3339(e.created_at),
         "updated_at": rfc3339(e.updated_at),
     })

@@ -52,7 +52,7 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<Vec<Figure>, String> {
             fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
         )?;
         let ready = fixture::wait_until("backlog: first start", Duration::from_secs(120), || {
-            engine.stats.loads.load(Ordering::Relaxed) >= 1
+            engine.stats.claims.load(Ordering::Relaxed) >= 1
         })
         .await;
         engine.stop().await;
@@ -139,7 +139,7 @@ pub async fn probe(db: &Path, concurrency: u32, idle: Duration) -> Result<Value,
     )?;
     let stats = engine.stats.clone();
     let ready = fixture::wait_until("ready", Duration::from_secs(120), || {
-        stats.loads.load(Ordering::Relaxed) >= 1
+        stats.claims.load(Ordering::Relaxed) >= 1
     })
     .await;
     let ready = match ready {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use herald_engine::{Engine, EngineConfig, EngineStats, TargetPolicy};
 use herald_protocols::Profile;
-use herald_store::sqlite::{Durability, SqliteStore};
 use herald_store::{App, Endpoint, NewApp, NewEndpoint, NewNotification, Store};
+use herald_store_sqlite::{Durability, SqliteStore};
 use tokio::sync::oneshot;
 
 use super::progress::Progress;
@@ -79,6 +79,7 @@ pub async fn create_endpoint(
             max_in_flight,
             ordered: false,
             enabled: true,
+            timeout_ms: None,
             now: herald_engine::now_ms(),
         })
         .await

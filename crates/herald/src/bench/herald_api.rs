@@ -40,7 +40,7 @@ impl Herald {
                 admin_token: Some(TOKEN.into()),
                 engine: fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
                 sandbox: None,
-                durability: herald_store::sqlite::Durability::Full,
+                durability: herald_store_sqlite::Durability::Full,
             },
             std::future::pending(),
         )

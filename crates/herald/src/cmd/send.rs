@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use herald_engine::attempt::{build_client, next_outcome, Sender};
+use herald_engine::attempt::{build_client, next_outcome, HttpAttempter};
 use herald_engine::{now_ms, EngineConfig, TargetPolicy};
 use herald_protocols::standard_webhooks::{Keys, SigningSecret};
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
@@ -95,11 +95,12 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         }),
         ..EngineConfig::default()
     };
-    let sender = Sender {
+    let sender = HttpAttempter {
         client: build_client(&config).map_err(|e| format!("cannot build the HTTP client: {e}"))?,
         policy: config.target_policy.clone(),
         read_cap: config.response_read_cap,
         store_cap: config.response_store_cap,
+        clock: config.clock.clone(),
     };
     let mut job = Job {
         seq: 0,
@@ -127,7 +128,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         ack
     );
     loop {
-        let result = sender.attempt(&job, &app, &job.url, &ack).await;
+        let result = sender.send(&job, &app, &job.url, &ack).await;
         let a = &result.attempt;
         let status = a
             .status_code

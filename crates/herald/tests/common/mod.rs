@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald::server::{self, Database, Running, ServerOptions};
 use herald_engine::{EngineConfig, TargetPolicy};
-use herald_store::sqlite::Durability;
+use herald_store_sqlite::Durability;
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-admin-token";

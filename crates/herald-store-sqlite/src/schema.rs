@@ -3,7 +3,7 @@
 //! same in every driver.
 use rusqlite::Connection;
 
-use crate::{Result, StoreError};
+use herald_store::{Result, StoreError};
 
 /// Each entry is one migration; never edit a released one, append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -107,6 +107,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX sandbox_payments_by_trade ON sandbox_payments(app_id, out_trade_no);
     CREATE INDEX sandbox_payments_by_deadline ON sandbox_payments(deadline, id)
         WHERE deadline IS NOT NULL;
+    "#,
+    // 3: the claim-based queue. `locked_by` names the node holding a pending delivery (NULL:
+    // claimable when due); `nodes` holds each node's lease. Claims walk the due index, which
+    // now covers unheld deliveries only; the held-by-endpoint index answers "does another
+    // node serve this endpoint?". Endpoints may override the profile's attempt timeout.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN locked_by TEXT;
+    CREATE TABLE nodes (
+        id          TEXT PRIMARY KEY,
+        lease_until INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_due ON deliveries(next_at, seq)
+        WHERE status = 'pending' AND locked_by IS NULL;
+    CREATE INDEX deliveries_held ON deliveries(endpoint_id, locked_by)
+        WHERE locked_by IS NOT NULL;
+    CREATE INDEX deliveries_by_node ON deliveries(locked_by) WHERE locked_by IS NOT NULL;
+    ALTER TABLE endpoints ADD COLUMN timeout_ms INTEGER;
     "#,
 ];
 

@@ -1,6 +1,12 @@
 //! The embedded SQLite driver: WAL mode, migrations embedded in the binary, one writer
-//! thread that group-commits (see [`writer`]), and a small pool of read-only connections
-//! for the API's queries.
+//! thread that group-commits (see `writer`), and a small pool of read-only connections for
+//! the API's queries.
+//!
+//! One process owns a database file: opening it takes an exclusive lock on `<file>.lock`
+//! (a second Herald on the same file is refused with a clear error), and releases every
+//! claim a previous process left behind, so a restart after `kill -9` resumes at once
+//! instead of waiting for the dead process's lease to expire. Hints are exact: they go from
+//! the writer to the engine in process, after each commit.
 mod rows;
 mod sandbox;
 mod schema;
@@ -16,8 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::schema::backend;
 use self::writer::{Op, Writer};
-use crate::model::*;
-use crate::{EventReceiver, Result, Store, StoreError};
+use herald_store::model::*;
+use herald_store::queue::*;
+use herald_store::{AdminStore, MetaStore, Result, SandboxStore, StoreError};
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
 /// tasks) wait: that is the backpressure that keeps memory bounded under overload.
@@ -40,8 +47,48 @@ pub enum Durability {
 /// A Herald store in one SQLite file.
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
-    events: Mutex<Option<EventReceiver>>,
+    hints: Arc<HintHub>,
     readers: Arc<Readers>,
+    /// The exclusive lock on `<file>.lock`, held until the store is closed or dropped.
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// The engines subscribed to hints. Unbounded on purpose: the writer must never block on an
+/// engine (engines wait on the writer's queue); the volume is bounded by the commit rate.
+#[derive(Default)]
+pub(crate) struct HintHub {
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Hint>>>,
+}
+
+impl HintHub {
+    fn subscribe(&self) -> HintReceiver {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(tx);
+        }
+        rx
+    }
+
+    pub(crate) fn send_all(&self, hints: Vec<Hint>) {
+        if hints.is_empty() {
+            return;
+        }
+        let Ok(mut subs) = self.subscribers.lock() else {
+            return;
+        };
+        subs.retain(|s| !s.is_closed());
+        if let [only] = subs.as_slice() {
+            for h in hints {
+                let _ = only.send(h);
+            }
+            return;
+        }
+        for h in hints {
+            for s in subs.iter() {
+                let _ = s.send(h.clone());
+            }
+        }
+    }
 }
 
 struct Readers {
@@ -91,6 +138,7 @@ impl SqliteStore {
     /// Must be called inside a Tokio runtime.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
+        let lock = lock_file(&path)?;
         let mut conn = Connection::open(&path).map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
@@ -117,24 +165,28 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
+        // This process owns the file now: whatever an earlier process held is free again.
+        conn.execute_batch(
+            "UPDATE deliveries SET locked_by = NULL WHERE locked_by IS NOT NULL;
+             DELETE FROM nodes;",
+        )
+        .map_err(backend)?;
 
         let (ops_tx, ops_rx) = mpsc::channel(WRITE_QUEUE);
-        // Unbounded on purpose: the writer must never block on the engine (the engine itself
-        // waits on the writer's queue). Its volume is bounded by the commit rate, and the
-        // engine's handling of an event is far cheaper than the commit that produced it.
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let writer = Writer::new(conn, ev_tx);
+        let hints = Arc::new(HintHub::default());
+        let writer = Writer::new(conn, hints.clone());
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || writer.run(ops_rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             ops: ops_tx,
-            events: Mutex::new(Some(ev_rx)),
+            hints,
             readers: Arc::new(Readers {
                 path,
                 pool: Mutex::new(Vec::new()),
             }),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -149,11 +201,38 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    fn take_events(&self) -> Option<EventReceiver> {
-        self.events.lock().ok().and_then(|mut e| e.take())
+impl Queue for SqliteStore {
+    async fn register_node(&self, params: LeaseParams, claim_new: bool) -> Result<()> {
+        self.call(|r| Op::RegisterNode(params, claim_new, r)).await
     }
 
+    async fn renew_lease(&self, params: LeaseParams) -> Result<Lease> {
+        self.call(|r| Op::RenewLease(params, r)).await
+    }
+
+    async fn rescue(&self, now: Millis) -> Result<u64> {
+        self.call(|r| Op::Rescue(now, r)).await
+    }
+
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<Job>>> {
+        self.call(|r| Op::Claim(params, r)).await
+    }
+
+    async fn complete(&self, params: CompleteParams) -> Result<Completed> {
+        self.call(|r| Op::Complete(Box::new(params), r)).await
+    }
+
+    async fn release(&self, params: ReleaseParams) -> Result<Vec<i64>> {
+        self.call(|r| Op::Release(params, r)).await
+    }
+
+    fn hints(&self, _node: NodeId) -> HintReceiver {
+        self.hints.subscribe()
+    }
+}
+
+#[async_trait]
+impl AdminStore for SqliteStore {
     async fn create_app(&self, new: NewApp) -> Result<App> {
         self.call(|r| Op::CreateApp(new, r)).await
     }
@@ -260,28 +339,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn record_attempt(&self, report: AttemptReport) -> Result<()> {
-        self.ops
-            .send(Op::RecordAttempt(report))
-            .await
-            .map_err(|_| StoreError::Closed)
-    }
-
-    async fn request_load(&self, request: LoadRequest) -> Result<()> {
-        self.ops
-            .send(Op::Load(request))
-            .await
-            .map_err(|_| StoreError::Closed)
-    }
-
-    async fn postpone(&self, jobs: Vec<Arc<Job>>, next_at: Millis) -> Result<()> {
-        self.ops
-            .send(Op::Postpone(jobs, next_at))
-            .await
-            .map_err(|_| StoreError::Closed)
-    }
-
+#[async_trait]
+impl SandboxStore for SqliteStore {
     async fn write_sandbox_payment(&self, write: SandboxWrite) -> Result<SandboxWritten> {
         self.call(|r| Op::WriteSandbox(write, r)).await
     }
@@ -307,6 +368,27 @@ impl Store for SqliteStore {
             .read(move |c| sandbox::deadlines(c, limit))
             .await
     }
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        self.readers
+            .read(|c| {
+                c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                    .map(|_| ())
+                    .map_err(backend)
+            })
+            .await
+    }
+
+    async fn close(&self) {
+        // The writer commits what it has, answers, and stops; everything queued later fails.
+        let _ = self.call(Op::Close).await;
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+    }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_string();
@@ -316,5 +398,56 @@ impl Store for SqliteStore {
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         let (k, v) = (key.to_string(), value.to_string());
         self.call(|r| Op::SetMeta(k, v, r)).await
+    }
+}
+
+/// How long opening waits for an earlier owner of the file to let go (a process that is
+/// exiting, or a store of this process still being dropped) before refusing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes the exclusive lock that makes one process the owner of the database at `path`.
+fn lock_file(path: &Path) -> Result<std::fs::File> {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot open the lock file {}: {e}",
+                lock_path.display()
+            ))
+        })?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break lock_result(file, other, path, &lock_path),
+        }
+    }
+}
+
+fn lock_result(
+    file: std::fs::File,
+    result: std::result::Result<(), std::fs::TryLockError>,
+    path: &Path,
+    lock_path: &Path,
+) -> Result<std::fs::File> {
+    match result {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "another Herald process is using {} (its lock {} is held); one process owns an SQLite database, use PostgreSQL for several nodes",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Backend(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
     }
 }

@@ -4,12 +4,12 @@ use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::backend;
-use crate::model::*;
-use crate::{Result, StoreError};
+use herald_store::model::*;
+use herald_store::{Result, StoreError};
 
 pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
 pub(crate) const ENDPOINT_COLS: &str =
-    "id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at";
+    "id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at, timeout_ms";
 pub(crate) const NOTIFICATION_COLS: &str =
     "seq, id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at";
 /// Delivery columns, prefixed `d.`, joined with its notification `n` for the id.
@@ -72,6 +72,7 @@ pub(crate) fn endpoint_from_row(row: &Row) -> rusqlite::Result<Endpoint> {
         enabled: row.get(8)?,
         created_at: row.get(9)?,
         updated_at: row.get(10)?,
+        timeout_ms: row.get(11)?,
     })
 }
 

@@ -2,7 +2,7 @@
 //! in a fresh database of this process's throwaway cluster), plus what only one driver shows.
 use std::sync::Arc;
 
-use herald_store::inbox::{InboxError, InboxStore, NewOrder, OrderState, PgInbox, SqliteInbox};
+use herald_inbox::{InboxError, InboxStore, NewOrder, OrderState, PgInbox, SqliteInbox};
 
 mod sqlite {
     use super::*;
@@ -13,7 +13,7 @@ mod sqlite {
         Arc::new(SqliteInbox::open(&path).expect("open inbox"))
     }
 
-    herald_store::inbox_conformance_tests!(fresh());
+    herald_inbox::inbox_conformance_tests!(fresh());
 }
 
 mod postgres {
@@ -24,7 +24,7 @@ mod postgres {
         Arc::new(PgInbox::connect(&url).await.expect("connect inbox"))
     }
 
-    herald_store::inbox_conformance_tests!(fresh());
+    herald_inbox::inbox_conformance_tests!(fresh());
 }
 
 fn order(no: &str) -> NewOrder {
@@ -41,7 +41,7 @@ async fn sqlite_inbox_survives_reopening_and_shares_a_file_with_the_delivery_sto
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("herald.db");
     let _store =
-        herald_store::sqlite::SqliteStore::open(&path, herald_store::sqlite::Durability::Full)
+        herald_store_sqlite::SqliteStore::open(&path, herald_store_sqlite::Durability::Full)
             .expect("delivery store");
     {
         let inbox = SqliteInbox::open(&path).expect("open");

@@ -3,8 +3,8 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::backend;
-use crate::model::SandboxPayment;
-use crate::{Result, StoreError};
+use herald_store::model::SandboxPayment;
+use herald_store::{Result, StoreError};
 
 const SELECT: &str =
     "SELECT id, app_id, out_trade_no, doc, version, deadline FROM sandbox_payments";

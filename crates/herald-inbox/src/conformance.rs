@@ -31,8 +31,8 @@ macro_rules! inbox_conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                let store: ::std::sync::Arc<dyn $crate::inbox::InboxStore> = $factory.await;
-                $crate::inbox::conformance::$case(store).await;
+                let store: ::std::sync::Arc<dyn $crate::InboxStore> = $factory.await;
+                $crate::conformance::$case(store).await;
             }
         )*
     };

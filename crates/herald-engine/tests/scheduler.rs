@@ -1,0 +1,637 @@
+//! The scheduler on its own: a small in-memory queue with the store's claim rules, a
+//! scripted attempter instead of HTTP, and Tokio's paused clock, so each case states a timing
+//! rule exactly (when an attempt happens, not roughly) without sleeping for real.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_engine::attempt::{AttemptResult, Attempter};
+use herald_engine::{Clock, Engine, EngineConfig, TokioClock};
+use herald_protocols::standard_webhooks::{KeyEntry, Keys};
+use herald_protocols::{Credentials, Profile, RetryPolicy, Verdict};
+use herald_store::*;
+use tokio::sync::mpsc;
+
+const T0: Millis = 1_700_000_000_000;
+
+// --- a queue with the store's rules, in memory ------------------------------------------
+
+#[derive(Clone)]
+struct Row {
+    job: Arc<Job>,
+    status: DeliveryStatus,
+    attempts: u32,
+    next_at: Millis,
+    locked_by: Option<NodeId>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    rows: BTreeMap<i64, Row>,
+    nodes: HashMap<NodeId, Millis>,
+    /// Every claim's parameters, in order.
+    claims: Vec<ClaimParams>,
+    /// Claims running right now, and the most that ever ran at once.
+    claims_running: usize,
+    max_claims_running: usize,
+    hints: Vec<mpsc::UnboundedSender<Hint>>,
+}
+
+#[derive(Default)]
+struct FakeQueue {
+    state: Mutex<QueueState>,
+    /// How long a claim takes to answer.
+    claim_delay: Mutex<Duration>,
+}
+
+impl FakeQueue {
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().expect("queue state")
+    }
+
+    fn add(&self, job: Job) {
+        let row = Row {
+            status: DeliveryStatus::Pending,
+            attempts: job.attempts,
+            next_at: job.next_at,
+            locked_by: None,
+            job: Arc::new(job),
+        };
+        let mut st = self.state();
+        st.rows.insert(row.job.seq, row);
+        for h in &st.hints {
+            let _ = h.send(Hint::Work);
+        }
+    }
+
+    fn status(&self, seq: i64) -> DeliveryStatus {
+        self.state().rows[&seq].status
+    }
+
+    /// Forgets a node as a rescue by another node would, releasing what it held.
+    fn expire(&self, node: &NodeId) {
+        let mut st = self.state();
+        st.nodes.remove(node);
+        for row in st.rows.values_mut() {
+            if row.locked_by.as_ref() == Some(node) {
+                row.locked_by = None;
+            }
+        }
+    }
+
+    fn holder(&self, seq: i64) -> Option<NodeId> {
+        self.state().rows[&seq].locked_by.clone()
+    }
+
+    fn claimable(st: &QueueState, row: &Row, horizon: Millis) -> bool {
+        row.status == DeliveryStatus::Pending
+            && row.locked_by.is_none()
+            && row.next_at <= horizon
+            && row.job.order_key.as_ref().is_none_or(|k| {
+                !st.rows.values().any(|p| {
+                    p.job.order_key.as_ref() == Some(k)
+                        && p.status == DeliveryStatus::Pending
+                        && p.job.seq < row.job.seq
+                })
+            })
+    }
+
+    fn job_of(row: &Row) -> Arc<Job> {
+        let mut j = (*row.job).clone();
+        j.attempts = row.attempts;
+        j.next_at = row.next_at;
+        Arc::new(j)
+    }
+}
+
+#[async_trait]
+impl Queue for FakeQueue {
+    async fn register_node(&self, p: LeaseParams, _claim_new: bool) -> Result<()> {
+        self.state().nodes.insert(p.node, p.now + p.lease);
+        Ok(())
+    }
+
+    async fn renew_lease(&self, p: LeaseParams) -> Result<Lease> {
+        let mut st = self.state();
+        match st.nodes.get_mut(&p.node) {
+            Some(until) => {
+                *until = p.now + p.lease;
+                Ok(Lease::Held)
+            }
+            None => Ok(Lease::Lost),
+        }
+    }
+
+    async fn rescue(&self, now: Millis) -> Result<u64> {
+        let mut st = self.state();
+        st.nodes.retain(|_, until| *until >= now);
+        let live: Vec<NodeId> = st.nodes.keys().cloned().collect();
+        let mut n = 0;
+        for row in st.rows.values_mut() {
+            if row.locked_by.as_ref().is_some_and(|h| !live.contains(h)) {
+                row.locked_by = None;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<Arc<Job>>> {
+        {
+            let mut st = self.state();
+            st.claims_running += 1;
+            st.max_claims_running = st.max_claims_running.max(st.claims_running);
+        }
+        let delay = *self.claim_delay.lock().expect("delay");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut st = self.state();
+        st.claims_running -= 1;
+        st.claims.push(p.clone());
+        if !st.nodes.contains_key(&p.node) {
+            return Ok(Vec::new()); // a forgotten node claims nothing
+        }
+        let seqs: Vec<i64> = st
+            .rows
+            .values()
+            .filter(|r| FakeQueue::claimable(&st, r, p.horizon))
+            .map(|r| r.job.seq)
+            .take(p.limit)
+            .collect();
+        let mut jobs = Vec::new();
+        for seq in seqs {
+            if let Some(row) = st.rows.get_mut(&seq) {
+                row.locked_by = Some(p.node.clone());
+                jobs.push(FakeQueue::job_of(row));
+            }
+        }
+        jobs.sort_by_key(|j| j.key());
+        Ok(jobs)
+    }
+
+    async fn complete(&self, p: CompleteParams) -> Result<Completed> {
+        let mut st = self.state();
+        let job = &p.report.job;
+        let Some(row) = st.rows.get_mut(&job.seq) else {
+            return Ok(Completed {
+                applied: false,
+                status: None,
+                held: None,
+                successor: None,
+            });
+        };
+        if row.status != DeliveryStatus::Pending
+            || row.attempts != job.attempts
+            || row.locked_by.as_ref() != Some(&p.node)
+        {
+            return Ok(Completed {
+                applied: false,
+                status: Some(row.status),
+                held: None,
+                successor: None,
+            });
+        }
+        row.attempts = p.report.attempt.n;
+        let mut held = None;
+        match p.report.outcome {
+            Outcome::Succeeded => row.status = DeliveryStatus::Succeeded,
+            Outcome::Failed => row.status = DeliveryStatus::Failed,
+            Outcome::Retry { next_at } => {
+                row.next_at = next_at;
+                if next_at <= p.horizon {
+                    held = Some(FakeQueue::job_of(row));
+                } else {
+                    row.locked_by = None;
+                }
+            }
+        }
+        let status = row.status;
+        if status != DeliveryStatus::Pending {
+            row.locked_by = None;
+        }
+        let mut successor = None;
+        if status != DeliveryStatus::Pending {
+            if let Some(k) = job.order_key.clone() {
+                let next = st
+                    .rows
+                    .values()
+                    .find(|r| {
+                        r.job.order_key.as_ref() == Some(&k) && r.status == DeliveryStatus::Pending
+                    })
+                    .map(|r| r.job.seq);
+                if let Some(seq) = next {
+                    let row = st.rows.get_mut(&seq).expect("row");
+                    if row.locked_by.is_none() && row.next_at <= p.horizon {
+                        row.locked_by = Some(p.node.clone());
+                        successor = Some(FakeQueue::job_of(row));
+                    }
+                }
+            }
+        }
+        Ok(Completed {
+            applied: true,
+            status: Some(status),
+            held,
+            successor,
+        })
+    }
+
+    async fn release(&self, p: ReleaseParams) -> Result<Vec<i64>> {
+        let mut st = self.state();
+        let mut out = Vec::new();
+        for (seq, attempts) in p.jobs {
+            if let Some(row) = st.rows.get_mut(&seq) {
+                if row.locked_by.as_ref() == Some(&p.node)
+                    && row.attempts == attempts
+                    && row.status == DeliveryStatus::Pending
+                {
+                    row.locked_by = None;
+                    if let Some(t) = p.next_at {
+                        row.next_at = t;
+                    }
+                    out.push(seq);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn hints(&self, _node: NodeId) -> HintReceiver {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state().hints.push(tx);
+        rx
+    }
+}
+
+// --- a scripted receiver ------------------------------------------------------------------
+
+type Script = Box<dyn Fn(&Job) -> (Verdict, Duration) + Send + Sync>;
+
+struct FakeReceiver {
+    clock: TokioClock,
+    /// (seq, attempt number, time) of every attempt, in order.
+    log: Mutex<Vec<(i64, u32, Millis)>>,
+    script: Mutex<Script>,
+}
+
+impl FakeReceiver {
+    fn new(clock: TokioClock, script: Script) -> Arc<FakeReceiver> {
+        Arc::new(FakeReceiver {
+            clock,
+            log: Mutex::new(Vec::new()),
+            script: Mutex::new(script),
+        })
+    }
+
+    fn attempts(&self) -> Vec<(i64, u32, Millis)> {
+        self.log.lock().expect("log").clone()
+    }
+
+    fn attempts_of(&self, seq: i64) -> Vec<Millis> {
+        self.attempts()
+            .into_iter()
+            .filter(|a| a.0 == seq)
+            .map(|a| a.2)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Attempter for FakeReceiver {
+    async fn attempt(&self, job: &Job, _app: &AppCtx, _ep: Option<&EndpointCtx>) -> AttemptResult {
+        let at = self.clock.now();
+        let (verdict, takes) = (self.script.lock().expect("script"))(job);
+        self.log
+            .lock()
+            .expect("log")
+            .push((job.seq, job.attempts + 1, at));
+        tokio::time::sleep(takes).await;
+        AttemptResult {
+            attempt: Attempt {
+                n: job.attempts + 1,
+                at,
+                duration_ms: takes.as_millis() as u32,
+                status_code: Some(if verdict == Verdict::Acked { 204 } else { 503 }),
+                response: None,
+                error_class: None,
+                error: None,
+            },
+            verdict,
+        }
+    }
+}
+
+// --- fixtures -----------------------------------------------------------------------------
+
+fn app(retry_secs: &[u64]) -> Arc<AppCtx> {
+    Arc::new(AppCtx {
+        id: "app_1".into(),
+        profile: Profile::StandardWebhooks,
+        credentials: Credentials::StandardWebhooks(Keys {
+            keys: vec![KeyEntry {
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                expires_at: None,
+            }],
+        }),
+        retry: RetryPolicy {
+            name: None,
+            delays_ms: retry_secs.iter().map(|s| s * 1000).collect(),
+            jitter: 0.0,
+        },
+        ack: Profile::StandardWebhooks.default_ack(),
+    })
+}
+
+fn job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, order_key: Option<&str>) -> Job {
+    Job {
+        seq,
+        id: format!("dlv_{seq}"),
+        notify_id: format!("msg_{seq}"),
+        notification_id: format!("ntf_{seq}"),
+        app: app.clone(),
+        endpoint: None,
+        url: "http://receiver.test/hook".into(),
+        event_type: "e".into(),
+        payload: Arc::from("{}"),
+        created_at: T0,
+        attempts: 0,
+        next_at,
+        order_key: order_key.map(str::to_string),
+    }
+}
+
+struct Harness {
+    queue: Arc<FakeQueue>,
+    receiver: Arc<FakeReceiver>,
+    engine: Engine,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Harness {
+    fn start(script: Script, tune: impl FnOnce(&mut EngineConfig)) -> Harness {
+        Harness::start_on(Arc::new(FakeQueue::default()), script, tune)
+    }
+
+    fn start_on(
+        queue: Arc<FakeQueue>,
+        script: Script,
+        tune: impl FnOnce(&mut EngineConfig),
+    ) -> Harness {
+        let clock = TokioClock::starting_at(T0);
+        let receiver = FakeReceiver::new(clock, script);
+        let mut config = EngineConfig {
+            clock: Arc::new(clock),
+            ..EngineConfig::default()
+        };
+        tune(&mut config);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let engine = Engine::with_attempter(queue.clone(), config, receiver.clone(), async move {
+            let _ = rx.await;
+        });
+        Harness {
+            queue,
+            receiver,
+            engine,
+            stop: Some(tx),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.engine.task.await;
+    }
+}
+
+fn acks() -> Script {
+    Box::new(|_| (Verdict::Acked, Duration::from_millis(5)))
+}
+
+/// Lets the engine run for `d` of paused time.
+async fn run_for(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+// --- cases --------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_is_attempted_when_it_is_due_not_before() {
+    let a = app(&[10]);
+    let h = Harness::start(acks(), |_| {});
+    h.queue.add(job(1, &a, T0 + 10_000, None));
+    run_for(Duration::from_secs(20)).await;
+    let at = h.receiver.attempts_of(1);
+    assert_eq!(at.len(), 1);
+    assert!(
+        (T0 + 10_000..T0 + 10_050).contains(&at[0]),
+        "attempted at +{} ms",
+        at[0] - T0
+    );
+    assert_eq!(h.queue.status(1), DeliveryStatus::Succeeded);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_beyond_the_window_is_claimed_only_once_it_comes_within_it() {
+    let a = app(&[10]);
+    let h = Harness::start(acks(), |c| c.window = Duration::from_secs(60));
+    h.queue.add(job(1, &a, T0 + 300_000, None));
+    run_for(Duration::from_secs(100)).await;
+    assert!(h.queue.holder(1).is_none(), "not claimed 200 s ahead");
+    assert!(h
+        .queue
+        .state()
+        .claims
+        .iter()
+        .all(|c| c.horizon <= c.now + 60_000));
+    run_for(Duration::from_secs(210)).await;
+    let at = h.receiver.attempts_of(1);
+    assert_eq!(at.len(), 1);
+    assert!(at[0] >= T0 + 300_000);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempt_is_retried_on_the_schedule() {
+    let a = app(&[5, 30]);
+    let h = Harness::start(
+        Box::new(|_| (Verdict::Retry, Duration::from_millis(1))),
+        |_| {},
+    );
+    h.queue.add(job(1, &a, T0, None));
+    run_for(Duration::from_secs(60)).await;
+    let at = h.receiver.attempts_of(1);
+    assert_eq!(at.len(), 3, "{at:?}");
+    let gaps: Vec<Millis> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!((5_000..5_100).contains(&gaps[0]), "{gaps:?}");
+    assert!((30_000..30_100).contains(&gaps[1]), "{gaps:?}");
+    assert_eq!(h.queue.status(1), DeliveryStatus::Failed);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_postpones_the_next_attempt_past_the_schedule() {
+    let a = app(&[1, 1]);
+    let h = Harness::start(
+        Box::new(|j| {
+            if j.attempts == 0 {
+                (
+                    Verdict::RetryNotBefore(Duration::from_secs(40)),
+                    Duration::from_millis(1),
+                )
+            } else {
+                (Verdict::Acked, Duration::from_millis(1))
+            }
+        }),
+        |_| {},
+    );
+    h.queue.add(job(1, &a, T0, None));
+    run_for(Duration::from_secs(90)).await;
+    let at = h.receiver.attempts_of(1);
+    assert_eq!(at.len(), 2);
+    assert!(at[1] - at[0] >= 40_000, "{} ms apart", at[1] - at[0]);
+    assert_eq!(h.queue.status(1), DeliveryStatus::Succeeded);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_order_key_is_delivered_one_at_a_time_in_creation_order() {
+    let a = app(&[2]);
+    // The first attempt of each fails, so each delivery takes two attempts 2 s apart.
+    let h = Harness::start(
+        Box::new(|j| {
+            if j.attempts == 0 {
+                (Verdict::Retry, Duration::from_millis(10))
+            } else {
+                (Verdict::Acked, Duration::from_millis(10))
+            }
+        }),
+        |_| {},
+    );
+    for seq in 1..=3 {
+        h.queue.add(job(seq, &a, T0, Some("trade:1")));
+    }
+    run_for(Duration::from_secs(30)).await;
+    let log = h.receiver.attempts();
+    let order: Vec<i64> = log.iter().map(|a| a.0).collect();
+    assert_eq!(order, vec![1, 1, 2, 2, 3, 3], "{log:?}");
+    for seq in 1..=3 {
+        assert_eq!(h.queue.status(seq), DeliveryStatus::Succeeded);
+    }
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_claims_new_work_before_the_claim_interval() {
+    let a = app(&[10]);
+    let h = Harness::start(acks(), |c| c.claim_interval = Duration::from_secs(30));
+    run_for(Duration::from_secs(1)).await;
+    h.queue.add(job(1, &a, T0 + 1_000, None)); // sends Hint::Work
+    run_for(Duration::from_millis(200)).await;
+    let at = h.receiver.attempts_of(1);
+    assert_eq!(at.len(), 1, "attempted within 200 ms of the hint, not 30 s");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_hints_the_claim_timer_still_finds_work() {
+    let a = app(&[10]);
+    let queue = Arc::new(FakeQueue::default());
+    let h = Harness::start_on(queue.clone(), acks(), |c| {
+        c.claim_interval = Duration::from_secs(2)
+    });
+    run_for(Duration::from_millis(100)).await;
+    // Added behind the engine's back: no hint reaches it.
+    queue.state().hints.clear();
+    queue.add(job(1, &a, T0, None));
+    run_for(Duration::from_secs(3)).await;
+    assert_eq!(h.receiver.attempts_of(1).len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_claim_answer_is_used_and_claims_never_overlap() {
+    let a = app(&[10]);
+    let queue = Arc::new(FakeQueue::default());
+    *queue.claim_delay.lock().unwrap() = Duration::from_secs(5);
+    for seq in 1..=3 {
+        queue.add(job(seq, &a, T0, None));
+    }
+    let h = Harness::start_on(queue.clone(), acks(), |c| {
+        c.claim_interval = Duration::from_millis(500)
+    });
+    // More work and hints arrive while the first claim is still out.
+    run_for(Duration::from_secs(1)).await;
+    queue.add(job(4, &a, T0, None));
+    run_for(Duration::from_secs(20)).await;
+    for seq in 1..=4 {
+        assert_eq!(h.receiver.attempts_of(seq).len(), 1, "delivery {seq}");
+    }
+    assert_eq!(queue.state().max_claims_running, 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_drops_held_work_and_the_new_node_takes_it_again() {
+    let a = app(&[10]);
+    let queue = Arc::new(FakeQueue::default());
+    let h = Harness::start_on(queue.clone(), acks(), |c| {
+        c.lease = Duration::from_secs(30);
+        c.window = Duration::from_secs(60);
+    });
+    queue.add(job(1, &a, T0 + 50_000, None));
+    run_for(Duration::from_secs(2)).await;
+    let first = queue.holder(1).expect("claimed ahead of time");
+    // Another node rescued this node's work (as after a long pause).
+    queue.expire(&first);
+    run_for(Duration::from_secs(60)).await;
+    let at = h.receiver.attempts_of(1);
+    assert_eq!(at.len(), 1, "attempted once, by the new node");
+    assert_eq!(queue.status(1), DeliveryStatus::Succeeded);
+    let nodes: Vec<NodeId> = queue.state().nodes.keys().cloned().collect();
+    assert!(
+        !nodes.contains(&first),
+        "the old node id is gone: {nodes:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_destination_keeps_memory_bounded_and_its_in_flight_limit() {
+    let a = app(&[1]);
+    let h = Harness::start(
+        Box::new(|_| (Verdict::Retry, Duration::from_secs(3600))),
+        |c| {
+            c.max_in_memory = 100;
+            c.claim_batch = 100;
+            c.default_max_in_flight = 2;
+        },
+    );
+    for seq in 1..=400 {
+        h.queue.add(job(seq, &a, T0, None));
+    }
+    run_for(Duration::from_secs(5)).await;
+    let in_memory = h
+        .engine
+        .stats
+        .in_memory
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(in_memory <= 100, "{in_memory} in memory");
+    assert_eq!(h.receiver.attempts().len(), 2, "the in-flight limit holds");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_gives_back_what_the_node_holds() {
+    let a = app(&[10]);
+    let h = Harness::start(acks(), |c| c.window = Duration::from_secs(60));
+    h.queue.add(job(1, &a, T0 + 30_000, None));
+    run_for(Duration::from_secs(2)).await;
+    assert!(h.queue.holder(1).is_some());
+    let queue = h.queue.clone();
+    h.stop().await;
+    assert!(queue.holder(1).is_none(), "released for the next node");
+}

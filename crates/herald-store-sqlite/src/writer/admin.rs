@@ -1,0 +1,272 @@
+//! The writer's apps and endpoints, and the caches of their settings that jobs are built
+//! from. A change is announced to the engines as a hint after the commit.
+use std::sync::Arc;
+
+use herald_protocols::Credentials;
+use rusqlite::params;
+use ulid::Ulid;
+
+use super::Writer;
+use crate::rows::{self, opt_json, to_json};
+use crate::schema::backend;
+use herald_store::model::*;
+use herald_store::queue::Hint;
+use herald_store::{Result, StoreError};
+
+impl Writer {
+    // --- caches -------------------------------------------------------------------------
+
+    pub(super) fn app_ctx(&mut self, id: &str) -> Result<Option<Arc<AppCtx>>> {
+        if let Some(ctx) = self.apps.get(id) {
+            return Ok(Some(ctx.clone()));
+        }
+        let Some(app) = rows::get_app(&self.conn, id)? else {
+            return Ok(None);
+        };
+        let ctx = Arc::new(AppCtx::from_app(&app));
+        self.apps.insert(id.to_string(), ctx.clone());
+        Ok(Some(ctx))
+    }
+
+    pub(super) fn endpoint_ctx(&mut self, id: &str) -> Result<Option<Arc<EndpointCtx>>> {
+        if let Some(ctx) = self.endpoints.get(id) {
+            return Ok(Some(ctx.clone()));
+        }
+        let Some(ep) = rows::get_endpoint_by_id(&self.conn, id)? else {
+            return Ok(None);
+        };
+        let ctx = Arc::new(EndpointCtx::from_endpoint(&ep));
+        self.endpoints.insert(id.to_string(), ctx.clone());
+        Ok(Some(ctx))
+    }
+
+    pub(super) fn app_endpoints(&mut self, app_id: &str) -> Result<Vec<Arc<EndpointCtx>>> {
+        if !self.endpoint_lists.contains_key(app_id) {
+            let list = rows::list_endpoints(&self.conn, app_id)?;
+            let ids = list.iter().map(|e| e.id.clone()).collect();
+            for e in list {
+                self.endpoints
+                    .insert(e.id.clone(), Arc::new(EndpointCtx::from_endpoint(&e)));
+            }
+            self.endpoint_lists.insert(app_id.to_string(), ids);
+        }
+        let ids = self.endpoint_lists.get(app_id).cloned().unwrap_or_default();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(ctx) = self.endpoint_ctx(&id)? {
+                out.push(ctx);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn cache_endpoint(&mut self, ep: &Endpoint) -> Arc<EndpointCtx> {
+        let ctx = Arc::new(EndpointCtx::from_endpoint(ep));
+        self.endpoints.insert(ep.id.clone(), ctx.clone());
+        if let Some(list) = self.endpoint_lists.get_mut(&ep.app_id) {
+            if !list.contains(&ep.id) {
+                list.push(ep.id.clone());
+            }
+        }
+        ctx
+    }
+
+    // --- apps and endpoints --------------------------------------------------------------
+
+    pub(super) fn create_app(&mut self, new: NewApp) -> Result<App> {
+        let app = App {
+            id: format!("app_{}", Ulid::new()),
+            name: new.name,
+            profile: new.profile,
+            retry: new.retry,
+            ack: new.ack,
+            credentials: new.credentials,
+            created_at: new.now,
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    app.id,
+                    app.name,
+                    app.profile.name(),
+                    opt_json(&app.retry).ok().flatten(),
+                    opt_json(&app.ack).ok().flatten(),
+                    to_json(&app.credentials).unwrap_or_default(),
+                    app.created_at
+                ])
+            })
+            .map_err(backend)?;
+        self.apps
+            .insert(app.id.clone(), Arc::new(AppCtx::from_app(&app)));
+        self.endpoint_lists.insert(app.id.clone(), Vec::new());
+        Ok(app)
+    }
+
+    pub(super) fn set_credentials(
+        &mut self,
+        id: &str,
+        creds: Credentials,
+        hints: &mut Vec<Hint>,
+    ) -> Result<Option<App>> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE apps SET credentials = ?2 WHERE id = ?1",
+                params![id, to_json(&creds)?],
+            )
+            .map_err(backend)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let app = rows::get_app(&self.conn, id)?.ok_or(StoreError::NotFound("app"))?;
+        let ctx = Arc::new(AppCtx::from_app(&app));
+        self.apps.insert(id.to_string(), ctx.clone());
+        hints.push(Hint::AppChanged(ctx));
+        Ok(Some(app))
+    }
+
+    pub(super) fn create_endpoint(&mut self, new: NewEndpoint) -> Result<Endpoint> {
+        if self.app_ctx(&new.app_id)?.is_none() {
+            return Err(StoreError::NotFound("app"));
+        }
+        let ep = Endpoint {
+            id: format!("ep_{}", Ulid::new()),
+            app_id: new.app_id,
+            url: new.url,
+            event_types: new.event_types,
+            retry: new.retry,
+            ack: new.ack,
+            max_in_flight: new.max_in_flight,
+            ordered: new.ordered,
+            enabled: new.enabled,
+            timeout_ms: new.timeout_ms,
+            created_at: new.now,
+            updated_at: new.now,
+        };
+        self.write_endpoint(&ep, true)?;
+        // Make sure the app's list is complete before adding to it.
+        self.app_endpoints(&ep.app_id)?;
+        self.cache_endpoint(&ep);
+        Ok(ep)
+    }
+
+    pub(super) fn write_endpoint(&self, ep: &Endpoint, insert: bool) -> Result<()> {
+        let sql = if insert {
+            "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at, timeout_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        } else {
+            "UPDATE endpoints SET url = ?3, event_types = ?4, retry = ?5, ack = ?6, max_in_flight = ?7,
+                ordered = ?8, enabled = ?9, updated_at = ?11, timeout_ms = ?12
+             WHERE id = ?1 AND app_id = ?2"
+        };
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.execute(params![
+                    ep.id,
+                    ep.app_id,
+                    ep.url,
+                    opt_json(&ep.event_types).ok().flatten(),
+                    opt_json(&ep.retry).ok().flatten(),
+                    opt_json(&ep.ack).ok().flatten(),
+                    ep.max_in_flight,
+                    ep.ordered,
+                    ep.enabled,
+                    ep.created_at,
+                    ep.updated_at,
+                    ep.timeout_ms
+                ])
+            })
+            .map(|_| ())
+            .map_err(backend)
+    }
+
+    pub(super) fn update_endpoint(
+        &mut self,
+        app_id: &str,
+        id: &str,
+        patch: EndpointPatch,
+        now: Millis,
+        hints: &mut Vec<Hint>,
+    ) -> Result<Option<Endpoint>> {
+        let Some(mut ep) = rows::get_endpoint(&self.conn, app_id, id)? else {
+            return Ok(None);
+        };
+        if let Some(v) = patch.url {
+            ep.url = v;
+        }
+        if let Some(v) = patch.event_types {
+            ep.event_types = v;
+        }
+        if let Some(v) = patch.retry {
+            ep.retry = v;
+        }
+        if let Some(v) = patch.ack {
+            ep.ack = v;
+        }
+        if let Some(v) = patch.max_in_flight {
+            ep.max_in_flight = v;
+        }
+        if let Some(v) = patch.ordered {
+            ep.ordered = v;
+        }
+        if let Some(v) = patch.enabled {
+            ep.enabled = v;
+        }
+        if let Some(v) = patch.timeout_ms {
+            ep.timeout_ms = v;
+        }
+        ep.updated_at = now;
+        self.write_endpoint(&ep, false)?;
+        let ctx = self.cache_endpoint(&ep);
+        hints.push(Hint::EndpointChanged(ctx));
+        Ok(Some(ep))
+    }
+
+    pub(super) fn delete_endpoint(
+        &mut self,
+        app_id: &str,
+        id: &str,
+        now: Millis,
+        hints: &mut Vec<Hint>,
+    ) -> Result<bool> {
+        let Some(ep) = rows::get_endpoint(&self.conn, app_id, id)? else {
+            return Ok(false);
+        };
+        self.conn
+            .execute(
+                "UPDATE endpoints SET deleted = 1, updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )
+            .map_err(backend)?;
+        let canceled = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'canceled', next_at = NULL, locked_by = NULL, updated_at = ?2
+                     WHERE endpoint_id = ?1 AND status = 'pending' RETURNING seq",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![id, now], |r| r.get::<_, i64>(0))
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<i64>>>()
+                .map_err(backend)?
+        };
+        self.endpoints.remove(id);
+        if let Some(list) = self.endpoint_lists.get_mut(app_id) {
+            list.retain(|e| e != id);
+        }
+        let mut ctx = EndpointCtx::from_endpoint(&ep);
+        ctx.deleted = true;
+        hints.push(Hint::EndpointChanged(Arc::new(ctx)));
+        if !canceled.is_empty() {
+            hints.push(Hint::Revoked(canceled));
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,346 @@
+//! The single writer: one thread owns the write connection and applies queued operations
+//! in batches, many per transaction (group commit), so durability costs one fsync per batch
+//! rather than one per notification, claim or attempt.
+//!
+//! Each operation runs in its own savepoint, so one failing operation rolls back alone; an
+//! error that rolls back the whole transaction (disk full, I/O) fails every operation of the
+//! batch, and nothing of it is reported as done. Replies and hints go out only after the
+//! commit.
+//!
+//! The operations themselves live by concern: [`admin`] (apps and endpoints, and the caches
+//! of their settings), [`notifications`] (creating notifications and sandbox trades, manual
+//! retry and recover) and [`queue`] (the engine's claims, outcomes, releases and leases).
+//! The writer keeps small caches of app and endpoint settings (it is the only one who changes
+//! them, so it keeps them coherent); a failed commit clears them.
+mod admin;
+mod notifications;
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_protocols::Credentials;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::schema::backend;
+use super::HintHub;
+use herald_store::model::*;
+use herald_store::queue::*;
+use herald_store::{Result, StoreError};
+
+/// Most operations applied in one transaction. Bounds how long one commit holds replies.
+const MAX_BATCH: usize = 2048;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(crate) enum Op {
+    CreateApp(NewApp, Reply<App>),
+    SetCredentials(String, Credentials, Reply<Option<App>>),
+    CreateEndpoint(NewEndpoint, Reply<Endpoint>),
+    UpdateEndpoint {
+        app_id: String,
+        id: String,
+        patch: EndpointPatch,
+        now: Millis,
+        reply: Reply<Option<Endpoint>>,
+    },
+    DeleteEndpoint {
+        app_id: String,
+        id: String,
+        now: Millis,
+        reply: Reply<bool>,
+    },
+    CreateNotification(NewNotification, Reply<CreatedNotification>),
+    RetryDelivery {
+        id: String,
+        now: Millis,
+        reply: Reply<Option<Delivery>>,
+    },
+    Recover {
+        app_id: String,
+        since: Millis,
+        now: Millis,
+        reply: Reply<u64>,
+    },
+    SetMeta(String, String, Reply<()>),
+    WriteSandbox(SandboxWrite, Reply<SandboxWritten>),
+    RegisterNode(LeaseParams, bool, Reply<()>),
+    RenewLease(LeaseParams, Reply<Lease>),
+    Rescue(Millis, Reply<u64>),
+    Claim(ClaimParams, Reply<Vec<Arc<Job>>>),
+    Complete(Box<CompleteParams>, Reply<Completed>),
+    Release(ReleaseParams, Reply<Vec<i64>>),
+    /// Stop after this batch (see `MetaStore::close`).
+    Close(Reply<()>),
+}
+
+/// What to do with an operation's result once the batch's fate is known.
+type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+fn complete<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Completion {
+    Box::new(move |commit_error| {
+        let _ = reply.send(match commit_error {
+            Some(e) => Err(e.clone()),
+            None => result,
+        });
+    })
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    hints: Arc<HintHub>,
+    apps: HashMap<String, Arc<AppCtx>>,
+    endpoints: HashMap<String, Arc<EndpointCtx>>,
+    /// Apps whose complete endpoint list is in `endpoints`.
+    endpoint_lists: HashMap<String, Vec<String>>,
+    /// The node new deliveries are claimed for at birth (see `Queue::register_node`).
+    birth_node: Option<NodeId>,
+}
+
+impl Writer {
+    pub(crate) fn new(conn: Connection, hints: Arc<HintHub>) -> Writer {
+        Writer {
+            conn,
+            hints,
+            apps: HashMap::new(),
+            endpoints: HashMap::new(),
+            endpoint_lists: HashMap::new(),
+            birth_node: None,
+        }
+    }
+
+    /// Runs until every sender of `ops` is gone.
+    pub(crate) fn run(mut self, mut ops: mpsc::Receiver<Op>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = ops.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let closing = batch.iter().any(|op| matches!(op, Op::Close(_)));
+            self.apply_batch(&mut batch);
+            if closing {
+                // Dropping the receiver fails whatever is queued or sent from now on.
+                ops.close();
+                while let Ok(op) = ops.try_recv() {
+                    fail_op(op, &StoreError::Closed);
+                }
+                return;
+            }
+        }
+    }
+
+    fn apply_batch(&mut self, batch: &mut Vec<Op>) {
+        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+        let mut hints: Vec<Hint> = Vec::new();
+
+        if let Err(e) = self.exec_cached("BEGIN IMMEDIATE") {
+            let err = backend(e);
+            for op in batch.drain(..) {
+                fail_op(op, &err);
+            }
+            return;
+        }
+        let mut aborted: Option<StoreError> = None;
+        let mut ops = batch.drain(..);
+        for op in ops.by_ref() {
+            if let Err(e) = self.exec_cached("SAVEPOINT op") {
+                let err = backend(e);
+                fail_op(op, &err);
+                aborted = Some(err);
+                break;
+            }
+            let mut op_hints = Vec::new();
+            let (ok, completion) = self.apply(op, &mut op_hints);
+            if ok {
+                let _ = self.exec_cached("RELEASE op");
+                hints.append(&mut op_hints);
+            } else {
+                let _ = self.exec_cached("ROLLBACK TO op");
+                let _ = self.exec_cached("RELEASE op");
+            }
+            completions.push(completion);
+            // Some errors (disk full, I/O) roll back the whole transaction, not just the
+            // savepoint: then nothing of this batch may be reported as done.
+            if self.conn.is_autocommit() {
+                aborted = Some(StoreError::Backend(
+                    "the transaction was rolled back by the database".into(),
+                ));
+                break;
+            }
+        }
+        let remaining: Vec<Op> = ops.collect();
+        let outcome = match aborted {
+            Some(err) => Err(err),
+            None => self.exec_cached("COMMIT").map_err(backend),
+        };
+        match outcome {
+            Ok(()) => {
+                for c in completions {
+                    c(None);
+                }
+                self.hints.send_all(hints);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the batch is rolled back");
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.clear_caches();
+                for c in completions {
+                    c(Some(&err));
+                }
+            }
+        }
+        for op in remaining {
+            fail_op(
+                op,
+                &StoreError::Backend("an earlier operation of its batch failed".into()),
+            );
+        }
+    }
+
+    /// Runs a parameterless statement from the statement cache: the per-operation
+    /// savepoints run thousands of times a second and must not be parsed each time.
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    fn clear_caches(&mut self) {
+        self.apps.clear();
+        self.endpoints.clear();
+        self.endpoint_lists.clear();
+    }
+
+    /// Applies one operation inside the open transaction. Returns whether it succeeded and
+    /// the reply to send once the commit's fate is known; `hints` collects what to tell the
+    /// engines after the commit.
+    fn apply(&mut self, op: Op, hints: &mut Vec<Hint>) -> (bool, Completion) {
+        fn done<T: Send + 'static>(reply: Reply<T>, r: Result<T>) -> (bool, Completion) {
+            (r.is_ok(), complete(reply, r))
+        }
+        match op {
+            Op::CreateApp(new, reply) => {
+                let r = self.create_app(new);
+                done(reply, r)
+            }
+            Op::SetCredentials(id, creds, reply) => {
+                let r = self.set_credentials(&id, creds, hints);
+                done(reply, r)
+            }
+            Op::CreateEndpoint(new, reply) => {
+                let r = self.create_endpoint(new);
+                done(reply, r)
+            }
+            Op::UpdateEndpoint {
+                app_id,
+                id,
+                patch,
+                now,
+                reply,
+            } => {
+                let r = self.update_endpoint(&app_id, &id, patch, now, hints);
+                done(reply, r)
+            }
+            Op::DeleteEndpoint {
+                app_id,
+                id,
+                now,
+                reply,
+            } => {
+                let r = self.delete_endpoint(&app_id, &id, now, hints);
+                done(reply, r)
+            }
+            Op::CreateNotification(new, reply) => {
+                let r = self.create_notification(new, None, hints);
+                done(reply, r)
+            }
+            Op::RetryDelivery { id, now, reply } => {
+                let r = self.retry_delivery(&id, now, hints);
+                done(reply, r)
+            }
+            Op::Recover {
+                app_id,
+                since,
+                now,
+                reply,
+            } => {
+                let r = self.recover(&app_id, since, now, hints);
+                done(reply, r)
+            }
+            Op::SetMeta(k, v, reply) => {
+                let r = self
+                    .conn
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [&k, &v],
+                    )
+                    .map(|_| ())
+                    .map_err(backend);
+                done(reply, r)
+            }
+            Op::WriteSandbox(write, reply) => {
+                let r = self.write_sandbox(write, hints);
+                done(reply, r)
+            }
+            Op::RegisterNode(params, claim_new, reply) => {
+                let r = self.register_node(&params, claim_new);
+                done(reply, r)
+            }
+            Op::RenewLease(params, reply) => {
+                let r = self.renew_lease(&params);
+                done(reply, r)
+            }
+            Op::Rescue(now, reply) => {
+                let r = self.rescue(now, hints);
+                done(reply, r)
+            }
+            Op::Claim(params, reply) => {
+                let r = self.claim(&params);
+                done(reply, r)
+            }
+            Op::Complete(params, reply) => {
+                let r = self.complete(*params);
+                done(reply, r)
+            }
+            Op::Release(params, reply) => {
+                let r = self.release(&params, hints);
+                done(reply, r)
+            }
+            Op::Close(reply) => done(reply, Ok(())),
+        }
+    }
+}
+
+/// Sends `err` as an operation's reply.
+fn fail<T>(reply: Reply<T>, err: &StoreError) {
+    let _ = reply.send(Err(err.clone()));
+}
+
+/// Reports an operation that could not even start.
+fn fail_op(op: Op, err: &StoreError) {
+    match op {
+        Op::CreateApp(_, r) => fail(r, err),
+        Op::SetCredentials(_, _, r) => fail(r, err),
+        Op::CreateEndpoint(_, r) => fail(r, err),
+        Op::UpdateEndpoint { reply, .. } => fail(reply, err),
+        Op::DeleteEndpoint { reply, .. } => fail(reply, err),
+        Op::CreateNotification(_, r) => fail(r, err),
+        Op::RetryDelivery { reply, .. } => fail(reply, err),
+        Op::Recover { reply, .. } => fail(reply, err),
+        Op::SetMeta(_, _, r) => fail(r, err),
+        Op::WriteSandbox(_, r) => fail(r, err),
+        Op::RegisterNode(_, _, r) => fail(r, err),
+        Op::RenewLease(_, r) => fail(r, err),
+        Op::Rescue(_, r) => fail(r, err),
+        Op::Claim(_, r) => fail(r, err),
+        Op::Complete(_, r) => fail(r, err),
+        Op::Release(_, r) => fail(r, err),
+        Op::Close(r) => fail(r, err),
+    }
+}

@@ -1,0 +1,173 @@
+//! Runs the store conformance suite against the SQLite driver, plus what only a file-backed
+//! driver can show (data survives reopening).
+use herald_store::MetaStore;
+use herald_store_sqlite::{Durability, SqliteStore};
+
+async fn fresh() -> SqliteStore {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Keep the directory for the test's lifetime (the process exits soon after).
+    let path = dir.keep().join("herald.db");
+    SqliteStore::open(path, Durability::Normal).expect("open store")
+}
+
+herald_store::conformance_tests!(fresh());
+
+#[tokio::test]
+async fn committed_data_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let id = {
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        store.set_meta("token", "abc").await.unwrap();
+        "token"
+    };
+    let store = SqliteStore::open(&path, Durability::Full).unwrap();
+    assert_eq!(store.get_meta(id).await.unwrap().as_deref(), Some("abc"));
+}
+
+mod single_process {
+    use std::sync::Arc;
+
+    use herald_protocols::standard_webhooks::{KeyEntry, Keys};
+    use herald_protocols::{Credentials, Profile};
+    use herald_store::*;
+    use herald_store_sqlite::{Durability, SqliteStore};
+
+    const T0: Millis = 1_700_000_000_000;
+
+    async fn app_and_node(store: &SqliteStore, claim_new: bool) -> (App, NodeId) {
+        let app = store
+            .create_app(NewApp {
+                name: "shop".into(),
+                profile: Profile::StandardWebhooks,
+                retry: None,
+                ack: None,
+                credentials: Credentials::StandardWebhooks(Keys {
+                    keys: vec![KeyEntry {
+                        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                        expires_at: None,
+                    }],
+                }),
+                now: T0,
+            })
+            .await
+            .unwrap();
+        let node: NodeId = Arc::from("node_local");
+        store
+            .register_node(
+                LeaseParams {
+                    node: node.clone(),
+                    now: T0,
+                    lease: 30_000,
+                },
+                claim_new,
+            )
+            .await
+            .unwrap();
+        (app, node)
+    }
+
+    async fn notify(store: &SqliteStore, app: &App) -> CreatedNotification {
+        store
+            .create_notification(NewNotification {
+                app_id: app.id.clone(),
+                event_type: "e".into(),
+                payload: "{}".into(),
+                notify_url: Some("https://merchant.example/notify".into()),
+                idempotency_key: None,
+                order_key: None,
+                now: T0,
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn new_deliveries_are_claimed_at_birth_and_handed_over_in_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("h.db"), Durability::Normal).unwrap();
+        let (app, node) = app_and_node(&store, true).await;
+        let mut hints = store.hints(node.clone());
+        let created = notify(&store, &app).await;
+        match hints.recv().await {
+            Some(Hint::Claimed(jobs)) => {
+                assert_eq!(jobs.len(), 1);
+                assert_eq!(jobs[0].id, created.deliveries[0].id);
+            }
+            other => panic!("expected Claimed, got {other:?}"),
+        }
+        let claim = ClaimParams {
+            node,
+            now: T0,
+            horizon: T0 + 60_000,
+            limit: 10,
+        };
+        assert!(
+            store.claim(claim).await.unwrap().is_empty(),
+            "already held by the node"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_claims_at_birth_new_work_is_announced_for_claiming() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("h.db"), Durability::Normal).unwrap();
+        let (app, node) = app_and_node(&store, false).await;
+        let mut hints = store.hints(node.clone());
+        notify(&store, &app).await;
+        assert!(matches!(hints.recv().await, Some(Hint::Work)));
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let first = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let err = SqliteStore::open(&path, Durability::Normal)
+            .err()
+            .expect("the second open is refused");
+        assert!(err.to_string().contains("another Herald process"), "{err}");
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn reopening_releases_what_the_previous_process_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let created = {
+            let store = SqliteStore::open(&path, Durability::Full).unwrap();
+            let (app, _) = app_and_node(&store, true).await;
+            notify(&store, &app).await
+        };
+        // The writer thread of the dropped store lets go of the file shortly.
+        let store = loop {
+            match SqliteStore::open(&path, Durability::Full) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        let node: NodeId = Arc::from("node_next");
+        store
+            .register_node(
+                LeaseParams {
+                    node: node.clone(),
+                    now: T0,
+                    lease: 30_000,
+                },
+                false,
+            )
+            .await
+            .unwrap();
+        let jobs = store
+            .claim(ClaimParams {
+                node,
+                now: T0,
+                horizon: T0 + 60_000,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1, "claimable at once, no lease to wait out");
+        assert_eq!(jobs[0].id, created.deliveries[0].id);
+    }
+}

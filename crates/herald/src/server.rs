@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use herald_engine::{Engine, EngineConfig, EngineStats};
-use herald_store::Store;
+use herald_store::{MetaStore, Store};
+use herald_store_postgres::PgStore;
 use herald_store_sqlite::{Durability, SqliteStore};
 use rand::RngCore;
 use tokio::sync::watch;
@@ -21,7 +22,35 @@ const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
 /// Where the data lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {
+    /// One file, one process (the default).
     Sqlite(PathBuf),
+    /// A PostgreSQL database that several nodes share (`postgres://user@host:port/db`).
+    Postgres(String),
+}
+
+impl Database {
+    /// Opens the store: runs the migrations not applied yet, then returns it.
+    pub async fn open(
+        &self,
+        durability: Durability,
+    ) -> Result<Arc<dyn Store>, herald_store::StoreError> {
+        Ok(match self {
+            Database::Sqlite(path) => Arc::new(SqliteStore::open(path, durability)?),
+            Database::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+        })
+    }
+
+    /// Runs the migrations not applied yet, and nothing else (`herald migrate`).
+    pub async fn migrate(&self) -> Result<(), herald_store::StoreError> {
+        match self {
+            Database::Sqlite(path) => {
+                let store = SqliteStore::open(path, Durability::Full)?;
+                store.close().await;
+                Ok(())
+            }
+            Database::Postgres(url) => herald_store_postgres::migrate(url).await,
+        }
+    }
 }
 
 impl std::str::FromStr for Database {
@@ -37,13 +66,10 @@ impl std::str::FromStr for Database {
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return Err(
-                "the PostgreSQL driver is not available in this build yet; use sqlite://PATH"
-                    .into(),
-            );
+            return Ok(Database::Postgres(s.to_string()));
         }
         Err(format!(
-            "unsupported database URL {s:?}; expected sqlite://PATH"
+            "unsupported database URL {s:?}; expected sqlite://PATH or postgres://USER@HOST:PORT/DB"
         ))
     }
 }
@@ -104,9 +130,7 @@ pub async fn start(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServerError> {
-    let store: Arc<dyn Store> = match &opts.database {
-        Database::Sqlite(path) => Arc::new(SqliteStore::open(path, opts.durability)?),
-    };
+    let store = opts.database.open(opts.durability).await?;
     let (token_hash, generated_token) =
         resolve_admin_token(store.as_ref(), opts.admin_token.as_deref()).await?;
 
@@ -223,10 +247,12 @@ mod tests {
             .parse::<Database>()
             .unwrap_err()
             .contains("file path"));
-        assert!("postgres://x"
-            .parse::<Database>()
-            .unwrap_err()
-            .contains("PostgreSQL"));
+        assert_eq!(
+            "postgres://herald@db:5432/herald".parse::<Database>(),
+            Ok(Database::Postgres(
+                "postgres://herald@db:5432/herald".into()
+            ))
+        );
         assert!("mysql://x"
             .parse::<Database>()
             .unwrap_err()

@@ -104,6 +104,7 @@ pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
                 "cannot raise the open-file (descriptor) limit");
         }
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every Unix
     Ok((current.rlim_cur as u64, current.rlim_max as u64))
 }
 

@@ -103,6 +103,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
 
+    /// Seconds a client may take to send a request's body, from the end of its head.
+    /// [default: 30]
+    #[arg(long, env = "HERALD_BODY_READ_TIMEOUT", value_name = "SECONDS")]
+    pub body_read_timeout: Option<u64>,
+
     /// API connections open at once; past it, the connection waiting longest for a
     /// request is closed to make room, and new ones wait in the listen backlog.
     /// [default: a quarter of the open-file limit, at most 1024]
@@ -111,7 +116,8 @@ pub struct ServeArgs {
 
     /// TOML file with any of the settings above (keys: db, listen, admin_token,
     /// admin_token_file, allow_private_targets, allow_targets, concurrency,
-    /// request_timeout, header_read_timeout, idle_timeout, max_connections, sandbox,
+    /// request_timeout, header_read_timeout, idle_timeout, body_read_timeout,
+    /// max_connections, sandbox,
     /// sandbox_unpaid_timeout, sandbox_public_url).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -132,6 +138,7 @@ pub struct FileConfig {
     pub request_timeout: Option<u64>,
     pub header_read_timeout: Option<u64>,
     pub idle_timeout: Option<u64>,
+    pub body_read_timeout: Option<u64>,
     pub max_connections: Option<usize>,
     pub sandbox: Option<bool>,
     pub sandbox_unpaid_timeout: Option<String>,
@@ -290,6 +297,9 @@ impl ServeArgs {
         }
         if let Some(s) = self.idle_timeout.or(file.idle_timeout) {
             http.idle_timeout = connection_timeout("idle_timeout", s)?;
+        }
+        if let Some(s) = self.body_read_timeout.or(file.body_read_timeout) {
+            http.body_read_timeout = connection_timeout("body_read_timeout", s)?;
         }
         if let Some(n) = self.max_connections.or(file.max_connections) {
             if n == 0 {

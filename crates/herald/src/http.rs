@@ -9,7 +9,9 @@
 //! - header read: once the first byte of a request arrived, the whole head must follow
 //!   within `header_read_timeout`, however slowly it drips.
 //!
-//! While a request is being handled (its body read, the handler run), neither applies.
+//! While a request is being handled neither applies; its body must then arrive within
+//! `body_read_timeout` of its head (a body dripping slower fails the request, and the
+//! connection closes).
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -34,6 +37,8 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Most time a connection may wait for the first byte of a request.
     pub idle_timeout: Duration,
+    /// Most time from the end of a request's head to the end of its body.
+    pub body_read_timeout: Duration,
     /// Most API connections open at once; `None`: a quarter of the descriptor limit in
     /// force after start, at most [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: Option<usize>,
@@ -41,6 +46,7 @@ pub struct HttpLimits {
 
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl Default for HttpLimits {
@@ -48,6 +54,7 @@ impl Default for HttpLimits {
         HttpLimits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             max_connections: None,
         }
     }
@@ -246,11 +253,50 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// The router, noting when each request starts and ends.
+/// The router, noting when each request starts and ends, and bounding how long its body
+/// may take.
 #[derive(Clone)]
 struct Tracked {
     inner: TowerToHyperService<Router>,
     state: Arc<ConnState>,
+    body_read_timeout: Duration,
+}
+
+/// A request body that fails once its deadline passes before it ends.
+struct TimedBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The error a [`TimedBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimeout;
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Marks a request as handled until dropped (also when the connection is dropped mid-way).
@@ -270,6 +316,13 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         self.state.request_started();
         let busy = Busy(self.state.clone());
+        let deadline = Box::pin(tokio::time::sleep(self.body_read_timeout));
+        let req = req.map(|b| {
+            Body::new(TimedBody {
+                inner: Body::new(b),
+                deadline,
+            })
+        });
         let response = self.inner.call(req);
         Box::pin(async move {
             let r = response.await;
@@ -373,6 +426,7 @@ pub async fn serve(
         let svc = Tracked {
             inner: service.clone(),
             state: state.clone(),
+            body_read_timeout: limits.body_read_timeout,
         };
         let limits = limits.clone();
         let stop = stop.clone();
@@ -461,6 +515,7 @@ mod tests {
         let limits = HttpLimits {
             header_read_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(50),
+            body_read_timeout: Duration::from_secs(5),
             max_connections: None,
         };
         let near = |d: Option<Instant>, secs: u64| {

@@ -388,6 +388,54 @@ async fn a_client_dripping_its_request_head_is_disconnected_after_the_header_tim
     assert!(closed < Duration::from_secs(3), "{closed:?}");
 }
 
+/// A client that sends a request's head and then drips its body gets 408 once the
+/// body-read timeout passes, and the connection closes.
+#[tokio::test]
+async fn a_client_dripping_its_request_body_gets_408_after_the_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("herald.db");
+    let mut spawn = Spawn::new(&db);
+    spawn.env = vec![("HERALD_BODY_READ_TIMEOUT", "1".into())];
+    let p = spawn.start().await;
+    let s = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    w.write_all(
+        format!(
+            "POST /v1/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let drip = tokio::spawn(async move {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if w.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    drip.abort();
+    let text = String::from_utf8_lossy(&got).to_string();
+    let closed = closed.unwrap_or_else(|_| panic!("still connected after 6 s; got {text:?}"));
+    eprintln!("dripping body answered and closed after {closed:?}: {text:?}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+}
+
 /// A keep-alive connection with no request for the idle timeout is closed, even though
 /// the header-read timeout is longer.
 #[tokio::test]

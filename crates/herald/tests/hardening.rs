@@ -206,22 +206,30 @@ async fn time_to_close(s: &mut TcpStream, bound: Duration) -> Option<Duration> {
 
 // --- 1. Connections ----------------------------------------------------------------------
 
-/// 300 slow clients against a server whose hard descriptor limit is 256: `/healthz` keeps
-/// answering, and a delivery to a healthy receiver due during the flood succeeds instead of
-/// failing with "Too many open files".
-#[tokio::test]
-async fn slow_clients_under_a_low_descriptor_limit_neither_starve_healthz_nor_spend_a_delivery() {
+/// What a slow-client flood did: `/healthz` probes made during it, and the attempts of a
+/// delivery whose retry fell due during it.
+struct FloodRun {
+    probes: Vec<Result<Duration, String>>,
+    attempts: Value,
+}
+
+/// Starts the binary under `prlimit --nofile=SOFT:HARD`, makes a delivery's first attempt
+/// fail (503, connection closed, so the retry 4 s later needs a new descriptor), opens
+/// `clients` slow clients, probes `/healthz` three times, waits for the retry, then reads
+/// the delivery once the flood is gone.
+async fn slow_client_flood(nofile: (u64, u64), clients: usize) -> FloodRun {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("herald.db");
     let mut spawn = Spawn::new(&db);
-    spawn.nofile = Some((256, 256));
-    spawn.env = vec![
-        ("HERALD_HEADER_READ_TIMEOUT", "2".into()),
-        ("HERALD_IDLE_TIMEOUT", "2".into()),
-    ];
+    spawn.nofile = Some(nofile);
+    // Short timeouts, unless the measurement asks for the defaults (10 s and 20 s).
+    if std::env::var_os("HERALD_FLOOD_DEFAULT_TIMEOUTS").is_none() {
+        spawn.env = vec![
+            ("HERALD_HEADER_READ_TIMEOUT", "2".into()),
+            ("HERALD_IDLE_TIMEOUT", "2".into()),
+        ];
+    }
     let p = spawn.start().await;
-    // The first attempt is refused (and the connection closed, so the retry needs a new
-    // descriptor); the retry, due during the flood, is acknowledged.
     let rx = Receiver::start(|n, _| {
         if n == 0 {
             Reply::StatusWithHeader(503, "", "connection", "close")
@@ -258,7 +266,7 @@ async fn slow_clients_under_a_low_descriptor_limit_neither_starve_healthz_nor_sp
     let id = n["id"].as_str().unwrap().to_string();
     rx.wait_count(1).await;
 
-    let flood = slow_clients(p.port, 300);
+    let flood = slow_clients(p.port, clients);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut probes = Vec::new();
     for _ in 0..3 {
@@ -293,7 +301,18 @@ async fn slow_clients_under_a_low_descriptor_limit_neither_starve_healthz_nor_sp
         assert!(Instant::now() < deadline, "the API never came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let attempts = detail["deliveries"][0]["attempts"].clone();
+    FloodRun {
+        probes,
+        attempts: detail["deliveries"][0]["attempts"].clone(),
+    }
+}
+
+/// 300 slow clients against a server whose hard descriptor limit is 256: `/healthz` keeps
+/// answering, and a delivery to a healthy receiver due during the flood succeeds instead of
+/// failing with "Too many open files".
+#[tokio::test]
+async fn slow_clients_under_a_low_descriptor_limit_neither_starve_healthz_nor_spend_a_delivery() {
+    let FloodRun { probes, attempts } = slow_client_flood((256, 256), 300).await;
     eprintln!("healthz under 300 slow clients (hard limit 256): {probes:?}");
     eprintln!("attempts: {attempts:#}");
     let spent_locally: Vec<&Value> = attempts
@@ -318,6 +337,26 @@ async fn slow_clients_under_a_low_descriptor_limit_neither_starve_healthz_nor_sp
         attempts[1]["status_code"], 204,
         "the retry during the flood was not delivered: {attempts:#}"
     );
+}
+
+/// The figures for the report, at the scale: `HERALD_FLOOD=CLIENTS:SOFT:HARD`
+/// (default 2000:1024:1024; set `HERALD_FLOOD_DEFAULT_TIMEOUTS=1` for the default
+/// timeouts). Prints, asserts nothing.
+#[tokio::test]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+async fn measure_slow_client_flood() {
+    let spec = std::env::var("HERALD_FLOOD").unwrap_or_else(|_| "2000:1024:1024".into());
+    let n: Vec<u64> = spec.split(':').filter_map(|x| x.parse().ok()).collect();
+    let (clients, soft, hard) = (n[0] as usize, n[1], n[2]);
+    let run = slow_client_flood((soft, hard), clients).await;
+    eprintln!("{clients} slow clients, nofile {soft}:{hard}");
+    eprintln!("  /healthz: {:?}", run.probes);
+    for a in run.attempts.as_array().unwrap() {
+        eprintln!(
+            "  attempt {}: status {} class {} {}",
+            a["n"], a["status_code"], a["error_class"], a["error"]
+        );
+    }
 }
 
 /// At start the soft descriptor limit is raised to the hard one, and the log says so.

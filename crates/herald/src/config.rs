@@ -310,6 +310,7 @@ impl ServeArgs {
         // clap treats an empty environment variable as unset: an empty HERALD_ADMIN_TOKEN
         // must not silently fall back to the stored token.
         if self.admin_token.is_none()
+            && self.admin_token_file.is_none()
             && std::env::var_os("HERALD_ADMIN_TOKEN").is_some_and(|v| v.is_empty())
         {
             return Err(ConfigError::EmptyToken("HERALD_ADMIN_TOKEN"));

@@ -299,8 +299,36 @@ impl http_body::Body for TimedBody {
     }
 }
 
-/// Marks a request as handled until dropped (also when the connection is dropped mid-way).
+/// Marks a request as handled until dropped: it travels with the response body, so a
+/// request counts as handled until its response is written (also when the connection is
+/// dropped mid-way).
 struct Busy(Arc<ConnState>);
+
+/// A response body holding its request's [`Busy`] mark.
+struct MarkedBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for MarkedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -326,8 +354,14 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         let response = self.inner.call(req);
         Box::pin(async move {
             let r = response.await;
-            drop(busy);
-            r
+            r.map(|resp| {
+                resp.map(|b| {
+                    Body::new(MarkedBody {
+                        inner: b,
+                        _busy: busy,
+                    })
+                })
+            })
         })
     }
 }

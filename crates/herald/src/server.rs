@@ -229,6 +229,7 @@ fn owner_only_database(path: &std::path::Path) -> Result<(), ServerError> {
                 Ok(m) if m.permissions().mode() & 0o077 != 0 => {
                     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
                         .map_err(|e| err(&file, e))?;
+                    tracing::info!(file = %file.display(), "database file narrowed to mode 0600 (owner only)");
                 }
                 _ => {}
             }

@@ -376,12 +376,19 @@ async fn the_descriptor_limit_is_raised_to_the_hard_limit_at_start_and_logged() 
         .to_string();
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[3], "2048", "soft limit not raised: {line}");
-    let logs = p.logs();
-    assert!(
-        logs.iter()
-            .any(|l| l.contains("descriptor") && l.contains("2048")),
-        "not logged: {logs:?}"
-    );
+    // Standard error is collected asynchronously: give the line a moment to arrive.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = p.logs();
+        if logs
+            .iter()
+            .any(|l| l.contains("descriptor") && l.contains("2048"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not logged: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A client that sends its request head a byte at a time is disconnected once the

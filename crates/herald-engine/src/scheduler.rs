@@ -940,6 +940,16 @@ impl Scheduler {
         };
         tokio::spawn(async move {
             let result = attempter.attempt(&job, &app, endpoint.as_deref()).await;
+            if result.is_local() {
+                // Herald ran out of something of its own (descriptors, buffers, memory): not
+                // the receiver's failure. Dropping the guard reports the job as lost, which
+                // frees its slot without judging the destination and tries it again after a
+                // backoff, the attempt not spent.
+                stats.local_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(delivery = %job.id, error = ?result.attempt.error,
+                    "an attempt failed for lack of local resources; it is not counted");
+                return;
+            }
             stats.attempts.fetch_add(1, Ordering::Relaxed);
             guard.http_done(result.verdict == herald_protocols::Verdict::Acked);
             let (retry, _) = effective_rules(&app, endpoint.as_deref());

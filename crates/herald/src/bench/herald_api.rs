@@ -67,6 +67,7 @@ impl Herald {
                 engine: fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
                 sandbox: None,
                 durability: herald_store_sqlite::Durability::Full,
+                http: Default::default(),
             },
             std::future::pending(),
         )

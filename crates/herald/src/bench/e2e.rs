@@ -125,7 +125,7 @@ async fn measure(
     let result = match posted {
         Ok(_) => {
             let progress =
-                Progress::start(&format!("{label}: deliver"), n, Arc::new(succeeded.clone()));
+                Progress::start(format!("{label}: deliver"), n, Arc::new(succeeded.clone()));
             let drained =
                 fixture::wait_until(label, fixture::drain_timeout(n), || succeeded() >= n).await;
             progress.finish().await;

@@ -21,7 +21,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
-    /// Database URL: sqlite://PATH (created if missing). [default: sqlite://herald.db]
+    /// Database URL: sqlite://PATH (created if missing; one process), or
+    /// postgres://USER@HOST:PORT/DB (several nodes share it; add ?sslmode=require for TLS).
+    /// [default: sqlite://herald.db]
     #[arg(long, env = "HERALD_DB", value_name = "URL")]
     pub db: Option<String>,
 
@@ -70,6 +72,13 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", value_name = "SECONDS")]
     pub request_timeout: Option<u64>,
 
+    /// Seconds a node's claims hold without renewal (renewed every third of it). When a node
+    /// dies, the others take over its work within about 1.5 times this. Only matters with
+    /// several nodes on PostgreSQL: an SQLite database has one process, whose restart frees
+    /// its work at once. [default: 30]
+    #[arg(long, env = "HERALD_LEASE", value_name = "SECONDS")]
+    pub lease: Option<u64>,
+
     /// Also run the payment sandbox: a local payment platform for testing a shop's notify
     /// handler end to end. Create payments with POST /v1/sandbox/payments (admin token) for
     /// an app of any profile; buyers pay or cancel on the checkout page /pay/{id} (public,
@@ -116,7 +125,7 @@ pub struct ServeArgs {
 
     /// TOML file with any of the settings above (keys: db, listen, admin_token,
     /// admin_token_file, allow_private_targets, allow_targets, concurrency,
-    /// request_timeout, header_read_timeout, idle_timeout, body_read_timeout,
+    /// request_timeout, lease, header_read_timeout, idle_timeout, body_read_timeout,
     /// max_connections, sandbox,
     /// sandbox_unpaid_timeout, sandbox_public_url).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
@@ -136,6 +145,7 @@ pub struct FileConfig {
     pub allow_targets: Vec<String>,
     pub concurrency: Option<usize>,
     pub request_timeout: Option<u64>,
+    pub lease: Option<u64>,
     pub header_read_timeout: Option<u64>,
     pub idle_timeout: Option<u64>,
     pub body_read_timeout: Option<u64>,
@@ -272,6 +282,12 @@ impl ServeArgs {
                 return Err(ConfigError::Zero("request_timeout"));
             }
             engine.request_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = self.lease.or(file.lease) {
+            if s == 0 {
+                return Err(ConfigError::Zero("lease"));
+            }
+            engine.lease = Duration::from_secs(s);
         }
         let sandbox = if self.sandbox.or(file.sandbox).unwrap_or(false) {
             let mut opts = SandboxOptions::default();

@@ -111,6 +111,7 @@ impl Engine {
             policy: config.target_policy.clone(),
             read_cap: config.response_read_cap,
             store_cap: config.response_store_cap,
+            request_timeout: config.request_timeout,
         });
         let stats = Arc::new(EngineStats::default());
         let scheduler = scheduler::Scheduler::new(store, config, sender, stats.clone());

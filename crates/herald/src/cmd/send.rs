@@ -100,6 +100,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         policy: config.target_policy.clone(),
         read_cap: config.response_read_cap,
         store_cap: config.response_store_cap,
+        request_timeout: config.request_timeout,
     };
     let mut job = Job {
         seq: 0,

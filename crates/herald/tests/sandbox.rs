@@ -197,7 +197,7 @@ async fn paid_notification_is_accepted(
 }
 
 #[tokio::test]
-async fn alipay_payment_notifies_trade_success_and_signs_the_return_redirect() {
+async fn alipay_payment_notifies_trade_success_and_signs_only_alipays_return_parameters() {
     let (server, p, got) = paid_notification_is_accepted(
         "alipay",
         |c| json!({"app_id": c["app_id"], "public_key_pem": c["public_key_pem"]}),
@@ -220,10 +220,38 @@ async fn alipay_payment_notifies_trade_success_and_signs_the_return_redirect() {
     ] {
         assert!(f.contains_key(k), "{k} missing: {f:?}");
     }
-    // The return redirect's query verifies as an alipay.trade.page.pay.return.
+    // The return redirect: Alipay's own parameters verify as an alipay.trade.page.pay.return;
+    // the return_url's own parameter (`from`) rides along unsigned, as Alipay passes it.
     let location = p["location"].as_str().unwrap();
-    let query = location.split_once('?').unwrap().1;
+    let full_query = location.split_once('?').unwrap().1;
+    let ours: Vec<(String, String)> = url::form_urlencoded::parse(full_query.as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != "from")
+        .collect();
+    assert_eq!(
+        form(full_query.as_bytes())["from"],
+        "sandbox",
+        "the custom parameter is passed on"
+    );
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&ours)
+        .finish();
+    let query = query.as_str();
     let (prof, keys) = keys(&server, p["app_id"].as_str().unwrap()).await;
+    assert!(
+        prof.verify(
+            &keys,
+            &IncomingRequest {
+                method: "GET",
+                headers: &[],
+                query: full_query,
+                body: b"",
+                now: now_s(),
+            },
+        )
+        .is_err(),
+        "the custom parameter is not signed: verifying it with Alipay's fails"
+    );
     let v = prof
         .verify(
             &keys,
@@ -275,9 +303,15 @@ async fn wechatpay_v2_payment_notification_passes_wechatpy() {
         "<nonce_str>",
         "<appid>",
         "<mch_id>",
+        "<cash_fee><![CDATA[8800]]>",
+        "<bank_type><![CDATA[OTHERS]]>",
+        "<is_subscribe><![CDATA[N]]>",
+        "<openid><![CDATA[o",
     ] {
         assert!(body.contains(k), "{k} missing: {body}");
     }
+    // An MD5 merchant's notify carries no sign_type, as WeChat's do.
+    assert!(!body.contains("sign_type"), "{body}");
 }
 
 #[tokio::test]
@@ -290,6 +324,18 @@ async fn wechatpay_v3_payment_notification_passes_the_sdk() {
     let v = verify(prof, &keys, &got).unwrap();
     assert_eq!(v.event_type.as_deref(), Some("TRANSACTION.SUCCESS"));
     assert_eq!(v.amount.map(|a| a.minor), Some(8800));
+    let t = &v.fields["resource"];
+    assert_eq!(t["trade_state"], "SUCCESS");
+    assert_eq!(t["trade_state_desc"], "支付成功");
+    assert_eq!(t["bank_type"], "OTHERS");
+    let openid = t["payer"]["openid"].as_str().unwrap();
+    assert!(openid.starts_with('o') && openid.len() == 28, "{openid}");
+    // New apps get a WeChat Pay public-key id, sent as Wechatpay-Serial.
+    let serial = got.header("wechatpay-serial");
+    assert!(serial.starts_with("PUB_KEY_ID_"), "{serial}");
+    assert!(serial["PUB_KEY_ID_".len()..]
+        .bytes()
+        .all(|b| b.is_ascii_digit()));
 }
 
 #[tokio::test]
@@ -307,6 +353,51 @@ async fn stripe_payment_sends_payment_intent_succeeded() {
     );
     assert_eq!(o["currency"], "usd");
     assert_eq!(o["metadata"]["out_trade_no"], "T-1001");
+    // Today's dated API version by default, and the request that caused it (none: the buyer
+    // paid).
+    assert_eq!(e["api_version"], "2026-01-28.clover");
+    assert_eq!(e["request"], json!({"id": null, "idempotency_key": null}));
+}
+
+#[tokio::test]
+async fn stripe_events_carry_the_api_version_set_for_the_app() {
+    let server = sandbox().await;
+    let rx = Receiver::start(Receiver::ok()).await;
+    let (app_id, creds) = app(
+        &server,
+        "stripe",
+        json!({"credentials": {"api_version": "2024-06-20"}}),
+    )
+    .await;
+    assert_eq!(creds["api_version"], "2024-06-20");
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-ver", "amount": 500, "subject": "pen",
+               "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let got = rx.wait_count(1).await;
+    assert_eq!(got[0].json()["api_version"], "2024-06-20");
+    let headers: BTreeMap<String, String> = headers_of(&got[0]).into_iter().collect();
+    let (ok, out) = interop::sdk_check(
+        "stripe",
+        &headers,
+        &got[0].body,
+        &json!({"secret": creds["secret"]}),
+    );
+    assert!(ok, "{out}");
+    let (status, v) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(
+                json!({"name": "x", "profile": "stripe", "credentials": {"api_version": "clover"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
 }
 
 #[tokio::test]
@@ -449,7 +540,7 @@ async fn out_of_order_drill_delivers_the_refund_before_the_payment() {
 }
 
 #[tokio::test]
-async fn drills_send_duplicates_with_one_notify_id_and_copies_that_fail_verification() {
+async fn drills_send_duplicates_a_foreign_signed_copy_and_a_correctly_signed_tampered_amount() {
     let server = sandbox().await;
     let rx = Receiver::start(Receiver::ok()).await;
     let (app_id, _) = app(&server, "standard-webhooks", json!({})).await;
@@ -471,19 +562,62 @@ async fn drills_send_duplicates_with_one_notify_id_and_copies_that_fail_verifica
     post_form(&server, &format!("/pay/{id}/pay")).await;
     let got = rx.wait_count(5).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(rx.count(), 5, "1 + 2 duplicates + 2 untrusted copies");
+    assert_eq!(rx.count(), 5, "1 + 2 duplicates + 2 drill copies");
     let (prof, keys) = keys(&server, &app_id).await;
     let (good, bad): (Vec<_>, Vec<_>) = got.iter().partition(|r| verify(prof, &keys, r).is_ok());
-    assert_eq!(good.len(), 3);
-    assert!(good
+    // The bad_signature copy alone fails verification (signed by a foreign key).
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].json()["amount"], 500);
+    // The tampered copy verifies: only the amount check can refuse it. It has its own notify
+    // id, so dedupe by notify id does not hide it.
+    assert_eq!(good.len(), 4);
+    let (real, tampered): (Vec<&Received>, Vec<&Received>) =
+        good.iter().partition(|r| r.json()["amount"] == 500);
+    assert_eq!(real.len(), 3);
+    assert!(real
         .iter()
-        .all(|r| r.header("webhook-id") == good[0].header("webhook-id")));
-    assert_eq!(bad.len(), 2);
-    assert!(
-        bad.iter().any(|r| r.json()["amount"] == 600),
+        .all(|r| r.header("webhook-id") == real[0].header("webhook-id")));
+    assert_eq!(tampered.len(), 1);
+    assert_eq!(
+        tampered[0].json()["amount"],
+        600,
         "the tampered copy claims more"
     );
-    assert!(bad.iter().any(|r| r.json()["amount"] == 500));
+    assert_ne!(
+        tampered[0].header("webhook-id"),
+        real[0].header("webhook-id")
+    );
+}
+
+#[tokio::test]
+async fn alipay_tampered_amount_drill_passes_the_sdk_with_a_changed_total() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, creds) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-tamper", "total_amount": "88.00",
+               "subject": "tea", "notify_url": rx.url("/notify"),
+               "drills": {"tampered_amount": true}}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let got = rx.wait_count(2).await;
+    let keys = json!({"app_id": creds["app_id"], "public_key_pem": creds["public_key_pem"]});
+    let mut totals = vec![];
+    let mut notify_ids = vec![];
+    for r in &got {
+        let headers: BTreeMap<String, String> = headers_of(r).into_iter().collect();
+        let (ok, out) = interop::sdk_check("alipay", &headers, &r.body, &keys);
+        assert!(ok, "python-alipay-sdk verifies every copy: {out}");
+        let f = form(&r.body);
+        totals.push(f["total_amount"].clone());
+        notify_ids.push(f["notify_id"].clone());
+    }
+    totals.sort();
+    assert_eq!(totals, ["88.00", "89.00"]);
+    assert_ne!(notify_ids[0], notify_ids[1]);
 }
 
 #[tokio::test]
@@ -821,4 +955,231 @@ async fn trade_query_is_signed_like_wechat_pay_v3_responses() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["trade_state"], "SUCCESS");
     assert_eq!(v["amount"]["total"], 1234);
+}
+
+fn is_alipay_user_id(s: &str) -> bool {
+    s.len() == 16 && s.starts_with("2088") && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[tokio::test]
+async fn alipay_notifications_carry_seller_buyer_and_fund_fields_like_real_ones() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, creds) = app(&server, "alipay", json!({})).await;
+    let mut sellers = vec![];
+    for no in ["T-a1", "T-a2"] {
+        let p = create_payment(
+            &server,
+            json!({"app_id": app_id, "out_trade_no": no, "total_amount": "0.01",
+                   "subject": "gum", "notify_url": rx.url("/notify")}),
+        )
+        .await;
+        sellers.push(p["seller_id"].as_str().unwrap().to_string());
+        let id = p["payment_id"].as_str().unwrap();
+        post_form(&server, &format!("/pay/{id}/pay")).await;
+    }
+    let got = rx.wait_count(2).await;
+    let f = form(&got[0].body);
+    // A seller_id for every app, the same on all its payments.
+    assert!(is_alipay_user_id(&f["seller_id"]), "{f:?}");
+    assert_eq!(sellers, [f["seller_id"].clone(), f["seller_id"].clone()]);
+    assert_eq!(form(&got[1].body)["seller_id"], f["seller_id"]);
+    assert_eq!(f["auth_app_id"], creds["app_id"].as_str().unwrap());
+    assert!(is_alipay_user_id(&f["buyer_id"]), "{f:?}");
+    assert!(f["buyer_logon_id"].contains("****"), "{f:?}");
+    assert_eq!(f["invoice_amount"], "0.01");
+    assert_eq!(f["point_amount"], "0.00");
+    assert_eq!(
+        f["fund_bill_list"],
+        r#"[{"amount":"0.01","fundChannel":"ALIPAYACCOUNT"}]"#
+    );
+    let headers: BTreeMap<String, String> = headers_of(&got[0]).into_iter().collect();
+    let (ok, out) = interop::sdk_check(
+        "alipay",
+        &headers,
+        &got[0].body,
+        &json!({"app_id": creds["app_id"], "public_key_pem": creds["public_key_pem"]}),
+    );
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn alipay_refund_notification_has_gmt_refund_with_milliseconds() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, _) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-gmt", "total_amount": "2.00",
+               "subject": "gum", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let (status, v) = server
+        .call(
+            "POST",
+            &format!("/v1/sandbox/payments/{id}/refund"),
+            Some(json!({"amount": 50})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let got = rx.wait_count(2).await;
+    let f = form(&got[1].body);
+    // 2019-08-15 15:56:22.123
+    let g = f["gmt_refund"].as_bytes();
+    assert_eq!(g.len(), 23, "{}", f["gmt_refund"]);
+    assert_eq!((g[10], g[19]), (b' ', b'.'), "{}", f["gmt_refund"]);
+    assert!(
+        g[20..].iter().all(u8::is_ascii_digit),
+        "{}",
+        f["gmt_refund"]
+    );
+    assert_eq!(f["refund_fee"], "0.50");
+    let (prof, keys) = keys(&server, &app_id).await;
+    verify(prof, &keys, &got[1]).expect("the refund notification verifies");
+}
+
+#[tokio::test]
+async fn trade_finished_drill_ends_the_refund_window_and_alipay_notifies_it() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, creds) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-fin", "total_amount": "5.00",
+               "subject": "gum", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let refund_path = format!("/v1/sandbox/payments/{id}/refund");
+    let (status, v) = server
+        .call("POST", &refund_path, Some(json!({"amount": 100})))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = server
+        .call(
+            "POST",
+            &format!("/v1/sandbox/payments/{id}/drills"),
+            Some(json!({"trade_finished": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "TRADE_FINISHED");
+    let got = rx.wait_count(3).await;
+    let f = form(&got[2].body);
+    assert_eq!(f["trade_status"], "TRADE_FINISHED");
+    assert_eq!(f["refund_fee"], "1.00");
+    assert!(f.contains_key("gmt_close"), "{f:?}");
+    let headers: BTreeMap<String, String> = headers_of(&got[2]).into_iter().collect();
+    let (ok, out) = interop::sdk_check(
+        "alipay",
+        &headers,
+        &got[2].body,
+        &json!({"app_id": creds["app_id"], "public_key_pem": creds["public_key_pem"]}),
+    );
+    assert!(ok, "{out}");
+    // The window is over: no more refunds.
+    let (status, v) = server
+        .call("POST", &refund_path, Some(json!({"amount": 100})))
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("TRADE_FINISHED"));
+}
+
+#[tokio::test]
+async fn wechatpay_v3_abnormal_and_closed_refunds_are_notified_with_their_summary() {
+    let server = sandbox().await;
+    let rx = Receiver::start(Receiver::ok()).await;
+    let (app_id, _) = app(&server, "wechatpay-v3", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-abn", "amount": 1000,
+               "subject": "gum", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let refund_path = format!("/v1/sandbox/payments/{id}/refund");
+    for status in ["ABNORMAL", "CLOSED"] {
+        let (code, v) = server
+            .call(
+                "POST",
+                &refund_path,
+                Some(json!({"amount": 300, "status": status})),
+            )
+            .await;
+        assert_eq!(code, 201, "{v}");
+        assert_eq!(v["refund_status"], status);
+        assert_eq!(v["refunded_total"], 0, "nothing was refunded");
+    }
+    let got = rx.wait_count(3).await;
+    let (prof, keys) = keys(&server, &app_id).await;
+    for (r, (event, summary, status)) in got[1..].iter().zip([
+        ("REFUND.ABNORMAL", "退款异常", "ABNORMAL"),
+        ("REFUND.CLOSED", "退款关闭", "CLOSED"),
+    ]) {
+        let body = r.json();
+        assert_eq!(
+            (body["event_type"].as_str(), body["summary"].as_str()),
+            (Some(event), Some(summary))
+        );
+        let n = verify(prof, &keys, r).unwrap();
+        assert_eq!(n.fields["resource"]["refund_status"], status);
+        assert!(n.fields["resource"].get("success_time").is_none());
+    }
+    assert_eq!(payment(&server, id).await["refundable_amount"], 1000);
+    // Other providers report only successful refunds.
+    let (alipay_app, _) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": alipay_app, "out_trade_no": "T-abn", "total_amount": "1.00",
+               "subject": "gum", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let (code, v) = server
+        .call(
+            "POST",
+            &format!("/v1/sandbox/payments/{id}/refund"),
+            Some(json!({"amount": 10, "status": "ABNORMAL"})),
+        )
+        .await;
+    assert_eq!(code, 422, "{v}");
+}
+
+#[tokio::test]
+async fn wechat_pay_attempts_time_out_after_5_seconds() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Hang).await;
+    let (app_id, _) = app(&server, "wechatpay-v2", json!({"retry": [60]})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-slow", "amount": 100,
+               "subject": "gum", "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attempt = loop {
+        let v = payment(&server, id).await;
+        if let Some(nid) = v["events"][0]["notifications"][0]["notification_id"].as_str() {
+            let n = server.notification(nid).await;
+            let attempts = &n["deliveries"][0]["attempts"];
+            if attempts.as_array().is_some_and(|a| !a.is_empty()) {
+                break attempts[0].clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(attempt["error_class"], "timeout", "{attempt}");
+    let ms = attempt["duration_ms"].as_u64().unwrap();
+    assert!((4_900..8_000).contains(&ms), "timed out after {ms} ms");
 }

@@ -4,9 +4,16 @@
 //! Herald signs at attempt time with the app's credentials, so it cannot send a request whose
 //! signature is broken by hand. What it can do honestly is sign with a key the receiver does
 //! not trust: each sandbox app gets a shadow app of the same profile and the same public ids
-//! (`app_id`, `seller_id`, `appid`, `mch_id`, serial) but a fresh private key or secret. Its
-//! copies go out with one attempt only and no order key, so a rejection never holds up the
-//! trade's real notifications.
+//! (`app_id`, `seller_id`, `appid`, `mch_id`, serial) but a fresh private key or secret; the
+//! `bad_signature` copy goes out through it.
+//!
+//! The `tampered_amount` copy tests something else, the merchant's amount check: it is signed
+//! correctly with the app's own key and carries a notify id of its own (a receiver that
+//! dedupes by notify id must still look at it), so its signature verifies and only comparing
+//! the amount with the order refuses it.
+//!
+//! Drill copies go out with one attempt only and no order key, so a rejection never holds up
+//! the trade's real notifications.
 use std::sync::Arc;
 
 use herald_protocols::standard_webhooks::{self as sw, Keys};
@@ -156,20 +163,21 @@ pub fn plan(
                 ),
             });
         }
-        if drills.tampered_amount {
-            let mut tampered = out.payload.clone();
-            wire::tamper(app.profile, &mut tampered);
-            planned.push(Planned {
-                role: "tampered_amount",
-                notification: make(
-                    foreign,
-                    tampered.to_string(),
-                    format!("{idempotency_prefix}:tampered_amount"),
-                    false,
-                    Some(notify_id),
-                ),
-            });
-        }
+    }
+    if drills.tampered_amount {
+        let mut tampered = out.payload.clone();
+        wire::tamper(app.profile, &mut tampered);
+        let own_id = app.profile.new_notify_id();
+        planned.push(Planned {
+            role: "tampered_amount",
+            notification: make(
+                &app.id,
+                tampered.to_string(),
+                format!("{idempotency_prefix}:tampered_amount"),
+                false,
+                Some(own_id.as_str()),
+            ),
+        });
     }
     planned
 }

@@ -1,7 +1,8 @@
 //! Interop: the providers' own Python SDKs (python-alipay-sdk, wechatpy, wechatpayv3,
 //! stripe, standardwebhooks) verify notifications that Herald delivered to a test receiver:
 //! payloads given to the notifications API, and the payment sandbox's own notifications
-//! (payment, refund, close, finish) for every profile.
+//! (payment, refund, close, finish) for every profile. The SDKs' API clients also query and
+//! refund trades at the sandbox's provider paths, with only their base URL changed.
 //! The test builds its own virtualenv under target/ on first use (pip from PyPI), so
 //! `cargo test` needs no setup beyond `python3`.
 mod common;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 
 use common::{Received, Receiver, Reply, TestServer};
 use herald::sandbox::SandboxOptions;
-use interop::sdk_check;
+use interop::{sdk_call, sdk_check};
 use serde_json::{json, Value};
 
 /// Delivers one notification through an app of `profile` and has the SDK check it, then
@@ -352,4 +353,219 @@ async fn standardwebhooks_sdk_accepts_the_sandboxs_notifications() {
     for s in ["payment.succeeded", "refund.succeeded", "payment.closed"] {
         assert!(all.contains(s), "{s} missing: {all}");
     }
+}
+
+/// A paid sandbox trade `no` of 10.00 for a new app of `profile`; returns the server, the
+/// app's once-shown credentials and the notification receiver.
+async fn paid_sandbox_trade(profile: &str, no: &str, ack: Reply) -> (TestServer, Value, Receiver) {
+    let server = TestServer::start_sandbox(SandboxOptions::default()).await;
+    let rx = Receiver::start(move |_, _| ack.clone()).await;
+    let (status, app) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "interop", "profile": profile})),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let (status, p) = server
+        .call(
+            "POST",
+            "/v1/sandbox/payments",
+            Some(
+                json!({"app_id": app["id"], "out_trade_no": no, "amount": 1000,
+                        "subject": "tea", "notify_url": rx.url("/notify")}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{p}");
+    let id = p["payment_id"].as_str().unwrap();
+    server
+        .client
+        .post(format!("{}/pay/{id}/pay", server.base))
+        .send()
+        .await
+        .expect("pay");
+    rx.wait_count(1).await;
+    (server, app["credentials"].clone(), rx)
+}
+
+// The SDK blocks this thread while the server answers it: the server needs other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_alipay_sdk_queries_and_refunds_through_the_sandbox_gateway() {
+    let (server, c, rx) =
+        paid_sandbox_trade("alipay", "SDK-A1", Reply::Status(200, "success")).await;
+    let keys = json!({"app_id": c["app_id"], "public_key_pem": c["public_key_pem"]});
+    let q = sdk_call(
+        "alipay",
+        &server.base,
+        &keys,
+        "query",
+        json!({"out_trade_no": "SDK-A1"}),
+    );
+    assert_eq!(q["ok"], true, "{q}");
+    assert_eq!(q["result"]["trade_status"], "TRADE_SUCCESS", "{q}");
+    assert_eq!(q["result"]["total_amount"], "10.00");
+    let q = sdk_call(
+        "alipay",
+        &server.base,
+        &keys,
+        "query",
+        json!({"out_trade_no": "SDK-none"}),
+    );
+    assert_eq!(q["ok"], true, "a signed business error: {q}");
+    assert_eq!(q["result"]["sub_code"], "ACQ.TRADE_NOT_EXIST");
+    let r = sdk_call(
+        "alipay",
+        &server.base,
+        &keys,
+        "refund",
+        json!({"refund_amount": "3.00", "out_trade_no": "SDK-A1", "out_request_no": "R-1"}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        (
+            r["result"]["code"].as_str(),
+            r["result"]["refund_fee"].as_str()
+        ),
+        (Some("10000"), Some("3.00"))
+    );
+    rx.wait_count(2).await;
+    // Another key than the app's: the SDK refuses the answer.
+    let other = TestServer::start().await;
+    let (_, foreign) = other
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "x", "profile": "alipay"})),
+        )
+        .await;
+    let wrong =
+        json!({"app_id": c["app_id"], "public_key_pem": foreign["credentials"]["public_key_pem"]});
+    let q = sdk_call(
+        "alipay",
+        &server.base,
+        &wrong,
+        "query",
+        json!({"out_trade_no": "SDK-A1"}),
+    );
+    assert_eq!(q["ok"], false, "{q}");
+}
+
+// The SDK blocks this thread while the server answers it: the server needs other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechatpy_queries_and_refunds_through_the_sandbox() {
+    let (server, c, _rx) = paid_sandbox_trade(
+        "wechatpay-v2",
+        "SDK-W2",
+        Reply::Status(
+            200,
+            "<xml><return_code><![CDATA[SUCCESS]]></return_code></xml>",
+        ),
+    )
+    .await;
+    let keys = json!({"appid": c["appid"], "mch_id": c["mch_id"], "api_key": c["api_key"]});
+    let q = sdk_call(
+        "wechatpay-v2",
+        &server.base,
+        &keys,
+        "query",
+        json!({"out_trade_no": "SDK-W2"}),
+    );
+    assert_eq!(q["ok"], true, "{q}");
+    assert_eq!(q["result"]["trade_state"], "SUCCESS");
+    assert_eq!(q["result"]["total_fee"], "1000");
+    let q = sdk_call(
+        "wechatpay-v2",
+        &server.base,
+        &keys,
+        "query",
+        json!({"out_trade_no": "SDK-none"}),
+    );
+    assert_eq!(q["ok"], false);
+    assert!(
+        q["error"].as_str().unwrap().contains("ORDERNOTEXIST"),
+        "{q}"
+    );
+    let r = sdk_call(
+        "wechatpay-v2",
+        &server.base,
+        &keys,
+        "refund",
+        json!({"total_fee": 1000, "refund_fee": 400, "out_refund_no": "RF-1", "out_trade_no": "SDK-W2"}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["refund_fee"], "400");
+    // A wrong API key: the sandbox refuses the request's sign.
+    let mut wrong = keys.clone();
+    wrong["api_key"] = json!("0123456789abcdef0123456789abcdef");
+    let q = sdk_call(
+        "wechatpay-v2",
+        &server.base,
+        &wrong,
+        "query",
+        json!({"out_trade_no": "SDK-W2"}),
+    );
+    assert_eq!(q["ok"], false);
+    assert!(q["error"].as_str().unwrap().contains("签名错误"), "{q}");
+}
+
+// The SDK blocks this thread while the server answers it: the server needs other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechatpayv3_sdk_queries_and_refunds_through_the_sandbox() {
+    let (server, c, rx) =
+        paid_sandbox_trade("wechatpay-v3", "SDK-W3", Reply::Status(204, "")).await;
+    let keys = json!({"mchid": c["mchid"], "appid": c["appid"], "api_v3_key": c["api_v3_key"],
+                      "public_key_pem": c["public_key_pem"], "serial": c["serial"]});
+    let q = sdk_call(
+        "wechatpay-v3",
+        &server.base,
+        &keys,
+        "query",
+        json!({"out_trade_no": "SDK-W3"}),
+    );
+    assert_eq!(q["ok"], true, "{q}");
+    assert_eq!(q["result"]["status"], 200);
+    assert_eq!(q["result"]["body"]["trade_state"], "SUCCESS");
+    let q = sdk_call(
+        "wechatpay-v3",
+        &server.base,
+        &keys,
+        "query",
+        json!({"out_trade_no": "SDK-none"}),
+    );
+    assert_eq!(q["result"]["status"], 404, "{q}");
+    assert_eq!(q["result"]["body"]["code"], "ORDER_NOT_EXIST");
+    let r = sdk_call(
+        "wechatpay-v3",
+        &server.base,
+        &keys,
+        "refund",
+        json!({"out_refund_no": "RF-1", "out_trade_no": "SDK-W3",
+               "amount": {"refund": 250, "total": 1000, "currency": "CNY"}}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["status"], 200, "{r}");
+    assert_eq!(r["result"]["body"]["amount"]["refund"], 250);
+    let got = rx.wait_count(2).await;
+    assert_eq!(got[1].json()["event_type"], "REFUND.SUCCESS");
+    // Another platform key: the SDK refuses the answer's signature.
+    let other = TestServer::start().await;
+    let (_, foreign) = other
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "x", "profile": "wechatpay-v3"})),
+        )
+        .await;
+    let mut wrong = keys.clone();
+    wrong["public_key_pem"] = foreign["credentials"]["public_key_pem"].clone();
+    let q = sdk_call(
+        "wechatpay-v3",
+        &server.base,
+        &wrong,
+        "query",
+        json!({"out_trade_no": "SDK-W3"}),
+    );
+    assert_eq!(q["ok"], false, "{q}");
 }

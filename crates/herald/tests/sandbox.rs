@@ -1183,3 +1183,490 @@ async fn wechat_pay_attempts_time_out_after_5_seconds() {
     let ms = attempt["duration_ms"].as_u64().unwrap();
     assert!((4_900..8_000).contains(&ms), "timed out after {ms} ms");
 }
+
+/// A paid trade `no` (amount in minor units) of a new app of `profile`, its notifications
+/// answered; returns the app id, its once-shown credentials, the payment id and the receiver.
+async fn paid_trade(
+    server: &TestServer,
+    profile: &str,
+    no: &str,
+    amount: i64,
+) -> (String, Value, String, Receiver) {
+    let reply = ack(profile);
+    let rx = Receiver::start(move |_, _| reply.clone()).await;
+    let (app_id, creds) = app(server, profile, json!({})).await;
+    let p = create_payment(
+        server,
+        json!({"app_id": app_id, "out_trade_no": no, "amount": amount, "subject": "tea",
+               "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap().to_string();
+    post_form(server, &format!("/pay/{id}/pay")).await;
+    (app_id, creds, id, rx)
+}
+
+/// Posts an Alipay gateway request (system parameters in the URL, biz_content in the form
+/// body, as alipay-sdk-java does); returns the raw answer and its signature header.
+async fn alipay_gateway(
+    server: &TestServer,
+    alipay_app_id: &str,
+    method: &str,
+    biz: Value,
+) -> (String, Option<String>) {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("app_id", alipay_app_id),
+            ("method", method),
+            ("charset", "utf-8"),
+            ("sign_type", "RSA2"),
+            ("timestamp", "2026-11-27 18:00:00"),
+            ("version", "1.0"),
+            ("sign", "bm90LWNoZWNrZWQ="),
+        ])
+        .finish();
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("biz_content", &biz.to_string())
+        .finish();
+    let resp = server
+        .client
+        .post(format!("{}/gateway.do?{query}", server.base))
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded;charset=utf-8",
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let note = resp
+        .headers()
+        .get("herald-sandbox-request-signature")
+        .map(|v| v.to_str().unwrap().to_string());
+    (resp.text().await.unwrap(), note)
+}
+
+/// Checks an Alipay answer's signature over the exact text of its `key` object; returns it.
+fn alipay_verified(keys: &ReceiverKeys, text: &str, key: &str) -> Value {
+    let v: Value = serde_json::from_str(text).unwrap();
+    let start = text.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
+    let end = text.rfind(",\"sign\":").unwrap();
+    let ReceiverKeys::Alipay(k) = keys else {
+        panic!("alipay keys")
+    };
+    assert!(
+        alipay::verify_query_response(k, &text[start..end], v["sign"].as_str().unwrap()),
+        "the answer's sign verifies: {text}"
+    );
+    v[key].clone()
+}
+
+#[tokio::test]
+async fn alipay_gateway_answers_trade_query_and_refund_signed_with_provider_errors() {
+    let server = sandbox().await;
+    let (app_id, creds, _, rx) = paid_trade(&server, "alipay", "T-gw", 1000).await;
+    let alipay_app = creds["app_id"].as_str().unwrap();
+    let (_, keys) = keys(&server, &app_id).await;
+
+    let (text, note) = alipay_gateway(
+        &server,
+        alipay_app,
+        "alipay.trade.query",
+        json!({"out_trade_no": "T-gw"}),
+    )
+    .await;
+    assert!(
+        note.is_some_and(|n| n.starts_with("not-verified")),
+        "the reply says the merchant's signature was not checked"
+    );
+    let q = alipay_verified(&keys, &text, "alipay_trade_query_response");
+    assert_eq!(
+        (q["code"].as_str(), q["msg"].as_str()),
+        (Some("10000"), Some("Success"))
+    );
+    assert_eq!(q["trade_status"], "TRADE_SUCCESS");
+    assert_eq!(q["total_amount"], "10.00");
+    assert_eq!(
+        q["fund_bill_list"],
+        json!([{"amount": "10.00", "fund_channel": "ALIPAYACCOUNT"}])
+    );
+    assert!(is_alipay_user_id(q["buyer_user_id"].as_str().unwrap()));
+    // By the provider's trade number too.
+    let (text, _) = alipay_gateway(
+        &server,
+        alipay_app,
+        "alipay.trade.query",
+        json!({"trade_no": q["trade_no"]}),
+    )
+    .await;
+    assert_eq!(
+        alipay_verified(&keys, &text, "alipay_trade_query_response")["out_trade_no"],
+        "T-gw"
+    );
+
+    let (text, _) = alipay_gateway(
+        &server,
+        alipay_app,
+        "alipay.trade.query",
+        json!({"out_trade_no": "T-none"}),
+    )
+    .await;
+    let q = alipay_verified(&keys, &text, "alipay_trade_query_response");
+    assert_eq!(
+        (q["code"].as_str(), q["sub_code"].as_str()),
+        (Some("40004"), Some("ACQ.TRADE_NOT_EXIST"))
+    );
+
+    let refund = json!({"out_trade_no": "T-gw", "refund_amount": "2.50", "out_request_no": "R1"});
+    let (text, _) =
+        alipay_gateway(&server, alipay_app, "alipay.trade.refund", refund.clone()).await;
+    let r = alipay_verified(&keys, &text, "alipay_trade_refund_response");
+    assert_eq!(r["code"], "10000", "{text}");
+    assert_eq!(
+        (
+            r["fund_change"].as_str(),
+            r["refund_fee"].as_str(),
+            r["send_back_fee"].as_str()
+        ),
+        (Some("Y"), Some("2.50"), Some("2.50"))
+    );
+    // The same out_request_no again moves no money.
+    let (text, _) = alipay_gateway(&server, alipay_app, "alipay.trade.refund", refund).await;
+    let r = alipay_verified(&keys, &text, "alipay_trade_refund_response");
+    assert_eq!(r["fund_change"], "N");
+    let (text, _) = alipay_gateway(
+        &server,
+        alipay_app,
+        "alipay.trade.refund",
+        json!({"out_trade_no": "T-gw", "refund_amount": "7.51", "out_request_no": "R2"}),
+    )
+    .await;
+    let r = alipay_verified(&keys, &text, "alipay_trade_refund_response");
+    assert_eq!(
+        (r["code"].as_str(), r["sub_code"].as_str()),
+        (Some("40004"), Some("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"))
+    );
+    // The refund was notified like one made through the sandbox API.
+    let got = rx.wait_count(2).await;
+    let f = form(&got[1].body);
+    assert_eq!(
+        (f["refund_fee"].as_str(), f["out_biz_no"].as_str()),
+        ("2.50", "R1")
+    );
+    // An app_id the sandbox does not know: Alipay's unsigned error_response.
+    let (text, _) = alipay_gateway(
+        &server,
+        "2021000000000000",
+        "alipay.trade.query",
+        json!({"out_trade_no": "T-gw"}),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error_response"]["sub_code"], "isv.invalid-app-id");
+}
+
+/// A WeChat Pay v2 request body signed with `api_key` (MD5, or HMAC-SHA256 when
+/// `sign_type` is one of the fields).
+fn v2_request(fields: &[(&str, &str)], api_key: &str) -> String {
+    use herald_protocols::wechatpay_v2::{sign, SignType};
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let t = if fields
+        .iter()
+        .any(|(k, v)| k == "sign_type" && v == "HMAC-SHA256")
+    {
+        SignType::HmacSha256
+    } else {
+        SignType::Md5
+    };
+    let s = sign(&fields, api_key, t);
+    let mut xml = String::from("<xml>");
+    for (k, v) in fields.iter().chain([("sign".to_string(), s)].iter()) {
+        xml.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+    }
+    xml + "</xml>"
+}
+
+async fn post_xml(server: &TestServer, path: &str, xml: String) -> BTreeMap<String, String> {
+    let resp = server
+        .client
+        .post(format!("{}{path}", server.base))
+        .header("content-type", "text/xml")
+        .body(xml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    herald_protocols::wechatpay_v2::parse_xml(&body)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn v2_answer_verifies(answer: &BTreeMap<String, String>, api_key: &str) -> bool {
+    use herald_protocols::wechatpay_v2::{sign, SignType};
+    let fields: Vec<(String, String)> =
+        answer.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let t = if answer["sign"].len() == 64 {
+        SignType::HmacSha256
+    } else {
+        SignType::Md5
+    };
+    sign(&fields, api_key, t) == answer["sign"]
+}
+
+#[tokio::test]
+async fn wechat_v2_orderquery_and_refund_check_the_merchants_sign_and_answer_signed() {
+    let server = sandbox().await;
+    let (_, creds, _, _rx) = paid_trade(&server, "wechatpay-v2", "T-v2gw", 1000).await;
+    let key = creds["api_key"].as_str().unwrap();
+    let (appid, mch_id) = (
+        creds["appid"].as_str().unwrap(),
+        creds["mch_id"].as_str().unwrap(),
+    );
+    let nonce = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS";
+
+    let q = post_xml(
+        &server,
+        "/pay/orderquery",
+        v2_request(
+            &[
+                ("appid", appid),
+                ("mch_id", mch_id),
+                ("nonce_str", nonce),
+                ("out_trade_no", "T-v2gw"),
+            ],
+            key,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            q["return_code"].as_str(),
+            q["result_code"].as_str(),
+            q["trade_state"].as_str()
+        ),
+        ("SUCCESS", "SUCCESS", "SUCCESS"),
+        "{q:?}"
+    );
+    assert_eq!(
+        (q["total_fee"].as_str(), q["cash_fee"].as_str()),
+        ("1000", "1000")
+    );
+    assert!(q["openid"].starts_with('o') && q.contains_key("bank_type"));
+    assert!(v2_answer_verifies(&q, key), "{q:?}");
+
+    // An HMAC-SHA256 request is answered in HMAC-SHA256.
+    let q = post_xml(
+        &server,
+        "/pay/orderquery",
+        v2_request(
+            &[
+                ("appid", appid),
+                ("mch_id", mch_id),
+                ("nonce_str", nonce),
+                ("out_trade_no", "T-none"),
+                ("sign_type", "HMAC-SHA256"),
+            ],
+            key,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            q["return_code"].as_str(),
+            q["result_code"].as_str(),
+            q["err_code"].as_str()
+        ),
+        ("SUCCESS", "FAIL", "ORDERNOTEXIST")
+    );
+    assert_eq!(q["sign"].len(), 64);
+    assert!(v2_answer_verifies(&q, key));
+
+    // A request signed with another key is refused.
+    let q = post_xml(
+        &server,
+        "/pay/orderquery",
+        v2_request(
+            &[
+                ("appid", appid),
+                ("mch_id", mch_id),
+                ("nonce_str", nonce),
+                ("out_trade_no", "T-v2gw"),
+            ],
+            "0123456789abcdef0123456789abcdef",
+        ),
+    )
+    .await;
+    assert_eq!(
+        (q["return_code"].as_str(), q["return_msg"].as_str()),
+        ("FAIL", "签名错误")
+    );
+
+    let refund = |fee: &'static str, no: &'static str| {
+        v2_request(
+            &[
+                ("appid", appid),
+                ("mch_id", mch_id),
+                ("nonce_str", nonce),
+                ("out_trade_no", "T-v2gw"),
+                ("out_refund_no", no),
+                ("total_fee", "1000"),
+                ("refund_fee", fee),
+            ],
+            key,
+        )
+    };
+    let r = post_xml(&server, "/secapi/pay/refund", refund("300", "RF1")).await;
+    assert_eq!(
+        (r["return_code"].as_str(), r["result_code"].as_str()),
+        ("SUCCESS", "SUCCESS"),
+        "{r:?}"
+    );
+    assert_eq!(
+        (r["refund_fee"].as_str(), r["out_refund_no"].as_str()),
+        ("300", "RF1")
+    );
+    assert!(r["refund_id"].starts_with("503"));
+    assert!(v2_answer_verifies(&r, key));
+    let r = post_xml(&server, "/secapi/pay/refund", refund("701", "RF2")).await;
+    assert_eq!(
+        (r["result_code"].as_str(), r["err_code"].as_str()),
+        ("FAIL", "INVALID_REQUEST"),
+        "more than is left: {r:?}"
+    );
+    let q = post_xml(
+        &server,
+        "/pay/orderquery",
+        v2_request(
+            &[
+                ("appid", appid),
+                ("mch_id", mch_id),
+                ("nonce_str", nonce),
+                ("out_trade_no", "T-v2gw"),
+            ],
+            key,
+        ),
+    )
+    .await;
+    assert_eq!(q["trade_state"], "REFUND");
+}
+
+#[tokio::test]
+async fn wechat_v3_query_and_refund_answer_at_the_providers_paths_signed() {
+    let server = sandbox().await;
+    let (app_id, creds, _, rx) = paid_trade(&server, "wechatpay-v3", "T-v3gw", 1000).await;
+    let mchid = creds["mchid"].as_str().unwrap();
+    let public =
+        herald_protocols::keys::parse_public_key(creds["public_key_pem"].as_str().unwrap())
+            .unwrap();
+    let check = |resp: &reqwest::Response| {
+        let h = |n: &str| resp.headers()[n].to_str().unwrap().to_string();
+        assert_eq!(h("wechatpay-serial"), creds["serial"].as_str().unwrap());
+        assert!(h("herald-sandbox-request-signature").starts_with("not-verified"));
+        (
+            h("wechatpay-timestamp"),
+            h("wechatpay-nonce"),
+            h("wechatpay-signature"),
+        )
+    };
+    let verifies = |(ts, nonce, sig): &(String, String, String), body: &str| {
+        herald_protocols::keys::verify_sha256(
+            &public,
+            format!("{ts}\n{nonce}\n{body}\n").as_bytes(),
+            sig,
+        )
+    };
+
+    let resp = server
+        .client
+        .get(format!(
+            "{}/v3/pay/transactions/out-trade-no/T-v3gw?mchid={mchid}",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sig = check(&resp);
+    let body = resp.text().await.unwrap();
+    assert!(verifies(&sig, &body));
+    let t: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (t["trade_state"].as_str(), t["trade_state_desc"].as_str()),
+        (Some("SUCCESS"), Some("支付成功"))
+    );
+    assert!(t["payer"]["openid"].as_str().unwrap().starts_with('o'));
+
+    let resp = server
+        .client
+        .get(format!(
+            "{}/v3/pay/transactions/out-trade-no/T-none?mchid={mchid}",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let sig = check(&resp);
+    let body = resp.text().await.unwrap();
+    assert!(verifies(&sig, &body));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "ORDER_NOT_EXIST"
+    );
+
+    // The refund's notification goes to the notify_url of the refund request.
+    let refund_rx = Receiver::start(Receiver::ok()).await;
+    let auth = format!(
+        "WECHATPAY2-SHA256-RSA2048 mchid=\"{mchid}\",nonce_str=\"abc\",signature=\"eA==\",timestamp=\"1\",serial_no=\"00\""
+    );
+    let resp = server
+        .client
+        .post(format!("{}/v3/refund/domestic/refunds", server.base))
+        .header("authorization", &auth)
+        .json(&json!({"out_trade_no": "T-v3gw", "out_refund_no": "RF-1",
+                      "notify_url": refund_rx.url("/refund-notify"),
+                      "amount": {"refund": 400, "total": 1000, "currency": "CNY"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sig = check(&resp);
+    let body = resp.text().await.unwrap();
+    assert!(verifies(&sig, &body));
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (r["status"].as_str(), r["out_refund_no"].as_str()),
+        (Some("SUCCESS"), Some("RF-1"))
+    );
+    assert_eq!(r["amount"]["refund"], 400);
+    let got = refund_rx.wait_count(1).await;
+    assert_eq!(got[0].json()["event_type"], "REFUND.SUCCESS");
+    assert_eq!(
+        rx.count(),
+        1,
+        "only the payment went to the payment's notify_url"
+    );
+    let (prof, keys) = keys(&server, &app_id).await;
+    verify(prof, &keys, &got[0]).expect("the refund notification verifies");
+
+    let resp = server
+        .client
+        .post(format!("{}/v3/refund/domestic/refunds", server.base))
+        .header("authorization", &auth)
+        .json(&json!({"out_trade_no": "T-none", "out_refund_no": "RF-2",
+                      "amount": {"refund": 1, "total": 1, "currency": "CNY"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["code"],
+        "RESOURCE_NOT_EXISTS"
+    );
+}

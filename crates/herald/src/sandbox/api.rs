@@ -45,7 +45,7 @@ fn default_currency(profile: Profile) -> &'static str {
 }
 
 /// `out_trade_no`: 1 to 64 ASCII letters, digits, `_` or `-` (32 for WeChat Pay).
-fn check_out_trade_no(profile: Profile, s: &str) -> Result<String, ApiError> {
+pub(super) fn check_out_trade_no(profile: Profile, s: &str) -> Result<String, ApiError> {
     let max = match profile {
         Profile::WechatPayV2 | Profile::WechatPayV3 => 32,
         _ => 64,
@@ -235,6 +235,8 @@ pub async fn create(
             (StatusCode::CREATED, payment)
         }
     };
+    // The providers' API paths find the app and the trade through this index.
+    sandbox.index_payment(&app, &stored).await?;
     let mut body = view(&sandbox, &stored);
     body["qr_code_svg"] = json!(qr::svg(&sandbox.payment_url(&stored.id)));
     Ok((status, Json(body)))
@@ -313,6 +315,7 @@ pub async fn refund(
                 amount,
                 out_refund_no,
                 status,
+                notify_url: None,
             },
         )
         .await?;

@@ -85,6 +85,10 @@ pub struct Event {
     pub notifications: Vec<Enqueued>,
     /// Why no notification is sent, when none is.
     pub note: Option<String>,
+    /// Where its notification goes when not the payment's `notify_url` (a refund request to
+    /// the provider's API may name its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

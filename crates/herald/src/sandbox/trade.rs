@@ -19,6 +19,9 @@ pub struct RefundRequest {
     pub out_refund_no: Option<String>,
     /// How the refund ends (WeChat Pay v3 reports abnormal and closed refunds too).
     pub status: RefundStatus,
+    /// Where the refund's notification goes instead of the payment's `notify_url` (WeChat
+    /// Pay's refund requests may name one).
+    pub notify_url: Option<String>,
 }
 
 fn corrupt(e: serde_json::Error) -> ApiError {
@@ -208,8 +211,9 @@ impl Sandbox {
             "wechatpay-v2 refund notifications carry an encrypted req_info that Herald does not produce: the refund succeeded without a notification".to_string()
         });
         p.refunds.push(refund);
-        p.events
-            .push(new_event(&p, &app, EventKind::Refund, now, out, note));
+        let mut event = new_event(&p, &app, EventKind::Refund, now, out, note);
+        event.notify_url = req.notify_url;
+        p.events.push(event);
         let mut send = vec![p.events.len() - 1];
         // An out-of-order drill held the payment notification back until now: it goes after
         // the refund's.
@@ -277,7 +281,7 @@ impl Sandbox {
                 foreign.as_deref(),
                 &p.drills,
                 &out,
-                &p.notify_url,
+                e.notify_url.as_deref().unwrap_or(&p.notify_url),
                 &format!("trade:{}", p.out_trade_no),
                 &format!("sandbox:{}:{}", p.id, e.seq),
                 notify_id,
@@ -381,6 +385,7 @@ fn new_event(
         held: false,
         notifications: vec![],
         note,
+        notify_url: None,
     }
 }
 

@@ -296,13 +296,7 @@ pub fn paid(p: &Payment, c: &Credentials) -> Outgoing {
 fn v3_transaction(p: &Payment, c: &Credentials, state: &str, paid_at: Option<Millis>) -> Value {
     let (appid, mchid) = wechat_ids(c);
     let payer_total = if paid_at.is_some() { p.amount } else { 0 };
-    let desc = match state {
-        "SUCCESS" => "支付成功",
-        "REFUND" => "转入退款",
-        "NOTPAY" => "未支付",
-        "CLOSED" => "已关闭",
-        _ => "",
-    };
+    let desc = wechat_trade_state_desc(state);
     let mut v = json!({
         "appid": appid,
         "mchid": mchid,
@@ -576,34 +570,196 @@ fn wechat_trade_state(p: &Payment) -> &'static str {
     }
 }
 
+/// Alipay's `alipay_trade_query_response` object for a trade, fields as the gateway
+/// answers them (amounts `0.00` until paid, the buyer and `fund_bill_list` once paid).
+pub fn alipay_query_response(p: &Payment) -> Map<String, Value> {
+    let total = money::format(p.amount, &p.currency);
+    let paid = |v: &str| {
+        if p.paid_at.is_some() {
+            v.to_string()
+        } else {
+            "0.00".to_string()
+        }
+    };
+    let mut m = Map::new();
+    m.insert("code".into(), json!("10000"));
+    m.insert("msg".into(), json!("Success"));
+    if let Some(b) = &p.buyer {
+        m.insert("buyer_logon_id".into(), json!(b.buyer_logon_id));
+        m.insert("buyer_user_id".into(), json!(b.buyer_id));
+    }
+    m.insert("buyer_pay_amount".into(), json!(paid(&total)));
+    if p.paid_at.is_some() {
+        m.insert(
+            "fund_bill_list".into(),
+            json!([{"amount": total, "fund_channel": "ALIPAYACCOUNT"}]),
+        );
+    }
+    m.insert("invoice_amount".into(), json!(paid(&total)));
+    m.insert("out_trade_no".into(), json!(p.out_trade_no));
+    m.insert("point_amount".into(), json!("0.00"));
+    m.insert("receipt_amount".into(), json!(paid(&total)));
+    if let Some(t) = p.paid_at {
+        m.insert("send_pay_date".into(), json!(alipay_time(t)));
+    }
+    m.insert("total_amount".into(), json!(total));
+    m.insert("trade_no".into(), json!(p.trade_no));
+    m.insert("trade_status".into(), json!(p.state.as_str()));
+    if p.refunded() > 0 {
+        m.insert(
+            "refund_fee".into(),
+            json!(money::format(p.refunded(), &p.currency)),
+        );
+    }
+    m
+}
+
+/// Alipay's `alipay_trade_refund_response` object for refund `r` of `p`: `refund_fee` is
+/// the trade's refunded total, `send_back_fee` this refund, `fund_change` `N` for a repeated
+/// request that moved no money.
+pub fn alipay_refund_response(p: &Payment, r: &Refund, created: bool) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("code".into(), json!("10000"));
+    m.insert("msg".into(), json!("Success"));
+    if let Some(b) = &p.buyer {
+        m.insert("buyer_logon_id".into(), json!(b.buyer_logon_id));
+        m.insert("buyer_user_id".into(), json!(b.buyer_id));
+    }
+    m.insert("fund_change".into(), json!(if created { "Y" } else { "N" }));
+    m.insert("gmt_refund_pay".into(), json!(alipay_time(r.at)));
+    m.insert("out_trade_no".into(), json!(p.out_trade_no));
+    m.insert(
+        "refund_fee".into(),
+        json!(money::format(r.refunded_total, &p.currency)),
+    );
+    m.insert(
+        "send_back_fee".into(),
+        json!(money::format(r.amount, &p.currency)),
+    );
+    m.insert("trade_no".into(), json!(p.trade_no));
+    m
+}
+
+fn wechat_trade_state_desc(state: &str) -> &'static str {
+    match state {
+        "SUCCESS" => "支付成功",
+        "REFUND" => "转入退款",
+        "NOTPAY" => "未支付",
+        "CLOSED" => "已关闭",
+        _ => "",
+    }
+}
+
+/// WeChat Pay v2's `orderquery` answer fields (without the envelope: `return_code`, ids,
+/// nonce and sign are added by the caller).
+pub fn v2_order(p: &Payment) -> Vec<(String, String)> {
+    let state = wechat_trade_state(p);
+    let mut fields: Vec<(String, String)> = vec![
+        ("result_code".into(), "SUCCESS".into()),
+        ("out_trade_no".into(), p.out_trade_no.clone()),
+        ("transaction_id".into(), p.trade_no.clone()),
+        ("trade_state".into(), state.into()),
+        (
+            "trade_state_desc".into(),
+            wechat_trade_state_desc(state).into(),
+        ),
+        ("trade_type".into(), "NATIVE".into()),
+        ("total_fee".into(), p.amount.to_string()),
+        ("fee_type".into(), p.currency.clone()),
+    ];
+    if let Some(t) = p.paid_at {
+        fields.push(("time_end".into(), wechat_compact_time(t)));
+        fields.push(("cash_fee".into(), p.amount.to_string()));
+        fields.push(("bank_type".into(), "OTHERS".into()));
+        fields.push(("is_subscribe".into(), "N".into()));
+        if let Some(b) = &p.buyer {
+            fields.push(("openid".into(), b.openid.clone()));
+        }
+    }
+    fields
+}
+
+/// WeChat Pay v2's `/secapi/pay/refund` answer fields for refund `r` of `p`.
+pub fn v2_refund(p: &Payment, r: &Refund) -> Vec<(String, String)> {
+    vec![
+        ("result_code".into(), "SUCCESS".into()),
+        ("transaction_id".into(), p.trade_no.clone()),
+        ("out_trade_no".into(), p.out_trade_no.clone()),
+        ("out_refund_no".into(), r.out_refund_no.clone()),
+        ("refund_id".into(), r.refund_id.clone()),
+        ("refund_fee".into(), r.amount.to_string()),
+        ("total_fee".into(), p.amount.to_string()),
+        ("cash_fee".into(), p.amount.to_string()),
+        ("cash_refund_fee".into(), r.amount.to_string()),
+        ("coupon_refund_fee".into(), "0".into()),
+        ("coupon_refund_count".into(), "0".into()),
+    ]
+}
+
+/// WeChat Pay v3's transaction as `GET /v3/pay/transactions/...` answers it.
+pub fn v3_order(p: &Payment, c: &Credentials) -> Value {
+    v3_transaction(p, c, wechat_trade_state(p), p.paid_at)
+}
+
+/// WeChat Pay v3's `POST /v3/refund/domestic/refunds` answer for refund `r` of `p` (the
+/// sandbox settles refunds at once: `SUCCESS`).
+pub fn v3_refund(p: &Payment, r: &Refund) -> Value {
+    let mut v = json!({
+        "refund_id": r.refund_id,
+        "out_refund_no": r.out_refund_no,
+        "transaction_id": p.trade_no,
+        "out_trade_no": p.out_trade_no,
+        "channel": "ORIGINAL",
+        "user_received_account": "支付用户零钱",
+        "create_time": wechat_rfc3339(r.at),
+        "status": r.status.as_str(),
+        "funds_account": "AVAILABLE",
+        "amount": {
+            "total": p.amount, "refund": r.amount, "from": [],
+            "payer_total": p.amount, "payer_refund": r.amount,
+            "settlement_refund": r.amount, "settlement_total": p.amount,
+            "discount_refund": 0, "currency": p.currency, "refund_fee": 0,
+        },
+        "promotion_detail": [],
+    });
+    if r.status == RefundStatus::Success {
+        v["success_time"] = json!(wechat_rfc3339(r.at));
+    }
+    v
+}
+
+/// The `Wechatpay-*` headers that sign a v3 API response `body` with the platform key.
+pub fn v3_response_headers(
+    w: &herald_protocols::wechatpay_v3::Credentials,
+    body: &str,
+    now: Millis,
+) -> Result<Vec<(String, String)>, String> {
+    let timestamp = (now / 1000).to_string();
+    let nonce = alphanumeric(32);
+    let message = format!("{timestamp}\n{nonce}\n{body}\n");
+    let signature = herald_protocols::keys::sign_sha256_cached(&w.private_key, message.as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(vec![
+        ("Wechatpay-Timestamp".into(), timestamp),
+        ("Wechatpay-Nonce".into(), nonce),
+        ("Wechatpay-Signature".into(), signature),
+        ("Wechatpay-Serial".into(), w.serial.clone()),
+        (
+            "Wechatpay-Signature-Type".into(),
+            "WECHATPAY2-SHA256-RSA2048".into(),
+        ),
+    ])
+}
+
 /// The trade as the provider's query API answers, signed the way that provider signs API
 /// responses: Alipay's `alipay_trade_query_response` + `sign` (RSA2 over the response
 /// object's raw JSON text), WeChat Pay v2's `orderquery` XML with `sign`, WeChat Pay v3's
 /// JSON with `Wechatpay-*` signature headers. Stripe and Standard Webhooks do not sign API
 /// responses: their JSON comes unsigned (the admin token authenticates it).
 pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryResponse, String> {
-    let total = money::format(p.amount, &p.currency);
     match c {
         Credentials::Alipay(a) => {
-            let mut m = Map::new();
-            m.insert("code".into(), json!("10000"));
-            m.insert("msg".into(), json!("Success"));
-            m.insert("out_trade_no".into(), json!(p.out_trade_no));
-            m.insert("trade_no".into(), json!(p.trade_no));
-            m.insert("trade_status".into(), json!(p.state.as_str()));
-            m.insert("total_amount".into(), json!(total));
-            if let Some(t) = p.paid_at {
-                m.insert("buyer_pay_amount".into(), json!(total));
-                m.insert("receipt_amount".into(), json!(total));
-                m.insert("send_pay_date".into(), json!(alipay_time(t)));
-            }
-            if p.refunded() > 0 {
-                m.insert(
-                    "refund_fee".into(),
-                    json!(money::format(p.refunded(), &p.currency)),
-                );
-            }
-            let text = Value::Object(m).to_string();
+            let text = Value::Object(alipay_query_response(p)).to_string();
             let sign = alipay::sign_query_response(a, &text).map_err(|e| e.to_string())?;
             Ok(QueryResponse {
                 content_type: "application/json; charset=utf-8",
@@ -618,20 +774,11 @@ pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryRes
             let mut fields: Vec<(String, String)> = vec![
                 ("return_code".into(), "SUCCESS".into()),
                 ("return_msg".into(), "OK".into()),
-                ("result_code".into(), "SUCCESS".into()),
                 ("appid".into(), w.appid.clone()),
                 ("mch_id".into(), w.mch_id.clone()),
                 ("nonce_str".into(), wechatpay_v2::generate_nonce()),
-                ("out_trade_no".into(), p.out_trade_no.clone()),
-                ("transaction_id".into(), p.trade_no.clone()),
-                ("trade_state".into(), wechat_trade_state(p).into()),
-                ("trade_type".into(), "NATIVE".into()),
-                ("total_fee".into(), p.amount.to_string()),
-                ("fee_type".into(), p.currency.clone()),
             ];
-            if let Some(t) = p.paid_at {
-                fields.push(("time_end".into(), wechat_compact_time(t)));
-            }
+            fields.extend(v2_order(p));
             if w.sign_type != wechatpay_v2::SignType::Md5 {
                 fields.push(("sign_type".into(), w.sign_type.as_str().into()));
             }
@@ -650,25 +797,10 @@ pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryRes
             })
         }
         Credentials::WechatPayV3(w) => {
-            let body = v3_transaction(p, c, wechat_trade_state(p), p.paid_at).to_string();
-            let timestamp = (now / 1000).to_string();
-            let nonce = alphanumeric(32);
-            let message = format!("{timestamp}\n{nonce}\n{body}\n");
-            let signature =
-                herald_protocols::keys::sign_sha256_cached(&w.private_key, message.as_bytes())
-                    .map_err(|e| e.to_string())?;
+            let body = v3_order(p, c).to_string();
             Ok(QueryResponse {
                 content_type: "application/json",
-                headers: vec![
-                    ("Wechatpay-Timestamp".into(), timestamp),
-                    ("Wechatpay-Nonce".into(), nonce),
-                    ("Wechatpay-Signature".into(), signature),
-                    ("Wechatpay-Serial".into(), w.serial.clone()),
-                    (
-                        "Wechatpay-Signature-Type".into(),
-                        "WECHATPAY2-SHA256-RSA2048".into(),
-                    ),
-                ],
+                headers: v3_response_headers(w, &body, now)?,
                 body,
             })
         }

@@ -28,7 +28,8 @@ use crate::keys;
 use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 use crate::receive::{
-    parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification,
+    parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Refusal, Reply,
+    VerifiedNotification,
 };
 use crate::{AckRule, RetryPolicy};
 
@@ -547,7 +548,21 @@ pub fn verify(
     keys: &ReceiverKeys,
     req: &IncomingRequest<'_>,
 ) -> Result<VerifiedNotification, ReceiveError> {
-    let params = read_params(req)?;
+    verify_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify`], saying whether the signature had verified when a request is refused.
+pub fn verify_detailed(
+    keys: &ReceiverKeys,
+    req: &IncomingRequest<'_>,
+) -> Result<VerifiedNotification, Refusal> {
+    let params = read_params(req).map_err(Refusal::unsigned)?;
+    check_signature(keys, &params).map_err(Refusal::unsigned)?;
+    decode(&params).map_err(Refusal::signed)
+}
+
+/// `sign` under any configured public key, by `sign_type`.
+fn check_signature(keys: &ReceiverKeys, params: &Params) -> Result<(), ReceiveError> {
     let sign = params
         .get("sign")
         .ok_or_else(|| ReceiveError::Missing("sign".into()))?;
@@ -578,7 +593,11 @@ pub fn verify(
             "sign does not verify under any configured Alipay public key".into(),
         ));
     }
+    Ok(())
+}
 
+/// The notification of correctly signed parameters.
+fn decode(params: &Params) -> Result<VerifiedNotification, ReceiveError> {
     let get = |k: &str| params.get(k).map(str::to_string);
     let notify_id = get("notify_id")
         .or_else(|| get("trade_no"))

@@ -8,7 +8,7 @@
 //! details live in the profile's module.
 use serde::{Deserialize, Serialize};
 
-use crate::receive::{IncomingRequest, ReceiveError, Reply, VerifiedNotification};
+use crate::receive::{IncomingRequest, ReceiveError, Refusal, Reply, VerifiedNotification};
 use crate::{alipay, standard_webhooks, stripe, wechatpay_v2, wechatpay_v3};
 use crate::{AckRule, RetryPolicy};
 
@@ -355,18 +355,32 @@ impl Profile {
         keys: &ReceiverKeys,
         req: &IncomingRequest<'_>,
     ) -> Result<VerifiedNotification, ReceiveError> {
+        self.verify_detailed(keys, req).map_err(|r| r.error)
+    }
+
+    /// [`Profile::verify`], saying whether the signature had verified when a request is
+    /// refused (see [`Refusal`]): what `herald verify` answers first.
+    pub fn verify_detailed(
+        self,
+        keys: &ReceiverKeys,
+        req: &IncomingRequest<'_>,
+    ) -> Result<VerifiedNotification, Refusal> {
         match (self, keys) {
             (Profile::StandardWebhooks, ReceiverKeys::StandardWebhooks(k)) => {
-                standard_webhooks::verify_request(k, req)
+                standard_webhooks::verify_request_detailed(k, req)
             }
-            (Profile::Alipay, ReceiverKeys::Alipay(k)) => alipay::verify(k, req),
-            (Profile::WechatPayV2, ReceiverKeys::WechatPayV2(k)) => wechatpay_v2::verify(k, req),
-            (Profile::WechatPayV3, ReceiverKeys::WechatPayV3(k)) => wechatpay_v3::verify(k, req),
-            (Profile::Stripe, ReceiverKeys::Stripe(k)) => stripe::verify(k, req),
-            _ => Err(ReceiveError::UnknownKey(format!(
+            (Profile::Alipay, ReceiverKeys::Alipay(k)) => alipay::verify_detailed(k, req),
+            (Profile::WechatPayV2, ReceiverKeys::WechatPayV2(k)) => {
+                wechatpay_v2::verify_detailed(k, req)
+            }
+            (Profile::WechatPayV3, ReceiverKeys::WechatPayV3(k)) => {
+                wechatpay_v3::verify_detailed(k, req)
+            }
+            (Profile::Stripe, ReceiverKeys::Stripe(k)) => stripe::verify_detailed(k, req),
+            _ => Err(Refusal::unsigned(ReceiveError::UnknownKey(format!(
                 "the keys are not {} keys",
                 self.name()
-            ))),
+            )))),
         }
     }
 

@@ -113,6 +113,39 @@ pub enum ReceiveError {
     BadAmount(String),
 }
 
+/// A refused request, and whether its signature had verified before it was refused (from
+/// each profile's `verify_detailed` and [`crate::Profile::verify_detailed`]). A request whose
+/// signature (or timestamp window, or, for WeChat Pay v2 refunds, decryption) fails has
+/// `signature_valid` false; one correctly signed but not a notification a receiver takes (a
+/// Stripe event without `type`, a WeChat body without `return_code`, a WeChat v3 resource
+/// that does not decrypt) has it true. Debugging tools answer the signature question first
+/// with it; a receiver refuses both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why the request was refused.
+    pub error: ReceiveError,
+    /// Whether the signature had verified.
+    pub signature_valid: bool,
+}
+
+impl Refusal {
+    /// Refused before or at the signature: not correctly signed.
+    pub fn unsigned(error: ReceiveError) -> Refusal {
+        Refusal {
+            error,
+            signature_valid: false,
+        }
+    }
+
+    /// Refused after the signature verified.
+    pub fn signed(error: ReceiveError) -> Refusal {
+        Refusal {
+            error,
+            signature_valid: true,
+        }
+    }
+}
+
 /// An HTTP reply a receiver sends back to the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {

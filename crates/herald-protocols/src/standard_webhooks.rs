@@ -761,21 +761,32 @@ pub fn verify_request(
     keys: &[VerifyKey],
     req: &crate::receive::IncomingRequest<'_>,
 ) -> Result<crate::receive::VerifiedNotification, crate::receive::ReceiveError> {
-    use crate::receive::{Amount, ReceiveError};
+    verify_request_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify_request`], saying whether the signature had verified when a request is refused
+/// (decoding a signed body cannot fail, so every refusal is unsigned).
+pub fn verify_request_detailed(
+    keys: &[VerifyKey],
+    req: &crate::receive::IncomingRequest<'_>,
+) -> Result<crate::receive::VerifiedNotification, crate::receive::Refusal> {
+    use crate::receive::{Amount, ReceiveError, Refusal};
     let id = req.header(HEADER_ID).unwrap_or("");
     let ts = req.header(HEADER_TIMESTAMP).unwrap_or("");
     let sig = req.header(HEADER_SIGNATURE).unwrap_or("");
-    verify(id, ts, sig, req.body, keys, req.now).map_err(|e| match e {
-        VerifyError::MissingHeader(h) => ReceiveError::Missing(format!("{h} header")),
-        VerifyError::TimestampOutOfWindow { timestamp, now, .. } => {
-            ReceiveError::TimestampOutOfWindow { timestamp, now }
-        }
-        VerifyError::BadTimestamp => {
-            ReceiveError::MalformedBody("webhook-timestamp is not unix seconds".into())
-        }
-        VerifyError::NoKeys => ReceiveError::UnknownKey("no key configured".into()),
-        VerifyError::NoMatchingSignature => ReceiveError::BadSignature(e.to_string()),
-    })?;
+    verify(id, ts, sig, req.body, keys, req.now)
+        .map_err(|e| match e {
+            VerifyError::MissingHeader(h) => ReceiveError::Missing(format!("{h} header")),
+            VerifyError::TimestampOutOfWindow { timestamp, now, .. } => {
+                ReceiveError::TimestampOutOfWindow { timestamp, now }
+            }
+            VerifyError::BadTimestamp => {
+                ReceiveError::MalformedBody("webhook-timestamp is not unix seconds".into())
+            }
+            VerifyError::NoKeys => ReceiveError::UnknownKey("no key configured".into()),
+            VerifyError::NoMatchingSignature => ReceiveError::BadSignature(e.to_string()),
+        })
+        .map_err(Refusal::unsigned)?;
     let fields: std::collections::BTreeMap<String, serde_json::Value> =
         match serde_json::from_slice(req.body) {
             Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),

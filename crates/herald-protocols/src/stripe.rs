@@ -36,7 +36,7 @@ use subtle::{Choice, ConstantTimeEq};
 use crate::ack::AckRule;
 use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
-use crate::receive::{Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification};
+use crate::receive::{Amount, IncomingRequest, ReceiveError, Refusal, Reply, VerifiedNotification};
 use crate::retry::RetryPolicy;
 
 /// The profile's name (in [`VerifiedNotification::profile`] and retry policy names).
@@ -47,7 +47,8 @@ pub const HEADER_SIGNATURE: &str = "Stripe-Signature";
 pub const SECRET_PREFIX: &str = "whsec_";
 /// How many random characters follow the prefix in a generated secret.
 pub const GENERATED_SECRET_LEN: usize = 32;
-/// How far (in seconds, either way) `t=` may be from now and still verify.
+/// How old (in seconds) `t=` may be and still verify: the official libraries' default
+/// tolerance. As in them, a `t=` ahead of the receiver's clock is not refused.
 pub const TOLERANCE_SECS: i64 = 300;
 /// The `api_version` written into encoded events of an app that sets none: the version
 /// Stripe's API reference calls current (docs.stripe.com/api/versioning).
@@ -565,11 +566,12 @@ fn non_empty_str(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
-/// Verifies and decodes one event, in this order: content type, the `Stripe-Signature`
-/// header (`t=` once, `v1=` at least once), `t` within [`TOLERANCE_SECS`] of `req.now`
-/// either way ([`ReceiveError::TimestampOutOfWindow`]), any `v1` equal to the HMAC of any
-/// secret valid at `t` (constant-time, case-insensitive hex; else
-/// [`ReceiveError::BadSignature`]), then the JSON event.
+/// Verifies and decodes one event, in this order (the official libraries' order): content
+/// type, the `Stripe-Signature` header (`t=` once, `v1=` at least once), any `v1` equal to
+/// the HMAC of any secret valid at `t` (constant-time, case-insensitive hex; else
+/// [`ReceiveError::BadSignature`]), `t` no more than [`TOLERANCE_SECS`] before `req.now`
+/// (else [`ReceiveError::TimestampOutOfWindow`]; a `t` ahead of `req.now` is clock skew and
+/// is accepted, as stripe-node and stripe-python accept it), then the JSON event.
 ///
 /// The result: `notify_id` = event `id`, `event_type` and `status` = `type`, `amount` =
 /// `data.object.amount` (integer minor units) in `data.object.currency` upper-cased,
@@ -581,15 +583,24 @@ pub fn verify(
     keys: &ReceiverKeys,
     req: &IncomingRequest<'_>,
 ) -> Result<VerifiedNotification, ReceiveError> {
+    verify_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify`], saying whether the signature (and timestamp) had verified when a request is
+/// refused: a correctly signed body that is not an event is a [`Refusal::signed`].
+pub fn verify_detailed(
+    keys: &ReceiverKeys,
+    req: &IncomingRequest<'_>,
+) -> Result<VerifiedNotification, Refusal> {
+    check_signature(keys, req).map_err(Refusal::unsigned)?;
+    decode(req.body).map_err(Refusal::signed)
+}
+
+/// Content type, header, signature, then the timestamp's age.
+fn check_signature(keys: &ReceiverKeys, req: &IncomingRequest<'_>) -> Result<(), ReceiveError> {
     check_content_type(req)?;
     let header = parse_header(req)?;
     let t = header.timestamp;
-    if (i128::from(req.now) - i128::from(t)).abs() > i128::from(TOLERANCE_SECS) {
-        return Err(ReceiveError::TimestampOutOfWindow {
-            timestamp: t,
-            now: req.now,
-        });
-    }
     let content = signed_payload(t, req.body);
     let expected: Vec<String> = keys
         .secrets
@@ -612,8 +623,21 @@ pub fn verify(
             if keys.secrets.len() > 1 { "s" } else { "" }
         )));
     }
+    // As stripe-node (`timestampAge > tolerance`) and stripe-python
+    // (`timestamp < time.time() - tolerance`): after the signature, only a timestamp older
+    // than the tolerance is refused; one ahead of this clock (skew) is accepted.
+    if i128::from(req.now) - i128::from(t) > i128::from(TOLERANCE_SECS) {
+        return Err(ReceiveError::TimestampOutOfWindow {
+            timestamp: t,
+            now: req.now,
+        });
+    }
+    Ok(())
+}
 
-    let event: serde_json::Map<String, Value> = serde_json::from_slice(req.body)
+/// The event of a correctly signed body.
+fn decode(body: &[u8]) -> Result<VerifiedNotification, ReceiveError> {
+    let event: serde_json::Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ReceiveError::MalformedBody(format!("the body is not a JSON object: {e}")))?;
     let id = non_empty_str(event.get("id"))
         .ok_or_else(|| ReceiveError::Missing("id".into()))?

@@ -13,12 +13,15 @@
 //! - WeChat v2 has no notify id on the wire. Herald's notify id ([`new_notify_id`],
 //!   `wx2_<ulid>`) stays internal; a receiver dedupes on `transaction_id`.
 //! - With `MD5` (WeChat's default) [`encode`] sends no `sign_type` field, as WeChat does;
-//!   with `HMAC-SHA256` it sends `sign_type=HMAC-SHA256`, which receivers read to pick the
-//!   algorithm.
+//!   with `HMAC-SHA256` it sends `sign_type=HMAC-SHA256`. Receivers do not rely on the
+//!   field (WeChat's own HMAC-SHA256 notifications usually lack it): [`verify`] uses the
+//!   merchant's configured sign type, else the sign's length (32 hex MD5, 64 HMAC-SHA256).
 //! - Each attempt carries a fresh `nonce_str`, so the body differs between attempts.
 //! - Field values take part in the signature exactly as sent (not trimmed): an empty value
 //!   is left out, anything else is signed byte for byte. Some SDKs trim values before
 //!   signing; producers should not send values with surrounding whitespace.
+//! - Refund notifications are not signed: their `req_info` is encrypted with a key derived
+//!   from the API key. [`refund_notify`] encodes and decrypts them; [`verify`] takes both kinds.
 //! - Key rotation has no grace period: WeChat v2 has one API key per merchant, and the old
 //!   key stops signing the moment a new one is set ([`rotate`] ignores `grace_until`).
 //!
@@ -26,6 +29,8 @@
 //! [`create_credentials`] / [`rotate`]: every `Debug` redacts it, no error quotes it, and
 //! [`explain`] writes `<API key>` in its place. The digests are RustCrypto's (`md-5`,
 //! `hmac` + `sha2`); signs are compared in constant time.
+pub mod refund_notify;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -45,7 +50,8 @@ use crate::ack::AckRule;
 use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
 use crate::receive::{
-    parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification,
+    parse_decimal_minor, Amount, IncomingRequest, ReceiveError, Refusal, Reply,
+    VerifiedNotification,
 };
 use crate::retry::RetryPolicy;
 
@@ -532,6 +538,11 @@ fn utf8_name(raw: &[u8]) -> Result<String, ReceiveError> {
 /// instructions, another root, nested elements, text between fields, duplicate fields, and
 /// anything not well-formed or not UTF-8.
 pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
+    parse_flat_xml(body, "xml")
+}
+
+/// [`parse_xml`] with another root element name (the decrypted refund `<root>`).
+fn parse_flat_xml(body: &[u8], root: &str) -> Result<Vec<(String, String)>, ReceiveError> {
     let mut reader = Reader::from_reader(body);
     let mut state = State::BeforeRoot;
     let mut fields: Vec<(String, String)> = Vec::new();
@@ -555,10 +566,10 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
             Event::Start(e) => {
                 let name = utf8_name(e.name().as_ref())?;
                 state = match state {
-                    State::BeforeRoot if name == "xml" => State::InRoot,
+                    State::BeforeRoot if name == root => State::InRoot,
                     State::BeforeRoot => {
                         return Err(malformed(format!(
-                            "the root element must be <xml>, not <{name}>"
+                            "the root element must be <{root}>, not <{name}>"
                         )))
                     }
                     State::InRoot => {
@@ -576,17 +587,19 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
                         )))
                     }
                     State::AfterRoot => {
-                        return Err(malformed("content after the </xml> root element"))
+                        return Err(malformed(format!(
+                            "content after the </{root}> root element"
+                        )))
                     }
                 };
             }
             Event::Empty(e) => {
                 let name = utf8_name(e.name().as_ref())?;
                 match &state {
-                    State::BeforeRoot if name == "xml" => state = State::AfterRoot,
+                    State::BeforeRoot if name == root => state = State::AfterRoot,
                     State::BeforeRoot => {
                         return Err(malformed(format!(
-                            "the root element must be <xml>, not <{name}>"
+                            "the root element must be <{root}>, not <{name}>"
                         )))
                     }
                     State::InRoot => {
@@ -601,7 +614,9 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
                         )))
                     }
                     State::AfterRoot => {
-                        return Err(malformed("content after the </xml> root element"))
+                        return Err(malformed(format!(
+                            "content after the </{root}> root element"
+                        )))
                     }
                 }
             }
@@ -668,18 +683,35 @@ pub fn parse_xml(body: &[u8]) -> Result<Vec<(String, String)>, ReceiveError> {
     }
     match state {
         State::AfterRoot => Ok(fields),
-        State::BeforeRoot => Err(malformed("no <xml> root element")),
-        State::InRoot | State::InField { .. } => Err(malformed("the body ends before </xml>")),
+        State::BeforeRoot => Err(malformed(format!("no <{root}> root element"))),
+        State::InRoot | State::InField { .. } => {
+            Err(malformed(format!("the body ends before </{root}>")))
+        }
     }
 }
 
-/// The API keys a receiver verifies with. `Debug` shows only how many there are.
+/// The API keys a receiver verifies with, and the merchant's sign type when it is known.
+/// `Debug` shows only how many keys there are.
 #[derive(Clone)]
 pub struct ReceiverKeys {
     api_keys: Vec<String>,
+    /// The merchant's configured sign type; `None` = read it from the sign's length.
+    sign_type: Option<SignType>,
 }
 
 impl ReceiverKeys {
+    /// The merchant's sign type (WeChat's account setting): every payment notification is
+    /// verified with it, whatever its `sign_type` field says or lacks.
+    pub fn with_sign_type(mut self, sign_type: SignType) -> Self {
+        self.sign_type = Some(sign_type);
+        self
+    }
+
+    /// The configured sign type, if any.
+    pub fn sign_type(&self) -> Option<SignType> {
+        self.sign_type
+    }
+
     /// How many keys are configured.
     pub fn len(&self) -> usize {
         self.api_keys.len()
@@ -695,8 +727,10 @@ impl std::fmt::Debug for ReceiverKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ReceiverKeys(<{} redacted API keys>)",
-            self.api_keys.len()
+            "ReceiverKeys(<{} redacted API keys>, sign type {})",
+            self.api_keys.len(),
+            self.sign_type
+                .map_or("from the sign's length", SignType::as_str)
         )
     }
 }
@@ -720,13 +754,74 @@ pub fn receiver_keys(keys: &[String]) -> Result<ReceiverKeys, ReceiveError> {
         }
         api_keys.push(k.to_string());
     }
-    Ok(ReceiverKeys { api_keys })
+    Ok(ReceiverKeys {
+        api_keys,
+        sign_type: None,
+    })
 }
 
-/// The receiver's keys from stored credentials (their one API key).
+/// The receiver's keys from stored credentials: their one API key and their sign type.
 pub fn receiver_keys_from(c: &Credentials) -> ReceiverKeys {
     ReceiverKeys {
         api_keys: vec![c.api_key.clone()],
+        sign_type: Some(c.sign_type),
+    }
+}
+
+/// Which algorithm verifies a payment notification: the merchant's configured type when
+/// there is one, otherwise the sign's length (32 hex digits MD5, 64 HMAC-SHA256). WeChat's
+/// HMAC-SHA256 notifications usually carry no `sign_type` field, so the field alone cannot
+/// decide. A `sign_type` field that names another algorithm than the one chosen is refused.
+fn choose_sign_type(
+    configured: Option<SignType>,
+    field_value: Option<&str>,
+    received: &str,
+) -> Result<SignType, ReceiveError> {
+    let named = match field_value {
+        None => None,
+        Some(s) => Some(SignType::parse(s).ok_or_else(|| {
+            ReceiveError::BadSignature("unsupported sign_type; expected MD5 or HMAC-SHA256".into())
+        })?),
+    };
+    let chosen = match configured {
+        Some(t) => {
+            let length_says = match received.len() {
+                32 => Some(SignType::Md5),
+                64 => Some(SignType::HmacSha256),
+                _ => None,
+            };
+            if let Some(other) = length_says.filter(|l| *l != t) {
+                return Err(ReceiveError::BadSignature(format!(
+                    "the sign has {} characters, an {} sign, but the merchant is configured for {}",
+                    received.len(),
+                    other.as_str(),
+                    t.as_str()
+                )));
+            }
+            t
+        }
+        None => match received.len() {
+            32 => SignType::Md5,
+            64 => SignType::HmacSha256,
+            n => {
+                return Err(ReceiveError::BadSignature(format!(
+                    "the sign has {n} characters: neither MD5 (32 hex digits) nor HMAC-SHA256 (64)"
+                )))
+            }
+        },
+    };
+    match named {
+        Some(n) if n != chosen => Err(ReceiveError::BadSignature(format!(
+            "the notification's sign_type is {} but {} ({})",
+            n.as_str(),
+            chosen.as_str(),
+            if configured.is_some() {
+                "the merchant's configured sign type"
+            } else {
+                "read from the sign's length"
+            }
+        ))),
+        _ => Ok(chosen),
     }
 }
 
@@ -765,8 +860,11 @@ fn parse_fen(s: &str) -> Result<i64, ReceiveError> {
     parse_decimal_minor(s, 0)
 }
 
-/// Verifies and decodes one notification, in this order: content type, XML ([`parse_xml`]),
-/// `sign` (its algorithm from `sign_type`, `MD5` when absent; compared in constant time,
+/// Verifies and decodes one notification. A refund notification (`req_info` and no `sign`)
+/// is taken by [`refund_notify::verify`]: it is verified by decrypting `req_info`. A payment
+/// notification is checked in this order: content type, XML ([`parse_xml`]),
+/// `sign` (its algorithm the merchant's configured sign type, else read from the sign's
+/// length: 32 hex digits MD5, 64 HMAC-SHA256; compared in constant time,
 /// case-insensitively, against every configured key), `return_code` = `SUCCESS`, then the
 /// amount (`total_fee`, whole fen, in `fee_type`, `CNY` by default).
 ///
@@ -778,28 +876,42 @@ pub fn verify(
     keys: &ReceiverKeys,
     req: &IncomingRequest<'_>,
 ) -> Result<VerifiedNotification, ReceiveError> {
-    check_content_type(req)?;
-    let fields = parse_xml(req.body)?;
-    let return_code = field(&fields, "return_code");
-    let Some(received) = field(&fields, "sign") else {
+    verify_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify`], saying whether the sign had verified when a request is refused: a correctly
+/// signed payment body without `return_code` `SUCCESS` or without ids is a
+/// [`Refusal::signed`]. A refund notification that does not decrypt is unsigned.
+pub fn verify_detailed(
+    keys: &ReceiverKeys,
+    req: &IncomingRequest<'_>,
+) -> Result<VerifiedNotification, Refusal> {
+    check_content_type(req).map_err(Refusal::unsigned)?;
+    let fields = parse_xml(req.body).map_err(Refusal::unsigned)?;
+    if refund_notify::is_refund_notify(&fields) {
+        return refund_notify::verify(keys, &fields).map_err(Refusal::unsigned);
+    }
+    check_sign(keys, &fields).map_err(Refusal::unsigned)?;
+    decode(&fields).map_err(Refusal::signed)
+}
+
+/// The `sign` of a payment notification under any configured key.
+fn check_sign(keys: &ReceiverKeys, fields: &[(String, String)]) -> Result<(), ReceiveError> {
+    let return_code = field(fields, "return_code");
+    let Some(received) = field(fields, "sign") else {
         return Err(match return_code {
             Some(code) if code != "SUCCESS" => malformed(format!(
                 "return_code is {code:?}, not SUCCESS, and the message is unsigned (return_msg: {:?})",
-                field(&fields, "return_msg").unwrap_or("")
+                field(fields, "return_msg").unwrap_or("")
             )),
             _ => ReceiveError::Missing("sign".into()),
         });
     };
-    let sign_type = match field(&fields, "sign_type") {
-        None => SignType::Md5,
-        Some(s) => SignType::parse(s).ok_or_else(|| {
-            ReceiveError::BadSignature("unsupported sign_type; expected MD5 or HMAC-SHA256".into())
-        })?,
-    };
+    let sign_type = choose_sign_type(keys.sign_type, field(fields, "sign_type"), received)?;
     let received = received.to_ascii_uppercase();
     // Check every key, so the time taken does not depend on which one matched.
     let matched = keys.api_keys.iter().fold(Choice::from(0), |acc, key| {
-        let expected = sign(&fields, key, sign_type);
+        let expected = sign(fields, key, sign_type);
         if expected.is_empty() {
             acc
         } else {
@@ -813,41 +925,45 @@ pub fn verify(
             if keys.api_keys.len() > 1 { "s" } else { "" }
         )));
     }
+    Ok(())
+}
 
-    match return_code {
+/// The notification of correctly signed payment fields.
+fn decode(fields: &[(String, String)]) -> Result<VerifiedNotification, ReceiveError> {
+    match field(fields, "return_code") {
         None => return Err(ReceiveError::Missing("return_code".into())),
         Some("SUCCESS") => {}
         Some(code) => {
             return Err(malformed(format!(
                 "return_code is {code:?}, not SUCCESS (return_msg: {:?})",
-                field(&fields, "return_msg").unwrap_or("")
+                field(fields, "return_msg").unwrap_or("")
             )))
         }
     }
 
-    let transaction_id = field(&fields, "transaction_id").map(str::to_string);
-    let out_trade_no = field(&fields, "out_trade_no").map(str::to_string);
+    let transaction_id = field(fields, "transaction_id").map(str::to_string);
+    let out_trade_no = field(fields, "out_trade_no").map(str::to_string);
     let notify_id = transaction_id
         .clone()
         .or_else(|| out_trade_no.clone())
         .ok_or_else(|| ReceiveError::Missing("transaction_id (and out_trade_no)".into()))?;
-    let amount = match field(&fields, "total_fee") {
+    let amount = match field(fields, "total_fee") {
         None => None,
         Some(fee) => Some(Amount {
             minor: parse_fen(fee)?,
-            currency: field(&fields, "fee_type")
+            currency: field(fields, "fee_type")
                 .unwrap_or(DEFAULT_FEE_TYPE)
                 .to_ascii_uppercase(),
         }),
     };
-    let status = field(&fields, "trade_state")
-        .or_else(|| field(&fields, "result_code"))
+    let status = field(fields, "trade_state")
+        .or_else(|| field(fields, "result_code"))
         .map(str::to_string);
     Ok(VerifiedNotification {
         profile: PROFILE,
         notify_id,
-        app_id: field(&fields, "appid").map(str::to_string),
-        merchant_id: field(&fields, "mch_id").map(str::to_string),
+        app_id: field(fields, "appid").map(str::to_string),
+        merchant_id: field(fields, "mch_id").map(str::to_string),
         out_trade_no,
         transaction_id,
         amount,
@@ -863,9 +979,18 @@ pub fn verify(
 /// The string the request's sign covers, with `<API key>` in place of the key (the key is
 /// never shown): for debugging a sign that does not match. Needs only a parseable body;
 /// `keys` is not used.
+///
+/// A refund notification has no sign: its explanation says how `req_info` is checked.
 pub fn explain(keys: &ReceiverKeys, req: &IncomingRequest<'_>) -> Result<String, ReceiveError> {
     let _ = keys;
     let fields = parse_xml(req.body)?;
+    if refund_notify::is_refund_notify(&fields) {
+        return Ok(
+            "(none: a refund notification is not signed; req_info is AES-256-ECB with PKCS#7 \
+             under the lowercase hex MD5 of <API key>, and decrypting it is the check)"
+                .to_string(),
+        );
+    }
     Ok(string_to_sign(&fields, KEY_PLACEHOLDER))
 }
 

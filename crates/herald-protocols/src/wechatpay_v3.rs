@@ -28,7 +28,7 @@ use time::macros::format_description;
 use crate::keys;
 use crate::profile::bad_credentials;
 use crate::profile::{EncodedRequest, OutgoingNotification, ProfileError};
-use crate::receive::{Amount, IncomingRequest, ReceiveError, Reply, VerifiedNotification};
+use crate::receive::{Amount, IncomingRequest, ReceiveError, Refusal, Reply, VerifiedNotification};
 use crate::{AckRule, RetryPolicy};
 
 /// The profile's name on the wire and in [`VerifiedNotification::profile`].
@@ -44,6 +44,9 @@ pub const SIGNATURE_TYPE: &str = "WECHATPAY2-SHA256-RSA2048";
 pub const PROBE_PREFIX: &str = "WECHATPAY/SIGNTEST/";
 /// The resource's only algorithm.
 pub const ALGORITHM: &str = "AEAD_AES_256_GCM";
+/// The notification's `resource_type`: the only kind WeChat Pay sends, and the only one
+/// a receiver takes.
+pub const RESOURCE_TYPE: &str = "encrypt-resource";
 /// A timestamp this many seconds or more away from now is refused.
 pub const TOLERANCE_SECS: i64 = 300;
 /// The APIv3 key's length in bytes (32 ASCII characters).
@@ -421,7 +424,7 @@ pub fn encode(
     let body = serde_json::to_vec(&Body {
         id: n.notify_id,
         create_time,
-        resource_type: "encrypt-resource",
+        resource_type: RESOURCE_TYPE,
         event_type,
         summary,
         resource: Resource {
@@ -582,20 +585,55 @@ fn str_field(obj: &Map<String, Value>, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether two certificate serials (or public-key ids) name the same key: compared
+/// case-insensitively and without leading zeros, since tools print serials both ways (a
+/// `BigInteger.toString(16)` drops the zeros WeChat's `Wechatpay-Serial` keeps, see
+/// wechatpay-apiv3/wechatpay-go#46; the header is upper-case hex, configured serials are
+/// often lower-case).
+fn same_serial(configured: &str, header: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.trim();
+        let t = s.trim_start_matches('0');
+        if t.is_empty() && !s.is_empty() {
+            "0".to_string()
+        } else {
+            t.to_ascii_uppercase()
+        }
+    };
+    norm(configured) == norm(header)
+}
+
 /// Verifies a WeChat Pay v3 notification, decrypts its resource and decodes it.
 ///
 /// In order: a signature starting with `WECHATPAY/SIGNTEST/` is a probe and is refused
 /// ([`ReceiveError::ProbeRequest`]) before anything else; the request must be a JSON POST with
 /// the `Wechatpay-*` headers; the timestamp must be less than 5 minutes from `req.now`; when
-/// any key has a serial, `Wechatpay-Serial` must name one (keys without a serial always take
-/// part); the signature must verify over `"{ts}\n{nonce}\n{raw body}\n"`; then the resource
-/// is decrypted with the APIv3 key. The amount is `amount.total` (`amount.refund` for refunds)
+/// any key has a serial, `Wechatpay-Serial` must name one (compared case-insensitively and
+/// without leading zeros; keys without a serial always take part); the signature must
+/// verify over `"{ts}\n{nonce}\n{raw body}\n"`; `resource_type` must be
+/// `encrypt-resource`; then the resource is decrypted with the APIv3 key. The amount is `amount.total` (`amount.refund` for refunds)
 /// in fen with `amount.currency` (CNY when absent); `fields` is the outer JSON with `resource`
 /// replaced by the decrypted object.
 pub fn verify(
     keys: &ReceiverKeys,
     req: &IncomingRequest<'_>,
 ) -> Result<VerifiedNotification, ReceiveError> {
+    verify_detailed(keys, req).map_err(|r| r.error)
+}
+
+/// [`verify`], saying whether the signature had verified when a request is refused: a
+/// correctly signed body whose resource is not a WeChat resource, or does not decrypt with
+/// the APIv3 key, is a [`Refusal::signed`].
+pub fn verify_detailed(
+    keys: &ReceiverKeys,
+    req: &IncomingRequest<'_>,
+) -> Result<VerifiedNotification, Refusal> {
+    check_signature(keys, req).map_err(Refusal::unsigned)?;
+    decode(keys, req.body).map_err(Refusal::signed)
+}
+
+/// Probe, method, content type, headers, timestamp window, serial, signature.
+fn check_signature(keys: &ReceiverKeys, req: &IncomingRequest<'_>) -> Result<(), ReceiveError> {
     if req
         .header(HEADER_SIGNATURE)
         .is_some_and(|s| s.trim_start().starts_with(PROBE_PREFIX))
@@ -645,7 +683,7 @@ pub fn verify(
     let candidates: Vec<&RsaPublicKey> = keys
         .platform_keys
         .iter()
-        .filter(|(s, _)| s.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(serial)))
+        .filter(|(s, _)| s.as_deref().is_none_or(|s| same_serial(s, serial)))
         .map(|(_, k)| k)
         .collect();
     if candidates.is_empty() {
@@ -664,9 +702,22 @@ pub fn verify(
             "{HEADER_SIGNATURE} does not verify under the platform key for serial {serial:?}"
         )));
     }
+    Ok(())
+}
 
-    let outer: Map<String, Value> = serde_json::from_slice(req.body)
+/// The notification of a correctly signed body: its resource checked and decrypted.
+fn decode(keys: &ReceiverKeys, body: &[u8]) -> Result<VerifiedNotification, ReceiveError> {
+    let outer: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ReceiveError::MalformedBody(format!("the body is not a JSON object: {e}")))?;
+    match outer.get("resource_type").and_then(Value::as_str) {
+        Some(RESOURCE_TYPE) => {}
+        Some(other) => {
+            return Err(ReceiveError::MalformedBody(format!(
+                "resource_type is {other:?}, not {RESOURCE_TYPE:?}"
+            )))
+        }
+        None => return Err(ReceiveError::Missing("resource_type".into())),
+    }
     let resource = outer
         .get("resource")
         .and_then(Value::as_object)

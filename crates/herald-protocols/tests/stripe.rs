@@ -3,7 +3,9 @@
 //! verbatim payload, decoding, and the replies.
 use herald_protocols::ack::AckRule;
 use herald_protocols::profile::{OutgoingNotification, ProfileError};
-use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError, VerifiedNotification};
+use herald_protocols::receive::{
+    Amount, IncomingRequest, ReceiveError, Refusal, VerifiedNotification,
+};
 use herald_protocols::stripe::{
     self as st, ack_reply, create_credentials, encode, explain, failure_reply, public_view,
     receiver_keys, receiver_keys_from, rotate, signature, signature_header, verify, Credentials,
@@ -178,8 +180,13 @@ fn a_wrong_secret_fails_without_quoting_either() {
     assert!(check(&keys(&[SECRET]), &h, &r.body, T).is_err());
 }
 
+/// The official libraries' rule: stripe-node `src/Webhooks.ts` refuses when
+/// `timestampAge > tolerance` (age = now - t, DEFAULT_TOLERANCE 300) and stripe-python
+/// `stripe/_webhook.py` when `timestamp < time.time() - tolerance`; both check only after
+/// the signature matched, and neither refuses a `t` ahead of the receiver's clock.
 #[test]
-fn timestamps_more_than_300_seconds_away_fail() {
+fn timestamps_more_than_300_seconds_old_fail_and_skewed_future_ones_verify_as_in_stripes_libraries()
+{
     let r = encode(
         &Credentials::single(SECRET.into()),
         &notification(PAYLOAD, T),
@@ -187,7 +194,6 @@ fn timestamps_more_than_300_seconds_away_fail() {
     .unwrap();
     let k = keys(&[SECRET]);
     assert!(check(&k, header(&r), &r.body, T + 300).is_ok());
-    assert!(check(&k, header(&r), &r.body, T - 300).is_ok());
     assert_eq!(
         check(&k, header(&r), &r.body, T + 301).unwrap_err(),
         ReceiveError::TimestampOutOfWindow {
@@ -195,13 +201,21 @@ fn timestamps_more_than_300_seconds_away_fail() {
             now: T + 301
         }
     );
-    assert_eq!(
-        check(&k, header(&r), &r.body, T - 301).unwrap_err(),
-        ReceiveError::TimestampOutOfWindow {
-            timestamp: T,
-            now: T - 301
-        }
-    );
+    // The receiver's clock behind Stripe's: accepted, however far.
+    for now in [T - 1, T - 300, T - 301, T - 3_600] {
+        assert!(
+            check(&k, header(&r), &r.body, now).is_ok(),
+            "now = t {}",
+            now - T
+        );
+    }
+    // The signature is checked first: an old request with a bad signature is a bad
+    // signature.
+    let other = keys(&[&st::generate_secret()]);
+    assert!(matches!(
+        check(&other, header(&r), &r.body, T + 10_000),
+        Err(ReceiveError::BadSignature(_))
+    ));
 }
 
 #[test]
@@ -641,4 +655,40 @@ fn defaults_are_the_stripe_schedule_and_evt_ids() {
     assert_ne!(a, st::new_notify_id());
     let ulid = a.strip_prefix("evt_").unwrap();
     assert_eq!(ulid.len(), 26, "{a}");
+}
+
+#[test]
+fn verify_detailed_says_a_signed_event_without_type_had_a_valid_signature() {
+    // Stripe's event shape without `type`: signed correctly, so the signature question is
+    // answered yes; a receiver still refuses it (missing type).
+    let body = br#"{"id":"evt_1NG8Du2eZvKYlo2CUI79vXWy","object":"event","api_version":"2024-06-20","created":1686089970,"data":{"object":{"id":"pi_1","object":"payment_intent","amount":100,"currency":"cny"}}}"#;
+    let header = herald_protocols::stripe::signature_header(T, body, &[SECRET]);
+    let headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("Stripe-Signature".to_string(), header),
+    ];
+    let req = |body: &'static [u8]| IncomingRequest {
+        method: "POST",
+        headers: &headers,
+        query: "",
+        body,
+        now: T,
+    };
+    let k = keys(&[SECRET]);
+    assert_eq!(
+        herald_protocols::stripe::verify_detailed(&k, &req(body)),
+        Err(Refusal::signed(ReceiveError::Missing("type".into())))
+    );
+    assert_eq!(
+        verify(&k, &req(body)),
+        Err(ReceiveError::Missing("type".into()))
+    );
+    let other = keys(&[&st::generate_secret()]);
+    assert!(matches!(
+        herald_protocols::stripe::verify_detailed(&other, &req(body)),
+        Err(Refusal {
+            signature_valid: false,
+            error: ReceiveError::BadSignature(_)
+        })
+    ));
 }

@@ -4,15 +4,14 @@
 use std::sync::OnceLock;
 
 use herald_protocols::keys;
-use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError};
+use herald_protocols::receive::{Amount, IncomingRequest, ReceiveError, Refusal};
 use herald_protocols::wechatpay_v3::{self as v3, Credentials};
 use herald_protocols::{AckRule, EncodedRequest, OutgoingNotification, ProfileError, RetryPolicy};
 use serde_json::{json, Value};
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/vectors/given.json"
-);
+/// The published vectors, kept in the repository as test data (a copy of the project's
+/// `vectors/given.json`). A missing file fails the tests that read it.
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/given.json");
 
 /// Somebody else's RSA public key (Alipay vector A-1's).
 const OTHER_PUBLIC_KEY: &str = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAqObrdC7hrgAVM98tK0nv3hSQRGGKT4lBsQjHiGjeYZjOPIPHR5knm2jnnz/YGIXIofVHkA/tAlBAd5DrY7YpvI4tP5EONLtZKC2ghBMx7McI2wRD0xiqzxOQr1FuhZGJ8/AUokBzJrzY+aGX2xcOrxFYRlFilvVLTXg4LWjR1tdPkO6+i7wQZAIVMClPkwVRZEbaERRHlKqTzv2gGv5rDU8gRoe1LeaN+6BlbTqHWkQcNCUNrA8C6l17XAXGKDsm/9TFWwO8EPHHHCaQdjtV5/FdcWIt+L8SR1ss7EXTjYDFtxcKVv9rEoY1lX8T4mX+GbXfZHraG5NCF1+XioL5JwIDAQAB";
@@ -116,15 +115,8 @@ impl Req {
 
 #[test]
 fn c3_decrypts_to_message_and_encrypting_message_gives_the_ciphertext() {
-    let text = match std::fs::read_to_string(VECTORS) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!(
-                "note: skipping the published wechatpay-v3 vector: cannot read {VECTORS}: {e}"
-            );
-            return;
-        }
-    };
+    let text = std::fs::read_to_string(VECTORS)
+        .unwrap_or_else(|e| panic!("cannot read the published vectors at {VECTORS}: {e}"));
     let all: Value = serde_json::from_str(&text).unwrap();
     let v = all["wechatpay-v3"]
         .as_array()
@@ -806,4 +798,103 @@ fn notify_ids_are_random_uuids() {
     assert_eq!(parts, [8, 4, 4, 4, 12], "{a}");
     assert_eq!(&a[14..15], "4");
     assert!("89ab".contains(&a[19..20]), "{a}");
+}
+
+/// `req` with its body replaced and signed again with the platform key (the same timestamp
+/// and nonce), as WeChat would sign that body.
+fn resigned(r: &EncodedRequest, body: &str) -> Req {
+    let req = Req::from(r);
+    let message = format!(
+        "{}\n{}\n{body}\n",
+        req.header("Wechatpay-Timestamp"),
+        req.header("Wechatpay-Nonce")
+    );
+    let sig = keys::sign_sha256_cached(&creds().private_key, message.as_bytes()).unwrap();
+    let mut req = req.set("Wechatpay-Signature", &sig);
+    req.body = body.as_bytes().to_vec();
+    req
+}
+
+#[test]
+fn a_signed_notification_whose_resource_type_is_not_encrypt_resource_is_refused() {
+    // WeChat's notify shape (支付成功结果通知): resource_type is always "encrypt-resource".
+    let r = encode(&transaction(), "TRANSACTION.SUCCESS");
+    let body = String::from_utf8(r.body.clone()).unwrap();
+    assert!(
+        body.contains(r#""resource_type":"encrypt-resource""#),
+        "{body}"
+    );
+    assert!(v3::verify(&own_keys(), &resigned(&r, &body).incoming()).is_ok());
+    let other = body.replace(r#""encrypt-resource""#, r#""plain-resource""#);
+    let err = v3::verify(&own_keys(), &resigned(&r, &other).incoming()).unwrap_err();
+    assert!(
+        matches!(&err, ReceiveError::MalformedBody(m) if m.contains("plain-resource")),
+        "{err}"
+    );
+    let none = body.replace(r#""resource_type":"encrypt-resource","#, "");
+    assert_ne!(none, body);
+    assert_eq!(
+        v3::verify(&own_keys(), &resigned(&r, &none).incoming()),
+        Err(ReceiveError::Missing("resource_type".into()))
+    );
+}
+
+#[test]
+fn serials_match_whatever_their_case_and_leading_zeros() {
+    // WeChat's Wechatpay-Serial keeps leading zeros that BigInteger.toString(16) drops
+    // (wechatpay-apiv3/wechatpay-go#46), and is upper-case hex while configured serials are
+    // often lower-case.
+    let r = encode(&transaction(), "TRANSACTION.SUCCESS");
+    let public = keys::public_base64(&keys::parse_public_key(&creds().private_key).unwrap());
+    let api = Some(creds().api_v3_key.as_str());
+    let serial = creds().serial.trim_start_matches('0').to_string();
+    for (configured, header) in [
+        (serial.to_ascii_lowercase(), format!("00{serial}")),
+        (format!("000{serial}"), serial.clone()),
+        (
+            format!("0{}", serial.to_ascii_lowercase()),
+            format!("00{serial}"),
+        ),
+    ] {
+        let ks = v3::receiver_keys(&[format!("{configured}={public}")], api).unwrap();
+        let req = Req::from(&r).set("Wechatpay-Serial", &header);
+        assert!(
+            v3::verify(&ks, &req.incoming()).is_ok(),
+            "{configured} vs {header}"
+        );
+    }
+    // A different serial still selects nothing.
+    let ks = v3::receiver_keys(&[format!("1{serial}={public}")], api).unwrap();
+    let req = Req::from(&r).set("Wechatpay-Serial", &serial);
+    assert!(matches!(
+        v3::verify(&ks, &req.incoming()),
+        Err(ReceiveError::UnknownKey(_))
+    ));
+}
+
+#[test]
+fn verify_detailed_says_a_signed_notification_that_does_not_decrypt_had_a_valid_signature() {
+    let req = Req::from(&encode(&transaction(), "TRANSACTION.SUCCESS"));
+    let public = keys::public_pem(&keys::parse_public_key(&creds().private_key).unwrap());
+    let ks = v3::receiver_keys(
+        std::slice::from_ref(&public),
+        Some("0123456789abcdef0123456789abcdef"),
+    )
+    .unwrap();
+    assert!(matches!(
+        v3::verify_detailed(&ks, &req.incoming()),
+        Err(Refusal {
+            signature_valid: true,
+            error: ReceiveError::Decrypt(_)
+        })
+    ));
+    let mut stale = Req::from(&encode(&transaction(), "TRANSACTION.SUCCESS"));
+    stale.now = TS + 3_600;
+    assert!(matches!(
+        v3::verify_detailed(&own_keys(), &stale.incoming()),
+        Err(Refusal {
+            signature_valid: false,
+            error: ReceiveError::TimestampOutOfWindow { .. }
+        })
+    ));
 }

@@ -2,7 +2,7 @@
 //! checks (through `herald-protocols`), then the merchant's own ids.
 use std::sync::Arc;
 
-use herald_protocols::receive::{IncomingRequest, VerifiedNotification};
+use herald_protocols::receive::{IncomingRequest, ReceiveError, VerifiedNotification};
 use herald_protocols::{Profile, ReceiverKeys};
 
 use crate::{RawRequest, Rejection};
@@ -47,15 +47,19 @@ impl Receiver {
         }
     }
 
-    /// The notification's app id (`app_id` / `appid`) must equal `id` when the wire carries
-    /// one; otherwise it is [`Rejection::ForeignApp`].
+    /// The notification's app id (`app_id` / `appid`) must equal `id`; otherwise it is
+    /// [`Rejection::ForeignApp`]. A notification of a wire that always carries it (Alipay,
+    /// WeChat Pay v2, WeChat Pay v3 transactions) is refused when it lacks it; other wires
+    /// (Stripe, Standard Webhooks, v3 refunds) are checked only when they carry one.
     pub fn expect_app_id(mut self, id: impl Into<String>) -> Self {
         self.app_id = Some(id.into());
         self
     }
 
     /// The notification's merchant id (`seller_id` / `mch_id` / `mchid` / Stripe `account`)
-    /// must equal `id` when the wire carries one; otherwise [`Rejection::ForeignMerchant`].
+    /// must equal `id`; otherwise [`Rejection::ForeignMerchant`]. Alipay and WeChat Pay (v2,
+    /// v3) notifications always carry it and are refused without it; Stripe and Standard
+    /// Webhooks are checked only when they carry one.
     pub fn expect_merchant_id(mut self, id: impl Into<String>) -> Self {
         self.merchant_id = Some(id.into());
         self
@@ -90,6 +94,22 @@ impl Receiver {
             (Some(want), Some(got)) if want != got => Some(got.clone()),
             _ => None,
         };
+        // A wire that always carries the id cannot lack it when genuine: refuse, rather
+        // than wave the notification through unchecked.
+        let (app_field, merchant_field) = carried_ids(&n);
+        for (expected, got, field) in [
+            (&self.app_id, &n.app_id, app_field),
+            (&self.merchant_id, &n.merchant_id, merchant_field),
+        ] {
+            if let (Some(_), None, Some(field)) = (expected, got, field) {
+                tracing::warn!(profile = n.profile, notify_id = %n.notify_id, field,
+                    "notification refused: it lacks the id this receiver expects");
+                return Err(Rejection::Invalid(ReceiveError::Missing(format!(
+                    "{field}: {} notifications always carry it and this receiver expects one",
+                    n.profile
+                ))));
+            }
+        }
         if let Some(got) = foreign(&self.app_id, &n.app_id) {
             tracing::warn!(profile = n.profile, notify_id = %n.notify_id, app_id = %got,
                 "notification refused: signed for another app (misrouted, or a possible forgery)");
@@ -101,5 +121,28 @@ impl Receiver {
             return Err(Rejection::ForeignMerchant { got });
         }
         Ok(n)
+    }
+}
+
+/// The app-id and merchant-id fields the notification's wire always carries, by name (as
+/// the provider documents them and real traffic shows): Alipay `app_id` and `seller_id`;
+/// WeChat Pay v2 `appid` and `mch_id` (payments and refunds); WeChat Pay v3 `mchid`, and
+/// `appid` in transactions (refund resources have none). Stripe's `account` (Connect only)
+/// and Standard Webhooks' ids are optional.
+fn carried_ids(n: &VerifiedNotification) -> (Option<&'static str>, Option<&'static str>) {
+    match n.profile {
+        "alipay" => (Some("app_id"), Some("seller_id")),
+        "wechatpay-v2" => (Some("appid"), Some("mch_id")),
+        "wechatpay-v3" => {
+            let refund = n
+                .event_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with("REFUND."));
+            (
+                (!refund).then_some("resource.appid"),
+                Some("resource.mchid"),
+            )
+        }
+        _ => (None, None),
     }
 }

@@ -77,8 +77,15 @@ pub(crate) fn read(n: &VerifiedNotification) -> Result<Reading, Rejection> {
     let total = n.amount.clone();
     let reading = match n.profile {
         "alipay" => {
+            // Payment notifications may carry `refund_fee=0.00` (and `gmt_close`) while
+            // `trade_status=TRADE_SUCCESS`: Alipay's own notify sample does. Only a refund
+            // fee above zero makes a refund; otherwise the trade status decides.
             let refund = match text(n.fields.get("refund_fee")) {
-                Some(fee) => Some(parse_decimal_minor(fee, 2).map_err(Rejection::Invalid)?),
+                Some(fee) => match parse_decimal_minor(fee, 2).map_err(Rejection::Invalid)? {
+                    r if r > 0 => Some(r),
+                    0 => None,
+                    _ => return Err(Rejection::Invalid(ReceiveError::BadAmount(fee.into()))),
+                },
                 None => None,
             };
             let event = match (n.status.as_deref(), refund) {
@@ -90,6 +97,35 @@ pub(crate) fn read(n: &VerifiedNotification) -> Result<Reading, Rejection> {
                 _ => Event::NoChange(status()),
             };
             Reading { event, total }
+        }
+        "wechatpay-v2" if n.fields.get("req_info").is_some_and(Value::is_object) => {
+            // A refund notification: `amount` is this refund, `req_info.total_fee` the
+            // order total. Each refund counts once (the notify id is its `refund_id`).
+            let info = n.fields.get("req_info");
+            if text(info.and_then(|i| i.get("refund_status"))) != Some("SUCCESS") {
+                return Ok(Reading {
+                    event: Event::NoChange(format!(
+                        "refund {}",
+                        text(info.and_then(|i| i.get("refund_status"))).unwrap_or("(none)")
+                    )),
+                    total: None,
+                });
+            }
+            let refund = n
+                .amount
+                .as_ref()
+                .ok_or_else(|| missing("req_info.refund_fee"))?;
+            let total_fee = info.and_then(|i| i.get("total_fee"));
+            let order_total = text(total_fee)
+                .ok_or_else(|| missing("req_info.total_fee"))
+                .and_then(|t| parse_decimal_minor(t, 0).map_err(Rejection::Invalid))?;
+            Reading {
+                event: Event::Refund(refund.minor),
+                total: Some(Amount {
+                    minor: order_total,
+                    currency: refund.currency.clone(),
+                }),
+            }
         }
         "wechatpay-v2" => {
             let ok = text(n.fields.get("result_code")) == Some("SUCCESS")
@@ -382,6 +418,33 @@ mod tests {
             goes(&waiting, Unpaid, 0),
             Step::Stale("status WAIT_BUYER_PAY does not move an order".into())
         );
+    }
+
+    #[test]
+    fn an_alipay_zero_refund_fee_is_no_refund_and_the_trade_status_decides() {
+        // Alipay's notify sample: TRADE_SUCCESS with refund_fee=0.00 and gmt_close.
+        let fields = json!({"refund_fee": "0.00", "gmt_close": "2016-07-19 14:10:46"});
+        let paid = n(
+            "alipay",
+            Some("TRADE_SUCCESS"),
+            None,
+            cny(100),
+            fields.clone(),
+        );
+        assert_eq!(goes(&paid, Unpaid, 0), fwd(Paid, 0));
+        let closed = n("alipay", Some("TRADE_CLOSED"), None, cny(100), fields);
+        assert_eq!(goes(&closed, Unpaid, 0), fwd(Closed, 0));
+        let negative = n(
+            "alipay",
+            Some("TRADE_SUCCESS"),
+            None,
+            cny(100),
+            json!({"refund_fee": "-1.00"}),
+        );
+        assert!(matches!(
+            read(&negative),
+            Err(Rejection::Invalid(ReceiveError::BadAmount(_)))
+        ));
     }
 
     #[test]

@@ -650,14 +650,13 @@ async fn sign_then_verify_round_trips_for_every_profile_and_a_changed_byte_fails
 
 #[tokio::test]
 async fn verify_explain_shows_the_alipay_string_to_sign_of_the_published_vector() {
+    // The published vectors, test data in the repository: a missing file fails the test.
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/vectors/given.json"
+        "/../herald-protocols/tests/data/given.json"
     );
-    let Ok(text) = std::fs::read_to_string(path) else {
-        eprintln!("shared/vectors/given.json not found beside the repository; skipping");
-        return;
-    };
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read the published vectors at {path}: {e}"));
     let given: Value = serde_json::from_str(&text).unwrap();
     let v = &given["alipay"][0];
     let key = v["public_key_spki_base64"].as_str().unwrap();
@@ -747,4 +746,170 @@ async fn verify_rejects_a_wechat_probe_and_reports_usage_errors() {
         herald_with_input(&["verify", "--profile", "paypal", "--key", "k"], b"").await;
     assert_eq!(code, 2);
     assert!(err.contains("unknown profile"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// verify / listen on real WeChat Pay v2 refund notifications and incomplete signed bodies
+
+/// A real refund notification's `req_info` and its merchant key, quoted by several WeChat
+/// SDKs' tests (silenceper/wechat `pay/notify/refund_test.go`, data source
+/// studygolang.com/articles/11811; go-pay/gopay `TestDecryptRefundNotifyReqInfo`), in the
+/// outer XML WeChat sends (binarywang/WxJava `WxPayRefundNotifyResultTest`).
+const REAL_WX_KEY: &str = "ziR0QKsTUfMOuochC9RfCdmfHECorQAP";
+const REAL_REFUND_NOTIFY: &str = "<xml><return_code>SUCCESS</return_code><appid><![CDATA[wx2421b1c4370ec43b]]></appid><mch_id><![CDATA[10000100]]></mch_id><nonce_str><![CDATA[1ee38e38b04990449808688cf3a763b7]]></nonce_str><req_info><![CDATA[YYwp8C48th0wnQzTqeI+41pflB26v+smFj9z6h9RPBgxTyZyxc+4YNEz7QEgZNWj/6rIb2MfyWMZmCc41CfjKSssoSZPXxOhUayb6KvNSZ1p6frOX1PDWzhyruXK7ouNND+gDsG4yZ0XXzsL4/pYNwLLba/71QrnkJ/BHcByk4EXnglju5DLup9pJQSnTxjomI9Rxu57m9jg5lLQFxMWXyeASZJNvof0ulnHlWJswS4OxKOkmW7VEyKyLGV6npoOm03Qsx2wkRxLsSa9gPpg4hdaReeUqh1FMbm7aWjyrVYT/MEZWg98p4GomEIYvz34XfDncTezX4bf/ZiSLXt79aE1/YTZrYfymXeCrGjlbe0rg/T2ezJHAC870u2vsVbY1/KcE2A443N+DEnAziXlBQ1AeWq3Rqk/O6/TMM0lomzgctAOiAMg+bh5+Gu1ubA9O3E+vehULydD5qx2o6i3+qA9ORbH415NyRrQdeFq5vmCiRikp5xYptWiGZA0tkoaLKMPQ4ndE5gWHqiBbGPfULZWokI+QjjhhBmwgbd6J0VqpRorwOuzC/BHdkP72DCdNcm7IDUpggnzBIy0+seWIkcHEryKjge3YDHpJeQCqrAH0CgxXHDt1xtbQbST1VqFyuhPhUjDXMXrknrGPN/oE1t0rLRq+78cI+k8xe5E6seeUXQsEe8r3358mpcDYSmXWSXVZxK6er9EF98APqHwcndyEJD2YyCh/mMVhERuX+7kjlRXSiNUWa/Cv/XAKFQuvUYA5ea2eYWtPRHa4DpyuF1SNsaqVKfgqKXZrJHfAgslVpSVqUpX4zkKszHF4kwMZO3M7J1P94Mxa7Tm9mTOJePOoHPXeEB+m9rX6pSfoi3mJDQ5inJ+Vc4gOkg/Wd/lqiy6TTyP/dHDN6/v+AuJx5AXBo/2NDD3fWhHjkqEKIuARr2ClZt9ZRQO4HkXdZo7CN06sGCHk48Tg8PmxnxKcMZm7Aoquv5yMIM2gWSWIRJhwJ8cUpafIHc+GesDlbF6Zbt+/KXkafJAQq2RklEN+WvZ/zFz113EPgWPjp16TwBoziq96MMekvWKY/vdhjol8VFtGH9F61Oy1Xwf6DJtPw==]]></req_info></xml>";
+
+#[tokio::test]
+async fn verify_decrypts_and_shows_a_real_wechat_v2_refund_notification() {
+    let args = [
+        "verify",
+        "--profile",
+        "wechatpay-v2",
+        "--key",
+        REAL_WX_KEY,
+        "--content-type",
+        "text/xml",
+    ];
+    let (code, out, err) = herald_with_input(&args, REAL_REFUND_NOTIFY.as_bytes()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let n: Value = serde_json::from_str(&out).expect("the decoded notification as JSON");
+    assert_eq!(n["notify_id"], "50000404922017112502468056157");
+    assert_eq!(n["out_trade_no"], "4893e76d8c8b434cb64e9cd536338e33");
+    assert_eq!(n["amount"]["minor"], 6);
+    assert_eq!(n["status"], "SUCCESS");
+    assert_eq!(
+        n["fields"]["req_info"]["refund_recv_accout"],
+        "支付用户零钱"
+    );
+    assert_eq!(
+        n["fields"]["req_info"]["success_time"],
+        "2017-11-25 15:36:17"
+    );
+    // Another merchant's key: the req_info does not decrypt.
+    let mut wrong = args;
+    wrong[4] = "0123456789abcdef0123456789abcdef";
+    let (code, out, _) = herald_with_input(&wrong, REAL_REFUND_NOTIFY.as_bytes()).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("invalid: "), "{out}");
+}
+
+#[tokio::test]
+async fn listen_decrypts_a_wechat_v2_refund_notification_and_acks_it() {
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let profile = herald_protocols::Profile::WechatPayV2;
+    let receiver = herald::cmd::listen::Receiver {
+        profile,
+        keys: Arc::new(
+            profile
+                .receiver_keys(&[REAL_WX_KEY.to_string()], None)
+                .unwrap(),
+        ),
+        status: None,
+        forward: None,
+        out: Arc::new(move |l| sink.lock().unwrap().push(l)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, herald::cmd::listen::router(receiver)).await });
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/wx/refund"))
+        .header("content-type", "text/xml")
+        .body(REAL_REFUND_NOTIFY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("<return_code><![CDATA[SUCCESS]]></return_code>"),
+        "{body}"
+    );
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines[0].starts_with("verified POST /wx/refund  notify id 50000404922017112502468056157")
+            && lines[0].contains("refund notification")
+            && lines[0].contains("\"refund_fee\": \"6\""),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn verify_reports_a_signed_but_incomplete_body_as_a_valid_signature_with_a_note() {
+    // A Stripe event (Stripe's event shape) without `type`, correctly signed.
+    let secret = "whsec_test0123456789abcdefghijklmnopqrstu";
+    let now = herald_engine::now_ms() / 1000;
+    let event = r#"{"id":"evt_1NG8Du2eZvKYlo2CUI79vXWy","object":"event","api_version":"2024-06-20","created":1686089970,"data":{"object":{"id":"pi_1","object":"payment_intent","amount":100,"currency":"cny"}},"livemode":false,"pending_webhooks":1}"#;
+    let header = herald_protocols::stripe::signature_header(now, event.as_bytes(), &[secret]);
+    let stripe_args = [
+        "verify",
+        "--profile",
+        "stripe",
+        "--key",
+        secret,
+        "-H",
+        &format!("Stripe-Signature: {header}"),
+    ];
+    let (code, out, err) = herald_with_input(&stripe_args, event.as_bytes()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("valid signature\n"), "{out}");
+    assert!(
+        out.contains("a receiver would still refuse it: missing type"),
+        "{out}"
+    );
+    // A changed byte is still a bad signature.
+    let changed = event.replace("\"amount\":100", "\"amount\":900");
+    let (code, out, _) = herald_with_input(&stripe_args, changed.as_bytes()).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("invalid: bad signature"), "{out}");
+
+    // A WeChat Pay v2 body without return_code, correctly signed (MD5).
+    let key = "192006250b4c09247ec02edce69f6a2d";
+    let fields: Vec<(String, String)> = [
+        ("appid", "wxd930ea5d5a258f4f"),
+        ("mch_id", "10000100"),
+        ("nonce_str", "ibuaiVcKdpRxkhJA"),
+        ("out_trade_no", "C1"),
+        ("total_fee", "1"),
+        ("transaction_id", "4200000001"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sign = herald_protocols::wechatpay_v2::sign(
+        &fields,
+        key,
+        herald_protocols::wechatpay_v2::SignType::Md5,
+    );
+    let mut xml = String::from("<xml>");
+    for (k, v) in &fields {
+        xml.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+    }
+    xml.push_str(&format!("<sign>{sign}</sign></xml>"));
+    let wx_args = ["verify", "--profile", "wechatpay-v2", "--key", key];
+    let (code, out, err) = herald_with_input(&wx_args, xml.as_bytes()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("valid signature\n"), "{out}");
+    assert!(
+        out.contains("a receiver would still refuse it: missing return_code"),
+        "{out}"
+    );
+    let (code, out, _) = herald_with_input(&wx_args, xml.replace("C1", "C2").as_bytes()).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("invalid: bad signature"), "{out}");
+    // --sign-type names the merchant's algorithm: this MD5 sign is refused for HMAC.
+    let (code, out, _) = herald_with_input(
+        &[
+            "verify",
+            "--profile",
+            "wechatpay-v2",
+            "--key",
+            key,
+            "--sign-type",
+            "HMAC-SHA256",
+        ],
+        xml.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("invalid: bad signature"), "{out}");
 }

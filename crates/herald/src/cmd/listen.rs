@@ -42,6 +42,11 @@ pub struct ListenArgs {
     /// wechatpay-v3: the APIv3 key that decrypts the resource.
     #[arg(long, value_name = "KEY")]
     pub decrypt_key: Option<String>,
+    /// wechatpay-v2: the merchant's sign type (MD5 or HMAC-SHA256). Without it the sign's
+    /// length decides (32 hex digits MD5, 64 HMAC-SHA256). Refund notifications are checked
+    /// by decrypting their req_info with the API key.
+    #[arg(long, value_name = "TYPE")]
+    pub sign_type: Option<String>,
     /// Answer verified requests with this status instead of the profile's acknowledgement
     /// (use a non-2xx one to watch the sender retry).
     #[arg(long)]
@@ -197,8 +202,14 @@ async fn handle(
     match r.profile.verify(&r.keys, &req) {
         Ok(n) => {
             let shown = serde_json::to_string_pretty(&n).unwrap_or_default();
+            // WeChat Pay v2 refunds are unsigned: decrypting req_info was their check.
+            let kind = if n.fields.get("req_info").is_some_and(|v| v.is_object()) {
+                "  (refund notification: req_info decrypted with the API key)"
+            } else {
+                ""
+            };
             (r.out)(format!(
-                "verified {method} {}  notify id {}\n{shown}",
+                "verified {method} {}  notify id {}{kind}\n{shown}",
                 uri.path(),
                 n.notify_id
             ));
@@ -237,6 +248,8 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
     let receiver_keys = profile
         .receiver_keys(&keys, decrypt.as_deref())
         .map_err(|e| format!("--key: {e}"))?;
+    let receiver_keys =
+        super::verify::with_sign_type(profile, receiver_keys, args.sign_type.as_deref())?;
     let status = args
         .status
         .map(|s| StatusCode::from_u16(s).map_err(|_| format!("--status {s} is not an HTTP status")))

@@ -284,21 +284,27 @@ async fn alipay_sdk_accepts_the_sandboxs_payment_refund_finish_and_close_notific
 }
 
 #[tokio::test]
-async fn wechatpy_accepts_the_sandboxs_payment_notification() {
+async fn wechatpy_accepts_the_sandboxs_payment_and_refund_notifications() {
     let outs = sandbox_notifications_pass_the_sdk(
         "wechatpay-v2",
         Reply::Status(
             200,
             "<xml><return_code><![CDATA[SUCCESS]]></return_code></xml>",
         ),
-        &[Step::Pay],
-        1,
+        &[Step::Pay, Step::Refund(300)],
+        2,
         |c| json!({"appid": c["appid"], "mch_id": c["mch_id"], "api_key": c["api_key"]}),
     )
     .await;
     for s in ["openid", "bank_type", "cash_fee", "is_subscribe", "SB-1"] {
         assert!(outs[0].contains(s), "{s} missing: {}", outs[0]);
     }
+    // The refund notification, decrypted by wechatpy.
+    assert!(
+        outs[1].contains("\"refund_fee\": 300") && outs[1].contains("refund_id"),
+        "{}",
+        outs[1]
+    );
 }
 
 #[tokio::test]

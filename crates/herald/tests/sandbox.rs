@@ -818,11 +818,12 @@ async fn checkout_page_shows_amount_subject_qr_and_pay_button_escaped() {
 }
 
 #[tokio::test]
-async fn paying_twice_sends_one_notification_and_wechat_v2_refunds_say_there_is_none() {
+async fn paying_twice_sends_one_notification_and_a_wechat_v2_refund_sends_the_encrypted_refund_notify(
+) {
     let server = sandbox().await;
     let reply = ack("wechatpay-v2");
     let rx = Receiver::start(move |_, _| reply.clone()).await;
-    let (app_id, _) = app(&server, "wechatpay-v2", json!({})).await;
+    let (app_id, creds) = app(&server, "wechatpay-v2", json!({})).await;
     let p = create_payment(
         &server,
         json!({"app_id": app_id, "out_trade_no": "T-twice", "amount": 100, "subject": "gum",
@@ -839,18 +840,47 @@ async fn paying_twice_sends_one_notification_and_wechat_v2_refunds_say_there_is_
         .call(
             "POST",
             &format!("/v1/sandbox/payments/{id}/refund"),
-            Some(json!({"amount": 100})),
+            Some(json!({"amount": 40})),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    assert_eq!(v["notification"], Value::Null);
-    assert!(v["note"].as_str().unwrap().contains("req_info"));
+    assert!(v["notification"]["notification_id"].is_string(), "{v}");
+    let got = rx.wait_count(2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         rx.count(),
-        1,
-        "one payment notification, no refund notification"
+        2,
+        "one payment notification, one refund notification"
     );
+    // WeChat's shape: return_code, appid, mch_id, nonce_str, req_info; no sign.
+    let fields = herald_protocols::wechatpay_v2::parse_xml(&got[1].body).unwrap();
+    let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["return_code", "appid", "mch_id", "nonce_str", "req_info"]
+    );
+    let req_info = &fields[4].1;
+    let info = herald_protocols::wechatpay_v2::refund_notify::decrypt_req_info(
+        creds["api_key"].as_str().unwrap(),
+        req_info,
+    )
+    .expect("req_info decrypts with the API key");
+    assert_eq!((info.refund_fee, info.total_fee), (40, 100));
+    assert_eq!(info.out_trade_no, "T-twice");
+    assert_eq!(info.refund_status, "SUCCESS");
+    assert_eq!(info.refund_id, v["refund_id"].as_str().unwrap());
+    let (prof, keys) = keys(&server, &app_id).await;
+    let n = verify(prof, &keys, &got[1]).expect("the receiver takes it");
+    assert_eq!(n.notify_id, info.refund_id);
+    let headers: BTreeMap<String, String> = headers_of(&got[1]).into_iter().collect();
+    let (ok, out) = interop::sdk_check(
+        "wechatpay-v2",
+        &headers,
+        &got[1].body,
+        &json!({"appid": creds["appid"], "mch_id": creds["mch_id"], "api_key": creds["api_key"]}),
+    );
+    assert!(ok, "wechatpy decrypts it: {out}");
+    assert!(out.contains("\"refund_fee\": 40"), "{out}");
     assert_eq!(
         payment(&server, id).await["events"]
             .as_array()
@@ -858,6 +888,45 @@ async fn paying_twice_sends_one_notification_and_wechat_v2_refunds_say_there_is_
             .len(),
         2
     );
+}
+
+#[tokio::test]
+async fn wechatpay_v2_hmac_notifications_carry_no_sign_type_like_wechats() {
+    let server = sandbox().await;
+    let reply = ack("wechatpay-v2");
+    let rx = Receiver::start(move |_, _| reply.clone()).await;
+    let (app_id, creds) = app(
+        &server,
+        "wechatpay-v2",
+        json!({"credentials": {"sign_type": "HMAC-SHA256"}}),
+    )
+    .await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-hmac", "amount": 100, "subject": "gum",
+               "notify_url": rx.url("/notify")}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let got = rx.wait_count(1).await;
+    let fields = herald_protocols::wechatpay_v2::parse_xml(&got[0].body).unwrap();
+    assert!(
+        fields.iter().all(|(k, _)| k != "sign_type"),
+        "no sign_type: {fields:?}"
+    );
+    let sign = fields.iter().find(|(k, _)| k == "sign").unwrap().1.clone();
+    assert_eq!(sign.len(), 64, "an HMAC-SHA256 sign");
+    assert_eq!(
+        herald_protocols::wechatpay_v2::sign(
+            &fields,
+            creds["api_key"].as_str().unwrap(),
+            herald_protocols::wechatpay_v2::SignType::HmacSha256
+        ),
+        sign
+    );
+    let (prof, keys) = keys(&server, &app_id).await;
+    verify(prof, &keys, &got[0]).expect("Herald's receiver takes it");
 }
 
 /// Pays a fresh trade of `profile` and returns (server, app id, the trade query's response).

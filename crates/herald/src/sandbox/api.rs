@@ -274,7 +274,7 @@ pub struct RefundBody {
 /// `POST /v1/sandbox/payments/{payment_id}/refund` `{"amount"}` or `{"refund_amount"}`:
 /// refunds part or all of a paid trade (201) and enqueues the refund notification after the
 /// payment's (same order key). More than is left is 422; an unpaid or closed trade is 409.
-/// WeChat Pay v2 refunds succeed with `"notification": null` and a note.
+/// WeChat Pay v2's refund notification carries the refund encrypted in `req_info`.
 pub async fn refund(
     State(sandbox): State<Sandbox>,
     Path(id): Path<String>,

@@ -207,9 +207,9 @@ impl Sandbox {
             p.close_reason = Some("refunded".into());
         }
         let out = wire::refunded(&p, &app.credentials, &refund);
-        let note = out.is_none().then(|| {
-            "wechatpay-v2 refund notifications carry an encrypted req_info that Herald does not produce: the refund succeeded without a notification".to_string()
-        });
+        let note = out
+            .is_none()
+            .then(|| "the provider sends no notification for this refund".to_string());
         p.refunds.push(refund);
         let mut event = new_event(&p, &app, EventKind::Refund, now, out, note);
         event.notify_url = req.notify_url;

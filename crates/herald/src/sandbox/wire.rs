@@ -374,8 +374,8 @@ pub fn closed(p: &Payment, c: &Credentials) -> Option<Outgoing> {
     }
 }
 
-/// The notification of a refund; `None` for wechatpay-v2, whose refund notifications carry
-/// an encrypted `req_info` Herald does not produce.
+/// The notification of a refund. WeChat Pay v2's is its refund notification: the payload's
+/// fields become the encrypted `req_info` when the profile encodes a `refund...` event.
 pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
     let full = r.refunded_total >= p.amount;
     match p.profile {
@@ -400,7 +400,24 @@ pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
                 payload: Value::Object(m),
             })
         }
-        Profile::WechatPayV2 => None,
+        Profile::WechatPayV2 => Some(Outgoing {
+            event_type: "refund.succeeded".into(),
+            payload: json!({
+                "transaction_id": p.trade_no,
+                "out_trade_no": p.out_trade_no,
+                "refund_id": r.refund_id,
+                "out_refund_no": r.out_refund_no,
+                "total_fee": p.amount,
+                "settlement_total_fee": p.amount,
+                "refund_fee": r.amount,
+                "settlement_refund_fee": r.amount,
+                "refund_status": "SUCCESS",
+                "success_time": alipay_time(r.at),
+                "refund_recv_accout": "支付用户零钱",
+                "refund_account": "REFUND_SOURCE_RECHARGE_FUNDS",
+                "refund_request_source": "API",
+            }),
+        }),
         Profile::WechatPayV3 => {
             let (_, mchid) = wechat_ids(c);
             let mut v = json!({
@@ -475,8 +492,10 @@ pub fn tamper(profile: Profile, payload: &mut Value) {
             }
         }
         Profile::WechatPayV2 => {
-            if let Some(v) = payload.get_mut("total_fee") {
-                bump_minor(v);
+            for k in ["total_fee", "settlement_total_fee"] {
+                if let Some(v) = payload.get_mut(k) {
+                    bump_minor(v);
+                }
             }
         }
         Profile::WechatPayV3 => {

@@ -1739,3 +1739,35 @@ async fn wechat_v3_query_and_refund_answer_at_the_providers_paths_signed() {
         "RESOURCE_NOT_EXISTS"
     );
 }
+
+#[tokio::test]
+async fn wechatpay_v2_tampered_copy_is_correctly_signed_under_its_own_transaction_id() {
+    let server = sandbox().await;
+    let reply = ack("wechatpay-v2");
+    let rx = Receiver::start(move |_, _| reply.clone()).await;
+    let (app_id, _) = app(&server, "wechatpay-v2", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-v2t", "amount": 100, "subject": "gum",
+               "notify_url": rx.url("/notify"), "drills": {"tampered_amount": true}}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    post_form(&server, &format!("/pay/{id}/pay")).await;
+    let got = rx.wait_count(2).await;
+    let (prof, keys) = keys(&server, &app_id).await;
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let n = verify(prof, &keys, r).expect("both copies are correctly signed");
+            (
+                n.fields["total_fee"].as_str().unwrap().to_string(),
+                n.transaction_id.unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!((seen[0].0.as_str(), seen[1].0.as_str()), ("100", "200"));
+    // No notify id on the wire: the dedupe key differs, so the amount check sees it.
+    assert_ne!(seen[0].1, seen[1].1);
+}

@@ -8,9 +8,11 @@
 //! `bad_signature` copy goes out through it.
 //!
 //! The `tampered_amount` copy tests something else, the merchant's amount check: it is signed
-//! correctly with the app's own key and carries a notify id of its own (a receiver that
-//! dedupes by notify id must still look at it), so its signature verifies and only comparing
-//! the amount with the order refuses it.
+//! correctly with the app's own credentials (through a second shadow app holding a copy of
+//! them, renewed when the app's credentials change, so that the copy can have its own retry
+//! schedule) and carries a notify id of its own (a receiver that dedupes by notify id must
+//! still look at it), so its signature verifies and only comparing the amount with the order
+//! refuses it.
 //!
 //! Drill copies go out with one attempt only and no order key, so a rejection never holds up
 //! the trade's real notifications.
@@ -27,6 +29,18 @@ use crate::clock::now_ms;
 
 fn meta_key(app_id: &str) -> String {
     format!("sandbox_foreign_app:{app_id}")
+}
+
+fn tamper_meta_key(app_id: &str) -> String {
+    format!("sandbox_tamper_app:{app_id}")
+}
+
+fn one_attempt() -> Option<RetryPolicy> {
+    Some(RetryPolicy {
+        name: None,
+        delays_ms: vec![],
+        jitter: 0.0,
+    })
 }
 
 /// Credentials with the same public ids as `c` and a different signing key or secret.
@@ -80,17 +94,40 @@ pub async fn foreign_app(store: &Arc<dyn Store>, app: &App) -> Result<String, Ap
         .create_app(NewApp {
             name: format!("{} (sandbox drill: untrusted key)", app.name),
             profile: app.profile,
-            retry: Some(RetryPolicy {
-                name: None,
-                delays_ms: vec![],
-                jitter: 0.0,
-            }),
+            retry: one_attempt(),
             ack: None,
             credentials,
             now: now_ms(),
         })
         .await?;
     store.set_meta(&meta_key(&app.id), &shadow.id).await?;
+    Ok(shadow.id)
+}
+
+/// The id of the app that signs `app`'s tampered copies: the same credentials (so the
+/// signature verifies), one attempt. Created on first use and again whenever `app`'s
+/// credentials changed (a rotation).
+pub async fn tamper_app(store: &Arc<dyn Store>, app: &App) -> Result<String, ApiError> {
+    if let Some(id) = store.get_meta(&tamper_meta_key(&app.id)).await? {
+        if let Some(shadow) = store.get_app(&id).await? {
+            if shadow.credentials == app.credentials {
+                return Ok(id);
+            }
+        }
+    }
+    let shadow = store
+        .create_app(NewApp {
+            name: format!("{} (sandbox drill: tampered amount)", app.name),
+            profile: app.profile,
+            retry: one_attempt(),
+            ack: None,
+            credentials: app.credentials.clone(),
+            now: now_ms(),
+        })
+        .await?;
+    store
+        .set_meta(&tamper_meta_key(&app.id), &shadow.id)
+        .await?;
     Ok(shadow.id)
 }
 
@@ -105,6 +142,7 @@ pub struct Planned {
 pub fn plan(
     app: &App,
     foreign_app_id: Option<&str>,
+    tamper_app_id: Option<&str>,
     drills: &Drills,
     out: &Outgoing,
     notify_url: &str,
@@ -164,14 +202,14 @@ pub fn plan(
             });
         }
     }
-    if drills.tampered_amount {
+    if let (true, Some(tamper_app)) = (drills.tampered_amount, tamper_app_id) {
         let mut tampered = out.payload.clone();
         wire::tamper(app.profile, &mut tampered);
         let own_id = app.profile.new_notify_id();
         planned.push(Planned {
             role: "tampered_amount",
             notification: make(
-                &app.id,
+                tamper_app,
                 tampered.to_string(),
                 format!("{idempotency_prefix}:tampered_amount"),
                 false,

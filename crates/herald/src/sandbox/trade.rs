@@ -263,6 +263,11 @@ impl Sandbox {
         } else {
             None
         };
+        let tamper = if d.tampered_amount && !events.is_empty() {
+            Some(drills::tamper_app(self.store(), app).await?)
+        } else {
+            None
+        };
         let mut planned: Vec<(usize, Planned)> = Vec::new();
         for &i in events {
             let e = &p.events[i];
@@ -279,6 +284,7 @@ impl Sandbox {
             for plan in drills::plan(
                 app,
                 foreign.as_deref(),
+                tamper.as_deref(),
                 &p.drills,
                 &out,
                 e.notify_url.as_deref().unwrap_or(&p.notify_url),

@@ -474,7 +474,10 @@ pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
 }
 
 /// The tampering drill: every amount field of the payload raised by 100 minor units
-/// (1.00), the way a forged notification would claim more than the order is worth.
+/// (1.00), the way a forged notification would claim more than the order is worth. WeChat
+/// Pay v2 has no notify id, so receivers dedupe on `transaction_id` (`refund_id` for
+/// refunds): the tampered copy gets a fresh one, or a receiver would take it as a repeat of
+/// the real notification and never compare its amount.
 pub fn tamper(profile: Profile, payload: &mut Value) {
     let bump_minor = |v: &mut Value| {
         if let Some(n) = v.as_i64() {
@@ -496,6 +499,12 @@ pub fn tamper(profile: Profile, payload: &mut Value) {
                 if let Some(v) = payload.get_mut(k) {
                     bump_minor(v);
                 }
+            }
+            let now = crate::clock::now_ms();
+            if payload.get("refund_id").is_some() {
+                payload["refund_id"] = json!(new_refund_id(profile, now));
+            } else if payload.get("transaction_id").is_some() {
+                payload["transaction_id"] = json!(new_trade_no(profile, now));
             }
         }
         Profile::WechatPayV3 => {

@@ -51,8 +51,11 @@ fn foreign_credentials(app: &App) -> Result<Credentials, ApiError> {
         Credentials::StandardWebhooks(_) => {
             Credentials::StandardWebhooks(Keys::single(sw::generate_hmac_secret()))
         }
-        Credentials::Stripe(_) => {
-            Credentials::Stripe(stripe::Credentials::single(stripe::generate_secret()))
+        Credentials::Stripe(s) => {
+            // Another secret, the same events (api_version included).
+            let mut f = stripe::Credentials::single(stripe::generate_secret());
+            f.api_version = s.api_version.clone();
+            Credentials::Stripe(f)
         }
         Credentials::WechatPayV2(w) => {
             let mut w = w.clone();

@@ -126,6 +126,7 @@ impl Engine {
             read_cap: config.response_read_cap,
             store_cap: config.response_store_cap,
             clock: config.clock.clone(),
+            request_timeout: config.request_timeout,
         });
         Ok(Engine::with_attempter(queue, config, attempter, shutdown))
     }

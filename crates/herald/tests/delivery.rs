@@ -643,3 +643,58 @@ async fn stuck_endpoint_backlog_is_parked_memory_stays_bounded_and_nothing_is_lo
             .await;
     }
 }
+
+#[tokio::test]
+async fn an_endpoints_timeout_ms_limits_each_attempt() {
+    let server = TestServer::start().await;
+    let hanging = Receiver::start(|_, _| Reply::Hang).await;
+    let app = server.app(json!({"retry": [60]})).await;
+    let (status, ep) = server
+        .call(
+            "POST",
+            &format!("/v1/apps/{app}/endpoints"),
+            Some(json!({"url": hanging.url("/"), "timeout_ms": 300})),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    assert_eq!(ep["timeout_ms"], 300);
+    let n = server
+        .notify(&app, json!({"event_type": "e", "payload": {}}))
+        .await;
+    let v = server
+        .wait_for(n["id"].as_str().unwrap(), |v| {
+            v["deliveries"][0]["attempts"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let attempt = &v["deliveries"][0]["attempts"][0];
+    assert_eq!(attempt["error_class"], "timeout", "{attempt}");
+    // Cut at the endpoint's 300 ms, not the default 15 s.
+    assert!(
+        attempt["duration_ms"].as_u64().unwrap() < 5_000,
+        "{attempt}"
+    );
+    // Out of range is refused, and null clears it.
+    let ep_id = ep["id"].as_str().unwrap();
+    let (status, _) = server
+        .call(
+            "PATCH",
+            &format!("/v1/apps/{app}/endpoints/{ep_id}"),
+            Some(json!({"timeout_ms": 0})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, v) = server
+        .call(
+            "PATCH",
+            &format!("/v1/apps/{app}/endpoints/{ep_id}"),
+            Some(json!({"timeout_ms": null})),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["timeout_ms"]),
+        (200, &serde_json::Value::Null),
+        "{v}"
+    );
+}

@@ -173,8 +173,8 @@ impl AdminStore for PgStore {
         rows::get_endpoint(&self.client().await?, app_id, id).await
     }
 
-    async fn list_endpoints(&self, app_id: &str) -> Result<Vec<Endpoint>> {
-        rows::list_endpoints(&self.client().await?, app_id).await
+    async fn list_endpoints(&self, app_id: &str, page: ListEndpoints) -> Result<Page<Endpoint>> {
+        rows::list_endpoints_page(&self.client().await?, app_id, &page).await
     }
 
     async fn update_endpoint(
@@ -203,12 +203,16 @@ impl AdminStore for PgStore {
         &self,
         app_id: &str,
         filter: ListNotifications,
-    ) -> Result<Page<NotificationDetail>> {
+    ) -> Result<Page<NotificationSummary>> {
         rows::list_notifications(&self.client().await?, app_id, &filter).await
     }
 
     async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>> {
         rows::get_delivery_detail(&self.client().await?, id).await
+    }
+
+    async fn list_attempts(&self, id: &str, page: ListAttempts) -> Result<Option<Page<Attempt>>> {
+        rows::list_attempts(&self.client().await?, id, &page).await
     }
 
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {

@@ -258,10 +258,10 @@ impl AdminStore for SqliteStore {
             .await
     }
 
-    async fn list_endpoints(&self, app_id: &str) -> Result<Vec<Endpoint>> {
+    async fn list_endpoints(&self, app_id: &str, page: ListEndpoints) -> Result<Page<Endpoint>> {
         let app_id = app_id.to_string();
         self.readers
-            .read(move |c| rows::list_endpoints(c, &app_id))
+            .read(move |c| rows::list_endpoints_page(c, &app_id, &page))
             .await
     }
 
@@ -309,7 +309,7 @@ impl AdminStore for SqliteStore {
         &self,
         app_id: &str,
         filter: ListNotifications,
-    ) -> Result<Page<NotificationDetail>> {
+    ) -> Result<Page<NotificationSummary>> {
         let app_id = app_id.to_string();
         self.readers
             .read(move |c| rows::list_notifications(c, &app_id, &filter))
@@ -320,6 +320,13 @@ impl AdminStore for SqliteStore {
         let id = id.to_string();
         self.readers
             .read(move |c| rows::get_delivery_detail(c, &id))
+            .await
+    }
+
+    async fn list_attempts(&self, id: &str, page: ListAttempts) -> Result<Option<Page<Attempt>>> {
+        let id = id.to_string();
+        self.readers
+            .read(move |c| rows::list_attempts(c, &id, &page))
             .await
     }
 

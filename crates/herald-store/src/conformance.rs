@@ -41,6 +41,8 @@ macro_rules! conformance_tests {
             release_moves_held_jobs_and_skips_changed_ones,
             stale_attempt_row_does_not_overwrite_the_recorded_one,
             notifications_list_pages_and_filters_by_status,
+            detail_reads_embed_the_latest_attempts_and_the_rest_are_paged,
+            endpoints_list_in_pages_by_creation_time_then_id,
             meta_values_round_trip,
             credentials_change_reaches_claimed_work,
             sandbox_payment_and_its_notifications_commit_together,
@@ -222,7 +224,20 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
         store.get_endpoint(&a.id, &ep.id).await.unwrap(),
         Some(ep.clone())
     );
-    assert_eq!(store.list_endpoints(&a.id).await.unwrap(), vec![ep.clone()]);
+    assert_eq!(
+        store
+            .list_endpoints(
+                &a.id,
+                ListEndpoints {
+                    limit: 10,
+                    cursor: None
+                }
+            )
+            .await
+            .unwrap()
+            .items,
+        vec![ep.clone()]
+    );
 
     let patched = store
         .update_endpoint(
@@ -255,7 +270,18 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
 
     assert!(store.delete_endpoint(&a.id, &ep.id, T0).await.unwrap());
     assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().is_none());
-    assert!(store.list_endpoints(&a.id).await.unwrap().is_empty());
+    assert!(store
+        .list_endpoints(
+            &a.id,
+            ListEndpoints {
+                limit: 10,
+                cursor: None
+            }
+        )
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     assert!(!store.delete_endpoint(&a.id, &ep.id, T0).await.unwrap());
 
     let err = store
@@ -1021,14 +1047,23 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
         .await
         .unwrap();
     assert_eq!(
-        page1
-            .items
-            .iter()
-            .map(|n| n.notification.id.clone())
-            .collect::<Vec<_>>(),
+        page1.items.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
         vec![created[2].clone(), created[1].clone()],
         "newest first"
     );
+    // Summaries: the deliveries' state and attempt counts, no payload, no attempts.
+    let second = &page1.items[1];
+    assert_eq!(second.event_type, "e");
+    assert_eq!(
+        second.notify_url.as_deref(),
+        Some("https://merchant.example/notify")
+    );
+    assert_eq!(second.deliveries.len(), 1);
+    assert_eq!(second.deliveries[0].status, DeliveryStatus::Succeeded);
+    assert_eq!(second.deliveries[0].attempts, 1);
+    assert_eq!(second.deliveries[0].notification_id, created[1]);
+    assert_eq!(page1.items[0].deliveries[0].status, DeliveryStatus::Pending);
+    assert_eq!(page1.items[0].deliveries[0].attempts, 0);
     let page2 = store
         .list_notifications(
             &a.id,
@@ -1041,7 +1076,7 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
         .await
         .unwrap();
     assert_eq!(page2.items.len(), 1);
-    assert_eq!(page2.items[0].notification.id, created[0]);
+    assert_eq!(page2.items[0].id, created[0]);
     assert!(page2.next_cursor.is_none());
 
     let ok = store
@@ -1056,7 +1091,7 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
         .await
         .unwrap();
     assert_eq!(ok.items.len(), 1);
-    assert_eq!(ok.items[0].notification.id, created[1]);
+    assert_eq!(ok.items[0].id, created[1]);
     let pending = store
         .list_notifications(
             &a.id,
@@ -1076,6 +1111,145 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
                 limit: 10,
                 cursor: Some("nope".into()),
                 ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)));
+}
+
+pub async fn detail_reads_embed_the_latest_attempts_and_the_rest_are_paged(store: &impl Store) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
+    let n = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let total = DETAIL_ATTEMPTS + 5;
+    let mut job = claim(store, &n1).await.remove(0);
+    for _ in 0..total {
+        let done = complete(
+            store,
+            &n1,
+            &job,
+            Outcome::Retry {
+                next_at: T0 + 2_000,
+            },
+        )
+        .await;
+        assert!(done.applied);
+        job = done.held.expect("held: due within the horizon");
+    }
+    let id = &n.deliveries[0].id;
+    let d = store.get_delivery(id).await.unwrap().unwrap();
+    assert_eq!(d.delivery.attempts, total, "the count says how many in all");
+    assert_eq!(
+        d.attempts.iter().map(|a| a.n).collect::<Vec<_>>(),
+        (6..=total).collect::<Vec<_>>(),
+        "the latest ones, in attempt order"
+    );
+    let detail = store
+        .get_notification(&n.notification.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.deliveries[0].attempts, d.attempts);
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_attempts(id, ListAttempts { limit: 10, cursor })
+            .await
+            .unwrap()
+            .expect("the delivery exists");
+        assert!(page.items.len() <= 10);
+        seen.extend(page.items.iter().map(|a| a.n));
+        pages += 1;
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "oldest first, all");
+    assert!(store
+        .list_attempts("dl_missing", ListAttempts::default())
+        .await
+        .unwrap()
+        .is_none());
+    let bad = store
+        .list_attempts(
+            id,
+            ListAttempts {
+                limit: 10,
+                cursor: Some("nope".into()),
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)));
+}
+
+pub async fn endpoints_list_in_pages_by_creation_time_then_id(store: &impl Store) {
+    let a = app(store).await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let ep = store
+            .create_endpoint(NewEndpoint {
+                // Two share a creation time: the id breaks the tie.
+                now: T0 + (i / 2),
+                ..new_endpoint(&a.id, &format!("https://example.com/{i}"))
+            })
+            .await
+            .unwrap();
+        created.push(ep);
+    }
+    created.sort_by(|x, y| (x.created_at, &x.id).cmp(&(y.created_at, &y.id)));
+    assert!(store
+        .delete_endpoint(&a.id, &created[1].id, T0)
+        .await
+        .unwrap());
+    created.remove(1);
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_endpoints(&a.id, ListEndpoints { limit: 2, cursor })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen, created,
+        "every live endpoint once, by creation time then id"
+    );
+    let other = app(store).await;
+    assert!(store
+        .list_endpoints(
+            &other.id,
+            ListEndpoints {
+                limit: 2,
+                cursor: None
+            }
+        )
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let bad = store
+        .list_endpoints(
+            &a.id,
+            ListEndpoints {
+                limit: 2,
+                cursor: Some("nope".into()),
             },
         )
         .await;

@@ -60,7 +60,8 @@ pub trait AdminStore: Send + Sync + 'static {
     // Endpoints. `Err(NotFound("app"))` when the app does not exist.
     async fn create_endpoint(&self, new: NewEndpoint) -> Result<Endpoint>;
     async fn get_endpoint(&self, app_id: &str, id: &str) -> Result<Option<Endpoint>>;
-    async fn list_endpoints(&self, app_id: &str) -> Result<Vec<Endpoint>>;
+    /// The app's live endpoints, a page at a time, by `created_at` then id.
+    async fn list_endpoints(&self, app_id: &str, page: ListEndpoints) -> Result<Page<Endpoint>>;
     async fn update_endpoint(
         &self,
         app_id: &str,
@@ -77,15 +78,23 @@ pub trait AdminStore: Send + Sync + 'static {
     /// the app returns the first notification with `replayed = true` and creates nothing.
     /// `Err(NotFound("app"))` when the app does not exist.
     async fn create_notification(&self, new: NewNotification) -> Result<CreatedNotification>;
+    /// The notification with its payload and deliveries, each delivery with at most its
+    /// latest [`DETAIL_ATTEMPTS`] attempts.
     async fn get_notification(&self, id: &str) -> Result<Option<NotificationDetail>>;
+    /// The app's notifications, newest first, as summaries: no payloads and no attempts are
+    /// read, so the memory a page takes is bounded by its length.
     async fn list_notifications(
         &self,
         app_id: &str,
         filter: ListNotifications,
-    ) -> Result<Page<NotificationDetail>>;
+    ) -> Result<Page<NotificationSummary>>;
 
     // Deliveries.
+    /// The delivery with at most its latest [`DETAIL_ATTEMPTS`] attempts.
     async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>>;
+    /// The delivery's attempts, a page at a time, oldest first. `None` when the delivery does
+    /// not exist.
+    async fn list_attempts(&self, id: &str, page: ListAttempts) -> Result<Option<Page<Attempt>>>;
     /// Makes the delivery due now (a failed or succeeded one goes back to pending for one more
     /// try). `Err(Conflict)` for a canceled delivery.
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>>;

@@ -26,6 +26,27 @@ use self::error::ApiError;
 /// Request bodies larger than this get 413.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// The most items one page of a list holds (notifications, endpoints, attempts); a larger
+/// `limit` is 422. With summaries in notification lists, a page stays small whatever the
+/// payloads.
+pub const MAX_PAGE_LIMIT: u32 = 100;
+
+/// The most endpoints an app may have; creating one more is 409. A notification has one
+/// delivery per matching endpoint (or one for a `notify_url`), so this bounds its deliveries
+/// too.
+pub const MAX_ENDPOINTS_PER_APP: u32 = 100;
+
+/// A list's `limit` parameter: `default` when absent, 422 outside `1..=MAX_PAGE_LIMIT`.
+pub(crate) fn page_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::Invalid(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}, not {n}; page with next_cursor"
+        ))),
+    }
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiState {
@@ -59,6 +80,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/apps/{app_id}/recover", post(notifications::recover))
         .route("/notifications/{id}", get(notifications::get))
         .route("/deliveries/{id}", get(notifications::get_delivery))
+        .route(
+            "/deliveries/{id}/attempts",
+            get(notifications::list_attempts),
+        )
         .route("/deliveries/{id}/retry", post(notifications::retry))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

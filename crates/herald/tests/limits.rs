@@ -380,29 +380,40 @@ async fn an_app_may_have_at_most_a_hundred_endpoints() {
 }
 
 #[tokio::test]
-async fn a_notification_has_at_most_one_delivery_per_endpoint() {
-    // Deliveries per notification follow from endpoints per app: the most there can be is
-    // one per endpoint, and the summary shows them all without attempts.
+async fn a_notification_has_at_most_a_hundred_deliveries_and_lists_as_a_small_summary() {
+    // Deliveries per notification follow from endpoints per app: one per matching endpoint.
     let server = TestServer::start().await;
     let rx = Receiver::start(Receiver::ok()).await;
     let app = server.app(json!({})).await;
     for i in 0..MAX_ENDPOINTS {
         server
-            .endpoint(
-                &app,
-                json!({"url": rx.url(&format!("/{i}")), "enabled": i % 2 == 0}),
-            )
+            .endpoint(&app, json!({"url": rx.url(&format!("/{i}"))}))
             .await;
     }
+    let (status, v) = server
+        .call(
+            "POST",
+            &format!("/v1/apps/{app}/endpoints"),
+            Some(json!({"url": rx.url("/one-more")})),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
     let n = server
         .notify(&app, json!({"event_type": "e", "payload": {}}))
         .await;
-    assert_eq!(n["deliveries"].as_array().unwrap().len(), MAX_ENDPOINTS / 2);
+    assert_eq!(n["deliveries"].as_array().unwrap().len(), MAX_ENDPOINTS);
+    server
+        .wait_status(n["id"].as_str().unwrap(), "succeeded")
+        .await;
     let (status, body) = get_raw(&server, &format!("/v1/apps/{app}/notifications")).await;
     assert_eq!(status, 200);
+    assert!(body.len() < 64 * 1024, "{} bytes", body.len());
     let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        v["data"][0]["deliveries"].as_array().unwrap().len(),
-        MAX_ENDPOINTS / 2
-    );
+    let deliveries = v["data"][0]["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), MAX_ENDPOINTS);
+    for d in deliveries {
+        assert_eq!(d["attempt_count"], 1, "{d}");
+        assert!(d.get("attempts").is_none(), "{d}");
+        assert!(d["endpoint_id"].is_string(), "{d}");
+    }
 }

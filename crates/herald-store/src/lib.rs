@@ -11,11 +11,13 @@
 pub mod conformance;
 pub mod model;
 pub mod queue;
+pub mod sealing;
 
 use async_trait::async_trait;
 
 pub use model::*;
 pub use queue::*;
+pub use sealing::{SealCensus, Sealer};
 
 /// Storage errors. Caller mistakes (missing rows) are `Ok(None)`/`Ok(false)` on the traits,
 /// so what is left here is either a conflict the API reports, or an unexpected failure.

@@ -113,13 +113,13 @@ impl Writer {
         creds: Credentials,
         hints: &mut Vec<Hint>,
     ) -> Result<Option<App>> {
-        let n = self
-            .conn
-            .execute(
+        let sealed = self.sealer.seal_credentials(id, &creds)?;
+        let n = self.overwriting_credentials(|conn| {
+            conn.execute(
                 "UPDATE apps SET credentials = ?2 WHERE id = ?1",
-                params![id, self.sealer.seal_credentials(id, &creds)?],
+                params![id, sealed],
             )
-            .map_err(backend)?;
+        })?;
         if n == 0 {
             return Ok(None);
         }
@@ -141,16 +141,34 @@ impl Writer {
                 rewrites.push((id, sealed));
             }
         }
-        for (id, sealed) in rewrites {
-            self.conn
-                .execute(
+        self.overwriting_credentials(|conn| {
+            for (id, sealed) in &rewrites {
+                conn.execute(
                     "UPDATE apps SET credentials = ?2 WHERE id = ?1",
                     params![id, sealed],
-                )
-                .map_err(backend)?;
-            census.resealed += 1;
-        }
+                )?;
+            }
+            Ok(())
+        })?;
+        census.resealed = rewrites.len() as u64;
         Ok(census)
+    }
+
+    /// Runs `f` with SQLite's `secure_delete` on, so the credentials it replaces (plaintext,
+    /// or sealed under a key being retired) are zeroed in the file rather than left in free
+    /// space.
+    fn overwriting_credentials<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.conn
+            .pragma_update(None, "secure_delete", true)
+            .map_err(backend)?;
+        let out = f(&self.conn);
+        let off = self.conn.pragma_update(None, "secure_delete", false);
+        let out = out.map_err(backend)?;
+        off.map_err(backend)?;
+        Ok(out)
     }
 
     pub(super) fn create_endpoint(&mut self, new: NewEndpoint) -> Result<Endpoint> {

@@ -1,0 +1,54 @@
+//! `herald rekey`: re-seal every app's credentials under the first key of the keyring, so
+//! older keys can be dropped (see the README's "Secrets at rest"). Plaintext credentials
+//! (written before a key was configured) are sealed too. Nothing is written when one app's
+//! credentials do not open with the keyring given.
+use clap::Args;
+use herald_store_sqlite::Durability;
+
+use crate::config::SecretKeyArgs;
+use crate::server::Database;
+
+/// Re-seal every app's credentials under the first secret key, then exit.
+#[derive(Args, Debug)]
+#[command(after_help = "Rotation: put the new key first and keep the old one after it, e.g.\n  \
+    printf '%s\\n%s\\n' \"$(head -c 32 /dev/urandom | base64)\" \"$(cat herald.key)\" > herald.key.new\n\
+    restart Herald (every node) with the new file, then\n  \
+    herald rekey --db sqlite://herald.db --secret-key-file herald.key.new\n\
+    and finally drop the old key from the file.\n\
+    An SQLite database is owned by one process: stop `herald serve` while rekey runs.")]
+pub struct RekeyArgs {
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB (add ?sslmode=require
+    /// for TLS).
+    #[arg(long, env = "HERALD_DB", value_name = "URL")]
+    pub db: String,
+
+    #[command(flatten)]
+    pub secret_key: SecretKeyArgs,
+}
+
+pub async fn run(args: RekeyArgs) -> Result<(), String> {
+    let database: Database = args.db.parse().map_err(|e| format!("invalid --db: {e}"))?;
+    let sealer = args.secret_key.sealer(None).map_err(|e| e.to_string())?;
+    let Some(key_id) = sealer.current_key_id().map(str::to_string) else {
+        return Err(
+            "no secret key is configured: give --secret-key-file or HERALD_SECRET_KEY (the first key seals)"
+                .into(),
+        );
+    };
+    let store = database
+        .open(Durability::Full, sealer)
+        .await
+        .map_err(|e| format!("opening {}: {e}", args.db))?;
+    let result = store.reseal_credentials().await;
+    store.close().await;
+    let census = result.map_err(|e| format!("nothing was re-sealed: {e}"))?;
+    println!(
+        "{} app(s): {} re-sealed under key {key_id} ({} were in plaintext, {} under an older key); {} already were.",
+        census.apps(),
+        census.resealed,
+        census.plaintext,
+        census.older,
+        census.current
+    );
+    Ok(())
+}

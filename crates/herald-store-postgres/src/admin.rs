@@ -41,7 +41,10 @@ pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
                 &app.profile.name(),
                 &opt_json(&app.retry)?,
                 &opt_json(&app.ack)?,
-                &inner.contexts.sealer.seal_credentials(&app.id, &app.credentials)?,
+                &inner
+                    .contexts
+                    .sealer
+                    .seal_credentials(&app.id, &app.credentials)?,
                 &app.created_at,
             ],
         )
@@ -400,9 +403,7 @@ pub(crate) async fn insert_notification(
             app_id: notification.app_id.clone(),
             endpoint_id,
             url,
-            notify_id: notify_id
-                .clone()
-                .unwrap_or_else(|| profile.new_notify_id()),
+            notify_id: notify_id.clone().unwrap_or_else(|| profile.new_notify_id()),
             status: DeliveryStatus::Pending,
             attempts: 0,
             next_attempt_at: Some(new.now),

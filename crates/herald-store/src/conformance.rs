@@ -1281,7 +1281,7 @@ const SEAL_KEY_2: [u8; 32] = [0x22; 32];
 /// The secret in [`creds`], as it would appear in stored JSON.
 const SEALED_SECRET: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn sealed_under<'a>(raw: &'a str, sealer: &Sealer) -> bool {
+fn sealed_under(raw: &str, sealer: &Sealer) -> bool {
     let id = sealer.current_key_id().unwrap_or("-");
     raw.starts_with(&format!("enc:v1:{id}:"))
 }
@@ -1298,8 +1298,14 @@ pub async fn sealed_credentials_round_trip_and_are_not_stored_in_plaintext(
     assert_eq!(a.credentials, creds());
     let raw = h.raw_credentials(&a.id).await;
     assert!(sealed_under(&raw, &sealer), "{raw}");
-    assert!(!raw.contains(SEALED_SECRET), "the secret is stored in plaintext");
-    assert_eq!(store.get_app(&a.id).await.unwrap().unwrap().credentials, creds());
+    assert!(
+        !raw.contains(SEALED_SECRET),
+        "the secret is stored in plaintext"
+    );
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        creds()
+    );
 
     let new_creds = Credentials::StandardWebhooks(Keys {
         keys: vec![KeyEntry {
@@ -1322,7 +1328,10 @@ pub async fn sealed_credentials_round_trip_and_are_not_stored_in_plaintext(
 
     // A fresh store (no cache) reads and claims with the opened credentials.
     let store = h.open(sealer).await;
-    assert_eq!(store.get_app(&a.id).await.unwrap().unwrap().credentials, new_creds);
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        new_creds
+    );
     let n1 = node(&store, "node_a").await;
     store
         .create_notification(NewNotification {
@@ -1348,12 +1357,18 @@ pub async fn plaintext_credentials_are_read_and_sealed_when_rewritten(h: &impl S
 
     let sealer = Sealer::new(&[SEAL_KEY_1]);
     let store = h.open(sealer.clone()).await;
-    assert_eq!(store.get_app(&a.id).await.unwrap().unwrap().credentials, creds());
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        creds()
+    );
     let census = store.check_credentials().await.unwrap();
     assert_eq!((census.plaintext, census.current), (2, 0));
     store.set_app_credentials(&a.id, creds()).await.unwrap();
     let raw = h.raw_credentials(&a.id).await;
-    assert!(sealed_under(&raw, &sealer) && !raw.contains(SEALED_SECRET), "{raw}");
+    assert!(
+        sealed_under(&raw, &sealer) && !raw.contains(SEALED_SECRET),
+        "{raw}"
+    );
     assert!(h.raw_credentials(&b.id).await.contains(SEALED_SECRET));
     let census = store.check_credentials().await.unwrap();
     assert_eq!((census.plaintext, census.current), (1, 1));
@@ -1399,7 +1414,10 @@ pub async fn altered_or_moved_sealed_credentials_do_not_open(h: &impl SealingHar
     let store = h.open(sealer.clone()).await;
     let msg = store.get_app(&b.id).await.unwrap_err().to_string();
     assert!(msg.contains(&b.id) && msg.contains("altered"), "{msg}");
-    assert_eq!(store.get_app(&a.id).await.unwrap().unwrap().credentials, creds());
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        creds()
+    );
     store.close().await;
 
     // One character of the ciphertext changed.
@@ -1428,12 +1446,20 @@ pub async fn resealing_moves_every_app_to_the_first_key(h: &impl SealingHarness)
     let store = h.open(rotated.clone()).await;
     let census = store.reseal_credentials().await.unwrap();
     assert_eq!(
-        (census.plaintext, census.older, census.current, census.resealed),
+        (
+            census.plaintext,
+            census.older,
+            census.current,
+            census.resealed
+        ),
         (1, 1, 0, 2)
     );
     for id in [&plain.id, &old.id] {
         let raw = h.raw_credentials(id).await;
-        assert!(sealed_under(&raw, &rotated) && !raw.contains(SEALED_SECRET), "{raw}");
+        assert!(
+            sealed_under(&raw, &rotated) && !raw.contains(SEALED_SECRET),
+            "{raw}"
+        );
     }
     let again = store.reseal_credentials().await.unwrap();
     assert_eq!((again.current, again.resealed), (2, 0));
@@ -1441,7 +1467,10 @@ pub async fn resealing_moves_every_app_to_the_first_key(h: &impl SealingHarness)
 
     let store = h.open(Sealer::new(&[SEAL_KEY_2])).await;
     for id in [&plain.id, &old.id] {
-        assert_eq!(store.get_app(id).await.unwrap().unwrap().credentials, creds());
+        assert_eq!(
+            store.get_app(id).await.unwrap().unwrap().credentials,
+            creds()
+        );
     }
     store.close().await;
 }

@@ -129,7 +129,10 @@ fn key_id(key: &[u8; KEY_LEN]) -> String {
     let mut h = Sha256::new();
     h.update(b"herald secret key id\0");
     h.update(key);
-    h.finalize()[..4].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The associated data binding a sealed value to its app.
@@ -262,21 +265,21 @@ impl Sealer {
         let (key_id, body) = rest
             .split_once(':')
             .ok_or(SealError::Malformed("no key id"))?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == key_id)
-            .ok_or_else(|| SealError::UnknownKey {
-                key_id: key_id.to_string(),
-                configured: if self.keys.is_empty() {
-                    "no secret key is configured".into()
-                } else {
-                    format!(
-                        "the configured keys are {}",
-                        self.key_ids().collect::<Vec<_>>().join(", ")
-                    )
-                },
-            })?;
+        let key =
+            self.keys
+                .iter()
+                .find(|k| k.id == key_id)
+                .ok_or_else(|| SealError::UnknownKey {
+                    key_id: key_id.to_string(),
+                    configured: if self.keys.is_empty() {
+                        "no secret key is configured".into()
+                    } else {
+                        format!(
+                            "the configured keys are {}",
+                            self.key_ids().collect::<Vec<_>>().join(", ")
+                        )
+                    },
+                })?;
         let blob = base64::engine::general_purpose::STANDARD
             .decode(body)
             .map_err(|_| SealError::Malformed("not base64"))?;
@@ -412,7 +415,10 @@ mod tests {
     fn sealed_value_round_trips_and_hides_the_plaintext() {
         let s = Sealer::new(&[K1]);
         let sealed = s.seal("app_1", SECRET).unwrap();
-        assert!(sealed.starts_with(&format!("enc:v1:{}:", key_id(&K1))), "{sealed}");
+        assert!(
+            sealed.starts_with(&format!("enc:v1:{}:", key_id(&K1))),
+            "{sealed}"
+        );
         assert!(!sealed.contains("whsec_"));
         assert_eq!(s.open("app_1", &sealed).unwrap(), SECRET);
         // A fresh nonce each time.
@@ -421,14 +427,23 @@ mod tests {
 
     #[test]
     fn a_key_not_in_the_keyring_is_a_clear_error() {
-        let sealed = Sealer::new(&[K1]).seal("app_1", SECRET).unwrap().into_owned();
+        let sealed = Sealer::new(&[K1])
+            .seal("app_1", SECRET)
+            .unwrap()
+            .into_owned();
         let id = key_id(&K1);
         let err = Sealer::new(&[K2]).open("app_1", &sealed).unwrap_err();
         assert!(matches!(&err, SealError::UnknownKey { key_id, .. } if *key_id == id));
         let msg = err.to_string();
-        assert!(msg.contains(&id) && msg.contains("HERALD_SECRET_KEY"), "{msg}");
+        assert!(
+            msg.contains(&id) && msg.contains("HERALD_SECRET_KEY"),
+            "{msg}"
+        );
         assert!(msg.contains(&key_id(&K2)), "{msg}");
-        let msg = Sealer::none().open("app_1", &sealed).unwrap_err().to_string();
+        let msg = Sealer::none()
+            .open("app_1", &sealed)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("no secret key is configured"), "{msg}");
         let msg = Sealer::new(&[K2])
             .open_credentials("app_1", &sealed)
@@ -482,7 +497,10 @@ mod tests {
 
     #[test]
     fn rotation_opens_with_older_keys_and_reseals_under_the_first() {
-        let old = Sealer::new(&[K1]).seal("app_1", SECRET).unwrap().into_owned();
+        let old = Sealer::new(&[K1])
+            .seal("app_1", SECRET)
+            .unwrap()
+            .into_owned();
         let ring = Sealer::new(&[K2, K1]);
         assert_eq!(ring.open("app_1", &old).unwrap(), SECRET);
         let mut census = SealCensus::default();

@@ -651,8 +651,11 @@ mod tests {
         assert_eq!(from_file.current_key_id(), o.sealer.current_key_id());
         // The config file's secret_key_file applies when no flag gives keys.
         let toml = dir.path().join("herald.toml");
-        std::fs::write(&toml, format!("secret_key_file = {:?}\n", path.display().to_string()))
-            .unwrap();
+        std::fs::write(
+            &toml,
+            format!("secret_key_file = {:?}\n", path.display().to_string()),
+        )
+        .unwrap();
         let o = ServeArgs {
             config: Some(toml),
             ..Default::default()
@@ -661,7 +664,9 @@ mod tests {
         .unwrap();
         assert_eq!(o.sealer.current_key_id(), from_file.current_key_id());
 
-        let both = with(Some(b64(1)), Some(path.clone())).resolve().unwrap_err();
+        let both = with(Some(b64(1)), Some(path.clone()))
+            .resolve()
+            .unwrap_err();
         assert!(matches!(both, ConfigError::TwoSecretKeys), "{both}");
         let short = base64::engine::general_purpose::STANDARD.encode([9u8; 16]);
         let e = with(Some(format!("{},{short}", b64(1))), None)
@@ -671,7 +676,10 @@ mod tests {
         assert!(e.contains("secret key 2") && !e.contains(&short), "{e}");
         std::fs::write(&path, "\n").unwrap();
         let e = with(None, Some(path)).resolve().unwrap_err().to_string();
-        assert!(e.contains("--secret-key-file") && e.contains("empty"), "{e}");
+        assert!(
+            e.contains("--secret-key-file") && e.contains("empty"),
+            "{e}"
+        );
         let e = with(None, Some(dir.path().join("missing")))
             .resolve()
             .unwrap_err();

@@ -64,11 +64,9 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 fn raw_credentials(db: &Path, app: &str) -> String {
     let conn = rusqlite::Connection::open(db).expect("open the file");
-    conn.query_row(
-        "SELECT credentials FROM apps WHERE id = ?1",
-        [app],
-        |r| r.get(0),
-    )
+    conn.query_row("SELECT credentials FROM apps WHERE id = ?1", [app], |r| {
+        r.get(0)
+    })
     .expect("the app's row")
 }
 

@@ -123,7 +123,8 @@ impl Writer {
         if n == 0 {
             return Ok(None);
         }
-        let app = rows::get_app(&self.conn, &self.sealer, id)?.ok_or(StoreError::NotFound("app"))?;
+        let app =
+            rows::get_app(&self.conn, &self.sealer, id)?.ok_or(StoreError::NotFound("app"))?;
         let ctx = Arc::new(AppCtx::from_app(&app));
         self.apps.insert(id.to_string(), ctx.clone());
         hints.push(Hint::AppChanged(ctx));

@@ -10,11 +10,11 @@ use crate::server::Database;
 
 /// Re-seal every app's credentials under the first secret key, then exit.
 #[derive(Args, Debug)]
-#[command(after_help = "Rotation: put the new key first and keep the old one after it, e.g.\n  \
-    printf '%s\\n%s\\n' \"$(head -c 32 /dev/urandom | base64)\" \"$(cat herald.key)\" > herald.key.new\n\
-    restart Herald (every node) with the new file, then\n  \
-    herald rekey --db sqlite://herald.db --secret-key-file herald.key.new\n\
-    and finally drop the old key from the file.\n\
+#[command(after_help = "Rotation:\n  \
+    1. put a new key (head -c 32 /dev/urandom | base64) first in the key file, the old one\n     \
+    after it, and restart Herald (every node);\n  \
+    2. herald rekey --db sqlite://herald.db --secret-key-file /etc/herald/secret.key\n  \
+    3. drop the old key from the file and restart.\n\
     An SQLite database is owned by one process: stop `herald serve` while rekey runs.")]
 pub struct RekeyArgs {
     /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB (add ?sslmode=require
@@ -28,6 +28,11 @@ pub struct RekeyArgs {
 
 pub async fn run(args: RekeyArgs) -> Result<(), String> {
     let database: Database = args.db.parse().map_err(|e| format!("invalid --db: {e}"))?;
+    if let Database::Sqlite(path) = &database {
+        if !path.exists() {
+            return Err(format!("{} does not exist", path.display()));
+        }
+    }
     let sealer = args.secret_key.sealer(None).map_err(|e| e.to_string())?;
     let Some(key_id) = sealer.current_key_id().map(str::to_string) else {
         return Err(

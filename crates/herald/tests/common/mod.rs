@@ -75,7 +75,14 @@ impl TestServer {
         db: PathBuf,
         sealer: herald_store::Sealer,
     ) -> Result<TestServer, server::ServerError> {
-        Self::try_launch(db, engine_config(true), None, reqwest::Client::new(), sealer).await
+        Self::try_launch(
+            db,
+            engine_config(true),
+            None,
+            reqwest::Client::new(),
+            sealer,
+        )
+        .await
     }
 
     async fn launch(

@@ -208,6 +208,7 @@ pub async fn start(
         store: store.clone(),
         admin_token_sha256: token_hash,
         target_policy: opts.engine.target_policy.clone(),
+        apps: Default::default(),
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;

@@ -34,6 +34,48 @@ pub struct ApiState {
     pub admin_token_sha256: [u8; 32],
     /// The engine's target policy: URLs it will always refuse are refused at the door.
     pub target_policy: Arc<TargetPolicy>,
+    /// Apps as the accept path needs them (the profile and credentials of the encoding
+    /// check), so accepting a notification does not read the app from the database each
+    /// time. Apps are never deleted; a rotation here drops the entry. A rotation on another
+    /// node leaves an older version here, which still encodes the same way.
+    pub apps: Arc<AppCache>,
+}
+
+/// A bounded map of apps by id (see [`ApiState::apps`]).
+#[derive(Default)]
+pub struct AppCache {
+    apps: std::sync::Mutex<std::collections::HashMap<String, Arc<herald_store::App>>>,
+}
+
+impl AppCache {
+    /// Most apps kept; past it the map starts over (a cache, not the truth).
+    const MAX: usize = 10_000;
+
+    pub async fn get(
+        &self,
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<Arc<herald_store::App>>, herald_store::StoreError> {
+        if let Some(app) = self.apps.lock().ok().and_then(|m| m.get(id).cloned()) {
+            return Ok(Some(app));
+        }
+        let Some(app) = store.get_app(id).await?.map(Arc::new) else {
+            return Ok(None);
+        };
+        if let Ok(mut m) = self.apps.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(id.to_string(), app.clone());
+        }
+        Ok(Some(app))
+    }
+
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut m) = self.apps.lock() {
+            m.remove(id);
+        }
+    }
 }
 
 /// Builds the router with every route.

@@ -77,8 +77,8 @@ pub async fn create(
         .transpose()?;
     let now = now_ms();
     let app = state
-        .store
-        .get_app(&app_id)
+        .apps
+        .get(state.store.as_ref(), &app_id)
         .await?
         .ok_or(ApiError::NotFound("app"))?;
     // The profile's own encoder, as the engine will run it: what fails here would fail on

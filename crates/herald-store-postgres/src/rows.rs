@@ -7,7 +7,7 @@ use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use tokio_postgres::Row;
 
 use herald_store::model::*;
-use herald_store::{Result, StoreError};
+use herald_store::{Result, SealCensus, Sealer, StoreError};
 
 use crate::backend;
 
@@ -58,13 +58,20 @@ fn u32_col(row: &Row, idx: usize) -> Result<u32> {
     u32::try_from(v).map_err(|e| decode("count", e))
 }
 
-pub(crate) fn app_from_row(row: &Row) -> Result<App> {
+/// The profile of an app row ([`APP_COLS`]).
+pub(crate) fn app_profile(row: &Row) -> Result<Profile> {
     let profile: String = col(row, 2)?;
-    let profile: Profile = profile.parse().map_err(|e| decode("profile", e))?;
-    let credentials: Credentials =
-        json_col(row, 5, "credentials")?.ok_or_else(|| decode("credentials", "null"))?;
+    profile.parse().map_err(|e| decode("profile", e))
+}
+
+/// An app row ([`APP_COLS`]), its credentials opened with `sealer`.
+pub(crate) fn app_from_row(row: &Row, sealer: &Sealer) -> Result<App> {
+    let id: String = col(row, 0)?;
+    let profile = app_profile(row)?;
+    let stored: String = col(row, 5)?;
+    let credentials: Credentials = sealer.open_credentials(&id, &stored)?;
     Ok(App {
-        id: col(row, 0)?,
+        id,
         name: col(row, 1)?,
         profile,
         retry: json_col::<RetryPolicy>(row, 3, "retry policy")?,
@@ -152,19 +159,53 @@ fn attempt_from_row(row: &Row) -> Result<(i64, Attempt)> {
     ))
 }
 
-pub(crate) async fn get_app(c: &impl GenericClient, id: &str) -> Result<Option<App>> {
+pub(crate) async fn get_app(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    id: &str,
+) -> Result<Option<App>> {
     let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = $1");
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let row = c.query_opt(&stmt, &[&id]).await.map_err(backend)?;
-    row.as_ref().map(app_from_row).transpose()
+    row.as_ref().map(|r| app_from_row(r, sealer)).transpose()
 }
 
 /// The apps with these ids (missing ones are left out).
-pub(crate) async fn get_apps(c: &impl GenericClient, ids: &[&str]) -> Result<Vec<App>> {
+pub(crate) async fn get_apps(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    ids: &[&str],
+) -> Result<Vec<App>> {
     let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = ANY($1)");
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let rows = c.query(&stmt, &[&ids]).await.map_err(backend)?;
-    rows.iter().map(app_from_row).collect()
+    rows.iter().map(|r| app_from_row(r, sealer)).collect()
+}
+
+/// Every app's credentials as stored, `(id, credentials)`; locked for update with `lock`.
+pub(crate) async fn stored_credentials(
+    c: &impl GenericClient,
+    lock: bool,
+) -> Result<Vec<(String, String)>> {
+    let sql = if lock {
+        "SELECT id, credentials FROM apps ORDER BY id FOR UPDATE"
+    } else {
+        "SELECT id, credentials FROM apps ORDER BY id"
+    };
+    let rows = c.query(sql, &[]).await.map_err(backend)?;
+    rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
+}
+
+/// Opens every app's credentials with `sealer` and counts how they are held.
+pub(crate) async fn check_credentials(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+) -> Result<SealCensus> {
+    let mut census = SealCensus::default();
+    for (id, stored) in stored_credentials(c, false).await? {
+        sealer.check(&id, &stored, &mut census)?;
+    }
+    Ok(census)
 }
 
 /// An endpoint by id, deleted or not.

@@ -5,7 +5,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::backend;
 use herald_store::model::*;
-use herald_store::{Result, StoreError};
+use herald_store::sealing::CredentialsError;
+use herald_store::{Result, SealCensus, Sealer, StoreError};
+use rusqlite::types::Type;
 
 pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
 pub(crate) const ENDPOINT_COLS: &str =
@@ -43,13 +45,18 @@ pub(crate) fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<Stri
     v.as_ref().map(to_json).transpose()
 }
 
-pub(crate) fn app_from_row(row: &Row) -> rusqlite::Result<App> {
+/// An app row ([`APP_COLS`]), its credentials opened with `sealer` (a failure to open them is
+/// a conversion failure carrying the [`CredentialsError`], see [`app_error`]).
+pub(crate) fn app_from_row(row: &Row, sealer: &Sealer) -> rusqlite::Result<App> {
+    let id: String = row.get(0)?;
     let profile: String = row.get(2)?;
     let profile: Profile = profile.parse().map_err(|e| decode_err("profile", e))?;
-    let credentials: Credentials =
-        json_col(row, 5, "credentials")?.ok_or_else(|| decode_err("credentials", "null"))?;
+    let stored: String = row.get(5)?;
+    let credentials: Credentials = sealer
+        .open_credentials(&id, &stored)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, Type::Text, Box::new(e)))?;
     Ok(App {
-        id: row.get(0)?,
+        id,
         name: row.get(1)?,
         profile,
         retry: json_col::<RetryPolicy>(row, 3, "retry policy")?,
@@ -112,10 +119,47 @@ pub(crate) fn delivery_from_row(row: &Row) -> rusqlite::Result<(i64, Delivery)> 
     ))
 }
 
-pub(crate) fn get_app(conn: &Connection, id: &str) -> Result<Option<App>> {
+pub(crate) fn get_app(conn: &Connection, sealer: &Sealer, id: &str) -> Result<Option<App>> {
     conn.prepare_cached(&format!("SELECT {APP_COLS} FROM apps WHERE id = ?1"))
-        .and_then(|mut s| s.query_row([id], app_from_row).optional())
-        .map_err(backend)
+        .and_then(|mut s| s.query_row([id], |r| app_from_row(r, sealer)).optional())
+        .map_err(app_error)
+}
+
+/// A failure reading an app: its credentials' own error when they did not open.
+fn app_error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, inner) => {
+            match inner.downcast::<CredentialsError>() {
+                Ok(creds) => StoreError::from(*creds),
+                Err(other) => backend(rusqlite::Error::FromSqlConversionFailure(
+                    5,
+                    Type::Text,
+                    other,
+                )),
+            }
+        }
+        other => backend(other),
+    }
+}
+
+/// Every app's credentials as stored: `(id, credentials)`.
+pub(crate) fn stored_credentials(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn
+        .prepare("SELECT id, credentials FROM apps ORDER BY id")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+}
+
+/// Opens every app's credentials with `sealer` and counts how they are held.
+pub(crate) fn check_credentials(conn: &Connection, sealer: &Sealer) -> Result<SealCensus> {
+    let mut census = SealCensus::default();
+    for (id, stored) in stored_credentials(conn)? {
+        sealer.check(&id, &stored, &mut census)?;
+    }
+    Ok(census)
 }
 
 pub(crate) fn get_endpoint(conn: &Connection, app_id: &str, id: &str) -> Result<Option<Endpoint>> {

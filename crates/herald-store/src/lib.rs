@@ -6,16 +6,19 @@
 //! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`]). [`Store`] is all four, which
 //! is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
 //! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
-//! SQL.
+//! SQL. Drivers seal apps' credentials before writing them and open them when reading (see
+//! [`sealing`]).
 
 pub mod conformance;
 pub mod model;
 pub mod queue;
+pub mod sealing;
 
 use async_trait::async_trait;
 
 pub use model::*;
 pub use queue::*;
+pub use sealing::{SealCensus, Sealer};
 
 /// Storage errors. Caller mistakes (missing rows) are `Ok(None)`/`Ok(false)` on the traits,
 /// so what is left here is either a conflict the API reports, or an unexpected failure.
@@ -56,6 +59,14 @@ pub trait AdminStore: Send + Sync + 'static {
         id: &str,
         credentials: herald_protocols::Credentials,
     ) -> Result<Option<App>>;
+    /// Opens every app's credentials with the store's keyring and counts how they are held;
+    /// an error names the first app whose credentials do not open (a key missing from the
+    /// keyring, an altered value). Servers check this at start.
+    async fn check_credentials(&self) -> Result<SealCensus>;
+    /// Rewrites every app's credentials that are not sealed under the keyring's first key
+    /// (plaintext, or an older key) under it, in one transaction (`herald rekey`); nothing
+    /// is written when one does not open. Without a key, only counts.
+    async fn reseal_credentials(&self) -> Result<SealCensus>;
 
     // Endpoints. `Err(NotFound("app"))` when the app does not exist.
     async fn create_endpoint(&self, new: NewEndpoint) -> Result<Endpoint>;

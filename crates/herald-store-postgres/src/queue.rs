@@ -139,8 +139,10 @@ pub(crate) async fn rescue(inner: &Inner, now: Millis) -> Result<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Claims with [`CLAIM`] inside `tx`, after taking the claim lock (pipelined: the claim's
-/// snapshot is taken after the lock is granted). `order_key` narrows it to one key.
+/// Claims with [`CLAIM`] inside `tx`, after taking the claim lock. The two statements are
+/// pipelined, the lock first (`biased`: polled, so sent, in order); the server runs them in
+/// order, so the claim's snapshot is taken once the lock is granted. `order_key` narrows
+/// the claim to one key.
 #[allow(clippy::too_many_arguments)]
 async fn claim_in(
     inner: &Inner,
@@ -170,7 +172,7 @@ async fn claim_in(
                     .await
                     .map_err(backend)
             };
-            tokio::try_join!(lock_fut, claim)?.1
+            tokio::try_join!(biased; lock_fut, claim)?.1
         }
         Some(key) => {
             let claim = async {
@@ -178,7 +180,7 @@ async fn claim_in(
                     .await
                     .map_err(backend)
             };
-            tokio::try_join!(lock_fut, claim)?.1
+            tokio::try_join!(biased; lock_fut, claim)?.1
         }
     };
     jobs_from_rows(inner, generation, tx, &rows, now).await

@@ -33,11 +33,26 @@ pub fn build_client(config: &EngineConfig) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
+/// The error class of an attempt that failed because this machine ran out of local
+/// resources (descriptors, socket buffers, memory) before the request reached the receiver.
+pub const LOCAL_ERROR_CLASS: &str = "local";
+
 /// What one attempt produced.
 #[derive(Debug)]
 pub struct AttemptResult {
     pub attempt: Attempt,
     pub verdict: Verdict,
+}
+
+impl AttemptResult {
+    /// True when the attempt failed on Herald's side for lack of local resources (`EMFILE`,
+    /// `ENFILE`, `ENOBUFS`, `ENOMEM`; error class [`LOCAL_ERROR_CLASS`]): it says nothing
+    /// about the receiver, so it must not spend one of the delivery's attempts nor count
+    /// as the destination's failure. The caller retries it after a short pause, with the
+    /// same attempt number.
+    pub fn is_local(&self) -> bool {
+        self.attempt.error_class.as_deref() == Some(LOCAL_ERROR_CLASS)
+    }
 }
 
 /// Makes attempt number `job.attempts + 1` of a job: to the endpoint's current URL (or the
@@ -61,6 +76,9 @@ pub struct HttpAttempter {
     /// Most bytes of a response body stored.
     pub store_cap: usize,
     pub clock: Arc<dyn Clock>,
+    /// The configured time limit of one attempt (the client's); a profile whose provider
+    /// allows less (WeChat Pay: 5 s) gets its own, shorter one.
+    pub request_timeout: Duration,
 }
 
 #[async_trait::async_trait]
@@ -73,13 +91,25 @@ impl Attempter for HttpAttempter {
     ) -> AttemptResult {
         let url = endpoint.map(|e| e.url.as_str()).unwrap_or(&job.url);
         let (_, ack) = effective_rules(app, endpoint);
-        self.send(job, app, url, ack).await
+        let timeout = endpoint
+            .and_then(|e| e.timeout_ms)
+            .map(|ms| Duration::from_millis(ms.into()));
+        self.send(job, app, url, ack, timeout).await
     }
 }
 
 impl HttpAttempter {
-    /// Makes attempt number `job.attempts + 1` of `job` to `url`.
-    pub async fn send(&self, job: &Job, app: &AppCtx, url: &str, ack: &AckRule) -> AttemptResult {
+    /// Makes attempt number `job.attempts + 1` of `job` to `url`, within `timeout` (an
+    /// endpoint's own limit) or else the profile's limit when shorter than the configured
+    /// one.
+    pub async fn send(
+        &self,
+        job: &Job,
+        app: &AppCtx,
+        url: &str,
+        ack: &AckRule,
+        timeout: Option<Duration>,
+    ) -> AttemptResult {
         let at = self.clock.now();
         let started = Instant::now();
         let n = job.attempts + 1;
@@ -139,6 +169,11 @@ impl HttpAttempter {
             .client
             .post(parsed)
             .header(CONTENT_TYPE, encoded.content_type);
+        let limit =
+            timeout.unwrap_or_else(|| app.profile.attempt_timeout().min(self.request_timeout));
+        if limit != self.request_timeout {
+            req = req.timeout(limit);
+        }
         for (name, value) in &encoded.headers {
             match (
                 HeaderName::try_from(name.as_str()),
@@ -269,6 +304,38 @@ fn snippet(body: &[u8], cap: usize) -> Option<String> {
     Some(String::from_utf8_lossy(&body[..body.len().min(cap)]).into_owned())
 }
 
+/// `errno` values that mean this machine, not the receiver, is out of resources: too many
+/// open files (per process, system-wide), no socket buffer space, no memory. ENOBUFS differs
+/// between Linux and the BSDs.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+const ENOMEM: i32 = 12;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const ENOBUFS: i32 = 105;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const ENOBUFS: i32 = 55;
+
+/// True when `e` is an OS error saying local resources ran out.
+pub fn is_local_resource_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::OutOfMemory
+        || matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+/// Walks an error chain; true when any link is a local resource error (see
+/// [`is_local_resource_error`]).
+pub fn chain_has_local_resource_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(is_local_resource_error)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Maps a transport error to an error class and a message.
 fn classify_error(e: &reqwest::Error) -> (&'static str, String) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -281,6 +348,9 @@ fn classify_error(e: &reqwest::Error) -> (&'static str, String) {
         source = s.source();
     }
     let text = chain.join(": ");
+    if chain_has_local_resource_error(e) {
+        return (LOCAL_ERROR_CLASS, text);
+    }
     let lower = text.to_ascii_lowercase();
     let class = if e.is_timeout() {
         "timeout"
@@ -339,6 +409,139 @@ mod tests {
             next_outcome(&short, 1, &p, 5, &mut rng),
             Outcome::Retry { next_at: 1005 }
         );
+    }
+
+    fn test_app() -> AppCtx {
+        AppCtx {
+            id: "app_1".into(),
+            profile: herald_protocols::Profile::StandardWebhooks,
+            credentials: herald_protocols::Credentials::StandardWebhooks(
+                herald_protocols::standard_webhooks::Keys::single(
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                ),
+            ),
+            retry: RetryPolicy::standard(),
+            ack: AckRule::Http2xx,
+        }
+    }
+
+    fn test_job(app: &AppCtx, url: &str) -> Job {
+        Job {
+            seq: 1,
+            id: "dlv_1".into(),
+            notify_id: "msg_1".into(),
+            notification_id: "ntf_1".into(),
+            app: Arc::new(app.clone()),
+            endpoint: None,
+            url: url.into(),
+            event_type: "e".into(),
+            payload: Arc::from("{}"),
+            created_at: 0,
+            attempts: 0,
+            next_at: 0,
+            order_key: None,
+        }
+    }
+
+    /// An error wrapping another, as hyper-util's connect error wraps the socket's.
+    #[derive(Debug)]
+    struct Wrapped(&'static str, std::io::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn running_out_of_local_resources_is_classified_as_heralds_failure() {
+        for errno in [EMFILE, ENFILE, ENOBUFS, ENOMEM] {
+            let e = Wrapped("tcp open error", std::io::Error::from_raw_os_error(errno));
+            assert!(chain_has_local_resource_error(&e), "errno {errno}");
+        }
+        assert!(chain_has_local_resource_error(&std::io::Error::from(
+            std::io::ErrorKind::OutOfMemory
+        )));
+        // The receiver's failures are not local.
+        for kind in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::TimedOut,
+        ] {
+            let e = Wrapped("tcp connect error", std::io::Error::from(kind));
+            assert!(!chain_has_local_resource_error(&e), "{kind:?}");
+        }
+    }
+
+    /// A real connect that fails with EMFILE: the attempt is marked local (not spent).
+    /// Runs in a child process so the descriptor limit does not disturb other tests.
+    #[tokio::test]
+    async fn an_attempt_that_cannot_open_a_socket_is_local_and_not_the_receivers_failure() {
+        if std::env::var_os("HERALD_ATTEMPT_EMFILE_CHILD").is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new("prlimit")
+                .arg("--nofile=64:64")
+                .arg("--")
+                .arg(exe)
+                .args([
+                    "--exact",
+                    "attempt::tests::an_attempt_that_cannot_open_a_socket_is_local_and_not_the_receivers_failure",
+                    "--nocapture",
+                ])
+                .env("HERALD_ATTEMPT_EMFILE_CHILD", "1")
+                .output();
+            let Ok(out) = out else {
+                eprintln!("prlimit is not available; skipped");
+                return;
+            };
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let config = EngineConfig {
+            target_policy: Arc::new(TargetPolicy {
+                allow_private: true,
+                allow: vec![],
+            }),
+            ..EngineConfig::default()
+        };
+        let sender = HttpAttempter {
+            client: build_client(&config).unwrap(),
+            policy: config.target_policy.clone(),
+            read_cap: 1024,
+            store_cap: 256,
+            clock: Arc::new(crate::SystemClock),
+            request_timeout: config.request_timeout,
+        };
+        let app = test_app();
+        let job = test_job(&app, &url);
+        // Use up every descriptor this process may open.
+        let mut hog = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hog.push(f);
+        }
+        let result = sender.send(&job, &app, &url, &AckRule::Http2xx, None).await;
+        drop(hog);
+        assert!(result.is_local(), "{:?}", result.attempt);
+        assert_eq!(
+            result.attempt.error_class.as_deref(),
+            Some(LOCAL_ERROR_CLASS)
+        );
+        // The same attempt with descriptors to spare reaches the receiver (refused only
+        // because nobody answers HTTP here, or accepted: either way not local).
+        drop(listener);
+        let result = sender.send(&job, &app, &url, &AckRule::Http2xx, None).await;
+        assert!(!result.is_local(), "{:?}", result.attempt);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct EngineStats {
     pub in_memory: AtomicU64,
     /// Deliveries postponed to relieve memory (see the scheduler's parking).
     pub parked: AtomicU64,
+    /// Attempts that failed for lack of local resources (descriptors, buffers): retried
+    /// without being counted against the delivery or its destination.
+    pub local_failures: AtomicU64,
     /// Claims answered by the store; the first one means the engine is ready (it holds
     /// what was due soon and free).
     pub claims: AtomicU64,
@@ -123,6 +126,7 @@ impl Engine {
             read_cap: config.response_read_cap,
             store_cap: config.response_store_cap,
             clock: config.clock.clone(),
+            request_timeout: config.request_timeout,
         });
         Ok(Engine::with_attempter(queue, config, attempter, shutdown))
     }

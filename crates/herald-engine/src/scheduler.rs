@@ -23,8 +23,9 @@
 //!   tail of the longest ready queues is released in the store with a later time (no attempt
 //!   spent) and dropped from memory; claims bring it back later.
 //! - **No silent loss.** Every attempt task reports back, even when it panics (a drop
-//!   guard), so slots never leak; an outcome the store could not take is attempted again
-//!   after a backoff (the delivery stays held by this node, so nobody else sends it).
+//!   guard), so slots never leak. An outcome the store cannot take is offered again for up
+//!   to a lease (the database may be restarting); after that the delivery is attempted
+//!   again after a backoff (it stays held by this node, so nobody else sends it).
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use herald_store::{
     AppCtx, AttemptReport, ClaimParams, CompleteParams, Completed, DeliveryStatus, EndpointCtx,
     Hint, HintReceiver, Job, Lease, LeaseParams, Millis, NodeId, Outcome, Queue, ReleaseParams,
+    StoreError,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -48,7 +50,10 @@ const MSG_BATCH: usize = 1024;
 /// Delay before a job whose outcome could not be recorded is tried again; doubles with each
 /// consecutive storage failure, up to `RECORD_RETRY_MAX`.
 const RECORD_RETRY: Millis = 1_000;
-const RECORD_RETRY_MAX: Millis = 300_000;
+const RECORD_RETRY_MAX: Millis = 30_000;
+/// Pauses between tries to record an outcome while the store fails.
+const RECORD_PAUSE_MIN: Duration = Duration::from_millis(250);
+const RECORD_PAUSE_MAX: Duration = Duration::from_secs(4);
 /// Ready jobs a destination keeps in memory when parking.
 const PARK_KEEP_MIN: usize = 64;
 /// Pause before claiming again after a failed claim, lease or release call.
@@ -931,6 +936,7 @@ impl Scheduler {
         let stats = self.stats.clone();
         let node = self.node.clone();
         let window = self.window_ms();
+        let lease = self.config.lease;
         let tx = self.task_tx.clone();
         let mut guard = AttemptGuard {
             job: Some(job.clone()),
@@ -940,6 +946,16 @@ impl Scheduler {
         };
         tokio::spawn(async move {
             let result = attempter.attempt(&job, &app, endpoint.as_deref()).await;
+            if result.is_local() {
+                // Herald ran out of something of its own (descriptors, buffers, memory): not
+                // the receiver's failure. Dropping the guard reports the job as lost, which
+                // frees its slot without judging the destination and tries it again after a
+                // backoff, the attempt not spent.
+                stats.local_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(delivery = %job.id, error = ?result.attempt.error,
+                    "an attempt failed for lack of local resources; it is not counted");
+                return;
+            }
             stats.attempts.fetch_add(1, Ordering::Relaxed);
             guard.http_done(result.verdict == herald_protocols::Verdict::Acked);
             let (retry, _) = effective_rules(&app, endpoint.as_deref());
@@ -960,14 +976,34 @@ impl Scheduler {
                 now,
                 horizon: now + window,
             };
-            match queue.complete(params).await {
-                Ok(completed) => {
-                    if let Some(job) = guard.disarm() {
-                        let _ = tx.send(TaskMsg::Completed { job, completed });
+            // The receiver answered: record that, retrying while the database is away (for
+            // up to a lease; after that another node may hold the delivery, and a late
+            // outcome would be stale anyway). Re-sending the request would bother the
+            // receiver for nothing. If it still cannot be recorded, the guard reports the
+            // job as lost and it is attempted again later.
+            let give_up = tokio::time::Instant::now() + lease;
+            let mut pause = RECORD_PAUSE_MIN;
+            loop {
+                match queue.complete(params.clone()).await {
+                    Ok(completed) => {
+                        if let Some(job) = guard.disarm() {
+                            let _ = tx.send(TaskMsg::Completed { job, completed });
+                        }
+                        break;
                     }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, delivery = %job.id, "recording an attempt failed")
+                    Err(e @ StoreError::Closed) => {
+                        tracing::warn!(error = %e, delivery = %job.id, "the store is closed: the outcome is not recorded");
+                        break;
+                    }
+                    Err(e) if tokio::time::Instant::now() + pause < give_up => {
+                        tracing::warn!(error = %e, delivery = %job.id, "recording an attempt failed; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RECORD_PAUSE_MAX);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, delivery = %job.id, "recording an attempt failed");
+                        break;
+                    }
                 }
             }
         });

@@ -269,6 +269,9 @@ impl Queue for FakeQueue {
 
 type Script = Box<dyn Fn(&Job) -> (Verdict, Duration) + Send + Sync>;
 
+/// A scripted verdict that stands for "Herald ran out of descriptors" (error class `local`).
+const LOCAL: Verdict = Verdict::RetryNotBefore(Duration::from_millis(424_242));
+
 struct FakeReceiver {
     clock: TokioClock,
     /// (seq, attempt number, time) of every attempt, in order.
@@ -308,17 +311,18 @@ impl Attempter for FakeReceiver {
             .expect("log")
             .push((job.seq, job.attempts + 1, at));
         tokio::time::sleep(takes).await;
+        let local = verdict == LOCAL;
         AttemptResult {
             attempt: Attempt {
                 n: job.attempts + 1,
                 at,
                 duration_ms: takes.as_millis() as u32,
-                status_code: Some(if verdict == Verdict::Acked { 204 } else { 503 }),
+                status_code: (!local).then_some(if verdict == Verdict::Acked { 204 } else { 503 }),
                 response: None,
-                error_class: None,
-                error: None,
+                error_class: local.then(|| "local".to_string()),
+                error: local.then(|| "Too many open files (os error 24)".to_string()),
             },
-            verdict,
+            verdict: if local { Verdict::Retry } else { verdict },
         }
     }
 }
@@ -634,4 +638,42 @@ async fn shutdown_gives_back_what_the_node_holds() {
     let queue = h.queue.clone();
     h.stop().await;
     assert!(queue.holder(1).is_none(), "released for the next node");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_fails_for_lack_of_local_resources_is_not_spent() {
+    // A schedule of one attempt: spending it on Herald's own failure would fail the delivery.
+    let a = app(&[]);
+    let h = Harness::start(
+        Box::new(|_| {
+            static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            if CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                (LOCAL, Duration::from_millis(1))
+            } else {
+                (Verdict::Acked, Duration::from_millis(1))
+            }
+        }),
+        |_| {},
+    );
+    h.queue.add(job(1, &a, T0, None));
+    run_for(Duration::from_secs(30)).await;
+    assert_eq!(
+        h.receiver.attempts_of(1).len(),
+        3,
+        "two local failures, then the real attempt"
+    );
+    assert_eq!(h.queue.status(1), DeliveryStatus::Succeeded);
+    assert_eq!(
+        h.queue.state().rows[&1].attempts,
+        1,
+        "only the real attempt counts"
+    );
+    assert_eq!(
+        h.engine
+            .stats
+            .local_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    h.stop().await;
 }

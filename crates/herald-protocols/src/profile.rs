@@ -31,6 +31,11 @@ pub(crate) fn credential_fields(
     }
 }
 
+/// The time limit of one attempt for profiles whose provider sets none shorter.
+pub const DEFAULT_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// WeChat Pay's: a merchant that has not answered in 5 seconds has failed the notification.
+pub const WECHATPAY_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The wire profiles Herald speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Profile {
@@ -148,6 +153,18 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::default_retry(),
             Profile::WechatPayV3 => wechatpay_v3::default_retry(),
             Profile::Stripe => stripe::default_retry(),
+        }
+    }
+
+    /// How long the provider gives the merchant to answer one notification, and so the
+    /// default time limit of one attempt: WeChat Pay (v2 and v3) waits 5 seconds, the others
+    /// [`DEFAULT_ATTEMPT_TIMEOUT`] (15 s).
+    pub fn attempt_timeout(self) -> std::time::Duration {
+        match self {
+            Profile::WechatPayV2 | Profile::WechatPayV3 => WECHATPAY_ATTEMPT_TIMEOUT,
+            Profile::StandardWebhooks | Profile::Alipay | Profile::Stripe => {
+                DEFAULT_ATTEMPT_TIMEOUT
+            }
         }
     }
 
@@ -456,6 +473,18 @@ mod tests {
             "stripe2".parse::<Profile>(),
             Err(ProfileError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn wechat_pay_attempts_time_out_after_5_seconds_and_others_after_15() {
+        use std::time::Duration;
+        for p in Profile::ALL {
+            let want = match p {
+                Profile::WechatPayV2 | Profile::WechatPayV3 => Duration::from_secs(5),
+                _ => Duration::from_secs(15),
+            };
+            assert_eq!(p.attempt_timeout(), want, "{}", p.name());
+        }
     }
 
     #[test]

@@ -50,8 +50,9 @@ pub const GENERATED_SECRET_LEN: usize = 32;
 /// How old (in seconds) `t=` may be and still verify: the official libraries' default
 /// tolerance. As in them, a `t=` ahead of the receiver's clock is not refused.
 pub const TOLERANCE_SECS: i64 = 300;
-/// The `api_version` written into encoded events.
-pub const API_VERSION: &str = "2024-06-20";
+/// The `api_version` written into encoded events of an app that sets none: the version
+/// Stripe's API reference calls current (docs.stripe.com/api/versioning).
+pub const API_VERSION: &str = "2026-01-28.clover";
 /// The `Content-Type` of an encoded event.
 pub const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
@@ -64,6 +65,10 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Credentials {
     pub secrets: Vec<SecretEntry>,
+    /// The events' `api_version` (an endpoint's version at Stripe); [`API_VERSION`] when
+    /// `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
 }
 
 /// One endpoint secret.
@@ -96,7 +101,13 @@ impl Credentials {
     pub fn single(secret: String) -> Credentials {
         Credentials {
             secrets: vec![SecretEntry::current(secret)],
+            api_version: None,
         }
+    }
+
+    /// The `api_version` its events carry.
+    pub fn api_version(&self) -> &str {
+        self.api_version.as_deref().unwrap_or(API_VERSION)
     }
 
     /// The secrets that sign at `now`, current first.
@@ -122,6 +133,7 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("secrets", &self.secrets)
+            .field("api_version", &self.api_version)
             .finish()
     }
 }
@@ -170,7 +182,29 @@ pub fn signature_header(timestamp: i64, body: &[u8], secrets: &[&str]) -> String
 // ---------------------------------------------------------------------------------------
 // Credentials
 
-const CREDENTIALS_SHAPE: &str = "credentials for stripe are null (generate a whsec_ secret) or {\"secret\": \"whsec_...\"} (use it)";
+const CREDENTIALS_SHAPE: &str = "credentials for stripe are null (generate a whsec_ secret) or an object with any of \"secret\" (\"whsec_...\", generated when absent) and \"api_version\" (such as \"2026-01-28.clover\", the events' version)";
+
+/// A Stripe API version: `YYYY-MM-DD`, optionally `.name` (lower-case letters), such as
+/// `2024-06-20` or `2026-01-28.clover`.
+fn check_api_version(v: &str) -> Result<(), String> {
+    let (date, name) = v.split_once('.').unwrap_or((v, "x"));
+    let b = date.as_bytes();
+    let date_ok = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if date_ok
+        && !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|c| c.is_ascii_lowercase())
+    {
+        Ok(())
+    } else {
+        Err("api_version must look like \"2026-01-28.clover\" or \"2024-06-20\"".into())
+    }
+}
 
 /// A new endpoint secret: `whsec_` + 32 random ASCII letters and digits from the OS.
 pub fn generate_secret() -> String {
@@ -211,7 +245,7 @@ fn check_secret(secret: &str) -> Result<(), String> {
 /// [`ProfileError::BadCredentials`], whose message never quotes the secret.
 pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), ProfileError> {
     let fields = crate::profile::credential_fields(options, CREDENTIALS_SHAPE)?;
-    if fields.keys().any(|k| k != "secret") {
+    if fields.keys().any(|k| k != "secret" && k != "api_version") {
         return Err(bad_credentials(format!(
             "unknown field in credentials: {CREDENTIALS_SHAPE}"
         )));
@@ -225,8 +259,20 @@ pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), Profi
         }
         Some(_) => return Err(bad_credentials("secret must be a string \"whsec_...\"")),
     };
-    let view = serde_json::json!({ "secret": secret });
-    Ok((Credentials::single(secret), view))
+    let api_version = match fields.get("api_version") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(v)) => {
+            check_api_version(v).map_err(bad_credentials)?;
+            Some(v.clone())
+        }
+        Some(_) => return Err(bad_credentials("api_version must be a string")),
+    };
+    let c = Credentials {
+        secrets: vec![SecretEntry::current(secret.clone())],
+        api_version,
+    };
+    let view = serde_json::json!({ "secret": secret, "api_version": c.api_version() });
+    Ok((c, view))
 }
 
 /// What may be shown at any time: the secrets' expiries, current first, never their text:
@@ -237,7 +283,7 @@ pub fn public_view(c: &Credentials) -> Value {
         .iter()
         .map(|s| serde_json::json!({ "expires_at": s.expires_at }))
         .collect();
-    serde_json::json!({ "secrets": secrets })
+    serde_json::json!({ "secrets": secrets, "api_version": c.api_version() })
 }
 
 /// A new current secret; the current one keeps signing (and verifying) until `grace_until`,
@@ -268,7 +314,13 @@ pub fn rotate(
             });
         }
     }
-    Ok((Credentials { secrets }, view))
+    Ok((
+        Credentials {
+            secrets,
+            api_version: c.api_version.clone(),
+        },
+        view,
+    ))
 }
 
 /// A fresh event id, `evt_<ulid>`.
@@ -295,13 +347,23 @@ pub fn default_ack() -> AckRule {
 struct EventBody<'a> {
     id: &'a str,
     object: &'static str,
-    api_version: &'static str,
+    api_version: &'a str,
     created: i64,
     #[serde(rename = "type")]
     event_type: &'a str,
     livemode: bool,
     pending_webhooks: u32,
+    request: EventRequest,
     data: EventData<'a>,
+}
+
+/// The API request that caused the event: `{"id": null, "idempotency_key": null}` for
+/// events no API request of the merchant's caused (a buyer paying, a timeout), which is
+/// all that Herald knows of.
+#[derive(Serialize)]
+struct EventRequest {
+    id: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -311,8 +373,9 @@ struct EventData<'a> {
 }
 
 /// Encodes one attempt: the body is the event
-/// `{"id": notify_id, "object": "event", "api_version": "2024-06-20", "created": created_at,
-/// "type": event_type, "livemode": false, "pending_webhooks": 1, "data": {"object": payload}}`
+/// `{"id": notify_id, "object": "event", "api_version": <the app's, default API_VERSION>,
+/// "created": created_at, "type": event_type, "livemode": false, "pending_webhooks": 1,
+/// "request": {"id": null, "idempotency_key": null}, "data": {"object": payload}}`
 /// with the payload (a JSON object) embedded byte for byte (surrounding whitespace aside),
 /// and `Stripe-Signature: t=<n.timestamp>,v1=...` with one `v1` per secret valid at
 /// `n.timestamp`, current first.
@@ -350,11 +413,15 @@ pub fn encode(
     let event = EventBody {
         id: n.notify_id,
         object: "event",
-        api_version: API_VERSION,
+        api_version: c.api_version(),
         created: n.created_at,
         event_type: n.event_type,
         livemode: false,
         pending_webhooks: 1,
+        request: EventRequest {
+            id: None,
+            idempotency_key: None,
+        },
         data: EventData { object: raw },
     };
     let body = serde_json::to_vec(&event)

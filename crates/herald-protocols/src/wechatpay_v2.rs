@@ -12,10 +12,13 @@
 //! Choices worth knowing:
 //! - WeChat v2 has no notify id on the wire. Herald's notify id ([`new_notify_id`],
 //!   `wx2_<ulid>`) stays internal; a receiver dedupes on `transaction_id`.
-//! - With `MD5` (WeChat's default) [`encode`] sends no `sign_type` field, as WeChat does;
-//!   with `HMAC-SHA256` it sends `sign_type=HMAC-SHA256`. Receivers do not rely on the
-//!   field (WeChat's own HMAC-SHA256 notifications usually lack it): [`verify`] uses the
-//!   merchant's configured sign type, else the sign's length (32 hex MD5, 64 HMAC-SHA256).
+//! - [`encode`] sends no `sign_type` field, with `MD5` or `HMAC-SHA256` alike, as WeChat's
+//!   own payment notifications do (real HMAC-SHA256 notifies carry a 64-hex sign and no
+//!   `sign_type`). Receivers do not rely on the field: [`verify`] uses the merchant's
+//!   configured sign type, else the sign's length (32 hex MD5, 64 HMAC-SHA256).
+//! - A refund event (an event type starting with `refund`, any case) is sent as WeChat's
+//!   refund notification: the payload's fields become the encrypted `req_info`
+//!   ([`refund_notify::encode`]).
 //! - Each attempt carries a fresh `nonce_str`, so the body differs between attempts.
 //! - Field values take part in the signature exactly as sent (not trimmed): an empty value
 //!   is left out, anything else is signed byte for byte. Some SDKs trim values before
@@ -418,11 +421,92 @@ fn to_xml(fields: &[(String, String)]) -> String {
     out
 }
 
+/// Whether an event type names a refund (`refund`, `refund.succeeded`, `REFUND.SUCCESS`...):
+/// such notifications are WeChat's encrypted refund notifications.
+pub fn is_refund_event(event_type: &str) -> bool {
+    event_type
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("refund"))
+}
+
+/// The refund a refund event's payload describes: `transaction_id`, `out_trade_no`,
+/// `refund_id`, `out_refund_no`, `total_fee`, `refund_fee` and `refund_status` are required
+/// (fees whole fen, as numbers or digit strings); `settlement_total_fee`,
+/// `settlement_refund_fee`, `success_time`, `refund_recv_accout`, `refund_account` and
+/// `refund_request_source` are optional; other members ride along in `req_info`.
+pub fn refund_info_from_payload(
+    object: &serde_json::Map<String, Value>,
+) -> Result<refund_notify::RefundInfo, ProfileError> {
+    let bad = |m: String| ProfileError::Encode(m);
+    let text = |k: &str| -> Option<String> {
+        match object.get(k) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let required = |k: &str| text(k).ok_or_else(|| bad(format!("a refund notification needs {k}")));
+    let fen = |k: &str| -> Result<Option<i64>, ProfileError> {
+        match text(k) {
+            None => Ok(None),
+            Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| bad(format!("{k} is out of range"))),
+            Some(_) => Err(bad(format!("{k} must be a whole number of fen"))),
+        }
+    };
+    let required_fen =
+        |k: &str| fen(k)?.ok_or_else(|| bad(format!("a refund notification needs {k}")));
+    const TYPED: [&str; 13] = [
+        "transaction_id",
+        "out_trade_no",
+        "refund_id",
+        "out_refund_no",
+        "total_fee",
+        "settlement_total_fee",
+        "refund_fee",
+        "settlement_refund_fee",
+        "refund_status",
+        "success_time",
+        "refund_recv_accout",
+        "refund_account",
+        "refund_request_source",
+    ];
+    let mut extra = Vec::new();
+    for (k, v) in object {
+        if TYPED.contains(&k.as_str()) {
+            continue;
+        }
+        if let Some(t) = field_text(v) {
+            extra.push((k.clone(), t));
+        }
+    }
+    Ok(refund_notify::RefundInfo {
+        transaction_id: required("transaction_id")?,
+        out_trade_no: required("out_trade_no")?,
+        refund_id: required("refund_id")?,
+        out_refund_no: required("out_refund_no")?,
+        total_fee: required_fen("total_fee")?,
+        settlement_total_fee: fen("settlement_total_fee")?,
+        refund_fee: required_fen("refund_fee")?,
+        settlement_refund_fee: fen("settlement_refund_fee")?,
+        refund_status: required("refund_status")?,
+        success_time: text("success_time"),
+        refund_recv_accout: text("refund_recv_accout"),
+        refund_account: text("refund_account"),
+        refund_request_source: text("refund_request_source"),
+        extra,
+    })
+}
+
 /// Encodes one attempt. The payload must be a JSON object; each member becomes a field
 /// (see the module doc for how values are written). Herald adds, when absent:
-/// `return_code` and `result_code` (`SUCCESS`), `appid` and `mch_id` (from the credentials),
-/// a fresh `nonce_str`, and `sign_type` for HMAC-SHA256; then `sign`, last. Fields are
-/// written sorted by name.
+/// `return_code` and `result_code` (`SUCCESS`), `appid` and `mch_id` (from the credentials)
+/// and a fresh `nonce_str`; then `sign` (in the credentials' sign type; no `sign_type` field
+/// is added), last. Fields are written sorted by name. A refund event type (`refund...`)
+/// encodes the payload as a refund notification instead ([`refund_info_from_payload`],
+/// [`refund_notify::encode`]).
 ///
 /// Refused ([`ProfileError::Encode`]): a payload that is not a JSON object, a field name that
 /// is not `[A-Za-z_][A-Za-z0-9_]*`, a `sign` field (Herald signs), a `sign_type` other than
@@ -438,6 +522,9 @@ pub fn encode(
         .map_err(|m| encode_err(format!("the stored credentials are invalid: {m}")))?;
     let object: serde_json::Map<String, Value> = serde_json::from_slice(n.payload)
         .map_err(|e| encode_err(format!("the payload must be a JSON object: {e}")))?;
+    if is_refund_event(n.event_type) {
+        return refund_notify::encode(c, &refund_info_from_payload(&object)?);
+    }
 
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in &object {
@@ -493,12 +580,6 @@ pub fn encode(
     for (k, v) in defaults {
         fields.entry(k.to_string()).or_insert(v);
     }
-    if c.sign_type == SignType::HmacSha256 {
-        fields
-            .entry("sign_type".to_string())
-            .or_insert_with(|| SignType::HmacSha256.as_str().to_string());
-    }
-
     let mut pairs: Vec<(String, String)> = fields.into_iter().collect();
     let signature = sign(&pairs, &c.api_key, c.sign_type);
     pairs.push(("sign".to_string(), signature));

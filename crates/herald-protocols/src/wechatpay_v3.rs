@@ -67,7 +67,7 @@ pub struct Credentials {
     /// The platform's RSA signing key (it signs notifications), PKCS#8 PEM.
     pub private_key: String,
     /// The platform certificate serial or `PUB_KEY_ID_...` id sent as `Wechatpay-Serial`
-    /// (40 upper-case hex characters when generated).
+    /// (a WeChat Pay public-key id, `PUB_KEY_ID_` + 34 digits, when generated).
     pub serial: String,
     /// The 32-character APIv3 key that encrypts the resource (a shared secret).
     pub api_v3_key: String,
@@ -91,6 +91,13 @@ fn random_alphanumeric(n: usize) -> String {
     (0..n)
         .map(|_| char::from(OsRng.sample(Alphanumeric)))
         .collect()
+}
+
+/// A WeChat Pay public-key id as the merchant platform shows them since 2024
+/// (`PUB_KEY_ID_0117288133772025100200181886000802`): `PUB_KEY_ID_01` and 32 digits. New
+/// merchants get one of these, not a platform certificate serial.
+fn new_public_key_id() -> String {
+    format!("PUB_KEY_ID_01{}", random_digits(32))
 }
 
 fn random_hex_upper(bytes: usize) -> String {
@@ -135,7 +142,8 @@ fn view(c: &Credentials, public: Option<&RsaPublicKey>) -> Value {
 /// Credentials for a new app. `options` is `null` / `{}` or an object with any of `mchid`,
 /// `appid`, `private_key` (any form [`keys::parse_private_key`] reads, at least 2048 bits;
 /// stored as PKCS#8 PEM), `serial` and `api_v3_key` (exactly 32 ASCII characters, no spaces);
-/// whatever is missing is generated (an RSA-2048 key, a 40-hex serial, a 32-character
+/// whatever is missing is generated (an RSA-2048 key, a `PUB_KEY_ID_...` public-key id as the
+/// serial, a 32-character
 /// alphanumeric APIv3 key, a `19...` mchid, a `wx...` appid). Unknown fields are refused.
 ///
 /// The once view is `{mchid, appid, serial, public_key_pem, public_key, api_v3_key}`: the APIv3
@@ -152,7 +160,7 @@ pub fn create_credentials(options: &Value) -> Result<(Credentials, Value), Profi
         .unwrap_or_else(|| format!("19{}", random_digits(8)));
     let appid = check_id("appid", fields.get("appid"))?
         .unwrap_or_else(|| format!("wx{}", random_hex_upper(8).to_ascii_lowercase()));
-    let serial = check_id("serial", fields.get("serial"))?.unwrap_or_else(|| random_hex_upper(20));
+    let serial = check_id("serial", fields.get("serial"))?.unwrap_or_else(new_public_key_id);
     let api_v3_key = match fields.get("api_v3_key") {
         None | Some(Value::Null) => random_alphanumeric(API_V3_KEY_LEN),
         Some(Value::String(s)) if is_valid_api_v3_key(s) => s.clone(),
@@ -206,9 +214,15 @@ pub fn rotate(
     _now: i64,
 ) -> Result<(Credentials, Value), ProfileError> {
     let (key, private_key) = keys::signing_key_option(None)?;
+    // A public-key id is replaced by a public-key id, a certificate serial by a serial.
+    let serial = if c.serial.starts_with("PUB_KEY_ID_") {
+        new_public_key_id()
+    } else {
+        random_hex_upper(20)
+    };
     let rotated = Credentials {
         private_key,
-        serial: random_hex_upper(20),
+        serial,
         ..c.clone()
     };
     let shown = view(&rotated, Some(&key.to_public_key()));
@@ -395,11 +409,12 @@ pub fn encode(
     } else {
         "TRANSACTION.SUCCESS"
     };
-    let refund = event_type.starts_with("REFUND.");
-    let (original_type, summary) = if refund {
-        ("refund", "退款成功")
-    } else {
-        ("transaction", "支付成功")
+    // The summary WeChat Pay writes for each event.
+    let (original_type, summary) = match event_type {
+        "REFUND.ABNORMAL" => ("refund", "退款异常"),
+        "REFUND.CLOSED" => ("refund", "退款关闭"),
+        t if t.starts_with("REFUND.") => ("refund", "退款成功"),
+        _ => ("transaction", "支付成功"),
     };
     let nonce = random_alphanumeric(NONCE_LEN);
     let ciphertext = encrypt_resource(c.api_v3_key.as_bytes(), &nonce, original_type, &plaintext)?;

@@ -115,7 +115,11 @@ fn encode_then_verify_round_trips() {
     assert_eq!(got.app_id, None);
     assert_eq!(got.merchant_id, None);
     assert_eq!(got.fields["object"], json!("event"));
-    assert_eq!(got.fields["api_version"], json!("2024-06-20"));
+    assert_eq!(got.fields["api_version"], json!("2026-01-28.clover"));
+    assert_eq!(
+        got.fields["request"],
+        json!({"id": null, "idempotency_key": null})
+    );
     assert_eq!(got.fields["created"], json!(T - 60));
     assert_eq!(got.fields["livemode"], json!(false));
     assert_eq!(got.fields["pending_webhooks"], json!(1));
@@ -272,6 +276,7 @@ fn rotation_drops_expired_secrets_and_refuses_empty_credentials() {
                 expires_at: Some(1_500),
             },
         ],
+        api_version: None,
     };
     let (r, _) = rotate(&c, 3_000, 1_000).unwrap();
     let expiries: Vec<_> = r.secrets.iter().map(|s| s.expires_at).collect();
@@ -280,7 +285,14 @@ fn rotation_drops_expired_secrets_and_refuses_empty_credentials() {
     let expiries: Vec<_> = r.secrets.iter().map(|s| s.expires_at).collect();
     assert_eq!(expiries, [None, Some(1_500)]);
     assert!(matches!(
-        rotate(&Credentials { secrets: vec![] }, 10, 0),
+        rotate(
+            &Credentials {
+                secrets: vec![],
+                api_version: None
+            },
+            10,
+            0
+        ),
         Err(ProfileError::BadCredentials(_))
     ));
 }
@@ -374,7 +386,7 @@ fn the_payload_is_embedded_byte_for_byte() {
     assert_eq!(
         body,
         format!(
-            r#"{{"id":"evt_01J00000000000000000000000","object":"event","api_version":"2024-06-20","created":{},"type":"payment_intent.succeeded","livemode":false,"pending_webhooks":1,"data":{{"object":{}}}}}"#,
+            r#"{{"id":"evt_01J00000000000000000000000","object":"event","api_version":"2026-01-28.clover","created":{},"type":"payment_intent.succeeded","livemode":false,"pending_webhooks":1,"request":{{"id":null,"idempotency_key":null}},"data":{{"object":{}}}}}"#,
             T - 60,
             std::str::from_utf8(payload).unwrap()
         )
@@ -407,6 +419,7 @@ fn encode_refuses_what_it_cannot_send() {
             secret: SECRET.into(),
             expires_at: Some(T),
         }],
+        api_version: None,
     };
     let err = encode(&expired, &notification(PAYLOAD, T)).unwrap_err();
     assert!(err.to_string().contains("no secret is valid"), "{err}");
@@ -546,12 +559,18 @@ fn credentials_are_generated_or_validated_and_never_echoed() {
         let secret = &c.secrets[0].secret;
         assert_eq!(secret.len(), 6 + 32);
         assert!(secret[6..].bytes().all(|b| b.is_ascii_alphanumeric()));
-        assert_eq!(view, json!({"secret": secret}));
+        assert_eq!(
+            view,
+            json!({"secret": secret, "api_version": "2026-01-28.clover"})
+        );
         assert_eq!(c.secrets[0].expires_at, None);
     }
     let (c, view) = create_credentials(&json!({"secret": SECRET})).unwrap();
     assert_eq!(c, Credentials::single(SECRET.into()));
-    assert_eq!(view, json!({"secret": SECRET}));
+    assert_eq!(
+        view,
+        json!({"secret": SECRET, "api_version": "2026-01-28.clover"})
+    );
 
     for options in [
         json!("whsec_x"),
@@ -560,6 +579,9 @@ fn credentials_are_generated_or_validated_and_never_echoed() {
         json!({"secret": "whsec_mysecretvalue0123456789 !"}),
         json!({"secret": 7}),
         json!({"secrett": "whsec_mysecretvalue0123456789"}),
+        json!({"secret": "whsec_mysecretvalue0123456789", "api_version": "clover"}),
+        json!({"secret": "whsec_mysecretvalue0123456789", "api_version": "2026-1-28"}),
+        json!({"secret": "whsec_mysecretvalue0123456789", "api_version": 2026}),
     ] {
         let err = create_credentials(&options).unwrap_err();
         assert!(matches!(err, ProfileError::BadCredentials(_)), "{options}");
@@ -568,12 +590,32 @@ fn credentials_are_generated_or_validated_and_never_echoed() {
 }
 
 #[test]
+fn events_carry_the_apps_api_version_and_a_request() {
+    let (c, view) =
+        create_credentials(&json!({"secret": SECRET, "api_version": "2024-06-20"})).unwrap();
+    assert_eq!(view["api_version"], "2024-06-20");
+    let r = encode(&c, &notification(PAYLOAD, T)).unwrap();
+    let event: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(event["api_version"], "2024-06-20");
+    assert_eq!(
+        event["request"],
+        json!({"id": null, "idempotency_key": null})
+    );
+    // Rotation keeps the version; old stored credentials (no field) read as the default.
+    let (rotated, _) = rotate(&c, T, T).unwrap();
+    assert_eq!(rotated.api_version(), "2024-06-20");
+    let old: Credentials =
+        serde_json::from_value(json!({"secrets": [{"secret": SECRET}]})).unwrap();
+    assert_eq!(old.api_version(), "2026-01-28.clover");
+}
+
+#[test]
 fn public_view_debug_and_serde_keep_secrets_where_they_belong() {
     let (c, _) = rotate(&Credentials::single(SECRET.into()), T + 10, T).unwrap();
     let view = public_view(&c);
     assert_eq!(
         view,
-        json!({"secrets": [{"expires_at": null}, {"expires_at": T + 10}]})
+        json!({"secrets": [{"expires_at": null}, {"expires_at": T + 10}], "api_version": "2026-01-28.clover"})
     );
     for out in [
         view.to_string(),

@@ -267,6 +267,30 @@ fn encoded_transactions_have_wechats_shape_and_verify() {
 }
 
 #[test]
+fn refund_summaries_match_their_event() {
+    // WeChat Pay's summary per refund event: 退款成功 / 退款异常 / 退款关闭.
+    for (event, status, summary) in [
+        ("REFUND.SUCCESS", "SUCCESS", "退款成功"),
+        ("REFUND.ABNORMAL", "ABNORMAL", "退款异常"),
+        ("REFUND.CLOSED", "CLOSED", "退款关闭"),
+    ] {
+        let payload = json!({
+            "mchid": "1900000999", "out_trade_no": "order-1", "out_refund_no": "refund-1",
+            "transaction_id": "4200000001202611230000000001",
+            "refund_id": "50000000382019052709732678859", "refund_status": status,
+            "amount": {"total": 100, "refund": 40, "payer_total": 100, "payer_refund": 40}
+        })
+        .to_string();
+        let body: Value = serde_json::from_slice(&encode(&payload, event).body).unwrap();
+        assert_eq!(
+            (body["event_type"].as_str(), body["summary"].as_str()),
+            (Some(event), Some(summary))
+        );
+        assert_eq!(body["resource"]["original_type"], "refund");
+    }
+}
+
+#[test]
 fn refunds_use_the_refund_resource_and_amount() {
     let payload = json!({
         "mchid": "1900000999",
@@ -649,11 +673,10 @@ fn replies_and_defaults_are_wechats() {
 #[test]
 fn generated_credentials_show_the_api_v3_key_once() {
     let (c, once) = v3::create_credentials(&json!(null)).unwrap();
-    assert_eq!(c.serial.len(), 40);
-    assert!(c
-        .serial
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)));
+    // A WeChat Pay public-key id, as new merchants get.
+    let id = c.serial.strip_prefix("PUB_KEY_ID_").unwrap();
+    assert_eq!(id.len(), 34);
+    assert!(id.bytes().all(|b| b.is_ascii_digit()));
     assert_eq!(c.api_v3_key.len(), 32);
     assert!(c.api_v3_key.bytes().all(|b| b.is_ascii_alphanumeric()));
     assert!(c.mchid.bytes().all(|b| b.is_ascii_digit()) && c.mchid.len() == 10);

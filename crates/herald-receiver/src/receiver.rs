@@ -125,13 +125,15 @@ impl Receiver {
 }
 
 /// The app-id and merchant-id fields the notification's wire always carries, by name (as
-/// the provider documents them and real traffic shows): Alipay `app_id` and `seller_id`;
+/// the provider documents them and real traffic shows): Alipay `app_id` (its notify
+/// parameters list `seller_id` as optional, so that one is checked only when present: a
+/// genuine payment must never be refused for lacking it);
 /// WeChat Pay v2 `appid` and `mch_id` (payments and refunds); WeChat Pay v3 `mchid`, and
 /// `appid` in transactions (refund resources have none). Stripe's `account` (Connect only)
 /// and Standard Webhooks' ids are optional.
 fn carried_ids(n: &VerifiedNotification) -> (Option<&'static str>, Option<&'static str>) {
     match n.profile {
-        "alipay" => (Some("app_id"), Some("seller_id")),
+        "alipay" => (Some("app_id"), None),
         "wechatpay-v2" => (Some("appid"), Some("mch_id")),
         "wechatpay-v3" => {
             let refund = n

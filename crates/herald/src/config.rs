@@ -12,6 +12,7 @@ use herald_store_sqlite::Durability;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::http::HttpLimits;
 use crate::sandbox::SandboxOptions;
 use crate::server::{Database, ServerOptions};
 
@@ -20,7 +21,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
-    /// Database URL: sqlite://PATH (created if missing). [default: sqlite://herald.db]
+    /// Database URL: sqlite://PATH (created if missing; one process), or
+    /// postgres://USER@HOST:PORT/DB (several nodes share it; add ?sslmode=require for TLS).
+    /// [default: sqlite://herald.db]
     #[arg(long, env = "HERALD_DB", value_name = "URL")]
     pub db: Option<String>,
 
@@ -28,15 +31,22 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// Admin token every /v1 request must present as `Authorization: Bearer <token>`.
-    /// Without it, the token generated (and printed once) at first start is used.
+    /// Admin token every /v1 request must present as `Authorization: Bearer <token>`
+    /// (must not be empty). Without it, the token generated (and printed once) at first
+    /// start is used. Prefer --admin-token-file: arguments are visible in `ps`.
     #[arg(
         long,
         env = "HERALD_ADMIN_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
     )]
     pub admin_token: Option<String>,
+
+    /// Read the admin token from this file (surrounding whitespace ignored; must not be
+    /// empty), keeping it out of the process list.
+    #[arg(long, env = "HERALD_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Allow deliveries to loopback, private and link-local addresses (development and
     /// tests). By default only public addresses are delivered to.
@@ -62,6 +72,13 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", value_name = "SECONDS")]
     pub request_timeout: Option<u64>,
 
+    /// Seconds a node's claims hold without renewal (renewed every third of it). When a node
+    /// dies, the others take over its work within about 1.5 times this. Only matters with
+    /// several nodes on PostgreSQL: an SQLite database has one process, whose restart frees
+    /// its work at once. [default: 30]
+    #[arg(long, env = "HERALD_LEASE", value_name = "SECONDS")]
+    pub lease: Option<u64>,
+
     /// Also run the payment sandbox: a local payment platform for testing a shop's notify
     /// handler end to end. Create payments with POST /v1/sandbox/payments (admin token) for
     /// an app of any profile; buyers pay or cancel on the checkout page /pay/{id} (public,
@@ -85,8 +102,31 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_SANDBOX_PUBLIC_URL", value_name = "URL")]
     pub sandbox_public_url: Option<String>,
 
+    /// Seconds a client may take to send a request's head, from its first byte.
+    /// [default: 10]
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
+    pub header_read_timeout: Option<u64>,
+
+    /// Seconds an API connection may wait for a request (a new or keep-alive connection)
+    /// before it is closed. [default: 20]
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Seconds a client may take to send a request's body, from the end of its head.
+    /// [default: 30]
+    #[arg(long, env = "HERALD_BODY_READ_TIMEOUT", value_name = "SECONDS")]
+    pub body_read_timeout: Option<u64>,
+
+    /// API connections open at once; past it, the connection waiting longest for a
+    /// request is closed to make room, and new ones wait in the listen backlog.
+    /// [default: a quarter of the open-file limit, at most 1024]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// TOML file with any of the settings above (keys: db, listen, admin_token,
-    /// allow_private_targets, allow_targets, concurrency, request_timeout, sandbox,
+    /// admin_token_file, allow_private_targets, allow_targets, concurrency,
+    /// request_timeout, lease, header_read_timeout, idle_timeout, body_read_timeout,
+    /// max_connections, sandbox,
     /// sandbox_unpaid_timeout, sandbox_public_url).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -99,11 +139,17 @@ pub struct FileConfig {
     pub db: Option<String>,
     pub listen: Option<String>,
     pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
     pub allow_private_targets: Option<bool>,
     #[serde(default)]
     pub allow_targets: Vec<String>,
     pub concurrency: Option<usize>,
     pub request_timeout: Option<u64>,
+    pub lease: Option<u64>,
+    pub header_read_timeout: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    pub body_read_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
     pub sandbox: Option<bool>,
     pub sandbox_unpaid_timeout: Option<String>,
     pub sandbox_public_url: Option<String>,
@@ -127,6 +173,37 @@ pub enum ConfigError {
     Timeout(String),
     #[error("invalid --sandbox-public-url {0:?}: expected an http(s) URL such as http://192.168.1.20:8080")]
     PublicUrl(String),
+    #[error(
+        "the admin token is empty ({0}); give a non-empty token, or none to use the stored one"
+    )]
+    EmptyToken(&'static str),
+    #[error("give either --admin-token or --admin-token-file, not both")]
+    TwoTokens,
+    #[error("cannot read --admin-token-file {0}: {1}")]
+    TokenFile(PathBuf, std::io::Error),
+    #[error("{0} must be between 1 and {MAX_CONNECTION_TIMEOUT} seconds")]
+    ConnectionTimeout(&'static str),
+}
+
+/// The longest header-read or idle timeout accepted: these are seconds, not minutes.
+pub const MAX_CONNECTION_TIMEOUT: u64 = 300;
+
+/// Reads an admin token file: the token is its content without surrounding whitespace.
+fn read_token_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile(path.to_path_buf(), e))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::EmptyToken("--admin-token-file"));
+    }
+    Ok(token.to_string())
+}
+
+fn connection_timeout(name: &'static str, secs: u64) -> Result<Duration, ConfigError> {
+    if !(1..=MAX_CONNECTION_TIMEOUT).contains(&secs) {
+        return Err(ConfigError::ConnectionTimeout(name));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// `90s`, `15m`, `2h`, `1d` (or bare seconds) to a non-zero duration of at most 30 days.
@@ -206,6 +283,12 @@ impl ServeArgs {
             }
             engine.request_timeout = Duration::from_secs(s);
         }
+        if let Some(s) = self.lease.or(file.lease) {
+            if s == 0 {
+                return Err(ConfigError::Zero("lease"));
+            }
+            engine.lease = Duration::from_secs(s);
+        }
         let sandbox = if self.sandbox.or(file.sandbox).unwrap_or(false) {
             let mut opts = SandboxOptions::default();
             if let Some(t) = self.sandbox_unpaid_timeout.or(file.sandbox_unpaid_timeout) {
@@ -224,13 +307,52 @@ impl ServeArgs {
         } else {
             None
         };
+        let mut http = HttpLimits::default();
+        if let Some(s) = self.header_read_timeout.or(file.header_read_timeout) {
+            http.header_read_timeout = connection_timeout("header_read_timeout", s)?;
+        }
+        if let Some(s) = self.idle_timeout.or(file.idle_timeout) {
+            http.idle_timeout = connection_timeout("idle_timeout", s)?;
+        }
+        if let Some(s) = self.body_read_timeout.or(file.body_read_timeout) {
+            http.body_read_timeout = connection_timeout("body_read_timeout", s)?;
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            if n == 0 {
+                return Err(ConfigError::Zero("max_connections"));
+            }
+            http.max_connections = Some(n);
+        }
+        // clap treats an empty environment variable as unset: an empty HERALD_ADMIN_TOKEN
+        // must not silently fall back to the stored token.
+        if self.admin_token.is_none()
+            && self.admin_token_file.is_none()
+            && std::env::var_os("HERALD_ADMIN_TOKEN").is_some_and(|v| v.is_empty())
+        {
+            return Err(ConfigError::EmptyToken("HERALD_ADMIN_TOKEN"));
+        }
+        let admin_token = match (self.admin_token, self.admin_token_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
+            (Some(t), None) => Some(t),
+            (None, Some(path)) => Some(read_token_file(&path)?),
+            (None, None) => match (file.admin_token, file.admin_token_file) {
+                (Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
+                (Some(t), None) => Some(t),
+                (None, Some(path)) => Some(read_token_file(&path)?),
+                (None, None) => None,
+            },
+        };
+        if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::EmptyToken("--admin-token"));
+        }
         Ok(ServerOptions {
             database,
             listen,
-            admin_token: self.admin_token.or(file.admin_token),
+            admin_token,
             engine,
             durability: Durability::Full,
             sandbox,
+            http,
         })
     }
 }
@@ -304,6 +426,75 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.to_string().contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn admin_token_rules_empty_refused_file_read_and_trimmed() {
+        for t in ["", "  ", "\n"] {
+            let e = ServeArgs {
+                admin_token: Some(t.into()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(e.to_string().contains("empty"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cret-token\n").unwrap();
+        let o = ServeArgs {
+            admin_token_file: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.admin_token.as_deref(), Some("s3cret-token"));
+        std::fs::write(&path, "\n").unwrap();
+        let e = ServeArgs {
+            admin_token_file: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        let e = ServeArgs {
+            admin_token_file: Some(dir.path().join("missing")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.to_string().contains("--admin-token-file"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_default_and_are_checked() {
+        let o = ServeArgs::default().resolve().unwrap();
+        assert_eq!(o.http, HttpLimits::default());
+        let o = ServeArgs {
+            header_read_timeout: Some(3),
+            idle_timeout: Some(7),
+            max_connections: Some(100),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.http.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(o.http.idle_timeout, Duration::from_secs(7));
+        assert_eq!(o.http.max_connections, Some(100));
+        for (h, i, m) in [
+            (Some(0), None, None),
+            (None, Some(301), None),
+            (None, None, Some(0)),
+        ] {
+            assert!(ServeArgs {
+                header_read_timeout: h,
+                idle_timeout: i,
+                max_connections: m,
+                ..Default::default()
+            }
+            .resolve()
+            .is_err());
+        }
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
                 public_url: None,
                 unpaid_timeout: opts.unpaid_timeout,
             }),
+            http: Default::default(),
         },
         std::future::pending(),
     )

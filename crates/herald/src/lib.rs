@@ -7,5 +7,6 @@ pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod sandbox;
 pub mod server;

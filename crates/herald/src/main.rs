@@ -44,6 +44,8 @@ enum Command {
     /// Measure delivery, ingest, latency, isolation, backlog and signing cost against
     /// baselines measured in the same run (see `herald bench --help`).
     Bench(cmd::bench::BenchArgs),
+    /// Bring a database's schema up to this build's (SQLite or PostgreSQL), then exit.
+    Migrate(cmd::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
             Command::Verify(args) => cmd::verify::run(args),
             Command::Sign(args) => cmd::sign::run(args).map(|_| true),
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Migrate(args) => cmd::migrate::run(args).await.map(|_| true),
         }
     });
     match result {

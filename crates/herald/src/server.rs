@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use herald_engine::{Engine, EngineConfig, EngineStats};
-use herald_store::Store;
+use herald_store::{MetaStore, Store};
+use herald_store_postgres::PgStore;
 use herald_store_sqlite::{Durability, SqliteStore};
 use rand::RngCore;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
+use crate::http::{self, HttpLimits};
 use crate::sandbox::{self, Sandbox, SandboxOptions};
 
 const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
@@ -21,7 +23,35 @@ const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
 /// Where the data lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {
+    /// One file, one process (the default).
     Sqlite(PathBuf),
+    /// A PostgreSQL database that several nodes share (`postgres://user@host:port/db`).
+    Postgres(String),
+}
+
+impl Database {
+    /// Opens the store: runs the migrations not applied yet, then returns it.
+    pub async fn open(
+        &self,
+        durability: Durability,
+    ) -> Result<Arc<dyn Store>, herald_store::StoreError> {
+        Ok(match self {
+            Database::Sqlite(path) => Arc::new(SqliteStore::open(path, durability)?),
+            Database::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+        })
+    }
+
+    /// Runs the migrations not applied yet, and nothing else (`herald migrate`).
+    pub async fn migrate(&self) -> Result<(), herald_store::StoreError> {
+        match self {
+            Database::Sqlite(path) => {
+                let store = SqliteStore::open(path, Durability::Full)?;
+                store.close().await;
+                Ok(())
+            }
+            Database::Postgres(url) => herald_store_postgres::migrate(url).await,
+        }
+    }
 }
 
 impl std::str::FromStr for Database {
@@ -37,13 +67,10 @@ impl std::str::FromStr for Database {
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return Err(
-                "the PostgreSQL driver is not available in this build yet; use sqlite://PATH"
-                    .into(),
-            );
+            return Ok(Database::Postgres(s.to_string()));
         }
         Err(format!(
-            "unsupported database URL {s:?}; expected sqlite://PATH"
+            "unsupported database URL {s:?}; expected sqlite://PATH or postgres://USER@HOST:PORT/DB"
         ))
     }
 }
@@ -59,6 +86,8 @@ pub struct ServerOptions {
     pub durability: Durability,
     /// Mounts the payment sandbox (`/v1/sandbox/*`, `/pay/*`) when set.
     pub sandbox: Option<SandboxOptions>,
+    /// The API's connection cap and timeouts.
+    pub http: HttpLimits,
 }
 
 /// A started server.
@@ -97,6 +126,10 @@ pub enum ServerError {
     Engine(#[from] herald_engine::EngineError),
     #[error("the stored admin token hash is corrupt; start with --admin-token to replace it")]
     BadStoredToken,
+    #[error("the admin token is empty; give a non-empty --admin-token (or --admin-token-file), or none to use the stored one")]
+    EmptyToken,
+    #[error("cannot restrict the database file {0} to its owner: {1}")]
+    Permissions(PathBuf, std::io::Error),
 }
 
 /// Starts the server; it runs until `shutdown` completes or [`Running::shutdown`] is called.
@@ -104,9 +137,17 @@ pub async fn start(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServerError> {
-    let store: Arc<dyn Store> = match &opts.database {
-        Database::Sqlite(path) => Arc::new(SqliteStore::open(path, opts.durability)?),
-    };
+    if opts
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return Err(ServerError::EmptyToken);
+    }
+    if let Database::Sqlite(path) = &opts.database {
+        owner_only_database(path)?;
+    }
+    let store = opts.database.open(opts.durability).await?;
     let (token_hash, generated_token) =
         resolve_admin_token(store.as_ref(), opts.admin_token.as_deref()).await?;
 
@@ -131,9 +172,31 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Bind(opts.listen, e))?;
+    let nofile = match http::raise_descriptor_limit() {
+        Ok((soft, hard)) => {
+            tracing::info!(
+                soft,
+                hard,
+                "open-file (descriptor) limit: {soft} (hard limit {hard})"
+            );
+            Some(soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file (descriptor) limit");
+            None
+        }
+    };
+    let max_connections = opts.http.connection_cap(nofile);
+    tracing::info!(
+        max_connections,
+        header_read_timeout_s = opts.http.header_read_timeout.as_secs_f64(),
+        idle_timeout_s = opts.http.idle_timeout.as_secs_f64(),
+        "API connection limits"
+    );
     let api_state = ApiState {
         store: store.clone(),
         admin_token_sha256: token_hash,
+        target_policy: opts.engine.target_policy.clone(),
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;
@@ -143,16 +206,11 @@ pub async fn start(
         sandbox_url = Some(sb.public_url().to_string());
         app = app.merge(sandbox::router(sb, api_state));
     }
-    let mut rx = stop_rx;
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = rx.wait_for(|s| *s).await;
-    });
+    let serve = http::serve(listener, app, opts.http.clone(), max_connections, stop_rx);
     let stats = engine.stats.clone();
     let closing = store.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "the HTTP server failed");
-        }
+        serve.await;
         let _ = engine.task.await;
         closing.close().await;
     });
@@ -166,6 +224,44 @@ pub async fn start(
         task,
         stop: stop_tx,
     })
+}
+
+/// Makes the database readable by its owner only: a new file is created with mode 0600
+/// before SQLite opens it (SQLite gives its `-wal` and `-shm` files the database file's
+/// mode), and an existing one (with its `-wal`/`-shm`) is narrowed to 0600.
+fn owner_only_database(path: &std::path::Path) -> Result<(), ServerError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let err = |p: &std::path::Path, e| ServerError::Permissions(p.to_path_buf(), e);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // Let SQLite report a missing directory and the like in its own words.
+            Err(_) => return Ok(()),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = std::path::PathBuf::from(name);
+            match std::fs::metadata(&file) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| err(&file, e))?;
+                    tracing::info!(file = %file.display(), "database file narrowed to mode 0600 (owner only)");
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 async fn resolve_admin_token(
@@ -223,10 +319,12 @@ mod tests {
             .parse::<Database>()
             .unwrap_err()
             .contains("file path"));
-        assert!("postgres://x"
-            .parse::<Database>()
-            .unwrap_err()
-            .contains("PostgreSQL"));
+        assert_eq!(
+            "postgres://herald@db:5432/herald".parse::<Database>(),
+            Ok(Database::Postgres(
+                "postgres://herald@db:5432/herald".into()
+            ))
+        );
         assert!("mysql://x"
             .parse::<Database>()
             .unwrap_err()

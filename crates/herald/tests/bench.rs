@@ -7,10 +7,11 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "ceiling",
     "delivery",
     "ingest",
+    "e2e",
     "latency",
     "isolation",
     "backlog",

@@ -262,7 +262,9 @@ async fn same_idempotency_key_returns_the_first_notification_and_sends_once() {
             &[("idempotency-key", "pay-1")],
         )
         .await;
-    let body2 = json!({"event_type": "e", "payload": {"n": 2}, "idempotency_key": "pay-1"})
+    // The same request, with the key in the body this time (a different body would be 409:
+    // see hardening.rs).
+    let body2 = json!({"event_type": "e", "payload": {"n": 1}, "idempotency_key": "pay-1"})
         .to_string()
         .into_bytes();
     let (s2, h2, v2) = server
@@ -270,7 +272,16 @@ async fn same_idempotency_key_returns_the_first_notification_and_sends_once() {
         .await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(v1["id"], v2["id"]);
-    assert_eq!(v1["deliveries"], v2["deliveries"]);
+    // The same deliveries (their status may have moved on in between).
+    let ids = |v: &serde_json::Value| {
+        v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&v1), ids(&v2));
     assert!(h1.get("idempotent-replayed").is_none());
     assert_eq!(h2.get("idempotent-replayed").unwrap(), "true");
     server
@@ -431,26 +442,51 @@ async fn pending_deliveries_are_attempted_again_after_a_restart() {
 
 #[tokio::test]
 async fn private_targets_are_refused_by_default_and_recorded_as_blocked() {
-    let server = TestServer::start_with(engine_config(false)).await;
+    // A literal private address or a localhost name is refused at the door (422); a name
+    // that resolves to one only at delivery time is the engine's to block (its resolver
+    // check is unit-tested in herald-engine's ssrf.rs). Here: a delivery accepted while
+    // private targets were allowed, attempted after a restart without that permission.
     let rx = Receiver::start(Receiver::ok()).await;
-    let app = server.app(json!({"retry": []})).await;
+    let strict = TestServer::start_with(engine_config(false)).await;
+    let app = strict.app(json!({"retry": []})).await;
     let by_ip = rx.url("/");
     let by_name = format!("http://localhost:{}/", rx.addr.port());
-    for url in [by_ip, by_name] {
-        let n = server
-            .notify(
-                &app,
-                json!({"event_type": "e", "payload": {}, "notify_url": url}),
+    for url in [&by_ip, &by_name] {
+        let (status, v) = strict
+            .call(
+                "POST",
+                &format!("/v1/apps/{app}/notifications"),
+                Some(json!({"event_type": "e", "payload": {}, "notify_url": url})),
             )
             .await;
-        let done = server
-            .wait_status(n["id"].as_str().unwrap(), "failed")
-            .await;
-        let a = &done["deliveries"][0]["attempts"][0];
-        assert_eq!(a["error_class"], "blocked-target", "{url}: {a}");
-        assert!(a["error"].as_str().unwrap().contains("non-public"), "{a}");
+        assert_eq!(status, 422, "{url}: {v}");
     }
+    drop(strict);
+
+    // The first attempt hangs in a receiver that never answers; the server stops with it
+    // in flight, and restarts without permission for private targets.
+    let hang = Receiver::start(|_, _| Reply::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("herald.db");
+    let open = TestServer::start_on(db.clone(), engine_config(true)).await;
+    let app = open.app(json!({"retry": []})).await;
+    let by_name = format!("http://localhost:{}/", hang.addr.port());
+    let n = open
+        .notify(
+            &app,
+            json!({"event_type": "e", "payload": {}, "notify_url": by_name}),
+        )
+        .await;
+    let id = n["id"].as_str().unwrap().to_string();
+    hang.wait_count(1).await;
+    let _ = open.stop().await;
+    let strict = TestServer::start_on(db, engine_config(false)).await;
+    let done = strict.wait_status(&id, "failed").await;
+    let a = &done["deliveries"][0]["attempts"][0];
+    assert_eq!(a["error_class"], "blocked-target", "{a}");
+    assert!(a["error"].as_str().unwrap().contains("non-public"), "{a}");
     assert_eq!(rx.count(), 0, "nothing reached the private receiver");
+    assert_eq!(hang.count(), 1, "no attempt after the restart reached it");
 }
 
 #[tokio::test]
@@ -606,4 +642,59 @@ async fn stuck_endpoint_backlog_is_parked_memory_stays_bounded_and_nothing_is_lo
             .wait_status(n["id"].as_str().unwrap(), "succeeded")
             .await;
     }
+}
+
+#[tokio::test]
+async fn an_endpoints_timeout_ms_limits_each_attempt() {
+    let server = TestServer::start().await;
+    let hanging = Receiver::start(|_, _| Reply::Hang).await;
+    let app = server.app(json!({"retry": [60]})).await;
+    let (status, ep) = server
+        .call(
+            "POST",
+            &format!("/v1/apps/{app}/endpoints"),
+            Some(json!({"url": hanging.url("/"), "timeout_ms": 300})),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    assert_eq!(ep["timeout_ms"], 300);
+    let n = server
+        .notify(&app, json!({"event_type": "e", "payload": {}}))
+        .await;
+    let v = server
+        .wait_for(n["id"].as_str().unwrap(), |v| {
+            v["deliveries"][0]["attempts"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let attempt = &v["deliveries"][0]["attempts"][0];
+    assert_eq!(attempt["error_class"], "timeout", "{attempt}");
+    // Cut at the endpoint's 300 ms, not the default 15 s.
+    assert!(
+        attempt["duration_ms"].as_u64().unwrap() < 5_000,
+        "{attempt}"
+    );
+    // Out of range is refused, and null clears it.
+    let ep_id = ep["id"].as_str().unwrap();
+    let (status, _) = server
+        .call(
+            "PATCH",
+            &format!("/v1/apps/{app}/endpoints/{ep_id}"),
+            Some(json!({"timeout_ms": 0})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, v) = server
+        .call(
+            "PATCH",
+            &format!("/v1/apps/{app}/endpoints/{ep_id}"),
+            Some(json!({"timeout_ms": null})),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["timeout_ms"]),
+        (200, &serde_json::Value::Null),
+        "{v}"
+    );
 }

@@ -164,3 +164,176 @@ async fn sqlite_on_a_full_disk_answers_503_and_acknowledges_nothing_it_could_not
         "only acknowledged notifications arrive"
     );
 }
+
+// --- PostgreSQL: several nodes on one database ---------------------------------------------
+
+/// A connection to the PostgreSQL server of `url`, on its `postgres` database (for what the
+/// tests do to the database itself).
+async fn pg_admin(url: &str) -> (tokio_postgres::Client, String) {
+    let db = url.rsplit('/').next().expect("a database name").to_string();
+    let admin_url = url.replace(&format!("/{db}"), "/postgres");
+    let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    tokio::spawn(conn);
+    (client, db)
+}
+
+/// Counts deliveries by status in the PostgreSQL database at `url`.
+async fn pg_statuses(url: &str) -> Vec<(String, i64)> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .query(
+            "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_node_killed_for_good_has_its_work_finished_by_the_others() {
+    const COUNT: usize = 6_000;
+    let url = herald_pgtest::database();
+    let rx = FlakyReceiver::start(1.0 / 3.0).await;
+    // A short lease so the test does not wait the default 30 s for the takeover.
+    let lease = ["--lease", "3"];
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::start(&url, fleet::free_port(), &lease).await);
+    }
+    let bases = Arc::new(nodes.iter().map(Node::url).collect::<Vec<_>>());
+    let client = reqwest::Client::new();
+    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+    let loader = tokio::spawn(fleet::post_notifications(bases.clone(), app, COUNT, 24));
+    tokio::time::sleep(Duration::from_millis(
+        rand::thread_rng().gen_range(800..1_500),
+    ))
+    .await;
+    let in_flight_at_kill = rx.in_flight(Duration::from_millis(250));
+    let killed_at = Instant::now();
+    nodes[1].kill9().await; // and never started again
+    let acknowledged = loader.await.expect("the loader finishes");
+    assert_eq!(acknowledged.len(), COUNT);
+    wait_all_received(&rx, &acknowledged, Duration::from_secs(180)).await;
+    let finished_after = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let by_status = pg_statuses(&url).await;
+    let repeats = rx.repeats();
+    eprintln!(
+        "3 nodes, one killed for good: acknowledged {}; received {}; repeated {repeats}; in flight at the kill {in_flight_at_kill}; all delivered {:.1} s after the kill; deliveries by status {by_status:?}",
+        acknowledged.len(),
+        rx.acked_ids(),
+        finished_after.as_secs_f64()
+    );
+    for n in nodes.iter_mut() {
+        n.kill9().await;
+    }
+    assert_eq!(by_status, vec![("succeeded".to_string(), COUNT as i64)]);
+    assert_eq!(rx.acked_ids(), COUNT);
+    assert!(
+        repeats <= in_flight_at_kill as u64,
+        "{repeats} repeats, {in_flight_at_kill} attempts in flight at the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_under_load_nodes_report_unhealthy_then_resume_and_lose_nothing() {
+    const COUNT: usize = 4_000;
+    let url = herald_pgtest::database();
+    let rx = FlakyReceiver::start(1.0 / 3.0).await;
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(Node::start(&url, fleet::free_port(), &[]).await);
+    }
+    let bases = Arc::new(nodes.iter().map(Node::url).collect::<Vec<_>>());
+    let client = reqwest::Client::new();
+    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+    let loader = tokio::spawn(fleet::post_notifications(bases.clone(), app, COUNT, 16));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // The database goes away: no new connections, every open one ended.
+    let (admin, db) = pg_admin(&url).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .await
+        .expect("refuse connections");
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .expect("end sessions");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for base in bases.iter() {
+        loop {
+            let status = client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            if status == 503 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base} never reported the outage"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let accepted_during = {
+        let resp = client
+            .post(format!("{}/v1/apps/{}/notifications", bases[0], "app_any"))
+            .bearer_auth(fleet::TOKEN)
+            .json(&serde_json::json!({"event_type": "e", "payload": {}}))
+            .send()
+            .await
+            .expect("the node answers");
+        resp.status().as_u16()
+    };
+    assert_eq!(
+        accepted_during, 503,
+        "nothing is acknowledged during the outage"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .expect("accept connections again");
+
+    let acknowledged = loader.await.expect("the loader finishes");
+    assert_eq!(acknowledged.len(), COUNT);
+    wait_all_received(&rx, &acknowledged, Duration::from_secs(180)).await;
+    for base in bases.iter() {
+        let status = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        assert_eq!(status, 200, "{base} is healthy again");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let by_status = pg_statuses(&url).await;
+    eprintln!(
+        "outage of 3 s under load: acknowledged {}; received {}; repeated {}; deliveries by status {by_status:?}",
+        acknowledged.len(),
+        rx.acked_ids(),
+        rx.repeats()
+    );
+    for n in nodes.iter_mut() {
+        n.kill9().await;
+    }
+    assert_eq!(by_status, vec![("succeeded".to_string(), COUNT as i64)]);
+    assert_eq!(rx.acked_ids(), COUNT);
+}

@@ -1,10 +1,12 @@
 //! `/v1/apps`: create an app (with generated or given credentials), read it, rotate its
-//! signing secret with a grace period.
+//! signing secret with a grace period. At most [`MAX_SIGNING_SECRETS`] secrets sign side by
+//! side (each adds a signature to every request): a rotation past that drops the oldest
+//! ones still in their grace period.
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_protocols::Profile;
+use herald_protocols::{Credentials, Profile};
 use herald_store::NewApp;
 use serde::Deserialize;
 use serde_json::Value;
@@ -80,6 +82,29 @@ struct Rotate {
     grace_period: Option<u64>,
 }
 
+/// Most secrets signing at once: the current one and nine still in their grace period.
+pub const MAX_SIGNING_SECRETS: usize = 10;
+
+/// Keeps the newest [`MAX_SIGNING_SECRETS`] secrets (the current one first, then the old
+/// ones newest first, as rotation orders them); returns how many were dropped.
+fn cap_signing_secrets(credentials: &mut Credentials) -> usize {
+    let before;
+    match credentials {
+        Credentials::StandardWebhooks(k) => {
+            before = k.keys.len();
+            k.keys.truncate(MAX_SIGNING_SECRETS);
+            before - k.keys.len()
+        }
+        Credentials::Stripe(c) => {
+            before = c.secrets.len();
+            c.secrets.truncate(MAX_SIGNING_SECRETS);
+            before - c.secrets.len()
+        }
+        // One key at a time: rotation replaces it.
+        Credentials::Alipay(_) | Credentials::WechatPayV2(_) | Credentials::WechatPayV3(_) => 0,
+    }
+}
+
 const DEFAULT_GRACE: u64 = 24 * 3600;
 const MAX_GRACE: u64 = 30 * 24 * 3600;
 
@@ -105,10 +130,14 @@ pub async fn rotate(
         .await?
         .ok_or(ApiError::NotFound("app"))?;
     let now = now_ms() / 1000;
-    let (credentials, once) = app
+    let (mut credentials, once) = app
         .profile
         .rotate(&app.credentials, now + grace as i64, now)
         .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let dropped = cap_signing_secrets(&mut credentials);
+    if dropped > 0 {
+        tracing::info!(app = %app.id, dropped, "oldest rotating secrets retired early (at most {MAX_SIGNING_SECRETS} sign side by side)");
+    }
     let app = state
         .store
         .set_app_credentials(&app_id, credentials)
@@ -116,4 +145,29 @@ pub async fn rotate(
         .ok_or(ApiError::NotFound("app"))?;
     tracing::info!(app = %app.id, grace_seconds = grace, "app secret rotated");
     Ok(Json(views::app(&app, once)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_protocols::standard_webhooks::{KeyEntry, Keys};
+
+    #[test]
+    fn rotation_keeps_the_newest_ten_secrets() {
+        let mut keys = vec![KeyEntry::current("whsec_new".into())];
+        for i in 0..15 {
+            keys.push(KeyEntry {
+                secret: format!("whsec_old{i}"),
+                expires_at: Some(1000 - i),
+            });
+        }
+        let mut c = Credentials::StandardWebhooks(Keys { keys });
+        assert_eq!(cap_signing_secrets(&mut c), 6);
+        let Credentials::StandardWebhooks(k) = c else {
+            unreachable!()
+        };
+        assert_eq!(k.keys.len(), MAX_SIGNING_SECRETS);
+        assert_eq!(k.keys[0].secret, "whsec_new");
+        assert_eq!(k.keys[9].secret, "whsec_old8");
+    }
 }

@@ -76,7 +76,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new = NewEndpoint {
         app_id,
-        url: views::parse_url("url", &req.url)?,
+        url: views::parse_target(&state.target_policy, "url", &req.url)?,
         event_types: req.event_types.as_deref().map(event_types).transpose()?,
         retry: req.retry.as_ref().map(views::parse_retry).transpose()?,
         ack: req.ack.as_deref().map(views::parse_ack).transpose()?,
@@ -118,14 +118,17 @@ pub async fn get(
 }
 
 /// Reads a PATCH body: absent keys stay, `null` clears nullable fields.
-fn parse_patch(body: Map<String, Value>) -> Result<EndpointPatch, ApiError> {
+fn parse_patch(
+    body: Map<String, Value>,
+    policy: &herald_engine::TargetPolicy,
+) -> Result<EndpointPatch, ApiError> {
     let mut patch = EndpointPatch::default();
     for (key, value) in body {
         let invalid = |what: &str| ApiError::Invalid(format!("{key} must be {what}"));
         match key.as_str() {
             "url" => {
                 let s = value.as_str().ok_or_else(|| invalid("a URL string"))?;
-                patch.url = Some(views::parse_url("url", s)?);
+                patch.url = Some(views::parse_target(policy, "url", s)?);
             }
             "event_types" => {
                 patch.event_types = Some(match value {
@@ -183,7 +186,7 @@ pub async fn update(
     Path((app_id, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let patch = parse_patch(body)?;
+    let patch = parse_patch(body, &state.target_policy)?;
     let ep = state
         .store
         .update_endpoint(&app_id, &id, patch, now_ms())

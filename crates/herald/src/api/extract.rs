@@ -1,5 +1,6 @@
 //! Request extractors with Herald's error shape: a JSON body (400 when it is not JSON, 422
-//! when it is JSON of the wrong shape, 413 past the size limit) and the admin-token check.
+//! when it is JSON of the wrong shape, 413 past the size limit, 408 when it arrives too
+//! slowly) and the admin-token check.
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -22,12 +23,26 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge(MAX_BODY)
+            } else if timed_out(&r) {
+                ApiError::BodyTimeout
             } else {
                 ApiError::BadRequest(format!("cannot read the request body: {r}"))
             }
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// True when reading the body failed because it took too long (see [`crate::http`]).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.is::<crate::http::BodyTimeout>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Parses a JSON body; syntax errors are 400, shape errors 422.

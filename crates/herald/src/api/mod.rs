@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use herald_engine::TargetPolicy;
 use herald_store::Store;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// SHA-256 of the admin token; requests are compared by hash, the token is not kept.
     pub admin_token_sha256: [u8; 32],
+    /// The engine's target policy: URLs it will always refuse are refused at the door.
+    pub target_policy: Arc<TargetPolicy>,
 }
 
 /// Builds the router with every route.
@@ -102,8 +105,7 @@ pub(crate) async fn require_admin(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match presented {
         Some(token) if constant_time_eq(&hash_token(token), &state.admin_token_sha256) => {
             Ok(next.run(req).await)
@@ -112,6 +114,32 @@ pub(crate) async fn require_admin(
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is matched
+/// case-insensitively (RFC 9110, section 11.1), and an empty token is none.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_must_be_there() {
+        for v in ["Bearer t", "bearer t", "BEARER  t ", "bEaReR t"] {
+            assert_eq!(bearer_token(v), Some("t"), "{v:?}");
+        }
+        for v in ["Basic t", "Bearert", "Bearer ", "Bearer", "t", ""] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 }

@@ -1,11 +1,18 @@
 //! Notifications and deliveries: accept a notification (committed before the 202), read it
 //! with its deliveries and attempts, list an app's notifications, retry a delivery, recover
 //! failed deliveries.
+//!
+//! Accepting refuses with 422 what could never be sent: a payload the app's profile cannot
+//! encode (the profile's real encoder runs on it) and a `notify_url` the target policy
+//! always refuses. An idempotency key already used answers the first notification only
+//! when the request is the same (event type, payload bytes, notify_url, order_key), else
+//! 409.
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_store::{DeliveryStatus, ListNotifications, NewNotification};
+use herald_protocols::{OutgoingNotification, ProfileError};
+use herald_store::{DeliveryStatus, ListNotifications, NewNotification, Notification};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -58,24 +65,67 @@ pub async fn create(
         (Some(k), _) | (None, Some(k)) => Some(views::bounded_text("idempotency_key", &k, 256)?),
         (None, None) => None,
     };
+    let notify_url = req
+        .notify_url
+        .as_deref()
+        .map(|u| views::parse_target(&state.target_policy, "notify_url", u))
+        .transpose()?;
+    let order_key = req
+        .order_key
+        .as_deref()
+        .map(|k| views::bounded_text("order_key", k, 256))
+        .transpose()?;
+    let now = now_ms();
+    let app = state
+        .store
+        .get_app(&app_id)
+        .await?
+        .ok_or(ApiError::NotFound("app"))?;
+    // The profile's own encoder, as the engine will run it: what fails here would fail on
+    // every attempt.
+    let encoded = app.profile.encode(
+        &app.credentials,
+        &OutgoingNotification {
+            notify_id: &app.profile.new_notify_id(),
+            event_type: &event_type,
+            payload: req.payload.get().as_bytes(),
+            timestamp: now.div_euclid(1000),
+            created_at: now.div_euclid(1000),
+        },
+    );
+    match encoded {
+        Ok(_) => {}
+        Err(ProfileError::Encode(e)) => {
+            return Err(ApiError::Invalid(format!(
+                "the {} profile cannot send this notification: {e}",
+                app.profile.name()
+            )))
+        }
+        Err(e) => return Err(ApiError::Internal(format!("encoding check: {e}"))),
+    }
     let new = NewNotification {
         app_id,
         event_type,
         payload: req.payload.get().to_string(),
-        notify_url: req
-            .notify_url
-            .as_deref()
-            .map(|u| views::parse_url("notify_url", u))
-            .transpose()?,
+        notify_url,
         idempotency_key,
-        order_key: req
-            .order_key
-            .as_deref()
-            .map(|k| views::bounded_text("order_key", k, 256))
-            .transpose()?,
-        now: now_ms(),
+        order_key,
+        now,
     };
+    let request = (
+        new.event_type.clone(),
+        new.payload.clone(),
+        new.notify_url.clone(),
+        new.order_key.clone(),
+    );
     let created = state.store.create_notification(new).await?;
+    if created.replayed && !same_request(&created.notification, &request) {
+        return Err(ApiError::Conflict(format!(
+            "this Idempotency-Key was already used for a different request (notification {}); \
+             a key may only be reused to retry the same event_type, payload, notify_url and order_key",
+            created.notification.id
+        )));
+    }
     let body = json!({
         "id": created.notification.id,
         "event_type": created.notification.event_type,
@@ -88,6 +138,16 @@ pub async fn create(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// True when a stored notification was made from the same request (event type, payload
+/// bytes, notify_url, order_key).
+fn same_request(n: &Notification, req: &(String, String, Option<String>, Option<String>)) -> bool {
+    let (event_type, payload, notify_url, order_key) = req;
+    n.event_type == *event_type
+        && n.payload.as_bytes() == payload.as_bytes()
+        && n.notify_url == *notify_url
+        && n.order_key == *order_key
 }
 
 pub async fn get(

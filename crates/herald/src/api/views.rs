@@ -1,6 +1,7 @@
 //! JSON views of domain objects, and validation of the inputs shared by several handlers
 //! (URLs, retry policies, ack rules). Parsing happens here, at the edge; the store trusts
 //! what it gets.
+use herald_engine::TargetPolicy;
 use herald_protocols::{AckRule, RetryPolicy};
 use herald_store::{
     App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, Millis, NotificationDetail,
@@ -45,6 +46,61 @@ pub fn parse_url(field: &str, s: &str) -> Result<String, ApiError> {
     Ok(s.to_string())
 }
 
+/// A delivery target the target policy can accept: [`parse_url`], then a literal address
+/// the policy refuses (loopback, private, link-local, metadata, ...) or a `localhost` name is
+/// refused here, unless private targets are allowed. Other names resolve at delivery time,
+/// where the engine checks the addresses they resolve to.
+pub fn parse_target(policy: &TargetPolicy, field: &str, s: &str) -> Result<String, ApiError> {
+    let s = parse_url(field, s)?;
+    let url = url::Url::parse(&s)
+        .map_err(|e| ApiError::Invalid(format!("{field} is not a valid URL: {e}")))?;
+    let refused = |what: String| {
+        ApiError::Invalid(format!(
+            "{field}: refusing to deliver to {what} (start Herald with --allow-private-targets or an allow-list to permit it)"
+        ))
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) if !policy.permits(ip.into()) => {
+            Err(refused(format!("non-public address {ip}")))
+        }
+        Some(url::Host::Ipv6(ip)) if !policy.permits(ip.into()) => {
+            Err(refused(format!("non-public address {ip}")))
+        }
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+            if (name == "localhost" || name.ends_with(".localhost")) && !policy.permits(loopback) {
+                return Err(refused(format!("{name}, a loopback name")));
+            }
+            Ok(s)
+        }
+        _ => Ok(s),
+    }
+}
+
+/// A URL as shown in responses: a password in it is replaced by `****`.
+pub fn masked_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("****"));
+            u.to_string()
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// `text` with the password of `url` (as written in it) masked, for messages that quote
+/// the URL (transport errors do).
+fn mask_password_in(text: &str, url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => match u.password() {
+            Some(p) if !p.is_empty() => text.replace(&format!(":{p}@"), ":****@"),
+            _ => text.to_string(),
+        },
+        Err(_) => text.to_string(),
+    }
+}
+
 pub fn parse_retry(v: &Value) -> Result<RetryPolicy, ApiError> {
     RetryPolicy::from_json(v).map_err(|e| ApiError::Invalid(format!("retry: {e}")))
 }
@@ -82,7 +138,7 @@ pub fn endpoint(e: &Endpoint) -> Value {
     json!({
         "id": e.id,
         "app_id": e.app_id,
-        "url": e.url,
+        "url": masked_url(&e.url),
         "event_types": e.event_types,
         "retry": e.retry,
         "ack": e.ack.as_ref().map(|a| a.to_string()),
@@ -99,12 +155,13 @@ pub fn delivery_summary(d: &Delivery) -> Value {
     json!({
         "id": d.id,
         "notify_id": d.notify_id,
-        "url": d.url,
+        "url": masked_url(&d.url),
         "status": d.status,
     })
 }
 
-fn attempt(a: &Attempt) -> Value {
+fn attempt(a: &Attempt, url: &str) -> Value {
+    let mask = |t: &Option<String>| t.as_deref().map(|t| mask_password_in(t, url));
     json!({
         "n": a.n,
         "at": rfc3339(a.at),
@@ -112,7 +169,7 @@ fn attempt(a: &Attempt) -> Value {
         "status_code": a.status_code,
         "response": a.response,
         "error_class": a.error_class,
-        "error": a.error,
+        "error": mask(&a.error),
     })
 }
 
@@ -123,13 +180,13 @@ pub fn delivery(d: &DeliveryDetail) -> Value {
         "notification_id": x.notification_id,
         "notify_id": x.notify_id,
         "endpoint_id": x.endpoint_id,
-        "url": x.url,
+        "url": masked_url(&x.url),
         "status": x.status,
         "attempt_count": x.attempts,
         "next_attempt_at": x.next_attempt_at.map(rfc3339),
         "created_at": rfc3339(x.created_at),
         "updated_at": rfc3339(x.updated_at),
-        "attempts": d.attempts.iter().map(attempt).collect::<Vec<_>>(),
+        "attempts": d.attempts.iter().map(|a| attempt(a, &x.url)).collect::<Vec<_>>(),
     })
 }
 
@@ -160,11 +217,73 @@ pub fn notification(n: &NotificationDetail) -> Value {
         "app_id": x.app_id,
         "event_type": x.event_type,
         "payload": payload,
-        "notify_url": x.notify_url,
+        "notify_url": x.notify_url.as_deref().map(masked_url),
         "idempotency_key": x.idempotency_key,
         "order_key": x.order_key,
         "created_at": rfc3339(x.created_at),
         "status": overall_status(&n.deliveries),
         "deliveries": n.deliveries.iter().map(delivery).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_and_the_rest_is_kept() {
+        assert_eq!(
+            masked_url("https://user:pw@hooks.example.com/x?y=1"),
+            "https://user:****@hooks.example.com/x?y=1"
+        );
+        assert_eq!(
+            masked_url("https://hooks.example.com/x"),
+            "https://hooks.example.com/x"
+        );
+        assert_eq!(
+            masked_url("https://user@hooks.example.com/x"),
+            "https://user@hooks.example.com/x"
+        );
+        assert_eq!(
+            mask_password_in(
+                "error sending request for url (https://u:p%40ss@h/x)",
+                "https://u:p%40ss@h/x"
+            ),
+            "error sending request for url (https://u:****@h/x)"
+        );
+    }
+
+    #[test]
+    fn targets_the_policy_refuses_are_refused_unless_allowed() {
+        let strict = TargetPolicy::default();
+        for u in [
+            "http://127.0.0.1/",
+            "http://LOCALHOST/",
+            "http://localhost./",
+            "http://a.localhost/",
+            "http://[::1]/",
+            "http://169.254.169.254/",
+            "http://0x7f.1/",
+        ] {
+            assert!(parse_target(&strict, "url", u).is_err(), "{u}");
+        }
+        for u in [
+            "https://8.8.8.8/",
+            "https://hooks.example.com/",
+            "http://localhost.example.com/",
+        ] {
+            assert!(parse_target(&strict, "url", u).is_ok(), "{u}");
+        }
+        let open = TargetPolicy {
+            allow_private: true,
+            allow: vec![],
+        };
+        assert!(parse_target(&open, "url", "http://localhost:9000/").is_ok());
+        let listed = TargetPolicy {
+            allow_private: false,
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        assert!(parse_target(&listed, "url", "http://10.1.2.3/").is_ok());
+        assert!(parse_target(&listed, "url", "http://192.168.1.1/").is_err());
+    }
 }

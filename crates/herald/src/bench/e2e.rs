@@ -38,18 +38,36 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Fi
     .target(Target::RatioAtLeast(0.3))];
     match postgres(plan) {
         Ok(url) => {
-            let one = measure(plan, sink, "e2e: postgres, 1 node", &Database::Postgres(url), 1).await?;
+            let one = measure(
+                plan,
+                sink,
+                "e2e: postgres, 1 node",
+                &Database::Postgres(url),
+                1,
+            )
+            .await?;
             figures.push(
                 Figure::new("PostgreSQL, one node", one, "notifications/s")
                     .against("ceiling", ceiling.rate, "req/s")
                     .target(Target::RatioAtLeast(0.08)),
             );
             let url = postgres(plan)?;
-            let three = measure(plan, sink, "e2e: postgres, 3 nodes", &Database::Postgres(url), 3).await?;
+            let three = measure(
+                plan,
+                sink,
+                "e2e: postgres, 3 nodes",
+                &Database::Postgres(url),
+                3,
+            )
+            .await?;
             figures.push(
-                Figure::new("PostgreSQL, three nodes on one database", three, "notifications/s")
-                    .against("one node", one, "notifications/s")
-                    .target(Target::RatioAtLeast(1.0)),
+                Figure::new(
+                    "PostgreSQL, three nodes on one database",
+                    three,
+                    "notifications/s",
+                )
+                .against("one node", one, "notifications/s")
+                .target(Target::RatioAtLeast(1.0)),
             );
         }
         Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why}); pass --postgres URL"),
@@ -72,8 +90,14 @@ async fn measure(
     let mut others = Vec::new();
     for _ in 1..nodes {
         others.push(
-            Herald::start_on(plan, &client, database.clone(), &sink.url("/hook"), Some(first.app_id.clone()))
-                .await?,
+            Herald::start_on(
+                plan,
+                &client,
+                database.clone(),
+                &sink.url("/hook"),
+                Some(first.app_id.clone()),
+            )
+            .await?,
         );
     }
     let urls: Arc<Vec<String>> = Arc::new(
@@ -100,8 +124,10 @@ async fn measure(
     let posted = load::closed_loop(&format!("{label}: post"), &client, n, PRODUCERS, make).await;
     let result = match posted {
         Ok(_) => {
-            let progress = Progress::start(&format!("{label}: deliver"), n, Arc::new(succeeded.clone()));
-            let drained = fixture::wait_until(label, fixture::drain_timeout(n), || succeeded() >= n).await;
+            let progress =
+                Progress::start(format!("{label}: deliver"), n, Arc::new(succeeded.clone()));
+            let drained =
+                fixture::wait_until(label, fixture::drain_timeout(n), || succeeded() >= n).await;
             progress.finish().await;
             drained.map(|_| n as f64 / started.elapsed().as_secs_f64().max(1e-9))
         }

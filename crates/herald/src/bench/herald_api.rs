@@ -33,20 +33,55 @@ impl Herald {
         deliver: bool,
     ) -> Result<Herald, String> {
         let dir = fixture::temp_dir(plan)?;
+        let database = Database::Sqlite(dir.path().join("herald.db"));
+        Herald::launch(plan, client, database, endpoint_url, deliver, None, dir).await
+    }
+
+    /// Starts a node on `database`: with `app_id`, one more node serving that app (on a
+    /// shared PostgreSQL database); without, a new app with its endpoint.
+    pub async fn start_on(
+        plan: &Plan,
+        client: &reqwest::Client,
+        database: Database,
+        endpoint_url: &str,
+        app_id: Option<String>,
+    ) -> Result<Herald, String> {
+        let dir = fixture::temp_dir(plan)?;
+        Herald::launch(plan, client, database, endpoint_url, true, app_id, dir).await
+    }
+
+    async fn launch(
+        plan: &Plan,
+        client: &reqwest::Client,
+        database: Database,
+        endpoint_url: &str,
+        deliver: bool,
+        app_id: Option<String>,
+        dir: tempfile::TempDir,
+    ) -> Result<Herald, String> {
         let running = server::start(
             ServerOptions {
-                database: Database::Sqlite(dir.path().join("herald.db")),
+                database,
                 listen: ([127, 0, 0, 1], 0).into(),
                 admin_token: Some(TOKEN.into()),
                 engine: fixture::engine_config(plan.concurrency, Duration::from_secs(15)),
                 sandbox: None,
                 durability: herald_store_sqlite::Durability::Full,
+                http: Default::default(),
             },
             std::future::pending(),
         )
         .await
         .map_err(|e| format!("cannot start Herald: {e}"))?;
         let base = format!("http://{}", running.addr);
+        if let Some(app_id) = app_id {
+            return Ok(Herald {
+                running,
+                base,
+                app_id,
+                _dir: dir,
+            });
+        }
         let app = call(
             client,
             &format!("{base}/v1/apps"),

@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod demo;
 pub mod listen;
+pub mod migrate;
 pub mod send;
 pub mod serve;
 pub mod sign;

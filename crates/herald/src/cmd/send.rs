@@ -101,6 +101,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         read_cap: config.response_read_cap,
         store_cap: config.response_store_cap,
         clock: config.clock.clone(),
+        request_timeout: config.request_timeout,
     };
     let mut job = Job {
         seq: 0,
@@ -128,7 +129,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         ack
     );
     loop {
-        let result = sender.send(&job, &app, &job.url, &ack).await;
+        let result = sender.send(&job, &app, &job.url, &ack, None).await;
         let a = &result.attempt;
         let status = a
             .status_code

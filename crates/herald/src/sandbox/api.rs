@@ -8,7 +8,7 @@ use herald_protocols::Profile;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::model::{Drills, Payment, TradeState};
+use super::model::{Drills, Payment, RefundStatus, TradeState};
 use super::trade::RefundRequest;
 use super::{money, qr, wire, Sandbox};
 use crate::api::error::ApiError;
@@ -45,7 +45,7 @@ fn default_currency(profile: Profile) -> &'static str {
 }
 
 /// `out_trade_no`: 1 to 64 ASCII letters, digits, `_` or `-` (32 for WeChat Pay).
-fn check_out_trade_no(profile: Profile, s: &str) -> Result<String, ApiError> {
+pub(super) fn check_out_trade_no(profile: Profile, s: &str) -> Result<String, ApiError> {
     let max = match profile {
         Profile::WechatPayV2 | Profile::WechatPayV3 => 32,
         _ => 64,
@@ -105,6 +105,13 @@ pub fn view(sandbox: &Sandbox, p: &Payment) -> Value {
         "paid_at": p.paid_at.map(views::rfc3339),
         "closed_at": p.closed_at.map(views::rfc3339),
         "close_reason": p.close_reason,
+        "finished_at": p.finished_at.map(views::rfc3339),
+        "seller_id": p.seller_id.clone(),
+        "buyer": p.buyer.as_ref().map(|b| match p.profile {
+            Profile::Alipay => json!({"buyer_id": b.buyer_id, "buyer_logon_id": b.buyer_logon_id}),
+            Profile::WechatPayV2 | Profile::WechatPayV3 => json!({"openid": b.openid}),
+            Profile::Stripe | Profile::StandardWebhooks => Value::Null,
+        }),
         "refunded_amount": p.refunded(),
         "refundable_amount": if p.state == TradeState::TradeSuccess { p.amount - p.refunded() } else { 0 },
         "refunds": p.refunds.iter().map(|r| json!({
@@ -112,6 +119,7 @@ pub fn view(sandbox: &Sandbox, p: &Payment) -> Value {
             "refund_id": r.refund_id,
             "amount": r.amount,
             "refunded_total": r.refunded_total,
+            "status": r.status.as_str(),
             "at": views::rfc3339(r.at),
         })).collect::<Vec<_>>(),
         "drills": p.drills,
@@ -192,10 +200,13 @@ pub async fn create(
         notify_url,
         return_url,
         trade_no: wire::new_trade_no(profile, now),
+        seller_id: wire::seller_id(&app.id, &app.credentials),
         state: TradeState::WaitBuyerPay,
         created_at: now,
         expires_at: now.saturating_add(timeout_ms),
         paid_at: None,
+        buyer: None,
+        finished_at: None,
         closed_at: None,
         close_reason: None,
         refunds: vec![],
@@ -224,6 +235,8 @@ pub async fn create(
             (StatusCode::CREATED, payment)
         }
     };
+    // The providers' API paths find the app and the trade through this index.
+    sandbox.index_payment(&app, &stored).await?;
     let mut body = view(&sandbox, &stored);
     body["qr_code_svg"] = json!(qr::svg(&sandbox.payment_url(&stored.id)));
     Ok((status, Json(body)))
@@ -252,12 +265,16 @@ pub struct RefundBody {
     /// with the same amount it returns the earlier refund. Generated when absent.
     #[serde(default)]
     out_refund_no: Option<String>,
+    /// How the refund ends: `SUCCESS` (default), or for wechatpay-v3 `ABNORMAL` / `CLOSED`
+    /// (notified as `REFUND.ABNORMAL` / `REFUND.CLOSED`; nothing is refunded).
+    #[serde(default)]
+    status: Option<RefundStatus>,
 }
 
 /// `POST /v1/sandbox/payments/{payment_id}/refund` `{"amount"}` or `{"refund_amount"}`:
 /// refunds part or all of a paid trade (201) and enqueues the refund notification after the
 /// payment's (same order key). More than is left is 422; an unpaid or closed trade is 409.
-/// WeChat Pay v2 refunds succeed with `"notification": null` and a note.
+/// WeChat Pay v2's refund notification carries the refund encrypted in `req_info`.
 pub async fn refund(
     State(sandbox): State<Sandbox>,
     Path(id): Path<String>,
@@ -283,12 +300,22 @@ pub async fn refund(
                 "out_refund_no must be 1 to 64 ASCII letters, digits, '_' or '-'".into(),
             )
         })?;
+    let status = req.status.unwrap_or_default();
+    if status != RefundStatus::Success && p.profile != Profile::WechatPayV3 {
+        return Err(ApiError::Invalid(format!(
+            "status {:?} is for wechatpay-v3 refunds (REFUND.ABNORMAL, REFUND.CLOSED); {} only reports successful refunds",
+            status.as_str(),
+            p.profile.name()
+        )));
+    }
     let (p, i, created) = sandbox
         .refund(
             &id,
             RefundRequest {
                 amount,
                 out_refund_no,
+                status,
+                notify_url: None,
             },
         )
         .await?;
@@ -310,6 +337,7 @@ pub async fn refund(
         "amount": r.amount,
         "refund_amount": money::format(r.amount, &p.currency),
         "refunded_total": r.refunded_total,
+        "refund_status": r.status.as_str(),
         "status": p.state.as_str(),
         "notification": notification,
     });
@@ -325,7 +353,7 @@ pub async fn refund(
 }
 
 /// `POST /v1/sandbox/payments/{payment_id}/drills` `{"duplicate": n, "out_of_order": bool,
-/// "bad_signature": bool, "tampered_amount": bool}` (also accepted as `"drills"` at
+/// "bad_signature": bool, "tampered_amount": bool, "trade_finished": bool}` (also accepted as `"drills"` at
 /// creation) replaces the payment's drills; they apply to the notifications enqueued from
 /// then on:
 ///
@@ -334,10 +362,13 @@ pub async fn refund(
 ///   delivered after the refund's (turning the drill off releases it at once).
 /// - `bad_signature`: one extra copy of each notification signed with a key the receiver does
 ///   not trust (Herald signs at send time, so "corrupted" means "signed by someone else").
-/// - `tampered_amount`: one extra copy with every amount raised by 1.00, signed with that
-///   untrusted key too: the receiver's verification must fail.
+/// - `tampered_amount`: one extra copy with every amount raised by 1.00, correctly signed
+///   with the app's own key under a notify id of its own: the signature verifies, and the
+///   merchant's amount check must refuse it.
+/// - `trade_finished`: the refund window ends now (`TRADE_FINISHED`, notified by Alipay; the
+///   trade can no longer be refunded); set before the payment, right after it.
 ///
-/// The untrusted copies have one attempt and no order key, so rejecting them never delays
+/// The drill copies have one attempt and no order key, so rejecting them never delays
 /// the real notifications.
 pub async fn drills(
     State(sandbox): State<Sandbox>,

@@ -4,9 +4,18 @@
 //! Herald signs at attempt time with the app's credentials, so it cannot send a request whose
 //! signature is broken by hand. What it can do honestly is sign with a key the receiver does
 //! not trust: each sandbox app gets a shadow app of the same profile and the same public ids
-//! (`app_id`, `seller_id`, `appid`, `mch_id`, serial) but a fresh private key or secret. Its
-//! copies go out with one attempt only and no order key, so a rejection never holds up the
-//! trade's real notifications.
+//! (`app_id`, `seller_id`, `appid`, `mch_id`, serial) but a fresh private key or secret; the
+//! `bad_signature` copy goes out through it.
+//!
+//! The `tampered_amount` copy tests something else, the merchant's amount check: it is signed
+//! correctly with the app's own credentials (through a second shadow app holding a copy of
+//! them, renewed when the app's credentials change, so that the copy can have its own retry
+//! schedule) and carries a notify id of its own (a receiver that dedupes by notify id must
+//! still look at it), so its signature verifies and only comparing the amount with the order
+//! refuses it.
+//!
+//! Drill copies go out with one attempt only and no order key, so a rejection never holds up
+//! the trade's real notifications.
 use std::sync::Arc;
 
 use herald_protocols::standard_webhooks::{self as sw, Keys};
@@ -22,6 +31,18 @@ fn meta_key(app_id: &str) -> String {
     format!("sandbox_foreign_app:{app_id}")
 }
 
+fn tamper_meta_key(app_id: &str) -> String {
+    format!("sandbox_tamper_app:{app_id}")
+}
+
+fn one_attempt() -> Option<RetryPolicy> {
+    Some(RetryPolicy {
+        name: None,
+        delays_ms: vec![],
+        jitter: 0.0,
+    })
+}
+
 /// Credentials with the same public ids as `c` and a different signing key or secret.
 fn foreign_credentials(app: &App) -> Result<Credentials, ApiError> {
     let now = now_ms() / 1000;
@@ -30,8 +51,11 @@ fn foreign_credentials(app: &App) -> Result<Credentials, ApiError> {
         Credentials::StandardWebhooks(_) => {
             Credentials::StandardWebhooks(Keys::single(sw::generate_hmac_secret()))
         }
-        Credentials::Stripe(_) => {
-            Credentials::Stripe(stripe::Credentials::single(stripe::generate_secret()))
+        Credentials::Stripe(s) => {
+            // Another secret, the same events (api_version included).
+            let mut f = stripe::Credentials::single(stripe::generate_secret());
+            f.api_version = s.api_version.clone();
+            Credentials::Stripe(f)
         }
         Credentials::WechatPayV2(w) => {
             let mut w = w.clone();
@@ -73,17 +97,40 @@ pub async fn foreign_app(store: &Arc<dyn Store>, app: &App) -> Result<String, Ap
         .create_app(NewApp {
             name: format!("{} (sandbox drill: untrusted key)", app.name),
             profile: app.profile,
-            retry: Some(RetryPolicy {
-                name: None,
-                delays_ms: vec![],
-                jitter: 0.0,
-            }),
+            retry: one_attempt(),
             ack: None,
             credentials,
             now: now_ms(),
         })
         .await?;
     store.set_meta(&meta_key(&app.id), &shadow.id).await?;
+    Ok(shadow.id)
+}
+
+/// The id of the app that signs `app`'s tampered copies: the same credentials (so the
+/// signature verifies), one attempt. Created on first use and again whenever `app`'s
+/// credentials changed (a rotation).
+pub async fn tamper_app(store: &Arc<dyn Store>, app: &App) -> Result<String, ApiError> {
+    if let Some(id) = store.get_meta(&tamper_meta_key(&app.id)).await? {
+        if let Some(shadow) = store.get_app(&id).await? {
+            if shadow.credentials == app.credentials {
+                return Ok(id);
+            }
+        }
+    }
+    let shadow = store
+        .create_app(NewApp {
+            name: format!("{} (sandbox drill: tampered amount)", app.name),
+            profile: app.profile,
+            retry: one_attempt(),
+            ack: None,
+            credentials: app.credentials.clone(),
+            now: now_ms(),
+        })
+        .await?;
+    store
+        .set_meta(&tamper_meta_key(&app.id), &shadow.id)
+        .await?;
     Ok(shadow.id)
 }
 
@@ -98,6 +145,7 @@ pub struct Planned {
 pub fn plan(
     app: &App,
     foreign_app_id: Option<&str>,
+    tamper_app_id: Option<&str>,
     drills: &Drills,
     out: &Outgoing,
     notify_url: &str,
@@ -156,20 +204,21 @@ pub fn plan(
                 ),
             });
         }
-        if drills.tampered_amount {
-            let mut tampered = out.payload.clone();
-            wire::tamper(app.profile, &mut tampered);
-            planned.push(Planned {
-                role: "tampered_amount",
-                notification: make(
-                    foreign,
-                    tampered.to_string(),
-                    format!("{idempotency_prefix}:tampered_amount"),
-                    false,
-                    Some(notify_id),
-                ),
-            });
-        }
+    }
+    if let (true, Some(tamper_app)) = (drills.tampered_amount, tamper_app_id) {
+        let mut tampered = out.payload.clone();
+        wire::tamper(app.profile, &mut tampered);
+        let own_id = app.profile.new_notify_id();
+        planned.push(Planned {
+            role: "tampered_amount",
+            notification: make(
+                tamper_app,
+                tampered.to_string(),
+                format!("{idempotency_prefix}:tampered_amount"),
+                false,
+                Some(own_id.as_str()),
+            ),
+        });
     }
     planned
 }

@@ -6,15 +6,18 @@
 //! code of its own URL for a phone) and pays or cancels; the sandbox then enqueues the
 //! provider's notification to `notify_url` through the engine, signed with the app's
 //! credentials in the app's wire profile, and redirects the browser to `return_url`.
-//! Refunds, unpaid timeouts, a signed trade query and failure drills complete the picture.
+//! Refunds, unpaid timeouts, a signed trade query and failure drills complete the picture,
+//! and the providers' own trade-query and refund APIs ([`gateway`]) answer a merchant's SDK.
 //!
 //! Owns: the options ([`SandboxOptions`]), the routes ([`router`]), trade transitions and
 //! their notifications ([`trade`]), per-profile payloads ([`wire`]), drills ([`drills`]), the
-//! checkout page ([`page`]), QR codes ([`qr`]) and the unpaid-timeout timer ([`timer`]).
+//! providers' API paths ([`gateway`]), the checkout page ([`page`]), QR codes ([`qr`]) and
+//! the unpaid-timeout timer ([`timer`]).
 //! Trades live in herald-store (`sandbox_payments`); a trade change and the notifications it
 //! enqueues commit in one transaction, so a crash loses or doubles neither.
 mod api;
 mod drills;
+mod gateway;
 mod model;
 mod money;
 mod page;
@@ -135,7 +138,10 @@ fn lan_address() -> Option<IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
-/// The sandbox's routes: `/v1/sandbox/*` behind the admin token, `/pay/*` public.
+/// The sandbox's routes: `/v1/sandbox/*` behind the admin token; public: the checkout pages
+/// (`/pay/{id}`) and the providers' API paths (`/gateway.do`, `/pay/orderquery`,
+/// `/secapi/pay/refund`, `/v3/pay/transactions/...`, `/v3/refund/domestic/refunds`), which
+/// authenticate as the providers do.
 pub fn router(sandbox: Sandbox, api_state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/payments", post(api::create))
@@ -152,6 +158,24 @@ pub fn router(sandbox: Sandbox, api_state: ApiState) -> Router {
         .route("/pay/{payment_id}", get(page::show))
         .route("/pay/{payment_id}/pay", post(page::pay))
         .route("/pay/{payment_id}/cancel", post(page::cancel))
+        .route(
+            "/gateway.do",
+            get(gateway::alipay_gateway).post(gateway::alipay_gateway),
+        )
+        .route("/pay/orderquery", post(gateway::wechat_v2_orderquery))
+        .route("/secapi/pay/refund", post(gateway::wechat_v2_refund))
+        .route(
+            "/v3/pay/transactions/out-trade-no/{out_trade_no}",
+            get(gateway::wechat_v3_query_by_out_trade_no),
+        )
+        .route(
+            "/v3/pay/transactions/id/{transaction_id}",
+            get(gateway::wechat_v3_query_by_id),
+        )
+        .route(
+            "/v3/refund/domestic/refunds",
+            post(gateway::wechat_v3_refund),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(sandbox)
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum TradeState {
     WaitBuyerPay,
     TradeSuccess,
+    /// Paid, and the refund window is over: no more refunds (Alipay's `TRADE_FINISHED`).
+    TradeFinished,
     TradeClosed,
 }
 
@@ -19,6 +21,7 @@ impl TradeState {
         match self {
             TradeState::WaitBuyerPay => "WAIT_BUYER_PAY",
             TradeState::TradeSuccess => "TRADE_SUCCESS",
+            TradeState::TradeFinished => "TRADE_FINISHED",
             TradeState::TradeClosed => "TRADE_CLOSED",
         }
     }
@@ -38,10 +41,15 @@ pub struct Drills {
     /// One extra copy of each notification signed with a key the receiver does not trust.
     #[serde(default)]
     pub bad_signature: bool,
-    /// One extra copy of each notification with the amount raised by 1.00, signed with a key
-    /// the receiver does not trust.
+    /// One extra copy of each notification with the amount raised by 1.00, correctly signed
+    /// with the app's own key and under a notify id of its own: only the merchant's amount
+    /// check can refuse it.
     #[serde(default)]
     pub tampered_amount: bool,
+    /// End the refund window now: a paid trade becomes `TRADE_FINISHED` (Alipay notifies
+    /// it); set before the payment, the trade finishes right after it is paid.
+    #[serde(default)]
+    pub trade_finished: bool,
 }
 
 impl Drills {
@@ -54,6 +62,7 @@ pub enum EventKind {
     Paid,
     Closed,
     Refund,
+    Finished,
 }
 
 /// One thing that happened to the trade and what was enqueued for it.
@@ -76,6 +85,10 @@ pub struct Event {
     pub notifications: Vec<Enqueued>,
     /// Why no notification is sent, when none is.
     pub note: Option<String>,
+    /// Where its notification goes when not the payment's `notify_url` (a refund request to
+    /// the provider's API may name its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -86,15 +99,52 @@ pub struct Enqueued {
     pub delivery_id: Option<String>,
 }
 
+/// How a refund ended, as WeChat Pay v3 reports it (`REFUND.SUCCESS`, `REFUND.ABNORMAL`,
+/// `REFUND.CLOSED`); the other providers only report successes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundStatus {
+    #[default]
+    Success,
+    /// The money could not reach the buyer (e.g. a closed bank card); the merchant must
+    /// settle it another way.
+    Abnormal,
+    /// The refund was closed without paying out.
+    Closed,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::Abnormal => "ABNORMAL",
+            RefundStatus::Closed => "CLOSED",
+        }
+    }
+}
+
+/// Who paid: the buyer's ids at the provider, fixed when the trade is paid.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Buyer {
+    /// Alipay `buyer_id` (`2088` + 12 digits).
+    pub buyer_id: String,
+    /// Alipay `buyer_logon_id`, masked as Alipay shows it (`159****5620`).
+    pub buyer_logon_id: String,
+    /// WeChat Pay `openid` (the buyer's id under the merchant's appid).
+    pub openid: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Refund {
     pub seq: u32,
     pub out_refund_no: String,
     pub refund_id: String,
     pub amount: i64,
-    /// Refunded so far, this refund included.
+    /// Refunded so far, this refund included when it succeeded.
     pub refunded_total: i64,
     pub at: Millis,
+    #[serde(default)]
+    pub status: RefundStatus,
 }
 
 /// One sandbox payment.
@@ -112,11 +162,21 @@ pub struct Payment {
     pub return_url: Option<String>,
     /// The provider's transaction id (`trade_no`, `transaction_id`, `pi_...`).
     pub trade_no: String,
+    /// Alipay: the seller's `2088...` id (the app's configured one, else derived from the
+    /// app id), fixed at creation.
+    #[serde(default)]
+    pub seller_id: Option<String>,
     pub state: TradeState,
     pub created_at: Millis,
     /// When an unpaid trade closes by itself.
     pub expires_at: Millis,
     pub paid_at: Option<Millis>,
+    /// Who paid (set when paid).
+    #[serde(default)]
+    pub buyer: Option<Buyer>,
+    /// When the refund window ended (`TRADE_FINISHED`).
+    #[serde(default)]
+    pub finished_at: Option<Millis>,
     pub closed_at: Option<Millis>,
     pub close_reason: Option<String>,
     #[serde(default)]
@@ -128,6 +188,7 @@ pub struct Payment {
 }
 
 impl Payment {
+    /// Refunded so far (successful refunds only).
     pub fn refunded(&self) -> i64 {
         self.refunds.last().map_or(0, |r| r.refunded_total)
     }

@@ -68,6 +68,9 @@ fn render(sandbox: &Sandbox, p: &Payment, merchant: &str, message: Option<&str>)
         TradeState::TradeSuccess => {
             "<p class=\"state paid\" id=\"status\">Paid (TRADE_SUCCESS)</p>".to_string()
         }
+        TradeState::TradeFinished => {
+            "<p class=\"state paid\" id=\"status\">Paid (TRADE_FINISHED)</p>".to_string()
+        }
         TradeState::TradeClosed if p.paid_at.is_some() => {
             "<p class=\"state closed\" id=\"status\">Refunded (TRADE_CLOSED)</p>".to_string()
         }

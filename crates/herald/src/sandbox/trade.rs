@@ -7,7 +7,7 @@ use herald_store::{App, SandboxWrite, StoreError};
 use serde_json::Value;
 
 use super::drills::{self, Planned};
-use super::model::{Drills, Enqueued, Event, EventKind, Payment, Refund, TradeState};
+use super::model::{Drills, Enqueued, Event, EventKind, Payment, Refund, RefundStatus, TradeState};
 use super::wire::{self, Outgoing};
 use super::Sandbox;
 use crate::api::error::ApiError;
@@ -17,6 +17,11 @@ use crate::clock::now_ms;
 pub struct RefundRequest {
     pub amount: i64,
     pub out_refund_no: Option<String>,
+    /// How the refund ends (WeChat Pay v3 reports abnormal and closed refunds too).
+    pub status: RefundStatus,
+    /// Where the refund's notification goes instead of the payment's `notify_url` (WeChat
+    /// Pay's refund requests may name one).
+    pub notify_url: Option<String>,
 }
 
 fn corrupt(e: serde_json::Error) -> ApiError {
@@ -60,7 +65,7 @@ impl Sandbox {
         let _guard = self.inner.lock.lock().await;
         let (mut p, version) = self.load(id).await?;
         match p.state {
-            TradeState::TradeSuccess => return Ok((p, false)),
+            TradeState::TradeSuccess | TradeState::TradeFinished => return Ok((p, false)),
             TradeState::TradeClosed if p.paid_at.is_some() => return Ok((p, false)),
             TradeState::TradeClosed => {
                 return Err(ApiError::Conflict(
@@ -80,15 +85,24 @@ impl Sandbox {
         let now = now_ms();
         p.state = TradeState::TradeSuccess;
         p.paid_at = Some(now);
+        p.buyer = Some(wire::new_buyer());
         let out = wire::paid(&p, &app.credentials);
         let mut event = new_event(&p, &app, EventKind::Paid, now, Some(out), None);
         event.held = p.drills.out_of_order;
         p.events.push(event);
-        let send = if p.drills.out_of_order {
+        let mut send = if p.drills.out_of_order {
             vec![]
         } else {
             vec![p.events.len() - 1]
         };
+        // A trade_finished drill set before the payment: the window ends right after it.
+        if p.drills.trade_finished {
+            for i in finish(&mut p, &app, now) {
+                if !send.contains(&i) {
+                    send.push(i);
+                }
+            }
+        }
         self.commit(&mut p, version, &app, &send).await?;
         Ok((p, true))
     }
@@ -101,7 +115,7 @@ impl Sandbox {
         let (mut p, version) = self.load(id).await?;
         match p.state {
             TradeState::TradeClosed => return Ok(p),
-            TradeState::TradeSuccess => {
+            TradeState::TradeSuccess | TradeState::TradeFinished => {
                 return Err(ApiError::Conflict(
                     "the trade is paid; refund it instead of closing it".into(),
                 ))
@@ -136,7 +150,7 @@ impl Sandbox {
         let (mut p, version) = self.load(id).await?;
         if let Some(no) = &req.out_refund_no {
             if let Some(i) = p.refunds.iter().position(|r| &r.out_refund_no == no) {
-                if p.refunds[i].amount == req.amount {
+                if p.refunds[i].amount == req.amount && p.refunds[i].status == req.status {
                     return Ok((p, i, false));
                 }
                 return Err(ApiError::Conflict(format!(
@@ -153,6 +167,11 @@ impl Sandbox {
             TradeState::TradeClosed => {
                 return Err(ApiError::Conflict(
                     "the trade is closed (unpaid, or refunded in full)".into(),
+                ))
+            }
+            TradeState::TradeFinished => {
+                return Err(ApiError::Conflict(
+                    "the trade is finished (TRADE_FINISHED): its refund window is over".into(),
                 ))
             }
             TradeState::TradeSuccess => {}
@@ -174,8 +193,13 @@ impl Sandbox {
                 .unwrap_or_else(|| format!("{}-R{seq}", p.out_trade_no)),
             refund_id: wire::new_refund_id(p.profile, now),
             amount: req.amount,
-            refunded_total: p.refunded() + req.amount,
+            refunded_total: if req.status == RefundStatus::Success {
+                p.refunded() + req.amount
+            } else {
+                p.refunded()
+            },
             at: now,
+            status: req.status,
         };
         if refund.refunded_total >= p.amount {
             p.state = TradeState::TradeClosed;
@@ -183,12 +207,13 @@ impl Sandbox {
             p.close_reason = Some("refunded".into());
         }
         let out = wire::refunded(&p, &app.credentials, &refund);
-        let note = out.is_none().then(|| {
-            "wechatpay-v2 refund notifications carry an encrypted req_info that Herald does not produce: the refund succeeded without a notification".to_string()
-        });
+        let note = out
+            .is_none()
+            .then(|| "the provider sends no notification for this refund".to_string());
         p.refunds.push(refund);
-        p.events
-            .push(new_event(&p, &app, EventKind::Refund, now, out, note));
+        let mut event = new_event(&p, &app, EventKind::Refund, now, out, note);
+        event.notify_url = req.notify_url;
+        p.events.push(event);
         let mut send = vec![p.events.len() - 1];
         // An out-of-order drill held the payment notification back until now: it goes after
         // the refund's.
@@ -204,12 +229,20 @@ impl Sandbox {
         let _guard = self.inner.lock.lock().await;
         let (mut p, version) = self.load(id).await?;
         let app = self.app(&p.app_id).await?;
+        if drills.trade_finished && p.state == TradeState::TradeClosed {
+            return Err(ApiError::Conflict(
+                "the trade is closed; it can no longer finish (trade_finished)".into(),
+            ));
+        }
         p.drills = drills;
-        let send = if p.drills.out_of_order {
+        let mut send = if p.drills.out_of_order {
             vec![]
         } else {
             release_held(&mut p)
         };
+        if p.drills.trade_finished && p.state == TradeState::TradeSuccess {
+            send.extend(finish(&mut p, &app, now_ms()));
+        }
         self.commit(&mut p, version, &app, &send).await?;
         Ok(p)
     }
@@ -225,8 +258,13 @@ impl Sandbox {
         events: &[usize],
     ) -> Result<(), ApiError> {
         let d = &p.drills;
-        let foreign = if (d.bad_signature || d.tampered_amount) && !events.is_empty() {
+        let foreign = if d.bad_signature && !events.is_empty() {
             Some(drills::foreign_app(self.store(), app).await?)
+        } else {
+            None
+        };
+        let tamper = if d.tampered_amount && !events.is_empty() {
+            Some(drills::tamper_app(self.store(), app).await?)
         } else {
             None
         };
@@ -246,9 +284,10 @@ impl Sandbox {
             for plan in drills::plan(
                 app,
                 foreign.as_deref(),
+                tamper.as_deref(),
                 &p.drills,
                 &out,
-                &p.notify_url,
+                e.notify_url.as_deref().unwrap_or(&p.notify_url),
                 &format!("trade:{}", p.out_trade_no),
                 &format!("sandbox:{}:{}", p.id, e.seq),
                 notify_id,
@@ -297,6 +336,30 @@ impl Sandbox {
     }
 }
 
+/// Ends the refund window of a paid trade: `TRADE_FINISHED`, and its notification where the
+/// provider sends one. Returns the index of the event to send.
+/// A payment notification held by an out-of-order drill goes first (there will be no refund
+/// to release it).
+fn finish(p: &mut Payment, app: &App, now: i64) -> Vec<usize> {
+    if p.state != TradeState::TradeSuccess {
+        return vec![];
+    }
+    let mut send = release_held(p);
+    p.state = TradeState::TradeFinished;
+    p.finished_at = Some(now);
+    let out = wire::finished(p, &app.credentials);
+    let note = out.is_none().then(|| {
+        format!(
+            "{} sends no notification when a trade's refund window ends; the trade can no longer be refunded",
+            p.profile.name()
+        )
+    });
+    let event = new_event(p, app, EventKind::Finished, now, out, note);
+    p.events.push(event);
+    send.push(p.events.len() - 1);
+    send
+}
+
 /// Unholds held events, returning their indexes.
 fn release_held(p: &mut Payment) -> Vec<usize> {
     let mut out = Vec::new();
@@ -328,6 +391,7 @@ fn new_event(
         held: false,
         notifications: vec![],
         note,
+        notify_url: None,
     }
 }
 

@@ -6,8 +6,9 @@ use herald_protocols::{alipay, wechatpay_v2, Credentials, Profile};
 use herald_store::Millis;
 use rand::Rng;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
-use super::model::{Payment, Refund, TradeState};
+use super::model::{Buyer, Payment, Refund, RefundStatus, TradeState};
 use super::money;
 
 /// A notification to enqueue: the event type and the payload the profile encodes.
@@ -33,6 +34,12 @@ pub fn alipay_time(ms: Millis) -> String {
             "[year]-[month]-[day] [hour]:[minute]:[second]"
         ))
         .unwrap_or_default()
+}
+
+/// `yyyy-MM-dd HH:mm:ss.SSS` in China time (Alipay's `gmt_refund`, which carries
+/// milliseconds: `2019-08-15 15:56:22.123`).
+pub fn alipay_time_ms(ms: Millis) -> String {
+    format!("{}.{:03}", alipay_time(ms), ms.rem_euclid(1000))
 }
 
 /// `yyyyMMddHHmmss` in China time (WeChat Pay v2's `time_end`).
@@ -98,14 +105,53 @@ pub fn new_refund_id(profile: Profile, now: Millis) -> String {
     }
 }
 
+/// The app's Alipay `seller_id`: the configured one, else `2088` + 12 digits derived from
+/// the app id (SHA-256), so it is stable per app without being stored anywhere.
+pub fn seller_id(app_id: &str, c: &Credentials) -> Option<String> {
+    match c {
+        Credentials::Alipay(a) => Some(
+            a.seller_id
+                .clone()
+                .unwrap_or_else(|| derived_seller_id(app_id)),
+        ),
+        _ => None,
+    }
+}
+
+/// `2088` + 12 decimal digits from SHA-256 of the app id.
+pub fn derived_seller_id(app_id: &str) -> String {
+    let digest = Sha256::digest(format!("herald-sandbox-seller:{app_id}").as_bytes());
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&digest[..8]);
+    format!("2088{:012}", u64::from_be_bytes(n) % 1_000_000_000_000)
+}
+
+/// A buyer for a payment being paid: an Alipay `2088...` user id and masked logon id, and a
+/// WeChat `openid` (28 characters, `o` + 27 URL-safe characters, as WeChat's look).
+pub fn new_buyer() -> Buyer {
+    const OPENID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let openid: String = std::iter::once('o')
+        .chain((0..27).map(|_| char::from(OPENID_CHARS[rng.gen_range(0..OPENID_CHARS.len())])))
+        .collect();
+    Buyer {
+        buyer_id: format!("2088{}", digits(12)),
+        buyer_logon_id: format!("1{}****{}", digits(2), digits(4)),
+        openid,
+    }
+}
+
 /// Stripe's charge id for a payment intent (`pi_X` -> `ch_X`).
 fn charge_id(trade_no: &str) -> String {
     format!("ch_{}", trade_no.trim_start_matches("pi_"))
 }
 
-fn alipay_ids(c: &Credentials) -> (Option<String>, Option<String>) {
+fn alipay_ids(p: &Payment, c: &Credentials) -> (Option<String>, Option<String>) {
     match c {
-        Credentials::Alipay(a) => (Some(a.app_id.clone()), a.seller_id.clone()),
+        Credentials::Alipay(a) => (
+            Some(a.app_id.clone()),
+            p.seller_id.clone().or_else(|| seller_id(&p.app_id, c)),
+        ),
         _ => (None, None),
     }
 }
@@ -124,11 +170,17 @@ fn insert_opt(map: &mut Map<String, Value>, k: &str, v: Option<String>) {
     }
 }
 
+/// The fields every Alipay trade notification carries, as real `trade_status_sync`
+/// notifies do: ids (`app_id`, `auth_app_id`, `seller_id`), the trade, and once paid the
+/// buyer (`buyer_id`, `buyer_logon_id`) and the amounts (`receipt_amount`,
+/// `buyer_pay_amount`, `invoice_amount`, `point_amount`, `fund_bill_list` as compact JSON
+/// text).
 fn alipay_base(p: &Payment, c: &Credentials, status: &str) -> Map<String, Value> {
     let total = money::format(p.amount, &p.currency);
-    let (app_id, seller_id) = alipay_ids(c);
+    let (app_id, seller_id) = alipay_ids(p, c);
     let mut m = Map::new();
-    insert_opt(&mut m, "app_id", app_id);
+    insert_opt(&mut m, "app_id", app_id.clone());
+    insert_opt(&mut m, "auth_app_id", app_id);
     insert_opt(&mut m, "seller_id", seller_id);
     m.insert("out_trade_no".into(), json!(p.out_trade_no));
     m.insert("trade_no".into(), json!(p.trade_no));
@@ -137,11 +189,24 @@ fn alipay_base(p: &Payment, c: &Credentials, status: &str) -> Map<String, Value>
     m.insert("subject".into(), json!(p.subject));
     m.insert("gmt_create".into(), json!(alipay_time(p.created_at)));
     if let Some(paid) = p.paid_at {
+        if let Some(b) = &p.buyer {
+            m.insert("buyer_id".into(), json!(b.buyer_id));
+            m.insert("buyer_logon_id".into(), json!(b.buyer_logon_id));
+        }
         m.insert("receipt_amount".into(), json!(total));
         m.insert("buyer_pay_amount".into(), json!(total));
+        m.insert("invoice_amount".into(), json!(total));
+        m.insert("point_amount".into(), json!("0.00"));
+        m.insert("fund_bill_list".into(), json!(fund_bill_list(&total)));
         m.insert("gmt_payment".into(), json!(alipay_time(paid)));
     }
     m
+}
+
+/// `[{"amount":"88.00","fundChannel":"ALIPAYACCOUNT"}]`: how the buyer paid, as the compact
+/// JSON text Alipay sends in a form field.
+fn fund_bill_list(total: &str) -> String {
+    json!([{"amount": total, "fundChannel": "ALIPAYACCOUNT"}]).to_string()
 }
 
 fn standard(p: &Payment, kind: &str, status: &str) -> Map<String, Value> {
@@ -195,8 +260,14 @@ pub fn paid(p: &Payment, c: &Credentials) -> Outgoing {
             m.insert("out_trade_no".into(), json!(p.out_trade_no));
             m.insert("transaction_id".into(), json!(p.trade_no));
             m.insert("total_fee".into(), json!(p.amount));
+            m.insert("cash_fee".into(), json!(p.amount));
             m.insert("fee_type".into(), json!(p.currency));
             m.insert("trade_type".into(), json!("NATIVE"));
+            m.insert("bank_type".into(), json!("OTHERS"));
+            m.insert("is_subscribe".into(), json!("N"));
+            if let Some(b) = &p.buyer {
+                m.insert("openid".into(), json!(b.openid));
+            }
             m.insert("time_end".into(), json!(wechat_compact_time(paid_at)));
             m.insert("nonce_str".into(), json!(wechatpay_v2::generate_nonce()));
             Outgoing {
@@ -219,9 +290,13 @@ pub fn paid(p: &Payment, c: &Credentials) -> Outgoing {
     }
 }
 
+/// WeChat Pay v3's transaction (the decrypted `TRANSACTION.SUCCESS` resource and the query
+/// answer): state and its description, and once paid the bank, the payer's openid and
+/// `success_time`.
 fn v3_transaction(p: &Payment, c: &Credentials, state: &str, paid_at: Option<Millis>) -> Value {
     let (appid, mchid) = wechat_ids(c);
     let payer_total = if paid_at.is_some() { p.amount } else { 0 };
+    let desc = wechat_trade_state_desc(state);
     let mut v = json!({
         "appid": appid,
         "mchid": mchid,
@@ -229,13 +304,43 @@ fn v3_transaction(p: &Payment, c: &Credentials, state: &str, paid_at: Option<Mil
         "transaction_id": p.trade_no,
         "trade_type": "NATIVE",
         "trade_state": state,
+        "trade_state_desc": desc,
         "attach": "",
         "amount": {"total": p.amount, "payer_total": payer_total, "currency": p.currency, "payer_currency": p.currency},
     });
     if let Some(t) = paid_at {
+        v["bank_type"] = json!("OTHERS");
         v["success_time"] = json!(wechat_rfc3339(t));
+        if let Some(b) = &p.buyer {
+            v["payer"] = json!({"openid": b.openid});
+        }
     }
     v
+}
+
+/// The notification of the end of the refund window (`TRADE_FINISHED`); only Alipay sends
+/// one.
+pub fn finished(p: &Payment, c: &Credentials) -> Option<Outgoing> {
+    match p.profile {
+        Profile::Alipay => {
+            let mut m = alipay_base(p, c, "TRADE_FINISHED");
+            if p.refunded() > 0 {
+                m.insert(
+                    "refund_fee".into(),
+                    json!(money::format(p.refunded(), &p.currency)),
+                );
+            }
+            m.insert(
+                "gmt_close".into(),
+                json!(alipay_time(p.finished_at.unwrap_or(p.created_at))),
+            );
+            Some(Outgoing {
+                event_type: "trade.finished".into(),
+                payload: Value::Object(m),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The notification of a trade closed unpaid; `None` where the provider sends none
@@ -269,8 +374,8 @@ pub fn closed(p: &Payment, c: &Credentials) -> Option<Outgoing> {
     }
 }
 
-/// The notification of a refund; `None` for wechatpay-v2, whose refund notifications carry
-/// an encrypted `req_info` Herald does not produce.
+/// The notification of a refund. WeChat Pay v2's is its refund notification: the payload's
+/// fields become the encrypted `req_info` when the profile encodes a `refund...` event.
 pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
     let full = r.refunded_total >= p.amount;
     match p.profile {
@@ -286,7 +391,7 @@ pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
                 json!(money::format(r.refunded_total, &p.currency)),
             );
             m.insert("out_biz_no".into(), json!(r.out_refund_no));
-            m.insert("gmt_refund".into(), json!(alipay_time(r.at)));
+            m.insert("gmt_refund".into(), json!(alipay_time_ms(r.at)));
             if full {
                 m.insert("gmt_close".into(), json!(alipay_time(r.at)));
             }
@@ -295,22 +400,42 @@ pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
                 payload: Value::Object(m),
             })
         }
-        Profile::WechatPayV2 => None,
+        Profile::WechatPayV2 => Some(Outgoing {
+            event_type: "refund.succeeded".into(),
+            payload: json!({
+                "transaction_id": p.trade_no,
+                "out_trade_no": p.out_trade_no,
+                "refund_id": r.refund_id,
+                "out_refund_no": r.out_refund_no,
+                "total_fee": p.amount,
+                "settlement_total_fee": p.amount,
+                "refund_fee": r.amount,
+                "settlement_refund_fee": r.amount,
+                "refund_status": "SUCCESS",
+                "success_time": alipay_time(r.at),
+                "refund_recv_accout": "支付用户零钱",
+                "refund_account": "REFUND_SOURCE_RECHARGE_FUNDS",
+                "refund_request_source": "API",
+            }),
+        }),
         Profile::WechatPayV3 => {
             let (_, mchid) = wechat_ids(c);
+            let mut v = json!({
+                "mchid": mchid,
+                "out_trade_no": p.out_trade_no,
+                "transaction_id": p.trade_no,
+                "out_refund_no": r.out_refund_no,
+                "refund_id": r.refund_id,
+                "refund_status": r.status.as_str(),
+                "user_received_account": "支付用户零钱",
+                "amount": {"total": p.amount, "refund": r.amount, "payer_total": p.amount, "payer_refund": r.amount},
+            });
+            if r.status == RefundStatus::Success {
+                v["success_time"] = json!(wechat_rfc3339(r.at));
+            }
             Some(Outgoing {
-                event_type: "REFUND.SUCCESS".into(),
-                payload: json!({
-                    "mchid": mchid,
-                    "out_trade_no": p.out_trade_no,
-                    "transaction_id": p.trade_no,
-                    "out_refund_no": r.out_refund_no,
-                    "refund_id": r.refund_id,
-                    "refund_status": "SUCCESS",
-                    "success_time": wechat_rfc3339(r.at),
-                    "user_received_account": "支付用户零钱",
-                    "amount": {"total": p.amount, "refund": r.amount, "payer_total": p.amount, "payer_refund": r.amount},
-                }),
+                event_type: format!("REFUND.{}", r.status.as_str()),
+                payload: v,
             })
         }
         Profile::Stripe => Some(Outgoing {
@@ -349,7 +474,10 @@ pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
 }
 
 /// The tampering drill: every amount field of the payload raised by 100 minor units
-/// (1.00), the way a forged notification would claim more than the order is worth.
+/// (1.00), the way a forged notification would claim more than the order is worth. WeChat
+/// Pay v2 has no notify id, so receivers dedupe on `transaction_id` (`refund_id` for
+/// refunds): the tampered copy gets a fresh one, or a receiver would take it as a repeat of
+/// the real notification and never compare its amount.
 pub fn tamper(profile: Profile, payload: &mut Value) {
     let bump_minor = |v: &mut Value| {
         if let Some(n) = v.as_i64() {
@@ -367,8 +495,16 @@ pub fn tamper(profile: Profile, payload: &mut Value) {
             }
         }
         Profile::WechatPayV2 => {
-            if let Some(v) = payload.get_mut("total_fee") {
-                bump_minor(v);
+            for k in ["total_fee", "settlement_total_fee"] {
+                if let Some(v) = payload.get_mut(k) {
+                    bump_minor(v);
+                }
+            }
+            let now = crate::clock::now_ms();
+            if payload.get("refund_id").is_some() {
+                payload["refund_id"] = json!(new_refund_id(profile, now));
+            } else if payload.get("transaction_id").is_some() {
+                payload["transaction_id"] = json!(new_trade_no(profile, now));
             }
         }
         Profile::WechatPayV3 => {
@@ -396,10 +532,11 @@ pub fn tamper(profile: Profile, payload: &mut Value) {
 }
 
 /// The query of the return_url redirect after a payment: the return_url's own query
-/// parameters (`existing`), then the provider's. Alipay signs them
-/// (`alipay.trade.page.pay.return`, RSA2 with the app's key, over every parameter, the
-/// return_url's own included, so that verifying the whole query succeeds); the other
-/// providers do not sign their redirects, so they get `out_trade_no` and `payment_id` only.
+/// parameters (`existing`), then the provider's. Alipay signs its own
+/// (`alipay.trade.page.pay.return`, RSA2 with the app's key) and only those: parameters the
+/// merchant put on its return_url ride along unsigned, as Alipay passes them, so a merchant
+/// must verify Alipay's parameters alone. The other providers do not sign their redirects, so
+/// they get `out_trade_no` and `payment_id` only.
 pub fn return_params(
     p: &Payment,
     c: &Credentials,
@@ -415,21 +552,22 @@ pub fn return_params(
                 ),
                 ("timestamp".into(), alipay_time(now)),
                 ("app_id".into(), a.app_id.clone()),
+                ("auth_app_id".into(), a.app_id.clone()),
                 ("out_trade_no".into(), p.out_trade_no.clone()),
                 ("trade_no".into(), p.trade_no.clone()),
                 ("total_amount".into(), money::format(p.amount, &p.currency)),
                 ("charset".into(), "utf-8".into()),
                 ("version".into(), "1.0".into()),
             ];
-            if let Some(s) = &a.seller_id {
-                ours.push(("seller_id".into(), s.clone()));
+            if let (_, Some(s)) = alipay_ids(p, c) {
+                ours.push(("seller_id".into(), s));
             }
+            alipay::sign_params(a, &mut ours).map_err(|e| e.to_string())?;
             let mut params: Vec<(String, String)> = existing
                 .into_iter()
                 .filter(|(k, _)| !ours.iter().any(|(o, _)| o == k))
                 .collect();
             params.extend(ours);
-            alipay::sign_params(a, &mut params).map_err(|e| e.to_string())?;
             Ok(params)
         }
         _ => {
@@ -448,14 +586,197 @@ pub struct QueryResponse {
     pub body: String,
 }
 
-fn v2_trade_state(p: &Payment) -> &'static str {
+/// WeChat Pay's `trade_state` (v2 and v3): `NOTPAY`, `SUCCESS`, `REFUND` (a refund was
+/// made) or `CLOSED`.
+fn wechat_trade_state(p: &Payment) -> &'static str {
     match p.state {
         TradeState::WaitBuyerPay => "NOTPAY",
-        TradeState::TradeSuccess if p.refunded() > 0 => "REFUND",
-        TradeState::TradeSuccess => "SUCCESS",
+        TradeState::TradeSuccess | TradeState::TradeFinished if p.refunded() > 0 => "REFUND",
+        TradeState::TradeSuccess | TradeState::TradeFinished => "SUCCESS",
         TradeState::TradeClosed if p.paid_at.is_some() => "REFUND",
         TradeState::TradeClosed => "CLOSED",
     }
+}
+
+/// Alipay's `alipay_trade_query_response` object for a trade, fields as the gateway
+/// answers them (amounts `0.00` until paid, the buyer and `fund_bill_list` once paid).
+pub fn alipay_query_response(p: &Payment) -> Map<String, Value> {
+    let total = money::format(p.amount, &p.currency);
+    let paid = |v: &str| {
+        if p.paid_at.is_some() {
+            v.to_string()
+        } else {
+            "0.00".to_string()
+        }
+    };
+    let mut m = Map::new();
+    m.insert("code".into(), json!("10000"));
+    m.insert("msg".into(), json!("Success"));
+    if let Some(b) = &p.buyer {
+        m.insert("buyer_logon_id".into(), json!(b.buyer_logon_id));
+        m.insert("buyer_user_id".into(), json!(b.buyer_id));
+    }
+    m.insert("buyer_pay_amount".into(), json!(paid(&total)));
+    if p.paid_at.is_some() {
+        m.insert(
+            "fund_bill_list".into(),
+            json!([{"amount": total, "fund_channel": "ALIPAYACCOUNT"}]),
+        );
+    }
+    m.insert("invoice_amount".into(), json!(paid(&total)));
+    m.insert("out_trade_no".into(), json!(p.out_trade_no));
+    m.insert("point_amount".into(), json!("0.00"));
+    m.insert("receipt_amount".into(), json!(paid(&total)));
+    if let Some(t) = p.paid_at {
+        m.insert("send_pay_date".into(), json!(alipay_time(t)));
+    }
+    m.insert("total_amount".into(), json!(total));
+    m.insert("trade_no".into(), json!(p.trade_no));
+    m.insert("trade_status".into(), json!(p.state.as_str()));
+    if p.refunded() > 0 {
+        m.insert(
+            "refund_fee".into(),
+            json!(money::format(p.refunded(), &p.currency)),
+        );
+    }
+    m
+}
+
+/// Alipay's `alipay_trade_refund_response` object for refund `r` of `p`: `refund_fee` is
+/// the trade's refunded total, `send_back_fee` this refund, `fund_change` `N` for a repeated
+/// request that moved no money.
+pub fn alipay_refund_response(p: &Payment, r: &Refund, created: bool) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("code".into(), json!("10000"));
+    m.insert("msg".into(), json!("Success"));
+    if let Some(b) = &p.buyer {
+        m.insert("buyer_logon_id".into(), json!(b.buyer_logon_id));
+        m.insert("buyer_user_id".into(), json!(b.buyer_id));
+    }
+    m.insert("fund_change".into(), json!(if created { "Y" } else { "N" }));
+    m.insert("gmt_refund_pay".into(), json!(alipay_time(r.at)));
+    m.insert("out_trade_no".into(), json!(p.out_trade_no));
+    m.insert(
+        "refund_fee".into(),
+        json!(money::format(r.refunded_total, &p.currency)),
+    );
+    m.insert(
+        "send_back_fee".into(),
+        json!(money::format(r.amount, &p.currency)),
+    );
+    m.insert("trade_no".into(), json!(p.trade_no));
+    m
+}
+
+fn wechat_trade_state_desc(state: &str) -> &'static str {
+    match state {
+        "SUCCESS" => "支付成功",
+        "REFUND" => "转入退款",
+        "NOTPAY" => "未支付",
+        "CLOSED" => "已关闭",
+        _ => "",
+    }
+}
+
+/// WeChat Pay v2's `orderquery` answer fields (without the envelope: `return_code`, ids,
+/// nonce and sign are added by the caller).
+pub fn v2_order(p: &Payment) -> Vec<(String, String)> {
+    let state = wechat_trade_state(p);
+    let mut fields: Vec<(String, String)> = vec![
+        ("result_code".into(), "SUCCESS".into()),
+        ("out_trade_no".into(), p.out_trade_no.clone()),
+        ("transaction_id".into(), p.trade_no.clone()),
+        ("trade_state".into(), state.into()),
+        (
+            "trade_state_desc".into(),
+            wechat_trade_state_desc(state).into(),
+        ),
+        ("trade_type".into(), "NATIVE".into()),
+        ("total_fee".into(), p.amount.to_string()),
+        ("fee_type".into(), p.currency.clone()),
+    ];
+    if let Some(t) = p.paid_at {
+        fields.push(("time_end".into(), wechat_compact_time(t)));
+        fields.push(("cash_fee".into(), p.amount.to_string()));
+        fields.push(("bank_type".into(), "OTHERS".into()));
+        fields.push(("is_subscribe".into(), "N".into()));
+        if let Some(b) = &p.buyer {
+            fields.push(("openid".into(), b.openid.clone()));
+        }
+    }
+    fields
+}
+
+/// WeChat Pay v2's `/secapi/pay/refund` answer fields for refund `r` of `p`.
+pub fn v2_refund(p: &Payment, r: &Refund) -> Vec<(String, String)> {
+    vec![
+        ("result_code".into(), "SUCCESS".into()),
+        ("transaction_id".into(), p.trade_no.clone()),
+        ("out_trade_no".into(), p.out_trade_no.clone()),
+        ("out_refund_no".into(), r.out_refund_no.clone()),
+        ("refund_id".into(), r.refund_id.clone()),
+        ("refund_fee".into(), r.amount.to_string()),
+        ("total_fee".into(), p.amount.to_string()),
+        ("cash_fee".into(), p.amount.to_string()),
+        ("cash_refund_fee".into(), r.amount.to_string()),
+        ("coupon_refund_fee".into(), "0".into()),
+        ("coupon_refund_count".into(), "0".into()),
+    ]
+}
+
+/// WeChat Pay v3's transaction as `GET /v3/pay/transactions/...` answers it.
+pub fn v3_order(p: &Payment, c: &Credentials) -> Value {
+    v3_transaction(p, c, wechat_trade_state(p), p.paid_at)
+}
+
+/// WeChat Pay v3's `POST /v3/refund/domestic/refunds` answer for refund `r` of `p` (the
+/// sandbox settles refunds at once: `SUCCESS`).
+pub fn v3_refund(p: &Payment, r: &Refund) -> Value {
+    let mut v = json!({
+        "refund_id": r.refund_id,
+        "out_refund_no": r.out_refund_no,
+        "transaction_id": p.trade_no,
+        "out_trade_no": p.out_trade_no,
+        "channel": "ORIGINAL",
+        "user_received_account": "支付用户零钱",
+        "create_time": wechat_rfc3339(r.at),
+        "status": r.status.as_str(),
+        "funds_account": "AVAILABLE",
+        "amount": {
+            "total": p.amount, "refund": r.amount, "from": [],
+            "payer_total": p.amount, "payer_refund": r.amount,
+            "settlement_refund": r.amount, "settlement_total": p.amount,
+            "discount_refund": 0, "currency": p.currency, "refund_fee": 0,
+        },
+        "promotion_detail": [],
+    });
+    if r.status == RefundStatus::Success {
+        v["success_time"] = json!(wechat_rfc3339(r.at));
+    }
+    v
+}
+
+/// The `Wechatpay-*` headers that sign a v3 API response `body` with the platform key.
+pub fn v3_response_headers(
+    w: &herald_protocols::wechatpay_v3::Credentials,
+    body: &str,
+    now: Millis,
+) -> Result<Vec<(String, String)>, String> {
+    let timestamp = (now / 1000).to_string();
+    let nonce = alphanumeric(32);
+    let message = format!("{timestamp}\n{nonce}\n{body}\n");
+    let signature = herald_protocols::keys::sign_sha256_cached(&w.private_key, message.as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(vec![
+        ("Wechatpay-Timestamp".into(), timestamp),
+        ("Wechatpay-Nonce".into(), nonce),
+        ("Wechatpay-Signature".into(), signature),
+        ("Wechatpay-Serial".into(), w.serial.clone()),
+        (
+            "Wechatpay-Signature-Type".into(),
+            "WECHATPAY2-SHA256-RSA2048".into(),
+        ),
+    ])
 }
 
 /// The trade as the provider's query API answers, signed the way that provider signs API
@@ -464,28 +785,9 @@ fn v2_trade_state(p: &Payment) -> &'static str {
 /// JSON with `Wechatpay-*` signature headers. Stripe and Standard Webhooks do not sign API
 /// responses: their JSON comes unsigned (the admin token authenticates it).
 pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryResponse, String> {
-    let total = money::format(p.amount, &p.currency);
     match c {
         Credentials::Alipay(a) => {
-            let mut m = Map::new();
-            m.insert("code".into(), json!("10000"));
-            m.insert("msg".into(), json!("Success"));
-            m.insert("out_trade_no".into(), json!(p.out_trade_no));
-            m.insert("trade_no".into(), json!(p.trade_no));
-            m.insert("trade_status".into(), json!(p.state.as_str()));
-            m.insert("total_amount".into(), json!(total));
-            if let Some(t) = p.paid_at {
-                m.insert("buyer_pay_amount".into(), json!(total));
-                m.insert("receipt_amount".into(), json!(total));
-                m.insert("send_pay_date".into(), json!(alipay_time(t)));
-            }
-            if p.refunded() > 0 {
-                m.insert(
-                    "refund_fee".into(),
-                    json!(money::format(p.refunded(), &p.currency)),
-                );
-            }
-            let text = Value::Object(m).to_string();
+            let text = Value::Object(alipay_query_response(p)).to_string();
             let sign = alipay::sign_query_response(a, &text).map_err(|e| e.to_string())?;
             Ok(QueryResponse {
                 content_type: "application/json; charset=utf-8",
@@ -500,20 +802,11 @@ pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryRes
             let mut fields: Vec<(String, String)> = vec![
                 ("return_code".into(), "SUCCESS".into()),
                 ("return_msg".into(), "OK".into()),
-                ("result_code".into(), "SUCCESS".into()),
                 ("appid".into(), w.appid.clone()),
                 ("mch_id".into(), w.mch_id.clone()),
                 ("nonce_str".into(), wechatpay_v2::generate_nonce()),
-                ("out_trade_no".into(), p.out_trade_no.clone()),
-                ("transaction_id".into(), p.trade_no.clone()),
-                ("trade_state".into(), v2_trade_state(p).into()),
-                ("trade_type".into(), "NATIVE".into()),
-                ("total_fee".into(), p.amount.to_string()),
-                ("fee_type".into(), p.currency.clone()),
             ];
-            if let Some(t) = p.paid_at {
-                fields.push(("time_end".into(), wechat_compact_time(t)));
-            }
+            fields.extend(v2_order(p));
             if w.sign_type != wechatpay_v2::SignType::Md5 {
                 fields.push(("sign_type".into(), w.sign_type.as_str().into()));
             }
@@ -532,39 +825,17 @@ pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryRes
             })
         }
         Credentials::WechatPayV3(w) => {
-            let state = match p.state {
-                TradeState::WaitBuyerPay => "NOTPAY",
-                TradeState::TradeSuccess if p.refunded() > 0 => "REFUND",
-                TradeState::TradeSuccess => "SUCCESS",
-                TradeState::TradeClosed if p.paid_at.is_some() => "REFUND",
-                TradeState::TradeClosed => "CLOSED",
-            };
-            let body = v3_transaction(p, c, state, p.paid_at).to_string();
-            let timestamp = (now / 1000).to_string();
-            let nonce = alphanumeric(32);
-            let message = format!("{timestamp}\n{nonce}\n{body}\n");
-            let signature =
-                herald_protocols::keys::sign_sha256_cached(&w.private_key, message.as_bytes())
-                    .map_err(|e| e.to_string())?;
+            let body = v3_order(p, c).to_string();
             Ok(QueryResponse {
                 content_type: "application/json",
-                headers: vec![
-                    ("Wechatpay-Timestamp".into(), timestamp),
-                    ("Wechatpay-Nonce".into(), nonce),
-                    ("Wechatpay-Signature".into(), signature),
-                    ("Wechatpay-Serial".into(), w.serial.clone()),
-                    (
-                        "Wechatpay-Signature-Type".into(),
-                        "WECHATPAY2-SHA256-RSA2048".into(),
-                    ),
-                ],
+                headers: v3_response_headers(w, &body, now)?,
                 body,
             })
         }
         Credentials::Stripe(_) => {
             let status = match p.state {
                 TradeState::WaitBuyerPay => "requires_payment_method",
-                TradeState::TradeSuccess => "succeeded",
+                TradeState::TradeSuccess | TradeState::TradeFinished => "succeeded",
                 TradeState::TradeClosed if p.paid_at.is_some() => "succeeded",
                 TradeState::TradeClosed => "canceled",
             };

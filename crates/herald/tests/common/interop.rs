@@ -92,3 +92,37 @@ pub fn sdk_check(
         _ => panic!("verify.py failed to run: {text}"),
     }
 }
+
+/// Calls the sandbox at `base` with the provider's SDK (`client.py`): `op` is `query` or
+/// `refund`, `args` the SDK method's keyword arguments. Returns `{"ok": true, "result"}` when
+/// the SDK returned (its response checks passed), `{"ok": false, "error"}` when it raised.
+pub fn sdk_call(profile: &str, base: &str, keys: &Value, op: &str, args: Value) -> Value {
+    let input = json!({"profile": profile, "base": base, "keys": keys, "op": op, "args": args});
+    let mut child = Command::new(python())
+        .arg(interop_dir().join("client.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run client.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client.py failed to run: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client.py printed no JSON ({e}): {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -83,6 +83,7 @@ impl TestServer {
                 engine,
                 durability: Durability::Normal,
                 sandbox,
+                http: Default::default(),
             },
             std::future::pending(),
         )

@@ -41,6 +41,12 @@ def wechatpay_v2(headers, body, keys):
     from wechatpy.pay import WeChatPay
 
     client = WeChatPay(appid=keys["appid"], api_key=keys["api_key"], mch_id=keys["mch_id"])
+    if b"<req_info>" in body:
+        # A refund notification: not signed; wechatpy decrypts req_info with the API key.
+        try:
+            return dict(client.parse_refund_notify_result(body))
+        except Exception:  # wrong key or altered ciphertext: padding, UTF-8 or XML fails
+            return None
     try:
         return client.parse_payment_result(body)
     except InvalidSignatureException:

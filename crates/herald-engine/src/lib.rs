@@ -33,6 +33,9 @@ pub struct EngineConfig {
     pub global_concurrency: usize,
     /// In-flight limit of an ad-hoc `notify_url` destination (endpoints carry their own).
     pub default_max_in_flight: u32,
+    /// Most attempts one app may have in flight: its share of `global_concurrency`, so one
+    /// tenant whose endpoints hang cannot hold every slot while others have work.
+    pub app_max_in_flight: usize,
     pub connect_timeout: Duration,
     /// Total time for one attempt, response body included.
     pub request_timeout: Duration,
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
         EngineConfig {
             global_concurrency: 2048,
             default_max_in_flight: 8,
+            app_max_in_flight: 1024,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             response_read_cap: 64 * 1024,

@@ -15,10 +15,12 @@
 //! - **Timers.** A `BTreeSet` of `(next_at, seq)`: ordered, so the earliest is at the front
 //!   and eviction takes from the back.
 //! - **Queues.** Due deliveries move to their destination's ready queue (an endpoint, or the
-//!   origin of an ad-hoc `notify_url`). A destination has its own in-flight limit; a global
-//!   limit caps all attempts. Destinations take turns (round robin), so a slow one fills only
-//!   its own slots. A destination whose recent attempts all failed drops to one attempt at a
-//!   time until one succeeds.
+//!   origin of an ad-hoc `notify_url` within its app). A destination has its own in-flight
+//!   limit; a global limit caps all attempts, and an app may hold at most its share of it
+//!   (`app_max_in_flight`), so one tenant's hanging endpoints, whose limits can add up past
+//!   the global one, never take every slot from the others. Destinations take turns (round
+//!   robin), so a slow one fills only its own slots. A destination whose recent attempts all
+//!   failed drops to one attempt at a time until one succeeds.
 //! - **Parking.** When memory passes its bound because a destination cannot keep up, the
 //!   tail of the longest ready queues is released in the store with a later time (no attempt
 //!   spent) and dropped from memory; claims bring it back later.
@@ -80,6 +82,8 @@ struct Slot {
 
 #[derive(Default)]
 struct Dest {
+    /// The app the destination belongs to (its share of the global limit is the app's).
+    app: Arc<str>,
     ready: VecDeque<i64>,
     in_flight: u32,
     limit: u32,
@@ -184,6 +188,10 @@ pub(crate) struct Scheduler {
     dests: HashMap<Arc<str>, Dest>,
     ready_dests: VecDeque<Arc<str>>,
     in_flight: usize,
+    /// Attempts in flight per app, against `EngineConfig::app_max_in_flight`.
+    app_in_flight: HashMap<Arc<str>, usize>,
+    /// Destinations with work that wait because their app holds its whole share.
+    waiting_for_app: HashMap<Arc<str>, Vec<Arc<str>>>,
     claim_pending: bool,
     /// A hint arrived while a claim was running: claim again when it answers.
     claim_again: bool,
@@ -227,6 +235,8 @@ impl Scheduler {
             dests: HashMap::new(),
             ready_dests: VecDeque::new(),
             in_flight: 0,
+            app_in_flight: HashMap::new(),
+            waiting_for_app: HashMap::new(),
             claim_pending: false,
             claim_again: false,
             next_claim_at: now,
@@ -819,6 +829,10 @@ impl Scheduler {
     /// not known (the attempt was lost), which leaves its health as it was.
     fn release_slot(&mut self, key: Arc<str>, success: Option<bool>) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(dest) = self.dests.get(&key) {
+            let app = dest.app.clone();
+            self.app_slot_freed(&app);
+        }
         if let Some(dest) = self.dests.get_mut(&key) {
             dest.in_flight = dest.in_flight.saturating_sub(1);
             match success {
@@ -837,12 +851,37 @@ impl Scheduler {
         }
     }
 
+    /// One of `app`'s attempts ended: when the app was at its share, its waiting
+    /// destinations take turns again.
+    fn app_slot_freed(&mut self, app: &Arc<str>) {
+        let Some(n) = self.app_in_flight.get_mut(app) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        let now = *n;
+        if now == 0 {
+            self.app_in_flight.remove(app);
+        }
+        if now < self.config.app_max_in_flight {
+            for dkey in self.waiting_for_app.remove(app).unwrap_or_default() {
+                if let Some(dest) = self.dests.get_mut(&dkey) {
+                    if dest.can_send() && !dest.queued {
+                        dest.queued = true;
+                        self.ready_dests.push_back(dkey);
+                    }
+                }
+            }
+        }
+    }
+
     // --- dispatch ------------------------------------------------------------------------
 
+    /// The destination of a job: its endpoint, or (ad-hoc `notify_url`) the URL's origin
+    /// within the app, so two apps notifying one host do not share a queue.
     fn dest_key(&self, job: &Job) -> Arc<str> {
         match &job.endpoint {
             Some(ep) => Arc::from(ep.id.as_str()),
-            None => Arc::from(origin_of(&job.url)),
+            None => Arc::from(format!("{} {}", job.app.id, origin_of(&job.url))),
         }
     }
 
@@ -868,6 +907,7 @@ impl Scheduler {
                 None => self.config.default_max_in_flight,
             };
             let dest = self.dests.entry(dkey.clone()).or_insert_with(|| Dest {
+                app: Arc::from(job.app.id.as_str()),
                 limit,
                 ..Dest::default()
             });
@@ -889,6 +929,16 @@ impl Scheduler {
                 continue;
             };
             dest.queued = false;
+            let app_busy = self.app_in_flight.get(&dest.app).copied().unwrap_or(0);
+            if app_busy >= self.config.app_max_in_flight && dest.can_send() {
+                // The app holds its whole share of the global limit: this destination waits
+                // for one of the app's own attempts to end, and others take the slots.
+                self.waiting_for_app
+                    .entry(dest.app.clone())
+                    .or_default()
+                    .push(dkey);
+                continue;
+            }
             let mut started = None;
             while dest.in_flight < dest.effective_limit() {
                 let Some(seq) = dest.ready.pop_front() else {
@@ -910,6 +960,7 @@ impl Scheduler {
             }
             if let Some(job) = started {
                 self.in_flight += 1;
+                *self.app_in_flight.entry(dest.app.clone()).or_default() += 1;
                 self.spawn_attempt(job, dkey.clone());
             } else if dest.ready.is_empty() && dest.in_flight == 0 && dest.consecutive_failures == 0
             {

@@ -677,3 +677,56 @@ async fn an_attempt_that_fails_for_lack_of_local_resources_is_not_spent() {
     );
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_apps_hanging_destinations_cannot_take_every_global_slot() {
+    // App 1: ten destinations that never answer, each allowed 256 attempts at once (2,560
+    // together, past the global limit of 2,048). App 2: one healthy destination.
+    let hog = app(&[3600]);
+    let mut other = (*app(&[10])).clone();
+    other.id = "app_2".into();
+    let other = Arc::new(other);
+    let h = Harness::start(
+        Box::new(|j| {
+            if j.app.id == "app_1" {
+                (Verdict::Retry, Duration::from_secs(3600))
+            } else {
+                (Verdict::Acked, Duration::from_millis(3))
+            }
+        }),
+        |c| {
+            c.default_max_in_flight = 256;
+            c.claim_batch = 5_000;
+        },
+    );
+    let mut seq = 0;
+    for host in 0..10 {
+        for _ in 0..300 {
+            seq += 1;
+            let mut j = job(seq, &hog, T0, None);
+            j.url = format!("http://hanging-{host}.test/hook");
+            h.queue.add(j);
+        }
+    }
+    run_for(Duration::from_secs(1)).await;
+    let mut healthy = job(100_000, &other, T0 + 1_000, None);
+    healthy.url = "http://healthy.test/hook".into();
+    h.queue.add(healthy);
+    run_for(Duration::from_millis(500)).await;
+    let at = h.receiver.attempts_of(100_000);
+    assert_eq!(at.len(), 1, "the healthy app's delivery was attempted");
+    assert!(
+        at[0] - (T0 + 1_000) < 50,
+        "within {} ms of being due",
+        at[0] - (T0 + 1_000)
+    );
+    assert_eq!(h.queue.status(100_000), DeliveryStatus::Succeeded);
+    let hogging = h
+        .receiver
+        .attempts()
+        .iter()
+        .filter(|a| a.0 < 100_000)
+        .count();
+    assert_eq!(hogging, 1_024, "the hanging app holds its share, no more");
+    h.stop().await;
+}

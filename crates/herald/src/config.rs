@@ -276,6 +276,8 @@ impl ServeArgs {
                 return Err(ConfigError::Zero("concurrency"));
             }
             engine.global_concurrency = n;
+            // An app's share follows: half the slots, so another tenant always finds room.
+            engine.app_max_in_flight = (n / 2).max(1);
         }
         if let Some(s) = self.request_timeout.or(file.request_timeout) {
             if s == 0 {

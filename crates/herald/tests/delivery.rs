@@ -698,3 +698,53 @@ async fn an_endpoints_timeout_ms_limits_each_attempt() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_apps_hanging_endpoints_do_not_starve_another_apps_healthy_endpoint() {
+    // Ten endpoints of one app never answer, each allowed the most attempts at once (256):
+    // together past the global limit (here 200, so the test stays small). Another app's
+    // healthy endpoint still gets a slot at once, not when the hanging attempts time out.
+    let mut config = engine_config(true);
+    config.global_concurrency = 200;
+    config.app_max_in_flight = 100;
+    let server = TestServer::start_with(config).await;
+    let hanging = Receiver::start(|_, _| Reply::Hang).await;
+    let healthy = Receiver::start(Receiver::ok()).await;
+    let hog = server.app(json!({})).await;
+    for i in 0..10 {
+        server
+            .endpoint(
+                &hog,
+                json!({"url": hanging.url(&format!("/{i}")), "max_in_flight": 256}),
+            )
+            .await;
+    }
+    for _ in 0..30 {
+        server
+            .notify(&hog, json!({"event_type": "e", "payload": {}}))
+            .await;
+    }
+    hanging.wait_count(100).await;
+    let app = server.app(json!({})).await;
+    server
+        .endpoint(&app, json!({"url": healthy.url("/")}))
+        .await;
+    let started = std::time::Instant::now();
+    let n = server
+        .notify(&app, json!({"event_type": "e", "payload": {}}))
+        .await;
+    server
+        .wait_status(n["id"].as_str().unwrap(), "succeeded")
+        .await;
+    // The hanging attempts time out only after 15 s: delivered well before that.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        hanging.count(),
+        100,
+        "the hanging app holds its share, no more"
+    );
+}

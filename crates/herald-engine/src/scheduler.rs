@@ -7,6 +7,11 @@
 //!   holds is never claimed here, so several engines on one database never attempt the same
 //!   delivery while their leases hold. Hints are only wake-ups: if one is lost, the timer's
 //!   claim finds the work anyway.
+//! - **Lost answers.** A claim can commit and its answer be lost with the connection; so can
+//!   an outcome that kept the delivery held. Then the store says this node holds work its
+//!   memory lacks, and nobody would send it. After such a failure the next claim first
+//!   takes back what the store says the node holds ([`Queue::held`]); memory skips what it
+//!   already has.
 //! - **Lease.** The node renews its lease every `lease / 3`. When a renewal says the lease
 //!   was lost (or none succeeded for a whole lease, e.g. the database was unreachable), other
 //!   nodes may have taken the work over: the scheduler forgets everything it holds (late
@@ -36,8 +41,8 @@ use std::time::Duration;
 
 use herald_store::{
     AppCtx, AttemptReport, ClaimParams, CompleteParams, Completed, DeliveryStatus, EndpointCtx,
-    Hint, HintReceiver, Job, Lease, LeaseParams, Millis, NodeId, Outcome, Queue, ReleaseParams,
-    StoreError,
+    HeldParams, Hint, HintReceiver, Job, Lease, LeaseParams, Millis, NodeId, Outcome, Queue,
+    ReleaseParams, StoreError,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -195,6 +200,9 @@ pub(crate) struct Scheduler {
     claim_pending: bool,
     /// A hint arrived while a claim was running: claim again when it answers.
     claim_again: bool,
+    /// A store call's answer was lost (a claim that failed, an outcome that may have
+    /// applied): the next claim first takes back what the store says this node holds.
+    readopt: bool,
     next_claim_at: Instant,
     renew_pending: bool,
     next_renew_at: Instant,
@@ -239,6 +247,7 @@ impl Scheduler {
             waiting_for_app: HashMap::new(),
             claim_pending: false,
             claim_again: false,
+            readopt: false,
             next_claim_at: now,
             renew_pending: false,
             next_renew_at: now,
@@ -447,14 +456,32 @@ impl Scheduler {
         };
         self.claim_pending = true;
         self.claim_again = false;
+        let readopt = std::mem::take(&mut self.readopt).then(|| HeldParams {
+            node: params.node.clone(),
+            now,
+            horizon: params.horizon,
+        });
         let queue = self.queue.clone();
         let tx = self.task_tx.clone();
         tokio::spawn(async move {
             let node = params.node.clone();
-            let jobs = match queue.claim(params).await {
-                Ok(jobs) => Some(jobs),
+            let held = match readopt {
+                Some(p) => queue.held(p).await.map(Some),
+                None => Ok(None),
+            };
+            let jobs = match held {
+                Ok(held) => match queue.claim(params).await {
+                    Ok(mut jobs) => {
+                        jobs.extend(held.unwrap_or_default());
+                        Some(jobs)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming due deliveries failed");
+                        None
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(error = %e, "claiming due deliveries failed");
+                    tracing::warn!(error = %e, "reading what this node holds failed");
                     None
                 }
             };
@@ -465,6 +492,8 @@ impl Scheduler {
     fn on_claimed(&mut self, node: NodeId, limit: usize, jobs: Option<Vec<Arc<Job>>>) {
         self.claim_pending = false;
         let Some(jobs) = jobs else {
+            // The claim may have committed and its answer been lost.
+            self.readopt = true;
             self.next_claim_at = Instant::now() + STORE_RETRY;
             return;
         };
@@ -795,6 +824,13 @@ impl Scheduler {
         }
         if revoked {
             return;
+        }
+        if !completed.applied && completed.status == Some(DeliveryStatus::Pending) {
+            // Still pending but not as this attempt saw it: perhaps this very outcome was
+            // applied by a try whose answer was lost. Take back whatever the store says
+            // this node holds.
+            self.readopt = true;
+            self.next_claim_at = Instant::now();
         }
         if let Some(held) = completed.held {
             self.admit(held);

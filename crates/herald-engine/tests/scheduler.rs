@@ -43,6 +43,8 @@ struct FakeQueue {
     state: Mutex<QueueState>,
     /// How long a claim takes to answer.
     claim_delay: Mutex<Duration>,
+    /// Claims that commit and then answer with an error (a lost answer), counted down.
+    lose_claim_answers: Mutex<u32>,
 }
 
 impl FakeQueue {
@@ -168,6 +170,11 @@ impl Queue for FakeQueue {
             }
         }
         jobs.sort_by_key(|j| j.key());
+        let mut lose = self.lose_claim_answers.lock().expect("lose");
+        if *lose > 0 && !jobs.is_empty() {
+            *lose -= 1;
+            return Err(StoreError::Backend("connection closed".into()));
+        }
         Ok(jobs)
     }
 
@@ -256,6 +263,20 @@ impl Queue for FakeQueue {
             }
         }
         Ok(out)
+    }
+
+    async fn held(&self, p: HeldParams) -> Result<Vec<Arc<Job>>> {
+        let st = self.state();
+        Ok(st
+            .rows
+            .values()
+            .filter(|r| {
+                r.locked_by.as_ref() == Some(&p.node)
+                    && r.status == DeliveryStatus::Pending
+                    && r.next_at <= p.horizon
+            })
+            .map(FakeQueue::job_of)
+            .collect())
     }
 
     fn hints(&self, _node: NodeId) -> HintReceiver {
@@ -728,5 +749,23 @@ async fn one_apps_hanging_destinations_cannot_take_every_global_slot() {
         .filter(|a| a.0 < 100_000)
         .count();
     assert_eq!(hogging, 1_024, "the hanging app holds its share, no more");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_claimed_but_whose_answer_was_lost_is_taken_back_and_sent() {
+    let a = app(&[10]);
+    let queue = Arc::new(FakeQueue::default());
+    *queue.lose_claim_answers.lock().unwrap() = 1;
+    queue.add(job(1, &a, T0, None));
+    let h = Harness::start_on(queue.clone(), acks(), |_| {});
+    run_for(Duration::from_secs(5)).await;
+    assert!(queue.holder(1).is_none() || queue.status(1) == DeliveryStatus::Succeeded);
+    assert_eq!(
+        h.receiver.attempts_of(1).len(),
+        1,
+        "sent once it was taken back"
+    );
+    assert_eq!(queue.status(1), DeliveryStatus::Succeeded);
     h.stop().await;
 }

@@ -145,31 +145,7 @@ pub(crate) async fn update_endpoint(
         .map_err(backend)?;
     let Some(row) = row else { return Ok(None) };
     let (mut ep, _) = rows::endpoint_from_row(&row)?;
-    if let Some(v) = patch.url {
-        ep.url = v;
-    }
-    if let Some(v) = patch.event_types {
-        ep.event_types = v;
-    }
-    if let Some(v) = patch.retry {
-        ep.retry = v;
-    }
-    if let Some(v) = patch.ack {
-        ep.ack = v;
-    }
-    if let Some(v) = patch.max_in_flight {
-        ep.max_in_flight = v;
-    }
-    if let Some(v) = patch.ordered {
-        ep.ordered = v;
-    }
-    if let Some(v) = patch.enabled {
-        ep.enabled = v;
-    }
-    if let Some(v) = patch.timeout_ms {
-        ep.timeout_ms = v;
-    }
-    ep.updated_at = now;
+    patch.apply(&mut ep, now);
     tx.execute(
         "UPDATE endpoints SET url = $2, event_types = $3, retry = $4, ack = $5,
              max_in_flight = $6, ordered = $7, enabled = $8, timeout_ms = $9, updated_at = $10

@@ -344,6 +344,10 @@ impl Queue for PgStore {
         queue::release(&self.inner, params).await
     }
 
+    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<Job>>> {
+        queue::held(&self.inner, params).await
+    }
+
     fn hints(&self, node: NodeId) -> HintReceiver {
         self.inner.subscribers.subscribe(node)
     }

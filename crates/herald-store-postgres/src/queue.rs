@@ -447,3 +447,25 @@ pub(crate) async fn release(inner: &Inner, p: ReleaseParams) -> Result<Vec<i64>>
     }
     Ok(seqs.into_iter().filter(|s| released.contains(s)).collect())
 }
+
+/// The pending deliveries `node` holds, due by `horizon` (see `Queue::held`).
+pub(crate) async fn held(inner: &Inner, p: HeldParams) -> Result<Vec<Arc<Job>>> {
+    let generation = inner.contexts.generation();
+    let client = inner.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT d.seq, d.id, d.notify_id, n.id, d.app_id, d.endpoint_id, d.url, n.event_type,
+                    n.payload, d.attempts, d.next_at, d.order_key, n.created_at
+             FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq
+             WHERE d.locked_by = $1 AND d.status = 'pending' AND d.next_at <= $2
+             ORDER BY d.next_at, d.seq",
+        )
+        .await
+        .map_err(backend)?;
+    let rows = client
+        .query(&stmt, &[&&*p.node, &p.horizon])
+        .await
+        .map_err(backend)?;
+    let jobs = jobs_from_rows(inner, generation, &client, &rows, p.now).await?;
+    inner.contexts.refresh(&client, jobs, generation).await
+}

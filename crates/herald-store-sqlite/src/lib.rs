@@ -226,6 +226,10 @@ impl Queue for SqliteStore {
         self.call(|r| Op::Release(params, r)).await
     }
 
+    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<Job>>> {
+        self.call(|r| Op::Held(params, r)).await
+    }
+
     fn hints(&self, _node: NodeId) -> HintReceiver {
         self.hints.subscribe()
     }

@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
             an_endpoint_is_served_by_one_node_at_a_time,
             a_dead_nodes_work_is_rescued_after_its_lease,
             a_retry_far_ahead_releases_the_claim,
+            a_node_reads_back_what_it_holds,
             deleting_an_endpoint_cancels_its_pending_deliveries,
             manual_retry_puts_a_failed_delivery_back_to_pending,
             manual_retry_of_a_held_delivery_frees_it_for_any_node,
@@ -780,6 +781,36 @@ pub async fn a_retry_far_ahead_releases_the_claim(store: &impl Store) {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[0].next_at, later);
+}
+
+pub async fn a_node_reads_back_what_it_holds(store: &impl Store) {
+    let a = app(store).await;
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
+    for _ in 0..2 {
+        store
+            .create_notification(NewNotification {
+                notify_url: Some("https://merchant.example/notify".into()),
+                ..new_notification(&a.id, "e")
+            })
+            .await
+            .unwrap();
+    }
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 2);
+    complete(store, &n1, &jobs[0], Outcome::Succeeded).await;
+    let held = |node: &NodeId| HeldParams {
+        node: node.clone(),
+        now: T0,
+        horizon: HORIZON,
+    };
+    let mine = store.held(held(&n1)).await.unwrap();
+    assert_eq!(
+        ids(&mine),
+        vec![jobs[1].id.clone()],
+        "what is still held, nothing else"
+    );
+    assert_eq!(mine[0].attempts, 0);
+    assert!(store.held(held(&n2)).await.unwrap().is_empty());
 }
 
 pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl Store) {

@@ -126,6 +126,37 @@ pub struct EndpointPatch {
     pub timeout_ms: Option<Option<u32>>,
 }
 
+impl EndpointPatch {
+    /// Applies the patch to `ep`, changed at `now`. Every driver applies patches this way.
+    pub fn apply(self, ep: &mut Endpoint, now: Millis) {
+        if let Some(v) = self.url {
+            ep.url = v;
+        }
+        if let Some(v) = self.event_types {
+            ep.event_types = v;
+        }
+        if let Some(v) = self.retry {
+            ep.retry = v;
+        }
+        if let Some(v) = self.ack {
+            ep.ack = v;
+        }
+        if let Some(v) = self.max_in_flight {
+            ep.max_in_flight = v;
+        }
+        if let Some(v) = self.ordered {
+            ep.ordered = v;
+        }
+        if let Some(v) = self.enabled {
+            ep.enabled = v;
+        }
+        if let Some(v) = self.timeout_ms {
+            ep.timeout_ms = v;
+        }
+        ep.updated_at = now;
+    }
+}
+
 /// What a producer sent. Immutable once stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notification {

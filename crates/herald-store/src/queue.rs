@@ -117,6 +117,15 @@ pub struct ReleaseParams {
     pub now: Millis,
 }
 
+/// Asking for what `node` holds, due by `horizon` (see [`Queue::held`]). `now` stamps
+/// anything found unsendable (its app or endpoint gone), which is canceled on the way.
+#[derive(Clone, Debug)]
+pub struct HeldParams {
+    pub node: NodeId,
+    pub now: Millis,
+    pub horizon: Millis,
+}
+
 /// A best-effort wake-up for the engines (see the module doc).
 #[derive(Clone, Debug)]
 pub enum Hint {
@@ -154,6 +163,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn complete(&self, params: CompleteParams) -> Result<Completed>;
     /// Releases held deliveries (optionally moving them later). Returns the seqs released.
     async fn release(&self, params: ReleaseParams) -> Result<Vec<i64>>;
+    /// The pending deliveries `node` holds that are due by `horizon`, as jobs: how a node
+    /// takes back what it holds in the store but not in memory, after a call whose answer
+    /// was lost (the database committed a claim or a kept outcome, then the connection
+    /// dropped before the reply).
+    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<Job>>>;
     /// Subscribes to hints for `node`. One subscription per engine.
     fn hints(&self, node: NodeId) -> HintReceiver;
 }

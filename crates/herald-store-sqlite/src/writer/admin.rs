@@ -196,31 +196,7 @@ impl Writer {
         let Some(mut ep) = rows::get_endpoint(&self.conn, app_id, id)? else {
             return Ok(None);
         };
-        if let Some(v) = patch.url {
-            ep.url = v;
-        }
-        if let Some(v) = patch.event_types {
-            ep.event_types = v;
-        }
-        if let Some(v) = patch.retry {
-            ep.retry = v;
-        }
-        if let Some(v) = patch.ack {
-            ep.ack = v;
-        }
-        if let Some(v) = patch.max_in_flight {
-            ep.max_in_flight = v;
-        }
-        if let Some(v) = patch.ordered {
-            ep.ordered = v;
-        }
-        if let Some(v) = patch.enabled {
-            ep.enabled = v;
-        }
-        if let Some(v) = patch.timeout_ms {
-            ep.timeout_ms = v;
-        }
-        ep.updated_at = now;
+        patch.apply(&mut ep, now);
         self.write_endpoint(&ep, false)?;
         let ctx = self.cache_endpoint(&ep);
         hints.push(Hint::EndpointChanged(ctx));

@@ -71,6 +71,7 @@ pub(crate) enum Op {
     Claim(ClaimParams, Reply<Vec<Arc<Job>>>),
     Complete(Box<CompleteParams>, Reply<Completed>),
     Release(ReleaseParams, Reply<Vec<i64>>),
+    Held(HeldParams, Reply<Vec<Arc<Job>>>),
     /// Stop after this batch (see `MetaStore::close`).
     Close(Reply<()>),
 }
@@ -312,6 +313,10 @@ impl Writer {
                 let r = self.release(&params, hints);
                 done(reply, r)
             }
+            Op::Held(params, reply) => {
+                let r = self.held(&params.node, params.horizon);
+                done(reply, r)
+            }
             Op::Close(reply) => done(reply, Ok(())),
         }
     }
@@ -341,6 +346,7 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::Claim(_, r) => fail(r, err),
         Op::Complete(_, r) => fail(r, err),
         Op::Release(_, r) => fail(r, err),
+        Op::Held(_, r) => fail(r, err),
         Op::Close(r) => fail(r, err),
     }
 }

@@ -249,6 +249,30 @@ impl Writer {
         })
     }
 
+    pub(super) fn held(&mut self, node: &NodeId, horizon: Millis) -> Result<Vec<Arc<Job>>> {
+        let rows = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "{JOB_SELECT} WHERE d.locked_by = ?1 AND d.status = 'pending' AND d.next_at <= ?2
+                     ORDER BY d.next_at, d.seq"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![&**node, horizon], JobRow::from_row)
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?
+        };
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(job) = job_from_row(self, row)? {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
     /// Claims one pending, unheld delivery for `node` and builds its job.
     fn claim_one(&mut self, seq: i64, node: &NodeId) -> Result<Option<Arc<Job>>> {
         let row = self

@@ -4,15 +4,15 @@
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
-use herald_protocols::Credentials;
+use herald_protocols::{Credentials, Profile};
 use tokio_postgres::error::SqlState;
 use ulid::Ulid;
 
 use herald_store::model::*;
-use herald_store::{Result, StoreError};
+use herald_store::{Result, SealCensus, StoreError};
 
 use crate::hints::{notify, notify_revoked, CHANNEL};
-use crate::rows::{self, col, opt_json, to_json, APP_COLS, ENDPOINT_COLS};
+use crate::rows::{self, col, opt_json, APP_COLS, ENDPOINT_COLS};
 use crate::{backend, violated, Inner};
 
 fn int(v: u32, what: &str) -> Result<i32> {
@@ -41,7 +41,10 @@ pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
                 &app.profile.name(),
                 &opt_json(&app.retry)?,
                 &opt_json(&app.ack)?,
-                &to_json(&app.credentials)?,
+                &inner
+                    .contexts
+                    .sealer
+                    .seal_credentials(&app.id, &app.credentials)?,
                 &app.created_at,
             ],
         )
@@ -67,16 +70,44 @@ pub(crate) async fn set_app_credentials(
                 "WITH u AS (UPDATE apps SET credentials = $2 WHERE id = $1 RETURNING {APP_COLS})
                  SELECT {APP_COLS}, pg_notify($3, $4)::text FROM u"
             ),
-            &[&id, &to_json(&creds)?, &CHANNEL, &payload],
+            &[
+                &id,
+                &inner.contexts.sealer.seal_credentials(id, &creds)?,
+                &CHANNEL,
+                &payload,
+            ],
         )
         .await
         .map_err(backend)?;
     let Some(row) = row else { return Ok(None) };
-    let app = rows::app_from_row(&row)?;
+    let app = rows::app_from_row(&row, &inner.contexts.sealer)?;
     inner
         .contexts
         .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
     Ok(Some(app))
+}
+
+/// Rewrites every app's credentials not sealed under the sealing key, in one transaction
+/// holding their rows (see `AdminStore::reseal_credentials`). The opened credentials do not
+/// change, so no cache is told.
+pub(crate) async fn reseal_credentials(inner: &Inner) -> Result<SealCensus> {
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let sealer = &inner.contexts.sealer;
+    let mut census = SealCensus::default();
+    for (id, stored) in rows::stored_credentials(&tx, true).await? {
+        if let Some(sealed) = sealer.reseal(&id, &stored, &mut census)? {
+            tx.execute(
+                "UPDATE apps SET credentials = $2 WHERE id = $1",
+                &[&id, &sealed],
+            )
+            .await
+            .map_err(backend)?;
+            census.resealed += 1;
+        }
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(census)
 }
 
 pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<Endpoint> {
@@ -224,12 +255,13 @@ pub(crate) async fn delete_endpoint(
 /// A notification's delivery targets: `(endpoint id, url, order key)`.
 type Targets = Vec<(Option<String>, String, Option<String>)>;
 
-/// The state a new notification is decided on: its app, the endpoints it may fan out to,
-/// and the seq of the notification that already used its idempotency key.
+/// The state a new notification is decided on: its app's profile (its credentials are not
+/// needed, so not opened), the endpoints it may fan out to, and the seq of the notification
+/// that already used its idempotency key.
 async fn read_for_notification(
     c: &impl GenericClient,
     new: &NewNotification,
-) -> Result<(App, Vec<Endpoint>, Option<i64>)> {
+) -> Result<(Profile, Vec<Endpoint>, Option<i64>)> {
     let app_sql = format!(
         "SELECT {APP_COLS},
                 (SELECT seq FROM notifications WHERE app_id = $1 AND idempotency_key = $2)
@@ -248,9 +280,9 @@ async fn read_for_notification(
         (app_query.await?, Vec::new())
     };
     let row = app_row.ok_or(StoreError::NotFound("app"))?;
-    let app = rows::app_from_row(&row)?;
+    let profile = rows::app_profile(&row)?;
     let existing: Option<i64> = col(&row, 7)?;
-    Ok((app, endpoints, existing))
+    Ok((profile, endpoints, existing))
 }
 
 fn targets(new: &NewNotification, endpoints: &[Endpoint]) -> Targets {
@@ -323,7 +355,7 @@ pub(crate) async fn insert_notification(
     new: NewNotification,
     notify_id: Option<String>,
 ) -> Result<Option<CreatedNotification>> {
-    let (app, endpoints, found) = read_for_notification(c, &new).await?;
+    let (profile, endpoints, found) = read_for_notification(c, &new).await?;
     if let Some(seq) = found {
         return existing(c, seq).await.map(Some);
     }
@@ -347,9 +379,7 @@ pub(crate) async fn insert_notification(
             app_id: notification.app_id.clone(),
             endpoint_id,
             url,
-            notify_id: notify_id
-                .clone()
-                .unwrap_or_else(|| app.profile.new_notify_id()),
+            notify_id: notify_id.clone().unwrap_or_else(|| profile.new_notify_id()),
             status: DeliveryStatus::Pending,
             attempts: 0,
             next_attempt_at: Some(new.now),

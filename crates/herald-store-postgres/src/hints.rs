@@ -45,7 +45,7 @@ use tokio_postgres::AsyncMessage;
 
 use herald_store::model::*;
 use herald_store::queue::{Hint, HintReceiver, NodeId};
-use herald_store::Result;
+use herald_store::{Result, Sealer};
 
 use crate::{backend, rows, Inner};
 
@@ -197,9 +197,19 @@ pub(crate) struct Contexts {
     /// while it ran may hold versions older than a hint the engine already applied, and
     /// reads them again ([`Contexts::refresh`]).
     generation: AtomicU64,
+    /// Opens the credentials of the apps read (here and by the rest of the driver) and seals
+    /// those written (see `herald_store::sealing`).
+    pub(crate) sealer: Sealer,
 }
 
 impl Contexts {
+    pub(crate) fn with_sealer(sealer: Sealer) -> Contexts {
+        Contexts {
+            sealer,
+            ..Contexts::default()
+        }
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
@@ -336,7 +346,7 @@ impl Contexts {
         missing_endpoints.sort_unstable();
         missing_endpoints.dedup();
         if !missing_apps.is_empty() {
-            for app in rows::get_apps(c, &missing_apps).await? {
+            for app in rows::get_apps(c, &self.sealer, &missing_apps).await? {
                 let ctx = Arc::new(AppCtx::from_app(&app));
                 if self.generation() == generation {
                     self.put_app(ctx.clone());
@@ -526,7 +536,7 @@ async fn resync(inner: &Inner) -> Result<()> {
     app_ids.dedup();
     endpoint_ids.sort_unstable();
     endpoint_ids.dedup();
-    for app in rows::get_apps(&client, &app_ids).await? {
+    for app in rows::get_apps(&client, &inner.contexts.sealer, &app_ids).await? {
         inner
             .subscribers
             .broadcast(Hint::AppChanged(Arc::new(AppCtx::from_app(&app))));
@@ -560,7 +570,8 @@ async fn handle(inner: &Inner, payload: &str) -> Result<()> {
         if !inner.subscribers.any() {
             return Ok(());
         }
-        if let Some(app) = rows::get_app(&inner.client().await?, id).await? {
+        let client = inner.client().await?;
+        if let Some(app) = rows::get_app(&client, &inner.contexts.sealer, id).await? {
             let ctx = Arc::new(AppCtx::from_app(&app));
             inner.contexts.put_app(ctx.clone());
             inner.subscribers.broadcast(Hint::AppChanged(ctx));

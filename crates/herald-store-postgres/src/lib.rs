@@ -31,7 +31,7 @@ use herald_protocols::Credentials;
 
 use herald_store::model::*;
 use herald_store::queue::*;
-use herald_store::{AdminStore, MetaStore, Result, SandboxStore, StoreError};
+use herald_store::{AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError};
 
 use self::connect::Target;
 use self::hints::{Contexts, Subscribers, WorkSignal};
@@ -78,7 +78,14 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`; `?sslmode=require` for TLS,
     /// verified against the public roots or `&sslrootcert=/path/ca.pem`), runs the
     /// migrations, and starts listening for hints. Must be called inside a Tokio runtime.
+    /// Credentials are written in plaintext (see [`PgStore::connect_sealed`]).
     pub async fn connect(url: &str) -> Result<PgStore> {
+        PgStore::connect_sealed(url, Sealer::none()).await
+    }
+
+    /// [`PgStore::connect`], sealing apps' credentials with `sealer` as they are written and
+    /// opening them with it as they are read (see `herald_store::sealing`).
+    pub async fn connect_sealed(url: &str, sealer: Sealer) -> Result<PgStore> {
         let target = Target::parse(url)?;
         let pool = target.pool()?;
         {
@@ -90,7 +97,7 @@ impl PgStore {
         let inner = Arc::new(Inner {
             pool,
             target,
-            contexts: Contexts::default(),
+            contexts: Contexts::with_sealer(sealer),
             subscribers: Subscribers::default(),
             work,
             batcher,
@@ -159,7 +166,15 @@ impl AdminStore for PgStore {
     }
 
     async fn get_app(&self, id: &str) -> Result<Option<App>> {
-        rows::get_app(&self.client().await?, id).await
+        rows::get_app(&self.client().await?, &self.inner.contexts.sealer, id).await
+    }
+
+    async fn check_credentials(&self) -> Result<SealCensus> {
+        rows::check_credentials(&self.client().await?, &self.inner.contexts.sealer).await
+    }
+
+    async fn reseal_credentials(&self) -> Result<SealCensus> {
+        admin::reseal_credentials(&self.inner).await
     }
 
     async fn set_app_credentials(&self, id: &str, credentials: Credentials) -> Result<Option<App>> {
@@ -174,8 +189,8 @@ impl AdminStore for PgStore {
         rows::get_endpoint(&self.client().await?, app_id, id).await
     }
 
-    async fn list_endpoints(&self, app_id: &str) -> Result<Vec<Endpoint>> {
-        rows::list_endpoints(&self.client().await?, app_id).await
+    async fn list_endpoints(&self, app_id: &str, page: ListEndpoints) -> Result<Page<Endpoint>> {
+        rows::list_endpoints_page(&self.client().await?, app_id, &page).await
     }
 
     async fn update_endpoint(
@@ -204,12 +219,16 @@ impl AdminStore for PgStore {
         &self,
         app_id: &str,
         filter: ListNotifications,
-    ) -> Result<Page<NotificationDetail>> {
+    ) -> Result<Page<NotificationSummary>> {
         rows::list_notifications(&self.client().await?, app_id, &filter).await
     }
 
     async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>> {
         rows::get_delivery_detail(&self.client().await?, id).await
+    }
+
+    async fn list_attempts(&self, id: &str, page: ListAttempts) -> Result<Option<Page<Attempt>>> {
+        rows::list_attempts(&self.client().await?, id, &page).await
     }
 
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {

@@ -7,7 +7,7 @@ use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use tokio_postgres::Row;
 
 use herald_store::model::*;
-use herald_store::{Result, StoreError};
+use herald_store::{Result, SealCensus, Sealer, StoreError};
 
 use crate::backend;
 
@@ -58,13 +58,20 @@ fn u32_col(row: &Row, idx: usize) -> Result<u32> {
     u32::try_from(v).map_err(|e| decode("count", e))
 }
 
-pub(crate) fn app_from_row(row: &Row) -> Result<App> {
+/// The profile of an app row ([`APP_COLS`]).
+pub(crate) fn app_profile(row: &Row) -> Result<Profile> {
     let profile: String = col(row, 2)?;
-    let profile: Profile = profile.parse().map_err(|e| decode("profile", e))?;
-    let credentials: Credentials =
-        json_col(row, 5, "credentials")?.ok_or_else(|| decode("credentials", "null"))?;
+    profile.parse().map_err(|e| decode("profile", e))
+}
+
+/// An app row ([`APP_COLS`]), its credentials opened with `sealer`.
+pub(crate) fn app_from_row(row: &Row, sealer: &Sealer) -> Result<App> {
+    let id: String = col(row, 0)?;
+    let profile = app_profile(row)?;
+    let stored: String = col(row, 5)?;
+    let credentials: Credentials = sealer.open_credentials(&id, &stored)?;
     Ok(App {
-        id: col(row, 0)?,
+        id,
         name: col(row, 1)?,
         profile,
         retry: json_col::<RetryPolicy>(row, 3, "retry policy")?,
@@ -152,19 +159,53 @@ fn attempt_from_row(row: &Row) -> Result<(i64, Attempt)> {
     ))
 }
 
-pub(crate) async fn get_app(c: &impl GenericClient, id: &str) -> Result<Option<App>> {
+pub(crate) async fn get_app(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    id: &str,
+) -> Result<Option<App>> {
     let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = $1");
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let row = c.query_opt(&stmt, &[&id]).await.map_err(backend)?;
-    row.as_ref().map(app_from_row).transpose()
+    row.as_ref().map(|r| app_from_row(r, sealer)).transpose()
 }
 
 /// The apps with these ids (missing ones are left out).
-pub(crate) async fn get_apps(c: &impl GenericClient, ids: &[&str]) -> Result<Vec<App>> {
+pub(crate) async fn get_apps(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    ids: &[&str],
+) -> Result<Vec<App>> {
     let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = ANY($1)");
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let rows = c.query(&stmt, &[&ids]).await.map_err(backend)?;
-    rows.iter().map(app_from_row).collect()
+    rows.iter().map(|r| app_from_row(r, sealer)).collect()
+}
+
+/// Every app's credentials as stored, `(id, credentials)`; locked for update with `lock`.
+pub(crate) async fn stored_credentials(
+    c: &impl GenericClient,
+    lock: bool,
+) -> Result<Vec<(String, String)>> {
+    let sql = if lock {
+        "SELECT id, credentials FROM apps ORDER BY id FOR UPDATE"
+    } else {
+        "SELECT id, credentials FROM apps ORDER BY id"
+    };
+    let rows = c.query(sql, &[]).await.map_err(backend)?;
+    rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
+}
+
+/// Opens every app's credentials with `sealer` and counts how they are held.
+pub(crate) async fn check_credentials(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+) -> Result<SealCensus> {
+    let mut census = SealCensus::default();
+    for (id, stored) in stored_credentials(c, false).await? {
+        sealer.check(&id, &stored, &mut census)?;
+    }
+    Ok(census)
 }
 
 /// An endpoint by id, deleted or not.
@@ -215,7 +256,59 @@ pub(crate) async fn list_endpoints(c: &impl GenericClient, app_id: &str) -> Resu
         .collect()
 }
 
-/// The attempts of these deliveries, by delivery seq, each in attempt order.
+/// A cursor for keyset pages ordered by `(created_at, id)`.
+fn endpoint_cursor(e: &Endpoint) -> String {
+    format!("{}:{}", e.created_at, e.id)
+}
+
+fn parse_endpoint_cursor(cur: &str) -> Result<(i64, String)> {
+    let (at, id) = cur.split_once(':').ok_or(StoreError::BadCursor)?;
+    Ok((
+        at.parse().map_err(|_| StoreError::BadCursor)?,
+        id.to_string(),
+    ))
+}
+
+/// A page of the app's live endpoints in creation order.
+pub(crate) async fn list_endpoints_page(
+    c: &impl GenericClient,
+    app_id: &str,
+    page: &ListEndpoints,
+) -> Result<Page<Endpoint>> {
+    let (after_at, after_id) = match &page.cursor {
+        Some(cur) => parse_endpoint_cursor(cur)?,
+        None => (i64::MIN, String::new()),
+    };
+    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
+    let sql = format!(
+        "SELECT {ENDPOINT_COLS} FROM endpoints
+         WHERE app_id = $1 AND NOT deleted AND (created_at, id) > ($2, $3)
+         ORDER BY created_at, id LIMIT $4"
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let fetch = limit as i64 + 1;
+    let rows = c
+        .query(&stmt, &[&app_id, &after_at, &after_id, &fetch])
+        .await
+        .map_err(backend)?;
+    let more = rows.len() > limit;
+    let items = rows
+        .iter()
+        .take(limit)
+        .map(|r| endpoint_from_row(r).map(|(e, _)| e))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Page {
+        next_cursor: if more {
+            items.last().map(endpoint_cursor)
+        } else {
+            None
+        },
+        items,
+    })
+}
+
+/// The latest [`DETAIL_ATTEMPTS`] attempts of these deliveries, by delivery seq, each in
+/// attempt order.
 async fn attempts_of(
     c: &impl GenericClient,
     delivery_seqs: &[i64],
@@ -227,15 +320,64 @@ async fn attempts_of(
     let stmt = c
         .prepare_cached(
             "SELECT delivery_seq, n, at, duration_ms, status_code, response, error_class, error
-             FROM attempts WHERE delivery_seq = ANY($1) ORDER BY delivery_seq, n",
+             FROM (SELECT a.*, row_number() OVER (PARTITION BY delivery_seq ORDER BY n DESC) AS rn
+                   FROM attempts a WHERE delivery_seq = ANY($1)) latest
+             WHERE rn <= $2 ORDER BY delivery_seq, n",
         )
         .await
         .map_err(backend)?;
-    for row in c.query(&stmt, &[&delivery_seqs]).await.map_err(backend)? {
+    let keep = i64::from(DETAIL_ATTEMPTS);
+    for row in c
+        .query(&stmt, &[&delivery_seqs, &keep])
+        .await
+        .map_err(backend)?
+    {
         let (seq, a) = attempt_from_row(&row)?;
         out.entry(seq).or_default().push(a);
     }
     Ok(out)
+}
+
+/// A page of the delivery's attempts, oldest first; `None` when it does not exist.
+pub(crate) async fn list_attempts(
+    c: &impl GenericClient,
+    id: &str,
+    page: &ListAttempts,
+) -> Result<Option<Page<Attempt>>> {
+    let after: i32 = match &page.cursor {
+        Some(cur) => cur.parse().map_err(|_| StoreError::BadCursor)?,
+        None => 0,
+    };
+    let Some((seq, _)) = get_delivery(c, id).await? else {
+        return Ok(None);
+    };
+    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
+    let stmt = c
+        .prepare_cached(
+            "SELECT delivery_seq, n, at, duration_ms, status_code, response, error_class, error
+             FROM attempts WHERE delivery_seq = $1 AND n > $2 ORDER BY n LIMIT $3",
+        )
+        .await
+        .map_err(backend)?;
+    let fetch = limit as i64 + 1;
+    let rows = c
+        .query(&stmt, &[&seq, &after, &fetch])
+        .await
+        .map_err(backend)?;
+    let more = rows.len() > limit;
+    let items = rows
+        .iter()
+        .take(limit)
+        .map(|r| attempt_from_row(r).map(|(_, a)| a))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Page {
+        next_cursor: if more {
+            items.last().map(|a| a.n.to_string())
+        } else {
+            None
+        },
+        items,
+    }))
 }
 
 /// The deliveries of these notifications, by notification seq, each in creation order.
@@ -291,8 +433,8 @@ pub(crate) async fn get_delivery_detail(
     }))
 }
 
-/// Notifications with their deliveries and attempts, in the order given (three queries
-/// however many notifications).
+/// Notifications with their deliveries and each delivery's latest attempts, in the order
+/// given (three queries however many notifications).
 async fn details(
     c: &impl GenericClient,
     notifications: Vec<(i64, Notification)>,
@@ -344,11 +486,13 @@ pub(crate) async fn get_notification(
     Ok(details(c, vec![found]).await?.pop())
 }
 
+/// A page of the app's notifications as summaries: the payload column is never read, nor
+/// are attempts (two queries however long the page).
 pub(crate) async fn list_notifications(
     c: &impl GenericClient,
     app_id: &str,
     filter: &ListNotifications,
-) -> Result<Page<NotificationDetail>> {
+) -> Result<Page<NotificationSummary>> {
     let before: i64 = match &filter.cursor {
         Some(cur) => cur.parse().map_err(|_| StoreError::BadCursor)?,
         None => i64::MAX,
@@ -366,12 +510,12 @@ pub(crate) async fn list_notifications(
         }
     };
     let sql = format!(
-        "SELECT n.seq, n.id, n.app_id, n.event_type, n.payload, n.notify_url, n.idempotency_key,
+        "SELECT n.seq, n.id, n.app_id, n.event_type, n.notify_url, n.idempotency_key,
                 n.order_key, n.created_at
          FROM notifications n WHERE n.app_id = $1 AND n.seq < $2 {status_clause}
          ORDER BY n.seq DESC LIMIT $3"
     );
-    let limit = i64::from(filter.limit.clamp(1, 1000));
+    let limit = i64::from(filter.limit.clamp(1, MAX_PAGE));
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let fetch = limit + 1;
     let rows = match filter.status {
@@ -386,11 +530,39 @@ pub(crate) async fn list_notifications(
     let found = rows
         .iter()
         .take(limit as usize)
-        .map(notification_from_row)
+        .map(|r| {
+            Ok((
+                col::<i64>(r, 0)?,
+                NotificationSummary {
+                    id: col(r, 1)?,
+                    app_id: col(r, 2)?,
+                    event_type: col(r, 3)?,
+                    notify_url: col(r, 4)?,
+                    idempotency_key: col(r, 5)?,
+                    order_key: col(r, 6)?,
+                    created_at: col(r, 7)?,
+                    deliveries: Vec::new(),
+                },
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let last_seq = found.last().map(|(s, _)| *s);
+    let nseqs: Vec<i64> = found.iter().map(|(s, _)| *s).collect();
+    let mut deliveries = deliveries_of(c, &nseqs).await?;
+    let items = found
+        .into_iter()
+        .map(|(seq, mut n)| {
+            n.deliveries = deliveries
+                .remove(&seq)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
+            n
+        })
+        .collect();
     Ok(Page {
-        items: details(c, found).await?,
+        items,
         next_cursor: if more {
             last_seq.map(|s| s.to_string())
         } else {

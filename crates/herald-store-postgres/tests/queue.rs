@@ -937,10 +937,7 @@ async fn one_node_drains_a_backlog_with_outcomes_in_flight_together() {
         .await
         .unwrap();
     assert_eq!(page.items.len(), 1000);
-    assert!(page
-        .items
-        .iter()
-        .all(|n| n.deliveries[0].attempts.len() == 1));
+    assert!(page.items.iter().all(|n| n.deliveries[0].attempts == 1));
 }
 
 /// `close` commits what was queued, then every call fails with `Closed`; whatever was

@@ -24,7 +24,7 @@ use self::schema::backend;
 use self::writer::{Op, Writer};
 use herald_store::model::*;
 use herald_store::queue::*;
-use herald_store::{AdminStore, MetaStore, Result, SandboxStore, StoreError};
+use herald_store::{AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError};
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
 /// tasks) wait: that is the backpressure that keeps memory bounded under overload.
@@ -49,6 +49,8 @@ pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
     hints: Arc<HintHub>,
     readers: Arc<Readers>,
+    /// Opens the credentials the readers read (the writer has its own clone).
+    sealer: Sealer,
     /// The exclusive lock on `<file>.lock`, held until the store is closed or dropped.
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -135,8 +137,19 @@ impl Readers {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs its migrations.
-    /// Must be called inside a Tokio runtime.
+    /// Must be called inside a Tokio runtime. Credentials are written in plaintext (see
+    /// [`SqliteStore::open_sealed`]).
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore> {
+        SqliteStore::open_sealed(path, durability, Sealer::none())
+    }
+
+    /// [`SqliteStore::open`], sealing apps' credentials with `sealer` as they are written and
+    /// opening them with it as they are read (see `herald_store::sealing`).
+    pub fn open_sealed(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        sealer: Sealer,
+    ) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let lock = lock_file(&path)?;
         let mut conn = Connection::open(&path).map_err(backend)?;
@@ -174,7 +187,7 @@ impl SqliteStore {
 
         let (ops_tx, ops_rx) = mpsc::channel(WRITE_QUEUE);
         let hints = Arc::new(HintHub::default());
-        let writer = Writer::new(conn, hints.clone());
+        let writer = Writer::new(conn, hints.clone(), sealer.clone());
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || writer.run(ops_rx))
@@ -186,6 +199,7 @@ impl SqliteStore {
                 path,
                 pool: Mutex::new(Vec::new()),
             }),
+            sealer,
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -243,7 +257,21 @@ impl AdminStore for SqliteStore {
 
     async fn get_app(&self, id: &str) -> Result<Option<App>> {
         let id = id.to_string();
-        self.readers.read(move |c| rows::get_app(c, &id)).await
+        let sealer = self.sealer.clone();
+        self.readers
+            .read(move |c| rows::get_app(c, &sealer, &id))
+            .await
+    }
+
+    async fn check_credentials(&self) -> Result<SealCensus> {
+        let sealer = self.sealer.clone();
+        self.readers
+            .read(move |c| rows::check_credentials(c, &sealer))
+            .await
+    }
+
+    async fn reseal_credentials(&self) -> Result<SealCensus> {
+        self.call(Op::ResealCredentials).await
     }
 
     async fn set_app_credentials(&self, id: &str, credentials: Credentials) -> Result<Option<App>> {
@@ -262,10 +290,10 @@ impl AdminStore for SqliteStore {
             .await
     }
 
-    async fn list_endpoints(&self, app_id: &str) -> Result<Vec<Endpoint>> {
+    async fn list_endpoints(&self, app_id: &str, page: ListEndpoints) -> Result<Page<Endpoint>> {
         let app_id = app_id.to_string();
         self.readers
-            .read(move |c| rows::list_endpoints(c, &app_id))
+            .read(move |c| rows::list_endpoints_page(c, &app_id, &page))
             .await
     }
 
@@ -313,7 +341,7 @@ impl AdminStore for SqliteStore {
         &self,
         app_id: &str,
         filter: ListNotifications,
-    ) -> Result<Page<NotificationDetail>> {
+    ) -> Result<Page<NotificationSummary>> {
         let app_id = app_id.to_string();
         self.readers
             .read(move |c| rows::list_notifications(c, &app_id, &filter))
@@ -324,6 +352,13 @@ impl AdminStore for SqliteStore {
         let id = id.to_string();
         self.readers
             .read(move |c| rows::get_delivery_detail(c, &id))
+            .await
+    }
+
+    async fn list_attempts(&self, id: &str, page: ListAttempts) -> Result<Option<Page<Attempt>>> {
+        let id = id.to_string();
+        self.readers
+            .read(move |c| rows::list_attempts(c, &id, &page))
             .await
     }
 

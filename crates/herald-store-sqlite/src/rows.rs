@@ -5,7 +5,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::backend;
 use herald_store::model::*;
-use herald_store::{Result, StoreError};
+use herald_store::sealing::CredentialsError;
+use herald_store::{Result, SealCensus, Sealer, StoreError};
+use rusqlite::types::Type;
 
 pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
 pub(crate) const ENDPOINT_COLS: &str =
@@ -43,13 +45,18 @@ pub(crate) fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<Stri
     v.as_ref().map(to_json).transpose()
 }
 
-pub(crate) fn app_from_row(row: &Row) -> rusqlite::Result<App> {
+/// An app row ([`APP_COLS`]), its credentials opened with `sealer` (a failure to open them is
+/// a conversion failure carrying the [`CredentialsError`], see [`app_error`]).
+pub(crate) fn app_from_row(row: &Row, sealer: &Sealer) -> rusqlite::Result<App> {
+    let id: String = row.get(0)?;
     let profile: String = row.get(2)?;
     let profile: Profile = profile.parse().map_err(|e| decode_err("profile", e))?;
-    let credentials: Credentials =
-        json_col(row, 5, "credentials")?.ok_or_else(|| decode_err("credentials", "null"))?;
+    let stored: String = row.get(5)?;
+    let credentials: Credentials = sealer
+        .open_credentials(&id, &stored)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, Type::Text, Box::new(e)))?;
     Ok(App {
-        id: row.get(0)?,
+        id,
         name: row.get(1)?,
         profile,
         retry: json_col::<RetryPolicy>(row, 3, "retry policy")?,
@@ -112,10 +119,47 @@ pub(crate) fn delivery_from_row(row: &Row) -> rusqlite::Result<(i64, Delivery)> 
     ))
 }
 
-pub(crate) fn get_app(conn: &Connection, id: &str) -> Result<Option<App>> {
+pub(crate) fn get_app(conn: &Connection, sealer: &Sealer, id: &str) -> Result<Option<App>> {
     conn.prepare_cached(&format!("SELECT {APP_COLS} FROM apps WHERE id = ?1"))
-        .and_then(|mut s| s.query_row([id], app_from_row).optional())
-        .map_err(backend)
+        .and_then(|mut s| s.query_row([id], |r| app_from_row(r, sealer)).optional())
+        .map_err(app_error)
+}
+
+/// A failure reading an app: its credentials' own error when they did not open.
+fn app_error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, inner) => {
+            match inner.downcast::<CredentialsError>() {
+                Ok(creds) => StoreError::from(*creds),
+                Err(other) => backend(rusqlite::Error::FromSqlConversionFailure(
+                    5,
+                    Type::Text,
+                    other,
+                )),
+            }
+        }
+        other => backend(other),
+    }
+}
+
+/// Every app's credentials as stored: `(id, credentials)`.
+pub(crate) fn stored_credentials(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn
+        .prepare("SELECT id, credentials FROM apps ORDER BY id")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+}
+
+/// Opens every app's credentials with `sealer` and counts how they are held.
+pub(crate) fn check_credentials(conn: &Connection, sealer: &Sealer) -> Result<SealCensus> {
+    let mut census = SealCensus::default();
+    for (id, stored) in stored_credentials(conn)? {
+        sealer.check(&id, &stored, &mut census)?;
+    }
+    Ok(census)
 }
 
 pub(crate) fn get_endpoint(conn: &Connection, app_id: &str, id: &str) -> Result<Option<Endpoint>> {
@@ -146,27 +190,120 @@ pub(crate) fn list_endpoints(conn: &Connection, app_id: &str) -> Result<Vec<Endp
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
 }
 
+/// A cursor for keyset pages ordered by `(created_at, id)`.
+fn endpoint_cursor(e: &Endpoint) -> String {
+    format!("{}:{}", e.created_at, e.id)
+}
+
+fn parse_endpoint_cursor(c: &str) -> Result<(i64, String)> {
+    let (at, id) = c.split_once(':').ok_or(StoreError::BadCursor)?;
+    Ok((
+        at.parse().map_err(|_| StoreError::BadCursor)?,
+        id.to_string(),
+    ))
+}
+
+/// A page of the app's live endpoints in creation order.
+pub(crate) fn list_endpoints_page(
+    conn: &Connection,
+    app_id: &str,
+    page: &ListEndpoints,
+) -> Result<Page<Endpoint>> {
+    let (after_at, after_id) = match &page.cursor {
+        Some(c) => parse_endpoint_cursor(c)?,
+        None => (i64::MIN, String::new()),
+    };
+    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ENDPOINT_COLS} FROM endpoints
+             WHERE app_id = ?1 AND deleted = 0 AND (created_at > ?2 OR (created_at = ?2 AND id > ?3))
+             ORDER BY created_at, id LIMIT ?4"
+        ))
+        .map_err(backend)?;
+    let mut items = stmt
+        .query_map(
+            params![app_id, after_at, after_id, limit as i64 + 1],
+            endpoint_from_row,
+        )
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok(Page {
+        next_cursor: if more {
+            items.last().map(endpoint_cursor)
+        } else {
+            None
+        },
+        items,
+    })
+}
+
+fn attempt_from_row(r: &Row) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        n: r.get(0)?,
+        at: r.get(1)?,
+        duration_ms: r.get(2)?,
+        status_code: r.get(3)?,
+        response: r.get(4)?,
+        error_class: r.get(5)?,
+        error: r.get(6)?,
+    })
+}
+
+/// The delivery's latest [`DETAIL_ATTEMPTS`] attempts, in attempt order.
 pub(crate) fn attempts_of(conn: &Connection, delivery_seq: i64) -> Result<Vec<Attempt>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT n, at, duration_ms, status_code, response, error_class, error
-             FROM attempts WHERE delivery_seq = ?1 ORDER BY n",
+            "SELECT n, at, duration_ms, status_code, response, error_class, error FROM
+               (SELECT n, at, duration_ms, status_code, response, error_class, error
+                FROM attempts WHERE delivery_seq = ?1 ORDER BY n DESC LIMIT ?2)
+             ORDER BY n",
         )
         .map_err(backend)?;
     let rows = stmt
-        .query_map([delivery_seq], |r| {
-            Ok(Attempt {
-                n: r.get(0)?,
-                at: r.get(1)?,
-                duration_ms: r.get(2)?,
-                status_code: r.get(3)?,
-                response: r.get(4)?,
-                error_class: r.get(5)?,
-                error: r.get(6)?,
-            })
-        })
+        .query_map(params![delivery_seq, DETAIL_ATTEMPTS], attempt_from_row)
         .map_err(backend)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+}
+
+/// A page of the delivery's attempts, oldest first; `None` when it does not exist.
+pub(crate) fn list_attempts(
+    conn: &Connection,
+    id: &str,
+    page: &ListAttempts,
+) -> Result<Option<Page<Attempt>>> {
+    let after: u32 = match &page.cursor {
+        Some(c) => c.parse().map_err(|_| StoreError::BadCursor)?,
+        None => 0,
+    };
+    let Some((seq, _)) = get_delivery(conn, id)? else {
+        return Ok(None);
+    };
+    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT n, at, duration_ms, status_code, response, error_class, error
+             FROM attempts WHERE delivery_seq = ?1 AND n > ?2 ORDER BY n LIMIT ?3",
+        )
+        .map_err(backend)?;
+    let mut items = stmt
+        .query_map(params![seq, after, limit as i64 + 1], attempt_from_row)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok(Some(Page {
+        next_cursor: if more {
+            items.last().map(|a| a.n.to_string())
+        } else {
+            None
+        },
+        items,
+    }))
 }
 
 pub(crate) fn deliveries_of(
@@ -241,11 +378,13 @@ pub(crate) fn get_notification(conn: &Connection, id: &str) -> Result<Option<Not
     found.map(|(seq, n)| detail(conn, seq, n)).transpose()
 }
 
+/// A page of the app's notifications as summaries: the payload column is never read, nor
+/// are attempts.
 pub(crate) fn list_notifications(
     conn: &Connection,
     app_id: &str,
     filter: &ListNotifications,
-) -> Result<Page<NotificationDetail>> {
+) -> Result<Page<NotificationSummary>> {
     let before: i64 = match &filter.cursor {
         Some(c) => c.parse().map_err(|_| StoreError::BadCursor)?,
         None => i64::MAX,
@@ -261,20 +400,32 @@ pub(crate) fn list_notifications(
         }
     };
     let sql = format!(
-        "SELECT n.seq, n.id, n.app_id, n.event_type, n.payload, n.notify_url, n.idempotency_key, n.order_key, n.created_at
+        "SELECT n.seq, n.id, n.app_id, n.event_type, n.notify_url, n.idempotency_key, n.order_key, n.created_at
          FROM notifications n WHERE n.app_id = ?1 AND n.seq < ?2 {status_clause}
          ORDER BY n.seq DESC LIMIT ?3"
     );
-    let limit = filter.limit.clamp(1, 1000) as i64;
+    let limit = filter.limit.clamp(1, MAX_PAGE) as i64;
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let status = filter.status.map(|s| s.as_str()).unwrap_or("");
+    let from_row = |r: &Row| -> rusqlite::Result<(i64, NotificationSummary)> {
+        Ok((
+            r.get(0)?,
+            NotificationSummary {
+                id: r.get(1)?,
+                app_id: r.get(2)?,
+                event_type: r.get(3)?,
+                notify_url: r.get(4)?,
+                idempotency_key: r.get(5)?,
+                order_key: r.get(6)?,
+                created_at: r.get(7)?,
+                deliveries: Vec::new(),
+            },
+        ))
+    };
     let rows = if matches!(filter.status, Some(s) if s != DeliveryStatus::Succeeded) {
-        stmt.query_map(
-            params![app_id, before, limit + 1, status],
-            notification_from_row,
-        )
+        stmt.query_map(params![app_id, before, limit + 1, status], from_row)
     } else {
-        stmt.query_map(params![app_id, before, limit + 1], notification_from_row)
+        stmt.query_map(params![app_id, before, limit + 1], from_row)
     }
     .map_err(backend)?
     .collect::<rusqlite::Result<Vec<_>>>()
@@ -282,9 +433,13 @@ pub(crate) fn list_notifications(
     let more = rows.len() as i64 > limit;
     let mut items = Vec::with_capacity(rows.len().min(limit as usize));
     let mut last_seq = None;
-    for (seq, n) in rows.into_iter().take(limit as usize) {
+    for (seq, mut n) in rows.into_iter().take(limit as usize) {
         last_seq = Some(seq);
-        items.push(detail(conn, seq, n)?);
+        n.deliveries = deliveries_of(conn, seq)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        items.push(n);
     }
     Ok(Page {
         items,

@@ -109,21 +109,19 @@ const MIGRATIONS: &[&str] = &[
         WHERE deadline IS NOT NULL;
     "#,
     // 3: the claim-based queue. `locked_by` names the node holding a pending delivery (NULL:
-    // claimable when due); `nodes` holds each node's lease. Claims walk the due index, which
-    // now covers unheld deliveries only; the held index answers "does another node serve
-    // this endpoint?" and lets a rescue visit held rows alone. Endpoints may override the
-    // profile's attempt timeout.
+    // claimable when due); `nodes` holds each node's lease. Claims walk the due index and
+    // skip held rows; the held index covers endpoint deliveries only and answers "does
+    // another node serve this endpoint?". Neither index changes when an ad-hoc delivery is
+    // claimed, so a claim costs one row write (the delivery drain's hot path). Endpoints may
+    // override the profile's attempt timeout.
     r#"
     ALTER TABLE deliveries ADD COLUMN locked_by TEXT;
     CREATE TABLE nodes (
         id          TEXT PRIMARY KEY,
         lease_until INTEGER NOT NULL
     ) WITHOUT ROWID;
-    DROP INDEX deliveries_due;
-    CREATE INDEX deliveries_due ON deliveries(next_at, seq)
-        WHERE status = 'pending' AND locked_by IS NULL;
     CREATE INDEX deliveries_held ON deliveries(endpoint_id, locked_by)
-        WHERE locked_by IS NOT NULL;
+        WHERE locked_by IS NOT NULL AND endpoint_id IS NOT NULL;
     ALTER TABLE endpoints ADD COLUMN timeout_ms INTEGER;
     "#,
 ];

@@ -12,6 +12,48 @@ async fn fresh() -> SqliteStore {
 
 herald_store::conformance_tests!(fresh());
 
+/// One SQLite file reopened with various keyrings; its column read and written directly.
+struct Sealing {
+    path: std::path::PathBuf,
+}
+
+async fn sealing() -> Sealing {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Sealing {
+        path: dir.keep().join("herald.db"),
+    }
+}
+
+#[async_trait::async_trait]
+impl herald_store::conformance::SealingHarness for Sealing {
+    type Store = SqliteStore;
+
+    async fn open(&self, sealer: herald_store::Sealer) -> SqliteStore {
+        SqliteStore::open_sealed(&self.path, Durability::Normal, sealer).expect("open store")
+    }
+
+    async fn raw_credentials(&self, app_id: &str) -> String {
+        let conn = rusqlite::Connection::open(&self.path).expect("open the file");
+        conn.query_row(
+            "SELECT credentials FROM apps WHERE id = ?1",
+            [app_id],
+            |r| r.get(0),
+        )
+        .expect("the app's row")
+    }
+
+    async fn set_raw_credentials(&self, app_id: &str, raw: &str) {
+        let conn = rusqlite::Connection::open(&self.path).expect("open the file");
+        conn.execute(
+            "UPDATE apps SET credentials = ?2 WHERE id = ?1",
+            [app_id, raw],
+        )
+        .expect("update the app's row");
+    }
+}
+
+herald_store::sealing_conformance_tests!(sealing());
+
 #[tokio::test]
 async fn committed_data_survives_reopening_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -42,6 +42,8 @@ macro_rules! conformance_tests {
             release_moves_held_jobs_and_skips_changed_ones,
             stale_attempt_row_does_not_overwrite_the_recorded_one,
             notifications_list_pages_and_filters_by_status,
+            detail_reads_embed_the_latest_attempts_and_the_rest_are_paged,
+            endpoints_list_in_pages_by_creation_time_then_id,
             meta_values_round_trip,
             credentials_change_reaches_claimed_work,
             sandbox_payment_and_its_notifications_commit_together,
@@ -223,7 +225,20 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
         store.get_endpoint(&a.id, &ep.id).await.unwrap(),
         Some(ep.clone())
     );
-    assert_eq!(store.list_endpoints(&a.id).await.unwrap(), vec![ep.clone()]);
+    assert_eq!(
+        store
+            .list_endpoints(
+                &a.id,
+                ListEndpoints {
+                    limit: 10,
+                    cursor: None
+                }
+            )
+            .await
+            .unwrap()
+            .items,
+        vec![ep.clone()]
+    );
 
     let patched = store
         .update_endpoint(
@@ -256,7 +271,18 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
 
     assert!(store.delete_endpoint(&a.id, &ep.id, T0).await.unwrap());
     assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().is_none());
-    assert!(store.list_endpoints(&a.id).await.unwrap().is_empty());
+    assert!(store
+        .list_endpoints(
+            &a.id,
+            ListEndpoints {
+                limit: 10,
+                cursor: None
+            }
+        )
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     assert!(!store.delete_endpoint(&a.id, &ep.id, T0).await.unwrap());
 
     let err = store
@@ -1052,14 +1078,23 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
         .await
         .unwrap();
     assert_eq!(
-        page1
-            .items
-            .iter()
-            .map(|n| n.notification.id.clone())
-            .collect::<Vec<_>>(),
+        page1.items.iter().map(|n| n.id.clone()).collect::<Vec<_>>(),
         vec![created[2].clone(), created[1].clone()],
         "newest first"
     );
+    // Summaries: the deliveries' state and attempt counts, no payload, no attempts.
+    let second = &page1.items[1];
+    assert_eq!(second.event_type, "e");
+    assert_eq!(
+        second.notify_url.as_deref(),
+        Some("https://merchant.example/notify")
+    );
+    assert_eq!(second.deliveries.len(), 1);
+    assert_eq!(second.deliveries[0].status, DeliveryStatus::Succeeded);
+    assert_eq!(second.deliveries[0].attempts, 1);
+    assert_eq!(second.deliveries[0].notification_id, created[1]);
+    assert_eq!(page1.items[0].deliveries[0].status, DeliveryStatus::Pending);
+    assert_eq!(page1.items[0].deliveries[0].attempts, 0);
     let page2 = store
         .list_notifications(
             &a.id,
@@ -1072,7 +1107,7 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
         .await
         .unwrap();
     assert_eq!(page2.items.len(), 1);
-    assert_eq!(page2.items[0].notification.id, created[0]);
+    assert_eq!(page2.items[0].id, created[0]);
     assert!(page2.next_cursor.is_none());
 
     let ok = store
@@ -1087,7 +1122,7 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
         .await
         .unwrap();
     assert_eq!(ok.items.len(), 1);
-    assert_eq!(ok.items[0].notification.id, created[1]);
+    assert_eq!(ok.items[0].id, created[1]);
     let pending = store
         .list_notifications(
             &a.id,
@@ -1107,6 +1142,145 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
                 limit: 10,
                 cursor: Some("nope".into()),
                 ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)));
+}
+
+pub async fn detail_reads_embed_the_latest_attempts_and_the_rest_are_paged(store: &impl Store) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
+    let n = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let total = DETAIL_ATTEMPTS + 5;
+    let mut job = claim(store, &n1).await.remove(0);
+    for _ in 0..total {
+        let done = complete(
+            store,
+            &n1,
+            &job,
+            Outcome::Retry {
+                next_at: T0 + 2_000,
+            },
+        )
+        .await;
+        assert!(done.applied);
+        job = done.held.expect("held: due within the horizon");
+    }
+    let id = &n.deliveries[0].id;
+    let d = store.get_delivery(id).await.unwrap().unwrap();
+    assert_eq!(d.delivery.attempts, total, "the count says how many in all");
+    assert_eq!(
+        d.attempts.iter().map(|a| a.n).collect::<Vec<_>>(),
+        (6..=total).collect::<Vec<_>>(),
+        "the latest ones, in attempt order"
+    );
+    let detail = store
+        .get_notification(&n.notification.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.deliveries[0].attempts, d.attempts);
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_attempts(id, ListAttempts { limit: 10, cursor })
+            .await
+            .unwrap()
+            .expect("the delivery exists");
+        assert!(page.items.len() <= 10);
+        seen.extend(page.items.iter().map(|a| a.n));
+        pages += 1;
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "oldest first, all");
+    assert!(store
+        .list_attempts("dl_missing", ListAttempts::default())
+        .await
+        .unwrap()
+        .is_none());
+    let bad = store
+        .list_attempts(
+            id,
+            ListAttempts {
+                limit: 10,
+                cursor: Some("nope".into()),
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)));
+}
+
+pub async fn endpoints_list_in_pages_by_creation_time_then_id(store: &impl Store) {
+    let a = app(store).await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let ep = store
+            .create_endpoint(NewEndpoint {
+                // Two share a creation time: the id breaks the tie.
+                now: T0 + (i / 2),
+                ..new_endpoint(&a.id, &format!("https://example.com/{i}"))
+            })
+            .await
+            .unwrap();
+        created.push(ep);
+    }
+    created.sort_by(|x, y| (x.created_at, &x.id).cmp(&(y.created_at, &y.id)));
+    assert!(store
+        .delete_endpoint(&a.id, &created[1].id, T0)
+        .await
+        .unwrap());
+    created.remove(1);
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_endpoints(&a.id, ListEndpoints { limit: 2, cursor })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen, created,
+        "every live endpoint once, by creation time then id"
+    );
+    let other = app(store).await;
+    assert!(store
+        .list_endpoints(
+            &other.id,
+            ListEndpoints {
+                limit: 2,
+                cursor: None
+            }
+        )
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let bad = store
+        .list_endpoints(
+            &a.id,
+            ListEndpoints {
+                limit: 2,
+                cursor: Some("nope".into()),
             },
         )
         .await;
@@ -1262,4 +1436,246 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
     let got = store.get_sandbox_payment("pay_1").await.unwrap().unwrap();
     assert_eq!((got.version, got.doc.as_str()), (2, paid.doc.as_str()));
     assert_eq!(store.sandbox_deadlines(10).await.unwrap().len(), 1);
+}
+
+// --- secrets at rest ------------------------------------------------------------------------
+
+/// What the sealing cases need from a driver besides the store: one database reopened with
+/// various keyrings, and its `apps.credentials` column as stored.
+#[async_trait::async_trait]
+pub trait SealingHarness: Send + Sync {
+    type Store: Store;
+    /// Opens the harness's database (created empty on first use) with this keyring. A case
+    /// closes the previous store ([`MetaStore::close`](crate::MetaStore::close)) first.
+    async fn open(&self, sealer: Sealer) -> Self::Store;
+    /// The app's `apps.credentials` column as stored.
+    async fn raw_credentials(&self, app_id: &str) -> String;
+    /// Overwrites the app's `apps.credentials` column (while no store is open).
+    async fn set_raw_credentials(&self, app_id: &str, raw: &str);
+}
+
+/// Expands every sealing case into a test, given an async factory expression that yields a
+/// fresh [`SealingHarness`]. Use inside a test module of the driver.
+#[macro_export]
+macro_rules! sealing_conformance_tests {
+    ($factory:expr) => {
+        $crate::sealing_conformance_tests!(@cases $factory;
+            sealed_credentials_round_trip_and_are_not_stored_in_plaintext,
+            plaintext_credentials_are_read_and_sealed_when_rewritten,
+            a_key_missing_from_the_keyring_is_a_clear_error,
+            altered_or_moved_sealed_credentials_do_not_open,
+            resealing_moves_every_app_to_the_first_key,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::conformance::$case(&harness).await;
+            }
+        )*
+    };
+}
+
+use crate::sealing::Sealer;
+use crate::{AdminStore as _, MetaStore as _};
+
+const SEAL_KEY_1: [u8; 32] = [0x11; 32];
+const SEAL_KEY_2: [u8; 32] = [0x22; 32];
+/// The secret in [`creds`], as it would appear in stored JSON.
+const SEALED_SECRET: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn sealed_under(raw: &str, sealer: &Sealer) -> bool {
+    let id = sealer.current_key_id().unwrap_or("-");
+    raw.starts_with(&format!("enc:v1:{id}:"))
+}
+
+/// Credentials written with a key are sealed in the column (the secret is nowhere in it),
+/// read back equal by every path (the API's read, a claim's job, after reopening), also
+/// after they are replaced.
+pub async fn sealed_credentials_round_trip_and_are_not_stored_in_plaintext(
+    h: &impl SealingHarness,
+) {
+    let sealer = Sealer::new(&[SEAL_KEY_1]);
+    let store = h.open(sealer.clone()).await;
+    let a = app(&store).await;
+    assert_eq!(a.credentials, creds());
+    let raw = h.raw_credentials(&a.id).await;
+    assert!(sealed_under(&raw, &sealer), "{raw}");
+    assert!(
+        !raw.contains(SEALED_SECRET),
+        "the secret is stored in plaintext"
+    );
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        creds()
+    );
+
+    let new_creds = Credentials::StandardWebhooks(Keys {
+        keys: vec![KeyEntry {
+            secret: "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=".into(),
+            expires_at: None,
+        }],
+    });
+    let updated = store
+        .set_app_credentials(&a.id, new_creds.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.credentials, new_creds);
+    let raw = h.raw_credentials(&a.id).await;
+    assert!(sealed_under(&raw, &sealer), "{raw}");
+    assert!(!raw.contains("dGVzdHNlY3JldHRlc3RzZWNyZXQ"), "{raw}");
+    let census = store.check_credentials().await.unwrap();
+    assert_eq!((census.current, census.apps()), (1, 1));
+    store.close().await;
+
+    // A fresh store (no cache) reads and claims with the opened credentials.
+    let store = h.open(sealer).await;
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        new_creds
+    );
+    let n1 = node(&store, "node_a").await;
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let jobs = claim(&store, &n1).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].app.credentials, new_creds);
+    store.close().await;
+}
+
+/// A database written without a key keeps working once a key is configured: plaintext is
+/// read as is, and sealed the next time the app's credentials are written.
+pub async fn plaintext_credentials_are_read_and_sealed_when_rewritten(h: &impl SealingHarness) {
+    let store = h.open(Sealer::none()).await;
+    let a = app(&store).await;
+    let b = app(&store).await;
+    assert!(h.raw_credentials(&a.id).await.contains(SEALED_SECRET));
+    store.close().await;
+
+    let sealer = Sealer::new(&[SEAL_KEY_1]);
+    let store = h.open(sealer.clone()).await;
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        creds()
+    );
+    let census = store.check_credentials().await.unwrap();
+    assert_eq!((census.plaintext, census.current), (2, 0));
+    store.set_app_credentials(&a.id, creds()).await.unwrap();
+    let raw = h.raw_credentials(&a.id).await;
+    assert!(
+        sealed_under(&raw, &sealer) && !raw.contains(SEALED_SECRET),
+        "{raw}"
+    );
+    assert!(h.raw_credentials(&b.id).await.contains(SEALED_SECRET));
+    let census = store.check_credentials().await.unwrap();
+    assert_eq!((census.plaintext, census.current), (1, 1));
+    store.close().await;
+}
+
+/// Sealed credentials read without their key fail with an error that names the app and the
+/// key id and says how to configure it, never the secret; checking finds them first.
+pub async fn a_key_missing_from_the_keyring_is_a_clear_error(h: &impl SealingHarness) {
+    let sealer = Sealer::new(&[SEAL_KEY_1]);
+    let key_id = sealer.current_key_id().unwrap_or("-").to_string();
+    let store = h.open(sealer).await;
+    let a = app(&store).await;
+    store.close().await;
+
+    for keyring in [Sealer::none(), Sealer::new(&[SEAL_KEY_2])] {
+        let store = h.open(keyring).await;
+        for err in [
+            store.get_app(&a.id).await.unwrap_err(),
+            store.check_credentials().await.unwrap_err(),
+            store.reseal_credentials().await.unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&a.id) && msg.contains(&key_id) && msg.contains("HERALD_SECRET_KEY"),
+                "{msg}"
+            );
+            assert!(!msg.contains(SEALED_SECRET), "{msg}");
+        }
+        store.close().await;
+    }
+}
+
+/// A sealed value altered in the database, or moved to another app's row, does not open.
+pub async fn altered_or_moved_sealed_credentials_do_not_open(h: &impl SealingHarness) {
+    let sealer = Sealer::new(&[SEAL_KEY_1]);
+    let store = h.open(sealer.clone()).await;
+    let a = app(&store).await;
+    let b = app(&store).await;
+    store.close().await;
+    let raw_a = h.raw_credentials(&a.id).await;
+    h.set_raw_credentials(&b.id, &raw_a).await;
+    let store = h.open(sealer.clone()).await;
+    let msg = store.get_app(&b.id).await.unwrap_err().to_string();
+    assert!(msg.contains(&b.id) && msg.contains("altered"), "{msg}");
+    assert_eq!(
+        store.get_app(&a.id).await.unwrap().unwrap().credentials,
+        creds()
+    );
+    store.close().await;
+
+    // One character of the ciphertext changed.
+    let mut altered = raw_a.clone().into_bytes();
+    let i = altered.len() - 5;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap_or_default();
+    h.set_raw_credentials(&a.id, &altered).await;
+    let store = h.open(sealer).await;
+    let msg = store.get_app(&a.id).await.unwrap_err().to_string();
+    assert!(msg.contains(&a.id) && msg.contains("altered"), "{msg}");
+    store.close().await;
+}
+
+/// Resealing with a rotated keyring (new key first, old after) rewrites plaintext and
+/// old-key values under the new key, so the old key can be dropped.
+pub async fn resealing_moves_every_app_to_the_first_key(h: &impl SealingHarness) {
+    let store = h.open(Sealer::none()).await;
+    let plain = app(&store).await;
+    store.close().await;
+    let store = h.open(Sealer::new(&[SEAL_KEY_1])).await;
+    let old = app(&store).await;
+    store.close().await;
+
+    let rotated = Sealer::new(&[SEAL_KEY_2, SEAL_KEY_1]);
+    let store = h.open(rotated.clone()).await;
+    let census = store.reseal_credentials().await.unwrap();
+    assert_eq!(
+        (
+            census.plaintext,
+            census.older,
+            census.current,
+            census.resealed
+        ),
+        (1, 1, 0, 2)
+    );
+    for id in [&plain.id, &old.id] {
+        let raw = h.raw_credentials(id).await;
+        assert!(
+            sealed_under(&raw, &rotated) && !raw.contains(SEALED_SECRET),
+            "{raw}"
+        );
+    }
+    let again = store.reseal_credentials().await.unwrap();
+    assert_eq!((again.current, again.resealed), (2, 0));
+    store.close().await;
+
+    let store = h.open(Sealer::new(&[SEAL_KEY_2])).await;
+    for id in [&plain.id, &old.id] {
+        assert_eq!(
+            store.get_app(id).await.unwrap().unwrap().credentials,
+            creds()
+        );
+    }
+    store.close().await;
 }

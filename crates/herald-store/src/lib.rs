@@ -6,16 +6,19 @@
 //! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`]). [`Store`] is all four, which
 //! is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
 //! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
-//! SQL.
+//! SQL. Drivers seal apps' credentials before writing them and open them when reading (see
+//! [`sealing`]).
 
 pub mod conformance;
 pub mod model;
 pub mod queue;
+pub mod sealing;
 
 use async_trait::async_trait;
 
 pub use model::*;
 pub use queue::*;
+pub use sealing::{SealCensus, Sealer};
 
 /// Storage errors. Caller mistakes (missing rows) are `Ok(None)`/`Ok(false)` on the traits,
 /// so what is left here is either a conflict the API reports, or an unexpected failure.
@@ -56,11 +59,20 @@ pub trait AdminStore: Send + Sync + 'static {
         id: &str,
         credentials: herald_protocols::Credentials,
     ) -> Result<Option<App>>;
+    /// Opens every app's credentials with the store's keyring and counts how they are held;
+    /// an error names the first app whose credentials do not open (a key missing from the
+    /// keyring, an altered value). Servers check this at start.
+    async fn check_credentials(&self) -> Result<SealCensus>;
+    /// Rewrites every app's credentials that are not sealed under the keyring's first key
+    /// (plaintext, or an older key) under it, in one transaction (`herald rekey`); nothing
+    /// is written when one does not open. Without a key, only counts.
+    async fn reseal_credentials(&self) -> Result<SealCensus>;
 
     // Endpoints. `Err(NotFound("app"))` when the app does not exist.
     async fn create_endpoint(&self, new: NewEndpoint) -> Result<Endpoint>;
     async fn get_endpoint(&self, app_id: &str, id: &str) -> Result<Option<Endpoint>>;
-    async fn list_endpoints(&self, app_id: &str) -> Result<Vec<Endpoint>>;
+    /// The app's live endpoints, a page at a time, by `created_at` then id.
+    async fn list_endpoints(&self, app_id: &str, page: ListEndpoints) -> Result<Page<Endpoint>>;
     async fn update_endpoint(
         &self,
         app_id: &str,
@@ -77,15 +89,23 @@ pub trait AdminStore: Send + Sync + 'static {
     /// the app returns the first notification with `replayed = true` and creates nothing.
     /// `Err(NotFound("app"))` when the app does not exist.
     async fn create_notification(&self, new: NewNotification) -> Result<CreatedNotification>;
+    /// The notification with its payload and deliveries, each delivery with at most its
+    /// latest [`DETAIL_ATTEMPTS`] attempts.
     async fn get_notification(&self, id: &str) -> Result<Option<NotificationDetail>>;
+    /// The app's notifications, newest first, as summaries: no payloads and no attempts are
+    /// read, so the memory a page takes is bounded by its length.
     async fn list_notifications(
         &self,
         app_id: &str,
         filter: ListNotifications,
-    ) -> Result<Page<NotificationDetail>>;
+    ) -> Result<Page<NotificationSummary>>;
 
     // Deliveries.
+    /// The delivery with at most its latest [`DETAIL_ATTEMPTS`] attempts.
     async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>>;
+    /// The delivery's attempts, a page at a time, oldest first. `None` when the delivery does
+    /// not exist.
+    async fn list_attempts(&self, id: &str, page: ListAttempts) -> Result<Option<Page<Attempt>>>;
     /// Makes the delivery due now (a failed or succeeded one goes back to pending for one more
     /// try). `Err(Conflict)` for a canceled delivery.
     async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>>;

@@ -217,9 +217,23 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// The most attempts a detail read ([`AdminStore::get_delivery`],
+/// [`AdminStore::get_notification`]) embeds per delivery: the latest ones. The rest are paged
+/// with [`AdminStore::list_attempts`]; [`Delivery::attempts`] says how many there are in all.
+///
+/// [`AdminStore::get_delivery`]: crate::AdminStore::get_delivery
+/// [`AdminStore::get_notification`]: crate::AdminStore::get_notification
+/// [`AdminStore::list_attempts`]: crate::AdminStore::list_attempts
+pub const DETAIL_ATTEMPTS: u32 = 20;
+
+/// The most rows one list call returns, whatever limit it asks for (the API's own maxima are
+/// lower).
+pub const MAX_PAGE: u32 = 1000;
+
 #[derive(Clone, Debug)]
 pub struct DeliveryDetail {
     pub delivery: Delivery,
+    /// At most [`DETAIL_ATTEMPTS`], the latest ones, in attempt order.
     pub attempts: Vec<Attempt>,
 }
 
@@ -227,6 +241,23 @@ pub struct DeliveryDetail {
 pub struct NotificationDetail {
     pub notification: Notification,
     pub deliveries: Vec<DeliveryDetail>,
+}
+
+/// A notification as a list shows it: no payload, and its deliveries without their
+/// attempts, so a page's size (and the memory reading it takes) does not depend on what
+/// producers sent or how often receivers failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotificationSummary {
+    pub id: String,
+    pub app_id: String,
+    pub event_type: String,
+    pub notify_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub order_key: Option<String>,
+    pub created_at: Millis,
+    /// In creation order. One per matching endpoint (an app has at most a bounded number of
+    /// endpoints, see the API), or one for a `notify_url`.
+    pub deliveries: Vec<Delivery>,
 }
 
 /// The result of storing a notification.
@@ -245,6 +276,24 @@ pub struct ListNotifications {
     /// `pending`/`failed`/`canceled`: some delivery has that status; `succeeded`: every
     /// delivery succeeded.
     pub status: Option<DeliveryStatus>,
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of an app's endpoints, by `created_at` then id.
+#[derive(Clone, Debug, Default)]
+pub struct ListEndpoints {
+    /// At most this many (1 to [`MAX_PAGE`]; 0 counts as 1).
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of a delivery's attempts, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct ListAttempts {
+    /// At most this many (1 to [`MAX_PAGE`]; 0 counts as 1).
     pub limit: u32,
     /// Opaque cursor from a previous page.
     pub cursor: Option<String>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use herald_engine::{EngineConfig, TargetPolicy};
+use herald_store::Sealer;
 use herald_store_sqlite::Durability;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -47,6 +48,9 @@ pub struct ServeArgs {
     /// empty), keeping it out of the process list.
     #[arg(long, env = "HERALD_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub secret_key: SecretKeyArgs,
 
     /// Allow deliveries to loopback, private and link-local addresses (development and
     /// tests). By default only public addresses are delivered to.
@@ -124,7 +128,7 @@ pub struct ServeArgs {
     pub max_connections: Option<usize>,
 
     /// TOML file with any of the settings above (keys: db, listen, admin_token,
-    /// admin_token_file, allow_private_targets, allow_targets, concurrency,
+    /// admin_token_file, secret_key_file, allow_private_targets, allow_targets, concurrency,
     /// request_timeout, lease, header_read_timeout, idle_timeout, body_read_timeout,
     /// max_connections, sandbox,
     /// sandbox_unpaid_timeout, sandbox_public_url).
@@ -140,6 +144,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
     pub allow_private_targets: Option<bool>,
     #[serde(default)]
     pub allow_targets: Vec<String>,
@@ -183,6 +188,78 @@ pub enum ConfigError {
     TokenFile(PathBuf, std::io::Error),
     #[error("{0} must be between 1 and {MAX_CONNECTION_TIMEOUT} seconds")]
     ConnectionTimeout(&'static str),
+    #[error("give either HERALD_SECRET_KEY (--secret-key) or --secret-key-file, not both")]
+    TwoSecretKeys,
+    #[error("cannot read --secret-key-file {0}: {1}")]
+    SecretKeyFile(PathBuf, std::io::Error),
+    #[error("invalid {0}: {1}")]
+    SecretKey(String, herald_store::sealing::KeyError),
+}
+
+/// The key credentials are sealed with at rest (see `herald_store::sealing`), for `serve`
+/// and `rekey`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SecretKeyArgs {
+    /// Seal apps' credentials (signing secrets, private keys, API keys) in the database
+    /// with these keys: base64 of 32 bytes each (head -c 32 /dev/urandom | base64), several
+    /// comma-separated; the first seals, all open (rotation: put the new key first, run
+    /// `herald rekey`, then drop the old). Prefer the environment or --secret-key-file:
+    /// arguments are visible in `ps`.
+    #[arg(
+        long = "secret-key",
+        env = "HERALD_SECRET_KEY",
+        value_name = "KEYS",
+        hide_env_values = true,
+        conflicts_with = "secret_key_file"
+    )]
+    pub secret_key: Option<String>,
+
+    /// Read the sealing keys from this file: one per line (or comma-separated), the first
+    /// seals, all open; blank lines and lines starting with # are skipped. Keep it readable
+    /// by Herald's user only.
+    #[arg(long, env = "HERALD_SECRET_KEY_FILE", value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
+}
+
+impl SecretKeyArgs {
+    /// The keyring these arguments (or, when they give none, the config file's
+    /// `secret_key_file`) configure; [`Sealer::none`] when none does.
+    pub fn sealer(&self, file_fallback: Option<&std::path::Path>) -> Result<Sealer, ConfigError> {
+        // clap treats an empty environment variable as unset: an empty HERALD_SECRET_KEY
+        // must not silently leave credentials in plaintext.
+        let empty_env = std::env::var_os("HERALD_SECRET_KEY").is_some_and(|v| v.is_empty());
+        match (&self.secret_key, &self.secret_key_file) {
+            (Some(_), Some(_)) => Err(ConfigError::TwoSecretKeys),
+            (Some(keys), None) => Sealer::parse(keys)
+                .map_err(|e| ConfigError::SecretKey("HERALD_SECRET_KEY (--secret-key)".into(), e)),
+            (None, Some(path)) => read_key_file(path),
+            (None, None) if empty_env => Err(ConfigError::SecretKey(
+                "HERALD_SECRET_KEY".into(),
+                herald_store::sealing::KeyError::Empty,
+            )),
+            (None, None) => match file_fallback {
+                Some(path) => read_key_file(path),
+                None => Ok(Sealer::none()),
+            },
+        }
+    }
+}
+
+/// Reads a key file (warning when others may read it).
+fn read_key_file(path: &std::path::Path) -> Result<Sealer, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::SecretKeyFile(path.to_path_buf(), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), "the secret key file is readable by others than its owner; chmod 600 it");
+            }
+        }
+    }
+    Sealer::parse(&text)
+        .map_err(|e| ConfigError::SecretKey(format!("--secret-key-file {}", path.display()), e))
 }
 
 /// The longest header-read or idle timeout accepted: these are seconds, not minutes.
@@ -347,6 +424,7 @@ impl ServeArgs {
         if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err(ConfigError::EmptyToken("--admin-token"));
         }
+        let sealer = self.secret_key.sealer(file.secret_key_file.as_deref())?;
         Ok(ServerOptions {
             database,
             listen,
@@ -355,6 +433,7 @@ impl ServeArgs {
             durability: Durability::Full,
             sandbox,
             http,
+            sealer,
         })
     }
 }
@@ -547,5 +626,63 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.to_string().contains("--sandbox-public-url"), "{e}");
+    }
+
+    #[test]
+    fn secret_keys_come_from_the_environment_flag_or_a_file_never_echoed() {
+        use base64::Engine as _;
+        let b64 = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+        assert!(!ServeArgs::default().resolve().unwrap().sealer.is_enabled());
+        let with = |key: Option<String>, file: Option<PathBuf>| ServeArgs {
+            secret_key: SecretKeyArgs {
+                secret_key: key,
+                secret_key_file: file,
+            },
+            ..Default::default()
+        };
+        let o = with(Some(format!("{},{}", b64(2), b64(1))), None)
+            .resolve()
+            .unwrap();
+        assert_eq!(o.sealer.key_ids().count(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.key");
+        std::fs::write(&path, format!("# newest first\n{}\n{}\n", b64(2), b64(1))).unwrap();
+        let from_file = with(None, Some(path.clone())).resolve().unwrap().sealer;
+        assert_eq!(from_file.current_key_id(), o.sealer.current_key_id());
+        // The config file's secret_key_file applies when no flag gives keys.
+        let toml = dir.path().join("herald.toml");
+        std::fs::write(
+            &toml,
+            format!("secret_key_file = {:?}\n", path.display().to_string()),
+        )
+        .unwrap();
+        let o = ServeArgs {
+            config: Some(toml),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.sealer.current_key_id(), from_file.current_key_id());
+
+        let both = with(Some(b64(1)), Some(path.clone()))
+            .resolve()
+            .unwrap_err();
+        assert!(matches!(both, ConfigError::TwoSecretKeys), "{both}");
+        let short = base64::engine::general_purpose::STANDARD.encode([9u8; 16]);
+        let e = with(Some(format!("{},{short}", b64(1))), None)
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret key 2") && !e.contains(&short), "{e}");
+        std::fs::write(&path, "\n").unwrap();
+        let e = with(None, Some(path)).resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("--secret-key-file") && e.contains("empty"),
+            "{e}"
+        );
+        let e = with(None, Some(dir.path().join("missing")))
+            .resolve()
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::SecretKeyFile(..)), "{e}");
     }
 }

@@ -118,6 +118,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
                 ..EngineConfig::default()
             },
             durability: Durability::Full,
+            sealer: Default::default(),
             sandbox: Some(SandboxOptions {
                 public_url: None,
                 unpaid_timeout: opts.unpaid_timeout,

@@ -46,6 +46,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Bring a database's schema up to this build's (SQLite or PostgreSQL), then exit.
     Migrate(cmd::migrate::MigrateArgs),
+    /// Re-seal every app's credentials under the first secret key (key rotation), then exit.
+    Rekey(cmd::rekey::RekeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
             Command::Sign(args) => cmd::sign::run(args).map(|_| true),
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Migrate(args) => cmd::migrate::run(args).await.map(|_| true),
+            Command::Rekey(args) => cmd::rekey::run(args).await.map(|_| true),
         }
     });
     match result {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use herald_engine::{Engine, EngineConfig, EngineStats};
-use herald_store::{MetaStore, Store};
+use herald_store::{MetaStore, Sealer, Store};
 use herald_store_postgres::PgStore;
 use herald_store_sqlite::{Durability, SqliteStore};
 use rand::RngCore;
@@ -30,14 +30,16 @@ pub enum Database {
 }
 
 impl Database {
-    /// Opens the store: runs the migrations not applied yet, then returns it.
+    /// Opens the store: runs the migrations not applied yet, then returns it. Apps'
+    /// credentials are sealed with `sealer` as they are written, opened with it as read.
     pub async fn open(
         &self,
         durability: Durability,
+        sealer: Sealer,
     ) -> Result<Arc<dyn Store>, herald_store::StoreError> {
         Ok(match self {
-            Database::Sqlite(path) => Arc::new(SqliteStore::open(path, durability)?),
-            Database::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+            Database::Sqlite(path) => Arc::new(SqliteStore::open_sealed(path, durability, sealer)?),
+            Database::Postgres(url) => Arc::new(PgStore::connect_sealed(url, sealer).await?),
         })
     }
 
@@ -88,6 +90,9 @@ pub struct ServerOptions {
     pub sandbox: Option<SandboxOptions>,
     /// The API's connection cap and timeouts.
     pub http: HttpLimits,
+    /// The keyring apps' credentials are sealed with at rest; without keys, they are stored
+    /// in plaintext.
+    pub sealer: Sealer,
 }
 
 /// A started server.
@@ -130,6 +135,8 @@ pub enum ServerError {
     EmptyToken,
     #[error("cannot restrict the database file {0} to its owner: {1}")]
     Permissions(PathBuf, std::io::Error),
+    #[error("cannot start: {0}")]
+    Credentials(herald_store::StoreError),
 }
 
 /// Starts the server; it runs until `shutdown` completes or [`Running::shutdown`] is called.
@@ -147,7 +154,11 @@ pub async fn start(
     if let Database::Sqlite(path) = &opts.database {
         owner_only_database(path)?;
     }
-    let store = opts.database.open(opts.durability).await?;
+    let store = opts
+        .database
+        .open(opts.durability, opts.sealer.clone())
+        .await?;
+    check_credentials(store.as_ref(), &opts.sealer).await?;
     let (token_hash, generated_token) =
         resolve_admin_token(store.as_ref(), opts.admin_token.as_deref()).await?;
 
@@ -197,6 +208,7 @@ pub async fn start(
         store: store.clone(),
         admin_token_sha256: token_hash,
         target_policy: opts.engine.target_policy.clone(),
+        apps: Default::default(),
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;
@@ -224,6 +236,40 @@ pub async fn start(
         task,
         stop: stop_tx,
     })
+}
+
+/// Refuses to start when an app's credentials do not open with the configured keyring (a
+/// key missing, or none configured for a sealed database), rather than failing each of its
+/// deliveries; and says how the credentials are held.
+async fn check_credentials(store: &dyn Store, sealer: &Sealer) -> Result<(), ServerError> {
+    let census = store
+        .check_credentials()
+        .await
+        .map_err(ServerError::Credentials)?;
+    match sealer.current_key_id() {
+        Some(key_id) => {
+            tracing::info!(
+                key_id,
+                keys = sealer.key_ids().count(),
+                sealed_current = census.current,
+                sealed_older = census.older,
+                plaintext = census.plaintext,
+                "credentials are sealed at rest"
+            );
+            if census.older + census.plaintext > 0 {
+                tracing::info!(
+                    "{} app(s) are not sealed under key {key_id} yet: they are as their credentials are next written, or all at once with `herald rekey`",
+                    census.older + census.plaintext
+                );
+            }
+        }
+        None if census.plaintext > 0 => tracing::warn!(
+            apps = census.plaintext,
+            "credentials are stored unencrypted; configure --secret-key-file or HERALD_SECRET_KEY to seal them at rest"
+        ),
+        None => {}
+    }
+    Ok(())
 }
 
 /// Makes the database readable by its owner only: a new file is created with mode 0600

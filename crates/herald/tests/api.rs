@@ -345,6 +345,12 @@ async fn notifications_list_filters_by_status_and_pages_with_a_cursor() {
     let data = page1["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
     assert_eq!(data[0]["id"], ids[2].as_str());
+    // Summaries: no payload, deliveries with their count of attempts but not the attempts.
+    assert!(data[0].get("payload").is_none(), "{}", data[0]);
+    assert_eq!(data[0]["status"], "succeeded");
+    assert_eq!(data[0]["deliveries"][0]["status"], "succeeded");
+    assert_eq!(data[0]["deliveries"][0]["attempt_count"], 1);
+    assert!(data[0]["deliveries"][0].get("attempts").is_none());
     let cursor = page1["next_cursor"].as_str().unwrap();
     let (_, page2) = server
         .call(

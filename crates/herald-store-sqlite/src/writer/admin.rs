@@ -7,11 +7,11 @@ use rusqlite::params;
 use ulid::Ulid;
 
 use super::Writer;
-use crate::rows::{self, opt_json, to_json};
+use crate::rows::{self, opt_json};
 use crate::schema::backend;
 use herald_store::model::*;
 use herald_store::queue::Hint;
-use herald_store::{Result, StoreError};
+use herald_store::{Result, SealCensus, StoreError};
 
 impl Writer {
     // --- caches -------------------------------------------------------------------------
@@ -20,7 +20,7 @@ impl Writer {
         if let Some(ctx) = self.apps.get(id) {
             return Ok(Some(ctx.clone()));
         }
-        let Some(app) = rows::get_app(&self.conn, id)? else {
+        let Some(app) = rows::get_app(&self.conn, &self.sealer, id)? else {
             return Ok(None);
         };
         let ctx = Arc::new(AppCtx::from_app(&app));
@@ -83,6 +83,7 @@ impl Writer {
             credentials: new.credentials,
             created_at: new.now,
         };
+        let credentials = self.sealer.seal_credentials(&app.id, &app.credentials)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at)
@@ -95,7 +96,7 @@ impl Writer {
                     app.profile.name(),
                     opt_json(&app.retry).ok().flatten(),
                     opt_json(&app.ack).ok().flatten(),
-                    to_json(&app.credentials).unwrap_or_default(),
+                    credentials,
                     app.created_at
                 ])
             })
@@ -112,21 +113,63 @@ impl Writer {
         creds: Credentials,
         hints: &mut Vec<Hint>,
     ) -> Result<Option<App>> {
-        let n = self
-            .conn
-            .execute(
+        let sealed = self.sealer.seal_credentials(id, &creds)?;
+        let n = self.overwriting_credentials(|conn| {
+            conn.execute(
                 "UPDATE apps SET credentials = ?2 WHERE id = ?1",
-                params![id, to_json(&creds)?],
+                params![id, sealed],
             )
-            .map_err(backend)?;
+        })?;
         if n == 0 {
             return Ok(None);
         }
-        let app = rows::get_app(&self.conn, id)?.ok_or(StoreError::NotFound("app"))?;
+        let app =
+            rows::get_app(&self.conn, &self.sealer, id)?.ok_or(StoreError::NotFound("app"))?;
         let ctx = Arc::new(AppCtx::from_app(&app));
         self.apps.insert(id.to_string(), ctx.clone());
         hints.push(Hint::AppChanged(ctx));
         Ok(Some(app))
+    }
+
+    /// Rewrites every app's credentials not sealed under the sealing key (see
+    /// `AdminStore::reseal_credentials`). The caches hold opened credentials, which do not
+    /// change.
+    pub(super) fn reseal_credentials(&mut self) -> Result<SealCensus> {
+        let mut census = SealCensus::default();
+        let mut rewrites = Vec::new();
+        for (id, stored) in rows::stored_credentials(&self.conn)? {
+            if let Some(sealed) = self.sealer.reseal(&id, &stored, &mut census)? {
+                rewrites.push((id, sealed));
+            }
+        }
+        self.overwriting_credentials(|conn| {
+            for (id, sealed) in &rewrites {
+                conn.execute(
+                    "UPDATE apps SET credentials = ?2 WHERE id = ?1",
+                    params![id, sealed],
+                )?;
+            }
+            Ok(())
+        })?;
+        census.resealed = rewrites.len() as u64;
+        Ok(census)
+    }
+
+    /// Runs `f` with SQLite's `secure_delete` on, so the credentials it replaces (plaintext,
+    /// or sealed under a key being retired) are zeroed in the file rather than left in free
+    /// space.
+    fn overwriting_credentials<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.conn
+            .pragma_update(None, "secure_delete", true)
+            .map_err(backend)?;
+        let out = f(&self.conn);
+        let off = self.conn.pragma_update(None, "secure_delete", false);
+        let out = out.map_err(backend)?;
+        off.map_err(backend)?;
+        Ok(out)
     }
 
     pub(super) fn create_endpoint(&mut self, new: NewEndpoint) -> Result<Endpoint> {

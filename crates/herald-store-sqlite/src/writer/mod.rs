@@ -27,7 +27,7 @@ use super::schema::backend;
 use super::HintHub;
 use herald_store::model::*;
 use herald_store::queue::*;
-use herald_store::{Result, StoreError};
+use herald_store::{Result, SealCensus, Sealer, StoreError};
 
 /// Most operations applied in one transaction. Bounds how long one commit holds replies.
 const MAX_BATCH: usize = 2048;
@@ -37,6 +37,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 pub(crate) enum Op {
     CreateApp(NewApp, Reply<App>),
     SetCredentials(String, Credentials, Reply<Option<App>>),
+    ResealCredentials(Reply<SealCensus>),
     CreateEndpoint(NewEndpoint, Reply<Endpoint>),
     UpdateEndpoint {
         app_id: String,
@@ -91,6 +92,8 @@ fn complete<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Completion
 pub(crate) struct Writer {
     conn: Connection,
     hints: Arc<HintHub>,
+    /// Seals credentials as they are written, opens them as they are read.
+    sealer: Sealer,
     apps: HashMap<String, Arc<AppCtx>>,
     endpoints: HashMap<String, Arc<EndpointCtx>>,
     /// Apps whose complete endpoint list is in `endpoints`.
@@ -100,10 +103,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, hints: Arc<HintHub>) -> Writer {
+    pub(crate) fn new(conn: Connection, hints: Arc<HintHub>, sealer: Sealer) -> Writer {
         Writer {
             conn,
             hints,
+            sealer,
             apps: HashMap::new(),
             endpoints: HashMap::new(),
             endpoint_lists: HashMap::new(),
@@ -233,6 +237,10 @@ impl Writer {
                 let r = self.set_credentials(&id, creds, hints);
                 done(reply, r)
             }
+            Op::ResealCredentials(reply) => {
+                let r = self.reseal_credentials();
+                done(reply, r)
+            }
             Op::CreateEndpoint(new, reply) => {
                 let r = self.create_endpoint(new);
                 done(reply, r)
@@ -332,6 +340,7 @@ fn fail_op(op: Op, err: &StoreError) {
     match op {
         Op::CreateApp(_, r) => fail(r, err),
         Op::SetCredentials(_, _, r) => fail(r, err),
+        Op::ResealCredentials(r) => fail(r, err),
         Op::CreateEndpoint(_, r) => fail(r, err),
         Op::UpdateEndpoint { reply, .. } => fail(reply, err),
         Op::DeleteEndpoint { reply, .. } => fail(reply, err),

@@ -143,6 +143,7 @@ pub async fn rotate(
         .set_app_credentials(&app_id, credentials)
         .await?
         .ok_or(ApiError::NotFound("app"))?;
+    state.apps.forget(&app_id);
     tracing::info!(app = %app.id, grace_seconds = grace, "app secret rotated");
     Ok(Json(views::app(&app, once)))
 }

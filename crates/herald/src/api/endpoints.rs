@@ -1,15 +1,16 @@
 //! `/v1/apps/{app_id}/endpoints`: an app's subscribed URLs, with their event-type filter,
-//! retry, ack and attempt-timeout overrides, in-flight limit and ordering.
-use axum::extract::{Path, State};
+//! retry, ack and attempt-timeout overrides, in-flight limit and ordering. An app has at
+//! most [`MAX_ENDPOINTS_PER_APP`] endpoints; the list is paged.
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_store::{EndpointPatch, NewEndpoint};
+use herald_store::{EndpointPatch, ListEndpoints, NewEndpoint};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::extract::JsonBody;
-use super::{views, ApiState};
+use super::{views, ApiState, MAX_ENDPOINTS_PER_APP};
 use crate::clock::now_ms;
 
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
@@ -86,23 +87,70 @@ pub async fn create(
         timeout_ms: req.timeout_ms.map(|n| timeout_ms(n.into())).transpose()?,
         now: now_ms(),
     };
+    // Counting and creating are serialized in this process, so concurrent requests to one
+    // node cannot pass the limit together (nodes sharing a database could, by at most one
+    // endpoint per other node at once).
+    let _one_at_a_time = CREATING.lock().await;
+    let existing = state
+        .store
+        .list_endpoints(
+            &new.app_id,
+            ListEndpoints {
+                limit: MAX_ENDPOINTS_PER_APP,
+                cursor: None,
+            },
+        )
+        .await?;
+    if existing.items.len() >= MAX_ENDPOINTS_PER_APP as usize {
+        return Err(ApiError::Conflict(format!(
+            "the app already has {MAX_ENDPOINTS_PER_APP} endpoints, the most an app may have; \
+             delete one (or use event_types filters on fewer endpoints) before adding another"
+        )));
+    }
     let ep = state.store.create_endpoint(new).await?;
     Ok((StatusCode::CREATED, Json(views::endpoint(&ep))))
 }
 
+/// Serializes endpoint creation in this process (see [`create`]).
+static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A page of the app's endpoints by creation time (then id). The default page (100) holds every
+/// endpoint an app may have.
 pub async fn list(
     State(state): State<ApiState>,
     Path(app_id): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let limit = super::page_limit(q.limit, super::MAX_PAGE_LIMIT)?;
     state
         .store
         .get_app(&app_id)
         .await?
         .ok_or(ApiError::NotFound("app"))?;
-    let eps = state.store.list_endpoints(&app_id).await?;
-    Ok(Json(
-        serde_json::json!({"data": eps.iter().map(views::endpoint).collect::<Vec<_>>()}),
-    ))
+    let page = state
+        .store
+        .list_endpoints(
+            &app_id,
+            ListEndpoints {
+                limit,
+                cursor: q.cursor,
+            },
+        )
+        .await?;
+    Ok(Json(serde_json::json!({
+        "data": page.items.iter().map(views::endpoint).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
 }
 
 pub async fn get(

@@ -26,6 +26,27 @@ use self::error::ApiError;
 /// Request bodies larger than this get 413.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// The most items one page of a list holds (notifications, endpoints, attempts); a larger
+/// `limit` is 422. With summaries in notification lists, a page stays small whatever the
+/// payloads.
+pub const MAX_PAGE_LIMIT: u32 = 100;
+
+/// The most endpoints an app may have; creating one more is 409. A notification has one
+/// delivery per matching endpoint (or one for a `notify_url`), so this bounds its deliveries
+/// too.
+pub const MAX_ENDPOINTS_PER_APP: u32 = 100;
+
+/// A list's `limit` parameter: `default` when absent, 422 outside `1..=MAX_PAGE_LIMIT`.
+pub(crate) fn page_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::Invalid(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}, not {n}; page with next_cursor"
+        ))),
+    }
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiState {
@@ -34,6 +55,48 @@ pub struct ApiState {
     pub admin_token_sha256: [u8; 32],
     /// The engine's target policy: URLs it will always refuse are refused at the door.
     pub target_policy: Arc<TargetPolicy>,
+    /// Apps as the accept path needs them (the profile and credentials of the encoding
+    /// check), so accepting a notification does not read the app from the database each
+    /// time. Apps are never deleted; a rotation here drops the entry. A rotation on another
+    /// node leaves an older version here, which still encodes the same way.
+    pub apps: Arc<AppCache>,
+}
+
+/// A bounded map of apps by id (see [`ApiState::apps`]).
+#[derive(Default)]
+pub struct AppCache {
+    apps: std::sync::Mutex<std::collections::HashMap<String, Arc<herald_store::App>>>,
+}
+
+impl AppCache {
+    /// Most apps kept; past it the map starts over (a cache, not the truth).
+    const MAX: usize = 10_000;
+
+    pub async fn get(
+        &self,
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<Arc<herald_store::App>>, herald_store::StoreError> {
+        if let Some(app) = self.apps.lock().ok().and_then(|m| m.get(id).cloned()) {
+            return Ok(Some(app));
+        }
+        let Some(app) = store.get_app(id).await?.map(Arc::new) else {
+            return Ok(None);
+        };
+        if let Ok(mut m) = self.apps.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(id.to_string(), app.clone());
+        }
+        Ok(Some(app))
+    }
+
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut m) = self.apps.lock() {
+            m.remove(id);
+        }
+    }
 }
 
 /// Builds the router with every route.
@@ -59,6 +122,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/apps/{app_id}/recover", post(notifications::recover))
         .route("/notifications/{id}", get(notifications::get))
         .route("/deliveries/{id}", get(notifications::get_delivery))
+        .route(
+            "/deliveries/{id}/attempts",
+            get(notifications::list_attempts),
+        )
         .route("/deliveries/{id}/retry", post(notifications::retry))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

@@ -1,5 +1,6 @@
 //! Notifications and deliveries: accept a notification (committed before the 202), read it
-//! with its deliveries and attempts, list an app's notifications, retry a delivery, recover
+//! with its deliveries and their latest attempts, list an app's notifications (summaries: no
+//! payloads, no attempts), page through a delivery's attempts, retry a delivery, recover
 //! failed deliveries.
 //!
 //! Accepting refuses with 422 what could never be sent: a payload the app's profile cannot
@@ -12,7 +13,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocols::{OutgoingNotification, ProfileError};
-use herald_store::{DeliveryStatus, ListNotifications, NewNotification, Notification};
+use herald_store::{
+    DeliveryStatus, ListAttempts, ListNotifications, NewNotification, Notification,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -77,8 +80,8 @@ pub async fn create(
         .transpose()?;
     let now = now_ms();
     let app = state
-        .store
-        .get_app(&app_id)
+        .apps
+        .get(state.store.as_ref(), &app_id)
         .await?
         .ok_or(ApiError::NotFound("app"))?;
     // The profile's own encoder, as the engine will run it: what fails here would fail on
@@ -202,10 +205,7 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Invalid("limit must be between 1 and 1000".into()));
-    }
+    let limit = super::page_limit(q.limit, 50)?;
     state
         .store
         .get_app(&app_id)
@@ -223,7 +223,48 @@ pub async fn list(
         )
         .await?;
     Ok(Json(json!({
-        "data": page.items.iter().map(views::notification).collect::<Vec<_>>(),
+        "data": page.items.iter().map(views::notification_summary).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// `GET /v1/deliveries/{id}/attempts`: every attempt, oldest first, a page at a time.
+pub async fn list_attempts(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let limit = super::page_limit(q.limit, 50)?;
+    let d = state
+        .store
+        .get_delivery(&id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    let page = state
+        .store
+        .list_attempts(
+            &id,
+            ListAttempts {
+                limit,
+                cursor: q.cursor,
+            },
+        )
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    let url = &d.delivery.url;
+    Ok(Json(json!({
+        "data": page.items.iter().map(|a| views::attempt(a, url)).collect::<Vec<_>>(),
+        "attempt_count": d.delivery.attempts,
         "next_cursor": page.next_cursor,
     })))
 }

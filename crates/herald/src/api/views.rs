@@ -5,6 +5,7 @@ use herald_engine::TargetPolicy;
 use herald_protocols::{AckRule, RetryPolicy};
 use herald_store::{
     App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, Millis, NotificationDetail,
+    NotificationSummary,
 };
 use serde_json::{json, Value};
 
@@ -160,7 +161,20 @@ pub fn delivery_summary(d: &Delivery) -> Value {
     })
 }
 
-fn attempt(a: &Attempt, url: &str) -> Value {
+/// A delivery as a notification list shows it: its state and attempt count, no attempts.
+pub fn delivery_brief(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "notify_id": d.notify_id,
+        "endpoint_id": d.endpoint_id,
+        "url": masked_url(&d.url),
+        "status": d.status,
+        "attempt_count": d.attempts,
+        "next_attempt_at": d.next_attempt_at.map(rfc3339),
+    })
+}
+
+pub fn attempt(a: &Attempt, url: &str) -> Value {
     let mask = |t: &Option<String>| t.as_deref().map(|t| mask_password_in(t, url));
     json!({
         "n": a.n,
@@ -186,22 +200,22 @@ pub fn delivery(d: &DeliveryDetail) -> Value {
         "next_attempt_at": x.next_attempt_at.map(rfc3339),
         "created_at": rfc3339(x.created_at),
         "updated_at": rfc3339(x.updated_at),
+        // The latest `DETAIL_ATTEMPTS` at most; `attempt_count` says how many in all, and
+        // `/v1/deliveries/{id}/attempts` pages through every one.
         "attempts": d.attempts.iter().map(|a| attempt(a, &x.url)).collect::<Vec<_>>(),
+        "attempts_truncated": (d.attempts.len() as u64) < u64::from(x.attempts),
     })
 }
 
 /// A notification's overall status: `pending` while any delivery is pending, `failed` when
 /// any failed, `succeeded` when all succeeded (or there were none to make), else `canceled`.
-pub fn overall_status(deliveries: &[DeliveryDetail]) -> DeliveryStatus {
-    let has = |s| deliveries.iter().any(|d| d.delivery.status == s);
+pub fn overall_status(statuses: &[DeliveryStatus]) -> DeliveryStatus {
+    let has = |s| statuses.contains(&s);
     if has(DeliveryStatus::Pending) {
         DeliveryStatus::Pending
     } else if has(DeliveryStatus::Failed) {
         DeliveryStatus::Failed
-    } else if deliveries
-        .iter()
-        .all(|d| d.delivery.status == DeliveryStatus::Succeeded)
-    {
+    } else if statuses.iter().all(|s| *s == DeliveryStatus::Succeeded) {
         DeliveryStatus::Succeeded
     } else {
         DeliveryStatus::Canceled
@@ -221,8 +235,23 @@ pub fn notification(n: &NotificationDetail) -> Value {
         "idempotency_key": x.idempotency_key,
         "order_key": x.order_key,
         "created_at": rfc3339(x.created_at),
-        "status": overall_status(&n.deliveries),
+        "status": overall_status(&n.deliveries.iter().map(|d| d.delivery.status).collect::<Vec<_>>()),
         "deliveries": n.deliveries.iter().map(delivery).collect::<Vec<_>>(),
+    })
+}
+
+/// A notification as a list shows it: no payload, deliveries without attempts.
+pub fn notification_summary(n: &NotificationSummary) -> Value {
+    json!({
+        "id": n.id,
+        "app_id": n.app_id,
+        "event_type": n.event_type,
+        "notify_url": n.notify_url.as_deref().map(masked_url),
+        "idempotency_key": n.idempotency_key,
+        "order_key": n.order_key,
+        "created_at": rfc3339(n.created_at),
+        "status": overall_status(&n.deliveries.iter().map(|d| d.status).collect::<Vec<_>>()),
+        "deliveries": n.deliveries.iter().map(delivery_brief).collect::<Vec<_>>(),
     })
 }
 

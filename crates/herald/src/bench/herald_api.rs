@@ -68,6 +68,7 @@ impl Herald {
                 sandbox: None,
                 durability: herald_store_sqlite::Durability::Full,
                 http: Default::default(),
+                sealer: Default::default(),
             },
             std::future::pending(),
         )

@@ -69,12 +69,41 @@ impl TestServer {
         s
     }
 
+    /// A server on `db` whose apps' credentials are sealed with `sealer`; the start's error
+    /// as is.
+    pub async fn try_start_sealed(
+        db: PathBuf,
+        sealer: herald_store::Sealer,
+    ) -> Result<TestServer, server::ServerError> {
+        Self::try_launch(
+            db,
+            engine_config(true),
+            None,
+            reqwest::Client::new(),
+            sealer,
+        )
+        .await
+    }
+
     async fn launch(
         db: PathBuf,
         engine: EngineConfig,
         sandbox: Option<herald::sandbox::SandboxOptions>,
         client: reqwest::Client,
     ) -> TestServer {
+        match Self::try_launch(db, engine, sandbox, client, Default::default()).await {
+            Ok(s) => s,
+            Err(e) => panic!("server starts: {e}"),
+        }
+    }
+
+    async fn try_launch(
+        db: PathBuf,
+        engine: EngineConfig,
+        sandbox: Option<herald::sandbox::SandboxOptions>,
+        client: reqwest::Client,
+        sealer: herald_store::Sealer,
+    ) -> Result<TestServer, server::ServerError> {
         let running = server::start(
             ServerOptions {
                 database: Database::Sqlite(db.clone()),
@@ -84,18 +113,18 @@ impl TestServer {
                 durability: Durability::Normal,
                 sandbox,
                 http: Default::default(),
+                sealer,
             },
             std::future::pending(),
         )
-        .await
-        .expect("server starts");
-        TestServer {
+        .await?;
+        Ok(TestServer {
             base: format!("http://{}", running.addr),
             running: Some(running),
             db,
             client,
             _dir: None,
-        }
+        })
     }
 
     /// Stops the server and returns its (kept) database directory.

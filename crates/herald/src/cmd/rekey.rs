@@ -1,0 +1,59 @@
+//! `herald rekey`: re-seal every app's credentials under the first key of the keyring, so
+//! older keys can be dropped (see the README's "Secrets at rest"). Plaintext credentials
+//! (written before a key was configured) are sealed too. Nothing is written when one app's
+//! credentials do not open with the keyring given.
+use clap::Args;
+use herald_store_sqlite::Durability;
+
+use crate::config::SecretKeyArgs;
+use crate::server::Database;
+
+/// Re-seal every app's credentials under the first secret key, then exit.
+#[derive(Args, Debug)]
+#[command(after_help = "Rotation:\n  \
+    1. put a new key (head -c 32 /dev/urandom | base64) first in the key file, the old one\n     \
+    after it, and restart Herald (every node);\n  \
+    2. herald rekey --db sqlite://herald.db --secret-key-file /etc/herald/secret.key\n  \
+    3. drop the old key from the file and restart.\n\
+    An SQLite database is owned by one process: stop `herald serve` while rekey runs.")]
+pub struct RekeyArgs {
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB (add ?sslmode=require
+    /// for TLS).
+    #[arg(long, env = "HERALD_DB", value_name = "URL")]
+    pub db: String,
+
+    #[command(flatten)]
+    pub secret_key: SecretKeyArgs,
+}
+
+pub async fn run(args: RekeyArgs) -> Result<(), String> {
+    let database: Database = args.db.parse().map_err(|e| format!("invalid --db: {e}"))?;
+    if let Database::Sqlite(path) = &database {
+        if !path.exists() {
+            return Err(format!("{} does not exist", path.display()));
+        }
+    }
+    let sealer = args.secret_key.sealer(None).map_err(|e| e.to_string())?;
+    let Some(key_id) = sealer.current_key_id().map(str::to_string) else {
+        return Err(
+            "no secret key is configured: give --secret-key-file or HERALD_SECRET_KEY (the first key seals)"
+                .into(),
+        );
+    };
+    let store = database
+        .open(Durability::Full, sealer)
+        .await
+        .map_err(|e| format!("opening {}: {e}", args.db))?;
+    let result = store.reseal_credentials().await;
+    store.close().await;
+    let census = result.map_err(|e| format!("nothing was re-sealed: {e}"))?;
+    println!(
+        "{} app(s): {} re-sealed under key {key_id} ({} were in plaintext, {} under an older key); {} already were.",
+        census.apps(),
+        census.resealed,
+        census.plaintext,
+        census.older,
+        census.current
+    );
+    Ok(())
+}

@@ -990,7 +990,7 @@ async fn close_commits_what_was_queued_and_refuses_the_rest() {
         .unwrap()
         .items
         .into_iter()
-        .map(|n| n.notification.id)
+        .map(|n| n.id)
         .collect();
     assert_eq!(stored, acknowledged);
 }

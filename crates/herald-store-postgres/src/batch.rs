@@ -40,48 +40,73 @@ enum Write {
 
 /// The queue of writes waiting for a batch.
 pub(crate) struct Batcher {
-    tx: mpsc::Sender<Write>,
+    /// `None` once closed: later writes fail with [`StoreError::Closed`].
+    tx: std::sync::Mutex<Option<mpsc::Sender<Write>>>,
+    /// Answered by the batch task once everything queued before the close is committed.
+    drained: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Batcher {
     /// The batcher, and its queue's receiving end for [`start`].
     pub(crate) fn new() -> (Batcher, BatchQueue) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Batcher { tx }, BatchQueue(rx))
+        let (done, drained) = oneshot::channel();
+        (
+            Batcher {
+                tx: std::sync::Mutex::new(Some(tx)),
+                drained: tokio::sync::Mutex::new(Some(drained)),
+            },
+            BatchQueue(rx, done),
+        )
+    }
+
+    async fn send(&self, w: Write) -> Result<()> {
+        let tx = self
+            .tx
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .ok_or(StoreError::Closed)?;
+        tx.send(w).await.map_err(|_| StoreError::Closed)
     }
 
     pub(crate) async fn create(&self, new: NewNotification) -> Result<CreatedNotification> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Write::Create(new, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.send(Write::Create(new, reply)).await?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
     pub(crate) async fn complete(&self, params: CompleteParams) -> Result<Completed> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Write::Complete(params, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.send(Write::Complete(params, reply)).await?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Takes no more writes and returns once everything queued before is committed (or
+    /// failed).
+    pub(crate) async fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(drained) = self.drained.lock().await.take() {
+            let _ = drained.await;
+        }
     }
 }
 
-/// The receiving end of a [`Batcher`]'s queue.
-pub(crate) struct BatchQueue(mpsc::Receiver<Write>);
+/// The receiving end of a [`Batcher`]'s queue, and how it says it is drained.
+pub(crate) struct BatchQueue(mpsc::Receiver<Write>, oneshot::Sender<()>);
 
 /// Starts the task that forms and commits batches; it ends when the store is gone.
 pub(crate) fn start(store: Weak<Inner>, queue: BatchQueue) {
-    let mut rx = queue.0;
+    let BatchQueue(mut rx, drained) = queue;
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let Some(first) = rx.recv().await else { return };
+            let Some(first) = rx.recv().await else { break };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -95,6 +120,10 @@ pub(crate) fn start(store: Weak<Inner>, queue: BatchQueue) {
                 drop(slot);
             });
         }
+        // Closed and drained: wait for the batches still committing.
+        let all = u32::try_from(IN_FLIGHT).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+        let _ = drained.send(());
     });
 }
 

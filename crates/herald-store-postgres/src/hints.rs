@@ -11,7 +11,9 @@
 //!
 //! `work` is the hot one (every notification makes work): writers do not notify inside
 //! their transactions but signal the store's [`WorkSignal`] after they commit, and one
-//! task sends a single `work` for all the signals since its last one. A transaction that
+//! task sends a single `work` for all the signals since its last one (at most one per
+//! 5 ms). The listener passes `work` on to its engines at most once per 10 ms: every node
+//! hears every node's commits, and each `work` makes each engine claim. A transaction that
 //! notifies takes a database-wide lock through its commit (PostgreSQL serializes the
 //! notification queue), so notifying in every notification's transaction would serialize
 //! their commits and their fsyncs.
@@ -60,7 +62,10 @@ const MAX_PAYLOAD: usize = 7000;
 
 /// How long the work signaller waits after a `work` before the next one, so that a burst
 /// of commits costs one notification.
-const WORK_COALESCE: Duration = Duration::from_millis(2);
+const WORK_COALESCE: Duration = Duration::from_millis(5);
+/// The least time between two `work` hints to this store's engines (those owed meanwhile
+/// are folded into one at the end of the gap).
+const WORK_GAP: Duration = Duration::from_millis(10);
 
 /// Coalesced `work` hints (see the module doc): [`WorkSignal::signal`] after a commit that
 /// made unheld work.
@@ -453,14 +458,35 @@ async fn run(store: Weak<Inner>, first: Listening) {
         };
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.tick().await;
+        // `work` hints reach the engines at most once per WORK_GAP: every node hears every
+        // node's commits, and each `work` makes each engine claim.
+        let mut last_work: Option<tokio::time::Instant> = None;
+        let mut work_owed: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 payload = listening.payloads.recv() => {
                     let Some(payload) = payload else { break };
                     let Some(inner) = store.upgrade() else { return };
-                    if let Err(e) = handle(&inner, &payload).await {
+                    if payload == "work" {
+                        let now = tokio::time::Instant::now();
+                        match last_work.map(|t| t + WORK_GAP) {
+                            Some(next) if next > now => {
+                                work_owed.get_or_insert(next);
+                            }
+                            _ => {
+                                inner.subscribers.broadcast(Hint::Work);
+                                last_work = Some(now);
+                            }
+                        }
+                    } else if let Err(e) = handle(&inner, &payload).await {
                         tracing::warn!(error = %e, hint = %payload, "handling a hint failed");
                     }
+                }
+                _ = sleep_until_owed(work_owed) => {
+                    work_owed = None;
+                    let Some(inner) = store.upgrade() else { return };
+                    inner.subscribers.broadcast(Hint::Work);
+                    last_work = Some(tokio::time::Instant::now());
                 }
                 _ = check.tick() => {
                     let alive = tokio::time::timeout(
@@ -525,6 +551,14 @@ async fn resync(inner: &Inner) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sleeps until `owed`, or forever when nothing is owed.
+async fn sleep_until_owed(owed: Option<tokio::time::Instant>) {
+    match owed {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Acts on one notification payload (see the module doc).

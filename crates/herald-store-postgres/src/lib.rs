@@ -145,6 +145,7 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
         deadpool_postgres::PoolError::Backend(e) => {
             StoreError::Backend(format!("cannot connect: {}", describe(&e)))
         }
+        deadpool_postgres::PoolError::Closed => StoreError::Closed,
         other => StoreError::Backend(format!("no database connection: {other}")),
     }
 }
@@ -274,6 +275,9 @@ impl MetaStore for PgStore {
                 "the database did not answer within {PING_TIMEOUT:?}"
             ))
         };
+        if self.inner.pool.is_closed() {
+            return Err(StoreError::Closed);
+        }
         let mut slot = tokio::time::timeout_at(deadline, self.inner.health.lock())
             .await
             .map_err(|_| late())?;
@@ -298,11 +302,15 @@ impl MetaStore for PgStore {
         Ok(())
     }
 
-    /// Stops listening for hints and closes the pool: later calls fail, and the
-    /// connections go back to the server (nothing is held across nodes, so nothing else
-    /// needs letting go).
+    /// Commits what was queued for a group commit, then stops listening for hints, drops
+    /// the health check's connection and closes the pool: later calls fail with
+    /// [`StoreError::Closed`], and the connections go back to the server (nothing is held
+    /// across nodes that a close must let go: a node's claims end with its lease, or with
+    /// the engine's releases before it closes the store).
     async fn close(&self) {
+        self.inner.batcher.close().await;
         self.listener.abort();
+        self.inner.health.lock().await.take();
         self.inner.pool.close();
     }
 

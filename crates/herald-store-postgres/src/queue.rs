@@ -5,7 +5,8 @@
 //!   endpoint no other live node holds. Claims from all nodes are serialized by a
 //!   transaction-scoped advisory lock taken in the statement before (so the claim's
 //!   snapshot sees every earlier claim): without it, two nodes could both see an endpoint
-//!   as unheld and split it between them.
+//!   as unheld and split it between them. A lock-free peek first skips the lock when there
+//!   is nothing to claim, the usual answer for nodes that do not hold a busy endpoint.
 //! - **Outcomes** are one statement conditional on the delivery being pending, with the
 //!   attempt count the engine saw, and held by the reporting node; the attempt row is
 //!   inserted only when the outcome applies. A final outcome of an ordered delivery claims
@@ -28,20 +29,29 @@ use crate::{backend, Inner};
 /// Any constant: the advisory lock that serializes claims across nodes.
 const CLAIM_LOCK: i64 = 0x6865_7261_6c64_0003;
 
-/// The claim statement. `$1` node, `$2` horizon, `$3` now, `$4` limit; `{extra}` narrows
-/// the candidates (the successor claim adds `AND d.order_key = $5`).
-const CLAIM: &str = "
-    WITH picked AS (
-        SELECT d.seq FROM deliveries d
-        WHERE d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
-          AND EXISTS (SELECT 1 FROM nodes WHERE id = $1)
+/// What makes a delivery `d` claimable by node `$1` at horizon `$2` and time `$3`: due,
+/// unheld, first of its order key, and of an endpoint no other live node holds.
+const CLAIMABLE: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
           AND (d.order_key IS NULL OR NOT EXISTS (
                SELECT 1 FROM deliveries p
                WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))
           AND (d.endpoint_id IS NULL OR NOT EXISTS (
                SELECT 1 FROM deliveries h JOIN nodes o ON o.id = h.locked_by
                WHERE h.endpoint_id = d.endpoint_id AND h.locked_by IS NOT NULL
-                 AND h.locked_by <> $1 AND h.status = 'pending' AND o.lease_until >= $3))
+                 AND h.locked_by <> $1 AND h.status = 'pending' AND o.lease_until >= $3))";
+
+/// Whether anything is claimable, read without the claim lock: a node that finds nothing
+/// (say, every due delivery belongs to an endpoint another node holds, however long that
+/// backlog) does not hold up the other nodes' claims while it looks.
+const PEEK: &str = "SELECT EXISTS (SELECT 1 FROM deliveries d WHERE {claimable})";
+
+/// The claim statement. `$1` node, `$2` horizon, `$3` now, `$4` limit; `{extra}` narrows
+/// the candidates (the successor claim adds `AND d.order_key = $5`).
+const CLAIM: &str = "
+    WITH picked AS (
+        SELECT d.seq FROM deliveries d
+        WHERE {claimable}
+          AND EXISTS (SELECT 1 FROM nodes WHERE id = $1)
           {extra}
         ORDER BY d.next_at, d.seq
         LIMIT $4
@@ -139,8 +149,10 @@ pub(crate) async fn rescue(inner: &Inner, now: Millis) -> Result<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Claims with [`CLAIM`] inside `tx`, after taking the claim lock (pipelined: the claim's
-/// snapshot is taken after the lock is granted). `order_key` narrows it to one key.
+/// Claims with [`CLAIM`] inside `tx`, after taking the claim lock. The two statements are
+/// pipelined, the lock first (`biased`: polled, so sent, in order); the server runs them in
+/// order, so the claim's snapshot is taken once the lock is granted. `order_key` narrows
+/// the claim to one key.
 #[allow(clippy::too_many_arguments)]
 async fn claim_in(
     inner: &Inner,
@@ -152,10 +164,14 @@ async fn claim_in(
     limit: usize,
     order_key: Option<&str>,
 ) -> Result<Vec<Arc<Job>>> {
-    let sql = match order_key {
-        None => CLAIM.replace("{extra}", ""),
-        Some(_) => CLAIM.replace("{extra}", "AND d.order_key = $5"),
-    };
+    let sql = CLAIM.replace("{claimable}", CLAIMABLE).replace(
+        "{extra}",
+        if order_key.is_some() {
+            "AND d.order_key = $5"
+        } else {
+            ""
+        },
+    );
     let lock = tx
         .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await
@@ -170,7 +186,7 @@ async fn claim_in(
                     .await
                     .map_err(backend)
             };
-            tokio::try_join!(lock_fut, claim)?.1
+            tokio::try_join!(biased; lock_fut, claim)?.1
         }
         Some(key) => {
             let claim = async {
@@ -178,7 +194,7 @@ async fn claim_in(
                     .await
                     .map_err(backend)
             };
-            tokio::try_join!(lock_fut, claim)?.1
+            tokio::try_join!(biased; lock_fut, claim)?.1
         }
     };
     jobs_from_rows(inner, generation, tx, &rows, now).await
@@ -269,6 +285,23 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Job>>
     }
     let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
+    // Most claims on a busy fleet find nothing for this node: find that out without the
+    // lock. (Whatever the peek saw may be gone by the claim; the claim decides.)
+    let peek = client
+        .prepare_cached(&PEEK.replace("{claimable}", CLAIMABLE))
+        .await
+        .map_err(backend)?;
+    let node: &str = &p.node;
+    let any: bool = col(
+        &client
+            .query_one(&peek, &[&node, &p.horizon, &p.now])
+            .await
+            .map_err(backend)?,
+        0,
+    )?;
+    if !any {
+        return Ok(Vec::new());
+    }
     let tx = client.transaction().await.map_err(backend)?;
     let jobs = claim_in(
         inner, generation, &tx, &p.node, p.now, p.horizon, p.limit, None,

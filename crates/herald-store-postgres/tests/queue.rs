@@ -939,3 +939,58 @@ async fn one_node_drains_a_backlog_with_outcomes_in_flight_together() {
     assert_eq!(page.items.len(), 1000);
     assert!(page.items.iter().all(|n| n.deliveries[0].attempts == 1));
 }
+
+/// `close` commits what was queued, then every call fails with `Closed`; whatever was
+/// acknowledged is in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_commits_what_was_queued_and_refuses_the_rest() {
+    let (a, b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (a, app_id) = (a.clone(), ap.id.clone());
+        tasks.push(tokio::spawn(async move {
+            a.create_notification(notification(&app_id, Some("https://m.example/n")))
+                .await
+        }));
+    }
+    tokio::task::yield_now().await;
+    a.close().await;
+    let mut acknowledged = HashSet::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(n) => {
+                acknowledged.insert(n.notification.id);
+            }
+            Err(e) => assert!(matches!(e, herald_store::StoreError::Closed), "{e:?}"),
+        }
+    }
+    for err in [
+        a.get_app(&ap.id).await.err(),
+        a.ping().await.err(),
+        a.create_notification(notification(&ap.id, None))
+            .await
+            .err(),
+    ] {
+        assert!(
+            matches!(err, Some(herald_store::StoreError::Closed)),
+            "{err:?}"
+        );
+    }
+    let stored: HashSet<String> = b
+        .list_notifications(
+            &ap.id,
+            ListNotifications {
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(stored, acknowledged);
+}

@@ -30,15 +30,20 @@ use crate::{backend, Inner};
 const CLAIM_LOCK: i64 = 0x6865_7261_6c64_0003;
 
 /// What makes a delivery `d` claimable by node `$1` at horizon `$2` and time `$3`: due,
-/// unheld, first of its order key, and of an endpoint no other live node holds.
+/// unheld, first of its order key, and of an endpoint no other live node holds. The
+/// endpoints other nodes hold are one uncorrelated set, computed once per statement: a
+/// correlated `NOT EXISTS` here cost, for every candidate, a walk over every row the
+/// claiming node itself held of that endpoint (quadratic in a backlog; claims of three
+/// nodes stalled for seconds).
 const CLAIMABLE: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
           AND (d.order_key IS NULL OR NOT EXISTS (
                SELECT 1 FROM deliveries p
                WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))
-          AND (d.endpoint_id IS NULL OR NOT EXISTS (
-               SELECT 1 FROM deliveries h JOIN nodes o ON o.id = h.locked_by
-               WHERE h.endpoint_id = d.endpoint_id AND h.locked_by IS NOT NULL
-                 AND h.locked_by <> $1 AND h.status = 'pending' AND o.lease_until >= $3))";
+          AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
+               SELECT h.endpoint_id FROM deliveries h JOIN nodes o ON o.id = h.locked_by
+               WHERE h.locked_by IS NOT NULL AND h.locked_by <> $1
+                 AND h.endpoint_id IS NOT NULL AND h.status = 'pending'
+                 AND o.lease_until >= $3))";
 
 /// Whether anything is claimable, read without the claim lock: a node that finds nothing
 /// (say, every due delivery belongs to an endpoint another node holds, however long that

@@ -21,16 +21,17 @@ const JOB_SELECT: &str = "SELECT d.seq, d.id, d.notify_id, n.id, d.app_id, d.end
      FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq";
 
 /// Pending, unheld deliveries due by `?2` that may be claimed by node `?1`: the first of
-/// their order key, and of an endpoint no other node holds. A node that was forgotten (its
-/// lease expired) claims nothing until it registers again.
+/// their order key, and of an endpoint no other node holds (one uncorrelated set, computed
+/// once per claim, not a probe per candidate). A node that was forgotten (its lease
+/// expired) claims nothing until it registers again.
 const CLAIMABLE: &str = "EXISTS (SELECT 1 FROM nodes WHERE id = ?1)
        AND d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= ?2
        AND (d.order_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM deliveries p
             WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))
-       AND (d.endpoint_id IS NULL OR NOT EXISTS (
-            SELECT 1 FROM deliveries h
-            WHERE h.endpoint_id = d.endpoint_id AND h.locked_by IS NOT NULL AND h.locked_by <> ?1))";
+       AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
+            SELECT h.endpoint_id FROM deliveries h
+            WHERE h.locked_by IS NOT NULL AND h.endpoint_id IS NOT NULL AND h.locked_by <> ?1))";
 
 impl Writer {
     pub(super) fn register_node(&mut self, p: &LeaseParams, claim_new: bool) -> Result<()> {

@@ -201,23 +201,17 @@ impl Queue for FakeQueue {
             });
         }
         row.attempts = p.report.attempt.n;
-        let mut held = None;
-        match p.report.outcome {
-            Outcome::Succeeded => row.status = DeliveryStatus::Succeeded,
-            Outcome::Failed => row.status = DeliveryStatus::Failed,
-            Outcome::Retry { next_at } => {
-                row.next_at = next_at;
-                if next_at <= p.horizon {
-                    held = Some(FakeQueue::job_of(row));
-                } else {
-                    row.locked_by = None;
-                }
-            }
+        let (status, next_at) = p.report.outcome.status_and_next_at();
+        row.status = status;
+        if let Some(t) = next_at {
+            row.next_at = t;
         }
-        let status = row.status;
-        if status != DeliveryStatus::Pending {
+        let held = if p.keeps() {
+            Some(FakeQueue::job_of(row))
+        } else {
             row.locked_by = None;
-        }
+            None
+        };
         let mut successor = None;
         if status != DeliveryStatus::Pending {
             if let Some(k) = job.order_key.clone() {

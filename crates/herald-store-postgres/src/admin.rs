@@ -287,22 +287,12 @@ async fn read_for_notification(
 
 fn targets(new: &NewNotification, endpoints: &[Endpoint]) -> Targets {
     match &new.notify_url {
-        Some(url) => vec![(
-            None,
-            url.clone(),
-            new.order_key
-                .as_ref()
-                .map(|k| format!("app:{}:{k}", new.app_id)),
-        )],
+        Some(url) => vec![(None, url.clone(), new.order_key_for(None))],
         None => endpoints
             .iter()
-            .filter(|e| e.enabled && event_type_matches(e.event_types.as_deref(), &new.event_type))
+            .filter(|e| new.goes_to(e.enabled, e.event_types.as_deref()))
             .map(|e| {
-                let key = if e.ordered {
-                    Some(format!("ep:{}", e.id))
-                } else {
-                    new.order_key.as_ref().map(|k| format!("ep:{}:{k}", e.id))
-                };
+                let key = new.order_key_for(Some((&e.id, e.ordered)));
                 (Some(e.id.clone()), e.url.clone(), key)
             })
             .collect(),

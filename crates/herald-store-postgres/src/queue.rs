@@ -351,12 +351,8 @@ pub(crate) async fn complete_in(
 ) -> Result<Completed> {
     let job = &p.report.job;
     let a = &p.report.attempt;
-    let (status, next_at) = match p.report.outcome {
-        Outcome::Succeeded => (DeliveryStatus::Succeeded, None),
-        Outcome::Failed => (DeliveryStatus::Failed, None),
-        Outcome::Retry { next_at } => (DeliveryStatus::Pending, Some(next_at)),
-    };
-    let keep = matches!(next_at, Some(t) if t <= p.horizon);
+    let (status, next_at) = p.report.outcome.status_and_next_at();
+    let keep = p.keeps();
     let seen = i32_of(job.attempts, "attempts")?;
     let n = i32_of(a.n, "attempt number")?;
     let duration = i32::try_from(a.duration_ms).unwrap_or(i32::MAX);

@@ -183,6 +183,29 @@ pub struct NewNotification {
     pub now: Millis,
 }
 
+impl NewNotification {
+    /// Whether an endpoint (enabled or not, with its event-type filter) receives this
+    /// notification. Every driver routes by this rule.
+    pub fn goes_to(&self, enabled: bool, event_types: Option<&[String]>) -> bool {
+        enabled && event_type_matches(event_types, &self.event_type)
+    }
+
+    /// The order key of this notification's delivery to the endpoint `(id, ordered)`, or to
+    /// its `notify_url` when `None`: an ordered endpoint serializes everything it receives;
+    /// otherwise the notification's own `order_key`, scoped to the endpoint (or to the app
+    /// for a `notify_url`), serializes what shares it.
+    pub fn order_key_for(&self, endpoint: Option<(&str, bool)>) -> Option<String> {
+        match endpoint {
+            Some((id, true)) => Some(format!("ep:{id}")),
+            Some((id, false)) => self.order_key.as_ref().map(|k| format!("ep:{id}:{k}")),
+            None => self
+                .order_key
+                .as_ref()
+                .map(|k| format!("app:{}:{k}", self.app_id)),
+        }
+    }
+}
+
 /// One notification to one URL.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
@@ -422,6 +445,17 @@ pub enum Outcome {
     Succeeded,
     Retry { next_at: Millis },
     Failed,
+}
+
+impl Outcome {
+    /// The delivery's status and next attempt time once this outcome is applied.
+    pub fn status_and_next_at(self) -> (DeliveryStatus, Option<Millis>) {
+        match self {
+            Outcome::Succeeded => (DeliveryStatus::Succeeded, None),
+            Outcome::Failed => (DeliveryStatus::Failed, None),
+            Outcome::Retry { next_at } => (DeliveryStatus::Pending, Some(next_at)),
+        }
+    }
 }
 
 /// An attempt and its outcome, to be recorded.

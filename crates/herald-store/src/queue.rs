@@ -91,6 +91,14 @@ pub struct CompleteParams {
     pub horizon: Millis,
 }
 
+impl CompleteParams {
+    /// Whether the node keeps holding the delivery: it stays pending, next due by the
+    /// horizon.
+    pub fn keeps(&self) -> bool {
+        matches!(self.report.outcome, Outcome::Retry { next_at } if next_at <= self.horizon)
+    }
+}
+
 /// What [`Queue::complete`] did.
 #[derive(Clone, Debug)]
 pub struct Completed {

@@ -75,25 +75,13 @@ impl Writer {
         // Where it goes: (endpoint, url, order key).
         let targets: Vec<(Option<Arc<EndpointCtx>>, String, Option<String>)> = match &new.notify_url
         {
-            Some(url) => vec![(
-                None,
-                url.clone(),
-                new.order_key
-                    .as_ref()
-                    .map(|k| format!("app:{}:{k}", new.app_id)),
-            )],
+            Some(url) => vec![(None, url.clone(), new.order_key_for(None))],
             None => self
                 .app_endpoints(&new.app_id)?
                 .into_iter()
-                .filter(|e| {
-                    e.enabled && event_type_matches(e.event_types.as_deref(), &new.event_type)
-                })
+                .filter(|e| new.goes_to(e.enabled, e.event_types.as_deref()))
                 .map(|e| {
-                    let key = if e.ordered {
-                        Some(format!("ep:{}", e.id))
-                    } else {
-                        new.order_key.as_ref().map(|k| format!("ep:{}:{k}", e.id))
-                    };
+                    let key = new.order_key_for(Some((&e.id, e.ordered)));
                     let url = e.url.clone();
                     (Some(e), url, key)
                 })

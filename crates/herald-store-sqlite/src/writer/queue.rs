@@ -156,12 +156,8 @@ impl Writer {
     pub(super) fn complete(&mut self, p: CompleteParams) -> Result<Completed> {
         let job = &p.report.job;
         let a = &p.report.attempt;
-        let (status, next_at) = match p.report.outcome {
-            Outcome::Succeeded => (DeliveryStatus::Succeeded, None),
-            Outcome::Failed => (DeliveryStatus::Failed, None),
-            Outcome::Retry { next_at } => (DeliveryStatus::Pending, Some(next_at)),
-        };
-        let keep = next_at.is_some_and(|t| t <= p.horizon);
+        let (status, next_at) = p.report.outcome.status_and_next_at();
+        let keep = p.keeps();
         // Conditional on the state the engine saw and on the claim: a stale outcome changes
         // nothing.
         let applied = self

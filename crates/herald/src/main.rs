@@ -2,7 +2,7 @@
 //! in `herald::cmd`.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::cmd;
 use herald::config::ServeArgs;
 
@@ -51,7 +51,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `serve --help` shows defaults read from the components themselves.
+    let command = Cli::command().mut_subcommand("serve", herald::config::with_default_help);
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -209,6 +209,7 @@ pub async fn start(
         admin_token_sha256: token_hash,
         target_policy: opts.engine.target_policy.clone(),
         apps: Default::default(),
+        default_max_in_flight: opts.engine.default_max_in_flight,
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;

@@ -3,6 +3,7 @@
 //! [`error`].
 mod apps;
 mod endpoints;
+pub use endpoints::MAX_IN_FLIGHT_LIMIT;
 pub mod error;
 pub(crate) mod extract;
 mod notifications;
@@ -60,6 +61,8 @@ pub struct ApiState {
     /// time. Apps are never deleted; a rotation here drops the entry. A rotation on another
     /// node leaves an older version here, which still encodes the same way.
     pub apps: Arc<AppCache>,
+    /// The in-flight limit of an endpoint created without one (`--default-max-in-flight`).
+    pub default_max_in_flight: u32,
 }
 
 /// A bounded map of apps by id (see [`ApiState::apps`]).

@@ -270,9 +270,7 @@ struct TimedBody {
 }
 
 /// The error a [`TimedBody`] ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive in time")]
-pub struct BodyTimeout;
+pub use herald_http::BodyTimeout;
 
 impl http_body::Body for TimedBody {
     type Data = Bytes;

@@ -4,8 +4,8 @@
 mod apps;
 mod endpoints;
 pub use endpoints::MAX_IN_FLIGHT_LIMIT;
-pub mod error;
-pub(crate) mod extract;
+pub use herald_http::error;
+pub use herald_http::extract;
 mod notifications;
 pub(crate) mod views;
 
@@ -24,8 +24,7 @@ use sha2::{Digest, Sha256};
 
 use self::error::ApiError;
 
-/// Request bodies larger than this get 413.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub use herald_http::MAX_BODY;
 
 /// The most items one page of a list holds (notifications, endpoints, attempts); a larger
 /// `limit` is 422. With summaries in notification lists, a page stays small whatever the
@@ -166,7 +165,7 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 /// The admin-token guard (also used by the sandbox's `/v1/sandbox` routes).
-pub(crate) async fn require_admin(
+pub async fn require_admin(
     State(state): State<ApiState>,
     req: Request,
     next: Next,

@@ -7,8 +7,8 @@
 //! batch, and nothing of it is reported as done. Replies and hints go out only after the
 //! commit.
 //!
-//! The operations themselves live by concern: [`admin`] (apps and endpoints, and the caches
-//! of their settings), [`notifications`] (creating notifications and sandbox trades, manual
+//! The operations themselves live by concern: [`admin`] (apps, their API keys and endpoints,
+//! and the caches of their settings), [`notifications`] (creating notifications and sandbox trades, manual
 //! retry and recover) and [`queue`] (the engine's claims, outcomes, releases and leases).
 //! The writer keeps small caches of app and endpoint settings (it is the only one who changes
 //! them, so it keeps them coherent); a failed commit clears them.
@@ -38,6 +38,11 @@ pub(crate) enum Op {
     CreateApp(NewApp, Reply<App>),
     SetCredentials(String, Credentials, Reply<Option<App>>),
     ResealCredentials(Reply<SealCensus>),
+    UpdateApp(String, AppPatch, Reply<Option<App>>),
+    DeleteApp(String, Millis, Reply<Option<u64>>),
+    CreateApiKey(NewApiKey, Reply<ApiKey>),
+    DeleteApiKey(String, String, Reply<bool>),
+    TouchApiKey(String, Millis, Reply<()>),
     CreateEndpoint(NewEndpoint, Reply<Endpoint>),
     UpdateEndpoint {
         app_id: String,
@@ -241,6 +246,26 @@ impl Writer {
                 let r = self.reseal_credentials();
                 done(reply, r)
             }
+            Op::UpdateApp(id, patch, reply) => {
+                let r = self.update_app(&id, patch, hints);
+                done(reply, r)
+            }
+            Op::DeleteApp(id, now, reply) => {
+                let r = self.delete_app(&id, now, hints);
+                done(reply, r)
+            }
+            Op::CreateApiKey(new, reply) => {
+                let r = self.create_api_key(new);
+                done(reply, r)
+            }
+            Op::DeleteApiKey(app_id, id, reply) => {
+                let r = self.delete_api_key(&app_id, &id);
+                done(reply, r)
+            }
+            Op::TouchApiKey(id, now, reply) => {
+                let r = self.touch_api_key(&id, now);
+                done(reply, r)
+            }
             Op::CreateEndpoint(new, reply) => {
                 let r = self.create_endpoint(new);
                 done(reply, r)
@@ -341,6 +366,11 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::CreateApp(_, r) => fail(r, err),
         Op::SetCredentials(_, _, r) => fail(r, err),
         Op::ResealCredentials(r) => fail(r, err),
+        Op::UpdateApp(_, _, r) => fail(r, err),
+        Op::DeleteApp(_, _, r) => fail(r, err),
+        Op::CreateApiKey(_, r) => fail(r, err),
+        Op::DeleteApiKey(_, _, r) => fail(r, err),
+        Op::TouchApiKey(_, _, r) => fail(r, err),
         Op::CreateEndpoint(_, r) => fail(r, err),
         Op::UpdateEndpoint { reply, .. } => fail(reply, err),
         Op::DeleteEndpoint { reply, .. } => fail(reply, err),

@@ -222,7 +222,13 @@ pub(crate) async fn create_api_key(inner: &Inner, new: NewApiKey) -> Result<ApiK
             "INSERT INTO api_keys (id, app_id, prefix, key_sha256, created_at)
              SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint
              FROM apps WHERE id = $2 AND deleted_at IS NULL",
-            &[&key.id, &key.app_id, &key.prefix, &new.key_sha256, &key.created_at],
+            &[
+                &key.id,
+                &key.app_id,
+                &key.prefix,
+                &new.key_sha256,
+                &key.created_at,
+            ],
         )
         .await
         .map_err(|e| match violated(&e, &SqlState::UNIQUE_VIOLATION) {
@@ -666,7 +672,9 @@ pub(crate) async fn retry_delivery(
         ));
     }
     if app_deleted {
-        return Err(StoreError::Conflict("the delivery's app was deleted".into()));
+        return Err(StoreError::Conflict(
+            "the delivery's app was deleted".into(),
+        ));
     }
     if endpoint_id.is_some() && endpoint_deleted {
         return Err(StoreError::Conflict(

@@ -367,6 +367,18 @@ impl MetaStore for PgStore {
             .map_err(backend)?;
         Ok(())
     }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &value],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
 }
 
 #[async_trait]

@@ -183,10 +183,7 @@ pub(crate) async fn list_apps(
     );
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let fetch = limit as i64 + 1;
-    let rows = c
-        .query(&stmt, &[&after, &fetch])
-        .await
-        .map_err(backend)?;
+    let rows = c.query(&stmt, &[&after, &fetch]).await.map_err(backend)?;
     let more = rows.len() > limit;
     let items = rows
         .iter()
@@ -224,7 +221,10 @@ pub(crate) async fn list_api_keys(c: &impl GenericClient, app_id: &str) -> Resul
 }
 
 /// The key with this hash, when its app is live.
-pub(crate) async fn find_api_key(c: &impl GenericClient, key_sha256: &str) -> Result<Option<ApiKey>> {
+pub(crate) async fn find_api_key(
+    c: &impl GenericClient,
+    key_sha256: &str,
+) -> Result<Option<ApiKey>> {
     let stmt = c
         .prepare_cached(
             "SELECT k.id, k.app_id, k.prefix, k.created_at, k.last_used_at

@@ -488,6 +488,11 @@ impl MetaStore for SqliteStore {
         let (k, v) = (key.to_string(), value.to_string());
         self.call(|r| Op::SetMeta(k, v, r)).await
     }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<bool> {
+        let (k, v) = (key.to_string(), value.to_string());
+        self.call(|r| Op::SetMetaIfAbsent(k, v, r)).await
+    }
 }
 
 /// How long opening waits for an earlier owner of the file to let go (a process that is

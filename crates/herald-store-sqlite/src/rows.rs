@@ -137,9 +137,13 @@ pub(crate) fn list_apps(conn: &Connection, sealer: &Sealer, page: &ListApps) -> 
         ))
         .map_err(backend)?;
     let rows = stmt
-        .query_map(params![after, i64::from(limit) + 1], |r| app_from_row(r, sealer))
+        .query_map(params![after, i64::from(limit) + 1], |r| {
+            app_from_row(r, sealer)
+        })
         .map_err(app_error)?;
-    let mut items = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(app_error)?;
+    let mut items = rows
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(app_error)?;
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
     let next_cursor = if more {
@@ -168,7 +172,9 @@ pub(crate) fn list_api_keys(conn: &Connection, app_id: &str) -> Result<Vec<ApiKe
             "SELECT {API_KEY_COLS} FROM api_keys WHERE app_id = ?1 ORDER BY created_at, id"
         ))
         .map_err(backend)?;
-    let rows = stmt.query_map([app_id], api_key_from_row).map_err(backend)?;
+    let rows = stmt
+        .query_map([app_id], api_key_from_row)
+        .map_err(backend)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
 }
 

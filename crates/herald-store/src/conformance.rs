@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             apps_list_in_pages_and_change_and_a_deleted_app_is_gone,
             deleting_an_app_cancels_its_pending_deliveries_also_held_ones,
             api_keys_are_found_by_hash_touched_and_revoked,
+            a_meta_value_set_if_absent_keeps_the_first,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1860,11 +1861,21 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
         (&later.deliveries[0].id, DeliveryStatus::Canceled),
         (&bystander.deliveries[0].id, DeliveryStatus::Pending),
     ] {
-        let d = store.get_delivery(id).await.unwrap().expect("still readable");
+        let d = store
+            .get_delivery(id)
+            .await
+            .unwrap()
+            .expect("still readable");
         assert_eq!(d.delivery.status, want, "{id}");
     }
     // The holder's late outcome does not bring it back.
-    let done = complete(store, &n1, &held_jobs[0], Outcome::Retry { next_at: T0 + 2000 }).await;
+    let done = complete(
+        store,
+        &n1,
+        &held_jobs[0],
+        Outcome::Retry { next_at: T0 + 2000 },
+    )
+    .await;
     assert!(!done.applied);
     assert_eq!(done.status, Some(DeliveryStatus::Canceled));
     let d = store
@@ -1912,7 +1923,10 @@ pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) 
         .await
         .unwrap();
     let kb = store.create_api_key(new_key(&b.id, "33")).await.unwrap();
-    let err = store.create_api_key(new_key(&a.id, "11")).await.unwrap_err();
+    let err = store
+        .create_api_key(new_key(&a.id, "11"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     let err = store
         .create_api_key(new_key("app_missing", "44"))
@@ -1921,7 +1935,11 @@ pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) 
     assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
 
     let listed = store.list_api_keys(&a.id).await.unwrap();
-    assert_eq!(listed, vec![k1.clone(), k2.clone()], "the app's own, oldest first");
+    assert_eq!(
+        listed,
+        vec![k1.clone(), k2.clone()],
+        "the app's own, oldest first"
+    );
     assert_eq!(store.find_api_key("11").await.unwrap(), Some(k1.clone()));
     assert_eq!(store.find_api_key("99").await.unwrap(), None);
 
@@ -1930,7 +1948,10 @@ pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) 
     let found = store.find_api_key("11").await.unwrap().unwrap();
     assert_eq!(found.last_used_at, Some(T0 + 500), "never moves back");
 
-    assert!(!store.delete_api_key(&b.id, &k1.id).await.unwrap(), "another app's key");
+    assert!(
+        !store.delete_api_key(&b.id, &k1.id).await.unwrap(),
+        "another app's key"
+    );
     assert!(store.delete_api_key(&a.id, &k1.id).await.unwrap());
     assert!(!store.delete_api_key(&a.id, &k1.id).await.unwrap());
     assert_eq!(store.find_api_key("11").await.unwrap(), None, "revoked");
@@ -1941,6 +1962,20 @@ pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) 
     assert_eq!(store.find_api_key("22").await.unwrap(), None);
     assert!(store.list_api_keys(&a.id).await.unwrap().is_empty());
     assert_eq!(store.find_api_key("33").await.unwrap(), Some(kb));
-    let err = store.create_api_key(new_key(&a.id, "55")).await.unwrap_err();
+    let err = store
+        .create_api_key(new_key(&a.id, "55"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+}
+
+pub async fn a_meta_value_set_if_absent_keeps_the_first(store: &impl Store) {
+    assert!(store.set_meta_if_absent("k", "first").await.unwrap());
+    assert!(!store.set_meta_if_absent("k", "second").await.unwrap());
+    assert_eq!(store.get_meta("k").await.unwrap().as_deref(), Some("first"));
+    store.set_meta("k", "replaced").await.unwrap();
+    assert_eq!(
+        store.get_meta("k").await.unwrap().as_deref(),
+        Some("replaced")
+    );
 }

@@ -181,4 +181,7 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn close(&self);
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+    /// Sets `key` only when it has no value yet; true when this call set it (the first of
+    /// several nodes starting at once wins, the others read its value).
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<bool>;
 }

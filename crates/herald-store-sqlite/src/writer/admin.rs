@@ -144,12 +144,7 @@ impl Writer {
         self.conn
             .execute(
                 "UPDATE apps SET name = ?2, retry = ?3, ack = ?4 WHERE id = ?1",
-                params![
-                    id,
-                    app.name,
-                    opt_json(&app.retry)?,
-                    opt_json(&app.ack)?
-                ],
+                params![id, app.name, opt_json(&app.retry)?, opt_json(&app.ack)?],
             )
             .map_err(backend)?;
         let ctx = Arc::new(AppCtx::from_app(&app));
@@ -232,7 +227,13 @@ impl Writer {
             .execute(
                 "INSERT INTO api_keys (id, app_id, prefix, key_sha256, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.id, key.app_id, key.prefix, new.key_sha256, key.created_at],
+                params![
+                    key.id,
+                    key.app_id,
+                    key.prefix,
+                    new.key_sha256,
+                    key.created_at
+                ],
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _)

@@ -70,6 +70,7 @@ pub(crate) enum Op {
         reply: Reply<u64>,
     },
     SetMeta(String, String, Reply<()>),
+    SetMetaIfAbsent(String, String, Reply<bool>),
     WriteSandbox(SandboxWrite, Reply<SandboxWritten>),
     RegisterNode(LeaseParams, bool, Reply<()>),
     RenewLease(LeaseParams, Reply<Lease>),
@@ -318,6 +319,17 @@ impl Writer {
                     .map_err(backend);
                 done(reply, r)
             }
+            Op::SetMetaIfAbsent(k, v, reply) => {
+                let r = self
+                    .conn
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                        [&k, &v],
+                    )
+                    .map(|n| n == 1)
+                    .map_err(backend);
+                done(reply, r)
+            }
             Op::WriteSandbox(write, reply) => {
                 let r = self.write_sandbox(write, hints);
                 done(reply, r)
@@ -378,6 +390,7 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::RetryDelivery { reply, .. } => fail(reply, err),
         Op::Recover { reply, .. } => fail(reply, err),
         Op::SetMeta(_, _, r) => fail(r, err),
+        Op::SetMetaIfAbsent(_, _, r) => fail(r, err),
         Op::WriteSandbox(_, r) => fail(r, err),
         Op::RegisterNode(_, _, r) => fail(r, err),
         Op::RenewLease(_, r) => fail(r, err),

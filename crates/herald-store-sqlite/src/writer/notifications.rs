@@ -225,7 +225,9 @@ impl Writer {
             ));
         }
         if self.app_ctx(&d.app_id)?.is_none() {
-            return Err(StoreError::Conflict("the delivery's app was deleted".into()));
+            return Err(StoreError::Conflict(
+                "the delivery's app was deleted".into(),
+            ));
         }
         if let Some(ep) = &d.endpoint_id {
             if self.endpoint_ctx(ep)?.is_none() {

@@ -74,7 +74,7 @@ async fn the_openapi_document_and_the_router_have_the_same_routes_and_methods() 
         undocumented.is_empty() && unrouted.is_empty(),
         "routes without #[utoipa::path] in ApiDoc: {undocumented:?}; documented but not routed: {unrouted:?}"
     );
-    assert!(routed.len() >= 25, "{routed:?}");
+    assert!(routed.len() >= 24, "every route of this build: {routed:?}");
 }
 
 fn refs(v: &Value, out: &mut Vec<String>) {

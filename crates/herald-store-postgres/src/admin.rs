@@ -282,11 +282,15 @@ pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<E
         updated_at: new.now,
     };
     let client = inner.client().await?;
-    client
+    // Only for a live app (the app row locked as the foreign key's check would).
+    let inserted = client
         .execute(
-            "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
+            "WITH a AS (SELECT id FROM apps WHERE id = $2 AND deleted_at IS NULL FOR KEY SHARE)
+             INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
                                     ordered, enabled, timeout_ms, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int4,
+                    $8::bool, $9::bool, $10::int4, $11::int8, $12::int8
+             FROM a",
             &[
                 &ep.id,
                 &ep.app_id,
@@ -307,6 +311,9 @@ pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<E
             Some(_) => StoreError::NotFound("app"),
             None => backend(e),
         })?;
+    if inserted == 0 {
+        return Err(StoreError::NotFound("app"));
+    }
     Ok(ep)
 }
 

@@ -243,6 +243,10 @@ pub async fn start(
         tracing::info!(public_url = %sb.public_url(), "the payment sandbox is mounted");
         sandbox_url = Some(sb.public_url().to_string());
         app = app.merge(sandbox::router(sb, api_state));
+        // The sandbox's wrong methods answer like the API's: 405, `Allow`, the JSON error.
+        app = app.layer(axum::middleware::map_response(
+            api::error::method_not_allowed_as_json,
+        ));
     }
     let serve = http::serve(listener, app, opts.http.clone(), max_connections, stop_rx);
     let stats = engine.stats.clone();

@@ -16,7 +16,10 @@ async fn apps_list_in_pages_change_and_keep_their_credentials() {
     ids.sort();
     let (status, first) = server.call("GET", "/v1/apps?limit=2", None).await;
     assert_eq!(status, 200, "{first}");
-    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
     let (_, second) = server
         .call("GET", &format!("/v1/apps?limit=2&cursor={cursor}"), None)
         .await;
@@ -34,7 +37,10 @@ async fn apps_list_in_pages_change_and_keep_their_credentials() {
         "a list never shows secrets: {first}"
     );
     let (status, v) = server.call("GET", "/v1/apps?limit=101", None).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("invalid"))
+    );
 
     let app = &ids[0];
     let (status, v) = server
@@ -70,7 +76,11 @@ async fn apps_list_in_pages_change_and_keep_their_credentials() {
         let (status, v) = server
             .call("PATCH", &format!("/v1/apps/{app}"), Some(body.clone()))
             .await;
-        assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid")), "{body}");
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (422, Some("invalid")),
+            "{body}"
+        );
     }
     let (_, after) = server.call("GET", &format!("/v1/apps/{app}"), None).await;
     assert_eq!(after["name"], "renamed");
@@ -90,7 +100,9 @@ async fn deleting_an_app_cancels_its_pending_deliveries_and_shows_afterwards() {
     server
         .endpoint(&app, json!({"url": receiver.url("/hook")}))
         .await;
-    let n = server.notify(&app, json!({"event_type": "e", "payload": {"a": 1}})).await;
+    let n = server
+        .notify(&app, json!({"event_type": "e", "payload": {"a": 1}}))
+        .await;
     let id = n["id"].as_str().unwrap().to_string();
     // The first attempt fails; the next is an hour away: pending.
     let pending = server
@@ -102,7 +114,9 @@ async fn deleting_an_app_cancels_its_pending_deliveries_and_shows_afterwards() {
         .await;
     let key = key["key"].as_str().unwrap().to_string();
 
-    let (status, v) = server.call("DELETE", &format!("/v1/apps/{app}"), None).await;
+    let (status, v) = server
+        .call("DELETE", &format!("/v1/apps/{app}"), None)
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["canceled_deliveries"], 1);
     let after = server.notification(&id).await;
@@ -125,17 +139,28 @@ async fn deleting_an_app_cancels_its_pending_deliveries_and_shows_afterwards() {
             Some(json!({"event_type": "e", "payload": {}})),
         )
         .await;
-    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let delivery = after["deliveries"][0]["id"].as_str().unwrap();
     let (status, _) = server
         .call("POST", &format!("/v1/deliveries/{delivery}/retry"), None)
         .await;
     assert_eq!(status, 409, "a deleted app's delivery is not retried");
     let (status, _) = server
-        .call_raw("GET", &format!("/v1/notifications/{id}"), None, Some(&key), &[])
+        .call_raw(
+            "GET",
+            &format!("/v1/notifications/{id}"),
+            None,
+            Some(&key),
+            &[],
+        )
         .await;
     assert_eq!(status, 401, "the deleted app's keys are revoked");
-    let (status, _) = server.call("DELETE", &format!("/v1/apps/{app}"), None).await;
+    let (status, _) = server
+        .call("DELETE", &format!("/v1/apps/{app}"), None)
+        .await;
     assert_eq!(status, 404);
     // Nothing more reaches the receiver.
     let before = receiver.count();
@@ -161,11 +186,20 @@ async fn an_api_key_is_shown_once_stored_hashed_and_revocable() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
-    assert!(!list.to_string().contains(&key), "listing never shows the key");
+    assert!(
+        !list.to_string().contains(&key),
+        "listing never shows the key"
+    );
 
     // Used: last_used_at is recorded.
     let (status, _) = server
-        .call_raw("GET", &format!("/v1/apps/{app}/notifications"), None, Some(&key), &[])
+        .call_raw(
+            "GET",
+            &format!("/v1/apps/{app}/notifications"),
+            None,
+            Some(&key),
+            &[],
+        )
         .await;
     assert_eq!(status, 200);
     let (_, list) = server
@@ -184,9 +218,16 @@ async fn an_api_key_is_shown_once_stored_hashed_and_revocable() {
             .map(|b| format!("{b:02x}"))
             .collect()
     };
-    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
-    assert!(!contains(&raw, &key) && !contains(&wal, &key), "the key is not stored");
-    assert!(contains(&raw, &hash) || contains(&wal, &hash), "its hash is");
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        !contains(&raw, &key) && !contains(&wal, &key),
+        "the key is not stored"
+    );
+    assert!(
+        contains(&raw, &hash) || contains(&wal, &hash),
+        "its hash is"
+    );
 
     let server = TestServer::start_on(db, common::engine_config(true)).await;
     let key_id = created["id"].as_str().unwrap();
@@ -195,9 +236,18 @@ async fn an_api_key_is_shown_once_stored_hashed_and_revocable() {
         .await;
     assert_eq!(status, 204);
     let (status, v) = server
-        .call_raw("GET", &format!("/v1/apps/{app}/notifications"), None, Some(&key), &[])
+        .call_raw(
+            "GET",
+            &format!("/v1/apps/{app}/notifications"),
+            None,
+            Some(&key),
+            &[],
+        )
         .await;
-    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let (status, _) = server
         .call("DELETE", &format!("/v1/apps/{app}/keys/{key_id}"), None)
         .await;
@@ -227,7 +277,13 @@ async fn an_app_key_sends_and_reads_its_own_app_only() {
         let server = &server;
         async move {
             server
-                .call_raw(method, &path, body.map(|b| b.to_string().into_bytes()), Some(&key), &[])
+                .call_raw(
+                    method,
+                    &path,
+                    body.map(|b| b.to_string().into_bytes()),
+                    Some(&key),
+                    &[],
+                )
                 .await
         }
     };
@@ -259,20 +315,36 @@ async fn an_app_key_sends_and_reads_its_own_app_only() {
         .and_then(|d| d.first())
         .map(|d| d["id"].as_str().unwrap().to_string());
     let mut forbidden = vec![
-        ("POST", format!("/v1/apps/{other}/notifications"), Some(json!({"event_type": "e", "payload": {}}))),
+        (
+            "POST",
+            format!("/v1/apps/{other}/notifications"),
+            Some(json!({"event_type": "e", "payload": {}})),
+        ),
         ("GET", format!("/v1/apps/{other}/notifications"), None),
         ("GET", format!("/v1/notifications/{other_id}"), None),
         ("GET", "/v1/apps".to_string(), None),
         ("POST", "/v1/apps".to_string(), Some(json!({"name": "x"}))),
         ("GET", format!("/v1/apps/{app}"), None),
-        ("PATCH", format!("/v1/apps/{app}"), Some(json!({"name": "x"}))),
+        (
+            "PATCH",
+            format!("/v1/apps/{app}"),
+            Some(json!({"name": "x"})),
+        ),
         ("DELETE", format!("/v1/apps/{app}"), None),
         ("POST", format!("/v1/apps/{app}/keys"), None),
         ("GET", format!("/v1/apps/{app}/keys"), None),
         ("GET", format!("/v1/apps/{app}/endpoints"), None),
-        ("POST", format!("/v1/apps/{app}/endpoints"), Some(json!({"url": "http://127.0.0.1:1/x"}))),
+        (
+            "POST",
+            format!("/v1/apps/{app}/endpoints"),
+            Some(json!({"url": "http://127.0.0.1:1/x"})),
+        ),
         ("POST", format!("/v1/apps/{app}/secret/rotate"), None),
-        ("POST", format!("/v1/apps/{app}/recover"), Some(json!({"since": "2026-01-01T00:00:00Z"}))),
+        (
+            "POST",
+            format!("/v1/apps/{app}/recover"),
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+        ),
         ("POST", format!("/v1/deliveries/{delivery}/retry"), None),
     ];
     if let Some(d) = other_delivery {
@@ -290,7 +362,9 @@ async fn an_app_key_sends_and_reads_its_own_app_only() {
     let (_, got) = server.call("GET", &format!("/v1/apps/{app}"), None).await;
     assert_eq!(got["name"], "shop");
     // The admin token still administers, and an unknown hk_ key is 401.
-    let (status, _) = server.call("GET", &format!("/v1/apps/{app}/keys"), None).await;
+    let (status, _) = server
+        .call("GET", &format!("/v1/apps/{app}/keys"), None)
+        .await;
     assert_eq!(status, 200);
     let (status, _) = server
         .call_raw("GET", "/v1/apps", None, Some("hk_not-a-real-key"), &[])
@@ -305,15 +379,26 @@ async fn a_wrong_method_is_405_with_allow_and_the_json_error() {
     let app = server.app(json!({})).await;
     for (method, path, allowed) in [
         ("PUT", "/v1/apps".to_string(), vec!["GET", "POST"]),
-        ("POST", format!("/v1/apps/{app}"), vec!["DELETE", "GET", "PATCH"]),
+        (
+            "POST",
+            format!("/v1/apps/{app}"),
+            vec!["DELETE", "GET", "PATCH"],
+        ),
         ("DELETE", "/v1/notifications/ntf_x".to_string(), vec!["GET"]),
-        ("GET", "/v1/deliveries/dlv_x/retry".to_string(), vec!["POST"]),
+        (
+            "GET",
+            "/v1/deliveries/dlv_x/retry".to_string(),
+            vec!["POST"],
+        ),
         ("POST", "/healthz".to_string(), vec!["GET"]),
     ] {
         for token in [Some(TOKEN), None] {
             let (status, headers, v) = server.call_full(method, &path, None, token, &[]).await;
             assert_eq!(status, 405, "{method} {path}");
-            assert_eq!(v["error"]["code"], "method_not_allowed", "{method} {path}: {v}");
+            assert_eq!(
+                v["error"]["code"], "method_not_allowed",
+                "{method} {path}: {v}"
+            );
             assert!(v["error"]["message"].as_str().unwrap().contains(method));
             let allow = headers
                 .get("allow")
@@ -334,5 +419,8 @@ async fn a_wrong_method_is_405_with_allow_and_the_json_error() {
     }
     // An unknown path stays 404.
     let (status, v) = server.call("PUT", "/v1/nothing-here", None).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 }

@@ -154,6 +154,9 @@ async fn the_docs_page_shows_every_operation_and_schema_and_loads_nothing_else()
     }
     assert!(!page.contains("<script"), "no script");
     for attr in ["src=\"http", "href=\"http", "@import", "url("] {
-        assert!(!page.contains(attr), "nothing loaded from elsewhere: {attr}");
+        assert!(
+            !page.contains(attr),
+            "nothing loaded from elsewhere: {attr}"
+        );
     }
 }

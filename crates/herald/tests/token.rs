@@ -24,9 +24,12 @@ fn options(database: Database, listen: &str) -> ServerOptions {
 }
 
 async fn start(database: &Database) -> Running {
-    server::start(options(database.clone(), "127.0.0.1:0"), std::future::pending())
-        .await
-        .expect("server starts")
+    server::start(
+        options(database.clone(), "127.0.0.1:0"),
+        std::future::pending(),
+    )
+    .await
+    .expect("server starts")
 }
 
 /// The status of `GET /v1/apps` with `token`.
@@ -78,7 +81,11 @@ fn reset(db_url: &str) -> String {
         .output()
         .expect("run herald");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout
         .lines()
         .find(|l| l.starts_with("New admin token"))
@@ -102,9 +109,16 @@ async fn reset_replaces_the_token(database: Database, url: &str) {
     assert_ne!(new, old);
 
     let running = start(&database).await;
-    assert!(running.generated_token.is_none(), "the reset token is stored");
+    assert!(
+        running.generated_token.is_none(),
+        "the reset token is stored"
+    );
     assert_eq!(status_with(&running, &new).await, 200);
-    assert_eq!(status_with(&running, &old).await, 401, "the old token is replaced");
+    assert_eq!(
+        status_with(&running, &old).await,
+        401,
+        "the old token is replaced"
+    );
     running.shutdown().await;
 }
 
@@ -127,7 +141,12 @@ fn token_reset_refuses_a_missing_sqlite_file_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path: &Path = &dir.path().join("missing.db");
     let out = std::process::Command::new(BIN)
-        .args(["token", "reset", "--db", &format!("sqlite://{}", path.display())])
+        .args([
+            "token",
+            "reset",
+            "--db",
+            &format!("sqlite://{}", path.display()),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::TestServer;
+use herald::api::Access;
 use serde_json::Value;
 
 const METHODS: [&str; 8] = [
@@ -75,6 +76,29 @@ async fn the_openapi_document_and_the_router_have_the_same_routes_and_methods() 
         "routes without #[utoipa::path] in ApiDoc: {undocumented:?}; documented but not routed: {unrouted:?}"
     );
     assert!(routed.len() >= 24, "every route of this build: {routed:?}");
+
+    // The credentials each operation declares are the ones its route accepts.
+    for (path, access, _) in herald::api::routes() {
+        for m in METHODS {
+            let Some(op) = doc["paths"][path].get(m) else {
+                continue;
+            };
+            let declared: Vec<String> = match op.get("security").and_then(Value::as_array) {
+                Some(list) => list
+                    .iter()
+                    .filter_map(Value::as_object)
+                    .flat_map(|o| o.keys().cloned())
+                    .collect(),
+                None => vec!["bearer".into()], // the document's default
+            };
+            let want: Vec<String> = match access {
+                Access::Public => vec![],
+                Access::App => vec!["bearer".into(), "api_key".into()],
+                Access::Admin => vec!["bearer".into()],
+            };
+            assert_eq!(declared, want, "{m} {path} ({access:?})");
+        }
+    }
 }
 
 fn refs(v: &Value, out: &mut Vec<String>) {

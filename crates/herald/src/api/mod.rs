@@ -58,8 +58,9 @@ pub struct ApiState {
     pub target_policy: Arc<TargetPolicy>,
     /// Apps as the accept path needs them (the profile and credentials of the encoding
     /// check), so accepting a notification does not read the app from the database each
-    /// time. Apps are never deleted; a rotation here drops the entry. A rotation on another
-    /// node leaves an older version here, which still encodes the same way.
+    /// time. A rotation, change or deletion here drops the entry. A rotation on another
+    /// node leaves an older version here, which still encodes the same way; an app deleted
+    /// on another node may stay here, but the store refuses its notifications (404).
     pub apps: Arc<AppCache>,
 }
 

@@ -134,7 +134,7 @@ pub fn render(doc: &Value) -> String {
          <h1>{t} API reference</h1><p>{d}</p>\
          <p>OpenAPI {v}: <a href=\"/openapi.json\">/openapi.json</a></p>",
         t = esc(title),
-        d = esc(doc["info"]["description"].as_str().unwrap_or("")),
+        d = prose(doc["info"]["description"].as_str().unwrap_or("")),
         v = esc(doc["openapi"].as_str().unwrap_or("")),
     );
     out.push_str("<h2>Operations</h2><nav><ul>");
@@ -186,7 +186,7 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
     );
     for key in ["summary", "description"] {
         if let Some(text) = op[key].as_str() {
-            let _ = write!(out, "<p>{}</p>", esc(text));
+            let _ = write!(out, "<p>{}</p>", prose(text));
         }
     }
     let auth = match op.get("security").and_then(Value::as_array) {
@@ -218,7 +218,7 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
                 } else {
                     "no"
                 },
-                esc(p["description"].as_str().unwrap_or("")),
+                prose(p["description"].as_str().unwrap_or("")),
             );
         }
         out.push_str("</table>");
@@ -235,7 +235,7 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
                 out,
                 "<li><b>{}</b> {} {}</li>",
                 esc(status),
-                esc(r["description"].as_str().unwrap_or("")),
+                prose(r["description"].as_str().unwrap_or("")),
                 if schema.is_null() {
                     String::new()
                 } else {
@@ -272,7 +272,7 @@ fn schema_ref(schema: &Value) -> String {
 
 fn schema_fields(out: &mut String, schema: &Value) {
     if let Some(text) = schema["description"].as_str() {
-        let _ = write!(out, "<p>{}</p>", esc(text));
+        let _ = write!(out, "<p>{}</p>", prose(text));
     }
     let Some(props) = schema["properties"].as_object() else {
         let _ = write!(out, "<pre>{}</pre>", esc(&pretty(schema)));
@@ -312,7 +312,7 @@ fn schema_fields(out: &mut String, schema: &Value) {
             } else {
                 "no"
             },
-            esc(p["description"].as_str().unwrap_or("")),
+            prose(p["description"].as_str().unwrap_or("")),
         );
     }
     out.push_str("</table>");
@@ -328,6 +328,23 @@ fn anchor(method: &str, path: &str) -> String {
         id.push(if c.is_ascii_alphanumeric() { c } else { '-' });
     }
     id
+}
+
+/// Escaped text with its `code` spans (between backticks, as in the doc comments) shown as
+/// code.
+fn prose(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    for (i, part) in s.split('`').enumerate() {
+        if i % 2 == 1 && s.matches('`').count() % 2 == 0 {
+            let _ = write!(out, "<code>{}</code>", esc(part));
+        } else {
+            if i > 0 && s.matches('`').count() % 2 == 1 {
+                out.push('`');
+            }
+            out.push_str(&esc(part));
+        }
+    }
+    out
 }
 
 /// HTML-escapes text for element content and double-quoted attributes.
@@ -371,5 +388,7 @@ mod tests {
         assert!(page.contains("a &amp; b"));
         assert!(page.contains("&lt;ok&gt;"));
         assert!(!page.contains("<script"));
+        assert_eq!(prose("a `b<c>` d"), "a <code>b&lt;c&gt;</code> d");
+        assert_eq!(prose("odd ` tick"), "odd ` tick");
     }
 }

@@ -333,14 +333,15 @@ fn anchor(method: &str, path: &str) -> String {
 /// Escaped text with its `code` spans (between backticks, as in the doc comments) shown as
 /// code.
 fn prose(s: &str) -> String {
+    let paired = s.matches('`').count().is_multiple_of(2);
+    if !paired {
+        return esc(s);
+    }
     let mut out = String::with_capacity(s.len() + 16);
     for (i, part) in s.split('`').enumerate() {
-        if i % 2 == 1 && s.matches('`').count() % 2 == 0 {
+        if i % 2 == 1 {
             let _ = write!(out, "<code>{}</code>", esc(part));
         } else {
-            if i > 0 && s.matches('`').count() % 2 == 1 {
-                out.push('`');
-            }
             out.push_str(&esc(part));
         }
     }

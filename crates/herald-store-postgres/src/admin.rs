@@ -67,7 +67,8 @@ pub(crate) async fn set_app_credentials(
     let row = client
         .query_opt(
             &format!(
-                "WITH u AS (UPDATE apps SET credentials = $2 WHERE id = $1 RETURNING {APP_COLS})
+                "WITH u AS (UPDATE apps SET credentials = $2 WHERE id = $1 AND deleted_at IS NULL
+                            RETURNING {APP_COLS})
                  SELECT {APP_COLS}, pg_notify($3, $4)::text FROM u"
             ),
             &[
@@ -110,6 +111,161 @@ pub(crate) async fn reseal_credentials(inner: &Inner) -> Result<SealCensus> {
     Ok(census)
 }
 
+pub(crate) async fn update_app(inner: &Inner, id: &str, patch: AppPatch) -> Result<Option<App>> {
+    let generation = inner.contexts.generation();
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let row = tx
+        .query_opt(
+            &format!("SELECT {APP_COLS} FROM apps WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"),
+            &[&id],
+        )
+        .await
+        .map_err(backend)?;
+    let Some(row) = row else { return Ok(None) };
+    let mut app = rows::app_from_row(&row, &inner.contexts.sealer)?;
+    patch.apply(&mut app);
+    tx.execute(
+        "UPDATE apps SET name = $2, retry = $3, ack = $4 WHERE id = $1",
+        &[&id, &app.name, &opt_json(&app.retry)?, &opt_json(&app.ack)?],
+    )
+    .await
+    .map_err(backend)?;
+    notify(&tx, &format!("app:{id}")).await?;
+    tx.commit().await.map_err(backend)?;
+    inner
+        .contexts
+        .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
+    Ok(Some(app))
+}
+
+/// Deletes the app (see `AdminStore::delete_app`). The app row is locked `FOR UPDATE` first:
+/// that waits for notifications being stored for it (they lock it `FOR KEY SHARE`), so their
+/// deliveries are committed and canceled here, and those that come later find it deleted.
+pub(crate) async fn delete_app(inner: &Inner, id: &str, now: Millis) -> Result<Option<u64>> {
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let live = tx
+        .query_opt(
+            "SELECT id FROM apps WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(backend)?;
+    if live.is_none() {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE apps SET deleted_at = $2 WHERE id = $1",
+        &[&id, &now],
+    )
+    .await
+    .map_err(backend)?;
+    let endpoints = tx
+        .query(
+            "UPDATE endpoints SET deleted = TRUE, updated_at = $2
+             WHERE app_id = $1 AND NOT deleted RETURNING id",
+            &[&id, &now],
+        )
+        .await
+        .map_err(backend)?;
+    tx.execute("DELETE FROM api_keys WHERE app_id = $1", &[&id])
+        .await
+        .map_err(backend)?;
+    let canceled = tx
+        .query(
+            "WITH old AS (
+                 SELECT seq, locked_by FROM deliveries
+                 WHERE app_id = $1 AND status = 'pending' FOR UPDATE)
+             UPDATE deliveries d
+             SET status = 'canceled', next_at = NULL, updated_at = $2, locked_by = NULL
+             FROM old WHERE d.seq = old.seq
+             RETURNING d.seq, old.locked_by",
+            &[&id, &now],
+        )
+        .await
+        .map_err(backend)?;
+    let mut held = Vec::new();
+    for row in &canceled {
+        if let Some(node) = col::<Option<String>>(row, 1)? {
+            held.push((col::<i64>(row, 0)?, node));
+        }
+    }
+    notify_revoked(&tx, &held).await?;
+    let mut endpoint_ids = Vec::with_capacity(endpoints.len());
+    for row in &endpoints {
+        let ep: String = col(row, 0)?;
+        notify(&tx, &format!("endpoint:{ep}")).await?;
+        endpoint_ids.push(ep);
+    }
+    notify(&tx, &format!("app:{id}")).await?;
+    tx.commit().await.map_err(backend)?;
+    for ep in &endpoint_ids {
+        inner.contexts.forget_endpoint(ep);
+    }
+    Ok(Some(canceled.len() as u64))
+}
+
+// --- API keys ----------------------------------------------------------------------------
+
+pub(crate) async fn create_api_key(inner: &Inner, new: NewApiKey) -> Result<ApiKey> {
+    let key = ApiKey {
+        id: format!("key_{}", Ulid::new()),
+        app_id: new.app_id,
+        prefix: new.prefix,
+        created_at: new.now,
+        last_used_at: None,
+    };
+    let client = inner.client().await?;
+    let n = client
+        .execute(
+            "INSERT INTO api_keys (id, app_id, prefix, key_sha256, created_at)
+             SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint
+             FROM apps WHERE id = $2 AND deleted_at IS NULL",
+            &[
+                &key.id,
+                &key.app_id,
+                &key.prefix,
+                &new.key_sha256,
+                &key.created_at,
+            ],
+        )
+        .await
+        .map_err(|e| match violated(&e, &SqlState::UNIQUE_VIOLATION) {
+            Some(_) => StoreError::Conflict("this API key is already stored".into()),
+            None => backend(e),
+        })?;
+    if n == 0 {
+        return Err(StoreError::NotFound("app"));
+    }
+    Ok(key)
+}
+
+pub(crate) async fn delete_api_key(inner: &Inner, app_id: &str, id: &str) -> Result<bool> {
+    let client = inner.client().await?;
+    let n = client
+        .execute(
+            "DELETE FROM api_keys WHERE app_id = $1 AND id = $2",
+            &[&app_id, &id],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn touch_api_key(inner: &Inner, id: &str, now: Millis) -> Result<()> {
+    let client = inner.client().await?;
+    client
+        .execute(
+            "UPDATE api_keys SET last_used_at = $2
+             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            &[&id, &now],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
 pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<Endpoint> {
     let ep = Endpoint {
         id: format!("ep_{}", Ulid::new()),
@@ -126,11 +282,15 @@ pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<E
         updated_at: new.now,
     };
     let client = inner.client().await?;
-    client
+    // Only for a live app (the app row locked as the foreign key's check would).
+    let inserted = client
         .execute(
-            "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
+            "WITH a AS (SELECT id FROM apps WHERE id = $2 AND deleted_at IS NULL FOR KEY SHARE)
+             INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
                                     ordered, enabled, timeout_ms, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::int4,
+                    $8::bool, $9::bool, $10::int4, $11::int8, $12::int8
+             FROM a",
             &[
                 &ep.id,
                 &ep.app_id,
@@ -151,6 +311,9 @@ pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<E
             Some(_) => StoreError::NotFound("app"),
             None => backend(e),
         })?;
+    if inserted == 0 {
+        return Err(StoreError::NotFound("app"));
+    }
     Ok(ep)
 }
 
@@ -265,7 +428,7 @@ async fn read_for_notification(
     let app_sql = format!(
         "SELECT {APP_COLS},
                 (SELECT seq FROM notifications WHERE app_id = $1 AND idempotency_key = $2)
-         FROM apps WHERE id = $1"
+         FROM apps WHERE id = $1 AND deleted_at IS NULL"
     );
     let app_stmt = c.prepare_cached(&app_sql).await.map_err(backend)?;
     let app_query = async {
@@ -318,11 +481,16 @@ async fn existing(c: &impl GenericClient, seq: i64) -> Result<CreatedNotificatio
     })
 }
 
+/// The app row is locked `FOR KEY SHARE` (as the foreign key's check would) with its
+/// liveness in the condition: an app deleted meanwhile (`delete_app` holds it `FOR UPDATE`)
+/// is re-checked once its deletion commits, and nothing is inserted for it.
 const INSERT_NOTIFICATION: &str = "
-    WITH n AS (
+    WITH a AS (SELECT id FROM apps WHERE id = $2 AND deleted_at IS NULL FOR KEY SHARE),
+    n AS (
         INSERT INTO notifications
             (id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::bigint
+        FROM a
         ON CONFLICT (app_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING seq),
     d AS (
@@ -339,7 +507,8 @@ const INSERT_NOTIFICATION: &str = "
 /// Stores a notification and its deliveries in one statement (atomic on its own, or part
 /// of the caller's transaction). `None` when another transaction took the idempotency key
 /// first (the insert does nothing then, and aborts no transaction; the caller reads that
-/// notification instead).
+/// notification instead). `Err(NotFound("app"))` when the app is gone, also when it was
+/// deleted while this ran.
 pub(crate) async fn insert_notification(
     c: &impl GenericClient,
     new: NewNotification,
@@ -415,6 +584,8 @@ pub(crate) async fn insert_notification(
             deliveries,
             replayed: false,
         })),
+        // Without a key, only a deleted app inserts nothing.
+        Ok(None) if notification.idempotency_key.is_none() => Err(StoreError::NotFound("app")),
         Ok(None) => Ok(None),
         Err(e) => match violated(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
             Some(_) => Err(StoreError::NotFound("app")),
@@ -466,7 +637,8 @@ pub(crate) async fn existing_by_key(
         )
         .await
         .map_err(backend)?
-        .ok_or(StoreError::NotFound("notification"))?;
+        // Nothing inserted and nothing stored under the key: the app was deleted meanwhile.
+        .ok_or(StoreError::NotFound("app"))?;
     existing(c, col(&row, 0)?).await
 }
 
@@ -484,9 +656,11 @@ pub(crate) async fn retry_delivery(
             "SELECT d.seq, d.status, d.endpoint_id, d.locked_by, COALESCE(e.deleted, FALSE),
                     d.order_key IS NOT NULL AND EXISTS (
                         SELECT 1 FROM deliveries s WHERE s.order_key = d.order_key
-                        AND s.status = 'pending' AND s.seq > d.seq)
+                        AND s.status = 'pending' AND s.seq > d.seq),
+                    a.deleted_at IS NOT NULL
              FROM deliveries d LEFT JOIN endpoints e ON e.id = d.endpoint_id
-             WHERE d.id = $1 FOR UPDATE OF d",
+                  JOIN apps a ON a.id = d.app_id
+             WHERE d.id = $1 FOR UPDATE OF d FOR KEY SHARE OF a",
             &[&id],
         )
         .await
@@ -498,9 +672,15 @@ pub(crate) async fn retry_delivery(
     let held_by: Option<String> = col(&row, 3)?;
     let endpoint_deleted: bool = col(&row, 4)?;
     let later_pending: bool = col(&row, 5)?;
+    let app_deleted: bool = col(&row, 6)?;
     if status == "canceled" {
         return Err(StoreError::Conflict(
-            "the delivery was canceled (its endpoint was deleted)".into(),
+            "the delivery was canceled (its endpoint or app was deleted)".into(),
+        ));
+    }
+    if app_deleted {
+        return Err(StoreError::Conflict(
+            "the delivery's app was deleted".into(),
         ));
     }
     if endpoint_id.is_some() && endpoint_deleted {
@@ -542,10 +722,12 @@ pub(crate) async fn recover(
     let client = inner.client().await?;
     let row = client
         .query_one(
-            "WITH r AS (
+            "WITH a AS (SELECT id FROM apps WHERE id = $1 AND deleted_at IS NULL FOR KEY SHARE),
+             r AS (
                  UPDATE deliveries SET status = 'pending', next_at = $3, updated_at = $3,
                                        locked_by = NULL
                  WHERE app_id = $1 AND status = 'failed' AND created_at >= $2
+                   AND EXISTS (SELECT 1 FROM a)
                    AND (endpoint_id IS NULL OR EXISTS (
                         SELECT 1 FROM endpoints e
                         WHERE e.id = deliveries.endpoint_id AND NOT e.deleted))

@@ -1,7 +1,7 @@
 //! Herald's PostgreSQL driver: several stateless nodes over one database.
 //!
 //! [`PgStore`] implements the seam's traits ([`Queue`], [`AdminStore`], [`SandboxStore`],
-//! [`MetaStore`]) with the same semantics as the SQLite driver, in these parts:
+//! [`MetaStore`], [`ApiKeyStore`]) with the same semantics as the SQLite driver, in these parts:
 //! - `connect`: the URL, TLS over rustls, the connection pool;
 //! - `schema`: migrations, run at connect under an advisory lock (also [`migrate`] alone);
 //! - `rows`: row mapping and the read queries;
@@ -31,7 +31,9 @@ use herald_protocols::Credentials;
 
 use herald_store::model::*;
 use herald_store::queue::*;
-use herald_store::{AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError};
+use herald_store::{
+    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError,
+};
 
 use self::connect::Target;
 use self::hints::{Contexts, Subscribers, WorkSignal};
@@ -238,6 +240,41 @@ impl AdminStore for PgStore {
     async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64> {
         admin::recover(&self.inner, app_id, since, now).await
     }
+
+    async fn list_apps(&self, page: ListApps) -> Result<Page<App>> {
+        rows::list_apps(&self.client().await?, &self.inner.contexts.sealer, &page).await
+    }
+
+    async fn update_app(&self, id: &str, patch: AppPatch) -> Result<Option<App>> {
+        admin::update_app(&self.inner, id, patch).await
+    }
+
+    async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>> {
+        admin::delete_app(&self.inner, id, now).await
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for PgStore {
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey> {
+        admin::create_api_key(&self.inner, new).await
+    }
+
+    async fn list_api_keys(&self, app_id: &str) -> Result<Vec<ApiKey>> {
+        rows::list_api_keys(&self.client().await?, app_id).await
+    }
+
+    async fn delete_api_key(&self, app_id: &str, id: &str) -> Result<bool> {
+        admin::delete_api_key(&self.inner, app_id, id).await
+    }
+
+    async fn find_api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>> {
+        rows::find_api_key(&self.client().await?, key_sha256).await
+    }
+
+    async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
+        admin::touch_api_key(&self.inner, id, now).await
+    }
 }
 
 #[async_trait]
@@ -329,6 +366,18 @@ impl MetaStore for PgStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &value],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(n == 1)
     }
 }
 

@@ -164,10 +164,77 @@ pub(crate) async fn get_app(
     sealer: &Sealer,
     id: &str,
 ) -> Result<Option<App>> {
-    let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = $1");
+    let sql = format!("SELECT {APP_COLS} FROM apps WHERE id = $1 AND deleted_at IS NULL");
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let row = c.query_opt(&stmt, &[&id]).await.map_err(backend)?;
     row.as_ref().map(|r| app_from_row(r, sealer)).transpose()
+}
+
+/// A page of the live apps by id; the cursor is the last id of the previous page.
+pub(crate) async fn list_apps(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    page: &ListApps,
+) -> Result<Page<App>> {
+    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
+    let after = page.cursor.clone().unwrap_or_default();
+    let sql = format!(
+        "SELECT {APP_COLS} FROM apps WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2"
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+    let fetch = limit as i64 + 1;
+    let rows = c.query(&stmt, &[&after, &fetch]).await.map_err(backend)?;
+    let more = rows.len() > limit;
+    let items = rows
+        .iter()
+        .take(limit)
+        .map(|r| app_from_row(r, sealer))
+        .collect::<Result<Vec<_>>>()?;
+    let next_cursor = if more {
+        items.last().map(|a| a.id.clone())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+fn api_key_from_row(row: &Row) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: col(row, 0)?,
+        app_id: col(row, 1)?,
+        prefix: col(row, 2)?,
+        created_at: col(row, 3)?,
+        last_used_at: col(row, 4)?,
+    })
+}
+
+pub(crate) async fn list_api_keys(c: &impl GenericClient, app_id: &str) -> Result<Vec<ApiKey>> {
+    let rows = c
+        .query(
+            "SELECT id, app_id, prefix, created_at, last_used_at FROM api_keys
+             WHERE app_id = $1 ORDER BY created_at, id",
+            &[&app_id],
+        )
+        .await
+        .map_err(backend)?;
+    rows.iter().map(api_key_from_row).collect()
+}
+
+/// The key with this hash, when its app is live.
+pub(crate) async fn find_api_key(
+    c: &impl GenericClient,
+    key_sha256: &str,
+) -> Result<Option<ApiKey>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT k.id, k.app_id, k.prefix, k.created_at, k.last_used_at
+             FROM api_keys k JOIN apps a ON a.id = k.app_id
+             WHERE k.key_sha256 = $1 AND a.deleted_at IS NULL",
+        )
+        .await
+        .map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&key_sha256]).await.map_err(backend)?;
+    row.as_ref().map(api_key_from_row).transpose()
 }
 
 /// The apps with these ids (missing ones are left out).

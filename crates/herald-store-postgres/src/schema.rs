@@ -142,6 +142,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_held_by_node ON deliveries(locked_by)
         WHERE locked_by IS NOT NULL;
     "#,
+    // 4: deleting apps (`deleted_at`, NULL while live) and API keys scoped to one app: the
+    // SHA-256 of each key (never the key), a prefix to tell keys apart, when it was last used.
+    r#"
+    ALTER TABLE apps ADD COLUMN deleted_at BIGINT;
+    CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY,
+        app_id       TEXT NOT NULL REFERENCES apps(id),
+        prefix       TEXT NOT NULL,
+        key_sha256   TEXT NOT NULL UNIQUE,
+        created_at   BIGINT NOT NULL,
+        last_used_at BIGINT
+    );
+    CREATE INDEX api_keys_by_app ON api_keys(app_id, created_at);
+    "#,
 ];
 
 /// Applies every migration not yet applied, in one transaction that holds an advisory

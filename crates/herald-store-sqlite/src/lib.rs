@@ -24,7 +24,9 @@ use self::schema::backend;
 use self::writer::{Op, Writer};
 use herald_store::model::*;
 use herald_store::queue::*;
-use herald_store::{AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError};
+use herald_store::{
+    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError,
+};
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
 /// tasks) wait: that is the backpressure that keeps memory bounded under overload.
@@ -384,6 +386,54 @@ impl AdminStore for SqliteStore {
         })
         .await
     }
+
+    async fn list_apps(&self, page: ListApps) -> Result<Page<App>> {
+        let sealer = self.sealer.clone();
+        self.readers
+            .read(move |c| rows::list_apps(c, &sealer, &page))
+            .await
+    }
+
+    async fn update_app(&self, id: &str, patch: AppPatch) -> Result<Option<App>> {
+        let id = id.to_string();
+        self.call(|r| Op::UpdateApp(id, patch, r)).await
+    }
+
+    async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>> {
+        let id = id.to_string();
+        self.call(|r| Op::DeleteApp(id, now, r)).await
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for SqliteStore {
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey> {
+        self.call(|r| Op::CreateApiKey(new, r)).await
+    }
+
+    async fn list_api_keys(&self, app_id: &str) -> Result<Vec<ApiKey>> {
+        let app_id = app_id.to_string();
+        self.readers
+            .read(move |c| rows::list_api_keys(c, &app_id))
+            .await
+    }
+
+    async fn delete_api_key(&self, app_id: &str, id: &str) -> Result<bool> {
+        let (app_id, id) = (app_id.to_string(), id.to_string());
+        self.call(|r| Op::DeleteApiKey(app_id, id, r)).await
+    }
+
+    async fn find_api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>> {
+        let hash = key_sha256.to_string();
+        self.readers
+            .read(move |c| rows::find_api_key(c, &hash))
+            .await
+    }
+
+    async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
+        let id = id.to_string();
+        self.call(|r| Op::TouchApiKey(id, now, r)).await
+    }
 }
 
 #[async_trait]
@@ -443,6 +493,11 @@ impl MetaStore for SqliteStore {
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         let (k, v) = (key.to_string(), value.to_string());
         self.call(|r| Op::SetMeta(k, v, r)).await
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<bool> {
+        let (k, v) = (key.to_string(), value.to_string());
+        self.call(|r| Op::SetMetaIfAbsent(k, v, r)).await
     }
 }
 

@@ -120,9 +120,73 @@ pub(crate) fn delivery_from_row(row: &Row) -> rusqlite::Result<(i64, Delivery)> 
 }
 
 pub(crate) fn get_app(conn: &Connection, sealer: &Sealer, id: &str) -> Result<Option<App>> {
-    conn.prepare_cached(&format!("SELECT {APP_COLS} FROM apps WHERE id = ?1"))
-        .and_then(|mut s| s.query_row([id], |r| app_from_row(r, sealer)).optional())
-        .map_err(app_error)
+    conn.prepare_cached(&format!(
+        "SELECT {APP_COLS} FROM apps WHERE id = ?1 AND deleted_at IS NULL"
+    ))
+    .and_then(|mut s| s.query_row([id], |r| app_from_row(r, sealer)).optional())
+    .map_err(app_error)
+}
+
+/// A page of the live apps by id; the cursor is the last id of the previous page.
+pub(crate) fn list_apps(conn: &Connection, sealer: &Sealer, page: &ListApps) -> Result<Page<App>> {
+    let limit = page.limit.clamp(1, MAX_PAGE);
+    let after = page.cursor.clone().unwrap_or_default();
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {APP_COLS} FROM apps WHERE deleted_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2"
+        ))
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![after, i64::from(limit) + 1], |r| {
+            app_from_row(r, sealer)
+        })
+        .map_err(app_error)?;
+    let mut items = rows
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(app_error)?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_cursor = if more {
+        items.last().map(|a| a.id.clone())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+pub(crate) const API_KEY_COLS: &str = "id, app_id, prefix, created_at, last_used_at";
+
+fn api_key_from_row(row: &Row) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        id: row.get(0)?,
+        app_id: row.get(1)?,
+        prefix: row.get(2)?,
+        created_at: row.get(3)?,
+        last_used_at: row.get(4)?,
+    })
+}
+
+pub(crate) fn list_api_keys(conn: &Connection, app_id: &str) -> Result<Vec<ApiKey>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {API_KEY_COLS} FROM api_keys WHERE app_id = ?1 ORDER BY created_at, id"
+        ))
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([app_id], api_key_from_row)
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+}
+
+/// The key with this hash, when its app is live.
+pub(crate) fn find_api_key(conn: &Connection, key_sha256: &str) -> Result<Option<ApiKey>> {
+    conn.prepare_cached(
+        "SELECT k.id, k.app_id, k.prefix, k.created_at, k.last_used_at
+         FROM api_keys k JOIN apps a ON a.id = k.app_id
+         WHERE k.key_sha256 = ?1 AND a.deleted_at IS NULL",
+    )
+    .and_then(|mut s| s.query_row([key_sha256], api_key_from_row).optional())
+    .map_err(backend)
 }
 
 /// A failure reading an app: its credentials' own error when they did not open.

@@ -124,6 +124,20 @@ const MIGRATIONS: &[&str] = &[
         WHERE locked_by IS NOT NULL AND endpoint_id IS NOT NULL;
     ALTER TABLE endpoints ADD COLUMN timeout_ms INTEGER;
     "#,
+    // 4: deleting apps (`deleted_at`, NULL while live) and API keys scoped to one app: the
+    // SHA-256 of each key (never the key), a prefix to tell keys apart, when it was last used.
+    r#"
+    ALTER TABLE apps ADD COLUMN deleted_at INTEGER;
+    CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY,
+        app_id       TEXT NOT NULL REFERENCES apps(id),
+        prefix       TEXT NOT NULL,
+        key_sha256   TEXT NOT NULL UNIQUE,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX api_keys_by_app ON api_keys(app_id, created_at);
+    "#,
 ];
 
 /// Applies every migration not yet applied, each in its own transaction.

@@ -47,6 +47,10 @@ macro_rules! conformance_tests {
             meta_values_round_trip,
             credentials_change_reaches_claimed_work,
             sandbox_payment_and_its_notifications_commit_together,
+            apps_list_in_pages_and_change_and_a_deleted_app_is_gone,
+            deleting_an_app_cancels_its_pending_deliveries_also_held_ones,
+            api_keys_are_found_by_hash_touched_and_revoked,
+            a_meta_value_set_if_absent_keeps_the_first,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -72,9 +76,13 @@ fn creds() -> Credentials {
 }
 
 async fn app(store: &impl Store) -> App {
+    named_app(store, "shop").await
+}
+
+async fn named_app(store: &impl Store, name: &str) -> App {
     store
         .create_app(NewApp {
-            name: "shop".into(),
+            name: name.into(),
             profile: Profile::StandardWebhooks,
             retry: None,
             ack: None,
@@ -1678,4 +1686,296 @@ pub async fn resealing_moves_every_app_to_the_first_key(h: &impl SealingHarness)
         );
     }
     store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Apps: list, update, delete; API keys.
+
+pub async fn apps_list_in_pages_and_change_and_a_deleted_app_is_gone(store: &impl Store) {
+    let mut made = Vec::new();
+    for name in ["a", "b", "c"] {
+        made.push(named_app(store, name).await.id);
+    }
+    made.sort();
+    let first = store
+        .list_apps(ListApps {
+            limit: 2,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let second = store
+        .list_apps(ListApps {
+            limit: 2,
+            cursor: first.next_cursor.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(first.next_cursor.is_some());
+    assert_eq!(second.next_cursor, None);
+    let listed: Vec<String> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|a| a.id.clone())
+        .collect();
+    assert_eq!(listed, made, "every live app once, by id");
+    assert_eq!(first.items[0].credentials, creds(), "credentials open");
+
+    // Rename and change the retry policy; the untouched ack stays.
+    let retry = herald_protocols::RetryPolicy::from_json(&serde_json::json!([1, 5])).unwrap();
+    let changed = store
+        .update_app(
+            &made[0],
+            AppPatch {
+                name: Some("renamed".into()),
+                retry: Some(Some(retry.clone())),
+                ack: None,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("live app");
+    assert_eq!(changed.name, "renamed");
+    let got = store.get_app(&made[0]).await.unwrap().unwrap();
+    assert_eq!(got.name, "renamed");
+    assert_eq!(got.retry, Some(retry));
+    assert_eq!(got.ack, None);
+    assert_eq!(got.credentials, creds());
+    let cleared = store
+        .update_app(
+            &made[0],
+            AppPatch {
+                retry: Some(None),
+                ..AppPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cleared.retry, None);
+    assert!(store
+        .update_app("app_missing", AppPatch::default())
+        .await
+        .unwrap()
+        .is_none());
+
+    // Delete the second: gone for every read and write, the others stay.
+    assert_eq!(store.delete_app(&made[1], T0 + 5).await.unwrap(), Some(0));
+    assert!(store.get_app(&made[1]).await.unwrap().is_none());
+    assert_eq!(store.delete_app(&made[1], T0 + 6).await.unwrap(), None);
+    assert!(store.delete_app("app_missing", T0).await.unwrap().is_none());
+    let page = store
+        .list_apps(ListApps {
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let live: Vec<&str> = page.items.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(live, vec![made[0].as_str(), made[2].as_str()]);
+    assert!(store
+        .update_app(
+            &made[1],
+            AppPatch {
+                name: Some("x".into()),
+                ..AppPatch::default()
+            }
+        )
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .set_app_credentials(&made[1], creds())
+        .await
+        .unwrap()
+        .is_none());
+    let err = store
+        .create_endpoint(new_endpoint(&made[1], "https://a.example/x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+    let err = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            ..new_notification(&made[1], "e")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+    let err = store
+        .create_notification(NewNotification {
+            idempotency_key: Some("k1".into()),
+            ..new_notification(&made[1], "e")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+}
+
+pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store: &impl Store) {
+    let a = app(store).await;
+    let other = named_app(store, "other").await;
+    let n1 = node(store, "node_a").await;
+    let ep = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
+        .await
+        .unwrap();
+    // One delivery that will have failed, then one held by the node, one not yet claimed.
+    let failed = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/failed".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let job = claim(store, &n1).await.remove(0);
+    complete(store, &n1, &job, Outcome::Failed).await;
+    let held = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let held_jobs = claim(store, &n1).await;
+    assert_eq!(ids(&held_jobs), vec![held.deliveries[0].id.clone()]);
+    let later = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/later".into()),
+            now: T0 + 50_000,
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let bystander = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/other".into()),
+            now: T0 + 50_000,
+            ..new_notification(&other.id, "e")
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(store.delete_app(&a.id, T0 + 10).await.unwrap(), Some(2));
+    for (id, want) in [
+        (&failed.deliveries[0].id, DeliveryStatus::Failed),
+        (&held.deliveries[0].id, DeliveryStatus::Canceled),
+        (&later.deliveries[0].id, DeliveryStatus::Canceled),
+        (&bystander.deliveries[0].id, DeliveryStatus::Pending),
+    ] {
+        let d = store
+            .get_delivery(id)
+            .await
+            .unwrap()
+            .expect("still readable");
+        assert_eq!(d.delivery.status, want, "{id}");
+    }
+    // The holder's late outcome does not bring it back.
+    let done = complete(
+        store,
+        &n1,
+        &held_jobs[0],
+        Outcome::Retry { next_at: T0 + 2000 },
+    )
+    .await;
+    assert!(!done.applied);
+    assert_eq!(done.status, Some(DeliveryStatus::Canceled));
+    let d = store
+        .get_delivery(&held.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Canceled);
+    assert_eq!(d.delivery.next_attempt_at, None);
+    // Nothing of the app is claimable again, by hand or by recover; the other app's is.
+    let jobs = claim_at(store, &n1, T0 + 60_000, T0 + 120_000).await;
+    assert_eq!(ids(&jobs), vec![bystander.deliveries[0].id.clone()]);
+    for id in [&failed.deliveries[0].id, &held.deliveries[0].id] {
+        let err = store.retry_delivery(id, T0 + 11).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    }
+    assert_eq!(store.recover(&a.id, T0 - 1, T0 + 12).await.unwrap(), 0);
+    assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().is_none());
+    // Its notifications stay readable, with the canceled deliveries.
+    let n = store
+        .get_notification(&held.notification.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.deliveries[0].delivery.status, DeliveryStatus::Canceled);
+}
+
+pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) {
+    let a = app(store).await;
+    let b = named_app(store, "b").await;
+    let new_key = |app_id: &str, hash: &str| NewApiKey {
+        app_id: app_id.into(),
+        prefix: "hk_abcd".into(),
+        key_sha256: hash.into(),
+        now: T0,
+    };
+    let k1 = store.create_api_key(new_key(&a.id, "11")).await.unwrap();
+    assert!(k1.id.starts_with("key_"));
+    assert_eq!(k1.last_used_at, None);
+    let k2 = store
+        .create_api_key(NewApiKey {
+            now: T0 + 1,
+            ..new_key(&a.id, "22")
+        })
+        .await
+        .unwrap();
+    let kb = store.create_api_key(new_key(&b.id, "33")).await.unwrap();
+    let err = store
+        .create_api_key(new_key(&a.id, "11"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let err = store
+        .create_api_key(new_key("app_missing", "44"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+
+    let listed = store.list_api_keys(&a.id).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![k1.clone(), k2.clone()],
+        "the app's own, oldest first"
+    );
+    assert_eq!(store.find_api_key("11").await.unwrap(), Some(k1.clone()));
+    assert_eq!(store.find_api_key("99").await.unwrap(), None);
+
+    store.touch_api_key(&k1.id, T0 + 500).await.unwrap();
+    store.touch_api_key(&k1.id, T0 + 100).await.unwrap();
+    let found = store.find_api_key("11").await.unwrap().unwrap();
+    assert_eq!(found.last_used_at, Some(T0 + 500), "never moves back");
+
+    assert!(
+        !store.delete_api_key(&b.id, &k1.id).await.unwrap(),
+        "another app's key"
+    );
+    assert!(store.delete_api_key(&a.id, &k1.id).await.unwrap());
+    assert!(!store.delete_api_key(&a.id, &k1.id).await.unwrap());
+    assert_eq!(store.find_api_key("11").await.unwrap(), None, "revoked");
+    assert_eq!(store.list_api_keys(&a.id).await.unwrap(), vec![k2.clone()]);
+
+    // Deleting the app revokes its keys; the other app's key still works.
+    store.delete_app(&a.id, T0 + 9).await.unwrap();
+    assert_eq!(store.find_api_key("22").await.unwrap(), None);
+    assert!(store.list_api_keys(&a.id).await.unwrap().is_empty());
+    assert_eq!(store.find_api_key("33").await.unwrap(), Some(kb));
+    let err = store
+        .create_api_key(new_key(&a.id, "55"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
+}
+
+pub async fn a_meta_value_set_if_absent_keeps_the_first(store: &impl Store) {
+    assert!(store.set_meta_if_absent("k", "first").await.unwrap());
+    assert!(!store.set_meta_if_absent("k", "second").await.unwrap());
+    assert_eq!(store.get_meta("k").await.unwrap().as_deref(), Some("first"));
+    store.set_meta("k", "replaced").await.unwrap();
+    assert_eq!(
+        store.get_meta("k").await.unwrap().as_deref(),
+        Some("replaced")
+    );
 }

@@ -3,8 +3,8 @@
 //!
 //! The store is the source of truth. The engine sees only the claim-based [`Queue`] (see
 //! [`queue`] for claims, leases and hints); the API, the sandbox and the settings use their
-//! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`]). [`Store`] is all four, which
-//! is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
+//! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`], [`ApiKeyStore`]). [`Store`] is
+//! all five, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
 //! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
 //! SQL. Drivers seal apps' credentials before writing them and open them when reading (see
 //! [`sealing`]).
@@ -40,10 +40,11 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a driver provides: the engine's queue plus administration, the sandbox's
-/// trades and settings. Implemented for every type that implements the four.
-pub trait Store: Queue + AdminStore + SandboxStore + MetaStore {}
+/// trades, settings and app-scoped API keys. Implemented for every type that implements the
+/// five.
+pub trait Store: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore {}
 
-impl<T: Queue + AdminStore + SandboxStore + MetaStore> Store for T {}
+impl<T: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore> Store for T {}
 
 /// Apps, endpoints, notifications and deliveries as the API administers and queries them.
 /// Methods that change state are committed (durably) before they return; what they change
@@ -112,6 +113,44 @@ pub trait AdminStore: Send + Sync + 'static {
     /// Puts every failed delivery of the app created at or after `since` back to pending,
     /// due now. Returns how many.
     async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64>;
+
+    // -------------------------------------------------------------------------------------
+    // Apps: listing, changing and deleting them. A deleted app is gone for every read and
+    // write above (`get_app` is `None`, creating its endpoints or notifications is
+    // `Err(NotFound("app"))`, a retry of its deliveries is `Err(Conflict)`, recover finds
+    // nothing); its notifications, deliveries and attempts stay readable by id.
+
+    /// The live apps, a page at a time, by id (ULIDs: creation order to the millisecond).
+    async fn list_apps(&self, page: ListApps) -> Result<Page<App>>;
+    /// Changes the app's name, retry policy or ack rule (see [`AppPatch`]); the engines pick
+    /// up the new settings for the deliveries they hold. `None` when there is no such live
+    /// app.
+    async fn update_app(&self, id: &str, patch: AppPatch) -> Result<Option<App>>;
+    /// Deletes the app in one transaction: it is marked deleted, its endpoints are deleted,
+    /// its API keys revoked, and every pending delivery of it canceled (final: never
+    /// attempted again; an outcome reported later by a node that held one is stale and
+    /// changes nothing). Returns how many deliveries were canceled, `None` when there is no
+    /// such live app.
+    async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>>;
+}
+
+/// API keys scoped to one app (`hk_...`). The store keeps only the SHA-256 of a key (hex) and
+/// a short prefix to recognise it by; the key itself is shown once, by the API, and never
+/// stored.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync + 'static {
+    /// Stores a key for a live app. `Err(NotFound("app"))` when there is none;
+    /// `Err(Conflict)` when the hash is already stored.
+    async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey>;
+    /// The app's keys, oldest first. The API bounds how many an app has.
+    async fn list_api_keys(&self, app_id: &str) -> Result<Vec<ApiKey>>;
+    /// Revokes (deletes) the app's key. False when the app has no such key.
+    async fn delete_api_key(&self, app_id: &str, id: &str) -> Result<bool>;
+    /// The key whose SHA-256 (hex) this is, when it exists and its app is live.
+    async fn find_api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>>;
+    /// Records that the key was used at `now` (the API calls this at most about once a
+    /// minute per key, so using a key costs no write per request).
+    async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()>;
 }
 
 /// The payment sandbox's trades (`herald serve --sandbox`).
@@ -142,4 +181,7 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn close(&self);
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+    /// Sets `key` only when it has no value yet; true when this call set it (the first of
+    /// several nodes starting at once wins, the others read its value).
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> Result<bool>;
 }

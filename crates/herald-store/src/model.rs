@@ -16,11 +16,11 @@ pub type Millis = i64;
 ///
 /// - `Pending`: created by a notification (or put back by a manual retry / recover); has a
 ///   `next_attempt_at`. Left only by the engine recording an attempt outcome, or by the
-///   endpoint being deleted.
+///   endpoint or the app being deleted.
 /// - `Succeeded`: the receiver acknowledged. Final (a manual retry may send it again).
 /// - `Failed`: the retry schedule is spent without an ack. A manual retry or `recover` puts it
 ///   back to `Pending`.
-/// - `Canceled`: its endpoint was deleted while it was pending. Final.
+/// - `Canceled`: its endpoint or its app was deleted while it was pending. Final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
@@ -76,6 +76,61 @@ pub struct NewApp {
     pub retry: Option<RetryPolicy>,
     pub ack: Option<AckRule>,
     pub credentials: Credentials,
+    pub now: Millis,
+}
+
+/// A page of the live apps, by id.
+#[derive(Clone, Debug, Default)]
+pub struct ListApps {
+    /// At most this many (1 to [`MAX_PAGE`]; 0 counts as 1).
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// A partial update of an app; `None` leaves a field as it is, and for the nullable ones
+/// `Some(None)` goes back to the profile's default.
+#[derive(Clone, Debug, Default)]
+pub struct AppPatch {
+    pub name: Option<String>,
+    pub retry: Option<Option<RetryPolicy>>,
+    pub ack: Option<Option<AckRule>>,
+}
+
+impl AppPatch {
+    /// Applies the patch to `app`. Every driver applies patches this way.
+    pub fn apply(self, app: &mut App) {
+        if let Some(v) = self.name {
+            app.name = v;
+        }
+        if let Some(v) = self.retry {
+            app.retry = v;
+        }
+        if let Some(v) = self.ack {
+            app.ack = v;
+        }
+    }
+}
+
+/// An API key scoped to one app, as stored: never the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    /// `key_<ulid>`.
+    pub id: String,
+    pub app_id: String,
+    /// The key's first characters (`hk_` and a few more), to tell keys apart in lists.
+    pub prefix: String,
+    pub created_at: Millis,
+    /// When it last authenticated a request (to about a minute); `None` if never.
+    pub last_used_at: Option<Millis>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewApiKey {
+    pub app_id: String,
+    pub prefix: String,
+    /// SHA-256 of the key, lowercase hex.
+    pub key_sha256: String,
     pub now: Millis,
 }
 

@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(after_help = "Examples:\n  \
     herald demo\n  \
     herald serve --db sqlite://herald.db --allow-private-targets\n  \
+    herald token reset --db sqlite://herald.db\n  \
     herald listen --port 9000 --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  \
     herald send --url http://127.0.0.1:9000/hook --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --json '{\"order\": 42}'\n  \
     herald verify --profile alipay --key alipay_public.pem --content-type application/x-www-form-urlencoded --explain < notify.txt\n\n\
@@ -48,6 +49,8 @@ enum Command {
     Migrate(cmd::migrate::MigrateArgs),
     /// Re-seal every app's credentials under the first secret key (key rotation), then exit.
     Rekey(cmd::rekey::RekeyArgs),
+    /// Manage the admin token: `herald token reset --db URL` makes a new one and prints it.
+    Token(cmd::token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Migrate(args) => cmd::migrate::run(args).await.map(|_| true),
             Command::Rekey(args) => cmd::rekey::run(args).await.map(|_| true),
+            Command::Token(args) => cmd::token::run(args).await.map(|_| true),
         }
     });
     match result {

@@ -1,6 +1,10 @@
 //! `herald serve`'s core: open the store, resolve the admin token, start the engine and
 //! the HTTP API, and stop both when the shutdown future completes. Integration tests call
 //! [`start`] directly with a random port and a fresh database.
+//!
+//! The first start never loses the admin token: the port is bound before anything else, and
+//! a token made at this start is stored (as a hash) only as the last step that can fail,
+//! right before [`start`] returns it to be printed; a start that fails stores none.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -151,6 +155,13 @@ pub async fn start(
     {
         return Err(ServerError::EmptyToken);
     }
+    // The port first: a port in use fails the start before anything is stored.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| ServerError::Bind(opts.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Bind(opts.listen, e))?;
     if let Database::Sqlite(path) = &opts.database {
         owner_only_database(path)?;
     }
@@ -159,7 +170,7 @@ pub async fn start(
         .open(opts.durability, opts.sealer.clone())
         .await?;
     check_credentials(store.as_ref(), &opts.sealer).await?;
-    let (token_hash, generated_token) =
+    let (mut token_hash, mut generated_token) =
         resolve_admin_token(store.as_ref(), opts.admin_token.as_deref()).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -177,12 +188,27 @@ pub async fn start(
     });
 
     let engine = Engine::start(store.clone(), opts.engine.clone(), stopped)?;
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| ServerError::Bind(opts.listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServerError::Bind(opts.listen, e))?;
+    // The last step that can fail: store the token made at this start, unless another node
+    // on the same database stored one first (then that one holds, and nothing is printed).
+    if generated_token.is_some() {
+        let stored = store
+            .set_meta_if_absent(ADMIN_TOKEN_KEY, &hex_encode(&token_hash))
+            .await;
+        match stored {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("another node stored the admin token first; it is used here");
+                generated_token = None;
+                token_hash = stored_token(store.as_ref())
+                    .await?
+                    .ok_or(ServerError::BadStoredToken)?;
+            }
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                return Err(ServerError::Store(e));
+            }
+        }
+    }
     let nofile = match http::raise_descriptor_limit() {
         Ok((soft, hard)) => {
             tracing::info!(
@@ -225,6 +251,10 @@ pub async fn start(
                 api::require_admin,
             ));
         app = app.nest("/v1/sandbox", admin).merge(routes.public);
+        // The sandbox's wrong methods answer like the API's: 405, `Allow`, the JSON error.
+        app = app.layer(axum::middleware::map_response(
+            api::error::method_not_allowed_as_json,
+        ));
     }
     let serve = http::serve(listener, app, opts.http.clone(), max_connections, stop_rx);
     let stats = engine.stats.clone();
@@ -318,6 +348,8 @@ fn owner_only_database(path: &std::path::Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The admin token's hash: the given token's, or the stored one, or a new token's (returned
+/// too, and not stored yet: [`start`] stores it last).
 async fn resolve_admin_token(
     store: &dyn Store,
     given: Option<&str>,
@@ -325,20 +357,41 @@ async fn resolve_admin_token(
     if let Some(token) = given {
         return Ok((api::hash_token(token), None));
     }
-    if let Some(stored) = store.get_meta(ADMIN_TOKEN_KEY).await? {
-        let bytes = hex_decode(&stored).ok_or(ServerError::BadStoredToken)?;
-        let hash: [u8; 32] = bytes.try_into().map_err(|_| ServerError::BadStoredToken)?;
+    if let Some(hash) = stored_token(store).await? {
         return Ok((hash, None));
     }
+    let token = new_admin_token();
+    Ok((api::hash_token(&token), Some(token)))
+}
+
+async fn stored_token(store: &dyn Store) -> Result<Option<[u8; 32]>, ServerError> {
+    let Some(stored) = store.get_meta(ADMIN_TOKEN_KEY).await? else {
+        return Ok(None);
+    };
+    let bytes = hex_decode(&stored).ok_or(ServerError::BadStoredToken)?;
+    let hash: [u8; 32] = bytes.try_into().map_err(|_| ServerError::BadStoredToken)?;
+    Ok(Some(hash))
+}
+
+/// A new admin token: `hrd_` and 32 random bytes (base64url).
+fn new_admin_token() -> String {
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
-    let token = format!(
+    format!(
         "hrd_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    );
-    let hash = api::hash_token(&token);
-    store.set_meta(ADMIN_TOKEN_KEY, &hex_encode(&hash)).await?;
-    Ok((hash, Some(token)))
+    )
+}
+
+/// `herald token reset`: makes a new admin token, stores its hash in place of the old one,
+/// and returns it (to be printed once). Running servers keep the token they started with
+/// until they restart.
+pub async fn reset_admin_token(store: &dyn Store) -> Result<String, herald_store::StoreError> {
+    let token = new_admin_token();
+    store
+        .set_meta(ADMIN_TOKEN_KEY, &hex_encode(&api::hash_token(&token)))
+        .await?;
+    Ok(token)
 }
 
 fn hex_encode(bytes: &[u8]) -> String {

@@ -116,7 +116,7 @@ impl Writer {
         let sealed = self.sealer.seal_credentials(id, &creds)?;
         let n = self.overwriting_credentials(|conn| {
             conn.execute(
-                "UPDATE apps SET credentials = ?2 WHERE id = ?1",
+                "UPDATE apps SET credentials = ?2 WHERE id = ?1 AND deleted_at IS NULL",
                 params![id, sealed],
             )
         })?;
@@ -129,6 +129,143 @@ impl Writer {
         self.apps.insert(id.to_string(), ctx.clone());
         hints.push(Hint::AppChanged(ctx));
         Ok(Some(app))
+    }
+
+    pub(super) fn update_app(
+        &mut self,
+        id: &str,
+        patch: AppPatch,
+        hints: &mut Vec<Hint>,
+    ) -> Result<Option<App>> {
+        let Some(mut app) = rows::get_app(&self.conn, &self.sealer, id)? else {
+            return Ok(None);
+        };
+        patch.apply(&mut app);
+        self.conn
+            .execute(
+                "UPDATE apps SET name = ?2, retry = ?3, ack = ?4 WHERE id = ?1",
+                params![id, app.name, opt_json(&app.retry)?, opt_json(&app.ack)?],
+            )
+            .map_err(backend)?;
+        let ctx = Arc::new(AppCtx::from_app(&app));
+        self.apps.insert(id.to_string(), ctx.clone());
+        hints.push(Hint::AppChanged(ctx));
+        Ok(Some(app))
+    }
+
+    /// Marks the app deleted, deletes its endpoints and keys, and cancels its pending
+    /// deliveries (see `AdminStore::delete_app`).
+    pub(super) fn delete_app(
+        &mut self,
+        id: &str,
+        now: Millis,
+        hints: &mut Vec<Hint>,
+    ) -> Result<Option<u64>> {
+        let marked = self
+            .conn
+            .execute(
+                "UPDATE apps SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![id, now],
+            )
+            .map_err(backend)?;
+        if marked == 0 {
+            return Ok(None);
+        }
+        let endpoints = rows::list_endpoints(&self.conn, id)?;
+        self.conn
+            .execute(
+                "UPDATE endpoints SET deleted = 1, updated_at = ?2 WHERE app_id = ?1 AND deleted = 0",
+                params![id, now],
+            )
+            .map_err(backend)?;
+        self.conn
+            .execute("DELETE FROM api_keys WHERE app_id = ?1", [id])
+            .map_err(backend)?;
+        let canceled = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'canceled', next_at = NULL, locked_by = NULL, updated_at = ?2
+                     WHERE app_id = ?1 AND status = 'pending' RETURNING seq",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![id, now], |r| r.get::<_, i64>(0))
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<i64>>>()
+                .map_err(backend)?
+        };
+        self.apps.remove(id);
+        self.endpoint_lists.remove(id);
+        for ep in &endpoints {
+            self.endpoints.remove(&ep.id);
+            let mut ctx = EndpointCtx::from_endpoint(ep);
+            ctx.deleted = true;
+            hints.push(Hint::EndpointChanged(Arc::new(ctx)));
+        }
+        let n = canceled.len() as u64;
+        if !canceled.is_empty() {
+            hints.push(Hint::Revoked(canceled));
+        }
+        Ok(Some(n))
+    }
+
+    // --- API keys ------------------------------------------------------------------------
+
+    pub(super) fn create_api_key(&mut self, new: NewApiKey) -> Result<ApiKey> {
+        if self.app_ctx(&new.app_id)?.is_none() {
+            return Err(StoreError::NotFound("app"));
+        }
+        let key = ApiKey {
+            id: format!("key_{}", Ulid::new()),
+            app_id: new.app_id,
+            prefix: new.prefix,
+            created_at: new.now,
+            last_used_at: None,
+        };
+        self.conn
+            .execute(
+                "INSERT INTO api_keys (id, app_id, prefix, key_sha256, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    key.id,
+                    key.app_id,
+                    key.prefix,
+                    new.key_sha256,
+                    key.created_at
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict("this API key is already stored".into())
+                }
+                other => backend(other),
+            })?;
+        Ok(key)
+    }
+
+    pub(super) fn delete_api_key(&mut self, app_id: &str, id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM api_keys WHERE app_id = ?1 AND id = ?2",
+                [app_id, id],
+            )
+            .map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    pub(super) fn touch_api_key(&mut self, id: &str, now: Millis) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE api_keys SET last_used_at = ?2
+                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            )
+            .and_then(|mut s| s.execute(params![id, now]))
+            .map_err(backend)?;
+        Ok(())
     }
 
     /// Rewrites every app's credentials not sealed under the sealing key (see

@@ -7,8 +7,8 @@
 //! batch, and nothing of it is reported as done. Replies and hints go out only after the
 //! commit.
 //!
-//! The operations themselves live by concern: [`admin`] (apps and endpoints, and the caches
-//! of their settings), [`notifications`] (creating notifications and sandbox trades, manual
+//! The operations themselves live by concern: [`admin`] (apps, their API keys and endpoints,
+//! and the caches of their settings), [`notifications`] (creating notifications and sandbox trades, manual
 //! retry and recover) and [`queue`] (the engine's claims, outcomes, releases and leases).
 //! The writer keeps small caches of app and endpoint settings (it is the only one who changes
 //! them, so it keeps them coherent); a failed commit clears them.
@@ -38,6 +38,11 @@ pub(crate) enum Op {
     CreateApp(NewApp, Reply<App>),
     SetCredentials(String, Credentials, Reply<Option<App>>),
     ResealCredentials(Reply<SealCensus>),
+    UpdateApp(String, AppPatch, Reply<Option<App>>),
+    DeleteApp(String, Millis, Reply<Option<u64>>),
+    CreateApiKey(NewApiKey, Reply<ApiKey>),
+    DeleteApiKey(String, String, Reply<bool>),
+    TouchApiKey(String, Millis, Reply<()>),
     CreateEndpoint(NewEndpoint, Reply<Endpoint>),
     UpdateEndpoint {
         app_id: String,
@@ -65,6 +70,7 @@ pub(crate) enum Op {
         reply: Reply<u64>,
     },
     SetMeta(String, String, Reply<()>),
+    SetMetaIfAbsent(String, String, Reply<bool>),
     WriteSandbox(SandboxWrite, Reply<SandboxWritten>),
     RegisterNode(LeaseParams, bool, Reply<()>),
     RenewLease(LeaseParams, Reply<Lease>),
@@ -241,6 +247,26 @@ impl Writer {
                 let r = self.reseal_credentials();
                 done(reply, r)
             }
+            Op::UpdateApp(id, patch, reply) => {
+                let r = self.update_app(&id, patch, hints);
+                done(reply, r)
+            }
+            Op::DeleteApp(id, now, reply) => {
+                let r = self.delete_app(&id, now, hints);
+                done(reply, r)
+            }
+            Op::CreateApiKey(new, reply) => {
+                let r = self.create_api_key(new);
+                done(reply, r)
+            }
+            Op::DeleteApiKey(app_id, id, reply) => {
+                let r = self.delete_api_key(&app_id, &id);
+                done(reply, r)
+            }
+            Op::TouchApiKey(id, now, reply) => {
+                let r = self.touch_api_key(&id, now);
+                done(reply, r)
+            }
             Op::CreateEndpoint(new, reply) => {
                 let r = self.create_endpoint(new);
                 done(reply, r)
@@ -293,6 +319,17 @@ impl Writer {
                     .map_err(backend);
                 done(reply, r)
             }
+            Op::SetMetaIfAbsent(k, v, reply) => {
+                let r = self
+                    .conn
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                        [&k, &v],
+                    )
+                    .map(|n| n == 1)
+                    .map_err(backend);
+                done(reply, r)
+            }
             Op::WriteSandbox(write, reply) => {
                 let r = self.write_sandbox(write, hints);
                 done(reply, r)
@@ -341,6 +378,11 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::CreateApp(_, r) => fail(r, err),
         Op::SetCredentials(_, _, r) => fail(r, err),
         Op::ResealCredentials(r) => fail(r, err),
+        Op::UpdateApp(_, _, r) => fail(r, err),
+        Op::DeleteApp(_, _, r) => fail(r, err),
+        Op::CreateApiKey(_, r) => fail(r, err),
+        Op::DeleteApiKey(_, _, r) => fail(r, err),
+        Op::TouchApiKey(_, _, r) => fail(r, err),
         Op::CreateEndpoint(_, r) => fail(r, err),
         Op::UpdateEndpoint { reply, .. } => fail(reply, err),
         Op::DeleteEndpoint { reply, .. } => fail(reply, err),
@@ -348,6 +390,7 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::RetryDelivery { reply, .. } => fail(reply, err),
         Op::Recover { reply, .. } => fail(reply, err),
         Op::SetMeta(_, _, r) => fail(r, err),
+        Op::SetMetaIfAbsent(_, _, r) => fail(r, err),
         Op::WriteSandbox(_, r) => fail(r, err),
         Op::RegisterNode(_, _, r) => fail(r, err),
         Op::RenewLease(_, r) => fail(r, err),

@@ -221,7 +221,12 @@ impl Writer {
         };
         if d.status == DeliveryStatus::Canceled {
             return Err(StoreError::Conflict(
-                "the delivery was canceled (its endpoint was deleted)".into(),
+                "the delivery was canceled (its endpoint or app was deleted)".into(),
+            ));
+        }
+        if self.app_ctx(&d.app_id)?.is_none() {
+            return Err(StoreError::Conflict(
+                "the delivery's app was deleted".into(),
             ));
         }
         if let Some(ep) = &d.endpoint_id {
@@ -280,6 +285,9 @@ impl Writer {
         now: Millis,
         hints: &mut Vec<Hint>,
     ) -> Result<u64> {
+        if self.app_ctx(app_id)?.is_none() {
+            return Ok(0);
+        }
         let n = self
             .conn
             .prepare_cached(

@@ -7,9 +7,11 @@ use axum::Json;
 use herald_store::{EndpointPatch, ListEndpoints, NewEndpoint};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
+use super::views::{EndpointView, Page};
 use super::{views, ApiState, MAX_ENDPOINTS_PER_APP};
 use crate::clock::now_ms;
 
@@ -18,7 +20,7 @@ pub const MAX_IN_FLIGHT_LIMIT: u32 = 256;
 /// The range an endpoint's attempt timeout may be set in (milliseconds).
 const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u32> = 100..=60_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
     url: String,
@@ -70,11 +72,20 @@ fn max_in_flight(n: u32) -> Result<u32, ApiError> {
     Ok(n)
 }
 
+#[utoipa::path(post, path = "/v1/apps/{app_id}/endpoints", tag = "endpoints",
+    params(("app_id" = String, Path)),
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "Created", body = EndpointView),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "The app has 100 endpoints already", body = ErrorBody),
+        (status = 422, description = "Invalid, or a target the policy refuses", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<ApiState>,
     Path(app_id): Path<String>,
     JsonBody(req): JsonBody<CreateEndpoint>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
     let new = NewEndpoint {
         app_id,
         url: views::parse_target(&state.target_policy, "url", &req.url)?,
@@ -125,11 +136,21 @@ pub struct ListQuery {
 
 /// A page of the app's endpoints by creation time (then id). The default page (100) holds every
 /// endpoint an app may have.
+#[utoipa::path(get, path = "/v1/apps/{app_id}/endpoints", tag = "endpoints",
+    params(
+        ("app_id" = String, Path),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 100"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The app's endpoints by creation time", body = Page<EndpointView>),
+        (status = 404, description = "No such app", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<ApiState>,
     Path(app_id): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<EndpointView>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     let limit = super::page_limit(q.limit, super::MAX_PAGE_LIMIT)?;
     state
@@ -147,16 +168,22 @@ pub async fn list(
             },
         )
         .await?;
-    Ok(Json(serde_json::json!({
-        "data": page.items.iter().map(views::endpoint).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(Page {
+        data: page.items.iter().map(views::endpoint).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/apps/{app_id}/endpoints/{endpoint_id}", tag = "endpoints",
+    params(("app_id" = String, Path), ("endpoint_id" = String, Path)),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointView),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<ApiState>,
     Path((app_id, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EndpointView>, ApiError> {
     let ep = state
         .store
         .get_endpoint(&app_id, &id)
@@ -229,11 +256,19 @@ fn parse_patch(
     Ok(patch)
 }
 
+#[utoipa::path(patch, path = "/v1/apps/{app_id}/endpoints/{endpoint_id}", tag = "endpoints",
+    params(("app_id" = String, Path), ("endpoint_id" = String, Path)),
+    request_body(content = CreateEndpoint, description = "Any of the fields; absent ones stay, `null` clears event_types, retry, ack and timeout_ms"),
+    responses(
+        (status = 200, description = "The changed endpoint", body = EndpointView),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 422, description = "Invalid", body = ErrorBody),
+    ))]
 pub async fn update(
     State(state): State<ApiState>,
     Path((app_id, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EndpointView>, ApiError> {
     let patch = parse_patch(body, &state.target_policy)?;
     let ep = state
         .store
@@ -243,6 +278,12 @@ pub async fn update(
     Ok(Json(views::endpoint(&ep)))
 }
 
+#[utoipa::path(delete, path = "/v1/apps/{app_id}/endpoints/{endpoint_id}", tag = "endpoints",
+    params(("app_id" = String, Path), ("endpoint_id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted; its pending deliveries are canceled"),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<ApiState>,
     Path((app_id, id)): Path<(String, String)>,

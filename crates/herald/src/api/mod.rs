@@ -1,29 +1,29 @@
-//! The HTTP API (axum): routes, shared state, the admin-token guard, and the JSON views of
-//! domain objects. Handlers live in one file per resource; errors map to HTTP in
-//! [`error`].
+//! The HTTP API (axum): the route table, shared state, and the JSON views of domain objects.
+//! Handlers live in one file per resource; who may call what is decided in [`auth`]; errors
+//! map to HTTP in [`error`]; the OpenAPI document and its docs page are in [`openapi`].
 mod apps;
+pub mod auth;
 mod endpoints;
 pub use endpoints::MAX_IN_FLIGHT_LIMIT;
 pub use herald_http::error;
 pub use herald_http::extract;
 mod notifications;
+pub mod openapi;
 pub(crate) mod views;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::middleware;
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use herald_engine::TargetPolicy;
 use herald_store::Store;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use self::error::ApiError;
 
+pub use self::auth::{authenticate, authenticate_token, hash_token, Principal};
 pub use herald_http::MAX_BODY;
 
 /// The most items one page of a list holds (notifications, endpoints, attempts); a larger
@@ -57,8 +57,9 @@ pub struct ApiState {
     pub target_policy: Arc<TargetPolicy>,
     /// Apps as the accept path needs them (the profile and credentials of the encoding
     /// check), so accepting a notification does not read the app from the database each
-    /// time. Apps are never deleted; a rotation here drops the entry. A rotation on another
-    /// node leaves an older version here, which still encodes the same way.
+    /// time. A rotation, change or deletion here drops the entry. A rotation on another
+    /// node leaves an older version here, which still encodes the same way; an app deleted
+    /// on another node may stay here, but the store refuses its notifications (404).
     pub apps: Arc<AppCache>,
     /// The in-flight limit of an endpoint created without one (`--default-max-in-flight`).
     pub default_max_in_flight: u32,
@@ -101,45 +102,119 @@ impl AppCache {
     }
 }
 
-/// Builds the router with every route.
-pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
-        .route("/apps", post(apps::create))
-        .route("/apps/{app_id}", get(apps::get))
-        .route("/apps/{app_id}/secret/rotate", post(apps::rotate))
-        .route(
-            "/apps/{app_id}/endpoints",
+/// Who may call a route (enforced by the layers [`router`] puts on it; see [`auth`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No credential needed.
+    Public,
+    /// The admin token, or an API key of the app the request concerns (the handler checks
+    /// which app with [`Principal::require_app`]).
+    App,
+    /// The admin token only.
+    Admin,
+}
+
+/// Every route of the API: path (axum's syntax, which is OpenAPI's), who may call it, and
+/// its handlers. [`router`] builds the router from this table and nothing else, and the
+/// OpenAPI drift test walks it, so a new route goes here, with `#[utoipa::path]` on each of
+/// its handlers and the handlers listed in [`openapi::ApiDoc`].
+pub fn routes() -> Vec<(&'static str, Access, MethodRouter<ApiState>)> {
+    use Access::*;
+    vec![
+        ("/healthz", Public, get(healthz)),
+        ("/openapi.json", Public, get(openapi::document)),
+        ("/docs", Public, get(openapi::docs_page)),
+        ("/v1/apps", Admin, post(apps::create).get(apps::list)),
+        (
+            "/v1/apps/{app_id}",
+            Admin,
+            get(apps::get).patch(apps::update).delete(apps::delete),
+        ),
+        ("/v1/apps/{app_id}/secret/rotate", Admin, post(apps::rotate)),
+        (
+            "/v1/apps/{app_id}/keys",
+            Admin,
+            post(apps::create_key).get(apps::list_keys),
+        ),
+        (
+            "/v1/apps/{app_id}/keys/{key_id}",
+            Admin,
+            axum::routing::delete(apps::delete_key),
+        ),
+        (
+            "/v1/apps/{app_id}/endpoints",
+            Admin,
             post(endpoints::create).get(endpoints::list),
-        )
-        .route(
-            "/apps/{app_id}/endpoints/{endpoint_id}",
+        ),
+        (
+            "/v1/apps/{app_id}/endpoints/{endpoint_id}",
+            Admin,
             get(endpoints::get)
                 .patch(endpoints::update)
                 .delete(endpoints::delete),
-        )
-        .route(
-            "/apps/{app_id}/notifications",
+        ),
+        (
+            "/v1/apps/{app_id}/notifications",
+            App,
             post(notifications::create).get(notifications::list),
-        )
-        .route("/apps/{app_id}/recover", post(notifications::recover))
-        .route("/notifications/{id}", get(notifications::get))
-        .route("/deliveries/{id}", get(notifications::get_delivery))
-        .route(
-            "/deliveries/{id}/attempts",
+        ),
+        (
+            "/v1/apps/{app_id}/recover",
+            Admin,
+            post(notifications::recover),
+        ),
+        ("/v1/notifications/{id}", App, get(notifications::get)),
+        ("/v1/deliveries/{id}", App, get(notifications::get_delivery)),
+        (
+            "/v1/deliveries/{id}/attempts",
+            App,
             get(notifications::list_attempts),
-        )
-        .route("/deliveries/{id}/retry", post(notifications::retry))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .nest("/v1", v1)
+        ),
+        (
+            "/v1/deliveries/{id}/retry",
+            Admin,
+            post(notifications::retry),
+        ),
+    ]
+}
+
+/// Builds the router from [`routes`]: each route behind the guard its [`Access`] asks for;
+/// a wrong method is 405 with `Allow` and the JSON error body; an unknown path is 404.
+pub fn router(state: ApiState) -> Router {
+    let mut router = Router::new();
+    for (path, access, methods) in routes() {
+        let methods = match access {
+            Access::Public => methods,
+            Access::App => methods.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticated,
+            )),
+            Access::Admin => methods
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::admin_only,
+                ))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::authenticated,
+                )),
+        };
+        router = router.route(path, methods);
+    }
+    router
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(middleware::map_response(error::method_not_allowed_as_json))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
 /// Healthy while the database answers (within 2 s): a node that cannot reach it says so, so
 /// a load balancer sends requests elsewhere.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(),
+    responses(
+        (status = 200, description = "The database answers"),
+        (status = 503, description = "The database is unreachable"),
+    ))]
 async fn healthz(State(state): State<ApiState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
@@ -160,55 +235,5 @@ fn unhealthy(why: &str) -> axum::response::Response {
         .into_response()
 }
 
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// The admin-token guard (also used by the sandbox's `/v1/sandbox` routes).
-pub async fn require_admin(
-    State(state): State<ApiState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match presented {
-        Some(token) if constant_time_eq(&hash_token(token), &state.admin_token_sha256) => {
-            Ok(next.run(req).await)
-        }
-        _ => Err(ApiError::Unauthorized),
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` value; the scheme is matched
-/// case-insensitively (RFC 9110, section 11.1), and an empty token is none.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = token.trim();
-    (!token.is_empty()).then_some(token)
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive_and_the_token_must_be_there() {
-        for v in ["Bearer t", "bearer t", "BEARER  t ", "bEaReR t"] {
-            assert_eq!(bearer_token(v), Some("t"), "{v:?}");
-        }
-        for v in ["Basic t", "Bearert", "Bearer ", "Bearer", "t", ""] {
-            assert_eq!(bearer_token(v), None, "{v:?}");
-        }
-    }
-}
+/// The admin-only guard, for routers outside [`routes`] (the sandbox's `/v1/sandbox`).
+pub(crate) use self::auth::admin_only as require_admin;

@@ -16,20 +16,26 @@ use herald_protocols::{OutgoingNotification, ProfileError};
 use herald_store::{
     DeliveryStatus, ListAttempts, ListNotifications, NewNotification, Notification,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::auth::Principal;
+use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
+use super::views::{
+    AcceptedView, AttemptView, DeliverySummaryView, DeliveryView, NotificationSummaryView,
+    NotificationView, Page,
+};
 use super::{views, ApiState};
 use crate::clock::now_ms;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNotification {
     event_type: String,
-    /// Kept byte for byte: it is what gets signed and sent.
+    /// A JSON object, kept byte for byte: it is what gets signed and sent.
+    #[schema(value_type = Object)]
     payload: Box<RawValue>,
     #[serde(default)]
     notify_url: Option<String>,
@@ -39,12 +45,28 @@ pub struct CreateNotification {
     order_key: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/apps/{app_id}/notifications", tag = "notifications",
+    params(
+        ("app_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first notification made with this key"),
+    ),
+    request_body = CreateNotification,
+    responses(
+        (status = 202, description = "Committed (durably) with its deliveries", body = AcceptedView),
+        (status = 403, description = "An API key of another app", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for a different request", body = ErrorBody),
+        (status = 422, description = "Invalid, or the profile cannot send it", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn create(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(app_id): Path<String>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<CreateNotification>,
 ) -> Result<Response, ApiError> {
+    principal.require_app(&app_id)?;
     let event_type = views::bounded_text("event_type", &req.event_type, 256)?;
     if !req.payload.get().starts_with('{') {
         return Err(ApiError::Invalid("payload must be a JSON object".into()));
@@ -129,12 +151,16 @@ pub async fn create(
             created.notification.id
         )));
     }
-    let body = json!({
-        "id": created.notification.id,
-        "event_type": created.notification.event_type,
-        "created_at": views::rfc3339(created.notification.created_at),
-        "deliveries": created.deliveries.iter().map(views::delivery_summary).collect::<Vec<_>>(),
-    });
+    let body = AcceptedView {
+        id: created.notification.id.clone(),
+        event_type: created.notification.event_type.clone(),
+        created_at: views::rfc3339(created.notification.created_at),
+        deliveries: created
+            .deliveries
+            .iter()
+            .map(views::delivery_summary)
+            .collect(),
+    };
     let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
     if created.replayed {
         resp.headers_mut()
@@ -153,27 +179,47 @@ fn same_request(n: &Notification, req: &(String, String, Option<String>, Option<
         && n.order_key == *order_key
 }
 
+#[utoipa::path(get, path = "/v1/notifications/{id}", tag = "notifications",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The notification, its payload and deliveries with their latest attempts", body = NotificationView),
+        (status = 403, description = "An API key of another app", body = ErrorBody),
+        (status = 404, description = "No such notification", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationView>, ApiError> {
     let n = state
         .store
         .get_notification(&id)
         .await?
         .ok_or(ApiError::NotFound("notification"))?;
+    principal.require_app(&n.notification.app_id)?;
     Ok(Json(views::notification(&n)))
 }
 
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The delivery with its latest attempts", body = DeliveryView),
+        (status = 403, description = "An API key of another app", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_delivery(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryView>, ApiError> {
     let d = state
         .store
         .get_delivery(&id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
+    principal.require_app(&d.delivery.app_id)?;
     Ok(Json(views::delivery(&d)))
 }
 
@@ -188,11 +234,26 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/apps/{app_id}/notifications", tag = "notifications",
+    params(
+        ("app_id" = String, Path),
+        ("status" = Option<String>, Query, description = "pending, succeeded, failed or canceled"),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The app's notifications, newest first, as summaries", body = Page<NotificationSummaryView>),
+        (status = 403, description = "An API key of another app", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(app_id): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<NotificationSummaryView>>, ApiError> {
+    principal.require_app(&app_id)?;
     let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     let status = q
         .status
@@ -222,10 +283,10 @@ pub async fn list(
             },
         )
         .await?;
-    Ok(Json(json!({
-        "data": page.items.iter().map(views::notification_summary).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(Page {
+        data: page.items.iter().map(views::notification_summary).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -237,12 +298,34 @@ pub struct PageQuery {
     cursor: Option<String>,
 }
 
+/// A page of a delivery's attempts.
+#[derive(Serialize, ToSchema)]
+pub struct AttemptPage {
+    pub data: Vec<AttemptView>,
+    /// How many attempts the delivery has in all.
+    pub attempt_count: u32,
+    pub next_cursor: Option<String>,
+}
+
 /// `GET /v1/deliveries/{id}/attempts`: every attempt, oldest first, a page at a time.
+#[utoipa::path(get, path = "/v1/deliveries/{id}/attempts", tag = "deliveries",
+    params(
+        ("id" = String, Path),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Every attempt, oldest first", body = AttemptPage),
+        (status = 403, description = "An API key of another app", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_attempts(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(id): Path<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AttemptPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     let limit = super::page_limit(q.limit, 50)?;
     let d = state
@@ -250,6 +333,7 @@ pub async fn list_attempts(
         .get_delivery(&id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
+    principal.require_app(&d.delivery.app_id)?;
     let page = state
         .store
         .list_attempts(
@@ -262,17 +346,24 @@ pub async fn list_attempts(
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
     let url = &d.delivery.url;
-    Ok(Json(json!({
-        "data": page.items.iter().map(|a| views::attempt(a, url)).collect::<Vec<_>>(),
-        "attempt_count": d.delivery.attempts,
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(AttemptPage {
+        data: page.items.iter().map(|a| views::attempt(a, url)).collect(),
+        attempt_count: d.delivery.attempts,
+        next_cursor: page.next_cursor,
+    }))
 }
 
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries",
+    params(("id" = String, Path)),
+    responses(
+        (status = 202, description = "Due now", body = DeliverySummaryView),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "Canceled, its endpoint or app deleted, or a later delivery of its order key is pending", body = ErrorBody),
+    ))]
 pub async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeliverySummaryView>), ApiError> {
     let d = state
         .store
         .retry_delivery(&id, now_ms())
@@ -281,17 +372,31 @@ pub async fn retry(
     Ok((StatusCode::ACCEPTED, Json(views::delivery_summary(&d))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recover {
+    /// RFC 3339: failed deliveries created at or after this time go back to pending.
     since: String,
 }
 
+/// How many deliveries a recover put back to pending.
+#[derive(Serialize, ToSchema)]
+pub struct Recovered {
+    pub requeued: u64,
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app_id}/recover", tag = "deliveries",
+    params(("app_id" = String, Path)),
+    request_body = Recover,
+    responses(
+        (status = 202, description = "Requeued", body = Recovered),
+        (status = 404, description = "No such app", body = ErrorBody),
+    ))]
 pub async fn recover(
     State(state): State<ApiState>,
     Path(app_id): Path<String>,
     JsonBody(req): JsonBody<Recover>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Recovered>), ApiError> {
     let since = views::parse_rfc3339(&req.since)?;
     state
         .store
@@ -299,5 +404,5 @@ pub async fn recover(
         .await?
         .ok_or(ApiError::NotFound("app"))?;
     let n = state.store.recover(&app_id, since, now_ms()).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"requeued": n}))))
+    Ok((StatusCode::ACCEPTED, Json(Recovered { requeued: n })))
 }

@@ -1,13 +1,15 @@
-//! JSON views of domain objects, and validation of the inputs shared by several handlers
-//! (URLs, retry policies, ack rules). Parsing happens here, at the edge; the store trusts
-//! what it gets.
+//! JSON views of domain objects (typed, so the OpenAPI document describes exactly what is
+//! sent), and validation of the inputs shared by several handlers (URLs, retry policies, ack
+//! rules). Parsing happens here, at the edge; the store trusts what it gets.
 use herald_engine::TargetPolicy;
 use herald_protocols::{AckRule, RetryPolicy};
 use herald_store::{
-    App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, NotificationDetail,
+    ApiKey, App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, NotificationDetail,
     NotificationSummary,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 pub use herald_http::fields::{bounded_text, parse_rfc3339, parse_url, rfc3339};
@@ -76,88 +78,181 @@ pub fn parse_ack(s: &str) -> Result<AckRule, ApiError> {
         .map_err(|e: herald_protocols::ack::AckRuleError| ApiError::Invalid(format!("ack: {e}")))
 }
 
-pub fn app(app: &App, credentials: Value) -> Value {
-    json!({
-        "id": app.id,
-        "name": app.name,
-        "profile": app.profile.name(),
-        "retry": app.retry,
-        "ack": app.ack.as_ref().map(|a| a.to_string()),
-        "credentials": credentials,
-        "created_at": rfc3339(app.created_at),
-    })
+/// An app. `credentials` is the public part of the app's credentials (its public key, app
+/// id ...), or, in the response that created or rotated them, the secrets shown once.
+#[derive(Serialize, ToSchema)]
+pub struct AppView {
+    pub id: String,
+    pub name: String,
+    /// `standard-webhooks`, `alipay`, `wechatpay-v2`, `wechatpay-v3` or `stripe`.
+    pub profile: String,
+    /// The app's retry policy, when it overrides the profile's.
+    pub retry: Option<Value>,
+    /// The app's ack rule, when it overrides the profile's.
+    pub ack: Option<String>,
+    pub credentials: Value,
+    pub created_at: String,
 }
 
-pub fn endpoint(e: &Endpoint) -> Value {
-    json!({
-        "id": e.id,
-        "app_id": e.app_id,
-        "url": masked_url(&e.url),
-        "event_types": e.event_types,
-        "retry": e.retry,
-        "ack": e.ack.as_ref().map(|a| a.to_string()),
-        "max_in_flight": e.max_in_flight,
-        "ordered": e.ordered,
-        "enabled": e.enabled,
-        "timeout_ms": e.timeout_ms,
-        "created_at": rfc3339(e.created_at),
-        "updated_at": rfc3339(e.updated_at),
-    })
+pub fn app(app: &App, credentials: Value) -> AppView {
+    AppView {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        profile: app.profile.name().to_string(),
+        retry: app
+            .retry
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r).ok()),
+        ack: app.ack.as_ref().map(|a| a.to_string()),
+        credentials,
+        created_at: rfc3339(app.created_at),
+    }
 }
 
-pub fn delivery_summary(d: &Delivery) -> Value {
-    json!({
-        "id": d.id,
-        "notify_id": d.notify_id,
-        "url": masked_url(&d.url),
-        "status": d.status,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct EndpointView {
+    pub id: String,
+    pub app_id: String,
+    /// A password in it is shown as `****`.
+    pub url: String,
+    pub event_types: Option<Vec<String>>,
+    pub retry: Option<Value>,
+    pub ack: Option<String>,
+    pub max_in_flight: u32,
+    pub ordered: bool,
+    pub enabled: bool,
+    pub timeout_ms: Option<u32>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub fn endpoint(e: &Endpoint) -> EndpointView {
+    EndpointView {
+        id: e.id.clone(),
+        app_id: e.app_id.clone(),
+        url: masked_url(&e.url),
+        event_types: e.event_types.clone(),
+        retry: e.retry.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+        ack: e.ack.as_ref().map(|a| a.to_string()),
+        max_in_flight: e.max_in_flight,
+        ordered: e.ordered,
+        enabled: e.enabled,
+        timeout_ms: e.timeout_ms,
+        created_at: rfc3339(e.created_at),
+        updated_at: rfc3339(e.updated_at),
+    }
+}
+
+/// A delivery as an accepted notification lists it.
+#[derive(Serialize, ToSchema)]
+pub struct DeliverySummaryView {
+    pub id: String,
+    /// Stable across attempts: the receiver's dedupe key.
+    pub notify_id: String,
+    pub url: String,
+    #[schema(value_type = String, example = "pending")]
+    pub status: DeliveryStatus,
+}
+
+pub fn delivery_summary(d: &Delivery) -> DeliverySummaryView {
+    DeliverySummaryView {
+        id: d.id.clone(),
+        notify_id: d.notify_id.clone(),
+        url: masked_url(&d.url),
+        status: d.status,
+    }
 }
 
 /// A delivery as a notification list shows it: its state and attempt count, no attempts.
-pub fn delivery_brief(d: &Delivery) -> Value {
-    json!({
-        "id": d.id,
-        "notify_id": d.notify_id,
-        "endpoint_id": d.endpoint_id,
-        "url": masked_url(&d.url),
-        "status": d.status,
-        "attempt_count": d.attempts,
-        "next_attempt_at": d.next_attempt_at.map(rfc3339),
-    })
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryBriefView {
+    pub id: String,
+    pub notify_id: String,
+    pub endpoint_id: Option<String>,
+    pub url: String,
+    #[schema(value_type = String, example = "failed")]
+    pub status: DeliveryStatus,
+    pub attempt_count: u32,
+    pub next_attempt_at: Option<String>,
 }
 
-pub fn attempt(a: &Attempt, url: &str) -> Value {
+pub fn delivery_brief(d: &Delivery) -> DeliveryBriefView {
+    DeliveryBriefView {
+        id: d.id.clone(),
+        notify_id: d.notify_id.clone(),
+        endpoint_id: d.endpoint_id.clone(),
+        url: masked_url(&d.url),
+        status: d.status,
+        attempt_count: d.attempts,
+        next_attempt_at: d.next_attempt_at.map(rfc3339),
+    }
+}
+
+/// One HTTP try of a delivery.
+#[derive(Serialize, ToSchema)]
+pub struct AttemptView {
+    /// 1 for the first attempt.
+    pub n: u32,
+    pub at: String,
+    pub duration_ms: u32,
+    pub status_code: Option<u16>,
+    /// The first 4 KiB of the response body.
+    pub response: Option<String>,
+    /// `connect`, `timeout`, `tls`, `bad-ack`, `http-status`, `blocked-target`, `request`,
+    /// `body`, or null when acknowledged.
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+}
+
+pub fn attempt(a: &Attempt, url: &str) -> AttemptView {
     let mask = |t: &Option<String>| t.as_deref().map(|t| mask_password_in(t, url));
-    json!({
-        "n": a.n,
-        "at": rfc3339(a.at),
-        "duration_ms": a.duration_ms,
-        "status_code": a.status_code,
-        "response": a.response,
-        "error_class": a.error_class,
-        "error": mask(&a.error),
-    })
+    AttemptView {
+        n: a.n,
+        at: rfc3339(a.at),
+        duration_ms: a.duration_ms,
+        status_code: a.status_code,
+        response: a.response.clone(),
+        error_class: a.error_class.clone(),
+        error: mask(&a.error),
+    }
 }
 
-pub fn delivery(d: &DeliveryDetail) -> Value {
+/// A delivery with its latest attempts.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: String,
+    pub notification_id: String,
+    pub notify_id: String,
+    pub endpoint_id: Option<String>,
+    pub url: String,
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: DeliveryStatus,
+    pub attempt_count: u32,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The latest 20 at most, oldest of them first; `attempt_count` says how many there are
+    /// in all, and `/v1/deliveries/{id}/attempts` pages through every one.
+    pub attempts: Vec<AttemptView>,
+    pub attempts_truncated: bool,
+}
+
+pub fn delivery(d: &DeliveryDetail) -> DeliveryView {
     let x = &d.delivery;
-    json!({
-        "id": x.id,
-        "notification_id": x.notification_id,
-        "notify_id": x.notify_id,
-        "endpoint_id": x.endpoint_id,
-        "url": masked_url(&x.url),
-        "status": x.status,
-        "attempt_count": x.attempts,
-        "next_attempt_at": x.next_attempt_at.map(rfc3339),
-        "created_at": rfc3339(x.created_at),
-        "updated_at": rfc3339(x.updated_at),
-        // The latest `DETAIL_ATTEMPTS` at most; `attempt_count` says how many in all, and
-        // `/v1/deliveries/{id}/attempts` pages through every one.
-        "attempts": d.attempts.iter().map(|a| attempt(a, &x.url)).collect::<Vec<_>>(),
-        "attempts_truncated": (d.attempts.len() as u64) < u64::from(x.attempts),
-    })
+    DeliveryView {
+        id: x.id.clone(),
+        notification_id: x.notification_id.clone(),
+        notify_id: x.notify_id.clone(),
+        endpoint_id: x.endpoint_id.clone(),
+        url: masked_url(&x.url),
+        status: x.status,
+        attempt_count: x.attempts,
+        next_attempt_at: x.next_attempt_at.map(rfc3339),
+        created_at: rfc3339(x.created_at),
+        updated_at: rfc3339(x.updated_at),
+        attempts: d.attempts.iter().map(|a| attempt(a, &x.url)).collect(),
+        attempts_truncated: (d.attempts.len() as u64) < u64::from(x.attempts),
+    }
 }
 
 /// A notification's overall status: `pending` while any delivery is pending, `failed` when
@@ -175,37 +270,121 @@ pub fn overall_status(statuses: &[DeliveryStatus]) -> DeliveryStatus {
     }
 }
 
-pub fn notification(n: &NotificationDetail) -> Value {
+/// A notification with its payload and its deliveries.
+#[derive(Serialize, ToSchema)]
+pub struct NotificationView {
+    pub id: String,
+    pub app_id: String,
+    pub event_type: String,
+    /// The producer's JSON object, as sent.
+    pub payload: Value,
+    pub notify_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub order_key: Option<String>,
+    pub created_at: String,
+    #[schema(value_type = String, example = "pending")]
+    pub status: DeliveryStatus,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+pub fn notification(n: &NotificationDetail) -> NotificationView {
     let x = &n.notification;
     let payload: Value =
         serde_json::from_str(&x.payload).unwrap_or(Value::String(x.payload.clone()));
-    json!({
-        "id": x.id,
-        "app_id": x.app_id,
-        "event_type": x.event_type,
-        "payload": payload,
-        "notify_url": x.notify_url.as_deref().map(masked_url),
-        "idempotency_key": x.idempotency_key,
-        "order_key": x.order_key,
-        "created_at": rfc3339(x.created_at),
-        "status": overall_status(&n.deliveries.iter().map(|d| d.delivery.status).collect::<Vec<_>>()),
-        "deliveries": n.deliveries.iter().map(delivery).collect::<Vec<_>>(),
-    })
+    NotificationView {
+        id: x.id.clone(),
+        app_id: x.app_id.clone(),
+        event_type: x.event_type.clone(),
+        payload,
+        notify_url: x.notify_url.as_deref().map(masked_url),
+        idempotency_key: x.idempotency_key.clone(),
+        order_key: x.order_key.clone(),
+        created_at: rfc3339(x.created_at),
+        status: overall_status(
+            &n.deliveries
+                .iter()
+                .map(|d| d.delivery.status)
+                .collect::<Vec<_>>(),
+        ),
+        deliveries: n.deliveries.iter().map(delivery).collect(),
+    }
 }
 
 /// A notification as a list shows it: no payload, deliveries without attempts.
-pub fn notification_summary(n: &NotificationSummary) -> Value {
-    json!({
-        "id": n.id,
-        "app_id": n.app_id,
-        "event_type": n.event_type,
-        "notify_url": n.notify_url.as_deref().map(masked_url),
-        "idempotency_key": n.idempotency_key,
-        "order_key": n.order_key,
-        "created_at": rfc3339(n.created_at),
-        "status": overall_status(&n.deliveries.iter().map(|d| d.status).collect::<Vec<_>>()),
-        "deliveries": n.deliveries.iter().map(delivery_brief).collect::<Vec<_>>(),
-    })
+#[derive(Serialize, ToSchema)]
+pub struct NotificationSummaryView {
+    pub id: String,
+    pub app_id: String,
+    pub event_type: String,
+    pub notify_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub order_key: Option<String>,
+    pub created_at: String,
+    #[schema(value_type = String, example = "failed")]
+    pub status: DeliveryStatus,
+    pub deliveries: Vec<DeliveryBriefView>,
+}
+
+pub fn notification_summary(n: &NotificationSummary) -> NotificationSummaryView {
+    NotificationSummaryView {
+        id: n.id.clone(),
+        app_id: n.app_id.clone(),
+        event_type: n.event_type.clone(),
+        notify_url: n.notify_url.as_deref().map(masked_url),
+        idempotency_key: n.idempotency_key.clone(),
+        order_key: n.order_key.clone(),
+        created_at: rfc3339(n.created_at),
+        status: overall_status(&n.deliveries.iter().map(|d| d.status).collect::<Vec<_>>()),
+        deliveries: n.deliveries.iter().map(delivery_brief).collect(),
+    }
+}
+
+/// An accepted notification (`202`): committed, with the deliveries it made.
+#[derive(Serialize, ToSchema)]
+pub struct AcceptedView {
+    pub id: String,
+    pub event_type: String,
+    pub created_at: String,
+    pub deliveries: Vec<DeliverySummaryView>,
+}
+
+/// An app's API key as listed: never the key itself.
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub app_id: String,
+    /// The key's first characters (`hk_...`), to tell keys apart.
+    pub prefix: String,
+    pub created_at: String,
+    /// To about a minute; null if never used.
+    pub last_used_at: Option<String>,
+}
+
+pub fn api_key(k: &ApiKey) -> ApiKeyView {
+    ApiKeyView {
+        id: k.id.clone(),
+        app_id: k.app_id.clone(),
+        prefix: k.prefix.clone(),
+        created_at: rfc3339(k.created_at),
+        last_used_at: k.last_used_at.map(rfc3339),
+    }
+}
+
+/// A new API key: the only response that shows `key`.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedApiKeyView {
+    #[serde(flatten)]
+    pub api_key: ApiKeyView,
+    /// The key (`hk_...`), shown once: only its SHA-256 is stored.
+    pub key: String,
+}
+
+/// One page of a list; pass `next_cursor` back as `cursor` for the next page (null on the
+/// last).
+#[derive(Serialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod rekey;
 pub mod send;
 pub mod serve;
 pub mod sign;
+pub mod token;
 pub mod verify;
 
 /// Reads a value given as literal text, `@FILE`, or `-` for standard input.

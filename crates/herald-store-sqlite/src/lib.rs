@@ -24,7 +24,9 @@ use self::schema::backend;
 use self::writer::{Op, Writer};
 use herald_store::model::*;
 use herald_store::queue::*;
-use herald_store::{AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError};
+use herald_store::{
+    AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, SourceStore, StoreError,
+};
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
 /// tasks) wait: that is the backpressure that keeps memory bounded under overload.
@@ -377,6 +379,32 @@ impl AdminStore for SqliteStore {
             reply,
         })
         .await
+    }
+}
+
+#[async_trait]
+impl SourceStore for SqliteStore {
+    async fn create_source(&self, new: NewSource) -> Result<Source> {
+        self.call(|r| Op::CreateSource(Box::new(new), r)).await
+    }
+
+    async fn get_source(&self, id: &str) -> Result<Option<Source>> {
+        let (sealer, id) = (self.sealer.clone(), id.to_string());
+        self.readers
+            .read(move |c| rows::get_source(c, &sealer, &id))
+            .await
+    }
+
+    async fn list_sources(&self, page: ListSources) -> Result<Page<Source>> {
+        let sealer = self.sealer.clone();
+        self.readers
+            .read(move |c| rows::list_sources_page(c, &sealer, &page))
+            .await
+    }
+
+    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_string();
+        self.call(|reply| Op::DeleteSource { id, now, reply }).await
     }
 }
 

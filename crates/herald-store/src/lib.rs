@@ -3,8 +3,8 @@
 //!
 //! The store is the source of truth. The engine sees only the claim-based [`Queue`] (see
 //! [`queue`] for claims, leases and hints); the API, the sandbox and the settings use their
-//! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`]). [`Store`] is all four, which
-//! is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
+//! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`], [`SourceStore`]). [`Store`]
+//! is all five, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
 //! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
 //! SQL. Drivers seal apps' credentials before writing them and open them when reading (see
 //! [`sealing`]).
@@ -41,9 +41,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a driver provides: the engine's queue plus administration, the sandbox's
 /// trades and settings. Implemented for every type that implements the four.
-pub trait Store: Queue + AdminStore + SandboxStore + MetaStore {}
+pub trait Store: Queue + AdminStore + SandboxStore + MetaStore + SourceStore {}
 
-impl<T: Queue + AdminStore + SandboxStore + MetaStore> Store for T {}
+impl<T: Queue + AdminStore + SandboxStore + MetaStore + SourceStore> Store for T {}
 
 /// Apps, endpoints, notifications and deliveries as the API administers and queries them.
 /// Methods that change state are committed (durably) before they return; what they change
@@ -129,6 +129,24 @@ pub trait SandboxStore: Send + Sync + 'static {
     ) -> Result<Option<SandboxPayment>>;
     /// The payments that have a deadline, earliest deadline first, at most `limit`.
     async fn sandbox_deadlines(&self, limit: u32) -> Result<Vec<SandboxPayment>>;
+}
+
+/// The inbound gateway's sources (see [`Source`]). What a source receives is stored with
+/// [`AdminStore::create_notification`] on its app (idempotency key: the provider's notify
+/// id; order key: the `out_trade_no`), so a received notification and its forward commit
+/// together and copies dedupe there.
+#[async_trait]
+pub trait SourceStore: Send + Sync + 'static {
+    /// Creates the internal app, its destination endpoint and the source in one
+    /// transaction (all or nothing). The keys are sealed under the store's keyring.
+    async fn create_source(&self, new: NewSource) -> Result<Source>;
+    /// A live (not deleted) source.
+    async fn get_source(&self, id: &str) -> Result<Option<Source>>;
+    /// Live sources, a page at a time, by `created_at` then id.
+    async fn list_sources(&self, page: ListSources) -> Result<Page<Source>>;
+    /// Marks the source deleted (its ingest URL stops accepting) and deletes its destination
+    /// endpoint, canceling pending forwards. False when it did not exist (or was deleted).
+    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool>;
 }
 
 /// Small key-value settings (the admin token's hash), and the database's reachability.

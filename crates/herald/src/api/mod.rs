@@ -6,6 +6,7 @@ mod endpoints;
 pub mod error;
 pub(crate) mod extract;
 mod notifications;
+pub(crate) mod sources;
 pub(crate) mod views;
 
 use std::sync::Arc;
@@ -127,9 +128,15 @@ pub fn router(state: ApiState) -> Router {
             get(notifications::list_attempts),
         )
         .route("/deliveries/{id}/retry", post(notifications::retry))
+        .route("/sources", post(sources::create).get(sources::list))
+        .route("/sources/{id}", get(sources::get).delete(sources::delete))
+        .route("/sources/{id}/notifications", get(sources::received))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
+        // The inbound gateway's ingest URLs: providers post here, unauthenticated (each
+        // request is verified with its source's keys).
+        .route("/in/{source_id}", post(sources::ingest))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))

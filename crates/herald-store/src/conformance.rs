@@ -1471,6 +1471,7 @@ fn new_source(name: &str, url: &str, now: Millis) -> NewSource {
                 delays_ms: vec![1000, 2000],
                 jitter: 0.0,
             }),
+            now,
             ..new_endpoint("ignored", url)
         },
     }
@@ -1537,10 +1538,12 @@ pub async fn a_source_forwards_each_notify_id_once_ordered_per_trade(store: &imp
         vec![first.deliveries[0].id.as_str()],
         "one per trade at a time"
     );
-    complete(store, &n, &jobs[0], Outcome::Succeeded).await;
-    let jobs = claim(store, &n).await;
-    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(ids, vec![second.deliveries[0].id.as_str()]);
+    let done = complete(store, &n, &jobs[0], Outcome::Succeeded).await;
+    assert_eq!(
+        done.successor.map(|j| j.id.clone()),
+        Some(second.deliveries[0].id.clone()),
+        "the trade's next notification follows the first"
+    );
 }
 
 /// A deleted source is gone from reads and lists, its pending forwards are canceled, and

@@ -93,6 +93,17 @@ pub async fn create(
     }
     let keys: Vec<String> = req.keys.iter().map(|k| k.trim().to_string()).collect();
     let decrypt_key = req.decrypt_key.as_deref().map(|k| k.trim().to_string());
+    // The profiles' key loaders also take a file name (for the CLI's --key): the API never
+    // lets a request make the server read one of its files.
+    let names_a_file = |k: &str| {
+        let path = |s: &str| !s.is_empty() && std::path::Path::new(s.trim()).exists();
+        path(k) || k.split_once('=').is_some_and(|(_, rest)| path(rest))
+    };
+    if keys.iter().any(|k| names_a_file(k)) || decrypt_key.as_deref().is_some_and(names_a_file) {
+        return Err(ApiError::Invalid(
+            "keys must hold the keys themselves (PEM, base64, secrets), not file names".into(),
+        ));
+    }
     // Refused now rather than at the first notification; the message never quotes a key.
     profile
         .receiver_keys(&keys, decrypt_key.as_deref())
@@ -311,22 +322,34 @@ fn reply(r: Reply) -> Response {
     (status, [("content-type", r.content_type)], r.body).into_response()
 }
 
-/// What kind of notification this is: the provider's event type where the wire names one
-/// (WeChat Pay v3 `event_type`, Stripe `type`), else `refund` or `payment`.
-fn kind(n: &VerifiedNotification) -> String {
-    if let Some(t) = &n.event_type {
-        return t.clone();
+/// What the notification means for the merchant's order, the same for every profile:
+/// `refund` (Alipay `refund_fee`, WeChat Pay v2 `req_info`, an event type naming a refund),
+/// `closed` (Alipay `TRADE_CLOSED` without a refund, Stripe `payment_intent.canceled`,
+/// `payment.closed`), `payment` (Alipay `TRADE_SUCCESS` / `TRADE_FINISHED`, WeChat Pay
+/// `SUCCESS` / `TRANSACTION.SUCCESS`, Stripe `payment_intent.succeeded`,
+/// `payment.succeeded`), else `other` (the provider's `status` says more).
+fn kind(n: &VerifiedNotification) -> &'static str {
+    let event = n.event_type.as_deref().unwrap_or("").to_ascii_lowercase();
+    let status = n.status.as_deref().unwrap_or("");
+    let refund_fields = ["refund_fee", "req_info", "refund_id", "out_refund_no"]
+        .iter()
+        .any(|f| n.fields.contains_key(*f));
+    if refund_fields || event.contains("refund") {
+        "refund"
+    } else if status == "TRADE_CLOSED"
+        || matches!(event.as_str(), "payment_intent.canceled" | "payment.closed")
+    {
+        "closed"
+    } else if matches!(status, "TRADE_SUCCESS" | "TRADE_FINISHED" | "SUCCESS")
+        || matches!(
+            event.as_str(),
+            "transaction.success" | "payment_intent.succeeded" | "payment.succeeded"
+        )
+    {
+        "payment"
+    } else {
+        "other"
     }
-    let refund = [
-        "refund_fee",
-        "gmt_refund",
-        "req_info",
-        "refund_id",
-        "out_refund_no",
-    ]
-    .iter()
-    .any(|f| n.fields.contains_key(*f));
-    if refund { "refund" } else { "payment" }.to_string()
 }
 
 /// The standard-webhooks forward: the decoded notification.
@@ -444,10 +467,9 @@ pub async fn ingest(
         .clone()
         .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN);
     let (event_type, payload) = match source.format {
-        SourceFormat::StandardWebhooks => (kind(&n), decoded(&n)),
+        SourceFormat::StandardWebhooks => (kind(&n).to_string(), decoded(&n)),
         SourceFormat::Raw => (RAW_EVENT_TYPE.to_string(), raw_envelope(&headers, &body)),
     };
-    let event_type: String = event_type.chars().take(256).collect();
     let new = NewNotification {
         app_id: source.app_id.clone(),
         event_type,

@@ -188,11 +188,8 @@ async fn pay(server: &TestServer, body: Value) -> String {
         .send()
         .await
         .expect("pay");
-    assert_eq!(
-        resp.status().as_u16(),
-        303,
-        "paying redirects to the return_url"
-    );
+    // Without a return_url the checkout answers its "paid" page itself.
+    assert_eq!(resp.status().as_u16(), 200, "paid");
     id
 }
 
@@ -343,7 +340,7 @@ async fn php_direct_handler_applies_a_refund_that_arrives_before_its_payment() {
 }
 
 #[tokio::test]
-async fn php_direct_handler_refuses_a_notification_for_another_app_id() {
+async fn php_direct_handler_refuses_a_notification_signed_with_another_merchants_key() {
     let server = sandbox().await;
     let (_, creds) = merchant(&server, "alipay").await;
     let (other_app, _) = merchant(&server, "alipay").await;
@@ -363,11 +360,86 @@ async fn php_direct_handler_refuses_a_notification_for_another_app_id() {
                "subject": "pen", "notify_url": shop.url("/notify-direct.php")}),
     )
     .await;
-    let sent = settled(&server, &payment).await;
-    assert_eq!(delivery_statuses(&sent).len(), 1);
+    // Refused with "fail": Alipay's schedule would send it again in minutes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shop.refused("bad signature") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the notification never reached the shop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, p) = server
+        .call("GET", &format!("/v1/sandbox/payments/{payment}"), None)
+        .await;
+    let ntf = p["events"][0]["notifications"][0]["notification_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n = server
+        .wait_for(&ntf, |n| n["deliveries"][0]["attempt_count"] == 1)
+        .await;
+    assert_eq!(
+        n["deliveries"][0]["status"], "pending",
+        "to be retried: {n:#}"
+    );
+    assert_eq!(
+        n["deliveries"][0]["attempts"][0]["response"], "fail",
+        "{n:#}"
+    );
     assert_eq!(shop.status("D-3003"), "pending");
     assert_eq!(shop.fulfilments("D-3003", "ship"), 0);
     assert_eq!(shop.refused("bad signature"), 1);
+}
+
+#[tokio::test]
+async fn php_direct_handler_refuses_a_correctly_signed_notification_for_another_app_id() {
+    let server = sandbox().await;
+    // Two apps with one key pair: the signature verifies, only the app_id check refuses.
+    let key = herald_protocols::keys::generate_rsa_2048();
+    let pem = herald_protocols::keys::private_pem_pkcs8(&key).expect("pem");
+    let public = herald_protocols::keys::public_pem(&key.to_public_key());
+    let mk = |app: &'static str| {
+        json!({"name": "shop", "profile": "alipay",
+               "credentials": {"app_id": app, "private_key": pem.clone()}})
+    };
+    let (status, ours) = server
+        .call("POST", "/v1/apps", Some(mk("2021000000000001")))
+        .await;
+    assert_eq!(status, 201, "{ours}");
+    let (status, theirs) = server
+        .call("POST", "/v1/apps", Some(mk("2021000000000002")))
+        .await;
+    assert_eq!(status, 201, "{theirs}");
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("k.pem");
+    std::fs::write(&key_file, &public).unwrap();
+    let shop = PhpShop::start(&[
+        ("ALIPAY_APP_ID", "2021000000000001"),
+        ("ALIPAY_PUBLIC_KEY_FILE", key_file.to_str().unwrap()),
+    ]);
+    shop.create_order("D-4004", 100).await;
+    pay(
+        &server,
+        json!({"app_id": theirs["id"], "out_trade_no": "D-4004", "total_amount": "1.00",
+               "subject": "pen", "notify_url": shop.url("/notify-direct.php")}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shop.refused("foreign app_id") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the notification never reached the shop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        shop.refused("bad signature"),
+        0,
+        "the signature itself verified"
+    );
+    assert_eq!(shop.status("D-4004"), "pending");
+    assert_eq!(shop.fulfilments("D-4004", "ship"), 0);
 }
 
 // --- notify-gateway.php behind a source ----------------------------------------------------

@@ -153,10 +153,25 @@ pub(crate) fn stored_credentials(conn: &Connection) -> Result<Vec<(String, Strin
     rows.collect::<rusqlite::Result<_>>().map_err(backend)
 }
 
-/// Opens every app's credentials with `sealer` and counts how they are held.
+/// Every source's `keys` column as stored (deleted sources too), by id.
+pub(crate) fn stored_source_keys(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn
+        .prepare("SELECT id, keys FROM sources ORDER BY id")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+}
+
+/// Opens every app's credentials and every source's keys with `sealer` and counts how they
+/// are held.
 pub(crate) fn check_credentials(conn: &Connection, sealer: &Sealer) -> Result<SealCensus> {
     let mut census = SealCensus::default();
-    for (id, stored) in stored_credentials(conn)? {
+    for (id, stored) in stored_credentials(conn)?
+        .into_iter()
+        .chain(stored_source_keys(conn)?)
+    {
         sealer.check(&id, &stored, &mut census)?;
     }
     Ok(census)

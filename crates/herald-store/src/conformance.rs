@@ -1650,6 +1650,7 @@ macro_rules! sealing_conformance_tests {
             altered_or_moved_sealed_credentials_do_not_open,
             resealing_moves_every_app_to_the_first_key,
             source_keys_are_sealed_at_rest_and_bound_to_their_source,
+            resealing_and_the_start_check_cover_source_keys,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1893,5 +1894,41 @@ pub async fn source_keys_are_sealed_at_rest_and_bound_to_their_source(h: &impl S
     let moved = store.get_source(&b.id).await;
     assert!(moved.is_err(), "a value sealed for another source opened");
     assert!(store.get_source(&a.id).await.unwrap().is_some());
+    store.close().await;
+}
+
+/// `check_credentials` refuses a keyring that cannot open a source's keys (naming the
+/// source), and `reseal_credentials` moves sources' keys to the first key with the apps'.
+pub async fn resealing_and_the_start_check_cover_source_keys(h: &impl SealingHarness) {
+    let store = h.open(Sealer::new(&[SEAL_KEY_1])).await;
+    let s = store
+        .create_source(new_source("a", "http://127.0.0.1:9/a", T0))
+        .await
+        .unwrap();
+    store.close().await;
+    // The source's app in plaintext: only the source's keys need the old key now.
+    let plain = serde_json::to_string(&creds()).unwrap();
+    h.set_raw_credentials(&s.app_id, &plain).await;
+    let store = h.open(Sealer::new(&[SEAL_KEY_2])).await;
+    let refused = store.check_credentials().await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains(&s.id)),
+        "{refused:?}"
+    );
+    store.close().await;
+
+    let rotated = Sealer::new(&[SEAL_KEY_2, SEAL_KEY_1]);
+    let store = h.open(rotated.clone()).await;
+    let census = store.reseal_credentials().await.unwrap();
+    assert_eq!(
+        census.resealed, 2,
+        "the source's app and the source: {census:?}"
+    );
+    store.close().await;
+    assert!(sealed_under(&h.raw_source_keys(&s.id).await, &rotated));
+
+    let store = h.open(Sealer::new(&[SEAL_KEY_2])).await;
+    assert_eq!(store.get_source(&s.id).await.unwrap().unwrap().keys, s.keys);
+    assert_eq!(store.check_credentials().await.unwrap().current, 2);
     store.close().await;
 }

@@ -59,13 +59,15 @@ pub trait AdminStore: Send + Sync + 'static {
         id: &str,
         credentials: herald_protocols::Credentials,
     ) -> Result<Option<App>>;
-    /// Opens every app's credentials with the store's keyring and counts how they are held;
-    /// an error names the first app whose credentials do not open (a key missing from the
-    /// keyring, an altered value). Servers check this at start.
+    /// Opens every app's credentials (and every source's keys) with the store's keyring and
+    /// counts how they are held; an error names the first app (or source) whose credentials
+    /// do not open (a key missing from the keyring, an altered value). Servers check this at
+    /// start.
     async fn check_credentials(&self) -> Result<SealCensus>;
-    /// Rewrites every app's credentials that are not sealed under the keyring's first key
-    /// (plaintext, or an older key) under it, in one transaction (`herald rekey`); nothing
-    /// is written when one does not open. Without a key, only counts.
+    /// Rewrites every app's credentials (and every source's keys) that are not sealed under
+    /// the keyring's first key (plaintext, or an older key) under it, in one transaction
+    /// (`herald rekey`); nothing is written when one does not open. Without a key, only
+    /// counts.
     async fn reseal_credentials(&self) -> Result<SealCensus>;
 
     // Endpoints. `Err(NotFound("app"))` when the app does not exist.

@@ -105,7 +105,8 @@ pub enum Stored<'a> {
     Sealed { key_id: &'a str },
 }
 
-/// How every app's credentials are stored (see [`crate::AdminStore::check_credentials`]).
+/// How every app's credentials are stored (see [`crate::AdminStore::check_credentials`]);
+/// sources' keys are counted with them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SealCensus {
     /// Apps whose credentials are plaintext JSON.

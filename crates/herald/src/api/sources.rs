@@ -502,3 +502,105 @@ pub async fn ingest(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn n(status: Option<&str>, event: Option<&str>, fields: &[&str]) -> VerifiedNotification {
+        VerifiedNotification {
+            profile: "alipay",
+            notify_id: "n".into(),
+            app_id: None,
+            merchant_id: None,
+            out_trade_no: Some("T1".into()),
+            transaction_id: None,
+            amount: None,
+            status: status.map(str::to_string),
+            event_type: event.map(str::to_string),
+            fields: fields
+                .iter()
+                .map(|f| (f.to_string(), Value::String("x".into())))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn every_profiles_notifications_get_one_kind_vocabulary() {
+        let cases = [
+            // Alipay: the status, and refund_fee for refunds (also with TRADE_SUCCESS).
+            (
+                n(Some("TRADE_SUCCESS"), Some("trade_status_sync"), &[]),
+                "payment",
+            ),
+            (
+                n(Some("TRADE_FINISHED"), Some("trade_status_sync"), &[]),
+                "payment",
+            ),
+            (
+                n(
+                    Some("TRADE_SUCCESS"),
+                    Some("trade_status_sync"),
+                    &["refund_fee"],
+                ),
+                "refund",
+            ),
+            (
+                n(
+                    Some("TRADE_CLOSED"),
+                    Some("trade_status_sync"),
+                    &["refund_fee"],
+                ),
+                "refund",
+            ),
+            (
+                n(Some("TRADE_CLOSED"), Some("trade_status_sync"), &[]),
+                "closed",
+            ),
+            (
+                n(Some("WAIT_BUYER_PAY"), Some("trade_status_sync"), &[]),
+                "other",
+            ),
+            // WeChat Pay v2 (payments: result_code; refunds: the decrypted req_info) and v3.
+            (n(Some("SUCCESS"), None, &[]), "payment"),
+            (n(Some("FAIL"), None, &[]), "other"),
+            (n(Some("SUCCESS"), None, &["req_info"]), "refund"),
+            (
+                n(Some("SUCCESS"), Some("TRANSACTION.SUCCESS"), &[]),
+                "payment",
+            ),
+            (n(Some("SUCCESS"), Some("REFUND.SUCCESS"), &[]), "refund"),
+            // Stripe and Standard Webhooks event types.
+            (n(None, Some("payment_intent.succeeded"), &[]), "payment"),
+            (n(None, Some("charge.refunded"), &[]), "refund"),
+            (n(None, Some("payment_intent.canceled"), &[]), "closed"),
+            (n(None, Some("payment.succeeded"), &[]), "payment"),
+            (n(None, Some("refund.succeeded"), &[]), "refund"),
+            (n(None, Some("payment.closed"), &[]), "closed"),
+            (n(None, Some("customer.created"), &[]), "other"),
+        ];
+        for (notification, want) in cases {
+            assert_eq!(kind(&notification), want, "{notification:?}");
+        }
+    }
+
+    #[test]
+    fn a_raw_envelope_keeps_the_providers_headers_but_not_the_hops_or_webhook_headers() {
+        let headers = vec![
+            ("content-type".to_string(), "text/xml".to_string()),
+            ("host".to_string(), "herald".to_string()),
+            ("content-length".to_string(), "9".to_string()),
+            ("wechatpay-serial".to_string(), "S1".to_string()),
+            ("webhook-signature".to_string(), "v1,forged".to_string()),
+        ];
+        let env = raw_envelope(&headers, b"<xml></xml>");
+        assert_eq!(
+            env["headers"],
+            json!([["content-type", "text/xml"], ["wechatpay-serial", "S1"]])
+        );
+        let r = herald_engine::raw::unpack(&env.to_string()).unwrap();
+        assert_eq!(r.body, b"<xml></xml>");
+        assert_eq!(r.content_type.as_deref(), Some("text/xml"));
+    }
+}

@@ -264,6 +264,14 @@ async fn a_source_refuses_forged_and_foreign_notifications_with_the_providers_fa
         .await
         .is_empty());
 
+    // A body over the limit is refused before anything is read into a notification.
+    let huge = vec![b'a'; 1024 * 1024 + 1];
+    let (status, _, _) = post(&server, &ours_path, &ct, &huge).await;
+    assert_eq!(status, 413);
+    assert!(received(&server, ours["id"].as_str().unwrap())
+        .await
+        .is_empty());
+
     // The genuine one: exactly "success", stored once with its notify id and order.
     let (status, _, reply) = post(&server, &ours_path, &ct, &body).await;
     assert_eq!((status, reply.as_str()), (200, "success"));

@@ -152,17 +152,41 @@ impl HttpAttempter {
             }
         }
 
+        // A gateway's raw forward sends the provider's request, signed over its body.
+        let raw = if job.event_type == crate::raw::RAW_EVENT_TYPE
+            && app.profile == herald_protocols::Profile::StandardWebhooks
+        {
+            match crate::raw::unpack(&job.payload) {
+                Ok(r) => Some(r),
+                Err(e) => return fail("encode", e, None, None),
+            }
+        } else {
+            None
+        };
         let encoded = match app.profile.encode(
             &app.credentials,
             &OutgoingNotification {
                 notify_id: &job.notify_id,
                 event_type: &job.event_type,
-                payload: job.payload.as_bytes(),
+                payload: raw
+                    .as_ref()
+                    .map_or(job.payload.as_bytes(), |r| r.body.as_slice()),
                 timestamp: at.div_euclid(1000),
                 created_at: job.created_at.div_euclid(1000),
             },
         ) {
-            Ok(e) => e,
+            Ok(mut e) => {
+                if let Some(r) = raw {
+                    if let Some(ct) = r.content_type {
+                        e.content_type = ct;
+                    }
+                    let mut headers = r.headers;
+                    headers.append(&mut e.headers);
+                    e.headers = headers;
+                    e.body = r.body;
+                }
+                e
+            }
             Err(e) => return fail("encode", e.to_string(), None, None),
         };
         let mut req = self

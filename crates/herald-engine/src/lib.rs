@@ -12,6 +12,7 @@
 //! The engine never reads the wall clock directly: it asks its [`Clock`], so tests run it on
 //! Tokio's paused time.
 pub mod attempt;
+pub mod raw;
 mod scheduler;
 pub mod ssrf;
 

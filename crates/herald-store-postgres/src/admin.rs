@@ -107,6 +107,17 @@ pub(crate) async fn reseal_credentials(inner: &Inner) -> Result<SealCensus> {
             census.resealed += 1;
         }
     }
+    for (id, stored) in rows::stored_source_keys(&tx, true).await? {
+        if let Some(sealed) = sealer.reseal(&id, &stored, &mut census)? {
+            tx.execute(
+                "UPDATE sources SET keys = $2 WHERE id = $1",
+                &[&id, &sealed],
+            )
+            .await
+            .map_err(backend)?;
+            census.resealed += 1;
+        }
+    }
     tx.commit().await.map_err(backend)?;
     Ok(census)
 }

@@ -1,11 +1,11 @@
 //! Herald's PostgreSQL driver: several stateless nodes over one database.
 //!
 //! [`PgStore`] implements the seam's traits ([`Queue`], [`AdminStore`], [`SandboxStore`],
-//! [`MetaStore`], [`ApiKeyStore`]) with the same semantics as the SQLite driver, in these parts:
+//! [`MetaStore`], [`ApiKeyStore`], [`SourceStore`]) with the same semantics as the SQLite driver, in these parts:
 //! - `connect`: the URL, TLS over rustls, the connection pool;
 //! - `schema`: migrations, run at connect under an advisory lock (also [`migrate`] alone);
 //! - `rows`: row mapping and the read queries;
-//! - `admin` and `sandbox`: what the API and the sandbox write;
+//! - `admin`, `sandbox` and `sources`: what the API, the sandbox and the gateway write;
 //! - `queue`: the engine's claim-based queue (`FOR UPDATE SKIP LOCKED` claims serialized by
 //!   an advisory lock, node leases, conditional outcomes);
 //! - `hints`: `LISTEN/NOTIFY` wake-ups and the app/endpoint caches they keep coherent.
@@ -21,6 +21,7 @@ mod queue;
 mod rows;
 mod sandbox;
 mod schema;
+mod sources;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,8 @@ use herald_protocols::Credentials;
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{
-    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError,
+    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, SourceStore,
+    StoreError,
 };
 
 use self::connect::Target;
@@ -274,6 +276,25 @@ impl ApiKeyStore for PgStore {
 
     async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
         admin::touch_api_key(&self.inner, id, now).await
+    }
+}
+
+#[async_trait]
+impl SourceStore for PgStore {
+    async fn create_source(&self, new: NewSource) -> Result<Source> {
+        sources::create(&self.inner, new).await
+    }
+
+    async fn get_source(&self, id: &str) -> Result<Option<Source>> {
+        sources::get(&self.client().await?, &self.inner.contexts.sealer, id).await
+    }
+
+    async fn list_sources(&self, page: ListSources) -> Result<Page<Source>> {
+        sources::list(&self.client().await?, &self.inner.contexts.sealer, &page).await
+    }
+
+    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool> {
+        sources::delete(&self.inner, id, now).await
     }
 }
 

@@ -263,13 +263,34 @@ pub(crate) async fn stored_credentials(
     rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
 }
 
-/// Opens every app's credentials with `sealer` and counts how they are held.
+/// Every source's `keys` column as stored (deleted sources too), by id; `lock` holds the
+/// rows for a rewrite.
+pub(crate) async fn stored_source_keys(
+    c: &impl GenericClient,
+    lock: bool,
+) -> Result<Vec<(String, String)>> {
+    let sql = if lock {
+        "SELECT id, keys FROM sources ORDER BY id FOR UPDATE"
+    } else {
+        "SELECT id, keys FROM sources ORDER BY id"
+    };
+    let rows = c.query(sql, &[]).await.map_err(backend)?;
+    rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
+}
+
+/// Opens every app's credentials and every source's keys with `sealer` and counts how they
+/// are held.
 pub(crate) async fn check_credentials(
     c: &impl GenericClient,
     sealer: &Sealer,
 ) -> Result<SealCensus> {
     let mut census = SealCensus::default();
-    for (id, stored) in stored_credentials(c, false).await? {
+    let sources = stored_source_keys(c, false).await?;
+    for (id, stored) in stored_credentials(c, false)
+        .await?
+        .into_iter()
+        .chain(sources)
+    {
         sealer.check(&id, &stored, &mut census)?;
     }
     Ok(census)

@@ -2,7 +2,9 @@
 //! advisory lock so that nodes starting together do not migrate at once.
 //!
 //! Migration numbers are the same as the SQLite driver's: 1 the initial schema, 2 the
-//! sandbox's payments, 3 the claim-based queue. `herald_store_migrations` records which ran.
+//! sandbox's payments, 3 the claim-based queue, 4 deleting apps and app-scoped API keys, 5 the inbound
+//! gateway's sources.
+//! `herald_store_migrations` records which ran.
 //! Millisecond times are `BIGINT`, sequence numbers identity columns; the delivery status is
 //! a closed set enforced by a CHECK constraint, as on SQLite.
 use tokio_postgres::Client;
@@ -155,6 +157,25 @@ const MIGRATIONS: &[&str] = &[
         last_used_at BIGINT
     );
     CREATE INDEX api_keys_by_app ON api_keys(app_id, created_at);
+    "#,
+    // 5: the inbound gateway's sources. What a source receives is a notification of its
+    // internal app (`app_id`) delivered to its one endpoint (`endpoint_id`); `keys` holds the
+    // verification keys, sealed like apps' credentials.
+    r#"
+    CREATE TABLE sources (
+        id                 TEXT PRIMARY KEY,
+        name               TEXT NOT NULL,
+        profile            TEXT NOT NULL,
+        keys               TEXT NOT NULL,
+        expect_app_id      TEXT,
+        expect_merchant_id TEXT,
+        format             TEXT NOT NULL CHECK (format IN ('standard-webhooks', 'raw')),
+        app_id             TEXT NOT NULL REFERENCES apps(id),
+        endpoint_id        TEXT NOT NULL REFERENCES endpoints(id),
+        created_at         BIGINT NOT NULL,
+        deleted            BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX sources_live ON sources(created_at, id) WHERE NOT deleted;
     "#,
 ];
 

@@ -61,6 +61,26 @@ impl herald_store::conformance::SealingHarness for Sealing {
             .await
             .expect("update the app's row");
     }
+
+    async fn raw_source_keys(&self, source_id: &str) -> String {
+        self.client()
+            .await
+            .query_one("SELECT keys FROM sources WHERE id = $1", &[&source_id])
+            .await
+            .expect("the source's row")
+            .get(0)
+    }
+
+    async fn set_raw_source_keys(&self, source_id: &str, raw: &str) {
+        self.client()
+            .await
+            .execute(
+                "UPDATE sources SET keys = $2 WHERE id = $1",
+                &[&source_id, &raw],
+            )
+            .await
+            .expect("update the source's row");
+    }
 }
 
 herald_store::sealing_conformance_tests!(sealing());

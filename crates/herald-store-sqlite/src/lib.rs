@@ -25,7 +25,8 @@ use self::writer::{Op, Writer};
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{
-    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError,
+    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, SourceStore,
+    StoreError,
 };
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
@@ -433,6 +434,32 @@ impl ApiKeyStore for SqliteStore {
     async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
         let id = id.to_string();
         self.call(|r| Op::TouchApiKey(id, now, r)).await
+    }
+}
+
+#[async_trait]
+impl SourceStore for SqliteStore {
+    async fn create_source(&self, new: NewSource) -> Result<Source> {
+        self.call(|r| Op::CreateSource(Box::new(new), r)).await
+    }
+
+    async fn get_source(&self, id: &str) -> Result<Option<Source>> {
+        let (sealer, id) = (self.sealer.clone(), id.to_string());
+        self.readers
+            .read(move |c| rows::get_source(c, &sealer, &id))
+            .await
+    }
+
+    async fn list_sources(&self, page: ListSources) -> Result<Page<Source>> {
+        let sealer = self.sealer.clone();
+        self.readers
+            .read(move |c| rows::list_sources_page(c, &sealer, &page))
+            .await
+    }
+
+    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool> {
+        let id = id.to_string();
+        self.call(|reply| Op::DeleteSource { id, now, reply }).await
     }
 }
 

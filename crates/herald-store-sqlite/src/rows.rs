@@ -217,10 +217,25 @@ pub(crate) fn stored_credentials(conn: &Connection) -> Result<Vec<(String, Strin
     rows.collect::<rusqlite::Result<_>>().map_err(backend)
 }
 
-/// Opens every app's credentials with `sealer` and counts how they are held.
+/// Every source's `keys` column as stored (deleted sources too), by id.
+pub(crate) fn stored_source_keys(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn
+        .prepare("SELECT id, keys FROM sources ORDER BY id")
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(backend)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(backend)
+}
+
+/// Opens every app's credentials and every source's keys with `sealer` and counts how they
+/// are held.
 pub(crate) fn check_credentials(conn: &Connection, sealer: &Sealer) -> Result<SealCensus> {
     let mut census = SealCensus::default();
-    for (id, stored) in stored_credentials(conn)? {
+    for (id, stored) in stored_credentials(conn)?
+        .into_iter()
+        .chain(stored_source_keys(conn)?)
+    {
         sealer.check(&id, &stored, &mut census)?;
     }
     Ok(census)
@@ -519,4 +534,81 @@ pub(crate) fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>> {
     conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")
         .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
         .map_err(backend)
+}
+
+// --- sources ----------------------------------------------------------------------------
+
+pub(crate) const SOURCE_COLS: &str = "id, name, profile, keys, expect_app_id, expect_merchant_id, \
+     format, app_id, endpoint_id, created_at";
+
+fn source_from_row(r: &Row, sealer: &Sealer) -> Result<Source> {
+    let get = |e: rusqlite::Error| backend(e);
+    let id: String = r.get(0).map_err(get)?;
+    let stored: String = r.get(3).map_err(get)?;
+    let format: String = r.get(6).map_err(get)?;
+    Ok(Source {
+        keys: sealer.open_source_keys(&id, &stored)?,
+        name: r.get(1).map_err(get)?,
+        profile: r.get(2).map_err(get)?,
+        expect_app_id: r.get(4).map_err(get)?,
+        expect_merchant_id: r.get(5).map_err(get)?,
+        format: SourceFormat::parse(&format).ok_or_else(|| {
+            StoreError::Backend(format!("bad source format {format:?} in the database"))
+        })?,
+        app_id: r.get(7).map_err(get)?,
+        endpoint_id: r.get(8).map_err(get)?,
+        created_at: r.get(9).map_err(get)?,
+        id,
+    })
+}
+
+/// A live source.
+pub(crate) fn get_source(conn: &Connection, sealer: &Sealer, id: &str) -> Result<Option<Source>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {SOURCE_COLS} FROM sources WHERE id = ?1 AND deleted = 0"
+        ))
+        .map_err(backend)?;
+    let mut rows = stmt.query(params![id]).map_err(backend)?;
+    match rows.next().map_err(backend)? {
+        Some(r) => source_from_row(r, sealer).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A page of live sources in creation order.
+pub(crate) fn list_sources_page(
+    conn: &Connection,
+    sealer: &Sealer,
+    page: &ListSources,
+) -> Result<Page<Source>> {
+    let (after_at, after_id) = match &page.cursor {
+        Some(c) => parse_endpoint_cursor(c)?,
+        None => (i64::MIN, String::new()),
+    };
+    let limit = page.limit.clamp(1, MAX_PAGE) as usize;
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {SOURCE_COLS} FROM sources
+             WHERE deleted = 0 AND (created_at > ?1 OR (created_at = ?1 AND id > ?2))
+             ORDER BY created_at, id LIMIT ?3"
+        ))
+        .map_err(backend)?;
+    let mut rows = stmt
+        .query(params![after_at, after_id, limit as i64 + 1])
+        .map_err(backend)?;
+    let mut items = Vec::new();
+    while let Some(r) = rows.next().map_err(backend)? {
+        items.push(source_from_row(r, sealer)?);
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok(Page {
+        next_cursor: if more {
+            items.last().map(|s| format!("{}:{}", s.created_at, s.id))
+        } else {
+            None
+        },
+        items,
+    })
 }

@@ -138,6 +138,25 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX api_keys_by_app ON api_keys(app_id, created_at);
     "#,
+    // 5: the inbound gateway's sources. What a source receives is a notification of its
+    // internal app (`app_id`) delivered to its one endpoint (`endpoint_id`); `keys` holds the
+    // verification keys, sealed like apps' credentials.
+    r#"
+    CREATE TABLE sources (
+        id                 TEXT PRIMARY KEY,
+        name               TEXT NOT NULL,
+        profile            TEXT NOT NULL,
+        keys               TEXT NOT NULL,
+        expect_app_id      TEXT,
+        expect_merchant_id TEXT,
+        format             TEXT NOT NULL CHECK (format IN ('standard-webhooks', 'raw')),
+        app_id             TEXT NOT NULL REFERENCES apps(id),
+        endpoint_id        TEXT NOT NULL REFERENCES endpoints(id),
+        created_at         INTEGER NOT NULL,
+        deleted            INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
+    ) WITHOUT ROWID;
+    CREATE INDEX sources_live ON sources(created_at, id) WHERE deleted = 0;
+    "#,
 ];
 
 /// Applies every migration not yet applied, each in its own transaction.

@@ -50,6 +50,23 @@ impl herald_store::conformance::SealingHarness for Sealing {
         )
         .expect("update the app's row");
     }
+
+    async fn raw_source_keys(&self, source_id: &str) -> String {
+        let conn = rusqlite::Connection::open(&self.path).expect("open the file");
+        conn.query_row("SELECT keys FROM sources WHERE id = ?1", [source_id], |r| {
+            r.get(0)
+        })
+        .expect("the source's row")
+    }
+
+    async fn set_raw_source_keys(&self, source_id: &str, raw: &str) {
+        let conn = rusqlite::Connection::open(&self.path).expect("open the file");
+        conn.execute(
+            "UPDATE sources SET keys = ?2 WHERE id = ?1",
+            [source_id, raw],
+        )
+        .expect("update the source's row");
+    }
 }
 
 herald_store::sealing_conformance_tests!(sealing());

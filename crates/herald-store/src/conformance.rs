@@ -51,6 +51,10 @@ macro_rules! conformance_tests {
             deleting_an_app_cancels_its_pending_deliveries_also_held_ones,
             api_keys_are_found_by_hash_touched_and_revoked,
             a_meta_value_set_if_absent_keeps_the_first,
+            a_source_commits_with_its_app_and_destination_and_reads_back,
+            a_source_forwards_each_notify_id_once_ordered_per_trade,
+            deleting_a_source_hides_it_and_cancels_its_pending_forwards,
+            sources_list_in_pages_by_creation_time_then_id,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1446,6 +1450,182 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
     assert_eq!(store.sandbox_deadlines(10).await.unwrap().len(), 1);
 }
 
+// --- sources (the inbound gateway) ------------------------------------------------------------
+
+const SOURCE_SECRET: &str = "an-api-key-32-characters-long-xx";
+
+fn new_source(name: &str, url: &str, now: Millis) -> NewSource {
+    NewSource {
+        name: name.into(),
+        profile: "wechatpay-v2".into(),
+        keys: SourceKeys {
+            keys: vec![SOURCE_SECRET.into()],
+            decrypt_key: Some("decrypt-key".into()),
+        },
+        expect_app_id: Some("wx1234".into()),
+        expect_merchant_id: None,
+        format: SourceFormat::StandardWebhooks,
+        app: NewApp {
+            name: format!("source {name}"),
+            profile: Profile::StandardWebhooks,
+            retry: None,
+            ack: None,
+            credentials: creds(),
+            now,
+        },
+        destination: NewEndpoint {
+            retry: Some(herald_protocols::RetryPolicy {
+                name: None,
+                delays_ms: vec![1000, 2000],
+                jitter: 0.0,
+            }),
+            now,
+            ..new_endpoint("ignored", url)
+        },
+    }
+}
+
+/// A source, its internal app (with the forwards' secret) and its destination endpoint are
+/// created together and read back as written, keys included.
+pub async fn a_source_commits_with_its_app_and_destination_and_reads_back(store: &impl Store) {
+    let s = store
+        .create_source(new_source("alipay in", "http://127.0.0.1:9/notify", T0))
+        .await
+        .expect("create source");
+    assert!(s.id.starts_with("src_"), "{}", s.id);
+    assert_eq!(s.profile, "wechatpay-v2");
+    assert_eq!(s.keys.keys, vec![SOURCE_SECRET.to_string()]);
+    assert_eq!(s.keys.decrypt_key.as_deref(), Some("decrypt-key"));
+    assert_eq!(s.created_at, T0);
+    let read = store.get_source(&s.id).await.unwrap().expect("the source");
+    assert_eq!(read, s);
+    let app = store.get_app(&s.app_id).await.unwrap().expect("its app");
+    assert_eq!(app.credentials, creds());
+    let ep = store
+        .get_endpoint(&s.app_id, &s.endpoint_id)
+        .await
+        .unwrap()
+        .expect("its destination");
+    assert_eq!(ep.url, "http://127.0.0.1:9/notify");
+    assert_eq!(ep.retry.map(|r| r.delays_ms), Some(vec![1000, 2000]));
+    assert!(store.get_source("src_missing").await.unwrap().is_none());
+}
+
+/// What a source receives is a notification of its app keyed by the provider's notify id
+/// and ordered by the trade: a copy creates nothing, and a second notification of one trade
+/// waits for the first one's forward.
+pub async fn a_source_forwards_each_notify_id_once_ordered_per_trade(store: &impl Store) {
+    let s = store
+        .create_source(new_source("in", "http://127.0.0.1:9/notify", T0))
+        .await
+        .unwrap();
+    let received = |notify_id: &str| NewNotification {
+        idempotency_key: Some(notify_id.into()),
+        order_key: Some("T1".into()),
+        ..new_notification(&s.app_id, "TRADE_SUCCESS")
+    };
+    let first = store.create_notification(received("n-1")).await.unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.deliveries.len(), 1);
+    assert_eq!(first.deliveries[0].url, "http://127.0.0.1:9/notify");
+    assert_eq!(
+        first.deliveries[0].endpoint_id.as_deref(),
+        Some(&*s.endpoint_id)
+    );
+    let copy = store.create_notification(received("n-1")).await.unwrap();
+    assert!(copy.replayed);
+    assert_eq!(copy.notification.id, first.notification.id);
+    let second = store.create_notification(received("n-2")).await.unwrap();
+    assert!(!second.replayed);
+
+    let n = node(store, "a").await;
+    let jobs = claim(store, &n).await;
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![first.deliveries[0].id.as_str()],
+        "one per trade at a time"
+    );
+    let done = complete(store, &n, &jobs[0], Outcome::Succeeded).await;
+    assert_eq!(
+        done.successor.map(|j| j.id.clone()),
+        Some(second.deliveries[0].id.clone()),
+        "the trade's next notification follows the first"
+    );
+}
+
+/// A deleted source is gone from reads and lists, its pending forwards are canceled, and
+/// deleting it again answers false.
+pub async fn deleting_a_source_hides_it_and_cancels_its_pending_forwards(store: &impl Store) {
+    let s = store
+        .create_source(new_source("in", "http://127.0.0.1:9/notify", T0))
+        .await
+        .unwrap();
+    let kept = store
+        .create_source(new_source("kept", "http://127.0.0.1:9/other", T0))
+        .await
+        .unwrap();
+    let pending = store
+        .create_notification(NewNotification {
+            idempotency_key: Some("n-1".into()),
+            ..new_notification(&s.app_id, "TRADE_SUCCESS")
+        })
+        .await
+        .unwrap();
+    assert!(store.delete_source(&s.id, T0 + 1).await.unwrap());
+    assert!(store.get_source(&s.id).await.unwrap().is_none());
+    assert!(!store.delete_source(&s.id, T0 + 2).await.unwrap());
+    let d = store
+        .get_delivery(&pending.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Canceled);
+    let page = store
+        .list_sources(ListSources {
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.items.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, vec![kept.id.as_str()]);
+}
+
+/// Sources list by creation time then id, a page at a time; a bad cursor is refused.
+pub async fn sources_list_in_pages_by_creation_time_then_id(store: &impl Store) {
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let s = store
+            .create_source(new_source(&format!("s{i}"), "http://127.0.0.1:9/n", T0 + i))
+            .await
+            .unwrap();
+        made.push(s.id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_sources(ListSources { limit: 2, cursor })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.into_iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, made);
+    let bad = store
+        .list_sources(ListSources {
+            limit: 2,
+            cursor: Some("nonsense".into()),
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)), "{bad:?}");
+}
+
 // --- secrets at rest ------------------------------------------------------------------------
 
 /// What the sealing cases need from a driver besides the store: one database reopened with
@@ -1460,6 +1640,10 @@ pub trait SealingHarness: Send + Sync {
     async fn raw_credentials(&self, app_id: &str) -> String;
     /// Overwrites the app's `apps.credentials` column (while no store is open).
     async fn set_raw_credentials(&self, app_id: &str, raw: &str);
+    /// The source's `sources.keys` column as stored.
+    async fn raw_source_keys(&self, source_id: &str) -> String;
+    /// Overwrites the source's `sources.keys` column (while no store is open).
+    async fn set_raw_source_keys(&self, source_id: &str, raw: &str);
 }
 
 /// Expands every sealing case into a test, given an async factory expression that yields a
@@ -1473,6 +1657,8 @@ macro_rules! sealing_conformance_tests {
             a_key_missing_from_the_keyring_is_a_clear_error,
             altered_or_moved_sealed_credentials_do_not_open,
             resealing_moves_every_app_to_the_first_key,
+            source_keys_are_sealed_at_rest_and_bound_to_their_source,
+            resealing_and_the_start_check_cover_source_keys,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1487,7 +1673,7 @@ macro_rules! sealing_conformance_tests {
 }
 
 use crate::sealing::Sealer;
-use crate::{AdminStore as _, MetaStore as _};
+use crate::{AdminStore as _, MetaStore as _, SourceStore as _};
 
 const SEAL_KEY_1: [u8; 32] = [0x11; 32];
 const SEAL_KEY_2: [u8; 32] = [0x22; 32];
@@ -1978,4 +2164,71 @@ pub async fn a_meta_value_set_if_absent_keeps_the_first(store: &impl Store) {
         store.get_meta("k").await.unwrap().as_deref(),
         Some("replaced")
     );
+}
+
+/// A source's keys are sealed in their column (no key text in it), open again after
+/// reopening, and a sealed value moved to another source does not open.
+pub async fn source_keys_are_sealed_at_rest_and_bound_to_their_source(h: &impl SealingHarness) {
+    let sealer = Sealer::new(&[SEAL_KEY_1]);
+    let store = h.open(sealer.clone()).await;
+    let a = store
+        .create_source(new_source("a", "http://127.0.0.1:9/a", T0))
+        .await
+        .unwrap();
+    let b = store
+        .create_source(new_source("b", "http://127.0.0.1:9/b", T0))
+        .await
+        .unwrap();
+    store.close().await;
+    let raw = h.raw_source_keys(&a.id).await;
+    assert!(sealed_under(&raw, &sealer), "{raw}");
+    assert!(
+        !raw.contains(SOURCE_SECRET),
+        "the key is stored in plaintext"
+    );
+    let store = h.open(sealer.clone()).await;
+    assert_eq!(store.get_source(&a.id).await.unwrap().unwrap().keys, a.keys);
+    store.close().await;
+    h.set_raw_source_keys(&b.id, &raw).await;
+    let store = h.open(sealer).await;
+    let moved = store.get_source(&b.id).await;
+    assert!(moved.is_err(), "a value sealed for another source opened");
+    assert!(store.get_source(&a.id).await.unwrap().is_some());
+    store.close().await;
+}
+
+/// `check_credentials` refuses a keyring that cannot open a source's keys (naming the
+/// source), and `reseal_credentials` moves sources' keys to the first key with the apps'.
+pub async fn resealing_and_the_start_check_cover_source_keys(h: &impl SealingHarness) {
+    let store = h.open(Sealer::new(&[SEAL_KEY_1])).await;
+    let s = store
+        .create_source(new_source("a", "http://127.0.0.1:9/a", T0))
+        .await
+        .unwrap();
+    store.close().await;
+    // The source's app in plaintext: only the source's keys need the old key now.
+    let plain = serde_json::to_string(&creds()).unwrap();
+    h.set_raw_credentials(&s.app_id, &plain).await;
+    let store = h.open(Sealer::new(&[SEAL_KEY_2])).await;
+    let refused = store.check_credentials().await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains(&s.id)),
+        "{refused:?}"
+    );
+    store.close().await;
+
+    let rotated = Sealer::new(&[SEAL_KEY_2, SEAL_KEY_1]);
+    let store = h.open(rotated.clone()).await;
+    let census = store.reseal_credentials().await.unwrap();
+    assert_eq!(
+        census.resealed, 2,
+        "the source's app and the source: {census:?}"
+    );
+    store.close().await;
+    assert!(sealed_under(&h.raw_source_keys(&s.id).await, &rotated));
+
+    let store = h.open(Sealer::new(&[SEAL_KEY_2])).await;
+    assert_eq!(store.get_source(&s.id).await.unwrap().unwrap().keys, s.keys);
+    assert_eq!(store.check_credentials().await.unwrap().current, 2);
+    store.close().await;
 }

@@ -3,8 +3,8 @@
 //!
 //! The store is the source of truth. The engine sees only the claim-based [`Queue`] (see
 //! [`queue`] for claims, leases and hints); the API, the sandbox and the settings use their
-//! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`], [`ApiKeyStore`]). [`Store`] is
-//! all five, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
+//! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`], [`ApiKeyStore`],
+//! [`SourceStore`]). [`Store`] is all six, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
 //! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
 //! SQL. Drivers seal apps' credentials before writing them and open them when reading (see
 //! [`sealing`]).
@@ -40,11 +40,11 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a driver provides: the engine's queue plus administration, the sandbox's
-/// trades, settings and app-scoped API keys. Implemented for every type that implements the
-/// five.
-pub trait Store: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore {}
+/// trades, settings, app-scoped API keys and the inbound gateway's sources. Implemented for
+/// every type that implements the six.
+pub trait Store: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore {}
 
-impl<T: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore> Store for T {}
+impl<T: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore> Store for T {}
 
 /// Apps, endpoints, notifications and deliveries as the API administers and queries them.
 /// Methods that change state are committed (durably) before they return; what they change
@@ -60,13 +60,15 @@ pub trait AdminStore: Send + Sync + 'static {
         id: &str,
         credentials: herald_protocols::Credentials,
     ) -> Result<Option<App>>;
-    /// Opens every app's credentials with the store's keyring and counts how they are held;
-    /// an error names the first app whose credentials do not open (a key missing from the
-    /// keyring, an altered value). Servers check this at start.
+    /// Opens every app's credentials (and every source's keys) with the store's keyring and
+    /// counts how they are held; an error names the first app (or source) whose credentials
+    /// do not open (a key missing from the keyring, an altered value). Servers check this at
+    /// start.
     async fn check_credentials(&self) -> Result<SealCensus>;
-    /// Rewrites every app's credentials that are not sealed under the keyring's first key
-    /// (plaintext, or an older key) under it, in one transaction (`herald rekey`); nothing
-    /// is written when one does not open. Without a key, only counts.
+    /// Rewrites every app's credentials (and every source's keys) that are not sealed under
+    /// the keyring's first key (plaintext, or an older key) under it, in one transaction
+    /// (`herald rekey`); nothing is written when one does not open. Without a key, only
+    /// counts.
     async fn reseal_credentials(&self) -> Result<SealCensus>;
 
     // Endpoints. `Err(NotFound("app"))` when the app does not exist.
@@ -168,6 +170,24 @@ pub trait SandboxStore: Send + Sync + 'static {
     ) -> Result<Option<SandboxPayment>>;
     /// The payments that have a deadline, earliest deadline first, at most `limit`.
     async fn sandbox_deadlines(&self, limit: u32) -> Result<Vec<SandboxPayment>>;
+}
+
+/// The inbound gateway's sources (see [`Source`]). What a source receives is stored with
+/// [`AdminStore::create_notification`] on its app (idempotency key: the provider's notify
+/// id; order key: the `out_trade_no`), so a received notification and its forward commit
+/// together and copies dedupe there.
+#[async_trait]
+pub trait SourceStore: Send + Sync + 'static {
+    /// Creates the internal app, its destination endpoint and the source in one
+    /// transaction (all or nothing). The keys are sealed under the store's keyring.
+    async fn create_source(&self, new: NewSource) -> Result<Source>;
+    /// A live (not deleted) source.
+    async fn get_source(&self, id: &str) -> Result<Option<Source>>;
+    /// Live sources, a page at a time, by `created_at` then id.
+    async fn list_sources(&self, page: ListSources) -> Result<Page<Source>>;
+    /// Marks the source deleted (its ingest URL stops accepting) and deletes its destination
+    /// endpoint, canceling pending forwards. False when it did not exist (or was deleted).
+    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool>;
 }
 
 /// Small key-value settings (the admin token's hash), and the database's reachability.

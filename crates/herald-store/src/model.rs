@@ -570,6 +570,100 @@ pub struct SandboxWritten {
     pub notifications: Vec<CreatedNotification>,
 }
 
+// ---------------------------------------------------------------------------------------
+// Sources: the inbound gateway (`POST /v1/sources`, `/in/{id}`).
+
+/// How a source forwards what it verified to its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceFormat {
+    /// The decoded notification as JSON, signed with the source's `whsec_` secret.
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
+    /// The provider's original headers and body, plus Herald's signature headers.
+    #[serde(rename = "raw")]
+    Raw,
+}
+
+impl SourceFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::StandardWebhooks => "standard-webhooks",
+            SourceFormat::Raw => "raw",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SourceFormat> {
+        match s {
+            "standard-webhooks" => Some(SourceFormat::StandardWebhooks),
+            "raw" => Some(SourceFormat::Raw),
+            _ => None,
+        }
+    }
+}
+
+/// What a source verifies with: the strings `herald listen --key` takes (platform public
+/// keys, API keys, `whsec_` secrets) and WeChat Pay v3's APIv3 key. Secrets: drivers seal
+/// this (as JSON, bound to the source's id) and it is never returned by the API.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceKeys {
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub decrypt_key: Option<String>,
+}
+
+impl std::fmt::Debug for SourceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceKeys(<redacted>)")
+    }
+}
+
+/// An inbound gateway: providers post to it, Herald verifies with `profile` and `keys`,
+/// stores each valid notification as a notification of the source's own app (`app_id`,
+/// whose `whsec_` secret signs the forwards) and delivers it to the source's one endpoint
+/// (`endpoint_id`, the destination) ordered per `out_trade_no`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub id: String,
+    pub name: String,
+    /// The provider's wire profile, by its registry name (`alipay`, `wechatpay-v3`...).
+    pub profile: String,
+    pub keys: SourceKeys,
+    /// Refuse notifications whose app id is not this one.
+    pub expect_app_id: Option<String>,
+    /// Refuse notifications whose merchant (seller, mch) id is not this one.
+    pub expect_merchant_id: Option<String>,
+    pub format: SourceFormat,
+    /// The source's internal app: its notifications are what the source received.
+    pub app_id: String,
+    /// The destination: the internal app's one endpoint.
+    pub endpoint_id: String,
+    pub created_at: Millis,
+}
+
+/// A source to create, with its internal app and destination endpoint, in one transaction.
+#[derive(Clone, Debug)]
+pub struct NewSource {
+    pub name: String,
+    pub profile: String,
+    pub keys: SourceKeys,
+    pub expect_app_id: Option<String>,
+    pub expect_merchant_id: Option<String>,
+    pub format: SourceFormat,
+    /// The internal app (its `app_id` is filled in by the store).
+    pub app: NewApp,
+    /// The destination endpoint (its `app_id` is ignored: the store sets the new app's).
+    pub destination: NewEndpoint,
+}
+
+/// A page of live sources, by `created_at` then id.
+#[derive(Clone, Debug, Default)]
+pub struct ListSources {
+    /// At most this many (1 to [`MAX_PAGE`]; 0 counts as 1).
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,7 +105,8 @@ pub enum Stored<'a> {
     Sealed { key_id: &'a str },
 }
 
-/// How every app's credentials are stored (see [`crate::AdminStore::check_credentials`]).
+/// How every app's credentials are stored (see [`crate::AdminStore::check_credentials`]);
+/// sources' keys are counted with them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SealCensus {
     /// Apps whose credentials are plaintext JSON.
@@ -337,6 +338,39 @@ impl Sealer {
             source,
         };
         let json = self.open(app_id, stored).map_err(fail)?;
+        serde_json::from_str(&json).map_err(|e| fail(SealError::Json(redacted_json_error(&e))))
+    }
+
+    /// A source's verification keys as the `sources.keys` column stores them: JSON, sealed
+    /// like credentials and bound to the source's id (`src_...`, never an app's id).
+    pub fn seal_source_keys(
+        &self,
+        source_id: &str,
+        keys: &crate::model::SourceKeys,
+    ) -> Result<String, StoreError> {
+        let json = serde_json::to_string(keys).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot encode the keys of source {source_id}: {}",
+                redacted_json_error(&e)
+            ))
+        })?;
+        self.seal(source_id, &json)
+            .map(Cow::into_owned)
+            .map_err(|e| StoreError::Backend(format!("the keys of source {source_id}: {e}")))
+    }
+
+    /// A source's verification keys from the `sources.keys` column.
+    pub fn open_source_keys(
+        &self,
+        source_id: &str,
+        stored: &str,
+    ) -> Result<crate::model::SourceKeys, StoreError> {
+        let fail = |e: SealError| {
+            StoreError::Backend(format!(
+                "the keys of source {source_id} cannot be read: {e}"
+            ))
+        };
+        let json = self.open(source_id, stored).map_err(fail)?;
         serde_json::from_str(&json).map_err(|e| fail(SealError::Json(redacted_json_error(&e))))
     }
 

@@ -269,8 +269,8 @@ pub enum ConfigError {
 /// and `rekey`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SecretKeyArgs {
-    /// Seal apps' credentials (signing secrets, private keys, API keys) in the database
-    /// with these keys: base64 of 32 bytes each (head -c 32 /dev/urandom | base64), several
+    /// Seal apps' credentials (signing secrets, private keys, API keys) and sources' keys in
+    /// the database with these keys: base64 of 32 bytes each (head -c 32 /dev/urandom | base64), several
     /// comma-separated; the first seals, all open (rotation: put the new key first, run
     /// `herald rekey`, then drop the old). Prefer the environment or --secret-key-file:
     /// arguments are visible in `ps`.

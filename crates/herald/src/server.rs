@@ -296,7 +296,7 @@ async fn check_credentials(store: &dyn Store, sealer: &Sealer) -> Result<(), Ser
             );
             if census.older + census.plaintext > 0 {
                 tracing::info!(
-                    "{} app(s) are not sealed under key {key_id} yet: they are as their credentials are next written, or all at once with `herald rekey`",
+                    "{} app(s) and source(s) are not sealed under key {key_id} yet: they are as their credentials are next written, or all at once with `herald rekey`",
                     census.older + census.plaintext
                 );
             }

@@ -279,6 +279,12 @@ impl Writer {
                 rewrites.push((id, sealed));
             }
         }
+        let mut source_rewrites = Vec::new();
+        for (id, stored) in rows::stored_source_keys(&self.conn)? {
+            if let Some(sealed) = self.sealer.reseal(&id, &stored, &mut census)? {
+                source_rewrites.push((id, sealed));
+            }
+        }
         self.overwriting_credentials(|conn| {
             for (id, sealed) in &rewrites {
                 conn.execute(
@@ -286,9 +292,15 @@ impl Writer {
                     params![id, sealed],
                 )?;
             }
+            for (id, sealed) in &source_rewrites {
+                conn.execute(
+                    "UPDATE sources SET keys = ?2 WHERE id = ?1",
+                    params![id, sealed],
+                )?;
+            }
             Ok(())
         })?;
-        census.resealed = rewrites.len() as u64;
+        census.resealed = (rewrites.len() + source_rewrites.len()) as u64;
         Ok(census)
     }
 

@@ -8,13 +8,15 @@
 //! commit.
 //!
 //! The operations themselves live by concern: [`admin`] (apps, their API keys and endpoints,
-//! and the caches of their settings), [`notifications`] (creating notifications and sandbox trades, manual
-//! retry and recover) and [`queue`] (the engine's claims, outcomes, releases and leases).
+//! and the caches of their settings), [`notifications`] (creating notifications and sandbox
+//! trades, manual retry and recover), [`queue`] (the engine's claims, outcomes, releases and
+//! leases) and [`sources`] (the inbound gateway's sources with their apps and endpoints).
 //! The writer keeps small caches of app and endpoint settings (it is the only one who changes
 //! them, so it keeps them coherent); a failed commit clears them.
 mod admin;
 mod notifications;
 mod queue;
+mod sources;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,6 +73,12 @@ pub(crate) enum Op {
     },
     SetMeta(String, String, Reply<()>),
     SetMetaIfAbsent(String, String, Reply<bool>),
+    CreateSource(Box<NewSource>, Reply<Source>),
+    DeleteSource {
+        id: String,
+        now: Millis,
+        reply: Reply<bool>,
+    },
     WriteSandbox(SandboxWrite, Reply<SandboxWritten>),
     RegisterNode(LeaseParams, bool, Reply<()>),
     RenewLease(LeaseParams, Reply<Lease>),
@@ -334,6 +342,14 @@ impl Writer {
                 let r = self.write_sandbox(write, hints);
                 done(reply, r)
             }
+            Op::CreateSource(new, reply) => {
+                let r = self.create_source(*new);
+                done(reply, r)
+            }
+            Op::DeleteSource { id, now, reply } => {
+                let r = self.delete_source(&id, now, hints);
+                done(reply, r)
+            }
             Op::RegisterNode(params, claim_new, reply) => {
                 let r = self.register_node(&params, claim_new);
                 done(reply, r)
@@ -392,6 +408,8 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::SetMeta(_, _, r) => fail(r, err),
         Op::SetMetaIfAbsent(_, _, r) => fail(r, err),
         Op::WriteSandbox(_, r) => fail(r, err),
+        Op::CreateSource(_, r) => fail(r, err),
+        Op::DeleteSource { reply, .. } => fail(reply, err),
         Op::RegisterNode(_, _, r) => fail(r, err),
         Op::RenewLease(_, r) => fail(r, err),
         Op::Rescue(_, r) => fail(r, err),

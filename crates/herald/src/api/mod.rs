@@ -9,6 +9,7 @@ pub use herald_http::error;
 pub use herald_http::extract;
 mod notifications;
 pub mod openapi;
+pub(crate) mod sources;
 pub(crate) mod views;
 
 use std::sync::Arc;
@@ -175,6 +176,24 @@ pub fn routes() -> Vec<(&'static str, Access, MethodRouter<ApiState>)> {
             Admin,
             post(notifications::retry),
         ),
+        (
+            "/v1/sources",
+            Admin,
+            post(sources::create).get(sources::list),
+        ),
+        (
+            "/v1/sources/{id}",
+            Admin,
+            get(sources::get).delete(sources::delete),
+        ),
+        (
+            "/v1/sources/{id}/notifications",
+            Admin,
+            get(sources::received),
+        ),
+        // The inbound gateway's ingest URLs: providers post here, unauthenticated (each
+        // request is verified with its source's keys).
+        ("/in/{source_id}", Public, post(sources::ingest)),
     ]
 }
 

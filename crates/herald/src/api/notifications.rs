@@ -68,6 +68,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     principal.require_app(&app_id)?;
     let event_type = views::bounded_text("event_type", &req.event_type, 256)?;
+    if event_type == herald_engine::raw::RAW_EVENT_TYPE {
+        return Err(ApiError::Invalid(format!(
+            "event_type {event_type:?} is reserved for the gateway's raw forwards"
+        )));
+    }
     if !req.payload.get().starts_with('{') {
         return Err(ApiError::Invalid("payload must be a JSON object".into()));
     }

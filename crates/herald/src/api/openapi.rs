@@ -16,7 +16,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{apps, endpoints, error, notifications, views};
+use super::{apps, endpoints, error, notifications, sources, views};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +49,12 @@ use super::{apps, endpoints, error, notifications, views};
         notifications::get_delivery,
         notifications::list_attempts,
         notifications::retry,
+        sources::create,
+        sources::list,
+        sources::get,
+        sources::delete,
+        sources::received,
+        sources::ingest,
     ),
     components(schemas(error::ErrorBody, views::AppView, views::EndpointView)),
     modifiers(&Security),
@@ -59,6 +65,7 @@ use super::{apps, endpoints, error, notifications, views};
         (name = "endpoints", description = "An app's subscribed URLs"),
         (name = "notifications", description = "What producers send; committed before the 202"),
         (name = "deliveries", description = "One notification to one URL, with its attempts"),
+        (name = "sources", description = "The inbound gateway: verify a provider's notifications, dedupe them, forward them to the merchant's app"),
         (name = "health", description = "Liveness for load balancers"),
         (name = "docs", description = "This document"),
     )

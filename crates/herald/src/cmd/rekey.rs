@@ -1,14 +1,14 @@
-//! `herald rekey`: re-seal every app's credentials under the first key of the keyring, so
-//! older keys can be dropped (see the README's "Secrets at rest"). Plaintext credentials
-//! (written before a key was configured) are sealed too. Nothing is written when one app's
-//! credentials do not open with the keyring given.
+//! `herald rekey`: re-seal every app's credentials (and every source's keys) under the first
+//! key of the keyring, so older keys can be dropped (see the README's "Secrets at rest").
+//! Plaintext credentials (written before a key was configured) are sealed too. Nothing is
+//! written when one app's credentials do not open with the keyring given.
 use clap::Args;
 use herald_store_sqlite::Durability;
 
 use crate::config::SecretKeyArgs;
 use crate::server::Database;
 
-/// Re-seal every app's credentials under the first secret key, then exit.
+/// Re-seal every app's credentials and source's keys under the first secret key, then exit.
 #[derive(Args, Debug)]
 #[command(after_help = "Rotation:\n  \
     1. put a new key (head -c 32 /dev/urandom | base64) first in the key file, the old one\n     \
@@ -48,7 +48,7 @@ pub async fn run(args: RekeyArgs) -> Result<(), String> {
     store.close().await;
     let census = result.map_err(|e| format!("nothing was re-sealed: {e}"))?;
     println!(
-        "{} app(s): {} re-sealed under key {key_id} ({} were in plaintext, {} under an older key); {} already were.",
+        "{} app(s) and source(s): {} re-sealed under key {key_id} ({} were in plaintext, {} under an older key); {} already were.",
         census.apps(),
         census.resealed,
         census.plaintext,

@@ -129,12 +129,14 @@ pub(crate) fn read(n: &VerifiedNotification) -> Result<Reading, Rejection> {
         }
         "wechatpay-v2" => {
             let ok = text(n.fields.get("result_code")) == Some("SUCCESS")
-                && text(n.fields.get("return_code")) == Some("SUCCESS")
-                && n.status.as_deref() == Some("SUCCESS");
-            let event = if ok {
-                Event::Paid
-            } else {
-                Event::NoChange(status())
+                && text(n.fields.get("return_code")) == Some("SUCCESS");
+            // Payment notifications say only SUCCESS; an `orderquery` answer (the query
+            // fallback) also carries `trade_state`, and a trade WeChat Pay closed unpaid sends
+            // no notification at all.
+            let event = match (ok, text(n.fields.get("trade_state")), n.status.as_deref()) {
+                (true, Some("CLOSED" | "REVOKED" | "PAYERROR"), _) => Event::Closed,
+                (true, Some("SUCCESS") | None, Some("SUCCESS")) => Event::Paid,
+                _ => Event::NoChange(status()),
             };
             Reading { event, total }
         }
@@ -481,6 +483,24 @@ mod tests {
         let fail = json!({"return_code": "SUCCESS", "result_code": "FAIL"});
         let failed = n("wechatpay-v2", Some("FAIL"), None, cny(100), fail);
         assert!(matches!(goes(&failed, Unpaid, 0), Step::Stale(_)));
+    }
+
+    #[test]
+    fn a_wechat_v2_order_query_answer_pays_on_success_closes_on_closed_and_waits_on_notpay() {
+        let answer = |state: &str| {
+            n(
+                "wechatpay-v2",
+                Some(state),
+                None,
+                cny(100),
+                json!({"return_code": "SUCCESS", "result_code": "SUCCESS", "trade_state": state}),
+            )
+        };
+        assert_eq!(goes(&answer("SUCCESS"), Unpaid, 0), fwd(Paid, 0));
+        assert_eq!(goes(&answer("CLOSED"), Unpaid, 0), fwd(Closed, 0));
+        assert_eq!(goes(&answer("REVOKED"), Unpaid, 0), fwd(Closed, 0));
+        assert!(matches!(goes(&answer("CLOSED"), Paid, 0), Step::Stale(_)));
+        assert!(matches!(goes(&answer("NOTPAY"), Unpaid, 0), Step::Stale(_)));
     }
 
     #[test]

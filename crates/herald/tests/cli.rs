@@ -517,11 +517,17 @@ async fn help_teaches_each_command() {
                 "--config",
             ],
         ),
-        ("send", vec!["--url", "--secret", "--retry", "--ack"]),
+        (
+            "send",
+            vec!["--url", "--secret", "--retry", "--ack", "--profile", "--set"],
+        ),
         (
             "listen",
-            vec!["--port", "--secret", "--status", "--forward"],
+            vec!["--port", "--secret", "--status", "--forward", "--dump"],
         ),
+        ("verify", vec!["--request", "--explain", "--key"]),
+        ("sign", vec!["--key-out", "--profile", "--set"]),
+        ("demo", vec!["--query-after-secs", "--host"]),
     ] {
         let out = Command::new(BIN)
             .args([cmd, "--help"])

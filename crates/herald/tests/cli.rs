@@ -519,7 +519,14 @@ async fn help_teaches_each_command() {
         ),
         (
             "send",
-            vec!["--url", "--secret", "--retry", "--ack", "--profile", "--set"],
+            vec![
+                "--url",
+                "--secret",
+                "--retry",
+                "--ack",
+                "--profile",
+                "--set",
+            ],
         ),
         (
             "listen",

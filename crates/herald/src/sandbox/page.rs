@@ -79,8 +79,8 @@ pub fn qr_hint(url: &str) -> String {
             .unwrap_or_default();
         format!(
             "This QR code points at {host}, which only this machine can open: a phone cannot \
-             pay with it. Pay here, or start Herald with --host 0.0.0.0 (and a public URL your \
-             phone reaches) to pay from a phone."
+             pay with it. Pay here, or start `herald demo --host 0.0.0.0` (or `herald serve \
+             --sandbox-public-url` with an address your phone reaches) to pay from a phone."
         )
     } else {
         "Scan to pay on your phone, or pay here.".to_string()
@@ -92,7 +92,7 @@ pub fn qr_hint(url: &str) -> String {
 const SCRIPT: &str = "(function(){var m=document.querySelector('main');var id=m.dataset.payment;\
 var exp=+m.dataset.expiresMs;var c=document.getElementById('countdown');\
 function tick(){if(!c)return;var s=Math.max(0,Math.round((exp-Date.now())/1000));\
-c.textContent=s>0?('expires in '+Math.floor(s/60)+':'+('0'+s%60).slice(-2)):'expired';}\
+c.textContent=s>0?('(expires in '+Math.floor(s/60)+':'+('0'+s%60).slice(-2)+')'):'(expired)';}\
 function poll(){fetch('/pay/'+encodeURIComponent(id)+'/status',{cache:'no-store'}).then(function(r){return r.json();})\
 .then(function(j){if(j.next){location.href=j.next;}}).catch(function(){});}\
 tick();setInterval(tick,1000);setInterval(poll,2000);})();";

@@ -1134,12 +1134,14 @@ pub fn read_order(n: &VerifiedNotification) -> Result<crate::order::OrderReading
         });
     }
     let ok = text(n.fields.get("result_code")) == Some("SUCCESS")
-        && text(n.fields.get("return_code")) == Some("SUCCESS")
-        && n.status.as_deref() == Some("SUCCESS");
-    let event = if ok {
-        OrderEvent::Paid
-    } else {
-        OrderEvent::NoChange(crate::order::status_name(n))
+        && text(n.fields.get("return_code")) == Some("SUCCESS");
+    // Payment notifications say only SUCCESS; an `orderquery` answer (a receiver's query
+    // fallback) also carries `trade_state`, and a trade WeChat Pay closed unpaid sends no
+    // notification at all.
+    let event = match (ok, text(n.fields.get("trade_state")), n.status.as_deref()) {
+        (true, Some("CLOSED" | "REVOKED" | "PAYERROR"), _) => OrderEvent::Closed,
+        (true, Some("SUCCESS") | None, Some("SUCCESS")) => OrderEvent::Paid,
+        _ => OrderEvent::NoChange(crate::order::status_name(n)),
     };
     Ok(OrderReading {
         event,

@@ -7,7 +7,9 @@
 //! notification, one state change, at most once, with the merchant's effects in the same
 //! transaction), [`Rejection`] (why a notification was refused) and [`Handled`] (the outcome
 //! and its reply). The wire formats live in `herald-protocols`; the tables and their SQL in
-//! `herald-store::inbox`.
+//! `herald-store::inbox`. When a notification is late or never comes, [`TradeQuery`] asks the
+//! platform's trade query API (Alipay, WeChat Pay v2 and v3) and [`Inbox::reconcile`] applies
+//! its verified answer through the same inbox, exactly once.
 //!
 //! ```no_run
 //! # async fn demo(inbox: herald_receiver::Inbox, req: herald_receiver::RawRequest) {
@@ -26,6 +28,7 @@
 #[cfg(feature = "axum")]
 pub mod axum;
 mod inbox;
+pub mod query;
 mod receiver;
 mod state;
 
@@ -33,6 +36,9 @@ use herald_inbox::OrderState;
 use herald_protocols::receive::{Amount, ReceiveError, Reply};
 
 pub use crate::inbox::{Effects, Inbox, Transition};
+pub use crate::query::{
+    QueryError, ReconcileError, Reconciled, TradeAnswer, TradeQuery, TradeState,
+};
 pub use crate::receiver::Receiver;
 
 /// A request as it reached the notify URL, nothing parsed yet.

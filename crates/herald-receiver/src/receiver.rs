@@ -76,6 +76,11 @@ impl Receiver {
         self.profile
     }
 
+    /// The platform keys notifications (and trade query answers) are verified with.
+    pub fn keys(&self) -> &ReceiverKeys {
+        &self.keys
+    }
+
     /// Verifies the signature and timestamp, decodes, and checks the app and merchant ids.
     /// Failures are logged at `warn` (without secrets).
     pub fn verify(&self, req: &RawRequest) -> Result<VerifiedNotification, Rejection> {

@@ -264,6 +264,24 @@ mod tests {
     }
 
     #[test]
+    fn a_wechat_v2_order_query_answer_pays_on_success_closes_on_closed_and_waits_on_notpay() {
+        let answer = |state: &str| {
+            n(
+                "wechatpay-v2",
+                Some(state),
+                None,
+                cny(100),
+                json!({"return_code": "SUCCESS", "result_code": "SUCCESS", "trade_state": state}),
+            )
+        };
+        assert_eq!(goes(&answer("SUCCESS"), Unpaid, 0), fwd(Paid, 0));
+        assert_eq!(goes(&answer("CLOSED"), Unpaid, 0), fwd(Closed, 0));
+        assert_eq!(goes(&answer("REVOKED"), Unpaid, 0), fwd(Closed, 0));
+        assert!(matches!(goes(&answer("CLOSED"), Paid, 0), Step::Stale(_)));
+        assert!(matches!(goes(&answer("NOTPAY"), Unpaid, 0), Step::Stale(_)));
+    }
+
+    #[test]
     fn wechat_v3_refunds_add_the_refund_amount_after_checking_the_order_total() {
         let refund = n(
             "wechatpay-v3",

@@ -153,6 +153,8 @@ pub fn router(sandbox: Sandbox) -> Routes {
         .route("/pay/{payment_id}", get(page::show))
         .route("/pay/{payment_id}/pay", post(page::pay))
         .route("/pay/{payment_id}/cancel", post(page::cancel))
+        .route("/pay/{payment_id}/status", get(page::status))
+        .route("/pay/{payment_id}/return", get(page::paid_return))
         .route(
             "/gateway.do",
             get(gateway::alipay_gateway).post(gateway::alipay_gateway),

@@ -1,7 +1,16 @@
-//! The buyer's side (public, no token): the checkout page with the merchant, subject, amount
-//! and a QR code of the page's own URL, and the Pay / Cancel forms it posts. Paying
-//! redirects to `return_url` with the provider's synchronous parameters (signed for
-//! Alipay). Self-contained HTML: inline CSS, inline SVG, no scripts, every value escaped.
+//! The buyer's side (public, no token): the checkout page with the merchant, subject, amount,
+//! when the payment expires, and a QR code of the page's own URL, and the Pay / Cancel forms
+//! it posts. Paying redirects to `return_url` with the provider's synchronous parameters
+//! (signed for Alipay); Cancel closes the trade and returns the buyer to `return_url` without
+//! them, as a cashier's "back to the merchant" link does.
+//!
+//! Like a provider's cashier, the page notices a payment made elsewhere (the phone that
+//! scanned the QR code): a small inline script polls `GET /pay/{id}/status` and, once the
+//! trade is paid, moves on to `GET /pay/{id}/return` (the same redirect Pay answers); it also
+//! counts down to the expiry. Without scripts the page still works: the expiry is printed and
+//! Pay / Cancel are plain forms. Self-contained HTML: inline CSS, inline SVG, every value
+//! escaped. The QR hint tells the truth about its address: a page served on a loopback
+//! address is reachable from this machine only.
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -34,6 +43,46 @@ fn symbol(currency: &str) -> &'static str {
     }
 }
 
+/// True when `url`'s host is a loopback address or `localhost`: a phone cannot open it.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// What the QR hint says: where the code leads, and whether a phone can follow it.
+pub fn qr_hint(url: &str) -> String {
+    if is_loopback_url(url) {
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        format!(
+            "This QR code points at {host}, which only this machine can open: a phone cannot \
+             pay with it. Pay here, or start `herald demo --host 0.0.0.0` (or `herald serve \
+             --sandbox-public-url` with an address your phone reaches) to pay from a phone."
+        )
+    } else {
+        "Scan to pay on your phone, or pay here.".to_string()
+    }
+}
+
+/// The polling and countdown script: asks `/pay/{id}/status` every 2 seconds and moves on
+/// to what it names once the trade is no longer waiting for the buyer.
+const SCRIPT: &str = "(function(){var m=document.querySelector('main');var id=m.dataset.payment;\
+var exp=+m.dataset.expiresMs;var c=document.getElementById('countdown');\
+function tick(){if(!c)return;var s=Math.max(0,Math.round((exp-Date.now())/1000));\
+c.textContent=s>0?('(expires in '+Math.floor(s/60)+':'+('0'+s%60).slice(-2)+')'):'(expired)';}\
+function poll(){fetch('/pay/'+encodeURIComponent(id)+'/status',{cache:'no-store'}).then(function(r){return r.json();})\
+.then(function(j){if(j.next){location.href=j.next;}}).catch(function(){});}\
+tick();setInterval(tick,1000);setInterval(poll,2000);})();";
+
 fn render(sandbox: &Sandbox, p: &Payment, merchant: &str, message: Option<&str>) -> String {
     let amount = format!(
         "{}{} {}",
@@ -45,10 +94,13 @@ fn render(sandbox: &Sandbox, p: &Payment, merchant: &str, message: Option<&str>)
     let id = escape(&p.id);
     let body = match p.state {
         TradeState::WaitBuyerPay => format!(
-            "<div class=\"qr\">{}</div><p class=\"hint\">Scan to pay on your phone, or pay here.</p>\
+            "<div class=\"qr\">{}</div><p class=\"hint\" id=\"qr-hint\">{}</p>\
+             <p class=\"hint\" id=\"expiry\">Pay before {} UTC <span id=\"countdown\"></span></p>\
              <div class=\"row\"><form method=\"post\" action=\"/pay/{id}/pay\"><button id=\"pay\" type=\"submit\">Pay {}</button></form>\
              <form method=\"post\" action=\"/pay/{id}/cancel\"><button id=\"cancel\" type=\"submit\">Cancel</button></form></div>",
             qr::svg(&url),
+            escape(&qr_hint(&url)),
+            escape(&expiry_text(p.expires_at)),
             escape(&amount)
         ),
         TradeState::TradeSuccess => {
@@ -71,15 +123,30 @@ fn render(sandbox: &Sandbox, p: &Payment, merchant: &str, message: Option<&str>)
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <title>Pay {amount_t} to {merchant_t} - Herald sandbox</title><style>{STYLE}</style></head>\
-         <body><main><h1>{merchant_t}</h1><p class=\"subject\">{subject}</p>\
+         <body><main data-payment=\"{id}\" data-expires-ms=\"{expires}\"><h1>{merchant_t}</h1><p class=\"subject\">{subject}</p>\
          <p class=\"amount\" id=\"amount\">{amount_t}</p>{message}{body}\
-         <p class=\"meta\">Herald payment sandbox ({profile}) · order {order} · {id}</p></main></body></html>",
+         <p class=\"meta\">Herald payment sandbox ({profile}) · order {order} · {id}</p></main>{script}</body></html>",
+        expires = p.expires_at,
+        script = if p.state == TradeState::WaitBuyerPay {
+            format!("<script>{SCRIPT}</script>")
+        } else {
+            String::new()
+        },
         amount_t = escape(&amount),
         merchant_t = escape(merchant),
         subject = escape(&p.subject),
         profile = escape(p.profile.name()),
         order = escape(&p.out_trade_no),
     )
+}
+
+/// The expiry as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn expiry_text(ms: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
 }
 
 fn page_error(status: StatusCode, message: &str) -> Response {
@@ -116,16 +183,42 @@ pub async fn show(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Res
     page(&sandbox, &id, StatusCode::OK, None).await
 }
 
-/// `POST /pay/{payment_id}/pay`: pays (once; paying again sends nothing) and answers 303 to
-/// `return_url` with the synchronous parameters, or shows the paid page.
-pub async fn pay(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Response {
-    let (p, _) = match sandbox.pay(&id).await {
+/// `GET /pay/{payment_id}/status`: what the checkout page polls. `state` is the trade's
+/// (`WAIT_BUYER_PAY`, `TRADE_SUCCESS`, ...); `next` is where the page goes now: the return
+/// redirect once paid, the page itself once closed, `null` while waiting.
+pub async fn status(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Response {
+    let (p, _) = match sandbox.load(&id).await {
         Ok(x) => x,
-        Err(e) => return from_error(e),
+        Err(ApiError::NotFound(_)) => return (
+            StatusCode::NOT_FOUND,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(
+                serde_json::json!({"error": {"code": "not_found", "message": "no such payment"}}),
+            ),
+        )
+            .into_response(),
+        Err(e) => return e.into_response(),
     };
-    let Some(return_url) = &p.return_url else {
-        return page(&sandbox, &id, StatusCode::OK, Some("Payment received.")).await;
+    let next = match p.state {
+        TradeState::WaitBuyerPay => None,
+        TradeState::TradeSuccess | TradeState::TradeFinished if p.return_url.is_some() => {
+            Some(format!("/pay/{}/return", p.id))
+        }
+        _ => Some(format!("/pay/{}", p.id)),
     };
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({
+            "state": p.state.as_str(),
+            "expires_at_ms": p.expires_at,
+            "next": next,
+        })),
+    )
+        .into_response()
+}
+
+/// The 303 to `return_url` with the synchronous parameters of a paid trade.
+async fn return_redirect(sandbox: &Sandbox, p: &Payment, return_url: &str) -> Response {
     let app = match sandbox.app(&p.app_id).await {
         Ok(a) => a,
         Err(e) => return from_error(e),
@@ -135,7 +228,7 @@ pub async fn pay(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Resp
         Err(e) => return ApiError::Internal(format!("stored return_url: {e}")).into_response(),
     };
     let existing: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    let params = match wire::return_params(&p, &app.credentials, now_ms(), existing) {
+    let params = match wire::return_params(p, &app.credentials, now_ms(), existing) {
         Ok(params) => params,
         Err(e) => return ApiError::Internal(e).into_response(),
     };
@@ -144,14 +237,66 @@ pub async fn pay(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Resp
     (StatusCode::SEE_OTHER, [(header::LOCATION, url.to_string())]).into_response()
 }
 
-/// `POST /pay/{payment_id}/cancel`: the buyer gives up; the trade closes (TRADE_CLOSED) and
-/// the close notification goes out where the provider sends one.
+/// `POST /pay/{payment_id}/pay`: pays (once; paying again sends nothing) and answers 303 to
+/// `return_url` with the synchronous parameters, or shows the paid page.
+pub async fn pay(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Response {
+    let (p, _) = match sandbox.pay(&id).await {
+        Ok(x) => x,
+        Err(e) => return from_error(e),
+    };
+    match &p.return_url {
+        Some(return_url) => return_redirect(&sandbox, &p, return_url).await,
+        None => page(&sandbox, &id, StatusCode::OK, Some("Payment received.")).await,
+    }
+}
+
+/// `GET /pay/{payment_id}/return`: where the polling page goes once the trade was paid
+/// elsewhere: the same 303 to `return_url` that Pay answers. A trade not paid (or without a
+/// `return_url`) shows the checkout page instead.
+pub async fn paid_return(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Response {
+    let (p, _) = match sandbox.load(&id).await {
+        Ok(x) => x,
+        Err(e) => return from_error(e),
+    };
+    match (&p.return_url, p.state) {
+        (Some(return_url), TradeState::TradeSuccess | TradeState::TradeFinished) => {
+            return_redirect(&sandbox, &p, return_url).await
+        }
+        _ => page(&sandbox, &id, StatusCode::OK, None).await,
+    }
+}
+
+/// `POST /pay/{payment_id}/cancel`: the buyer gives up; the trade closes (TRADE_CLOSED), the
+/// close notification goes out where the provider sends one, and the buyer goes back to the
+/// shop's `return_url` (as given, without payment parameters: nothing was paid). Without a
+/// `return_url` the page says the payment was canceled.
 pub async fn cancel(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> Response {
-    match sandbox.close(&id, "canceled").await {
-        Ok(_) => page(&sandbox, &id, StatusCode::OK, Some("Payment canceled.")).await,
-        Err(e) => from_error(e),
+    let p = match sandbox.close(&id, "canceled").await {
+        Ok(p) => p,
+        Err(e) => return from_error(e),
+    };
+    match p.return_url.as_deref().map(url::Url::parse) {
+        Some(Ok(url)) => {
+            (StatusCode::SEE_OTHER, [(header::LOCATION, url.to_string())]).into_response()
+        }
+        _ => page(&sandbox, &id, StatusCode::OK, Some("Payment canceled.")).await,
     }
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    #[test]
+    fn the_qr_hint_says_a_loopback_address_is_reachable_from_this_machine_only() {
+        for url in [
+            "http://127.0.0.1:8080/pay/pay_1",
+            "http://localhost:8080/pay/pay_1",
+            "http://[::1]:8080/pay/pay_1",
+        ] {
+            let hint = super::qr_hint(url);
+            assert!(hint.contains("only this machine can open"), "{url}: {hint}");
+            assert!(hint.contains("--host 0.0.0.0"), "{url}: {hint}");
+        }
+        let hint = super::qr_hint("http://192.168.1.20:8080/pay/pay_1");
+        assert_eq!(hint, "Scan to pay on your phone, or pay here.");
+    }
+}

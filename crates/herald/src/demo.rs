@@ -12,7 +12,7 @@ use herald_engine::{EngineConfig, TargetPolicy};
 use herald_inbox::SqliteInbox;
 use herald_protocols::profile::Credentials;
 use herald_protocols::Profile;
-use herald_receiver::{Inbox, Receiver};
+use herald_receiver::{Inbox, Receiver, TradeQuery};
 use herald_shop::{Platform, ShopConfig};
 use herald_store::NewApp;
 use herald_store_sqlite::Durability;
@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub profile: Profile,
     /// The sandbox's unpaid timeout.
     pub unpaid_timeout: Duration,
+    /// How long the shop waits for a notification before asking the trade query.
+    pub query_after: Duration,
 }
 
 /// A started demo.
@@ -67,6 +69,39 @@ fn currency_for(profile: Profile) -> &'static str {
 }
 
 /// The ids the shop insists on: notifications for another app or merchant are forgeries.
+/// The shop's trade query against the sandbox's provider API, for the profiles that have one.
+/// Alipay and WeChat Pay v3 requests are signed with the merchant's own key pair, which a
+/// Herald app does not hold: the demo merchant gets a fresh one (the sandbox does not check
+/// those signatures, and says so in a reply header).
+fn trade_query(herald_url: &str, creds: &Credentials) -> Result<Option<TradeQuery>, String> {
+    let merchant_key = || {
+        herald_protocols::keys::private_pem_pkcs8(&herald_protocols::keys::generate_rsa_2048())
+            .map_err(|e| e.to_string())
+    };
+    let query = match creds {
+        Credentials::Alipay(c) => Some(TradeQuery::alipay(
+            &format!("{herald_url}/gateway.do"),
+            &c.app_id,
+            &merchant_key()?,
+        )),
+        Credentials::WechatPayV2(c) => Some(TradeQuery::wechatpay_v2(
+            herald_url,
+            &c.appid,
+            &c.mch_id,
+            &c.api_key,
+            c.sign_type,
+        )),
+        Credentials::WechatPayV3(c) => Some(TradeQuery::wechatpay_v3(
+            herald_url,
+            &c.mchid,
+            "DEMO0MERCHANT0SERIAL",
+            &merchant_key()?,
+        )),
+        Credentials::Stripe(_) | Credentials::StandardWebhooks(_) => None,
+    };
+    query.transpose().map_err(|e| e.to_string())
+}
+
 fn expected_ids(creds: &Credentials) -> (Option<String>, Option<String>) {
     match creds {
         Credentials::Alipay(c) => (Some(c.app_id.clone()), c.seller_id.clone()),
@@ -172,6 +207,11 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
             admin_token: admin_token.clone(),
             app_id: app.id.clone(),
         }),
+        query: trade_query(
+            &format!("http://{}", loopback(herald.addr)),
+            &app.credentials,
+        )?,
+        query_after: opts.query_after,
     })
     .map_err(|e| e.to_string())?;
     let shop_task = tokio::spawn(async move {

@@ -21,7 +21,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     herald token reset --db sqlite://herald.db\n  \
     herald listen --port 9000 --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  \
     herald send --url http://127.0.0.1:9000/hook --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --json '{\"order\": 42}'\n  \
-    herald verify --profile alipay --key alipay_public.pem --content-type application/x-www-form-urlencoded --explain < notify.txt\n\n\
+    herald verify --profile alipay --key alipay_public.pem --content-type application/x-www-form-urlencoded --explain < notify.txt\n  \
+    herald verify --profile alipay --key alipay_public.pem --request captured/1764280000000-0000.http --explain\n\n\
     Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug) for more.")]
 struct Cli {
     #[command(subcommand)]
@@ -32,15 +33,20 @@ struct Cli {
 enum Command {
     /// Run the delivery service: the HTTP API and the delivery engine on one database.
     Serve(Box<ServeArgs>),
-    /// Try the whole payment flow locally: the sandbox platform, the example shop, a browser.
+    /// Try the whole payment flow locally: the sandbox platform and the example shop (open
+    /// the shop URL it prints in your browser).
     Demo(cmd::demo::DemoArgs),
-    /// Deliver one signed notification now, showing each attempt (exit 1 if never acked).
+    /// Deliver one notification signed in any profile now, showing each attempt (exit 1 if
+    /// never acknowledged).
     Send(cmd::send::SendArgs),
-    /// Run a local receiver that verifies, prints and acknowledges notifications.
+    /// Run a local receiver that verifies, prints and acknowledges notifications (--dump
+    /// saves each raw request).
     Listen(cmd::listen::ListenArgs),
-    /// Verify a captured request (body on standard input); exit 1 and say why if invalid.
+    /// Verify a captured request (the body on standard input, or the whole request with
+    /// --request FILE); exit 1 and say why if invalid.
     Verify(cmd::verify::VerifyArgs),
-    /// Print the signed request Herald would send for a payload (on standard input).
+    /// Print the signed request Herald would send for a payload (on standard input); a
+    /// generated key is written to a file.
     Sign(cmd::sign::SignArgs),
     /// Measure delivery, ingest, latency, isolation, backlog and signing cost against
     /// baselines measured in the same run (see `herald bench --help`).

@@ -1,7 +1,9 @@
 //! The demo in a real browser: headless Chromium, driven over WebDriver (chromedriver),
 //! opens the shop, buys, pays on the sandbox's checkout page, follows the redirect back and
-//! sees the order turn paid once the notification has arrived. The checkout page's
-//! screenshot is kept in `target/test-artifacts/checkout.png`.
+//! sees the order turn paid once the notification has arrived. Then it buys again and the
+//! payment is made elsewhere (as a phone that scanned the QR code would, by another client):
+//! the checkout page notices by polling and moves the browser on to the shop by itself. The
+//! checkout page's screenshot is kept in `target/test-artifacts/checkout.png`.
 //!
 //! Chromium comes from Debian's `chromium` and `chromium-driver` packages: `.ci/run`
 //! installs them, and this test installs them itself (as root, with apt-get) when missing.
@@ -260,6 +262,7 @@ async fn a_shopper_pays_in_chromium_and_the_order_turns_paid_when_the_notify_arr
         shop_port: 0,
         profile: Profile::Alipay,
         unpaid_timeout: Duration::from_secs(900),
+        query_after: Duration::from_secs(10),
     })
     .await
     .expect("the demo starts");
@@ -303,6 +306,37 @@ async fn a_shopper_pays_in_chromium_and_the_order_turns_paid_when_the_notify_arr
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // A second order, paid on "the phone": another client posts the same Pay form, and the
+    // checkout page open in the browser moves on to the shop by itself.
+    browser.goto(&format!("{}/", demo.shop_url)).await;
+    browser.click("#buy-mug").await;
+    let checkout = browser
+        .wait_url("the second checkout page", |u| u.starts_with(&pay_prefix))
+        .await;
+    let text = browser.page_text().await;
+    assert!(text.contains("Pay before"), "the expiry is shown: {text}");
+    assert!(
+        text.contains("only this machine can open"),
+        "the QR hint says 127.0.0.1 is this machine only: {text}"
+    );
+    let phone = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let paid = phone
+        .post(format!("{}/pay", checkout.trim_end_matches('/')))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status().as_u16(), 303, "the phone paid");
+    browser
+        .wait_url("the checkout page to move on to the shop", |u| {
+            u.starts_with(&return_prefix) && u.contains("/return")
+        })
+        .await;
+
     let _ = browser.call(reqwest::Method::DELETE, "", None).await;
     drop(browser);
     demo.shutdown().await;

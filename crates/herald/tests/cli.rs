@@ -415,6 +415,7 @@ async fn start_listen(
         ),
         status: None,
         forward,
+        dump: None,
         out,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -516,11 +517,24 @@ async fn help_teaches_each_command() {
                 "--config",
             ],
         ),
-        ("send", vec!["--url", "--secret", "--retry", "--ack"]),
+        (
+            "send",
+            vec![
+                "--url",
+                "--secret",
+                "--retry",
+                "--ack",
+                "--profile",
+                "--set",
+            ],
+        ),
         (
             "listen",
-            vec!["--port", "--secret", "--status", "--forward"],
+            vec!["--port", "--secret", "--status", "--forward", "--dump"],
         ),
+        ("verify", vec!["--request", "--explain", "--key"]),
+        ("sign", vec!["--key-out", "--profile", "--set"]),
+        ("demo", vec!["--query-after-secs", "--host"]),
     ] {
         let out = Command::new(BIN)
             .args([cmd, "--help"])
@@ -602,12 +616,20 @@ async fn sign_then_verify_round_trips_for_every_profile_and_a_changed_byte_fails
                 profile,
                 "--event-type",
                 "TRANSACTION.SUCCESS",
+                "--key-out",
+                &std::env::temp_dir()
+                    .join(format!(
+                        "herald-cli-test-{}-{profile}.key",
+                        std::process::id()
+                    ))
+                    .display()
+                    .to_string(),
             ],
             payload.as_bytes(),
         )
         .await;
         assert_eq!(code, 0, "{profile}: {err}");
-        let view: Value = serde_json::from_str(err.split_once('\n').unwrap().1)
+        let view: Value = serde_json::from_str(&err[err.find('{').expect("a JSON view")..])
             .expect("generated credentials on stderr");
         let mut key = view[key_field].as_str().unwrap().to_string();
         if profile == "wechatpay-v3" {
@@ -694,12 +716,17 @@ async fn verify_rejects_a_wechat_probe_and_reports_usage_errors() {
             "wechatpay-v3",
             "--event-type",
             "TRANSACTION.SUCCESS",
+            "--key-out",
+            &std::env::temp_dir()
+                .join(format!("herald-cli-test-{}-probe.key", std::process::id()))
+                .display()
+                .to_string(),
         ],
         payload.as_bytes(),
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    let view: Value = serde_json::from_str(err.split_once('\n').unwrap().1).unwrap();
+    let view: Value = serde_json::from_str(&err[err.find('{').unwrap()..]).unwrap();
     let key = format!(
         "{}={}",
         view["serial"].as_str().unwrap(),
@@ -806,6 +833,7 @@ async fn listen_decrypts_a_wechat_v2_refund_notification_and_acks_it() {
         ),
         status: None,
         forward: None,
+        dump: None,
         out: Arc::new(move |l| sink.lock().unwrap().push(l)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -912,4 +940,450 @@ async fn verify_reports_a_signed_but_incomplete_body_as_a_valid_signature_with_a
     .await;
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("invalid: bad signature"), "{out}");
+}
+
+/// The payloads each profile encodes into a complete notification (the shapes the providers'
+/// notifications carry), all for order C1 of 1.00.
+const PROFILE_PAYLOADS: [(&str, &str); 5] = [
+    (
+        "standard-webhooks",
+        r#"{"out_trade_no":"C1","amount":100,"currency":"cny"}"#,
+    ),
+    (
+        "alipay",
+        r#"{"out_trade_no":"C1","trade_no":"T1","total_amount":"1.00","trade_status":"TRADE_SUCCESS"}"#,
+    ),
+    (
+        "wechatpay-v2",
+        r#"{"out_trade_no":"C1","transaction_id":"T1","total_fee":100}"#,
+    ),
+    (
+        "wechatpay-v3",
+        r#"{"out_trade_no":"C1","transaction_id":"T1","trade_state":"SUCCESS","amount":{"total":100,"currency":"CNY"}}"#,
+    ),
+    (
+        "stripe",
+        r#"{"id":"pi_1","amount":100,"currency":"cny","metadata":{"out_trade_no":"C1"}}"#,
+    ),
+];
+
+/// A profile's generated credentials as `herald send` takes them: the signing key and the
+/// `--set` fields that must match the receiver's keys.
+fn send_credentials(creds: &herald_protocols::Credentials) -> (String, Vec<String>) {
+    use herald_protocols::Credentials as C;
+    match creds {
+        C::StandardWebhooks(k) => (k.keys[0].secret.clone(), vec![]),
+        C::Stripe(c) => (c.secrets[0].secret.clone(), vec![]),
+        C::Alipay(c) => (c.private_key.clone(), vec![format!("app_id={}", c.app_id)]),
+        C::WechatPayV2(c) => (
+            c.api_key.clone(),
+            vec![format!("appid={}", c.appid), format!("mch_id={}", c.mch_id)],
+        ),
+        C::WechatPayV3(c) => (
+            c.private_key.clone(),
+            vec![
+                format!("mchid={}", c.mchid),
+                format!("appid={}", c.appid),
+                format!("serial={}", c.serial),
+                format!("api_v3_key={}", c.api_v3_key),
+            ],
+        ),
+    }
+}
+
+/// `herald listen`'s receiver for `profile` on a free port, with the keys that verify `creds`.
+async fn listen_for(
+    profile: herald_protocols::Profile,
+    creds: &herald_protocols::Credentials,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::net::SocketAddr {
+    let receiver = herald::cmd::listen::Receiver {
+        profile,
+        keys: Arc::new(
+            profile
+                .receiver_keys_from(creds, herald_engine::now_ms() / 1000)
+                .unwrap(),
+        ),
+        status: None,
+        forward: None,
+        dump: None,
+        out: Arc::new(move |l| lines.lock().unwrap().push(l)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, herald::cmd::listen::router(receiver)).await });
+    addr
+}
+
+#[tokio::test]
+async fn send_profile_signs_each_profile_and_is_acknowledged_by_a_listener_of_that_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, payload) in PROFILE_PAYLOADS {
+        let profile: herald_protocols::Profile = name.parse().unwrap();
+        let (creds, _) = profile.create_credentials(&Value::Null).unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let addr = listen_for(profile, &creds, lines.clone()).await;
+        let (key, sets) = send_credentials(&creds);
+        // RSA keys go through a file, as a merchant keeps them.
+        let key_file = dir.path().join(format!("{name}.key"));
+        std::fs::write(&key_file, &key).unwrap();
+        let mut args: Vec<String> = vec![
+            "send".into(),
+            "--profile".into(),
+            name.into(),
+            "--url".into(),
+            format!("http://{addr}/notify"),
+            "--key".into(),
+            key_file.display().to_string(),
+            "--json".into(),
+            payload.into(),
+            "--event-type".into(),
+            "TRANSACTION.SUCCESS".into(),
+            "--retry".into(),
+            "none".into(),
+        ];
+        for s in sets {
+            args.push("--set".into());
+            args.push(s);
+        }
+        let out = Command::new(BIN).args(&args).output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}\n{}\n{:?}",
+            String::from_utf8_lossy(&out.stderr),
+            lines.lock().unwrap()
+        );
+        assert!(
+            stdout.contains("acknowledged on attempt 1"),
+            "{name}: {stdout}"
+        );
+        let lines = lines.lock().unwrap();
+        assert!(
+            lines[0].starts_with("verified POST /notify"),
+            "{name}: {lines:?}"
+        );
+        assert!(
+            lines[0].contains("\"out_trade_no\": \"C1\""),
+            "{name}: {lines:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn send_profile_expects_the_profiles_ack_not_any_2xx() {
+    // A receiver answering 200 "ok": enough for standard-webhooks, not for Alipay (whose ack
+    // is the body `success`) nor WeChat Pay v2 (XML return_code SUCCESS).
+    let rx = Receiver::start(|_, _| Reply::Status(200, "ok")).await;
+    let (code, out, err) = herald_with_input(
+        &[
+            "send",
+            "--url",
+            &rx.url("/"),
+            "--secret",
+            common::SECRET,
+            "--json",
+            "{}",
+            "--retry",
+            "none",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, payload) in &PROFILE_PAYLOADS[1..3] {
+        let profile: herald_protocols::Profile = name.parse().unwrap();
+        let (creds, _) = profile.create_credentials(&Value::Null).unwrap();
+        let (key, _) = send_credentials(&creds);
+        let key_file = dir.path().join(format!("{name}.key"));
+        std::fs::write(&key_file, key).unwrap();
+        let key = key_file.display().to_string();
+        let (code, out, err) = herald_with_input(
+            &[
+                "send",
+                "--profile",
+                name,
+                "--url",
+                &rx.url("/"),
+                "--key",
+                &key,
+                "--json",
+                payload,
+                "--retry",
+                "none",
+            ],
+            b"",
+        )
+        .await;
+        assert_eq!(code, 1, "{name}: {out}{err}");
+        assert!(
+            out.contains("failed: not acknowledged after 1 attempts"),
+            "{name}: {out}"
+        );
+    }
+    assert_eq!(rx.count(), 3);
+}
+
+#[tokio::test]
+async fn send_refuses_a_url_without_an_http_scheme_and_sends_nothing() {
+    let rx = Receiver::start(|_, _| Reply::Status(204, "")).await;
+    let bare = rx.url("/hook").replacen("http://", "", 1);
+    for url in [bare.as_str(), "localhost:9000/hook", "ftp://127.0.0.1/hook"] {
+        let (code, out, err) = herald_with_input(
+            &[
+                "send",
+                "--url",
+                url,
+                "--secret",
+                common::SECRET,
+                "--json",
+                "{}",
+            ],
+            b"",
+        )
+        .await;
+        assert_eq!(code, 2, "{url}: {out}{err}");
+        assert!(err.contains("--url"), "{url}: {err}");
+        assert!(
+            err.contains("needs a scheme") || err.contains("only http:// and https://"),
+            "{url}: {err}"
+        );
+    }
+    let (_, _, err) = herald_with_input(
+        &[
+            "send",
+            "--url",
+            &bare,
+            "--secret",
+            common::SECRET,
+            "--json",
+            "{}",
+        ],
+        b"",
+    )
+    .await;
+    assert!(err.contains(&format!("e.g. http://{bare}")), "{err}");
+    assert_eq!(rx.count(), 0);
+}
+
+#[tokio::test]
+async fn a_key_naming_a_missing_file_is_reported_as_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("alipay_public_key.pem");
+    let missing = missing.display().to_string();
+    let relative = "./no-such-key.pem";
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["verify", "--profile", "alipay", "--key", &missing],
+        vec!["verify", "--profile", "alipay", "--key", relative],
+        vec![
+            "verify",
+            "--profile",
+            "wechatpay-v3",
+            "--key",
+            "PUB_KEY_ID_1=./gone.pem",
+        ],
+        vec!["sign", "--profile", "alipay", "--key", &missing],
+        vec![
+            "send",
+            "--profile",
+            "alipay",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--key",
+            &missing,
+            "--json",
+            "{}",
+        ],
+        vec![
+            "listen",
+            "--profile",
+            "alipay",
+            "--port",
+            "0",
+            "--key",
+            relative,
+        ],
+    ];
+    for args in cases {
+        let (code, out, err) = herald_with_input(&args, b"{}").await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+        assert!(!err.contains("neither PEM"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn sign_without_a_key_writes_it_to_a_file_that_verify_takes_in_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_v3_key = "0123456789abcdefghijABCDEFGHIJ01";
+    for (name, payload) in PROFILE_PAYLOADS {
+        let extra = if name == "wechatpay-v3" {
+            (
+                format!("--set api_v3_key={api_v3_key}"),
+                format!("--decrypt-key {api_v3_key}"),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        // The pipe as a user types it, in a fresh directory: the default key file name.
+        let script = format!(
+            "echo '{payload}' | {BIN} sign --profile {name} --event-type TRANSACTION.SUCCESS {} \
+             2>sign.err | {BIN} verify --profile {name} --key herald-sign-{name}.key {} --request -",
+            extra.0, extra.1
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(dir.path())
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let sign_err = std::fs::read_to_string(dir.path().join("sign.err")).unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}\n{sign_err}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key_path = format!("herald-sign-{name}.key");
+        assert!(
+            sign_err.contains(&format!("generated signing key written to {key_path}")),
+            "{name}: {sign_err}"
+        );
+        let key = dir.path().join(&key_path);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{name}: the key file is private");
+        }
+        let decoded: Value = serde_json::from_str(&stdout).expect("the decoded notification");
+        assert_eq!(decoded["out_trade_no"], "C1", "{name}: {stdout}");
+        assert_eq!(decoded["amount"]["minor"], 100, "{name}: {stdout}");
+        std::fs::remove_file(&key).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn listen_dump_saves_each_request_and_verify_request_explains_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("captured");
+    let profile = herald_protocols::Profile::Alipay;
+    let (creds, view) = profile.create_credentials(&Value::Null).unwrap();
+    let public = dir.path().join("alipay_public_key.pem");
+    std::fs::write(&public, view["public_key_pem"].as_str().unwrap()).unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "listen",
+            "--profile",
+            "alipay",
+            "--port",
+            &port.to_string(),
+            "--key",
+        ])
+        .arg(&public)
+        .arg("--dump")
+        .arg(&dump)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with("Listening on"), "{first}");
+    let now = herald_engine::now_ms() / 1000;
+    let encoded = profile
+        .encode(
+            &creds,
+            &herald_protocols::OutgoingNotification {
+                notify_id: "n-1",
+                event_type: "trade.success",
+                payload: PROFILE_PAYLOADS[1].1.as_bytes(),
+                timestamp: now,
+                created_at: now,
+            },
+        )
+        .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let mut req = client
+            .post(format!("http://127.0.0.1:{port}/notify?from=test"))
+            .header("content-type", encoded.content_type.as_str())
+            .body(encoded.body.clone());
+        for (k, v) in &encoded.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "success");
+    }
+    let mut files: Vec<_> = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "one file per request: {files:?}");
+    let saved = std::fs::read(&files[0]).unwrap();
+    let text = String::from_utf8_lossy(&saved);
+    assert!(
+        text.starts_with("POST /notify?from=test HTTP/1.1\n"),
+        "{text}"
+    );
+    assert!(saved.ends_with(&encoded.body), "the body byte for byte");
+
+    let file = files[0].display().to_string();
+    let key = public.display().to_string();
+    let (code, out, err) = herald_with_input(
+        &[
+            "verify",
+            "--profile",
+            "alipay",
+            "--key",
+            &key,
+            "--request",
+            &file,
+            "--explain",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("string to sign:\n"), "{out}");
+    assert!(out.contains("out_trade_no=C1"), "{out}");
+    assert!(out.contains("\"notify_id\": \"n-1\""), "{out}");
+
+    // One changed byte in the saved body: the signature no longer matches.
+    let tampered = dir.path().join("tampered.http");
+    std::fs::write(
+        &tampered,
+        text.replace("total_amount=1.00", "total_amount=9.00"),
+    )
+    .unwrap();
+    let (code, out, _) = herald_with_input(
+        &["verify", "--profile", "alipay", "--key", &key, "--request"],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 2, "--request needs a file: {out}");
+    let tampered = tampered.display().to_string();
+    let (code, out, _) = herald_with_input(
+        &[
+            "verify",
+            "--profile",
+            "alipay",
+            "--key",
+            &key,
+            "--request",
+            &tampered,
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("invalid: "), "{out}");
+    let _ = child.kill().await;
 }

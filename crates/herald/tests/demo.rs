@@ -19,13 +19,29 @@ fn client() -> reqwest::Client {
 }
 
 async fn start(profile: Profile, dir: &std::path::Path) -> Demo {
+    start_with(
+        profile,
+        dir,
+        Duration::from_secs(900),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+async fn start_with(
+    profile: Profile,
+    dir: &std::path::Path,
+    unpaid_timeout: Duration,
+    query_after: Duration,
+) -> Demo {
     demo::start(DemoOptions {
         dir: dir.to_path_buf(),
         host: "127.0.0.1".parse().unwrap(),
         herald_port: 0,
         shop_port: 0,
         profile,
-        unpaid_timeout: Duration::from_secs(900),
+        unpaid_timeout,
+        query_after,
     })
     .await
     .expect("the demo starts")
@@ -249,4 +265,128 @@ async fn herald_demo_command_prints_the_urls_to_open_and_serves_the_shop() {
         .unwrap();
     assert!(home.contains("Herald mug"), "{home}");
     child.kill().await.unwrap();
+}
+
+/// Buys a mug in the demo shop; returns (checkout URL, out_trade_no).
+async fn buy(http: &reqwest::Client, demo: &Demo) -> (String, String) {
+    let resp = http
+        .post(format!("{}/orders", demo.shop_url))
+        .form(&[("product", "mug")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    let checkout = resp.headers()["location"].to_str().unwrap().to_string();
+    let payment_id = checkout.rsplit('/').next().unwrap();
+    let api = format!("{}/v1/sandbox/payments/{payment_id}", demo.herald_url);
+    let payment = get_json(http, api, Some(&demo.admin_token)).await;
+    (
+        checkout,
+        payment["out_trade_no"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn page(http: &reqwest::Client, url: String) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_says_awaiting_payment_with_a_pay_link_until_the_buyer_returns_then_processing() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = start(Profile::StandardWebhooks, dir.path()).await;
+    let http = client();
+    let (checkout, no) = buy(&http, &demo).await;
+    let html = page(&http, format!("{}/orders/{no}", demo.shop_url)).await;
+    assert!(html.contains(">awaiting payment<"), "{html}");
+    assert!(!html.contains("processing"), "{html}");
+    assert!(
+        html.contains(&format!(
+            "id=\"pay-link\" class=\"button\" href=\"{checkout}\""
+        )),
+        "a link back to the checkout page: {html}"
+    );
+    // The buyer comes back (the return_url) before any notification: processing.
+    let html = page(&http, format!("{}/orders/{no}/return", demo.shop_url)).await;
+    assert!(html.contains(">processing<"), "{html}");
+    let html = page(&http, format!("{}/orders/{no}", demo.shop_url)).await;
+    assert!(
+        html.contains(">processing<"),
+        "the return is remembered: {html}"
+    );
+    demo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_closes_an_order_wechat_pay_closed_silently_by_asking_the_trade_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = start_with(
+        Profile::WechatPayV3,
+        dir.path(),
+        Duration::from_millis(300),
+        Duration::from_millis(500),
+    )
+    .await;
+    let http = client();
+    let (_, no) = buy(&http, &demo).await;
+    // No notification ever comes for a closed WeChat trade; the order page asks the query
+    // once the wait is over, and the order closes.
+    let order_url = format!("{}/orders/{no}", demo.shop_url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let html = page(&http, order_url.clone()).await;
+        if html.contains("data-state=\"closed\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never closed: {html}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        get_json(&http, format!("{}/api/orders/{no}", demo.shop_url), None).await["state"],
+        "closed"
+    );
+    demo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_applies_a_payment_from_the_trade_query_when_the_notification_is_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = start_with(
+        Profile::Alipay,
+        dir.path(),
+        Duration::from_secs(900),
+        Duration::from_millis(300),
+    )
+    .await;
+    let http = client();
+    let (checkout, no) = buy(&http, &demo).await;
+    let payment_id = checkout.rsplit('/').next().unwrap().to_string();
+    let api = format!("{}/v1/sandbox/payments/{payment_id}", demo.herald_url);
+    // The out-of-order drill holds the payment notification back until a refund: for the
+    // shop, a notification that is late.
+    let drills = http
+        .post(format!("{api}/drills"))
+        .bearer_auth(&demo.admin_token)
+        .json(&json!({"out_of_order": true}))
+        .send()
+        .await
+        .unwrap();
+    let drill_status = drills.status();
+    let drill_body = drills.text().await.unwrap();
+    assert!(drill_status.is_success(), "{drill_body}");
+    let paid = http.post(format!("{checkout}/pay")).send().await.unwrap();
+    assert_eq!(paid.status().as_u16(), 303);
+    let back = paid.headers()["location"].to_str().unwrap().to_string();
+    let html = page(&http, back.clone()).await;
+    assert!(html.contains(">processing<"), "{html}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let html = page(&http, format!("{}/orders/{no}", demo.shop_url)).await;
+        if html.contains("data-state=\"paid\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never paid: {html}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(fulfilments(dir.path(), &no), ["ship"]);
+    demo.shutdown().await;
 }

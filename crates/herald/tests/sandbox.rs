@@ -806,7 +806,7 @@ async fn checkout_page_shows_amount_subject_qr_and_pay_button_escaped() {
     let html = resp.text().await.unwrap();
     assert!(html.contains("1234.50"), "{html}");
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; latte"));
-    assert!(!html.contains("<script>"));
+    assert!(!html.contains("<script>alert"), "the subject is escaped");
     assert!(
         html.contains("Coffee &amp; &lt;Co&gt;"),
         "the merchant is the app's name"
@@ -1775,4 +1775,131 @@ async fn wechatpay_v2_tampered_copy_is_correctly_signed_under_its_own_transactio
     assert_eq!((seen[0].0.as_str(), seen[1].0.as_str()), ("100", "200"));
     // No notify id on the wire: the dedupe key differs, so the amount check sees it.
     assert_ne!(seen[0].1, seen[1].1);
+}
+
+async fn get(server: &TestServer, path: &str) -> (u16, Option<String>, String) {
+    let resp = server
+        .client
+        .get(format!("{}{path}", server.base))
+        .send()
+        .await
+        .expect("get");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn checkout_page_polls_its_status_and_moves_on_when_paid_on_another_device() {
+    let server = sandbox().await;
+    let rx = Receiver::start(|_, _| Reply::Status(200, "success")).await;
+    let (app_id, _) = app(&server, "alipay", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-phone", "total_amount": "5.00",
+               "subject": "tea", "notify_url": rx.url("/notify"),
+               "return_url": "http://shop.test/orders/T-phone/return"}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let (status, _, html) = get(&server, &format!("/pay/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<script>"), "the page polls: {html}");
+    assert!(html.contains("/status"), "{html}");
+    assert!(html.contains(&format!("data-payment=\"{id}\"")), "{html}");
+
+    let (status, _, body) = get(&server, &format!("/pay/{id}/status")).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "WAIT_BUYER_PAY");
+    assert!(v["next"].is_null(), "{v}");
+    // Nothing to return to before the payment.
+    let (status, location, _) = get(&server, &format!("/pay/{id}/return")).await;
+    assert_eq!((status, location), (200, None));
+
+    // The phone pays (the same form, from another client).
+    let (status, _, _) = post_form(&server, &format!("/pay/{id}/pay")).await;
+    assert_eq!(status, 303);
+
+    let (_, _, body) = get(&server, &format!("/pay/{id}/status")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "TRADE_SUCCESS");
+    let next = v["next"].as_str().expect("where the page goes");
+    assert_eq!(next, format!("/pay/{id}/return"));
+    let (status, location, _) = get(&server, next).await;
+    assert_eq!(status, 303);
+    let location = location.expect("the return redirect");
+    assert!(
+        location.starts_with("http://shop.test/orders/T-phone/return?"),
+        "{location}"
+    );
+    assert!(location.contains("out_trade_no=T-phone"), "{location}");
+    assert!(
+        location.contains("sign="),
+        "Alipay's signed return parameters: {location}"
+    );
+
+    let (_, _, body) = get(&server, "/pay/pay_nope/status").await;
+    assert!(body.contains("not_found"), "{body}");
+}
+
+#[tokio::test]
+async fn checkout_page_shows_its_expiry_and_says_a_loopback_qr_works_on_this_machine_only() {
+    let server = sandbox().await;
+    let (app_id, _) = app(&server, "wechatpay-v2", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-exp", "amount": 100, "subject": "gum",
+               "notify_url": "http://shop.test/n"}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let expires_at = payment(&server, id).await["expires_at"]
+        .as_str()
+        .expect("an unpaid payment expires")
+        .to_string();
+    // 2026-11-27T21:50:00Z (or with fractions) -> "2026-11-27 21:50:00".
+    let shown = format!("{} {}", &expires_at[..10], &expires_at[11..19]);
+    let (_, _, html) = get(&server, &format!("/pay/{id}")).await;
+    assert!(
+        html.contains(&format!("Pay before {shown} UTC")),
+        "{shown}: {html}"
+    );
+    assert!(html.contains("id=\"countdown\""), "{html}");
+    assert!(server.base.contains("127.0.0.1"));
+    assert!(
+        html.contains("which only this machine can open"),
+        "the QR hint tells the truth: {html}"
+    );
+    assert!(!html.contains("Scan to pay on your phone"), "{html}");
+}
+
+#[tokio::test]
+async fn cancel_returns_the_buyer_to_the_shop_and_closes_the_trade() {
+    let server = sandbox().await;
+    let (app_id, _) = app(&server, "wechatpay-v3", json!({})).await;
+    let p = create_payment(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "T-back", "amount": 100, "subject": "gum",
+               "notify_url": "http://shop.test/n",
+               "return_url": "http://shop.test/orders/T-back/return?x=1"}),
+    )
+    .await;
+    let id = p["payment_id"].as_str().unwrap();
+    let (status, location, _) = post_form(&server, &format!("/pay/{id}/cancel")).await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        location.as_deref(),
+        Some("http://shop.test/orders/T-back/return?x=1"),
+        "back to the shop, without payment parameters"
+    );
+    assert_eq!(payment(&server, id).await["status"], "TRADE_CLOSED");
+    let (_, _, body) = get(&server, &format!("/pay/{id}/status")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "TRADE_CLOSED");
+    assert_eq!(v["next"], format!("/pay/{id}"));
 }

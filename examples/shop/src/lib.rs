@@ -6,7 +6,14 @@
 //! `return_url` page and the `notify_url` handler. The rules it shows:
 //!
 //! - the order's state comes from the database only: the return page never trusts the
-//!   redirect's parameters and says "processing" until the notification has arrived;
+//!   redirect's parameters. An order the buyer has not come back from payment for says
+//!   "awaiting payment" with a link to the checkout page; once the buyer is back it says
+//!   "processing" until the notification has arrived;
+//! - when the notification is late ([`ShopConfig::query_after`] after the buyer came back, or
+//!   after the order was created), or never comes (WeChat Pay closes unpaid trades without a
+//!   notification), the order page asks the platform's trade query
+//!   ([`herald_receiver::TradeQuery`]) and applies the answer through the same inbox, so it
+//!   takes effect once: the late notification then changes nothing;
 //! - the notify handler is a few lines on top of [`herald_receiver::Inbox`], which verifies
 //!   the signature, checks app / merchant ids and the amount against the order, takes each
 //!   notification exactly once under duplicates and concurrency, moves the order forward
@@ -21,7 +28,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use herald_inbox::{NewOrder, OrderRecord, SqlValue};
-use herald_receiver::{Effects, Handled, Inbox, RawRequest, Transition};
+use herald_receiver::{Effects, Handled, Inbox, RawRequest, TradeQuery, Transition};
 use serde::Deserialize;
 
 /// One thing the shop sells.
@@ -80,12 +87,103 @@ pub struct ShopConfig {
     pub currency: String,
     /// Checkout goes here; without one, orders wait for a notification from any sender.
     pub platform: Option<Platform>,
+    /// The platform's trade query, asked about an unpaid order whose notification is late.
+    /// `None`: the shop waits for notifications only.
+    pub query: Option<TradeQuery>,
+    /// How long after the buyer came back from paying (or, if they never did, after the
+    /// order was created) the shop asks the trade query, and then at most once per this
+    /// interval per order.
+    pub query_after: std::time::Duration,
 }
+
+/// The default [`ShopConfig::query_after`]: a notification usually arrives within seconds.
+pub const DEFAULT_QUERY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 struct Shop {
     config: Arc<ShopConfig>,
     http: reqwest::Client,
+    /// The shop's own tables (checkouts); the inbox keeps its own connections.
+    db: Arc<std::sync::Mutex<rusqlite::Connection>>,
+}
+
+/// What the shop knows of an order's checkout, beside the inbox's order.
+#[derive(Clone, Debug, Default)]
+struct Checkout {
+    payment_url: Option<String>,
+    returned_at: Option<i64>,
+    queried_at: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shop {
+    /// Runs `f` on the shop's connection off the async threads.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = db
+                .lock()
+                .map_err(|_| "the shop database lock is poisoned".to_string())?;
+            f(&conn).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn checkout(&self, out_trade_no: &str) -> Result<Checkout, String> {
+        let no = out_trade_no.to_string();
+        self.with_db(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT payment_url, returned_at, queried_at FROM shop_checkouts WHERE out_trade_no = ?1",
+            )?;
+            let mut rows = st.query([&no])?;
+            Ok(match rows.next()? {
+                Some(r) => Checkout {
+                    payment_url: r.get(0)?,
+                    returned_at: r.get(1)?,
+                    queried_at: r.get(2)?,
+                },
+                None => Checkout::default(),
+            })
+        })
+        .await
+    }
+
+    /// Records one fact about a checkout (`column` is one of this file's literals).
+    async fn note(
+        &self,
+        out_trade_no: &str,
+        column: &'static str,
+        value: rusqlite::types::Value,
+        only_first: bool,
+    ) -> Result<(), String> {
+        let no = out_trade_no.to_string();
+        self.with_db(move |c| {
+            let keep = if only_first {
+                format!("COALESCE(shop_checkouts.{column}, excluded.{column})")
+            } else {
+                format!("excluded.{column}")
+            };
+            c.execute(
+                &format!(
+                    "INSERT INTO shop_checkouts (out_trade_no, {column}) VALUES (?1, ?2)
+                     ON CONFLICT (out_trade_no) DO UPDATE SET {column} = {keep}"
+                ),
+                rusqlite::params![no, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +206,12 @@ pub fn router(config: ShopConfig) -> Result<Router, ShopError> {
              action TEXT NOT NULL,
              notify_id TEXT NOT NULL,
              UNIQUE (out_trade_no, action)
+         );
+         CREATE TABLE IF NOT EXISTS shop_checkouts (
+             out_trade_no TEXT PRIMARY KEY,
+             payment_url TEXT,
+             returned_at INTEGER,
+             queried_at INTEGER
          );",
     )
     .map_err(|e| ShopError::Database(e.to_string()))?;
@@ -119,12 +223,13 @@ pub fn router(config: ShopConfig) -> Result<Router, ShopError> {
     let shop = Shop {
         config: Arc::new(config),
         http,
+        db: Arc::new(std::sync::Mutex::new(conn)),
     };
     Ok(Router::new()
         .route("/", get(home))
         .route("/orders", post(create_order))
         .route("/orders/{out_trade_no}", get(order_page))
-        .route("/orders/{out_trade_no}/return", get(order_page))
+        .route("/orders/{out_trade_no}/return", get(return_page))
         .route("/api/orders/{out_trade_no}", get(order_json))
         .route("/notify", post(notify))
         .with_state(shop))
@@ -205,7 +310,13 @@ async fn create_order(State(shop): State<Shop>, Form(form): Form<BuyForm>) -> Re
         return Redirect::to(&format!("/orders/{out_trade_no}")).into_response();
     };
     match start_payment(&shop, platform, &out_trade_no, product).await {
-        Ok(payment_url) => Redirect::to(&payment_url).into_response(),
+        Ok(payment_url) => {
+            let url = rusqlite::types::Value::Text(payment_url.clone());
+            if let Err(e) = shop.note(&out_trade_no, "payment_url", url, false).await {
+                tracing::warn!(error = %e, out_trade_no, "cannot record the checkout URL");
+            }
+            Redirect::to(&payment_url).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, out_trade_no, "the payment platform refused the payment");
             (
@@ -267,24 +378,101 @@ async fn start_payment(
         .ok_or_else(|| "the platform's answer has no payment_url".to_string())
 }
 
+/// The `return_url`: the buyer is back from the platform's checkout page (paid, or not: the
+/// redirect's parameters are not trusted). Records when they first came back, then shows
+/// the order page.
+async fn return_page(State(shop): State<Shop>, Path(out_trade_no): Path<String>) -> Response {
+    if let Ok(Some(_)) = shop.config.inbox.order(&out_trade_no).await {
+        let at = rusqlite::types::Value::Integer(now_ms());
+        if let Err(e) = shop.note(&out_trade_no, "returned_at", at, true).await {
+            tracing::warn!(error = %e, out_trade_no, "cannot record the buyer's return");
+        }
+    }
+    order_page(State(shop), Path(out_trade_no)).await
+}
+
+/// Asks the platform's trade query about an unpaid order whose notification is late, and
+/// applies the answer through the inbox. Failures are logged: the page shows the database.
+async fn query_if_late(shop: &Shop, order: &OrderRecord, checkout: &Checkout) {
+    let Some(query) = &shop.config.query else {
+        return;
+    };
+    let after = i64::try_from(shop.config.query_after.as_millis()).unwrap_or(i64::MAX);
+    let now = now_ms();
+    let since = checkout.returned_at.unwrap_or(order.created_at);
+    let due = now.saturating_sub(since) >= after
+        && checkout
+            .queried_at
+            .is_none_or(|q| now.saturating_sub(q) >= after);
+    if !due {
+        return;
+    }
+    let at = rusqlite::types::Value::Integer(now);
+    if let Err(e) = shop
+        .note(&order.out_trade_no, "queried_at", at, false)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the trade query");
+    }
+    match shop
+        .config
+        .inbox
+        .reconcile(query, &order.out_trade_no, fulfil)
+        .await
+    {
+        Ok(r) => tracing::info!(
+            out_trade_no = %order.out_trade_no,
+            status = %r.answer.status,
+            outcome = ?r.outcome,
+            "late notification: the trade query answered"
+        ),
+        Err(e) => tracing::warn!(
+            out_trade_no = %order.out_trade_no,
+            error = %e,
+            "late notification: the trade query gave nothing to apply"
+        ),
+    }
+}
+
 /// The order page, also the `return_url`: the state shown is the database's, whatever the
 /// redirect's query says.
 async fn order_page(State(shop): State<Shop>, Path(out_trade_no): Path<String>) -> Response {
-    match shop.config.inbox.order(&out_trade_no).await {
-        Ok(Some(order)) => Html(pages::order(&order)).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            Html(pages::message(
-                "No such order",
-                "This order does not exist.",
-            )),
-        )
-            .into_response(),
+    let order = match shop.config.inbox.order(&out_trade_no).await {
+        Ok(Some(order)) => order,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Html(pages::message(
+                    "No such order",
+                    "This order does not exist.",
+                )),
+            )
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read the order");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
-    }
+    };
+    let checkout = shop.checkout(&out_trade_no).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, out_trade_no, "cannot read the checkout");
+        Checkout::default()
+    });
+    let order = if order.state == herald_inbox::OrderState::Unpaid {
+        query_if_late(&shop, &order, &checkout).await;
+        match shop.config.inbox.order(&out_trade_no).await {
+            Ok(Some(o)) => o,
+            _ => order,
+        }
+    } else {
+        order
+    };
+    Html(pages::order(
+        &order,
+        checkout.returned_at.is_some(),
+        checkout.payment_url.as_deref(),
+    ))
+    .into_response()
 }
 
 /// The order as JSON (for scripts and tests).

@@ -109,6 +109,10 @@ async fn run(args: Args) -> Result<(), String> {
         public_url: public_url.clone(),
         currency: args.currency,
         platform,
+        // The trade query needs the merchant's own request keys: see herald_receiver::TradeQuery
+        // (`herald demo` wires one to the sandbox).
+        query: None,
+        query_after: herald_shop::DEFAULT_QUERY_AFTER,
     })
     .map_err(|e| e.to_string())?;
     println!("Shop open at {public_url}  (notify_url {public_url}/notify)");

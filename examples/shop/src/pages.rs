@@ -8,7 +8,7 @@ use crate::Product;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#1d2330}\
 h1{font-size:1.6rem}.card{border:1px solid #d8dce5;border-radius:10px;padding:1rem 1.2rem;margin:.8rem 0}\
 .price{font-weight:600}button{font-size:1rem;padding:.45rem 1.1rem;border-radius:6px;border:0;background:#1f6feb;color:#fff;cursor:pointer}\
-.state{display:inline-block;padding:.15rem .6rem;border-radius:99px;font-weight:600}\
+a.button{display:inline-block;padding:.45rem 1.1rem;border-radius:6px;background:#1f6feb;color:#fff;text-decoration:none}.state{display:inline-block;padding:.15rem .6rem;border-radius:99px;font-weight:600}\
 .unpaid{background:#fff4d6}.paid{background:#d9f7e1}.refunded,.partially_refunded{background:#e6ecff}.closed{background:#eee}\
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem;border-bottom:1px solid #eee}small{color:#667}";
 
@@ -55,7 +55,7 @@ pub fn home(catalog: &[Product], currency: &str, recent: &[OrderRecord], can_pay
                 escape(&o.out_trade_no),
                 escape(&o.subject),
                 money(o.amount_minor, &o.currency),
-                state_badge(o.state),
+                state_badge(o.state, false),
             ));
         }
         body.push_str("</table>");
@@ -63,9 +63,10 @@ pub fn home(catalog: &[Product], currency: &str, recent: &[OrderRecord], can_pay
     page("Herald example shop", "", &body)
 }
 
-fn state_badge(state: OrderState) -> String {
+fn state_badge(state: OrderState, returned: bool) -> String {
     let label = match state {
-        OrderState::Unpaid => "processing",
+        OrderState::Unpaid if returned => "processing",
+        OrderState::Unpaid => "awaiting payment",
         OrderState::Paid => "paid",
         OrderState::PartiallyRefunded => "partially refunded",
         OrderState::Refunded => "refunded",
@@ -78,9 +79,11 @@ fn state_badge(state: OrderState) -> String {
     )
 }
 
-/// The order page and `return_url`: the state is the database's. While the order is unpaid
-/// the page says "processing" and reloads itself every two seconds.
-pub fn order(o: &OrderRecord) -> String {
+/// The order page and `return_url`: the state is the database's. An unpaid order says
+/// "awaiting payment" (with a link to its checkout page, when there is one) until the buyer
+/// comes back from paying, then "processing" until the notification (or the trade query)
+/// settles it; while unpaid the page reloads itself every two seconds.
+pub fn order(o: &OrderRecord, returned: bool, payment_url: Option<&str>) -> String {
     let waiting = o.state == OrderState::Unpaid;
     let refresh = if waiting {
         "<meta http-equiv=\"refresh\" content=\"2\">"
@@ -88,15 +91,28 @@ pub fn order(o: &OrderRecord) -> String {
         ""
     };
     let explain = match o.state {
-        OrderState::Unpaid => {
-            "Waiting for the payment platform's notification. If you have just paid, this \
-             page turns to paid as soon as the notify arrives; the redirect that brought you \
-             here is not proof of payment."
+        OrderState::Unpaid if returned => {
+            "Waiting for the payment platform's notification. If you have paid, this page \
+             turns to paid as soon as the notify arrives (or the shop's query to the platform \
+             confirms it); the redirect that brought you here is not proof of payment."
         }
-        OrderState::Paid => "The payment notification arrived and was verified. It ships soon.",
+        OrderState::Unpaid => "This order has not been paid yet.",
+        OrderState::Paid => "The payment was confirmed by the payment platform. It ships soon.",
         OrderState::PartiallyRefunded => "Part of this payment was refunded.",
         OrderState::Refunded => "This payment was refunded in full.",
         OrderState::Closed => "This order was closed without payment.",
+    };
+    let pay = match (o.state, payment_url) {
+        (OrderState::Unpaid, Some(url)) => format!(
+            "<p><a id=\"pay-link\" class=\"button\" href=\"{}\">{}</a></p>",
+            escape(url),
+            if returned {
+                "Back to the payment page"
+            } else {
+                "Pay now"
+            }
+        ),
+        _ => String::new(),
     };
     let refunded = if o.refunded_minor > 0 {
         format!("<p>Refunded: {}</p>", money(o.refunded_minor, &o.currency))
@@ -105,11 +121,11 @@ pub fn order(o: &OrderRecord) -> String {
     };
     let body = format!(
         "<h1>Order {}</h1><div class=\"card\"><p>{}</p><p class=\"price\">{}</p>\
-         <p>State: {}</p>{refunded}<p><small>{}</small></p></div><p><a href=\"/\">Back to the shop</a></p>",
+         <p>State: {}</p>{refunded}<p><small>{}</small></p>{pay}</div><p><a href=\"/\">Back to the shop</a></p>",
         escape(&o.out_trade_no),
         escape(&o.subject),
         money(o.amount_minor, &o.currency),
-        state_badge(o.state),
+        state_badge(o.state, returned),
         escape(explain),
     );
     page(&format!("Order {}", o.out_trade_no), refresh, &body)

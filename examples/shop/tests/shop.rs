@@ -46,6 +46,8 @@ async fn open_shop(profile: Profile) -> Shop {
         public_url: format!("http://{addr}"),
         currency: currency(profile).into(),
         platform: None,
+        query: None,
+        query_after: herald_shop::DEFAULT_QUERY_AFTER,
     })
     .unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });

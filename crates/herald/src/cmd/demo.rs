@@ -38,6 +38,11 @@ pub struct DemoArgs {
     /// Close unpaid payments after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub unpaid_timeout_secs: u64,
+    /// Seconds the shop waits for a notification (after the buyer came back from paying, or
+    /// after the order was created) before asking the platform's trade query (alipay,
+    /// wechatpay-v2, wechatpay-v3).
+    #[arg(long, default_value_t = 10)]
+    pub query_after_secs: u64,
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), String> {
@@ -71,6 +76,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         shop_port: args.shop_port,
         profile,
         unpaid_timeout: std::time::Duration::from_secs(args.unpaid_timeout_secs),
+        query_after: std::time::Duration::from_secs(args.query_after_secs),
     })
     .await?;
     println!("Herald demo ({} profile) is running.", profile.name());

@@ -2,7 +2,8 @@
 //! against the given keys, prints each decoded notification, optionally forwards it to the
 //! developer's app (`--forward URL`), and answers with the profile's exact acknowledgement
 //! (or its failure reply, with the reason, when verification or the forward fails, so the
-//! provider sends it again).
+//! provider sends it again). With `--dump DIR` it first saves each raw request as one file
+//! (the format of [`super::capture`]), for `herald verify --request FILE --explain` later.
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -62,6 +63,11 @@ pub struct ListenArgs {
     /// themselves (e.g. with herald-receiver).
     #[arg(long, requires = "forward")]
     pub forward_raw: bool,
+    /// Save each request as it arrived (request line, headers, body byte for byte) into this
+    /// directory, one `<unix ms>-<n>.http` file per request, before verifying it; read one
+    /// back with `herald verify --request FILE [--explain]`. Created when missing.
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<std::path::PathBuf>,
 }
 
 /// Where verified notifications go next.
@@ -163,6 +169,8 @@ pub struct Receiver {
     pub status: Option<StatusCode>,
     /// Forward verified notifications here and ack only when the app took them.
     pub forward: Option<Forward>,
+    /// Save each raw request into this directory first (`--dump`).
+    pub dump: Option<std::path::PathBuf>,
     pub out: Arc<dyn Fn(String) + Send + Sync>,
 }
 
@@ -191,6 +199,18 @@ async fn handle(
             )
         })
         .collect();
+    if let Some(dir) = &r.dump {
+        let target = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or_else(|| uri.path());
+        match super::capture::save(dir, method.as_str(), target, &headers, &body) {
+            Ok(path) => (r.out)(format!("saved {}", path.display())),
+            // Verification and the reply go on: a full disk must not make the provider
+            // believe the notification was refused.
+            Err(e) => (r.out)(format!("not saved: {e}")),
+        }
+    }
     let now = herald_engine::now_ms() / 1000;
     let req = IncomingRequest {
         method: method.as_str(),
@@ -243,8 +263,18 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
         .keys
         .iter()
         .map(|k| super::verify::key_arg(k.trim()))
-        .collect();
-    let decrypt = args.decrypt_key.as_deref().map(super::verify::key_arg);
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--key: {e}"))?;
+    let decrypt = args
+        .decrypt_key
+        .as_deref()
+        .map(super::verify::key_arg)
+        .transpose()
+        .map_err(|e| format!("--decrypt-key: {e}"))?;
+    if let Some(dir) = &args.dump {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("--dump {}: cannot create it: {e}", dir.display()))?;
+    }
     let receiver_keys = profile
         .receiver_keys(&keys, decrypt.as_deref())
         .map_err(|e| format!("--key: {e}"))?;
@@ -271,6 +301,12 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
             .map(|s| s.to_string())
             .unwrap_or_else(|| "the profile's acknowledgement".into())
     );
+    if let Some(dir) = &args.dump {
+        println!(
+            "Saving each request into {} (read one back with herald verify --request FILE)",
+            dir.display()
+        );
+    }
     if let Some(fw) = &forward {
         println!(
             "Forwarding verified notifications to {} ({}); the provider is acknowledged only when it answers 2xx",
@@ -283,6 +319,7 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
         keys: Arc::new(receiver_keys),
         status,
         forward,
+        dump: args.dump.clone(),
         out: Arc::new(|line| println!("{line}")),
     };
     axum::serve(listener, router(receiver))

@@ -1,5 +1,6 @@
 //! The CLI commands other than argument parsing: one module per command.
 pub mod bench;
+pub mod capture;
 pub mod demo;
 pub mod listen;
 pub mod migrate;

@@ -1,5 +1,7 @@
 //! `herald send`: deliver one signed notification in the foreground, with the engine's own
 //! attempt code, and show every attempt until it is acknowledged or the schedule is spent.
+//! Any wire profile signs (`--profile`), and its acknowledgement is what counts unless `--ack`
+//! says otherwise.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,25 +14,41 @@ use herald_store::{AppCtx, Job, Outcome};
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
-    /// Where to POST the notification.
+    /// Where to POST the notification: an http:// or https:// URL.
     #[arg(long)]
     pub url: String,
-    /// Signing secret: a whsec_ (HMAC) or whsk_ (ed25519) key.
-    #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
+    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe.
+    #[arg(long, default_value = "standard-webhooks")]
+    pub profile: String,
+    /// The signing key: a whsec_ (HMAC) or whsk_ (ed25519) secret for standard-webhooks and
+    /// stripe, the RSA private key for alipay and wechatpay-v3 (PEM, base64 or a file), the
+    /// API key for wechatpay-v2.
+    #[arg(
+        long,
+        visible_alias = "key",
+        env = "HERALD_SECRET",
+        hide_env_values = true
+    )]
     pub secret: String,
+    /// Another credentials field, as name=value (e.g. app_id=2021..., mch_id=...,
+    /// serial=..., api_v3_key=...; what is not given is generated). Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
     /// The JSON payload: literal JSON, @FILE, or - for standard input.
     #[arg(long, value_name = "JSON")]
     pub json: String,
-    /// Event type (for display; the body is the payload as given).
+    /// Event type: Stripe's `type`, WeChat Pay v3's `event_type`; standard-webhooks sends
+    /// the payload as given.
     #[arg(long, default_value = "test.event")]
     pub event_type: String,
     /// Retry schedule: a policy name (standard, alipay, wechatpay-v2, wechatpay-v3, stripe),
     /// `none`, or delays such as 1,5,30s,2m (plain numbers are seconds).
     #[arg(long, default_value = "1,5,30")]
     pub retry: String,
-    /// What counts as an acknowledgement: 2xx, body:<text>, or wechat-xml.
-    #[arg(long, default_value = "2xx")]
-    pub ack: String,
+    /// What counts as an acknowledgement: 2xx, body:<text>, or wechat-xml. Default: the
+    /// profile's (alipay: the body `success`; wechatpay-v2: XML return_code SUCCESS; others 2xx).
+    #[arg(long)]
+    pub ack: Option<String>,
     /// The webhook-id to send (default: a fresh msg_ id, the same on every attempt).
     #[arg(long)]
     pub notify_id: Option<String>,
@@ -68,9 +86,62 @@ pub fn parse_retry_arg(s: &str) -> Result<RetryPolicy, String> {
     RetryPolicy::from_json(&serde_json::Value::Array(items)).map_err(|e| e.to_string())
 }
 
+/// Checks `--url`: an absolute http(s) URL. `127.0.0.1:9000/hook` (no scheme) would otherwise
+/// parse as a URL with the scheme `127.0.0.1`, or not at all.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let hint = || format!("--url {url:?} needs a scheme, e.g. http://{url}");
+    if !url.contains("://") {
+        return Err(hint());
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("--url {url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "--url {url:?}: only http:// and https:// URLs can be sent to"
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("--url {url:?} has no host"));
+    }
+    Ok(())
+}
+
+/// Credentials for `profile` from `--secret` (the profile's signing field) and `--set`.
+fn credentials(profile: Profile, secret: &str, set: &[String]) -> Result<Credentials, String> {
+    let mut options = serde_json::Map::new();
+    let secret = super::verify::key_arg(secret.trim()).map_err(|e| format!("--secret: {e}"))?;
+    if profile == Profile::StandardWebhooks {
+        SigningSecret::parse_for_signing(&secret).map_err(|e| format!("--secret: {e}"))?;
+        return Ok(Credentials::StandardWebhooks(Keys::single(secret)));
+    }
+    options.insert(
+        profile.secret_field().to_string(),
+        serde_json::Value::String(secret),
+    );
+    for kv in set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--set {kv:?} must look like name=value"))?;
+        options.insert(
+            k.trim().to_string(),
+            serde_json::Value::String(v.to_string()),
+        );
+    }
+    profile
+        .create_credentials(&serde_json::Value::Object(options))
+        .map(|(c, _)| c)
+        .map_err(|e| format!("--secret/--set: {e}"))
+}
+
 pub async fn run(args: SendArgs) -> Result<bool, String> {
-    let secret = args.secret.trim().to_string();
-    SigningSecret::parse_for_signing(&secret).map_err(|e| format!("--secret: {e}"))?;
+    check_url(&args.url)?;
+    let profile: Profile = args
+        .profile
+        .parse()
+        .map_err(|e: herald_protocols::ProfileError| format!("--profile: {e}"))?;
+    if profile == Profile::StandardWebhooks && !args.set.is_empty() {
+        return Err("--set: standard-webhooks takes no credentials but --secret".into());
+    }
+    let credentials = credentials(profile, &args.secret, &args.set)?;
     let payload = super::read_arg_text(&args.json)?;
     let value: serde_json::Value =
         serde_json::from_str(&payload).map_err(|e| format!("--json is not valid JSON: {e}"))?;
@@ -78,12 +149,27 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         return Err("--json must be a JSON object".into());
     }
     let retry = parse_retry_arg(&args.retry).map_err(|e| format!("--retry: {e}"))?;
-    let ack: AckRule = args.ack.parse().map_err(|e| format!("--ack: {e}"))?;
-    let profile = Profile::StandardWebhooks;
+    let ack: AckRule = match &args.ack {
+        Some(a) => a.parse().map_err(|e| format!("--ack: {e}"))?,
+        None => profile.default_ack(),
+    };
+    // What the profile cannot encode is refused before anything is sent.
+    profile
+        .encode(
+            &credentials,
+            &herald_protocols::OutgoingNotification {
+                notify_id: &profile.new_notify_id(),
+                event_type: &args.event_type,
+                payload: payload.as_bytes(),
+                timestamp: now_ms() / 1000,
+                created_at: now_ms() / 1000,
+            },
+        )
+        .map_err(|e| format!("--json cannot be sent as {}: {e}", profile.name()))?;
     let app = Arc::new(AppCtx {
         id: "cli".into(),
         profile,
-        credentials: Credentials::StandardWebhooks(Keys::single(secret)),
+        credentials,
         retry: retry.clone(),
         ack: ack.clone(),
     });
@@ -122,8 +208,9 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         order_key: None,
     };
     println!(
-        "POST {}  webhook-id {}  ({} attempts at most, ack {})",
+        "POST {}  {} notify id {}  ({} attempts at most, ack {})",
         job.url,
+        profile.name(),
         job.notify_id,
         retry.max_attempts(),
         ack

@@ -1,7 +1,14 @@
 //! `herald sign`: print the exact signed request Herald would send for a payload, with any
 //! profile: to compare against what a receiver expects, or to replay by hand.
+//!
+//! The output is the capture format of [`super::capture`] (method line, headers with a
+//! `Content-Length`, empty line, body), so `herald verify --request -` reads it back. Without
+//! `--key` the generated signing key (the private key, or the shared secret) is written to a
+//! file (`--key-out`, owner-only permissions) whose path is printed on standard error, before
+//! the request is printed: `herald sign ... | herald verify --key THAT_FILE --request -`
+//! round-trips.
 use clap::Args;
-use herald_protocols::{OutgoingNotification, Profile};
+use herald_protocols::{Credentials, OutgoingNotification, Profile};
 use serde_json::{Map, Value};
 
 #[derive(Args, Debug)]
@@ -10,9 +17,14 @@ pub struct SignArgs {
     #[arg(long)]
     pub profile: String,
     /// The signing key (a whsec_/whsk_ secret, an RSA private key as PEM, base64 or file
-    /// path, or a WeChat API key). Omitted: one is generated and shown.
+    /// path, or a WeChat API key). Omitted: one is generated, written to --key-out, and the
+    /// other generated credentials are shown on standard error.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
+    /// Where a generated signing key is written (replaced if present; readable by the owner
+    /// only). Default: herald-sign-<profile>.key in the current directory.
+    #[arg(long, value_name = "FILE", conflicts_with = "key")]
+    pub key_out: Option<std::path::PathBuf>,
     /// Another credentials field, as name=value (e.g. app_id=2021..., mchid=..., serial=...,
     /// api_v3_key=...). Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
@@ -40,7 +52,7 @@ pub fn run(args: SignArgs) -> Result<(), String> {
     if let Some(k) = &args.key {
         options.insert(
             profile.secret_field().to_string(),
-            Value::String(super::verify::key_arg(k)),
+            Value::String(super::verify::key_arg(k).map_err(|e| format!("--key: {e}"))?),
         );
     }
     for kv in &args.set {
@@ -83,17 +95,57 @@ pub fn run(args: SignArgs) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     if args.key.is_none() {
+        let path = args
+            .key_out
+            .clone()
+            .unwrap_or_else(|| format!("herald-sign-{}.key", profile.name()).into());
+        write_key(&path, &signing_key(&credentials, &view))?;
         eprintln!(
-            "generated credentials (pass them back with --key/--set to sign again):\n{}",
+            "generated signing key written to {} (pass it back with --key to sign again, or to verify)",
+            path.display()
+        );
+        eprintln!(
+            "generated credentials (pass them back with --set to sign again):\n{}",
             serde_json::to_string_pretty(&view).unwrap_or_default()
         );
     }
-    println!("POST");
-    println!("Content-Type: {}", encoded.content_type);
-    for (k, v) in encoded.headers.iter().chain(headers.iter()) {
-        println!("{k}: {v}");
+    let mut all = vec![("Content-Type".to_string(), encoded.content_type.to_string())];
+    all.extend(encoded.headers.iter().cloned());
+    all.extend(headers);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"POST\n");
+    for (k, v) in &all {
+        out.extend_from_slice(format!("{k}: {v}\n").as_bytes());
     }
-    println!();
-    println!("{}", String::from_utf8_lossy(&encoded.body));
+    out.extend_from_slice(format!("Content-Length: {}\n\n", encoded.body.len()).as_bytes());
+    out.extend_from_slice(&encoded.body);
+    out.push(b'\n');
+    std::io::Write::write_all(&mut std::io::stdout(), &out)
+        .map_err(|e| format!("cannot write the request: {e}"))?;
     Ok(())
+}
+
+/// The generated material that signs: the RSA private key (PKCS#8 PEM) for alipay and
+/// wechatpay-v3, the shared secret (whsec_, API key) for the others.
+fn signing_key(credentials: &Credentials, view: &Value) -> String {
+    match credentials {
+        Credentials::Alipay(c) => c.private_key.clone(),
+        Credentials::WechatPayV3(c) => c.private_key.clone(),
+        Credentials::StandardWebhooks(_) => view["secret"].as_str().unwrap_or_default().into(),
+        Credentials::Stripe(_) => view["secret"].as_str().unwrap_or_default().into(),
+        Credentials::WechatPayV2(c) => c.api_key.clone(),
+    }
+}
+
+/// Writes `key` to `path`, readable and writable by its owner only.
+fn write_key(path: &std::path::Path, key: &str) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .map_err(|e| format!("--key-out {}: cannot create it: {e}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{}\n", key.trim()).as_bytes())
+        .map_err(|e| format!("--key-out {}: cannot write it: {e}", path.display()))
 }

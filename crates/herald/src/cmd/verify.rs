@@ -51,10 +51,18 @@ pub struct VerifyArgs {
     /// Print the exact string that was signed before the result.
     #[arg(long)]
     pub explain: bool,
+    /// Read the whole request (method, target, headers, body) from FILE, `-` for standard
+    /// input: a file `herald listen --dump DIR` saved, or what `herald sign` prints. --header
+    /// and --content-type add to its headers; --method and --query are taken from it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["method", "query"])]
+    pub request: Option<String>,
 }
 
-/// Reads `--key` style arguments: a file's contents when the value names a file.
-pub fn key_arg(value: &str) -> String {
+/// Reads `--key` style arguments: a file's contents when the value names a file. A value that
+/// can only be a path (it starts with `/`, `./`, `../` or `~/`, or ends in a file extension
+/// such as `.pem`: base64 and PEM keys never contain a `.`) but names no file is refused with
+/// "no such file", not parsed as a key.
+pub fn key_arg(value: &str) -> Result<String, String> {
     let (prefix, rest) = match value.split_once('=') {
         // SERIAL=key: keep the serial, read the key part.
         Some((serial, key))
@@ -73,14 +81,36 @@ pub fn key_arg(value: &str) -> String {
     let text = if rest.len() < 4096 && path.is_file() {
         std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| rest.to_string())
+            .map_err(|e| format!("cannot read the key file {rest}: {e}"))?
+    } else if looks_like_path(rest) {
+        return Err(format!(
+            "the key file {rest} does not exist (give a path to an existing file, or the key itself)"
+        ));
     } else {
         rest.to_string()
     };
-    match prefix {
+    Ok(match prefix {
         Some(serial) => format!("{serial}={text}"),
         None => text,
+    })
+}
+
+/// True when `v` can only be meant as a file path: keys are PEM (`-----BEGIN`), base64
+/// (`A-Z a-z 0-9 + / =`), `whsec_`/`whsk_`/`whpk_` strings or WeChat API keys, none of which
+/// starts like a relative or home path or ends in a short file extension.
+fn looks_like_path(v: &str) -> bool {
+    if v.contains("-----") || v.chars().any(char::is_whitespace) {
+        return false;
     }
+    let prefixed = ["./", "../", "~/", ".\\"].iter().any(|p| v.starts_with(p))
+        || (v.starts_with('/') && v.len() < 512);
+    let extension = v.rsplit_once('.').is_some_and(|(stem, ext)| {
+        !stem.is_empty()
+            && (1..=5).contains(&ext.len())
+            && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+            && ext.bytes().any(|b| b.is_ascii_alphabetic())
+    });
+    prefixed || extension
 }
 
 /// Applies `--sign-type` to wechatpay-v2 receiver keys; refused for other profiles.
@@ -120,29 +150,63 @@ pub fn run(args: VerifyArgs) -> Result<bool, String> {
         .profile
         .parse()
         .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
-    let keys: Vec<String> = args.keys.iter().map(|k| key_arg(k)).collect();
-    let decrypt = args.decrypt_key.as_deref().map(key_arg);
+    // The request first: `herald sign | herald verify --key FILE` reads a key file that
+    // `sign` writes before it prints anything.
+    let mut input = Vec::new();
+    let captured = match args.request.as_deref() {
+        Some("-") | None => {
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            match args.request {
+                Some(_) => {
+                    Some(super::capture::parse(&input).map_err(|e| format!("--request -: {e}"))?)
+                }
+                None => None,
+            }
+        }
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!("--request {path}: no such file"),
+                _ => format!("--request {path}: cannot read it: {e}"),
+            })?;
+            Some(super::capture::parse(&bytes).map_err(|e| format!("--request {path}: {e}"))?)
+        }
+    };
+    let keys: Vec<String> = args
+        .keys
+        .iter()
+        .map(|k| key_arg(k))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--key: {e}"))?;
+    let decrypt = args
+        .decrypt_key
+        .as_deref()
+        .map(key_arg)
+        .transpose()
+        .map_err(|e| format!("--decrypt-key: {e}"))?;
     let receiver_keys = profile
         .receiver_keys(&keys, decrypt.as_deref())
         .map_err(|e| format!("--key: {e}"))?;
     let receiver_keys = with_sign_type(profile, receiver_keys, args.sign_type.as_deref())?;
-    let mut headers = args
+    let extra = args
         .headers
         .iter()
         .map(|h| parse_header(h))
         .collect::<Result<Vec<_>, _>>()?;
+    let (method, query, mut headers, body) = match captured {
+        Some(c) => (c.method, c.query, c.headers, c.body),
+        None => (args.method.clone(), args.query.clone(), Vec::new(), input),
+    };
+    headers.extend(extra);
     if let Some(ct) = &args.content_type {
         headers.push(("Content-Type".to_string(), ct.clone()));
     }
-    let mut body = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut body)
-        .map_err(|e| format!("cannot read the body from standard input: {e}"))?;
     let now = args.now.unwrap_or_else(|| herald_engine::now_ms() / 1000);
     let req = IncomingRequest {
-        method: &args.method,
+        method: &method,
         headers: &headers,
-        query: &args.query,
+        query: &query,
         body: &body,
         now,
     };

@@ -586,8 +586,9 @@ pub fn ack_rule(d: &Dialect) -> AckRule {
 /// Encodes one attempt. The payload is a JSON object whose fields become the dialect's
 /// fields; the credentials' `fields` (EPay's `pid`) and the dialect's `constants`
 /// (`sign_type=MD5`) are added when the payload lacks them, and the notify id field when
-/// absent gets the delivery's notify id. The payload must carry the order reference and the
-/// amount fields and must not carry the signature field. Sent as the dialect says: a GET with
+/// absent gets the delivery's notify id (not for the raw canonical form, whose payload is
+/// sent byte for byte and must carry all three). The payload must carry the order reference
+/// and the amount fields and must not carry the signature field. Sent as the dialect says: a GET with
 /// the sorted fields and the signature in the query, or a POST form, a JSON object, or (raw)
 /// the payload bytes unchanged with the signature in a header.
 pub fn encode(
@@ -618,7 +619,12 @@ pub fn encode(
             .entry(d.fields.notify_id.clone())
             .or_insert_with(|| Value::String(n.notify_id.to_string()));
     }
-    for required in [&d.fields.out_trade_no, &d.fields.amount] {
+    // A raw body is sent byte for byte: it must carry the notify id itself.
+    for required in [
+        &d.fields.out_trade_no,
+        &d.fields.amount,
+        &d.fields.notify_id,
+    ] {
         if values.get(required).is_none_or(|v| json_text(v).is_empty()) {
             return Err(err(format!("the payload needs `{required}`")));
         }

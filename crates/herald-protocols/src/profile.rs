@@ -533,3 +533,490 @@ impl Profile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::standard_webhooks::{self as sw, KeyEntry, Keys, SigningSecret, VerifyKey};
+    use serde_json::json;
+
+    const P: Profile = Profile::StandardWebhooks;
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn keys(c: &Credentials) -> &Keys {
+        match c {
+            Credentials::StandardWebhooks(k) => k,
+            other => panic!("not standard-webhooks credentials: {other:?}"),
+        }
+    }
+
+    fn notification<'a>(
+        id: &'a str,
+        payload: &'a [u8],
+        timestamp: i64,
+    ) -> OutgoingNotification<'a> {
+        OutgoingNotification {
+            notify_id: id,
+            event_type: "payment.succeeded",
+            payload,
+            timestamp,
+            created_at: timestamp,
+        }
+    }
+
+    fn header<'a>(r: &'a EncodedRequest, name: &str) -> &'a str {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap()
+    }
+
+    #[test]
+    fn profile_name_round_trips_through_str_and_serde() {
+        assert_eq!("standard-webhooks".parse::<Profile>().unwrap(), P);
+        assert_eq!(P.name(), "standard-webhooks");
+        assert_eq!(serde_json::to_value(P).unwrap(), json!("standard-webhooks"));
+        assert!(matches!(
+            "stripe2".parse::<Profile>(),
+            Err(ProfileError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn wechat_pay_attempts_time_out_after_5_seconds_and_others_after_15() {
+        use std::time::Duration;
+        for p in Profile::ALL {
+            let want = match p {
+                Profile::WechatPayV2 | Profile::WechatPayV3 | Profile::WechatPayLegacy => {
+                    Duration::from_secs(5)
+                }
+                _ => Duration::from_secs(15),
+            };
+            assert_eq!(p.attempt_timeout(), want, "{}", p.name());
+        }
+    }
+
+    #[test]
+    fn standard_webhooks_defaults_are_the_standard_schedule_and_any_2xx() {
+        assert_eq!(P.default_retry(), RetryPolicy::named("standard").unwrap());
+        assert_eq!(P.default_ack(), AckRule::Http2xx);
+    }
+
+    #[test]
+    fn notify_ids_are_msg_prefixed_ulids_and_unique() {
+        let a = P.new_notify_id();
+        let b = P.new_notify_id();
+        assert_ne!(a, b);
+        let ulid = a.strip_prefix("msg_").unwrap();
+        assert!(ulid::Ulid::from_string(ulid).is_ok(), "{a}");
+    }
+
+    #[test]
+    fn null_or_empty_options_generate_an_hmac_secret_shown_once() {
+        for options in [json!(null), json!({}), json!({"key_type": "hmac"})] {
+            let (creds, view) = P.create_credentials(&options).unwrap();
+            let k = keys(&creds);
+            assert_eq!(k.keys.len(), 1);
+            assert_eq!(k.keys[0].expires_at, None);
+            assert!(k.keys[0].secret.starts_with("whsec_"));
+            assert_eq!(view, json!({"secret": k.keys[0].secret}));
+        }
+    }
+
+    #[test]
+    fn a_given_whsec_secret_is_validated_and_used() {
+        let (creds, view) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        assert_eq!(keys(&creds), &Keys::single(SECRET.into()));
+        assert_eq!(view, json!({"secret": SECRET}));
+    }
+
+    #[test]
+    fn ed25519_key_type_generates_a_pair_and_shows_only_the_public_key() {
+        let (creds, view) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let secret = &keys(&creds).keys[0].secret;
+        assert!(secret.starts_with("whsk_"));
+        let pk = view["public_key"].as_str().unwrap();
+        assert_eq!(
+            SigningSecret::parse(secret)
+                .unwrap()
+                .public_key()
+                .as_deref(),
+            Some(pk)
+        );
+        assert_eq!(view.as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_given_whsk_secret_is_used_and_its_public_key_shown() {
+        let (sk, pk) = sw::generate_ed25519();
+        let (creds, view) = P
+            .create_credentials(&json!({"secret": sk, "key_type": "ed25519"}))
+            .unwrap();
+        assert_eq!(keys(&creds).keys[0].secret, sk);
+        assert_eq!(view, json!({"public_key": pk}));
+    }
+
+    #[test]
+    fn bad_credential_options_are_refused_without_echoing_the_secret() {
+        let short = "whsec_c2hvcnRzZWNyZXQ="; // 11 bytes
+        let (pk_secret, pk) = sw::generate_ed25519();
+        let _ = pk_secret;
+        for options in [
+            json!("whsec_abc"),
+            json!([1]),
+            json!({"secret": short}),
+            json!({"secret": "sk_test_mysecretvalue"}),
+            json!({"secret": "whsec_!!mysecretvalue"}),
+            json!({"secret": pk}),
+            json!({"secret": 5}),
+            json!({"key_type": "rsa"}),
+            json!({"key_type": "ed25519", "secret": SECRET}),
+            json!({"secrett": SECRET}),
+        ] {
+            let err = P.create_credentials(&options).unwrap_err();
+            assert!(matches!(err, ProfileError::BadCredentials(_)), "{options}");
+            let msg = err.to_string();
+            for leak in ["c2hvcnRz", "mysecretvalue", "MfKQ9r8G", &pk[5..]] {
+                assert!(!msg.contains(leak), "{msg}");
+            }
+        }
+        let msg = P
+            .create_credentials(&json!({"secret": short}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "invalid credentials: secret: the whsec_ key decodes to 11 bytes; expected 24 to 64"
+        );
+    }
+
+    #[test]
+    fn rotation_puts_a_new_key_of_the_same_type_first_and_keeps_the_old_one_until_grace_ends() {
+        let (creds, _) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        let (rotated, view) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        let k = keys(&rotated);
+        assert_eq!(k.keys.len(), 2);
+        assert!(k.keys[0].secret.starts_with("whsec_"));
+        assert_ne!(k.keys[0].secret, SECRET);
+        assert_eq!(k.keys[0].expires_at, None);
+        assert_eq!(
+            k.keys[1],
+            KeyEntry {
+                secret: SECRET.into(),
+                expires_at: Some(2_000)
+            }
+        );
+        assert_eq!(view, json!({"secret": k.keys[0].secret}));
+
+        let (creds, _) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let (rotated, view) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        let k = keys(&rotated);
+        assert!(k.keys[0].secret.starts_with("whsk_"));
+        assert!(view["public_key"].as_str().unwrap().starts_with("whpk_"));
+    }
+
+    #[test]
+    fn rotation_drops_old_keys_that_have_expired() {
+        let creds = Credentials::StandardWebhooks(Keys {
+            keys: vec![
+                KeyEntry::current(SECRET.into()),
+                KeyEntry {
+                    secret: sw::generate_hmac_secret(),
+                    expires_at: Some(1_000),
+                },
+                KeyEntry {
+                    secret: sw::generate_hmac_secret(),
+                    expires_at: Some(1_500),
+                },
+            ],
+        });
+        let (rotated, _) = P.rotate(&creds, 3_000, 1_000).unwrap();
+        let expiries: Vec<_> = keys(&rotated).keys.iter().map(|k| k.expires_at).collect();
+        assert_eq!(expiries, [None, Some(3_000), Some(1_500)]);
+
+        // A grace period already over retires the old key at once.
+        let (rotated, _) = P.rotate(&creds, 1_000, 1_000).unwrap();
+        let expiries: Vec<_> = keys(&rotated).keys.iter().map(|k| k.expires_at).collect();
+        assert_eq!(expiries, [None, Some(1_500)]);
+    }
+
+    #[test]
+    fn rotating_broken_or_empty_credentials_is_refused() {
+        for k in [Keys { keys: vec![] }, Keys::single("whsec_***".into())] {
+            let err = P
+                .rotate(&Credentials::StandardWebhooks(k), 10, 0)
+                .unwrap_err();
+            assert!(matches!(err, ProfileError::BadCredentials(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn public_view_shows_type_public_key_and_rotating_count_but_no_secret() {
+        let (creds, _) = P.create_credentials(&json!(null)).unwrap();
+        assert_eq!(
+            P.public_view_at(&creds, 0),
+            json!({"key_type": "hmac", "rotating_keys": 0})
+        );
+        let (rotated, _) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        assert_eq!(
+            P.public_view_at(&rotated, 1_999),
+            json!({"key_type": "hmac", "rotating_keys": 1})
+        );
+        assert_eq!(
+            P.public_view_at(&rotated, 2_000),
+            json!({"key_type": "hmac", "rotating_keys": 0})
+        );
+
+        let (creds, view) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let shown = P.public_view(&creds);
+        assert_eq!(
+            shown,
+            json!({"key_type": "ed25519", "public_key": view["public_key"], "rotating_keys": 0})
+        );
+        assert!(!shown
+            .to_string()
+            .contains(&keys(&creds).keys[0].secret[5..]));
+    }
+
+    #[test]
+    fn encode_sends_the_payload_unchanged_with_signed_standard_headers() {
+        let (creds, _) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        let payload = br#"{"test": 2432232314}"#;
+        let n = notification("msg_p5jXN8AQM9LWM0D4loKWxJek", payload, 1614265330);
+        let r = P.encode(&creds, &n).unwrap();
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(r.body, payload);
+        assert_eq!(header(&r, "webhook-id"), "msg_p5jXN8AQM9LWM0D4loKWxJek");
+        assert_eq!(header(&r, "webhook-timestamp"), "1614265330");
+        assert_eq!(
+            header(&r, "webhook-signature"),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(r.headers.len(), 3);
+    }
+
+    #[test]
+    fn encoded_requests_verify_with_the_receiver_side() {
+        let (creds, view) = P
+            .create_credentials(&json!({"key_type": "ed25519"}))
+            .unwrap();
+        let key = VerifyKey::parse(view["public_key"].as_str().unwrap()).unwrap();
+        let r = P
+            .encode(&creds, &notification("msg_1", b"{}", 5_000))
+            .unwrap();
+        let got = sw::verify(
+            header(&r, "webhook-id"),
+            header(&r, "webhook-timestamp"),
+            header(&r, "webhook-signature"),
+            &r.body,
+            &[key],
+            5_010,
+        );
+        assert_eq!(got, Ok(()));
+    }
+
+    #[test]
+    fn during_rotation_encode_signs_with_old_and_new_keys_until_grace_ends() {
+        let (creds, _) = P.create_credentials(&json!({"secret": SECRET})).unwrap();
+        let (rotated, view) = P.rotate(&creds, 2_000, 1_000).unwrap();
+        let old = VerifyKey::parse(SECRET).unwrap();
+        let new = VerifyKey::parse(view["secret"].as_str().unwrap()).unwrap();
+
+        let r = P
+            .encode(&rotated, &notification("msg_1", b"{}", 1_999))
+            .unwrap();
+        let sig = header(&r, "webhook-signature");
+        assert_eq!(sig.split(' ').count(), 2);
+        for key in [&old, &new] {
+            let got = sw::verify(
+                "msg_1",
+                "1999",
+                sig,
+                b"{}",
+                std::slice::from_ref(key),
+                1_999,
+            );
+            assert_eq!(got, Ok(()));
+        }
+
+        let r = P
+            .encode(&rotated, &notification("msg_1", b"{}", 2_000))
+            .unwrap();
+        let sig = header(&r, "webhook-signature");
+        assert_eq!(sig.split(' ').count(), 1);
+        assert_eq!(
+            sw::verify("msg_1", "2000", sig, b"{}", &[old], 2_000),
+            Err(sw::VerifyError::NoMatchingSignature)
+        );
+        assert_eq!(
+            sw::verify("msg_1", "2000", sig, b"{}", &[new], 2_000),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn encode_refuses_ids_that_are_not_safe_header_values() {
+        let (creds, _) = P.create_credentials(&json!(null)).unwrap();
+        for id in ["", "msg 1", "msg_1\r\nx: y", "msg.1", "msg_é"] {
+            let err = P.encode(&creds, &notification(id, b"{}", 1)).unwrap_err();
+            assert!(matches!(err, ProfileError::Encode(_)), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn encode_with_only_expired_keys_is_an_error() {
+        let creds = Credentials::StandardWebhooks(Keys {
+            keys: vec![KeyEntry {
+                secret: SECRET.into(),
+                expires_at: Some(10),
+            }],
+        });
+        let err = P
+            .encode(&creds, &notification("msg_1", b"{}", 10))
+            .unwrap_err();
+        assert!(matches!(err, ProfileError::Encode(_)));
+        assert!(err.to_string().contains("no key is valid"), "{err}");
+    }
+
+    #[test]
+    fn credentials_serialize_with_a_profile_tag_and_debug_redacts() {
+        let creds = Credentials::StandardWebhooks(Keys::single(SECRET.into()));
+        let v = serde_json::to_value(&creds).unwrap();
+        assert_eq!(
+            v,
+            json!({"profile": "standard-webhooks", "keys": [{"secret": SECRET}]})
+        );
+        let back: Credentials = serde_json::from_value(v).unwrap();
+        assert_eq!(back, creds);
+        assert!(!format!("{creds:?}").contains("MfKQ"));
+    }
+
+    #[test]
+    fn every_profile_round_trips_sign_then_verify_and_rejects_a_changed_byte() {
+        let payloads: [(Profile, &str, &str); 7] = [
+            (
+                Profile::StandardWebhooks,
+                "payment.succeeded",
+                r#"{"out_trade_no":"A1","amount":100,"currency":"cny"}"#,
+            ),
+            (
+                Profile::Alipay,
+                "trade.success",
+                r#"{"out_trade_no":"A1","trade_no":"T1","total_amount":"1.00","trade_status":"TRADE_SUCCESS"}"#,
+            ),
+            (
+                Profile::WechatPayV2,
+                "trade.success",
+                r#"{"out_trade_no":"A1","transaction_id":"T1","total_fee":100}"#,
+            ),
+            (
+                Profile::WechatPayV3,
+                "TRANSACTION.SUCCESS",
+                r#"{"out_trade_no":"A1","transaction_id":"T1","trade_state":"SUCCESS","amount":{"total":100,"currency":"CNY"}}"#,
+            ),
+            (
+                Profile::Stripe,
+                "payment_intent.succeeded",
+                r#"{"id":"pi_1","amount":100,"currency":"cny","metadata":{"out_trade_no":"A1"}}"#,
+            ),
+            (
+                Profile::WechatPayLegacy,
+                "trade.success",
+                r#"{"out_trade_no":"A1","total_fee":100}"#,
+            ),
+            (
+                Profile::Dialect,
+                "trade.success",
+                r#"{"out_trade_no":"A1","trade_no":"T1","money":"1.00","trade_status":"TRADE_SUCCESS","type":"alipay","name":"coffee"}"#,
+            ),
+        ];
+        let now = 1_763_900_000;
+        for (profile, event_type, payload) in payloads {
+            let (creds, _) = profile
+                .create_credentials(&serde_json::Value::Null)
+                .unwrap();
+            let id = profile.new_notify_id();
+            let n = OutgoingNotification {
+                notify_id: &id,
+                event_type,
+                payload: payload.as_bytes(),
+                timestamp: now,
+                created_at: now,
+            };
+            let req = profile.encode(&creds, &n).unwrap();
+            let mut headers = req.headers.clone();
+            headers.push(("Content-Type".into(), req.content_type.clone()));
+            let keys = profile.receiver_keys_from(&creds, now).unwrap();
+            let incoming = IncomingRequest {
+                method: req.method,
+                headers: &headers,
+                query: &req.query,
+                body: &req.body,
+                now,
+            };
+            let v = profile
+                .verify(&keys, &incoming)
+                .unwrap_or_else(|e| panic!("{}: {e}", profile.name()));
+            assert_eq!(v.profile, profile.name());
+            assert_eq!(v.out_trade_no.as_deref(), Some("A1"), "{}", profile.name());
+            assert_eq!(
+                v.amount.as_ref().map(|a| a.minor),
+                Some(100),
+                "{}",
+                profile.name()
+            );
+            assert!(profile.explain(&keys, &incoming).is_ok());
+            // The ack reply satisfies the sender's default ack rule.
+            let ack = profile.ack_reply_for(&keys);
+            assert!(
+                profile.default_ack().is_ack(ack.status, &ack.body),
+                "{}",
+                profile.name()
+            );
+            let fail = profile.failure_reply_for(&keys, "no");
+            assert!(
+                !profile.default_ack().is_ack(fail.status, &fail.body),
+                "{}",
+                profile.name()
+            );
+            // One changed byte anywhere in the body (the query of a GET) fails.
+            let mut body = req.body.clone();
+            let mut query = req.query.clone().into_bytes();
+            let bytes = if body.is_empty() {
+                &mut query
+            } else {
+                &mut body
+            };
+            let i = bytes.iter().rposition(|b| b.is_ascii_digit()).unwrap();
+            bytes[i] = if bytes[i] == b'1' { b'2' } else { b'1' };
+            let query = String::from_utf8(query).unwrap();
+            let tampered = IncomingRequest {
+                body: &body,
+                query: &query,
+                ..incoming
+            };
+            assert!(
+                profile.verify(&keys, &tampered).is_err(),
+                "{} accepted a changed byte",
+                profile.name()
+            );
+            // Another app's keys fail.
+            let (other, _) = profile
+                .create_credentials(&serde_json::Value::Null)
+                .unwrap();
+            let other_keys = profile.receiver_keys_from(&other, now).unwrap();
+            assert!(
+                profile.verify(&other_keys, &incoming).is_err(),
+                "{} accepted a foreign key",
+                profile.name()
+            );
+        }
+    }
+}

@@ -76,6 +76,16 @@ impl Receiver {
         self.profile
     }
 
+    /// The reply that acknowledges a notification (a dialect's configured ack text).
+    pub fn ack_reply(&self) -> herald_protocols::receive::Reply {
+        self.profile.ack_reply_for(&self.keys)
+    }
+
+    /// The reply that makes the provider send again.
+    pub fn failure_reply(&self, reason: &str) -> herald_protocols::receive::Reply {
+        self.profile.failure_reply_for(&self.keys, reason)
+    }
+
     /// Verifies the signature and timestamp, decodes, and checks the app and merchant ids.
     /// Failures are logged at `warn` (without secrets).
     pub fn verify(&self, req: &RawRequest) -> Result<VerifiedNotification, Rejection> {
@@ -128,13 +138,15 @@ impl Receiver {
 /// the provider documents them and real traffic shows): Alipay `app_id` (its notify
 /// parameters list `seller_id` as optional, so that one is checked only when present: a
 /// genuine payment must never be refused for lacking it);
-/// WeChat Pay v2 `appid` and `mch_id` (payments and refunds); WeChat Pay v3 `mchid`, and
+/// WeChat Pay v2 `appid` and `mch_id` (payments and refunds); the seed-era WeChat Pay's
+/// `AppId` (XML) and `partner` (query); WeChat Pay v3 `mchid`, and
 /// `appid` in transactions (refund resources have none). Stripe's `account` (Connect only)
 /// and Standard Webhooks' ids are optional.
 fn carried_ids(n: &VerifiedNotification) -> (Option<&'static str>, Option<&'static str>) {
     match n.profile {
         "alipay" => (Some("app_id"), None),
         "wechatpay-v2" => (Some("appid"), Some("mch_id")),
+        "wechatpay-legacy" => (Some("AppId"), Some("partner")),
         "wechatpay-v3" => {
             let refund = n
                 .event_type

@@ -66,7 +66,7 @@ fn int_field(v: Option<&Value>, what: &str) -> Result<i64, Rejection> {
     v.as_i64().ok_or_else(|| bad_amount(v))
 }
 
-/// Reads a notification of any of the five profiles.
+/// Reads a notification of any of the seven profiles.
 pub(crate) fn read(n: &VerifiedNotification) -> Result<Reading, Rejection> {
     let status = || {
         n.status
@@ -135,6 +135,24 @@ pub(crate) fn read(n: &VerifiedNotification) -> Result<Reading, Rejection> {
                 Event::Paid
             } else {
                 Event::NoChange(status())
+            };
+            Reading { event, total }
+        }
+        "wechatpay-legacy" => {
+            // The seed-era wire: `trade_state` 0 is paid; nothing else moves the order.
+            let event = if n.status.as_deref() == Some("0") {
+                Event::Paid
+            } else {
+                Event::NoChange(status())
+            };
+            Reading { event, total }
+        }
+        "dialect" => {
+            // The dialect decided: a status equal to its paid value is the paid event.
+            let event = if n.event_type.as_deref() == Some(herald_protocols::dialect::PAID_EVENT) {
+                Event::Paid
+            } else {
+                Event::NoChange(n.status.clone().unwrap_or_else(|| "(none)".into()))
             };
             Reading { event, total }
         }

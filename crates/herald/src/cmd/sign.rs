@@ -6,17 +6,25 @@ use serde_json::{Map, Value};
 
 #[derive(Args, Debug)]
 pub struct SignArgs {
-    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe.
+    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe,
+    /// wechatpay-legacy, dialect (see --dialect).
     #[arg(long)]
     pub profile: String,
     /// The signing key (a whsec_/whsk_ secret, an RSA private key as PEM, base64 or file
-    /// path, or a WeChat API key). Omitted: one is generated and shown.
+    /// path, a WeChat API key, the wechatpay-legacy partner key, a dialect's key). Omitted:
+    /// generated and shown.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
     /// Another credentials field, as name=value (e.g. app_id=2021..., mchid=..., serial=...,
-    /// api_v3_key=...). Repeatable.
+    /// api_v3_key=..., app_key=... for wechatpay-legacy). Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+    /// dialect: a preset name (epay) or a TOML/JSON dialect file. Default: epay.
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub dialect: Option<String>,
+    /// A dialect's fixed field, as name=value (e.g. pid=1001). Repeatable.
+    #[arg(long = "field", value_name = "NAME=VALUE")]
+    pub fields: Vec<String>,
     /// An extra header to include, as 'Name: value'. Repeatable.
     #[arg(long = "header", short = 'H', value_name = "'NAME: VALUE'")]
     pub headers: Vec<String>,
@@ -48,6 +56,29 @@ pub fn run(args: SignArgs) -> Result<(), String> {
             .split_once('=')
             .ok_or_else(|| format!("--set {kv:?} must look like name=value"))?;
         options.insert(k.trim().to_string(), Value::String(v.to_string()));
+    }
+    if args.dialect.is_some() || !args.fields.is_empty() {
+        if profile != Profile::Dialect {
+            return Err(format!(
+                "--dialect and --field apply to the dialect profile only, not {}",
+                profile.name()
+            ));
+        }
+        if let Some(d) = &args.dialect {
+            let d = super::verify::load_dialect(d)?;
+            options.insert(
+                "dialect".into(),
+                serde_json::to_value(d).map_err(|e| e.to_string())?,
+            );
+        }
+        let mut fields = Map::new();
+        for kv in &args.fields {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--field {kv:?} must look like name=value"))?;
+            fields.insert(k.trim().to_string(), Value::String(v.to_string()));
+        }
+        options.insert("fields".into(), Value::Object(fields));
     }
     let (credentials, view) = profile
         .create_credentials(&Value::Object(options))
@@ -88,8 +119,16 @@ pub fn run(args: SignArgs) -> Result<(), String> {
             serde_json::to_string_pretty(&view).unwrap_or_default()
         );
     }
-    println!("POST");
-    println!("Content-Type: {}", encoded.content_type);
+    // The request line: the method, and the query when the profile signs one (send it on
+    // the notify URL as ?QUERY).
+    if encoded.query.is_empty() {
+        println!("{}", encoded.method);
+    } else {
+        println!("{} ?{}", encoded.method, encoded.query);
+    }
+    if !encoded.content_type.is_empty() {
+        println!("Content-Type: {}", encoded.content_type);
+    }
     for (k, v) in encoded.headers.iter().chain(headers.iter()) {
         println!("{k}: {v}");
     }

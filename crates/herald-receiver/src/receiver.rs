@@ -58,8 +58,8 @@ impl Receiver {
 
     /// The notification's merchant id (`seller_id` / `mch_id` / `mchid` / Stripe `account`)
     /// must equal `id`; otherwise [`Rejection::ForeignMerchant`]. Alipay and WeChat Pay (v2,
-    /// v3) notifications always carry it and are refused without it; Stripe and Standard
-    /// Webhooks are checked only when they carry one.
+    /// v3, and the seed-era `partner`) notifications always carry it and are refused without
+    /// it; Stripe, Standard Webhooks and dialects are checked only when they carry one.
     pub fn expect_merchant_id(mut self, id: impl Into<String>) -> Self {
         self.merchant_id = Some(id.into());
         self

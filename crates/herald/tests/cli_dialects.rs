@@ -42,8 +42,20 @@ async fn herald(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
 #[tokio::test]
 async fn verify_explain_shows_the_epay_string_to_sign_and_decodes_the_paid_order() {
     let (code, out, err) = herald(
-        &["verify", "--profile", "dialect", "--dialect", "epay", "--key", EPAY_KEY,
-          "--method", "GET", "--query", EPAY_QUERY, "--explain"],
+        &[
+            "verify",
+            "--profile",
+            "dialect",
+            "--dialect",
+            "epay",
+            "--key",
+            EPAY_KEY,
+            "--method",
+            "GET",
+            "--query",
+            EPAY_QUERY,
+            "--explain",
+        ],
         b"",
     )
     .await;
@@ -56,7 +68,17 @@ async fn verify_explain_shows_the_epay_string_to_sign_and_decodes_the_paid_order
 
     let bad = EPAY_QUERY.replace("money=1.00", "money=9.00");
     let (code, out, _) = herald(
-        &["verify", "--profile", "dialect", "--key", EPAY_KEY, "--method", "GET", "--query", &bad],
+        &[
+            "verify",
+            "--profile",
+            "dialect",
+            "--key",
+            EPAY_KEY,
+            "--method",
+            "GET",
+            "--query",
+            &bad,
+        ],
         b"",
     )
     .await;
@@ -67,23 +89,49 @@ async fn verify_explain_shows_the_epay_string_to_sign_and_decodes_the_paid_order
 #[tokio::test]
 async fn verify_explain_shows_both_seed_era_wechat_strings_and_checks_both_signatures() {
     let appkey = format!("appkey={APP_KEY}");
-    let args = ["verify", "--profile", "wechatpay-legacy", "--key", PARTNER_KEY, "--key", &appkey,
-        "--content-type", "text/xml", "--query", LEGACY_QUERY, "--explain"];
+    let args = [
+        "verify",
+        "--profile",
+        "wechatpay-legacy",
+        "--key",
+        PARTNER_KEY,
+        "--key",
+        &appkey,
+        "--content-type",
+        "text/xml",
+        "--query",
+        LEGACY_QUERY,
+        "--explain",
+    ];
     let (code, out, err) = herald(&args, LEGACY_XML.as_bytes()).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("&transport_fee=0&key=<partner key>"), "{out}");
-    assert!(out.contains("appid=wxa22b9cfd8fdec01a&appkey=<app key>&issubscribe=1"), "{out}");
+    assert!(
+        out.contains("appid=wxa22b9cfd8fdec01a&appkey=<app key>&issubscribe=1"),
+        "{out}"
+    );
     assert!(!out.contains(PARTNER_KEY) && !out.contains(APP_KEY));
     assert!(out.contains("\"notify_id\": \"qZ6Aae9b0UKIx"), "{out}");
 
     let tampered = LEGACY_XML.replace("<IsSubscribe>1", "<IsSubscribe>0");
     let (code, out, _) = herald(&args, tampered.as_bytes()).await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("invalid: bad signature: the XML AppSignature"), "{out}");
+    assert!(
+        out.contains("invalid: bad signature: the XML AppSignature"),
+        "{out}"
+    );
 
     // Without the app key the command explains what it needs.
     let (code, _, err) = herald(
-        &["verify", "--profile", "wechatpay-legacy", "--key", PARTNER_KEY, "--query", LEGACY_QUERY],
+        &[
+            "verify",
+            "--profile",
+            "wechatpay-legacy",
+            "--key",
+            PARTNER_KEY,
+            "--query",
+            LEGACY_QUERY,
+        ],
         LEGACY_XML.as_bytes(),
     )
     .await;
@@ -93,14 +141,21 @@ async fn verify_explain_shows_both_seed_era_wechat_strings_and_checks_both_signa
 
 /// Splits `herald sign` output into the request line, header lines and the body.
 fn signed(out: &str) -> (String, Vec<String>, String) {
-    let (head, body) = out.split_once("\n\n").expect("a blank line before the body");
+    let (head, body) = out
+        .split_once("\n\n")
+        .expect("a blank line before the body");
     let mut lines = head.lines();
     let first = lines.next().unwrap().to_string();
-    (first, lines.map(str::to_string).collect(), body.strip_suffix('\n').unwrap_or(body).to_string())
+    (
+        first,
+        lines.map(str::to_string).collect(),
+        body.strip_suffix('\n').unwrap_or(body).to_string(),
+    )
 }
 
 #[tokio::test]
-async fn sign_then_verify_round_trips_for_legacy_epay_and_a_toml_dialect_and_a_changed_byte_fails() {
+async fn sign_then_verify_round_trips_for_legacy_epay_and_a_toml_dialect_and_a_changed_byte_fails()
+{
     let dir = tempfile::tempdir().unwrap();
     let toml_path = dir.path().join("acme.toml");
     std::fs::write(
@@ -127,27 +182,50 @@ notify_id = "event_id"
     .unwrap();
     let toml = toml_path.to_str().unwrap();
     let cases: [(&str, Vec<&str>, &str); 3] = [
-        ("wechatpay-legacy", vec![], r#"{"out_trade_no":"C1","total_fee":100}"#),
-        ("dialect", vec!["--dialect", "epay", "--field", "pid=1001"],
-         r#"{"out_trade_no":"C1","trade_no":"T1","money":"1.00","trade_status":"TRADE_SUCCESS","type":"alipay","name":"x"}"#),
-        ("dialect", vec!["--dialect", toml], r#"{"order":"C1","cents":100,"state":"PAID","event_id":"E1"}"#),
+        (
+            "wechatpay-legacy",
+            vec![],
+            r#"{"out_trade_no":"C1","total_fee":100}"#,
+        ),
+        (
+            "dialect",
+            vec!["--dialect", "epay", "--field", "pid=1001"],
+            r#"{"out_trade_no":"C1","trade_no":"T1","money":"1.00","trade_status":"TRADE_SUCCESS","type":"alipay","name":"x"}"#,
+        ),
+        (
+            "dialect",
+            vec!["--dialect", toml],
+            r#"{"order":"C1","cents":100,"state":"PAID","event_id":"E1"}"#,
+        ),
     ];
     for (profile, extra, payload) in cases {
         let mut args = vec!["sign", "--profile", profile];
         args.extend(extra.iter().copied());
         let (code, out, err) = herald(&args, payload.as_bytes()).await;
         assert_eq!(code, 0, "{profile}: {err}");
-        let view: Value = serde_json::from_str(err.split_once('\n').unwrap().1).expect("generated credentials");
+        let view: Value =
+            serde_json::from_str(err.split_once('\n').unwrap().1).expect("generated credentials");
         let (first, headers, body) = signed(&out);
         let (method, query) = match first.split_once(" ?") {
             Some((m, q)) => (m.to_string(), q.to_string()),
             None => (first.clone(), String::new()),
         };
-        let mut vargs: Vec<String> = vec!["verify".into(), "--profile".into(), profile.into(),
-            "--method".into(), method.clone(), "--query".into(), query.clone()];
+        let mut vargs: Vec<String> = vec![
+            "verify".into(),
+            "--profile".into(),
+            profile.into(),
+            "--method".into(),
+            method.clone(),
+            "--query".into(),
+            query.clone(),
+        ];
         if profile == "wechatpay-legacy" {
-            vargs.extend(["--key".into(), view["partner_key"].as_str().unwrap().into(),
-                "--key".into(), format!("appkey={}", view["app_key"].as_str().unwrap())]);
+            vargs.extend([
+                "--key".into(),
+                view["partner_key"].as_str().unwrap().into(),
+                "--key".into(),
+                format!("appkey={}", view["app_key"].as_str().unwrap()),
+            ]);
         } else {
             vargs.extend(["--key".into(), view["key"].as_str().unwrap().into()]);
             vargs.extend(extra.iter().take(2).map(|s| s.to_string()));
@@ -181,16 +259,175 @@ notify_id = "event_id"
 
 #[tokio::test]
 async fn dialect_flags_are_refused_with_a_clear_error_for_other_profiles_or_bad_files() {
-    let (code, _, err) = herald(&["verify", "--profile", "alipay", "--key", "x", "--dialect", "epay"], b"").await;
+    let (code, _, err) = herald(
+        &[
+            "verify",
+            "--profile",
+            "alipay",
+            "--key",
+            "x",
+            "--dialect",
+            "epay",
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--dialect applies to the dialect profile only"), "{err}");
-    let (code, _, err) = herald(&["verify", "--profile", "dialect", "--key", "x", "--dialect", "paypal"], b"").await;
+    assert!(
+        err.contains("--dialect applies to the dialect profile only"),
+        "{err}"
+    );
+    let (code, _, err) = herald(
+        &[
+            "verify",
+            "--profile",
+            "dialect",
+            "--key",
+            "x",
+            "--dialect",
+            "paypal",
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("neither a preset (epay) nor a file"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "algorithm = \"hmac-sha256\"\nkey_placement = \"append\"\n").unwrap();
-    let (code, _, err) = herald(&["verify", "--profile", "dialect", "--key", "x", "--dialect", bad.to_str().unwrap()], b"").await;
+    std::fs::write(
+        &bad,
+        "algorithm = \"hmac-sha256\"\nkey_placement = \"append\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = herald(
+        &[
+            "verify",
+            "--profile",
+            "dialect",
+            "--key",
+            "x",
+            "--dialect",
+            bad.to_str().unwrap(),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--dialect"), "{err}");
+}
+
+/// `herald listen`'s receiver in this process, for `profile` with `keys` (and a dialect).
+async fn listen(
+    profile: herald_protocols::Profile,
+    keys: &[String],
+    dialect: Option<&str>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let rk = profile.receiver_keys(keys, None).unwrap();
+    let rk = herald::cmd::verify::with_dialect(profile, rk, keys, dialect).unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = lines.clone();
+    let receiver = herald::cmd::listen::Receiver {
+        profile,
+        keys: Arc::new(rk),
+        status: None,
+        forward: None,
+        out: Arc::new(move |l| out.lock().unwrap().push(l)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, herald::cmd::listen::router(receiver)).await });
+    (addr, lines)
+}
+
+#[tokio::test]
+async fn send_delivers_an_epay_get_and_a_seed_era_wechat_post_that_listen_verifies_and_acks() {
+    use herald_protocols::Profile;
+    let (addr, lines) = listen(Profile::Dialect, &[EPAY_KEY.to_string()], Some("epay")).await;
+    let url = format!("http://{addr}/notify");
+    let (code, out, err) = herald(
+        &["send", "--profile", "dialect", "--dialect", "epay", "--field", "pid=1001", "--secret", EPAY_KEY,
+          "--url", &url, "--retry", "none", "--json",
+          r#"{"out_trade_no":"S1","trade_no":"20261127000000000001","money":"8.80","trade_status":"TRADE_SUCCESS","type":"alipay","name":"tea"}"#],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ack body:success") && out.contains("acknowledged on attempt 1"),
+        "{out}"
+    );
+    let got = lines.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("verified GET /notify  notify id 20261127000000000001"),
+        "{}",
+        got[0]
+    );
+    assert!(got[0].contains("\"minor\": 880"), "{}", got[0]);
+
+    let appkey = format!("appkey={APP_KEY}");
+    let (addr, lines) = listen(
+        Profile::WechatPayLegacy,
+        &[PARTNER_KEY.to_string(), appkey],
+        None,
+    )
+    .await;
+    let url = format!("http://{addr}/notify");
+    let set = format!("app_key={APP_KEY}");
+    let (code, out, err) = herald(
+        &[
+            "send",
+            "--profile",
+            "wechatpay-legacy",
+            "--secret",
+            PARTNER_KEY,
+            "--set",
+            &set,
+            "--url",
+            &url,
+            "--retry",
+            "none",
+            "--json",
+            r#"{"out_trade_no":"S2","total_fee":880}"#,
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let got = lines.lock().unwrap().clone();
+    assert!(
+        got.len() == 1 && got[0].starts_with("verified POST /notify"),
+        "{got:?}"
+    );
+    assert!(got[0].contains("\"out_trade_no\": \"S2\""), "{}", got[0]);
+
+    // The wrong key: refused with "fail", which is not the ack, so send reports failure.
+    let (code, out, _) = herald(
+        &[
+            "send",
+            "--profile",
+            "dialect",
+            "--secret",
+            "wrongkeywrongkeywrongkeywrongkey",
+            "--url",
+            &format!(
+                "http://{}/notify",
+                listen(Profile::Dialect, &[EPAY_KEY.to_string()], None)
+                    .await
+                    .0
+            ),
+            "--retry",
+            "none",
+            "--json",
+            r#"{"out_trade_no":"S3","money":"1.00","trade_status":"TRADE_SUCCESS"}"#,
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bad-ack"), "{out}");
 }

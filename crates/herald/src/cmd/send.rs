@@ -15,9 +15,25 @@ pub struct SendArgs {
     /// Where to POST the notification.
     #[arg(long)]
     pub url: String,
-    /// Signing secret: a whsec_ (HMAC) or whsk_ (ed25519) key.
+    /// Wire profile (as `herald sign`): standard-webhooks, alipay, wechatpay-v2,
+    /// wechatpay-v3, stripe, wechatpay-legacy, dialect.
+    #[arg(long, default_value = "standard-webhooks")]
+    pub profile: String,
+    /// Signing secret: a whsec_ (HMAC) or whsk_ (ed25519) key; for another profile its
+    /// signing key (the field `herald sign --key` fills: an API key, an RSA private key, the
+    /// wechatpay-legacy partner key, a dialect's key).
     #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
     pub secret: String,
+    /// Another credentials field for a non-standard profile, as name=value (e.g.
+    /// app_key=... for wechatpay-legacy). Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// dialect: a preset name (epay) or a TOML/JSON dialect file. Default: epay.
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub dialect: Option<String>,
+    /// A dialect's fixed field, as name=value (e.g. pid=1001). Repeatable.
+    #[arg(long = "field", value_name = "NAME=VALUE")]
+    pub fields: Vec<String>,
     /// The JSON payload: literal JSON, @FILE, or - for standard input.
     #[arg(long, value_name = "JSON")]
     pub json: String,
@@ -28,9 +44,10 @@ pub struct SendArgs {
     /// `none`, or delays such as 1,5,30s,2m (plain numbers are seconds).
     #[arg(long, default_value = "1,5,30")]
     pub retry: String,
-    /// What counts as an acknowledgement: 2xx, body:<text>, or wechat-xml.
-    #[arg(long, default_value = "2xx")]
-    pub ack: String,
+    /// What counts as an acknowledgement: 2xx, body:<text>, or wechat-xml. Default: the
+    /// profile's (2xx for standard-webhooks, a dialect's own ack text...).
+    #[arg(long)]
+    pub ack: Option<String>,
     /// The webhook-id to send (default: a fresh msg_ id, the same on every attempt).
     #[arg(long)]
     pub notify_id: Option<String>,
@@ -69,8 +86,24 @@ pub fn parse_retry_arg(s: &str) -> Result<RetryPolicy, String> {
 }
 
 pub async fn run(args: SendArgs) -> Result<bool, String> {
-    let secret = args.secret.trim().to_string();
-    SigningSecret::parse_for_signing(&secret).map_err(|e| format!("--secret: {e}"))?;
+    let profile: Profile = args
+        .profile
+        .parse()
+        .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+    let credentials = if profile == Profile::StandardWebhooks {
+        let secret = args.secret.trim().to_string();
+        SigningSecret::parse_for_signing(&secret).map_err(|e| format!("--secret: {e}"))?;
+        Credentials::StandardWebhooks(Keys::single(secret))
+    } else {
+        super::sign::build_credentials(
+            profile,
+            Some(args.secret.trim()),
+            &args.set,
+            args.dialect.as_deref(),
+            &args.fields,
+        )?
+        .0
+    };
     let payload = super::read_arg_text(&args.json)?;
     let value: serde_json::Value =
         serde_json::from_str(&payload).map_err(|e| format!("--json is not valid JSON: {e}"))?;
@@ -78,12 +111,14 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         return Err("--json must be a JSON object".into());
     }
     let retry = parse_retry_arg(&args.retry).map_err(|e| format!("--retry: {e}"))?;
-    let ack: AckRule = args.ack.parse().map_err(|e| format!("--ack: {e}"))?;
-    let profile = Profile::StandardWebhooks;
+    let ack: AckRule = match &args.ack {
+        Some(a) => a.parse().map_err(|e| format!("--ack: {e}"))?,
+        None => profile.default_ack_for(&credentials),
+    };
     let app = Arc::new(AppCtx {
         id: "cli".into(),
         profile,
-        credentials: Credentials::StandardWebhooks(Keys::single(secret)),
+        credentials,
         retry: retry.clone(),
         ack: ack.clone(),
     });
@@ -122,7 +157,8 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         order_key: None,
     };
     println!(
-        "POST {}  webhook-id {}  ({} attempts at most, ack {})",
+        "{} {}  webhook-id {}  ({} attempts at most, ack {})",
+        profile.name(),
         job.url,
         job.notify_id,
         retry.max_attempts(),

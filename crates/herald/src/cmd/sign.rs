@@ -44,45 +44,73 @@ pub fn run(args: SignArgs) -> Result<(), String> {
         .profile
         .parse()
         .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+    let (credentials, view) = build_credentials(
+        profile,
+        args.key.as_deref(),
+        &args.set,
+        args.dialect.as_deref(),
+        &args.fields,
+    )?;
+    sign_with(args, profile, credentials, view)
+}
+
+/// Credentials from the CLI's `--key` (the profile's secret field), `--set name=value`,
+/// `--dialect` and `--field name=value` (dialect only); what is not given is generated.
+/// Returns them and their once-shown view.
+pub fn build_credentials(
+    profile: Profile,
+    key: Option<&str>,
+    set: &[String],
+    dialect: Option<&str>,
+    fields: &[String],
+) -> Result<(herald_protocols::Credentials, Value), String> {
     let mut options = Map::new();
-    if let Some(k) = &args.key {
+    if let Some(k) = key {
         options.insert(
             profile.secret_field().to_string(),
             Value::String(super::verify::key_arg(k)),
         );
     }
-    for kv in &args.set {
+    for kv in set {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| format!("--set {kv:?} must look like name=value"))?;
         options.insert(k.trim().to_string(), Value::String(v.to_string()));
     }
-    if args.dialect.is_some() || !args.fields.is_empty() {
+    if dialect.is_some() || !fields.is_empty() {
         if profile != Profile::Dialect {
             return Err(format!(
                 "--dialect and --field apply to the dialect profile only, not {}",
                 profile.name()
             ));
         }
-        if let Some(d) = &args.dialect {
+        if let Some(d) = dialect {
             let d = super::verify::load_dialect(d)?;
             options.insert(
                 "dialect".into(),
                 serde_json::to_value(d).map_err(|e| e.to_string())?,
             );
         }
-        let mut fields = Map::new();
-        for kv in &args.fields {
+        let mut given = Map::new();
+        for kv in fields {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| format!("--field {kv:?} must look like name=value"))?;
-            fields.insert(k.trim().to_string(), Value::String(v.to_string()));
+            given.insert(k.trim().to_string(), Value::String(v.to_string()));
         }
-        options.insert("fields".into(), Value::Object(fields));
+        options.insert("fields".into(), Value::Object(given));
     }
-    let (credentials, view) = profile
+    profile
         .create_credentials(&Value::Object(options))
-        .map_err(|e| format!("credentials: {e}"))?;
+        .map_err(|e| format!("credentials: {e}"))
+}
+
+fn sign_with(
+    args: SignArgs,
+    profile: Profile,
+    credentials: herald_protocols::Credentials,
+    view: Value,
+) -> Result<(), String> {
     let mut payload = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut payload)
         .map_err(|e| format!("cannot read the payload: {e}"))?;

@@ -48,7 +48,8 @@ async fn pay(server: &TestServer, app_id: &str, notify_url: &str) -> Value {
             "/v1/sandbox/payments",
             Some(
                 json!({"app_id": app_id, "out_trade_no": "T-1001", "amount": 8800,
-                        "subject": "Coffee x2", "notify_url": notify_url}),
+                        "subject": "Coffee x2", "notify_url": notify_url,
+                        "return_url": "http://shop.test/return"}),
             ),
         )
         .await;

@@ -263,9 +263,9 @@ async fn dialect_flags_are_refused_with_a_clear_error_for_other_profiles_or_bad_
         &[
             "verify",
             "--profile",
-            "alipay",
+            "standard-webhooks",
             "--key",
-            "x",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             "--dialect",
             "epay",
         ],

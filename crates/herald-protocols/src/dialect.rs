@@ -357,7 +357,7 @@ pub fn string_to_sign(
         Canonical::Form | Canonical::Json => {
             let mut kept: Vec<&(String, String)> = pairs
                 .iter()
-                .filter(|(k, v)| !d.exclude.contains(k) && !(d.drop_empty && v.is_empty()))
+                .filter(|(k, v)| !(d.exclude.contains(k) || d.drop_empty && v.is_empty()))
                 .collect();
             kept.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             let mut s = String::new();

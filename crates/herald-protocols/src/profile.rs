@@ -116,7 +116,7 @@ pub enum Credentials {
     #[serde(rename = "wechatpay-legacy")]
     WechatPayLegacy(wechatpay_legacy::Credentials),
     #[serde(rename = "dialect")]
-    Dialect(dialect::Credentials),
+    Dialect(Box<dialect::Credentials>),
 }
 
 /// What a receiver verifies with, per profile.
@@ -128,7 +128,7 @@ pub enum ReceiverKeys {
     WechatPayV3(wechatpay_v3::ReceiverKeys),
     Stripe(stripe::ReceiverKeys),
     WechatPayLegacy(wechatpay_legacy::ReceiverKeys),
-    Dialect(dialect::ReceiverKeys),
+    Dialect(Box<dialect::ReceiverKeys>),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -279,7 +279,7 @@ impl Profile {
             }
             Profile::Dialect => {
                 let (c, view) = dialect::create_credentials(options)?;
-                (Credentials::Dialect(c), view)
+                (Credentials::Dialect(Box::new(c)), view)
             }
         })
     }
@@ -320,7 +320,7 @@ impl Profile {
             }
             Credentials::Dialect(c) => {
                 let (c, view) = dialect::rotate(c)?;
-                (Credentials::Dialect(c), view)
+                (Credentials::Dialect(Box::new(c)), view)
             }
         })
     }
@@ -397,9 +397,10 @@ impl Profile {
             Profile::WechatPayLegacy => {
                 ReceiverKeys::WechatPayLegacy(wechatpay_legacy::receiver_keys(keys)?)
             }
-            Profile::Dialect => {
-                ReceiverKeys::Dialect(dialect::receiver_keys(dialect::Dialect::epay(), keys)?)
-            }
+            Profile::Dialect => ReceiverKeys::Dialect(Box::new(dialect::receiver_keys(
+                dialect::Dialect::epay(),
+                keys,
+            )?)),
         })
     }
 
@@ -424,7 +425,9 @@ impl Profile {
             Credentials::WechatPayLegacy(c) => {
                 ReceiverKeys::WechatPayLegacy(wechatpay_legacy::receiver_keys_from(c))
             }
-            Credentials::Dialect(c) => ReceiverKeys::Dialect(dialect::receiver_keys_from(c)?),
+            Credentials::Dialect(c) => {
+                ReceiverKeys::Dialect(Box::new(dialect::receiver_keys_from(c)?))
+            }
         })
     }
 

@@ -155,7 +155,7 @@ pub fn with_dialect(
     }
     let d = load_dialect(value)?;
     herald_protocols::dialect::receiver_keys(d, raw_keys)
-        .map(ReceiverKeys::Dialect)
+        .map(|k| ReceiverKeys::Dialect(Box::new(k)))
         .map_err(|e| format!("--key: {e}"))
 }
 

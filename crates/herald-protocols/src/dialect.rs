@@ -955,7 +955,7 @@ fn decode(d: &Dialect, fields: Fields) -> Result<VerifiedNotification, ReceiveEr
             .map(str::to_string)
     };
     Ok(VerifiedNotification {
-        profile: PROFILE,
+        profile: crate::Profile::Dialect,
         notify_id,
         app_id: None,
         merchant_id: opt(&f.merchant_id),
@@ -1033,4 +1033,26 @@ pub fn failure_reply(d: &Dialect, _reason: &str) -> Reply {
         content_type: "text/plain",
         body: body.to_vec(),
     }
+}
+
+/// What a dialect notification means for its order: the dialect decided at decoding (a
+/// status equal to its paid value gives [`PAID_EVENT`]), claiming the decoded amount;
+/// anything else moves nothing.
+pub fn read_order(n: &VerifiedNotification) -> Result<crate::order::OrderReading, ReceiveError> {
+    use crate::order::{OrderEvent, OrderReading};
+    if n.event_type.as_deref() == Some(PAID_EVENT) {
+        Ok(OrderReading {
+            event: OrderEvent::Paid,
+            total: n.amount.clone(),
+        })
+    } else {
+        Ok(OrderReading::no_change(
+            n.status.clone().unwrap_or_else(|| "(none)".into()),
+        ))
+    }
+}
+
+/// A dialect's ids are optional (its merchant id field is checked only when present).
+pub fn carried_ids(_n: &VerifiedNotification) -> crate::order::CarriedIds {
+    crate::order::CarriedIds::default()
 }

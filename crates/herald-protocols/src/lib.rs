@@ -11,6 +11,7 @@ pub mod alipay;
 pub mod dialect;
 pub mod fuzzing;
 pub mod keys;
+pub mod order;
 pub mod profile;
 pub mod receive;
 pub mod retry;

@@ -763,7 +763,7 @@ fn decode(query: &Query, xml: &[(String, String)]) -> Result<VerifiedNotificatio
         fields.insert(k.clone(), Value::String(v.clone()));
     }
     Ok(VerifiedNotification {
-        profile: PROFILE,
+        profile: crate::Profile::WechatPayLegacy,
         notify_id,
         app_id: xml_field(xml, "AppId")
             .map(str::trim)
@@ -807,5 +807,30 @@ pub fn failure_reply(_reason: &str) -> Reply {
         status: 200,
         content_type: "text/plain",
         body: b"fail".to_vec(),
+    }
+}
+
+/// What a seed-era notification means for its order: `trade_state` `0` is paid (claiming
+/// `total_fee`); anything else moves nothing.
+pub fn read_order(n: &VerifiedNotification) -> Result<crate::order::OrderReading, ReceiveError> {
+    use crate::order::{OrderEvent, OrderReading};
+    if n.status.as_deref() == Some("0") {
+        Ok(OrderReading {
+            event: OrderEvent::Paid,
+            total: n.amount.clone(),
+        })
+    } else {
+        Ok(OrderReading::no_change(format!(
+            "trade_state {}",
+            n.status.as_deref().unwrap_or("(none)")
+        )))
+    }
+}
+
+/// The ids the seed-era wire always carries: `AppId` (XML) and `partner` (query).
+pub fn carried_ids(_n: &VerifiedNotification) -> crate::order::CarriedIds {
+    crate::order::CarriedIds {
+        app_id: Some("AppId"),
+        merchant_id: Some("partner"),
     }
 }

@@ -35,7 +35,7 @@ fn an_epay_notification_signed_independently_verifies_and_decodes_a_paid_order()
     let n = Profile::Dialect
         .verify(&epay_keys(), &get(EPAY_QUERY))
         .unwrap();
-    assert_eq!(n.profile, "dialect");
+    assert_eq!(n.profile.name(), "dialect");
     assert_eq!(n.notify_id, "20160806151343349021");
     assert_eq!(n.out_trade_no.as_deref(), Some("20160806151343349"));
     assert_eq!(n.transaction_id.as_deref(), Some("20160806151343349021"));

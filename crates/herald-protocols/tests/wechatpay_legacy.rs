@@ -49,7 +49,7 @@ fn a_2014_notification_verifies_both_signatures_and_decodes_a_paid_order() {
     let n = Profile::WechatPayLegacy
         .verify(&keys(), &request(&h, QUERY, XML.as_bytes()))
         .unwrap();
-    assert_eq!(n.profile, "wechatpay-legacy");
+    assert_eq!(n.profile.name(), "wechatpay-legacy");
     assert_eq!(n.notify_id, "qZ6Aae9b0UKIxhbQrM8tRZ1EVUJzAu14yvcTu_URSbzAnBkJD-nu218tG8sISJCSccacsSPOey1NQhopDUdzhNqb-s0Zpe2i");
     assert_eq!(n.out_trade_no.as_deref(), Some("1409647907"));
     assert_eq!(

@@ -209,6 +209,7 @@ pub async fn start(
         admin_token_sha256: token_hash,
         target_policy: opts.engine.target_policy.clone(),
         apps: Default::default(),
+        default_max_in_flight: opts.engine.default_max_in_flight,
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;
@@ -216,7 +217,14 @@ pub async fn start(
         let sb = Sandbox::start(store.clone(), sandbox_opts, addr, stop_rx.clone());
         tracing::info!(public_url = %sb.public_url(), "the payment sandbox is mounted");
         sandbox_url = Some(sb.public_url().to_string());
-        app = app.merge(sandbox::router(sb, api_state));
+        let routes = sandbox::router(sb);
+        let admin = routes
+            .admin
+            .route_layer(axum::middleware::from_fn_with_state(
+                api_state,
+                api::require_admin,
+            ));
+        app = app.nest("/v1/sandbox", admin).merge(routes.public);
     }
     let serve = http::serve(listener, app, opts.http.clone(), max_connections, stop_rx);
     let stats = engine.stats.clone();

@@ -31,13 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use herald_store::Store;
 use tokio::sync::{watch, Mutex, Notify};
 
-use crate::api::{ApiState, MAX_BODY};
+use herald_http::MAX_BODY;
 
 /// How long an unpaid payment stays open by default.
 pub const DEFAULT_UNPAID_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -138,23 +137,19 @@ fn lan_address() -> Option<IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
-/// The sandbox's routes: `/v1/sandbox/*` behind the admin token; public: the checkout pages
-/// (`/pay/{id}`) and the providers' API paths (`/gateway.do`, `/pay/orderquery`,
+/// The sandbox's routes, in two parts: [`Routes::admin`], the producer's API, which the
+/// server mounts at `/v1/sandbox` behind its admin token; and [`Routes::public`]: the
+/// checkout pages (`/pay/{id}`) and the providers' API paths (`/gateway.do`, `/pay/orderquery`,
 /// `/secapi/pay/refund`, `/v3/pay/transactions/...`, `/v3/refund/domestic/refunds`), which
 /// authenticate as the providers do.
-pub fn router(sandbox: Sandbox, api_state: ApiState) -> Router {
+pub fn router(sandbox: Sandbox) -> Routes {
     let v1 = Router::new()
         .route("/payments", post(api::create))
         .route("/payments/{payment_id}", get(api::get))
         .route("/payments/{payment_id}/refund", post(api::refund))
         .route("/payments/{payment_id}/drills", post(api::drills))
-        .route("/trades/{out_trade_no}", get(api::trade_query))
-        .route_layer(middleware::from_fn_with_state(
-            api_state,
-            crate::api::require_admin,
-        ));
-    Router::new()
-        .nest("/v1/sandbox", v1)
+        .route("/trades/{out_trade_no}", get(api::trade_query));
+    let public = Router::new()
         .route("/pay/{payment_id}", get(page::show))
         .route("/pay/{payment_id}/pay", post(page::pay))
         .route("/pay/{payment_id}/cancel", post(page::cancel))
@@ -177,7 +172,22 @@ pub fn router(sandbox: Sandbox, api_state: ApiState) -> Router {
             post(gateway::wechat_v3_refund),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(sandbox)
+        .with_state(sandbox.clone());
+    Routes {
+        admin: v1
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(sandbox),
+        public,
+    }
+}
+
+/// The sandbox's routes (see [`router`]).
+pub struct Routes {
+    /// The producer's API (`/payments`, `/trades/...`), relative to where it is mounted;
+    /// the mounting server puts its own authentication in front.
+    pub admin: Router,
+    /// Checkout pages and provider API paths, at the root; they authenticate as providers do.
+    pub public: Router,
 }
 
 #[cfg(test)]

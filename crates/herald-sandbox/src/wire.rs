@@ -533,7 +533,7 @@ pub fn tamper(profile: Profile, c: &Credentials, payload: &mut Value) {
                     bump_minor(v);
                 }
             }
-            let now = crate::clock::now_ms();
+            let now = herald_engine::now_ms();
             if payload.get("refund_id").is_some() {
                 payload["refund_id"] = json!(new_refund_id(profile, now));
             } else if payload.get("transaction_id").is_some() {
@@ -580,7 +580,7 @@ pub fn tamper(profile: Profile, c: &Credentials, payload: &mut Value) {
                 }
                 // A fresh trade number, or the receiver would take the copy as a repeat.
                 if payload.get(&f.notify_id).is_some() {
-                    payload[&f.notify_id] = json!(new_trade_no(profile, crate::clock::now_ms()));
+                    payload[&f.notify_id] = json!(new_trade_no(profile, herald_engine::now_ms()));
                 }
             }
         }

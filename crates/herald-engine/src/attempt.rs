@@ -189,10 +189,21 @@ impl HttpAttempter {
             }
             Err(e) => return fail("encode", e.to_string(), None, None),
         };
-        let mut req = self
-            .client
-            .post(parsed)
-            .header(CONTENT_TYPE, encoded.content_type);
+        // Profiles that carry fields in the URL (wechatpay-legacy, GET dialects) replace its
+        // query; a GET has no body and no Content-Type.
+        let mut parsed = parsed;
+        if !encoded.query.is_empty() {
+            parsed.set_query(Some(&encoded.query));
+        }
+        let method = if encoded.method == "GET" {
+            reqwest::Method::GET
+        } else {
+            reqwest::Method::POST
+        };
+        let mut req = self.client.request(method, parsed);
+        if !encoded.content_type.is_empty() {
+            req = req.header(CONTENT_TYPE, encoded.content_type);
+        }
         let limit =
             timeout.unwrap_or_else(|| app.profile.attempt_timeout().min(self.request_timeout));
         if limit != self.request_timeout {

@@ -360,6 +360,8 @@ pub fn encode(
         charset.as_str()
     };
     Ok(EncodedRequest {
+        method: "POST",
+        query: String::new(),
         content_type: format!("{FORM}; charset={label}"),
         headers: Vec::new(),
         body: form.finish().into_bytes(),

@@ -114,6 +114,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
         r#"{"out_trade_no":"A1","transaction_id":"T1","total_fee":100}"#,
         r#"{"out_trade_no":"A1","transaction_id":"T1","trade_state":"SUCCESS","amount":{"total":100,"currency":"CNY"}}"#,
         r#"{"id":"pi_1","amount":100,"currency":"cny"}"#,
+        r#"{"out_trade_no":"A1","total_fee":100}"#,
+        r#"{"out_trade_no":"A1","trade_no":"T1","money":"1.00","trade_status":"TRADE_SUCCESS"}"#,
     ];
     fixtures()
         .iter()

@@ -8,6 +8,7 @@
 
 pub mod ack;
 pub mod alipay;
+pub mod dialect;
 pub mod fuzzing;
 pub mod keys;
 pub mod order;
@@ -16,6 +17,7 @@ pub mod receive;
 pub mod retry;
 pub mod standard_webhooks;
 pub mod stripe;
+pub mod wechatpay_legacy;
 pub mod wechatpay_v2;
 pub mod wechatpay_v3;
 

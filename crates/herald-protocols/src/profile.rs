@@ -1,5 +1,6 @@
 //! The plug-in point for wire profiles. A profile is one module (`standard_webhooks`,
-//! `alipay`, `wechatpay_v2`, `wechatpay_v3`, `stripe`) plus one variant in each enum here;
+//! `alipay`, `wechatpay_v2`, `wechatpay_v3`, `stripe`, `wechatpay_legacy`, `dialect`) plus
+//! one variant in each enum here;
 //! the engine, API and CLI only talk to [`Profile`], [`Credentials`] and [`ReceiverKeys`].
 //!
 //! Owns the dispatch from a profile to its module, in both directions: default retry
@@ -9,7 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::receive::{IncomingRequest, ReceiveError, Refusal, Reply, VerifiedNotification};
-use crate::{alipay, standard_webhooks, stripe, wechatpay_v2, wechatpay_v3};
+use crate::{
+    alipay, dialect, standard_webhooks, stripe, wechatpay_legacy, wechatpay_v2, wechatpay_v3,
+};
 use crate::{AckRule, RetryPolicy};
 
 /// A credentials error with its message (which must never quote a secret).
@@ -49,11 +52,15 @@ pub enum Profile {
     WechatPayV3,
     #[serde(rename = "stripe")]
     Stripe,
+    #[serde(rename = "wechatpay-legacy")]
+    WechatPayLegacy,
+    #[serde(rename = "dialect")]
+    Dialect,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("unknown profile {0:?}; expected one of: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe")]
+    #[error("unknown profile {0:?}; expected one of: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe, wechatpay-legacy, dialect")]
     Unknown(String),
     #[error("invalid credentials: {0}")]
     BadCredentials(String),
@@ -75,9 +82,16 @@ pub struct OutgoingNotification<'a> {
     pub created_at: i64,
 }
 
-/// The bytes and headers of one signed request.
+/// The method, query, bytes and headers of one signed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedRequest {
+    /// `POST` for most profiles; `GET` for dialects that send their fields in the query.
+    pub method: &'static str,
+    /// A query string (without `?`) to set on the notify URL, replacing any it has; empty for
+    /// most profiles (wechatpay-legacy carries the payment result here, GET dialects
+    /// everything).
+    pub query: String,
+    /// Empty when the request has no body (a GET).
     pub content_type: String,
     /// Extra headers (signature, ids, timestamps). Never logged: they may carry secrets' output.
     pub headers: Vec<(String, String)>,
@@ -99,6 +113,10 @@ pub enum Credentials {
     WechatPayV3(wechatpay_v3::Credentials),
     #[serde(rename = "stripe")]
     Stripe(stripe::Credentials),
+    #[serde(rename = "wechatpay-legacy")]
+    WechatPayLegacy(wechatpay_legacy::Credentials),
+    #[serde(rename = "dialect")]
+    Dialect(Box<dialect::Credentials>),
 }
 
 /// What a receiver verifies with, per profile.
@@ -109,6 +127,8 @@ pub enum ReceiverKeys {
     WechatPayV2(wechatpay_v2::ReceiverKeys),
     WechatPayV3(wechatpay_v3::ReceiverKeys),
     Stripe(stripe::ReceiverKeys),
+    WechatPayLegacy(wechatpay_legacy::ReceiverKeys),
+    Dialect(Box<dialect::ReceiverKeys>),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -141,12 +161,14 @@ impl std::str::FromStr for Profile {
 }
 
 impl Profile {
-    pub const ALL: [Profile; 5] = [
+    pub const ALL: [Profile; 7] = [
         Profile::StandardWebhooks,
         Profile::Alipay,
         Profile::WechatPayV2,
         Profile::WechatPayV3,
         Profile::Stripe,
+        Profile::WechatPayLegacy,
+        Profile::Dialect,
     ];
 
     pub fn name(self) -> &'static str {
@@ -156,6 +178,8 @@ impl Profile {
             Profile::WechatPayV2 => "wechatpay-v2",
             Profile::WechatPayV3 => "wechatpay-v3",
             Profile::Stripe => "stripe",
+            Profile::WechatPayLegacy => "wechatpay-legacy",
+            Profile::Dialect => "dialect",
         }
     }
 
@@ -173,6 +197,8 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::read_order(n)?,
             Profile::WechatPayV3 => wechatpay_v3::read_order(n)?,
             Profile::Stripe => stripe::read_order(n)?,
+            Profile::WechatPayLegacy => wechatpay_legacy::read_order(n)?,
+            Profile::Dialect => dialect::read_order(n)?,
         };
         use crate::order::OrderEvent;
         match reading.event {
@@ -193,6 +219,8 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::carried_ids(n),
             Profile::WechatPayV3 => wechatpay_v3::carried_ids(n),
             Profile::Stripe => stripe::carried_ids(n),
+            Profile::WechatPayLegacy => wechatpay_legacy::carried_ids(n),
+            Profile::Dialect => dialect::carried_ids(n),
         }
     }
 
@@ -203,6 +231,8 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::default_retry(),
             Profile::WechatPayV3 => wechatpay_v3::default_retry(),
             Profile::Stripe => stripe::default_retry(),
+            Profile::WechatPayLegacy => wechatpay_legacy::default_retry(),
+            Profile::Dialect => dialect::default_retry(),
         }
     }
 
@@ -211,8 +241,10 @@ impl Profile {
     /// [`DEFAULT_ATTEMPT_TIMEOUT`] (15 s).
     pub fn attempt_timeout(self) -> std::time::Duration {
         match self {
-            Profile::WechatPayV2 | Profile::WechatPayV3 => WECHATPAY_ATTEMPT_TIMEOUT,
-            Profile::StandardWebhooks | Profile::Alipay | Profile::Stripe => {
+            Profile::WechatPayV2 | Profile::WechatPayV3 | Profile::WechatPayLegacy => {
+                WECHATPAY_ATTEMPT_TIMEOUT
+            }
+            Profile::StandardWebhooks | Profile::Alipay | Profile::Stripe | Profile::Dialect => {
                 DEFAULT_ATTEMPT_TIMEOUT
             }
         }
@@ -225,6 +257,19 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::default_ack(),
             Profile::WechatPayV3 => wechatpay_v3::default_ack(),
             Profile::Stripe => stripe::default_ack(),
+            Profile::WechatPayLegacy => wechatpay_legacy::default_ack(),
+            // The epay preset's; an app's own dialect may say otherwise: see
+            // [`Profile::default_ack_for`].
+            Profile::Dialect => AckRule::Body("success".into()),
+        }
+    }
+
+    /// The ack rule of an app with these credentials: [`Profile::default_ack`], except for a
+    /// dialect, whose ack text is part of its configuration.
+    pub fn default_ack_for(self, creds: &Credentials) -> AckRule {
+        match creds {
+            Credentials::Dialect(c) => dialect::ack_rule(&c.dialect),
+            _ => self.default_ack(),
         }
     }
 
@@ -237,6 +282,8 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::new_notify_id(),
             Profile::WechatPayV3 => wechatpay_v3::new_notify_id(),
             Profile::Stripe => stripe::new_notify_id(),
+            Profile::WechatPayLegacy => wechatpay_legacy::new_notify_id(),
+            Profile::Dialect => dialect::new_notify_id(),
         }
     }
 
@@ -246,6 +293,8 @@ impl Profile {
             Profile::StandardWebhooks | Profile::Stripe => "secret",
             Profile::Alipay | Profile::WechatPayV3 => "private_key",
             Profile::WechatPayV2 => "api_key",
+            Profile::WechatPayLegacy => "partner_key",
+            Profile::Dialect => "key",
         }
     }
 
@@ -277,6 +326,14 @@ impl Profile {
             Profile::Stripe => {
                 let (c, view) = stripe::create_credentials(options)?;
                 (Credentials::Stripe(c), view)
+            }
+            Profile::WechatPayLegacy => {
+                let (c, view) = wechatpay_legacy::create_credentials(options)?;
+                (Credentials::WechatPayLegacy(c), view)
+            }
+            Profile::Dialect => {
+                let (c, view) = dialect::create_credentials(options)?;
+                (Credentials::Dialect(Box::new(c)), view)
             }
         })
     }
@@ -311,6 +368,14 @@ impl Profile {
                 let (c, view) = stripe::rotate(c, grace_until, now)?;
                 (Credentials::Stripe(c), view)
             }
+            Credentials::WechatPayLegacy(c) => {
+                let (c, view) = wechatpay_legacy::rotate(c)?;
+                (Credentials::WechatPayLegacy(c), view)
+            }
+            Credentials::Dialect(c) => {
+                let (c, view) = dialect::rotate(c)?;
+                (Credentials::Dialect(Box::new(c)), view)
+            }
         })
     }
 
@@ -332,6 +397,8 @@ impl Profile {
             Credentials::WechatPayV2(c) => wechatpay_v2::public_view(c),
             Credentials::WechatPayV3(c) => wechatpay_v3::public_view(c),
             Credentials::Stripe(c) => stripe::public_view(c),
+            Credentials::WechatPayLegacy(c) => wechatpay_legacy::public_view(c),
+            Credentials::Dialect(c) => dialect::public_view(c),
         }
     }
 
@@ -349,6 +416,10 @@ impl Profile {
             (Profile::WechatPayV2, Credentials::WechatPayV2(c)) => wechatpay_v2::encode(c, n),
             (Profile::WechatPayV3, Credentials::WechatPayV3(c)) => wechatpay_v3::encode(c, n),
             (Profile::Stripe, Credentials::Stripe(c)) => stripe::encode(c, n),
+            (Profile::WechatPayLegacy, Credentials::WechatPayLegacy(c)) => {
+                wechatpay_legacy::encode(c, n)
+            }
+            (Profile::Dialect, Credentials::Dialect(c)) => dialect::encode(c, n),
             _ => Err(ProfileError::BadCredentials(format!(
                 "the app's credentials are not {} credentials",
                 self.name()
@@ -359,7 +430,9 @@ impl Profile {
     // --- the receiving side ----------------------------------------------------------
 
     /// Receiver keys from CLI-style strings (secrets, public keys, file contents) and, for
-    /// wechatpay-v3, the APIv3 key that decrypts the resource.
+    /// wechatpay-v3, the APIv3 key that decrypts the resource. For wechatpay-legacy the
+    /// partner key is `KEY` (or `partnerkey=KEY`) and the app key `appkey=KEY`; for `dialect`
+    /// these are keys of the `epay` preset (another dialect: [`dialect::receiver_keys`]).
     pub fn receiver_keys(
         self,
         keys: &[String],
@@ -375,6 +448,13 @@ impl Profile {
                 ReceiverKeys::WechatPayV3(wechatpay_v3::receiver_keys(keys, decrypt_key)?)
             }
             Profile::Stripe => ReceiverKeys::Stripe(stripe::receiver_keys(keys)?),
+            Profile::WechatPayLegacy => {
+                ReceiverKeys::WechatPayLegacy(wechatpay_legacy::receiver_keys(keys)?)
+            }
+            Profile::Dialect => ReceiverKeys::Dialect(Box::new(dialect::receiver_keys(
+                dialect::Dialect::epay(),
+                keys,
+            )?)),
         })
     }
 
@@ -396,6 +476,12 @@ impl Profile {
                 ReceiverKeys::WechatPayV3(wechatpay_v3::receiver_keys_from(c)?)
             }
             Credentials::Stripe(c) => ReceiverKeys::Stripe(stripe::receiver_keys_from(c)),
+            Credentials::WechatPayLegacy(c) => {
+                ReceiverKeys::WechatPayLegacy(wechatpay_legacy::receiver_keys_from(c))
+            }
+            Credentials::Dialect(c) => {
+                ReceiverKeys::Dialect(Box::new(dialect::receiver_keys_from(c)?))
+            }
         })
     }
 
@@ -427,6 +513,10 @@ impl Profile {
                 wechatpay_v3::verify_detailed(k, req)
             }
             (Profile::Stripe, ReceiverKeys::Stripe(k)) => stripe::verify_detailed(k, req),
+            (Profile::WechatPayLegacy, ReceiverKeys::WechatPayLegacy(k)) => {
+                wechatpay_legacy::verify_detailed(k, req)
+            }
+            (Profile::Dialect, ReceiverKeys::Dialect(k)) => dialect::verify_detailed(k, req),
             _ => Err(Refusal::unsigned(ReceiveError::UnknownKey(format!(
                 "the keys are not {} keys",
                 self.name()
@@ -446,6 +536,8 @@ impl Profile {
             (Profile::WechatPayV2, ReceiverKeys::WechatPayV2(k)) => wechatpay_v2::explain(k, req),
             (Profile::WechatPayV3, _) => wechatpay_v3::explain(req),
             (Profile::Stripe, ReceiverKeys::Stripe(k)) => stripe::explain(k, req),
+            (Profile::WechatPayLegacy, _) => wechatpay_legacy::explain(req),
+            (Profile::Dialect, ReceiverKeys::Dialect(k)) => dialect::explain(k, req),
             _ => Err(ReceiveError::UnknownKey(format!(
                 "the keys are not {} keys",
                 self.name()
@@ -453,7 +545,26 @@ impl Profile {
         }
     }
 
-    /// The reply that acknowledges a notification, exactly as the provider expects it.
+    /// [`Profile::ack_reply`] for a receiver holding `keys`: a dialect's configured ack text.
+    pub fn ack_reply_for(self, keys: &ReceiverKeys) -> Reply {
+        match (self, keys) {
+            (Profile::Dialect, ReceiverKeys::Dialect(k)) => dialect::ack_reply(k.dialect()),
+            _ => self.ack_reply(),
+        }
+    }
+
+    /// [`Profile::failure_reply`] for a receiver holding `keys` (never a dialect's ack text).
+    pub fn failure_reply_for(self, keys: &ReceiverKeys, reason: &str) -> Reply {
+        match (self, keys) {
+            (Profile::Dialect, ReceiverKeys::Dialect(k)) => {
+                dialect::failure_reply(k.dialect(), reason)
+            }
+            _ => self.failure_reply(reason),
+        }
+    }
+
+    /// The reply that acknowledges a notification, exactly as the provider expects it (for a
+    /// dialect, the `epay` preset's `success`: see [`Profile::ack_reply_for`]).
     pub fn ack_reply(self) -> Reply {
         match self {
             Profile::StandardWebhooks => standard_webhooks::ack_reply(),
@@ -461,6 +572,8 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::ack_reply(),
             Profile::WechatPayV3 => wechatpay_v3::ack_reply(),
             Profile::Stripe => stripe::ack_reply(),
+            Profile::WechatPayLegacy => wechatpay_legacy::ack_reply(),
+            Profile::Dialect => dialect::ack_reply(&dialect::Dialect::epay()),
         }
     }
 
@@ -472,6 +585,8 @@ impl Profile {
             Profile::WechatPayV2 => wechatpay_v2::failure_reply(reason),
             Profile::WechatPayV3 => wechatpay_v3::failure_reply(reason),
             Profile::Stripe => stripe::failure_reply(reason),
+            Profile::WechatPayLegacy => wechatpay_legacy::failure_reply(reason),
+            Profile::Dialect => dialect::failure_reply(&dialect::Dialect::epay(), reason),
         }
     }
 }
@@ -530,7 +645,9 @@ mod tests {
         use std::time::Duration;
         for p in Profile::ALL {
             let want = match p {
-                Profile::WechatPayV2 | Profile::WechatPayV3 => Duration::from_secs(5),
+                Profile::WechatPayV2 | Profile::WechatPayV3 | Profile::WechatPayLegacy => {
+                    Duration::from_secs(5)
+                }
                 _ => Duration::from_secs(15),
             };
             assert_eq!(p.attempt_timeout(), want, "{}", p.name());
@@ -840,7 +957,7 @@ mod tests {
 
     #[test]
     fn every_profile_round_trips_sign_then_verify_and_rejects_a_changed_byte() {
-        let payloads: [(Profile, &str, &str); 5] = [
+        let payloads: [(Profile, &str, &str); 7] = [
             (
                 Profile::StandardWebhooks,
                 "payment.succeeded",
@@ -866,6 +983,16 @@ mod tests {
                 "payment_intent.succeeded",
                 r#"{"id":"pi_1","amount":100,"currency":"cny","metadata":{"out_trade_no":"A1"}}"#,
             ),
+            (
+                Profile::WechatPayLegacy,
+                "trade.success",
+                r#"{"out_trade_no":"A1","total_fee":100}"#,
+            ),
+            (
+                Profile::Dialect,
+                "trade.success",
+                r#"{"out_trade_no":"A1","trade_no":"T1","money":"1.00","trade_status":"TRADE_SUCCESS","type":"alipay","name":"coffee"}"#,
+            ),
         ];
         let now = 1_763_900_000;
         for (profile, event_type, payload) in payloads {
@@ -885,9 +1012,9 @@ mod tests {
             headers.push(("Content-Type".into(), req.content_type.clone()));
             let keys = profile.receiver_keys_from(&creds, now).unwrap();
             let incoming = IncomingRequest {
-                method: "POST",
+                method: req.method,
                 headers: &headers,
-                query: "",
+                query: &req.query,
                 body: &req.body,
                 now,
             };
@@ -904,24 +1031,32 @@ mod tests {
             );
             assert!(profile.explain(&keys, &incoming).is_ok());
             // The ack reply satisfies the sender's default ack rule.
-            let ack = profile.ack_reply();
+            let ack = profile.ack_reply_for(&keys);
             assert!(
                 profile.default_ack().is_ack(ack.status, &ack.body),
                 "{}",
                 profile.name()
             );
-            let fail = profile.failure_reply("no");
+            let fail = profile.failure_reply_for(&keys, "no");
             assert!(
                 !profile.default_ack().is_ack(fail.status, &fail.body),
                 "{}",
                 profile.name()
             );
-            // One changed byte anywhere in the body fails.
+            // One changed byte anywhere in the body (the query of a GET) fails.
             let mut body = req.body.clone();
-            let i = body.iter().rposition(|b| b.is_ascii_digit()).unwrap();
-            body[i] = if body[i] == b'1' { b'2' } else { b'1' };
+            let mut query = req.query.clone().into_bytes();
+            let bytes = if body.is_empty() {
+                &mut query
+            } else {
+                &mut body
+            };
+            let i = bytes.iter().rposition(|b| b.is_ascii_digit()).unwrap();
+            bytes[i] = if bytes[i] == b'1' { b'2' } else { b'1' };
+            let query = String::from_utf8(query).unwrap();
             let tampered = IncomingRequest {
                 body: &body,
+                query: &query,
                 ..incoming
             };
             assert!(

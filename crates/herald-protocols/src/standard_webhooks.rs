@@ -694,6 +694,8 @@ pub fn encode(keys: &Keys, n: &OutgoingNotification<'_>) -> Result<EncodedReques
         .map_err(|e| ProfileError::Encode(e.to_string()))?;
     let signature = sign(n.notify_id, n.timestamp, n.payload, &secrets);
     Ok(EncodedRequest {
+        method: "POST",
+        query: String::new(),
         content_type: "application/json".to_string(),
         headers: vec![
             (HEADER_ID.to_string(), n.notify_id.to_string()),

@@ -428,6 +428,8 @@ pub fn encode(
         .map_err(|e| ProfileError::Encode(format!("cannot serialise the event: {e}")))?;
     let header = signature_header(n.timestamp, &body, &secrets);
     Ok(EncodedRequest {
+        method: "POST",
+        query: String::new(),
         content_type: CONTENT_TYPE.to_string(),
         headers: vec![(HEADER_SIGNATURE.to_string(), header)],
         body,

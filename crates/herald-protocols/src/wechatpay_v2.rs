@@ -373,13 +373,13 @@ fn is_field_name(k: &str) -> bool {
 }
 
 /// Whether `c` may appear in an XML 1.0 document.
-fn is_xml_char(c: char) -> bool {
+pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
 }
 
 /// A payload value as field text: strings as they are, numbers and booleans as their JSON
 /// text, objects and arrays as compact JSON; `null` is dropped.
-fn field_text(v: &Value) -> Option<String> {
+pub(crate) fn field_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -392,7 +392,7 @@ fn field_text(v: &Value) -> Option<String> {
 /// Writes `v` as element content: CDATA sections, with `]]>` split across two sections and
 /// `\r` written as `&#13;` (inside CDATA a parser would turn it into `\n`, changing the
 /// signed value).
-fn push_text(out: &mut String, v: &str) {
+pub(crate) fn push_text(out: &mut String, v: &str) {
     for (i, part) in v.split('\r').enumerate() {
         if i > 0 {
             out.push_str("&#13;");
@@ -584,6 +584,8 @@ pub fn encode(
     let signature = sign(&pairs, &c.api_key, c.sign_type);
     pairs.push(("sign".to_string(), signature));
     Ok(EncodedRequest {
+        method: "POST",
+        query: String::new(),
         content_type: CONTENT_TYPE.to_string(),
         headers: Vec::new(),
         body: to_xml(&pairs).into_bytes(),

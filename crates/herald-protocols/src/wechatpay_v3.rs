@@ -443,6 +443,8 @@ pub fn encode(
         keys::sign_sha256_cached(&c.private_key, &message(&timestamp, &header_nonce, &body))
             .map_err(|e| ProfileError::Encode(e.to_string()))?;
     Ok(EncodedRequest {
+        method: "POST",
+        query: String::new(),
         content_type: "application/json".into(),
         headers: vec![
             (HEADER_TIMESTAMP.into(), timestamp),

@@ -42,7 +42,11 @@ fn decoders_never_panic_on_random_input() {
 #[test]
 fn decoders_never_panic_on_mutated_valid_requests() {
     let seeds = seeds();
-    assert_eq!(seeds.len(), 5, "a seed per profile");
+    assert_eq!(
+        seeds.len(),
+        herald_protocols::Profile::ALL.len(),
+        "a seed per profile"
+    );
     let mut rng = StdRng::seed_from_u64(7);
     for seed in &seeds {
         verify_any(seed);

@@ -106,10 +106,10 @@ impl Inbox {
             Ok(n) => self.process(n, handler).await,
             Err(rejection) => Err(rejection),
         };
-        let profile = self.inner.receiver.profile();
+        let receiver = &self.inner.receiver;
         let reply = match &result {
-            Ok(_) => profile.ack_reply(),
-            Err(rejection) => profile.failure_reply(&rejection.reply_reason()),
+            Ok(_) => receiver.ack_reply(),
+            Err(rejection) => receiver.failure_reply(&rejection.reply_reason()),
         };
         Handled { result, reply }
     }

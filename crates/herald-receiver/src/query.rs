@@ -681,6 +681,8 @@ fn mismatch(keys: &ReceiverKeys, query: Profile) -> QueryError {
         ReceiverKeys::WechatPayV2(_) => "wechatpay-v2",
         ReceiverKeys::WechatPayV3(_) => "wechatpay-v3",
         ReceiverKeys::Stripe(_) => "stripe",
+        ReceiverKeys::WechatPayLegacy(_) => "wechatpay-legacy",
+        ReceiverKeys::Dialect(_) => "dialect",
     };
     QueryError::ProfileMismatch {
         inbox: inbox.into(),

@@ -81,6 +81,16 @@ impl Receiver {
         &self.keys
     }
 
+    /// The reply that acknowledges a notification (a dialect's configured ack text).
+    pub fn ack_reply(&self) -> herald_protocols::receive::Reply {
+        self.profile.ack_reply_for(&self.keys)
+    }
+
+    /// The reply that makes the provider send again.
+    pub fn failure_reply(&self, reason: &str) -> herald_protocols::receive::Reply {
+        self.profile.failure_reply_for(&self.keys, reason)
+    }
+
     /// Verifies the signature and timestamp, decodes, and checks the app and merchant ids.
     /// Failures are logged at `warn` (without secrets).
     pub fn verify(&self, req: &RawRequest) -> Result<VerifiedNotification, Rejection> {

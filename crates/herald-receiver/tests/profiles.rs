@@ -51,6 +51,23 @@ fn payment(profile: Profile) -> (Sender, &'static str, Value) {
             "payment_intent.succeeded",
             json!({"id": "pi_1", "amount": 100, "currency": "cny", "metadata": {"out_trade_no": "A1"}}),
         ),
+        Profile::WechatPayLegacy => (
+            Sender::new(
+                profile,
+                json!({"appid": "wx0000000000000001", "partner": "1220000001"}),
+            ),
+            "trade.success",
+            json!({"out_trade_no": "A1", "transaction_id": "1220000001201409023179351860", "total_fee": 100}),
+        ),
+        Profile::Dialect => (
+            Sender::new(
+                profile,
+                json!({"dialect": "epay", "fields": {"pid": "1001"}}),
+            ),
+            "trade.success",
+            json!({"out_trade_no": "A1", "trade_no": "20261127120000123456", "money": "1.00",
+                   "trade_status": "TRADE_SUCCESS", "type": "alipay", "name": "coffee"}),
+        ),
     }
 }
 
@@ -60,7 +77,10 @@ async fn every_profile_pays_the_order_exactly_once_and_acks_byte_exactly() {
         let (sender, event_type, payload) = payment(profile);
         if matches!(
             profile,
-            Profile::Alipay | Profile::WechatPayV2 | Profile::WechatPayV3
+            Profile::Alipay
+                | Profile::WechatPayV2
+                | Profile::WechatPayV3
+                | Profile::WechatPayLegacy
         ) {
             // The receiver checks the ids these wires carry.
             assert!(sender.app_id().is_some() && sender.merchant_id().is_some());
@@ -107,6 +127,8 @@ async fn every_profile_refuses_a_tampered_copy_with_its_exact_failure_reply() {
         (Profile::WechatPayV2, 200),
         (Profile::WechatPayV3, 500),
         (Profile::Stripe, 400),
+        (Profile::WechatPayLegacy, 200),
+        (Profile::Dialect, 200),
     ];
     for (profile, status) in replies {
         let (sender, event_type, payload) = payment(profile);
@@ -114,13 +136,22 @@ async fn every_profile_refuses_a_tampered_copy_with_its_exact_failure_reply() {
         let inbox = Inbox::new(sender.receiver(), store.clone());
         new_order(&inbox, "A1", 100).await;
         let mut req = sender.request(&profile.new_notify_id(), event_type, &payload);
-        let mut body = req.body.to_vec();
+        // The body, or the query of a GET (an EPay-style dialect sends no body).
+        let mut body = if req.body.is_empty() {
+            req.query.clone().into_bytes()
+        } else {
+            req.body.to_vec()
+        };
         let i = body
             .iter()
             .rposition(|b| b.is_ascii_alphanumeric())
             .expect("a character to change");
         body[i] = if body[i] == b'A' { b'B' } else { b'A' };
-        req.body = body.into();
+        if req.body.is_empty() {
+            req.query = String::from_utf8(body).expect("ASCII query");
+        } else {
+            req.body = body.into();
+        }
         let calls = calls();
         let handled = inbox.receive(&req, handler(&calls)).await;
         let Err(r @ Rejection::Invalid(_)) = &handled.result else {
@@ -858,4 +889,94 @@ async fn a_stripe_event_signed_ahead_of_the_receivers_clock_is_taken_as_stripes_
         "{:?}",
         handled.result
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The seed-era WeChat Pay and configurable dialects
+
+#[tokio::test]
+async fn a_seed_era_wechat_notification_pays_once_and_an_unpaid_trade_state_does_not() {
+    let (sender, event_type, payload) = payment(Profile::WechatPayLegacy);
+    let store = sqlite().await;
+    let inbox = Inbox::new(sender.receiver(), store.clone());
+    new_order(&inbox, "A1", 100).await;
+    // trade_state other than 0: acknowledged, the order does not move.
+    let mut unpaid = payload.clone();
+    unpaid["trade_state"] = json!("1");
+    let calls = calls();
+    let r = inbox
+        .receive(
+            &sender.request("n-unpaid", event_type, &unpaid),
+            handler(&calls),
+        )
+        .await;
+    assert!(
+        matches!(r.result, Ok(Outcome::Stale { .. })),
+        "{:?}",
+        r.result
+    );
+    assert_eq!(r.reply.body, b"success");
+    assert_eq!(count(&calls), 0);
+    // The paid one moves it, once, whatever the copies.
+    let req = sender.request("n-paid", event_type, &payload);
+    assert_eq!(req.method, "POST");
+    assert!(req.query.contains("trade_state=0") && req.query.contains("sign="));
+    for _ in 0..2 {
+        let r = inbox.receive(&req, handler(&calls)).await;
+        assert_eq!(r.reply.body, b"success");
+    }
+    assert_eq!(count(&calls), 1);
+    let o = inbox.order("A1").await.expect("read").expect("order");
+    assert_eq!(o.state, OrderState::Paid);
+    // Another partner's notification is refused.
+    let r = Receiver::new(Profile::WechatPayLegacy, sender.keys())
+        .with_clock(|| NOW)
+        .expect_merchant_id("1220000999")
+        .verify(&req);
+    assert!(matches!(r, Err(Rejection::ForeignMerchant { .. })), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_custom_dialect_pays_once_and_answers_its_own_ack_text() {
+    let dialect = json!({
+        "name": "acme", "canonical": "json", "key_placement": "hmac", "algorithm": "hmac-sha256",
+        "hex_case": "upper", "signature": {"header": "X-Acme-Sign"}, "method": "POST", "exclude": [],
+        "ack": "OK",
+        "fields": {"out_trade_no": "order", "amount": "cents", "amount_decimals": 0, "status": "state",
+                   "paid_value": "PAID", "notify_id": "event_id"}
+    });
+    let sender = Sender::new(Profile::Dialect, json!({ "dialect": dialect }));
+    let store = sqlite().await;
+    let inbox = Inbox::new(sender.receiver(), store.clone());
+    new_order(&inbox, "A1", 250).await;
+    let calls = calls();
+    let req = sender.request(
+        "evt_1",
+        "trade.success",
+        &json!({"order": "A1", "cents": 250, "state": "PAID", "event_id": "evt_1"}),
+    );
+    assert!(req.headers.iter().any(|(k, _)| k == "X-Acme-Sign"));
+    let first = inbox.receive(&req, handler(&calls)).await;
+    assert_eq!(
+        first.result,
+        Ok(Outcome::Applied {
+            from: OrderState::Unpaid,
+            to: OrderState::Paid
+        })
+    );
+    assert_eq!(first.reply.body, b"OK");
+    let again = inbox.receive(&req, handler(&calls)).await;
+    assert_eq!(again.result, Ok(Outcome::Duplicate));
+    assert_eq!(count(&calls), 1);
+    // A wrong amount is refused with the failure reply, which is not the ack text.
+    new_order(&inbox, "A2", 250).await;
+    let cheap = sender.request(
+        "evt_2",
+        "trade.success",
+        &json!({"order": "A2", "cents": 1, "state": "PAID", "event_id": "evt_2"}),
+    );
+    let r = inbox.receive(&cheap, handler(&calls)).await;
+    assert!(r.result.is_err(), "{:?}", r.result);
+    assert_ne!(r.reply.body, b"OK");
+    assert_eq!(count(&calls), 1);
 }

@@ -39,7 +39,11 @@ pub struct CreatePayment {
 
 fn default_currency(profile: Profile) -> &'static str {
     match profile {
-        Profile::Alipay | Profile::WechatPayV2 | Profile::WechatPayV3 => "CNY",
+        Profile::Alipay
+        | Profile::WechatPayV2
+        | Profile::WechatPayV3
+        | Profile::WechatPayLegacy
+        | Profile::Dialect => "CNY",
         Profile::Stripe | Profile::StandardWebhooks => "USD",
     }
 }
@@ -47,7 +51,7 @@ fn default_currency(profile: Profile) -> &'static str {
 /// `out_trade_no`: 1 to 64 ASCII letters, digits, `_` or `-` (32 for WeChat Pay).
 pub(super) fn check_out_trade_no(profile: Profile, s: &str) -> Result<String, ApiError> {
     let max = match profile {
-        Profile::WechatPayV2 | Profile::WechatPayV3 => 32,
+        Profile::WechatPayV2 | Profile::WechatPayV3 | Profile::WechatPayLegacy => 32,
         _ => 64,
     };
     if s.is_empty()
@@ -109,8 +113,10 @@ pub fn view(sandbox: &Sandbox, p: &Payment) -> Value {
         "seller_id": p.seller_id.clone(),
         "buyer": p.buyer.as_ref().map(|b| match p.profile {
             Profile::Alipay => json!({"buyer_id": b.buyer_id, "buyer_logon_id": b.buyer_logon_id}),
-            Profile::WechatPayV2 | Profile::WechatPayV3 => json!({"openid": b.openid}),
-            Profile::Stripe | Profile::StandardWebhooks => Value::Null,
+            Profile::WechatPayV2 | Profile::WechatPayV3 | Profile::WechatPayLegacy => {
+                json!({"openid": b.openid})
+            }
+            Profile::Stripe | Profile::StandardWebhooks | Profile::Dialect => Value::Null,
         }),
         "refunded_amount": p.refunded(),
         "refundable_amount": if p.state == TradeState::TradeSuccess { p.amount - p.refunded() } else { 0 },

@@ -62,7 +62,7 @@ fn foreign_credentials(app: &App) -> Result<Credentials, ApiError> {
             w.api_key = wechatpay_v2::generate_api_key();
             Credentials::WechatPayV2(w)
         }
-        Credentials::Alipay(_) => {
+        Credentials::Alipay(_) | Credentials::WechatPayLegacy(_) | Credentials::Dialect(_) => {
             app.profile
                 .rotate(&app.credentials, now, now)
                 .map_err(internal)?
@@ -207,7 +207,7 @@ pub fn plan(
     }
     if let (true, Some(tamper_app)) = (drills.tampered_amount, tamper_app_id) {
         let mut tampered = out.payload.clone();
-        wire::tamper(app.profile, &mut tampered);
+        wire::tamper(app.profile, &app.credentials, &mut tampered);
         let own_id = app.profile.new_notify_id();
         planned.push(Planned {
             role: "tampered_amount",

@@ -2,6 +2,7 @@
 //! notification payloads (paid, closed, refunded), the signed return_url parameters, the
 //! trade-query response, provider-shaped ids, and the amount change of the tampering drill.
 //! The profile's `encode` (herald-protocols) turns a payload into the signed wire request.
+use herald_protocols::receive::format_minor;
 use herald_protocols::{alipay, wechatpay_v2, Credentials, Profile};
 use herald_store::Millis;
 use rand::Rng;
@@ -89,6 +90,10 @@ pub fn new_trade_no(profile: Profile, now: Millis) -> String {
         Profile::WechatPayV2 | Profile::WechatPayV3 => {
             format!("4200001{}{}", china_date(now), digits(13))
         }
+        // 1220730901201409023179351860: the partner id, the date, 10 digits (28 in all).
+        Profile::WechatPayLegacy => format!("1200000000{}{}", china_date(now), digits(10)),
+        // 20160806151343349021: the time to the second, then digits (20 in all).
+        Profile::Dialect => format!("{}{}", wechat_compact_time(now), digits(6)),
         Profile::Stripe => format!("pi_{}", alphanumeric(24)),
         Profile::StandardWebhooks => format!("txn_{}", ulid::Ulid::new()),
     }
@@ -283,6 +288,28 @@ pub fn paid(p: &Payment, c: &Credentials) -> Outgoing {
             event_type: "payment_intent.succeeded".into(),
             payload: stripe_intent(p, "succeeded"),
         },
+        Profile::WechatPayLegacy => {
+            // The query fields of the seed-era notification; the profile adds the rest
+            // (partner, notify_id, sign_type, trade_state=0...) and the buyer's XML.
+            let mut m = Map::new();
+            m.insert("out_trade_no".into(), json!(p.out_trade_no));
+            m.insert("transaction_id".into(), json!(p.trade_no));
+            m.insert("total_fee".into(), json!(p.amount));
+            m.insert("product_fee".into(), json!(p.amount));
+            m.insert("bank_type".into(), json!("WX"));
+            m.insert("time_end".into(), json!(wechat_compact_time(paid_at)));
+            if let Some(b) = &p.buyer {
+                m.insert("openid".into(), json!(b.openid));
+            }
+            Outgoing {
+                event_type: "trade.success".into(),
+                payload: Value::Object(m),
+            }
+        }
+        Profile::Dialect => Outgoing {
+            event_type: "trade.success".into(),
+            payload: dialect_payload(p, c),
+        },
         Profile::StandardWebhooks => Outgoing {
             event_type: "payment.succeeded".into(),
             payload: Value::Object(standard(p, "payment.succeeded", "succeeded")),
@@ -358,7 +385,11 @@ pub fn closed(p: &Payment, c: &Credentials) -> Option<Outgoing> {
                 payload: Value::Object(m),
             })
         }
-        Profile::WechatPayV2 | Profile::WechatPayV3 => None,
+        // WeChat Pay and the aggregators notify successes only.
+        Profile::WechatPayV2
+        | Profile::WechatPayV3
+        | Profile::WechatPayLegacy
+        | Profile::Dialect => None,
         Profile::Stripe => {
             let mut v = stripe_intent(p, "canceled");
             v["cancellation_reason"] = json!("abandoned");
@@ -454,6 +485,8 @@ pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
                 "metadata": {"out_trade_no": p.out_trade_no, "payment_id": p.id, "refund_id": r.refund_id},
             }),
         }),
+        // The seed-era WeChat Pay and the aggregators send no refund notification.
+        Profile::WechatPayLegacy | Profile::Dialect => None,
         Profile::StandardWebhooks => {
             let status = if full {
                 "refunded"
@@ -478,7 +511,7 @@ pub fn refunded(p: &Payment, c: &Credentials, r: &Refund) -> Option<Outgoing> {
 /// Pay v2 has no notify id, so receivers dedupe on `transaction_id` (`refund_id` for
 /// refunds): the tampered copy gets a fresh one, or a receiver would take it as a repeat of
 /// the real notification and never compare its amount.
-pub fn tamper(profile: Profile, payload: &mut Value) {
+pub fn tamper(profile: Profile, c: &Credentials, payload: &mut Value) {
     let bump_minor = |v: &mut Value| {
         if let Some(n) = v.as_i64() {
             *v = json!(n + 100);
@@ -528,7 +561,57 @@ pub fn tamper(profile: Profile, payload: &mut Value) {
                 bump_minor(v);
             }
         }
+        Profile::WechatPayLegacy => {
+            for k in ["total_fee", "product_fee"] {
+                if let Some(v) = payload.get_mut(k) {
+                    bump_minor(v);
+                }
+            }
+        }
+        Profile::Dialect => {
+            if let Credentials::Dialect(d) = c {
+                let f = &d.dialect.fields;
+                if let Some(Value::String(s)) = payload.get(&f.amount) {
+                    if let Ok(minor) =
+                        herald_protocols::receive::parse_decimal_minor(s, f.amount_decimals)
+                    {
+                        payload[&f.amount] = json!(format_minor(minor + 100, f.amount_decimals));
+                    }
+                }
+                // A fresh trade number, or the receiver would take the copy as a repeat.
+                if payload.get(&f.notify_id).is_some() {
+                    payload[&f.notify_id] = json!(new_trade_no(profile, herald_engine::now_ms()));
+                }
+            }
+        }
     }
+}
+
+/// A dialect's paid notification in its own field names: the order reference, the amount
+/// in its decimals, the paid status value, the trade number as the notify id (and
+/// transaction id); for the `epay` preset also `type` (`alipay`) and `name` (the subject),
+/// as EPay sends them. The profile adds the app's fixed fields (`pid`) and constants
+/// (`sign_type`), then signs.
+fn dialect_payload(p: &Payment, c: &Credentials) -> Value {
+    let mut m = Map::new();
+    if let Credentials::Dialect(d) = c {
+        let f = &d.dialect.fields;
+        m.insert(f.out_trade_no.clone(), json!(p.out_trade_no));
+        m.insert(
+            f.amount.clone(),
+            json!(format_minor(p.amount, f.amount_decimals)),
+        );
+        m.insert(f.status.clone(), json!(f.paid_value));
+        m.insert(f.notify_id.clone(), json!(p.trade_no));
+        if let Some(t) = &f.transaction_id {
+            m.insert(t.clone(), json!(p.trade_no));
+        }
+        if d.dialect.name.as_deref() == Some("epay") {
+            m.insert("type".into(), json!("alipay"));
+            m.insert("name".into(), json!(p.subject));
+        }
+    }
+    Value::Object(m)
 }
 
 /// The query of the return_url redirect after a payment: the return_url's own query
@@ -847,7 +930,11 @@ pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryRes
                 body: v.to_string(),
             })
         }
-        Credentials::StandardWebhooks(_) => {
+        // Neither the seed-era WeChat Pay query nor the aggregators' are played: the sandbox
+        // answers unsigned JSON, as for Standard Webhooks.
+        Credentials::StandardWebhooks(_)
+        | Credentials::WechatPayLegacy(_)
+        | Credentials::Dialect(_) => {
             let mut m = standard(p, "payment", p.state.as_str());
             m.remove("type");
             m.insert("refunded_total".into(), json!(p.refunded()));

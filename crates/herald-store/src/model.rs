@@ -423,7 +423,10 @@ impl AppCtx {
                 .retry
                 .clone()
                 .unwrap_or_else(|| app.profile.default_retry()),
-            ack: app.ack.clone().unwrap_or_else(|| app.profile.default_ack()),
+            ack: app
+                .ack
+                .clone()
+                .unwrap_or_else(|| app.profile.default_ack_for(&app.credentials)),
         }
     }
 }

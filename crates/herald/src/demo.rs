@@ -63,7 +63,11 @@ impl Demo {
 /// The currency a provider's merchants usually charge in.
 fn currency_for(profile: Profile) -> &'static str {
     match profile {
-        Profile::Alipay | Profile::WechatPayV2 | Profile::WechatPayV3 => "CNY",
+        Profile::Alipay
+        | Profile::WechatPayV2
+        | Profile::WechatPayV3
+        | Profile::WechatPayLegacy
+        | Profile::Dialect => "CNY",
         Profile::Stripe | Profile::StandardWebhooks => "USD",
     }
 }
@@ -97,7 +101,11 @@ fn trade_query(herald_url: &str, creds: &Credentials) -> Result<Option<TradeQuer
             "DEMO0MERCHANT0SERIAL",
             &merchant_key()?,
         )),
-        Credentials::Stripe(_) | Credentials::StandardWebhooks(_) => None,
+        // No trade query the sandbox answers with a signature for these.
+        Credentials::Stripe(_)
+        | Credentials::StandardWebhooks(_)
+        | Credentials::WechatPayLegacy(_)
+        | Credentials::Dialect(_) => None,
     };
     query.transpose().map_err(|e| e.to_string())
 }
@@ -107,6 +115,15 @@ fn expected_ids(creds: &Credentials) -> (Option<String>, Option<String>) {
         Credentials::Alipay(c) => (Some(c.app_id.clone()), c.seller_id.clone()),
         Credentials::WechatPayV2(c) => (Some(c.appid.clone()), Some(c.mch_id.clone())),
         Credentials::WechatPayV3(c) => (Some(c.appid.clone()), Some(c.mchid.clone())),
+        Credentials::WechatPayLegacy(c) => (Some(c.appid.clone()), Some(c.partner.clone())),
+        Credentials::Dialect(c) => (
+            None,
+            c.dialect
+                .fields
+                .merchant_id
+                .as_ref()
+                .and_then(|f| c.fields.get(f).cloned()),
+        ),
         Credentials::Stripe(_) | Credentials::StandardWebhooks(_) => (None, None),
     }
 }

@@ -988,6 +988,15 @@ fn send_credentials(creds: &herald_protocols::Credentials) -> (String, Vec<Strin
                 format!("api_v3_key={}", c.api_v3_key),
             ],
         ),
+        C::WechatPayLegacy(c) => (
+            c.partner_key.clone(),
+            vec![
+                format!("appid={}", c.appid),
+                format!("partner={}", c.partner),
+                format!("app_key={}", c.app_key),
+            ],
+        ),
+        C::Dialect(c) => (c.key.clone(), vec![]),
     }
 }
 

@@ -134,6 +134,15 @@ impl Shop {
                 json!({"type": "payment.succeeded", "out_trade_no": out_trade_no, "transaction_id": "tx_1",
                        "amount": minor, "currency": cur, "status": "paid"}),
             ),
+            Profile::WechatPayLegacy => (
+                "payment",
+                json!({"out_trade_no": out_trade_no, "transaction_id": notify_id, "total_fee": minor}),
+            ),
+            Profile::Dialect => (
+                "payment",
+                json!({"out_trade_no": out_trade_no, "trade_no": notify_id, "trade_status": "TRADE_SUCCESS",
+                       "money": herald_protocols::receive::format_minor(minor, 2)}),
+            ),
         };
         let payload = payload.to_string();
         let now = now_secs();

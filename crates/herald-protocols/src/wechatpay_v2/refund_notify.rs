@@ -302,6 +302,8 @@ pub fn encode(c: &Credentials, info: &RefundInfo) -> Result<EncodedRequest, Prof
         (REQ_INFO.to_string(), req_info),
     ];
     Ok(EncodedRequest {
+        method: "POST",
+        query: String::new(),
         content_type: CONTENT_TYPE.to_string(),
         headers: Vec::new(),
         body: to_xml(&fields).into_bytes(),

@@ -53,7 +53,7 @@ impl Sender {
 
     /// The merchant id this sender's notifications carry, if the profile has one.
     pub fn merchant_id(&self) -> Option<String> {
-        ["seller_id", "mch_id", "mchid"]
+        ["seller_id", "mch_id", "mchid", "partner"]
             .iter()
             .find_map(|k| self.view[*k].as_str().map(str::to_string))
     }
@@ -79,11 +79,13 @@ impl Sender {
             .encode(&self.creds, &n)
             .unwrap_or_else(|e| panic!("{}: {e}", self.profile.name()));
         let mut headers = enc.headers;
-        headers.push(("Content-Type".into(), enc.content_type));
+        if !enc.content_type.is_empty() {
+            headers.push(("Content-Type".into(), enc.content_type));
+        }
         RawRequest {
-            method: "POST".into(),
+            method: enc.method.into(),
             headers,
-            query: String::new(),
+            query: enc.query,
             body: enc.body.into(),
         }
     }

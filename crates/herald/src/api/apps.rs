@@ -344,7 +344,11 @@ fn cap_signing_secrets(credentials: &mut Credentials) -> usize {
             before - c.secrets.len()
         }
         // One key at a time: rotation replaces it.
-        Credentials::Alipay(_) | Credentials::WechatPayV2(_) | Credentials::WechatPayV3(_) => 0,
+        Credentials::Alipay(_)
+        | Credentials::WechatPayV2(_)
+        | Credentials::WechatPayV3(_)
+        | Credentials::WechatPayLegacy(_)
+        | Credentials::Dialect(_) => 0,
     }
 }
 

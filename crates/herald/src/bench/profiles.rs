@@ -43,6 +43,9 @@ pub async fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         .collect())
 }
 
+/// The bench notification in the `epay` dialect's field names.
+const DIALECT_PAYLOAD: &str = r#"{"out_trade_no":"20261123000001","trade_no":"4200002026112300001","money":"88.00","trade_status":"TRADE_SUCCESS","type":"alipay","name":"coffee"}"#;
+
 /// Encodes the bench notification with `profile` for `window`; encodes per second.
 fn encode_rate(profile: Profile, window: Duration) -> Result<f64, String> {
     let (creds, _) = profile
@@ -50,10 +53,16 @@ fn encode_rate(profile: Profile, window: Duration) -> Result<f64, String> {
         .map_err(|e| format!("profiles: {} credentials: {e}", profile.name()))?;
     let notify_id = profile.new_notify_id();
     let now = herald_engine::now_ms() / 1000;
+    // A dialect (the epay preset) names its amount `money`: the same order in its fields.
+    let payload = if profile == Profile::Dialect {
+        DIALECT_PAYLOAD
+    } else {
+        PAYLOAD
+    };
     let n = OutgoingNotification {
         notify_id: &notify_id,
         event_type: EVENT_TYPE,
-        payload: PAYLOAD.as_bytes(),
+        payload: payload.as_bytes(),
         timestamp: now,
         created_at: now,
     };

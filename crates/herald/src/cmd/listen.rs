@@ -25,12 +25,14 @@ pub struct ListenArgs {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe.
+    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe,
+    /// wechatpay-legacy, dialect (see --dialect).
     #[arg(long, default_value = "standard-webhooks")]
     pub profile: String,
     /// Verification key: whsec_/whpk_ (standard-webhooks, stripe), the platform public key
     /// (alipay, wechatpay-v3: PEM, bare base64 or a file; SERIAL=key for v3), or the API key
-    /// (wechatpay-v2). Repeatable or comma-separated: any one matching is enough.
+    /// (wechatpay-v2), the partner key and appkey=APPKEY (wechatpay-legacy), the dialect's
+    /// key. Repeatable or comma-separated: any one matching is enough.
     #[arg(
         long = "key",
         visible_alias = "secret",
@@ -48,6 +50,10 @@ pub struct ListenArgs {
     /// by decrypting their req_info with the API key.
     #[arg(long, value_name = "TYPE")]
     pub sign_type: Option<String>,
+    /// dialect: a preset name (epay) or a TOML/JSON dialect file; its ack text is the answer.
+    /// Default: epay.
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub dialect: Option<String>,
     /// Answer verified requests with this status instead of the profile's acknowledgement
     /// (use a non-2xx one to watch the sender retry).
     #[arg(long)]
@@ -238,18 +244,18 @@ async fn handle(
                     Ok(status) => (r.out)(format!("forwarded to {} -> {status}", fw.url)),
                     Err(e) => {
                         (r.out)(format!("not acknowledged: {e}"));
-                        return reply(r.profile.failure_reply(&e));
+                        return reply(r.profile.failure_reply_for(&r.keys, &e));
                     }
                 }
             }
             match r.status {
                 Some(s) => s.into_response(),
-                None => reply(r.profile.ack_reply()),
+                None => reply(r.profile.ack_reply_for(&r.keys)),
             }
         }
         Err(e) => {
             (r.out)(format!("invalid {method} {}: {e}", uri.path()));
-            reply(r.profile.failure_reply(&e.to_string()))
+            reply(r.profile.failure_reply_for(&r.keys, &e.to_string()))
         }
     }
 }
@@ -280,6 +286,8 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
         .map_err(|e| format!("--key: {e}"))?;
     let receiver_keys =
         super::verify::with_sign_type(profile, receiver_keys, args.sign_type.as_deref())?;
+    let receiver_keys =
+        super::verify::with_dialect(profile, receiver_keys, &keys, args.dialect.as_deref())?;
     let status = args
         .status
         .map(|s| StatusCode::from_u16(s).map_err(|_| format!("--status {s} is not an HTTP status")))

@@ -17,12 +17,13 @@ pub struct SendArgs {
     /// Where to POST the notification: an http:// or https:// URL.
     #[arg(long)]
     pub url: String,
-    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe.
+    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe,
+    /// wechatpay-legacy, dialect.
     #[arg(long, default_value = "standard-webhooks")]
     pub profile: String,
     /// The signing key: a whsec_ (HMAC) or whsk_ (ed25519) secret for standard-webhooks and
     /// stripe, the RSA private key for alipay and wechatpay-v3 (PEM, base64 or a file), the
-    /// API key for wechatpay-v2.
+    /// API key for wechatpay-v2, the partner key for wechatpay-legacy, a dialect's key.
     #[arg(
         long,
         visible_alias = "key",
@@ -34,6 +35,12 @@ pub struct SendArgs {
     /// serial=..., api_v3_key=...; what is not given is generated). Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+    /// dialect: a preset name (epay) or a TOML/JSON dialect file. Default: epay.
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub dialect: Option<String>,
+    /// A dialect's fixed field, as name=value (e.g. pid=1001). Repeatable.
+    #[arg(long = "field", value_name = "NAME=VALUE")]
+    pub fields: Vec<String>,
     /// The JSON payload: literal JSON, @FILE, or - for standard input.
     #[arg(long, value_name = "JSON")]
     pub json: String,
@@ -46,7 +53,8 @@ pub struct SendArgs {
     #[arg(long, default_value = "1,5,30")]
     pub retry: String,
     /// What counts as an acknowledgement: 2xx, body:<text>, or wechat-xml. Default: the
-    /// profile's (alipay: the body `success`; wechatpay-v2: XML return_code SUCCESS; others 2xx).
+    /// profile's (alipay: the body `success`; wechatpay-v2: XML return_code SUCCESS; a dialect its own ack text;
+    /// others 2xx).
     #[arg(long)]
     pub ack: Option<String>,
     /// The webhook-id to send (default: a fresh msg_ id, the same on every attempt).
@@ -141,7 +149,21 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
     if profile == Profile::StandardWebhooks && !args.set.is_empty() {
         return Err("--set: standard-webhooks takes no credentials but --secret".into());
     }
-    let credentials = credentials(profile, &args.secret, &args.set)?;
+    let credentials = if matches!(profile, Profile::Dialect | Profile::WechatPayLegacy)
+        || args.dialect.is_some()
+        || !args.fields.is_empty()
+    {
+        super::sign::build_credentials(
+            profile,
+            Some(args.secret.trim()),
+            &args.set,
+            args.dialect.as_deref(),
+            &args.fields,
+        )?
+        .0
+    } else {
+        credentials(profile, &args.secret, &args.set)?
+    };
     let payload = super::read_arg_text(&args.json)?;
     let value: serde_json::Value =
         serde_json::from_str(&payload).map_err(|e| format!("--json is not valid JSON: {e}"))?;
@@ -151,10 +173,10 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
     let retry = parse_retry_arg(&args.retry).map_err(|e| format!("--retry: {e}"))?;
     let ack: AckRule = match &args.ack {
         Some(a) => a.parse().map_err(|e| format!("--ack: {e}"))?,
-        None => profile.default_ack(),
+        None => profile.default_ack_for(&credentials),
     };
     // What the profile cannot encode is refused before anything is sent.
-    profile
+    let method = profile
         .encode(
             &credentials,
             &herald_protocols::OutgoingNotification {
@@ -165,7 +187,8 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
                 created_at: now_ms() / 1000,
             },
         )
-        .map_err(|e| format!("--json cannot be sent as {}: {e}", profile.name()))?;
+        .map_err(|e| format!("--json cannot be sent as {}: {e}", profile.name()))?
+        .method;
     let app = Arc::new(AppCtx {
         id: "cli".into(),
         profile,
@@ -208,7 +231,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         order_key: None,
     };
     println!(
-        "POST {}  {} notify id {}  ({} attempts at most, ack {})",
+        "{method} {}  {} notify id {}  ({} attempts at most, ack {})",
         job.url,
         profile.name(),
         job.notify_id,

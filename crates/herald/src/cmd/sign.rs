@@ -13,12 +13,14 @@ use serde_json::{Map, Value};
 
 #[derive(Args, Debug)]
 pub struct SignArgs {
-    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe.
+    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe,
+    /// wechatpay-legacy, dialect (see --dialect).
     #[arg(long)]
     pub profile: String,
     /// The signing key (a whsec_/whsk_ secret, an RSA private key as PEM, base64 or file
-    /// path, or a WeChat API key). Omitted: one is generated, written to --key-out, and the
-    /// other generated credentials are shown on standard error.
+    /// path, a WeChat API key, the wechatpay-legacy partner key, a dialect's key). Omitted:
+    /// one is generated, written to --key-out, and the other generated credentials are shown
+    /// on standard error.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
     /// Where a generated signing key is written (replaced if present; readable by the owner
@@ -26,9 +28,15 @@ pub struct SignArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "key")]
     pub key_out: Option<std::path::PathBuf>,
     /// Another credentials field, as name=value (e.g. app_id=2021..., mchid=..., serial=...,
-    /// api_v3_key=...). Repeatable.
+    /// api_v3_key=..., app_key=... for wechatpay-legacy). Repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+    /// dialect: a preset name (epay) or a TOML/JSON dialect file. Default: epay.
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub dialect: Option<String>,
+    /// A dialect's fixed field, as name=value (e.g. pid=1001). Repeatable.
+    #[arg(long = "field", value_name = "NAME=VALUE")]
+    pub fields: Vec<String>,
     /// An extra header to include, as 'Name: value'. Repeatable.
     #[arg(long = "header", short = 'H', value_name = "'NAME: VALUE'")]
     pub headers: Vec<String>,
@@ -48,22 +56,73 @@ pub fn run(args: SignArgs) -> Result<(), String> {
         .profile
         .parse()
         .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+    let (credentials, view) = build_credentials(
+        profile,
+        args.key.as_deref(),
+        &args.set,
+        args.dialect.as_deref(),
+        &args.fields,
+    )?;
+    sign_with(args, profile, credentials, view)
+}
+
+/// Credentials from the CLI's `--key` (the profile's secret field), `--set name=value`,
+/// `--dialect` and `--field name=value` (dialect only); what is not given is generated.
+/// Returns them and their once-shown view.
+pub fn build_credentials(
+    profile: Profile,
+    key: Option<&str>,
+    set: &[String],
+    dialect: Option<&str>,
+    fields: &[String],
+) -> Result<(herald_protocols::Credentials, Value), String> {
     let mut options = Map::new();
-    if let Some(k) = &args.key {
+    if let Some(k) = key {
         options.insert(
             profile.secret_field().to_string(),
             Value::String(super::verify::key_arg(k).map_err(|e| format!("--key: {e}"))?),
         );
     }
-    for kv in &args.set {
+    for kv in set {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| format!("--set {kv:?} must look like name=value"))?;
         options.insert(k.trim().to_string(), Value::String(v.to_string()));
     }
-    let (credentials, view) = profile
+    if dialect.is_some() || !fields.is_empty() {
+        if profile != Profile::Dialect {
+            return Err(format!(
+                "--dialect and --field apply to the dialect profile only, not {}",
+                profile.name()
+            ));
+        }
+        if let Some(d) = dialect {
+            let d = super::verify::load_dialect(d)?;
+            options.insert(
+                "dialect".into(),
+                serde_json::to_value(d).map_err(|e| e.to_string())?,
+            );
+        }
+        let mut given = Map::new();
+        for kv in fields {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--field {kv:?} must look like name=value"))?;
+            given.insert(k.trim().to_string(), Value::String(v.to_string()));
+        }
+        options.insert("fields".into(), Value::Object(given));
+    }
+    profile
         .create_credentials(&Value::Object(options))
-        .map_err(|e| format!("credentials: {e}"))?;
+        .map_err(|e| format!("credentials: {e}"))
+}
+
+fn sign_with(
+    args: SignArgs,
+    profile: Profile,
+    credentials: herald_protocols::Credentials,
+    view: Value,
+) -> Result<(), String> {
     let mut payload = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut payload)
         .map_err(|e| format!("cannot read the payload: {e}"))?;
@@ -109,11 +168,20 @@ pub fn run(args: SignArgs) -> Result<(), String> {
             serde_json::to_string_pretty(&view).unwrap_or_default()
         );
     }
-    let mut all = vec![("Content-Type".to_string(), encoded.content_type.to_string())];
+    // The request line: the method, and the query on the target when the profile signs one
+    // (send it on the notify URL as ?QUERY).
+    let mut all = Vec::new();
+    if !encoded.content_type.is_empty() {
+        all.push(("Content-Type".to_string(), encoded.content_type.to_string()));
+    }
     all.extend(encoded.headers.iter().cloned());
     all.extend(headers);
     let mut out = Vec::new();
-    out.extend_from_slice(b"POST\n");
+    if encoded.query.is_empty() {
+        out.extend_from_slice(format!("{}\n", encoded.method).as_bytes());
+    } else {
+        out.extend_from_slice(format!("{} /?{}\n", encoded.method, encoded.query).as_bytes());
+    }
     for (k, v) in &all {
         out.extend_from_slice(format!("{k}: {v}\n").as_bytes());
     }
@@ -126,7 +194,8 @@ pub fn run(args: SignArgs) -> Result<(), String> {
 }
 
 /// The generated material that signs: the RSA private key (PKCS#8 PEM) for alipay and
-/// wechatpay-v3, the shared secret (whsec_, API key) for the others.
+/// wechatpay-v3 (and an RSA dialect), the shared secret (whsec_, API key, partner key, a
+/// dialect's key) for the others.
 fn signing_key(credentials: &Credentials, view: &Value) -> String {
     match credentials {
         Credentials::Alipay(c) => c.private_key.clone(),
@@ -134,6 +203,8 @@ fn signing_key(credentials: &Credentials, view: &Value) -> String {
         Credentials::StandardWebhooks(_) => view["secret"].as_str().unwrap_or_default().into(),
         Credentials::Stripe(_) => view["secret"].as_str().unwrap_or_default().into(),
         Credentials::WechatPayV2(c) => c.api_key.clone(),
+        Credentials::WechatPayLegacy(c) => c.partner_key.clone(),
+        Credentials::Dialect(c) => c.key.clone(),
     }
 }
 

@@ -11,6 +11,7 @@
 use std::io::Read;
 
 use clap::Args;
+use herald_protocols::dialect::Dialect;
 use herald_protocols::profile::ReceiverKeys;
 use herald_protocols::receive::{IncomingRequest, Refusal};
 use herald_protocols::wechatpay_v2::SignType;
@@ -18,12 +19,15 @@ use herald_protocols::Profile;
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe.
+    /// Wire profile: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe,
+    /// wechatpay-legacy (2014 Tenpay-era WeChat Pay), dialect (an aggregator's variant; see
+    /// --dialect).
     #[arg(long)]
     pub profile: String,
-    /// Verification key: a secret (whsec_..., a WeChat API key), a public key (PEM, bare
-    /// base64 DER, certificate), or a path to a file holding one. Repeatable (any may match).
-    /// For wechatpay-v3 a key may be given as SERIAL=key.
+    /// Verification key: a secret (whsec_..., a WeChat API key, a dialect's key), a public
+    /// key (PEM, bare base64 DER, certificate), or a path to a file holding one. Repeatable
+    /// (any may match). For wechatpay-v3 a key may be given as SERIAL=key; wechatpay-legacy
+    /// needs the partner key and appkey=APPKEY.
     #[arg(long = "key", required = true, value_name = "KEY")]
     pub keys: Vec<String>,
     /// wechatpay-v3: the 32-character APIv3 key that decrypts the resource.
@@ -33,6 +37,11 @@ pub struct VerifyArgs {
     /// length decides (32 hex digits MD5, 64 HMAC-SHA256).
     #[arg(long, value_name = "TYPE")]
     pub sign_type: Option<String>,
+    /// dialect: a preset name (epay) or a TOML/JSON file describing the dialect (canonical,
+    /// exclude, drop_empty, key_placement, algorithm, hex_case, signature, fields, ack...).
+    /// Default: epay.
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub dialect: Option<String>,
     /// A request header, as 'Name: value'. Repeatable.
     #[arg(long = "header", short = 'H', value_name = "'NAME: VALUE'")]
     pub headers: Vec<String>,
@@ -42,7 +51,8 @@ pub struct VerifyArgs {
     /// HTTP method: POST for notifications, GET for return_url redirects.
     #[arg(long, default_value = "POST")]
     pub method: String,
-    /// The query string of a GET redirect (without '?').
+    /// The query string (without '?'): of a GET redirect or GET dialect notification, or the
+    /// signed query of a wechatpay-legacy notification.
     #[arg(long, default_value = "")]
     pub query: String,
     /// Unix seconds to use as "now" for timestamp windows (to re-check an old capture).
@@ -133,6 +143,52 @@ pub fn with_sign_type(
     }
 }
 
+/// A dialect from `--dialect`: a preset name, or a TOML or JSON file.
+pub fn load_dialect(value: &str) -> Result<Dialect, String> {
+    if let Some(d) = Dialect::preset(value) {
+        return Ok(d);
+    }
+    let path = std::path::Path::new(value);
+    if !path.is_file() {
+        return Err(format!(
+            "--dialect {value:?}: neither a preset ({}) nor a file",
+            herald_protocols::dialect::PRESETS.join(", ")
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--dialect: cannot read {value}: {e}"))?;
+    let d: Dialect = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).map_err(|e| format!("--dialect {value}: {e}"))?
+    } else {
+        toml::from_str(&text).map_err(|e| format!("--dialect {value}: {e}"))?
+    };
+    d.check().map_err(|e| format!("--dialect {value}: {e}"))?;
+    Ok(d)
+}
+
+/// Applies `--dialect` to dialect receiver keys (rebuilt with the keys for that dialect);
+/// refused for other profiles.
+pub fn with_dialect(
+    profile: Profile,
+    keys: ReceiverKeys,
+    raw_keys: &[String],
+    dialect: Option<&str>,
+) -> Result<ReceiverKeys, String> {
+    let Some(value) = dialect else {
+        return Ok(keys);
+    };
+    if profile != Profile::Dialect {
+        return Err(format!(
+            "--dialect applies to the dialect profile only, not {}",
+            profile.name()
+        ));
+    }
+    let d = load_dialect(value)?;
+    herald_protocols::dialect::receiver_keys(d, raw_keys)
+        .map(|k| ReceiverKeys::Dialect(Box::new(k)))
+        .map_err(|e| format!("--key: {e}"))
+}
+
 pub fn parse_header(h: &str) -> Result<(String, String), String> {
     let (name, value) = h
         .split_once(':')
@@ -189,6 +245,7 @@ pub fn run(args: VerifyArgs) -> Result<bool, String> {
         .receiver_keys(&keys, decrypt.as_deref())
         .map_err(|e| format!("--key: {e}"))?;
     let receiver_keys = with_sign_type(profile, receiver_keys, args.sign_type.as_deref())?;
+    let receiver_keys = with_dialect(profile, receiver_keys, &keys, args.dialect.as_deref())?;
     let extra = args
         .headers
         .iter()

@@ -422,6 +422,16 @@ async fn postgres_sandbox_unpaid_timeout_closes_each_trade_once_across_three_nod
     // and for a second close, if one were committed, to be delivered.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    let got = rx.received();
+    let mut per_trade: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for r in got.iter().filter(|r| r.body["type"] == "payment.closed") {
+        let trade = r.body["payment_id"].as_str().unwrap_or("").to_string();
+        per_trade
+            .entry(trade)
+            .or_default()
+            .push(r.webhook_id.clone());
+    }
+
     for (i, id) in ids.iter().enumerate() {
         let (status, p) = fleet::call(
             &client,
@@ -441,6 +451,14 @@ async fn postgres_sandbox_unpaid_timeout_closes_each_trade_once_across_three_nod
         let events = p["events"].as_array().expect("events");
         assert_eq!(events.len(), 1, "one event, the close: {p:#}");
         assert_eq!(events[0]["kind"], "closed", "{p:#}");
+        // The trade as stored is the one whose close was sent: a close written over another
+        // (a lost update) would show a notify id that was never delivered.
+        let stored_close = events[0]["notify_id"].as_str().unwrap_or("").to_string();
+        assert_eq!(
+            per_trade.get(id),
+            Some(&vec![stored_close]),
+            "trade {id}: the close delivered is the close stored: {p:#}"
+        );
     }
 
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -464,15 +482,6 @@ async fn postgres_sandbox_unpaid_timeout_closes_each_trade_once_across_three_nod
         "close notifications stored, trades they are for, deliveries succeeded"
     );
 
-    let got = rx.received();
-    let mut per_trade: std::collections::HashMap<String, Vec<String>> = Default::default();
-    for r in got.iter().filter(|r| r.body["type"] == "payment.closed") {
-        let trade = r.body["payment_id"].as_str().unwrap_or("").to_string();
-        per_trade
-            .entry(trade)
-            .or_default()
-            .push(r.webhook_id.clone());
-    }
     for n in nodes.iter_mut() {
         n.kill9().await;
     }

@@ -515,6 +515,33 @@ const INSERT_NOTIFICATION: &str = "
         RETURNING seq)
     SELECT n.seq, (SELECT count(*) FROM d) FROM n";
 
+/// What a new notification of one app is decided on: the app's profile (its credentials
+/// are not needed, so not opened) and the endpoints it may fan out to. A group commit reads
+/// this once per app for all of that app's notifications in the batch.
+pub(crate) struct AppTargets {
+    profile: Profile,
+    endpoints: Vec<Endpoint>,
+}
+
+/// Reads [`AppTargets`] of `app_id` (the app's row and its endpoints, pipelined); `None`
+/// when there is no such app.
+pub(crate) async fn read_app_targets(
+    c: &impl GenericClient,
+    app_id: &str,
+) -> Result<Option<AppTargets>> {
+    let app_stmt = c
+        .prepare_cached(&format!("SELECT {APP_COLS} FROM apps WHERE id = $1"))
+        .await
+        .map_err(backend)?;
+    let app_query = async { c.query_opt(&app_stmt, &[&app_id]).await.map_err(backend) };
+    let (row, endpoints) = tokio::try_join!(app_query, rows::list_endpoints(c, app_id))?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(AppTargets {
+        profile: rows::app_profile(&row)?,
+        endpoints,
+    }))
+}
+
 /// Stores a notification and its deliveries in one statement (atomic on its own, or part
 /// of the caller's transaction). `None` when another transaction took the idempotency key
 /// first (the insert does nothing then, and aborts no transaction; the caller reads that
@@ -529,7 +556,19 @@ pub(crate) async fn insert_notification(
     if let Some(seq) = found {
         return existing(c, seq).await.map(Some);
     }
-    let targets = targets(&new, &endpoints);
+    insert_decided(c, new, notify_id, profile, &endpoints).await
+}
+
+/// The insert of [`insert_notification`], once the app's profile and endpoints are known
+/// and no notification holds the idempotency key (a race for the key still ends in `None`).
+async fn insert_decided(
+    c: &impl GenericClient,
+    new: NewNotification,
+    notify_id: Option<String>,
+    profile: Profile,
+    endpoints: &[Endpoint],
+) -> Result<Option<CreatedNotification>> {
+    let targets = targets(&new, endpoints);
     let notification = Notification {
         id: format!("ntf_{}", Ulid::new()),
         app_id: new.app_id,
@@ -605,14 +644,29 @@ pub(crate) async fn insert_notification(
     }
 }
 
-/// Stores a notification inside the caller's transaction (a group commit's): a lost
-/// idempotency race reads the winner, which the transaction then sees.
-pub(crate) async fn create_in(
+/// Stores a notification inside a group commit's transaction, decided on `app` as the
+/// batch read it (`None`: no such app). Only a notification with an idempotency key reads
+/// anything more (whether the key was used); a lost race for the key reads the winner,
+/// which the transaction then sees.
+pub(crate) async fn create_in_batch(
     c: &impl GenericClient,
     new: NewNotification,
+    app: Option<&AppTargets>,
 ) -> Result<CreatedNotification> {
+    let app = app.ok_or(StoreError::NotFound("app"))?;
     let (app_id, key) = (new.app_id.clone(), new.idempotency_key.clone());
-    match insert_notification(c, new, None).await? {
+    if let Some(key) = &key {
+        let stmt = c
+            .prepare_cached(
+                "SELECT seq FROM notifications WHERE app_id = $1 AND idempotency_key = $2",
+            )
+            .await
+            .map_err(backend)?;
+        if let Some(row) = c.query_opt(&stmt, &[&app_id, key]).await.map_err(backend)? {
+            return existing(c, col(&row, 0)?).await;
+        }
+    }
+    match insert_decided(c, new, None, app.profile, &app.endpoints).await? {
         Some(created) => Ok(created),
         None => existing_by_key(c, &app_id, key.as_deref().unwrap_or_default()).await,
     }

@@ -4,7 +4,10 @@
 //! Concurrent calls queue here, and a batch of them runs in one transaction: their
 //! statements are pipelined (sent together, answered in order), so a batch costs a few
 //! round trips and one commit (one WAL flush) however many operations it holds. Up to
-//! [`IN_FLIGHT`] batches commit at once; the next batch forms while they do.
+//! [`IN_FLIGHT`] batches commit at once; the next batch forms while they do. What a new
+//! notification is decided on (its app's profile and endpoints) is read once per app for the
+//! whole batch, before its writes: a notification then costs its one insert (and a key
+//! lookup when it carries an idempotency key) instead of three statements.
 //!
 //! A failed statement aborts the whole transaction, and PostgreSQL then answers `COMMIT`
 //! with a rollback; so a batch in which any statement failed is not committed, and each of
@@ -12,6 +15,7 @@
 //! batches, is then nobody else's problem). Caller mistakes that fail no statement (an
 //! unknown app) are answered from the batch as they are. When the database cannot be
 //! reached, every operation of the batch gets that failure at once.
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use futures_util::future::join_all;
@@ -159,9 +163,49 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, backend(e)),
     };
+    // What the batch's notifications are decided on, read once per app (pipelined): a
+    // batch of one app's notifications then costs one statement each.
+    let mut app_ids: Vec<&str> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(new, _) => Some(new.app_id.as_str()),
+            Write::Complete(..) => None,
+        })
+        .collect();
+    app_ids.sort_unstable();
+    app_ids.dedup();
+    let read = join_all(app_ids.iter().map(|id| admin::read_app_targets(&tx, id))).await;
+    let mut apps = HashMap::with_capacity(app_ids.len());
+    for (id, r) in app_ids.into_iter().zip(read) {
+        match r {
+            Ok(targets) => {
+                apps.insert(id, targets);
+            }
+            Err(e) => {
+                // As a failed statement: each operation runs again alone.
+                tracing::debug!(error = %e, "reading a batch's apps failed; each runs alone");
+                drop(tx);
+                if client.is_closed() {
+                    return fail_all(
+                        batch,
+                        StoreError::Backend("the database connection was lost".into()),
+                    );
+                }
+                join_all(batch.into_iter().map(|w| alone(inner, w))).await;
+                return;
+            }
+        }
+    }
     let done = join_all(batch.iter().map(|w| async {
         match w {
-            Write::Create(new, _) => Done::Create(admin::create_in(&tx, new.clone()).await),
+            Write::Create(new, _) => Done::Create(
+                admin::create_in_batch(
+                    &tx,
+                    new.clone(),
+                    apps.get(new.app_id.as_str()).and_then(Option::as_ref),
+                )
+                .await,
+            ),
             Write::Complete(p, _) => {
                 Done::Complete(queue::complete_in(inner, generation, &tx, p).await)
             }

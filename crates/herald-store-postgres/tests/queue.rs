@@ -667,6 +667,92 @@ async fn concurrent_creates_all_land() {
     assert_eq!(claimed, PRODUCERS * EACH * 2);
 }
 
+/// A group commit reads each app (its profile and endpoints) once for all of that app's
+/// notifications in the batch: with several apps in flight at once, every notification fans
+/// out to its own app's endpoints, one for an unknown app is refused without failing the
+/// others, and a key used twice in one batch stores one notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_several_apps_fans_each_notification_out_to_its_own_apps_endpoints() {
+    let (a, _b, _) = two_stores().await;
+    let a = Arc::new(a);
+    let one = app(&a).await;
+    let two = app(&a).await;
+    let one_endpoints: HashSet<String> = [
+        endpoint(&a, &one.id, false).await.id,
+        endpoint(&a, &one.id, false).await.id,
+    ]
+    .into();
+    let two_endpoint = endpoint(&a, &two.id, false).await.id;
+    let mut tasks = Vec::new();
+    for i in 0..90 {
+        let a = a.clone();
+        let app_id = match i % 3 {
+            0 => one.id.clone(),
+            1 => two.id.clone(),
+            _ => "app_missing".to_string(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut n = notification(&app_id, None);
+            if i < 6 {
+                n.idempotency_key = Some(format!("key-{}", i % 3));
+            }
+            (i, a.create_notification(n).await)
+        }));
+    }
+    let mut keyed: std::collections::HashMap<usize, Vec<String>> = Default::default();
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        match i % 3 {
+            0 => {
+                let n = r.expect("app one's notification");
+                let to: HashSet<String> = n
+                    .deliveries
+                    .iter()
+                    .filter_map(|d| d.endpoint_id.clone())
+                    .collect();
+                assert_eq!(to, one_endpoints, "notification {i}");
+                assert_eq!(n.deliveries.len(), 2);
+                if i < 6 {
+                    keyed.entry(0).or_default().push(n.notification.id);
+                }
+            }
+            1 => {
+                let n = r.expect("app two's notification");
+                assert_eq!(n.deliveries.len(), 1, "notification {i}");
+                assert_eq!(n.deliveries[0].endpoint_id.as_deref(), Some(&*two_endpoint));
+                if i < 6 {
+                    keyed.entry(1).or_default().push(n.notification.id);
+                }
+            }
+            _ => assert!(
+                matches!(r, Err(herald_store::StoreError::NotFound("app"))),
+                "{r:?}"
+            ),
+        }
+    }
+    for (k, ids) in &keyed {
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], ids[1], "key-{k} names one notification");
+    }
+    for (ap, want) in [(&one.id, 29), (&two.id, 29)] {
+        let page = a
+            .list_notifications(
+                ap,
+                ListNotifications {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            page.items.len(),
+            want,
+            "{ap}: 30 posted, two of them with one key"
+        );
+    }
+}
+
 /// Writes are group-committed: one that fails a statement (PostgreSQL text cannot hold
 /// NUL) must not take the others of its batch down with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use fleet::{FlakyReceiver, Node};
 use rand::Rng;
+use serde_json::json;
 
 /// Waits until the receiver acknowledged every id, for at most `limit`.
 async fn wait_all_received(rx: &FlakyReceiver, ids: &[String], limit: Duration) {
@@ -336,4 +337,162 @@ async fn postgres_outage_under_load_nodes_report_unhealthy_then_resume_and_lose_
     }
     assert_eq!(by_status, vec![("succeeded".to_string(), COUNT as i64)]);
     assert_eq!(rx.acked_ids(), COUNT);
+}
+
+/// Every node runs the sandbox's unpaid-timeout timer over the same trades, and their timers
+/// wake at the same deadlines (each node created a third of the trades). Closing is a
+/// compare-and-set on the trade's version, so whichever node gets there first closes a trade
+/// and the others find it closed or lose the race: each trade closes once, with one close
+/// event and one close notification, delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sandbox_unpaid_timeout_closes_each_trade_once_across_three_nodes() {
+    const TRADES: usize = 90;
+    let url = herald_pgtest::database();
+    let rx = fleet::Recorder::start().await;
+    let sandbox = ["--sandbox", "--sandbox-unpaid-timeout", "2s"];
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::start(&url, fleet::free_port(), &sandbox).await);
+    }
+    let bases: Vec<String> = nodes.iter().map(Node::url).collect();
+    let client = reqwest::Client::new();
+    let (status, app) = fleet::call(
+        &client,
+        &bases,
+        reqwest::Method::POST,
+        "/v1/apps",
+        Some(json!({"name": "shop", "profile": "standard-webhooks"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().expect("app id").to_string();
+
+    // Each node creates every third trade, all within about a second: every node's timer
+    // then sleeps until the same first deadline and works through the same due trades.
+    let creators: Vec<_> = (0..bases.len())
+        .map(|k| {
+            let (client, base, app_id, notify) = (
+                client.clone(),
+                bases[k].clone(),
+                app_id.clone(),
+                rx.url.clone(),
+            );
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in (k..TRADES).step_by(3) {
+                    let (status, p) = fleet::call(
+                        &client,
+                        std::slice::from_ref(&base),
+                        reqwest::Method::POST,
+                        "/v1/sandbox/payments",
+                        Some(json!({"app_id": app_id, "out_trade_no": format!("T-{i}"),
+                                "amount": 100 + i, "subject": "gum", "notify_url": notify})),
+                        None,
+                    )
+                    .await;
+                    assert_eq!(status, 201, "{p}");
+                    ids.push(p["payment_id"].as_str().expect("payment id").to_string());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for c in creators {
+        ids.extend(c.await.expect("a creator"));
+    }
+    assert_eq!(ids.len(), TRADES);
+
+    let closes = |got: &[fleet::Recorded]| {
+        got.iter()
+            .filter(|r| r.body["type"] == "payment.closed")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while closes(rx.received().as_slice()) < TRADES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {TRADES} close notifications arrived in 60 s",
+            closes(rx.received().as_slice())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for a node that lost a race to try again (its timer retries after 1 s)
+    // and for a second close, if one were committed, to be delivered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let got = rx.received();
+    let mut per_trade: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for r in got.iter().filter(|r| r.body["type"] == "payment.closed") {
+        let trade = r.body["payment_id"].as_str().unwrap_or("").to_string();
+        per_trade
+            .entry(trade)
+            .or_default()
+            .push(r.webhook_id.clone());
+    }
+
+    for (i, id) in ids.iter().enumerate() {
+        let (status, p) = fleet::call(
+            &client,
+            std::slice::from_ref(&bases[i % bases.len()]),
+            reqwest::Method::GET,
+            &format!("/v1/sandbox/payments/{id}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(
+            (p["status"].as_str(), p["close_reason"].as_str()),
+            (Some("TRADE_CLOSED"), Some("expired")),
+            "{p:#}"
+        );
+        let events = p["events"].as_array().expect("events");
+        assert_eq!(events.len(), 1, "one event, the close: {p:#}");
+        assert_eq!(events[0]["kind"], "closed", "{p:#}");
+        // The trade as stored is the one whose close was sent: a close written over another
+        // (a lost update) would show a notify id that was never delivered.
+        let stored_close = events[0]["notify_id"].as_str().unwrap_or("").to_string();
+        assert_eq!(
+            per_trade.get(id),
+            Some(&vec![stored_close]),
+            "trade {id}: the close delivered is the close stored: {p:#}"
+        );
+    }
+
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let row = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT n.payload::jsonb->>'payment_id'),
+                    count(*) FILTER (WHERE d.status = 'succeeded')
+             FROM notifications n JOIN deliveries d ON d.notification_seq = n.seq
+             WHERE n.event_type = 'payment.closed'",
+            &[],
+        )
+        .await
+        .expect("count the close notifications");
+    let (stored, trades, delivered): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (stored, trades, delivered),
+        (TRADES as i64, TRADES as i64, TRADES as i64),
+        "close notifications stored, trades they are for, deliveries succeeded"
+    );
+
+    for n in nodes.iter_mut() {
+        n.kill9().await;
+    }
+    assert_eq!(per_trade.len(), TRADES, "every trade's close arrived");
+    for id in &ids {
+        assert_eq!(
+            per_trade.get(id).map(Vec::len),
+            Some(1),
+            "trade {id}: close notifications received {:?}",
+            per_trade.get(id)
+        );
+    }
+    assert_eq!(got.len(), TRADES, "nothing but the closes, each once");
 }

@@ -317,3 +317,57 @@ pub async fn post_notifications(
     let ids = ids.lock().expect("ids").clone();
     ids
 }
+
+/// One request a [`Recorder`] received: its `webhook-id` header and its JSON body.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub webhook_id: String,
+    pub body: Value,
+}
+
+/// A receiver that acknowledges everything (204) and keeps every request it got.
+pub struct Recorder {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Recorded>>>,
+}
+
+async fn record(
+    State(got): State<Arc<Mutex<Vec<Recorded>>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let webhook_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    got.lock()
+        .expect("recorded")
+        .push(Recorded { webhook_id, body });
+    StatusCode::NO_CONTENT
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .route("/notify", axum::routing::post(record))
+            .with_state(got.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recorder");
+        let addr = listener.local_addr().expect("recorder address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Recorder {
+            url: format!("http://{addr}/notify"),
+            got,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Recorded> {
+        self.got.lock().expect("recorded").clone()
+    }
+}

@@ -530,7 +530,9 @@ pub(crate) async fn read_app_targets(
     app_id: &str,
 ) -> Result<Option<AppTargets>> {
     let app_stmt = c
-        .prepare_cached(&format!("SELECT {APP_COLS} FROM apps WHERE id = $1"))
+        .prepare_cached(&format!(
+            "SELECT {APP_COLS} FROM apps WHERE id = $1 AND deleted_at IS NULL"
+        ))
         .await
         .map_err(backend)?;
     let app_query = async { c.query_opt(&app_stmt, &[&app_id]).await.map_err(backend) };

@@ -16,6 +16,7 @@
 mod admin;
 mod batch;
 mod connect;
+mod dashboard;
 mod hints;
 mod queue;
 mod rows;
@@ -29,9 +30,12 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use herald_protocols::Credentials;
 
+use herald_store::dashboard::*;
 use herald_store::model::*;
 use herald_store::queue::*;
-use herald_store::{AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError};
+use herald_store::{
+    AdminStore, DashboardStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError,
+};
 
 use self::connect::Target;
 use self::hints::{Contexts, Subscribers, WorkSignal};
@@ -237,6 +241,40 @@ impl AdminStore for PgStore {
 
     async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64> {
         admin::recover(&self.inner, app_id, since, now).await
+    }
+}
+
+#[async_trait]
+impl DashboardStore for PgStore {
+    async fn list_apps(&self, page: ListPage) -> Result<Page<AppSummary>> {
+        dashboard::list_apps(&self.client().await?, &page).await
+    }
+
+    async fn activity(&self, since: Millis, until: Millis) -> Result<Vec<MinuteActivity>> {
+        dashboard::activity(&self.client().await?, since, until).await
+    }
+
+    async fn queue_counts(&self, now: Millis) -> Result<QueueCounts> {
+        dashboard::queue_counts(&self.client().await?, now).await
+    }
+
+    async fn troubled_endpoints(&self, since: Millis, limit: u32) -> Result<Vec<EndpointTrouble>> {
+        dashboard::troubled_endpoints(&self.client().await?, since, limit).await
+    }
+
+    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointHealth> {
+        dashboard::endpoint_health(&self.client().await?, endpoint_id).await
+    }
+
+    async fn search_notifications(
+        &self,
+        search: SearchNotifications,
+    ) -> Result<Page<NotificationSummary>> {
+        dashboard::search_notifications(&self.client().await?, &search).await
+    }
+
+    async fn list_sandbox_payments(&self, page: ListPage) -> Result<Page<SandboxPayment>> {
+        dashboard::list_sandbox_payments(&self.client().await?, &page).await
     }
 }
 

@@ -2,7 +2,8 @@
 //! advisory lock so that nodes starting together do not migrate at once.
 //!
 //! Migration numbers are the same as the SQLite driver's: 1 the initial schema, 2 the
-//! sandbox's payments, 3 the claim-based queue. `herald_store_migrations` records which ran.
+//! sandbox's payments, 3 the claim-based queue, 4 the dashboard's indexes.
+//! `herald_store_migrations` records which ran.
 //! Millisecond times are `BIGINT`, sequence numbers identity columns; the delivery status is
 //! a closed set enforced by a CHECK constraint, as on SQLite.
 use tokio_postgres::Client;
@@ -141,6 +142,16 @@ const MIGRATIONS: &[&str] = &[
     -- Rescue releases what a dead node held.
     CREATE INDEX deliveries_held_by_node ON deliveries(locked_by)
         WHERE locked_by IS NOT NULL;
+    "#,
+    // 4: the operator dashboard's reads. Attempts by time (the overview's per-minute chart
+    // and its endpoints in trouble read the last hour's range, index only); an endpoint's
+    // latest deliveries (its health); deliveries by notify id (search by what a receiver
+    // saw).
+    r#"
+    CREATE INDEX attempts_by_time ON attempts(at, error_class);
+    CREATE INDEX deliveries_by_endpoint_seq ON deliveries(endpoint_id, seq)
+        WHERE endpoint_id IS NOT NULL;
+    CREATE INDEX deliveries_by_notify_id ON deliveries(notify_id);
     "#,
 ];
 

@@ -10,12 +10,14 @@
 //! [`sealing`]).
 
 pub mod conformance;
+pub mod dashboard;
 pub mod model;
 pub mod queue;
 pub mod sealing;
 
 use async_trait::async_trait;
 
+pub use dashboard::DashboardStore;
 pub use model::*;
 pub use queue::*;
 pub use sealing::{SealCensus, Sealer};
@@ -40,10 +42,11 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a driver provides: the engine's queue plus administration, the sandbox's
-/// trades and settings. Implemented for every type that implements the four.
-pub trait Store: Queue + AdminStore + SandboxStore + MetaStore {}
+/// trades and settings, and the dashboard's reads. Implemented for every type that
+/// implements the five.
+pub trait Store: Queue + AdminStore + SandboxStore + MetaStore + DashboardStore {}
 
-impl<T: Queue + AdminStore + SandboxStore + MetaStore> Store for T {}
+impl<T: Queue + AdminStore + SandboxStore + MetaStore + DashboardStore> Store for T {}
 
 /// Apps, endpoints, notifications and deliveries as the API administers and queries them.
 /// Methods that change state are committed (durably) before they return; what they change

@@ -15,6 +15,7 @@ use rand::RngCore;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
+use crate::dashboard::{self, DashState, Dashboard};
 use crate::http::{self, HttpLimits};
 use crate::sandbox::{self, Sandbox, SandboxOptions};
 
@@ -104,6 +105,8 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     /// The payment sandbox's public base URL, when it is mounted.
     pub sandbox_url: Option<String>,
+    /// The operator dashboard (at `/`): issues one-time login links.
+    pub dashboard: Dashboard,
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
@@ -212,12 +215,21 @@ pub async fn start(
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;
+    let mut mounted = None;
     if let Some(sandbox_opts) = &opts.sandbox {
         let sb = Sandbox::start(store.clone(), sandbox_opts, addr, stop_rx.clone());
         tracing::info!(public_url = %sb.public_url(), "the payment sandbox is mounted");
         sandbox_url = Some(sb.public_url().to_string());
-        app = app.merge(sandbox::router(sb, api_state));
+        mounted = Some(sb.clone());
+        app = app.merge(sandbox::router(sb, api_state.clone()));
     }
+    let (dash, dashboard) = dashboard::router(DashState {
+        api: api_state,
+        sessions: Default::default(),
+        sandbox: mounted,
+        stats: engine.stats.clone(),
+    });
+    app = app.merge(dash);
     let serve = http::serve(listener, app, opts.http.clone(), max_connections, stop_rx);
     let stats = engine.stats.clone();
     let closing = store.clone();
@@ -233,6 +245,7 @@ pub async fn start(
         stats,
         store,
         sandbox_url,
+        dashboard,
         task,
         stop: stop_tx,
     })

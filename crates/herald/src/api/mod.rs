@@ -1,7 +1,7 @@
 //! The HTTP API (axum): routes, shared state, the admin-token guard, and the JSON views of
 //! domain objects. Handlers live in one file per resource; errors map to HTTP in
 //! [`error`].
-mod apps;
+pub(crate) mod apps;
 mod endpoints;
 pub mod error;
 pub(crate) mod extract;

@@ -166,7 +166,8 @@ pub(crate) fn endpoint_health(conn: &Connection, endpoint_id: &str) -> Result<En
     let mut health = health_of(&attempts);
     health.pending = capped(
         conn,
-        "SELECT 1 FROM deliveries WHERE endpoint_id = ?2 AND status = 'pending' LIMIT ?1",
+        "SELECT 1 FROM deliveries INDEXED BY deliveries_by_endpoint
+         WHERE endpoint_id = ?2 AND status = 'pending' LIMIT ?1",
         &[&(COUNT_CAP as i64 + 1), &endpoint_id],
     )?;
     Ok(health)

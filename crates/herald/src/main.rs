@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the delivery service: the HTTP API and the delivery engine on one database.
+    /// Run the delivery service: the HTTP API, the delivery engine and the operator dashboard
+    /// (open / in a browser) on one database.
     Serve(ServeArgs),
     /// Try the whole payment flow locally: the sandbox platform, the example shop, a browser.
     Demo(cmd::demo::DemoArgs),

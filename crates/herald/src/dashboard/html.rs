@@ -90,7 +90,9 @@ pub fn parse_datetime(s: &str) -> Option<Millis> {
 /// A status word as a coloured badge.
 pub fn badge(status: &str) -> String {
     let class = match status {
-        "succeeded" | "enabled" | "ok" | "TRADE_SUCCESS" | "TRADE_FINISHED" => "ok",
+        "succeeded" | "acknowledged" | "enabled" | "ok" | "TRADE_SUCCESS" | "TRADE_FINISHED" => {
+            "ok"
+        }
         "failed" | "disabled" | "trouble" | "TRADE_CLOSED" => "bad",
         "pending" | "WAIT_BUYER_PAY" => "warn",
         _ => "mute",
@@ -110,7 +112,7 @@ header button{background:transparent;border:1px solid #64748b;color:#e2e8f0;padd
 main{max-width:1180px;margin:0 auto;padding:20px 24px 48px}
 h1{font-size:20px;margin:4px 0 16px}
 h2{font-size:15px;margin:24px 0 8px;color:#334155}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:12px;margin-bottom:16px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(136px,1fr));gap:12px;margin-bottom:16px}
 .card{background:#fff;border:1px solid #e2e8f0;border-radius:6px;padding:12px 14px}
 .card .n{font-size:24px;font-weight:600}
 .card .l{color:#64748b;font-size:12px;text-transform:uppercase;letter-spacing:.04em}

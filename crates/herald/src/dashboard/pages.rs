@@ -500,6 +500,7 @@ pub async fn notifications(
 /// One attempt: time, duration, outcome, the response, and the request as sent.
 fn attempt_html(
     b: &mut String,
+    latest: bool,
     a: &Attempt,
     n: &Notification,
     d: &Delivery,
@@ -545,9 +546,10 @@ fn attempt_html(
                 .collect();
             let _ = write!(
                 b,
-                "<details><summary>Request as sent</summary><pre>POST {}\n{headers}\n{}</pre>\
+                "<details{}><summary>Request as sent</summary><pre>POST {}\n{headers}\n{}</pre>\
                  <div class=\"muted\">Rebuilt from the stored notification with this attempt's time; signatures masked. \
                  Random nonces (WeChat Pay v3) differ from the bytes on the wire.</div></details>",
+                if latest { " open" } else { "" },
                 esc(&req.url),
                 esc(&req.body)
             );
@@ -634,8 +636,8 @@ pub async fn notification(
                 url_part(&d.id)
             );
         }
-        for a in dd.attempts.iter().rev() {
-            attempt_html(&mut b, a, n, d, app.as_ref());
+        for (i, a) in dd.attempts.iter().rev().enumerate() {
+            attempt_html(&mut b, i == 0, a, n, d, app.as_ref());
         }
         if dd.attempts.is_empty() {
             b.push_str("<p class=\"muted\">No attempt yet.</p>");
@@ -702,7 +704,7 @@ pub async fn delivery(
         time(d.next_attempt_at),
     );
     for a in &page_.items {
-        attempt_html(&mut b, a, &detail.notification, d, app.as_ref());
+        attempt_html(&mut b, false, a, &detail.notification, d, app.as_ref());
     }
     if let Some(c) = &page_.next_cursor {
         let _ = write!(

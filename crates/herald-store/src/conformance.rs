@@ -1953,19 +1953,19 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
         ..Default::default()
     })
     .await;
-    assert_eq!(ids(&numeric), [n2.notification.id.clone()]);
+    assert_eq!(ids(&numeric), vec![n2.notification.id.clone()]);
     let by_order_key = search(SearchNotifications {
         key: Some("K-3".into()),
         ..Default::default()
     })
     .await;
-    assert_eq!(ids(&by_order_key), [n3.notification.id.clone()]);
+    assert_eq!(ids(&by_order_key), vec![n3.notification.id.clone()]);
     let by_notify_id = search(SearchNotifications {
         notify_id: Some(n2.deliveries[0].notify_id.clone()),
         ..Default::default()
     })
     .await;
-    assert_eq!(ids(&by_notify_id), [n2.notification.id.clone()]);
+    assert_eq!(ids(&by_notify_id), vec![n2.notification.id.clone()]);
     let by_time = search(SearchNotifications {
         from: Some(T0 + 10),
         until: Some(T0 + 30),
@@ -1985,7 +1985,7 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
         ..Default::default()
     })
     .await;
-    assert_eq!(ids(&pending), [n4.notification.id.clone()]);
+    assert_eq!(ids(&pending), vec![n4.notification.id.clone()]);
 
     // Pages: two, then the rest, then none.
     let p1 = store

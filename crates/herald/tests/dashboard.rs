@@ -317,6 +317,15 @@ async fn every_page_shows_what_the_store_holds() {
     let attempts = op.get(&format!("/deliveries/{d}")).await;
     assert_eq!(attempts.status, 200);
     assert_eq!(attempts.body.matches("class=\"attempt bad\"").count(), 2);
+    assert_eq!(
+        attempts.body.matches("Request as sent").count(),
+        2,
+        "the delivery's page rebuilds every attempt's request"
+    );
+    assert!(
+        b.contains(&format!("href=\"/deliveries/{d}\"")),
+        "older attempts point to the delivery's page for their request"
+    );
 
     assert_eq!(op.get("/notifications/ntf_missing").await.status, 404);
     assert_eq!(op.get("/apps/app_missing").await.status, 404);

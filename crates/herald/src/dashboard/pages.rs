@@ -501,6 +501,7 @@ pub async fn notifications(
 fn attempt_html(
     b: &mut String,
     latest: bool,
+    all_requests: bool,
     a: &Attempt,
     n: &Notification,
     d: &Delivery,
@@ -536,6 +537,16 @@ fn attempt_html(
             "<details><summary>Response body</summary><pre>{}</pre></details>",
             esc(r)
         );
+    }
+    // Rebuilding signs (RSA for some profiles): done for the latest attempt of each delivery
+    // on the notification page, and for every attempt on the delivery's own page.
+    if !latest && !all_requests {
+        let _ = write!(
+            b,
+            "<div class=\"muted\">Request as sent: on <a href=\"/deliveries/{}\">the delivery's page</a>.</div></div>",
+            url_part(&d.id)
+        );
+        return;
     }
     match app.map(|app| sent::rebuild(app.profile, &app.credentials, n, d, a.at)) {
         Some(Ok(req)) => {
@@ -637,7 +648,7 @@ pub async fn notification(
             );
         }
         for (i, a) in dd.attempts.iter().rev().enumerate() {
-            attempt_html(&mut b, i == 0, a, n, d, app.as_ref());
+            attempt_html(&mut b, i == 0, false, a, n, d, app.as_ref());
         }
         if dd.attempts.is_empty() {
             b.push_str("<p class=\"muted\">No attempt yet.</p>");
@@ -704,7 +715,15 @@ pub async fn delivery(
         time(d.next_attempt_at),
     );
     for a in &page_.items {
-        attempt_html(&mut b, false, a, &detail.notification, d, app.as_ref());
+        attempt_html(
+            &mut b,
+            false,
+            true,
+            a,
+            &detail.notification,
+            d,
+            app.as_ref(),
+        );
     }
     if let Some(c) = &page_.next_cursor {
         let _ = write!(

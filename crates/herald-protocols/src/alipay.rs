@@ -610,7 +610,7 @@ fn decode(params: &Params) -> Result<VerifiedNotification, ReceiveError> {
         None => None,
     };
     Ok(VerifiedNotification {
-        profile: PROFILE,
+        profile: crate::Profile::Alipay,
         notify_id,
         app_id: get("app_id"),
         merchant_id: get("seller_id"),
@@ -659,4 +659,42 @@ pub fn default_retry() -> RetryPolicy {
 /// A 2xx whose body is `success`.
 pub fn default_ack() -> AckRule {
     AckRule::Body("success".into())
+}
+
+/// What an Alipay notification means for its order. Payment notifications may carry
+/// `refund_fee=0.00` (and `gmt_close`) while `trade_status=TRADE_SUCCESS`: Alipay's own
+/// notify sample does. Only a refund fee above zero makes a refund (the cumulative refunded
+/// total); otherwise the trade status decides; a negative fee is refused.
+pub fn read_order(n: &VerifiedNotification) -> Result<crate::order::OrderReading, ReceiveError> {
+    use crate::order::{text, OrderEvent, OrderReading};
+    let refund = match text(n.fields.get("refund_fee")) {
+        Some(fee) => match crate::receive::parse_decimal_minor(fee, 2)? {
+            r if r > 0 => Some(r),
+            0 => None,
+            _ => return Err(ReceiveError::BadAmount(fee.into())),
+        },
+        None => None,
+    };
+    let event = match (n.status.as_deref(), refund) {
+        (Some("TRADE_SUCCESS" | "TRADE_FINISHED" | "TRADE_CLOSED"), Some(r)) => {
+            OrderEvent::RefundedTotal(r)
+        }
+        (Some("TRADE_SUCCESS" | "TRADE_FINISHED"), None) => OrderEvent::Paid,
+        (Some("TRADE_CLOSED"), None) => OrderEvent::ClosedOrRefunded,
+        _ => OrderEvent::NoChange(crate::order::status_name(n)),
+    };
+    Ok(OrderReading {
+        event,
+        total: n.amount.clone(),
+    })
+}
+
+/// Alipay notifications always carry `app_id`; its notify parameters list `seller_id` as
+/// optional, so that one is checked only when present (a genuine payment must never be
+/// refused for lacking it).
+pub fn carried_ids(_n: &VerifiedNotification) -> crate::order::CarriedIds {
+    crate::order::CarriedIds {
+        app_id: Some("app_id"),
+        merchant_id: None,
+    }
 }

@@ -10,6 +10,7 @@ pub mod ack;
 pub mod alipay;
 pub mod fuzzing;
 pub mod keys;
+pub mod order;
 pub mod profile;
 pub mod receive;
 pub mod retry;

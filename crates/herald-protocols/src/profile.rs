@@ -117,6 +117,19 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A profile equals its wire name: `Profile::Alipay == "alipay"`.
+impl PartialEq<&str> for Profile {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
 impl std::str::FromStr for Profile {
     type Err = ProfileError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -143,6 +156,43 @@ impl Profile {
             Profile::WechatPayV2 => "wechatpay-v2",
             Profile::WechatPayV3 => "wechatpay-v3",
             Profile::Stripe => "stripe",
+        }
+    }
+
+    /// What a verified notification of this profile means for its order (see
+    /// [`crate::order`]). An event that moves money (paid, refunded) must claim the order
+    /// total, so a receiver can check it against its own order; one that claims none is
+    /// refused as missing its amount.
+    pub fn read_order(
+        self,
+        n: &crate::receive::VerifiedNotification,
+    ) -> Result<crate::order::OrderReading, crate::receive::ReceiveError> {
+        let reading = match self {
+            Profile::StandardWebhooks => standard_webhooks::read_order(n)?,
+            Profile::Alipay => alipay::read_order(n)?,
+            Profile::WechatPayV2 => wechatpay_v2::read_order(n)?,
+            Profile::WechatPayV3 => wechatpay_v3::read_order(n)?,
+            Profile::Stripe => stripe::read_order(n)?,
+        };
+        use crate::order::OrderEvent;
+        match reading.event {
+            OrderEvent::NoChange(_) | OrderEvent::Closed | OrderEvent::ClosedOrRefunded => {}
+            _ if reading.total.is_none() => {
+                return Err(crate::order::missing("the order total (amount)"))
+            }
+            _ => {}
+        }
+        Ok(reading)
+    }
+
+    /// The app and merchant id fields this profile's notifications always carry.
+    pub fn carried_ids(self, n: &crate::receive::VerifiedNotification) -> crate::order::CarriedIds {
+        match self {
+            Profile::StandardWebhooks => standard_webhooks::carried_ids(n),
+            Profile::Alipay => alipay::carried_ids(n),
+            Profile::WechatPayV2 => wechatpay_v2::carried_ids(n),
+            Profile::WechatPayV3 => wechatpay_v3::carried_ids(n),
+            Profile::Stripe => stripe::carried_ids(n),
         }
     }
 

@@ -64,8 +64,8 @@ pub struct Amount {
 /// A notification whose signature verified, decoded into what a merchant checks.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VerifiedNotification {
-    /// `standard-webhooks`, `alipay`, ...
-    pub profile: &'static str,
+    /// The profile that verified it (serialised as its name: `alipay`, ...).
+    pub profile: crate::Profile,
     /// The dedupe key: Alipay `notify_id`, WeChat v3 `id`, Stripe event `id`, webhook-id;
     /// for WeChat v2, which has none, `transaction_id`.
     pub notify_id: String,

@@ -804,7 +804,7 @@ pub fn verify_request_detailed(
         _ => None,
     };
     Ok(crate::receive::VerifiedNotification {
-        profile: "standard-webhooks",
+        profile: crate::Profile::StandardWebhooks,
         notify_id: id.to_string(),
         app_id: text("app_id"),
         merchant_id: text("merchant_id"),
@@ -842,6 +842,32 @@ pub fn failure_reply(reason: &str) -> crate::receive::Reply {
             .to_string()
             .into_bytes(),
     }
+}
+
+/// What a Standard Webhooks payment notification means for its order, by Herald's event
+/// names: `payment.succeeded` pays, `payment.closed` closes, `refund.succeeded` is one refund
+/// of `refund_amount`; any other event type moves nothing.
+pub fn read_order(
+    n: &crate::receive::VerifiedNotification,
+) -> Result<crate::order::OrderReading, crate::receive::ReceiveError> {
+    use crate::order::{int_field, status_name, OrderEvent, OrderReading};
+    let event = match n.event_type.as_deref() {
+        Some("payment.succeeded") => OrderEvent::Paid,
+        Some("payment.closed") => OrderEvent::Closed,
+        Some("refund.succeeded") => {
+            OrderEvent::Refund(int_field(n.fields.get("refund_amount"), "refund_amount")?)
+        }
+        _ => OrderEvent::NoChange(status_name(n)),
+    };
+    Ok(OrderReading {
+        event,
+        total: n.amount.clone(),
+    })
+}
+
+/// Standard Webhooks carries no provider app or merchant id.
+pub fn carried_ids(_n: &crate::receive::VerifiedNotification) -> crate::order::CarriedIds {
+    crate::order::CarriedIds::default()
 }
 
 #[cfg(test)]

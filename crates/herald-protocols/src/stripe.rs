@@ -671,7 +671,7 @@ fn decode(body: &[u8]) -> Result<VerifiedNotification, ReceiveError> {
     let merchant_id = non_empty_str(event.get("account")).map(str::to_string);
     let fields: BTreeMap<String, Value> = event.into_iter().collect();
     Ok(VerifiedNotification {
-        profile: PROFILE,
+        profile: crate::Profile::Stripe,
         notify_id: id,
         app_id: None,
         merchant_id,
@@ -711,4 +711,60 @@ pub fn failure_reply(reason: &str) -> Reply {
             .to_string()
             .into_bytes(),
     }
+}
+
+/// What a Stripe event means for its order: `payment_intent.succeeded`/`charge.succeeded`
+/// pay; `checkout.session.completed` pays unless its `payment_status` is unpaid (its total
+/// is `amount_total`); `charge.refunded` reports the cumulative `amount_refunded`;
+/// `payment_intent.canceled` closes; anything else moves nothing.
+pub fn read_order(n: &VerifiedNotification) -> Result<crate::order::OrderReading, ReceiveError> {
+    use crate::order::{int_field, missing, status_name, text, OrderEvent, OrderReading};
+    let object = n.fields.get("data").and_then(|d| d.get("object"));
+    let event_type = n.event_type.as_deref().unwrap_or("");
+    let total = n.amount.clone();
+    Ok(match event_type {
+        "payment_intent.succeeded" | "charge.succeeded" => OrderReading {
+            event: OrderEvent::Paid,
+            total,
+        },
+        "checkout.session.completed" => {
+            let paid =
+                text(object.and_then(|o| o.get("payment_status"))).is_none_or(|s| s == "paid");
+            if !paid {
+                return Ok(OrderReading::no_change(format!(
+                    "{event_type} (payment_status unpaid)"
+                )));
+            }
+            let minor = int_field(
+                object.and_then(|o| o.get("amount_total")),
+                "data.object.amount_total",
+            )?;
+            let currency = text(object.and_then(|o| o.get("currency")))
+                .ok_or_else(|| missing("data.object.currency"))?;
+            OrderReading {
+                event: OrderEvent::Paid,
+                total: Some(crate::receive::Amount {
+                    minor,
+                    currency: currency.to_ascii_uppercase(),
+                }),
+            }
+        }
+        "charge.refunded" => OrderReading {
+            event: OrderEvent::RefundedTotal(int_field(
+                object.and_then(|o| o.get("amount_refunded")),
+                "data.object.amount_refunded",
+            )?),
+            total,
+        },
+        "payment_intent.canceled" => OrderReading {
+            event: OrderEvent::Closed,
+            total,
+        },
+        _ => OrderReading::no_change(status_name(n)),
+    })
+}
+
+/// Stripe's `account` (Connect only) is optional: nothing is always carried.
+pub fn carried_ids(_n: &VerifiedNotification) -> crate::order::CarriedIds {
+    crate::order::CarriedIds::default()
 }

@@ -1041,7 +1041,7 @@ fn decode(fields: &[(String, String)]) -> Result<VerifiedNotification, ReceiveEr
         .or_else(|| field(fields, "result_code"))
         .map(str::to_string);
     Ok(VerifiedNotification {
-        profile: PROFILE,
+        profile: crate::Profile::WechatPayV2,
         notify_id,
         app_id: field(fields, "appid").map(str::to_string),
         merchant_id: field(fields, "mch_id").map(str::to_string),
@@ -1102,4 +1102,55 @@ pub fn ack_reply() -> Reply {
 /// `]]>` split safely, characters XML cannot carry replaced by U+FFFD).
 pub fn failure_reply(reason: &str) -> Reply {
     reply("FAIL", reason)
+}
+
+/// What a WeChat Pay v2 notification means for its order. A refund notification (its
+/// decrypted `req_info` present) is one refund of `amount` against the order total
+/// `req_info.total_fee`, counted once (its notify id is the `refund_id`); a payment
+/// notification pays when `return_code`, `result_code` and the status are all `SUCCESS`.
+pub fn read_order(n: &VerifiedNotification) -> Result<crate::order::OrderReading, ReceiveError> {
+    use crate::order::{missing, text, OrderEvent, OrderReading};
+    if let Some(info) = n.fields.get("req_info").filter(|v| v.is_object()) {
+        let refund_status = text(info.get("refund_status"));
+        if refund_status != Some("SUCCESS") {
+            return Ok(OrderReading::no_change(format!(
+                "refund {}",
+                refund_status.unwrap_or("(none)")
+            )));
+        }
+        let refund = n
+            .amount
+            .as_ref()
+            .ok_or_else(|| missing("req_info.refund_fee"))?;
+        let order_total = text(info.get("total_fee"))
+            .ok_or_else(|| missing("req_info.total_fee"))
+            .and_then(|t| crate::receive::parse_decimal_minor(t, 0))?;
+        return Ok(OrderReading {
+            event: OrderEvent::Refund(refund.minor),
+            total: Some(crate::receive::Amount {
+                minor: order_total,
+                currency: refund.currency.clone(),
+            }),
+        });
+    }
+    let ok = text(n.fields.get("result_code")) == Some("SUCCESS")
+        && text(n.fields.get("return_code")) == Some("SUCCESS")
+        && n.status.as_deref() == Some("SUCCESS");
+    let event = if ok {
+        OrderEvent::Paid
+    } else {
+        OrderEvent::NoChange(crate::order::status_name(n))
+    };
+    Ok(OrderReading {
+        event,
+        total: n.amount.clone(),
+    })
+}
+
+/// WeChat Pay v2 payments and refunds always carry `appid` and `mch_id`.
+pub fn carried_ids(_n: &VerifiedNotification) -> crate::order::CarriedIds {
+    crate::order::CarriedIds {
+        app_id: Some("appid"),
+        merchant_id: Some("mch_id"),
+    }
 }

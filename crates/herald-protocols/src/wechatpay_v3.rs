@@ -784,7 +784,7 @@ fn decode(keys: &ReceiverKeys, body: &[u8]) -> Result<VerifiedNotification, Rece
     let mut fields: std::collections::BTreeMap<String, Value> = outer.into_iter().collect();
     fields.insert("resource".into(), Value::Object(decrypted));
     Ok(VerifiedNotification {
-        profile: PROFILE,
+        profile: crate::Profile::WechatPayV3,
         notify_id,
         app_id,
         merchant_id,
@@ -833,4 +833,59 @@ pub fn default_retry() -> RetryPolicy {
 /// Any 2xx (WeChat Pay takes 200 or 204).
 pub fn default_ack() -> AckRule {
     AckRule::Http2xx
+}
+
+fn is_refund_event(n: &VerifiedNotification) -> bool {
+    n.event_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("REFUND."))
+}
+
+/// What a WeChat Pay v3 notification means for its order, from its decrypted `resource`:
+/// a `REFUND.*` event is one refund (the decoded amount) against `amount.total`; a
+/// transaction pays on `trade_state=SUCCESS` and closes on `CLOSED`.
+pub fn read_order(n: &VerifiedNotification) -> Result<crate::order::OrderReading, ReceiveError> {
+    use crate::order::{int_field, missing, status_name, text, OrderEvent, OrderReading};
+    let resource = n.fields.get("resource");
+    let field = |k: &str| text(resource.and_then(|r| r.get(k)));
+    if is_refund_event(n) {
+        if field("refund_status") != Some("SUCCESS") {
+            return Ok(OrderReading::no_change(status_name(n)));
+        }
+        let refund = n
+            .amount
+            .as_ref()
+            .ok_or_else(|| missing("resource.amount.refund"))?;
+        let order_total = int_field(
+            resource
+                .and_then(|r| r.get("amount"))
+                .and_then(|a| a.get("total")),
+            "resource.amount.total",
+        )?;
+        return Ok(OrderReading {
+            event: OrderEvent::Refund(refund.minor),
+            total: Some(crate::receive::Amount {
+                minor: order_total,
+                currency: refund.currency.clone(),
+            }),
+        });
+    }
+    let event = match field("trade_state") {
+        Some("SUCCESS") => OrderEvent::Paid,
+        Some("CLOSED") => OrderEvent::Closed,
+        _ => OrderEvent::NoChange(status_name(n)),
+    };
+    Ok(OrderReading {
+        event,
+        total: n.amount.clone(),
+    })
+}
+
+/// WeChat Pay v3 resources always carry `mchid`, and transactions `appid` (refund
+/// resources have none).
+pub fn carried_ids(n: &VerifiedNotification) -> crate::order::CarriedIds {
+    crate::order::CarriedIds {
+        app_id: (!is_refund_event(n)).then_some("resource.appid"),
+        merchant_id: Some("resource.mchid"),
+    }
 }

@@ -130,11 +130,11 @@ impl Inbox {
                 n.profile,
                 n.status.as_deref().unwrap_or("none")
             );
-            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, reason, "verified notification acknowledged without an order to move");
+            tracing::warn!(profile = %n.profile, notify_id = %n.notify_id, reason, "verified notification acknowledged without an order to move");
             return Ok(Outcome::Unrelated { reason });
         };
         let reading = state::read(&n).inspect_err(|e| {
-            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, out_trade_no, error = %e, "notification refused");
+            tracing::warn!(profile = %n.profile, notify_id = %n.notify_id, out_trade_no, error = %e, "notification refused");
         })?;
         let notify_id = n.notify_id.clone();
         let profile = n.profile;
@@ -198,7 +198,7 @@ impl Inbox {
             Err(InboxError::Statement(msg)) => Err(Rejection::Handler(msg)),
             Err(e) => Err(Rejection::Store(e.to_string())),
         };
-        log(profile, &notify_id, &out_trade_no, &result);
+        log(profile.name(), &notify_id, &out_trade_no, &result);
         result
     }
 }

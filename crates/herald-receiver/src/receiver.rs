@@ -102,7 +102,7 @@ impl Receiver {
             (&self.merchant_id, &n.merchant_id, merchant_field),
         ] {
             if let (Some(_), None, Some(field)) = (expected, got, field) {
-                tracing::warn!(profile = n.profile, notify_id = %n.notify_id, field,
+                tracing::warn!(profile = %n.profile, notify_id = %n.notify_id, field,
                     "notification refused: it lacks the id this receiver expects");
                 return Err(Rejection::Invalid(ReceiveError::Missing(format!(
                     "{field}: {} notifications always carry it and this receiver expects one",
@@ -111,12 +111,12 @@ impl Receiver {
             }
         }
         if let Some(got) = foreign(&self.app_id, &n.app_id) {
-            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, app_id = %got,
+            tracing::warn!(profile = %n.profile, notify_id = %n.notify_id, app_id = %got,
                 "notification refused: signed for another app (misrouted, or a possible forgery)");
             return Err(Rejection::ForeignApp { got });
         }
         if let Some(got) = foreign(&self.merchant_id, &n.merchant_id) {
-            tracing::warn!(profile = n.profile, notify_id = %n.notify_id, merchant_id = %got,
+            tracing::warn!(profile = %n.profile, notify_id = %n.notify_id, merchant_id = %got,
                 "notification refused: signed for another merchant (misrouted, or a possible forgery)");
             return Err(Rejection::ForeignMerchant { got });
         }
@@ -124,27 +124,9 @@ impl Receiver {
     }
 }
 
-/// The app-id and merchant-id fields the notification's wire always carries, by name (as
-/// the provider documents them and real traffic shows): Alipay `app_id` (its notify
-/// parameters list `seller_id` as optional, so that one is checked only when present: a
-/// genuine payment must never be refused for lacking it);
-/// WeChat Pay v2 `appid` and `mch_id` (payments and refunds); WeChat Pay v3 `mchid`, and
-/// `appid` in transactions (refund resources have none). Stripe's `account` (Connect only)
-/// and Standard Webhooks' ids are optional.
+/// The app-id and merchant-id fields the notification's wire always carries, by name (the
+/// profile says which: [`herald_protocols::Profile::carried_ids`]).
 fn carried_ids(n: &VerifiedNotification) -> (Option<&'static str>, Option<&'static str>) {
-    match n.profile {
-        "alipay" => (Some("app_id"), None),
-        "wechatpay-v2" => (Some("appid"), Some("mch_id")),
-        "wechatpay-v3" => {
-            let refund = n
-                .event_type
-                .as_deref()
-                .is_some_and(|t| t.starts_with("REFUND."));
-            (
-                (!refund).then_some("resource.appid"),
-                Some("resource.mchid"),
-            )
-        }
-        _ => (None, None),
-    }
+    let ids = n.profile.carried_ids(n);
+    (ids.app_id, ids.merchant_id)
 }

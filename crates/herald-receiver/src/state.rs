@@ -1,43 +1,18 @@
 //! What a verified notification means for an order, per profile, and the forward-only state
 //! machine that decides whether it moves the order.
 //!
-//! Owns two pure steps: [`read`] turns a profile's [`VerifiedNotification`] into an
-//! [`Event`] plus the order total it claims; [`step`] compares that with the locked order and
-//! says where the order goes, if anywhere. Orders only move forward:
+//! Owns two pure steps: [`read`] asks the notification's profile what it means for the order
+//! (an [`Event`] plus the order total it claims; the mapping lives with each profile in
+//! `herald_protocols::order`); [`step`] compares that with the locked order and says where
+//! the order goes, if anywhere. Orders only move forward:
 //! `Unpaid -> Paid -> PartiallyRefunded -> Refunded`, and `Unpaid -> Closed`; a refund that
 //! arrives before its payment moves an unpaid order straight to (partially) refunded, and a
 //! payment arriving after that is stale.
-use herald_inbox::{OrderRecord, OrderState};
-use herald_protocols::receive::{parse_decimal_minor, Amount, ReceiveError, VerifiedNotification};
-use serde_json::Value;
-
 use crate::Rejection;
+use herald_inbox::{OrderRecord, OrderState};
+use herald_protocols::receive::{Amount, VerifiedNotification};
 
-/// What a notification reports about its order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Event {
-    /// The order was paid.
-    Paid,
-    /// The order was closed unpaid.
-    Closed,
-    /// Alipay `TRADE_CLOSED` without refund fields: a full refund when the order was paid,
-    /// a close when it was not.
-    ClosedOrRefunded,
-    /// The total refunded so far, as the provider counts it (cumulative).
-    RefundedTotal(i64),
-    /// The amount of this one refund (each counted once: notify ids are deduplicated).
-    Refund(i64),
-    /// A status that does not move an order (`WAIT_BUYER_PAY`, an unrelated event).
-    NoChange(String),
-}
-
-/// A notification read for the state machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Reading {
-    pub event: Event,
-    /// The order total the notification claims (checked against the order's own).
-    pub total: Option<Amount>,
-}
+pub(crate) use herald_protocols::order::{OrderEvent as Event, OrderReading as Reading};
 
 /// Where [`step`] takes the order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,207 +23,11 @@ pub(crate) enum Step {
     Stale(String),
 }
 
-fn text(v: Option<&Value>) -> Option<&str> {
-    v.and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-fn missing(what: &str) -> Rejection {
-    Rejection::Invalid(ReceiveError::Missing(what.to_string()))
-}
-
-fn bad_amount(v: &Value) -> Rejection {
-    Rejection::Invalid(ReceiveError::BadAmount(v.to_string()))
-}
-
-/// An integer amount field.
-fn int_field(v: Option<&Value>, what: &str) -> Result<i64, Rejection> {
-    let v = v.ok_or_else(|| missing(what))?;
-    v.as_i64().ok_or_else(|| bad_amount(v))
-}
-
-/// Reads a notification of any of the five profiles.
+/// Reads a notification of any profile: what it means for its order is the profile's to
+/// say ([`herald_protocols::Profile::read_order`]); a notification that cannot be read is
+/// refused as invalid.
 pub(crate) fn read(n: &VerifiedNotification) -> Result<Reading, Rejection> {
-    let status = || {
-        n.status
-            .clone()
-            .or_else(|| n.event_type.clone())
-            .unwrap_or_else(|| "(none)".into())
-    };
-    let total = n.amount.clone();
-    let reading = match n.profile {
-        "alipay" => {
-            // Payment notifications may carry `refund_fee=0.00` (and `gmt_close`) while
-            // `trade_status=TRADE_SUCCESS`: Alipay's own notify sample does. Only a refund
-            // fee above zero makes a refund; otherwise the trade status decides.
-            let refund = match text(n.fields.get("refund_fee")) {
-                Some(fee) => match parse_decimal_minor(fee, 2).map_err(Rejection::Invalid)? {
-                    r if r > 0 => Some(r),
-                    0 => None,
-                    _ => return Err(Rejection::Invalid(ReceiveError::BadAmount(fee.into()))),
-                },
-                None => None,
-            };
-            let event = match (n.status.as_deref(), refund) {
-                (Some("TRADE_SUCCESS" | "TRADE_FINISHED" | "TRADE_CLOSED"), Some(r)) => {
-                    Event::RefundedTotal(r)
-                }
-                (Some("TRADE_SUCCESS" | "TRADE_FINISHED"), None) => Event::Paid,
-                (Some("TRADE_CLOSED"), None) => Event::ClosedOrRefunded,
-                _ => Event::NoChange(status()),
-            };
-            Reading { event, total }
-        }
-        "wechatpay-v2" if n.fields.get("req_info").is_some_and(Value::is_object) => {
-            // A refund notification: `amount` is this refund, `req_info.total_fee` the
-            // order total. Each refund counts once (the notify id is its `refund_id`).
-            let info = n.fields.get("req_info");
-            if text(info.and_then(|i| i.get("refund_status"))) != Some("SUCCESS") {
-                return Ok(Reading {
-                    event: Event::NoChange(format!(
-                        "refund {}",
-                        text(info.and_then(|i| i.get("refund_status"))).unwrap_or("(none)")
-                    )),
-                    total: None,
-                });
-            }
-            let refund = n
-                .amount
-                .as_ref()
-                .ok_or_else(|| missing("req_info.refund_fee"))?;
-            let total_fee = info.and_then(|i| i.get("total_fee"));
-            let order_total = text(total_fee)
-                .ok_or_else(|| missing("req_info.total_fee"))
-                .and_then(|t| parse_decimal_minor(t, 0).map_err(Rejection::Invalid))?;
-            Reading {
-                event: Event::Refund(refund.minor),
-                total: Some(Amount {
-                    minor: order_total,
-                    currency: refund.currency.clone(),
-                }),
-            }
-        }
-        "wechatpay-v2" => {
-            let ok = text(n.fields.get("result_code")) == Some("SUCCESS")
-                && text(n.fields.get("return_code")) == Some("SUCCESS")
-                && n.status.as_deref() == Some("SUCCESS");
-            let event = if ok {
-                Event::Paid
-            } else {
-                Event::NoChange(status())
-            };
-            Reading { event, total }
-        }
-        "wechatpay-v3" => {
-            let resource = n.fields.get("resource");
-            let field = |k: &str| text(resource.and_then(|r| r.get(k)));
-            let is_refund = n
-                .event_type
-                .as_deref()
-                .is_some_and(|t| t.starts_with("REFUND."));
-            if is_refund {
-                if field("refund_status") != Some("SUCCESS") {
-                    return Ok(Reading {
-                        event: Event::NoChange(status()),
-                        total: None,
-                    });
-                }
-                // The decoded amount is this refund; the order total is `amount.total`.
-                let refund = n
-                    .amount
-                    .as_ref()
-                    .ok_or_else(|| missing("resource.amount.refund"))?;
-                let order_total = int_field(
-                    resource
-                        .and_then(|r| r.get("amount"))
-                        .and_then(|a| a.get("total")),
-                    "resource.amount.total",
-                )?;
-                Reading {
-                    event: Event::Refund(refund.minor),
-                    total: Some(Amount {
-                        minor: order_total,
-                        currency: refund.currency.clone(),
-                    }),
-                }
-            } else {
-                let event = match field("trade_state") {
-                    Some("SUCCESS") => Event::Paid,
-                    Some("CLOSED") => Event::Closed,
-                    _ => Event::NoChange(status()),
-                };
-                Reading { event, total }
-            }
-        }
-        "stripe" => {
-            let object = n.fields.get("data").and_then(|d| d.get("object"));
-            let event_type = n.event_type.as_deref().unwrap_or("");
-            match event_type {
-                "payment_intent.succeeded" | "charge.succeeded" => Reading {
-                    event: Event::Paid,
-                    total,
-                },
-                "checkout.session.completed" => {
-                    let paid = text(object.and_then(|o| o.get("payment_status")))
-                        .is_none_or(|s| s == "paid");
-                    if !paid {
-                        return Ok(Reading {
-                            event: Event::NoChange(format!("{event_type} (payment_status unpaid)")),
-                            total: None,
-                        });
-                    }
-                    let minor = int_field(
-                        object.and_then(|o| o.get("amount_total")),
-                        "data.object.amount_total",
-                    )?;
-                    let currency = text(object.and_then(|o| o.get("currency")))
-                        .ok_or_else(|| missing("data.object.currency"))?;
-                    Reading {
-                        event: Event::Paid,
-                        total: Some(Amount {
-                            minor,
-                            currency: currency.to_ascii_uppercase(),
-                        }),
-                    }
-                }
-                "charge.refunded" => Reading {
-                    event: Event::RefundedTotal(int_field(
-                        object.and_then(|o| o.get("amount_refunded")),
-                        "data.object.amount_refunded",
-                    )?),
-                    total,
-                },
-                "payment_intent.canceled" => Reading {
-                    event: Event::Closed,
-                    total,
-                },
-                _ => Reading {
-                    event: Event::NoChange(status()),
-                    total: None,
-                },
-            }
-        }
-        "standard-webhooks" => {
-            let event = match n.event_type.as_deref() {
-                Some("payment.succeeded") => Event::Paid,
-                Some("payment.closed") => Event::Closed,
-                Some("refund.succeeded") => {
-                    Event::Refund(int_field(n.fields.get("refund_amount"), "refund_amount")?)
-                }
-                _ => Event::NoChange(status()),
-            };
-            Reading { event, total }
-        }
-        other => Reading {
-            event: Event::NoChange(format!("{} (profile {other})", status())),
-            total: None,
-        },
-    };
-    match reading.event {
-        Event::NoChange(_) | Event::Closed | Event::ClosedOrRefunded => {}
-        _ if reading.total.is_none() => return Err(missing("the order total (amount)")),
-        _ => {}
-    }
-    Ok(reading)
+    n.profile.read_order(n).map_err(Rejection::Invalid)
 }
 
 /// Decides where the locked `order` goes on `reading`. An amount that is not the order's is
@@ -344,7 +123,8 @@ pub(crate) fn step(order: &OrderRecord, reading: &Reading) -> Result<Step, Rejec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use herald_protocols::receive::ReceiveError;
+    use serde_json::{json, Value};
     use std::collections::BTreeMap;
 
     fn order(state: OrderState, refunded: i64) -> OrderRecord {
@@ -380,7 +160,7 @@ mod tests {
             _ => BTreeMap::new(),
         };
         VerifiedNotification {
-            profile,
+            profile: profile.parse().unwrap_or_else(|e| panic!("{e}")),
             notify_id: "n1".into(),
             app_id: None,
             merchant_id: None,

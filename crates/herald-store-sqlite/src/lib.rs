@@ -170,6 +170,12 @@ impl SqliteStore {
             },
         )
         .map_err(backend)?;
+        // Foreign keys are off on purpose (SQLite's default, made explicit): the writer is the
+        // only code that inserts, and each operation inserts a row only after inserting or
+        // reading its parent in the same transaction, so the checks could never fail; enforcing
+        // them would add a parent-index probe to every delivery and attempt insert on the hot
+        // path. The schema's REFERENCES clauses document the relations (and PostgreSQL, where
+        // several nodes write, enforces them).
         conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(backend)?;
         // Each operation runs in a savepoint; keep their sub-journals in memory instead of a

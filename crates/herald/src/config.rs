@@ -1,6 +1,12 @@
-//! `herald serve` configuration in three layers, highest first: command-line flags,
-//! `HERALD_*` environment variables (clap reads both), then a TOML file (`--config`), then
-//! defaults. Every setting is validated here, so the server starts only with a sane one.
+//! `herald serve` configuration in layers, highest first: command-line flags, `HERALD_*`
+//! environment variables (clap reads both), a TOML file (`--config`), then defaults.
+//!
+//! Each setting is declared once, as a field of [`ServeArgs`]: the same struct is clap's
+//! (flag, environment variable, help) and serde's (the file's key is the field's name), the
+//! layers are merged generically ([`ServeArgs::layered`]), and defaults are the engine's, the
+//! accept loop's and the sandbox's own (`EngineConfig::default()` and friends), shown in
+//! `--help` by [`with_default_help`] rather than written into help text. Every setting is
+//! validated in [`ServeArgs::resolve`], so the server starts only with a sane one.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use herald_engine::{EngineConfig, TargetPolicy};
 use herald_store::Sealer;
 use herald_store_sqlite::Durability;
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::http::HttpLimits;
 use crate::sandbox::SandboxOptions;
@@ -20,15 +26,17 @@ use crate::server::{Database, ServerOptions};
 pub const DEFAULT_DB: &str = "sqlite://herald.db";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-#[derive(Args, Debug, Clone, Default)]
+/// Every `serve` setting, declared once: as a flag, an environment variable and a key of
+/// the `--config` TOML file. `None` (or an empty list) means "not set at this layer".
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServeArgs {
     /// Database URL: sqlite://PATH (created if missing; one process), or
     /// postgres://USER@HOST:PORT/DB (several nodes share it; add ?sslmode=require for TLS).
-    /// [default: sqlite://herald.db]
     #[arg(long, env = "HERALD_DB", value_name = "URL")]
     pub db: Option<String>,
 
-    /// Address for the HTTP API. [default: 127.0.0.1:8080]
+    /// Address for the HTTP API.
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
 
@@ -49,8 +57,25 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 
-    #[command(flatten)]
-    pub secret_key: SecretKeyArgs,
+    /// Seal apps' credentials (signing secrets, private keys, API keys) in the database
+    /// with these keys: base64 of 32 bytes each (head -c 32 /dev/urandom | base64), several
+    /// comma-separated; the first seals, all open (rotation: put the new key first, run
+    /// `herald rekey`, then drop the old). Prefer the environment or --secret-key-file:
+    /// arguments are visible in `ps`.
+    #[arg(
+        long = "secret-key",
+        env = "HERALD_SECRET_KEY",
+        value_name = "KEYS",
+        hide_env_values = true,
+        conflicts_with = "secret_key_file"
+    )]
+    pub secret_key: Option<String>,
+
+    /// Read the sealing keys from this file: one per line (or comma-separated), the first
+    /// seals, all open; blank lines and lines starting with # are skipped. Keep it readable
+    /// by Herald's user only.
+    #[arg(long, env = "HERALD_SECRET_KEY_FILE", value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
 
     /// Allow deliveries to loopback, private and link-local addresses (development and
     /// tests). By default only public addresses are delivered to.
@@ -68,18 +93,42 @@ pub struct ServeArgs {
     )]
     pub allow_targets: Vec<String>,
 
-    /// Attempts in flight across all endpoints. [default: 2048]
+    /// Attempts in flight across all endpoints.
     #[arg(long, env = "HERALD_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
 
-    /// Seconds an attempt may take in all, response included. [default: 15]
+    /// Most attempts one app may have in flight, so one tenant whose endpoints hang cannot
+    /// take every slot. [default: half of --concurrency]
+    #[arg(long, env = "HERALD_APP_MAX_IN_FLIGHT", value_name = "N")]
+    pub app_max_in_flight: Option<usize>,
+
+    /// In-flight limit of an endpoint created without `max_in_flight`, and of an ad-hoc
+    /// notify_url destination.
+    #[arg(long, env = "HERALD_DEFAULT_MAX_IN_FLIGHT", value_name = "N")]
+    pub default_max_in_flight: Option<u32>,
+
+    /// Seconds to wait for a destination's TCP (and TLS) connection.
+    #[arg(long, env = "HERALD_CONNECT_TIMEOUT", value_name = "SECONDS")]
+    pub connect_timeout: Option<u64>,
+
+    /// Seconds an attempt may take in all, response included.
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", value_name = "SECONDS")]
     pub request_timeout: Option<u64>,
+
+    /// Seconds ahead of now the engine claims due work and keeps it in memory (later work
+    /// stays in the database until it comes near).
+    #[arg(long, env = "HERALD_WINDOW", value_name = "SECONDS")]
+    pub window: Option<u64>,
+
+    /// Most deliveries the engine keeps in memory at once (its memory bound; the rest waits
+    /// in the database).
+    #[arg(long, env = "HERALD_MAX_IN_MEMORY", value_name = "N")]
+    pub max_in_memory: Option<usize>,
 
     /// Seconds a node's claims hold without renewal (renewed every third of it). When a node
     /// dies, the others take over its work within about 1.5 times this. Only matters with
     /// several nodes on PostgreSQL: an SQLite database has one process, whose restart frees
-    /// its work at once. [default: 30]
+    /// its work at once.
     #[arg(long, env = "HERALD_LEASE", value_name = "SECONDS")]
     pub lease: Option<u64>,
 
@@ -96,7 +145,7 @@ pub struct ServeArgs {
 
     /// How long an unpaid sandbox payment stays open before it closes by itself
     /// (TRADE_CLOSED, with the close notification where the provider sends one): a number
-    /// with a unit, e.g. 90s, 15m, 2h. [default: 15m]
+    /// with a unit, e.g. 90s, 15m, 2h.
     #[arg(long, env = "HERALD_SANDBOX_UNPAID_TIMEOUT", value_name = "DURATION")]
     pub sandbox_unpaid_timeout: Option<String>,
 
@@ -107,17 +156,15 @@ pub struct ServeArgs {
     pub sandbox_public_url: Option<String>,
 
     /// Seconds a client may take to send a request's head, from its first byte.
-    /// [default: 10]
     #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", value_name = "SECONDS")]
     pub header_read_timeout: Option<u64>,
 
     /// Seconds an API connection may wait for a request (a new or keep-alive connection)
-    /// before it is closed. [default: 20]
+    /// before it is closed.
     #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
 
     /// Seconds a client may take to send a request's body, from the end of its head.
-    /// [default: 30]
     #[arg(long, env = "HERALD_BODY_READ_TIMEOUT", value_name = "SECONDS")]
     pub body_read_timeout: Option<u64>,
 
@@ -127,37 +174,55 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// TOML file with any of the settings above (keys: db, listen, admin_token,
-    /// admin_token_file, secret_key_file, allow_private_targets, allow_targets, concurrency,
-    /// request_timeout, lease, header_read_timeout, idle_timeout, body_read_timeout,
-    /// max_connections, sandbox,
-    /// sandbox_unpaid_timeout, sandbox_public_url).
+    /// TOML file with any of the settings above, keyed by the flag's name with `_` for `-`
+    /// (`db = "sqlite://herald.db"`, `request_timeout = 10`, `allow_targets = [...]`);
+    /// flags and environment variables override it.
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 }
 
-/// The TOML file's shape.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub db: Option<String>,
-    pub listen: Option<String>,
-    pub admin_token: Option<String>,
-    pub admin_token_file: Option<PathBuf>,
-    pub secret_key_file: Option<PathBuf>,
-    pub allow_private_targets: Option<bool>,
-    #[serde(default)]
-    pub allow_targets: Vec<String>,
-    pub concurrency: Option<usize>,
-    pub request_timeout: Option<u64>,
-    pub lease: Option<u64>,
-    pub header_read_timeout: Option<u64>,
-    pub idle_timeout: Option<u64>,
-    pub body_read_timeout: Option<u64>,
-    pub max_connections: Option<usize>,
-    pub sandbox: Option<bool>,
-    pub sandbox_unpaid_timeout: Option<String>,
-    pub sandbox_public_url: Option<String>,
+/// The defaults `serve --help` shows, by argument id, read from the components' own
+/// defaults so the help cannot drift from what the server does.
+pub fn serve_defaults() -> Vec<(&'static str, String)> {
+    let engine = EngineConfig::default();
+    let http = HttpLimits::default();
+    let sandbox = SandboxOptions::default();
+    let secs = |d: Duration| d.as_secs().to_string();
+    vec![
+        ("db", DEFAULT_DB.to_string()),
+        ("listen", DEFAULT_LISTEN.to_string()),
+        ("allow_private_targets", "false".to_string()),
+        ("concurrency", engine.global_concurrency.to_string()),
+        (
+            "default_max_in_flight",
+            engine.default_max_in_flight.to_string(),
+        ),
+        ("connect_timeout", secs(engine.connect_timeout)),
+        ("request_timeout", secs(engine.request_timeout)),
+        ("window", secs(engine.window)),
+        ("max_in_memory", engine.max_in_memory.to_string()),
+        ("lease", secs(engine.lease)),
+        ("sandbox", "false".to_string()),
+        (
+            "sandbox_unpaid_timeout",
+            format!("{}s", sandbox.unpaid_timeout.as_secs()),
+        ),
+        ("header_read_timeout", secs(http.header_read_timeout)),
+        ("idle_timeout", secs(http.idle_timeout)),
+        ("body_read_timeout", secs(http.body_read_timeout)),
+    ]
+}
+
+/// Appends `[default: ...]` from [`serve_defaults`] to the help of `serve`'s arguments.
+pub fn with_default_help(mut cmd: clap::Command) -> clap::Command {
+    for (id, default) in serve_defaults() {
+        cmd = cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(format!("{help} [default: {default}]"))
+        });
+    }
+    cmd
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +239,10 @@ pub enum ConfigError {
     Cidr(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("{0} must be between {1} and {2}")]
+    Range(&'static str, u64, u64),
+    #[error("cannot merge the settings: {0}")]
+    Merge(String),
     #[error("invalid --sandbox-unpaid-timeout {0:?}: expected a positive number with a unit, e.g. 90s, 15m, 2h")]
     Timeout(String),
     #[error("invalid --sandbox-public-url {0:?}: expected an http(s) URL such as http://192.168.1.20:8080")]
@@ -222,9 +291,8 @@ pub struct SecretKeyArgs {
 }
 
 impl SecretKeyArgs {
-    /// The keyring these arguments (or, when they give none, the config file's
-    /// `secret_key_file`) configure; [`Sealer::none`] when none does.
-    pub fn sealer(&self, file_fallback: Option<&std::path::Path>) -> Result<Sealer, ConfigError> {
+    /// The keyring these arguments configure; [`Sealer::none`] when they give none.
+    pub fn sealer(&self) -> Result<Sealer, ConfigError> {
         // clap treats an empty environment variable as unset: an empty HERALD_SECRET_KEY
         // must not silently leave credentials in plaintext.
         let empty_env = std::env::var_os("HERALD_SECRET_KEY").is_some_and(|v| v.is_empty());
@@ -237,10 +305,7 @@ impl SecretKeyArgs {
                 "HERALD_SECRET_KEY".into(),
                 herald_store::sealing::KeyError::Empty,
             )),
-            (None, None) => match file_fallback {
-                Some(path) => read_key_file(path),
-                None => Ok(Sealer::none()),
-            },
+            (None, None) => Ok(Sealer::none()),
         }
     }
 }
@@ -262,8 +327,16 @@ fn read_key_file(path: &std::path::Path) -> Result<Sealer, ConfigError> {
         .map_err(|e| ConfigError::SecretKey(format!("--secret-key-file {}", path.display()), e))
 }
 
-/// The longest header-read or idle timeout accepted: these are seconds, not minutes.
+/// The longest header-read, idle or connect timeout accepted: these are seconds, not
+/// minutes.
 pub const MAX_CONNECTION_TIMEOUT: u64 = 300;
+
+/// The longest claim window accepted, seconds (an hour: work further ahead stays in the
+/// database, where it costs no memory).
+pub const MAX_WINDOW: u64 = 3600;
+
+/// The smallest in-memory bound accepted: below it the engine would claim in slivers.
+pub const MIN_IN_MEMORY: usize = 100;
 
 /// Reads an admin token file: the token is its content without surrounding whitespace.
 fn read_token_file(path: &std::path::Path) -> Result<String, ConfigError> {
@@ -302,35 +375,68 @@ fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 impl ServeArgs {
+    /// This layer over `below`: every setting this layer leaves unset (`None`, or an empty
+    /// list) is taken from `below`. Generic over the fields (through their serde form), so a
+    /// new setting needs no merge code.
+    pub fn layered(self, below: ServeArgs) -> Result<ServeArgs, ConfigError> {
+        let config = self.config.clone();
+        let to_map = |a: &ServeArgs| match serde_json::to_value(a) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            other => Err(ConfigError::Merge(format!("{other:?}"))),
+        };
+        let mut merged = to_map(&below)?;
+        for (key, value) in to_map(&self)? {
+            let unset = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
+            if !unset {
+                merged.insert(key, value);
+            }
+        }
+        let mut out: ServeArgs = serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| ConfigError::Merge(e.to_string()))?;
+        out.config = config;
+        Ok(out)
+    }
+
     /// Merges flags/env with the file and defaults into validated server options.
     pub fn resolve(self) -> Result<ServerOptions, ConfigError> {
         let file = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| ConfigError::Read(path.clone(), e))?;
-                toml::from_str::<FileConfig>(&text)
+                toml::from_str::<ServeArgs>(&text)
                     .map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?
             }
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let db = self
-            .db
-            .or(file.db)
-            .unwrap_or_else(|| DEFAULT_DB.to_string());
+        // clap treats an empty environment variable as unset: an empty HERALD_ADMIN_TOKEN
+        // must not silently fall back to the stored (or the file's) token.
+        if self.admin_token.is_none()
+            && self.admin_token_file.is_none()
+            && std::env::var_os("HERALD_ADMIN_TOKEN").is_some_and(|v| v.is_empty())
+        {
+            return Err(ConfigError::EmptyToken("HERALD_ADMIN_TOKEN"));
+        }
+        let mut file = file;
+        // A secret given by a flag or the environment replaces the file's, in either of its
+        // two forms (a value or a file); two forms in one layer are refused below.
+        if self.admin_token.is_some() || self.admin_token_file.is_some() {
+            (file.admin_token, file.admin_token_file) = (None, None);
+        }
+        if self.secret_key.is_some() || self.secret_key_file.is_some() {
+            (file.secret_key, file.secret_key_file) = (None, None);
+        }
+        self.layered(file)?.resolve_layered()
+    }
+
+    fn resolve_layered(self) -> Result<ServerOptions, ConfigError> {
+        let db = self.db.unwrap_or_else(|| DEFAULT_DB.to_string());
         let database: Database = db.parse().map_err(ConfigError::Db)?;
-        let listen = self
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen
             .parse()
             .map_err(|_| ConfigError::Listen(listen.clone()))?;
-        let allow_targets = if self.allow_targets.is_empty() {
-            file.allow_targets
-        } else {
-            self.allow_targets
-        };
-        let allow = allow_targets
+        let allow = self
+            .allow_targets
             .iter()
             .map(|c| {
                 c.trim()
@@ -340,15 +446,12 @@ impl ServeArgs {
             .collect::<Result<Vec<_>, _>>()?;
         let mut engine = EngineConfig {
             target_policy: Arc::new(TargetPolicy {
-                allow_private: self
-                    .allow_private_targets
-                    .or(file.allow_private_targets)
-                    .unwrap_or(false),
+                allow_private: self.allow_private_targets.unwrap_or(false),
                 allow,
             }),
             ..EngineConfig::default()
         };
-        if let Some(n) = self.concurrency.or(file.concurrency) {
+        if let Some(n) = self.concurrency {
             if n == 0 {
                 return Err(ConfigError::Zero("concurrency"));
             }
@@ -356,24 +459,68 @@ impl ServeArgs {
             // An app's share follows: half the slots, so another tenant always finds room.
             engine.app_max_in_flight = (n / 2).max(1);
         }
-        if let Some(s) = self.request_timeout.or(file.request_timeout) {
+        if let Some(n) = self.app_max_in_flight {
+            if n == 0 {
+                return Err(ConfigError::Zero("app_max_in_flight"));
+            }
+            engine.app_max_in_flight = n;
+        }
+        if let Some(n) = self.default_max_in_flight {
+            if !(1..=crate::api::MAX_IN_FLIGHT_LIMIT).contains(&n) {
+                return Err(ConfigError::Range(
+                    "default_max_in_flight",
+                    1,
+                    u64::from(crate::api::MAX_IN_FLIGHT_LIMIT),
+                ));
+            }
+            engine.default_max_in_flight = n;
+        }
+        if let Some(s) = self.connect_timeout {
+            if !(1..=MAX_CONNECTION_TIMEOUT).contains(&s) {
+                return Err(ConfigError::Range(
+                    "connect_timeout",
+                    1,
+                    MAX_CONNECTION_TIMEOUT,
+                ));
+            }
+            engine.connect_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = self.window {
+            if !(1..=MAX_WINDOW).contains(&s) {
+                return Err(ConfigError::Range("window", 1, MAX_WINDOW));
+            }
+            engine.window = Duration::from_secs(s);
+        }
+        if let Some(n) = self.max_in_memory {
+            if n < MIN_IN_MEMORY {
+                return Err(ConfigError::Range(
+                    "max_in_memory",
+                    MIN_IN_MEMORY as u64,
+                    u64::MAX,
+                ));
+            }
+            engine.max_in_memory = n;
+            // A claim never takes more than fits.
+            engine.claim_batch = engine.claim_batch.min(n);
+        }
+        if let Some(s) = self.request_timeout {
             if s == 0 {
                 return Err(ConfigError::Zero("request_timeout"));
             }
             engine.request_timeout = Duration::from_secs(s);
         }
-        if let Some(s) = self.lease.or(file.lease) {
+        if let Some(s) = self.lease {
             if s == 0 {
                 return Err(ConfigError::Zero("lease"));
             }
             engine.lease = Duration::from_secs(s);
         }
-        let sandbox = if self.sandbox.or(file.sandbox).unwrap_or(false) {
+        let sandbox = if self.sandbox.unwrap_or(false) {
             let mut opts = SandboxOptions::default();
-            if let Some(t) = self.sandbox_unpaid_timeout.or(file.sandbox_unpaid_timeout) {
+            if let Some(t) = self.sandbox_unpaid_timeout {
                 opts.unpaid_timeout = parse_duration(&t).ok_or(ConfigError::Timeout(t))?;
             }
-            if let Some(u) = self.sandbox_public_url.or(file.sandbox_public_url) {
+            if let Some(u) = self.sandbox_public_url {
                 match url::Url::parse(&u) {
                     Ok(parsed)
                         if matches!(parsed.scheme(), "http" | "https")
@@ -387,44 +534,35 @@ impl ServeArgs {
             None
         };
         let mut http = HttpLimits::default();
-        if let Some(s) = self.header_read_timeout.or(file.header_read_timeout) {
+        if let Some(s) = self.header_read_timeout {
             http.header_read_timeout = connection_timeout("header_read_timeout", s)?;
         }
-        if let Some(s) = self.idle_timeout.or(file.idle_timeout) {
+        if let Some(s) = self.idle_timeout {
             http.idle_timeout = connection_timeout("idle_timeout", s)?;
         }
-        if let Some(s) = self.body_read_timeout.or(file.body_read_timeout) {
+        if let Some(s) = self.body_read_timeout {
             http.body_read_timeout = connection_timeout("body_read_timeout", s)?;
         }
-        if let Some(n) = self.max_connections.or(file.max_connections) {
+        if let Some(n) = self.max_connections {
             if n == 0 {
                 return Err(ConfigError::Zero("max_connections"));
             }
             http.max_connections = Some(n);
         }
-        // clap treats an empty environment variable as unset: an empty HERALD_ADMIN_TOKEN
-        // must not silently fall back to the stored token.
-        if self.admin_token.is_none()
-            && self.admin_token_file.is_none()
-            && std::env::var_os("HERALD_ADMIN_TOKEN").is_some_and(|v| v.is_empty())
-        {
-            return Err(ConfigError::EmptyToken("HERALD_ADMIN_TOKEN"));
-        }
         let admin_token = match (self.admin_token, self.admin_token_file) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
             (Some(t), None) => Some(t),
             (None, Some(path)) => Some(read_token_file(&path)?),
-            (None, None) => match (file.admin_token, file.admin_token_file) {
-                (Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
-                (Some(t), None) => Some(t),
-                (None, Some(path)) => Some(read_token_file(&path)?),
-                (None, None) => None,
-            },
+            (None, None) => None,
         };
         if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err(ConfigError::EmptyToken("--admin-token"));
         }
-        let sealer = self.secret_key.sealer(file.secret_key_file.as_deref())?;
+        let sealer = SecretKeyArgs {
+            secret_key: self.secret_key,
+            secret_key_file: self.secret_key_file,
+        }
+        .sealer()?;
         Ok(ServerOptions {
             database,
             listen,
@@ -634,10 +772,8 @@ mod tests {
         let b64 = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
         assert!(!ServeArgs::default().resolve().unwrap().sealer.is_enabled());
         let with = |key: Option<String>, file: Option<PathBuf>| ServeArgs {
-            secret_key: SecretKeyArgs {
-                secret_key: key,
-                secret_key_file: file,
-            },
+            secret_key: key,
+            secret_key_file: file,
             ..Default::default()
         };
         let o = with(Some(format!("{},{}", b64(2), b64(1))), None)
@@ -684,5 +820,135 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(matches!(e, ConfigError::SecretKeyFile(..)), "{e}");
+    }
+
+    #[test]
+    fn engine_settings_are_exposed_validated_and_layered_over_the_file() {
+        let o = ServeArgs::default().resolve().unwrap();
+        let engine = EngineConfig::default();
+        assert_eq!(o.engine.window, engine.window);
+        assert_eq!(o.engine.max_in_memory, engine.max_in_memory);
+        assert_eq!(o.engine.default_max_in_flight, engine.default_max_in_flight);
+        assert_eq!(o.engine.connect_timeout, engine.connect_timeout);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            "window = 30\nmax_in_memory = 5000\ndefault_max_in_flight = 4\nconnect_timeout = 2\napp_max_in_flight = 9\n",
+        )
+        .unwrap();
+        let o = ServeArgs {
+            config: Some(path),
+            window: Some(10),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.engine.window, Duration::from_secs(10), "the flag wins");
+        assert_eq!(o.engine.max_in_memory, 5000);
+        assert!(o.engine.claim_batch <= 5000);
+        assert_eq!(o.engine.default_max_in_flight, 4);
+        assert_eq!(o.engine.connect_timeout, Duration::from_secs(2));
+        assert_eq!(o.engine.app_max_in_flight, 9);
+        for (args, named) in [
+            (
+                ServeArgs {
+                    window: Some(0),
+                    ..Default::default()
+                },
+                "window",
+            ),
+            (
+                ServeArgs {
+                    window: Some(MAX_WINDOW + 1),
+                    ..Default::default()
+                },
+                "window",
+            ),
+            (
+                ServeArgs {
+                    max_in_memory: Some(10),
+                    ..Default::default()
+                },
+                "max_in_memory",
+            ),
+            (
+                ServeArgs {
+                    default_max_in_flight: Some(0),
+                    ..Default::default()
+                },
+                "default_max_in_flight",
+            ),
+            (
+                ServeArgs {
+                    default_max_in_flight: Some(257),
+                    ..Default::default()
+                },
+                "default_max_in_flight",
+            ),
+            (
+                ServeArgs {
+                    connect_timeout: Some(0),
+                    ..Default::default()
+                },
+                "connect_timeout",
+            ),
+            (
+                ServeArgs {
+                    app_max_in_flight: Some(0),
+                    ..Default::default()
+                },
+                "app_max_in_flight",
+            ),
+        ] {
+            let e = args.resolve().unwrap_err().to_string();
+            assert!(e.contains(named), "{named}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_setting_is_a_file_key_and_a_flag_from_one_declaration() {
+        use clap::CommandFactory as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cmd = Cli::command();
+        // Every field but --config is a key the file accepts (its serde name is the arg id).
+        let keys = match serde_json::to_value(ServeArgs::default()).unwrap() {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| id != "config" && id != "help")
+            .collect();
+        assert_eq!(keys.len(), ids.len(), "{ids:?}");
+        for id in &ids {
+            assert!(keys.contains_key(id), "{id} is not a file key");
+        }
+    }
+
+    #[test]
+    fn serve_help_shows_the_components_own_defaults() {
+        use clap::CommandFactory as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut cmd = with_default_help(Cli::command());
+        let help = cmd.render_long_help().to_string();
+        let engine = EngineConfig::default();
+        for expected in [
+            format!("[default: {}]", engine.global_concurrency),
+            format!("[default: {}]", engine.max_in_memory),
+            format!("[default: {}]", engine.request_timeout.as_secs()),
+            format!("[default: {}]", DEFAULT_DB),
+        ] {
+            assert!(help.contains(&expected), "{expected} missing from:\n{help}");
+        }
     }
 }

@@ -81,6 +81,7 @@ impl HttpLimits {
 /// descriptors, and the common default soft limit (1,024) is far below what the hard limit
 /// usually allows.
 #[cfg(unix)]
+#[allow(unsafe_code)] // getrlimit/setrlimit have no safe wrapper in std
 pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
     let mut current = libc::rlimit {
         rlim_cur: 0,
@@ -269,9 +270,7 @@ struct TimedBody {
 }
 
 /// The error a [`TimedBody`] ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive in time")]
-pub struct BodyTimeout;
+pub use herald_http::BodyTimeout;
 
 impl http_body::Body for TimedBody {
     type Data = Bytes;

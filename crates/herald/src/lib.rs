@@ -1,6 +1,7 @@
-//! Herald, the binary's library half: the HTTP API, the operator dashboard, the payment
-//! sandbox, the server that ties store, engine and API together, configuration, the CLI
-//! commands, and `herald bench`.
+//! Herald, the binary's library half: the HTTP API, the operator dashboard, the server that
+//! ties store, engine, API and (with `--sandbox`) the payment sandbox together,
+//! configuration, the CLI commands, and `herald bench`. The sandbox is its own crate
+//! (`herald-sandbox`), and so is the HTTP edge the API shares with it (`herald-http`).
 //! `main.rs` only parses arguments.
 pub mod api;
 pub mod bench;
@@ -10,5 +11,6 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod http;
-pub mod sandbox;
+/// The payment sandbox lives in its own crate; re-exported for `serve --sandbox` and the demo.
+pub use herald_sandbox as sandbox;
 pub mod server;

@@ -2,7 +2,7 @@
 //! in `herald::cmd`.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::cmd;
 use herald::config::ServeArgs;
 
@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run the delivery service: the HTTP API, the delivery engine and the operator dashboard
     /// (open / in a browser) on one database.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Try the whole payment flow locally: the sandbox platform, the example shop, a browser.
     Demo(cmd::demo::DemoArgs),
     /// Deliver one signed notification now, showing each attempt (exit 1 if never acked).
@@ -52,7 +52,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `serve --help` shows defaults read from the components themselves.
+    let command = Cli::command().mut_subcommand("serve", herald::config::with_default_help);
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -72,7 +77,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => cmd::serve::run(args).await.map(|_| true),
+            Command::Serve(args) => cmd::serve::run(*args).await.map(|_| true),
             Command::Demo(args) => cmd::demo::run(args).await.map(|_| true),
             Command::Send(args) => cmd::send::run(args).await,
             Command::Listen(args) => cmd::listen::run(args).await.map(|_| true),

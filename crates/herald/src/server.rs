@@ -212,6 +212,7 @@ pub async fn start(
         admin_token_sha256: token_hash,
         target_policy: opts.engine.target_policy.clone(),
         apps: Default::default(),
+        default_max_in_flight: opts.engine.default_max_in_flight,
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;
@@ -221,7 +222,14 @@ pub async fn start(
         tracing::info!(public_url = %sb.public_url(), "the payment sandbox is mounted");
         sandbox_url = Some(sb.public_url().to_string());
         mounted = Some(sb.clone());
-        app = app.merge(sandbox::router(sb, api_state.clone()));
+        let routes = sandbox::router(sb);
+        let admin = routes
+            .admin
+            .route_layer(axum::middleware::from_fn_with_state(
+                api_state.clone(),
+                api::require_admin,
+            ));
+        app = app.nest("/v1/sandbox", admin).merge(routes.public);
     }
     let (dash, dashboard) = dashboard::router(DashState {
         api: api_state,

@@ -339,7 +339,7 @@ async fn slow_clients_under_a_low_descriptor_limit_neither_starve_healthz_nor_sp
     );
 }
 
-/// The figures for the report, at the scale: `HERALD_FLOOD=CLIENTS:SOFT:HARD`
+/// The figures for the report, at full scale: `HERALD_FLOOD=CLIENTS:SOFT:HARD`
 /// (default 2000:1024:1024; set `HERALD_FLOOD_DEFAULT_TIMEOUTS=1` for the default
 /// timeouts). Prints, asserts nothing.
 #[tokio::test]

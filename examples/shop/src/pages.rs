@@ -12,21 +12,7 @@ h1{font-size:1.6rem}.card{border:1px solid #d8dce5;border-radius:10px;padding:1r
 .unpaid{background:#fff4d6}.paid{background:#d9f7e1}.refunded,.partially_refunded{background:#e6ecff}.closed{background:#eee}\
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem;border-bottom:1px solid #eee}small{color:#667}";
 
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use herald_http::html::escape;
 
 fn page(title: &str, head_extra: &str, body: &str) -> String {
     format!(
@@ -139,17 +125,4 @@ pub fn message(title: &str, text: &str) -> String {
             escape(text)
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escape_neutralises_markup() {
-        assert_eq!(
-            escape("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-    }
 }

@@ -38,7 +38,6 @@ use serde_json::Value;
 use super::{
     check_api_key, field, generate_nonce, is_field_name, is_xml_char, malformed, parse_fen,
     parse_flat_xml, push_text, to_xml, Credentials, ReceiverKeys, CONTENT_TYPE, DEFAULT_FEE_TYPE,
-    PROFILE,
 };
 use crate::profile::{EncodedRequest, ProfileError};
 use crate::receive::{Amount, ReceiveError, VerifiedNotification};
@@ -367,7 +366,7 @@ pub fn verify(
         .collect();
     out.insert(REQ_INFO.to_string(), Value::Object(decrypted));
     Ok(VerifiedNotification {
-        profile: PROFILE,
+        profile: crate::Profile::WechatPayV2,
         notify_id: info.refund_id.clone(),
         app_id: field(fields, "appid").map(str::to_string),
         merchant_id: field(fields, "mch_id").map(str::to_string),

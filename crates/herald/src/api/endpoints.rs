@@ -13,8 +13,8 @@ use super::extract::JsonBody;
 use super::{views, ApiState, MAX_ENDPOINTS_PER_APP};
 use crate::clock::now_ms;
 
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
-const MAX_IN_FLIGHT_LIMIT: u32 = 256;
+/// The most attempts one endpoint may be allowed in flight.
+pub const MAX_IN_FLIGHT_LIMIT: u32 = 256;
 /// The range an endpoint's attempt timeout may be set in (milliseconds).
 const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u32> = 100..=60_000;
 
@@ -81,7 +81,7 @@ pub async fn create(
         event_types: req.event_types.as_deref().map(event_types).transpose()?,
         retry: req.retry.as_ref().map(views::parse_retry).transpose()?,
         ack: req.ack.as_deref().map(views::parse_ack).transpose()?,
-        max_in_flight: max_in_flight(req.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT))?,
+        max_in_flight: max_in_flight(req.max_in_flight.unwrap_or(state.default_max_in_flight))?,
         ordered: req.ordered.unwrap_or(false),
         enabled: req.enabled.unwrap_or(true),
         timeout_ms: req.timeout_ms.map(|n| timeout_ms(n.into())).transpose()?,

@@ -3,8 +3,9 @@
 //! [`error`].
 pub(crate) mod apps;
 mod endpoints;
-pub mod error;
-pub(crate) mod extract;
+pub use endpoints::MAX_IN_FLIGHT_LIMIT;
+pub use herald_http::error;
+pub use herald_http::extract;
 mod notifications;
 pub(crate) mod views;
 
@@ -23,8 +24,7 @@ use sha2::{Digest, Sha256};
 
 use self::error::ApiError;
 
-/// Request bodies larger than this get 413.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub use herald_http::MAX_BODY;
 
 /// The most items one page of a list holds (notifications, endpoints, attempts); a larger
 /// `limit` is 422. With summaries in notification lists, a page stays small whatever the
@@ -60,6 +60,8 @@ pub struct ApiState {
     /// time. Apps are never deleted; a rotation here drops the entry. A rotation on another
     /// node leaves an older version here, which still encodes the same way.
     pub apps: Arc<AppCache>,
+    /// The in-flight limit of an endpoint created without one (`--default-max-in-flight`).
+    pub default_max_in_flight: u32,
 }
 
 /// A bounded map of apps by id (see [`ApiState::apps`]).
@@ -163,7 +165,7 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 /// The admin-token guard (also used by the sandbox's `/v1/sandbox` routes).
-pub(crate) async fn require_admin(
+pub async fn require_admin(
     State(state): State<ApiState>,
     req: Request,
     next: Next,

@@ -21,7 +21,7 @@ use super::sink::AckSink;
 use super::Plan;
 use crate::server::Database;
 
-/// Producers posting at once (the setting, whatever `--concurrency` says).
+/// Producers posting at once (the scenario's fixed setting, whatever `--concurrency` says).
 const PRODUCERS: u32 = 32;
 
 pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Figure>, String> {

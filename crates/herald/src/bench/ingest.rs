@@ -35,7 +35,7 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(f64, Vec<Figure>), Stri
     drop(noop);
 
     // Accepting alone: the endpoint is disabled, so the API and the durable commit have
-    // the machine to themselves (the target).
+    // the machine to themselves (the target's condition).
     let herald = Herald::start(plan, &client, &sink.url("/hook"), false).await?;
     let url = herald.notifications_url();
     let make: MakeRequest = {

@@ -1,5 +1,5 @@
 //! `herald bench`: measures Herald on this machine against baselines measured in the same
-//! run, and reports each figure with its ratio and the target. Owns the scenario
+//! run, and reports each figure with its ratio and its target. Owns the scenario
 //! list, the sizes (full and `--quick`), and running the chosen scenarios in order; the
 //! command line is in `cmd::bench`.
 //!

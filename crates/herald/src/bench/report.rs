@@ -1,11 +1,11 @@
 //! The bench's results and how they are printed: each figure with the baseline measured in
-//! the same run, their ratio, and the issue's target with a pass flag; shown as a Markdown
+//! the same run, their ratio, and the figure's target with a pass flag; shown as a Markdown
 //! table (stdout, pasteable into the README) or as one JSON object (`--json`).
 //!
 //! Targets are reported, never asserted: a miss is a finding, not a crash.
 use serde_json::{json, Map, Value};
 
-/// A target from the issue.
+/// A figure's target (Herald's own performance goals).
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
     /// The ratio to the baseline is at least this.

@@ -9,7 +9,7 @@ use crate::bench::{self, Plan, Scenario, Sizes};
 
 const SCENARIOS: &str = "\
 Scenarios (every figure is shown with a baseline measured in the same run, their ratio,
-and the issue's target; targets are reported, not enforced):
+and its target; targets are reported, not enforced):
   ceiling    A plain pooled keep-alive client POSTs the delivery request (same body, same
              signature headers) to a loopback sink at --concurrency: what the machine
              allows without Herald. Its round trip is the latency baseline.

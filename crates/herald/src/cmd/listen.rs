@@ -119,7 +119,7 @@ impl Forward {
                 .body(json)
         };
         let resp = builder
-            .header("x-herald-profile", n.profile)
+            .header("x-herald-profile", n.profile.name())
             .header("x-herald-notify-id", n.notify_id.as_str())
             .send()
             .await

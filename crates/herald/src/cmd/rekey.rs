@@ -33,7 +33,7 @@ pub async fn run(args: RekeyArgs) -> Result<(), String> {
             return Err(format!("{} does not exist", path.display()));
         }
     }
-    let sealer = args.secret_key.sealer(None).map_err(|e| e.to_string())?;
+    let sealer = args.secret_key.sealer().map_err(|e| e.to_string())?;
     let Some(key_id) = sealer.current_key_id().map(str::to_string) else {
         return Err(
             "no secret key is configured: give --secret-key-file or HERALD_SECRET_KEY (the first key seals)"

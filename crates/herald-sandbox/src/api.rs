@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 use super::model::{Drills, Payment, RefundStatus, TradeState};
 use super::trade::RefundRequest;
 use super::{money, qr, wire, Sandbox};
-use crate::api::error::ApiError;
-use crate::api::extract::JsonBody;
-use crate::api::views;
-use crate::clock::now_ms;
+use herald_engine::now_ms;
+use herald_http::error::ApiError;
+use herald_http::extract::JsonBody;
+use herald_http::fields as views;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

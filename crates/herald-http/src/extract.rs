@@ -1,13 +1,13 @@
 //! Request extractors with Herald's error shape: a JSON body (400 when it is not JSON, 422
 //! when it is JSON of the wrong shape, 413 past the size limit, 408 when it arrives too
-//! slowly) and the admin-token check.
+//! slowly).
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
-use super::MAX_BODY;
+use crate::error::ApiError;
+use crate::MAX_BODY;
 
 /// A JSON request body.
 pub struct JsonBody<T>(pub T);
@@ -33,11 +33,11 @@ where
     }
 }
 
-/// True when reading the body failed because it took too long (see [`crate::http`]).
+/// True when reading the body failed because it took too long (the accept loop's body timeout, [`crate::BodyTimeout`]).
 fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
     while let Some(s) = source {
-        if s.is::<crate::http::BodyTimeout>() {
+        if s.is::<crate::BodyTimeout>() {
             return true;
         }
         source = s.source();

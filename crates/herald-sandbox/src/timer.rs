@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Sandbox;
-use crate::clock::now_ms;
+use herald_engine::now_ms;
 
 /// How many due payments one pass reads.
 const BATCH: u32 = 64;

@@ -8,24 +8,10 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::model::{Payment, TradeState};
 use super::{money, qr, wire, Sandbox};
-use crate::api::error::ApiError;
-use crate::clock::now_ms;
+use herald_engine::now_ms;
+use herald_http::error::ApiError;
 
-/// Text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use herald_http::html::escape;
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;background:#f4f5f7;margin:0;color:#1f2328}\
 main{max-width:420px;margin:40px auto;background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:28px}\
@@ -168,12 +154,4 @@ pub async fn cancel(State(sandbox): State<Sandbox>, Path(id): Path<String>) -> R
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn escape_covers_markup_and_quotes() {
-        assert_eq!(
-            super::escape("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
-    }
-}
+mod tests {}

@@ -10,8 +10,8 @@ use super::drills::{self, Planned};
 use super::model::{Drills, Enqueued, Event, EventKind, Payment, Refund, RefundStatus, TradeState};
 use super::wire::{self, Outgoing};
 use super::Sandbox;
-use crate::api::error::ApiError;
-use crate::clock::now_ms;
+use herald_engine::now_ms;
+use herald_http::error::ApiError;
 
 /// What a refund request asks for.
 pub struct RefundRequest {

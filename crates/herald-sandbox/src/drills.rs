@@ -24,8 +24,8 @@ use herald_store::{App, NewApp, NewNotification, SandboxNotification, Store};
 
 use super::model::Drills;
 use super::wire::{self, Outgoing};
-use crate::api::error::ApiError;
-use crate::clock::now_ms;
+use herald_engine::now_ms;
+use herald_http::error::ApiError;
 
 fn meta_key(app_id: &str) -> String {
     format!("sandbox_foreign_app:{app_id}")

@@ -500,7 +500,7 @@ pub fn tamper(profile: Profile, payload: &mut Value) {
                     bump_minor(v);
                 }
             }
-            let now = crate::clock::now_ms();
+            let now = herald_engine::now_ms();
             if payload.get("refund_id").is_some() {
                 payload["refund_id"] = json!(new_refund_id(profile, now));
             } else if payload.get("transaction_id").is_some() {

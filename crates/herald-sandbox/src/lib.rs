@@ -31,13 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use herald_store::Store;
 use tokio::sync::{watch, Mutex, Notify};
 
-use crate::api::{ApiState, MAX_BODY};
+use herald_http::MAX_BODY;
 
 /// How long an unpaid payment stays open by default.
 pub const DEFAULT_UNPAID_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -126,23 +125,23 @@ impl Sandbox {
 /// payment id, for the dashboard's pages and buttons.
 impl Sandbox {
     /// The trade as `GET /v1/sandbox/payments/{id}` shows it.
-    pub(crate) async fn dashboard_view(
+    pub async fn dashboard_view(
         &self,
         id: &str,
-    ) -> Result<serde_json::Value, crate::api::error::ApiError> {
+    ) -> Result<serde_json::Value, herald_http::error::ApiError> {
         let (p, _) = self.load(id).await?;
         Ok(api::view(self, &p))
     }
 
     /// Refunds `refund_amount` (a decimal string in the trade's currency), successfully.
-    pub(crate) async fn dashboard_refund(
+    pub async fn dashboard_refund(
         &self,
         id: &str,
         refund_amount: &str,
-    ) -> Result<(), crate::api::error::ApiError> {
+    ) -> Result<(), herald_http::error::ApiError> {
         let (p, _) = self.load(id).await?;
         let amount = money::parse_decimal("refund_amount", refund_amount, &p.currency)
-            .map_err(crate::api::error::ApiError::Invalid)?;
+            .map_err(herald_http::error::ApiError::Invalid)?;
         self.refund(
             id,
             trade::RefundRequest {
@@ -157,21 +156,18 @@ impl Sandbox {
     }
 
     /// Closes an unpaid trade as the buyer's cancel button does.
-    pub(crate) async fn dashboard_cancel(
-        &self,
-        id: &str,
-    ) -> Result<(), crate::api::error::ApiError> {
+    pub async fn dashboard_cancel(&self, id: &str) -> Result<(), herald_http::error::ApiError> {
         self.close(id, "canceled").await.map(|_| ())
     }
 
     /// Replaces the trade's drills (`{"duplicate", "out_of_order", ...}` as the API takes).
-    pub(crate) async fn dashboard_drills(
+    pub async fn dashboard_drills(
         &self,
         id: &str,
         drills: serde_json::Value,
-    ) -> Result<(), crate::api::error::ApiError> {
+    ) -> Result<(), herald_http::error::ApiError> {
         let d: model::Drills = serde_json::from_value(drills)
-            .map_err(|e| crate::api::error::ApiError::Invalid(format!("drills: {e}")))?;
+            .map_err(|e| herald_http::error::ApiError::Invalid(format!("drills: {e}")))?;
         let d = api::check_drills(d)?;
         self.set_drills(id, d).await.map(|_| ())
     }
@@ -179,7 +175,7 @@ impl Sandbox {
 
 /// A stored trade document's amount in its currency's decimal form (`8.80`), for lists
 /// that read the documents directly; empty when the document lacks it.
-pub(crate) fn format_amount(doc: &serde_json::Value) -> String {
+pub fn format_amount(doc: &serde_json::Value) -> String {
     match (doc["amount"].as_i64(), doc["currency"].as_str()) {
         (Some(minor), Some(currency)) => money::format(minor, currency),
         _ => String::new(),
@@ -202,23 +198,19 @@ fn lan_address() -> Option<IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
-/// The sandbox's routes: `/v1/sandbox/*` behind the admin token; public: the checkout pages
-/// (`/pay/{id}`) and the providers' API paths (`/gateway.do`, `/pay/orderquery`,
+/// The sandbox's routes, in two parts: [`Routes::admin`], the producer's API, which the
+/// server mounts at `/v1/sandbox` behind its admin token; and [`Routes::public`]: the
+/// checkout pages (`/pay/{id}`) and the providers' API paths (`/gateway.do`, `/pay/orderquery`,
 /// `/secapi/pay/refund`, `/v3/pay/transactions/...`, `/v3/refund/domestic/refunds`), which
 /// authenticate as the providers do.
-pub fn router(sandbox: Sandbox, api_state: ApiState) -> Router {
+pub fn router(sandbox: Sandbox) -> Routes {
     let v1 = Router::new()
         .route("/payments", post(api::create))
         .route("/payments/{payment_id}", get(api::get))
         .route("/payments/{payment_id}/refund", post(api::refund))
         .route("/payments/{payment_id}/drills", post(api::drills))
-        .route("/trades/{out_trade_no}", get(api::trade_query))
-        .route_layer(middleware::from_fn_with_state(
-            api_state,
-            crate::api::require_admin,
-        ));
-    Router::new()
-        .nest("/v1/sandbox", v1)
+        .route("/trades/{out_trade_no}", get(api::trade_query));
+    let public = Router::new()
         .route("/pay/{payment_id}", get(page::show))
         .route("/pay/{payment_id}/pay", post(page::pay))
         .route("/pay/{payment_id}/cancel", post(page::cancel))
@@ -241,7 +233,22 @@ pub fn router(sandbox: Sandbox, api_state: ApiState) -> Router {
             post(gateway::wechat_v3_refund),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(sandbox)
+        .with_state(sandbox.clone());
+    Routes {
+        admin: v1
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(sandbox),
+        public,
+    }
+}
+
+/// The sandbox's routes (see [`router`]).
+pub struct Routes {
+    /// The producer's API (`/payments`, `/trades/...`), relative to where it is mounted;
+    /// the mounting server puts its own authentication in front.
+    pub admin: Router,
+    /// Checkout pages and provider API paths, at the root; they authenticate as providers do.
+    pub public: Router,
 }
 
 #[cfg(test)]

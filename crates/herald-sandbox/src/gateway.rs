@@ -27,9 +27,9 @@ use serde_json::{json, Map, Value};
 use super::model::{Payment, RefundStatus, TradeState};
 use super::trade::RefundRequest;
 use super::{money, wire, Sandbox};
-use crate::api::error::ApiError;
-use crate::api::views;
-use crate::clock::now_ms;
+use herald_engine::now_ms;
+use herald_http::error::ApiError;
+use herald_http::fields as views;
 
 /// The reply header that says the merchant's request signature was not checked, and why.
 pub const UNVERIFIED_HEADER: &str = "herald-sandbox-request-signature";

@@ -1,0 +1,53 @@
+//! Parsing and formatting of the fields several handlers share (times, URLs, bounded text),
+//! at the edge: what passes here is what the store is given.
+use herald_store::Millis;
+
+use crate::error::ApiError;
+
+pub fn rfc3339(ms: Millis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn parse_rfc3339(s: &str) -> Result<Millis, ApiError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as Millis)
+        .map_err(|e| ApiError::Invalid(format!("{s:?} is not an RFC 3339 time: {e}")))
+}
+
+/// A delivery target: an absolute http(s) URL with a host.
+pub fn parse_url(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.len() > 2048 {
+        return Err(ApiError::Invalid(format!(
+            "{field} is longer than 2048 characters"
+        )));
+    }
+    let url = url::Url::parse(s)
+        .map_err(|e| ApiError::Invalid(format!("{field} is not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::Invalid(format!(
+            "{field} must be an http or https URL"
+        )));
+    }
+    if url.host().is_none() {
+        return Err(ApiError::Invalid(format!("{field} has no host")));
+    }
+    Ok(s.to_string())
+}
+
+pub fn bounded_text(field: &str, s: &str, max: usize) -> Result<String, ApiError> {
+    if s.trim().is_empty() {
+        return Err(ApiError::Invalid(format!("{field} must not be empty")));
+    }
+    if s.chars().count() > max {
+        return Err(ApiError::Invalid(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    Ok(s.to_string())
+}

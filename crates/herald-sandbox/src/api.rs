@@ -78,7 +78,7 @@ fn check_subject(s: &str) -> Result<String, ApiError> {
     Ok(s)
 }
 
-fn check_drills(d: Drills) -> Result<Drills, ApiError> {
+pub(super) fn check_drills(d: Drills) -> Result<Drills, ApiError> {
     if d.duplicate > Drills::MAX_DUPLICATES {
         return Err(ApiError::Invalid(format!(
             "drills.duplicate is at most {}",

@@ -121,6 +121,67 @@ impl Sandbox {
 /// `http://{addr}`; for an unspecified address (0.0.0.0, ::), the machine's LAN address
 /// (the source address of a route to a public address; no packet is sent), else loopback.
 /// Browsers use it to reach a listener; `herald demo` uses it for the shop as well.
+/// What the operator dashboard does to trades: the sandbox API's own operations, by
+/// payment id, for the dashboard's pages and buttons.
+impl Sandbox {
+    /// The trade as `GET /v1/sandbox/payments/{id}` shows it.
+    pub async fn dashboard_view(
+        &self,
+        id: &str,
+    ) -> Result<serde_json::Value, herald_http::error::ApiError> {
+        let (p, _) = self.load(id).await?;
+        Ok(api::view(self, &p))
+    }
+
+    /// Refunds `refund_amount` (a decimal string in the trade's currency), successfully.
+    pub async fn dashboard_refund(
+        &self,
+        id: &str,
+        refund_amount: &str,
+    ) -> Result<(), herald_http::error::ApiError> {
+        let (p, _) = self.load(id).await?;
+        let amount = money::parse_decimal("refund_amount", refund_amount, &p.currency)
+            .map_err(herald_http::error::ApiError::Invalid)?;
+        self.refund(
+            id,
+            trade::RefundRequest {
+                amount,
+                out_refund_no: None,
+                status: Default::default(),
+                notify_url: None,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Closes an unpaid trade as the buyer's cancel button does.
+    pub async fn dashboard_cancel(&self, id: &str) -> Result<(), herald_http::error::ApiError> {
+        self.close(id, "canceled").await.map(|_| ())
+    }
+
+    /// Replaces the trade's drills (`{"duplicate", "out_of_order", ...}` as the API takes).
+    pub async fn dashboard_drills(
+        &self,
+        id: &str,
+        drills: serde_json::Value,
+    ) -> Result<(), herald_http::error::ApiError> {
+        let d: model::Drills = serde_json::from_value(drills)
+            .map_err(|e| herald_http::error::ApiError::Invalid(format!("drills: {e}")))?;
+        let d = api::check_drills(d)?;
+        self.set_drills(id, d).await.map(|_| ())
+    }
+}
+
+/// A stored trade document's amount in its currency's decimal form (`8.80`), for lists
+/// that read the documents directly; empty when the document lacks it.
+pub fn format_amount(doc: &serde_json::Value) -> String {
+    match (doc["amount"].as_i64(), doc["currency"].as_str()) {
+        (Some(minor), Some(currency)) => money::format(minor, currency),
+        _ => String::new(),
+    }
+}
+
 pub fn default_public_url(addr: SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
         lan_address().unwrap_or(IpAddr::from([127, 0, 0, 1]))

@@ -1,7 +1,7 @@
 //! Herald's PostgreSQL driver: several stateless nodes over one database.
 //!
 //! [`PgStore`] implements the seam's traits ([`Queue`], [`AdminStore`], [`SandboxStore`],
-//! [`MetaStore`], [`ApiKeyStore`], [`SourceStore`]) with the same semantics as the SQLite driver, in these parts:
+//! [`MetaStore`], [`ApiKeyStore`], [`SourceStore`], [`DashboardStore`]) with the same semantics as the SQLite driver, in these parts:
 //! - `connect`: the URL, TLS over rustls, the connection pool;
 //! - `schema`: migrations, run at connect under an advisory lock (also [`migrate`] alone);
 //! - `rows`: row mapping and the read queries;
@@ -16,6 +16,7 @@
 mod admin;
 mod batch;
 mod connect;
+mod dashboard;
 mod hints;
 mod queue;
 mod rows;
@@ -30,11 +31,12 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use herald_protocols::Credentials;
 
+use herald_store::dashboard::*;
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{
-    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, SourceStore,
-    StoreError,
+    AdminStore, ApiKeyStore, DashboardStore, MetaStore, Result, SandboxStore, SealCensus, Sealer,
+    SourceStore, StoreError,
 };
 
 use self::connect::Target;
@@ -295,6 +297,40 @@ impl SourceStore for PgStore {
 
     async fn delete_source(&self, id: &str, now: Millis) -> Result<bool> {
         sources::delete(&self.inner, id, now).await
+    }
+}
+
+#[async_trait]
+impl DashboardStore for PgStore {
+    async fn list_app_summaries(&self, page: ListPage) -> Result<Page<AppSummary>> {
+        dashboard::list_apps(&self.client().await?, &page).await
+    }
+
+    async fn activity(&self, since: Millis, until: Millis) -> Result<Vec<MinuteActivity>> {
+        dashboard::activity(&self.client().await?, since, until).await
+    }
+
+    async fn queue_counts(&self, now: Millis) -> Result<QueueCounts> {
+        dashboard::queue_counts(&self.client().await?, now).await
+    }
+
+    async fn troubled_endpoints(&self, since: Millis, limit: u32) -> Result<Vec<EndpointTrouble>> {
+        dashboard::troubled_endpoints(&self.client().await?, since, limit).await
+    }
+
+    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointHealth> {
+        dashboard::endpoint_health(&self.client().await?, endpoint_id).await
+    }
+
+    async fn search_notifications(
+        &self,
+        search: SearchNotifications,
+    ) -> Result<Page<NotificationSummary>> {
+        dashboard::search_notifications(&self.client().await?, &search).await
+    }
+
+    async fn list_sandbox_payments(&self, page: ListPage) -> Result<Page<SandboxPayment>> {
+        dashboard::list_sandbox_payments(&self.client().await?, &page).await
     }
 }
 

@@ -12,10 +12,10 @@ use crate::admin::{existing_by_key, insert_notification};
 use crate::rows::col;
 use crate::{backend, violated, Inner};
 
-const SELECT: &str =
+pub(crate) const SELECT: &str =
     "SELECT id, app_id, out_trade_no, doc, version, deadline FROM sandbox_payments";
 
-fn from_row(r: &Row) -> Result<SandboxPayment> {
+pub(crate) fn from_row(r: &Row) -> Result<SandboxPayment> {
     Ok(SandboxPayment {
         id: col(r, 0)?,
         app_id: col(r, 1)?,

@@ -3,7 +3,7 @@
 //!
 //! Migration numbers are the same as the SQLite driver's: 1 the initial schema, 2 the
 //! sandbox's payments, 3 the claim-based queue, 4 deleting apps and app-scoped API keys, 5 the inbound
-//! gateway's sources.
+//! gateway's sources, 6 the dashboard's indexes.
 //! `herald_store_migrations` records which ran.
 //! Millisecond times are `BIGINT`, sequence numbers identity columns; the delivery status is
 //! a closed set enforced by a CHECK constraint, as on SQLite.
@@ -176,6 +176,16 @@ const MIGRATIONS: &[&str] = &[
         deleted            BOOLEAN NOT NULL DEFAULT FALSE
     );
     CREATE INDEX sources_live ON sources(created_at, id) WHERE NOT deleted;
+    "#,
+    // 6: the operator dashboard's reads. Attempts by time (the overview's per-minute chart
+    // and its endpoints in trouble read the last hour's range, index only); an endpoint's
+    // latest deliveries (its health); deliveries by notify id (search by what a receiver
+    // saw).
+    r#"
+    CREATE INDEX attempts_by_time ON attempts(at, error_class);
+    CREATE INDEX deliveries_by_endpoint_seq ON deliveries(endpoint_id, seq)
+        WHERE endpoint_id IS NOT NULL;
+    CREATE INDEX deliveries_by_notify_id ON deliveries(notify_id);
     "#,
 ];
 

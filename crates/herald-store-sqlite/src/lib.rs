@@ -7,6 +7,7 @@
 //! claim a previous process left behind, so a restart after `kill -9` resumes at once
 //! instead of waiting for the dead process's lease to expire. Hints are exact: they go from
 //! the writer to the engine in process, after each commit.
+mod dashboard;
 mod rows;
 mod sandbox;
 mod schema;
@@ -22,11 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::schema::backend;
 use self::writer::{Op, Writer};
+use herald_store::dashboard::*;
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{
-    AdminStore, ApiKeyStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, SourceStore,
-    StoreError,
+    AdminStore, ApiKeyStore, DashboardStore, MetaStore, Result, SandboxStore, SealCensus, Sealer,
+    SourceStore, StoreError,
 };
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
@@ -460,6 +462,55 @@ impl SourceStore for SqliteStore {
     async fn delete_source(&self, id: &str, now: Millis) -> Result<bool> {
         let id = id.to_string();
         self.call(|reply| Op::DeleteSource { id, now, reply }).await
+    }
+}
+
+#[async_trait]
+impl DashboardStore for SqliteStore {
+    async fn list_app_summaries(&self, page: ListPage) -> Result<Page<AppSummary>> {
+        self.readers
+            .read(move |c| dashboard::list_apps(c, &page))
+            .await
+    }
+
+    async fn activity(&self, since: Millis, until: Millis) -> Result<Vec<MinuteActivity>> {
+        self.readers
+            .read(move |c| dashboard::activity(c, since, until))
+            .await
+    }
+
+    async fn queue_counts(&self, now: Millis) -> Result<QueueCounts> {
+        self.readers
+            .read(move |c| dashboard::queue_counts(c, now))
+            .await
+    }
+
+    async fn troubled_endpoints(&self, since: Millis, limit: u32) -> Result<Vec<EndpointTrouble>> {
+        self.readers
+            .read(move |c| dashboard::troubled_endpoints(c, since, limit))
+            .await
+    }
+
+    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointHealth> {
+        let id = endpoint_id.to_string();
+        self.readers
+            .read(move |c| dashboard::endpoint_health(c, &id))
+            .await
+    }
+
+    async fn search_notifications(
+        &self,
+        search: SearchNotifications,
+    ) -> Result<Page<NotificationSummary>> {
+        self.readers
+            .read(move |c| dashboard::search_notifications(c, &search))
+            .await
+    }
+
+    async fn list_sandbox_payments(&self, page: ListPage) -> Result<Page<SandboxPayment>> {
+        self.readers
+            .read(move |c| dashboard::list_sandbox_payments(c, &page))
+            .await
     }
 }
 

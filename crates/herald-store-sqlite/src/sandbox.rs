@@ -6,10 +6,10 @@ use super::schema::backend;
 use herald_store::model::SandboxPayment;
 use herald_store::{Result, StoreError};
 
-const SELECT: &str =
+pub(crate) const SELECT: &str =
     "SELECT id, app_id, out_trade_no, doc, version, deadline FROM sandbox_payments";
 
-fn from_row(r: &Row) -> rusqlite::Result<SandboxPayment> {
+pub(crate) fn from_row(r: &Row) -> rusqlite::Result<SandboxPayment> {
     Ok(SandboxPayment {
         id: r.get(0)?,
         app_id: r.get(1)?,

@@ -157,6 +157,16 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX sources_live ON sources(created_at, id) WHERE deleted = 0;
     "#,
+    // 6: the operator dashboard's reads. Attempts by time (the overview's per-minute chart
+    // and its endpoints in trouble read the last hour's range, index only); an endpoint's
+    // latest deliveries (its health); deliveries by notify id (search by what a receiver
+    // saw).
+    r#"
+    CREATE INDEX attempts_by_time ON attempts(at, error_class);
+    CREATE INDEX deliveries_by_endpoint_seq ON deliveries(endpoint_id, seq)
+        WHERE endpoint_id IS NOT NULL;
+    CREATE INDEX deliveries_by_notify_id ON deliveries(notify_id);
+    "#,
 ];
 
 /// Applies every migration not yet applied, each in its own transaction.

@@ -55,6 +55,10 @@ macro_rules! conformance_tests {
             a_source_forwards_each_notify_id_once_ordered_per_trade,
             deleting_a_source_hides_it_and_cancels_its_pending_forwards,
             sources_list_in_pages_by_creation_time_then_id,
+            dashboard_lists_apps_in_pages_by_id,
+            dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble,
+            dashboard_search_filters_every_field_and_pages,
+            dashboard_lists_sandbox_payments_newest_first,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -2231,4 +2235,378 @@ pub async fn resealing_and_the_start_check_cover_source_keys(h: &impl SealingHar
     assert_eq!(store.get_source(&s.id).await.unwrap().unwrap().keys, s.keys);
     assert_eq!(store.check_credentials().await.unwrap().current, 2);
     store.close().await;
+}
+// ---------------------------------------------------------------------------------------
+// The operator dashboard's reads (`DashboardStore`).
+
+pub async fn dashboard_lists_apps_in_pages_by_id(store: &impl Store) {
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(app(store).await.id);
+    }
+    made.sort();
+    let first = store
+        .list_app_summaries(crate::dashboard::ListPage {
+            limit: 2,
+            cursor: None,
+        })
+        .await
+        .expect("list apps");
+    assert_eq!(
+        first.items.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        made[..2]
+    );
+    assert_eq!(first.items[0].name, "shop");
+    assert_eq!(first.items[0].profile, "standard-webhooks");
+    let second = store
+        .list_app_summaries(crate::dashboard::ListPage {
+            limit: 2,
+            cursor: first.next_cursor,
+        })
+        .await
+        .expect("second page");
+    assert_eq!(
+        second
+            .items
+            .iter()
+            .map(|a| a.id.clone())
+            .collect::<Vec<_>>(),
+        made[2..]
+    );
+    assert!(second.next_cursor.is_none());
+}
+
+/// Records an attempt made at `at` with the given outcome.
+async fn attempt_at(store: &impl Store, node: &NodeId, job: &Arc<Job>, at: Millis, ok: bool) {
+    let mut r = report(
+        job,
+        if ok {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        },
+    );
+    if !ok {
+        r.outcome = Outcome::Retry { next_at: at + 1 };
+    }
+    r.attempt.at = at;
+    let done = store
+        .complete(CompleteParams {
+            node: node.clone(),
+            report: r,
+            now: at,
+            horizon: at + 60_000,
+        })
+        .await
+        .expect("complete");
+    assert!(done.applied);
+}
+
+pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble(
+    store: &impl Store,
+) {
+    let a = app(store).await;
+    let good = store
+        .create_endpoint(new_endpoint(&a.id, "https://good.example/hook"))
+        .await
+        .unwrap();
+    let bad = store
+        .create_endpoint(new_endpoint(&a.id, "https://bad.example/hook"))
+        .await
+        .unwrap();
+    let n1 = node(store, "node_a").await;
+    store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 2);
+    let job_of = |ep: &Endpoint| {
+        jobs.iter()
+            .find(|j| j.endpoint.as_ref().map(|e| e.id.as_str()) == Some(ep.id.as_str()))
+            .cloned()
+            .expect("a job per endpoint")
+    };
+    let (g, b) = (job_of(&good), job_of(&bad));
+    // Minute 0: the good endpoint succeeds, the bad one fails; minute 2: the bad one fails
+    // twice more (one delivery's retries), after having succeeded once in minute 1.
+    attempt_at(store, &n1, &g, T0 + 5_000, true).await;
+    attempt_at(store, &n1, &b, T0 + 6_000, false).await;
+    let b = Arc::new(Job {
+        attempts: 1,
+        ..(*b).clone()
+    });
+    attempt_at(store, &n1, &b, T0 + 61_000, false).await;
+    let b = Arc::new(Job {
+        attempts: 2,
+        ..(*b).clone()
+    });
+    attempt_at(store, &n1, &b, T0 + 125_000, false).await;
+
+    let minute0 = T0 - T0.rem_euclid(60_000);
+    let act = store.activity(T0, T0 + 3_600_000).await.expect("activity");
+    let got: Vec<(Millis, u64, u64)> = act
+        .iter()
+        .map(|m| (m.minute, m.succeeded, m.failed))
+        .collect();
+    let mut want = Vec::new();
+    for at in [T0 + 5_000, T0 + 6_000, T0 + 61_000, T0 + 125_000] {
+        let m = at - at.rem_euclid(60_000);
+        let ok = at == T0 + 5_000;
+        match want
+            .iter_mut()
+            .find(|(mm, _, _): &&mut (Millis, u64, u64)| *mm == m)
+        {
+            Some(e) => {
+                if ok {
+                    e.1 += 1
+                } else {
+                    e.2 += 1
+                }
+            }
+            None => want.push((m, u64::from(ok), u64::from(!ok))),
+        }
+    }
+    assert_eq!(got, want);
+    assert!(got.iter().all(|(m, _, _)| m % 60_000 == 0 && *m >= minute0));
+    // The window's end is exclusive.
+    let early = store.activity(T0, T0 + 6_000).await.unwrap();
+    assert_eq!(early.iter().map(|m| m.succeeded + m.failed).sum::<u64>(), 1);
+
+    let trouble = store.troubled_endpoints(T0, 10).await.expect("trouble");
+    assert_eq!(trouble.len(), 1, "{trouble:?}");
+    assert_eq!(trouble[0].endpoint_id.as_deref(), Some(bad.id.as_str()));
+    assert_eq!(trouble[0].app_id, a.id);
+    assert_eq!(trouble[0].url, "https://bad.example/hook");
+    assert_eq!(trouble[0].failures, 3);
+    assert_eq!(trouble[0].last_attempt_at, T0 + 125_000);
+    assert_eq!(trouble[0].last_success_at, None);
+    // Outside the window, nothing is in trouble.
+    assert!(store
+        .troubled_endpoints(T0 + 200_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let h = store.endpoint_health(&bad.id).await.expect("health");
+    assert_eq!(h.consecutive_failures, 3);
+    assert_eq!(h.last_success_at, None);
+    assert_eq!(h.last_attempt_at, Some(T0 + 125_000));
+    assert_eq!(h.pending, 1);
+    let h = store.endpoint_health(&good.id).await.expect("health");
+    assert_eq!(h.consecutive_failures, 0);
+    assert_eq!(h.last_success_at, Some(T0 + 5_000));
+    assert_eq!(h.pending, 0);
+    assert_eq!(
+        store.endpoint_health("ep_missing").await.unwrap(),
+        crate::dashboard::EndpointHealth::default()
+    );
+
+    let counts = store.queue_counts(T0 + 125_000).await.expect("counts");
+    assert_eq!(counts.pending, 1);
+    assert_eq!(counts.failed, 0);
+    assert_eq!(
+        counts.held, 1,
+        "the bad endpoint's retry is still held by node_a"
+    );
+    assert_eq!(counts.due, 0, "its retry is due at T0 + 125 001");
+    assert_eq!(store.queue_counts(T0 + 130_000).await.unwrap().due, 1);
+}
+
+pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) {
+    use crate::dashboard::SearchNotifications;
+    let a = app(store).await;
+    let other = app(store).await;
+    let mk =
+        |app_id: &str, event: &str, payload: &str, order_key: Option<&str>, now| NewNotification {
+            notify_url: Some("https://merchant.example/notify".into()),
+            payload: payload.into(),
+            order_key: order_key.map(Into::into),
+            now,
+            ..new_notification(app_id, event)
+        };
+    let n1 = store
+        .create_notification(mk(
+            &a.id,
+            "trade.success",
+            r#"{"out_trade_no": "T-1"}"#,
+            None,
+            T0,
+        ))
+        .await
+        .unwrap();
+    let n2 = store
+        .create_notification(mk(
+            &a.id,
+            "refund.success",
+            r#"{"out_trade_no": 1002}"#,
+            None,
+            T0 + 10,
+        ))
+        .await
+        .unwrap();
+    let n3 = store
+        .create_notification(mk(
+            &a.id,
+            "trade.success",
+            r#"[1, 2]"#,
+            Some("K-3"),
+            T0 + 20,
+        ))
+        .await
+        .unwrap();
+    let n4 = store
+        .create_notification(mk(
+            &other.id,
+            "trade.success",
+            r#"{"out_trade_no": "T-1"}"#,
+            None,
+            T0 + 30,
+        ))
+        .await
+        .unwrap();
+    let ids =
+        |p: &Page<NotificationSummary>| p.items.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+    let search = |s: SearchNotifications| async move {
+        store
+            .search_notifications(SearchNotifications { limit: 10, ..s })
+            .await
+            .expect("search")
+    };
+    let all = search(SearchNotifications::default()).await;
+    assert_eq!(
+        ids(&all),
+        [&n4, &n3, &n2, &n1].map(|n| n.notification.id.clone())
+    );
+    assert_eq!(
+        all.items[0].deliveries.len(),
+        1,
+        "summaries carry their deliveries"
+    );
+    assert!(all.next_cursor.is_none());
+    let by_app = search(SearchNotifications {
+        app_id: Some(a.id.clone()),
+        event_type: Some("trade.success".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&by_app), [&n3, &n1].map(|n| n.notification.id.clone()));
+    let by_trade = search(SearchNotifications {
+        key: Some("T-1".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        ids(&by_trade),
+        [&n4, &n1].map(|n| n.notification.id.clone())
+    );
+    let numeric = search(SearchNotifications {
+        key: Some("1002".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&numeric), vec![n2.notification.id.clone()]);
+    let by_order_key = search(SearchNotifications {
+        key: Some("K-3".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&by_order_key), vec![n3.notification.id.clone()]);
+    let by_notify_id = search(SearchNotifications {
+        notify_id: Some(n2.deliveries[0].notify_id.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&by_notify_id), vec![n2.notification.id.clone()]);
+    let by_time = search(SearchNotifications {
+        from: Some(T0 + 10),
+        until: Some(T0 + 30),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&by_time), [&n3, &n2].map(|n| n.notification.id.clone()));
+    let nothing = search(SearchNotifications {
+        status: Some(DeliveryStatus::Failed),
+        ..Default::default()
+    })
+    .await;
+    assert!(nothing.items.is_empty() && nothing.next_cursor.is_none());
+    let pending = search(SearchNotifications {
+        status: Some(DeliveryStatus::Pending),
+        app_id: Some(other.id.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&pending), vec![n4.notification.id.clone()]);
+
+    // Pages: two, then the rest, then none.
+    let p1 = store
+        .search_notifications(SearchNotifications {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&p1), [&n4, &n3].map(|n| n.notification.id.clone()));
+    let p2 = store
+        .search_notifications(SearchNotifications {
+            limit: 2,
+            cursor: p1.next_cursor.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&p2), [&n2, &n1].map(|n| n.notification.id.clone()));
+    assert!(p2.next_cursor.is_none());
+    let bad = store
+        .search_notifications(SearchNotifications {
+            limit: 2,
+            cursor: Some("not-a-cursor".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor)), "{bad:?}");
+}
+
+pub async fn dashboard_lists_sandbox_payments_newest_first(store: &impl Store) {
+    let a = app(store).await;
+    for (id, trade) in [("pay_01A", "T-1"), ("pay_01C", "T-3"), ("pay_01B", "T-2")] {
+        store
+            .write_sandbox_payment(SandboxWrite {
+                payment: SandboxPayment {
+                    id: id.into(),
+                    app_id: a.id.clone(),
+                    out_trade_no: trade.into(),
+                    doc: "{}".into(),
+                    version: 0,
+                    deadline: None,
+                },
+                expected_version: None,
+                notifications: vec![],
+            })
+            .await
+            .expect("insert");
+    }
+    let page =
+        |cursor| store.list_sandbox_payments(crate::dashboard::ListPage { limit: 2, cursor });
+    let first = page(None).await.expect("first page");
+    assert_eq!(
+        first
+            .items
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        ["pay_01C", "pay_01B"]
+    );
+    let second = page(first.next_cursor).await.expect("second page");
+    assert_eq!(
+        second
+            .items
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        ["pay_01A"]
+    );
+    assert_eq!(second.items[0].out_trade_no, "T-1");
+    assert!(second.next_cursor.is_none());
 }

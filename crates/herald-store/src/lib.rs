@@ -4,18 +4,20 @@
 //! The store is the source of truth. The engine sees only the claim-based [`Queue`] (see
 //! [`queue`] for claims, leases and hints); the API, the sandbox and the settings use their
 //! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`], [`ApiKeyStore`],
-//! [`SourceStore`]). [`Store`] is all six, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
+//! [`SourceStore`], [`DashboardStore`]). [`Store`] is all seven, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
 //! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
 //! SQL. Drivers seal apps' credentials before writing them and open them when reading (see
 //! [`sealing`]).
 
 pub mod conformance;
+pub mod dashboard;
 pub mod model;
 pub mod queue;
 pub mod sealing;
 
 use async_trait::async_trait;
 
+pub use dashboard::DashboardStore;
 pub use model::*;
 pub use queue::*;
 pub use sealing::{SealCensus, Sealer};
@@ -40,11 +42,17 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a driver provides: the engine's queue plus administration, the sandbox's
-/// trades, settings, app-scoped API keys and the inbound gateway's sources. Implemented for
-/// every type that implements the six.
-pub trait Store: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore {}
+/// trades, settings, app-scoped API keys, the inbound gateway's sources and the dashboard's
+/// reads. Implemented for every type that implements the seven.
+pub trait Store:
+    Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore + DashboardStore
+{
+}
 
-impl<T: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore> Store for T {}
+impl<T> Store for T where
+    T: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore + DashboardStore
+{
+}
 
 /// Apps, endpoints, notifications and deliveries as the API administers and queries them.
 /// Methods that change state are committed (durably) before they return; what they change

@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the delivery service: the HTTP API and the delivery engine on one database.
+    /// Run the delivery service: the HTTP API, the delivery engine and the operator dashboard
+    /// (open / in a browser) on one database.
     Serve(Box<ServeArgs>),
     /// Try the whole payment flow locally: the sandbox platform and the example shop (open
     /// the shop URL it prints in your browser).

@@ -19,6 +19,7 @@ use rand::RngCore;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
+use crate::dashboard::{self, DashState, Dashboard};
 use crate::http::{self, HttpLimits};
 use crate::sandbox::{self, Sandbox, SandboxOptions};
 
@@ -108,6 +109,8 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     /// The payment sandbox's public base URL, when it is mounted.
     pub sandbox_url: Option<String>,
+    /// The operator dashboard (at `/`): issues one-time login links.
+    pub dashboard: Dashboard,
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
@@ -239,15 +242,17 @@ pub async fn start(
     };
     let mut app = api::router(api_state.clone());
     let mut sandbox_url = None;
+    let mut mounted = None;
     if let Some(sandbox_opts) = &opts.sandbox {
         let sb = Sandbox::start(store.clone(), sandbox_opts, addr, stop_rx.clone());
         tracing::info!(public_url = %sb.public_url(), "the payment sandbox is mounted");
         sandbox_url = Some(sb.public_url().to_string());
+        mounted = Some(sb.clone());
         let routes = sandbox::router(sb);
         let admin = routes
             .admin
             .route_layer(axum::middleware::from_fn_with_state(
-                api_state,
+                api_state.clone(),
                 api::require_admin,
             ));
         app = app.nest("/v1/sandbox", admin).merge(routes.public);
@@ -256,6 +261,13 @@ pub async fn start(
             api::error::method_not_allowed_as_json,
         ));
     }
+    let (dash, dashboard) = dashboard::router(DashState {
+        api: api_state,
+        sessions: Default::default(),
+        sandbox: mounted,
+        stats: engine.stats.clone(),
+    });
+    app = app.merge(dash);
     let serve = http::serve(listener, app, opts.http.clone(), max_connections, stop_rx);
     let stats = engine.stats.clone();
     let closing = store.clone();
@@ -271,6 +283,7 @@ pub async fn start(
         stats,
         store,
         sandbox_url,
+        dashboard,
         task,
         stop: stop_tx,
     })

@@ -1,12 +1,20 @@
-//! The demo in a real browser: headless Chromium, driven over WebDriver (chromedriver),
-//! opens the shop, buys, pays on the sandbox's checkout page, follows the redirect back and
-//! sees the order turn paid once the notification has arrived. Then it buys again and the
-//! payment is made elsewhere (as a phone that scanned the QR code would, by another client):
-//! the checkout page notices by polling and moves the browser on to the shop by itself. The
-//! checkout page's screenshot is kept in `target/test-artifacts/checkout.png`.
+//! Herald in a real browser: headless Chromium, driven over WebDriver (chromedriver).
+//!
+//! - The demo: opens the shop, buys, pays on the sandbox's checkout page, follows the
+//!   redirect back and sees the order turn paid once the notification has arrived. Then it
+//!   buys again and the payment is made elsewhere (as a phone that scanned the QR code
+//!   would, by another client): the checkout page notices by polling and moves the browser
+//!   on to the shop by itself. The checkout page's screenshot is kept in
+//!   `target/test-artifacts/checkout.png`.
+//! - The dashboard: an operator signs in, finds a failed delivery from the overview, resends
+//!   it once the receiver is fixed and sees it succeed. Screenshots:
+//!   `target/test-artifacts/dashboard-overview.png` and
+//!   `target/test-artifacts/dashboard-notification.png`.
 //!
 //! Chromium comes from Debian's `chromium` and `chromium-driver` packages: `.ci/run`
 //! installs them, and this test installs them itself (as root, with apt-get) when missing.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -195,6 +203,32 @@ impl Browser {
         assert!(v.is_null(), "click on {css} failed: {v}");
     }
 
+    /// Types `text` into the element matching `css`.
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self
+            .find(css)
+            .await
+            .unwrap_or_else(|| panic!("no element matches {css}"));
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{el}/value"),
+                Some(json!({ "text": text })),
+            )
+            .await;
+        assert!(v.is_null(), "typing into {css} failed: {v}");
+    }
+
+    async fn resize(&self, width: u32, height: u32) {
+        let _ = self
+            .call(
+                reqwest::Method::POST,
+                "/window/rect",
+                Some(json!({"width": width, "height": height})),
+            )
+            .await;
+    }
+
     async fn attribute(&self, css: &str, name: &str) -> Option<String> {
         let el = self.find(css).await?;
         self.call(
@@ -340,4 +374,97 @@ async fn a_shopper_pays_in_chromium_and_the_order_turns_paid_when_the_notify_arr
     let _ = browser.call(reqwest::Method::DELETE, "", None).await;
     drop(browser);
     demo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_finds_a_failed_delivery_and_resends_it_once_the_receiver_is_fixed() {
+    use common::{Receiver, Reply, TestServer, TOKEN};
+    ensure_chromium();
+    let server = TestServer::start().await;
+    let rx = Receiver::start(|_, _| Reply::Status(503, "maintenance until 10:00")).await;
+    let app = server
+        .app(json!({"name": "Coffee shop", "retry": [0.05]}))
+        .await;
+    server
+        .endpoint(&app, json!({"url": rx.url("/payments/notify")}))
+        .await;
+    let n = server
+        .notify(
+            &app,
+            json!({"event_type": "payment.succeeded", "order_key": "ORDER-1001",
+                   "payload": {"out_trade_no": "T-1001", "amount": 1990, "currency": "CNY"}}),
+        )
+        .await;
+    let id = n["id"].as_str().unwrap().to_string();
+    server.wait_status(&id, "failed").await;
+
+    let browser = Browser::start().await;
+    browser.resize(1280, 1000).await;
+    browser.goto(&format!("{}/", server.base)).await;
+    browser
+        .wait_url("the sign-in form", |u| u.ends_with("/login"))
+        .await;
+    browser.type_into("input[name=token]", TOKEN).await;
+    browser.click("form[action='/login'] button").await;
+    let home = format!("{}/", server.base);
+    browser.wait_url("the overview", |u| u == home).await;
+    let text = browser.page_text().await;
+    assert!(text.contains("Endpoints in trouble"), "{text}");
+    assert!(
+        text.contains("/payments/notify"),
+        "the failing endpoint: {text}"
+    );
+    browser
+        .screenshot(&artifacts_dir().join("dashboard-overview.png"))
+        .await;
+
+    // From the endpoint in trouble to its failed notifications, then to the notification.
+    browser.click("a[href*='status=failed']").await;
+    browser
+        .wait_url("the failed notifications", |u| {
+            u.contains("/notifications?")
+        })
+        .await;
+    browser.click("a[href^='/notifications/']").await;
+    let page = format!("{}/notifications/{id}", server.base);
+    browser
+        .wait_url("the notification", |u| u.starts_with(&page))
+        .await;
+    let text = browser.page_text().await;
+    assert!(text.contains("HTTP 503"), "{text}");
+    assert!(text.contains("failed"), "{text}");
+
+    // The receiver is fixed; resend from the page and watch it succeed.
+    rx.set_script(Receiver::ok());
+    browser.click("form[action$='/resend'] button").await;
+    browser
+        .wait_url("the page after resending", |u| u.contains("done=resent"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if browser.find(".delivery .badge.ok").await.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delivery never showed as succeeded: {}",
+            browser.page_text().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.goto(&page).await;
+    }
+    let text = browser.page_text().await;
+    assert!(text.contains("succeeded"), "{text}");
+    assert!(
+        text.contains("HTTP 204"),
+        "the acknowledged attempt: {text}"
+    );
+    assert_eq!(rx.count(), 3, "two failed attempts, then the resend");
+    browser.resize(1280, 1500).await;
+    browser
+        .screenshot(&artifacts_dir().join("dashboard-notification.png"))
+        .await;
+    let _ = browser.call(reqwest::Method::DELETE, "", None).await;
+    drop(browser);
+    server.stop().await;
 }

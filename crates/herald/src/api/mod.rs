@@ -1,7 +1,7 @@
 //! The HTTP API (axum): the route table, shared state, and the JSON views of domain objects.
 //! Handlers live in one file per resource; who may call what is decided in [`auth`]; errors
 //! map to HTTP in [`error`]; the OpenAPI document and its docs page are in [`openapi`].
-mod apps;
+pub(crate) mod apps;
 pub mod auth;
 mod endpoints;
 pub use endpoints::MAX_IN_FLIGHT_LIMIT;

@@ -84,6 +84,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("  Shop:      {}/", demo.shop_url);
     println!("             buy something, pay on the checkout page, watch the order turn paid");
     println!("  Herald:    {}  (API + sandbox)", demo.herald_url);
+    println!("  Dashboard: {}/", demo.herald_url);
+    if let Some(link) = demo.dashboard_login_url() {
+        println!("             sign in once with {link}  (single use, 10 minutes)");
+    }
     println!("  Admin token: {}", demo.admin_token);
     println!("  App:       {}", demo.app_id);
     println!("  Data:      {}", dir.display());

@@ -1,0 +1,639 @@
+//! The operator dashboard's pages and actions over real HTTP: sign-in and sessions, the
+//! session guard (GET to the sign-in form, POST 401), CSRF and Origin refusals that change
+//! nothing, each page's content, each action's effect on the store, escaping of hostile
+//! strings, one-time login links, and the sandbox's pages and buttons.
+mod common;
+
+use common::{Receiver, Reply, TestServer, SECRET, TOKEN};
+use herald_store::DeliveryStatus;
+use serde_json::{json, Value};
+
+/// A browser-like client of one server: no redirects followed, the session cookie kept by
+/// hand, the CSRF token read from the pages.
+struct Operator {
+    base: String,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    body: String,
+}
+
+impl Operator {
+    fn new(server: &TestServer) -> Operator {
+        Operator {
+            base: server.base.clone(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    async fn signed_in(server: &TestServer) -> Operator {
+        let mut op = Operator::new(server);
+        let p = op
+            .post("/login", &[("token", TOKEN)], Some(&server.base))
+            .await;
+        assert_eq!(p.status, 303, "{}", p.body);
+        op.cookie = p
+            .set_cookie
+            .as_deref()
+            .and_then(|c| c.split(';').next())
+            .map(str::to_string);
+        assert!(op.cookie.is_some());
+        op
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Page {
+        let req = match &self.cookie {
+            Some(c) => req.header("cookie", c),
+            None => req,
+        };
+        let resp = req.send().await.expect("request");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (location, set_cookie) = (header("location"), header("set-cookie"));
+        Page {
+            status: resp.status().as_u16(),
+            location,
+            set_cookie,
+            body: resp.text().await.unwrap_or_default(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// POSTs a form; `origin` is sent as the `Origin` header when given.
+    async fn post(&self, path: &str, fields: &[(&str, &str)], origin: Option<&str>) -> Page {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        self.send(req).await
+    }
+
+    /// The CSRF token the signed-in pages carry.
+    async fn csrf(&self) -> String {
+        let page = self.get("/").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let at = page
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a csrf field")
+            + 19;
+        page.body[at..].split('"').next().unwrap().to_string()
+    }
+
+    /// POSTs an action the way the page's form does: same origin, with the CSRF token.
+    async fn act(&self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let csrf = self.csrf().await;
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post(path, &all, Some(&self.base)).await
+    }
+}
+
+/// An app whose endpoint answers 500 until told otherwise, with one notification that has
+/// failed (two attempts); returns (app, endpoint, notification id, delivery id, receiver).
+async fn failed_delivery(server: &TestServer) -> (String, String, String, String, Receiver) {
+    let rx = Receiver::start(|_, _| Reply::Status(500, "down for maintenance")).await;
+    let app = server.app(json!({"retry": [0.05]})).await;
+    let ep = server.endpoint(&app, json!({"url": rx.url("/hook")})).await;
+    let n = server
+        .notify(
+            &app,
+            json!({"event_type": "invoice.paid", "order_key": "ORDER-7",
+                   "payload": {"out_trade_no": "T-7001", "amount": 880}}),
+        )
+        .await;
+    let id = n["id"].as_str().unwrap().to_string();
+    let v = server.wait_status(&id, "failed").await;
+    let delivery = v["deliveries"][0]["id"].as_str().unwrap().to_string();
+    (app, ep, id, delivery, rx)
+}
+
+async fn delivery_status(server: &TestServer, id: &str) -> DeliveryStatus {
+    let store = &server.running.as_ref().unwrap().store;
+    store
+        .get_delivery(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .delivery
+        .status
+}
+
+#[tokio::test]
+async fn without_a_session_pages_go_to_sign_in_and_actions_are_refused() {
+    let server = TestServer::start().await;
+    let (app, ep, n, d, _rx) = failed_delivery(&server).await;
+    let anon = Operator::new(&server);
+    for path in [
+        "/".to_string(),
+        "/apps".into(),
+        format!("/apps/{app}"),
+        "/notifications".into(),
+        format!("/notifications/{n}"),
+        format!("/deliveries/{d}"),
+        "/sandbox".into(),
+    ] {
+        let p = anon.get(&path).await;
+        assert_eq!(p.status, 303, "{path}");
+        assert_eq!(p.location.as_deref(), Some("/login"), "{path}");
+    }
+    for path in [
+        format!("/actions/deliveries/{d}/resend"),
+        format!("/actions/apps/{app}/recover"),
+        format!("/actions/apps/{app}/rotate"),
+        format!("/actions/apps/{app}/endpoints/{ep}/enabled"),
+        "/logout".into(),
+    ] {
+        let p = anon
+            .post(
+                &path,
+                &[
+                    ("csrf", "x"),
+                    ("since", "2020-01-01T00:00"),
+                    ("enabled", "false"),
+                ],
+                Some(&server.base),
+            )
+            .await;
+        assert_eq!(p.status, 401, "{path}");
+    }
+    assert_eq!(delivery_status(&server, &d).await, DeliveryStatus::Failed);
+    let (_, v) = server
+        .call("GET", &format!("/v1/apps/{app}/endpoints/{ep}"), None)
+        .await;
+    assert_eq!(v["enabled"], true);
+    // A made-up cookie is no session either.
+    let mut forged = Operator::new(&server);
+    forged.cookie = Some("herald_session=forged".into());
+    assert_eq!(forged.get("/").await.status, 303);
+}
+
+#[tokio::test]
+async fn signing_in_with_the_admin_token_sets_a_strict_httponly_session_cookie_until_sign_out() {
+    let server = TestServer::start().await;
+    let anon = Operator::new(&server);
+    let form = anon.get("/login").await;
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("name=\"token\""));
+    let wrong = anon
+        .post("/login", &[("token", "not-the-token")], Some(&server.base))
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("not valid"));
+    assert!(wrong.set_cookie.is_none());
+    let cross = anon
+        .post("/login", &[("token", TOKEN)], Some("http://evil.example"))
+        .await;
+    assert_eq!(cross.status, 403);
+    assert!(cross.set_cookie.is_none());
+
+    let ok = anon
+        .post("/login", &[("token", TOKEN)], Some(&server.base))
+        .await;
+    assert_eq!(ok.status, 303);
+    assert_eq!(ok.location.as_deref(), Some("/"));
+    let cookie = ok.set_cookie.unwrap();
+    assert!(cookie.starts_with("herald_session="), "{cookie}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(cookie.contains(attr), "{attr} missing from {cookie}");
+    }
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie holds a session id, not the token"
+    );
+
+    let mut op = Operator::new(&server);
+    op.cookie = cookie.split(';').next().map(str::to_string);
+    let home = op.get("/").await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("Overview"));
+    let csrf = op.csrf().await;
+    // Signing out needs the token too; then the session is gone.
+    assert_eq!(
+        op.post("/logout", &[], Some(&server.base)).await.status,
+        403
+    );
+    let out = op
+        .post("/logout", &[("csrf", &csrf)], Some(&server.base))
+        .await;
+    assert_eq!(out.status, 303);
+    assert!(out.set_cookie.unwrap().contains("Max-Age=0"));
+    assert_eq!(op.get("/").await.status, 303);
+}
+
+#[tokio::test]
+async fn every_page_shows_what_the_store_holds() {
+    let server = TestServer::start().await;
+    let (app, ep, n, d, _rx) = failed_delivery(&server).await;
+    let op = Operator::signed_in(&server).await;
+
+    let home = op.get("/").await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("<svg"), "the chart");
+    assert!(
+        home.body.contains("0 acknowledged, 2 failed"),
+        "both failed attempts are in this minute's bar"
+    );
+    assert!(home.body.contains("Endpoints in trouble"));
+    assert!(
+        home.body.contains(&ep),
+        "the failing endpoint is listed as in trouble"
+    );
+    assert!(home.body.contains("Failed (retries spent)"));
+
+    let apps = op.get("/apps").await;
+    assert!(apps.status == 200 && apps.body.contains(&app));
+
+    let page = op.get(&format!("/apps/{app}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("/hook"));
+    assert!(
+        page.body.contains("<span class=\"badge bad\">2</span>"),
+        "two failures in a row"
+    );
+    assert!(page.body.contains("Breaker") && page.body.contains("not tracked yet"));
+
+    let found = op
+        .get(&format!("/notifications?status=failed&app={app}"))
+        .await;
+    assert_eq!(found.status, 200);
+    assert!(found.body.contains(&n));
+    for q in ["key=T-7001", "key=ORDER-7", "event_type=invoice.paid"] {
+        let p = op.get(&format!("/notifications?{q}")).await;
+        assert!(p.body.contains(&n), "{q}");
+    }
+    let none = op.get("/notifications?status=succeeded").await;
+    assert!(!none.body.contains(&n));
+    let bad = op.get("/notifications?status=lost&from=yesterday").await;
+    assert_eq!(bad.status, 422);
+    assert!(bad
+        .body
+        .contains("not pending, succeeded, failed or canceled"));
+    assert!(bad.body.contains("is not a date and time"));
+
+    let detail = op.get(&format!("/notifications/{n}")).await;
+    assert_eq!(detail.status, 200);
+    let b = &detail.body;
+    assert!(b.contains(&d));
+    assert!(b.contains("HTTP 500") && b.contains("http-status"));
+    assert!(b.contains("down for maintenance"), "the response body");
+    assert!(b.contains("Request as sent"));
+    assert!(
+        b.contains("webhook-signature: •••• masked"),
+        "the signature is masked"
+    );
+    assert!(!b.contains("v1,"), "no signature value reaches the page");
+    assert!(!b.contains(SECRET));
+    assert!(
+        b.contains("&quot;out_trade_no&quot;: &quot;T-7001&quot;"),
+        "the payload"
+    );
+    assert!(b.contains("Resend"));
+
+    let attempts = op.get(&format!("/deliveries/{d}")).await;
+    assert_eq!(attempts.status, 200);
+    assert_eq!(attempts.body.matches("class=\"attempt bad\"").count(), 2);
+    assert_eq!(
+        attempts.body.matches("Request as sent").count(),
+        2,
+        "the delivery's page rebuilds every attempt's request"
+    );
+    assert!(
+        b.contains(&format!("href=\"/deliveries/{d}\"")),
+        "older attempts point to the delivery's page for their request"
+    );
+
+    assert_eq!(op.get("/notifications/ntf_missing").await.status, 404);
+    assert_eq!(op.get("/apps/app_missing").await.status, 404);
+    assert_eq!(op.get("/sandbox").await.status, 404, "no sandbox mounted");
+}
+
+#[tokio::test]
+async fn an_action_without_the_csrf_token_or_from_another_origin_changes_nothing() {
+    let server = TestServer::start().await;
+    let (_app, _ep, _n, d, _rx) = failed_delivery(&server).await;
+    let op = Operator::signed_in(&server).await;
+    let path = format!("/actions/deliveries/{d}/resend");
+    let csrf = op.csrf().await;
+    let none = op.post(&path, &[], Some(&server.base)).await;
+    assert_eq!(none.status, 403);
+    assert!(none.body.contains("security token"));
+    let wrong = op
+        .post(&path, &[("csrf", "guess")], Some(&server.base))
+        .await;
+    assert_eq!(wrong.status, 403);
+    let cross = op
+        .post(&path, &[("csrf", &csrf)], Some("http://evil.example"))
+        .await;
+    assert_eq!(cross.status, 403);
+    assert!(cross.body.contains("another site"));
+    assert_eq!(delivery_status(&server, &d).await, DeliveryStatus::Failed);
+    // Another session's token is no good either.
+    let other = Operator::signed_in(&server).await;
+    let other_csrf = other.csrf().await;
+    assert_ne!(other_csrf, csrf);
+    assert_eq!(
+        op.post(&path, &[("csrf", &other_csrf)], Some(&server.base))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(delivery_status(&server, &d).await, DeliveryStatus::Failed);
+}
+
+#[tokio::test]
+async fn resend_delivers_again_once_the_receiver_is_fixed() {
+    let server = TestServer::start().await;
+    let (_app, _ep, n, d, rx) = failed_delivery(&server).await;
+    rx.set_script(Receiver::ok());
+    let op = Operator::signed_in(&server).await;
+    let p = op
+        .act(&format!("/actions/deliveries/{d}/resend"), &[])
+        .await;
+    assert_eq!(p.status, 303);
+    assert_eq!(
+        p.location.as_deref(),
+        Some(format!("/notifications/{n}?done=resent#{d}").as_str())
+    );
+    server.wait_status(&n, "succeeded").await;
+    let page = op.get(&format!("/notifications/{n}?done=resent")).await;
+    assert!(page.body.contains("due again now"));
+    assert!(page.body.contains("class=\"attempt ok\""));
+    assert_eq!(rx.count(), 3);
+    let missing = op.act("/actions/deliveries/dlv_missing/resend", &[]).await;
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn recover_disable_enable_and_rotate_act_on_the_store() {
+    let server = TestServer::start().await;
+    let (app, ep, n, d, rx) = failed_delivery(&server).await;
+    let op = Operator::signed_in(&server).await;
+    let store = server.running.as_ref().unwrap().store.clone();
+
+    // Recover: a bad time is refused and changes nothing; a good one requeues.
+    let bad = op
+        .act(
+            &format!("/actions/apps/{app}/recover"),
+            &[("since", "soon")],
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(delivery_status(&server, &d).await, DeliveryStatus::Failed);
+    rx.set_script(Receiver::ok());
+    let p = op
+        .act(
+            &format!("/actions/apps/{app}/recover"),
+            &[("since", "2000-01-01T00:00")],
+        )
+        .await;
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location.unwrap(), format!("/apps/{app}?done=recovered"));
+    server.wait_status(&n, "succeeded").await;
+
+    // Disable, then enable.
+    let path = format!("/actions/apps/{app}/endpoints/{ep}/enabled");
+    assert_eq!(op.act(&path, &[("enabled", "maybe")]).await.status, 422);
+    assert_eq!(op.act(&path, &[("enabled", "false")]).await.status, 303);
+    let (_, v) = server
+        .call("GET", &format!("/v1/apps/{app}/endpoints/{ep}"), None)
+        .await;
+    assert_eq!(v["enabled"], false);
+    let page = op.get(&format!("/apps/{app}?done=disabled")).await;
+    assert!(page.body.contains("The endpoint is disabled"));
+    assert!(page.body.contains(">Enable<"));
+    assert_eq!(op.act(&path, &[("enabled", "true")]).await.status, 303);
+    let (_, v) = server
+        .call("GET", &format!("/v1/apps/{app}/endpoints/{ep}"), None)
+        .await;
+    assert_eq!(v["enabled"], true);
+
+    // Rotate: new credentials in the store, the new secret shown once on the answer.
+    let before = store.get_app(&app).await.unwrap().unwrap().credentials;
+    let rotated = op.act(&format!("/actions/apps/{app}/rotate"), &[]).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert!(rotated.body.contains("Secret rotated"));
+    let after = store.get_app(&app).await.unwrap().unwrap().credentials;
+    assert_ne!(before, after);
+    assert!(
+        rotated.body.contains("whsec_"),
+        "the new secret is shown once"
+    );
+
+    // API keys are not in this build: the button says so and creates nothing.
+    let keys = op.act(&format!("/actions/apps/{app}/api-keys"), &[]).await;
+    assert_eq!(keys.status, 501);
+    assert!(keys.body.contains("not available"));
+}
+
+#[tokio::test]
+async fn hostile_strings_are_escaped_on_every_page() {
+    let server = TestServer::start().await;
+    let evil = "<script>alert('x')</script>\"'&";
+    let (status, v) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": evil, "credentials": {"secret": SECRET}, "retry": [0.05]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let app = v["id"].as_str().unwrap().to_string();
+    let rx = Receiver::start(|_, _| Reply::Status(500, "<img src=x onerror=alert(1)>")).await;
+    server
+        .endpoint(&app, json!({"url": rx.url("/hook"), "event_types": [evil]}))
+        .await;
+    let n = server
+        .notify(
+            &app,
+            json!({"event_type": evil, "order_key": evil, "idempotency_key": evil,
+                   "payload": {"note": "</pre><script>alert(1)</script>", "out_trade_no": evil}}),
+        )
+        .await;
+    let id = n["id"].as_str().unwrap().to_string();
+    server.wait_status(&id, "failed").await;
+    let op = Operator::signed_in(&server).await;
+    let search = format!(
+        "/notifications?event_type={}&key={}",
+        url::form_urlencoded::byte_serialize(evil.as_bytes()).collect::<String>(),
+        url::form_urlencoded::byte_serialize(evil.as_bytes()).collect::<String>()
+    );
+    for path in [
+        "/".to_string(),
+        "/apps".into(),
+        format!("/apps/{app}"),
+        search,
+        format!("/notifications/{id}"),
+    ] {
+        let p = op.get(&path).await;
+        assert_eq!(p.status, 200, "{path}: {}", p.body);
+        assert!(
+            !p.body.contains("<script>alert"),
+            "{path} shows a raw script tag"
+        );
+        assert!(!p.body.contains("<img src=x"), "{path} shows a raw img tag");
+        assert!(!p.body.contains("</pre><script>"), "{path}");
+    }
+    let detail = op.get(&format!("/notifications/{id}")).await;
+    assert!(detail
+        .body
+        .contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&#39;&amp;"));
+    assert!(detail.body.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    let listed = op.get(&format!("/notifications?app={app}")).await;
+    assert!(
+        listed.body.contains(&id),
+        "the search form echoes its values escaped and still finds it"
+    );
+}
+
+#[tokio::test]
+async fn a_one_time_login_link_signs_a_browser_in_once() {
+    let server = TestServer::start().await;
+    let path = server
+        .running
+        .as_ref()
+        .unwrap()
+        .dashboard
+        .one_time_login_path()
+        .unwrap();
+    assert!(path.starts_with("/login/link?t="));
+    let anon = Operator::new(&server);
+    let first = anon.get(&path).await;
+    assert_eq!(first.status, 303);
+    let cookie = first.set_cookie.expect("a session cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let mut op = Operator::new(&server);
+    op.cookie = cookie.split(';').next().map(str::to_string);
+    assert_eq!(op.get("/").await.status, 200);
+    let again = anon.get(&path).await;
+    assert_eq!(again.status, 401);
+    assert!(again.set_cookie.is_none());
+    assert!(again.body.contains("already used or has expired"));
+    assert_eq!(anon.get("/login/link?t=made-up").await.status, 401);
+}
+
+#[tokio::test]
+async fn sandbox_pages_list_trades_and_their_buttons_refund_cancel_and_set_drills() {
+    let server = TestServer::start_sandbox(herald::sandbox::SandboxOptions::default()).await;
+    let (status, v) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "Tea <&> Co", "profile": "alipay"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let app = v["id"].as_str().unwrap().to_string();
+    let pay = |trade: &str| {
+        json!({"app_id": app, "out_trade_no": trade, "total_amount": "5.00",
+               "subject": "tea", "notify_url": "http://127.0.0.1:9/notify"})
+    };
+    let (s1, unpaid) = server
+        .call("POST", "/v1/sandbox/payments", Some(pay("T-unpaid")))
+        .await;
+    assert_eq!(s1, 201, "{unpaid}");
+    let (s2, paid) = server
+        .call("POST", "/v1/sandbox/payments", Some(pay("T-paid")))
+        .await;
+    assert_eq!(s2, 201, "{paid}");
+    let unpaid_id = unpaid["payment_id"].as_str().unwrap().to_string();
+    let paid_id = paid["payment_id"].as_str().unwrap().to_string();
+    let (st, _) = server
+        .call_raw("POST", &format!("/pay/{paid_id}/pay"), None, None, &[])
+        .await;
+    assert!(st == 200 || st == 303, "{st}");
+
+    let op = Operator::signed_in(&server).await;
+    let list = op.get("/sandbox").await;
+    assert_eq!(list.status, 200);
+    assert!(list.body.contains("T-unpaid") && list.body.contains("T-paid"));
+    assert!(list.body.contains("5.00"));
+
+    let p = op
+        .act(&format!("/actions/sandbox/{unpaid_id}/cancel"), &[])
+        .await;
+    assert_eq!(p.status, 303);
+    let (_, v) = server
+        .call("GET", &format!("/v1/sandbox/payments/{unpaid_id}"), None)
+        .await;
+    assert_eq!(v["status"], "TRADE_CLOSED");
+
+    let none = op
+        .act(&format!("/actions/sandbox/{paid_id}/refund"), &[])
+        .await;
+    assert_eq!(none.status, 422);
+    let too_much = op
+        .act(
+            &format!("/actions/sandbox/{paid_id}/refund"),
+            &[("refund_amount", "50.00")],
+        )
+        .await;
+    assert_eq!(too_much.status, 422, "{}", too_much.body);
+    let p = op
+        .act(
+            &format!("/actions/sandbox/{paid_id}/refund"),
+            &[("refund_amount", "1.50")],
+        )
+        .await;
+    assert_eq!(p.status, 303, "{}", p.body);
+    let (_, v) = server
+        .call("GET", &format!("/v1/sandbox/payments/{paid_id}"), None)
+        .await;
+    assert_eq!(v["refunded_amount"], 150);
+
+    let p = op
+        .act(
+            &format!("/actions/sandbox/{paid_id}/drills"),
+            &[("duplicate", "2"), ("bad_signature", "true")],
+        )
+        .await;
+    assert_eq!(p.status, 303);
+    let (_, v): (u16, Value) = server
+        .call("GET", &format!("/v1/sandbox/payments/{paid_id}"), None)
+        .await;
+    assert_eq!(v["drills"]["duplicate"], 2);
+    assert_eq!(v["drills"]["bad_signature"], true);
+    let bad = op
+        .act(
+            &format!("/actions/sandbox/{paid_id}/drills"),
+            &[("duplicate", "99")],
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+
+    let page = op.get(&format!("/sandbox/{paid_id}?done=refunded")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Refunded;"));
+    assert!(page
+        .body
+        .contains("name=\"bad_signature\" value=\"true\" checked"));
+    assert!(
+        page.body.contains("/notifications/ntf_"),
+        "events link their notifications"
+    );
+    assert!(!page.body.contains("Tea <&> Co"));
+}

@@ -8,6 +8,7 @@
 //! - `admin` and `sandbox`: what the API and the sandbox write;
 //! - `queue`: the engine's claim-based queue (`FOR UPDATE SKIP LOCKED` claims serialized by
 //!   an advisory lock, node leases, conditional outcomes);
+//! - `ops`: endpoint health, apps' ops targets, metrics counts, retention purges;
 //! - `hints`: `LISTEN/NOTIFY` wake-ups and the app/endpoint caches they keep coherent.
 //!
 //! Writes cost a fixed number of round trips, whatever a notification fans out to: the
@@ -17,6 +18,7 @@ mod admin;
 mod batch;
 mod connect;
 mod hints;
+mod ops;
 mod queue;
 mod rows;
 mod sandbox;
@@ -29,6 +31,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use herald_protocols::Credentials;
 
+use herald_store::health::*;
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{AdminStore, MetaStore, Result, SandboxStore, SealCensus, Sealer, StoreError};
@@ -369,5 +372,32 @@ impl Queue for PgStore {
 
     fn hints(&self, node: NodeId) -> HintReceiver {
         self.inner.subscribers.subscribe(node)
+    }
+
+    async fn record_health(&self, report: HealthReport) -> Result<Option<HealthRecorded>> {
+        ops::record_health(&self.inner, report).await
+    }
+}
+
+#[async_trait]
+impl OpsStore for PgStore {
+    async fn set_app_ops(&self, app_id: &str, target: Option<OpsTarget>) -> Result<bool> {
+        ops::set_app_ops(&self.inner, app_id, target).await
+    }
+
+    async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>> {
+        ops::get_app_ops(&self.inner, app_id).await
+    }
+
+    async fn pending_count(&self) -> Result<u64> {
+        ops::pending_count(&self.inner).await
+    }
+
+    async fn breaker_counts(&self) -> Result<Vec<(BreakerState, u64)>> {
+        ops::breaker_counts(&self.inner).await
+    }
+
+    async fn purge_finished(&self, params: PurgeParams) -> Result<Purged> {
+        ops::purge_finished(&self.inner, params).await
     }
 }

@@ -142,6 +142,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_held_by_node ON deliveries(locked_by)
         WHERE locked_by IS NOT NULL;
     "#,
+    // 4: operations. Each endpoint's health (circuit breaker, auto-disable; see
+    // `herald_store::health`); claims skip the endpoints listed by the partial index. Apps'
+    // ops notification target (its secret sealed like credentials). Retention walks
+    // notifications by creation time.
+    r#"
+    ALTER TABLE endpoints ADD COLUMN health_state TEXT NOT NULL DEFAULT 'closed'
+        CHECK (health_state IN ('closed', 'open', 'disabled'));
+    ALTER TABLE endpoints ADD COLUMN health_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE endpoints ADD COLUMN health_failing_since BIGINT;
+    ALTER TABLE endpoints ADD COLUMN health_last_success_at BIGINT;
+    ALTER TABLE endpoints ADD COLUMN health_last_failure_at BIGINT;
+    ALTER TABLE endpoints ADD COLUMN breaker_open_until BIGINT;
+    ALTER TABLE endpoints ADD COLUMN breaker_opened INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE endpoints ADD COLUMN disabled_reason TEXT;
+    ALTER TABLE endpoints ADD COLUMN health_changed_at BIGINT;
+    CREATE INDEX endpoints_unhealthy ON endpoints(id, breaker_open_until)
+        WHERE health_state <> 'closed';
+    ALTER TABLE apps ADD COLUMN ops_url TEXT;
+    ALTER TABLE apps ADD COLUMN ops_credentials TEXT;
+    CREATE INDEX notifications_by_time ON notifications(created_at);
+    "#,
 ];
 
 /// Applies every migration not yet applied, in one transaction that holds an advisory

@@ -10,12 +10,14 @@
 //! [`sealing`]).
 
 pub mod conformance;
+pub mod health;
 pub mod model;
 pub mod queue;
 pub mod sealing;
 
 use async_trait::async_trait;
 
+pub use health::*;
 pub use model::*;
 pub use queue::*;
 pub use sealing::{SealCensus, Sealer};
@@ -40,10 +42,10 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a driver provides: the engine's queue plus administration, the sandbox's
-/// trades and settings. Implemented for every type that implements the four.
-pub trait Store: Queue + AdminStore + SandboxStore + MetaStore {}
+/// trades, settings and operations (endpoint health, retention). Implemented for every type that implements the four.
+pub trait Store: Queue + AdminStore + SandboxStore + MetaStore + OpsStore {}
 
-impl<T: Queue + AdminStore + SandboxStore + MetaStore> Store for T {}
+impl<T: Queue + AdminStore + SandboxStore + MetaStore + OpsStore> Store for T {}
 
 /// Apps, endpoints, notifications and deliveries as the API administers and queries them.
 /// Methods that change state are committed (durably) before they return; what they change

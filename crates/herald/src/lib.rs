@@ -8,5 +8,7 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod metrics;
+pub mod retention;
 pub mod sandbox;
 pub mod server;

@@ -23,8 +23,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     herald verify --profile alipay --key alipay_public.pem --content-type application/x-www-form-urlencoded --explain < notify.txt\n\n\
     Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug) for more.")]
 struct Cli {
+    /// Log format on standard error: `text` (coloured only when standard error is a
+    /// terminal) or `json` (one JSON object per line, with span fields such as the API's
+    /// request_id). RUST_LOG sets the level (default info).
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,17 +60,28 @@ enum Command {
     Migrate(cmd::migrate::MigrateArgs),
     /// Re-seal every app's credentials under the first secret key (key rotation), then exit.
     Rekey(cmd::rekey::RekeyArgs),
+    /// Delete finished notifications older than a period (retention on demand), then exit.
+    Purge(cmd::purge::PurgeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,6 +103,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Migrate(args) => cmd::migrate::run(args).await.map(|_| true),
             Command::Rekey(args) => cmd::rekey::run(args).await.map(|_| true),
+            Command::Purge(args) => cmd::purge::run(args).await.map(|_| true),
         }
     });
     match result {

@@ -6,6 +6,7 @@ mod endpoints;
 pub mod error;
 pub(crate) mod extract;
 mod notifications;
+mod ops;
 pub(crate) mod views;
 
 use std::sync::Arc;
@@ -120,6 +121,12 @@ pub fn router(state: ApiState) -> Router {
             post(notifications::create).get(notifications::list),
         )
         .route("/apps/{app_id}/recover", post(notifications::recover))
+        .route(
+            "/apps/{app_id}/ops",
+            axum::routing::put(ops::set)
+                .get(ops::get)
+                .delete(ops::delete),
+        )
         .route("/notifications/{id}", get(notifications::get))
         .route("/deliveries/{id}", get(notifications::get_delivery))
         .route(

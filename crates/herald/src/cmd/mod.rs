@@ -3,6 +3,7 @@ pub mod bench;
 pub mod demo;
 pub mod listen;
 pub mod migrate;
+pub mod purge;
 pub mod rekey;
 pub mod send;
 pub mod serve;

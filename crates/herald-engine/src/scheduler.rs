@@ -142,7 +142,7 @@ enum TaskMsg {
     Health {
         endpoint: Arc<str>,
         signal: HealthSignal,
-        recorded: Option<HealthRecorded>,
+        recorded: Option<Box<HealthRecorded>>,
     },
     /// The store took the attempt's outcome.
     Completed { job: Arc<Job>, completed: Completed },
@@ -1017,7 +1017,7 @@ impl Scheduler {
         let tx = self.task_tx.clone();
         tokio::spawn(async move {
             let recorded = match queue.record_health(report).await {
-                Ok(r) => r,
+                Ok(r) => r.map(Box::new),
                 Err(e) => {
                     tracing::warn!(error = %e, endpoint = %endpoint, "recording the endpoint's health failed");
                     None
@@ -1035,7 +1035,7 @@ impl Scheduler {
         &mut self,
         endpoint: Arc<str>,
         signal: HealthSignal,
-        recorded: Option<HealthRecorded>,
+        recorded: Option<Box<HealthRecorded>>,
     ) {
         if signal != HealthSignal::Success {
             if let Some(n) = self.health_pending.get_mut(&endpoint) {

@@ -42,7 +42,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the delivery service: the HTTP API and the delivery engine on one database.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Try the whole payment flow locally: the sandbox platform, the example shop, a browser.
     Demo(cmd::demo::DemoArgs),
     /// Deliver one signed notification now, showing each attempt (exit 1 if never acked).
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => cmd::serve::run(args).await.map(|_| true),
+            Command::Serve(args) => cmd::serve::run(*args).await.map(|_| true),
             Command::Demo(args) => cmd::demo::run(args).await.map(|_| true),
             Command::Send(args) => cmd::send::run(args).await,
             Command::Listen(args) => cmd::listen::run(args).await.map(|_| true),

@@ -85,7 +85,12 @@ pub struct Counters(Mutex<BTreeMap<Vec<&'static str>, u64>>);
 impl Counters {
     pub fn inc(&self, labels: &[&'static str]) {
         if let Ok(mut m) = self.0.lock() {
-            *m.entry(labels.to_vec()).or_default() += 1;
+            match m.get_mut(labels) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert(labels.to_vec(), 1);
+                }
+            }
         }
     }
 

@@ -93,11 +93,21 @@ struct Slot {
     state: State,
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 struct HealthMemo {
     /// A failure was reported since the last recorded success.
     dirty: bool,
     success_recorded_at: Option<Millis>,
+    /// A report is being recorded; what comes meanwhile waits in `queued` and goes in the
+    /// next report, so an endpoint has one health write in flight at a time.
+    recording: bool,
+    queued: Vec<HealthSignal>,
+    /// A failure that may open the breaker or disable the endpoint (at the threshold, a
+    /// failed probe, a 410) is queued or being recorded: the endpoint sends nothing until
+    /// the store answered, so no attempt slips out between the failure and the transition.
+    gating: bool,
+    /// `gating` for the report being recorded.
+    recording_gates: bool,
 }
 
 #[derive(Default)]
@@ -250,10 +260,6 @@ pub(crate) struct Scheduler {
     /// Per endpoint: whether the store has failures on record that a success must clear,
     /// and when a success was last recorded.
     health_memo: HashMap<Arc<str>, HealthMemo>,
-    /// Endpoints with a failure report in the store that may open the breaker or disable
-    /// them (at the threshold, a failed probe, a 410): they send nothing until it is
-    /// answered, so no attempt slips out between the failure and the transition.
-    health_pending: HashMap<Arc<str>, u32>,
     task_tx: UnboundedSender<TaskMsg>,
     task_rx: Option<UnboundedReceiver<TaskMsg>>,
 }
@@ -296,7 +302,6 @@ impl Scheduler {
             recording: 0,
             record_failures: 0,
             health_memo: HashMap::new(),
-            health_pending: HashMap::new(),
             task_tx,
             task_rx: Some(task_rx),
         }
@@ -986,9 +991,14 @@ impl Scheduler {
         let now = self.clock.now();
         let memo = self.health_memo.entry(endpoint.clone()).or_default();
         if signal == HealthSignal::Success {
-            let unhealthy = self.endpoints.get(&*endpoint).is_some_and(|e| {
-                e.health.state != BreakerState::Closed || e.health.consecutive_failures > 0
-            });
+            // The breaker's state reaches this node with every transition; its failure
+            // count does not (the copy here may be old), so a success is recorded when this
+            // node reported a failure since its last success, the breaker is not closed, or
+            // the interval has passed (which covers failures other nodes reported).
+            let unhealthy = self
+                .endpoints
+                .get(&*endpoint)
+                .is_some_and(|e| e.health.state != BreakerState::Closed);
             let interval = self.config.success_record_interval.as_millis() as Millis;
             let due = memo.success_recorded_at.is_none_or(|t| now - t >= interval);
             if !(memo.dirty || unhealthy || due) {
@@ -1003,14 +1013,32 @@ impl Scheduler {
                     d.probe || d.consecutive_failures >= self.config.breaker.failure_threshold
                 });
             if decisive {
-                *self.health_pending.entry(endpoint.clone()).or_default() += 1;
+                memo.gating = true;
             }
         }
+        memo.queued.push(signal);
+        if !memo.recording {
+            self.send_health(endpoint);
+        }
+    }
+
+    /// Sends the endpoint's queued signals as one report.
+    fn send_health(&mut self, endpoint: Arc<str>) {
+        let Some(memo) = self.health_memo.get_mut(&endpoint) else {
+            return;
+        };
+        if memo.queued.is_empty() {
+            return;
+        }
+        memo.recording = true;
+        memo.recording_gates = std::mem::take(&mut memo.gating);
+        let signals = std::mem::take(&mut memo.queued);
+        let success = signals.last() == Some(&HealthSignal::Success);
         self.stats.health_reports.fetch_add(1, Ordering::Relaxed);
         let report = HealthReport {
             endpoint_id: endpoint.to_string(),
-            signal,
-            now,
+            signals,
+            now: self.clock.now(),
             policy: self.config.breaker,
         };
         let queue = self.queue.clone();
@@ -1023,6 +1051,11 @@ impl Scheduler {
                     None
                 }
             };
+            let signal = if success {
+                HealthSignal::Success
+            } else {
+                HealthSignal::Failure
+            };
             let _ = tx.send(TaskMsg::Health {
                 endpoint,
                 signal,
@@ -1031,23 +1064,29 @@ impl Scheduler {
         });
     }
 
+    fn health_gates(&self, endpoint: &str) -> bool {
+        self.health_memo
+            .get(endpoint)
+            .is_some_and(|m| m.gating || (m.recording && m.recording_gates))
+    }
+
     fn on_health(
         &mut self,
         endpoint: Arc<str>,
         signal: HealthSignal,
         recorded: Option<Box<HealthRecorded>>,
     ) {
-        if signal != HealthSignal::Success {
-            if let Some(n) = self.health_pending.get_mut(&endpoint) {
-                *n -= 1;
-                if *n == 0 {
-                    self.health_pending.remove(&endpoint);
-                    if let Some(dest) = self.dests.get_mut(&endpoint) {
-                        if dest.can_send() && !dest.queued {
-                            dest.queued = true;
-                            self.ready_dests.push_back(endpoint.clone());
-                        }
-                    }
+        if let Some(memo) = self.health_memo.get_mut(&endpoint) {
+            memo.recording = false;
+            memo.recording_gates = false;
+        }
+        // What came meanwhile goes now; the endpoint may send again once nothing gates it.
+        self.send_health(endpoint.clone());
+        if !self.health_gates(&endpoint) {
+            if let Some(dest) = self.dests.get_mut(&endpoint) {
+                if dest.can_send() && !dest.queued {
+                    dest.queued = true;
+                    self.ready_dests.push_back(endpoint.clone());
                 }
             }
         }
@@ -1191,11 +1230,12 @@ impl Scheduler {
             let Some(dkey) = self.ready_dests.pop_front() else {
                 break;
             };
+            let gated = self.health_gates(&dkey);
             let Some(dest) = self.dests.get_mut(&dkey) else {
                 continue;
             };
             dest.queued = false;
-            if self.health_pending.contains_key(&dkey) {
+            if gated {
                 // Waits for the store's answer on its health (re-queued then).
                 continue;
             }

@@ -302,7 +302,7 @@ impl Queue for FakeQueue {
         let Some(ep) = st.endpoints.get_mut(&r.endpoint_id) else {
             return Ok(None);
         };
-        let transition = ep.health.record(r.signal, r.now, &r.policy);
+        let transition = r.apply(&mut ep.health);
         if transition == Some(HealthTransition::Disabled) {
             ep.enabled = false;
         }

@@ -34,7 +34,7 @@ pub(crate) async fn record_health(
     let Some(row) = row else { return Ok(None) };
     let (mut ep, _) = rows::endpoint_from_row(&row)?;
     let was_blocked = ep.health.blocks(report.now);
-    let transition = ep.health.record(report.signal, report.now, &report.policy);
+    let transition = report.apply(&mut ep.health);
     if transition == Some(HealthTransition::Disabled) {
         ep.enabled = false;
         ep.updated_at = report.now;

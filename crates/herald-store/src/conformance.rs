@@ -1467,7 +1467,7 @@ async fn health(
     store
         .record_health(HealthReport {
             endpoint_id: endpoint_id.into(),
-            signal,
+            signals: vec![signal],
             now,
             policy: policy(),
         })
@@ -1572,7 +1572,7 @@ pub async fn health_failures_open_the_breaker_and_claims_wait_for_the_cooldown(s
     let none = store
         .record_health(HealthReport {
             endpoint_id: "ep_missing".into(),
-            signal: HealthSignal::Failure,
+            signals: vec![HealthSignal::Failure],
             now: T0,
             policy: policy(),
         })

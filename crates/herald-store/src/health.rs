@@ -236,13 +236,28 @@ pub fn human_duration(ms: Millis) -> String {
     }
 }
 
-/// An attempt's effect on its endpoint's health, to be recorded ([`crate::Queue::record_health`]).
+/// Attempts' effect on their endpoint's health, to be recorded
+/// ([`crate::Queue::record_health`]): their signals in the order they came (an engine sends
+/// what came while its previous report was being recorded in one report).
 #[derive(Clone, Debug)]
 pub struct HealthReport {
     pub endpoint_id: String,
-    pub signal: HealthSignal,
+    pub signals: Vec<HealthSignal>,
     pub now: Millis,
     pub policy: BreakerPolicy,
+}
+
+impl HealthReport {
+    /// Applies the report's signals to `health` in order; the last transition they caused.
+    pub fn apply(&self, health: &mut EndpointHealth) -> Option<HealthTransition> {
+        let mut last = None;
+        for s in &self.signals {
+            if let Some(t) = health.record(*s, self.now, &self.policy) {
+                last = Some(t);
+            }
+        }
+        last
+    }
 }
 
 /// Where an app's operational notifications go, and the Standard Webhooks secret(s) they are

@@ -514,8 +514,13 @@ async fn help_teaches_each_command() {
                 "--allow-private-targets",
                 "HERALD_ADMIN_TOKEN",
                 "--config",
+                "--retention",
+                "--breaker-failures",
+                "--disable-after",
+                "--log-format",
             ],
         ),
+        ("purge", vec!["--db", "--older-than"]),
         ("send", vec!["--url", "--secret", "--retry", "--ack"]),
         (
             "listen",

@@ -21,7 +21,7 @@ impl Writer {
             return Ok(None);
         };
         let was_blocked = ep.health.blocks(report.now);
-        let transition = ep.health.record(report.signal, report.now, &report.policy);
+        let transition = report.apply(&mut ep.health);
         if transition == Some(HealthTransition::Disabled) {
             ep.enabled = false;
             ep.updated_at = report.now;

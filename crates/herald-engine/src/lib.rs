@@ -12,6 +12,8 @@
 //! The engine never reads the wall clock directly: it asks its [`Clock`], so tests run it on
 //! Tokio's paused time.
 pub mod attempt;
+pub mod metrics;
+pub mod ops;
 pub mod raw;
 mod scheduler;
 pub mod ssrf;
@@ -21,7 +23,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_store::{Millis, NodeId, Queue};
+use herald_store::{BreakerPolicy, Millis, NodeId, Queue};
 
 pub use ssrf::TargetPolicy;
 
@@ -61,6 +63,12 @@ pub struct EngineConfig {
     pub user_agent: String,
     /// How long shutdown waits for attempts in flight.
     pub shutdown_grace: Duration,
+    /// Endpoint health: when the breaker opens, how long it cools down, when a failing
+    /// endpoint is disabled (see `herald_store::health`).
+    pub breaker: BreakerPolicy,
+    /// How often an endpoint's success is recorded in the store while it stays healthy
+    /// (its `last_success_at`); successes after a failure are always recorded.
+    pub success_record_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +90,8 @@ impl Default for EngineConfig {
             target_policy: Arc::new(TargetPolicy::default()),
             user_agent: concat!("Herald/", env!("CARGO_PKG_VERSION")).to_string(),
             shutdown_grace: Duration::from_secs(5),
+            breaker: BreakerPolicy::default(),
+            success_record_interval: Duration::from_secs(60),
         }
     }
 }
@@ -102,6 +112,10 @@ pub struct EngineStats {
     /// Claims answered by the store; the first one means the engine is ready (it holds
     /// what was due soon and free).
     pub claims: AtomicU64,
+    /// Health reports written to the store (see `EngineConfig::success_record_interval`).
+    pub health_reports: AtomicU64,
+    /// Labelled counters and histograms for `/metrics`.
+    pub metrics: Arc<metrics::EngineMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,13 @@
 //!   the global one, never take every slot from the others. Destinations take turns (round
 //!   robin), so a slow one fills only its own slots. A destination whose recent attempts all
 //!   failed drops to one attempt at a time until one succeeds.
+//! - **Endpoint health.** Every failed attempt of an endpoint, and its first success after
+//!   failures (otherwise one success per `success_record_interval`), is recorded in the
+//!   store, which applies the breaker rule (`herald_store::health`) atomically across nodes.
+//!   When the breaker opens or the endpoint is disabled, the endpoint's jobs in memory go
+//!   back to the store (no attempt spent) and claims skip them until the cool-down ends;
+//!   then the endpoint is half-open and gets one attempt at a time until a success closes
+//!   it. Transitions are sent to the app's ops URL ([`crate::ops`]).
 //! - **Parking.** When memory passes its bound because a destination cannot keep up, the
 //!   tail of the longest ready queues is released in the store with a later time (no attempt
 //!   spent) and dropped from memory; claims bring it back later.
@@ -40,9 +47,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_store::{
-    AppCtx, AttemptReport, ClaimParams, CompleteParams, Completed, DeliveryStatus, EndpointCtx,
-    HeldParams, Hint, HintReceiver, Job, Lease, LeaseParams, Millis, NodeId, Outcome, Queue,
-    ReleaseParams, StoreError,
+    AppCtx, AttemptReport, BreakerState, ClaimParams, CompleteParams, Completed, DeliveryStatus,
+    EndpointCtx, HealthRecorded, HealthReport, HealthSignal, HealthTransition, HeldParams, Hint,
+    HintReceiver, Job, Lease, LeaseParams, Millis, NodeId, Outcome, Queue, ReleaseParams,
+    StoreError,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -86,6 +94,23 @@ struct Slot {
 }
 
 #[derive(Default)]
+struct HealthMemo {
+    /// A failure was reported since the last recorded success.
+    dirty: bool,
+    success_recorded_at: Option<Millis>,
+    /// A report is being recorded; what comes meanwhile waits in `queued` and goes in the
+    /// next report, so an endpoint has one health write in flight at a time.
+    recording: bool,
+    queued: Vec<HealthSignal>,
+    /// A failure that may open the breaker or disable the endpoint (at the threshold, a
+    /// failed probe, a 410) is queued or being recorded: the endpoint sends nothing until
+    /// the store answered, so no attempt slips out between the failure and the transition.
+    gating: bool,
+    /// `gating` for the report being recorded.
+    recording_gates: bool,
+}
+
+#[derive(Default)]
 struct Dest {
     /// The app the destination belongs to (its share of the global limit is the app's).
     app: Arc<str>,
@@ -93,13 +118,15 @@ struct Dest {
     in_flight: u32,
     limit: u32,
     consecutive_failures: u32,
+    /// The endpoint's breaker is half-open: one probe at a time until a success closes it.
+    probe: bool,
     /// In `ready_dests`.
     queued: bool,
 }
 
 impl Dest {
     fn effective_limit(&self) -> u32 {
-        if self.consecutive_failures >= UNHEALTHY_AFTER {
+        if self.probe || self.consecutive_failures >= UNHEALTHY_AFTER {
             1
         } else {
             self.limit.max(1)
@@ -113,9 +140,20 @@ impl Dest {
 
 /// What spawned tasks (attempts and store calls) tell the scheduler.
 enum TaskMsg {
-    /// The HTTP exchange ended: release the destination's slot. `success` is the
-    /// receiver's answer, for the destination's health.
-    HttpDone { dest: Arc<str>, success: bool },
+    /// The HTTP exchange ended: release the destination's slot. `signal` is the
+    /// receiver's answer, for the destination's health (and the endpoint's, if any).
+    HttpDone {
+        dest: Arc<str>,
+        endpoint: Option<Arc<str>>,
+        signal: HealthSignal,
+    },
+    /// The store recorded an endpoint's health report (`None`: the call failed, or the
+    /// endpoint is gone).
+    Health {
+        endpoint: Arc<str>,
+        signal: HealthSignal,
+        recorded: Option<Box<HealthRecorded>>,
+    },
     /// The store took the attempt's outcome.
     Completed { job: Arc<Job>, completed: Completed },
     /// The outcome never reached the store; `slot_held` when the HTTP slot was not
@@ -147,6 +185,7 @@ enum TaskMsg {
 struct AttemptGuard {
     job: Option<Arc<Job>>,
     dest: Arc<str>,
+    endpoint: Option<Arc<str>>,
     slot_held: bool,
     tx: UnboundedSender<TaskMsg>,
 }
@@ -154,11 +193,12 @@ struct AttemptGuard {
 impl AttemptGuard {
     /// The HTTP exchange is over: free the slot now, before the outcome is committed, so a
     /// destination's in-flight limit counts requests, not commits.
-    fn http_done(&mut self, success: bool) {
+    fn http_done(&mut self, signal: HealthSignal) {
         self.slot_held = false;
         let _ = self.tx.send(TaskMsg::HttpDone {
             dest: self.dest.clone(),
-            success,
+            endpoint: self.endpoint.clone(),
+            signal,
         });
     }
 
@@ -217,6 +257,9 @@ pub(crate) struct Scheduler {
     recording: usize,
     /// Consecutive storage failures to record outcomes (for backoff).
     record_failures: u32,
+    /// Per endpoint: whether the store has failures on record that a success must clear,
+    /// and when a success was last recorded.
+    health_memo: HashMap<Arc<str>, HealthMemo>,
     task_tx: UnboundedSender<TaskMsg>,
     task_rx: Option<UnboundedReceiver<TaskMsg>>,
 }
@@ -258,6 +301,7 @@ impl Scheduler {
             parking: 0,
             recording: 0,
             record_failures: 0,
+            health_memo: HashMap::new(),
             task_tx,
             task_rx: Some(task_rx),
         }
@@ -759,25 +803,28 @@ impl Scheduler {
             Hint::AppChanged(app) => {
                 self.apps.insert(app.id.clone(), app);
             }
-            Hint::EndpointChanged(ep) => {
-                if let Some(dest) = self.dests.get_mut(ep.id.as_str()) {
-                    dest.limit = ep.max_in_flight;
-                }
-                if ep.deleted {
-                    self.endpoints.remove(&ep.id);
-                } else {
-                    self.endpoints.insert(ep.id.clone(), ep);
-                }
-            }
+            Hint::EndpointChanged(ep) => self.endpoint_changed(ep),
         }
     }
 
     fn task_msg(&mut self, msg: TaskMsg) {
         match msg {
-            TaskMsg::HttpDone { dest, success } => {
+            TaskMsg::HttpDone {
+                dest,
+                endpoint,
+                signal,
+            } => {
                 self.recording += 1;
-                self.release_slot(dest, Some(success));
+                self.release_slot(dest, Some(signal == HealthSignal::Success));
+                if let Some(endpoint) = endpoint {
+                    self.report_health(endpoint, signal);
+                }
             }
+            TaskMsg::Health {
+                endpoint,
+                signal,
+                recorded,
+            } => self.on_health(endpoint, signal, recorded),
             TaskMsg::Completed { job, completed } => {
                 self.recording = self.recording.saturating_sub(1);
                 self.on_completed(job, completed);
@@ -812,12 +859,15 @@ impl Scheduler {
         );
         self.jobs.remove(&job.seq);
         if completed.applied {
+            let profile = job.app.profile.name();
             match completed.status {
                 Some(DeliveryStatus::Succeeded) => {
                     self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                    self.stats.metrics.deliveries.inc(&[profile, "succeeded"]);
                 }
                 Some(DeliveryStatus::Failed) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.stats.metrics.deliveries.inc(&[profile, "failed"]);
                 }
                 _ => {}
             }
@@ -910,6 +960,206 @@ impl Scheduler {
         }
     }
 
+    // --- endpoint health -----------------------------------------------------------------
+
+    /// A newer version of an endpoint (settings or health, from this node or another).
+    fn endpoint_changed(&mut self, ep: Arc<EndpointCtx>) {
+        if let Some(dest) = self.dests.get_mut(ep.id.as_str()) {
+            dest.limit = ep.max_in_flight;
+            dest.probe = ep.health.state == BreakerState::Open;
+            if ep.health.state == BreakerState::Closed && ep.health.consecutive_failures == 0 {
+                dest.consecutive_failures = 0;
+            }
+        }
+        if ep.deleted {
+            self.endpoints.remove(&ep.id);
+            self.health_memo.remove(ep.id.as_str());
+            return;
+        }
+        let blocked = ep.health.blocks(self.clock.now());
+        let id = ep.id.clone();
+        self.endpoints.insert(id.clone(), ep);
+        if blocked {
+            self.hold_back(&id);
+        }
+    }
+
+    /// Records an attempt's answer in the endpoint's health when it matters: every failure,
+    /// the first success after a failure or while the breaker is not closed, and otherwise
+    /// one success per `success_record_interval`.
+    fn report_health(&mut self, endpoint: Arc<str>, signal: HealthSignal) {
+        let now = self.clock.now();
+        let memo = self.health_memo.entry(endpoint.clone()).or_default();
+        if signal == HealthSignal::Success {
+            // The breaker's state reaches this node with every transition; its failure
+            // count does not (the copy here may be old), so a success is recorded when this
+            // node reported a failure since its last success, the breaker is not closed, or
+            // the interval has passed (which covers failures other nodes reported).
+            let unhealthy = self
+                .endpoints
+                .get(&*endpoint)
+                .is_some_and(|e| e.health.state != BreakerState::Closed);
+            let interval = self.config.success_record_interval.as_millis() as Millis;
+            let due = memo.success_recorded_at.is_none_or(|t| now - t >= interval);
+            if !(memo.dirty || unhealthy || due) {
+                return;
+            }
+            memo.dirty = false;
+            memo.success_recorded_at = Some(now);
+        } else {
+            memo.dirty = true;
+            let decisive = signal == HealthSignal::Gone
+                || self.dests.get(&endpoint).is_some_and(|d| {
+                    d.probe || d.consecutive_failures >= self.config.breaker.failure_threshold
+                });
+            if decisive {
+                memo.gating = true;
+            }
+        }
+        memo.queued.push(signal);
+        if !memo.recording {
+            self.send_health(endpoint);
+        }
+    }
+
+    /// Sends the endpoint's queued signals as one report.
+    fn send_health(&mut self, endpoint: Arc<str>) {
+        let Some(memo) = self.health_memo.get_mut(&endpoint) else {
+            return;
+        };
+        if memo.queued.is_empty() {
+            return;
+        }
+        memo.recording = true;
+        memo.recording_gates = std::mem::take(&mut memo.gating);
+        let signals = std::mem::take(&mut memo.queued);
+        let success = signals.last() == Some(&HealthSignal::Success);
+        self.stats.health_reports.fetch_add(1, Ordering::Relaxed);
+        let report = HealthReport {
+            endpoint_id: endpoint.to_string(),
+            signals,
+            now: self.clock.now(),
+            policy: self.config.breaker,
+        };
+        let queue = self.queue.clone();
+        let tx = self.task_tx.clone();
+        tokio::spawn(async move {
+            let recorded = match queue.record_health(report).await {
+                Ok(r) => r.map(Box::new),
+                Err(e) => {
+                    tracing::warn!(error = %e, endpoint = %endpoint, "recording the endpoint's health failed");
+                    None
+                }
+            };
+            let signal = if success {
+                HealthSignal::Success
+            } else {
+                HealthSignal::Failure
+            };
+            let _ = tx.send(TaskMsg::Health {
+                endpoint,
+                signal,
+                recorded,
+            });
+        });
+    }
+
+    fn health_gates(&self, endpoint: &str) -> bool {
+        self.health_memo
+            .get(endpoint)
+            .is_some_and(|m| m.gating || (m.recording && m.recording_gates))
+    }
+
+    fn on_health(
+        &mut self,
+        endpoint: Arc<str>,
+        signal: HealthSignal,
+        recorded: Option<Box<HealthRecorded>>,
+    ) {
+        if let Some(memo) = self.health_memo.get_mut(&endpoint) {
+            memo.recording = false;
+            memo.recording_gates = false;
+        }
+        // What came meanwhile goes now; the endpoint may send again once nothing gates it.
+        self.send_health(endpoint.clone());
+        if !self.health_gates(&endpoint) {
+            if let Some(dest) = self.dests.get_mut(&endpoint) {
+                if dest.can_send() && !dest.queued {
+                    dest.queued = true;
+                    self.ready_dests.push_back(endpoint.clone());
+                }
+            }
+        }
+        let Some(recorded) = recorded else {
+            if signal == HealthSignal::Success {
+                // Not recorded: try again with the next success.
+                if let Some(memo) = self.health_memo.get_mut(&endpoint) {
+                    memo.dirty = true;
+                }
+            }
+            return;
+        };
+        let ep = &recorded.endpoint;
+        let Some(transition) = recorded.transition else {
+            return;
+        };
+        let kind = match transition {
+            HealthTransition::Opened => "opened",
+            HealthTransition::Reopened => "reopened",
+            HealthTransition::Recovered => "recovered",
+            HealthTransition::Disabled => "disabled",
+        };
+        self.stats.metrics.breaker_transitions.inc(&[kind]);
+        match transition {
+            HealthTransition::Recovered => tracing::info!(endpoint = %ep.id, app = %ep.app_id,
+                "endpoint recovered: its breaker is closed"),
+            HealthTransition::Disabled => tracing::warn!(endpoint = %ep.id, app = %ep.app_id,
+                reason = ?ep.health.disabled_reason, "endpoint disabled"),
+            _ => tracing::warn!(endpoint = %ep.id, app = %ep.app_id,
+                failures = ep.health.consecutive_failures, open_until = ?ep.health.open_until,
+                "endpoint breaker opened: its deliveries wait for the cool-down"),
+        }
+        if let Some(target) = recorded.ops.clone() {
+            crate::ops::spawn_send(
+                self.attempter.clone(),
+                self.stats.metrics.clone(),
+                target,
+                transition,
+                ep.clone(),
+                self.clock.now(),
+            );
+        }
+        let ctx = Arc::new(EndpointCtx::from_endpoint(ep));
+        self.endpoint_changed(ctx);
+    }
+
+    /// The endpoint may not be sent to now: its jobs waiting or ready in memory go back to
+    /// the store unchanged (claims skip them until the endpoint may be sent to again).
+    fn hold_back(&mut self, endpoint: &str) {
+        let mut back = Vec::new();
+        for slot in self.jobs.values_mut() {
+            if !matches!(slot.state, State::Waiting | State::Ready) {
+                continue;
+            }
+            if slot.job.endpoint.as_ref().is_some_and(|e| e.id == endpoint) {
+                if slot.state == State::Waiting {
+                    self.timers.remove(&slot.job.key());
+                }
+                // A ready one stays in its queue as a stale entry, skipped there.
+                slot.state = State::Parking;
+                back.push(slot.job.clone());
+            }
+        }
+        if !back.is_empty() {
+            tracing::debug!(
+                endpoint,
+                count = back.len(),
+                "holding back an unhealthy endpoint's deliveries"
+            );
+            self.release(back, None);
+        }
+    }
+
     // --- dispatch ------------------------------------------------------------------------
 
     /// The destination of a job: its endpoint, or (ad-hoc `notify_url`) the URL's origin
@@ -923,6 +1173,7 @@ impl Scheduler {
 
     /// Moves every job due at `now` to its destination's ready queue.
     fn promote_due(&mut self, now: Millis) {
+        let mut held_back = Vec::new();
         while let Some(&key) = self.timers.first() {
             if key.0 > now {
                 break;
@@ -931,20 +1182,35 @@ impl Scheduler {
             let Some(slot) = self.jobs.get_mut(&key.1) else {
                 continue;
             };
-            slot.state = State::Ready;
             let job = slot.job.clone();
+            let ep = job
+                .endpoint
+                .as_ref()
+                .map(|ep| self.endpoints.get(&ep.id).unwrap_or(ep).clone());
+            if ep.as_ref().is_some_and(|e| e.health.blocks(now)) {
+                // Its breaker opened (or it was disabled) since it was claimed.
+                slot.state = State::Parking;
+                held_back.push(job);
+                continue;
+            }
+            slot.state = State::Ready;
             let dkey = self.dest_key(&job);
-            let limit = match &job.endpoint {
-                Some(ep) => self
-                    .endpoints
-                    .get(&ep.id)
-                    .map(|e| e.max_in_flight)
-                    .unwrap_or(ep.max_in_flight),
+            let limit = match &ep {
+                Some(ep) => ep.max_in_flight,
                 None => self.config.default_max_in_flight,
+            };
+            let (probe, failures) = match &ep {
+                Some(ep) => (
+                    ep.health.state == BreakerState::Open,
+                    ep.health.consecutive_failures,
+                ),
+                None => (false, 0),
             };
             let dest = self.dests.entry(dkey.clone()).or_insert_with(|| Dest {
                 app: Arc::from(job.app.id.as_str()),
                 limit,
+                probe,
+                consecutive_failures: failures,
                 ..Dest::default()
             });
             dest.ready.push_back(key.1);
@@ -952,6 +1218,9 @@ impl Scheduler {
                 dest.queued = true;
                 self.ready_dests.push_back(dkey);
             }
+        }
+        if !held_back.is_empty() {
+            self.release(held_back, None);
         }
     }
 
@@ -961,10 +1230,15 @@ impl Scheduler {
             let Some(dkey) = self.ready_dests.pop_front() else {
                 break;
             };
+            let gated = self.health_gates(&dkey);
             let Some(dest) = self.dests.get_mut(&dkey) else {
                 continue;
             };
             dest.queued = false;
+            if gated {
+                // Waits for the store's answer on its health (re-queued then).
+                continue;
+            }
             let app_busy = self.app_in_flight.get(&dest.app).copied().unwrap_or(0);
             if app_busy >= self.config.app_max_in_flight && dest.can_send() {
                 // The app holds its whole share of the global limit: this destination waits
@@ -1028,6 +1302,7 @@ impl Scheduler {
         let mut guard = AttemptGuard {
             job: Some(job.clone()),
             dest,
+            endpoint: job.endpoint.as_ref().map(|e| Arc::from(e.id.as_str())),
             slot_held: true,
             tx: self.task_tx.clone(),
         };
@@ -1044,13 +1319,30 @@ impl Scheduler {
                 return;
             }
             stats.attempts.fetch_add(1, Ordering::Relaxed);
-            guard.http_done(result.verdict == herald_protocols::Verdict::Acked);
+            let signal = if result.verdict == herald_protocols::Verdict::Acked {
+                HealthSignal::Success
+            } else if result.attempt.status_code == Some(410) {
+                HealthSignal::Gone
+            } else {
+                HealthSignal::Failure
+            };
+            guard.http_done(signal);
+            let metrics = &stats.metrics;
+            metrics
+                .attempt_seconds
+                .observe(Duration::from_millis(result.attempt.duration_ms.into()));
             let (retry, _) = effective_rules(&app, endpoint.as_deref());
             let now = clock.now();
             let outcome: Outcome = {
                 let mut rng = rand::thread_rng();
                 next_outcome(&result.verdict, result.attempt.n, retry, now, &mut rng)
             };
+            let result_label = match outcome {
+                Outcome::Succeeded => "succeeded",
+                Outcome::Retry { .. } => "retry",
+                Outcome::Failed => "failed",
+            };
+            metrics.attempts.inc(&[app.profile.name(), result_label]);
             tracing::debug!(delivery = %job.id, n = result.attempt.n, status = ?result.attempt.status_code,
                 error_class = ?result.attempt.error_class, ?outcome, "attempt");
             let params = CompleteParams {
@@ -1071,7 +1363,13 @@ impl Scheduler {
             let give_up = tokio::time::Instant::now() + lease;
             let mut pause = RECORD_PAUSE_MIN;
             loop {
-                match queue.complete(params.clone()).await {
+                let started = tokio::time::Instant::now();
+                let result = queue.complete(params.clone()).await;
+                stats
+                    .metrics
+                    .store_commit_seconds
+                    .observe(started.elapsed());
+                match result {
                     Ok(completed) => {
                         if let Some(job) = guard.disarm() {
                             let _ = tx.send(TaskMsg::Completed { job, completed });

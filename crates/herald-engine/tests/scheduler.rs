@@ -36,6 +36,10 @@ struct QueueState {
     claims_running: usize,
     max_claims_running: usize,
     hints: Vec<mpsc::UnboundedSender<Hint>>,
+    /// Endpoints with their health, as the store keeps them.
+    endpoints: HashMap<String, Endpoint>,
+    /// The app's ops target.
+    ops: Option<OpsTarget>,
 }
 
 #[derive(Default)]
@@ -86,10 +90,23 @@ impl FakeQueue {
         self.state().rows[&seq].locked_by.clone()
     }
 
-    fn claimable(st: &QueueState, row: &Row, horizon: Millis) -> bool {
+    fn add_endpoint(&self, ep: Endpoint) {
+        self.state().endpoints.insert(ep.id.clone(), ep);
+    }
+
+    fn endpoint(&self, id: &str) -> Endpoint {
+        self.state().endpoints[id].clone()
+    }
+
+    fn claimable(st: &QueueState, row: &Row, now: Millis, horizon: Millis) -> bool {
         row.status == DeliveryStatus::Pending
             && row.locked_by.is_none()
             && row.next_at <= horizon
+            && row.job.endpoint.as_ref().is_none_or(|e| {
+                st.endpoints
+                    .get(&e.id)
+                    .is_none_or(|ep| !ep.health.blocks(now))
+            })
             && row.job.order_key.as_ref().is_none_or(|k| {
                 !st.rows.values().any(|p| {
                     p.job.order_key.as_ref() == Some(k)
@@ -158,7 +175,7 @@ impl Queue for FakeQueue {
         let seqs: Vec<i64> = st
             .rows
             .values()
-            .filter(|r| FakeQueue::claimable(&st, r, p.horizon))
+            .filter(|r| FakeQueue::claimable(&st, r, p.now, p.horizon))
             .map(|r| r.job.seq)
             .take(p.limit)
             .collect();
@@ -278,6 +295,30 @@ impl Queue for FakeQueue {
         self.state().hints.push(tx);
         rx
     }
+
+    async fn record_health(&self, r: HealthReport) -> Result<Option<HealthRecorded>> {
+        let mut st = self.state();
+        let ops = st.ops.clone();
+        let Some(ep) = st.endpoints.get_mut(&r.endpoint_id) else {
+            return Ok(None);
+        };
+        let transition = r.apply(&mut ep.health);
+        if transition == Some(HealthTransition::Disabled) {
+            ep.enabled = false;
+        }
+        let ep = ep.clone();
+        if transition.is_some() {
+            let ctx = Arc::new(EndpointCtx::from_endpoint(&ep));
+            for h in &st.hints {
+                let _ = h.send(Hint::EndpointChanged(ctx.clone()));
+            }
+        }
+        Ok(Some(HealthRecorded {
+            endpoint: ep,
+            transition,
+            ops: transition.and(ops),
+        }))
+    }
 }
 
 // --- a scripted receiver ------------------------------------------------------------------
@@ -286,12 +327,16 @@ type Script = Box<dyn Fn(&Job) -> (Verdict, Duration) + Send + Sync>;
 
 /// A scripted verdict that stands for "Herald ran out of descriptors" (error class `local`).
 const LOCAL: Verdict = Verdict::RetryNotBefore(Duration::from_millis(424_242));
+/// A scripted verdict that stands for a `410 Gone` answer.
+const GONE: Verdict = Verdict::RetryNotBefore(Duration::from_millis(410_410));
 
 struct FakeReceiver {
     clock: TokioClock,
     /// (seq, attempt number, time) of every attempt, in order.
     log: Mutex<Vec<(i64, u32, Millis)>>,
     script: Mutex<Script>,
+    /// Operational notifications received: (event type, URL, JSON body, time); always acked.
+    ops: Mutex<Vec<(String, String, serde_json::Value, Millis)>>,
 }
 
 impl FakeReceiver {
@@ -300,7 +345,25 @@ impl FakeReceiver {
             clock,
             log: Mutex::new(Vec::new()),
             script: Mutex::new(script),
+            ops: Mutex::new(Vec::new()),
         })
+    }
+
+    fn ops_events(&self) -> Vec<String> {
+        self.ops
+            .lock()
+            .expect("ops")
+            .iter()
+            .map(|o| o.0.clone())
+            .collect()
+    }
+
+    /// Attempts made in `[from, to)` (times relative to `T0`, in ms).
+    fn attempts_between(&self, from: Millis, to: Millis) -> usize {
+        self.attempts()
+            .iter()
+            .filter(|a| (T0 + from..T0 + to).contains(&a.2))
+            .count()
     }
 
     fn attempts(&self) -> Vec<(i64, u32, Millis)> {
@@ -320,6 +383,25 @@ impl FakeReceiver {
 impl Attempter for FakeReceiver {
     async fn attempt(&self, job: &Job, _app: &AppCtx, _ep: Option<&EndpointCtx>) -> AttemptResult {
         let at = self.clock.now();
+        if job.id.starts_with("ops_") {
+            let body = serde_json::from_str(&job.payload).expect("ops body is JSON");
+            self.ops
+                .lock()
+                .expect("ops")
+                .push((job.event_type.clone(), job.url.clone(), body, at));
+            return AttemptResult {
+                attempt: Attempt {
+                    n: 1,
+                    at,
+                    duration_ms: 1,
+                    status_code: Some(204),
+                    response: None,
+                    error_class: None,
+                    error: None,
+                },
+                verdict: Verdict::Acked,
+            };
+        }
         let (verdict, takes) = (self.script.lock().expect("script"))(job);
         self.log
             .lock()
@@ -327,12 +409,20 @@ impl Attempter for FakeReceiver {
             .push((job.seq, job.attempts + 1, at));
         tokio::time::sleep(takes).await;
         let local = verdict == LOCAL;
+        let gone = verdict == GONE;
+        let verdict = if gone { Verdict::Retry } else { verdict };
         AttemptResult {
             attempt: Attempt {
                 n: job.attempts + 1,
                 at,
                 duration_ms: takes.as_millis() as u32,
-                status_code: (!local).then_some(if verdict == Verdict::Acked { 204 } else { 503 }),
+                status_code: (!local).then_some(if verdict == Verdict::Acked {
+                    204
+                } else if gone {
+                    410
+                } else {
+                    503
+                }),
                 response: None,
                 error_class: local.then(|| "local".to_string()),
                 error: local.then(|| "Too many open files (os error 24)".to_string()),
@@ -378,6 +468,43 @@ fn job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, order_key: Option<&str>) ->
         attempts: 0,
         next_at,
         order_key: order_key.map(str::to_string),
+    }
+}
+
+fn endpoint(id: &str, max_in_flight: u32) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        app_id: "app_1".into(),
+        url: "http://receiver.test/hook".into(),
+        event_types: None,
+        retry: None,
+        ack: None,
+        max_in_flight,
+        ordered: false,
+        enabled: true,
+        timeout_ms: None,
+        created_at: T0,
+        updated_at: T0,
+        health: EndpointHealth::default(),
+    }
+}
+
+fn ep_job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, ep: &Endpoint) -> Job {
+    Job {
+        endpoint: Some(Arc::new(EndpointCtx::from_endpoint(ep))),
+        ..job(seq, app, next_at, None)
+    }
+}
+
+fn ops_target() -> OpsTarget {
+    OpsTarget {
+        url: "http://ops.test/hook".into(),
+        credentials: Credentials::StandardWebhooks(Keys {
+            keys: vec![KeyEntry {
+                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+                expires_at: None,
+            }],
+        }),
     }
 }
 
@@ -761,5 +888,223 @@ async fn work_claimed_but_whose_answer_was_lost_is_taken_back_and_sent() {
         "sent once it was taken back"
     );
     assert_eq!(queue.status(1), DeliveryStatus::Succeeded);
+    h.stop().await;
+}
+
+// --- endpoint health ----------------------------------------------------------------------
+
+/// Opens after 3 failures for 60 s, then 120 s; disabled after 10 minutes of failing.
+fn breaker(c: &mut EngineConfig) {
+    c.breaker = BreakerPolicy {
+        failure_threshold: 3,
+        cooldown: 60_000,
+        cooldown_max: 120_000,
+        disable_after: 600_000,
+    };
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_after_consecutive_failures_and_one_probe_after_the_cooldown_closes_it() {
+    let a = app(&[1; 30]);
+    let queue = Arc::new(FakeQueue::default());
+    let ep = endpoint("ep_1", 1);
+    queue.add_endpoint(ep.clone());
+    queue.state().ops = Some(ops_target());
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healthy.clone();
+    let h = Harness::start_on(
+        queue,
+        Box::new(move |_| {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                (Verdict::Acked, Duration::from_millis(5))
+            } else {
+                (Verdict::Retry, Duration::from_millis(5))
+            }
+        }),
+        breaker,
+    );
+    for seq in 1..=3 {
+        h.queue.add(ep_job(seq, &a, T0, &ep));
+    }
+    run_for(Duration::from_secs(59)).await;
+    // Three failures open the breaker; nothing more is sent while it cools down, although
+    // each delivery's retry (1 s) came due long ago.
+    assert_eq!(
+        h.receiver.attempts_between(0, 59_000),
+        3,
+        "{:?}",
+        h.receiver.attempts()
+    );
+    let health = h.queue.endpoint("ep_1").health;
+    assert_eq!(health.state, BreakerState::Open);
+    assert_eq!(health.consecutive_failures, 3);
+    let until = health.open_until.expect("open until");
+    assert!((T0 + 60_000..T0 + 60_100).contains(&until), "{until}");
+    for seq in 1..=3 {
+        assert_eq!(h.queue.status(seq), DeliveryStatus::Pending);
+        assert_eq!(
+            h.queue.holder(seq),
+            None,
+            "held back in the store, not in memory"
+        );
+    }
+    assert_eq!(h.receiver.ops_events(), vec!["endpoint.breaker_opened"]);
+
+    // After the cool-down: exactly one probe. It fails, so the breaker opens for 120 s.
+    run_for(Duration::from_secs(60)).await;
+    assert_eq!(h.receiver.attempts_between(59_000, 119_000), 1);
+    let health = h.queue.endpoint("ep_1").health;
+    assert_eq!(health.state, BreakerState::Open);
+    assert_eq!(health.times_opened, 2);
+    let probe_at = h.receiver.attempts().last().expect("probe").2;
+    assert!(probe_at >= until, "probe at +{} ms", probe_at - T0);
+
+    // The receiver recovers; the next probe (after 120 s) succeeds and closes the breaker,
+    // and the rest follow at once.
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    run_for(Duration::from_secs(100)).await;
+    let next_probe = h
+        .receiver
+        .attempts()
+        .iter()
+        .map(|a| a.2)
+        .find(|t| *t > probe_at)
+        .expect("a second probe");
+    assert!(
+        next_probe >= probe_at + 120_000,
+        "second probe {} ms after the first",
+        next_probe - probe_at
+    );
+    for seq in 1..=3 {
+        assert_eq!(h.queue.status(seq), DeliveryStatus::Succeeded);
+    }
+    let health = h.queue.endpoint("ep_1").health;
+    assert_eq!(health.state, BreakerState::Closed);
+    assert_eq!(health.consecutive_failures, 0);
+    assert_eq!(
+        h.receiver.ops_events(),
+        vec!["endpoint.breaker_opened", "endpoint.recovered"]
+    );
+    let ops = h.receiver.ops.lock().expect("ops")[1].clone();
+    assert_eq!(ops.1, "http://ops.test/hook");
+    assert_eq!(ops.2["type"], "endpoint.recovered");
+    assert_eq!(ops.2["data"]["endpoint_id"], "ep_1");
+    assert_eq!(ops.2["data"]["health"]["state"], "closed");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_410_disables_the_endpoint_at_once_and_nothing_more_is_sent() {
+    let a = app(&[1; 30]);
+    let queue = Arc::new(FakeQueue::default());
+    let ep = endpoint("ep_1", 1);
+    queue.add_endpoint(ep.clone());
+    queue.state().ops = Some(ops_target());
+    let h = Harness::start_on(
+        queue,
+        Box::new(|_| (GONE, Duration::from_millis(5))),
+        breaker,
+    );
+    for seq in 1..=3 {
+        h.queue.add(ep_job(seq, &a, T0, &ep));
+    }
+    run_for(Duration::from_secs(3600)).await;
+    assert_eq!(
+        h.receiver.attempts().len(),
+        1,
+        "{:?}",
+        h.receiver.attempts()
+    );
+    let got = h.queue.endpoint("ep_1");
+    assert!(!got.enabled);
+    assert_eq!(got.health.state, BreakerState::Disabled);
+    assert_eq!(
+        got.health.disabled_reason.as_deref(),
+        Some("the endpoint answered 410 Gone")
+    );
+    for seq in 1..=3 {
+        assert_eq!(
+            h.queue.status(seq),
+            DeliveryStatus::Pending,
+            "kept, not lost"
+        );
+    }
+    assert_eq!(h.receiver.ops_events(), vec!["endpoint.disabled"]);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_failing_for_longer_than_the_disable_period_is_disabled() {
+    let a = app(&[1; 300]);
+    let queue = Arc::new(FakeQueue::default());
+    let ep = endpoint("ep_1", 1);
+    queue.add_endpoint(ep.clone());
+    queue.state().ops = Some(ops_target());
+    let h = Harness::start_on(
+        queue,
+        Box::new(|_| (Verdict::Retry, Duration::from_millis(5))),
+        breaker,
+    );
+    h.queue.add(ep_job(1, &a, T0, &ep));
+    run_for(Duration::from_secs(3 * 3600)).await;
+    let got = h.queue.endpoint("ep_1");
+    assert_eq!(got.health.state, BreakerState::Disabled);
+    let disabled_at = got.health.changed_at.expect("changed at");
+    // The first failure was at T0; probes every 60 s, then every 120 s, and the first
+    // failed probe at or after 10 minutes disables it.
+    assert!(
+        (T0 + 600_000..T0 + 600_000 + 121_000).contains(&disabled_at),
+        "disabled at +{} ms",
+        disabled_at - T0
+    );
+    assert_eq!(
+        h.receiver
+            .attempts_between(disabled_at - T0 + 1, 3 * 3_600_000),
+        0
+    );
+    // One attempt, then one probe per cool-down: far fewer than the schedule's 1 s retries.
+    assert!(
+        h.receiver.attempts().len() < 12,
+        "{}",
+        h.receiver.attempts().len()
+    );
+    let events = h.receiver.ops_events();
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("endpoint.breaker_opened")
+    );
+    assert_eq!(events.last().map(String::as_str), Some("endpoint.disabled"));
+    assert!(!events.iter().any(|e| e == "endpoint.recovered"));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn successes_of_a_healthy_endpoint_are_recorded_once_per_interval() {
+    let a = app(&[1]);
+    let queue = Arc::new(FakeQueue::default());
+    let ep = endpoint("ep_1", 8);
+    queue.add_endpoint(ep.clone());
+    let h = Harness::start_on(queue, acks(), |c| {
+        c.success_record_interval = Duration::from_secs(60)
+    });
+    for seq in 1..=50 {
+        h.queue.add(ep_job(seq, &a, T0, &ep));
+    }
+    run_for(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.engine
+            .stats
+            .succeeded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        50
+    );
+    assert_eq!(
+        h.engine
+            .stats
+            .health_reports
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(h.queue.endpoint("ep_1").health.last_success_at.is_some());
     h.stop().await;
 }

@@ -8,6 +8,7 @@ use herald_protocols::{Credentials, Profile};
 use tokio_postgres::error::SqlState;
 use ulid::Ulid;
 
+use herald_store::health::EndpointHealth;
 use herald_store::model::*;
 use herald_store::{Result, SealCensus, StoreError};
 
@@ -291,6 +292,7 @@ pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<E
         timeout_ms: new.timeout_ms,
         created_at: new.now,
         updated_at: new.now,
+        health: EndpointHealth::default(),
     };
     let client = inner.client().await?;
     // Only for a live app (the app row locked as the foreign key's check would).
@@ -350,27 +352,13 @@ pub(crate) async fn update_endpoint(
         .map_err(backend)?;
     let Some(row) = row else { return Ok(None) };
     let (mut ep, _) = rows::endpoint_from_row(&row)?;
+    let was_blocked = ep.health.blocks(now);
     patch.apply(&mut ep, now);
-    tx.execute(
-        "UPDATE endpoints SET url = $2, event_types = $3, retry = $4, ack = $5,
-             max_in_flight = $6, ordered = $7, enabled = $8, timeout_ms = $9, updated_at = $10
-         WHERE id = $1",
-        &[
-            &ep.id,
-            &ep.url,
-            &opt_json(&ep.event_types)?,
-            &opt_json(&ep.retry)?,
-            &opt_json(&ep.ack)?,
-            &int(ep.max_in_flight, "max_in_flight")?,
-            &ep.ordered,
-            &ep.enabled,
-            &ep.timeout_ms.map(|t| int(t, "timeout_ms")).transpose()?,
-            &ep.updated_at,
-        ],
-    )
-    .await
-    .map_err(backend)?;
+    write_endpoint(&tx, &ep).await?;
     notify(&tx, &format!("endpoint:{id}")).await?;
+    if was_blocked && !ep.health.blocks(now) {
+        notify(&tx, "work").await?;
+    }
     tx.commit().await.map_err(backend)?;
     inner
         .contexts
@@ -812,4 +800,42 @@ pub(crate) async fn recover(
         inner.work.signal();
     }
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Rewrites an existing endpoint row: its settings and its health.
+pub(crate) async fn write_endpoint(c: &impl GenericClient, ep: &Endpoint) -> Result<()> {
+    let h = &ep.health;
+    c.execute(
+        "UPDATE endpoints SET url = $2, event_types = $3, retry = $4, ack = $5,
+             max_in_flight = $6, ordered = $7, enabled = $8, timeout_ms = $9, updated_at = $10,
+             health_state = $11, health_failures = $12, health_failing_since = $13,
+             health_last_success_at = $14, health_last_failure_at = $15,
+             breaker_open_until = $16, breaker_opened = $17, disabled_reason = $18,
+             health_changed_at = $19
+         WHERE id = $1",
+        &[
+            &ep.id,
+            &ep.url,
+            &opt_json(&ep.event_types)?,
+            &opt_json(&ep.retry)?,
+            &opt_json(&ep.ack)?,
+            &int(ep.max_in_flight, "max_in_flight")?,
+            &ep.ordered,
+            &ep.enabled,
+            &ep.timeout_ms.map(|t| int(t, "timeout_ms")).transpose()?,
+            &ep.updated_at,
+            &h.state.as_str(),
+            &(h.consecutive_failures.min(i32::MAX as u32) as i32),
+            &h.failing_since,
+            &h.last_success_at,
+            &h.last_failure_at,
+            &h.open_until,
+            &(h.times_opened.min(i32::MAX as u32) as i32),
+            &h.disabled_reason,
+            &h.changed_at,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
 }

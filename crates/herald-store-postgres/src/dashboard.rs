@@ -156,7 +156,7 @@ pub(crate) async fn troubled_endpoints(
 pub(crate) async fn endpoint_health(
     c: &impl GenericClient,
     endpoint_id: &str,
-) -> Result<EndpointHealth> {
+) -> Result<EndpointRecent> {
     let stmt = c
         .prepare_cached(
             "SELECT a.at, a.error_class IS NULL FROM attempts a
@@ -184,7 +184,7 @@ pub(crate) async fn endpoint_health(
         .query_one(&pending, &[&endpoint_id, &(COUNT_CAP as i64 + 1)])
         .await
         .map_err(backend)?;
-    Ok(EndpointHealth {
+    Ok(EndpointRecent {
         last_attempt_at: attempts.first().map(|(at, _)| *at),
         last_success_at: attempts.iter().find(|(_, ok)| *ok).map(|(at, _)| *at),
         consecutive_failures: attempts.iter().take_while(|(_, ok)| !ok).count() as u64,

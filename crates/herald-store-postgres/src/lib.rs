@@ -8,6 +8,7 @@
 //! - `admin`, `sandbox` and `sources`: what the API, the sandbox and the gateway write;
 //! - `queue`: the engine's claim-based queue (`FOR UPDATE SKIP LOCKED` claims serialized by
 //!   an advisory lock, node leases, conditional outcomes);
+//! - `ops`: endpoint health, apps' ops targets, metrics counts, retention purges;
 //! - `hints`: `LISTEN/NOTIFY` wake-ups and the app/endpoint caches they keep coherent.
 //!
 //! Writes cost a fixed number of round trips, whatever a notification fans out to: the
@@ -18,6 +19,7 @@ mod batch;
 mod connect;
 mod dashboard;
 mod hints;
+mod ops;
 mod queue;
 mod rows;
 mod sandbox;
@@ -32,6 +34,7 @@ use deadpool_postgres::Pool;
 use herald_protocols::Credentials;
 
 use herald_store::dashboard::*;
+use herald_store::health::*;
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{
@@ -318,7 +321,7 @@ impl DashboardStore for PgStore {
         dashboard::troubled_endpoints(&self.client().await?, since, limit).await
     }
 
-    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointHealth> {
+    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointRecent> {
         dashboard::endpoint_health(&self.client().await?, endpoint_id).await
     }
 
@@ -475,5 +478,32 @@ impl Queue for PgStore {
 
     fn hints(&self, node: NodeId) -> HintReceiver {
         self.inner.subscribers.subscribe(node)
+    }
+
+    async fn record_health(&self, report: HealthReport) -> Result<Option<HealthRecorded>> {
+        ops::record_health(&self.inner, report).await
+    }
+}
+
+#[async_trait]
+impl OpsStore for PgStore {
+    async fn set_app_ops(&self, app_id: &str, target: Option<OpsTarget>) -> Result<bool> {
+        ops::set_app_ops(&self.inner, app_id, target).await
+    }
+
+    async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>> {
+        ops::get_app_ops(&self.inner, app_id).await
+    }
+
+    async fn pending_count(&self) -> Result<u64> {
+        ops::pending_count(&self.inner).await
+    }
+
+    async fn breaker_counts(&self) -> Result<Vec<(BreakerState, u64)>> {
+        ops::breaker_counts(&self.inner).await
+    }
+
+    async fn purge_finished(&self, params: PurgeParams) -> Result<Purged> {
+        ops::purge_finished(&self.inner, params).await
     }
 }

@@ -30,7 +30,8 @@ use crate::{backend, Inner};
 const CLAIM_LOCK: i64 = 0x6865_7261_6c64_0003;
 
 /// What makes a delivery `d` claimable by node `$1` at horizon `$2` and time `$3`: due,
-/// unheld, first of its order key, and of an endpoint no other live node holds. The
+/// unheld, first of its order key, of an endpoint no other live node holds, and not held
+/// back by its endpoint's health (breaker open and cooling down, or disabled). The
 /// endpoints other nodes hold are one uncorrelated set, computed once per statement: a
 /// correlated `NOT EXISTS` here cost, for every candidate, a walk over every row the
 /// claiming node itself held of that endpoint (quadratic in a backlog; claims of three
@@ -43,7 +44,11 @@ const CLAIMABLE: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next
                SELECT h.endpoint_id FROM deliveries h JOIN nodes o ON o.id = h.locked_by
                WHERE h.locked_by IS NOT NULL AND h.locked_by <> $1
                  AND h.endpoint_id IS NOT NULL AND h.status = 'pending'
-                 AND o.lease_until >= $3))";
+                 AND o.lease_until >= $3))
+          AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
+               SELECT b.id FROM endpoints b
+               WHERE b.health_state <> 'closed'
+                 AND (b.health_state = 'disabled' OR b.breaker_open_until > $3)))";
 
 /// Whether anything is claimable, read without the claim lock: a node that finds nothing
 /// (say, every due delivery belongs to an endpoint another node holds, however long that

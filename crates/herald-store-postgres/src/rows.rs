@@ -6,6 +6,7 @@ use deadpool_postgres::GenericClient;
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use tokio_postgres::Row;
 
+use herald_store::health::{BreakerState, EndpointHealth, OpsTarget};
 use herald_store::model::*;
 use herald_store::{Result, SealCensus, Sealer, StoreError};
 
@@ -13,7 +14,9 @@ use crate::backend;
 
 pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
 pub(crate) const ENDPOINT_COLS: &str = "id, app_id, url, event_types, retry, ack, max_in_flight, \
-     ordered, enabled, timeout_ms, created_at, updated_at, deleted";
+     ordered, enabled, timeout_ms, created_at, updated_at, deleted, \
+     health_state, health_failures, health_failing_since, health_last_success_at, \
+     health_last_failure_at, breaker_open_until, breaker_opened, disabled_reason, health_changed_at";
 pub(crate) const NOTIFICATION_COLS: &str =
     "seq, id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at";
 /// Delivery columns, prefixed `d.`, joined with its notification `n` for the id.
@@ -100,9 +103,59 @@ pub(crate) fn endpoint_from_row(row: &Row) -> Result<(Endpoint, bool)> {
                 .transpose()?,
             created_at: col(row, 10)?,
             updated_at: col(row, 11)?,
+            health: health_from_row(row, 13)?,
         },
         col(row, 12)?,
     ))
+}
+
+/// The health columns of an endpoint row, from `at` on (see [`ENDPOINT_COLS`]).
+fn health_from_row(row: &Row, at: usize) -> Result<EndpointHealth> {
+    let state: String = col(row, at)?;
+    Ok(EndpointHealth {
+        state: BreakerState::parse(&state).ok_or_else(|| decode("breaker state", &state))?,
+        consecutive_failures: u32_col(row, at + 1)?,
+        failing_since: col(row, at + 2)?,
+        last_success_at: col(row, at + 3)?,
+        last_failure_at: col(row, at + 4)?,
+        open_until: col(row, at + 5)?,
+        times_opened: u32_col(row, at + 6)?,
+        disabled_reason: col(row, at + 7)?,
+        changed_at: col(row, at + 8)?,
+    })
+}
+
+/// The sealing scope of an app's ops secret (distinct from its credentials', so one sealed
+/// value cannot be moved into the other's column).
+pub(crate) fn ops_scope(app_id: &str) -> String {
+    format!("{app_id}/ops")
+}
+
+/// The app's ops target: `None` when the app does not exist, `Some(None)` when it has none.
+pub(crate) async fn get_app_ops(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    app_id: &str,
+) -> Result<Option<Option<OpsTarget>>> {
+    let Some(row) = c
+        .query_opt(
+            "SELECT ops_url, ops_credentials FROM apps WHERE id = $1",
+            &[&app_id],
+        )
+        .await
+        .map_err(backend)?
+    else {
+        return Ok(None);
+    };
+    let url: Option<String> = col(&row, 0)?;
+    let stored: Option<String> = col(&row, 1)?;
+    Ok(Some(match (url, stored) {
+        (Some(url), Some(stored)) => Some(OpsTarget {
+            url,
+            credentials: sealer.open_credentials(&ops_scope(app_id), &stored)?,
+        }),
+        _ => None,
+    }))
 }
 
 pub(crate) fn notification_from_row(row: &Row) -> Result<(i64, Notification)> {

@@ -3,7 +3,8 @@
 //!
 //! Migration numbers are the same as the SQLite driver's: 1 the initial schema, 2 the
 //! sandbox's payments, 3 the claim-based queue, 4 deleting apps and app-scoped API keys, 5 the inbound
-//! gateway's sources, 6 the dashboard's indexes.
+//! gateway's sources, 6 the dashboard's indexes, 7 endpoint health, ops targets and
+//! retention.
 //! `herald_store_migrations` records which ran.
 //! Millisecond times are `BIGINT`, sequence numbers identity columns; the delivery status is
 //! a closed set enforced by a CHECK constraint, as on SQLite.
@@ -186,6 +187,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_by_endpoint_seq ON deliveries(endpoint_id, seq)
         WHERE endpoint_id IS NOT NULL;
     CREATE INDEX deliveries_by_notify_id ON deliveries(notify_id);
+    "#,
+    // 7: operations. Each endpoint's health (circuit breaker, auto-disable; see
+    // `herald_store::health`); claims skip the endpoints listed by the partial index. Apps'
+    // ops notification target (its secret sealed like credentials). Retention walks
+    // notifications by creation time.
+    r#"
+    ALTER TABLE endpoints ADD COLUMN health_state TEXT NOT NULL DEFAULT 'closed'
+        CHECK (health_state IN ('closed', 'open', 'disabled'));
+    ALTER TABLE endpoints ADD COLUMN health_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE endpoints ADD COLUMN health_failing_since BIGINT;
+    ALTER TABLE endpoints ADD COLUMN health_last_success_at BIGINT;
+    ALTER TABLE endpoints ADD COLUMN health_last_failure_at BIGINT;
+    ALTER TABLE endpoints ADD COLUMN breaker_open_until BIGINT;
+    ALTER TABLE endpoints ADD COLUMN breaker_opened INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE endpoints ADD COLUMN disabled_reason TEXT;
+    ALTER TABLE endpoints ADD COLUMN health_changed_at BIGINT;
+    CREATE INDEX endpoints_unhealthy ON endpoints(id, breaker_open_until)
+        WHERE health_state <> 'closed';
+    ALTER TABLE apps ADD COLUMN ops_url TEXT;
+    ALTER TABLE apps ADD COLUMN ops_credentials TEXT;
+    CREATE INDEX notifications_by_time ON notifications(created_at);
     "#,
 ];
 

@@ -67,6 +67,7 @@ pub(crate) async fn create(inner: &Inner, new: NewSource) -> Result<Source> {
         timeout_ms: d.timeout_ms,
         created_at: d.now,
         updated_at: d.now,
+        health: herald_store::health::EndpointHealth::default(),
     };
     let source = Source {
         id: format!("src_{}", Ulid::new()),

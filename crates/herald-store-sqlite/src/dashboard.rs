@@ -147,7 +147,7 @@ pub(crate) fn troubled_endpoints(
 
 /// The endpoint's latest deliveries through `deliveries_by_endpoint_seq (endpoint_id, seq)`,
 /// their attempts by primary key; pending through `deliveries_by_endpoint`.
-pub(crate) fn endpoint_health(conn: &Connection, endpoint_id: &str) -> Result<EndpointHealth> {
+pub(crate) fn endpoint_health(conn: &Connection, endpoint_id: &str) -> Result<EndpointRecent> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT a.at, a.error_class IS NULL FROM attempts a
@@ -174,8 +174,8 @@ pub(crate) fn endpoint_health(conn: &Connection, endpoint_id: &str) -> Result<En
 }
 
 /// Health from attempts newest first: `(at, acknowledged)`.
-pub(crate) fn health_of(attempts: &[(Millis, bool)]) -> EndpointHealth {
-    EndpointHealth {
+pub(crate) fn health_of(attempts: &[(Millis, bool)]) -> EndpointRecent {
+    EndpointRecent {
         last_attempt_at: attempts.first().map(|(at, _)| *at),
         last_success_at: attempts.iter().find(|(_, ok)| *ok).map(|(at, _)| *at),
         consecutive_failures: attempts.iter().take_while(|(_, ok)| !ok).count() as u64,

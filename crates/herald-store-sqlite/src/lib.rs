@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::schema::backend;
 use self::writer::{Op, Writer};
 use herald_store::dashboard::*;
+use herald_store::health::*;
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{
@@ -258,6 +259,39 @@ impl Queue for SqliteStore {
     fn hints(&self, _node: NodeId) -> HintReceiver {
         self.hints.subscribe()
     }
+
+    async fn record_health(&self, report: HealthReport) -> Result<Option<HealthRecorded>> {
+        self.call(|r| Op::RecordHealth(report, r)).await
+    }
+}
+
+#[async_trait]
+impl OpsStore for SqliteStore {
+    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>) -> Result<bool> {
+        let app_id = app_id.to_string();
+        self.call(|r| Op::SetAppOps(app_id, ops, r)).await
+    }
+
+    async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>> {
+        let app_id = app_id.to_string();
+        let sealer = self.sealer.clone();
+        self.readers
+            .read(move |c| rows::get_app_ops(c, &sealer, &app_id))
+            .await?
+            .ok_or(StoreError::NotFound("app"))
+    }
+
+    async fn pending_count(&self) -> Result<u64> {
+        self.readers.read(rows::pending_count).await
+    }
+
+    async fn breaker_counts(&self) -> Result<Vec<(BreakerState, u64)>> {
+        self.readers.read(rows::breaker_counts).await
+    }
+
+    async fn purge_finished(&self, params: PurgeParams) -> Result<Purged> {
+        self.call(|r| Op::Purge(params, r)).await
+    }
 }
 
 #[async_trait]
@@ -491,7 +525,7 @@ impl DashboardStore for SqliteStore {
             .await
     }
 
-    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointHealth> {
+    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointRecent> {
         let id = endpoint_id.to_string();
         self.readers
             .read(move |c| dashboard::endpoint_health(c, &id))

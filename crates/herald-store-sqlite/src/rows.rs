@@ -4,6 +4,7 @@ use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::backend;
+use herald_store::health::{BreakerState, EndpointHealth, OpsTarget};
 use herald_store::model::*;
 use herald_store::sealing::CredentialsError;
 use herald_store::{Result, SealCensus, Sealer, StoreError};
@@ -11,7 +12,9 @@ use rusqlite::types::Type;
 
 pub(crate) const APP_COLS: &str = "id, name, profile, retry, ack, credentials, created_at";
 pub(crate) const ENDPOINT_COLS: &str =
-    "id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at, timeout_ms";
+    "id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at, timeout_ms, \
+     health_state, health_failures, health_failing_since, health_last_success_at, health_last_failure_at, \
+     breaker_open_until, breaker_opened, disabled_reason, health_changed_at";
 pub(crate) const NOTIFICATION_COLS: &str =
     "seq, id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at";
 /// Delivery columns, prefixed `d.`, joined with its notification `n` for the id.
@@ -80,6 +83,23 @@ pub(crate) fn endpoint_from_row(row: &Row) -> rusqlite::Result<Endpoint> {
         created_at: row.get(9)?,
         updated_at: row.get(10)?,
         timeout_ms: row.get(11)?,
+        health: health_from_row(row, 12)?,
+    })
+}
+
+/// The health columns of an endpoint row, from `at` on (see [`ENDPOINT_COLS`]).
+pub(crate) fn health_from_row(row: &Row, at: usize) -> rusqlite::Result<EndpointHealth> {
+    let state: String = row.get(at)?;
+    Ok(EndpointHealth {
+        state: BreakerState::parse(&state).ok_or_else(|| decode_err("breaker state", &state))?,
+        consecutive_failures: row.get(at + 1)?,
+        failing_since: row.get(at + 2)?,
+        last_success_at: row.get(at + 3)?,
+        last_failure_at: row.get(at + 4)?,
+        open_until: row.get(at + 5)?,
+        times_opened: row.get(at + 6)?,
+        disabled_reason: row.get(at + 7)?,
+        changed_at: row.get(at + 8)?,
     })
 }
 
@@ -611,4 +631,61 @@ pub(crate) fn list_sources_page(
         },
         items,
     })
+}
+
+/// The sealing scope of an app's ops secret (distinct from its credentials', so one sealed
+/// value cannot be moved into the other's column).
+pub(crate) fn ops_scope(app_id: &str) -> String {
+    format!("{app_id}/ops")
+}
+
+/// The app's ops target: `None` when the app does not exist, `Some(None)` when it has none.
+pub(crate) fn get_app_ops(
+    conn: &Connection,
+    sealer: &Sealer,
+    app_id: &str,
+) -> Result<Option<Option<OpsTarget>>> {
+    let row: Option<(Option<String>, Option<String>)> = conn
+        .prepare_cached("SELECT ops_url, ops_credentials FROM apps WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([app_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    let Some((url, creds)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(match (url, creds) {
+        (Some(url), Some(stored)) => Some(OpsTarget {
+            url,
+            credentials: sealer.open_credentials(&ops_scope(app_id), &stored)?,
+        }),
+        _ => None,
+    }))
+}
+
+pub(crate) fn pending_count(conn: &Connection) -> Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|n| n as u64)
+        .map_err(backend)
+}
+
+pub(crate) fn breaker_counts(conn: &Connection) -> Result<Vec<(BreakerState, u64)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT health_state, COUNT(*) FROM endpoints WHERE deleted = 0 GROUP BY health_state",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (state, n) = row.map_err(backend)?;
+        let state = BreakerState::parse(&state)
+            .ok_or_else(|| StoreError::Backend(format!("bad breaker state {state:?}")))?;
+        out.push((state, n as u64));
+    }
+    Ok(out)
 }

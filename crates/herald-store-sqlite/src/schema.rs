@@ -167,6 +167,27 @@ const MIGRATIONS: &[&str] = &[
         WHERE endpoint_id IS NOT NULL;
     CREATE INDEX deliveries_by_notify_id ON deliveries(notify_id);
     "#,
+    // 7: operations. Each endpoint's health (circuit breaker, auto-disable; see
+    // `herald_store::health`); claims skip the endpoints listed by the partial index. Apps'
+    // ops notification target (its secret sealed like credentials). Retention walks
+    // finished deliveries by notification.
+    r#"
+    ALTER TABLE endpoints ADD COLUMN health_state TEXT NOT NULL DEFAULT 'closed'
+        CHECK (health_state IN ('closed', 'open', 'disabled'));
+    ALTER TABLE endpoints ADD COLUMN health_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE endpoints ADD COLUMN health_failing_since INTEGER;
+    ALTER TABLE endpoints ADD COLUMN health_last_success_at INTEGER;
+    ALTER TABLE endpoints ADD COLUMN health_last_failure_at INTEGER;
+    ALTER TABLE endpoints ADD COLUMN breaker_open_until INTEGER;
+    ALTER TABLE endpoints ADD COLUMN breaker_opened INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE endpoints ADD COLUMN disabled_reason TEXT;
+    ALTER TABLE endpoints ADD COLUMN health_changed_at INTEGER;
+    CREATE INDEX endpoints_unhealthy ON endpoints(id, breaker_open_until)
+        WHERE health_state <> 'closed';
+    ALTER TABLE apps ADD COLUMN ops_url TEXT;
+    ALTER TABLE apps ADD COLUMN ops_credentials TEXT;
+    CREATE INDEX notifications_by_time ON notifications(created_at);
+    "#,
 ];
 
 /// Applies every migration not yet applied, each in its own transaction.

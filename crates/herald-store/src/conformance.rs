@@ -8,6 +8,7 @@ use std::sync::Arc;
 use herald_protocols::standard_webhooks::{KeyEntry, Keys};
 use herald_protocols::{Credentials, Profile};
 
+use crate::health::*;
 use crate::model::*;
 use crate::queue::*;
 use crate::{Store, StoreError};
@@ -59,6 +60,11 @@ macro_rules! conformance_tests {
             dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble,
             dashboard_search_filters_every_field_and_pages,
             dashboard_lists_sandbox_payments_newest_first,
+            health_failures_open_the_breaker_and_claims_wait_for_the_cooldown,
+            a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again,
+            ops_target_round_trips_and_comes_with_a_transition,
+            purge_removes_only_old_finished_notifications_in_batches,
+            backlog_and_breaker_counts,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1632,6 +1638,410 @@ pub async fn sources_list_in_pages_by_creation_time_then_id(store: &impl Store) 
 
 // --- secrets at rest ------------------------------------------------------------------------
 
+// --- endpoint health, ops targets, retention -------------------------------------------
+
+/// A breaker that opens after 3 failures for 5 s (then 10 s, ...), and disables after a day.
+fn policy() -> BreakerPolicy {
+    BreakerPolicy {
+        failure_threshold: 3,
+        cooldown: 5_000,
+        cooldown_max: 60_000,
+        disable_after: 86_400_000,
+    }
+}
+
+async fn health(
+    store: &impl Store,
+    endpoint_id: &str,
+    signal: HealthSignal,
+    now: Millis,
+) -> HealthRecorded {
+    store
+        .record_health(HealthReport {
+            endpoint_id: endpoint_id.into(),
+            signals: vec![signal],
+            now,
+            policy: policy(),
+        })
+        .await
+        .expect("record health")
+        .expect("the endpoint exists")
+}
+
+fn ops_target(url: &str) -> OpsTarget {
+    OpsTarget {
+        url: url.into(),
+        credentials: Credentials::StandardWebhooks(Keys {
+            keys: vec![KeyEntry {
+                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+                expires_at: None,
+            }],
+        }),
+    }
+}
+
+pub async fn health_failures_open_the_breaker_and_claims_wait_for_the_cooldown(store: &impl Store) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
+    let ep = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
+        .await
+        .unwrap();
+    assert_eq!(ep.health, EndpointHealth::default());
+    let n = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let t = T0 + 1_000;
+    assert_eq!(
+        health(store, &ep.id, HealthSignal::Failure, t)
+            .await
+            .transition,
+        None
+    );
+    assert_eq!(
+        health(store, &ep.id, HealthSignal::Failure, t + 1)
+            .await
+            .transition,
+        None
+    );
+    let opened = health(store, &ep.id, HealthSignal::Failure, t + 2).await;
+    assert_eq!(opened.transition, Some(HealthTransition::Opened));
+    assert_eq!(opened.endpoint.health.state, BreakerState::Open);
+    assert_eq!(opened.endpoint.health.consecutive_failures, 3);
+    assert_eq!(opened.endpoint.health.failing_since, Some(t));
+    let until = t + 2 + 5_000;
+    assert_eq!(opened.endpoint.health.open_until, Some(until));
+    // Stored, and shown by reads.
+    let got = store.get_endpoint(&a.id, &ep.id).await.unwrap().unwrap();
+    assert_eq!(got.health, opened.endpoint.health);
+    assert!(got.enabled, "an open breaker does not disable the endpoint");
+
+    // While it cools down, nothing of the endpoint is claimed (and the delivery stays
+    // pending, no attempt spent).
+    assert!(claim_at(store, &n1, until - 1, until + 60_000)
+        .await
+        .is_empty());
+    let d = store
+        .get_delivery(&n.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Pending);
+    assert_eq!(d.delivery.attempts, 0);
+    // A delivery to another, healthy endpoint is not held back.
+    let other = store
+        .create_notification(NewNotification {
+            notify_url: Some("https://b.example/hook".into()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let jobs = claim_at(store, &n1, until - 1, until + 60_000).await;
+    assert_eq!(ids(&jobs), vec![other.deliveries[0].id.clone()]);
+
+    // Cooled down: the endpoint's delivery is claimable again (the probe).
+    let jobs = claim_at(store, &n1, until, until + 60_000).await;
+    assert_eq!(ids(&jobs), vec![n.deliveries[0].id.clone()]);
+    let health_of = jobs[0].endpoint.as_ref().unwrap().health.clone();
+    assert!(health_of.half_open(until), "{health_of:?}");
+
+    // The probe fails: open again, for twice as long.
+    let reopened = health(store, &ep.id, HealthSignal::Failure, until + 10).await;
+    assert_eq!(reopened.transition, Some(HealthTransition::Reopened));
+    assert_eq!(
+        reopened.endpoint.health.open_until,
+        Some(until + 10 + 10_000)
+    );
+    // A later probe succeeds: closed, counters reset.
+    let closed = health(store, &ep.id, HealthSignal::Success, until + 20_000).await;
+    assert_eq!(closed.transition, Some(HealthTransition::Recovered));
+    assert_eq!(closed.endpoint.health.state, BreakerState::Closed);
+    assert_eq!(closed.endpoint.health.consecutive_failures, 0);
+    assert_eq!(closed.endpoint.health.last_success_at, Some(until + 20_000));
+    assert_eq!(closed.endpoint.health.last_failure_at, Some(until + 10));
+    // A missing endpoint has no health to record.
+    let none = store
+        .record_health(HealthReport {
+            endpoint_id: "ep_missing".into(),
+            signals: vec![HealthSignal::Failure],
+            now: T0,
+            policy: policy(),
+        })
+        .await
+        .unwrap();
+    assert!(none.is_none());
+}
+
+pub async fn a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again(
+    store: &impl Store,
+) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
+    let ep = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
+        .await
+        .unwrap();
+    let n = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    let gone = health(store, &ep.id, HealthSignal::Gone, T0 + 1).await;
+    assert_eq!(gone.transition, Some(HealthTransition::Disabled));
+    assert_eq!(gone.endpoint.health.state, BreakerState::Disabled);
+    assert_eq!(
+        gone.endpoint.health.disabled_reason.as_deref(),
+        Some("the endpoint answered 410 Gone")
+    );
+    assert!(!gone.endpoint.enabled);
+    let got = store.get_endpoint(&a.id, &ep.id).await.unwrap().unwrap();
+    assert!(!got.enabled);
+    assert_eq!(got.health.state, BreakerState::Disabled);
+    // Its pending delivery is never claimed while disabled, however late.
+    assert!(claim_at(store, &n1, T0 + 86_400_000, T0 + 90_000_000)
+        .await
+        .is_empty());
+    // Later outcomes (attempts that were in flight) change nothing.
+    let late = health(store, &ep.id, HealthSignal::Success, T0 + 2).await;
+    assert_eq!(late.transition, None);
+    assert_eq!(late.endpoint.health.state, BreakerState::Disabled);
+    // New notifications skip it.
+    let n2 = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    assert!(n2.deliveries.is_empty());
+
+    // Enabling it again resets its health, and the delivery that waited is claimable.
+    let enabled = store
+        .update_endpoint(
+            &a.id,
+            &ep.id,
+            EndpointPatch {
+                enabled: Some(true),
+                ..EndpointPatch::default()
+            },
+            T0 + 3,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(enabled.health.state, BreakerState::Closed);
+    assert_eq!(enabled.health.consecutive_failures, 0);
+    assert_eq!(enabled.health.changed_at, Some(T0 + 3));
+    let jobs = claim_at(store, &n1, T0 + 4, HORIZON).await;
+    assert_eq!(ids(&jobs), vec![n.deliveries[0].id.clone()]);
+}
+
+pub async fn ops_target_round_trips_and_comes_with_a_transition(store: &impl Store) {
+    let a = app(store).await;
+    assert_eq!(store.get_app_ops(&a.id).await.unwrap(), None);
+    assert!(store
+        .set_app_ops(&a.id, Some(ops_target("https://ops.example/hook")))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_app_ops(&a.id).await.unwrap(),
+        Some(ops_target("https://ops.example/hook"))
+    );
+    // Missing apps: nothing set, a clear error on read.
+    assert!(!store
+        .set_app_ops("app_missing", Some(ops_target("https://x.example/")))
+        .await
+        .unwrap());
+    assert!(matches!(
+        store.get_app_ops("app_missing").await,
+        Err(StoreError::NotFound("app"))
+    ));
+    let ep = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
+        .await
+        .unwrap();
+    // No transition: no target read.
+    let first = health(store, &ep.id, HealthSignal::Failure, T0).await;
+    assert_eq!(first.ops, None);
+    let gone = health(store, &ep.id, HealthSignal::Gone, T0 + 1).await;
+    assert_eq!(gone.ops, Some(ops_target("https://ops.example/hook")));
+    // Cleared.
+    assert!(store.set_app_ops(&a.id, None).await.unwrap());
+    assert_eq!(store.get_app_ops(&a.id).await.unwrap(), None);
+}
+
+pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &impl Store) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
+    let to = |url: &str, now: Millis| NewNotification {
+        notify_url: Some(url.into()),
+        now,
+        ..new_notification(&a.id, "e")
+    };
+    // Created at T0: succeeded, failed, still pending, finished late; at T0 + 6 s: finished.
+    let done = store
+        .create_notification(to("https://a.example/1", T0))
+        .await
+        .unwrap();
+    let failed = store
+        .create_notification(to("https://a.example/2", T0))
+        .await
+        .unwrap();
+    let pending = store
+        .create_notification(to("https://a.example/3", T0))
+        .await
+        .unwrap();
+    let late = store
+        .create_notification(to("https://a.example/4", T0))
+        .await
+        .unwrap();
+    let recent = store
+        .create_notification(to("https://a.example/5", T0 + 6_000))
+        .await
+        .unwrap();
+    // And one that went nowhere (the app has no endpoints).
+    let nowhere = store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    assert!(nowhere.deliveries.is_empty());
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 5);
+    let job = |n: &CreatedNotification| {
+        jobs.iter()
+            .find(|j| j.id == n.deliveries[0].id)
+            .cloned()
+            .expect("claimed")
+    };
+    assert!(
+        complete(store, &n1, &job(&done), Outcome::Succeeded)
+            .await
+            .applied
+    );
+    assert!(
+        complete(store, &n1, &job(&failed), Outcome::Failed)
+            .await
+            .applied
+    );
+    assert!(
+        complete(store, &n1, &job(&recent), Outcome::Succeeded)
+            .await
+            .applied
+    );
+    let mut late_report = report(&job(&late), Outcome::Succeeded);
+    late_report.attempt.at = T0 + 9_000;
+    let applied = store
+        .complete(CompleteParams {
+            node: n1.clone(),
+            report: late_report,
+            now: T0 + 9_000,
+            horizon: HORIZON,
+        })
+        .await
+        .unwrap();
+    assert!(applied.applied);
+
+    // Purge what finished before T0 + 5 s, one notification per batch at first.
+    let before = T0 + 5_000;
+    let first = store
+        .purge_finished(PurgeParams { before, limit: 1 })
+        .await
+        .unwrap();
+    assert_eq!(first.notifications, 1);
+    let rest = store
+        .purge_finished(PurgeParams { before, limit: 100 })
+        .await
+        .unwrap();
+    let mut total = first;
+    total.add(rest);
+    assert_eq!(
+        total,
+        Purged {
+            notifications: 3,
+            deliveries: 2,
+            attempts: 2
+        }
+    );
+    for gone in [&done, &failed, &nowhere] {
+        assert!(store
+            .get_notification(&gone.notification.id)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    for d in [&done, &failed] {
+        assert!(store
+            .get_delivery(&d.deliveries[0].id)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .list_attempts(&d.deliveries[0].id, ListAttempts::default())
+            .await
+            .unwrap()
+            .is_none());
+    }
+    for kept in [&pending, &late, &recent] {
+        let got = store
+            .get_notification(&kept.notification.id)
+            .await
+            .unwrap()
+            .expect("kept");
+        assert_eq!(got.notification.payload, kept.notification.payload);
+    }
+    let d = store
+        .get_delivery(&late.deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.attempts.len(), 1);
+    // Nothing more to purge at that cutoff; the pending one is never purged, however late.
+    assert_eq!(
+        store
+            .purge_finished(PurgeParams { before, limit: 100 })
+            .await
+            .unwrap(),
+        Purged::default()
+    );
+    let all = store
+        .purge_finished(PurgeParams {
+            before: T0 + 365 * 86_400_000,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.notifications, 2);
+    let got = store
+        .get_notification(&pending.notification.id)
+        .await
+        .unwrap()
+        .expect("pending work is never purged");
+    assert_eq!(got.deliveries[0].delivery.status, DeliveryStatus::Pending);
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+}
+
+pub async fn backlog_and_breaker_counts(store: &impl Store) {
+    let a = app(store).await;
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+    let e1 = store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/1"))
+        .await
+        .unwrap();
+    store
+        .create_endpoint(new_endpoint(&a.id, "https://a.example/2"))
+        .await
+        .unwrap();
+    store
+        .create_notification(new_notification(&a.id, "e"))
+        .await
+        .unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 2);
+    health(store, &e1.id, HealthSignal::Gone, T0).await;
+    let mut counts = store.breaker_counts().await.unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        counts,
+        vec![(BreakerState::Closed, 1), (BreakerState::Disabled, 1)]
+    );
+}
+
 /// What the sealing cases need from a driver besides the store: one database reopened with
 /// various keyrings, and its `apps.credentials` column as stored.
 #[async_trait::async_trait]
@@ -2399,7 +2809,7 @@ pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble
     assert_eq!(h.pending, 0);
     assert_eq!(
         store.endpoint_health("ep_missing").await.unwrap(),
-        crate::dashboard::EndpointHealth::default()
+        crate::dashboard::EndpointRecent::default()
     );
 
     let counts = store.queue_counts(T0 + 125_000).await.expect("counts");

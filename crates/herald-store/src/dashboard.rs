@@ -82,7 +82,7 @@ pub struct EndpointTrouble {
 /// An endpoint's recent health, read from the attempts of its latest
 /// [`HEALTH_DELIVERIES`] deliveries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EndpointHealth {
+pub struct EndpointRecent {
     /// The latest acknowledged attempt among those read.
     pub last_success_at: Option<Millis>,
     pub last_attempt_at: Option<Millis>,
@@ -125,7 +125,7 @@ pub trait DashboardStore: Send + Sync + 'static {
     /// most `limit`.
     async fn troubled_endpoints(&self, since: Millis, limit: u32) -> Result<Vec<EndpointTrouble>>;
     /// The endpoint's recent health (all zero/none when it has had no attempts).
-    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointHealth>;
+    async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointRecent>;
     /// Notifications matching the search, newest first, as summaries. Examines at most
     /// [`SEARCH_SCAN`] notifications per call: a page may hold fewer than `limit` items and
     /// still carry a cursor, from which the next call goes on. `Err(BadCursor)` for a cursor

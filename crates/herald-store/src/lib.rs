@@ -11,6 +11,7 @@
 
 pub mod conformance;
 pub mod dashboard;
+pub mod health;
 pub mod model;
 pub mod queue;
 pub mod sealing;
@@ -18,6 +19,7 @@ pub mod sealing;
 use async_trait::async_trait;
 
 pub use dashboard::DashboardStore;
+pub use health::*;
 pub use model::*;
 pub use queue::*;
 pub use sealing::{SealCensus, Sealer};
@@ -42,15 +44,30 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a driver provides: the engine's queue plus administration, the sandbox's
-/// trades, settings, app-scoped API keys, the inbound gateway's sources and the dashboard's
-/// reads. Implemented for every type that implements the seven.
+/// trades, settings, app-scoped API keys, the inbound gateway's sources, the dashboard's
+/// reads and operations (endpoint health, retention). Implemented for every type that
+/// implements the eight.
 pub trait Store:
-    Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore + DashboardStore
+    Queue
+    + AdminStore
+    + SandboxStore
+    + MetaStore
+    + ApiKeyStore
+    + SourceStore
+    + DashboardStore
+    + OpsStore
 {
 }
 
 impl<T> Store for T where
-    T: Queue + AdminStore + SandboxStore + MetaStore + ApiKeyStore + SourceStore + DashboardStore
+    T: Queue
+        + AdminStore
+        + SandboxStore
+        + MetaStore
+        + ApiKeyStore
+        + SourceStore
+        + DashboardStore
+        + OpsStore
 {
 }
 

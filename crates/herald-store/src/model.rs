@@ -9,6 +9,8 @@ use std::sync::Arc;
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::health::{BreakerState, EndpointHealth};
+
 /// Unix time in milliseconds.
 pub type Millis = i64;
 
@@ -151,6 +153,8 @@ pub struct Endpoint {
     pub timeout_ms: Option<u32>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The circuit breaker and auto-disable state (see [`crate::health`]).
+    pub health: EndpointHealth,
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +208,16 @@ impl EndpointPatch {
         }
         if let Some(v) = self.enabled {
             ep.enabled = v;
+            if v && ep.health.state == BreakerState::Disabled {
+                // Enabling an endpoint that health disabled starts its health afresh; its
+                // held-back deliveries become claimable again.
+                ep.health = EndpointHealth {
+                    last_success_at: ep.health.last_success_at,
+                    last_failure_at: ep.health.last_failure_at,
+                    changed_at: Some(now),
+                    ..EndpointHealth::default()
+                };
+            }
         }
         if let Some(v) = self.timeout_ms {
             ep.timeout_ms = v;
@@ -446,6 +460,8 @@ pub struct EndpointCtx {
     pub timeout_ms: Option<u32>,
     /// Set on the last version of a deleted endpoint, so the engine drops what it holds.
     pub deleted: bool,
+    /// The endpoint's breaker as of this version (see [`crate::health`]).
+    pub health: EndpointHealth,
 }
 
 impl EndpointCtx {
@@ -462,6 +478,7 @@ impl EndpointCtx {
             enabled: e.enabled,
             timeout_ms: e.timeout_ms,
             deleted: false,
+            health: e.health.clone(),
         }
     }
 }

@@ -22,7 +22,10 @@
 //!   successor cannot be attempted anywhere before it ends;
 //! - **one node per endpoint**: an endpoint's deliveries are claimed only when no other live
 //!   node holds any of them, so an endpoint's in-flight limit holds across nodes (exceeded at
-//!   most by what a node already held when another took over after its death).
+//!   most by what a node already held when another took over after its death);
+//! - **endpoint health**: deliveries of an endpoint whose breaker is open and cooling down,
+//!   or that health disabled, are not claimed (see [`crate::health`]); once the cool-down
+//!   is over the one node that claims the endpoint probes it one delivery at a time.
 //!
 //! ## Outcomes are conditional
 //!
@@ -45,6 +48,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::health::{HealthRecorded, HealthReport};
 use crate::model::*;
 use crate::Result;
 
@@ -178,4 +182,10 @@ pub trait Queue: Send + Sync + 'static {
     async fn held(&self, params: HeldParams) -> Result<Vec<Arc<Job>>>;
     /// Subscribes to hints for `node`. One subscription per engine.
     fn hints(&self, node: NodeId) -> HintReceiver;
+    /// Applies an attempt's outcome to its endpoint's health ([`EndpointHealth::record`](crate::EndpointHealth::record))
+    /// atomically, so reports from several nodes all count. When the state changed, sends
+    /// [`Hint::EndpointChanged`] (and [`Hint::Work`] when the endpoint became claimable
+    /// again) and returns the app's ops target read in the same transaction. Disabling also
+    /// clears the endpoint's `enabled`. `None` when the endpoint does not exist.
+    async fn record_health(&self, report: HealthReport) -> Result<Option<HealthRecorded>>;
 }

@@ -174,6 +174,33 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Purge finished notifications (every delivery succeeded, failed or canceled) with
+    /// their deliveries, payloads and attempts this long after they finished, in small
+    /// background batches; `off` keeps everything. A purged notification answers 404.
+    /// `herald purge` does it on demand.
+    #[arg(long, env = "HERALD_RETENTION", value_name = "DURATION")]
+    pub retention: Option<String>,
+
+    /// Consecutive failed attempts that open an endpoint's circuit breaker (its deliveries
+    /// then wait for a cool-down, and one probe tests it).
+    #[arg(long, env = "HERALD_BREAKER_FAILURES", value_name = "N")]
+    pub breaker_failures: Option<u32>,
+
+    /// The breaker's first cool-down; each failed probe doubles it, up to
+    /// --breaker-cooldown-max.
+    #[arg(long, env = "HERALD_BREAKER_COOLDOWN", value_name = "DURATION")]
+    pub breaker_cooldown: Option<String>,
+
+    /// The longest cool-down.
+    #[arg(long, env = "HERALD_BREAKER_COOLDOWN_MAX", value_name = "DURATION")]
+    pub breaker_cooldown_max: Option<String>,
+
+    /// An endpoint failing continuously (no success in between) for this long is disabled;
+    /// a `410 Gone` answer disables it at once. Enabling it again (PATCH enabled=true)
+    /// resumes its waiting deliveries.
+    #[arg(long, env = "HERALD_DISABLE_AFTER", value_name = "DURATION")]
+    pub disable_after: Option<String>,
+
     /// TOML file with any of the settings above, keyed by the flag's name with `_` for `-`
     /// (`db = "sqlite://herald.db"`, `request_timeout = 10`, `allow_targets = [...]`);
     /// flags and environment variables override it.
@@ -211,6 +238,26 @@ pub fn serve_defaults() -> Vec<(&'static str, String)> {
         ("header_read_timeout", secs(http.header_read_timeout)),
         ("idle_timeout", secs(http.idle_timeout)),
         ("body_read_timeout", secs(http.body_read_timeout)),
+        (
+            "retention",
+            format!("{}d", DEFAULT_RETENTION.as_secs() / 86_400),
+        ),
+        (
+            "breaker_failures",
+            engine.breaker.failure_threshold.to_string(),
+        ),
+        (
+            "breaker_cooldown",
+            format!("{}s", engine.breaker.cooldown / 1000),
+        ),
+        (
+            "breaker_cooldown_max",
+            format!("{}s", engine.breaker.cooldown_max / 1000),
+        ),
+        (
+            "disable_after",
+            format!("{}d", engine.breaker.disable_after / 86_400_000),
+        ),
     ]
 }
 
@@ -263,7 +310,37 @@ pub enum ConfigError {
     SecretKeyFile(PathBuf, std::io::Error),
     #[error("invalid {0}: {1}")]
     SecretKey(String, herald_store::sealing::KeyError),
+    #[error("invalid --{0} {1:?}: expected a positive number with a unit, e.g. 90s, 15m, 2h, 30d")]
+    Duration(&'static str, String),
+    #[error("--breaker-cooldown-max must not be shorter than --breaker-cooldown")]
+    CooldownMax,
 }
+
+/// `90s`, `15m`, `2h`, `30d` (or bare seconds) to a non-zero duration of at most ten years
+/// (retention and breaker settings).
+pub fn parse_long_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (1..=3650 * 86_400)
+        .contains(&secs)
+        .then(|| Duration::from_secs(secs))
+}
+
+fn duration_setting(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    parse_long_duration(v).ok_or_else(|| ConfigError::Duration(name, v.to_string()))
+}
+
+/// The default retention of finished notifications.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
 /// The key credentials are sealed with at rest (see `herald_store::sealing`), for `serve`
 /// and `rekey`.
@@ -563,6 +640,30 @@ impl ServeArgs {
             secret_key_file: self.secret_key_file,
         }
         .sealer()?;
+        let retention = match self.retention {
+            None => Some(DEFAULT_RETENTION),
+            Some(v) if v.trim() == "off" => None,
+            Some(v) => Some(duration_setting("retention", &v)?),
+        };
+        let ms = |d: Duration| d.as_millis() as herald_store::Millis;
+        if let Some(n) = self.breaker_failures {
+            if n == 0 {
+                return Err(ConfigError::Zero("breaker_failures"));
+            }
+            engine.breaker.failure_threshold = n;
+        }
+        if let Some(v) = self.breaker_cooldown {
+            engine.breaker.cooldown = ms(duration_setting("breaker-cooldown", &v)?);
+        }
+        if let Some(v) = self.breaker_cooldown_max {
+            engine.breaker.cooldown_max = ms(duration_setting("breaker-cooldown-max", &v)?);
+        }
+        if engine.breaker.cooldown_max < engine.breaker.cooldown {
+            return Err(ConfigError::CooldownMax);
+        }
+        if let Some(v) = self.disable_after {
+            engine.breaker.disable_after = ms(duration_setting("disable-after", &v)?);
+        }
         Ok(ServerOptions {
             database,
             listen,
@@ -572,6 +673,7 @@ impl ServeArgs {
             sandbox,
             http,
             sealer,
+            retention,
         })
     }
 }
@@ -587,6 +689,49 @@ mod tests {
         assert_eq!(o.listen, DEFAULT_LISTEN.parse().unwrap());
         assert!(!o.engine.target_policy.allow_private);
         assert_eq!(o.admin_token, None);
+        assert_eq!(o.retention, Some(DEFAULT_RETENTION));
+        assert_eq!(o.engine.breaker, herald_store::BreakerPolicy::default());
+    }
+
+    #[test]
+    fn retention_and_breaker_settings_parse_with_clear_errors() {
+        let o = ServeArgs {
+            retention: Some("90d".into()),
+            breaker_failures: Some(5),
+            breaker_cooldown: Some("30s".into()),
+            breaker_cooldown_max: Some("2h".into()),
+            disable_after: Some("1d".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.retention, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(o.engine.breaker.failure_threshold, 5);
+        assert_eq!(o.engine.breaker.cooldown, 30_000);
+        assert_eq!(o.engine.breaker.cooldown_max, 7_200_000);
+        assert_eq!(o.engine.breaker.disable_after, 86_400_000);
+        let off = ServeArgs {
+            retention: Some("off".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(off.retention, None);
+        let bad = ServeArgs {
+            retention: Some("30 days".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(bad.to_string().contains("--retention"), "{bad}");
+        let bad = ServeArgs {
+            breaker_cooldown: Some("10m".into()),
+            breaker_cooldown_max: Some("1m".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(matches!(bad, ConfigError::CooldownMax), "{bad}");
     }
 
     #[test]

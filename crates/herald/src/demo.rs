@@ -180,6 +180,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
             },
             durability: Durability::Full,
             sealer: Default::default(),
+            retention: None,
             sandbox: Some(SandboxOptions {
                 public_url: None,
                 unpaid_timeout: opts.unpaid_timeout,

@@ -11,6 +11,8 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod http;
+pub mod metrics;
+pub mod retention;
 /// The payment sandbox lives in its own crate; re-exported for `serve --sandbox` and the demo.
 pub use herald_sandbox as sandbox;
 pub mod server;

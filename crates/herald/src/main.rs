@@ -25,8 +25,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     herald verify --profile alipay --key alipay_public.pem --request captured/1764280000000-0000.http --explain\n\n\
     Logs go to standard error; set RUST_LOG (e.g. RUST_LOG=debug) for more.")]
 struct Cli {
+    /// Log format on standard error: `text` (coloured only when standard error is a
+    /// terminal) or `json` (one JSON object per line, with span fields such as the API's
+    /// request_id). RUST_LOG sets the level (default info).
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +70,8 @@ enum Command {
     Rekey(cmd::rekey::RekeyArgs),
     /// Manage the admin token: `herald token reset --db URL` makes a new one and prints it.
     Token(cmd::token::TokenArgs),
+    /// Delete finished notifications older than a period (retention on demand), then exit.
+    Purge(cmd::purge::PurgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,13 +81,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,6 +119,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => cmd::migrate::run(args).await.map(|_| true),
             Command::Rekey(args) => cmd::rekey::run(args).await.map(|_| true),
             Command::Token(args) => cmd::token::run(args).await.map(|_| true),
+            Command::Purge(args) => cmd::purge::run(args).await.map(|_| true),
         }
     });
     match result {

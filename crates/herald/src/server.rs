@@ -21,6 +21,8 @@ use tokio::sync::watch;
 use crate::api::{self, ApiState};
 use crate::dashboard::{self, DashState, Dashboard};
 use crate::http::{self, HttpLimits};
+use crate::metrics::{self, MetricsState, ServerMetrics};
+use crate::retention;
 use crate::sandbox::{self, Sandbox, SandboxOptions};
 
 const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
@@ -98,6 +100,9 @@ pub struct ServerOptions {
     /// The keyring apps' credentials are sealed with at rest; without keys, they are stored
     /// in plaintext.
     pub sealer: Sealer,
+    /// Finished notifications older than this are purged in the background (see
+    /// [`crate::retention`]); `None` keeps everything.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// A started server.
@@ -268,6 +273,27 @@ pub async fn start(
         stats: engine.stats.clone(),
     });
     app = app.merge(dash);
+    let server_metrics = Arc::new(ServerMetrics::default());
+    let metrics_route = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics::render))
+        .with_state(MetricsState {
+            server: server_metrics.clone(),
+            engine: engine.stats.clone(),
+            store: store.clone(),
+        });
+    let app = app
+        .merge(metrics_route)
+        .layer(axum::middleware::from_fn_with_state(
+            server_metrics.clone(),
+            metrics::observe,
+        ));
+    if let Some(retention) = opts.retention {
+        tracing::info!(
+            retention_days = retention.as_secs_f64() / 86_400.0,
+            "finished notifications are purged after the retention period"
+        );
+        retention::spawn(store.clone(), retention, server_metrics, stop_rx.clone());
+    }
     let serve = http::serve(listener, app, opts.http.clone(), max_connections, stop_rx);
     let stats = engine.stats.clone();
     let closing = store.clone();

@@ -515,8 +515,13 @@ async fn help_teaches_each_command() {
                 "--allow-private-targets",
                 "HERALD_ADMIN_TOKEN",
                 "--config",
+                "--retention",
+                "--breaker-failures",
+                "--disable-after",
+                "--log-format",
             ],
         ),
+        ("purge", vec!["--db", "--older-than"]),
         (
             "send",
             vec![

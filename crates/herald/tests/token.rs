@@ -20,6 +20,7 @@ fn options(database: Database, listen: &str) -> ServerOptions {
         sandbox: None,
         http: Default::default(),
         sealer: Default::default(),
+        retention: None,
     }
 }
 

@@ -9,6 +9,7 @@ use ulid::Ulid;
 use super::Writer;
 use crate::rows::{self, opt_json};
 use crate::schema::backend;
+use herald_store::health::EndpointHealth;
 use herald_store::model::*;
 use herald_store::queue::Hint;
 use herald_store::{Result, SealCensus, StoreError};
@@ -338,6 +339,7 @@ impl Writer {
             timeout_ms: new.timeout_ms,
             created_at: new.now,
             updated_at: new.now,
+            health: EndpointHealth::default(),
         };
         self.write_endpoint(&ep, true)?;
         // Make sure the app's list is complete before adding to it.
@@ -348,13 +350,19 @@ impl Writer {
 
     pub(super) fn write_endpoint(&self, ep: &Endpoint, insert: bool) -> Result<()> {
         let sql = if insert {
-            "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at, timeout_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight, ordered, enabled, created_at, updated_at, timeout_ms,
+                health_state, health_failures, health_failing_since, health_last_success_at, health_last_failure_at,
+                breaker_open_until, breaker_opened, disabled_reason, health_changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
         } else {
             "UPDATE endpoints SET url = ?3, event_types = ?4, retry = ?5, ack = ?6, max_in_flight = ?7,
-                ordered = ?8, enabled = ?9, updated_at = ?11, timeout_ms = ?12
+                ordered = ?8, enabled = ?9, updated_at = ?11, timeout_ms = ?12,
+                health_state = ?13, health_failures = ?14, health_failing_since = ?15,
+                health_last_success_at = ?16, health_last_failure_at = ?17, breaker_open_until = ?18,
+                breaker_opened = ?19, disabled_reason = ?20, health_changed_at = ?21
              WHERE id = ?1 AND app_id = ?2"
         };
+        let h = &ep.health;
         self.conn
             .prepare_cached(sql)
             .and_then(|mut s| {
@@ -370,7 +378,16 @@ impl Writer {
                     ep.enabled,
                     ep.created_at,
                     ep.updated_at,
-                    ep.timeout_ms
+                    ep.timeout_ms,
+                    h.state.as_str(),
+                    h.consecutive_failures,
+                    h.failing_since,
+                    h.last_success_at,
+                    h.last_failure_at,
+                    h.open_until,
+                    h.times_opened,
+                    h.disabled_reason,
+                    h.changed_at
                 ])
             })
             .map(|_| ())
@@ -388,10 +405,14 @@ impl Writer {
         let Some(mut ep) = rows::get_endpoint(&self.conn, app_id, id)? else {
             return Ok(None);
         };
+        let was_blocked = ep.health.blocks(now);
         patch.apply(&mut ep, now);
         self.write_endpoint(&ep, false)?;
         let ctx = self.cache_endpoint(&ep);
         hints.push(Hint::EndpointChanged(ctx));
+        if was_blocked && !ep.health.blocks(now) {
+            hints.push(Hint::Work);
+        }
         Ok(Some(ep))
     }
 

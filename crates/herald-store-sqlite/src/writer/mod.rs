@@ -10,11 +10,13 @@
 //! The operations themselves live by concern: [`admin`] (apps, their API keys and endpoints,
 //! and the caches of their settings), [`notifications`] (creating notifications and sandbox
 //! trades, manual retry and recover), [`queue`] (the engine's claims, outcomes, releases and
-//! leases) and [`sources`] (the inbound gateway's sources with their apps and endpoints).
+//! leases), [`sources`] (the inbound gateway's sources with their apps and endpoints) and
+//! [`ops`] (endpoint health, apps' ops targets, retention purges).
 //! The writer keeps small caches of app and endpoint settings (it is the only one who changes
 //! them, so it keeps them coherent); a failed commit clears them.
 mod admin;
 mod notifications;
+mod ops;
 mod queue;
 mod sources;
 
@@ -27,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::schema::backend;
 use super::HintHub;
+use herald_store::health::{HealthRecorded, HealthReport, OpsTarget, PurgeParams, Purged};
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{Result, SealCensus, Sealer, StoreError};
@@ -87,6 +90,9 @@ pub(crate) enum Op {
     Complete(Box<CompleteParams>, Reply<Completed>),
     Release(ReleaseParams, Reply<Vec<i64>>),
     Held(HeldParams, Reply<Vec<Arc<Job>>>),
+    RecordHealth(HealthReport, Reply<Option<HealthRecorded>>),
+    SetAppOps(String, Option<OpsTarget>, Reply<bool>),
+    Purge(PurgeParams, Reply<Purged>),
     /// Stop after this batch (see `MetaStore::close`).
     Close(Reply<()>),
 }
@@ -378,6 +384,18 @@ impl Writer {
                 let r = self.held(&params.node, params.horizon);
                 done(reply, r)
             }
+            Op::RecordHealth(report, reply) => {
+                let r = self.record_health(report, hints);
+                done(reply, r)
+            }
+            Op::SetAppOps(app_id, ops, reply) => {
+                let r = self.set_app_ops(&app_id, ops);
+                done(reply, r)
+            }
+            Op::Purge(params, reply) => {
+                let r = self.purge_finished(params);
+                done(reply, r)
+            }
             Op::Close(reply) => done(reply, Ok(())),
         }
     }
@@ -417,6 +435,9 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::Complete(_, r) => fail(r, err),
         Op::Release(_, r) => fail(r, err),
         Op::Held(_, r) => fail(r, err),
+        Op::RecordHealth(_, r) => fail(r, err),
+        Op::SetAppOps(_, _, r) => fail(r, err),
+        Op::Purge(_, r) => fail(r, err),
         Op::Close(r) => fail(r, err),
     }
 }

@@ -126,10 +126,12 @@ impl Writer {
         let mut deliveries = Vec::with_capacity(targets.len());
         let mut jobs = Vec::new();
         for (endpoint, url, order_key) in targets {
+            // Not claimed at birth: a successor of its order key, or a delivery to an
+            // endpoint whose breaker holds it back (claims take it when it may go).
             let blocked = match &order_key {
                 Some(k) => self.has_pending_in_order(k, i64::MAX)?,
                 None => false,
-            };
+            } || endpoint.as_ref().is_some_and(|e| e.health.blocks(new.now));
             let delivery = Delivery {
                 id: format!("dlv_{}", Ulid::new()),
                 notification_id: notification.id.clone(),

@@ -22,8 +22,9 @@ const JOB_SELECT: &str = "SELECT d.seq, d.id, d.notify_id, n.id, d.app_id, d.end
 
 /// Pending, unheld deliveries due by `?2` that may be claimed by node `?1`: the first of
 /// their order key, and of an endpoint no other node holds (one uncorrelated set, computed
-/// once per claim, not a probe per candidate). A node that was forgotten (its lease
-/// expired) claims nothing until it registers again.
+/// once per claim, not a probe per candidate), and not held back by its endpoint's health
+/// at `?4` (now). A node that was forgotten (its lease expired) claims nothing until it
+/// registers again.
 const CLAIMABLE: &str = "EXISTS (SELECT 1 FROM nodes WHERE id = ?1)
        AND d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= ?2
        AND (d.order_key IS NULL OR NOT EXISTS (
@@ -31,7 +32,11 @@ const CLAIMABLE: &str = "EXISTS (SELECT 1 FROM nodes WHERE id = ?1)
             WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))
        AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
             SELECT h.endpoint_id FROM deliveries h
-            WHERE h.locked_by IS NOT NULL AND h.endpoint_id IS NOT NULL AND h.locked_by <> ?1))";
+            WHERE h.locked_by IS NOT NULL AND h.endpoint_id IS NOT NULL AND h.locked_by <> ?1))
+       AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
+            SELECT b.id FROM endpoints b
+            WHERE b.health_state <> 'closed'
+              AND (b.health_state = 'disabled' OR b.breaker_open_until > ?4)))";
 
 impl Writer {
     pub(super) fn register_node(&mut self, p: &LeaseParams, claim_new: bool) -> Result<()> {
@@ -109,7 +114,7 @@ impl Writer {
                 .map_err(backend)?;
             let rows = stmt
                 .query_map(
-                    params![&*p.node, p.horizon, p.limit as i64],
+                    params![&*p.node, p.horizon, p.limit as i64, p.now],
                     JobRow::from_row,
                 )
                 .map_err(backend)?;

@@ -9,6 +9,7 @@ pub use herald_http::error;
 pub use herald_http::extract;
 mod notifications;
 pub mod openapi;
+pub(crate) mod ops;
 pub(crate) mod sources;
 pub(crate) mod views;
 
@@ -163,6 +164,13 @@ pub fn routes() -> Vec<(&'static str, Access, MethodRouter<ApiState>)> {
             "/v1/apps/{app_id}/recover",
             Admin,
             post(notifications::recover),
+        ),
+        (
+            "/v1/apps/{app_id}/ops",
+            Admin,
+            axum::routing::put(ops::set)
+                .get(ops::get)
+                .delete(ops::delete),
         ),
         ("/v1/notifications/{id}", App, get(notifications::get)),
         ("/v1/deliveries/{id}", App, get(notifications::get_delivery)),

@@ -16,7 +16,7 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{apps, endpoints, error, notifications, sources, views};
+use super::{apps, endpoints, error, notifications, ops, sources, views};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -55,6 +55,9 @@ use super::{apps, endpoints, error, notifications, sources, views};
         sources::delete,
         sources::received,
         sources::ingest,
+        ops::set,
+        ops::get,
+        ops::delete,
     ),
     components(schemas(error::ErrorBody, views::AppView, views::EndpointView)),
     modifiers(&Security),

@@ -124,6 +124,9 @@ pub struct EndpointView {
     pub timeout_ms: Option<u32>,
     pub created_at: String,
     pub updated_at: String,
+    /// The endpoint's health: its breaker (`closed`, `open` until `open_until`, or
+    /// `disabled` with a reason), its current run of failures, its last success and failure.
+    pub health: Value,
 }
 
 pub fn endpoint(e: &Endpoint) -> EndpointView {
@@ -140,7 +143,25 @@ pub fn endpoint(e: &Endpoint) -> EndpointView {
         timeout_ms: e.timeout_ms,
         created_at: rfc3339(e.created_at),
         updated_at: rfc3339(e.updated_at),
+        health: health(&e.health),
     }
+}
+
+/// An endpoint's health: its breaker (`closed`, `open` until `open_until`, or `disabled`
+/// with a reason), its current run of failures and its last success and failure.
+pub fn health(h: &herald_store::EndpointHealth) -> Value {
+    let at = |t: Option<herald_store::Millis>| t.map(rfc3339);
+    serde_json::json!({
+        "state": h.state,
+        "consecutive_failures": h.consecutive_failures,
+        "failing_since": at(h.failing_since),
+        "last_success_at": at(h.last_success_at),
+        "last_failure_at": at(h.last_failure_at),
+        "open_until": at(h.open_until),
+        "times_opened": h.times_opened,
+        "disabled_reason": h.disabled_reason,
+        "changed_at": at(h.changed_at),
+    })
 }
 
 /// A delivery as an accepted notification lists it.

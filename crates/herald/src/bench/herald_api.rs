@@ -69,6 +69,7 @@ impl Herald {
                 durability: herald_store_sqlite::Durability::Full,
                 http: Default::default(),
                 sealer: Default::default(),
+                retention: None,
             },
             std::future::pending(),
         )

@@ -4,6 +4,7 @@ pub mod capture;
 pub mod demo;
 pub mod listen;
 pub mod migrate;
+pub mod purge;
 pub mod rekey;
 pub mod send;
 pub mod serve;

@@ -114,6 +114,7 @@ impl TestServer {
                 sandbox,
                 http: Default::default(),
                 sealer,
+                retention: None,
             },
             std::future::pending(),
         )

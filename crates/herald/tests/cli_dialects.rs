@@ -198,16 +198,26 @@ notify_id = "event_id"
             r#"{"order":"C1","cents":100,"state":"PAID","event_id":"E1"}"#,
         ),
     ];
-    for (profile, extra, payload) in cases {
-        let mut args = vec!["sign", "--profile", profile];
+    for (i, (profile, extra, payload)) in cases.into_iter().enumerate() {
+        // The generated signing key goes to a file of its own (the credentials to stderr).
+        let key_out = dir.path().join(format!("signing-{i}.key"));
+        let key_out = key_out.to_str().unwrap().to_string();
+        let mut args = vec!["sign", "--profile", profile, "--key-out", &key_out];
         args.extend(extra.iter().copied());
         let (code, out, err) = herald(&args, payload.as_bytes()).await;
         assert_eq!(code, 0, "{profile}: {err}");
-        let view: Value =
-            serde_json::from_str(err.split_once('\n').unwrap().1).expect("generated credentials");
+        let json_at = err.find('{').expect("generated credentials on stderr");
+        let view: Value = serde_json::from_str(&err[json_at..]).expect("generated credentials");
         let (first, headers, body) = signed(&out);
-        let (method, query) = match first.split_once(" ?") {
-            Some((m, q)) => (m.to_string(), q.to_string()),
+        // The request line: `METHOD`, or `METHOD /?QUERY` when the profile signs a query.
+        let (method, query) = match first.split_once(' ') {
+            Some((m, target)) => (
+                m.to_string(),
+                target
+                    .split_once('?')
+                    .map(|(_, q)| q.to_string())
+                    .unwrap_or_default(),
+            ),
             None => (first.clone(), String::new()),
         };
         let mut vargs: Vec<String> = vec![

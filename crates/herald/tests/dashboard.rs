@@ -275,7 +275,11 @@ async fn every_page_shows_what_the_store_holds() {
         page.body.contains("<span class=\"badge bad\">2</span>"),
         "two failures in a row"
     );
-    assert!(page.body.contains("Breaker") && page.body.contains("not tracked yet"));
+    assert!(
+        page.body.contains("Breaker")
+            && page.body.contains("<span class=\"badge ok\">closed</span>"),
+        "two failures leave the breaker closed"
+    );
 
     let found = op
         .get(&format!("/notifications?status=failed&app={app}"))
@@ -389,7 +393,7 @@ async fn resend_delivers_again_once_the_receiver_is_fixed() {
 }
 
 #[tokio::test]
-async fn recover_disable_enable_and_rotate_act_on_the_store() {
+async fn recover_disable_enable_rotate_and_create_an_api_key_act_on_the_store() {
     let server = TestServer::start().await;
     let (app, ep, n, d, rx) = failed_delivery(&server).await;
     let op = Operator::signed_in(&server).await;
@@ -444,10 +448,24 @@ async fn recover_disable_enable_and_rotate_act_on_the_store() {
         "the new secret is shown once"
     );
 
-    // API keys are not in this build: the button says so and creates nothing.
+    // An API key: shown once on the answer, stored as its hash only.
     let keys = op.act(&format!("/actions/apps/{app}/api-keys"), &[]).await;
-    assert_eq!(keys.status, 501);
-    assert!(keys.body.contains("not available"));
+    assert_eq!(keys.status, 201, "{}", keys.body);
+    let start = keys.body.find("hk_").expect("the key is shown");
+    let key: String = keys.body[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    let stored = store.list_api_keys(&app).await.unwrap();
+    assert_eq!(stored.len(), 1, "one key created");
+    let hash = herald::api::hash_token(&key);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let found = store.find_api_key(&hex).await.unwrap();
+    assert_eq!(
+        found.map(|k| k.id),
+        Some(stored[0].id.clone()),
+        "stored by its hash"
+    );
 }
 
 #[tokio::test]

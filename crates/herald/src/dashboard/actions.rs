@@ -133,21 +133,31 @@ pub async fn rotate(
     ))
 }
 
-/// `POST /actions/apps/{app_id}/api-keys`: per-app API keys are not in this build yet; the
-/// button says so and changes nothing.
+/// `POST /actions/apps/{app_id}/api-keys`: the JSON API's key creation; the key is shown
+/// once, on this response only (Herald keeps its SHA-256).
 pub async fn create_api_key(
     State(state): State<DashState>,
     Extension(authed): Extension<Authed>,
     Path(app_id): Path<String>,
 ) -> Result<Response, Fail> {
-    let b = format!(
-        "<h1>API keys</h1><div class=\"error\">Per-app API keys are not available in this build yet; \
-         nothing was created. Producers use the admin token until then.</div>\
-         <p><a href=\"/apps/{}\">Back to the app</a></p>",
+    let (_, axum::Json(created)) =
+        crate::api::apps::create_key(State(state.api.clone()), Path(app_id.clone())).await?;
+    let mut b = format!(
+        "<h1>API key created</h1><div class=\"flash\">Give this key to the app's producers: it \
+         sends this app's notifications and reads its notifications and deliveries, nothing else.</div>\
+         <div class=\"panel\"><p>The key is shown <strong>only on this page</strong>; Herald keeps \
+         only its hash. Revoke it with <code>DELETE /v1/apps/{{app}}/keys/{}</code>.</p>\
+         <pre>{}</pre></div>",
+        esc(&created.api_key.id),
+        esc(&created.key)
+    );
+    let _ = write!(
+        b,
+        "<p><a href=\"/apps/{}\">Back to the app</a></p>",
         url_part(&app_id)
     );
     Ok(html(
-        StatusCode::NOT_IMPLEMENTED,
-        page("API keys", Some(nav(&state, &authed, "/apps")), &b),
+        StatusCode::CREATED,
+        page("API key created", Some(nav(&state, &authed, "/apps")), &b),
     ))
 }

@@ -78,10 +78,9 @@ pub fn parse_datetime(s: &str) -> Option<Millis> {
 /// A status word as a coloured badge.
 pub fn badge(status: &str) -> String {
     let class = match status {
-        "succeeded" | "acknowledged" | "enabled" | "ok" | "TRADE_SUCCESS" | "TRADE_FINISHED" => {
-            "ok"
-        }
-        "failed" | "disabled" | "trouble" | "TRADE_CLOSED" => "bad",
+        "succeeded" | "acknowledged" | "enabled" | "ok" | "closed" | "TRADE_SUCCESS"
+        | "TRADE_FINISHED" => "ok",
+        "failed" | "disabled" | "trouble" | "open" | "TRADE_CLOSED" => "bad",
         "pending" | "WAIT_BUYER_PAY" => "warn",
         _ => "mute",
     };

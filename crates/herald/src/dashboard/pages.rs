@@ -269,7 +269,7 @@ pub async fn app(
             let _ = write!(
                 b,
                 "<tr><td>{}<br><span class=\"muted mono\">{}</span>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{failures}</td><td>{}</td><td class=\"muted\">not tracked yet</td><td>{button}</td></tr>",
+                 <td>{failures}</td><td>{}</td><td>{}</td><td>{button}</td></tr>",
                 esc(&ep.url),
                 esc(&ep.id),
                 ep.event_types
@@ -280,6 +280,7 @@ pub async fn app(
                 time(h.last_success_at),
                 time(h.last_attempt_at),
                 count(h.pending),
+                breaker(&ep.health),
             );
         }
         b.push_str("</table><p class=\"muted\">Health is read from the attempts of each endpoint's latest 50 deliveries.</p>");
@@ -738,4 +739,20 @@ pub async fn delivery(
         StatusCode::OK,
         page("Delivery", Some(nav(&state, &authed, "/notifications")), &b),
     ))
+}
+
+/// An endpoint's breaker as the engine keeps it: closed, open until a time (then one probe),
+/// or disabled with the reason.
+fn breaker(h: &herald_store::EndpointHealth) -> String {
+    match h.state {
+        herald_store::BreakerState::Closed => badge("closed"),
+        herald_store::BreakerState::Open => {
+            format!("{} until {}", badge("open"), time(h.open_until))
+        }
+        herald_store::BreakerState::Disabled => format!(
+            "{}<br><span class=\"muted\">{}</span>",
+            badge("disabled"),
+            esc(h.disabled_reason.as_deref().unwrap_or(""))
+        ),
+    }
 }

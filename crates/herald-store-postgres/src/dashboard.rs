@@ -8,7 +8,7 @@ use herald_store::dashboard::*;
 use herald_store::model::*;
 use herald_store::{Result, StoreError};
 
-use crate::rows::{col, deliveries_of};
+use crate::rows::{col, summaries_with_deliveries};
 use crate::{backend, sandbox};
 
 fn limit_of(limit: u32) -> i64 {
@@ -284,41 +284,7 @@ pub(crate) async fn search_notifications(
         limit + 1
     );
     let rows = c.query(&sql, &params).await.map_err(backend)?;
-    let more = rows.len() as i64 > limit;
-    let found = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
-            Ok((
-                col::<i64>(r, 0)?,
-                NotificationSummary {
-                    id: col(r, 1)?,
-                    app_id: col(r, 2)?,
-                    event_type: col(r, 3)?,
-                    notify_url: col(r, 4)?,
-                    idempotency_key: col(r, 5)?,
-                    order_key: col(r, 6)?,
-                    created_at: col(r, 7)?,
-                    deliveries: Vec::new(),
-                },
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let last_seq = found.last().map(|(s, _)| *s);
-    let nseqs: Vec<i64> = found.iter().map(|(s, _)| *s).collect();
-    let mut deliveries = deliveries_of(c, &nseqs).await?;
-    let items = found
-        .into_iter()
-        .map(|(seq, mut n)| {
-            n.deliveries = deliveries
-                .remove(&seq)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(_, d)| d)
-                .collect();
-            n
-        })
-        .collect();
+    let (items, last_seq, more) = summaries_with_deliveries(c, &rows, limit).await?;
     let next_cursor = if more {
         last_seq
     } else if scanned >= i64::from(SEARCH_SCAN) {

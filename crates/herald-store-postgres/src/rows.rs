@@ -667,6 +667,34 @@ pub(crate) async fn list_notifications(
         _ => c.query(&stmt, &[&app_id, &before, &fetch]).await,
     }
     .map_err(backend)?;
+    let (items, last_seq, more) = summaries_with_deliveries(c, &rows, limit).await?;
+    Ok(Page {
+        items,
+        next_cursor: if more {
+            last_seq.map(|s| s.to_string())
+        } else {
+            None
+        },
+    })
+}
+
+pub(crate) async fn get_meta(c: &impl GenericClient, key: &str) -> Result<Option<String>> {
+    let stmt = c
+        .prepare_cached("SELECT value FROM meta WHERE key = $1")
+        .await
+        .map_err(backend)?;
+    let row = c.query_opt(&stmt, &[&key]).await.map_err(backend)?;
+    row.as_ref().map(|r| col(r, 0)).transpose()
+}
+
+/// Notification summary rows (`seq, id, app_id, event_type, notify_url, idempotency_key,
+/// order_key, created_at`), at most `limit` of them, each with its deliveries: the
+/// summaries, the last `seq` taken (the next page's cursor) and whether more rows came.
+pub(crate) async fn summaries_with_deliveries(
+    c: &impl GenericClient,
+    rows: &[tokio_postgres::Row],
+    limit: i64,
+) -> Result<(Vec<NotificationSummary>, Option<i64>, bool)> {
     let more = rows.len() as i64 > limit;
     let found = rows
         .iter()
@@ -702,21 +730,5 @@ pub(crate) async fn list_notifications(
             n
         })
         .collect();
-    Ok(Page {
-        items,
-        next_cursor: if more {
-            last_seq.map(|s| s.to_string())
-        } else {
-            None
-        },
-    })
-}
-
-pub(crate) async fn get_meta(c: &impl GenericClient, key: &str) -> Result<Option<String>> {
-    let stmt = c
-        .prepare_cached("SELECT value FROM meta WHERE key = $1")
-        .await
-        .map_err(backend)?;
-    let row = c.query_opt(&stmt, &[&key]).await.map_err(backend)?;
-    row.as_ref().map(|r| col(r, 0)).transpose()
+    Ok((items, last_seq, more))
 }

@@ -1471,6 +1471,7 @@ fn new_source(name: &str, url: &str, now: Millis) -> NewSource {
         keys: SourceKeys {
             keys: vec![SOURCE_SECRET.into()],
             decrypt_key: Some("decrypt-key".into()),
+            dialect: None,
         },
         expect_app_id: Some("wx1234".into()),
         expect_merchant_id: None,

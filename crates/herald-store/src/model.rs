@@ -629,6 +629,10 @@ pub struct SourceKeys {
     pub keys: Vec<String>,
     #[serde(default)]
     pub decrypt_key: Option<String>,
+    /// For the `dialect` profile: the dialect (a preset name or its JSON form); absent, the
+    /// `epay` preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialect: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for SourceKeys {

@@ -477,3 +477,94 @@ async fn a_source_forwards_one_notification_of_an_order_at_a_time_in_the_order_r
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.count(), 3);
 }
+
+#[tokio::test]
+async fn a_dialect_source_verifies_with_its_own_dialect_and_answers_its_ack_text() {
+    let server = sandbox().await;
+    // A merchant on a custom dialect: the epay rules with an ack text of its own.
+    let mut dialect =
+        serde_json::to_value(herald_protocols::dialect::Dialect::preset("epay").unwrap()).unwrap();
+    dialect["name"] = json!("acme");
+    dialect["ack"] = json!("OK-ACME");
+    let key = "acme-merchant-key-0123456789";
+    let (status, app) = server
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "acme", "profile": "dialect",
+                        "credentials": {"dialect": dialect, "key": key, "fields": {"pid": "1001"}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().unwrap().to_string();
+
+    // A dialect option is refused for another profile, and an unknown preset by name.
+    let (status, v) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            Some(
+                json!({"name": "x", "profile": "alipay", "keys": ["k"], "dialect": "epay",
+                        "destination": {"url": "http://127.0.0.1:9/x"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v.to_string().contains("dialect profile only"), "{v}");
+    let (status, v) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            Some(
+                json!({"name": "x", "profile": "dialect", "keys": [key], "dialect": "nope",
+                        "destination": {"url": "http://127.0.0.1:9/x"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v.to_string().contains("no preset named"), "{v}");
+
+    let rx = Receiver::start(Receiver::ok()).await;
+    let (status, src) = server
+        .call(
+            "POST",
+            "/v1/sources",
+            Some(
+                json!({"name": "acme in", "profile": "dialect", "keys": [key],
+                        "dialect": dialect, "destination": {"url": rx.url("/hook")}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{src}");
+    pay(
+        &server,
+        json!({"app_id": app_id, "out_trade_no": "D-1", "amount": 990, "subject": "tea",
+               "notify_url": src["ingest_url"]}),
+    )
+    .await;
+    let got = rx.wait_count(1).await.remove(0);
+    let n = got.json();
+    assert_eq!(n["profile"], "dialect");
+    assert_eq!(n["out_trade_no"], "D-1", "{n:#}");
+    // The platform's delivery to the source succeeded: the source answered the dialect's
+    // own ack text (the app's ack rule), not the epay preset's `success`.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, list) = server
+            .call("GET", &format!("/v1/apps/{app_id}/notifications"), None)
+            .await;
+        let status = list["data"][0]["deliveries"][0]["status"].clone();
+        if status == "succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox's delivery to the source did not succeed: {list:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        received(&server, src["id"].as_str().unwrap()).await.len(),
+        1
+    );
+}

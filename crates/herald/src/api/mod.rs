@@ -199,9 +199,14 @@ pub fn routes() -> Vec<(&'static str, Access, MethodRouter<ApiState>)> {
             Admin,
             get(sources::received),
         ),
-        // The inbound gateway's ingest URLs: providers post here, unauthenticated (each
-        // request is verified with its source's keys).
-        ("/in/{source_id}", Public, post(sources::ingest)),
+        // The inbound gateway's ingest URLs: providers post here (aggregator dialects such as
+        // EPay may call with GET and the query), unauthenticated (each request is verified
+        // with its source's keys).
+        (
+            "/in/{source_id}",
+            Public,
+            get(sources::ingest).post(sources::ingest),
+        ),
     ]
 }
 

@@ -47,6 +47,10 @@ pub struct CreateSource {
     keys: Vec<String>,
     #[serde(default)]
     decrypt_key: Option<String>,
+    /// For the `dialect` profile: a preset name (`epay`) or the dialect itself as an object
+    /// (the fields of a `herald verify --dialect` file); default `epay`.
+    #[serde(default)]
+    dialect: Option<Value>,
     #[serde(default)]
     expect_app_id: Option<String>,
     #[serde(default)]
@@ -65,6 +69,40 @@ struct Destination {
     url: String,
     #[serde(default)]
     format: Option<String>,
+}
+
+/// The keys a source verifies with: the profile's, and for the `dialect` profile the
+/// source's own dialect (a preset name or its JSON form) when it has one.
+fn source_receiver_keys(
+    profile: Profile,
+    keys: &[String],
+    decrypt_key: Option<&str>,
+    dialect: Option<&Value>,
+) -> Result<herald_protocols::ReceiverKeys, String> {
+    let Some(dialect) = dialect.filter(|_| profile == Profile::Dialect) else {
+        return profile
+            .receiver_keys(keys, decrypt_key)
+            .map_err(|e| format!("keys: {e}"));
+    };
+    let d = match dialect {
+        Value::String(name) => {
+            herald_protocols::dialect::Dialect::preset(name).ok_or_else(|| {
+                format!(
+                    "dialect: no preset named {name:?} (presets: {})",
+                    herald_protocols::dialect::PRESETS.join(", ")
+                )
+            })?
+        }
+        other => {
+            let d: herald_protocols::dialect::Dialect =
+                serde_json::from_value(other.clone()).map_err(|e| format!("dialect: {e}"))?;
+            d.check().map_err(|e| format!("dialect: {e}"))?;
+            d
+        }
+    };
+    herald_protocols::dialect::receiver_keys(d, keys)
+        .map(|k| herald_protocols::ReceiverKeys::Dialect(Box::new(k)))
+        .map_err(|e| format!("keys: {e}"))
 }
 
 fn optional_id(field: &str, v: Option<&str>) -> Result<Option<String>, ApiError> {
@@ -112,10 +150,15 @@ pub async fn create(
             "keys must hold the keys themselves (PEM, base64, secrets), not file names".into(),
         ));
     }
+    if req.dialect.is_some() && profile != Profile::Dialect {
+        return Err(ApiError::Invalid(format!(
+            "dialect applies to the dialect profile only, not {}",
+            profile.name()
+        )));
+    }
     // Refused now rather than at the first notification; the message never quotes a key.
-    profile
-        .receiver_keys(&keys, decrypt_key.as_deref())
-        .map_err(|e| ApiError::Invalid(format!("keys: {e}")))?;
+    source_receiver_keys(profile, &keys, decrypt_key.as_deref(), req.dialect.as_ref())
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
     let format = match req.destination.format.as_deref() {
         None => SourceFormat::StandardWebhooks,
         Some(f) => SourceFormat::parse(f).ok_or_else(|| {
@@ -140,7 +183,11 @@ pub async fn create(
         .create_source(NewSource {
             name: name.clone(),
             profile: profile.name().to_string(),
-            keys: SourceKeys { keys, decrypt_key },
+            keys: SourceKeys {
+                keys,
+                decrypt_key,
+                dialect: req.dialect.clone(),
+            },
             expect_app_id: optional_id("expect_app_id", req.expect_app_id.as_deref())?,
             expect_merchant_id: optional_id(
                 "expect_merchant_id",
@@ -436,7 +483,7 @@ fn raw_envelope(headers: &[(String, String)], body: &[u8]) -> Value {
 }
 
 /// `POST /in/{source_id}`: a provider's notification.
-#[utoipa::path(post, path = "/in/{source_id}", tag = "sources", security(),
+#[utoipa::path(method(get, post), path = "/in/{source_id}", tag = "sources", security(),
     params(("source_id" = String, Path)),
     request_body(content = String, description = "The provider's notification, exactly as it sends it (form, XML or JSON)"),
     responses(
@@ -462,7 +509,12 @@ pub async fn ingest(
         tracing::error!(source = %id, profile = %source.profile, "the source's profile is not known to this build");
         return ApiError::Internal("unknown profile".into()).into_response();
     };
-    let keys = match profile.receiver_keys(&source.keys.keys, source.keys.decrypt_key.as_deref()) {
+    let keys = match source_receiver_keys(
+        profile,
+        &source.keys.keys,
+        source.keys.decrypt_key.as_deref(),
+        source.keys.dialect.as_ref(),
+    ) {
         Ok(k) => k,
         Err(e) => {
             tracing::error!(source = %id, error = %e, "the source's keys do not load");
@@ -489,7 +541,7 @@ pub async fn ingest(
         Ok(n) => n,
         Err(e) => {
             tracing::info!(source = %id, reason = %e, "refused a notification");
-            return reply(profile.failure_reply(&e.to_string()));
+            return reply(profile.failure_reply_for(&keys, &e.to_string()));
         }
     };
     let foreign = |what: &str, want: &Option<String>, got: &Option<String>| {
@@ -504,10 +556,10 @@ pub async fn ingest(
         .or_else(|| foreign("merchant id", &source.expect_merchant_id, &n.merchant_id))
     {
         tracing::info!(source = %id, reason = %why, "refused a notification");
-        return reply(profile.failure_reply(&why));
+        return reply(profile.failure_reply_for(&keys, &why));
     }
     if n.notify_id.is_empty() || n.notify_id.len() > MAX_KEY_LEN {
-        return reply(profile.failure_reply("the notify id is empty or too long"));
+        return reply(profile.failure_reply_for(&keys, "the notify id is empty or too long"));
     }
     let order_key = n
         .out_trade_no
@@ -535,17 +587,19 @@ pub async fn ingest(
                 copy = created.replayed,
                 "received"
             );
-            reply(profile.ack_reply())
+            reply(profile.ack_reply_for(&keys))
         }
         // The notify id is stored already, with other bytes (a later copy: a new
         // notify_time, another signature): the first one is what gets forwarded.
         Err(StoreError::Conflict(_)) => {
             tracing::info!(source = %id, notify_id = %n.notify_id, copy = true, "received");
-            reply(profile.ack_reply())
+            reply(profile.ack_reply_for(&keys))
         }
         Err(e) => {
             tracing::error!(source = %id, error = %e, "cannot store a verified notification");
-            reply(profile.failure_reply("the gateway cannot store it now; send it again"))
+            reply(
+                profile.failure_reply_for(&keys, "the gateway cannot store it now; send it again"),
+            )
         }
     }
 }

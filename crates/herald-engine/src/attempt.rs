@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use herald_protocols::{classify, AckRule, OutgoingNotification, RetryPolicy, Verdict};
-use herald_store::{AppCtx, Attempt, EndpointCtx, Job, Millis, Outcome};
+use herald_store::{AppCtx, Attempt, AttemptOutcome, ClaimedDelivery, EndpointCtx, Millis};
 use rand::Rng;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
@@ -61,7 +61,7 @@ impl AttemptResult {
 pub trait Attempter: Send + Sync + 'static {
     async fn attempt(
         &self,
-        job: &Job,
+        job: &ClaimedDelivery,
         app: &AppCtx,
         endpoint: Option<&EndpointCtx>,
     ) -> AttemptResult;
@@ -85,7 +85,7 @@ pub struct HttpAttempter {
 impl Attempter for HttpAttempter {
     async fn attempt(
         &self,
-        job: &Job,
+        job: &ClaimedDelivery,
         app: &AppCtx,
         endpoint: Option<&EndpointCtx>,
     ) -> AttemptResult {
@@ -104,7 +104,7 @@ impl HttpAttempter {
     /// one.
     pub async fn send(
         &self,
-        job: &Job,
+        job: &ClaimedDelivery,
         app: &AppCtx,
         url: &str,
         ack: &AckRule,
@@ -305,17 +305,17 @@ pub fn next_outcome(
     policy: &RetryPolicy,
     now: Millis,
     rng: &mut impl Rng,
-) -> Outcome {
+) -> AttemptOutcome {
     let not_before = match verdict {
-        Verdict::Acked => return Outcome::Succeeded,
+        Verdict::Acked => return AttemptOutcome::Succeeded,
         Verdict::Retry => Duration::ZERO,
         Verdict::RetryNotBefore(d) => *d,
     };
     match policy.next_delay(attempts_made, rng) {
-        Some(delay) => Outcome::Retry {
+        Some(delay) => AttemptOutcome::Retry {
             next_at: now + delay.max(not_before).as_millis() as Millis,
         },
-        None => Outcome::Failed,
+        None => AttemptOutcome::Failed,
     }
 }
 
@@ -418,15 +418,15 @@ mod tests {
         let mut rng = rand::thread_rng();
         assert_eq!(
             next_outcome(&Verdict::Acked, 1, &p, 0, &mut rng),
-            Outcome::Succeeded
+            AttemptOutcome::Succeeded
         );
         assert_eq!(
             next_outcome(&Verdict::Retry, 1, &p, 0, &mut rng),
-            Outcome::Retry { next_at: 1000 }
+            AttemptOutcome::Retry { next_at: 1000 }
         );
         assert_eq!(
             next_outcome(&Verdict::Retry, 2, &p, 0, &mut rng),
-            Outcome::Failed
+            AttemptOutcome::Failed
         );
     }
 
@@ -437,12 +437,12 @@ mod tests {
         let v = Verdict::RetryNotBefore(Duration::from_secs(30));
         assert_eq!(
             next_outcome(&v, 1, &p, 5, &mut rng),
-            Outcome::Retry { next_at: 30_005 }
+            AttemptOutcome::Retry { next_at: 30_005 }
         );
         let short = Verdict::RetryNotBefore(Duration::from_millis(10));
         assert_eq!(
             next_outcome(&short, 1, &p, 5, &mut rng),
-            Outcome::Retry { next_at: 1005 }
+            AttemptOutcome::Retry { next_at: 1005 }
         );
     }
 
@@ -460,8 +460,8 @@ mod tests {
         }
     }
 
-    fn test_job(app: &AppCtx, url: &str) -> Job {
-        Job {
+    fn test_job(app: &AppCtx, url: &str) -> ClaimedDelivery {
+        ClaimedDelivery {
             seq: 1,
             id: "dlv_1".into(),
             notify_id: "msg_1".into(),

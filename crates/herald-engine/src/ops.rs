@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_protocols::{AckRule, Profile, RetryPolicy, Verdict};
-use herald_store::{AppCtx, Endpoint, EndpointHealth, HealthTransition, Job, Millis, OpsTarget};
+use herald_store::{
+    AppCtx, ClaimedDelivery, Endpoint, EndpointHealth, HealthTransition, Millis, OpsTarget,
+};
 use serde::Serialize;
 
 use crate::attempt::Attempter;
@@ -116,7 +118,7 @@ pub(crate) fn spawn_send(
         ack: AckRule::Http2xx,
     };
     let id = ulid::Ulid::new();
-    let job = Job {
+    let job = ClaimedDelivery {
         seq: 0,
         id: format!("ops_{id}"),
         notify_id: format!("msg_{id}"),

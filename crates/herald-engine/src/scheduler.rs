@@ -47,10 +47,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_store::{
-    AppCtx, AttemptReport, BreakerState, ClaimParams, CompleteParams, Completed, DeliveryStatus,
-    EndpointCtx, HealthRecorded, HealthReport, HealthSignal, HealthTransition, HeldParams, Hint,
-    HintReceiver, Job, Lease, LeaseParams, Millis, NodeId, Outcome, Queue, ReleaseParams,
-    StoreError,
+    AppCtx, AttemptOutcome, AttemptReport, BreakerState, ClaimParams, ClaimedDelivery,
+    CompleteParams, Completed, DeliveryStatus, EndpointCtx, HealthRecorded, HealthReport,
+    HealthSignal, HealthTransition, HeldParams, Hint, HintReceiver, Lease, LeaseParams, Millis,
+    NodeId, Queue, ReleaseParams, StoreError,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -89,7 +89,7 @@ enum State {
 }
 
 struct Slot {
-    job: Arc<Job>,
+    job: Arc<ClaimedDelivery>,
     state: State,
 }
 
@@ -155,11 +155,14 @@ enum TaskMsg {
         recorded: Option<Box<HealthRecorded>>,
     },
     /// The store took the attempt's outcome.
-    Completed { job: Arc<Job>, completed: Completed },
+    Completed {
+        job: Arc<ClaimedDelivery>,
+        completed: Completed,
+    },
     /// The outcome never reached the store; `slot_held` when the HTTP slot was not
     /// released yet either.
     Lost {
-        job: Arc<Job>,
+        job: Arc<ClaimedDelivery>,
         dest: Arc<str>,
         slot_held: bool,
     },
@@ -167,7 +170,7 @@ enum TaskMsg {
     Claimed {
         node: NodeId,
         limit: usize,
-        jobs: Option<Vec<Arc<Job>>>,
+        jobs: Option<Vec<Arc<ClaimedDelivery>>>,
     },
     /// A release's answer: the seqs asked for and those the store released.
     Released {
@@ -183,7 +186,7 @@ enum TaskMsg {
 /// Reports an attempt task's job as lost unless disarmed (its outcome reached the store).
 /// Runs on panic too, so the scheduler's slots never leak.
 struct AttemptGuard {
-    job: Option<Arc<Job>>,
+    job: Option<Arc<ClaimedDelivery>>,
     dest: Arc<str>,
     endpoint: Option<Arc<str>>,
     slot_held: bool,
@@ -202,7 +205,7 @@ impl AttemptGuard {
         });
     }
 
-    fn disarm(&mut self) -> Option<Arc<Job>> {
+    fn disarm(&mut self) -> Option<Arc<ClaimedDelivery>> {
         self.job.take()
     }
 }
@@ -533,7 +536,7 @@ impl Scheduler {
         });
     }
 
-    fn on_claimed(&mut self, node: NodeId, limit: usize, jobs: Option<Vec<Arc<Job>>>) {
+    fn on_claimed(&mut self, node: NodeId, limit: usize, jobs: Option<Vec<Arc<ClaimedDelivery>>>) {
         self.claim_pending = false;
         let Some(jobs) = jobs else {
             // The claim may have committed and its answer been lost.
@@ -605,7 +608,7 @@ impl Scheduler {
     }
 
     /// Takes a claimed job into memory (or refreshes a waiting one).
-    fn admit(&mut self, job: Arc<Job>) {
+    fn admit(&mut self, job: Arc<ClaimedDelivery>) {
         if let Some(ep) = &job.endpoint {
             self.endpoints
                 .entry(ep.id.clone())
@@ -736,7 +739,7 @@ impl Scheduler {
     }
 
     /// Gives jobs (already in `Parking` state) back to the store.
-    fn release(&mut self, jobs: Vec<Arc<Job>>, next_at: Option<Millis>) {
+    fn release(&mut self, jobs: Vec<Arc<ClaimedDelivery>>, next_at: Option<Millis>) {
         self.parking += jobs.len();
         let requested: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
         let params = ReleaseParams {
@@ -851,7 +854,7 @@ impl Scheduler {
         }
     }
 
-    fn on_completed(&mut self, job: Arc<Job>, completed: Completed) {
+    fn on_completed(&mut self, job: Arc<ClaimedDelivery>, completed: Completed) {
         self.record_failures = 0;
         let revoked = matches!(
             self.jobs.get(&job.seq).map(|s| s.state),
@@ -893,7 +896,7 @@ impl Scheduler {
     /// An attempt whose outcome did not reach the store (storage failure, or the task
     /// died): release its slots and try it again after a backoff. The store still shows the
     /// delivery as held by this node, so nobody else sends it meanwhile.
-    fn attempt_lost(&mut self, job: Arc<Job>) {
+    fn attempt_lost(&mut self, job: Arc<ClaimedDelivery>) {
         let revoked = matches!(
             self.jobs.get(&job.seq).map(|s| s.state),
             Some(State::InFlightRevoked)
@@ -1164,7 +1167,7 @@ impl Scheduler {
 
     /// The destination of a job: its endpoint, or (ad-hoc `notify_url`) the URL's origin
     /// within the app, so two apps notifying one host do not share a queue.
-    fn dest_key(&self, job: &Job) -> Arc<str> {
+    fn dest_key(&self, job: &ClaimedDelivery) -> Arc<str> {
         match &job.endpoint {
             Some(ep) => Arc::from(ep.id.as_str()),
             None => Arc::from(format!("{} {}", job.app.id, origin_of(&job.url))),
@@ -1279,7 +1282,7 @@ impl Scheduler {
         }
     }
 
-    fn spawn_attempt(&self, job: Arc<Job>, dest: Arc<str>) {
+    fn spawn_attempt(&self, job: Arc<ClaimedDelivery>, dest: Arc<str>) {
         let app = self
             .apps
             .get(&job.app.id)
@@ -1333,14 +1336,14 @@ impl Scheduler {
                 .observe(Duration::from_millis(result.attempt.duration_ms.into()));
             let (retry, _) = effective_rules(&app, endpoint.as_deref());
             let now = clock.now();
-            let outcome: Outcome = {
+            let outcome: AttemptOutcome = {
                 let mut rng = rand::thread_rng();
                 next_outcome(&result.verdict, result.attempt.n, retry, now, &mut rng)
             };
             let result_label = match outcome {
-                Outcome::Succeeded => "succeeded",
-                Outcome::Retry { .. } => "retry",
-                Outcome::Failed => "failed",
+                AttemptOutcome::Succeeded => "succeeded",
+                AttemptOutcome::Retry { .. } => "retry",
+                AttemptOutcome::Failed => "failed",
             };
             metrics.attempts.inc(&[app.profile.name(), result_label]);
             tracing::debug!(delivery = %job.id, n = result.attempt.n, status = ?result.attempt.status_code,

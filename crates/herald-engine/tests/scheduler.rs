@@ -19,7 +19,7 @@ const T0: Millis = 1_700_000_000_000;
 
 #[derive(Clone)]
 struct Row {
-    job: Arc<Job>,
+    job: Arc<ClaimedDelivery>,
     status: DeliveryStatus,
     attempts: u32,
     next_at: Millis,
@@ -56,7 +56,7 @@ impl FakeQueue {
         self.state.lock().expect("queue state")
     }
 
-    fn add(&self, job: Job) {
+    fn add(&self, job: ClaimedDelivery) {
         let row = Row {
             status: DeliveryStatus::Pending,
             attempts: job.attempts,
@@ -116,7 +116,7 @@ impl FakeQueue {
             })
     }
 
-    fn job_of(row: &Row) -> Arc<Job> {
+    fn job_of(row: &Row) -> Arc<ClaimedDelivery> {
         let mut j = (*row.job).clone();
         j.attempts = row.attempts;
         j.next_at = row.next_at;
@@ -156,7 +156,7 @@ impl Queue for FakeQueue {
         Ok(n)
     }
 
-    async fn claim(&self, p: ClaimParams) -> Result<Vec<Arc<Job>>> {
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
         {
             let mut st = self.state();
             st.claims_running += 1;
@@ -276,7 +276,7 @@ impl Queue for FakeQueue {
         Ok(out)
     }
 
-    async fn held(&self, p: HeldParams) -> Result<Vec<Arc<Job>>> {
+    async fn held(&self, p: HeldParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
         let st = self.state();
         Ok(st
             .rows
@@ -323,7 +323,7 @@ impl Queue for FakeQueue {
 
 // --- a scripted receiver ------------------------------------------------------------------
 
-type Script = Box<dyn Fn(&Job) -> (Verdict, Duration) + Send + Sync>;
+type Script = Box<dyn Fn(&ClaimedDelivery) -> (Verdict, Duration) + Send + Sync>;
 
 /// A scripted verdict that stands for "Herald ran out of descriptors" (error class `local`).
 const LOCAL: Verdict = Verdict::RetryNotBefore(Duration::from_millis(424_242));
@@ -381,7 +381,12 @@ impl FakeReceiver {
 
 #[async_trait]
 impl Attempter for FakeReceiver {
-    async fn attempt(&self, job: &Job, _app: &AppCtx, _ep: Option<&EndpointCtx>) -> AttemptResult {
+    async fn attempt(
+        &self,
+        job: &ClaimedDelivery,
+        _app: &AppCtx,
+        _ep: Option<&EndpointCtx>,
+    ) -> AttemptResult {
         let at = self.clock.now();
         if job.id.starts_with("ops_") {
             let body = serde_json::from_str(&job.payload).expect("ops body is JSON");
@@ -453,8 +458,8 @@ fn app(retry_secs: &[u64]) -> Arc<AppCtx> {
     })
 }
 
-fn job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, order_key: Option<&str>) -> Job {
-    Job {
+fn job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, order_key: Option<&str>) -> ClaimedDelivery {
+    ClaimedDelivery {
         seq,
         id: format!("dlv_{seq}"),
         notify_id: format!("msg_{seq}"),
@@ -489,8 +494,8 @@ fn endpoint(id: &str, max_in_flight: u32) -> Endpoint {
     }
 }
 
-fn ep_job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, ep: &Endpoint) -> Job {
-    Job {
+fn ep_job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, ep: &Endpoint) -> ClaimedDelivery {
+    ClaimedDelivery {
         endpoint: Some(Arc::new(EndpointCtx::from_endpoint(ep))),
         ..job(seq, app, next_at, None)
     }

@@ -219,9 +219,9 @@ impl Contexts {
     pub(crate) async fn refresh(
         &self,
         c: &impl GenericClient,
-        jobs: Vec<Arc<Job>>,
+        jobs: Vec<Arc<ClaimedDelivery>>,
         generation: u64,
-    ) -> Result<Vec<Arc<Job>>> {
+    ) -> Result<Vec<Arc<ClaimedDelivery>>> {
         if jobs.is_empty() || self.generation() == generation {
             return Ok(jobs);
         }

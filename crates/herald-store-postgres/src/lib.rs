@@ -455,7 +455,7 @@ impl Queue for PgStore {
         queue::rescue(&self.inner, now).await
     }
 
-    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<Job>>> {
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
         queue::claim(&self.inner, params).await
     }
 
@@ -472,7 +472,7 @@ impl Queue for PgStore {
         queue::release(&self.inner, params).await
     }
 
-    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<Job>>> {
+    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
         queue::held(&self.inner, params).await
     }
 

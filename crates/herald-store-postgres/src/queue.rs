@@ -173,7 +173,7 @@ async fn claim_in(
     horizon: Millis,
     limit: usize,
     order_key: Option<&str>,
-) -> Result<Vec<Arc<Job>>> {
+) -> Result<Vec<Arc<ClaimedDelivery>>> {
     let sql = CLAIM.replace("{claimable}", CLAIMABLE).replace(
         "{extra}",
         if order_key.is_some() {
@@ -218,7 +218,7 @@ async fn jobs_from_rows(
     c: &impl GenericClient,
     rows: &[Row],
     now: Millis,
-) -> Result<Vec<Arc<Job>>> {
+) -> Result<Vec<Arc<ClaimedDelivery>>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -256,7 +256,7 @@ async fn jobs_from_rows(
         };
         let attempts: i32 = col(row, 9)?;
         let payload: &str = col(row, 8)?;
-        jobs.push(Arc::new(Job {
+        jobs.push(Arc::new(ClaimedDelivery {
             seq,
             id: col(row, 1)?,
             notify_id: col(row, 2)?,
@@ -289,7 +289,7 @@ async fn jobs_from_rows(
     Ok(jobs)
 }
 
-pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Job>>> {
+pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
     if p.limit == 0 {
         return Ok(Vec::new());
     }
@@ -324,7 +324,7 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Job>>
 /// True when this outcome ends an ordered delivery, so that completing it also claims the
 /// successor (under the claim lock, so never inside a group commit).
 pub(crate) fn frees_successor(p: &CompleteParams) -> bool {
-    p.report.job.order_key.is_some() && !matches!(p.report.outcome, Outcome::Retry { .. })
+    p.report.job.order_key.is_some() && !matches!(p.report.outcome, AttemptOutcome::Retry { .. })
 }
 
 /// Records an outcome alone, in its own transaction (ordered deliveries, and outcomes whose
@@ -455,7 +455,7 @@ pub(crate) async fn release(inner: &Inner, p: ReleaseParams) -> Result<Vec<i64>>
 }
 
 /// The pending deliveries `node` holds, due by `horizon` (see `Queue::held`).
-pub(crate) async fn held(inner: &Inner, p: HeldParams) -> Result<Vec<Arc<Job>>> {
+pub(crate) async fn held(inner: &Inner, p: HeldParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
     let generation = inner.contexts.generation();
     let client = inner.client().await?;
     let stmt = client

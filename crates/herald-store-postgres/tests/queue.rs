@@ -88,7 +88,12 @@ async fn node(store: &PgStore, name: &str, now: Millis) -> NodeId {
     node
 }
 
-async fn claim(store: &PgStore, node: &NodeId, now: Millis, limit: usize) -> Vec<Arc<Job>> {
+async fn claim(
+    store: &PgStore,
+    node: &NodeId,
+    now: Millis,
+    limit: usize,
+) -> Vec<Arc<ClaimedDelivery>> {
     store
         .claim(ClaimParams {
             node: node.clone(),
@@ -103,8 +108,8 @@ async fn claim(store: &PgStore, node: &NodeId, now: Millis, limit: usize) -> Vec
 async fn complete(
     store: &PgStore,
     node: &NodeId,
-    job: &Arc<Job>,
-    outcome: Outcome,
+    job: &Arc<ClaimedDelivery>,
+    outcome: AttemptOutcome,
     now: Millis,
 ) -> Completed {
     store
@@ -116,7 +121,7 @@ async fn complete(
                     n: job.attempts + 1,
                     at: now,
                     duration_ms: 5,
-                    status_code: Some(if outcome == Outcome::Succeeded {
+                    status_code: Some(if outcome == AttemptOutcome::Succeeded {
                         200
                     } else {
                         500
@@ -192,7 +197,7 @@ async fn two_nodes_never_claim_the_same_delivery_under_concurrency() {
                 }
                 idle = 0;
                 for job in jobs {
-                    let done = complete(&store, &me, &job, Outcome::Succeeded, T0 + 1).await;
+                    let done = complete(&store, &me, &job, AttemptOutcome::Succeeded, T0 + 1).await;
                     assert!(
                         done.applied,
                         "{} was claimed by {me}, so its outcome applies",
@@ -243,7 +248,7 @@ async fn only_one_live_node_at_a_time_holds_an_endpoint() {
     let third = claim(&a, &na, T0, 1).await;
     assert_eq!(third.len(), 1);
     for job in &held {
-        complete(&a, &na, job, Outcome::Succeeded, T0 + 1).await;
+        complete(&a, &na, job, AttemptOutcome::Succeeded, T0 + 1).await;
     }
     assert!(claim(&b, &nb, T0, 10).await.is_empty(), "a still holds one");
     // a parks the one it holds (no attempt spent): then b may take the endpoint.
@@ -314,7 +319,7 @@ async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
         .unwrap();
     assert_eq!(lost, Lease::Lost);
     // a's late outcome is stale: nothing changes, no attempt is recorded.
-    let late = complete(&a, &na, &held[0], Outcome::Failed, T0 + 33_000).await;
+    let late = complete(&a, &na, &held[0], AttemptOutcome::Failed, T0 + 33_000).await;
     assert!(!late.applied);
     assert_eq!(late.status, Some(DeliveryStatus::Pending));
     let d = a.get_delivery(&n.deliveries[0].id).await.unwrap().unwrap();
@@ -325,7 +330,7 @@ async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
         &b,
         &nb,
         &taken[0],
-        Outcome::Retry {
+        AttemptOutcome::Retry {
             next_at: T0 + 40_000,
         },
         T0 + 34_000,
@@ -341,12 +346,12 @@ async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
     );
     // An outcome with an old attempt count is stale too.
     assert!(
-        !complete(&b, &nb, &taken[0], Outcome::Succeeded, T0 + 41_000)
+        !complete(&b, &nb, &taken[0], AttemptOutcome::Succeeded, T0 + 41_000)
             .await
             .applied
     );
     assert!(
-        complete(&b, &nb, &again, Outcome::Succeeded, T0 + 41_000)
+        complete(&b, &nb, &again, AttemptOutcome::Succeeded, T0 + 41_000)
             .await
             .applied
     );
@@ -375,7 +380,7 @@ async fn an_ordered_successor_is_claimed_with_the_outcome_that_frees_it() {
         &a,
         &na,
         &first[0],
-        Outcome::Retry {
+        AttemptOutcome::Retry {
             next_at: T0 + 5_000,
         },
         T0 + 1,
@@ -386,7 +391,7 @@ async fn an_ordered_successor_is_claimed_with_the_outcome_that_frees_it() {
         &a,
         &na,
         &retried.held.unwrap(),
-        Outcome::Succeeded,
+        AttemptOutcome::Succeeded,
         T0 + 6_000,
     )
     .await;
@@ -450,7 +455,7 @@ async fn hints_reach_the_other_node() {
         unreachable!()
     };
     assert_eq!(seqs, vec![jobs[0].seq]);
-    let stale = complete(&b, &nb, &jobs[0], Outcome::Succeeded, T0 + 3).await;
+    let stale = complete(&b, &nb, &jobs[0], AttemptOutcome::Succeeded, T0 + 3).await;
     assert!(!stale.applied, "no longer held by b");
 
     // Deleting the endpoint cancels what b holds, and says so.
@@ -844,7 +849,7 @@ async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
         total += fan.deliveries.len() + keyed.deliveries.len();
     }
     let registry = Arc::new(Mutex::new(Registry::default()));
-    let add = |reg: &Mutex<Registry>, node: &str, job: &Job| {
+    let add = |reg: &Mutex<Registry>, node: &str, job: &ClaimedDelivery| {
         let mut r = reg.lock().unwrap();
         if let Some(e) = &job.endpoint {
             let entry = r
@@ -866,7 +871,7 @@ async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
             );
         }
     };
-    let remove = |reg: &Mutex<Registry>, job: &Job| {
+    let remove = |reg: &Mutex<Registry>, job: &ClaimedDelivery| {
         let mut r = reg.lock().unwrap();
         if let Some(e) = &job.endpoint {
             if let Some(entry) = r.endpoint.get_mut(&e.id) {
@@ -888,7 +893,7 @@ async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
             let mut succeeded = Vec::new();
             let mut idle = 0;
             while idle < 5 {
-                let mut work: Vec<Arc<Job>> = claim(&store, &me, T0, 3).await;
+                let mut work: Vec<Arc<ClaimedDelivery>> = claim(&store, &me, T0, 3).await;
                 if work.is_empty() {
                     idle += 1;
                     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -903,13 +908,13 @@ async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
                     remove(&registry, &job);
                     // Every third first attempt fails and is retried at once.
                     let outcome = if job.attempts == 0 && job.seq % 3 == 0 {
-                        Outcome::Retry { next_at: T0 }
+                        AttemptOutcome::Retry { next_at: T0 }
                     } else {
-                        Outcome::Succeeded
+                        AttemptOutcome::Succeeded
                     };
                     let done = complete(&store, &me, &job, outcome, T0).await;
                     assert!(done.applied, "{me} held {}", job.id);
-                    if outcome == Outcome::Succeeded {
+                    if outcome == AttemptOutcome::Succeeded {
                         succeeded.push(job.id.clone());
                     }
                     for next in done.held.into_iter().chain(done.successor) {
@@ -999,7 +1004,7 @@ async fn one_node_drains_a_backlog_with_outcomes_in_flight_together() {
         }
         let outcomes = jobs
             .iter()
-            .map(|job| complete(&a, &me, job, Outcome::Succeeded, T0 + 1));
+            .map(|job| complete(&a, &me, job, AttemptOutcome::Succeeded, T0 + 1));
         for c in futures_util::future::join_all(outcomes).await {
             assert!(c.applied);
             done += 1;

@@ -240,7 +240,7 @@ impl Queue for SqliteStore {
         self.call(|r| Op::Rescue(now, r)).await
     }
 
-    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<Job>>> {
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
         self.call(|r| Op::Claim(params, r)).await
     }
 
@@ -252,7 +252,7 @@ impl Queue for SqliteStore {
         self.call(|r| Op::Release(params, r)).await
     }
 
-    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<Job>>> {
+    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
         self.call(|r| Op::Held(params, r)).await
     }
 

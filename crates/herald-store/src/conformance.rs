@@ -161,7 +161,7 @@ async fn claim_at(
     node: &NodeId,
     now: Millis,
     horizon: Millis,
-) -> Vec<Arc<Job>> {
+) -> Vec<Arc<ClaimedDelivery>> {
     store
         .claim(ClaimParams {
             node: node.clone(),
@@ -174,24 +174,24 @@ async fn claim_at(
 }
 
 /// Claims everything due by [`HORIZON`] for `node`.
-async fn claim(store: &impl Store, node: &NodeId) -> Vec<Arc<Job>> {
+async fn claim(store: &impl Store, node: &NodeId) -> Vec<Arc<ClaimedDelivery>> {
     claim_at(store, node, T0, HORIZON).await
 }
 
-fn report(job: &Arc<Job>, outcome: Outcome) -> AttemptReport {
+fn report(job: &Arc<ClaimedDelivery>, outcome: AttemptOutcome) -> AttemptReport {
     AttemptReport {
         job: job.clone(),
         attempt: Attempt {
             n: job.attempts + 1,
             at: T0 + 1000,
             duration_ms: 12,
-            status_code: Some(if outcome == Outcome::Succeeded {
+            status_code: Some(if outcome == AttemptOutcome::Succeeded {
                 200
             } else {
                 500
             }),
             response: Some("body".into()),
-            error_class: if outcome == Outcome::Succeeded {
+            error_class: if outcome == AttemptOutcome::Succeeded {
                 None
             } else {
                 Some("http-status".into())
@@ -205,8 +205,8 @@ fn report(job: &Arc<Job>, outcome: Outcome) -> AttemptReport {
 async fn complete(
     store: &impl Store,
     node: &NodeId,
-    job: &Arc<Job>,
-    outcome: Outcome,
+    job: &Arc<ClaimedDelivery>,
+    outcome: AttemptOutcome,
 ) -> Completed {
     store
         .complete(CompleteParams {
@@ -219,7 +219,7 @@ async fn complete(
         .expect("complete")
 }
 
-fn ids(jobs: &[Arc<Job>]) -> Vec<String> {
+fn ids(jobs: &[Arc<ClaimedDelivery>]) -> Vec<String> {
     jobs.iter().map(|j| j.id.clone()).collect()
 }
 
@@ -503,7 +503,13 @@ pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(sto
     );
 
     // A retry does not end the first: the second stays blocked.
-    let done = complete(store, &n1, &jobs[0], Outcome::Retry { next_at: T0 + 5000 }).await;
+    let done = complete(
+        store,
+        &n1,
+        &jobs[0],
+        AttemptOutcome::Retry { next_at: T0 + 5000 },
+    )
+    .await;
     assert!(done.applied);
     assert_eq!(done.status, Some(DeliveryStatus::Pending));
     assert!(done.successor.is_none());
@@ -511,7 +517,7 @@ pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(sto
     assert!(claim(store, &n1).await.is_empty());
 
     // Success ends it: the second is claimed for the node with the outcome.
-    let done = complete(store, &n1, &held, Outcome::Succeeded).await;
+    let done = complete(store, &n1, &held, AttemptOutcome::Succeeded).await;
     assert!(done.applied);
     let next = done.successor.expect("the successor");
     assert_eq!(next.id, second.deliveries[0].id);
@@ -537,7 +543,7 @@ pub async fn order_key_serializes_notify_url_deliveries(store: &impl Store) {
     // Another key is independent.
     store.create_notification(mk("trade-2")).await.unwrap();
     assert_eq!(claim(store, &n1).await.len(), 1);
-    let done = complete(store, &n1, &first[0], Outcome::Failed).await;
+    let done = complete(store, &n1, &first[0], AttemptOutcome::Failed).await;
     assert_eq!(
         done.successor.map(|j| j.id.clone()),
         Some(blocked.deliveries[0].id.clone()),
@@ -560,7 +566,7 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
         store,
         &n1,
         &job,
-        Outcome::Retry {
+        AttemptOutcome::Retry {
             next_at: T0 + 50_000,
         },
     )
@@ -582,7 +588,7 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
     assert_eq!(d.attempts[0].status_code, Some(500));
     assert_eq!(d.attempts[0].error_class.as_deref(), Some("http-status"));
 
-    let done = complete(store, &n1, &job, Outcome::Succeeded).await;
+    let done = complete(store, &n1, &job, AttemptOutcome::Succeeded).await;
     assert!(done.applied);
     assert_eq!(done.status, Some(DeliveryStatus::Succeeded));
     assert!(done.held.is_none());
@@ -611,9 +617,9 @@ pub async fn stale_attempt_outcome_is_not_applied(store: &impl Store) {
         .await
         .unwrap();
     let job = claim(store, &n1).await.remove(0);
-    complete(store, &n1, &job, Outcome::Succeeded).await;
+    complete(store, &n1, &job, AttemptOutcome::Succeeded).await;
     // The same (now stale) job reports a failure: nothing changes.
-    let done = complete(store, &n1, &job, Outcome::Failed).await;
+    let done = complete(store, &n1, &job, AttemptOutcome::Failed).await;
     assert!(!done.applied);
     assert_eq!(done.status, Some(DeliveryStatus::Succeeded));
     let d = store
@@ -692,7 +698,7 @@ pub async fn a_claimed_delivery_is_not_claimed_by_another_node(store: &impl Stor
     assert_eq!(theirs.len(), 1, "only what node_a did not take");
     assert!(!ids(&mine).contains(&theirs[0].id));
     // An outcome from a node that does not hold the delivery changes nothing.
-    let done = complete(store, &n2, &mine[0], Outcome::Succeeded).await;
+    let done = complete(store, &n2, &mine[0], AttemptOutcome::Succeeded).await;
     assert!(!done.applied);
     assert_eq!(done.status, Some(DeliveryStatus::Pending));
 }
@@ -749,7 +755,7 @@ pub async fn an_endpoint_is_served_by_one_node_at_a_time(store: &impl Store) {
     assert_eq!(other.len(), 1);
     assert_ne!(other[0].endpoint.as_ref().unwrap().id, shared.id);
     // Once node_a's delivery ends, node_b may take the endpoint's remaining one.
-    complete(store, &n1, &mine[0], Outcome::Succeeded).await;
+    complete(store, &n1, &mine[0], AttemptOutcome::Succeeded).await;
     let next = claim(store, &n2).await;
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].endpoint.as_ref().unwrap().id, shared.id);
@@ -790,7 +796,7 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
         store.renew_lease(renew(&n1, T0 + LEASE + 2)).await.unwrap(),
         Lease::Lost
     );
-    let done = complete(store, &n1, &held[0], Outcome::Succeeded).await;
+    let done = complete(store, &n1, &held[0], AttemptOutcome::Succeeded).await;
     assert!(!done.applied);
     store
         .create_notification(NewNotification {
@@ -805,7 +811,7 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
             .is_empty(),
         "a forgotten node claims nothing until it registers again"
     );
-    let done = complete(store, &n2, &taken[0], Outcome::Succeeded).await;
+    let done = complete(store, &n2, &taken[0], AttemptOutcome::Succeeded).await;
     assert!(done.applied);
 }
 
@@ -821,7 +827,7 @@ pub async fn a_retry_far_ahead_releases_the_claim(store: &impl Store) {
         .unwrap();
     let job = claim(store, &n1).await.remove(0);
     let later = HORIZON + 3_600_000;
-    let done = complete(store, &n1, &job, Outcome::Retry { next_at: later }).await;
+    let done = complete(store, &n1, &job, AttemptOutcome::Retry { next_at: later }).await;
     assert!(done.applied);
     assert!(done.held.is_none(), "beyond the horizon: released");
     assert!(claim(store, &n2).await.is_empty(), "not due yet");
@@ -845,7 +851,7 @@ pub async fn a_node_reads_back_what_it_holds(store: &impl Store) {
     }
     let jobs = claim(store, &n1).await;
     assert_eq!(jobs.len(), 2);
-    complete(store, &n1, &jobs[0], Outcome::Succeeded).await;
+    complete(store, &n1, &jobs[0], AttemptOutcome::Succeeded).await;
     let held = |node: &NodeId| HeldParams {
         node: node.clone(),
         now: T0,
@@ -881,7 +887,7 @@ pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl St
         .unwrap();
     assert_eq!(d.delivery.status, DeliveryStatus::Canceled);
     // The holder's late outcome changes nothing.
-    let done = complete(store, &n1, &jobs[0], Outcome::Succeeded).await;
+    let done = complete(store, &n1, &jobs[0], AttemptOutcome::Succeeded).await;
     assert!(!done.applied);
     assert_eq!(done.status, Some(DeliveryStatus::Canceled));
     let err = store
@@ -908,7 +914,7 @@ pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl St
         .await
         .unwrap();
     let job = claim(store, &n1).await.remove(0);
-    complete(store, &n1, &job, Outcome::Failed).await;
+    complete(store, &n1, &job, AttemptOutcome::Failed).await;
     let d = store
         .retry_delivery(&n.deliveries[0].id, T0 + 9)
         .await
@@ -942,7 +948,7 @@ pub async fn manual_retry_of_a_held_delivery_frees_it_for_any_node(store: &impl 
         store,
         &n1,
         &job,
-        Outcome::Retry {
+        AttemptOutcome::Retry {
             next_at: T0 + 40_000,
         },
     )
@@ -958,7 +964,7 @@ pub async fn manual_retry_of_a_held_delivery_frees_it_for_any_node(store: &impl 
         vec![n.deliveries[0].id.clone()],
         "due now, anyone's"
     );
-    let stale = complete(store, &n1, &held, Outcome::Succeeded).await;
+    let stale = complete(store, &n1, &held, AttemptOutcome::Succeeded).await;
     assert!(!stale.applied, "the former holder's outcome is stale");
 }
 
@@ -978,7 +984,7 @@ pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store)
         jobs.push(claim(store, &n1).await.remove(0));
     }
     for j in &jobs {
-        complete(store, &n1, j, Outcome::Failed).await;
+        complete(store, &n1, j, AttemptOutcome::Failed).await;
     }
     assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 1);
     let again = claim_at(store, &n1, T0 + 200, T0 + 200).await;
@@ -998,7 +1004,7 @@ pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &i
     let first = store.create_notification(mk()).await.unwrap();
     let job = claim(store, &n1).await.remove(0);
     store.create_notification(mk()).await.unwrap();
-    let done = complete(store, &n1, &job, Outcome::Failed).await;
+    let done = complete(store, &n1, &job, AttemptOutcome::Failed).await;
     assert!(
         done.successor.is_some(),
         "the second is released and now pending"
@@ -1032,7 +1038,13 @@ pub async fn release_moves_held_jobs_and_skips_changed_ones(store: &impl Store) 
     let jobs = claim(store, &n1).await;
     assert_eq!(jobs.len(), 2);
     // The second one gets an attempt first: its parked copy is stale.
-    complete(store, &n1, &jobs[1], Outcome::Retry { next_at: T0 + 10 }).await;
+    complete(
+        store,
+        &n1,
+        &jobs[1],
+        AttemptOutcome::Retry { next_at: T0 + 10 },
+    )
+    .await;
     let released = store
         .release(ReleaseParams {
             node: n1.clone(),
@@ -1064,8 +1076,8 @@ pub async fn stale_attempt_row_does_not_overwrite_the_recorded_one(store: &impl 
         .await
         .unwrap();
     let job = claim(store, &n1).await.remove(0);
-    complete(store, &n1, &job, Outcome::Succeeded).await;
-    complete(store, &n1, &job, Outcome::Failed).await;
+    complete(store, &n1, &job, AttemptOutcome::Succeeded).await;
+    complete(store, &n1, &job, AttemptOutcome::Failed).await;
     let d = store.get_delivery(&job.id).await.unwrap().unwrap();
     assert_eq!(d.attempts.len(), 1);
     assert_eq!(d.attempts[0].status_code, Some(200));
@@ -1086,7 +1098,7 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
         created.push(n.notification.id.clone());
         let job = claim(store, &n1).await.remove(0);
         if created.len() == 2 {
-            complete(store, &n1, &job, Outcome::Succeeded).await;
+            complete(store, &n1, &job, AttemptOutcome::Succeeded).await;
         }
     }
     let page1 = store
@@ -1187,7 +1199,7 @@ pub async fn detail_reads_embed_the_latest_attempts_and_the_rest_are_paged(store
             store,
             &n1,
             &job,
-            Outcome::Retry {
+            AttemptOutcome::Retry {
                 next_at: T0 + 2_000,
             },
         )
@@ -1557,7 +1569,7 @@ pub async fn a_source_forwards_each_notify_id_once_ordered_per_trade(store: &imp
         vec![first.deliveries[0].id.as_str()],
         "one per trade at a time"
     );
-    let done = complete(store, &n, &jobs[0], Outcome::Succeeded).await;
+    let done = complete(store, &n, &jobs[0], AttemptOutcome::Succeeded).await;
     assert_eq!(
         done.successor.map(|j| j.id.clone()),
         Some(second.deliveries[0].id.clone()),
@@ -1912,21 +1924,21 @@ pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &im
             .expect("claimed")
     };
     assert!(
-        complete(store, &n1, &job(&done), Outcome::Succeeded)
+        complete(store, &n1, &job(&done), AttemptOutcome::Succeeded)
             .await
             .applied
     );
     assert!(
-        complete(store, &n1, &job(&failed), Outcome::Failed)
+        complete(store, &n1, &job(&failed), AttemptOutcome::Failed)
             .await
             .applied
     );
     assert!(
-        complete(store, &n1, &job(&recent), Outcome::Succeeded)
+        complete(store, &n1, &job(&recent), AttemptOutcome::Succeeded)
             .await
             .applied
     );
-    let mut late_report = report(&job(&late), Outcome::Succeeded);
+    let mut late_report = report(&job(&late), AttemptOutcome::Succeeded);
     late_report.attempt.at = T0 + 9_000;
     let applied = store
         .complete(CompleteParams {
@@ -2431,7 +2443,7 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
         .await
         .unwrap();
     let job = claim(store, &n1).await.remove(0);
-    complete(store, &n1, &job, Outcome::Failed).await;
+    complete(store, &n1, &job, AttemptOutcome::Failed).await;
     let held = store
         .create_notification(new_notification(&a.id, "e"))
         .await
@@ -2474,7 +2486,7 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
         store,
         &n1,
         &held_jobs[0],
-        Outcome::Retry { next_at: T0 + 2000 },
+        AttemptOutcome::Retry { next_at: T0 + 2000 },
     )
     .await;
     assert!(!done.applied);
@@ -2688,17 +2700,23 @@ pub async fn dashboard_lists_apps_in_pages_by_id(store: &impl Store) {
 }
 
 /// Records an attempt made at `at` with the given outcome.
-async fn attempt_at(store: &impl Store, node: &NodeId, job: &Arc<Job>, at: Millis, ok: bool) {
+async fn attempt_at(
+    store: &impl Store,
+    node: &NodeId,
+    job: &Arc<ClaimedDelivery>,
+    at: Millis,
+    ok: bool,
+) {
     let mut r = report(
         job,
         if ok {
-            Outcome::Succeeded
+            AttemptOutcome::Succeeded
         } else {
-            Outcome::Failed
+            AttemptOutcome::Failed
         },
     );
     if !ok {
-        r.outcome = Outcome::Retry { next_at: at + 1 };
+        r.outcome = AttemptOutcome::Retry { next_at: at + 1 };
     }
     r.attempt.at = at;
     let done = store
@@ -2743,12 +2761,12 @@ pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble
     // twice more (one delivery's retries), after having succeeded once in minute 1.
     attempt_at(store, &n1, &g, T0 + 5_000, true).await;
     attempt_at(store, &n1, &b, T0 + 6_000, false).await;
-    let b = Arc::new(Job {
+    let b = Arc::new(ClaimedDelivery {
         attempts: 1,
         ..(*b).clone()
     });
     attempt_at(store, &n1, &b, T0 + 61_000, false).await;
-    let b = Arc::new(Job {
+    let b = Arc::new(ClaimedDelivery {
         attempts: 2,
         ..(*b).clone()
     });

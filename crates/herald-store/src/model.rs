@@ -1,5 +1,5 @@
 //! The domain model as the store keeps it: apps, endpoints, notifications, deliveries and
-//! attempts, plus the resolved views the engine works with ([`Job`], [`AppCtx`],
+//! attempts, plus the resolved views the engine works with ([`ClaimedDelivery`], [`AppCtx`],
 //! [`EndpointCtx`]).
 //!
 //! Times are unix milliseconds ([`Millis`]) and always passed in by the caller, so tests
@@ -483,11 +483,12 @@ impl EndpointCtx {
     }
 }
 
-/// One pending delivery with everything needed to attempt it. `app` and `endpoint` are the
-/// versions current when the job was claimed; the engine replaces them with newer versions it
-/// learns of through [`Hint`](crate::Hint)s.
+/// A delivery as the engine holds it after claiming it: the `deliveries` row (the same row
+/// the API shows as a [`Delivery`]) with everything needed to attempt it. `app` and
+/// `endpoint` are the versions current when it was claimed; the engine replaces them with
+/// newer versions it learns of through [`Hint`](crate::Hint)s.
 #[derive(Clone, Debug)]
-pub struct Job {
+pub struct ClaimedDelivery {
     /// The delivery's internal sequence number: creation order, the timer tiebreak.
     pub seq: i64,
     pub id: String,
@@ -507,28 +508,29 @@ pub struct Job {
     pub order_key: Option<String>,
 }
 
-impl Job {
+impl ClaimedDelivery {
     /// The timer key: due time, then creation order.
     pub fn key(&self) -> (Millis, i64) {
         (self.next_at, self.seq)
     }
 }
 
-/// What the engine decided after an attempt.
+/// What the engine decided after an attempt (the receiver library's `Outcome` is something
+/// else: what processing a notification did to an order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AttemptOutcome {
     Succeeded,
     Retry { next_at: Millis },
     Failed,
 }
 
-impl Outcome {
+impl AttemptOutcome {
     /// The delivery's status and next attempt time once this outcome is applied.
     pub fn status_and_next_at(self) -> (DeliveryStatus, Option<Millis>) {
         match self {
-            Outcome::Succeeded => (DeliveryStatus::Succeeded, None),
-            Outcome::Failed => (DeliveryStatus::Failed, None),
-            Outcome::Retry { next_at } => (DeliveryStatus::Pending, Some(next_at)),
+            AttemptOutcome::Succeeded => (DeliveryStatus::Succeeded, None),
+            AttemptOutcome::Failed => (DeliveryStatus::Failed, None),
+            AttemptOutcome::Retry { next_at } => (DeliveryStatus::Pending, Some(next_at)),
         }
     }
 }
@@ -536,9 +538,9 @@ impl Outcome {
 /// An attempt and its outcome, to be recorded.
 #[derive(Clone, Debug)]
 pub struct AttemptReport {
-    pub job: Arc<Job>,
+    pub job: Arc<ClaimedDelivery>,
     pub attempt: Attempt,
-    pub outcome: Outcome,
+    pub outcome: AttemptOutcome,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ impl CompleteParams {
     /// Whether the node keeps holding the delivery: it stays pending, next due by the
     /// horizon.
     pub fn keeps(&self) -> bool {
-        matches!(self.report.outcome, Outcome::Retry { next_at } if next_at <= self.horizon)
+        matches!(self.report.outcome, AttemptOutcome::Retry { next_at } if next_at <= self.horizon)
     }
 }
 
@@ -112,10 +112,10 @@ pub struct Completed {
     pub status: Option<DeliveryStatus>,
     /// When applied, still pending and still held (due by the horizon): the job with its new
     /// attempt count and time.
-    pub held: Option<Arc<Job>>,
+    pub held: Option<Arc<ClaimedDelivery>>,
     /// The next delivery of the same order key, claimed for the node, when this one ended
     /// and the successor is due by the horizon.
-    pub successor: Option<Arc<Job>>,
+    pub successor: Option<Arc<ClaimedDelivery>>,
 }
 
 /// Giving back held deliveries: each `(seq, attempts)` still held by `node` with that attempt
@@ -142,7 +142,7 @@ pub struct HeldParams {
 #[derive(Clone, Debug)]
 pub enum Hint {
     /// New deliveries, already claimed for this node (exact drivers only).
-    Claimed(Vec<Arc<Job>>),
+    Claimed(Vec<Arc<ClaimedDelivery>>),
     /// Unheld work was committed (new, retried, recovered, released): claim now.
     Work,
     /// Deliveries that left this node's hands: canceled, or retried by hand while held.
@@ -168,7 +168,7 @@ pub trait Queue: Send + Sync + 'static {
     /// nodes. Returns how many deliveries were released.
     async fn rescue(&self, now: Millis) -> Result<u64>;
     /// Claims due work (see the module doc for what is claimable), in `(next_at, seq)` order.
-    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<Job>>>;
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<ClaimedDelivery>>>;
     /// Records an attempt and applies its outcome if the node's claim still holds. When the
     /// delivery ended and has an ordered successor that is now claimable, the successor is
     /// claimed for the node in the same transaction and returned.
@@ -179,7 +179,7 @@ pub trait Queue: Send + Sync + 'static {
     /// takes back what it holds in the store but not in memory, after a call whose answer
     /// was lost (the database committed a claim or a kept outcome, then the connection
     /// dropped before the reply).
-    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<Job>>>;
+    async fn held(&self, params: HeldParams) -> Result<Vec<Arc<ClaimedDelivery>>>;
     /// Subscribes to hints for `node`. One subscription per engine.
     fn hints(&self, node: NodeId) -> HintReceiver;
     /// Applies an attempt's outcome to its endpoint's health ([`EndpointHealth::record`](crate::EndpointHealth::record))

@@ -171,7 +171,7 @@ impl Writer {
                 })
                 .map_err(backend)?;
             if !blocked && birth.is_some() {
-                jobs.push(Arc::new(Job {
+                jobs.push(Arc::new(ClaimedDelivery {
                     seq,
                     id: delivery.id.clone(),
                     notify_id: delivery.notify_id.clone(),

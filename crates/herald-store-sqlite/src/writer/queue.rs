@@ -15,7 +15,7 @@ use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::Result;
 
-/// A delivery joined with its notification: everything a [`Job`] needs.
+/// A delivery joined with its notification: everything a [`ClaimedDelivery`] needs.
 const JOB_SELECT: &str = "SELECT d.seq, d.id, d.notify_id, n.id, d.app_id, d.endpoint_id, d.url, n.event_type, n.payload,
             d.attempts, d.next_at, d.order_key, n.created_at
      FROM deliveries d JOIN notifications n ON n.seq = d.notification_seq";
@@ -104,7 +104,7 @@ impl Writer {
         Ok(n as u64)
     }
 
-    pub(super) fn claim(&mut self, p: &ClaimParams) -> Result<Vec<Arc<Job>>> {
+    pub(super) fn claim(&mut self, p: &ClaimParams) -> Result<Vec<Arc<ClaimedDelivery>>> {
         let rows = {
             let mut stmt = self
                 .conn
@@ -257,7 +257,11 @@ impl Writer {
         })
     }
 
-    pub(super) fn held(&mut self, node: &NodeId, horizon: Millis) -> Result<Vec<Arc<Job>>> {
+    pub(super) fn held(
+        &mut self,
+        node: &NodeId,
+        horizon: Millis,
+    ) -> Result<Vec<Arc<ClaimedDelivery>>> {
         let rows = {
             let mut stmt = self
                 .conn
@@ -282,7 +286,7 @@ impl Writer {
     }
 
     /// Claims one pending, unheld delivery for `node` and builds its job.
-    fn claim_one(&mut self, seq: i64, node: &NodeId) -> Result<Option<Arc<Job>>> {
+    fn claim_one(&mut self, seq: i64, node: &NodeId) -> Result<Option<Arc<ClaimedDelivery>>> {
         let row = self
             .conn
             .prepare_cached(&format!(
@@ -328,7 +332,7 @@ impl Writer {
 
 /// Builds a job from its row with the current app and endpoint settings; `None` when the
 /// app or endpoint is gone.
-fn job_from_row(w: &mut Writer, row: JobRow) -> Result<Option<Arc<Job>>> {
+fn job_from_row(w: &mut Writer, row: JobRow) -> Result<Option<Arc<ClaimedDelivery>>> {
     let Some(app) = w.app_ctx(&row.app_id)? else {
         return Ok(None);
     };
@@ -340,7 +344,7 @@ fn job_from_row(w: &mut Writer, row: JobRow) -> Result<Option<Arc<Job>>> {
         },
         None => None,
     };
-    Ok(Some(Arc::new(Job {
+    Ok(Some(Arc::new(ClaimedDelivery {
         seq: row.seq,
         id: row.id,
         notify_id: row.notify_id,

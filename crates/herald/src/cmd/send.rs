@@ -10,7 +10,7 @@ use herald_engine::attempt::{build_client, next_outcome, HttpAttempter};
 use herald_engine::{now_ms, EngineConfig, TargetPolicy};
 use herald_protocols::standard_webhooks::{Keys, SigningSecret};
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
-use herald_store::{AppCtx, Job, Outcome};
+use herald_store::{AppCtx, AttemptOutcome, ClaimedDelivery};
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
@@ -212,7 +212,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         clock: config.clock.clone(),
         request_timeout: config.request_timeout,
     };
-    let mut job = Job {
+    let mut job = ClaimedDelivery {
         seq: 0,
         id: "cli".into(),
         notify_id: args
@@ -260,15 +260,15 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
             next_outcome(&result.verdict, a.n, &retry, now_ms(), &mut rng)
         };
         match outcome {
-            Outcome::Succeeded => {
+            AttemptOutcome::Succeeded => {
                 println!("delivered: acknowledged on attempt {}", a.n);
                 return Ok(true);
             }
-            Outcome::Failed => {
+            AttemptOutcome::Failed => {
                 println!("failed: not acknowledged after {} attempts", a.n);
                 return Ok(false);
             }
-            Outcome::Retry { next_at } => {
+            AttemptOutcome::Retry { next_at } => {
                 let wait = (next_at - now_ms()).max(0) as u64;
                 println!("  next attempt in {:.1} s", wait as f64 / 1000.0);
                 tokio::time::sleep(Duration::from_millis(wait)).await;

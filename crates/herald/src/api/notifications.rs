@@ -239,6 +239,29 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+impl ListQuery {
+    /// The store's list parameters: a known status, a limit in range (default 50), the
+    /// cursor as given. Shared by an app's list and a source's received list.
+    pub(crate) fn params(self) -> Result<ListNotifications, ApiError> {
+        let status = self
+            .status
+            .as_deref()
+            .map(|s| {
+                DeliveryStatus::parse(s).ok_or_else(|| {
+                    ApiError::Invalid(format!(
+                        "status must be pending, succeeded, failed or canceled, not {s:?}"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(ListNotifications {
+            status,
+            limit: super::page_limit(self.limit, 50)?,
+            cursor: self.cursor,
+        })
+    }
+}
+
 #[utoipa::path(get, path = "/v1/apps/{app_id}/notifications", tag = "notifications",
     params(
         ("app_id" = String, Path),
@@ -260,34 +283,13 @@ pub async fn list(
 ) -> Result<Json<Page<NotificationSummaryView>>, ApiError> {
     principal.require_app(&app_id)?;
     let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            DeliveryStatus::parse(s).ok_or_else(|| {
-                ApiError::Invalid(format!(
-                    "status must be pending, succeeded, failed or canceled, not {s:?}"
-                ))
-            })
-        })
-        .transpose()?;
-    let limit = super::page_limit(q.limit, 50)?;
+    let params = q.params()?;
     state
         .store
         .get_app(&app_id)
         .await?
         .ok_or(ApiError::NotFound("app"))?;
-    let page = state
-        .store
-        .list_notifications(
-            &app_id,
-            ListNotifications {
-                status,
-                limit,
-                cursor: q.cursor,
-            },
-        )
-        .await?;
+    let page = state.store.list_notifications(&app_id, params).await?;
     Ok(Json(Page {
         data: page.items.iter().map(views::notification_summary).collect(),
         next_cursor: page.next_cursor,

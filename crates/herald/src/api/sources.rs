@@ -20,8 +20,8 @@ use herald_protocols::receive::{IncomingRequest, Reply, VerifiedNotification};
 use herald_protocols::standard_webhooks::{self as sw, Keys};
 use herald_protocols::{Credentials, Profile};
 use herald_store::{
-    ListNotifications, ListSources, NewApp, NewEndpoint, NewNotification, NewSource, Source,
-    SourceFormat, SourceKeys, StoreError,
+    ListSources, NewApp, NewEndpoint, NewNotification, NewSource, Source, SourceFormat, SourceKeys,
+    StoreError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -329,17 +329,6 @@ pub async fn delete(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceivedQuery {
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    limit: Option<u32>,
-    #[serde(default)]
-    cursor: Option<String>,
-}
-
 /// What the source received, newest first, each with its forward's status (the source's
 /// app's notifications; `GET /v1/notifications/{id}` and `/v1/deliveries/{id}/attempts`
 /// show the rest).
@@ -357,34 +346,16 @@ pub struct ReceivedQuery {
 pub async fn received(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<ReceivedQuery>,
+    Query(q): Query<super::notifications::ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let s = state
         .store
         .get_source(&id)
         .await?
         .ok_or(ApiError::NotFound("source"))?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|v| {
-            herald_store::DeliveryStatus::parse(v).ok_or_else(|| {
-                ApiError::Invalid(format!(
-                    "status must be pending, succeeded, failed or canceled, not {v:?}"
-                ))
-            })
-        })
-        .transpose()?;
     let page = state
         .store
-        .list_notifications(
-            &s.app_id,
-            ListNotifications {
-                status,
-                limit: page_limit(q.limit, 50)?,
-                cursor: q.cursor,
-            },
-        )
+        .list_notifications(&s.app_id, q.params()?)
         .await?;
     let data: Vec<Value> = page
         .items

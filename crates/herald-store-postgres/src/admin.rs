@@ -431,7 +431,7 @@ async fn read_for_notification(
     );
     let app_stmt = c.prepare_cached(&app_sql).await.map_err(backend)?;
     let app_query = async {
-        c.query_opt(&app_stmt, &[&new.app_id, &new.idempotency_key])
+        c.query_opt(&app_stmt, &[&new.app_id, &new.idempotency_key.as_deref()])
             .await
             .map_err(backend)
     };
@@ -449,7 +449,7 @@ async fn read_for_notification(
 
 fn targets(new: &NewNotification, endpoints: &[Endpoint]) -> Targets {
     match &new.notify_url {
-        Some(url) => vec![(None, url.clone(), new.order_key_for(None))],
+        Some(url) => vec![(None, url.to_string(), new.order_key_for(None))],
         None => endpoints
             .iter()
             .filter(|e| new.goes_to(e.enabled, e.event_types.as_deref()))
@@ -604,10 +604,10 @@ async fn insert_decided(
             &[
                 &notification.id,
                 &notification.app_id,
-                &notification.event_type,
+                &notification.event_type.as_str(),
                 &notification.payload,
-                &notification.notify_url,
-                &notification.idempotency_key,
+                &notification.notify_url.as_deref(),
+                &notification.idempotency_key.as_deref(),
                 &notification.order_key,
                 &notification.created_at,
                 &ids,
@@ -652,7 +652,11 @@ pub(crate) async fn create_in_batch(
             )
             .await
             .map_err(backend)?;
-        if let Some(row) = c.query_opt(&stmt, &[&app_id, key]).await.map_err(backend)? {
+        if let Some(row) = c
+            .query_opt(&stmt, &[&app_id, &key.as_str()])
+            .await
+            .map_err(backend)?
+        {
             return existing(c, col(&row, 0)?).await;
         }
     }

@@ -225,7 +225,7 @@ pub(crate) async fn search_notifications(
     let window_args = args.len();
     let mut filters = Vec::new();
     if let Some(t) = &q.event_type {
-        args.push(Box::new(t.clone()));
+        args.push(Box::new(t.to_string()));
         filters.push(format!("n.event_type = ${}", args.len()));
     }
     if let Some(k) = &q.key {

@@ -20,6 +20,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use herald_store::model::*;
+use herald_store::EventType;
 use herald_store::queue::*;
 use herald_store::{Result, StoreError};
 
@@ -264,7 +265,7 @@ async fn jobs_from_rows(
             app: app.clone(),
             endpoint,
             url: col(row, 6)?,
-            event_type: col(row, 7)?,
+            event_type: EventType::from_stored(col(row, 7)?),
             payload: Arc::from(payload),
             created_at: col(row, 12)?,
             attempts: u32::try_from(attempts).unwrap_or(0),

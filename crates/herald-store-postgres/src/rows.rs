@@ -8,6 +8,7 @@ use tokio_postgres::Row;
 
 use herald_store::health::{BreakerState, EndpointHealth, OpsTarget};
 use herald_store::model::*;
+use herald_store::{EventType, IdempotencyKey, NotifyUrl};
 use herald_store::{Result, SealCensus, Sealer, StoreError};
 
 use crate::backend;
@@ -164,10 +165,10 @@ pub(crate) fn notification_from_row(row: &Row) -> Result<(i64, Notification)> {
         Notification {
             id: col(row, 1)?,
             app_id: col(row, 2)?,
-            event_type: col(row, 3)?,
+            event_type: EventType::from_stored(col(row, 3)?),
             payload: col(row, 4)?,
-            notify_url: col(row, 5)?,
-            idempotency_key: col(row, 6)?,
+            notify_url: col::<Option<String>>(row, 5)?.map(NotifyUrl::from_stored),
+            idempotency_key: col::<Option<String>>(row, 6)?.map(IdempotencyKey::from_stored),
             order_key: col(row, 7)?,
             created_at: col(row, 8)?,
         },
@@ -705,9 +706,9 @@ pub(crate) async fn summaries_with_deliveries(
                 NotificationSummary {
                     id: col(r, 1)?,
                     app_id: col(r, 2)?,
-                    event_type: col(r, 3)?,
-                    notify_url: col(r, 4)?,
-                    idempotency_key: col(r, 5)?,
+                    event_type: EventType::from_stored(col(r, 3)?),
+                    notify_url: col::<Option<String>>(r, 4)?.map(NotifyUrl::from_stored),
+                    idempotency_key: col::<Option<String>>(r, 5)?.map(IdempotencyKey::from_stored),
                     order_key: col(r, 6)?,
                     created_at: col(r, 7)?,
                     deliveries: Vec::new(),

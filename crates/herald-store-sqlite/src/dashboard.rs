@@ -9,6 +9,7 @@ use super::sandbox;
 use super::schema::backend;
 use herald_store::dashboard::*;
 use herald_store::model::*;
+use herald_store::{EventType, IdempotencyKey, NotifyUrl};
 use herald_store::{Result, StoreError};
 
 fn limit_of(limit: u32) -> i64 {
@@ -225,7 +226,7 @@ pub(crate) fn search_notifications(
     let mut args = window_args.clone();
     if let Some(t) = &q.event_type {
         filters.push("n.event_type = ?".to_string());
-        args.push(Value::Text(t.clone()));
+        args.push(Value::Text(t.to_string()));
     }
     if let Some(k) = &q.key {
         filters.push(
@@ -278,9 +279,9 @@ pub(crate) fn search_notifications(
                 NotificationSummary {
                     id: r.get(1)?,
                     app_id: r.get(2)?,
-                    event_type: r.get(3)?,
-                    notify_url: r.get(4)?,
-                    idempotency_key: r.get(5)?,
+                    event_type: EventType::from_stored(r.get(3)?),
+                    notify_url: r.get::<_, Option<String>>(4)?.map(NotifyUrl::from_stored),
+                    idempotency_key: r.get::<_, Option<String>>(5)?.map(IdempotencyKey::from_stored),
                     order_key: r.get(6)?,
                     created_at: r.get(7)?,
                     deliveries: Vec::new(),

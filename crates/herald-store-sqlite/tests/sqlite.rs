@@ -130,9 +130,9 @@ mod single_process {
         store
             .create_notification(NewNotification {
                 app_id: app.id.clone(),
-                event_type: "e".into(),
+                event_type: "e".parse().unwrap(),
                 payload: "{}".into(),
-                notify_url: Some("https://merchant.example/notify".into()),
+                notify_url: Some("https://merchant.example/notify".parse().unwrap()),
                 idempotency_key: None,
                 order_key: None,
                 now: T0,

@@ -9,6 +9,7 @@ use herald_protocols::standard_webhooks::{KeyEntry, Keys};
 use herald_protocols::{Credentials, Profile};
 
 use crate::health::*;
+use crate::fields::{EventType, IdempotencyKey, NotifyUrl};
 use crate::model::*;
 use crate::queue::*;
 use crate::{Store, StoreError};
@@ -23,6 +24,7 @@ macro_rules! conformance_tests {
             endpoint_crud_works_and_missing_app_is_not_found,
             notification_fans_out_to_enabled_matching_endpoints,
             notify_url_goes_to_that_url_alone,
+            a_notifications_typed_fields_read_back_equal,
             idempotency_key_returns_the_first_notification_and_creates_nothing,
             ordered_endpoint_releases_next_delivery_only_when_previous_ends,
             order_key_serializes_notify_url_deliveries,
@@ -125,7 +127,7 @@ fn new_endpoint(app_id: &str, url: &str) -> NewEndpoint {
 fn new_notification(app_id: &str, event_type: &str) -> NewNotification {
     NewNotification {
         app_id: app_id.into(),
-        event_type: event_type.into(),
+        event_type: event_type.parse().unwrap(),
         payload: r#"{"amount": 100}"#.into(),
         notify_url: None,
         idempotency_key: None,
@@ -399,7 +401,7 @@ pub async fn notify_url_goes_to_that_url_alone(store: &impl Store) {
         .unwrap();
     let created = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "trade.success")
         })
         .await
@@ -419,16 +421,86 @@ pub async fn notify_url_goes_to_that_url_alone(store: &impl Store) {
     assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
 }
 
+pub async fn a_notifications_typed_fields_read_back_equal(store: &impl Store) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
+    let event_type: EventType = "支付.成功 trade.success".parse().unwrap();
+    let notify_url: NotifyUrl = "https://user:pw@merchant.example:8443/notify?x=1&y=%E4%B8%AD"
+        .parse()
+        .unwrap();
+    let key: IdempotencyKey = "order-1:paid \u{1F600}".parse().unwrap();
+    let created = store
+        .create_notification(NewNotification {
+            event_type: event_type.clone(),
+            notify_url: Some(notify_url.clone()),
+            idempotency_key: Some(key.clone()),
+            order_key: Some("order-1".into()),
+            ..new_notification(&a.id, "unused")
+        })
+        .await
+        .unwrap();
+    let n = &created.notification;
+    assert_eq!(n.event_type, event_type);
+    assert_eq!(n.notify_url.as_ref(), Some(&notify_url));
+    assert_eq!(n.idempotency_key.as_ref(), Some(&key));
+    assert_eq!(created.deliveries[0].url, notify_url.as_str());
+
+    let read = store.get_notification(&n.id).await.unwrap().unwrap();
+    assert_eq!(read.notification, *n);
+    let page = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    let summary = &page.items[0];
+    assert_eq!(summary.event_type, event_type);
+    assert_eq!(summary.notify_url.as_ref(), Some(&notify_url));
+    assert_eq!(summary.idempotency_key.as_ref(), Some(&key));
+    let found = store
+        .search_notifications(crate::dashboard::SearchNotifications {
+            event_type: Some(event_type.clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.items.len(), 1);
+    assert_eq!(found.items[0].idempotency_key.as_ref(), Some(&key));
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].event_type, event_type);
+    assert_eq!(jobs[0].url, notify_url.as_str());
+
+    // The same key again replays the first, typed fields and all.
+    let again = store
+        .create_notification(NewNotification {
+            event_type: event_type.clone(),
+            notify_url: Some(notify_url.clone()),
+            idempotency_key: Some(key.clone()),
+            ..new_notification(&a.id, "unused")
+        })
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.notification, *n);
+}
+
 pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
     store: &impl Store,
 ) {
     let a = app(store).await;
     let n1 = node(store, "node_a").await;
-    let url = Some("https://merchant.example/notify".to_string());
+    let url = Some("https://merchant.example/notify".parse().unwrap());
     let first = store
         .create_notification(NewNotification {
             notify_url: url.clone(),
-            idempotency_key: Some("order-1".into()),
+            idempotency_key: Some("order-1".parse().unwrap()),
             ..new_notification(&a.id, "trade.success")
         })
         .await
@@ -437,7 +509,7 @@ pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
     let second = store
         .create_notification(NewNotification {
             notify_url: url.clone(),
-            idempotency_key: Some("order-1".into()),
+            idempotency_key: Some("order-1".parse().unwrap()),
             payload: r#"{"different": true}"#.into(),
             ..new_notification(&a.id, "trade.success")
         })
@@ -468,7 +540,7 @@ pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
     let other = store
         .create_notification(NewNotification {
             notify_url: url,
-            idempotency_key: Some("order-1".into()),
+            idempotency_key: Some("order-1".parse().unwrap()),
             ..new_notification(&b.id, "trade.success")
         })
         .await
@@ -531,7 +603,7 @@ pub async fn order_key_serializes_notify_url_deliveries(store: &impl Store) {
     let a = app(store).await;
     let n1 = node(store, "node_a").await;
     let mk = |key: &str| NewNotification {
-        notify_url: Some("https://merchant.example/notify".into()),
+        notify_url: Some("https://merchant.example/notify".parse().unwrap()),
         order_key: Some(key.into()),
         ..new_notification(&a.id, "trade.success")
     };
@@ -556,7 +628,7 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
     let n1 = node(store, "node_a").await;
     let n = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -611,7 +683,7 @@ pub async fn stale_attempt_outcome_is_not_applied(store: &impl Store) {
     let n1 = node(store, "node_a").await;
     let n = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -637,7 +709,7 @@ pub async fn claim_takes_due_work_in_key_order_up_to_the_horizon(store: &impl St
     for i in 0..5 {
         let n = store
             .create_notification(NewNotification {
-                notify_url: Some("https://merchant.example/notify".into()),
+                notify_url: Some("https://merchant.example/notify".parse().unwrap()),
                 now: T0 + i,
                 ..new_notification(&a.id, "e")
             })
@@ -662,7 +734,7 @@ pub async fn claim_skips_deliveries_blocked_by_their_order_key(store: &impl Stor
     let a = app(store).await;
     let n1 = node(store, "node_a").await;
     let mk = || NewNotification {
-        notify_url: Some("https://merchant.example/notify".into()),
+        notify_url: Some("https://merchant.example/notify".parse().unwrap()),
         order_key: Some("k".into()),
         ..new_notification(&a.id, "e")
     };
@@ -678,7 +750,7 @@ pub async fn a_claimed_delivery_is_not_claimed_by_another_node(store: &impl Stor
     for _ in 0..3 {
         store
             .create_notification(NewNotification {
-                notify_url: Some("https://merchant.example/notify".into()),
+                notify_url: Some("https://merchant.example/notify".parse().unwrap()),
                 ..new_notification(&a.id, "e")
             })
             .await
@@ -766,7 +838,7 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
     store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -800,7 +872,7 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     assert!(!done.applied);
     store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -820,7 +892,7 @@ pub async fn a_retry_far_ahead_releases_the_claim(store: &impl Store) {
     let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
     store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -843,7 +915,7 @@ pub async fn a_node_reads_back_what_it_holds(store: &impl Store) {
     for _ in 0..2 {
         store
             .create_notification(NewNotification {
-                notify_url: Some("https://merchant.example/notify".into()),
+                notify_url: Some("https://merchant.example/notify".parse().unwrap()),
                 ..new_notification(&a.id, "e")
             })
             .await
@@ -908,7 +980,7 @@ pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl St
     let n1 = node(store, "node_a").await;
     let n = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -938,7 +1010,7 @@ pub async fn manual_retry_of_a_held_delivery_frees_it_for_any_node(store: &impl 
     let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
     let n = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -975,7 +1047,7 @@ pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store)
     for t in [T0, T0 + 100] {
         store
             .create_notification(NewNotification {
-                notify_url: Some("https://merchant.example/notify".into()),
+                notify_url: Some("https://merchant.example/notify".parse().unwrap()),
                 now: t,
                 ..new_notification(&a.id, "e")
             })
@@ -997,7 +1069,7 @@ pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &i
     let a = app(store).await;
     let n1 = node(store, "node_a").await;
     let mk = || NewNotification {
-        notify_url: Some("https://merchant.example/notify".into()),
+        notify_url: Some("https://merchant.example/notify".parse().unwrap()),
         order_key: Some("trade-9".into()),
         ..new_notification(&a.id, "e")
     };
@@ -1029,7 +1101,7 @@ pub async fn release_moves_held_jobs_and_skips_changed_ones(store: &impl Store) 
     for _ in 0..2 {
         store
             .create_notification(NewNotification {
-                notify_url: Some("https://merchant.example/notify".into()),
+                notify_url: Some("https://merchant.example/notify".parse().unwrap()),
                 ..new_notification(&a.id, "e")
             })
             .await
@@ -1070,7 +1142,7 @@ pub async fn stale_attempt_row_does_not_overwrite_the_recorded_one(store: &impl 
     let n1 = node(store, "node_a").await;
     store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -1090,7 +1162,7 @@ pub async fn notifications_list_pages_and_filters_by_status(store: &impl Store) 
     for _ in 0..3 {
         let n = store
             .create_notification(NewNotification {
-                notify_url: Some("https://merchant.example/notify".into()),
+                notify_url: Some("https://merchant.example/notify".parse().unwrap()),
                 ..new_notification(&a.id, "e")
             })
             .await
@@ -1187,7 +1259,7 @@ pub async fn detail_reads_embed_the_latest_attempts_and_the_rest_are_paged(store
     let n1 = node(store, "node_a").await;
     let n = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -1346,7 +1418,7 @@ pub async fn credentials_change_reaches_claimed_work(store: &impl Store) {
     assert_eq!(updated.credentials, new_creds);
     store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -1405,7 +1477,7 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
     );
 
     let mut notification = new_notification(&a.id, "trade.success");
-    notification.notify_url = Some("http://127.0.0.1:9/notify".into());
+    notification.notify_url = Some("http://127.0.0.1:9/notify".parse().unwrap());
     notification.order_key = Some("T-1".into());
     let mut paid = row("pay_1", "T-1", None);
     paid.doc = r#"{"state":"TRADE_SUCCESS"}"#.into();
@@ -1453,7 +1525,7 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
         .await;
     assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
     let mut orphan = new_notification("app_missing", "trade.closed");
-    orphan.notify_url = Some("http://127.0.0.1:9/notify".into());
+    orphan.notify_url = Some("http://127.0.0.1:9/notify".parse().unwrap());
     let mut closed = row("pay_1", "T-1", None);
     closed.doc = r#"{"state":"TRADE_CLOSED"}"#.into();
     let failed = store
@@ -1543,7 +1615,7 @@ pub async fn a_source_forwards_each_notify_id_once_ordered_per_trade(store: &imp
         .await
         .unwrap();
     let received = |notify_id: &str| NewNotification {
-        idempotency_key: Some(notify_id.into()),
+        idempotency_key: Some(notify_id.parse().unwrap()),
         order_key: Some("T1".into()),
         ..new_notification(&s.app_id, "TRADE_SUCCESS")
     };
@@ -1590,7 +1662,7 @@ pub async fn deleting_a_source_hides_it_and_cancels_its_pending_forwards(store: 
         .unwrap();
     let pending = store
         .create_notification(NewNotification {
-            idempotency_key: Some("n-1".into()),
+            idempotency_key: Some("n-1".parse().unwrap()),
             ..new_notification(&s.app_id, "TRADE_SUCCESS")
         })
         .await
@@ -1745,7 +1817,7 @@ pub async fn health_failures_open_the_breaker_and_claims_wait_for_the_cooldown(s
     // A delivery to another, healthy endpoint is not held back.
     let other = store
         .create_notification(NewNotification {
-            notify_url: Some("https://b.example/hook".into()),
+            notify_url: Some("https://b.example/hook".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -1884,7 +1956,7 @@ pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &im
     let a = app(store).await;
     let n1 = node(store, "node_a").await;
     let to = |url: &str, now: Millis| NewNotification {
-        notify_url: Some(url.into()),
+        notify_url: Some(url.parse().unwrap()),
         now,
         ..new_notification(&a.id, "e")
     };
@@ -2161,7 +2233,7 @@ pub async fn sealed_credentials_round_trip_and_are_not_stored_in_plaintext(
     let n1 = node(&store, "node_a").await;
     store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -2410,7 +2482,7 @@ pub async fn apps_list_in_pages_and_change_and_a_deleted_app_is_gone(store: &imp
     assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
     let err = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             ..new_notification(&made[1], "e")
         })
         .await
@@ -2418,7 +2490,7 @@ pub async fn apps_list_in_pages_and_change_and_a_deleted_app_is_gone(store: &imp
     assert!(matches!(err, StoreError::NotFound("app")), "{err:?}");
     let err = store
         .create_notification(NewNotification {
-            idempotency_key: Some("k1".into()),
+            idempotency_key: Some("k1".parse().unwrap()),
             ..new_notification(&made[1], "e")
         })
         .await
@@ -2437,7 +2509,7 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
     // One delivery that will have failed, then one held by the node, one not yet claimed.
     let failed = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/failed".into()),
+            notify_url: Some("https://merchant.example/failed".parse().unwrap()),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -2452,7 +2524,7 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
     assert_eq!(ids(&held_jobs), vec![held.deliveries[0].id.clone()]);
     let later = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/later".into()),
+            notify_url: Some("https://merchant.example/later".parse().unwrap()),
             now: T0 + 50_000,
             ..new_notification(&a.id, "e")
         })
@@ -2460,7 +2532,7 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
         .unwrap();
     let bystander = store
         .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/other".into()),
+            notify_url: Some("https://merchant.example/other".parse().unwrap()),
             now: T0 + 50_000,
             ..new_notification(&other.id, "e")
         })
@@ -2848,7 +2920,7 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
     let other = app(store).await;
     let mk =
         |app_id: &str, event: &str, payload: &str, order_key: Option<&str>, now| NewNotification {
-            notify_url: Some("https://merchant.example/notify".into()),
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             payload: payload.into(),
             order_key: order_key.map(Into::into),
             now,
@@ -2915,7 +2987,7 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
     assert!(all.next_cursor.is_none());
     let by_app = search(SearchNotifications {
         app_id: Some(a.id.clone()),
-        event_type: Some("trade.success".into()),
+        event_type: Some("trade.success".parse().unwrap()),
         ..Default::default()
     })
     .await;

@@ -10,6 +10,7 @@
 //! go on from where it stopped).
 use async_trait::async_trait;
 
+use crate::fields::EventType;
 use crate::model::*;
 use crate::Result;
 
@@ -98,7 +99,7 @@ pub struct SearchNotifications {
     pub app_id: Option<String>,
     /// As in [`ListNotifications::status`].
     pub status: Option<DeliveryStatus>,
-    pub event_type: Option<String>,
+    pub event_type: Option<EventType>,
     /// The notification's `order_key`, or its payload's top-level `out_trade_no`.
     pub key: Option<String>,
     /// A delivery's notify id (what the receiver saw).

@@ -11,6 +11,7 @@
 
 pub mod conformance;
 pub mod dashboard;
+pub mod fields;
 pub mod health;
 pub mod model;
 pub mod queue;
@@ -19,6 +20,7 @@ pub mod sealing;
 use async_trait::async_trait;
 
 pub use dashboard::DashboardStore;
+pub use fields::{EventType, FieldError, IdempotencyKey, NotifyUrl};
 pub use health::*;
 pub use model::*;
 pub use queue::*;

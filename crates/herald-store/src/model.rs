@@ -9,6 +9,7 @@ use std::sync::Arc;
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::fields::{EventType, IdempotencyKey, NotifyUrl};
 use crate::health::{BreakerState, EndpointHealth};
 
 /// Unix time in milliseconds.
@@ -231,11 +232,11 @@ impl EndpointPatch {
 pub struct Notification {
     pub id: String,
     pub app_id: String,
-    pub event_type: String,
+    pub event_type: EventType,
     /// The producer's JSON payload, byte for byte.
     pub payload: String,
-    pub notify_url: Option<String>,
-    pub idempotency_key: Option<String>,
+    pub notify_url: Option<NotifyUrl>,
+    pub idempotency_key: Option<IdempotencyKey>,
     pub order_key: Option<String>,
     pub created_at: Millis,
 }
@@ -243,11 +244,11 @@ pub struct Notification {
 #[derive(Clone, Debug)]
 pub struct NewNotification {
     pub app_id: String,
-    pub event_type: String,
+    pub event_type: EventType,
     pub payload: String,
     /// Send to this URL alone (the payment-API style) instead of the app's endpoints.
-    pub notify_url: Option<String>,
-    pub idempotency_key: Option<String>,
+    pub notify_url: Option<NotifyUrl>,
+    pub idempotency_key: Option<IdempotencyKey>,
     pub order_key: Option<String>,
     pub now: Millis,
 }
@@ -342,9 +343,9 @@ pub struct NotificationDetail {
 pub struct NotificationSummary {
     pub id: String,
     pub app_id: String,
-    pub event_type: String,
-    pub notify_url: Option<String>,
-    pub idempotency_key: Option<String>,
+    pub event_type: EventType,
+    pub notify_url: Option<NotifyUrl>,
+    pub idempotency_key: Option<IdempotencyKey>,
     pub order_key: Option<String>,
     pub created_at: Millis,
     /// In creation order. One per matching endpoint (an app has at most a bounded number of
@@ -498,7 +499,7 @@ pub struct ClaimedDelivery {
     pub endpoint: Option<Arc<EndpointCtx>>,
     /// The URL recorded at creation (for endpoint deliveries the endpoint's current URL wins).
     pub url: String,
-    pub event_type: String,
+    pub event_type: EventType,
     pub payload: Arc<str>,
     /// When the notification was created (unix ms).
     pub created_at: Millis,

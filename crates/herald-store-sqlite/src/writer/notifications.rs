@@ -62,7 +62,7 @@ impl Writer {
                 .prepare_cached(
                     "SELECT seq FROM notifications WHERE app_id = ?1 AND idempotency_key = ?2",
                 )
-                .and_then(|mut s| s.query_row([&new.app_id, key], |r| r.get(0)).optional())
+                .and_then(|mut s| s.query_row([&new.app_id, key.as_str()], |r| r.get(0)).optional())
                 .map_err(backend)?;
             if let Some(seq) = found {
                 return self.existing_notification(seq);
@@ -75,7 +75,7 @@ impl Writer {
         // Where it goes: (endpoint, url, order key).
         let targets: Vec<(Option<Arc<EndpointCtx>>, String, Option<String>)> = match &new.notify_url
         {
-            Some(url) => vec![(None, url.clone(), new.order_key_for(None))],
+            Some(url) => vec![(None, url.to_string(), new.order_key_for(None))],
             None => self
                 .app_endpoints(&new.app_id)?
                 .into_iter()
@@ -109,10 +109,10 @@ impl Writer {
                     params![
                         notification.id,
                         notification.app_id,
-                        notification.event_type,
+                        notification.event_type.as_str(),
                         notification.payload,
-                        notification.notify_url,
-                        notification.idempotency_key,
+                        notification.notify_url.as_deref(),
+                        notification.idempotency_key.as_deref(),
                         notification.order_key,
                         notification.created_at
                     ],

@@ -12,6 +12,7 @@ use rusqlite::{params, OptionalExtension};
 use super::Writer;
 use crate::schema::backend;
 use herald_store::model::*;
+use herald_store::EventType;
 use herald_store::queue::*;
 use herald_store::Result;
 
@@ -352,7 +353,7 @@ fn job_from_row(w: &mut Writer, row: JobRow) -> Result<Option<Arc<ClaimedDeliver
         app,
         endpoint,
         url: row.url,
-        event_type: row.event_type,
+        event_type: EventType::from_stored(row.event_type),
         payload: Arc::from(row.payload),
         created_at: row.created_at,
         attempts: row.attempts,

@@ -469,7 +469,7 @@ mod tests {
             app: Arc::new(app.clone()),
             endpoint: None,
             url: url.into(),
-            event_type: "e".into(),
+            event_type: "e".parse().unwrap(),
             payload: Arc::from("{}"),
             created_at: 0,
             attempts: 0,

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use herald_protocols::{AckRule, Profile, RetryPolicy, Verdict};
 use herald_store::{
-    AppCtx, ClaimedDelivery, Endpoint, EndpointHealth, HealthTransition, Millis, OpsTarget,
+    AppCtx, ClaimedDelivery, Endpoint, EndpointHealth, EventType, HealthTransition, Millis,
+    OpsTarget,
 };
 use serde::Serialize;
 
@@ -126,7 +127,7 @@ pub(crate) fn spawn_send(
         app: Arc::new(app.clone()),
         endpoint: None,
         url: target.url.clone(),
-        event_type: event_type.to_string(),
+        event_type: EventType::internal(event_type),
         payload: Arc::from(body(event_type, &endpoint, now)),
         created_at: now,
         attempts: 0,

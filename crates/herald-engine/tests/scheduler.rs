@@ -393,7 +393,7 @@ impl Attempter for FakeReceiver {
             self.ops
                 .lock()
                 .expect("ops")
-                .push((job.event_type.clone(), job.url.clone(), body, at));
+                .push((job.event_type.to_string(), job.url.clone(), body, at));
             return AttemptResult {
                 attempt: Attempt {
                     n: 1,
@@ -467,7 +467,7 @@ fn job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, order_key: Option<&str>) ->
         app: app.clone(),
         endpoint: None,
         url: "http://receiver.test/hook".into(),
-        event_type: "e".into(),
+        event_type: "e".parse().unwrap(),
         payload: Arc::from("{}"),
         created_at: T0,
         attempts: 0,

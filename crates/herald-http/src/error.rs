@@ -95,6 +95,13 @@ pub async fn method_not_allowed_as_json(
     Response::from_parts(parts, body)
 }
 
+/// A refused field (event type, notify URL, idempotency key...) is a 422 with its message.
+impl From<herald_store::FieldError> for ApiError {
+    fn from(e: herald_store::FieldError) -> ApiError {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

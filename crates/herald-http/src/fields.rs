@@ -1,5 +1,6 @@
 //! Parsing and formatting of the fields several handlers share (times, URLs, bounded text),
 //! at the edge: what passes here is what the store is given.
+use herald_store::fields::check_url;
 use herald_store::Millis;
 
 use crate::error::ApiError;
@@ -20,23 +21,10 @@ pub fn parse_rfc3339(s: &str) -> Result<Millis, ApiError> {
         .map_err(|e| ApiError::Invalid(format!("{s:?} is not an RFC 3339 time: {e}")))
 }
 
-/// A delivery target: an absolute http(s) URL with a host.
-pub fn parse_url(field: &str, s: &str) -> Result<String, ApiError> {
-    if s.len() > 2048 {
-        return Err(ApiError::Invalid(format!(
-            "{field} is longer than 2048 characters"
-        )));
-    }
-    let url = url::Url::parse(s)
-        .map_err(|e| ApiError::Invalid(format!("{field} is not a valid URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ApiError::Invalid(format!(
-            "{field} must be an http or https URL"
-        )));
-    }
-    if url.host().is_none() {
-        return Err(ApiError::Invalid(format!("{field} has no host")));
-    }
+/// A delivery target: an absolute http(s) URL with a host, at most 2048 bytes (the rule
+/// [`NotifyUrl`](herald_store::NotifyUrl) parses with, [`check_url`]).
+pub fn parse_url(field: &'static str, s: &str) -> Result<String, ApiError> {
+    check_url(field, s)?;
     Ok(s.to_string())
 }
 

@@ -2,7 +2,7 @@
 mod common;
 
 use common::{Receiver, TestServer, TOKEN};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn every_v1_route_requires_the_admin_token() {
@@ -227,6 +227,124 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .call("GET", &format!("/v1/apps/{app}/notifications"), None)
         .await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_bad_event_type_notify_url_or_idempotency_key_gets_its_422_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let app = server.app(json!({})).await;
+    let path = format!("/v1/apps/{app}/notifications");
+    let long_url = format!("https://merchant.example/{}", "a".repeat(2048));
+    // (body, Idempotency-Key header, the message the error starts with)
+    let cases: Vec<(Value, Option<&str>, &str)> = vec![
+        (
+            json!({"event_type": "", "payload": {}}),
+            None,
+            "event_type must not be empty",
+        ),
+        (
+            json!({"event_type": "  ", "payload": {}}),
+            None,
+            "event_type must not be empty",
+        ),
+        (
+            json!({"event_type": "e".repeat(257), "payload": {}}),
+            None,
+            "event_type is longer than 256 characters",
+        ),
+        (
+            json!({"event_type": "trade.success\n", "payload": {}}),
+            None,
+            "event_type must not contain control characters",
+        ),
+        (
+            json!({"event_type": 5, "payload": {}}),
+            None,
+            "invalid type: integer",
+        ),
+        (
+            json!({"event_type": "herald.source.raw", "payload": {}}),
+            None,
+            "event_type \"herald.source.raw\" is reserved",
+        ),
+        (
+            json!({"event_type": "e", "payload": {}, "notify_url": "merchant.example/notify"}),
+            None,
+            "notify_url is not a valid URL: relative URL without a base",
+        ),
+        (
+            json!({"event_type": "e", "payload": {}, "notify_url": "ftp://merchant.example/n"}),
+            None,
+            "notify_url must be an http or https URL",
+        ),
+        (
+            json!({"event_type": "e", "payload": {}, "notify_url": long_url}),
+            None,
+            "notify_url is longer than 2048 characters",
+        ),
+        (
+            json!({"event_type": "e", "payload": {}, "idempotency_key": ""}),
+            None,
+            "idempotency_key must not be empty",
+        ),
+        (
+            json!({"event_type": "e", "payload": {}, "idempotency_key": "k".repeat(257)}),
+            None,
+            "idempotency_key is longer than 256 characters",
+        ),
+        (
+            json!({"event_type": "e", "payload": {}}),
+            Some("   "),
+            "idempotency_key must not be empty",
+        ),
+        (
+            json!({"event_type": "e", "payload": {}, "idempotency_key": "a"}),
+            Some("b"),
+            "idempotency_key in the body and the Idempotency-Key header differ",
+        ),
+    ];
+    for (body, header, want) in cases {
+        let headers: Vec<(&str, &str)> =
+            header.map(|h| ("idempotency-key", h)).into_iter().collect();
+        let (status, v) = server
+            .call_raw(
+                "POST",
+                &path,
+                Some(body.to_string().into_bytes()),
+                Some(TOKEN),
+                &headers,
+            )
+            .await;
+        assert_eq!(status, 422, "{body}: {v}");
+        assert_eq!(v["error"]["code"], "invalid", "{body}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.starts_with(want),
+            "{body}: want {want:?}, got {message:?}"
+        );
+    }
+    let (_, list) = server.call("GET", &path, None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0, "{list}");
+
+    // The same fields, valid, are stored as sent (the header's key included).
+    let (status, v) = server
+        .call_raw(
+            "POST",
+            &path,
+            Some(
+                json!({"event_type": "支付.成功", "payload": {}, "notify_url": "https://merchant.example/n?x=1"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Some(TOKEN),
+            &[("idempotency-key", "order-1:paid")],
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let n = server.notification(v["id"].as_str().unwrap()).await;
+    assert_eq!(n["event_type"], "支付.成功");
+    assert_eq!(n["notify_url"], "https://merchant.example/n?x=1");
+    assert_eq!(n["idempotency_key"], "order-1:paid");
 }
 
 #[tokio::test]

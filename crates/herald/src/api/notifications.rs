@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocols::{OutgoingNotification, ProfileError};
 use herald_store::{
-    DeliveryStatus, ListAttempts, ListNotifications, NewNotification, Notification,
+    DeliveryStatus, EventType, IdempotencyKey, ListAttempts, ListNotifications, NewNotification,
+    Notification, NotifyUrl,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -33,14 +34,20 @@ use crate::clock::now_ms;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNotification {
-    event_type: String,
+    /// Not blank, at most 256 characters, no control characters.
+    #[schema(value_type = String)]
+    event_type: EventType,
     /// A JSON object, kept byte for byte: it is what gets signed and sent.
     #[schema(value_type = Object)]
     payload: Box<RawValue>,
+    /// An absolute http(s) URL with a host, at most 2048 bytes.
     #[serde(default)]
-    notify_url: Option<String>,
+    #[schema(value_type = Option<String>)]
+    notify_url: Option<NotifyUrl>,
+    /// Not blank, at most 256 characters, no control characters.
     #[serde(default)]
-    idempotency_key: Option<String>,
+    #[schema(value_type = Option<String>)]
+    idempotency_key: Option<IdempotencyKey>,
     #[serde(default)]
     order_key: Option<String>,
 }
@@ -67,10 +74,13 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateNotification>,
 ) -> Result<Response, ApiError> {
     principal.require_app(&app_id)?;
-    let event_type = views::bounded_text("event_type", &req.event_type, 256)?;
+    // The body's fields were parsed into their types as it was read (422 with the field's
+    // message otherwise); what is left here is policy.
+    let event_type = req.event_type;
     if event_type == herald_engine::raw::RAW_EVENT_TYPE {
         return Err(ApiError::Invalid(format!(
-            "event_type {event_type:?} is reserved for the gateway's raw forwards"
+            "event_type {:?} is reserved for the gateway's raw forwards",
+            event_type.as_str()
         )));
     }
     if !req.payload.get().starts_with('{') {
@@ -82,7 +92,7 @@ pub async fn create(
                 .map_err(|_| {
                     ApiError::Invalid("the Idempotency-Key header must be visible ASCII".into())
                 })?
-                .to_string(),
+                .parse::<IdempotencyKey>()?,
         ),
         None => None,
     };
@@ -92,14 +102,13 @@ pub async fn create(
                 "idempotency_key in the body and the Idempotency-Key header differ".into(),
             ))
         }
-        (Some(k), _) | (None, Some(k)) => Some(views::bounded_text("idempotency_key", &k, 256)?),
+        (Some(k), _) | (None, Some(k)) => Some(k),
         (None, None) => None,
     };
-    let notify_url = req
-        .notify_url
-        .as_deref()
-        .map(|u| views::parse_target(&state.target_policy, "notify_url", u))
-        .transpose()?;
+    let notify_url = req.notify_url;
+    if let Some(url) = &notify_url {
+        views::permit_notify_url(&state.target_policy, url)?;
+    }
     let order_key = req
         .order_key
         .as_deref()
@@ -158,7 +167,7 @@ pub async fn create(
     }
     let body = AcceptedView {
         id: created.notification.id.clone(),
-        event_type: created.notification.event_type.clone(),
+        event_type: created.notification.event_type.to_string(),
         created_at: views::rfc3339(created.notification.created_at),
         deliveries: created
             .deliveries
@@ -174,9 +183,12 @@ pub async fn create(
     Ok(resp)
 }
 
+/// What makes two requests the same: event type, payload bytes, notify_url, order_key.
+type RequestShape = (EventType, String, Option<NotifyUrl>, Option<String>);
+
 /// True when a stored notification was made from the same request (event type, payload
 /// bytes, notify_url, order_key).
-fn same_request(n: &Notification, req: &(String, String, Option<String>, Option<String>)) -> bool {
+fn same_request(n: &Notification, req: &RequestShape) -> bool {
     let (event_type, payload, notify_url, order_key) = req;
     n.event_type == *event_type
         && n.payload.as_bytes() == payload.as_bytes()

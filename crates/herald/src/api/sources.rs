@@ -20,8 +20,8 @@ use herald_protocols::receive::{IncomingRequest, Reply, VerifiedNotification};
 use herald_protocols::standard_webhooks::{self as sw, Keys};
 use herald_protocols::{Credentials, Profile};
 use herald_store::{
-    ListSources, NewApp, NewEndpoint, NewNotification, NewSource, Source, SourceFormat, SourceKeys,
-    StoreError,
+    EventType, IdempotencyKey, ListSources, NewApp, NewEndpoint, NewNotification, NewSource,
+    Source, SourceFormat, SourceKeys, StoreError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -529,23 +529,29 @@ pub async fn ingest(
         tracing::info!(source = %id, reason = %why, "refused a notification");
         return reply(profile.failure_reply_for(&keys, &why));
     }
-    if n.notify_id.is_empty() || n.notify_id.len() > MAX_KEY_LEN {
-        return reply(profile.failure_reply_for(&keys, "the notify id is empty or too long"));
-    }
+    let Ok(notify_id) = n.notify_id.parse::<IdempotencyKey>() else {
+        return reply(profile.failure_reply_for(
+            &keys,
+            "the notify id is empty, too long or has control characters",
+        ));
+    };
     let order_key = n
         .out_trade_no
         .clone()
         .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN);
     let (event_type, payload) = match source.format {
-        SourceFormat::StandardWebhooks => (kind(&n).to_string(), decoded(&n)),
-        SourceFormat::Raw => (RAW_EVENT_TYPE.to_string(), raw_envelope(&headers, &body)),
+        SourceFormat::StandardWebhooks => (EventType::internal(kind(&n)), decoded(&n)),
+        SourceFormat::Raw => (
+            EventType::internal(RAW_EVENT_TYPE),
+            raw_envelope(&headers, &body),
+        ),
     };
     let new = NewNotification {
         app_id: source.app_id.clone(),
         event_type,
         payload: payload.to_string(),
         notify_url: None,
-        idempotency_key: Some(n.notify_id.clone()),
+        idempotency_key: Some(notify_id),
         order_key,
         now: now_ms(),
     };

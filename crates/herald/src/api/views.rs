@@ -5,23 +5,39 @@ use herald_engine::TargetPolicy;
 use herald_protocols::{AckRule, RetryPolicy};
 use herald_store::{
     ApiKey, App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, NotificationDetail,
-    NotificationSummary,
+    NotificationSummary, NotifyUrl,
 };
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-pub use herald_http::fields::{bounded_text, parse_rfc3339, parse_url, rfc3339};
+pub use herald_http::fields::{bounded_text, parse_rfc3339, rfc3339};
+use herald_store::fields::check_url;
 
 /// A delivery target the target policy can accept: [`parse_url`], then a literal address
 /// the policy refuses (loopback, private, link-local, metadata, ...) or a `localhost` name is
 /// refused here, unless private targets are allowed. Other names resolve at delivery time,
 /// where the engine checks the addresses they resolve to.
-pub fn parse_target(policy: &TargetPolicy, field: &str, s: &str) -> Result<String, ApiError> {
-    let s = parse_url(field, s)?;
-    let url = url::Url::parse(&s)
-        .map_err(|e| ApiError::Invalid(format!("{field} is not a valid URL: {e}")))?;
+pub fn parse_target(
+    policy: &TargetPolicy,
+    field: &'static str,
+    s: &str,
+) -> Result<String, ApiError> {
+    let url = check_url(field, s)?;
+    permit_target(policy, field, &url)?;
+    Ok(s.to_string())
+}
+
+/// A [`NotifyUrl`] (already parsed as the body was read) the target policy permits; the
+/// policy's rule as in [`parse_target`].
+pub fn permit_notify_url(policy: &TargetPolicy, url: &NotifyUrl) -> Result<(), ApiError> {
+    let parsed = url::Url::parse(url.as_str())
+        .map_err(|e| ApiError::Invalid(format!("{} is not a valid URL: {e}", NotifyUrl::FIELD)))?;
+    permit_target(policy, NotifyUrl::FIELD, &parsed)
+}
+
+fn permit_target(policy: &TargetPolicy, field: &str, url: &url::Url) -> Result<(), ApiError> {
     let refused = |what: String| {
         ApiError::Invalid(format!(
             "{field}: refusing to deliver to {what} (start Herald with --allow-private-targets or an allow-list to permit it)"
@@ -40,9 +56,9 @@ pub fn parse_target(policy: &TargetPolicy, field: &str, s: &str) -> Result<Strin
             if (name == "localhost" || name.ends_with(".localhost")) && !policy.permits(loopback) {
                 return Err(refused(format!("{name}, a loopback name")));
             }
-            Ok(s)
+            Ok(())
         }
-        _ => Ok(s),
+        _ => Ok(()),
     }
 }
 
@@ -315,10 +331,10 @@ pub fn notification(n: &NotificationDetail) -> NotificationView {
     NotificationView {
         id: x.id.clone(),
         app_id: x.app_id.clone(),
-        event_type: x.event_type.clone(),
+        event_type: x.event_type.to_string(),
         payload,
         notify_url: x.notify_url.as_deref().map(masked_url),
-        idempotency_key: x.idempotency_key.clone(),
+        idempotency_key: x.idempotency_key.as_deref().map(str::to_string),
         order_key: x.order_key.clone(),
         created_at: rfc3339(x.created_at),
         status: overall_status(
@@ -350,9 +366,9 @@ pub fn notification_summary(n: &NotificationSummary) -> NotificationSummaryView 
     NotificationSummaryView {
         id: n.id.clone(),
         app_id: n.app_id.clone(),
-        event_type: n.event_type.clone(),
+        event_type: n.event_type.to_string(),
         notify_url: n.notify_url.as_deref().map(masked_url),
-        idempotency_key: n.idempotency_key.clone(),
+        idempotency_key: n.idempotency_key.as_deref().map(str::to_string),
         order_key: n.order_key.clone(),
         created_at: rfc3339(n.created_at),
         status: overall_status(&n.deliveries.iter().map(|d| d.status).collect::<Vec<_>>()),

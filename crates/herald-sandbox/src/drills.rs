@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use herald_protocols::standard_webhooks::{self as sw, Keys};
 use herald_protocols::{stripe, wechatpay_v2, Credentials, RetryPolicy};
-use herald_store::{App, NewApp, NewNotification, SandboxNotification, Store};
+use herald_store::{
+    App, EventType, IdempotencyKey, NewApp, NewNotification, NotifyUrl, SandboxNotification, Store,
+};
 
 use super::model::Drills;
 use super::wire::{self, Outgoing};
@@ -158,10 +160,11 @@ pub fn plan(
         SandboxNotification {
             new: NewNotification {
                 app_id: app_id.to_string(),
-                event_type: out.event_type.clone(),
+                // The sandbox's own trade document: checked when the trade was made.
+                event_type: EventType::from_stored(out.event_type.clone()),
                 payload,
-                notify_url: Some(notify_url.to_string()),
-                idempotency_key: Some(key),
+                notify_url: Some(NotifyUrl::from_stored(notify_url.to_string())),
+                idempotency_key: Some(IdempotencyKey::from_stored(key)),
                 order_key: ordered.then(|| order_key.to_string()),
                 now,
             },

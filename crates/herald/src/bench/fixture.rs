@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use herald_engine::{Engine, EngineConfig, EngineStats, TargetPolicy};
 use herald_protocols::Profile;
-use herald_store::{App, Endpoint, NewApp, NewEndpoint, NewNotification, Store};
+use herald_store::{
+    App, Endpoint, EventType, NewApp, NewEndpoint, NewNotification, NotifyUrl, Store,
+};
 use herald_store_sqlite::{Durability, SqliteStore};
 use tokio::sync::oneshot;
 
@@ -91,9 +93,9 @@ pub async fn create_endpoint(
 pub fn notification(app_id: &str, notify_url: Option<&str>, now: i64) -> NewNotification {
     NewNotification {
         app_id: app_id.into(),
-        event_type: EVENT_TYPE.into(),
+        event_type: EventType::internal(EVENT_TYPE),
         payload: PAYLOAD.into(),
-        notify_url: notify_url.map(str::to_string),
+        notify_url: notify_url.map(|u| NotifyUrl::from_stored(u.to_string())),
         idempotency_key: None,
         order_key: None,
         now,

@@ -10,7 +10,7 @@ use herald_engine::attempt::{build_client, next_outcome, HttpAttempter};
 use herald_engine::{now_ms, EngineConfig, TargetPolicy};
 use herald_protocols::standard_webhooks::{Keys, SigningSecret};
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
-use herald_store::{AppCtx, AttemptOutcome, ClaimedDelivery};
+use herald_store::{AppCtx, AttemptOutcome, ClaimedDelivery, EventType};
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
@@ -46,8 +46,9 @@ pub struct SendArgs {
     pub json: String,
     /// Event type: Stripe's `type`, WeChat Pay v3's `event_type`; standard-webhooks sends
     /// the payload as given.
+    /// Not blank, at most 256 characters, no control characters.
     #[arg(long, default_value = "test.event")]
-    pub event_type: String,
+    pub event_type: EventType,
     /// Retry schedule: a policy name (standard, alipay, wechatpay-v2, wechatpay-v3, stripe),
     /// `none`, or delays such as 1,5,30s,2m (plain numbers are seconds).
     #[arg(long, default_value = "1,5,30")]

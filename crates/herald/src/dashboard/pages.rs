@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::Extension;
 use herald_store::dashboard::{ListPage, SearchNotifications, COUNT_CAP};
 use herald_store::{
-    Attempt, Delivery, DeliveryStatus, ListAttempts, ListEndpoints, Millis, Notification,
+    Attempt, Delivery, DeliveryStatus, EventType, ListAttempts, ListEndpoints, Millis, Notification,
 };
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
@@ -378,10 +378,15 @@ pub async fn notifications(
     };
     let from = time_of("from", &q.from);
     let until = time_of("until", &q.until);
+    let event_type = given(&q.event_type).and_then(|s| {
+        s.parse::<EventType>()
+            .map_err(|e| problems.push(e.to_string()))
+            .ok()
+    });
     let search = SearchNotifications {
         app_id: given(&q.app),
         status,
-        event_type: given(&q.event_type),
+        event_type,
         key: given(&q.key),
         notify_id: given(&q.notify_id),
         from,

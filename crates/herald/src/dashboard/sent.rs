@@ -167,7 +167,7 @@ mod tests {
         let n = Notification {
             id: "ntf_1".into(),
             app_id: "app_1".into(),
-            event_type: "invoice.paid".into(),
+            event_type: "invoice.paid".parse().unwrap(),
             payload: r#"{"amount": 100}"#.into(),
             notify_url: None,
             idempotency_key: None,

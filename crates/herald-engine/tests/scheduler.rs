@@ -390,10 +390,12 @@ impl Attempter for FakeReceiver {
         let at = self.clock.now();
         if job.id.starts_with("ops_") {
             let body = serde_json::from_str(&job.payload).expect("ops body is JSON");
-            self.ops
-                .lock()
-                .expect("ops")
-                .push((job.event_type.to_string(), job.url.clone(), body, at));
+            self.ops.lock().expect("ops").push((
+                job.event_type.to_string(),
+                job.url.clone(),
+                body,
+                at,
+            ));
             return AttemptResult {
                 attempt: Attempt {
                     n: 1,

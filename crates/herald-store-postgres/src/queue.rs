@@ -20,8 +20,8 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use herald_store::model::*;
-use herald_store::EventType;
 use herald_store::queue::*;
+use herald_store::EventType;
 use herald_store::{Result, StoreError};
 
 use crate::rows::col;

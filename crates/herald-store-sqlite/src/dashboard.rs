@@ -281,7 +281,9 @@ pub(crate) fn search_notifications(
                     app_id: r.get(2)?,
                     event_type: EventType::from_stored(r.get(3)?),
                     notify_url: r.get::<_, Option<String>>(4)?.map(NotifyUrl::from_stored),
-                    idempotency_key: r.get::<_, Option<String>>(5)?.map(IdempotencyKey::from_stored),
+                    idempotency_key: r
+                        .get::<_, Option<String>>(5)?
+                        .map(IdempotencyKey::from_stored),
                     order_key: r.get(6)?,
                     created_at: r.get(7)?,
                     deliveries: Vec::new(),

@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::schema::backend;
 use herald_store::health::{BreakerState, EndpointHealth, OpsTarget};
 use herald_store::model::*;
-use herald_store::{EventType, IdempotencyKey, NotifyUrl};
 use herald_store::sealing::CredentialsError;
+use herald_store::{EventType, IdempotencyKey, NotifyUrl};
 use herald_store::{Result, SealCensus, Sealer, StoreError};
 use rusqlite::types::Type;
 
@@ -113,7 +113,9 @@ pub(crate) fn notification_from_row(row: &Row) -> rusqlite::Result<(i64, Notific
             event_type: EventType::from_stored(row.get(3)?),
             payload: row.get(4)?,
             notify_url: row.get::<_, Option<String>>(5)?.map(NotifyUrl::from_stored),
-            idempotency_key: row.get::<_, Option<String>>(6)?.map(IdempotencyKey::from_stored),
+            idempotency_key: row
+                .get::<_, Option<String>>(6)?
+                .map(IdempotencyKey::from_stored),
             order_key: row.get(7)?,
             created_at: row.get(8)?,
         },
@@ -515,7 +517,9 @@ pub(crate) fn list_notifications(
                 app_id: r.get(2)?,
                 event_type: EventType::from_stored(r.get(3)?),
                 notify_url: r.get::<_, Option<String>>(4)?.map(NotifyUrl::from_stored),
-                idempotency_key: r.get::<_, Option<String>>(5)?.map(IdempotencyKey::from_stored),
+                idempotency_key: r
+                    .get::<_, Option<String>>(5)?
+                    .map(IdempotencyKey::from_stored),
                 order_key: r.get(6)?,
                 created_at: r.get(7)?,
                 deliveries: Vec::new(),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use herald_protocols::standard_webhooks::{KeyEntry, Keys};
 use herald_protocols::{Credentials, Profile};
 
-use crate::health::*;
 use crate::fields::{EventType, IdempotencyKey, NotifyUrl};
+use crate::health::*;
 use crate::model::*;
 use crate::queue::*;
 use crate::{Store, StoreError};

@@ -219,7 +219,10 @@ mod tests {
             );
         }
         assert_eq!(
-            "x".repeat(257).parse::<EventType>().unwrap_err().to_string(),
+            "x".repeat(257)
+                .parse::<EventType>()
+                .unwrap_err()
+                .to_string(),
             "event_type is longer than 256 characters"
         );
         // Characters, not bytes: 256 three-byte characters pass.
@@ -234,7 +237,10 @@ mod tests {
 
     #[test]
     fn idempotency_key_refuses_blank_too_long_and_control_characters_with_the_api_messages() {
-        assert_eq!("order-1:paid".parse::<IdempotencyKey>().unwrap(), "order-1:paid");
+        assert_eq!(
+            "order-1:paid".parse::<IdempotencyKey>().unwrap(),
+            "order-1:paid"
+        );
         assert_eq!(
             " ".parse::<IdempotencyKey>().unwrap_err().to_string(),
             "idempotency_key must not be empty"
@@ -271,7 +277,10 @@ mod tests {
             err("merchant.example/notify"),
             "notify_url is not a valid URL: relative URL without a base"
         );
-        assert_eq!(err(""), "notify_url is not a valid URL: relative URL without a base");
+        assert_eq!(
+            err(""),
+            "notify_url is not a valid URL: relative URL without a base"
+        );
         assert_eq!(
             err("ftp://merchant.example/notify"),
             "notify_url must be an http or https URL"
@@ -303,19 +312,33 @@ mod tests {
         let bad = r#"{"event_type":" ","notify_url":null,"idempotency_key":null}"#;
         let e = serde_json::from_str::<Body>(bad).unwrap_err();
         assert!(e.is_data());
-        assert!(e.to_string().starts_with("event_type must not be empty"), "{e}");
+        assert!(
+            e.to_string().starts_with("event_type must not be empty"),
+            "{e}"
+        );
         let bad = r#"{"event_type":"e","notify_url":"ftp://x/","idempotency_key":null}"#;
         let e = serde_json::from_str::<Body>(bad).unwrap_err();
-        assert!(e.to_string().starts_with("notify_url must be an http or https URL"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("notify_url must be an http or https URL"),
+            "{e}"
+        );
         let bad = r#"{"event_type":"e","notify_url":null,"idempotency_key":""}"#;
         let e = serde_json::from_str::<Body>(bad).unwrap_err();
-        assert!(e.to_string().starts_with("idempotency_key must not be empty"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("idempotency_key must not be empty"),
+            "{e}"
+        );
     }
 
     #[test]
     fn stored_values_read_back_even_when_they_break_todays_rule() {
         assert_eq!(EventType::from_stored(String::new()).as_str(), "");
-        assert_eq!(NotifyUrl::from_stored("not a url".into()).as_str(), "not a url");
+        assert_eq!(
+            NotifyUrl::from_stored("not a url".into()).as_str(),
+            "not a url"
+        );
         assert_eq!(IdempotencyKey::from_stored("k".repeat(300)).len(), 300);
     }
 

@@ -62,7 +62,10 @@ impl Writer {
                 .prepare_cached(
                     "SELECT seq FROM notifications WHERE app_id = ?1 AND idempotency_key = ?2",
                 )
-                .and_then(|mut s| s.query_row([&new.app_id, key.as_str()], |r| r.get(0)).optional())
+                .and_then(|mut s| {
+                    s.query_row([&new.app_id, key.as_str()], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(backend)?;
             if let Some(seq) = found {
                 return self.existing_notification(seq);

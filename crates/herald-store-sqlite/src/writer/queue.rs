@@ -12,8 +12,8 @@ use rusqlite::{params, OptionalExtension};
 use super::Writer;
 use crate::schema::backend;
 use herald_store::model::*;
-use herald_store::EventType;
 use herald_store::queue::*;
+use herald_store::EventType;
 use herald_store::Result;
 
 /// A delivery joined with its notification: everything a [`ClaimedDelivery`] needs.

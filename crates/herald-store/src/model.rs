@@ -2,8 +2,9 @@
 //! attempts, plus the resolved views the engine works with ([`ClaimedDelivery`], [`AppCtx`],
 //! [`EndpointCtx`]).
 //!
-//! Times are unix milliseconds ([`Millis`]) and always passed in by the caller, so tests
-//! control the clock.
+//! Producers' fields are validated types ([`EventType`], [`NotifyUrl`], [`IdempotencyKey`];
+//! see [`crate::fields`]). Times are unix milliseconds ([`Millis`]) and always passed in by
+//! the caller, so tests control the clock.
 use std::sync::Arc;
 
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};

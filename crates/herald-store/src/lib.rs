@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod dashboard;
 pub mod health;
 pub mod model;
+pub mod ops_outbox;
 pub mod queue;
 pub mod sealing;
 
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 pub use dashboard::DashboardStore;
 pub use health::*;
 pub use model::*;
+pub use ops_outbox::*;
 pub use queue::*;
 pub use sealing::{SealCensus, Sealer};
 

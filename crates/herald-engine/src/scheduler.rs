@@ -1126,7 +1126,10 @@ impl Scheduler {
         if let (Some(id), Some(event_type)) = (&recorded.ops_notification, transition.event_type())
         {
             // Committed with the transition; the engine delivers it like any other.
-            self.stats.metrics.ops_notifications.inc(&[event_type, "queued"]);
+            self.stats
+                .metrics
+                .ops_notifications
+                .inc(&[event_type, "queued"]);
             tracing::info!(event_type, endpoint = %ep.id, app = %ep.app_id, notification = %id,
                 "ops notification queued");
         }

@@ -274,12 +274,7 @@ impl Queue for SqliteStore {
 
 #[async_trait]
 impl OpsStore for SqliteStore {
-    async fn set_app_ops(
-        &self,
-        app_id: &str,
-        ops: Option<OpsTarget>,
-        now: Millis,
-    ) -> Result<bool> {
+    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>, now: Millis) -> Result<bool> {
         let app_id = app_id.to_string();
         self.call(|r| Op::SetAppOps(app_id, ops, now, r)).await
     }

@@ -1851,9 +1851,7 @@ pub async fn a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again(
     assert_eq!(ids(&jobs), vec![n.deliveries[0].id.clone()]);
 }
 
-pub async fn ops_target_round_trips_as_an_internal_app_hidden_from_app_lists(
-    store: &impl Store,
-) {
+pub async fn ops_target_round_trips_as_an_internal_app_hidden_from_app_lists(store: &impl Store) {
     let a = app(store).await;
     assert_eq!(store.get_app_ops(&a.id).await.unwrap(), None);
     assert!(store
@@ -1933,9 +1931,7 @@ async fn ops_notifications(store: &impl Store, ops_app: &str) -> Vec<Notificatio
         .items
 }
 
-pub async fn a_health_transition_commits_exactly_one_ops_notification_with_it(
-    store: &impl Store,
-) {
+pub async fn a_health_transition_commits_exactly_one_ops_notification_with_it(store: &impl Store) {
     let a = app(store).await;
     let url = "https://ops.example/hook";
     assert!(store

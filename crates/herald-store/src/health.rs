@@ -307,8 +307,7 @@ pub trait OpsStore: Send + Sync + 'static {
     /// changes their URL, secret and retry policy in place (pending ops notifications go to
     /// the new URL), and clearing deletes them, canceling pending ops notifications.
     /// `Ok(false)` when there is no such live app, or it is an internal app.
-    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>, now: Millis)
-        -> Result<bool>;
+    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>, now: Millis) -> Result<bool>;
     /// The app's ops target; `Err(NotFound("app"))` when there is no such live app.
     async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>>;
     /// How many deliveries are pending.

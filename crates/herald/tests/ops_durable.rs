@@ -165,12 +165,18 @@ async fn an_ops_receiver_that_fails_the_first_tries_gets_the_notification_on_a_r
     let base = node.url();
     let gone = Scripted::start(410).await;
     let ops = Scripted::start(500).await;
-    let app = fleet::app_with_endpoint(&reqwest::Client::new(), &[base.clone()], &gone.url).await;
+    let app = fleet::app_with_endpoint(
+        &reqwest::Client::new(),
+        std::slice::from_ref(&base),
+        &gone.url,
+    )
+    .await;
     set_ops(&base, &app, &ops.url, json!([0.2, 0.2, 0.2, 0.2])).await;
     notify(&base, &app, 1).await;
 
     // The 410 disables the endpoint; its notification fails twice, then is acknowledged.
-    ops.wait_until("two refused tries", 20, |h| h.len() >= 2).await;
+    ops.wait_until("two refused tries", 20, |h| h.len() >= 2)
+        .await;
     ops.answer(204);
     let hits = ops
         .wait_until("the acknowledged retry", 20, |h| {
@@ -204,12 +210,15 @@ async fn an_ops_receiver_that_fails_the_first_tries_gets_the_notification_on_a_r
     for pair in hits.windows(2) {
         assert!(pair[1].at - pair[0].at >= 150, "retried too soon");
     }
-    assert_eq!(gone.hits().len(), 1, "the gone endpoint is not sent to again");
+    assert_eq!(
+        gone.hits().len(),
+        1,
+        "the gone endpoint is not sent to again"
+    );
 }
 
 #[tokio::test]
-async fn a_server_killed_after_a_breaker_opened_delivers_its_ops_notification_after_restart_once(
-) {
+async fn a_server_killed_after_a_breaker_opened_delivers_its_ops_notification_after_restart_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite://{}", dir.path().join("herald.db").display());
     let breaker = [
@@ -224,14 +233,17 @@ async fn a_server_killed_after_a_breaker_opened_delivers_its_ops_notification_af
     let base = node.url();
     let failing = Scripted::start(500).await;
     let ops = Scripted::start(503).await;
-    let app =
-        fleet::app_with_endpoint(&reqwest::Client::new(), &[base.clone()], &failing.url).await;
+    let app = fleet::app_with_endpoint(
+        &reqwest::Client::new(),
+        std::slice::from_ref(&base),
+        &failing.url,
+    )
+    .await;
     set_ops(&base, &app, &ops.url, json!(vec![0.3; 20])).await;
     notify(&base, &app, 1).await;
 
     // The breaker opened and its notification was tried, not delivered: kill -9 now.
-    ops.wait_until("a refused try", 20, |h| !h.is_empty())
-        .await;
+    ops.wait_until("a refused try", 20, |h| !h.is_empty()).await;
     node.kill9().await;
     let before = ops.hits();
     assert!(before.iter().all(|h| h.status == 503));

@@ -182,7 +182,9 @@ impl Writer {
         if ids.is_empty() {
             return Ok(());
         }
-        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(backend)?;
         let result = (|| {
             let mut ignored = Vec::new();
             for id in &ids {

@@ -13,7 +13,6 @@
 //! Tokio's paused time.
 pub mod attempt;
 pub mod metrics;
-pub mod ops;
 pub mod raw;
 mod scheduler;
 pub mod ssrf;

@@ -116,6 +116,7 @@ pub struct EngineMetrics {
     pub store_commit_seconds: Histogram,
     /// Breaker transitions by kind (`opened`, `reopened`, `recovered`, `disabled`).
     pub breaker_transitions: Counters,
-    /// Operational notifications by `(event type, result)`: `sent` or `failed`.
+    /// Operational notifications by `(event type, result)`: `queued` (committed by the store
+    /// with the transition this node recorded; delivered like any notification after that).
     pub ops_notifications: Counters,
 }

@@ -32,7 +32,8 @@
 //!   When the breaker opens or the endpoint is disabled, the endpoint's jobs in memory go
 //!   back to the store (no attempt spent) and claims skip them until the cool-down ends;
 //!   then the endpoint is half-open and gets one attempt at a time until a success closes
-//!   it. Transitions are sent to the app's ops URL ([`crate::ops`]).
+//!   it. The store commits each notified transition's ops notification with it (an outbox,
+//!   `herald_store::ops_outbox`); it is then delivered like any other notification.
 //! - **Parking.** When memory passes its bound because a destination cannot keep up, the
 //!   tail of the longest ready queues is released in the store with a later time (no attempt
 //!   spent) and dropped from memory; claims bring it back later.
@@ -1122,15 +1123,15 @@ impl Scheduler {
                 failures = ep.health.consecutive_failures, open_until = ?ep.health.open_until,
                 "endpoint breaker opened: its deliveries wait for the cool-down"),
         }
-        if let Some(target) = recorded.ops.clone() {
-            crate::ops::spawn_send(
-                self.attempter.clone(),
-                self.stats.metrics.clone(),
-                target,
-                transition,
-                ep.clone(),
-                self.clock.now(),
-            );
+        if let (Some(id), Some(event_type)) = (&recorded.ops_notification, transition.event_type())
+        {
+            // Committed with the transition; the engine delivers it like any other.
+            self.stats
+                .metrics
+                .ops_notifications
+                .inc(&[event_type, "queued"]);
+            tracing::info!(event_type, endpoint = %ep.id, app = %ep.app_id, notification = %id,
+                "ops notification queued");
         }
         let ctx = Arc::new(EndpointCtx::from_endpoint(ep));
         self.endpoint_changed(ctx);

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use herald_engine::attempt::{AttemptResult, Attempter};
 use herald_engine::{Clock, Engine, EngineConfig, TokioClock};
 use herald_protocols::standard_webhooks::{KeyEntry, Keys};
-use herald_protocols::{Credentials, Profile, RetryPolicy, Verdict};
+use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy, Verdict};
 use herald_store::*;
 use tokio::sync::mpsc;
 
@@ -313,10 +313,53 @@ impl Queue for FakeQueue {
                 let _ = h.send(Hint::EndpointChanged(ctx.clone()));
             }
         }
+        // The outbox, as the drivers keep it: the transition's ops notification is stored
+        // with it, as an ordinary delivery of the ops target's app, and claimed like any.
+        let mut ops_notification = None;
+        if let (Some(target), Some(event_type)) = (ops, transition.and_then(|t| t.event_type())) {
+            let seq = 1_000_000 + st.rows.len() as i64;
+            let id = format!("ops_{seq}");
+            let app = AppCtx {
+                id: "app_ops".into(),
+                profile: Profile::StandardWebhooks,
+                credentials: target.credentials,
+                retry: RetryPolicy::standard(),
+                ack: AckRule::Http2xx,
+            };
+            let job = ClaimedDelivery {
+                seq,
+                id: id.clone(),
+                notify_id: format!("msg_{seq}"),
+                notification_id: id.clone(),
+                app: Arc::new(app),
+                endpoint: None,
+                url: target.url,
+                event_type: event_type.into(),
+                payload: Arc::from(herald_store::ops_body(event_type, &ep, r.now)),
+                created_at: r.now,
+                attempts: 0,
+                next_at: r.now,
+                order_key: Some(ep.id.clone()),
+            };
+            st.rows.insert(
+                seq,
+                Row {
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    next_at: r.now,
+                    locked_by: None,
+                    job: Arc::new(job),
+                },
+            );
+            for h in &st.hints {
+                let _ = h.send(Hint::Work);
+            }
+            ops_notification = Some(id);
+        }
         Ok(Some(HealthRecorded {
             endpoint: ep,
             transition,
-            ops: transition.and(ops),
+            ops_notification,
         }))
     }
 }
@@ -512,6 +555,7 @@ fn ops_target() -> OpsTarget {
                 expires_at: None,
             }],
         }),
+        retry: None,
     }
 }
 

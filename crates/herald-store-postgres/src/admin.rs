@@ -157,65 +157,101 @@ pub(crate) async fn update_app(inner: &Inner, id: &str, patch: AppPatch) -> Resu
 pub(crate) async fn delete_app(inner: &Inner, id: &str, now: Millis) -> Result<Option<u64>> {
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
-    let live = tx
-        .query_opt(
-            "SELECT id FROM apps WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
-            &[&id],
-        )
-        .await
-        .map_err(backend)?;
-    if live.is_none() {
+    let Some(deleted) = delete_app_in(&tx, id, now).await? else {
         return Ok(None);
-    }
-    tx.execute(
-        "UPDATE apps SET deleted_at = $2 WHERE id = $1",
-        &[&id, &now],
-    )
-    .await
-    .map_err(backend)?;
-    let endpoints = tx
-        .query(
-            "UPDATE endpoints SET deleted = TRUE, updated_at = $2
-             WHERE app_id = $1 AND NOT deleted RETURNING id",
-            &[&id, &now],
-        )
-        .await
-        .map_err(backend)?;
-    tx.execute("DELETE FROM api_keys WHERE app_id = $1", &[&id])
-        .await
-        .map_err(backend)?;
-    let canceled = tx
-        .query(
-            "WITH old AS (
-                 SELECT seq, locked_by FROM deliveries
-                 WHERE app_id = $1 AND status = 'pending' FOR UPDATE)
-             UPDATE deliveries d
-             SET status = 'canceled', next_at = NULL, updated_at = $2, locked_by = NULL
-             FROM old WHERE d.seq = old.seq
-             RETURNING d.seq, old.locked_by",
-            &[&id, &now],
-        )
-        .await
-        .map_err(backend)?;
-    let mut held = Vec::new();
-    for row in &canceled {
-        if let Some(node) = col::<Option<String>>(row, 1)? {
-            held.push((col::<i64>(row, 0)?, node));
-        }
-    }
-    notify_revoked(&tx, &held).await?;
-    let mut endpoint_ids = Vec::with_capacity(endpoints.len());
-    for row in &endpoints {
-        let ep: String = col(row, 0)?;
-        notify(&tx, &format!("endpoint:{ep}")).await?;
-        endpoint_ids.push(ep);
-    }
-    notify(&tx, &format!("app:{id}")).await?;
+    };
     tx.commit().await.map_err(backend)?;
-    for ep in &endpoint_ids {
+    for ep in &deleted.endpoints {
         inner.contexts.forget_endpoint(ep);
     }
-    Ok(Some(canceled.len() as u64))
+    Ok(Some(deleted.canceled))
+}
+
+/// What [`delete_app_in`] did, for the caches once it commits.
+pub(crate) struct AppDeleted {
+    /// Deliveries of the app itself that were canceled.
+    pub(crate) canceled: u64,
+    /// Endpoints deleted (the app's, and its ops target's).
+    pub(crate) endpoints: Vec<String>,
+}
+
+/// [`delete_app`] inside the caller's transaction. The app's ops target (its internal app,
+/// see `herald_store::ops_outbox`) is deleted with it.
+pub(crate) async fn delete_app_in(
+    tx: &impl GenericClient,
+    id: &str,
+    now: Millis,
+) -> Result<Option<AppDeleted>> {
+    let mut out = AppDeleted {
+        canceled: 0,
+        endpoints: Vec::new(),
+    };
+    let mut next = Some(id.to_string());
+    let mut first = true;
+    while let Some(id) = next.take() {
+        let live = tx
+            .query_opt(
+                "SELECT ops_app_id FROM apps WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        let Some(live) = live else {
+            if first {
+                return Ok(None);
+            }
+            break;
+        };
+        next = col::<Option<String>>(&live, 0)?;
+        tx.execute(
+            "UPDATE apps SET deleted_at = $2 WHERE id = $1",
+            &[&id, &now],
+        )
+        .await
+        .map_err(backend)?;
+        let endpoints = tx
+            .query(
+                "UPDATE endpoints SET deleted = TRUE, updated_at = $2
+                 WHERE app_id = $1 AND NOT deleted RETURNING id",
+                &[&id, &now],
+            )
+            .await
+            .map_err(backend)?;
+        tx.execute("DELETE FROM api_keys WHERE app_id = $1", &[&id])
+            .await
+            .map_err(backend)?;
+        let canceled = tx
+            .query(
+                "WITH old AS (
+                     SELECT seq, locked_by FROM deliveries
+                     WHERE app_id = $1 AND status = 'pending' FOR UPDATE)
+                 UPDATE deliveries d
+                 SET status = 'canceled', next_at = NULL, updated_at = $2, locked_by = NULL
+                 FROM old WHERE d.seq = old.seq
+                 RETURNING d.seq, old.locked_by",
+                &[&id, &now],
+            )
+            .await
+            .map_err(backend)?;
+        let mut held = Vec::new();
+        for row in &canceled {
+            if let Some(node) = col::<Option<String>>(row, 1)? {
+                held.push((col::<i64>(row, 0)?, node));
+            }
+        }
+        notify_revoked(tx, &held).await?;
+        for row in &endpoints {
+            let ep: String = col(row, 0)?;
+            notify(tx, &format!("endpoint:{ep}")).await?;
+            out.endpoints.push(ep);
+        }
+        notify(tx, &format!("app:{id}")).await?;
+        if first {
+            out.canceled = canceled.len() as u64;
+        }
+        first = false;
+    }
+    Ok(Some(out))
 }
 
 // --- API keys ----------------------------------------------------------------------------

@@ -25,7 +25,8 @@ pub(crate) async fn list_apps(c: &impl GenericClient, page: &ListPage) -> Result
     let limit = limit_of(page.limit);
     let stmt = c
         .prepare_cached(
-            "SELECT id, name, profile, created_at FROM apps WHERE id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, name, profile, created_at FROM apps WHERE internal IS NULL AND id > $1
+             ORDER BY id LIMIT $2",
         )
         .await
         .map_err(backend)?;

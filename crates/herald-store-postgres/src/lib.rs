@@ -115,6 +115,13 @@ impl PgStore {
         batch::start(Arc::downgrade(&inner), writes);
         hints::start_work_signaller(Arc::downgrade(&inner), signals);
         let listener = hints::start(&inner).await?;
+        // Connecting is the one place the driver reads the clock: it stamps the internal
+        // apps of ops targets set before migration 8, moved now.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0);
+        ops::upgrade_legacy_ops_targets(&inner, now).await?;
         Ok(PgStore { inner, listener })
     }
 
@@ -487,8 +494,13 @@ impl Queue for PgStore {
 
 #[async_trait]
 impl OpsStore for PgStore {
-    async fn set_app_ops(&self, app_id: &str, target: Option<OpsTarget>) -> Result<bool> {
-        ops::set_app_ops(&self.inner, app_id, target).await
+    async fn set_app_ops(
+        &self,
+        app_id: &str,
+        target: Option<OpsTarget>,
+        now: Millis,
+    ) -> Result<bool> {
+        ops::set_app_ops(&self.inner, app_id, target, now).await
     }
 
     async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>> {

@@ -1,20 +1,28 @@
 //! The operational side on PostgreSQL: recording endpoint health (the rule itself is
 //! `herald_store::health`; the endpoint row is locked `FOR UPDATE`, so several nodes'
-//! reports for one endpoint apply one after the other), apps' ops targets, the backlog and
+//! reports for one endpoint apply one after the other) with the ops notification a
+//! transition causes (an outbox, same transaction), apps' ops targets (internal apps), the backlog and
 //! breaker counts for metrics, and retention purges (one short transaction per batch).
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
+use ulid::Ulid;
 
 use herald_store::health::*;
 use herald_store::model::*;
-use herald_store::{Result, StoreError};
+use herald_store::ops_outbox::{
+    ops_app, ops_endpoint, ops_notification as ops_notification_for, INTERNAL_OPS,
+};
+use herald_store::{Result, Sealer, StoreError};
 
-use crate::admin::write_endpoint;
+use crate::admin::{delete_app_in, insert_notification, write_endpoint};
 use crate::hints::notify;
-use crate::rows::{self, col, ENDPOINT_COLS};
+use crate::rows::{self, col, opt_json, APP_COLS, ENDPOINT_COLS};
 use crate::{backend, Inner};
 
+/// Applies the report with the endpoint row locked and, when it caused a notified
+/// transition of an endpoint whose app has an ops target, stores the ops notification in
+/// the same transaction (an outbox: both commit or neither; see `herald_store::ops_outbox`).
 pub(crate) async fn record_health(
     inner: &Inner,
     report: HealthReport,
@@ -40,15 +48,31 @@ pub(crate) async fn record_health(
         ep.updated_at = report.now;
     }
     write_endpoint(&tx, &ep).await?;
-    let mut ops = None;
-    if transition.is_some() {
+    let mut ops_notification = None;
+    if let Some(t) = transition {
         notify(&tx, &format!("endpoint:{}", ep.id)).await?;
         if was_blocked && !ep.health.blocks(report.now) {
             notify(&tx, "work").await?;
         }
-        ops = rows::get_app_ops(&tx, &inner.contexts.sealer, &ep.app_id)
-            .await?
-            .flatten();
+        let ops_app = tx
+            .query_opt(
+                "SELECT o.id FROM apps a JOIN apps o ON o.id = a.ops_app_id
+                 WHERE a.id = $1 AND a.internal IS NULL AND o.deleted_at IS NULL",
+                &[&ep.app_id],
+            )
+            .await
+            .map_err(backend)?;
+        if let Some(ops_app) = ops_app {
+            let ops_app: String = col(&ops_app, 0)?;
+            if let Some(new) = ops_notification_for(&ops_app, t, &ep, report.now) {
+                // No idempotency key, so never `None` (a deleted app is an error).
+                let created = insert_notification(&tx, new, None)
+                    .await?
+                    .ok_or(StoreError::NotFound("app"))?;
+                notify(&tx, "work").await?;
+                ops_notification = Some(created.notification.id);
+            }
+        }
     }
     tx.commit().await.map_err(backend)?;
     if transition.is_some() {
@@ -56,39 +80,264 @@ pub(crate) async fn record_health(
             .contexts
             .put_endpoint_since(Arc::new(EndpointCtx::from_endpoint(&ep)), generation);
     }
+    if ops_notification.is_some() {
+        inner.work.signal();
+    }
     Ok(Some(HealthRecorded {
         endpoint: ep,
         transition,
-        ops,
+        ops_notification,
     }))
 }
 
+/// Sets, changes or clears the app's ops target in one transaction (see
+/// `OpsStore::set_app_ops`).
 pub(crate) async fn set_app_ops(
     inner: &Inner,
     app_id: &str,
     ops: Option<OpsTarget>,
+    now: Millis,
 ) -> Result<bool> {
-    let (url, sealed) = match &ops {
-        Some(t) => (
-            Some(t.url.clone()),
-            Some(
-                inner
-                    .contexts
-                    .sealer
-                    .seal_credentials(&rows::ops_scope(app_id), &t.credentials)?,
-            ),
-        ),
-        None => (None, None),
+    let generation = inner.contexts.generation();
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let changed = set_app_ops_in(&tx, &inner.contexts.sealer, app_id, ops, now).await?;
+    let Some(changed) = changed else {
+        return Ok(false);
     };
+    tx.commit().await.map_err(backend)?;
+    if let Some(app) = changed.app {
+        inner
+            .contexts
+            .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
+    }
+    if let Some(ep) = changed.endpoint {
+        inner
+            .contexts
+            .put_endpoint_since(Arc::new(EndpointCtx::from_endpoint(&ep)), generation);
+    }
+    for ep in changed.forgotten {
+        inner.contexts.forget_endpoint(&ep);
+    }
+    Ok(true)
+}
+
+/// What [`set_app_ops_in`] changed, for the caches once it commits.
+#[derive(Default)]
+struct OpsChanged {
+    app: Option<App>,
+    endpoint: Option<Endpoint>,
+    forgotten: Vec<String>,
+}
+
+async fn set_app_ops_in(
+    tx: &impl GenericClient,
+    sealer: &Sealer,
+    app_id: &str,
+    ops: Option<OpsTarget>,
+    now: Millis,
+) -> Result<Option<OpsChanged>> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT internal, ops_app_id FROM apps WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+            &[&app_id],
+        )
+        .await
+        .map_err(backend)?
+    else {
+        return Ok(None);
+    };
+    if col::<Option<String>>(&row, 0)?.is_some() {
+        return Ok(None);
+    }
+    let current = match col::<Option<String>>(&row, 1)? {
+        Some(id) => tx
+            .query_opt(
+                "SELECT id FROM apps WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?
+            .map(|_| id),
+        None => None,
+    };
+    let mut changed = OpsChanged::default();
+    match (ops, current) {
+        (Some(target), Some(ops_app)) => {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "UPDATE apps SET credentials = $2, retry = $3 WHERE id = $1
+                         RETURNING {APP_COLS}"
+                    ),
+                    &[
+                        &ops_app,
+                        &sealer.seal_credentials(&ops_app, &target.credentials)?,
+                        &opt_json(&target.retry)?,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            changed.app = Some(rows::app_from_row(&row, sealer)?);
+            notify(tx, &format!("app:{ops_app}")).await?;
+            let ep_row = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {ENDPOINT_COLS} FROM endpoints
+                         WHERE app_id = $1 AND NOT deleted FOR UPDATE"
+                    ),
+                    &[&ops_app],
+                )
+                .await
+                .map_err(backend)?;
+            let ep = match ep_row {
+                Some(row) => {
+                    let (mut ep, _) = rows::endpoint_from_row(&row)?;
+                    EndpointPatch {
+                        url: Some(target.url.clone()),
+                        enabled: Some(true),
+                        ..EndpointPatch::default()
+                    }
+                    .apply(&mut ep, now);
+                    write_endpoint(tx, &ep).await?;
+                    ep
+                }
+                None => insert_endpoint(tx, ops_endpoint(&ops_app, &target.url, now)).await?,
+            };
+            notify(tx, &format!("endpoint:{}", ep.id)).await?;
+            notify(tx, "work").await?;
+            changed.endpoint = Some(ep);
+        }
+        (Some(target), None) => {
+            let new = ops_app(app_id, &target, now);
+            let app = App {
+                id: format!("app_{}", Ulid::new()),
+                name: new.name,
+                profile: new.profile,
+                retry: new.retry,
+                ack: new.ack,
+                credentials: new.credentials,
+                created_at: new.now,
+            };
+            tx.execute(
+                "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at,
+                                   internal)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &app.id,
+                    &app.name,
+                    &app.profile.name(),
+                    &opt_json(&app.retry)?,
+                    &opt_json(&app.ack)?,
+                    &sealer.seal_credentials(&app.id, &app.credentials)?,
+                    &app.created_at,
+                    &INTERNAL_OPS,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+            let ep = insert_endpoint(tx, ops_endpoint(&app.id, &target.url, now)).await?;
+            tx.execute(
+                "UPDATE apps SET ops_app_id = $2, ops_url = NULL, ops_credentials = NULL
+                 WHERE id = $1",
+                &[&app_id, &app.id],
+            )
+            .await
+            .map_err(backend)?;
+            changed.app = Some(app);
+            changed.endpoint = Some(ep);
+        }
+        (None, current) => {
+            if let Some(ops_app) = current {
+                if let Some(deleted) = delete_app_in(tx, &ops_app, now).await? {
+                    changed.forgotten = deleted.endpoints;
+                }
+            }
+            tx.execute(
+                "UPDATE apps SET ops_app_id = NULL, ops_url = NULL, ops_credentials = NULL
+                 WHERE id = $1",
+                &[&app_id],
+            )
+            .await
+            .map_err(backend)?;
+        }
+    }
+    Ok(Some(changed))
+}
+
+/// Inserts the internal app's endpoint (its app was inserted or locked by the caller).
+async fn insert_endpoint(tx: &impl GenericClient, new: NewEndpoint) -> Result<Endpoint> {
+    let ep = Endpoint {
+        id: format!("ep_{}", Ulid::new()),
+        app_id: new.app_id,
+        url: new.url,
+        event_types: new.event_types,
+        retry: new.retry,
+        ack: new.ack,
+        max_in_flight: new.max_in_flight,
+        ordered: new.ordered,
+        enabled: new.enabled,
+        timeout_ms: new.timeout_ms,
+        created_at: new.now,
+        updated_at: new.now,
+        health: EndpointHealth::default(),
+    };
+    let max_in_flight = i32::try_from(ep.max_in_flight).unwrap_or(i32::MAX);
+    tx.execute(
+        "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
+                                ordered, enabled, timeout_ms, created_at, updated_at)
+         VALUES ($1, $2, $3, NULL, NULL, NULL, $4, $5, $6, NULL, $7, $8)",
+        &[
+            &ep.id,
+            &ep.app_id,
+            &ep.url,
+            &max_in_flight,
+            &ep.ordered,
+            &ep.enabled,
+            &ep.created_at,
+            &ep.updated_at,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(ep)
+}
+
+/// Moves ops targets set before migration 8 (the URL and sealed secret on the app's row)
+/// into internal apps, once at connect. Each app is moved in its own transaction with its
+/// row locked, so nodes starting together move each once.
+pub(crate) async fn upgrade_legacy_ops_targets(inner: &Inner, now: Millis) -> Result<()> {
     let client = inner.client().await?;
-    let n = client
-        .execute(
-            "UPDATE apps SET ops_url = $2, ops_credentials = $3 WHERE id = $1",
-            &[&app_id, &url, &sealed],
+    let ids = client
+        .query(
+            "SELECT id FROM apps WHERE ops_url IS NOT NULL AND ops_app_id IS NULL
+               AND deleted_at IS NULL AND internal IS NULL",
+            &[],
         )
         .await
         .map_err(backend)?;
-    Ok(n == 1)
+    drop(client);
+    for row in ids {
+        let id: String = col(&row, 0)?;
+        let mut client = inner.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let locked = tx
+            .query_opt(
+                "SELECT id FROM apps WHERE id = $1 AND ops_app_id IS NULL FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        if locked.is_none() {
+            continue;
+        }
+        let sealer = &inner.contexts.sealer;
+        if let Some(target) = rows::get_legacy_app_ops(&tx, sealer, &id).await? {
+            set_app_ops_in(&tx, sealer, &id, Some(target), now).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn get_app_ops(inner: &Inner, app_id: &str) -> Result<Option<OpsTarget>> {

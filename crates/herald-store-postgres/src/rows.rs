@@ -126,18 +126,18 @@ fn health_from_row(row: &Row, at: usize) -> Result<EndpointHealth> {
     })
 }
 
-/// The sealing scope of an app's ops secret (distinct from its credentials', so one sealed
-/// value cannot be moved into the other's column).
-pub(crate) fn ops_scope(app_id: &str) -> String {
+/// The sealing scope of an ops secret stored before migration 8 on its app's row.
+fn legacy_ops_scope(app_id: &str) -> String {
     format!("{app_id}/ops")
 }
 
-/// The app's ops target: `None` when the app does not exist, `Some(None)` when it has none.
-pub(crate) async fn get_app_ops(
+/// An ops target stored before migration 8 on its app's row (see
+/// `ops::upgrade_legacy_ops_targets`).
+pub(crate) async fn get_legacy_app_ops(
     c: &impl GenericClient,
     sealer: &Sealer,
     app_id: &str,
-) -> Result<Option<Option<OpsTarget>>> {
+) -> Result<Option<OpsTarget>> {
     let Some(row) = c
         .query_opt(
             "SELECT ops_url, ops_credentials FROM apps WHERE id = $1",
@@ -150,12 +150,54 @@ pub(crate) async fn get_app_ops(
     };
     let url: Option<String> = col(&row, 0)?;
     let stored: Option<String> = col(&row, 1)?;
-    Ok(Some(match (url, stored) {
+    Ok(match (url, stored) {
         (Some(url), Some(stored)) => Some(OpsTarget {
             url,
-            credentials: sealer.open_credentials(&ops_scope(app_id), &stored)?,
+            credentials: sealer.open_credentials(&legacy_ops_scope(app_id), &stored)?,
+            retry: None,
         }),
         _ => None,
+    })
+}
+
+/// The app's ops target, read from its internal app: `None` when there is no such live
+/// app, `Some(None)` when it has no target.
+pub(crate) async fn get_app_ops(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    app_id: &str,
+) -> Result<Option<Option<OpsTarget>>> {
+    let Some(row) = c
+        .query_opt(
+            "SELECT ops_app_id FROM apps
+             WHERE id = $1 AND deleted_at IS NULL AND internal IS NULL",
+            &[&app_id],
+        )
+        .await
+        .map_err(backend)?
+    else {
+        return Ok(None);
+    };
+    let Some(ops_app_id) = col::<Option<String>>(&row, 0)? else {
+        return Ok(Some(None));
+    };
+    let Some(app) = get_app(c, sealer, &ops_app_id).await? else {
+        return Ok(Some(None));
+    };
+    let url = c
+        .query_opt(
+            "SELECT url FROM endpoints WHERE app_id = $1 AND NOT deleted",
+            &[&ops_app_id],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(Some(match url {
+        Some(row) => Some(OpsTarget {
+            url: col(&row, 0)?,
+            credentials: app.credentials,
+            retry: app.retry,
+        }),
+        None => None,
     }))
 }
 
@@ -233,7 +275,8 @@ pub(crate) async fn list_apps(
     let limit = page.limit.clamp(1, MAX_PAGE) as usize;
     let after = page.cursor.clone().unwrap_or_default();
     let sql = format!(
-        "SELECT {APP_COLS} FROM apps WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2"
+        "SELECT {APP_COLS} FROM apps WHERE deleted_at IS NULL AND internal IS NULL AND id > $1
+         ORDER BY id LIMIT $2"
     );
     let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
     let fetch = limit as i64 + 1;

@@ -209,6 +209,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE apps ADD COLUMN ops_credentials TEXT;
     CREATE INDEX notifications_by_time ON notifications(created_at);
     "#,
+    // 8: durable ops notifications (`herald_store::ops_outbox`). An app's ops target is an
+    // internal app (`internal = 'ops'`) with one endpoint, named by the owner's `ops_app_id`;
+    // a source's app is internal too (`'source'`). Internal apps are hidden from app lists.
+    // Targets set under migration 7 (`ops_url`, `ops_credentials`) are moved into internal
+    // apps by the driver at connect (they are sealed, so SQL cannot move them).
+    r#"
+    ALTER TABLE apps ADD COLUMN internal TEXT CHECK (internal IN ('ops', 'source'));
+    ALTER TABLE apps ADD COLUMN ops_app_id TEXT REFERENCES apps(id);
+    UPDATE apps SET internal = 'source' WHERE id IN (SELECT app_id FROM sources);
+    "#,
 ];
 
 /// Applies every migration not yet applied, in one transaction that holds an advisory

@@ -100,6 +100,12 @@ pub(crate) async fn create(inner: &Inner, new: NewSource) -> Result<Source> {
     .await
     .map_err(backend)?;
     tx.execute(
+        "UPDATE apps SET internal = $2 WHERE id = $1",
+        &[&app.id, &herald_store::ops_outbox::INTERNAL_SOURCE],
+    )
+    .await
+    .map_err(backend)?;
+    tx.execute(
         "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
                                 ordered, enabled, timeout_ms, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",

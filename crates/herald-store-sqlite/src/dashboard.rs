@@ -31,7 +31,8 @@ pub(crate) fn list_apps(conn: &Connection, page: &ListPage) -> Result<Page<AppSu
     let limit = limit_of(page.limit);
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, name, profile, created_at FROM apps WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, name, profile, created_at FROM apps WHERE internal IS NULL AND id > ?1
+             ORDER BY id LIMIT ?2",
         )
         .map_err(backend)?;
     let mut items = stmt

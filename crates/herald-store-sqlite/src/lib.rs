@@ -199,7 +199,14 @@ impl SqliteStore {
 
         let (ops_tx, ops_rx) = mpsc::channel(WRITE_QUEUE);
         let hints = Arc::new(HintHub::default());
-        let writer = Writer::new(conn, hints.clone(), sealer.clone());
+        let mut writer = Writer::new(conn, hints.clone(), sealer.clone());
+        // Opening is the one place a driver reads the clock: it stamps the internal apps of
+        // ops targets set before migration 8, moved now.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0);
+        writer.upgrade_legacy_ops_targets(now)?;
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || writer.run(ops_rx))
@@ -267,9 +274,9 @@ impl Queue for SqliteStore {
 
 #[async_trait]
 impl OpsStore for SqliteStore {
-    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>) -> Result<bool> {
+    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>, now: Millis) -> Result<bool> {
         let app_id = app_id.to_string();
-        self.call(|r| Op::SetAppOps(app_id, ops, r)).await
+        self.call(|r| Op::SetAppOps(app_id, ops, now, r)).await
     }
 
     async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>> {

@@ -156,7 +156,8 @@ pub(crate) fn list_apps(conn: &Connection, sealer: &Sealer, page: &ListApps) -> 
     let after = page.cursor.clone().unwrap_or_default();
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {APP_COLS} FROM apps WHERE deleted_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2"
+            "SELECT {APP_COLS} FROM apps WHERE deleted_at IS NULL AND internal IS NULL AND id > ?1
+             ORDER BY id LIMIT ?2"
         ))
         .map_err(backend)?;
     let rows = stmt
@@ -638,18 +639,18 @@ pub(crate) fn list_sources_page(
     })
 }
 
-/// The sealing scope of an app's ops secret (distinct from its credentials', so one sealed
-/// value cannot be moved into the other's column).
-pub(crate) fn ops_scope(app_id: &str) -> String {
+/// The sealing scope of an ops secret stored before migration 8 on its app's row.
+fn legacy_ops_scope(app_id: &str) -> String {
     format!("{app_id}/ops")
 }
 
-/// The app's ops target: `None` when the app does not exist, `Some(None)` when it has none.
-pub(crate) fn get_app_ops(
+/// An ops target stored before migration 8 on its app's row (see
+/// `Writer::upgrade_legacy_ops_targets`).
+pub(crate) fn get_legacy_app_ops(
     conn: &Connection,
     sealer: &Sealer,
     app_id: &str,
-) -> Result<Option<Option<OpsTarget>>> {
+) -> Result<Option<OpsTarget>> {
     let row: Option<(Option<String>, Option<String>)> = conn
         .prepare_cached("SELECT ops_url, ops_credentials FROM apps WHERE id = ?1")
         .and_then(|mut s| {
@@ -657,16 +658,47 @@ pub(crate) fn get_app_ops(
                 .optional()
         })
         .map_err(backend)?;
-    let Some((url, creds)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(match (url, creds) {
-        (Some(url), Some(stored)) => Some(OpsTarget {
+    Ok(match row {
+        Some((Some(url), Some(stored))) => Some(OpsTarget {
             url,
-            credentials: sealer.open_credentials(&ops_scope(app_id), &stored)?,
+            credentials: sealer.open_credentials(&legacy_ops_scope(app_id), &stored)?,
+            retry: None,
         }),
         _ => None,
-    }))
+    })
+}
+
+/// The app's ops target, read from its internal app: `None` when there is no such live
+/// app, `Some(None)` when it has no target.
+pub(crate) fn get_app_ops(
+    conn: &Connection,
+    sealer: &Sealer,
+    app_id: &str,
+) -> Result<Option<Option<OpsTarget>>> {
+    let row: Option<Option<String>> = conn
+        .prepare_cached(
+            "SELECT ops_app_id FROM apps WHERE id = ?1 AND deleted_at IS NULL AND internal IS NULL",
+        )
+        .and_then(|mut s| s.query_row([app_id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    let Some(ops_app_id) = row else {
+        return Ok(None);
+    };
+    let Some(ops_app_id) = ops_app_id else {
+        return Ok(Some(None));
+    };
+    let Some(app) = get_app(conn, sealer, &ops_app_id)? else {
+        return Ok(Some(None));
+    };
+    let url: Option<String> = conn
+        .prepare_cached("SELECT url FROM endpoints WHERE app_id = ?1 AND deleted = 0")
+        .and_then(|mut s| s.query_row([&ops_app_id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    Ok(Some(url.map(|url| OpsTarget {
+        url,
+        credentials: app.credentials,
+        retry: app.retry,
+    })))
 }
 
 pub(crate) fn pending_count(conn: &Connection) -> Result<u64> {

@@ -84,6 +84,72 @@ async fn committed_data_survives_reopening_the_file() {
     assert_eq!(store.get_meta(id).await.unwrap().as_deref(), Some("abc"));
 }
 
+/// Ops targets set under migration 7 (the URL and sealed secret on the app's row) are moved
+/// into an internal app when the file is opened, once.
+#[tokio::test]
+async fn an_ops_target_stored_before_migration_8_is_moved_into_an_internal_app_at_open() {
+    use herald_protocols::standard_webhooks::Keys;
+    use herald_protocols::{Credentials, Profile};
+    use herald_store::{AdminStore, NewApp, OpsStore, OpsTarget};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let creds = Credentials::StandardWebhooks(Keys::single(
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+    ));
+    let app = {
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        let app = store
+            .create_app(NewApp {
+                name: "shop".into(),
+                profile: Profile::StandardWebhooks,
+                retry: None,
+                ack: None,
+                credentials: creds.clone(),
+                now: 1_700_000_000_000,
+            })
+            .await
+            .unwrap();
+        store.close().await;
+        app
+    };
+    // As migration 7 stored it (no keyring: the credentials' JSON as is).
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE apps SET ops_url = 'https://ops.example/old', ops_credentials = ?2 WHERE id = ?1",
+        [app.id.as_str(), &serde_json::to_string(&creds).unwrap()],
+    )
+    .unwrap();
+    drop(conn);
+    let expected = OpsTarget {
+        url: "https://ops.example/old".into(),
+        credentials: creds,
+        retry: None,
+    };
+    for _ in 0..2 {
+        let store = SqliteStore::open(&path, Durability::Full).unwrap();
+        assert_eq!(
+            store.get_app_ops(&app.id).await.unwrap(),
+            Some(expected.clone())
+        );
+        store.close().await;
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (internal, legacy): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM apps WHERE internal = 'ops'),
+                    (SELECT COUNT(*) FROM apps WHERE ops_url IS NOT NULL)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (internal, legacy),
+        (1, 0),
+        "moved once, the old columns cleared"
+    );
+}
+
 mod single_process {
     use std::sync::Arc;
 

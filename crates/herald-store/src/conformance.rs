@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use herald_protocols::standard_webhooks::{KeyEntry, Keys};
-use herald_protocols::{Credentials, Profile};
+use herald_protocols::{Credentials, Profile, RetryPolicy};
 
 use crate::fields::{EventType, IdempotencyKey, NotifyUrl};
 use crate::health::*;
@@ -64,7 +64,9 @@ macro_rules! conformance_tests {
             dashboard_lists_sandbox_payments_newest_first,
             health_failures_open_the_breaker_and_claims_wait_for_the_cooldown,
             a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again,
-            ops_target_round_trips_and_comes_with_a_transition,
+            ops_target_round_trips_as_an_internal_app_hidden_from_app_lists,
+            a_health_transition_commits_exactly_one_ops_notification_with_it,
+            no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_own_transitions,
             purge_removes_only_old_finished_notifications_in_batches,
             backlog_and_breaker_counts,
         );
@@ -1753,15 +1755,18 @@ async fn health(
         .expect("the endpoint exists")
 }
 
+const OPS_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
 fn ops_target(url: &str) -> OpsTarget {
     OpsTarget {
         url: url.into(),
         credentials: Credentials::StandardWebhooks(Keys {
             keys: vec![KeyEntry {
-                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+                secret: OPS_SECRET.into(),
                 expires_at: None,
             }],
         }),
+        retry: None,
     }
 }
 
@@ -1918,38 +1923,215 @@ pub async fn a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again(
     assert_eq!(ids(&jobs), vec![n.deliveries[0].id.clone()]);
 }
 
-pub async fn ops_target_round_trips_and_comes_with_a_transition(store: &impl Store) {
+pub async fn ops_target_round_trips_as_an_internal_app_hidden_from_app_lists(store: &impl Store) {
     let a = app(store).await;
     assert_eq!(store.get_app_ops(&a.id).await.unwrap(), None);
     assert!(store
-        .set_app_ops(&a.id, Some(ops_target("https://ops.example/hook")))
+        .set_app_ops(&a.id, Some(ops_target("https://ops.example/hook")), T0)
         .await
         .unwrap());
     assert_eq!(
         store.get_app_ops(&a.id).await.unwrap(),
         Some(ops_target("https://ops.example/hook"))
     );
+    // The internal app holding it is in no app list.
+    let listed = store
+        .list_apps(ListApps {
+            limit: 100,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let listed: Vec<String> = listed.items.into_iter().map(|x| x.id).collect();
+    assert_eq!(listed, vec![a.id.clone()]);
+    let summaries = store
+        .list_app_summaries(crate::dashboard::ListPage {
+            limit: 100,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let summaries: Vec<String> = summaries.items.into_iter().map(|x| x.id).collect();
+    assert_eq!(summaries, vec![a.id.clone()]);
+
+    // A second set changes URL, secret and retry policy in place.
+    let changed = OpsTarget {
+        url: "https://ops2.example/hook".into(),
+        credentials: creds(),
+        retry: RetryPolicy::named("alipay"),
+    };
+    assert!(store
+        .set_app_ops(&a.id, Some(changed.clone()), T0 + 1)
+        .await
+        .unwrap());
+    assert_eq!(store.get_app_ops(&a.id).await.unwrap(), Some(changed));
+    let listed = store
+        .list_apps(ListApps {
+            limit: 100,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1, "still one internal app, not two");
+
     // Missing apps: nothing set, a clear error on read.
     assert!(!store
-        .set_app_ops("app_missing", Some(ops_target("https://x.example/")))
+        .set_app_ops("app_missing", Some(ops_target("https://x.example/")), T0)
         .await
         .unwrap());
     assert!(matches!(
         store.get_app_ops("app_missing").await,
         Err(StoreError::NotFound("app"))
     ));
+    // Cleared.
+    assert!(store.set_app_ops(&a.id, None, T0 + 2).await.unwrap());
+    assert_eq!(store.get_app_ops(&a.id).await.unwrap(), None);
+}
+
+/// The ops notifications of the internal app `ops_app` (any status).
+async fn ops_notifications(store: &impl Store, ops_app: &str) -> Vec<NotificationSummary> {
+    store
+        .list_notifications(
+            ops_app,
+            ListNotifications {
+                limit: 100,
+                ..ListNotifications::default()
+            },
+        )
+        .await
+        .unwrap()
+        .items
+}
+
+pub async fn a_health_transition_commits_exactly_one_ops_notification_with_it(store: &impl Store) {
+    let a = app(store).await;
+    let url = "https://ops.example/hook";
+    assert!(store
+        .set_app_ops(&a.id, Some(ops_target(url)), T0)
+        .await
+        .unwrap());
+    let ep = store
+        .create_endpoint(new_endpoint(&a.id, "https://u:pw@a.example/x"))
+        .await
+        .unwrap();
+    let t = T0 + 1_000;
+    for i in 0..2 {
+        let r = health(store, &ep.id, HealthSignal::Failure, t + i).await;
+        assert_eq!((r.transition, r.ops_notification), (None, None));
+    }
+    let opened = health(store, &ep.id, HealthSignal::Failure, t + 2).await;
+    assert_eq!(opened.transition, Some(HealthTransition::Opened));
+    let id = opened
+        .ops_notification
+        .expect("the transition committed its ops notification");
+    let n = store.get_notification(&id).await.unwrap().expect("stored");
+    let ops_app = n.notification.app_id.clone();
+    assert_ne!(ops_app, a.id, "stored on the internal app");
+    assert_eq!(n.notification.event_type, "endpoint.breaker_opened");
+    assert_eq!(n.notification.order_key.as_deref(), Some(ep.id.as_str()));
+    let body: serde_json::Value = serde_json::from_str(&n.notification.payload).unwrap();
+    assert_eq!(body["type"], "endpoint.breaker_opened");
+    assert_eq!(body["data"]["app_id"], a.id.as_str());
+    assert_eq!(body["data"]["endpoint_id"], ep.id.as_str());
+    assert_eq!(body["data"]["url"], "https://u:****@a.example/x");
+    assert_eq!(body["data"]["health"]["state"], "open");
+    assert_eq!(body["data"]["health"]["consecutive_failures"], 3);
+    assert_eq!(n.deliveries.len(), 1);
+    let d = &n.deliveries[0].delivery;
+    assert_eq!(
+        (d.url.as_str(), d.status, d.attempts),
+        (url, DeliveryStatus::Pending, 0)
+    );
+
+    // It is an ordinary delivery: a node claims it, to be signed with the ops secret.
+    let n1 = node(store, "node_a").await;
+    let jobs = claim_at(store, &n1, t + 2, HORIZON).await;
+    assert_eq!(ids(&jobs), vec![d.id.clone()]);
+    assert_eq!(jobs[0].app.profile, Profile::StandardWebhooks);
+    assert_eq!(jobs[0].app.credentials, ops_target(url).credentials);
+    assert_eq!(jobs[0].app.retry, RetryPolicy::standard());
+    assert_eq!(jobs[0].endpoint.as_ref().map(|e| e.url.as_str()), Some(url));
+
+    // A failed probe reopens the breaker: not notified.
+    let until = t + 2 + 5_000;
+    let reopened = health(store, &ep.id, HealthSignal::Failure, until + 10).await;
+    assert_eq!(reopened.transition, Some(HealthTransition::Reopened));
+    assert_eq!(reopened.ops_notification, None);
+    // Recovery is: one more, ordered after the first (same order key).
+    let closed = health(store, &ep.id, HealthSignal::Success, until + 20_000).await;
+    assert_eq!(closed.transition, Some(HealthTransition::Recovered));
+    let id2 = closed.ops_notification.expect("recovery notified");
+    let n2 = store.get_notification(&id2).await.unwrap().unwrap();
+    assert_eq!(n2.notification.event_type, "endpoint.recovered");
+    assert_eq!(n2.notification.app_id, ops_app);
+    // A success of a closed breaker changes nothing and notifies nothing.
+    let again = health(store, &ep.id, HealthSignal::Success, until + 20_001).await;
+    assert_eq!((again.transition, again.ops_notification), (None, None));
+    let all = ops_notifications(store, &ops_app).await;
+    assert_eq!(all.len(), 2, "one notification per notified transition");
+}
+
+pub async fn no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_own_transitions(
+    store: &impl Store,
+) {
+    // No target: the transition is recorded, nothing is stored.
+    let a = app(store).await;
     let ep = store
         .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
         .await
         .unwrap();
-    // No transition: no target read.
-    let first = health(store, &ep.id, HealthSignal::Failure, T0).await;
-    assert_eq!(first.ops, None);
     let gone = health(store, &ep.id, HealthSignal::Gone, T0 + 1).await;
-    assert_eq!(gone.ops, Some(ops_target("https://ops.example/hook")));
-    // Cleared.
-    assert!(store.set_app_ops(&a.id, None).await.unwrap());
-    assert_eq!(store.get_app_ops(&a.id).await.unwrap(), None);
+    assert_eq!(gone.transition, Some(HealthTransition::Disabled));
+    assert_eq!(gone.ops_notification, None);
+
+    let b = named_app(store, "b").await;
+    assert!(store
+        .set_app_ops(&b.id, Some(ops_target("https://ops.example/hook")), T0)
+        .await
+        .unwrap());
+    let ep_b = store
+        .create_endpoint(new_endpoint(&b.id, "https://b.example/x"))
+        .await
+        .unwrap();
+    let id = health(store, &ep_b.id, HealthSignal::Gone, T0 + 2)
+        .await
+        .ops_notification
+        .expect("notified");
+    let n = store.get_notification(&id).await.unwrap().unwrap();
+    let ops_app = n.notification.app_id.clone();
+    let ops_ep = n.deliveries[0]
+        .delivery
+        .endpoint_id
+        .clone()
+        .expect("sent to the internal app's endpoint");
+    // The ops URL answering 410: its endpoint is disabled, and it reports on nobody.
+    let own = health(store, &ops_ep, HealthSignal::Gone, T0 + 3).await;
+    assert_eq!(own.transition, Some(HealthTransition::Disabled));
+    assert_eq!(own.ops_notification, None);
+    assert_eq!(ops_notifications(store, &ops_app).await.len(), 1);
+    // An internal app is given no ops target of its own.
+    assert!(!store
+        .set_app_ops(&ops_app, Some(ops_target("https://x.example/")), T0 + 4)
+        .await
+        .unwrap());
+    // Clearing the target cancels what was still pending for it.
+    assert!(store.set_app_ops(&b.id, None, T0 + 5).await.unwrap());
+    let d = store
+        .get_delivery(&n.deliveries[0].delivery.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.delivery.status, DeliveryStatus::Canceled);
+    // Without a target now, a transition stores nothing.
+    let ep_b2 = store
+        .create_endpoint(new_endpoint(&b.id, "https://b2.example/x"))
+        .await
+        .unwrap();
+    let r = health(store, &ep_b2.id, HealthSignal::Gone, T0 + 6).await;
+    assert_eq!(
+        (r.transition, r.ops_notification),
+        (Some(HealthTransition::Disabled), None)
+    );
 }
 
 pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &impl Store) {

@@ -1,6 +1,7 @@
 //! Endpoint health: the circuit breaker and auto-disable rule every driver applies, and the
 //! operational side of the store ([`OpsStore`]: apps' ops notification targets, the
-//! backlog count for metrics, retention purges).
+//! backlog count for metrics, retention purges). Ops notifications themselves are an
+//! outbox committed with the transition that causes them ([`crate::ops_outbox`]).
 //!
 //! The rule lives here, as plain code, so the SQLite and PostgreSQL drivers (and the
 //! engine's test queue) apply it identically: a driver reads an endpoint's
@@ -19,10 +20,10 @@
 //!   it) and its pending deliveries are held back until it is enabled again, which resets
 //!   its health.
 use async_trait::async_trait;
-use herald_protocols::Credentials;
 use serde::Serialize;
 
 use crate::model::{Endpoint, Millis};
+pub use crate::ops_outbox::OpsTarget;
 use crate::Result;
 
 /// The breaker's state as stored (`closed`, `open`, `disabled`).
@@ -260,22 +261,16 @@ impl HealthReport {
     }
 }
 
-/// Where an app's operational notifications go, and the Standard Webhooks secret(s) they are
-/// signed with (sealed at rest like the app's credentials).
-#[derive(Clone, Debug, PartialEq)]
-pub struct OpsTarget {
-    pub url: String,
-    pub credentials: Credentials,
-}
-
 /// What [`crate::Queue::record_health`] did.
 #[derive(Clone, Debug)]
 pub struct HealthRecorded {
     /// The endpoint with its health afterwards.
     pub endpoint: Endpoint,
     pub transition: Option<HealthTransition>,
-    /// The app's ops target, read in the same transaction, when there was a transition.
-    pub ops: Option<OpsTarget>,
+    /// The id of the ops notification committed with the transition (see
+    /// [`crate::ops_outbox`]): `None` when there was no notified transition, the app has no
+    /// ops target, or the endpoint is an ops target's own.
+    pub ops_notification: Option<String>,
 }
 
 /// One retention batch: notifications created before `before` whose deliveries all ended
@@ -307,10 +302,13 @@ impl Purged {
 /// retention.
 #[async_trait]
 pub trait OpsStore: Send + Sync + 'static {
-    /// Sets (or with `None` clears) the app's ops target. `Ok(false)` when the app does not
-    /// exist.
-    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>) -> Result<bool>;
-    /// The app's ops target; `Err(NotFound("app"))` when the app does not exist.
+    /// Sets (or with `None` clears) the app's ops target, in one transaction: the first set
+    /// creates its internal app and endpoint (see [`crate::ops_outbox`]), a later one
+    /// changes their URL, secret and retry policy in place (pending ops notifications go to
+    /// the new URL), and clearing deletes them, canceling pending ops notifications.
+    /// `Ok(false)` when there is no such live app, or it is an internal app.
+    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>, now: Millis) -> Result<bool>;
+    /// The app's ops target; `Err(NotFound("app"))` when there is no such live app.
     async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>>;
     /// How many deliveries are pending.
     async fn pending_count(&self) -> Result<u64>;

@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod fields;
 pub mod health;
 pub mod model;
+pub mod ops_outbox;
 pub mod queue;
 pub mod sealing;
 
@@ -23,6 +24,7 @@ pub use dashboard::DashboardStore;
 pub use fields::{EventType, FieldError, IdempotencyKey, NotifyUrl};
 pub use health::*;
 pub use model::*;
+pub use ops_outbox::*;
 pub use queue::*;
 pub use sealing::{SealCensus, Sealer};
 

@@ -245,7 +245,7 @@ fn write_all(
         out,
         "herald_ops_notifications_total",
         "counter",
-        "Operational notifications by event type and result (sent, failed after every try).",
+        "Operational notifications queued by event type (committed with the breaker transition this node recorded; their deliveries count in herald_deliveries_total).",
     );
     for (labels, n) in m.ops_notifications.snapshot() {
         sample(

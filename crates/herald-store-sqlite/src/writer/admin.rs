@@ -172,6 +172,16 @@ impl Writer {
         if marked == 0 {
             return Ok(None);
         }
+        // Its ops target's internal app goes with it (pending ops notifications canceled).
+        let ops_app: Option<String> = self
+            .conn
+            .query_row("SELECT ops_app_id FROM apps WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
+        if let Some(ops_app) = ops_app {
+            self.delete_app(&ops_app, now, hints)?;
+        }
         let endpoints = rows::list_endpoints(&self.conn, id)?;
         self.conn
             .execute(

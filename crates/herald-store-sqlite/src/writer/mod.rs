@@ -91,7 +91,7 @@ pub(crate) enum Op {
     Release(ReleaseParams, Reply<Vec<i64>>),
     Held(HeldParams, Reply<Vec<Arc<ClaimedDelivery>>>),
     RecordHealth(HealthReport, Reply<Option<HealthRecorded>>),
-    SetAppOps(String, Option<OpsTarget>, Reply<bool>),
+    SetAppOps(String, Option<OpsTarget>, Millis, Reply<bool>),
     Purge(PurgeParams, Reply<Purged>),
     /// Stop after this batch (see `MetaStore::close`).
     Close(Reply<()>),
@@ -388,8 +388,12 @@ impl Writer {
                 let r = self.record_health(report, hints);
                 done(reply, r)
             }
-            Op::SetAppOps(app_id, ops, reply) => {
-                let r = self.set_app_ops(&app_id, ops);
+            Op::SetAppOps(app_id, ops, now, reply) => {
+                let r = self.set_app_ops(&app_id, ops, now, hints);
+                if r.is_err() {
+                    // Its savepoint is rolled back: so are the caches it touched.
+                    self.clear_caches();
+                }
                 done(reply, r)
             }
             Op::Purge(params, reply) => {
@@ -436,7 +440,7 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::Release(_, r) => fail(r, err),
         Op::Held(_, r) => fail(r, err),
         Op::RecordHealth(_, r) => fail(r, err),
-        Op::SetAppOps(_, _, r) => fail(r, err),
+        Op::SetAppOps(_, _, _, r) => fail(r, err),
         Op::Purge(_, r) => fail(r, err),
         Op::Close(r) => fail(r, err),
     }

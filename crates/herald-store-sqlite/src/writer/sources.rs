@@ -15,6 +15,12 @@ use herald_store::Result;
 impl Writer {
     pub(super) fn create_source(&mut self, new: NewSource) -> Result<Source> {
         let app = self.create_app(new.app)?;
+        self.conn
+            .execute(
+                "UPDATE apps SET internal = ?2 WHERE id = ?1",
+                params![app.id, herald_store::ops_outbox::INTERNAL_SOURCE],
+            )
+            .map_err(backend)?;
         let mut destination = new.destination;
         destination.app_id = app.id.clone();
         let now = destination.now;

@@ -1,7 +1,10 @@
 //! `/v1/apps/{app_id}/ops`: where an app's operational notifications go (endpoint breaker
-//! opened, recovered, disabled; see `herald_engine::ops`). `PUT` sets the URL and the
-//! Standard Webhooks secret they are signed with (generated unless given; shown only in
-//! that response), `GET` shows the URL, `DELETE` stops them.
+//! opened, recovered, disabled). `PUT` sets the URL, the Standard Webhooks secret they are
+//! signed with (generated unless given; shown only in that response) and optionally their
+//! retry schedule (the Standard Webhooks one by default); `GET` shows the URL, `DELETE`
+//! stops them and cancels those still pending. They are durable: the store commits each
+//! with the breaker transition that causes it, and the engine delivers it like any
+//! notification (see `herald_store::ops_outbox`).
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -14,6 +17,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
 use super::{views, ApiState};
+use crate::clock::now_ms;
 
 /// Where an app's operational notifications go, and the secret that signs them.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -23,6 +27,10 @@ pub struct SetOps {
     /// A `whsec_` secret; generated when absent.
     #[serde(default)]
     secret: Option<String>,
+    /// The retry schedule, in the form an app's `retry` takes; absent: `standard`
+    /// (5 s, 5 m, 30 m, 2 h, 5 h, 10 h, 10 h).
+    #[serde(default)]
+    retry: Option<Value>,
 }
 
 #[utoipa::path(put, path = "/v1/apps/{app_id}/ops", tag = "apps",
@@ -50,17 +58,23 @@ pub async fn set(
         },
         None => standard_webhooks::generate_hmac_secret(),
     };
+    let retry = req.retry.as_ref().map(views::parse_retry).transpose()?;
     let target = OpsTarget {
         url: url.clone(),
         credentials: Credentials::StandardWebhooks(Keys::single(secret.clone())),
+        retry,
     };
-    if !state.store.set_app_ops(&app_id, Some(target)).await? {
+    if !state
+        .store
+        .set_app_ops(&app_id, Some(target), now_ms())
+        .await?
+    {
         return Err(ApiError::NotFound("app"));
     }
     Ok(Json(json!({
         "url": views::masked_url(&url),
         "secret": secret,
-        "events": ["endpoint.breaker_opened", "endpoint.recovered", "endpoint.disabled"],
+        "events": herald_store::OPS_EVENT_TYPES,
     })))
 }
 
@@ -83,14 +97,14 @@ pub async fn get(
 #[utoipa::path(delete, path = "/v1/apps/{app_id}/ops", tag = "apps",
     params(("app_id" = String, Path)),
     responses(
-        (status = 204, description = "Operational notifications stopped"),
+        (status = 204, description = "Operational notifications stopped (those still pending are canceled)"),
         (status = 404, description = "No such app", body = ErrorBody),
     ))]
 pub async fn delete(
     State(state): State<ApiState>,
     Path(app_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.set_app_ops(&app_id, None).await? {
+    if !state.store.set_app_ops(&app_id, None, now_ms()).await? {
         return Err(ApiError::NotFound("app"));
     }
     Ok(StatusCode::NO_CONTENT)

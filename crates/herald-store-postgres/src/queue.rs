@@ -36,16 +36,21 @@ const CLAIM_LOCK: i64 = 0x6865_7261_6c64_0003;
 /// endpoints other nodes hold are one uncorrelated set, computed once per statement: a
 /// correlated `NOT EXISTS` here cost, for every candidate, a walk over every row the
 /// claiming node itself held of that endpoint (quadratic in a backlog; claims of three
-/// nodes stalled for seconds).
+/// nodes stalled for seconds). The set reads only the rows of the other live nodes (a
+/// handful of `nodes` rows first, then `deliveries_held_by_node` for each): reading every
+/// held row and dropping the claimer's own cost a lone node, holding thousands in a
+/// backlog, a walk over all of them in every claim and every peek.
 const CLAIMABLE: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
           AND (d.order_key IS NULL OR NOT EXISTS (
                SELECT 1 FROM deliveries p
                WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))
           AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
-               SELECT h.endpoint_id FROM deliveries h JOIN nodes o ON o.id = h.locked_by
-               WHERE h.locked_by IS NOT NULL AND h.locked_by <> $1
-                 AND h.endpoint_id IS NOT NULL AND h.status = 'pending'
-                 AND o.lease_until >= $3))
+               SELECT h.endpoint_id FROM nodes o CROSS JOIN LATERAL (
+                   SELECT h.endpoint_id FROM deliveries h
+                   WHERE h.locked_by = o.id AND h.endpoint_id IS NOT NULL
+                     AND h.status = 'pending'
+                   OFFSET 0) h
+               WHERE o.id <> $1 AND o.lease_until >= $3))
           AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
                SELECT b.id FROM endpoints b
                WHERE b.health_state <> 'closed'

@@ -36,7 +36,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Fi
     let n = plan.sizes.e2e;
     let dir = fixture::temp_dir(plan)?;
     let sqlite = Database::Sqlite(dir.path().join("e2e.db"));
-    let rate = measure(plan, sink, "e2e: sqlite", &sqlite, 1).await?;
+    let rate = measure(plan, sink, "e2e: sqlite", &sqlite, 1, 1).await?;
     let mut figures = vec![Figure::new(
         format!("SQLite, {n} posted by {PRODUCERS} producers, each delivered"),
         rate,

@@ -41,6 +41,10 @@ use herald_http::MAX_BODY;
 /// How long an unpaid payment stays open by default.
 pub const DEFAULT_UNPAID_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// How long the unpaid-timeout timer sleeps at most by default (see
+/// [`SandboxOptions::recheck`]): the engine's default lease.
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(30);
+
 /// `herald serve --sandbox` settings; `ServerOptions::sandbox` is `Some` to mount it.
 #[derive(Clone, Debug)]
 pub struct SandboxOptions {
@@ -50,6 +54,12 @@ pub struct SandboxOptions {
     pub public_url: Option<String>,
     /// An unpaid payment closes (`TRADE_CLOSED`) this long after its creation.
     pub unpaid_timeout: Duration,
+    /// The longest the unpaid-timeout timer sleeps before it reads the deadlines again.
+    /// Creating a payment wakes only the timer of the node that created it: on a database
+    /// shared by several nodes this bound is how a live node learns of the trades of a node
+    /// that died, so `herald serve` sets it to the lease length (a dead node's trades close
+    /// within their timeout plus one lease, like its deliveries are taken over).
+    pub recheck: Duration,
 }
 
 impl Default for SandboxOptions {
@@ -57,6 +67,7 @@ impl Default for SandboxOptions {
         SandboxOptions {
             public_url: None,
             unpaid_timeout: DEFAULT_UNPAID_TIMEOUT,
+            recheck: DEFAULT_RECHECK,
         }
     }
 }
@@ -71,6 +82,8 @@ struct Inner {
     store: Arc<dyn Store>,
     public_url: String,
     unpaid_timeout: Duration,
+    /// The timer's longest sleep (see [`SandboxOptions::recheck`]).
+    recheck: Duration,
     /// Serializes trade changes (the sandbox is not a hot path; the store's version check
     /// guards against anything else).
     lock: Mutex<()>,
@@ -97,6 +110,7 @@ impl Sandbox {
                 store,
                 public_url,
                 unpaid_timeout: opts.unpaid_timeout,
+                recheck: opts.recheck,
                 lock: Mutex::new(()),
                 wake: Notify::new(),
             }),

@@ -2,6 +2,12 @@
 //! earliest deadline in the store (or until a new payment wakes it), closes what is due, and
 //! sleeps again; it never polls rows one by one. Deadlines are in the store, so a restart
 //! picks up where it left off.
+//!
+//! A new payment wakes only the timer of the node that created it. On a database shared by
+//! several nodes, every timer also reads the deadlines again at least every
+//! `SandboxOptions::recheck` (the lease length under `herald serve`), so a trade whose
+//! creator died still closes, by a live node, within its timeout plus that bound. Closing is
+//! a compare-and-set on the trade's version: when two timers race, one closes it.
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -13,17 +19,18 @@ use herald_engine::now_ms;
 const BATCH: u32 = 64;
 /// How long a payment that could not be closed waits before the next try.
 const RETRY_MS: i64 = 1000;
-/// The longest sleep without a known deadline (a safety net; creations wake the timer).
-const IDLE: Duration = Duration::from_secs(3600);
 
 pub async fn run(sandbox: Sandbox, mut stop: watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             return;
         }
+        let recheck = sandbox.inner.recheck;
         let sleep = match pass(&sandbox).await {
-            Ok(Some(next)) => Duration::from_millis(u64::try_from(next - now_ms()).unwrap_or(0)),
-            Ok(None) => IDLE,
+            Ok(Some(next)) => {
+                Duration::from_millis(u64::try_from(next - now_ms()).unwrap_or(0)).min(recheck)
+            }
+            Ok(None) => recheck,
             Err(e) => {
                 tracing::warn!(error = %e, "the sandbox timer cannot read deadlines; retrying");
                 Duration::from_secs(1)

@@ -9,6 +9,10 @@
 //! whole batch, before its writes: a notification then costs its one insert (and a key
 //! lookup when it carries an idempotency key) instead of three statements.
 //!
+//! The batch's outcomes are one statement (`queue::complete_many`: an `UPDATE ... FROM
+//! unnest(...)` with the attempts' `INSERT ... SELECT` in the same statement) rather than
+//! one statement each.
+//!
 //! A failed statement aborts the whole transaction, and PostgreSQL then answers `COMMIT`
 //! with a rollback; so a batch in which any statement failed is not committed, and each of
 //! its operations runs again alone (one bad operation, or a deadlock between two nodes'
@@ -196,22 +200,62 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
             }
         }
     }
-    let done = join_all(batch.iter().map(|w| async {
+    // The outcomes go in one statement when they can (each delivery once, none freeing a
+    // successor, which `Store::complete` already sends elsewhere); else one each.
+    let completes: Vec<&CompleteParams> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Complete(p, _) => Some(p),
+            Write::Create(..) => None,
+        })
+        .collect();
+    let set_based = {
+        let mut seqs: Vec<i64> = completes.iter().map(|p| p.report.job.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.len() == completes.len() && !completes.iter().any(|p| queue::frees_successor(p))
+    };
+    let each = join_all(batch.iter().map(|w| async {
         match w {
-            Write::Create(new, _) => Done::Create(
+            Write::Create(new, _) => Some(Done::Create(
                 admin::create_in_batch(
                     &tx,
                     new.clone(),
                     apps.get(new.app_id.as_str()).and_then(Option::as_ref),
                 )
                 .await,
-            ),
-            Write::Complete(p, _) => {
-                Done::Complete(queue::complete_in(inner, generation, &tx, p).await)
-            }
+            )),
+            Write::Complete(..) if set_based => None,
+            Write::Complete(p, _) => Some(Done::Complete(
+                queue::complete_in(inner, generation, &tx, p).await,
+            )),
         }
-    }))
-    .await;
+    }));
+    let many = async {
+        if set_based && !completes.is_empty() {
+            queue::complete_many(&tx, &completes).await
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let (each, many) = tokio::join!(each, many);
+    let mut many = match many {
+        Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e) => vec![Err(e); completes.len()],
+    }
+    .into_iter();
+    let done: Vec<Done> = each
+        .into_iter()
+        .map(|d| {
+            d.unwrap_or_else(|| {
+                Done::Complete(many.next().unwrap_or_else(|| {
+                    Err(StoreError::Backend(
+                        "internal error: a batch outcome got no answer".into(),
+                    ))
+                }))
+            })
+        })
+        .collect();
     if done.iter().any(Done::failed_statement) {
         drop(tx);
         if client.is_closed() {

@@ -10,7 +10,8 @@
 //! - **Outcomes** are one statement conditional on the delivery being pending, with the
 //!   attempt count the engine saw, and held by the reporting node; the attempt row is
 //!   inserted only when the outcome applies. A final outcome of an ordered delivery claims
-//!   its successor in the same transaction (under the claim lock).
+//!   its successor in the same transaction (under the claim lock). A group commit's
+//!   outcomes are one statement ([`complete_many`]) with the same conditions.
 //! - **Leases** are rows of `nodes`; [`rescue`] forgets expired nodes and releases what
 //!   they held in one statement.
 use std::collections::HashSet;
@@ -36,16 +37,21 @@ const CLAIM_LOCK: i64 = 0x6865_7261_6c64_0003;
 /// endpoints other nodes hold are one uncorrelated set, computed once per statement: a
 /// correlated `NOT EXISTS` here cost, for every candidate, a walk over every row the
 /// claiming node itself held of that endpoint (quadratic in a backlog; claims of three
-/// nodes stalled for seconds).
+/// nodes stalled for seconds). The set reads only the rows of the other live nodes (a
+/// handful of `nodes` rows first, then `deliveries_held_by_node` for each): reading every
+/// held row and dropping the claimer's own cost a lone node, holding thousands in a
+/// backlog, a walk over all of them in every claim and every peek.
 const CLAIMABLE: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
           AND (d.order_key IS NULL OR NOT EXISTS (
                SELECT 1 FROM deliveries p
                WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))
           AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
-               SELECT h.endpoint_id FROM deliveries h JOIN nodes o ON o.id = h.locked_by
-               WHERE h.locked_by IS NOT NULL AND h.locked_by <> $1
-                 AND h.endpoint_id IS NOT NULL AND h.status = 'pending'
-                 AND o.lease_until >= $3))
+               SELECT h.endpoint_id FROM nodes o CROSS JOIN LATERAL (
+                   SELECT h.endpoint_id FROM deliveries h
+                   WHERE h.locked_by = o.id AND h.endpoint_id IS NOT NULL
+                     AND h.status = 'pending'
+                   OFFSET 0) h
+               WHERE o.id <> $1 AND o.lease_until >= $3))
           AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
                SELECT b.id FROM endpoints b
                WHERE b.health_state <> 'closed'
@@ -91,6 +97,36 @@ const COMPLETE: &str = "
         SELECT seq, $5, $9, $10, $11, $12, $13, $14 FROM u
         ON CONFLICT DO NOTHING)
     SELECT (SELECT count(*) FROM u), (SELECT status FROM deliveries WHERE seq = $1)";
+
+/// [`COMPLETE`] for a batch of outcomes (none of which frees a successor), in one
+/// statement: `$1..$14` are arrays, one element per outcome, in the order of `COMPLETE`'s
+/// parameters. Answers, per outcome, its delivery, whether it applied and the status the
+/// delivery had before the statement (the final `SELECT` reads the snapshot the updates do
+/// not change).
+const COMPLETE_MANY: &str = "
+    WITH j AS (
+        SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[],
+                             $6::bigint[], $7::bigint[], $8::bool[], $9::bigint[], $10::int[],
+                             $11::int[], $12::text[], $13::text[], $14::text[])
+            AS j(seq, seen, node, status, n, next_at, updated_at, keep, at, duration_ms,
+                 status_code, response, error_class, error)),
+    u AS (
+        UPDATE deliveries d
+        SET status = j.status, attempts = j.n, next_at = j.next_at, updated_at = j.updated_at,
+            locked_by = CASE WHEN j.keep THEN d.locked_by END
+        FROM j
+        WHERE d.seq = j.seq AND d.status = 'pending' AND d.attempts = j.seen
+          AND d.locked_by = j.node
+        RETURNING d.seq),
+    a AS (
+        INSERT INTO attempts (delivery_seq, n, at, duration_ms, status_code, response,
+                              error_class, error)
+        SELECT j.seq, j.n, j.at, j.duration_ms, j.status_code, j.response, j.error_class,
+               j.error
+        FROM j JOIN u ON u.seq = j.seq
+        ON CONFLICT DO NOTHING)
+    SELECT j.seq, u.seq IS NOT NULL, d.status
+    FROM j LEFT JOIN u ON u.seq = j.seq LEFT JOIN deliveries d ON d.seq = j.seq";
 
 fn i32_of(v: u32, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| StoreError::Backend(format!("{what} out of range: {v}")))
@@ -386,13 +422,7 @@ pub(crate) async fn complete_in(
     let row = tx.query_one(&stmt, &params).await.map_err(backend)?;
     let applied = col::<i64>(&row, 0)? == 1;
     if !applied {
-        let before: Option<String> = col(&row, 1)?;
-        return Ok(Completed {
-            applied: false,
-            status: before.as_deref().and_then(DeliveryStatus::parse),
-            held: None,
-            successor: None,
-        });
+        return Ok(applied_or_not(p, false, col(&row, 1)?));
     }
     let successor = match (&job.order_key, status.is_final()) {
         (Some(key), true) => claim_in(inner, generation, tx, node, p.now, p.horizon, 1, Some(key))
@@ -400,20 +430,111 @@ pub(crate) async fn complete_in(
             .pop(),
         _ => None,
     };
-    let held = keep.then(|| {
+    Ok(Completed {
+        successor,
+        ..applied_or_not(p, true, None)
+    })
+}
+
+/// Records a batch of outcomes inside `tx` with [`COMPLETE_MANY`]: one statement however
+/// many there are. Each outcome's delivery must appear once, and none may free a successor
+/// ([`frees_successor`]); the answers are in the order of `ps`.
+pub(crate) async fn complete_many(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ps: &[&CompleteParams],
+) -> Result<Vec<Completed>> {
+    let len = ps.len();
+    let (mut seqs, mut seen, mut nodes, mut statuses, mut ns) = (
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+    );
+    let (mut next_ats, mut updated, mut keeps, mut ats, mut durations) = (
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+    );
+    let (mut codes, mut responses, mut classes, mut errors) = (
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+    );
+    // In delivery order, as every batch locks its rows: two nodes' batches then wait for
+    // each other instead of deadlocking.
+    let mut sorted: Vec<&CompleteParams> = ps.to_vec();
+    sorted.sort_unstable_by_key(|p| p.report.job.seq);
+    for p in sorted {
+        let job = &p.report.job;
+        let a = &p.report.attempt;
+        let (status, next_at) = p.report.outcome.status_and_next_at();
+        seqs.push(job.seq);
+        seen.push(i32_of(job.attempts, "attempts")?);
+        nodes.push(&*p.node);
+        statuses.push(status.as_str());
+        ns.push(i32_of(a.n, "attempt number")?);
+        next_ats.push(next_at);
+        updated.push(a.at);
+        keeps.push(p.keeps());
+        ats.push(a.at);
+        durations.push(i32::try_from(a.duration_ms).unwrap_or(i32::MAX));
+        codes.push(a.status_code.map(i32::from));
+        responses.push(text(&a.response));
+        classes.push(a.error_class.as_deref());
+        errors.push(text(&a.error));
+    }
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+        &seqs, &seen, &nodes, &statuses, &ns, &next_ats, &updated, &keeps, &ats, &durations,
+        &codes, &responses, &classes, &errors,
+    ];
+    let stmt = tx.prepare_cached(COMPLETE_MANY).await.map_err(backend)?;
+    let rows = tx.query(&stmt, &params).await.map_err(backend)?;
+    let mut answers: std::collections::HashMap<i64, (bool, Option<String>)> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        answers.insert(col(row, 0)?, (col(row, 1)?, col(row, 2)?));
+    }
+    ps.iter()
+        .map(|p| {
+            let (applied, before) = answers.remove(&p.report.job.seq).ok_or_else(|| {
+                StoreError::Backend("internal error: an outcome of the batch got no answer".into())
+            })?;
+            Ok(applied_or_not(p, applied, before))
+        })
+        .collect()
+}
+
+/// What [`complete_in`] answers for an outcome that freed no successor: applied, or the
+/// status the delivery had (`before`) when it was stale.
+fn applied_or_not(p: &CompleteParams, applied: bool, before: Option<String>) -> Completed {
+    if !applied {
+        return Completed {
+            applied: false,
+            status: before.as_deref().and_then(DeliveryStatus::parse),
+            held: None,
+            successor: None,
+        };
+    }
+    let job = &p.report.job;
+    let (status, next_at) = p.report.outcome.status_and_next_at();
+    let held = p.keeps().then(|| {
         let mut j = (**job).clone();
-        j.attempts = a.n;
+        j.attempts = p.report.attempt.n;
         if let Some(t) = next_at {
             j.next_at = t;
         }
         Arc::new(j)
     });
-    Ok(Completed {
+    Completed {
         applied: true,
         status: Some(status),
         held,
-        successor,
-    })
+        successor: None,
+    }
 }
 
 pub(crate) async fn release(inner: &Inner, p: ReleaseParams) -> Result<Vec<i64>> {

@@ -1087,3 +1087,110 @@ async fn close_commits_what_was_queued_and_refuses_the_rest() {
         .collect();
     assert_eq!(stored, acknowledged);
 }
+
+/// Outcomes that arrive together are recorded by one statement of their group commit, each
+/// under its own conditions: successes and failures end their deliveries, a retry within
+/// the horizon stays held with its new attempt count, an outcome for an attempt count the
+/// store no longer has is stale (changes nothing, answers the current status), and one from
+/// a node that does not hold the delivery is stale too. Each applied outcome wrote its
+/// attempt row; the stale ones wrote none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outcomes_recorded_together_each_apply_only_under_their_claim() {
+    let (a, _b, url) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    const EACH: usize = 12;
+    for _ in 0..5 * EACH {
+        a.create_notification(notification(&ap.id, Some("https://m.example/notify")))
+            .await
+            .expect("create");
+    }
+    let me = node(&a, "node_a", T0).await;
+    let stranger = node(&a, "node_x", T0).await;
+    let jobs = claim(&a, &me, T0, 5 * EACH).await;
+    assert_eq!(jobs.len(), 5 * EACH);
+    let retry_at = T0 + 30_000;
+    let calls = jobs.iter().enumerate().map(|(i, job)| {
+        let (a, me, stranger) = (a.clone(), me.clone(), stranger.clone());
+        let job = job.clone();
+        async move {
+            match i % 5 {
+                0 => complete(&a, &me, &job, AttemptOutcome::Succeeded, T0 + 1).await,
+                1 => complete(&a, &me, &job, AttemptOutcome::Failed, T0 + 1).await,
+                2 => {
+                    let outcome = AttemptOutcome::Retry { next_at: retry_at };
+                    complete(&a, &me, &job, outcome, T0 + 1).await
+                }
+                3 => {
+                    // As if this node had already recorded an attempt it since forgot.
+                    let mut stale = (*job).clone();
+                    stale.attempts = 3;
+                    complete(&a, &me, &Arc::new(stale), AttemptOutcome::Succeeded, T0 + 1).await
+                }
+                _ => complete(&a, &stranger, &job, AttemptOutcome::Succeeded, T0 + 1).await,
+            }
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for (i, (job, c)) in jobs.iter().zip(&answers).enumerate() {
+        match i % 5 {
+            0 => assert!(
+                c.applied && c.status == Some(DeliveryStatus::Succeeded) && c.held.is_none(),
+                "{i}: {c:?}"
+            ),
+            1 => assert!(
+                c.applied && c.status == Some(DeliveryStatus::Failed) && c.held.is_none(),
+                "{i}: {c:?}"
+            ),
+            2 => {
+                assert!(
+                    c.applied && c.status == Some(DeliveryStatus::Pending),
+                    "{i}: {c:?}"
+                );
+                let held = c
+                    .held
+                    .as_ref()
+                    .expect("a retry within the horizon stays held");
+                assert_eq!(
+                    (held.seq, held.attempts, held.next_at),
+                    (job.seq, 1, retry_at)
+                );
+            }
+            _ => assert!(
+                !c.applied && c.status == Some(DeliveryStatus::Pending) && c.held.is_none(),
+                "{i}: {c:?}"
+            ),
+        }
+    }
+
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    for (i, job) in jobs.iter().enumerate() {
+        let row = db
+            .query_one(
+                "SELECT d.status, d.attempts, d.next_at, d.locked_by,
+                        (SELECT count(*) FROM attempts WHERE delivery_seq = d.seq)
+                 FROM deliveries d WHERE d.seq = $1",
+                &[&job.seq],
+            )
+            .await
+            .expect("read the delivery");
+        let got: (String, i32, Option<i64>, Option<String>, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let want = match i % 5 {
+            0 => ("succeeded".to_string(), 1, None, None, 1),
+            1 => ("failed".to_string(), 1, None, None, 1),
+            2 => (
+                "pending".to_string(),
+                1,
+                Some(retry_at),
+                Some("node_a".into()),
+                1,
+            ),
+            _ => ("pending".to_string(), 0, Some(T0), Some("node_a".into()), 0),
+        };
+        assert_eq!(got, want, "delivery {i}");
+    }
+}

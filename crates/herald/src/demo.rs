@@ -184,6 +184,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
             sandbox: Some(SandboxOptions {
                 public_url: None,
                 unpaid_timeout: opts.unpaid_timeout,
+                ..SandboxOptions::default()
             }),
             http: Default::default(),
         },

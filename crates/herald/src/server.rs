@@ -249,7 +249,14 @@ pub async fn start(
     let mut sandbox_url = None;
     let mut mounted = None;
     if let Some(sandbox_opts) = &opts.sandbox {
-        let sb = Sandbox::start(store.clone(), sandbox_opts, addr, stop_rx.clone());
+        // Another node's trades do not wake this node's timer: it reads the deadlines again
+        // at least once a lease, so a dead node's trades close about when its work is
+        // taken over.
+        let sandbox_opts = SandboxOptions {
+            recheck: sandbox_opts.recheck.min(opts.engine.lease),
+            ..sandbox_opts.clone()
+        };
+        let sb = Sandbox::start(store.clone(), &sandbox_opts, addr, stop_rx.clone());
         tracing::info!(public_url = %sb.public_url(), "the payment sandbox is mounted");
         sandbox_url = Some(sb.public_url().to_string());
         mounted = Some(sb.clone());

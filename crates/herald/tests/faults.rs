@@ -496,3 +496,123 @@ async fn postgres_sandbox_unpaid_timeout_closes_each_trade_once_across_three_nod
     }
     assert_eq!(got.len(), TRADES, "nothing but the closes, each once");
 }
+
+/// Trades whose node died before their deadline: their creation woke only that node's
+/// timer, and the other node's timer had found no deadline at all. The live node reads the
+/// deadlines again at least once a lease, so it closes every trade within its unpaid timeout
+/// plus the lease length, each once (one close event, one close notification).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sandbox_trades_of_a_dead_node_close_within_timeout_plus_lease_once() {
+    const TRADES: usize = 12;
+    const TIMEOUT_MS: i64 = 4_000;
+    const LEASE_MS: i64 = 3_000;
+    // What a timer pass may add after it wakes: reading the due trades and closing them
+    // one by one on a shared 2-core test machine.
+    const SLACK_MS: i64 = 1_500;
+    let url = herald_pgtest::database();
+    let rx = fleet::Recorder::start().await;
+    let args = [
+        "--sandbox",
+        "--sandbox-unpaid-timeout",
+        "4s",
+        "--lease",
+        "3",
+    ];
+    // The survivor starts first: its timer reads an empty table and sleeps.
+    let mut survivor = Node::start(&url, fleet::free_port(), &args).await;
+    let mut doomed = Node::start(&url, fleet::free_port(), &args).await;
+    let client = reqwest::Client::new();
+    let doomed_base = vec![doomed.url()];
+    let (status, app) = fleet::call(
+        &client,
+        &doomed_base,
+        reqwest::Method::POST,
+        "/v1/apps",
+        Some(json!({"name": "shop", "profile": "standard-webhooks"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().expect("app id").to_string();
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..TRADES {
+        let (status, p) = fleet::call(
+            &client,
+            &doomed_base,
+            reqwest::Method::POST,
+            "/v1/sandbox/payments",
+            Some(json!({"app_id": app_id, "out_trade_no": format!("D-{i}"),
+                    "amount": 100 + i, "subject": "gum", "notify_url": rx.url})),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{p}");
+        ids.push(p["payment_id"].as_str().expect("payment id").to_string());
+    }
+    doomed.kill9().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(TIMEOUT_MS as u64),
+        "the creating node died before the first deadline"
+    );
+
+    let closes = |got: &[fleet::Recorded]| {
+        got.iter()
+            .filter(|r| r.body["type"] == "payment.closed")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while closes(rx.received().as_slice()) < TRADES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {TRADES} close notifications arrived in 30 s",
+            closes(rx.received().as_slice())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Room for a second close to arrive, were one committed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let rows = db
+        .query(
+            "SELECT id, doc::jsonb->>'state', (doc::jsonb->>'expires_at')::bigint,
+                    (doc::jsonb->>'closed_at')::bigint, jsonb_array_length(doc::jsonb->'events')
+             FROM sandbox_payments ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read the trades");
+    survivor.kill9().await;
+    assert_eq!(rows.len(), TRADES);
+    for row in &rows {
+        let (id, state): (String, String) = (row.get(0), row.get(1));
+        let (expires_at, closed_at): (i64, Option<i64>) = (row.get(2), row.get(3));
+        let events: i32 = row.get(4);
+        assert_eq!(state, "TRADE_CLOSED", "trade {id}");
+        assert_eq!(events, 1, "trade {id}: one event, the close");
+        let late = closed_at.expect("closed at") - expires_at;
+        assert!(
+            (0..=LEASE_MS + SLACK_MS).contains(&late),
+            "trade {id} closed {late} ms after its deadline (lease {LEASE_MS} ms)"
+        );
+    }
+    let got = rx.received();
+    let mut per_trade: std::collections::HashMap<String, usize> = Default::default();
+    for r in got.iter().filter(|r| r.body["type"] == "payment.closed") {
+        *per_trade
+            .entry(r.body["payment_id"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            per_trade.get(id),
+            Some(&1),
+            "trade {id}: close notifications"
+        );
+    }
+    assert_eq!(got.len(), TRADES, "nothing but the closes, each once");
+}

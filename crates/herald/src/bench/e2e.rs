@@ -7,6 +7,12 @@
 //! throwaway cluster started from this machine's PostgreSQL binaries): first one node, then
 //! three nodes on the same database with the producers spread over all three, which is how
 //! a deployment that outgrew one machine runs.
+//!
+//! One node at a time holds an endpoint's deliveries (the rule that keeps per-endpoint
+//! in-flight limits across nodes), so with the single endpoint three nodes deliver through
+//! one. The PostgreSQL runs are therefore measured on a second shape too: the same total
+//! load spread over [`SPREAD`] apps with one endpoint each (each notification still makes one
+//! delivery), one node and then three, so that each node can hold some of the endpoints.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,12 +29,14 @@ use crate::server::Database;
 
 /// Producers posting at once (the scenario's fixed setting, whatever `--concurrency` says).
 const PRODUCERS: u32 = 32;
+/// Endpoints (one app each) the spread shape's notifications go to.
+pub const SPREAD: usize = 6;
 
 pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Figure>, String> {
     let n = plan.sizes.e2e;
     let dir = fixture::temp_dir(plan)?;
     let sqlite = Database::Sqlite(dir.path().join("e2e.db"));
-    let rate = measure(plan, sink, "e2e: sqlite", &sqlite, 1).await?;
+    let rate = measure(plan, sink, "e2e: sqlite", &sqlite, 1, 1).await?;
     let mut figures = vec![Figure::new(
         format!("SQLite, {n} posted by {PRODUCERS} producers, each delivered"),
         rate,
@@ -38,37 +46,53 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Fi
     .target(Target::RatioAtLeast(0.3))];
     match postgres(plan) {
         Ok(url) => {
-            let one = measure(
-                plan,
-                sink,
-                "e2e: postgres, 1 node",
-                &Database::Postgres(url),
-                1,
-            )
-            .await?;
-            figures.push(
-                Figure::new("PostgreSQL, one node", one, "notifications/s")
+            for endpoints in [1, SPREAD] {
+                let shape = if endpoints == 1 {
+                    String::new()
+                } else {
+                    format!(", {endpoints} endpoints")
+                };
+                let one = measure(
+                    plan,
+                    sink,
+                    &format!("e2e: postgres, 1 node{shape}"),
+                    &Database::Postgres(if endpoints == 1 {
+                        url.clone()
+                    } else {
+                        postgres(plan)?
+                    }),
+                    1,
+                    endpoints,
+                )
+                .await?;
+                figures.push(
+                    Figure::new(
+                        format!("PostgreSQL, one node{shape}"),
+                        one,
+                        "notifications/s",
+                    )
                     .against("ceiling", ceiling.rate, "req/s")
                     .target(Target::RatioAtLeast(0.08)),
-            );
-            let url = postgres(plan)?;
-            let three = measure(
-                plan,
-                sink,
-                "e2e: postgres, 3 nodes",
-                &Database::Postgres(url),
-                3,
-            )
-            .await?;
-            figures.push(
-                Figure::new(
-                    "PostgreSQL, three nodes on one database",
-                    three,
-                    "notifications/s",
+                );
+                let three = measure(
+                    plan,
+                    sink,
+                    &format!("e2e: postgres, 3 nodes{shape}"),
+                    &Database::Postgres(postgres(plan)?),
+                    3,
+                    endpoints,
                 )
-                .against("one node", one, "notifications/s")
-                .target(Target::RatioAtLeast(1.0)),
-            );
+                .await?;
+                figures.push(
+                    Figure::new(
+                        format!("PostgreSQL, three nodes on one database{shape}"),
+                        three,
+                        "notifications/s",
+                    )
+                    .against(format!("one node{shape}"), one, "notifications/s")
+                    .target(Target::RatioAtLeast(1.0)),
+                );
+            }
         }
         Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why}); pass --postgres URL"),
     }
@@ -76,13 +100,15 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Fi
 }
 
 /// Posts `plan.sizes.e2e` notifications spread over `nodes` Herald nodes on `database` and
-/// waits until the engines counted every acknowledgement; returns notifications/s.
+/// over `endpoints` apps (one endpoint each), and waits until the engines counted every
+/// acknowledgement; returns notifications/s.
 async fn measure(
     plan: &Plan,
     sink: &AckSink,
     label: &str,
     database: &Database,
     nodes: usize,
+    endpoints: usize,
 ) -> Result<f64, String> {
     let n = plan.sizes.e2e;
     let client = load::client(PRODUCERS)?;
@@ -100,9 +126,15 @@ async fn measure(
             .await?,
         );
     }
+    let mut apps = vec![first.app_id.clone()];
+    for _ in 1..endpoints {
+        apps.push(first.add_app(plan, &client, &sink.url("/hook")).await?);
+    }
+    // Consecutive posts go to different nodes and, a round of nodes later, to the next app.
+    let all: Vec<&Herald> = std::iter::once(&first).chain(others.iter()).collect();
     let urls: Arc<Vec<String>> = Arc::new(
-        std::iter::once(first.notifications_url())
-            .chain(others.iter().map(|h| h.notifications_url()))
+        apps.iter()
+            .flat_map(|app| all.iter().map(move |h| h.notifications_url_of(app)))
             .collect(),
     );
     let stats: Vec<_> = std::iter::once(first.running.stats.clone())

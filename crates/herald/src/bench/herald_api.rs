@@ -113,6 +113,38 @@ impl Herald {
         format!("{}/v1/apps/{}/notifications", self.base, self.app_id)
     }
 
+    /// Creates one more app through this node, its one endpoint at `endpoint_url` with the
+    /// same room as the first; returns the app's id.
+    pub async fn add_app(
+        &self,
+        plan: &Plan,
+        client: &reqwest::Client,
+        endpoint_url: &str,
+    ) -> Result<String, String> {
+        let app = call(
+            client,
+            &format!("{}/v1/apps", self.base),
+            json!({"name": "bench", "profile": "standard-webhooks"}),
+        )
+        .await?;
+        let app_id = app["id"]
+            .as_str()
+            .ok_or_else(|| format!("creating the app answered {app}"))?
+            .to_string();
+        call(
+            client,
+            &format!("{}/v1/apps/{app_id}/endpoints", self.base),
+            json!({"url": endpoint_url, "max_in_flight": plan.concurrency, "enabled": true}),
+        )
+        .await?;
+        Ok(app_id)
+    }
+
+    /// Where notifications of `app_id` are posted on this node.
+    pub fn notifications_url_of(&self, app_id: &str) -> String {
+        format!("{}/v1/apps/{app_id}/notifications", self.base)
+    }
+
     pub async fn stop(self) {
         self.running.shutdown().await;
     }

@@ -26,7 +26,12 @@ and its target; targets are reported, not enforced):
              first POST to the last acknowledgement, against the ceiling. On SQLite (target >= 0.3x), then on
              PostgreSQL (--postgres URL, or a throwaway cluster when this machine has
              PostgreSQL's binaries): one node (target >= 0.08x), and three nodes on one
-             database with the producers spread over them (target: no slower than one).
+             database with the producers spread over them (target: no slower than one);
+             then both again with the load spread over 6 apps of one endpoint each (one
+             node holds an endpoint's deliveries at a time, so one endpoint is one
+             node's work). Each PostgreSQL run gets a fresh database on the throwaway
+             cluster; with --postgres every run uses that one database, on top of the
+             rows the runs before it left.
   latency    Accept -> first attempt p50/p99/max while posting at half load (paced, open
              loop): half the delivery rate, or half the ingest rate when that is lower;
              --latency-rate sets another load. Against the ceiling's round trip.

@@ -86,7 +86,7 @@ pub fn ops_notification(
     let event_type = transition.event_type()?;
     Some(NewNotification {
         app_id: ops_app_id.to_string(),
-        event_type: event_type.to_string(),
+        event_type: crate::EventType::internal(event_type),
         payload: ops_body(event_type, endpoint, now),
         notify_url: None,
         idempotency_key: None,

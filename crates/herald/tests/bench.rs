@@ -94,6 +94,41 @@ fn quick_json_reports_every_scenario() {
 }
 
 #[test]
+fn e2e_db_sqlite_measures_on_sqlite_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--quick",
+            "--json",
+            "--scenario",
+            "e2e",
+            "--e2e-db",
+            "sqlite",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "herald bench: {}\n{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("postgres"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let figures = report["scenarios"]["e2e"]["figures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no e2e in {report:#}"));
+    assert_eq!(figures.len(), 1, "{report:#}");
+    let name = figures[0]["name"].as_str().expect("a figure name");
+    assert!(name.starts_with("SQLite"), "{name}");
+    positive(&figures[0]["value"], name);
+}
+
+#[test]
 fn a_debug_build_refuses_a_full_run() {
     if !cfg!(debug_assertions) {
         return; // The binary under test is a release build: it would run for minutes.
@@ -125,6 +160,7 @@ fn help_explains_every_scenario_and_flag() {
         "--scenario",
         "--concurrency",
         "--allow-debug",
+        "--e2e-db",
     ]) {
         assert!(
             help.contains(word),

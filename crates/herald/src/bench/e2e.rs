@@ -6,7 +6,7 @@
 //! On embedded SQLite always; on PostgreSQL too when one is at hand (`--postgres URL`, or a
 //! throwaway cluster started from this machine's PostgreSQL binaries): first one node, then
 //! three nodes on the same database with the producers spread over all three, which is how
-//! a deployment that outgrew one machine runs.
+//! a deployment that outgrew one machine runs. `--e2e-db` picks one database only.
 //!
 //! One node at a time holds an endpoint's deliveries (the rule that keeps per-endpoint
 //! in-flight limits across nodes), so with the single endpoint three nodes deliver through
@@ -24,7 +24,7 @@ use super::load::{self, MakeRequest};
 use super::progress::Progress;
 use super::report::{Figure, Target};
 use super::sink::AckSink;
-use super::Plan;
+use super::{E2eDatabases, Plan};
 use crate::server::Database;
 
 /// Producers posting at once (the scenario's fixed setting, whatever `--concurrency` says).
@@ -34,16 +34,24 @@ pub const SPREAD: usize = 6;
 
 pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Figure>, String> {
     let n = plan.sizes.e2e;
-    let dir = fixture::temp_dir(plan)?;
-    let sqlite = Database::Sqlite(dir.path().join("e2e.db"));
-    let rate = measure(plan, sink, "e2e: sqlite", &sqlite, 1, 1).await?;
-    let mut figures = vec![Figure::new(
-        format!("SQLite, {n} posted by {PRODUCERS} producers, each delivered"),
-        rate,
-        "notifications/s",
-    )
-    .against("ceiling", ceiling.rate, "req/s")
-    .target(Target::RatioAtLeast(0.3))];
+    let mut figures = Vec::new();
+    if plan.e2e_databases != E2eDatabases::Postgres {
+        let dir = fixture::temp_dir(plan)?;
+        let sqlite = Database::Sqlite(dir.path().join("e2e.db"));
+        let rate = measure(plan, sink, "e2e: sqlite", &sqlite, 1, 1).await?;
+        figures.push(
+            Figure::new(
+                format!("SQLite, {n} posted by {PRODUCERS} producers, each delivered"),
+                rate,
+                "notifications/s",
+            )
+            .against("ceiling", ceiling.rate, "req/s")
+            .target(Target::RatioAtLeast(0.3)),
+        );
+    }
+    if plan.e2e_databases == E2eDatabases::Sqlite {
+        return Ok(figures);
+    }
     match postgres(plan) {
         Ok(url) => {
             for endpoints in [1, SPREAD] {
@@ -93,6 +101,11 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Fi
                     .target(Target::RatioAtLeast(1.0)),
                 );
             }
+        }
+        Err(why) if plan.e2e_databases == E2eDatabases::Postgres => {
+            return Err(format!(
+                "e2e: no PostgreSQL to measure on ({why}); pass --postgres URL"
+            ))
         }
         Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why}); pass --postgres URL"),
     }

@@ -165,7 +165,21 @@ pub struct Plan {
     /// The PostgreSQL database of the end-to-end scenario's PostgreSQL runs; `None`: a
     /// throwaway cluster when this machine has PostgreSQL, else SQLite only.
     pub postgres: Option<String>,
+    /// The databases the e2e scenario measures on.
+    pub e2e_databases: E2eDatabases,
     pub scenarios: BTreeSet<Scenario>,
+}
+
+/// The databases the e2e scenario measures on (`--e2e-db`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum E2eDatabases {
+    /// SQLite, then PostgreSQL when one is at hand.
+    #[default]
+    All,
+    /// SQLite only.
+    Sqlite,
+    /// PostgreSQL only (one node, then three); fails when none is at hand.
+    Postgres,
 }
 
 impl Plan {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::bench::{self, Plan, Scenario, Sizes};
+use crate::bench::{self, E2eDatabases, Plan, Scenario, Sizes};
 
 const SCENARIOS: &str = "\
 Scenarios (every figure is shown with a baseline measured in the same run, their ratio,
@@ -31,7 +31,8 @@ and its target; targets are reported, not enforced):
              node holds an endpoint's deliveries at a time, so one endpoint is one
              node's work). Each PostgreSQL run gets a fresh database on the throwaway
              cluster; with --postgres every run uses that one database, on top of the
-             rows the runs before it left.
+             rows the runs before it left. --e2e-db sqlite (or postgres) measures on one
+             database only.
   latency    Accept -> first attempt p50/p99/max while posting at half load (paced, open
              loop): half the delivery rate, or half the ingest rate when that is lower;
              --latency-rate sets another load. Against the ceiling's round trip.
@@ -91,6 +92,10 @@ pub struct BenchArgs {
     /// this machine has PostgreSQL's server binaries, else SQLite only].
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// The databases the e2e scenario measures on: all (SQLite, then PostgreSQL when one is
+    /// at hand), sqlite, or postgres.
+    #[arg(long = "e2e-db", value_name = "DB", value_enum, default_value_t = E2eDatabases::All)]
+    pub e2e_databases: E2eDatabases,
     /// Directory for the temporary databases: put it on the disk you mean to measure
     /// [default: the system's temporary directory].
     #[arg(long, value_name = "DIR")]
@@ -143,6 +148,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
         latency_rate: args.latency_rate.map(|r| r as f64),
         dir,
         postgres: args.postgres,
+        e2e_databases: args.e2e_databases,
         scenarios: Plan::select(&args.scenarios),
     };
     let report = bench::run(&plan).await?;

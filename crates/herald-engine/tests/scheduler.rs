@@ -334,7 +334,7 @@ impl Queue for FakeQueue {
                 app: Arc::new(app),
                 endpoint: None,
                 url: target.url,
-                event_type: event_type.into(),
+                event_type: herald_store::EventType::internal(event_type),
                 payload: Arc::from(herald_store::ops_body(event_type, &ep, r.now)),
                 created_at: r.now,
                 attempts: 0,

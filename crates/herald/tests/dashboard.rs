@@ -208,7 +208,9 @@ async fn signing_in_with_the_admin_token_sets_a_strict_httponly_session_cookie_u
         .post("/login", &[("token", "not-the-token")], Some(&server.base))
         .await;
     assert_eq!(wrong.status, 401);
-    assert!(wrong.body.contains("not valid"));
+    assert!(wrong
+        .body
+        .contains("neither the admin token nor a live API key"));
     assert!(wrong.set_cookie.is_none());
     let cross = anon
         .post("/login", &[("token", TOKEN)], Some("http://evil.example"))

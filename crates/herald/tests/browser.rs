@@ -7,7 +7,8 @@
 //!   on to the shop by itself. The checkout page's screenshot is kept in
 //!   `target/test-artifacts/checkout.png`.
 //! - The dashboard: an operator signs in, finds a failed delivery from the overview, resends
-//!   it once the receiver is fixed and sees it succeed. Screenshots:
+//!   it once the receiver is fixed and sees it succeed; then signs in with another app's
+//!   API key and sees that app only. Screenshots:
 //!   `target/test-artifacts/dashboard-overview.png` and
 //!   `target/test-artifacts/dashboard-notification.png`.
 //!

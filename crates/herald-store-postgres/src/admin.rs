@@ -842,6 +842,46 @@ pub(crate) async fn recover(
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// `recover` for one endpoint's deliveries; `None` when the app has no such live endpoint
+/// (the endpoint row is share-locked, so a concurrent deletion waits for this or follows it).
+pub(crate) async fn recover_endpoint(
+    inner: &Inner,
+    app_id: &str,
+    endpoint_id: &str,
+    since: Millis,
+    now: Millis,
+) -> Result<Option<u64>> {
+    let client = inner.client().await?;
+    let row = client
+        .query_one(
+            "WITH e AS (SELECT e.id FROM endpoints e JOIN apps a ON a.id = e.app_id
+                        WHERE e.id = $2 AND e.app_id = $1 AND NOT e.deleted
+                          AND a.deleted_at IS NULL FOR KEY SHARE OF e),
+             r AS (
+                 UPDATE deliveries SET status = 'pending', next_at = $4, updated_at = $4,
+                                       locked_by = NULL
+                 WHERE app_id = $1 AND endpoint_id = $2 AND status = 'failed'
+                   AND created_at >= $3 AND EXISTS (SELECT 1 FROM e)
+                   AND (order_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM deliveries s WHERE s.order_key = deliveries.order_key
+                        AND s.status = 'pending' AND s.seq > deliveries.seq))
+                 RETURNING seq)
+             SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM r)",
+            &[&app_id, &endpoint_id, &since, &now],
+        )
+        .await
+        .map_err(backend)?;
+    let found: i64 = col(&row, 0)?;
+    let n: i64 = col(&row, 1)?;
+    if found == 0 {
+        return Ok(None);
+    }
+    if n > 0 {
+        inner.work.signal();
+    }
+    Ok(Some(u64::try_from(n).unwrap_or(0)))
+}
+
 /// Rewrites an existing endpoint row: its settings and its health.
 pub(crate) async fn write_endpoint(c: &impl GenericClient, ep: &Endpoint) -> Result<()> {
     let h = &ep.health;

@@ -9,6 +9,7 @@
 //! - `queue`: the engine's claim-based queue (`FOR UPDATE SKIP LOCKED` claims serialized by
 //!   an advisory lock, node leases, conditional outcomes);
 //! - `ops`: endpoint health, apps' ops targets, metrics counts, retention purges;
+//! - `sessions`: the dashboard's sessions and one-time login links;
 //! - `hints`: `LISTEN/NOTIFY` wake-ups and the app/endpoint caches they keep coherent.
 //!
 //! Writes cost a fixed number of round trips, whatever a notification fans out to: the
@@ -24,6 +25,7 @@ mod queue;
 mod rows;
 mod sandbox;
 mod schema;
+mod sessions;
 mod sources;
 
 use std::sync::Arc;
@@ -37,9 +39,10 @@ use herald_store::dashboard::*;
 use herald_store::health::*;
 use herald_store::model::*;
 use herald_store::queue::*;
+use herald_store::sessions::{NewSession, SessionPrincipal, SessionRecord};
 use herald_store::{
     AdminStore, ApiKeyStore, DashboardStore, MetaStore, Result, SandboxStore, SealCensus, Sealer,
-    SourceStore, StoreError,
+    SessionStore, SourceStore, StoreError,
 };
 
 use self::connect::Target;
@@ -265,6 +268,47 @@ impl AdminStore for PgStore {
 
     async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>> {
         admin::delete_app(&self.inner, id, now).await
+    }
+
+    async fn recover_endpoint(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        since: Millis,
+        now: Millis,
+    ) -> Result<Option<u64>> {
+        admin::recover_endpoint(&self.inner, app_id, endpoint_id, since, now).await
+    }
+}
+
+#[async_trait]
+impl SessionStore for PgStore {
+    async fn create_session(&self, new: NewSession) -> Result<bool> {
+        sessions::create(&self.inner, new, false).await
+    }
+
+    async fn find_session(&self, id_sha256: &str, now: Millis) -> Result<Option<SessionRecord>> {
+        sessions::find(&self.client().await?, id_sha256, now).await
+    }
+
+    async fn delete_session(&self, id_sha256: &str) -> Result<bool> {
+        sessions::delete(&self.inner, id_sha256).await
+    }
+
+    async fn create_login_link(&self, new: NewSession) -> Result<bool> {
+        sessions::create(&self.inner, new, true).await
+    }
+
+    async fn consume_login_link(
+        &self,
+        id_sha256: &str,
+        now: Millis,
+    ) -> Result<Option<SessionPrincipal>> {
+        sessions::consume_link(&self.inner, id_sha256, now).await
+    }
+
+    async fn purge_sessions(&self, now: Millis) -> Result<u64> {
+        sessions::purge(&self.inner, now).await
     }
 }
 

@@ -11,6 +11,7 @@ mod dashboard;
 mod rows;
 mod sandbox;
 mod schema;
+mod sessions;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -22,14 +23,15 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use self::schema::backend;
-use self::writer::{Op, Writer};
+use self::writer::{Op, Table, Writer};
 use herald_store::dashboard::*;
 use herald_store::health::*;
 use herald_store::model::*;
 use herald_store::queue::*;
+use herald_store::sessions::{NewSession, SessionPrincipal, SessionRecord};
 use herald_store::{
     AdminStore, ApiKeyStore, DashboardStore, MetaStore, Result, SandboxStore, SealCensus, Sealer,
-    SourceStore, StoreError,
+    SessionStore, SourceStore, StoreError,
 };
 
 /// Operations queued for the writer. When the queue is full, callers (API requests, attempt
@@ -446,6 +448,61 @@ impl AdminStore for SqliteStore {
     async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>> {
         let id = id.to_string();
         self.call(|r| Op::DeleteApp(id, now, r)).await
+    }
+
+    async fn recover_endpoint(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        since: Millis,
+        now: Millis,
+    ) -> Result<Option<u64>> {
+        let (app_id, endpoint_id) = (app_id.to_string(), endpoint_id.to_string());
+        self.call(|reply| Op::RecoverEndpoint {
+            app_id,
+            endpoint_id,
+            since,
+            now,
+            reply,
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create_session(&self, new: NewSession) -> Result<bool> {
+        self.call(|r| Op::CreateSession(Table::Sessions, new, r))
+            .await
+    }
+
+    async fn find_session(&self, id_sha256: &str, now: Millis) -> Result<Option<SessionRecord>> {
+        let id = id_sha256.to_string();
+        self.readers
+            .read(move |c| sessions::find_session(c, &id, now))
+            .await
+    }
+
+    async fn delete_session(&self, id_sha256: &str) -> Result<bool> {
+        let id = id_sha256.to_string();
+        self.call(|r| Op::DeleteSession(id, r)).await
+    }
+
+    async fn create_login_link(&self, new: NewSession) -> Result<bool> {
+        self.call(|r| Op::CreateSession(Table::Links, new, r)).await
+    }
+
+    async fn consume_login_link(
+        &self,
+        id_sha256: &str,
+        now: Millis,
+    ) -> Result<Option<SessionPrincipal>> {
+        let id = id_sha256.to_string();
+        self.call(|r| Op::ConsumeLoginLink(id, now, r)).await
+    }
+
+    async fn purge_sessions(&self, now: Millis) -> Result<u64> {
+        self.call(|r| Op::PurgeSessions(now, r)).await
     }
 }
 

@@ -198,6 +198,29 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE apps ADD COLUMN ops_app_id TEXT REFERENCES apps(id);
     UPDATE apps SET internal = 'source' WHERE id IN (SELECT app_id FROM sources);
     "#,
+    // 9: the dashboard's sessions and one-time login links (see `herald_store::sessions`):
+    // the SHA-256 of each random id (never the id), its principal (`admin` or an API key's
+    // id, with the key's app), and its expiry. Live ones are counted per principal at
+    // sign-in; expired ones are purged by expiry.
+    r#"
+    CREATE TABLE dashboard_sessions (
+        id_sha256  TEXT PRIMARY KEY,
+        principal  TEXT NOT NULL,
+        app_id     TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX dashboard_sessions_by_principal ON dashboard_sessions(principal, expires_at);
+    CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions(expires_at);
+    CREATE TABLE dashboard_login_links (
+        id_sha256  TEXT PRIMARY KEY,
+        principal  TEXT NOT NULL,
+        app_id     TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX dashboard_login_links_by_expiry ON dashboard_login_links(expires_at);
+    "#,
 ];
 
 /// Applies every migration not yet applied, each in its own transaction.

@@ -12,6 +12,7 @@ use crate::fields::{EventType, IdempotencyKey, NotifyUrl};
 use crate::health::*;
 use crate::model::*;
 use crate::queue::*;
+use crate::sessions::*;
 use crate::{Store, StoreError};
 
 /// Expands every conformance case into a test, given an async factory expression that
@@ -69,6 +70,12 @@ macro_rules! conformance_tests {
             no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_own_transitions,
             purge_removes_only_old_finished_notifications_in_batches,
             backlog_and_breaker_counts,
+            recover_endpoint_requeues_only_that_endpoints_failures_since_a_time,
+            sessions_are_found_by_hash_until_they_expire_or_end,
+            a_revoked_keys_sessions_are_no_longer_found,
+            live_sessions_are_capped_per_principal,
+            a_login_link_is_used_once_even_when_raced,
+            purging_sessions_removes_only_expired_ones,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -2325,6 +2332,321 @@ pub trait SealingHarness: Send + Sync {
     async fn raw_source_keys(&self, source_id: &str) -> String;
     /// Overwrites the source's `sources.keys` column (while no store is open).
     async fn set_raw_source_keys(&self, source_id: &str, raw: &str);
+}
+
+pub async fn recover_endpoint_requeues_only_that_endpoints_failures_since_a_time(
+    store: &impl Store,
+) {
+    let a = app(store).await;
+    let b = named_app(store, "other").await;
+    let e1 = store
+        .create_endpoint(new_endpoint(&a.id, "https://one.example/hook"))
+        .await
+        .unwrap();
+    let e2 = store
+        .create_endpoint(new_endpoint(&a.id, "https://two.example/hook"))
+        .await
+        .unwrap();
+    let eb = store
+        .create_endpoint(new_endpoint(&b.id, "https://b.example/hook"))
+        .await
+        .unwrap();
+    let n1 = node(store, "node_a").await;
+    let mut made = Vec::new();
+    for t in [T0, T0 + 100] {
+        let n = store
+            .create_notification(NewNotification {
+                now: t,
+                ..new_notification(&a.id, "e")
+            })
+            .await
+            .unwrap();
+        assert_eq!(n.deliveries.len(), 2, "one per endpoint");
+        made.extend(n.deliveries);
+    }
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 4);
+    for j in &jobs {
+        complete(store, &n1, j, AttemptOutcome::Failed).await;
+    }
+    let status = |id: String| async move {
+        store
+            .get_delivery(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .delivery
+            .status
+    };
+    assert_eq!(
+        store
+            .recover_endpoint(&a.id, &e1.id, T0 + 50, T0 + 200)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    for d in &made {
+        let expected =
+            if d.endpoint_id.as_deref() == Some(e1.id.as_str()) && d.created_at >= T0 + 50 {
+                DeliveryStatus::Pending
+            } else {
+                DeliveryStatus::Failed
+            };
+        assert_eq!(status(d.id.clone()).await, expected, "{d:?}");
+    }
+    assert!(made
+        .iter()
+        .any(|d| d.endpoint_id.as_deref() == Some(e2.id.as_str())));
+    let again = claim_at(store, &n1, T0 + 200, T0 + 200).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].endpoint.as_ref().map(|e| e.id.as_str()),
+        Some(e1.id.as_str())
+    );
+    assert_eq!(
+        store
+            .recover_endpoint(&a.id, &e1.id, T0 + 50, T0 + 300)
+            .await
+            .unwrap(),
+        Some(0),
+        "nothing failed any more"
+    );
+    // Another app's endpoint, a made-up one and a deleted one are not found.
+    assert_eq!(
+        store
+            .recover_endpoint(&a.id, &eb.id, T0, T0 + 300)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .recover_endpoint(&a.id, "ep_missing", T0, T0 + 300)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .delete_endpoint(&a.id, &e2.id, T0 + 300)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .recover_endpoint(&a.id, &e2.id, T0, T0 + 300)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+fn session(id: &str, principal: SessionPrincipal, now: Millis, max_live: u32) -> NewSession {
+    NewSession {
+        id_sha256: id.into(),
+        principal,
+        now,
+        expires_at: now + 1_000,
+        max_live,
+    }
+}
+
+pub async fn sessions_are_found_by_hash_until_they_expire_or_end(store: &impl Store) {
+    assert!(store
+        .create_session(session("aa", SessionPrincipal::Admin, T0, 10))
+        .await
+        .unwrap());
+    let found = store.find_session("aa", T0 + 1).await.unwrap();
+    assert_eq!(
+        found,
+        Some(SessionRecord {
+            principal: SessionPrincipal::Admin,
+            created_at: T0,
+            expires_at: T0 + 1_000,
+        })
+    );
+    assert_eq!(store.find_session("bb", T0 + 1).await.unwrap(), None);
+    assert_eq!(
+        store.find_session("aa", T0 + 1_000).await.unwrap(),
+        None,
+        "expired"
+    );
+    let err = store
+        .create_session(session("aa", SessionPrincipal::Admin, T0, 10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(store.delete_session("aa").await.unwrap());
+    assert!(!store.delete_session("aa").await.unwrap());
+    assert_eq!(store.find_session("aa", T0 + 1).await.unwrap(), None);
+}
+
+pub async fn a_revoked_keys_sessions_are_no_longer_found(store: &impl Store) {
+    let a = app(store).await;
+    let b = named_app(store, "b").await;
+    let key = |app_id: &str, hash: &str| NewApiKey {
+        app_id: app_id.into(),
+        prefix: "hk_abcd".into(),
+        key_sha256: hash.into(),
+        now: T0,
+    };
+    let ka = store.create_api_key(key(&a.id, "k1")).await.unwrap();
+    let kb = store.create_api_key(key(&b.id, "k2")).await.unwrap();
+    let as_key = |k: &ApiKey| SessionPrincipal::ApiKey {
+        app_id: k.app_id.clone(),
+        key_id: k.id.clone(),
+    };
+    for (id, k) in [("sa", &ka), ("sb", &kb)] {
+        assert!(store
+            .create_session(session(id, as_key(k), T0, 10))
+            .await
+            .unwrap());
+    }
+    assert_eq!(
+        store
+            .find_session("sa", T0)
+            .await
+            .unwrap()
+            .unwrap()
+            .principal,
+        as_key(&ka)
+    );
+    assert!(store.delete_api_key(&a.id, &ka.id).await.unwrap());
+    assert_eq!(store.find_session("sa", T0).await.unwrap(), None, "revoked");
+    assert!(store.find_session("sb", T0).await.unwrap().is_some());
+    store.delete_app(&b.id, T0 + 1).await.unwrap();
+    assert_eq!(
+        store.find_session("sb", T0 + 2).await.unwrap(),
+        None,
+        "its app is deleted"
+    );
+    // A session naming a key under another app than the key's is nobody's.
+    let kc = store.create_api_key(key(&a.id, "k3")).await.unwrap();
+    let forged = SessionPrincipal::ApiKey {
+        app_id: b.id.clone(),
+        key_id: kc.id.clone(),
+    };
+    assert!(store
+        .create_session(session("sc", forged, T0, 10))
+        .await
+        .unwrap());
+    assert_eq!(store.find_session("sc", T0).await.unwrap(), None);
+}
+
+pub async fn live_sessions_are_capped_per_principal(store: &impl Store) {
+    let a = app(store).await;
+    let k = store
+        .create_api_key(NewApiKey {
+            app_id: a.id.clone(),
+            prefix: "hk_abcd".into(),
+            key_sha256: "k1".into(),
+            now: T0,
+        })
+        .await
+        .unwrap();
+    let key = SessionPrincipal::ApiKey {
+        app_id: a.id.clone(),
+        key_id: k.id.clone(),
+    };
+    for id in ["a1", "a2"] {
+        assert!(store
+            .create_session(session(id, SessionPrincipal::Admin, T0, 2))
+            .await
+            .unwrap());
+    }
+    assert!(
+        !store
+            .create_session(session("a3", SessionPrincipal::Admin, T0 + 1, 2))
+            .await
+            .unwrap(),
+        "the admin has two live sessions"
+    );
+    assert_eq!(store.find_session("a3", T0 + 1).await.unwrap(), None);
+    assert!(
+        store
+            .create_session(session("k1", key, T0 + 1, 2))
+            .await
+            .unwrap(),
+        "another principal's count is its own"
+    );
+    assert!(
+        store
+            .create_session(session("a4", SessionPrincipal::Admin, T0 + 1_000, 2))
+            .await
+            .unwrap(),
+        "expired ones do not count"
+    );
+    store.delete_session("a4").await.unwrap();
+    assert!(store
+        .create_session(session("a5", SessionPrincipal::Admin, T0 + 1_000, 2))
+        .await
+        .unwrap());
+}
+
+pub async fn a_login_link_is_used_once_even_when_raced(store: &impl Store) {
+    assert!(store
+        .create_login_link(session("l1", SessionPrincipal::Admin, T0, 10))
+        .await
+        .unwrap());
+    let (x, y) = tokio::join!(
+        store.consume_login_link("l1", T0 + 1),
+        store.consume_login_link("l1", T0 + 1)
+    );
+    let won: Vec<_> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
+    assert_eq!(won, vec![SessionPrincipal::Admin], "exactly one use");
+    assert_eq!(store.consume_login_link("l1", T0 + 2).await.unwrap(), None);
+    assert_eq!(
+        store.consume_login_link("nope", T0 + 2).await.unwrap(),
+        None
+    );
+    // An expired link signs no one in, and is gone.
+    assert!(store
+        .create_login_link(session("l2", SessionPrincipal::Admin, T0, 10))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.consume_login_link("l2", T0 + 1_000).await.unwrap(),
+        None
+    );
+    // Links are capped in all.
+    for id in ["m1", "m2"] {
+        assert!(store
+            .create_login_link(session(id, SessionPrincipal::Admin, T0, 2))
+            .await
+            .unwrap());
+    }
+    assert!(!store
+        .create_login_link(session("m3", SessionPrincipal::Admin, T0, 2))
+        .await
+        .unwrap());
+    assert_eq!(store.consume_login_link("m3", T0 + 1).await.unwrap(), None);
+    assert_eq!(
+        store.consume_login_link("m1", T0 + 1).await.unwrap(),
+        Some(SessionPrincipal::Admin)
+    );
+}
+
+pub async fn purging_sessions_removes_only_expired_ones(store: &impl Store) {
+    for (id, now) in [("old", T0), ("new", T0 + 5_000)] {
+        assert!(store
+            .create_session(session(id, SessionPrincipal::Admin, now, 10))
+            .await
+            .unwrap());
+        assert!(store
+            .create_login_link(session(id, SessionPrincipal::Admin, now, 10))
+            .await
+            .unwrap());
+    }
+    assert_eq!(store.purge_sessions(T0 + 2_000).await.unwrap(), 2);
+    assert_eq!(store.purge_sessions(T0 + 2_000).await.unwrap(), 0);
+    assert!(!store.delete_session("old").await.unwrap(), "purged");
+    assert!(store
+        .find_session("new", T0 + 5_001)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.consume_login_link("new", T0 + 5_001).await.unwrap(),
+        Some(SessionPrincipal::Admin)
+    );
 }
 
 /// Expands every sealing case into a test, given an async factory expression that yields a

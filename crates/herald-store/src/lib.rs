@@ -4,7 +4,8 @@
 //! The store is the source of truth. The engine sees only the claim-based [`Queue`] (see
 //! [`queue`] for claims, leases and hints); the API, the sandbox and the settings use their
 //! own traits ([`AdminStore`], [`SandboxStore`], [`MetaStore`], [`ApiKeyStore`],
-//! [`SourceStore`], [`DashboardStore`]). [`Store`] is all seven, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
+//! [`SourceStore`], [`DashboardStore`], [`OpsStore`], and the dashboard's sign-in state in
+//! [`SessionStore`]). [`Store`] is all of them, which is what a driver provides: `herald-store-sqlite` (embedded, one node, the default) and
 //! `herald-store-postgres` (several nodes on one database). Nothing outside a driver writes
 //! SQL. Drivers seal apps' credentials before writing them and open them when reading (see
 //! [`sealing`]).
@@ -17,6 +18,7 @@ pub mod model;
 pub mod ops_outbox;
 pub mod queue;
 pub mod sealing;
+pub mod sessions;
 
 use async_trait::async_trait;
 
@@ -27,6 +29,7 @@ pub use model::*;
 pub use ops_outbox::*;
 pub use queue::*;
 pub use sealing::{SealCensus, Sealer};
+pub use sessions::SessionStore;
 
 /// Storage errors. Caller mistakes (missing rows) are `Ok(None)`/`Ok(false)` on the traits,
 /// so what is left here is either a conflict the API reports, or an unexpected failure.
@@ -60,6 +63,7 @@ pub trait Store:
     + SourceStore
     + DashboardStore
     + OpsStore
+    + SessionStore
 {
 }
 
@@ -72,6 +76,7 @@ impl<T> Store for T where
         + SourceStore
         + DashboardStore
         + OpsStore
+        + SessionStore
 {
 }
 
@@ -163,6 +168,18 @@ pub trait AdminStore: Send + Sync + 'static {
     /// changes nothing). Returns how many deliveries were canceled, `None` when there is no
     /// such live app.
     async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>>;
+
+    // -------------------------------------------------------------------------------------
+    // Recovering one endpoint: like `recover`, for the deliveries to `endpoint_id` alone
+    // (created at or after `since`). `None` when the app has no such live endpoint.
+
+    async fn recover_endpoint(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        since: Millis,
+        now: Millis,
+    ) -> Result<Option<u64>>;
 }
 
 /// API keys scoped to one app (`hk_...`). The store keeps only the SHA-256 of a key (hex) and

@@ -56,10 +56,11 @@ pub struct Demo {
 impl Demo {
     /// The dashboard's URL with a one-time sign-in (single use, valid for ten minutes): what
     /// the demo prints for the browser it is shown in.
-    pub fn dashboard_login_url(&self) -> Option<String> {
+    pub async fn dashboard_login_url(&self) -> Option<String> {
         self.herald
             .dashboard
             .one_time_login_path()
+            .await
             .map(|path| format!("{}{path}", self.herald_url))
     }
 

@@ -274,8 +274,8 @@ pub async fn start(
         ));
     }
     let (dash, dashboard) = dashboard::router(DashState {
+        sessions: Arc::new(dashboard::auth::Sessions::new(api_state.store.clone())),
         api: api_state,
-        sessions: Default::default(),
         sandbox: mounted,
         stats: engine.stats.clone(),
     });

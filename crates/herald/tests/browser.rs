@@ -7,7 +7,8 @@
 //!   on to the shop by itself. The checkout page's screenshot is kept in
 //!   `target/test-artifacts/checkout.png`.
 //! - The dashboard: an operator signs in, finds a failed delivery from the overview, resends
-//!   it once the receiver is fixed and sees it succeed. Screenshots:
+//!   it once the receiver is fixed and sees it succeed; then signs in with another app's
+//!   API key and sees that app only. Screenshots:
 //!   `target/test-artifacts/dashboard-overview.png` and
 //!   `target/test-artifacts/dashboard-notification.png`.
 //!
@@ -464,6 +465,32 @@ async fn an_operator_signs_in_finds_a_failed_delivery_and_resends_it_once_the_re
     browser
         .screenshot(&artifacts_dir().join("dashboard-notification.png"))
         .await;
+
+    // Signed out, then in again with another app's API key: that app only.
+    let tea = server.app(json!({"name": "Tea house"})).await;
+    let (status, key) = server
+        .call("POST", &format!("/v1/apps/{tea}/keys"), None)
+        .await;
+    assert_eq!(status, 201, "{key}");
+    browser.click("form[action='/logout'] button").await;
+    browser
+        .wait_url("the sign-in form", |u| u.ends_with("/login"))
+        .await;
+    browser
+        .type_into("input[name=token]", key["key"].as_str().unwrap())
+        .await;
+    browser.click("form[action='/login'] button").await;
+    browser.wait_url("the app's overview", |u| u == home).await;
+    let text = browser.page_text().await;
+    assert!(
+        text.contains("Tea house") && text.contains("you see this app only"),
+        "{text}"
+    );
+    assert!(!text.contains("Coffee shop"), "{text}");
+    browser.goto(&page).await;
+    let text = browser.page_text().await;
+    assert!(text.contains("No such notification"), "{text}");
+    assert!(!text.contains("ORDER-1001"), "{text}");
     let _ = browser.call(reqwest::Method::DELETE, "", None).await;
     drop(browser);
     server.stop().await;

@@ -36,9 +36,14 @@ impl Operator {
     }
 
     async fn signed_in(server: &TestServer) -> Operator {
+        Operator::signed_in_with(server, TOKEN).await
+    }
+
+    /// Signed in through the form with `credential` (the admin token or an API key).
+    async fn signed_in_with(server: &TestServer, credential: &str) -> Operator {
         let mut op = Operator::new(server);
         let p = op
-            .post("/login", &[("token", TOKEN)], Some(&server.base))
+            .post("/login", &[("token", credential)], Some(&server.base))
             .await;
         assert_eq!(p.status, 303, "{}", p.body);
         op.cookie = p
@@ -203,7 +208,9 @@ async fn signing_in_with_the_admin_token_sets_a_strict_httponly_session_cookie_u
         .post("/login", &[("token", "not-the-token")], Some(&server.base))
         .await;
     assert_eq!(wrong.status, 401);
-    assert!(wrong.body.contains("not valid"));
+    assert!(wrong
+        .body
+        .contains("neither the admin token nor a live API key"));
     assert!(wrong.set_cookie.is_none());
     let cross = anon
         .post("/login", &[("token", TOKEN)], Some("http://evil.example"))
@@ -537,6 +544,7 @@ async fn a_one_time_login_link_signs_a_browser_in_once() {
         .unwrap()
         .dashboard
         .one_time_login_path()
+        .await
         .unwrap();
     assert!(path.starts_with("/login/link?t="));
     let anon = Operator::new(&server);
@@ -654,4 +662,378 @@ async fn sandbox_pages_list_trades_and_their_buttons_refund_cancel_and_set_drill
         "events link their notifications"
     );
     assert!(!page.body.contains("Tea <&> Co"));
+}
+
+/// A new API key of `app`, through the API.
+async fn api_key(server: &TestServer, app: &str) -> (String, String) {
+    let (status, v) = server
+        .call("POST", &format!("/v1/apps/{app}/keys"), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Two apps, each with an endpoint and a failed notification; the first app's key signs in.
+struct TwoApps {
+    mine: (String, String, String, String),
+    theirs: (String, String, String, String),
+    key: String,
+    key_id: String,
+    _rx: (Receiver, Receiver),
+}
+
+async fn two_apps(server: &TestServer) -> TwoApps {
+    let (a, ea, na, da, rxa) = failed_delivery(server).await;
+    let (b, eb, nb, db, rxb) = failed_delivery(server).await;
+    let (key, key_id) = api_key(server, &a).await;
+    TwoApps {
+        mine: (a, ea, na, da),
+        theirs: (b, eb, nb, db),
+        key,
+        key_id,
+        _rx: (rxa, rxb),
+    }
+}
+
+#[tokio::test]
+async fn an_api_key_signs_in_and_every_page_shows_its_app_only() {
+    let server = TestServer::start().await;
+    let t = two_apps(&server).await;
+    let (a, ea, na, da) = &t.mine;
+    let (b, eb, nb, db) = &t.theirs;
+    let op = Operator::signed_in_with(&server, &t.key).await;
+    let must_hold = |page: &Page, path: &str, have: &[&String], lack: &[&String]| {
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        for h in have {
+            assert!(page.body.contains(h.as_str()), "{path} shows {h}");
+        }
+        for l in lack {
+            assert!(!page.body.contains(l.as_str()), "{path} hides {l}");
+        }
+    };
+    let overview = op.get("/").await;
+    must_hold(&overview, "/", &[a, ea], &[b, eb]);
+    assert!(overview.body.contains("Endpoints failing"));
+    must_hold(&op.get("/apps").await, "/apps", &[a], &[b]);
+    must_hold(&op.get(&format!("/apps/{a}")).await, "/apps/a", &[ea], &[b]);
+    must_hold(
+        &op.get(&format!("/apps/{a}/endpoints/{ea}")).await,
+        "endpoint page",
+        &[ea],
+        &[b],
+    );
+    must_hold(&op.get("/notifications").await, "search", &[na], &[nb]);
+    must_hold(
+        &op.get(&format!("/notifications?app={b}")).await,
+        "search naming the other app",
+        &[na],
+        &[nb],
+    );
+    must_hold(
+        &op.get(&format!("/notifications/{na}")).await,
+        "notification",
+        &[da],
+        &[],
+    );
+    must_hold(
+        &op.get(&format!("/deliveries/{da}")).await,
+        "delivery",
+        &[na],
+        &[],
+    );
+    // The other app's things answer as if they did not exist.
+    for path in [
+        format!("/apps/{b}"),
+        format!("/apps/{b}/endpoints/{eb}"),
+        format!("/apps/{a}/endpoints/{eb}"),
+        format!("/notifications/{nb}"),
+        format!("/deliveries/{db}"),
+    ] {
+        let p = op.get(&path).await;
+        assert_eq!(p.status, 404, "{path}");
+        assert!(!p.body.contains(b.as_str()) || path.contains(b.as_str()));
+    }
+    let missing = op.get("/notifications/ntf_made_up").await;
+    assert_eq!(missing.status, 404);
+    // No admin buttons anywhere: the only form posting to /actions is none.
+    for path in [
+        format!("/apps/{a}"),
+        format!("/apps/{a}/endpoints/{ea}"),
+        format!("/notifications/{na}"),
+        "/".into(),
+    ] {
+        let p = op.get(&path).await;
+        assert!(!p.body.contains("/actions/"), "{path} has no action forms");
+    }
+    // The admin sees both apps and the buttons.
+    let admin = Operator::signed_in(&server).await;
+    must_hold(&admin.get("/apps").await, "admin /apps", &[a, b], &[]);
+    assert!(admin
+        .get(&format!("/notifications/{nb}"))
+        .await
+        .body
+        .contains("/resend"));
+}
+
+#[tokio::test]
+async fn an_api_key_session_is_refused_every_admin_only_action_with_403_and_changes_nothing() {
+    let server = TestServer::start_sandbox(herald::sandbox::SandboxOptions::default()).await;
+    let t = two_apps(&server).await;
+    let (a, ea, _, da) = &t.mine;
+    let op = Operator::signed_in_with(&server, &t.key).await;
+    for path in [
+        format!("/actions/deliveries/{da}/resend"),
+        format!("/actions/apps/{a}/recover"),
+        format!("/actions/apps/{a}/endpoints/{ea}/recover"),
+        format!("/actions/apps/{a}/endpoints/{ea}/enabled"),
+        format!("/actions/apps/{a}/rotate"),
+        format!("/actions/apps/{a}/api-keys"),
+        "/actions/sandbox/pay_x/cancel".into(),
+    ] {
+        let p = op
+            .act(
+                &path,
+                &[("since", "2020-01-01T00:00"), ("enabled", "false")],
+            )
+            .await;
+        assert_eq!(p.status, 403, "{path}: {}", p.body);
+    }
+    for path in ["/sandbox", "/sandbox/pay_x"] {
+        assert_eq!(op.get(path).await.status, 403, "{path}");
+    }
+    assert!(!op.get("/").await.body.contains("href=\"/sandbox\""));
+    assert_eq!(delivery_status(&server, da).await, DeliveryStatus::Failed);
+    let (_, v) = server
+        .call("GET", &format!("/v1/apps/{a}/endpoints/{ea}"), None)
+        .await;
+    assert_eq!(v["enabled"], true);
+    let (_, keys) = server
+        .call("GET", &format!("/v1/apps/{a}/keys"), None)
+        .await;
+    assert_eq!(keys["data"].as_array().map(Vec::len), Some(1), "{keys}");
+}
+
+#[tokio::test]
+async fn revoking_an_api_key_ends_its_sessions_at_their_next_request() {
+    let server = TestServer::start().await;
+    let t = two_apps(&server).await;
+    let op = Operator::signed_in_with(&server, &t.key).await;
+    assert_eq!(op.get("/").await.status, 200);
+    let (status, _) = server
+        .call(
+            "DELETE",
+            &format!("/v1/apps/{}/keys/{}", t.mine.0, t.key_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let after = op.get("/").await;
+    assert_eq!(after.status, 303);
+    assert_eq!(after.location.as_deref(), Some("/login"));
+    let post = op
+        .post("/logout", &[("csrf", "x")], Some(&server.base))
+        .await;
+    assert_eq!(post.status, 401);
+    // The revoked key no longer signs in; a made-up key never did.
+    for bad in [t.key.as_str(), "hk_made_up"] {
+        let p = Operator::new(&server)
+            .post("/login", &[("token", bad)], Some(&server.base))
+            .await;
+        assert_eq!(p.status, 401, "{bad}");
+        assert!(p.set_cookie.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_session_survives_a_restart_of_the_server() {
+    let server = TestServer::start().await;
+    let op = Operator::signed_in(&server).await;
+    let cookie = op.cookie.clone();
+    let (db, dir) = server.stop().await;
+    let server = TestServer::start_on(db, common::engine_config(true)).await;
+    let mut again = Operator::new(&server);
+    again.cookie = cookie;
+    assert_eq!(again.get("/").await.status, 200, "still signed in");
+    let out = again.act("/logout", &[]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(again.get("/").await.status, 303, "signed out");
+    drop(dir);
+}
+
+#[tokio::test]
+async fn recovering_an_endpoint_puts_only_its_failures_back_to_pending() {
+    let server = TestServer::start().await;
+    let (app, ep, _, d, rx) = failed_delivery(&server).await;
+    // A second endpoint of the same app whose delivery also failed.
+    let ep2 = server
+        .endpoint(&app, json!({"url": rx.url("/other")}))
+        .await;
+    let n2 = server
+        .notify(
+            &app,
+            json!({"event_type": "invoice.paid", "payload": {"k": 1}}),
+        )
+        .await;
+    let id2 = n2["id"].as_str().unwrap().to_string();
+    let v = server
+        .wait_for(&id2, |v| {
+            v["deliveries"]
+                .as_array()
+                .is_some_and(|ds| ds.iter().all(|d| d["status"] == "failed"))
+        })
+        .await;
+    let other: Vec<String> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["endpoint_id"] == ep2.as_str())
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(other.len(), 1);
+    let op = Operator::signed_in(&server).await;
+    let page = op.get(&format!("/apps/{app}/endpoints/{ep}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page
+        .body
+        .contains(&format!("/actions/apps/{app}/endpoints/{ep}/recover")));
+    // A bad time changes nothing; another app's path is 404.
+    let bad = op
+        .act(
+            &format!("/actions/apps/{app}/endpoints/{ep}/recover"),
+            &[("since", "yesterday")],
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(delivery_status(&server, &d).await, DeliveryStatus::Failed);
+    let missing = op
+        .act(
+            &format!("/actions/apps/{app}/endpoints/ep_made_up/recover"),
+            &[("since", "2020-01-01T00:00")],
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+    rx.set_script(Receiver::ok());
+    let done = op
+        .act(
+            &format!("/actions/apps/{app}/endpoints/{ep}/recover"),
+            &[("since", "2020-01-01T00:00")],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(
+        done.location.as_deref(),
+        Some(format!("/apps/{app}/endpoints/{ep}?done=recovered-endpoint").as_str())
+    );
+    let n1 = server
+        .running
+        .as_ref()
+        .unwrap()
+        .store
+        .get_delivery(&d)
+        .await
+        .unwrap()
+        .unwrap()
+        .delivery
+        .notification_id;
+    server.wait_status(&n1, "succeeded").await;
+    assert_eq!(
+        delivery_status(&server, &other[0]).await,
+        DeliveryStatus::Failed
+    );
+}
+
+#[tokio::test]
+async fn the_api_recovers_one_endpoints_failures_since_a_time() {
+    let server = TestServer::start().await;
+    let (app, ep, n, d, rx) = failed_delivery(&server).await;
+    let path = format!("/v1/apps/{app}/endpoints/{ep}/recover");
+    let (status, v) = server
+        .call("POST", &path, Some(json!({"since": "not a time"})))
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let (status, v) = server
+        .call(
+            "POST",
+            &format!("/v1/apps/{app}/endpoints/ep_made_up/recover"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 404, "{v}");
+    // An app's key may not (the app's recover is the admin's too).
+    let (key, _) = api_key(&server, &app).await;
+    let resp = server
+        .client
+        .post(format!("{}{path}", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"since": "2020-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    assert_eq!(delivery_status(&server, &d).await, DeliveryStatus::Failed);
+    // A time after the delivery was created finds nothing.
+    let (status, v) = server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"since": "2999-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!((status, v["requeued"].as_u64()), (202, Some(0)));
+    rx.set_script(Receiver::ok());
+    let (status, v) = server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!((status, v["requeued"].as_u64()), (202, Some(1)), "{v}");
+    server.wait_status(&n, "succeeded").await;
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_postgres_database_share_sessions_and_login_links() {
+    let url = herald_pgtest::database();
+    let one = TestServer::start_postgres(&url).await;
+    let two = TestServer::start_postgres(&url).await;
+    // Signed in on one node, the cookie works on the other; signing out there ends it on both.
+    let on_one = Operator::signed_in(&one).await;
+    let mut on_two = Operator::new(&two);
+    on_two.cookie = on_one.cookie.clone();
+    assert_eq!(on_two.get("/").await.status, 200);
+    let csrf = on_two.csrf().await;
+    assert_eq!(csrf, on_one.csrf().await, "the same session's CSRF token");
+    // An API key's session too, and it sees its app only on either node.
+    let app = one.app(json!({})).await;
+    let other = one.app(json!({})).await;
+    let (key, _) = api_key(&one, &app).await;
+    let keyed = Operator::signed_in_with(&two, &key).await;
+    let mut keyed_on_one = Operator::new(&one);
+    keyed_on_one.cookie = keyed.cookie.clone();
+    assert_eq!(keyed_on_one.get(&format!("/apps/{app}")).await.status, 200);
+    assert_eq!(
+        keyed_on_one.get(&format!("/apps/{other}")).await.status,
+        404
+    );
+    // A one-time link issued by one node works once, on whichever node it is used first.
+    let path = one
+        .running
+        .as_ref()
+        .unwrap()
+        .dashboard
+        .one_time_login_path()
+        .await
+        .unwrap();
+    let first = Operator::new(&two).get(&path).await;
+    assert_eq!(first.status, 303);
+    assert!(first.set_cookie.is_some());
+    let again = Operator::new(&one).get(&path).await;
+    assert_eq!(again.status, 401, "already used on the other node");
+    let out = on_two.act("/logout", &[]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(on_one.get("/").await.status, 303, "signed out on both");
 }

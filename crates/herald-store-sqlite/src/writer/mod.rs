@@ -10,14 +10,16 @@
 //! The operations themselves live by concern: [`admin`] (apps, their API keys and endpoints,
 //! and the caches of their settings), [`notifications`] (creating notifications and sandbox
 //! trades, manual retry and recover), [`queue`] (the engine's claims, outcomes, releases and
-//! leases), [`sources`] (the inbound gateway's sources with their apps and endpoints) and
-//! [`ops`] (endpoint health, apps' ops targets, retention purges).
+//! leases), [`sources`] (the inbound gateway's sources with their apps and endpoints),
+//! [`ops`] (endpoint health, apps' ops targets, retention purges) and [`sessions`] (the
+//! dashboard's sessions and login links).
 //! The writer keeps small caches of app and endpoint settings (it is the only one who changes
 //! them, so it keeps them coherent); a failed commit clears them.
 mod admin;
 mod notifications;
 mod ops;
 mod queue;
+mod sessions;
 mod sources;
 
 use std::collections::HashMap;
@@ -32,7 +34,10 @@ use super::HintHub;
 use herald_store::health::{HealthRecorded, HealthReport, OpsTarget, PurgeParams, Purged};
 use herald_store::model::*;
 use herald_store::queue::*;
+use herald_store::sessions::{NewSession, SessionPrincipal};
 use herald_store::{Result, SealCensus, Sealer, StoreError};
+
+pub(crate) use self::sessions::Table;
 
 /// Most operations applied in one transaction. Bounds how long one commit holds replies.
 const MAX_BATCH: usize = 2048;
@@ -93,6 +98,19 @@ pub(crate) enum Op {
     RecordHealth(HealthReport, Reply<Option<HealthRecorded>>),
     SetAppOps(String, Option<OpsTarget>, Millis, Reply<bool>),
     Purge(PurgeParams, Reply<Purged>),
+    /// `AdminStore::recover_endpoint`.
+    RecoverEndpoint {
+        app_id: String,
+        endpoint_id: String,
+        since: Millis,
+        now: Millis,
+        reply: Reply<Option<u64>>,
+    },
+    /// A dashboard session or login link (`SessionStore`).
+    CreateSession(Table, NewSession, Reply<bool>),
+    DeleteSession(String, Reply<bool>),
+    ConsumeLoginLink(String, Millis, Reply<Option<SessionPrincipal>>),
+    PurgeSessions(Millis, Reply<u64>),
     /// Stop after this batch (see `MetaStore::close`).
     Close(Reply<()>),
 }
@@ -321,6 +339,32 @@ impl Writer {
                 let r = self.recover(&app_id, since, now, hints);
                 done(reply, r)
             }
+            Op::RecoverEndpoint {
+                app_id,
+                endpoint_id,
+                since,
+                now,
+                reply,
+            } => {
+                let r = self.recover_endpoint(&app_id, &endpoint_id, since, now, hints);
+                done(reply, r)
+            }
+            Op::CreateSession(table, new, reply) => {
+                let r = self.create_session(table, new);
+                done(reply, r)
+            }
+            Op::DeleteSession(id, reply) => {
+                let r = self.delete_session(&id);
+                done(reply, r)
+            }
+            Op::ConsumeLoginLink(id, now, reply) => {
+                let r = self.consume_login_link(&id, now);
+                done(reply, r)
+            }
+            Op::PurgeSessions(now, reply) => {
+                let r = self.purge_sessions(now);
+                done(reply, r)
+            }
             Op::SetMeta(k, v, reply) => {
                 let r = self
                     .conn
@@ -427,6 +471,11 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::CreateNotification(_, r) => fail(r, err),
         Op::RetryDelivery { reply, .. } => fail(reply, err),
         Op::Recover { reply, .. } => fail(reply, err),
+        Op::RecoverEndpoint { reply, .. } => fail(reply, err),
+        Op::CreateSession(_, _, r) => fail(r, err),
+        Op::DeleteSession(_, r) => fail(r, err),
+        Op::ConsumeLoginLink(_, _, r) => fail(r, err),
+        Op::PurgeSessions(_, r) => fail(r, err),
         Op::SetMeta(_, _, r) => fail(r, err),
         Op::SetMetaIfAbsent(_, _, r) => fail(r, err),
         Op::WriteSandbox(_, r) => fail(r, err),

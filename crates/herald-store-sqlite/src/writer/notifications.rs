@@ -311,4 +311,42 @@ impl Writer {
         }
         Ok(n as u64)
     }
+
+    /// `recover` for one endpoint's deliveries; `None` when the app has no such live
+    /// endpoint.
+    pub(super) fn recover_endpoint(
+        &mut self,
+        app_id: &str,
+        endpoint_id: &str,
+        since: Millis,
+        now: Millis,
+        hints: &mut Vec<Hint>,
+    ) -> Result<Option<u64>> {
+        if self.app_ctx(app_id)?.is_none() {
+            return Ok(None);
+        }
+        let live = self
+            .conn
+            .prepare_cached("SELECT 1 FROM endpoints WHERE id = ?1 AND app_id = ?2 AND deleted = 0")
+            .and_then(|mut st| st.exists(params![endpoint_id, app_id]))
+            .map_err(backend)?;
+        if !live {
+            return Ok(None);
+        }
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE deliveries SET status = 'pending', next_at = ?4, updated_at = ?4, locked_by = NULL
+                 WHERE app_id = ?1 AND endpoint_id = ?2 AND status = 'failed' AND created_at >= ?3
+                   AND (order_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM deliveries s WHERE s.order_key = deliveries.order_key
+                        AND s.status = 'pending' AND s.seq > deliveries.seq))",
+            )
+            .and_then(|mut st| st.execute(params![app_id, endpoint_id, since, now]))
+            .map_err(backend)?;
+        if n > 0 {
+            hints.push(Hint::Work);
+        }
+        Ok(Some(n as u64))
+    }
 }

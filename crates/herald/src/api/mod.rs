@@ -166,6 +166,11 @@ pub fn routes() -> Vec<(&'static str, Access, MethodRouter<ApiState>)> {
             post(notifications::recover),
         ),
         (
+            "/v1/apps/{app_id}/endpoints/{endpoint_id}/recover",
+            Admin,
+            post(notifications::recover_endpoint),
+        ),
+        (
             "/v1/apps/{app_id}/ops",
             Admin,
             axum::routing::put(ops::set)

@@ -425,3 +425,25 @@ pub async fn recover(
     let n = state.store.recover(&app_id, since, now_ms()).await?;
     Ok((StatusCode::ACCEPTED, Json(Recovered { requeued: n })))
 }
+
+#[utoipa::path(post, path = "/v1/apps/{app_id}/endpoints/{endpoint_id}/recover", tag = "deliveries",
+    params(("app_id" = String, Path), ("endpoint_id" = String, Path)),
+    request_body = Recover,
+    responses(
+        (status = 202, description = "The endpoint's failed deliveries created since then are pending again", body = Recovered),
+        (status = 404, description = "No such app or endpoint", body = ErrorBody),
+        (status = 422, description = "`since` is not an RFC 3339 time", body = ErrorBody),
+    ))]
+pub async fn recover_endpoint(
+    State(state): State<ApiState>,
+    Path((app_id, endpoint_id)): Path<(String, String)>,
+    JsonBody(req): JsonBody<Recover>,
+) -> Result<(StatusCode, Json<Recovered>), ApiError> {
+    let since = views::parse_rfc3339(&req.since)?;
+    let n = state
+        .store
+        .recover_endpoint(&app_id, &endpoint_id, since, now_ms())
+        .await?
+        .ok_or(ApiError::NotFound("endpoint"))?;
+    Ok((StatusCode::ACCEPTED, Json(Recovered { requeued: n })))
+}

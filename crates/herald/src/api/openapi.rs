@@ -45,6 +45,7 @@ use super::{apps, endpoints, error, notifications, ops, sources, views};
         notifications::create,
         notifications::list,
         notifications::recover,
+        notifications::recover_endpoint,
         notifications::get,
         notifications::get_delivery,
         notifications::list_attempts,

@@ -85,7 +85,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("             buy something, pay on the checkout page, watch the order turn paid");
     println!("  Herald:    {}  (API + sandbox)", demo.herald_url);
     println!("  Dashboard: {}/", demo.herald_url);
-    if let Some(link) = demo.dashboard_login_url() {
+    if let Some(link) = demo.dashboard_login_url().await {
         println!("             sign in once with {link}  (single use, 10 minutes)");
     }
     println!("  Admin token: {}", demo.admin_token);

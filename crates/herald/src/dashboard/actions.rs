@@ -1,8 +1,8 @@
 //! The dashboard's actions (POST, behind the session guard's CSRF and Origin checks): resend
-//! a delivery, recover an app's failed deliveries since a time, enable or disable an
-//! endpoint, rotate an app's signing secret, and the API-key button. Each makes the same
+//! a delivery, recover an app's (or one endpoint's) failed deliveries since a time, enable or
+//! disable an endpoint, rotate an app's signing secret, and the API-key button. Each makes the same
 //! store call as the JSON API's counterpart, then redirects to the page it came from with a
-//! fixed message.
+//! fixed message. Each is admin-only, as its API route is: an API key's session gets 403.
 use std::fmt::Write as _;
 
 use axum::body::Bytes;
@@ -24,13 +24,14 @@ pub async fn resend(
     Extension(authed): Extension<Authed>,
     Path(id): Path<String>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let d = state
         .api
         .store
         .retry_delivery(&id, now_ms())
         .await?
         .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "No such delivery."))?;
-    tracing::info!(delivery = %d.id, principal = authed.session.principal.label(), "dashboard: delivery resent");
+    tracing::info!(delivery = %d.id, principal = %super::auth::label(&authed.session.principal), "dashboard: delivery resent");
     Ok(redirect(&format!(
         "/notifications/{}?done=resent#{}",
         url_part(&d.notification_id),
@@ -46,6 +47,7 @@ pub async fn recover(
     Extension(form): Extension<FormData>,
     Path(app_id): Path<String>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let since = form.get("since").and_then(parse_datetime).ok_or_else(|| {
         Fail::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -58,10 +60,39 @@ pub async fn recover(
         .await?
         .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "No such app."))?;
     let n = store.recover(&app_id, since, now_ms()).await?;
-    tracing::info!(app = %app_id, requeued = n, principal = authed.session.principal.label(), "dashboard: failed deliveries recovered");
+    tracing::info!(app = %app_id, requeued = n, principal = %super::auth::label(&authed.session.principal), "dashboard: failed deliveries recovered");
     Ok(redirect(&format!(
         "/apps/{}?done=recovered",
         url_part(&app_id)
+    )))
+}
+
+/// `POST /actions/apps/{app_id}/endpoints/{endpoint_id}/recover` `since=YYYY-MM-DDTHH:MM`
+/// (UTC): every failed delivery to that endpoint created since then goes back to pending.
+pub async fn recover_endpoint(
+    State(state): State<DashState>,
+    Extension(authed): Extension<Authed>,
+    Extension(form): Extension<FormData>,
+    Path((app_id, endpoint_id)): Path<(String, String)>,
+) -> Result<Response, Fail> {
+    authed.require_admin()?;
+    let since = form.get("since").and_then(parse_datetime).ok_or_else(|| {
+        Fail::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Give the time to recover from (YYYY-MM-DDTHH:MM, UTC). Nothing was changed.",
+        )
+    })?;
+    let n = state
+        .api
+        .store
+        .recover_endpoint(&app_id, &endpoint_id, since, now_ms())
+        .await?
+        .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "No such endpoint."))?;
+    tracing::info!(app = %app_id, endpoint = %endpoint_id, requeued = n, principal = %super::auth::label(&authed.session.principal), "dashboard: an endpoint's failed deliveries recovered");
+    Ok(redirect(&format!(
+        "/apps/{}/endpoints/{}?done=recovered-endpoint",
+        url_part(&app_id),
+        url_part(&endpoint_id)
     )))
 }
 
@@ -72,6 +103,7 @@ pub async fn set_enabled(
     Extension(form): Extension<FormData>,
     Path((app_id, endpoint_id)): Path<(String, String)>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let enabled = match form.get("enabled") {
         Some("true") => true,
         Some("false") => false,
@@ -96,7 +128,7 @@ pub async fn set_enabled(
         )
         .await?
         .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "No such endpoint."))?;
-    tracing::info!(endpoint = %ep.id, enabled, principal = authed.session.principal.label(), "dashboard: endpoint switched");
+    tracing::info!(endpoint = %ep.id, enabled, principal = %super::auth::label(&authed.session.principal), "dashboard: endpoint switched");
     Ok(redirect(&format!(
         "/apps/{}?done={}",
         url_part(&app_id),
@@ -111,6 +143,7 @@ pub async fn rotate(
     Extension(authed): Extension<Authed>,
     Path(app_id): Path<String>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let axum::Json(view) =
         crate::api::apps::rotate(State(state.api.clone()), Path(app_id.clone()), Bytes::new())
             .await?;
@@ -140,6 +173,7 @@ pub async fn create_api_key(
     Extension(authed): Extension<Authed>,
     Path(app_id): Path<String>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let (_, axum::Json(created)) =
         crate::api::apps::create_key(State(state.api.clone()), Path(app_id.clone())).await?;
     let mut b = format!(

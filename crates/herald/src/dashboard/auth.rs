@@ -1,23 +1,31 @@
-//! Who is signed in to the dashboard, and how: credentials become a [`Principal`] through
-//! [`authenticate`] (today the admin token; a second kind, such as an app's API key, plugs
-//! in there as one more match), a principal gets a server-side session whose random id is
-//! the only thing the browser holds (an `HttpOnly`, `SameSite=Strict` cookie), and every
-//! POST carries the session's CSRF token and passes an Origin check.
+//! Who is signed in to the dashboard, and how: a credential typed into the sign-in form
+//! becomes a [`Principal`] through [`authenticate`] (the admin token, or an app's API key:
+//! the same rule as the API's `Authorization` header), a principal gets a server-side session
+//! whose random id is the only thing the browser holds (an `HttpOnly`, `SameSite=Strict`
+//! cookie), and every POST carries the session's CSRF token and passes an Origin check.
 //!
-//! Sessions live in this process's memory, bounded ([`MAX_SESSIONS`]) and expiring
-//! ([`SESSION_TTL`]): a restart signs everyone out, and with several nodes behind one
-//! address the balancer must keep a browser on one node. One-time login links (`herald demo`)
-//! are single-use and expire after [`LINK_TTL`].
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! Sessions and one-time login links are kept through the store seam
+//! ([`herald_store::SessionStore`]), so every node on one database knows them and a restart
+//! signs no one out. The store keeps only the SHA-256 of a session's id; the CSRF token is
+//! derived from the id ([`csrf_token`]), so it is not stored either. Looking a session up on
+//! each request is one indexed read and no write; an API key's sessions end at their next
+//! request once the key is revoked (the lookup checks the key). Bounds: a session lasts
+//! [`SESSION_TTL`], a principal has at most [`MAX_SESSIONS_PER_PRINCIPAL`] live sessions,
+//! a login link (`herald demo`) is single-use, expires after [`LINK_TTL`], and at most
+//! [`MAX_LINKS`] are unused at once; expired rows are purged at each sign-in.
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use base64::Engine as _;
+use herald_store::sessions::{NewSession, SessionPrincipal};
+use herald_store::{Store, StoreError};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::api::ApiState;
+pub use crate::api::Principal;
+use crate::api::{error::ApiError, ApiState};
+use crate::clock::now_ms;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "herald_session";
@@ -25,39 +33,52 @@ pub const COOKIE: &str = "herald_session";
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// How long a one-time login link stays valid.
 pub const LINK_TTL: Duration = Duration::from_secs(10 * 60);
-/// The most sessions (and, separately, unused login links) kept; past it, signing in is
-/// refused until some expire or sign out.
-pub const MAX_SESSIONS: usize = 10_000;
+/// The most live sessions one principal (the admin, or one API key) has; past it, signing in
+/// is refused until some expire or sign out.
+pub const MAX_SESSIONS_PER_PRINCIPAL: u32 = 1_000;
+/// The most unused, unexpired login links at once.
+pub const MAX_LINKS: u32 = 1_000;
 
-/// Who a session acts as.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Principal {
-    /// The holder of the admin token: every app, every action.
-    Admin,
-}
-
-impl Principal {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Principal::Admin => "admin",
-        }
-    }
-}
-
-/// Turns a presented credential into a principal, or `None`. The admin token is compared
-/// by its SHA-256 hash in constant time; API keys (per app) would be tried here next.
-pub fn authenticate(state: &ApiState, credential: &str) -> Option<Principal> {
+/// Turns a credential typed into the sign-in form into a principal: the admin token, or a
+/// live app's API key (see `crate::api::auth`). `Ok(None)` when it is neither.
+pub async fn authenticate(
+    state: &ApiState,
+    credential: &str,
+) -> Result<Option<Principal>, ApiError> {
     let credential = credential.trim();
     if credential.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let presented = crate::api::hash_token(credential);
-    let same = presented
-        .iter()
-        .zip(&state.admin_token_sha256)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0;
-    same.then_some(Principal::Admin)
+    match crate::api::authenticate_token(state, credential).await {
+        Ok(p) => Ok(Some(p)),
+        Err(ApiError::Unauthorized) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A short name of the principal for logs (never a credential).
+pub fn label(p: &Principal) -> String {
+    match p {
+        Principal::Admin => "admin".into(),
+        Principal::App { key_id, .. } => format!("api key {key_id}"),
+    }
+}
+
+fn to_store(p: &Principal) -> SessionPrincipal {
+    match p {
+        Principal::Admin => SessionPrincipal::Admin,
+        Principal::App { app_id, key_id } => SessionPrincipal::ApiKey {
+            app_id: app_id.clone(),
+            key_id: key_id.clone(),
+        },
+    }
+}
+
+fn from_store(p: SessionPrincipal) -> Principal {
+    match p {
+        SessionPrincipal::Admin => Principal::Admin,
+        SessionPrincipal::ApiKey { app_id, key_id } => Principal::App { app_id, key_id },
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -65,15 +86,11 @@ pub struct Session {
     pub principal: Principal,
     /// The token every POST form carries.
     pub csrf: String,
-    expires: Instant,
 }
 
-/// Sessions and one-time login links, keyed by the SHA-256 of their secret (the secret
-/// itself is only in the browser's cookie, or in the link).
-#[derive(Default)]
+/// Sessions and one-time login links, through the store (see the module doc).
 pub struct Sessions {
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
-    links: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    store: Arc<dyn Store>,
 }
 
 fn random_token() -> String {
@@ -82,71 +99,99 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn key(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
+/// What the store knows a session or link by: the SHA-256 of its secret, hex.
+fn key(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The CSRF token of the session with this id: a hash of the id under its own label, so it
+/// differs from the stored key and gives nothing of the id away.
+pub fn csrf_token(session_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"herald dashboard csrf\0");
+    h.update(session_id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize())
+}
+
+fn ttl_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Sessions {
-    /// Starts a session; returns its id (the cookie value), or `None` when full.
-    pub fn start(&self, principal: Principal) -> Option<String> {
-        let mut map = self.sessions.lock().ok()?;
-        let now = Instant::now();
-        if map.len() >= MAX_SESSIONS {
-            map.retain(|_, s| s.expires > now);
-            if map.len() >= MAX_SESSIONS {
-                return None;
-            }
+    pub fn new(store: Arc<dyn Store>) -> Sessions {
+        Sessions { store }
+    }
+
+    /// Starts a session; returns its id (the cookie value), or `None` when the principal
+    /// already has [`MAX_SESSIONS_PER_PRINCIPAL`]. Expired sessions and links are purged
+    /// first (a batch at most).
+    pub async fn start(&self, principal: &Principal) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
+        if let Err(e) = self.store.purge_sessions(now).await {
+            tracing::warn!(error = %e, "cannot purge expired dashboard sessions");
         }
         let id = random_token();
-        map.insert(
-            key(&id),
-            Session {
-                principal,
-                csrf: random_token(),
-                expires: now + SESSION_TTL,
-            },
-        );
-        Some(id)
+        let stored = self
+            .store
+            .create_session(NewSession {
+                id_sha256: key(&id),
+                principal: to_store(principal),
+                now,
+                expires_at: now.saturating_add(ttl_ms(SESSION_TTL)),
+                max_live: MAX_SESSIONS_PER_PRINCIPAL,
+            })
+            .await?;
+        Ok(stored.then_some(id))
     }
 
     /// The live session with this id.
-    pub fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.sessions.lock().ok()?;
-        let k = key(id);
-        match map.get(&k) {
-            Some(s) if s.expires > Instant::now() => Some(s.clone()),
-            Some(_) => {
-                map.remove(&k);
-                None
-            }
-            None => None,
-        }
+    pub async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        Ok(self
+            .store
+            .find_session(&key(id), now_ms())
+            .await?
+            .map(|s| Session {
+                principal: from_store(s.principal),
+                csrf: csrf_token(id),
+            }))
     }
 
-    pub fn end(&self, id: &str) {
-        if let Ok(mut map) = self.sessions.lock() {
-            map.remove(&key(id));
-        }
+    pub async fn end(&self, id: &str) -> Result<(), StoreError> {
+        self.store.delete_session(&key(id)).await.map(|_| ())
     }
 
-    /// A one-time login link's secret for `principal`, valid for [`LINK_TTL`].
-    pub fn issue_link(&self, principal: Principal) -> Option<String> {
-        let mut links = self.links.lock().ok()?;
-        let now = Instant::now();
-        links.retain(|_, (_, until)| *until > now);
-        if links.len() >= MAX_SESSIONS {
-            return None;
-        }
+    /// A one-time login link's secret for `principal`, valid for [`LINK_TTL`]; `None` when
+    /// [`MAX_LINKS`] are unused.
+    pub async fn issue_link(&self, principal: &Principal) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
         let secret = random_token();
-        links.insert(key(&secret), (principal, now + LINK_TTL));
-        Some(secret)
+        let stored = self
+            .store
+            .create_login_link(NewSession {
+                id_sha256: key(&secret),
+                principal: to_store(principal),
+                now,
+                expires_at: now.saturating_add(ttl_ms(LINK_TTL)),
+                max_live: MAX_LINKS,
+            })
+            .await?;
+        Ok(stored.then_some(secret))
     }
 
-    /// Uses up a login link: its principal when it was issued, unused and unexpired.
-    pub fn redeem_link(&self, secret: &str) -> Option<Principal> {
-        let mut links = self.links.lock().ok()?;
-        let (principal, until) = links.remove(&key(secret))?;
-        (until > Instant::now()).then_some(principal)
+    /// Uses up a login link: its principal when it was issued, unused and unexpired (on any
+    /// node: exactly one use wins).
+    pub async fn redeem_link(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
+        if secret.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .consume_login_link(&key(secret), now_ms())
+            .await?
+            .map(from_store))
     }
 }
 
@@ -203,7 +248,8 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 
 /// Compares two CSRF tokens in constant time (by hash).
 pub fn csrf_matches(expected: &str, presented: &str) -> bool {
-    let (a, b) = (key(expected), key(presented));
+    let a: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
+    let b: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -212,23 +258,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_login_link_works_once() {
-        let s = Sessions::default();
-        let link = s.issue_link(Principal::Admin).unwrap();
-        assert_eq!(s.redeem_link(&link), Some(Principal::Admin));
-        assert_eq!(s.redeem_link(&link), None);
-        assert_eq!(s.redeem_link("made-up"), None);
-    }
-
-    #[test]
-    fn an_ended_session_is_gone() {
-        let s = Sessions::default();
-        let id = s.start(Principal::Admin).unwrap();
-        let session = s.get(&id).unwrap();
-        assert_eq!(session.principal, Principal::Admin);
-        assert_ne!(session.csrf, id);
-        s.end(&id);
-        assert!(s.get(&id).is_none());
+    fn the_csrf_token_is_derived_from_the_session_id_and_is_neither_it_nor_its_stored_key() {
+        let (a, b) = (random_token(), random_token());
+        assert_eq!(csrf_token(&a), csrf_token(&a));
+        assert_ne!(csrf_token(&a), csrf_token(&b));
+        assert_ne!(csrf_token(&a), a);
+        assert_ne!(csrf_token(&a), key(&a));
+        assert!(csrf_matches(&csrf_token(&a), &csrf_token(&a)));
+        assert!(!csrf_matches(&csrf_token(&a), &csrf_token(&b)));
     }
 
     #[test]

@@ -1,17 +1,25 @@
 //! The operator's dashboard, served by `herald serve` at `/`: server-rendered HTML (inline
 //! CSS, no JavaScript, no build step) over the same store calls as the JSON API.
 //!
-//! - [`auth`]: sign-in (a credential becomes a principal), server-side sessions, CSRF and
-//!   Origin checks, one-time login links.
+//! - [`auth`]: sign-in with the admin token or an app's API key, sessions kept in the store
+//!   (shared by every node), CSRF and Origin checks, one-time login links.
 //! - [`pages`]: overview, apps and endpoints with health, notification search, a
 //!   notification with every delivery and attempt.
-//! - [`actions`]: resend, recover, disable/enable, rotate; every action is a POST.
+//! - [`actions`]: resend, recover (an app's or one endpoint's), disable/enable, rotate, API
+//!   keys; every action is a POST.
 //! - [`sent`]: the request an attempt sent, rebuilt from what the store keeps, masked.
 //! - [`sandbox`]: the payment sandbox's trades and their buttons (with `--sandbox`).
 //! - [`html`]: the one escape function, the layout, the chart.
 //!
 //! Every page needs a session; without one a GET goes to the sign-in form and a POST is
 //! 401. Every POST needs the session's CSRF token and a same-origin `Origin`/`Referer`.
+//!
+//! A session signed in with an app's API key sees that app only: the overview shows its
+//! endpoints, lists hold its rows, and a URL naming another app's app, endpoint,
+//! notification or delivery answers 404 as if it did not exist. Its actions are what the
+//! key may do through the API: every action here is admin-only in the API's route table
+//! (resend, recover, enable/disable, rotate, API keys, the sandbox), so a key's session sees
+//! no buttons, and a POST is 403.
 mod actions;
 pub mod auth;
 pub mod html;
@@ -56,11 +64,15 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// A path (`/login/link?t=...`) that signs a browser in as the admin once, within
-    /// [`auth::LINK_TTL`].
-    pub fn one_time_login_path(&self) -> Option<String> {
-        self.sessions
-            .issue_link(Principal::Admin)
-            .map(|t| format!("/login/link?t={t}"))
+    /// [`auth::LINK_TTL`], on any node of the database; `None` when it cannot be stored.
+    pub async fn one_time_login_path(&self) -> Option<String> {
+        match self.sessions.issue_link(&Principal::Admin).await {
+            Ok(t) => t.map(|t| format!("/login/link?t={t}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store a one-time login link");
+                None
+            }
+        }
     }
 }
 
@@ -69,6 +81,35 @@ impl Dashboard {
 pub struct Authed {
     pub session: Session,
     pub session_id: String,
+}
+
+impl Authed {
+    /// The one app an API key's session sees; `None` for the admin (every app).
+    pub fn app_scope(&self) -> Option<&str> {
+        match &self.session.principal {
+            Principal::Admin => None,
+            Principal::App { app_id, .. } => Some(app_id),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.session.principal == Principal::Admin
+    }
+
+    /// Whether this session may see the app's data at all.
+    pub fn sees(&self, app_id: &str) -> bool {
+        self.app_scope().is_none_or(|own| own == app_id)
+    }
+
+    /// The session's principal must be allowed what an admin-only API route does (403).
+    pub fn require_admin(&self) -> Result<(), Fail> {
+        self.session.principal.require_admin().map_err(|_| {
+            Fail::new(
+                StatusCode::FORBIDDEN,
+                "Signed in with an app's API key: this needs the admin token, as it does through the API. Nothing was done.",
+            )
+        })
+    }
 }
 
 /// A POST's form fields, already checked for the CSRF token (set by the guard).
@@ -99,6 +140,10 @@ pub fn router(state: DashState) -> (Router, Dashboard) {
         .route("/", get(pages::overview))
         .route("/apps", get(pages::apps))
         .route("/apps/{app_id}", get(pages::app))
+        .route(
+            "/apps/{app_id}/endpoints/{endpoint_id}",
+            get(pages::endpoint),
+        )
         .route("/notifications", get(pages::notifications))
         .route("/notifications/{id}", get(pages::notification))
         .route("/deliveries/{id}", get(pages::delivery))
@@ -115,6 +160,10 @@ pub fn router(state: DashState) -> (Router, Dashboard) {
         .route(
             "/actions/apps/{app_id}/endpoints/{endpoint_id}/enabled",
             post(actions::set_enabled),
+        )
+        .route(
+            "/actions/apps/{app_id}/endpoints/{endpoint_id}/recover",
+            post(actions::recover_endpoint),
         )
         .route(
             "/actions/sandbox/{payment_id}/refund",
@@ -170,8 +219,13 @@ async fn headers(req: Request, next: Next) -> Response {
 /// The session guard: a GET without a session goes to the sign-in form, a POST is 401; a
 /// POST must also pass the Origin check (403) and carry the session's CSRF token (403).
 async fn guard(State(state): State<DashState>, req: Request, next: Next) -> Response {
-    let session =
-        auth::session_cookie(req.headers()).and_then(|id| state.sessions.get(&id).map(|s| (id, s)));
+    let mut session = None;
+    if let Some(id) = auth::session_cookie(req.headers()) {
+        match state.sessions.get(&id).await {
+            Ok(found) => session = found.map(|s| (id, s)),
+            Err(e) => return Fail::from(e).into_response(),
+        }
+    }
     let Some((session_id, session)) = session else {
         if req.method() == Method::GET {
             return redirect("/login");
@@ -305,10 +359,11 @@ mod auth_pages {
             None,
             &format!(
                 "<div class=\"login\"><h1>Sign in to Herald</h1>{msg}\
-                 <form method=\"post\" action=\"/login\"><label>Admin token\
+                 <form method=\"post\" action=\"/login\"><label>Admin token or API key\
                  <input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus></label>\
                  <button type=\"submit\">Sign in</button></form>\
-                 <p class=\"muted\">The token <code>herald serve</code> printed at first start, or the one given with <code>--admin-token</code>.</p></div>"
+                 <p class=\"muted\">The admin token <code>herald serve</code> printed at first start (or the one given with <code>--admin-token</code>) sees every app; \
+                 an app's API key (<code>hk_...</code>) sees that app only.</p></div>"
             ),
         )
     }
@@ -317,9 +372,10 @@ mod auth_pages {
         html(StatusCode::OK, form(None))
     }
 
-    fn signed_in(principal: Principal, sessions: &auth::Sessions) -> Response {
-        match sessions.start(principal) {
-            Some(id) => (
+    async fn signed_in(principal: &Principal, sessions: &auth::Sessions) -> Response {
+        match sessions.start(principal).await {
+            Err(e) => Fail::from(e).into_response(),
+            Ok(Some(id)) => (
                 StatusCode::SEE_OTHER,
                 [
                     (header::LOCATION, "/".to_string()),
@@ -327,9 +383,9 @@ mod auth_pages {
                 ],
             )
                 .into_response(),
-            None => Fail::new(
+            Ok(None) => Fail::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Too many open sessions; try again later.",
+                "Too many open sessions for this credential; sign out elsewhere or try again later.",
             )
             .into_response(),
         }
@@ -345,18 +401,20 @@ mod auth_pages {
                 .into_response();
         };
         let fields = FormData::parse(&bytes);
-        match fields
-            .get("token")
-            .and_then(|t| auth::authenticate(&state.api, t))
-        {
-            Some(principal) => {
-                tracing::info!(principal = principal.label(), "dashboard sign-in");
-                signed_in(principal, &state.sessions)
+        let found = match fields.get("token") {
+            Some(t) => auth::authenticate(&state.api, t).await,
+            None => Ok(None),
+        };
+        match found {
+            Ok(Some(principal)) => {
+                tracing::info!(principal = %auth::label(&principal), "dashboard sign-in");
+                signed_in(&principal, &state.sessions).await
             }
-            None => html(
+            Ok(None) => html(
                 StatusCode::UNAUTHORIZED,
-                form(Some("That token is not valid.")),
+                form(Some("That is neither the admin token nor a live API key.")),
             ),
+            Err(e) => Fail::from(e).into_response(),
         }
     }
 
@@ -372,12 +430,13 @@ mod auth_pages {
         query: Result<Query<LinkQuery>, axum::extract::rejection::QueryRejection>,
     ) -> Response {
         let secret = query.map(|Query(q)| q.t).unwrap_or_default();
-        match state.sessions.redeem_link(&secret) {
-            Some(principal) => signed_in(principal, &state.sessions),
-            None => html(
+        match state.sessions.redeem_link(&secret).await {
+            Err(e) => Fail::from(e).into_response(),
+            Ok(Some(principal)) => signed_in(&principal, &state.sessions).await,
+            Ok(None) => html(
                 StatusCode::UNAUTHORIZED,
                 form(Some(
-                    "That sign-in link was already used or has expired; sign in with the admin token.",
+                    "That sign-in link was already used or has expired; sign in with the admin token or an API key.",
                 )),
             ),
         }
@@ -388,7 +447,9 @@ mod auth_pages {
         State(state): State<DashState>,
         Extension(authed): Extension<Authed>,
     ) -> Response {
-        state.sessions.end(&authed.session_id);
+        if let Err(e) = state.sessions.end(&authed.session_id).await {
+            return Fail::from(e).into_response();
+        }
         let mut resp = redirect("/login");
         if let Ok(v) = auth::clear_cookie().parse() {
             resp.headers_mut().insert(header::SET_COOKIE, v);

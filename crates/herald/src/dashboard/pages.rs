@@ -1,5 +1,5 @@
-//! The dashboard's pages (GET): overview, apps, one app with its endpoints' health,
-//! notification search, a notification with every delivery and attempt, and a delivery's
+//! The dashboard's pages (GET): overview, apps, one app with its endpoints' health, one
+//! endpoint, notification search, a notification with every delivery and attempt, and a delivery's
 //! attempts in pages. Each page's store reads are bounded (see `herald_store::dashboard`).
 use std::fmt::Write as _;
 
@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
-use herald_store::dashboard::{ListPage, SearchNotifications, COUNT_CAP};
+use herald_store::dashboard::{AppSummary, ListPage, SearchNotifications, COUNT_CAP};
 use herald_store::{
     Attempt, Delivery, DeliveryStatus, EventType, ListAttempts, ListEndpoints, Millis, Notification,
 };
@@ -28,8 +28,14 @@ pub(super) fn nav<'a>(state: &DashState, authed: &'a Authed, current: &'a str) -
     Nav {
         current,
         csrf: &authed.session.csrf,
-        sandbox: state.sandbox.is_some(),
+        sandbox: state.sandbox.is_some() && authed.is_admin(),
     }
+}
+
+/// The answer to a URL naming something this session may not see: the same 404 as for
+/// something that does not exist, so an API key's session learns nothing of other apps.
+fn unseen(what: &str) -> Fail {
+    Fail::new(StatusCode::NOT_FOUND, format!("No such {what}."))
 }
 
 fn count(n: u64) -> String {
@@ -46,6 +52,7 @@ fn flash(done: Option<&str>) -> String {
     let msg = match done {
         Some("resent") => "The delivery is due again now; the engine sends it within moments.",
         Some("recovered") => "Failed deliveries were put back to pending.",
+        Some("recovered-endpoint") => "The endpoint's failed deliveries were put back to pending.",
         Some("enabled") => "The endpoint is enabled.",
         Some("disabled") => "The endpoint is disabled: new notifications skip it.",
         Some("refunded") => "Refunded; the refund notification is queued.",
@@ -76,6 +83,9 @@ pub async fn overview(
     State(state): State<DashState>,
     Extension(authed): Extension<Authed>,
 ) -> Result<Response, Fail> {
+    if let Some(app_id) = authed.app_scope() {
+        return app_overview(&state, &authed, app_id).await;
+    }
     let store = &state.api.store;
     let now = now_ms();
     let start = now - now.rem_euclid(60_000) - 59 * 60_000;
@@ -144,6 +154,183 @@ pub async fn overview(
     ))
 }
 
+/// `GET /` for an API key's session: its app's endpoints at a glance (the queue-wide figures
+/// and the attempts chart cover every app, so they are the admin's).
+async fn app_overview(state: &DashState, authed: &Authed, app_id: &str) -> Result<Response, Fail> {
+    let store = &state.api.store;
+    let app = store.get_app(app_id).await?.ok_or_else(|| unseen("app"))?;
+    let endpoints = store
+        .list_endpoints(
+            app_id,
+            ListEndpoints {
+                limit: MAX_ENDPOINTS_PER_APP,
+                cursor: None,
+            },
+        )
+        .await?;
+    let mut rows = String::new();
+    let (mut pending, mut failing, mut blocked) = (0u64, 0u64, 0u64);
+    for ep in &endpoints.items {
+        let h = store.endpoint_health(&ep.id).await?;
+        pending = pending.saturating_add(h.pending);
+        if h.consecutive_failures > 0 {
+            failing += 1;
+        }
+        if ep.health.state != herald_store::BreakerState::Closed || !ep.enabled {
+            blocked += 1;
+        }
+        let _ = write!(
+            rows,
+            "<tr><td>{}<br><a class=\"muted mono\" href=\"/apps/{}/endpoints/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&ep.url),
+            url_part(app_id),
+            url_part(&ep.id),
+            esc(&ep.id),
+            badge(if ep.enabled { "enabled" } else { "disabled" }),
+            time(h.last_success_at),
+            if h.consecutive_failures > 0 {
+                format!("<span class=\"badge bad\">{}</span>", h.consecutive_failures)
+            } else {
+                "0".into()
+            },
+            count(h.pending),
+            breaker(&ep.health),
+        );
+    }
+    let mut b = format!(
+        "<h1>{} <span class=\"muted mono\" style=\"font-size:14px\">{}</span></h1>\
+         <p class=\"muted\">Signed in with this app's API key: you see this app only.</p><div class=\"cards\">",
+        esc(&app.name),
+        esc(&app.id)
+    );
+    for (n, label) in [
+        (count(pending), "Pending (its endpoints)"),
+        (failing.to_string(), "Endpoints failing"),
+        (
+            blocked.to_string(),
+            "Endpoints held back (breaker or disabled)",
+        ),
+        (endpoints.items.len().to_string(), "Endpoints"),
+    ] {
+        let _ = write!(
+            b,
+            "<div class=\"card\"><div class=\"n\">{}</div><div class=\"l\">{label}</div></div>",
+            esc(&n)
+        );
+    }
+    let _ = write!(
+        b,
+        "</div><div class=\"panel\"><h2 style=\"margin-top:0\">Endpoints</h2><p>\
+         <a href=\"/notifications?status=failed\">failed notifications</a> · \
+         <a href=\"/notifications?status=pending\">pending notifications</a></p>"
+    );
+    if endpoints.items.is_empty() {
+        b.push_str("<p class=\"muted\">No endpoints: this app's notifications go to each one's <code>notify_url</code>.</p>");
+    } else {
+        let _ = write!(
+            b,
+            "<table><tr><th>Endpoint</th><th>State</th><th>Last success</th><th>Failures in a row</th>\
+             <th>Pending</th><th>Breaker</th></tr>{rows}</table>"
+        );
+    }
+    b.push_str("</div>");
+    Ok(html(
+        StatusCode::OK,
+        page("Overview", Some(nav(state, authed, "/")), &b),
+    ))
+}
+
+/// `GET /apps/{app_id}/endpoints/{endpoint_id}`: one endpoint, its settings and health, and
+/// (for the admin) its buttons: enable/disable and recover its failures since a time.
+pub async fn endpoint(
+    State(state): State<DashState>,
+    Extension(authed): Extension<Authed>,
+    Path((app_id, endpoint_id)): Path<(String, String)>,
+    q: Result<Query<Done>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Fail> {
+    let q = query(q)?;
+    if !authed.sees(&app_id) {
+        return Err(unseen("endpoint"));
+    }
+    let store = &state.api.store;
+    let ep = store
+        .get_endpoint(&app_id, &endpoint_id)
+        .await?
+        .ok_or_else(|| unseen("endpoint"))?;
+    let h = store.endpoint_health(&ep.id).await?;
+    let mut b = format!(
+        "<h1>Endpoint <span class=\"mono\" style=\"font-size:15px\">{}</span> {}</h1>{}\
+         <p>Of app <a class=\"mono\" href=\"/apps/{}\">{}</a> · \
+         <a href=\"/notifications?app={}&amp;status=failed\">the app's failed notifications</a></p>\
+         <div class=\"panel\"><table><tr><th>URL</th><th>Events</th><th>In flight at most</th><th>Ordered</th><th>Timeout</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>\
+         <table><tr><th>Last success</th><th>Last attempt</th><th>Failures in a row</th><th>Pending</th><th>Breaker</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table></div>",
+        esc(&ep.id),
+        badge(if ep.enabled { "enabled" } else { "disabled" }),
+        flash(q.done.as_deref()),
+        url_part(&app_id),
+        esc(&app_id),
+        url_part(&app_id),
+        esc(&ep.url),
+        esc(&ep
+            .event_types
+            .as_ref()
+            .map(|t| t.join(", "))
+            .unwrap_or_else(|| "all".into())),
+        ep.max_in_flight,
+        if ep.ordered { "yes" } else { "no" },
+        ep.timeout_ms
+            .map(|t| format!("{t} ms"))
+            .unwrap_or_else(|| "default".into()),
+        time(h.last_success_at),
+        time(h.last_attempt_at),
+        h.consecutive_failures,
+        count(h.pending),
+        breaker(&ep.health),
+    );
+    if authed.is_admin() {
+        let csrf = &authed.session.csrf;
+        let base = format!(
+            "/actions/apps/{}/endpoints/{}",
+            url_part(&app_id),
+            url_part(&ep.id)
+        );
+        let since = datetime_local(now_ms() - 24 * 3_600_000);
+        let (label, set) = if ep.enabled {
+            ("Disable", "false")
+        } else {
+            ("Enable", "true")
+        };
+        let _ = write!(
+            b,
+            "<div class=\"panel\"><h2 style=\"margin-top:0\">Actions</h2><p>{}</p><p>{}</p></div>",
+            action(
+                &format!("{base}/recover"),
+                csrf,
+                "Recover this endpoint's failures",
+                "",
+                &format!(
+                    "Put every failed delivery to this endpoint created since \
+                     <input type=\"datetime-local\" name=\"since\" value=\"{}\"> (UTC) back to pending: ",
+                    esc(&since)
+                ),
+            ),
+            action(
+                &format!("{base}/enabled"),
+                csrf,
+                label,
+                if ep.enabled { "secondary" } else { "" },
+                &format!("<input type=\"hidden\" name=\"enabled\" value=\"{set}\">"),
+            ),
+        );
+    }
+    Ok(html(
+        StatusCode::OK,
+        page("Endpoint", Some(nav(&state, &authed, "/apps")), &b),
+    ))
+}
+
 /// `GET /apps`: every app, a page at a time.
 pub async fn apps(
     State(state): State<DashState>,
@@ -151,14 +338,35 @@ pub async fn apps(
     q: Result<Query<Done>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Fail> {
     let q = query(q)?;
-    let page_ = state
-        .api
-        .store
-        .list_app_summaries(ListPage {
-            limit: PAGE,
-            cursor: q.cursor,
-        })
-        .await?;
+    let page_ = match authed.app_scope() {
+        // An API key's session lists its own app alone.
+        Some(own) => herald_store::Page {
+            items: state
+                .api
+                .store
+                .get_app(own)
+                .await?
+                .map(|a| AppSummary {
+                    id: a.id,
+                    name: a.name,
+                    profile: a.profile.name().to_string(),
+                    created_at: a.created_at,
+                })
+                .into_iter()
+                .collect(),
+            next_cursor: None,
+        },
+        None => {
+            state
+                .api
+                .store
+                .list_app_summaries(ListPage {
+                    limit: PAGE,
+                    cursor: q.cursor,
+                })
+                .await?
+        }
+    };
     let mut b = String::from("<h1>Apps</h1><div class=\"panel\">");
     if page_.items.is_empty() {
         b.push_str("<p class=\"muted\">No apps yet: create one with <code>POST /v1/apps</code> (see the README).</p>");
@@ -199,11 +407,11 @@ pub async fn app(
     q: Result<Query<Done>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Fail> {
     let q = query(q)?;
+    if !authed.sees(&app_id) {
+        return Err(unseen("app"));
+    }
     let store = &state.api.store;
-    let app = store
-        .get_app(&app_id)
-        .await?
-        .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "No such app."))?;
+    let app = store.get_app(&app_id).await?.ok_or_else(|| unseen("app"))?;
     let endpoints = store
         .list_endpoints(
             &app_id,
@@ -247,17 +455,21 @@ pub async fn app(
             } else {
                 ("Enable", "true")
             };
-            let button = action(
-                &format!(
-                    "/actions/apps/{}/endpoints/{}/enabled",
-                    url_part(&app.id),
-                    url_part(&ep.id)
-                ),
-                csrf,
-                label,
-                if ep.enabled { "secondary" } else { "" },
-                &format!("<input type=\"hidden\" name=\"enabled\" value=\"{set}\">"),
-            );
+            let button = if authed.is_admin() {
+                action(
+                    &format!(
+                        "/actions/apps/{}/endpoints/{}/enabled",
+                        url_part(&app.id),
+                        url_part(&ep.id)
+                    ),
+                    csrf,
+                    label,
+                    if ep.enabled { "secondary" } else { "" },
+                    &format!("<input type=\"hidden\" name=\"enabled\" value=\"{set}\">"),
+                )
+            } else {
+                String::new()
+            };
             let failures = if h.consecutive_failures > 0 {
                 format!(
                     "<span class=\"badge bad\">{}</span>",
@@ -268,9 +480,11 @@ pub async fn app(
             };
             let _ = write!(
                 b,
-                "<tr><td>{}<br><span class=\"muted mono\">{}</span>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                "<tr><td>{}<br><a class=\"muted mono\" href=\"/apps/{}/endpoints/{}\">{}</a>{}</td><td>{}</td><td>{}</td><td>{}</td>\
                  <td>{failures}</td><td>{}</td><td>{}</td><td>{button}</td></tr>",
                 esc(&ep.url),
+                url_part(&app.id),
+                url_part(&ep.id),
                 esc(&ep.id),
                 ep.event_types
                     .as_ref()
@@ -286,6 +500,12 @@ pub async fn app(
         b.push_str("</table><p class=\"muted\">Health is read from the attempts of each endpoint's latest 50 deliveries.</p>");
     }
     b.push_str("</div>");
+    if !authed.is_admin() {
+        return Ok(html(
+            StatusCode::OK,
+            page(&app.name, Some(nav(&state, &authed, "/apps")), &b),
+        ));
+    }
     let since = datetime_local(now_ms() - 24 * 3_600_000);
     let _ = write!(
         b,
@@ -383,8 +603,12 @@ pub async fn notifications(
             .map_err(|e| problems.push(e.to_string()))
             .ok()
     });
+    // An API key's session searches its own app, whatever the form says.
     let search = SearchNotifications {
-        app_id: given(&q.app),
+        app_id: match authed.app_scope() {
+            Some(own) => Some(own.to_string()),
+            None => given(&q.app),
+        },
         status,
         event_type,
         key: given(&q.key),
@@ -411,7 +635,9 @@ pub async fn notifications(
         let _ = write!(b, "<option{sel}>{s}</option>");
     }
     b.push_str("</select></label>");
-    b.push_str(&field("app", "App id", &q.app, "text"));
+    if authed.app_scope().is_none() {
+        b.push_str(&field("app", "App id", &q.app, "text"));
+    }
     b.push_str(&field("event_type", "Event type", &q.event_type, "text"));
     b.push_str(&field("key", "Order key / out_trade_no", &q.key, "text"));
     b.push_str(&field("notify_id", "Notify id", &q.notify_id, "text"));
@@ -592,7 +818,8 @@ pub async fn notification(
     let detail = store
         .get_notification(&id)
         .await?
-        .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "No such notification."))?;
+        .filter(|d| authed.sees(&d.notification.app_id))
+        .ok_or_else(|| unseen("notification"))?;
     let n = &detail.notification;
     let app = store.get_app(&n.app_id).await?;
     let csrf = &authed.session.csrf;
@@ -619,7 +846,7 @@ pub async fn notification(
     );
     for dd in &detail.deliveries {
         let d = &dd.delivery;
-        let resend = if d.status == DeliveryStatus::Canceled {
+        let resend = if d.status == DeliveryStatus::Canceled || !authed.is_admin() {
             String::new()
         } else {
             action(
@@ -683,7 +910,8 @@ pub async fn delivery(
     let dd = store
         .get_delivery(&id)
         .await?
-        .ok_or_else(|| Fail::new(StatusCode::NOT_FOUND, "No such delivery."))?;
+        .filter(|dd| authed.sees(&dd.delivery.app_id))
+        .ok_or_else(|| unseen("delivery"))?;
     let d = &dd.delivery;
     let detail = store
         .get_notification(&d.notification_id)

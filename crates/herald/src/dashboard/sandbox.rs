@@ -1,6 +1,7 @@
 //! The payment sandbox in the dashboard (`herald serve --sandbox`): payments with their
 //! trades, refunds and notifications, and buttons to refund, cancel and set each drill. The
-//! buttons run the sandbox API's own operations. Without `--sandbox` these pages are 404.
+//! buttons run the sandbox API's own operations. Without `--sandbox` these pages are 404;
+//! like the sandbox API they are the admin's (an API key's session gets 403).
 use std::fmt::Write as _;
 
 use axum::extract::{Path, Query, State};
@@ -48,6 +49,7 @@ pub async fn list(
     Extension(authed): Extension<Authed>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     sandbox(&state)?;
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let found = state
@@ -105,6 +107,7 @@ pub async fn show(
     Path(id): Path<String>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let sb = sandbox(&state)?;
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let v = sb.dashboard_view(&id).await?;
@@ -224,9 +227,11 @@ pub async fn show(
 /// `POST /actions/sandbox/{payment_id}/refund` `refund_amount=1.00`.
 pub async fn refund(
     State(state): State<DashState>,
+    Extension(authed): Extension<Authed>,
     Extension(form): Extension<FormData>,
     Path(id): Path<String>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let amount = form.get("refund_amount").ok_or_else(|| {
         Fail::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -243,8 +248,10 @@ pub async fn refund(
 /// `POST /actions/sandbox/{payment_id}/cancel`: closes an unpaid trade.
 pub async fn cancel(
     State(state): State<DashState>,
+    Extension(authed): Extension<Authed>,
     Path(id): Path<String>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     sandbox(&state)?.dashboard_cancel(&id).await?;
     Ok(redirect(&format!(
         "/sandbox/{}?done=canceled",
@@ -255,9 +262,11 @@ pub async fn cancel(
 /// `POST /actions/sandbox/{payment_id}/drills`: replaces the trade's drills.
 pub async fn drills(
     State(state): State<DashState>,
+    Extension(authed): Extension<Authed>,
     Extension(form): Extension<FormData>,
     Path(id): Path<String>,
 ) -> Result<Response, Fail> {
+    authed.require_admin()?;
     let duplicate: u32 = match form.get("duplicate") {
         None => 0,
         Some(s) => s.parse().map_err(|_| {

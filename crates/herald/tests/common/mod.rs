@@ -128,6 +128,33 @@ impl TestServer {
         })
     }
 
+    /// A server on the PostgreSQL database at `url` (several may share one, as nodes do).
+    pub async fn start_postgres(url: &str) -> TestServer {
+        let running = server::start(
+            ServerOptions {
+                database: Database::Postgres(url.to_string()),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                admin_token: Some(TOKEN.into()),
+                engine: engine_config(true),
+                durability: Durability::Normal,
+                sandbox: None,
+                http: Default::default(),
+                sealer: Default::default(),
+                retention: None,
+            },
+            std::future::pending(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("server starts on PostgreSQL: {e}"));
+        TestServer {
+            base: format!("http://{}", running.addr),
+            running: Some(running),
+            db: PathBuf::new(),
+            client: reqwest::Client::new(),
+            _dir: None,
+        }
+    }
+
     /// Stops the server and returns its (kept) database directory.
     pub async fn stop(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
         if let Some(r) = self.running.take() {

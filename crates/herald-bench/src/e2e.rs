@@ -19,7 +19,7 @@ use super::progress::Progress;
 use super::report::{Figure, Target};
 use super::sink::AckSink;
 use super::Plan;
-use crate::server::Database;
+use herald_server::server::Database;
 
 /// Producers posting at once (the scenario's fixed setting, whatever `--concurrency` says).
 const PRODUCERS: u32 = 32;

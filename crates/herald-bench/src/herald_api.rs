@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::fixture::{self, EVENT_TYPE, PAYLOAD};
 use super::Plan;
-use crate::server::{self, Database, Running, ServerOptions};
+use herald_server::server::{self, Database, Running, ServerOptions};
 
 /// The admin token the bench's servers are started with.
 pub const TOKEN: &str = "herald-bench-token";

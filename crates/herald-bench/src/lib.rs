@@ -1,7 +1,8 @@
 //! `herald bench`: measures Herald on this machine against baselines measured in the same
 //! run, and reports each figure with its ratio and its target. Owns the scenario
 //! list, the sizes (full and `--quick`), and running the chosen scenarios in order; the
-//! command line is in `cmd::bench`.
+//! command line is the `herald` binary's `cmd::bench`, and Herald itself is `herald-server`,
+//! started in process.
 //!
 //! One file per scenario ([`ceiling`], [`delivery`], [`ingest`], [`e2e`], [`latency`],
 //! [`isolation`], [`backlog`], [`profiles`]), and the pieces they share: the loopback sinks

@@ -1,7 +1,12 @@
-//! `herald demo`'s wiring, callable from tests: Herald with the payment sandbox on a fresh
-//! embedded database, one merchant app of the chosen profile, and the example shop (from
-//! `examples/shop`) receiving that app's notifications through the inbox. Everything runs
+//! `herald demo`, callable from tests: Herald with the payment sandbox on a fresh embedded
+//! database, one merchant app of the chosen profile, and the demo's merchant, the example
+//! shop ([`shop`]), receiving that app's notifications through the inbox. Everything runs
 //! in this process on loopback (private targets allowed, so the engine may call the shop).
+//! The shop also runs on its own (`herald-shop`) against any sender, and is the Rust example
+//! of a merchant on `herald-receiver`. The `herald demo` command only parses arguments and
+//! prints what [`start`] returns.
+pub mod shop;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,13 +18,13 @@ use herald_inbox::SqliteInbox;
 use herald_protocols::profile::Credentials;
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Receiver, TradeQuery};
-use herald_shop::{Platform, ShopConfig};
+use herald_server::sandbox::SandboxOptions;
+use herald_server::server::{self, Database, Running, ServerOptions};
 use herald_store::NewApp;
 use herald_store_sqlite::Durability;
 use rand::RngCore;
 
-use crate::sandbox::SandboxOptions;
-use crate::server::{self, Database, Running, ServerOptions};
+use crate::shop::{Platform, ShopConfig};
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -162,7 +167,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.shop_port))?;
     let shop_addr = shop_listener.local_addr().map_err(|e| e.to_string())?;
-    let shop_url = crate::sandbox::default_public_url(shop_addr);
+    let shop_url = herald_server::sandbox::default_public_url(shop_addr);
 
     let herald_listen = SocketAddr::new(opts.host, opts.herald_port);
     let herald = server::start(
@@ -191,9 +196,9 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    let herald_url = crate::sandbox::default_public_url(herald.addr);
+    let herald_url = herald_server::sandbox::default_public_url(herald.addr);
 
-    let now_ms = crate::clock::now_ms();
+    let now_ms = herald_server::clock::now_ms();
     let (credentials, _) = opts
         .profile
         .create_credentials(&serde_json::Value::Null)
@@ -224,7 +229,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     }
     let shop_db = opts.dir.join("shop.db");
     let inbox_store = SqliteInbox::open(&shop_db).map_err(|e| format!("shop database: {e}"))?;
-    let shop = herald_shop::router(ShopConfig {
+    let shop = shop::router(ShopConfig {
         inbox: Inbox::new(receiver, Arc::new(inbox_store)),
         database: shop_db,
         public_url: shop_url.clone(),

@@ -1,15 +1,13 @@
-//! Herald, the binary's library half: the HTTP API, the operator dashboard, the server that
-//! ties store, engine, API and (with `--sandbox`) the payment sandbox together,
-//! configuration, the CLI commands, and `herald bench`. The sandbox is its own crate
-//! (`herald-sandbox`), and so is the HTTP edge the API shares with it (`herald-http`).
-//! `main.rs` only parses arguments.
+//! Herald's server, everything `herald serve` runs: the HTTP API, the operator dashboard,
+//! `/metrics`, retention, the accept loop, configuration, and the server that ties store,
+//! engine, API and (with `--sandbox`) the payment sandbox together. The sandbox is its own
+//! crate (`herald-sandbox`), and so is the HTTP edge the API shares with it (`herald-http`).
+//! The `herald` binary parses arguments and calls this; the bench (`herald-bench`) and the
+//! demo (`herald-demo`) start it in process.
 pub mod api;
-pub mod bench;
 pub mod clock;
-pub mod cmd;
 pub mod config;
 pub mod dashboard;
-pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod retention;

@@ -1,11 +1,11 @@
 //! `herald bench`: its arguments and help, the refusal to measure a debug build, and the
-//! output (the table, or `--json`). The scenarios are in `crate::bench`.
+//! output (the table, or `--json`). The scenarios are in the `herald-bench` crate.
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::bench::{self, Plan, Scenario, Sizes};
+use herald_bench::{Plan, Scenario, Sizes};
 
 const SCENARIOS: &str = "\
 Scenarios (every figure is shown with a baseline measured in the same run, their ratio,
@@ -104,7 +104,7 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> Result<bool, String> {
     if let Some(db) = &args.backlog_probe {
         let idle = Duration::from_millis(args.probe_idle_ms);
-        let report = bench::backlog::probe(db, args.concurrency, idle).await?;
+        let report = herald_bench::backlog::probe(db, args.concurrency, idle).await?;
         println!("{report}");
         return Ok(true);
     }
@@ -140,7 +140,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
         postgres: args.postgres,
         scenarios: Plan::select(&args.scenarios),
     };
-    let report = bench::run(&plan).await?;
+    let report = herald_bench::run(&plan).await?;
     if args.json {
         let text = serde_json::to_string_pretty(&report.json())
             .map_err(|e| format!("cannot print the report: {e}"))?;

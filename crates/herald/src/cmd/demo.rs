@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use herald_protocols::Profile;
 
-use crate::demo::{self, DemoOptions};
+use herald_demo::DemoOptions;
 
 #[derive(Args, Debug)]
 #[command(
@@ -69,7 +69,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             temp.path().to_path_buf()
         }
     };
-    let demo = demo::start(DemoOptions {
+    let demo = herald_demo::start(DemoOptions {
         dir: dir.clone(),
         host: args.host,
         herald_port: args.port,

@@ -4,7 +4,7 @@
 //! or checking that a database is reachable and current.
 use clap::Args;
 
-use crate::server::Database;
+use herald_server::server::Database;
 
 /// Apply the migrations this build has and the database lacks, then exit.
 #[derive(Args, Debug)]

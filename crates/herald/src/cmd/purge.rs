@@ -1,14 +1,14 @@
 //! `herald purge`: retention on demand. Deletes finished notifications (every delivery
 //! succeeded, failed or canceled) that finished before `--older-than` ago, with their
-//! deliveries, payloads and attempts, in short batches (see `crate::retention`), and prints
+//! deliveries, payloads and attempts, in short batches (see `herald_server::retention`), and prints
 //! what it removed. Pending work is never touched. `herald serve` does the same in the
 //! background (`--retention`).
 use clap::Args;
 use herald_store::{Millis, Sealer};
 use herald_store_sqlite::Durability;
 
-use crate::config::parse_long_duration;
-use crate::server::Database;
+use herald_server::config::parse_long_duration;
+use herald_server::server::Database;
 
 /// Delete finished notifications older than a period, then say how many.
 #[derive(Args, Debug)]
@@ -45,8 +45,8 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
         .open(Durability::Full, Sealer::none())
         .await
         .map_err(|e| format!("opening {}: {e}", args.db))?;
-    let before = crate::clock::now_ms() - age.as_millis() as Millis;
-    let result = crate::retention::purge_before(store.as_ref(), before, |_| {}, None).await;
+    let before = herald_server::clock::now_ms() - age.as_millis() as Millis;
+    let result = herald_server::retention::purge_before(store.as_ref(), before, |_| {}, None).await;
     store.close().await;
     let p = result.map_err(|e| format!("purging: {e}"))?;
     println!(
@@ -54,7 +54,7 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
         p.notifications,
         p.deliveries,
         p.attempts,
-        crate::api::views::rfc3339(before)
+        herald_http::fields::rfc3339(before)
     );
     Ok(())
 }

@@ -5,8 +5,8 @@
 use clap::Args;
 use herald_store_sqlite::Durability;
 
-use crate::config::SecretKeyArgs;
-use crate::server::Database;
+use herald_server::config::SecretKeyArgs;
+use herald_server::server::Database;
 
 /// Re-seal every app's credentials and source's keys under the first secret key, then exit.
 #[derive(Args, Debug)]

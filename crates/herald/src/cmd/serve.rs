@@ -1,6 +1,6 @@
 //! `herald serve`: run the delivery service until Ctrl-C or SIGTERM.
-use crate::config::ServeArgs;
-use crate::server;
+use herald_server::config::ServeArgs;
+use herald_server::server;
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     let opts = args.resolve().map_err(|e| e.to_string())?;

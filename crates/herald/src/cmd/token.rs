@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use herald_store::Sealer;
 use herald_store_sqlite::Durability;
 
-use crate::server::{self, Database};
+use herald_server::server::{self, Database};
 
 /// Manage the admin token.
 #[derive(Args, Debug)]

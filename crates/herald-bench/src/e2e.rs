@@ -24,7 +24,7 @@ use herald_server::server::Database;
 /// Producers posting at once (the scenario's fixed setting, whatever `--concurrency` says).
 const PRODUCERS: u32 = 32;
 
-pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Figure>, String> {
+pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Result<Vec<Figure>> {
     let n = plan.sizes.e2e;
     let dir = fixture::temp_dir(plan)?;
     let sqlite = Database::Sqlite(dir.path().join("e2e.db"));
@@ -70,7 +70,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Fi
                 .target(Target::RatioAtLeast(1.0)),
             );
         }
-        Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why}); pass --postgres URL"),
+        Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why:#}); pass --postgres URL"),
     }
     Ok(figures)
 }
@@ -83,7 +83,7 @@ async fn measure(
     label: &str,
     database: &Database,
     nodes: usize,
-) -> Result<f64, String> {
+) -> anyhow::Result<f64> {
     let n = plan.sizes.e2e;
     let client = load::client(PRODUCERS)?;
     let first = Herald::start_on(plan, &client, database.clone(), &sink.url("/hook"), None).await?;
@@ -143,9 +143,9 @@ async fn measure(
 /// The PostgreSQL database to measure on: `--postgres`, else a new database on a
 /// throwaway cluster started from this machine's PostgreSQL binaries (each run gets its
 /// own); the reason when there is none.
-fn postgres(plan: &Plan) -> Result<String, String> {
+fn postgres(plan: &Plan) -> anyhow::Result<String> {
     match &plan.postgres {
         Some(url) => Ok(url.clone()),
-        None => herald_pgtest::try_database(),
+        None => herald_pgtest::try_database().map_err(anyhow::Error::msg),
     }
 }

@@ -5,6 +5,7 @@
 //! The shop also runs on its own (`herald-shop`) against any sender, and is the Rust example
 //! of a merchant on `herald-receiver`. The `herald demo` command only parses arguments and
 //! prints what [`start`] returns.
+use anyhow::Context as _;
 pub mod shop;
 
 use std::net::{IpAddr, SocketAddr};
@@ -91,11 +92,9 @@ fn currency_for(profile: Profile) -> &'static str {
 /// Alipay and WeChat Pay v3 requests are signed with the merchant's own key pair, which a
 /// Herald app does not hold: the demo merchant gets a fresh one (the sandbox does not check
 /// those signatures, and says so in a reply header).
-fn trade_query(herald_url: &str, creds: &Credentials) -> Result<Option<TradeQuery>, String> {
-    let merchant_key = || {
-        herald_protocols::keys::private_pem_pkcs8(&herald_protocols::keys::generate_rsa_2048())
-            .map_err(|e| e.to_string())
-    };
+fn trade_query(herald_url: &str, creds: &Credentials) -> anyhow::Result<Option<TradeQuery>> {
+    let merchant_key =
+        || herald_protocols::keys::private_pem_pkcs8(&herald_protocols::keys::generate_rsa_2048());
     let query = match creds {
         Credentials::Alipay(c) => Some(TradeQuery::alipay(
             &format!("{herald_url}/gateway.do"),
@@ -121,7 +120,7 @@ fn trade_query(herald_url: &str, creds: &Credentials) -> Result<Option<TradeQuer
         | Credentials::WechatPayLegacy(_)
         | Credentials::Dialect(_) => None,
     };
-    query.transpose().map_err(|e| e.to_string())
+    query.transpose().context("the demo merchant's trade query")
 }
 
 fn expected_ids(creds: &Credentials) -> (Option<String>, Option<String>) {
@@ -152,9 +151,9 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Starts Herald with the sandbox, creates the merchant app, and opens the shop.
-pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
+pub async fn start(opts: DemoOptions) -> anyhow::Result<Demo> {
     std::fs::create_dir_all(&opts.dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
+        .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let mut raw = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut raw);
     let admin_token = format!(
@@ -165,8 +164,8 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     // Bind the shop first so Herald's sandbox and the app know its URL.
     let shop_listener = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.shop_port))
         .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.shop_port))?;
-    let shop_addr = shop_listener.local_addr().map_err(|e| e.to_string())?;
+        .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.shop_port))?;
+    let shop_addr = shop_listener.local_addr()?;
     let shop_url = herald_server::sandbox::default_public_url(shop_addr);
 
     let herald_listen = SocketAddr::new(opts.host, opts.herald_port);
@@ -194,15 +193,11 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         },
         std::future::pending(),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let herald_url = herald_server::sandbox::default_public_url(herald.addr);
 
     let now_ms = herald_server::clock::now_ms();
-    let (credentials, _) = opts
-        .profile
-        .create_credentials(&serde_json::Value::Null)
-        .map_err(|e| e.to_string())?;
+    let (credentials, _) = opts.profile.create_credentials(&serde_json::Value::Null)?;
     let app = herald
         .store
         .create_app(NewApp {
@@ -214,11 +209,10 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
             now: now_ms,
         })
         .await
-        .map_err(|e| format!("cannot create the demo app: {e}"))?;
+        .context("cannot create the demo app")?;
     let keys = opts
         .profile
-        .receiver_keys_from(&app.credentials, now_ms / 1000)
-        .map_err(|e| e.to_string())?;
+        .receiver_keys_from(&app.credentials, now_ms / 1000)?;
     let mut receiver = Receiver::new(opts.profile, keys);
     let (app_id, merchant_id) = expected_ids(&app.credentials);
     if let Some(id) = app_id {
@@ -228,7 +222,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         receiver = receiver.expect_merchant_id(id);
     }
     let shop_db = opts.dir.join("shop.db");
-    let inbox_store = SqliteInbox::open(&shop_db).map_err(|e| format!("shop database: {e}"))?;
+    let inbox_store = SqliteInbox::open(&shop_db).context("shop database")?;
     let shop = shop::router(ShopConfig {
         inbox: Inbox::new(receiver, Arc::new(inbox_store)),
         database: shop_db,
@@ -244,8 +238,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
             &app.credentials,
         )?,
         query_after: opts.query_after,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let shop_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(shop_listener, shop).await {
             tracing::error!(error = %e, "the shop stopped");

@@ -126,7 +126,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The whole chain: what was being done, then each cause down to the OS's.
+            eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }

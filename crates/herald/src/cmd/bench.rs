@@ -1,5 +1,6 @@
 //! `herald bench`: its arguments and help, the refusal to measure a debug build, and the
 //! output (the table, or `--json`). The scenarios are in the `herald-bench` crate.
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,7 +102,7 @@ pub struct BenchArgs {
     pub probe_idle_ms: u64,
 }
 
-pub async fn run(args: BenchArgs) -> Result<bool, String> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     if let Some(db) = &args.backlog_probe {
         let idle = Duration::from_millis(args.probe_idle_ms);
         let report = herald_bench::backlog::probe(db, args.concurrency, idle).await?;
@@ -109,11 +110,10 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
         return Ok(true);
     }
     if cfg!(debug_assertions) && !args.quick && !args.allow_debug {
-        return Err(
+        anyhow::bail!(
             "this is a debug build, whose numbers mean little: build with --release \
                     (cargo run --release -- bench), or pass --quick (a smoke run) or \
                     --allow-debug"
-                .into(),
         );
     }
     let mut sizes = if args.quick {
@@ -129,7 +129,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
     }
     let dir = args.dir.unwrap_or_else(std::env::temp_dir);
     if !dir.is_dir() {
-        return Err(format!("--dir {} is not a directory", dir.display()));
+        anyhow::bail!("--dir {} is not a directory", dir.display());
     }
     let plan = Plan {
         quick: args.quick,
@@ -142,8 +142,8 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
     };
     let report = herald_bench::run(&plan).await?;
     if args.json {
-        let text = serde_json::to_string_pretty(&report.json())
-            .map_err(|e| format!("cannot print the report: {e}"))?;
+        let text =
+            serde_json::to_string_pretty(&report.json()).context("cannot print the report")?;
         println!("{text}");
     } else {
         print!("{}", report.table());

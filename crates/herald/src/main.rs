@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::cmd;
-use herald::config::ServeArgs;
+use herald_server::config::ServeArgs;
 
 /// mimalloc: Herald allocates per request and per delivery from several threads at once;
 /// glibc malloc's arena locks cost about half the throughput in `herald bench`.
@@ -76,7 +76,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // `serve --help` shows defaults read from the components themselves.
-    let command = Cli::command().mut_subcommand("serve", herald::config::with_default_help);
+    let command = Cli::command().mut_subcommand("serve", herald_server::config::with_default_help);
     let cli = match Cli::from_arg_matches(&command.get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -126,7 +126,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The whole chain: what was being done, then each cause down to the OS's.
+            eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use herald::demo::{self, DemoOptions};
+use herald_demo::DemoOptions;
 use herald_protocols::Profile;
 use serde_json::{json, Value};
 
@@ -290,7 +290,7 @@ fn artifacts_dir() -> PathBuf {
 async fn a_shopper_pays_in_chromium_and_the_order_turns_paid_when_the_notify_arrives() {
     ensure_chromium();
     let dir = tempfile::tempdir().unwrap();
-    let demo = demo::start(DemoOptions {
+    let demo = herald_demo::start(DemoOptions {
         dir: dir.path().to_path_buf(),
         host: "127.0.0.1".parse().unwrap(),
         herald_port: 0,

@@ -1181,6 +1181,73 @@ async fn send_refuses_a_url_without_an_http_scheme_and_sends_nothing() {
     assert_eq!(rx.count(), 0);
 }
 
+/// A command's error keeps its cause: the line names what was being done (the flag and the
+/// file), then why, down to the operating system's own words, and the exit status is 2.
+#[tokio::test]
+async fn a_command_error_names_the_file_and_ends_with_the_os_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gone").join("alipay_public_key.pem");
+    let os_error = std::fs::metadata(&missing).unwrap_err().to_string();
+    let missing = missing.display().to_string();
+    let a_directory = dir.path().join("keys.pem");
+    std::fs::create_dir(&a_directory).unwrap();
+    let a_directory = a_directory.display().to_string();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["verify", "--profile", "alipay", "--key", &missing],
+            vec![
+                "--key: ",
+                "the key file",
+                &missing,
+                "does not exist",
+                &os_error,
+            ],
+        ),
+        (
+            vec!["verify", "--profile", "alipay", "--key", &a_directory],
+            vec![
+                "--key: ",
+                &a_directory,
+                "cannot be read",
+                "not a regular file",
+            ],
+        ),
+        (
+            // The request is read before the key is looked at.
+            vec![
+                "verify",
+                "--profile",
+                "alipay",
+                "--key",
+                "not-read",
+                "--request",
+                &missing,
+            ],
+            vec!["--request ", &missing, &os_error],
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, out, err) = herald_with_input(&args, b"{}").await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{args:?}: no error line in {err}"));
+        let mut from = 0;
+        for part in expected {
+            let at = line[from..].find(part).unwrap_or_else(|| {
+                panic!("{args:?}: {part:?} missing, or out of order, in {line}")
+            });
+            from += at + part.len();
+        }
+        assert_eq!(
+            from,
+            line.len(),
+            "{args:?}: the cause ends the line: {line}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_key_naming_a_missing_file_is_reported_as_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -465,7 +465,7 @@ async fn recover_disable_enable_rotate_and_create_an_api_key_act_on_the_store() 
         .collect();
     let stored = store.list_api_keys(&app).await.unwrap();
     assert_eq!(stored.len(), 1, "one key created");
-    let hash = herald::api::hash_token(&key);
+    let hash = herald_server::api::hash_token(&key);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     let found = store.find_api_key(&hex).await.unwrap();
     assert_eq!(
@@ -564,7 +564,7 @@ async fn a_one_time_login_link_signs_a_browser_in_once() {
 
 #[tokio::test]
 async fn sandbox_pages_list_trades_and_their_buttons_refund_cancel_and_set_drills() {
-    let server = TestServer::start_sandbox(herald::sandbox::SandboxOptions::default()).await;
+    let server = TestServer::start_sandbox(herald_server::sandbox::SandboxOptions::default()).await;
     let (status, v) = server
         .call(
             "POST",

@@ -5,7 +5,7 @@
 //! and a full refund turns the order refunded. The CLI prints the URLs to open.
 use std::time::{Duration, Instant};
 
-use herald::demo::{self, Demo, DemoOptions};
+use herald_demo::{Demo, DemoOptions};
 use herald_protocols::Profile;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -34,7 +34,7 @@ async fn start_with(
     unpaid_timeout: Duration,
     query_after: Duration,
 ) -> Demo {
-    demo::start(DemoOptions {
+    herald_demo::start(DemoOptions {
         dir: dir.to_path_buf(),
         host: "127.0.0.1".parse().unwrap(),
         herald_port: 0,

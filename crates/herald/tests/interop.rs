@@ -12,7 +12,7 @@ mod interop;
 use std::collections::BTreeMap;
 
 use common::{Received, Receiver, Reply, TestServer};
-use herald::sandbox::SandboxOptions;
+use herald_server::sandbox::SandboxOptions;
 use interop::{sdk_call, sdk_check};
 use serde_json::{json, Value};
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::TestServer;
-use herald::api::Access;
+use herald_server::api::Access;
 use serde_json::Value;
 
 const METHODS: [&str; 8] = [
@@ -52,7 +52,7 @@ async fn the_openapi_document_and_the_router_have_the_same_routes_and_methods() 
     // The router's routes: each path of the table it is built from, with the methods its
     // 405 answer to a method no route has (TRACE) allows.
     let mut routed = BTreeSet::new();
-    for (path, _, _) in herald::api::routes() {
+    for (path, _, _) in herald_server::api::routes() {
         let (status, headers, _) = server
             .call_full("TRACE", &concrete(path), None, None, &[])
             .await;
@@ -78,7 +78,7 @@ async fn the_openapi_document_and_the_router_have_the_same_routes_and_methods() 
     assert!(routed.len() >= 24, "every route of this build: {routed:?}");
 
     // The credentials each operation declares are the ones its route accepts.
-    for (path, access, _) in herald::api::routes() {
+    for (path, access, _) in herald_server::api::routes() {
         for m in METHODS {
             let Some(op) = doc["paths"][path].get(m) else {
                 continue;
@@ -118,7 +118,7 @@ fn refs(v: &Value, out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn every_schema_reference_resolves_and_every_operation_says_its_responses() {
-    let doc = herald::api::openapi::json();
+    let doc = herald_server::api::openapi::json();
     let mut found = Vec::new();
     refs(doc, &mut found);
     assert!(!found.is_empty());
@@ -160,7 +160,7 @@ async fn the_docs_page_shows_every_operation_and_schema_and_loads_nothing_else()
     let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("text/html"), "{ct}");
     let page = resp.text().await.unwrap();
-    let doc = herald::api::openapi::json();
+    let doc = herald_server::api::openapi::json();
     for (path, item) in doc["paths"].as_object().unwrap() {
         let shown = path.replace('{', "&#123;");
         assert!(

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Receiver, Reply, TestServer};
-use herald::sandbox::SandboxOptions;
+use herald_server::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 
 /// `php -S` serving examples/php-shop, killed on drop.

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Received, Receiver, Reply, TestServer};
-use herald::sandbox::SandboxOptions;
 use herald_inbox::{NewOrder, OrderState, SqliteInbox};
 use herald_protocols::{keys, Credentials, Profile, ReceiverKeys};
 use herald_receiver::{
     Inbox, Outcome, QueryError, RawRequest, ReconcileError, TradeQuery, TradeState,
 };
+use herald_server::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 
 fn now_s() -> i64 {

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{Received, Receiver, Reply, TestServer};
-use herald::sandbox::SandboxOptions;
 use herald_protocols::receive::IncomingRequest;
 use herald_protocols::{alipay, Profile, ReceiverKeys};
+use herald_server::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 
 async fn sandbox() -> TestServer {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use herald::sandbox::SandboxOptions;
 use herald_protocols::Profile;
+use herald_server::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 
 /// Starts `herald listen`'s receiver for `profile` with these keys (and dialect); returns

@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Receiver, Reply, TestServer};
-use herald::sandbox::SandboxOptions;
 use herald_protocols::receive::IncomingRequest;
 use herald_protocols::Profile;
+use herald_server::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 
 async fn sandbox() -> TestServer {

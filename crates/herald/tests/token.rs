@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use herald::server::{self, Database, Running, ServerOptions};
+use herald_server::server::{self, Database, Running, ServerOptions};
 use herald_store_sqlite::Durability;
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");

@@ -1,11 +1,12 @@
 //! `herald bench`: its arguments and help, the refusal to measure a debug build, and the
-//! output (the table, or `--json`). The scenarios are in `crate::bench`.
+//! output (the table, or `--json`). The scenarios are in the `herald-bench` crate.
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::bench::{self, E2eDatabases, Plan, Scenario, Sizes};
+use herald_bench::{E2eDatabases, Plan, Scenario, Sizes};
 
 const SCENARIOS: &str = "\
 Scenarios (every figure is shown with a baseline measured in the same run, their ratio,
@@ -111,19 +112,18 @@ pub struct BenchArgs {
     pub probe_idle_ms: u64,
 }
 
-pub async fn run(args: BenchArgs) -> Result<bool, String> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     if let Some(db) = &args.backlog_probe {
         let idle = Duration::from_millis(args.probe_idle_ms);
-        let report = bench::backlog::probe(db, args.concurrency, idle).await?;
+        let report = herald_bench::backlog::probe(db, args.concurrency, idle).await?;
         println!("{report}");
         return Ok(true);
     }
     if cfg!(debug_assertions) && !args.quick && !args.allow_debug {
-        return Err(
+        anyhow::bail!(
             "this is a debug build, whose numbers mean little: build with --release \
                     (cargo run --release -- bench), or pass --quick (a smoke run) or \
                     --allow-debug"
-                .into(),
         );
     }
     let mut sizes = if args.quick {
@@ -139,7 +139,7 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
     }
     let dir = args.dir.unwrap_or_else(std::env::temp_dir);
     if !dir.is_dir() {
-        return Err(format!("--dir {} is not a directory", dir.display()));
+        anyhow::bail!("--dir {} is not a directory", dir.display());
     }
     let plan = Plan {
         quick: args.quick,
@@ -151,10 +151,10 @@ pub async fn run(args: BenchArgs) -> Result<bool, String> {
         e2e_databases: args.e2e_databases,
         scenarios: Plan::select(&args.scenarios),
     };
-    let report = bench::run(&plan).await?;
+    let report = herald_bench::run(&plan).await?;
     if args.json {
-        let text = serde_json::to_string_pretty(&report.json())
-            .map_err(|e| format!("cannot print the report: {e}"))?;
+        let text =
+            serde_json::to_string_pretty(&report.json()).context("cannot print the report")?;
         println!("{text}");
     } else {
         print!("{}", report.table());

@@ -16,6 +16,7 @@
 //! The first line is `METHOD [TARGET [VERSION]]` (a bare `POST` is fine); header lines are
 //! `Name: value` until an empty line; the body is the next `Content-Length` bytes, or every
 //! remaining byte when no `Content-Length` is given. Lines may end in `\n` or `\r\n`.
+use anyhow::Context as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +62,7 @@ pub fn save(
     target: &str,
     headers: &[(String, String)],
     body: &[u8],
-) -> Result<PathBuf, String> {
+) -> anyhow::Result<PathBuf> {
     let bytes = render(method, target, headers, body);
     loop {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -74,11 +75,15 @@ pub fn save(
             Ok(mut f) => {
                 f.write_all(&bytes)
                     .and_then(|_| f.sync_all())
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 return Ok(path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot create {}", path.display()))
+                )
+            }
         }
     }
 }
@@ -96,15 +101,17 @@ fn next_line(input: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Parses a capture file (see the module documentation for the format).
-pub fn parse(input: &[u8]) -> Result<Captured, String> {
-    let (first, mut rest) =
-        next_line(input).ok_or("the request is empty (expected a line such as 'POST /notify')")?;
-    let first = std::str::from_utf8(first).map_err(|_| "the request line is not UTF-8")?;
+pub fn parse(input: &[u8]) -> anyhow::Result<Captured> {
+    let (first, mut rest) = next_line(input)
+        .context("the request is empty (expected a line such as 'POST /notify')")?;
+    let first = std::str::from_utf8(first)
+        .ok()
+        .context("the request line is not UTF-8")?;
     let mut parts = first.split_whitespace();
     let method = parts
         .next()
         .filter(|m| m.bytes().all(|b| b.is_ascii_uppercase()))
-        .ok_or_else(|| format!("the first line {first:?} does not start with an HTTP method"))?
+        .with_context(|| format!("the first line {first:?} does not start with an HTTP method"))?
         .to_string();
     let target = parts.next().unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -112,24 +119,27 @@ pub fn parse(input: &[u8]) -> Result<Captured, String> {
     let mut content_length: Option<usize> = None;
     loop {
         let (line, after) =
-            next_line(rest).ok_or("the request has no empty line after its headers")?;
+            next_line(rest).context("the request has no empty line after its headers")?;
         rest = after;
         if line.is_empty() {
             break;
         }
-        let line = std::str::from_utf8(line).map_err(|_| "a header line is not UTF-8")?;
+        let line = std::str::from_utf8(line)
+            .ok()
+            .context("a header line is not UTF-8")?;
         let (name, value) = line
             .split_once(':')
-            .ok_or_else(|| format!("the header line {line:?} has no ':'"))?;
+            .with_context(|| format!("the header line {line:?} has no ':'"))?;
         let (name, value) = (name.trim(), value.trim());
         if name.is_empty() {
-            return Err(format!("the header line {line:?} has no name"));
+            anyhow::bail!("the header line {line:?} has no name");
         }
         if name.eq_ignore_ascii_case("content-length") {
             content_length = Some(
                 value
                     .parse()
-                    .map_err(|_| format!("Content-Length {value:?} is not a number"))?,
+                    .ok()
+                    .with_context(|| format!("Content-Length {value:?} is not a number"))?,
             );
         } else {
             headers.push((name.to_string(), value.to_string()));
@@ -137,10 +147,10 @@ pub fn parse(input: &[u8]) -> Result<Captured, String> {
     }
     let body = match content_length {
         Some(n) if n > rest.len() => {
-            return Err(format!(
+            anyhow::bail!(
                 "Content-Length says {n} bytes but the body has {}",
                 rest.len()
-            ))
+            )
         }
         Some(n) => rest[..n].to_vec(),
         None => rest.to_vec(),
@@ -179,12 +189,22 @@ mod tests {
     fn a_bare_method_line_and_crlf_are_read_and_bad_files_are_refused() {
         let c = parse(b"POST\r\nContent-Type: a/b\r\n\r\n{}\n").unwrap();
         assert_eq!((c.path.as_str(), c.body.as_slice()), ("/", &b"{}\n"[..]));
-        assert!(parse(b"").unwrap_err().contains("empty"));
-        assert!(parse(b"{\"a\":1}\n").unwrap_err().contains("HTTP method"));
-        assert!(parse(b"POST\nno colon\n\n").unwrap_err().contains("':'"));
-        assert!(parse(b"POST\nA: b\n").unwrap_err().contains("empty line"));
+        assert!(parse(b"").unwrap_err().to_string().contains("empty"));
+        assert!(parse(b"{\"a\":1}\n")
+            .unwrap_err()
+            .to_string()
+            .contains("HTTP method"));
+        assert!(parse(b"POST\nno colon\n\n")
+            .unwrap_err()
+            .to_string()
+            .contains("':'"));
+        assert!(parse(b"POST\nA: b\n")
+            .unwrap_err()
+            .to_string()
+            .contains("empty line"));
         assert!(parse(b"POST\nContent-Length: 10\n\nabc")
             .unwrap_err()
+            .to_string()
             .contains("10 bytes"));
     }
 }

@@ -1,13 +1,14 @@
 //! `herald demo`: the whole notify_url / return_url flow on one machine. Starts Herald with
 //! the payment sandbox and the example shop on a fresh embedded database and prints what to
 //! open; runs until Ctrl-C.
+use anyhow::Context as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
 use herald_protocols::Profile;
 
-use crate::demo::{self, DemoOptions};
+use herald_demo::DemoOptions;
 
 #[derive(Args, Debug)]
 #[command(
@@ -45,19 +46,16 @@ pub struct DemoArgs {
     pub query_after_secs: u64,
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), String> {
-    let profile: Profile = args
-        .profile
-        .parse()
-        .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let profile: Profile = args.profile.parse()?;
     let temp;
     let dir = match args.dir {
         Some(d) => {
             if d.join("herald.db").exists() || d.join("shop.db").exists() {
-                return Err(format!(
+                anyhow::bail!(
                     "{} already holds a demo's databases; pick an empty directory",
                     d.display()
-                ));
+                );
             }
             d
         }
@@ -65,11 +63,11 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             temp = tempfile::Builder::new()
                 .prefix("herald-demo-")
                 .tempdir()
-                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+                .context("cannot create a temporary directory")?;
             temp.path().to_path_buf()
         }
     };
-    let demo = demo::start(DemoOptions {
+    let demo = herald_demo::start(DemoOptions {
         dir: dir.clone(),
         host: args.host,
         herald_port: args.port,

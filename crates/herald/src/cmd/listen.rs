@@ -4,6 +4,7 @@
 //! (or its failure reply, with the reason, when verification or the forward fails, so the
 //! provider sends it again). With `--dump DIR` it first saves each raw request as one file
 //! (the format of [`super::capture`]), for `herald verify --request FILE --explain` later.
+use anyhow::Context as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -86,12 +87,10 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn new(url: &str, raw: bool) -> Result<Self, String> {
-        let url = url::Url::parse(url).map_err(|e| format!("--forward {url:?}: {e}"))?;
+    pub fn new(url: &str, raw: bool) -> anyhow::Result<Self> {
+        let url = url::Url::parse(url).with_context(|| format!("--forward {url:?}"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "--forward {url}: only http and https URLs can be forwarded to"
-            ));
+            anyhow::bail!("--forward {url}: only http and https URLs can be forwarded to");
         }
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -99,7 +98,7 @@ impl Forward {
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(15))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .context("cannot build the HTTP client")?;
         Ok(Forward { url, raw, client })
     }
 
@@ -108,14 +107,15 @@ impl Forward {
         &self,
         n: &VerifiedNotification,
         req: &IncomingRequest<'_>,
-    ) -> Result<u16, String> {
+    ) -> anyhow::Result<u16> {
         let mut url = self.url.clone();
         let builder = if self.raw {
             if !req.query.is_empty() {
                 url.set_query(Some(req.query));
             }
             let method = reqwest::Method::from_bytes(req.method.as_bytes())
-                .map_err(|_| format!("method {:?} cannot be forwarded", req.method))?;
+                .ok()
+                .with_context(|| format!("method {:?} cannot be forwarded", req.method))?;
             let mut b = self.client.request(method, url);
             for (k, v) in req.headers {
                 if !HOP_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h)) {
@@ -124,7 +124,7 @@ impl Forward {
             }
             b.body(req.body.to_vec())
         } else {
-            let json = serde_json::to_vec(n).map_err(|e| e.to_string())?;
+            let json = serde_json::to_vec(n)?;
             self.client
                 .post(url)
                 .header("content-type", "application/json")
@@ -135,12 +135,12 @@ impl Forward {
             .header("x-herald-notify-id", n.notify_id.as_str())
             .send()
             .await
-            .map_err(|e| format!("forward to {} failed: {}", self.url, error_chain(&e)))?;
+            .with_context(|| format!("forward to {} failed", self.url))?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
             Ok(status)
         } else {
-            Err(format!("forward to {} answered {status}", self.url))
+            Err(anyhow::anyhow!("forward to {} answered {status}", self.url))
         }
     }
 }
@@ -154,17 +154,6 @@ const HOP_HEADERS: [&str; 6] = [
     "keep-alive",
     "upgrade",
 ];
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
 
 /// What the receiver does with each request; `out` gets one printable report per request.
 #[derive(Clone)]
@@ -214,7 +203,7 @@ async fn handle(
             Ok(path) => (r.out)(format!("saved {}", path.display())),
             // Verification and the reply go on: a full disk must not make the provider
             // believe the notification was refused.
-            Err(e) => (r.out)(format!("not saved: {e}")),
+            Err(e) => (r.out)(format!("not saved: {e:#}")),
         }
     }
     let now = herald_engine::now_ms() / 1000;
@@ -243,8 +232,9 @@ async fn handle(
                 match fw.send(&n, &req).await {
                     Ok(status) => (r.out)(format!("forwarded to {} -> {status}", fw.url)),
                     Err(e) => {
-                        (r.out)(format!("not acknowledged: {e}"));
-                        return reply(r.profile.failure_reply_for(&r.keys, &e));
+                        let reason = format!("{e:#}");
+                        (r.out)(format!("not acknowledged: {reason}"));
+                        return reply(r.profile.failure_reply_for(&r.keys, &reason));
                     }
                 }
             }
@@ -260,37 +250,38 @@ async fn handle(
     }
 }
 
-pub async fn run(args: ListenArgs) -> Result<(), String> {
-    let profile: Profile = args
-        .profile
-        .parse()
-        .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
+    let profile: Profile = args.profile.parse()?;
     let keys: Vec<String> = args
         .keys
         .iter()
         .map(|k| super::verify::key_arg(k.trim()))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--key: {e}"))?;
+        .context("--key")?;
     let decrypt = args
         .decrypt_key
         .as_deref()
         .map(super::verify::key_arg)
         .transpose()
-        .map_err(|e| format!("--decrypt-key: {e}"))?;
+        .context("--decrypt-key")?;
     if let Some(dir) = &args.dump {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("--dump {}: cannot create it: {e}", dir.display()))?;
+            .with_context(|| format!("--dump {}: cannot create it", dir.display()))?;
     }
     let receiver_keys = profile
         .receiver_keys(&keys, decrypt.as_deref())
-        .map_err(|e| format!("--key: {e}"))?;
+        .context("--key")?;
     let receiver_keys =
         super::verify::with_sign_type(profile, receiver_keys, args.sign_type.as_deref())?;
     let receiver_keys =
         super::verify::with_dialect(profile, receiver_keys, &keys, args.dialect.as_deref())?;
     let status = args
         .status
-        .map(|s| StatusCode::from_u16(s).map_err(|_| format!("--status {s} is not an HTTP status")))
+        .map(|s| {
+            StatusCode::from_u16(s)
+                .ok()
+                .with_context(|| format!("--status {s} is not an HTTP status"))
+        })
         .transpose()?;
     let forward = args
         .forward
@@ -300,7 +291,7 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .with_context(|| format!("cannot listen on {addr}"))?;
     println!(
         "Listening on http://{addr}  (verifying {} with {} key(s), answering {})",
         profile.name(),
@@ -333,5 +324,5 @@ pub async fn run(args: ListenArgs) -> Result<(), String> {
     axum::serve(listener, router(receiver))
         .with_graceful_shutdown(super::serve::shutdown_signal())
         .await
-        .map_err(|e| e.to_string())
+        .context("the receiver stopped")
 }

@@ -2,9 +2,10 @@
 //! node runs the migrations at start anyway (under an advisory lock on PostgreSQL, so nodes
 //! starting together apply each once); this is for deploying the schema before the nodes,
 //! or checking that a database is reachable and current.
+use anyhow::Context as _;
 use clap::Args;
 
-use crate::server::Database;
+use herald_server::server::Database;
 
 /// Apply the migrations this build has and the database lacks, then exit.
 #[derive(Args, Debug)]
@@ -18,12 +19,16 @@ pub struct MigrateArgs {
     pub db: String,
 }
 
-pub async fn run(args: MigrateArgs) -> Result<(), String> {
-    let database: Database = args.db.parse().map_err(|e| format!("invalid --db: {e}"))?;
+pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    let database: Database = args
+        .db
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("invalid --db")?;
     database
         .migrate()
         .await
-        .map_err(|e| format!("migrating {}: {e}", args.db))?;
+        .with_context(|| format!("migrating {}", args.db))?;
     println!("The database is at this build's schema.");
     Ok(())
 }

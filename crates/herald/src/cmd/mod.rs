@@ -1,4 +1,5 @@
 //! The CLI commands other than argument parsing: one module per command.
+use anyhow::Context as _;
 pub mod bench;
 pub mod capture;
 pub mod demo;
@@ -13,14 +14,14 @@ pub mod token;
 pub mod verify;
 
 /// Reads a value given as literal text, `@FILE`, or `-` for standard input.
-pub fn read_arg_text(value: &str) -> Result<String, String> {
+pub fn read_arg_text(value: &str) -> anyhow::Result<String> {
     if value == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
+            .context("cannot read standard input")?;
         Ok(s)
     } else if let Some(path) = value.strip_prefix('@') {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))
     } else {
         Ok(value.to_string())
     }

@@ -1,14 +1,15 @@
 //! `herald purge`: retention on demand. Deletes finished notifications (every delivery
 //! succeeded, failed or canceled) that finished before `--older-than` ago, with their
-//! deliveries, payloads and attempts, in short batches (see `crate::retention`), and prints
+//! deliveries, payloads and attempts, in short batches (see `herald_server::retention`), and prints
 //! what it removed. Pending work is never touched. `herald serve` does the same in the
 //! background (`--retention`).
+use anyhow::Context as _;
 use clap::Args;
 use herald_store::{Millis, Sealer};
 use herald_store_sqlite::Durability;
 
-use crate::config::parse_long_duration;
-use crate::server::Database;
+use herald_server::config::parse_long_duration;
+use herald_server::server::Database;
 
 /// Delete finished notifications older than a period, then say how many.
 #[derive(Args, Debug)]
@@ -27,9 +28,13 @@ pub struct PurgeArgs {
     pub older_than: String,
 }
 
-pub async fn run(args: PurgeArgs) -> Result<(), String> {
-    let database: Database = args.db.parse().map_err(|e| format!("invalid --db: {e}"))?;
-    let age = parse_long_duration(&args.older_than).ok_or_else(|| {
+pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
+    let database: Database = args
+        .db
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("invalid --db")?;
+    let age = parse_long_duration(&args.older_than).with_context(|| {
         format!(
             "invalid --older-than {:?}: expected a positive number with a unit, e.g. 90s, 15m, 12h, 30d",
             args.older_than
@@ -37,24 +42,24 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
     })?;
     if let Database::Sqlite(path) = &database {
         if !path.exists() {
-            return Err(format!("no database at {}", path.display()));
+            anyhow::bail!("no database at {}", path.display());
         }
     }
     // Purging reads no credentials: no keyring is needed.
     let store = database
         .open(Durability::Full, Sealer::none())
         .await
-        .map_err(|e| format!("opening {}: {e}", args.db))?;
-    let before = crate::clock::now_ms() - age.as_millis() as Millis;
-    let result = crate::retention::purge_before(store.as_ref(), before, |_| {}, None).await;
+        .with_context(|| format!("opening {}", args.db))?;
+    let before = herald_server::clock::now_ms() - age.as_millis() as Millis;
+    let result = herald_server::retention::purge_before(store.as_ref(), before, |_| {}, None).await;
     store.close().await;
-    let p = result.map_err(|e| format!("purging: {e}"))?;
+    let p = result.context("purging")?;
     println!(
         "Purged {} notifications, {} deliveries and {} attempts that finished before {}.",
         p.notifications,
         p.deliveries,
         p.attempts,
-        crate::api::views::rfc3339(before)
+        herald_http::fields::rfc3339(before)
     );
     Ok(())
 }

@@ -2,11 +2,12 @@
 //! key of the keyring, so older keys can be dropped (see the README's "Secrets at rest").
 //! Plaintext credentials (written before a key was configured) are sealed too. Nothing is
 //! written when one app's credentials do not open with the keyring given.
+use anyhow::Context as _;
 use clap::Args;
 use herald_store_sqlite::Durability;
 
-use crate::config::SecretKeyArgs;
-use crate::server::Database;
+use herald_server::config::SecretKeyArgs;
+use herald_server::server::Database;
 
 /// Re-seal every app's credentials and source's keys under the first secret key, then exit.
 #[derive(Args, Debug)]
@@ -26,27 +27,30 @@ pub struct RekeyArgs {
     pub secret_key: SecretKeyArgs,
 }
 
-pub async fn run(args: RekeyArgs) -> Result<(), String> {
-    let database: Database = args.db.parse().map_err(|e| format!("invalid --db: {e}"))?;
+pub async fn run(args: RekeyArgs) -> anyhow::Result<()> {
+    let database: Database = args
+        .db
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("invalid --db")?;
     if let Database::Sqlite(path) = &database {
         if !path.exists() {
-            return Err(format!("{} does not exist", path.display()));
+            anyhow::bail!("{} does not exist", path.display());
         }
     }
-    let sealer = args.secret_key.sealer().map_err(|e| e.to_string())?;
+    let sealer = args.secret_key.sealer()?;
     let Some(key_id) = sealer.current_key_id().map(str::to_string) else {
-        return Err(
+        anyhow::bail!(
             "no secret key is configured: give --secret-key-file or HERALD_SECRET_KEY (the first key seals)"
-                .into(),
         );
     };
     let store = database
         .open(Durability::Full, sealer)
         .await
-        .map_err(|e| format!("opening {}: {e}", args.db))?;
+        .with_context(|| format!("opening {}", args.db))?;
     let result = store.reseal_credentials().await;
     store.close().await;
-    let census = result.map_err(|e| format!("nothing was re-sealed: {e}"))?;
+    let census = result.context("nothing was re-sealed")?;
     println!(
         "{} app(s) and source(s): {} re-sealed under key {key_id} ({} were in plaintext, {} under an older key); {} already were.",
         census.apps(),

@@ -2,6 +2,7 @@
 //! attempt code, and show every attempt until it is acknowledged or the schedule is spent.
 //! Any wire profile signs (`--profile`), and its acknowledgement is what counts unless `--ack`
 //! says otherwise.
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +71,7 @@ pub struct SendArgs {
 }
 
 /// Parses the `--retry` forms shared by the CLI.
-pub fn parse_retry_arg(s: &str) -> Result<RetryPolicy, String> {
+pub fn parse_retry_arg(s: &str) -> anyhow::Result<RetryPolicy> {
     let s = s.trim();
     if s == "none" {
         return Ok(RetryPolicy {
@@ -92,34 +93,32 @@ pub fn parse_retry_arg(s: &str) -> Result<RetryPolicy, String> {
             }
         })
         .collect();
-    RetryPolicy::from_json(&serde_json::Value::Array(items)).map_err(|e| e.to_string())
+    Ok(RetryPolicy::from_json(&serde_json::Value::Array(items))?)
 }
 
 /// Checks `--url`: an absolute http(s) URL. `127.0.0.1:9000/hook` (no scheme) would otherwise
 /// parse as a URL with the scheme `127.0.0.1`, or not at all.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> anyhow::Result<()> {
     let hint = || format!("--url {url:?} needs a scheme, e.g. http://{url}");
     if !url.contains("://") {
-        return Err(hint());
+        anyhow::bail!(hint());
     }
-    let parsed = url::Url::parse(url).map_err(|e| format!("--url {url:?} is not a URL: {e}"))?;
+    let parsed = url::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "--url {url:?}: only http:// and https:// URLs can be sent to"
-        ));
+        anyhow::bail!("--url {url:?}: only http:// and https:// URLs can be sent to");
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("--url {url:?} has no host"));
+        anyhow::bail!("--url {url:?} has no host");
     }
     Ok(())
 }
 
 /// Credentials for `profile` from `--secret` (the profile's signing field) and `--set`.
-fn credentials(profile: Profile, secret: &str, set: &[String]) -> Result<Credentials, String> {
+fn credentials(profile: Profile, secret: &str, set: &[String]) -> anyhow::Result<Credentials> {
     let mut options = serde_json::Map::new();
-    let secret = super::verify::key_arg(secret.trim()).map_err(|e| format!("--secret: {e}"))?;
+    let secret = super::verify::key_arg(secret.trim()).context("--secret")?;
     if profile == Profile::StandardWebhooks {
-        SigningSecret::parse_for_signing(&secret).map_err(|e| format!("--secret: {e}"))?;
+        SigningSecret::parse_for_signing(&secret).context("--secret")?;
         return Ok(Credentials::StandardWebhooks(Keys::single(secret)));
     }
     options.insert(
@@ -129,7 +128,7 @@ fn credentials(profile: Profile, secret: &str, set: &[String]) -> Result<Credent
     for kv in set {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| format!("--set {kv:?} must look like name=value"))?;
+            .with_context(|| format!("--set {kv:?} must look like name=value"))?;
         options.insert(
             k.trim().to_string(),
             serde_json::Value::String(v.to_string()),
@@ -138,17 +137,14 @@ fn credentials(profile: Profile, secret: &str, set: &[String]) -> Result<Credent
     profile
         .create_credentials(&serde_json::Value::Object(options))
         .map(|(c, _)| c)
-        .map_err(|e| format!("--secret/--set: {e}"))
+        .context("--secret/--set")
 }
 
-pub async fn run(args: SendArgs) -> Result<bool, String> {
+pub async fn run(args: SendArgs) -> anyhow::Result<bool> {
     check_url(&args.url)?;
-    let profile: Profile = args
-        .profile
-        .parse()
-        .map_err(|e: herald_protocols::ProfileError| format!("--profile: {e}"))?;
+    let profile: Profile = args.profile.parse().context("--profile")?;
     if profile == Profile::StandardWebhooks && !args.set.is_empty() {
-        return Err("--set: standard-webhooks takes no credentials but --secret".into());
+        anyhow::bail!("--set: standard-webhooks takes no credentials but --secret");
     }
     let credentials = if matches!(profile, Profile::Dialect | Profile::WechatPayLegacy)
         || args.dialect.is_some()
@@ -167,13 +163,13 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
     };
     let payload = super::read_arg_text(&args.json)?;
     let value: serde_json::Value =
-        serde_json::from_str(&payload).map_err(|e| format!("--json is not valid JSON: {e}"))?;
+        serde_json::from_str(&payload).context("--json is not valid JSON")?;
     if !value.is_object() {
-        return Err("--json must be a JSON object".into());
+        anyhow::bail!("--json must be a JSON object");
     }
-    let retry = parse_retry_arg(&args.retry).map_err(|e| format!("--retry: {e}"))?;
+    let retry = parse_retry_arg(&args.retry).context("--retry")?;
     let ack: AckRule = match &args.ack {
-        Some(a) => a.parse().map_err(|e| format!("--ack: {e}"))?,
+        Some(a) => a.parse().context("--ack")?,
         None => profile.default_ack_for(&credentials),
     };
     // What the profile cannot encode is refused before anything is sent.
@@ -188,7 +184,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
                 created_at: now_ms() / 1000,
             },
         )
-        .map_err(|e| format!("--json cannot be sent as {}: {e}", profile.name()))?
+        .with_context(|| format!("--json cannot be sent as {}", profile.name()))?
         .method;
     let app = Arc::new(AppCtx {
         id: "cli".into(),
@@ -206,7 +202,7 @@ pub async fn run(args: SendArgs) -> Result<bool, String> {
         ..EngineConfig::default()
     };
     let sender = HttpAttempter {
-        client: build_client(&config).map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+        client: build_client(&config).context("cannot build the HTTP client")?,
         policy: config.target_policy.clone(),
         read_cap: config.response_read_cap,
         store_cap: config.response_store_cap,

@@ -1,12 +1,10 @@
 //! `herald serve`: run the delivery service until Ctrl-C or SIGTERM.
-use crate::config::ServeArgs;
-use crate::server;
+use herald_server::config::ServeArgs;
+use herald_server::server;
 
-pub async fn run(args: ServeArgs) -> Result<(), String> {
-    let opts = args.resolve().map_err(|e| e.to_string())?;
-    let running = server::start(opts, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let opts = args.resolve()?;
+    let running = server::start(opts, shutdown_signal()).await?;
     println!("Herald is listening on http://{}", running.addr);
     if let Some(url) = &running.sandbox_url {
         println!("Payment sandbox: create payments with POST /v1/sandbox/payments; checkout pages at {url}/pay/{{payment_id}}");

@@ -7,6 +7,7 @@
 //! file (`--key-out`, owner-only permissions) whose path is printed on standard error, before
 //! the request is printed: `herald sign ... | herald verify --key THAT_FILE --request -`
 //! round-trips.
+use anyhow::Context as _;
 use clap::Args;
 use herald_protocols::{Credentials, OutgoingNotification, Profile};
 use serde_json::{Map, Value};
@@ -51,11 +52,8 @@ pub struct SignArgs {
     pub now: Option<i64>,
 }
 
-pub fn run(args: SignArgs) -> Result<(), String> {
-    let profile: Profile = args
-        .profile
-        .parse()
-        .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+pub fn run(args: SignArgs) -> anyhow::Result<()> {
+    let profile: Profile = args.profile.parse()?;
     let (credentials, view) = build_credentials(
         profile,
         args.key.as_deref(),
@@ -75,46 +73,43 @@ pub fn build_credentials(
     set: &[String],
     dialect: Option<&str>,
     fields: &[String],
-) -> Result<(herald_protocols::Credentials, Value), String> {
+) -> anyhow::Result<(herald_protocols::Credentials, Value)> {
     let mut options = Map::new();
     if let Some(k) = key {
         options.insert(
             profile.secret_field().to_string(),
-            Value::String(super::verify::key_arg(k).map_err(|e| format!("--key: {e}"))?),
+            Value::String(super::verify::key_arg(k).context("--key")?),
         );
     }
     for kv in set {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| format!("--set {kv:?} must look like name=value"))?;
+            .with_context(|| format!("--set {kv:?} must look like name=value"))?;
         options.insert(k.trim().to_string(), Value::String(v.to_string()));
     }
     if dialect.is_some() || !fields.is_empty() {
         if profile != Profile::Dialect {
-            return Err(format!(
+            anyhow::bail!(
                 "--dialect and --field apply to the dialect profile only, not {}",
                 profile.name()
-            ));
+            );
         }
         if let Some(d) = dialect {
             let d = super::verify::load_dialect(d)?;
-            options.insert(
-                "dialect".into(),
-                serde_json::to_value(d).map_err(|e| e.to_string())?,
-            );
+            options.insert("dialect".into(), serde_json::to_value(d)?);
         }
         let mut given = Map::new();
         for kv in fields {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| format!("--field {kv:?} must look like name=value"))?;
+                .with_context(|| format!("--field {kv:?} must look like name=value"))?;
             given.insert(k.trim().to_string(), Value::String(v.to_string()));
         }
         options.insert("fields".into(), Value::Object(given));
     }
     profile
         .create_credentials(&Value::Object(options))
-        .map_err(|e| format!("credentials: {e}"))
+        .context("credentials")
 }
 
 fn sign_with(
@@ -122,14 +117,14 @@ fn sign_with(
     profile: Profile,
     credentials: herald_protocols::Credentials,
     view: Value,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut payload = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut payload)
-        .map_err(|e| format!("cannot read the payload: {e}"))?;
-    let parsed: Value = serde_json::from_slice(&payload)
-        .map_err(|e| format!("the payload is not valid JSON: {e}"))?;
+        .context("cannot read the payload")?;
+    let parsed: Value =
+        serde_json::from_slice(&payload).context("the payload is not valid JSON")?;
     if !parsed.is_object() {
-        return Err("the payload must be a JSON object".into());
+        anyhow::bail!("the payload must be a JSON object");
     }
     let headers = args
         .headers
@@ -141,18 +136,16 @@ fn sign_with(
         .notify_id
         .clone()
         .unwrap_or_else(|| profile.new_notify_id());
-    let encoded = profile
-        .encode(
-            &credentials,
-            &OutgoingNotification {
-                notify_id: &notify_id,
-                event_type: &args.event_type,
-                payload: &payload,
-                timestamp: now,
-                created_at: now,
-            },
-        )
-        .map_err(|e| e.to_string())?;
+    let encoded = profile.encode(
+        &credentials,
+        &OutgoingNotification {
+            notify_id: &notify_id,
+            event_type: &args.event_type,
+            payload: &payload,
+            timestamp: now,
+            created_at: now,
+        },
+    )?;
     if args.key.is_none() {
         let path = args
             .key_out
@@ -188,8 +181,7 @@ fn sign_with(
     out.extend_from_slice(format!("Content-Length: {}\n\n", encoded.body.len()).as_bytes());
     out.extend_from_slice(&encoded.body);
     out.push(b'\n');
-    std::io::Write::write_all(&mut std::io::stdout(), &out)
-        .map_err(|e| format!("cannot write the request: {e}"))?;
+    std::io::Write::write_all(&mut std::io::stdout(), &out).context("cannot write the request")?;
     Ok(())
 }
 
@@ -209,14 +201,14 @@ fn signing_key(credentials: &Credentials, view: &Value) -> String {
 }
 
 /// Writes `key` to `path`, readable and writable by its owner only.
-fn write_key(path: &std::path::Path, key: &str) -> Result<(), String> {
+fn write_key(path: &std::path::Path, key: &str) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options
         .open(path)
-        .map_err(|e| format!("--key-out {}: cannot create it: {e}", path.display()))?;
+        .with_context(|| format!("--key-out {}: cannot create it", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{}\n", key.trim()).as_bytes())
-        .map_err(|e| format!("--key-out {}: cannot write it: {e}", path.display()))
+        .with_context(|| format!("--key-out {}: cannot write it", path.display()))
 }

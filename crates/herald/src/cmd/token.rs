@@ -1,11 +1,12 @@
 //! `herald token reset`: make a new admin token when the old one is lost (or leaked), store
 //! its hash in place of the old one's, and print it once. SQLite and PostgreSQL alike; it
 //! needs no secret key (apps' credentials are not read).
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use herald_store::Sealer;
 use herald_store_sqlite::Durability;
 
-use crate::server::{self, Database};
+use herald_server::server::{self, Database};
 
 /// Manage the admin token.
 #[derive(Args, Debug)]
@@ -34,26 +35,30 @@ pub struct ResetArgs {
     pub db: String,
 }
 
-pub async fn run(args: TokenArgs) -> Result<(), String> {
+pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     match args.command {
         TokenCommand::Reset(args) => reset(args).await,
     }
 }
 
-async fn reset(args: ResetArgs) -> Result<(), String> {
-    let database: Database = args.db.parse().map_err(|e| format!("invalid --db: {e}"))?;
+async fn reset(args: ResetArgs) -> anyhow::Result<()> {
+    let database: Database = args
+        .db
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("invalid --db")?;
     if let Database::Sqlite(path) = &database {
         if !path.exists() {
-            return Err(format!("{} does not exist", path.display()));
+            anyhow::bail!("{} does not exist", path.display());
         }
     }
     let store = database
         .open(Durability::Full, Sealer::none())
         .await
-        .map_err(|e| format!("opening {}: {e}", args.db))?;
+        .with_context(|| format!("opening {}", args.db))?;
     let result = server::reset_admin_token(store.as_ref()).await;
     store.close().await;
-    let token = result.map_err(|e| format!("the token was not changed: {e}"))?;
+    let token = result.context("the token was not changed")?;
     println!("New admin token (shown once, only its hash is stored; keep it): {token}");
     println!("Use it as:  Authorization: Bearer {token}");
     println!("Restart the servers (every node) for it to replace the old one.");

@@ -8,6 +8,7 @@
 //! note saying why a receiver refuses it; only a bad signature (or timestamp) exits 1.
 //! WeChat Pay v2 refund notifications are unsigned: decrypting `req_info` with the API key
 //! is their check, and the decrypted refund is shown under `fields.req_info`.
+use anyhow::Context as _;
 use std::io::Read;
 
 use clap::Args;
@@ -72,7 +73,7 @@ pub struct VerifyArgs {
 /// can only be a path (it starts with `/`, `./`, `../` or `~/`, or ends in a file extension
 /// such as `.pem`: base64 and PEM keys never contain a `.`) but names no file is refused with
 /// "no such file", not parsed as a key.
-pub fn key_arg(value: &str) -> Result<String, String> {
+pub fn key_arg(value: &str) -> anyhow::Result<String> {
     let (prefix, rest) = match value.split_once('=') {
         // SERIAL=key: keep the serial, read the key part.
         Some((serial, key))
@@ -91,11 +92,25 @@ pub fn key_arg(value: &str) -> Result<String, String> {
     let text = if rest.len() < 4096 && path.is_file() {
         std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
-            .map_err(|e| format!("cannot read the key file {rest}: {e}"))?
+            .with_context(|| format!("cannot read the key file {rest}"))?
     } else if looks_like_path(rest) {
-        return Err(format!(
-            "the key file {rest} does not exist (give a path to an existing file, or the key itself)"
-        ));
+        // Ask the file system why, so the error carries its cause (no such file, no
+        // permission, a directory).
+        let cause = match std::fs::metadata(path) {
+            Err(e) => anyhow::Error::new(e),
+            Ok(_) => anyhow::anyhow!("not a regular file"),
+        };
+        let missing = cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let what = if missing {
+            "does not exist"
+        } else {
+            "cannot be read"
+        };
+        return Err(cause.context(format!(
+            "the key file {rest} {what} (give a path to an existing file, or the key itself)"
+        )));
     } else {
         rest.to_string()
     };
@@ -128,15 +143,15 @@ pub fn with_sign_type(
     profile: Profile,
     keys: ReceiverKeys,
     sign_type: Option<&str>,
-) -> Result<ReceiverKeys, String> {
+) -> anyhow::Result<ReceiverKeys> {
     let Some(name) = sign_type else {
         return Ok(keys);
     };
     let parsed = SignType::parse(name.trim())
-        .ok_or_else(|| format!("--sign-type {name:?}: expected MD5 or HMAC-SHA256"))?;
+        .with_context(|| format!("--sign-type {name:?}: expected MD5 or HMAC-SHA256"))?;
     match keys {
         ReceiverKeys::WechatPayV2(k) => Ok(ReceiverKeys::WechatPayV2(k.with_sign_type(parsed))),
-        _ => Err(format!(
+        _ => Err(anyhow::anyhow!(
             "--sign-type applies to wechatpay-v2 only, not {}",
             profile.name()
         )),
@@ -144,25 +159,27 @@ pub fn with_sign_type(
 }
 
 /// A dialect from `--dialect`: a preset name, or a TOML or JSON file.
-pub fn load_dialect(value: &str) -> Result<Dialect, String> {
+pub fn load_dialect(value: &str) -> anyhow::Result<Dialect> {
     if let Some(d) = Dialect::preset(value) {
         return Ok(d);
     }
     let path = std::path::Path::new(value);
     if !path.is_file() {
-        return Err(format!(
+        anyhow::bail!(
             "--dialect {value:?}: neither a preset ({}) nor a file",
             herald_protocols::dialect::PRESETS.join(", ")
-        ));
+        );
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--dialect: cannot read {value}: {e}"))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--dialect: cannot read {value}"))?;
     let d: Dialect = if text.trim_start().starts_with('{') {
-        serde_json::from_str(&text).map_err(|e| format!("--dialect {value}: {e}"))?
+        serde_json::from_str(&text).with_context(|| format!("--dialect {value}"))?
     } else {
-        toml::from_str(&text).map_err(|e| format!("--dialect {value}: {e}"))?
+        toml::from_str(&text).with_context(|| format!("--dialect {value}"))?
     };
-    d.check().map_err(|e| format!("--dialect {value}: {e}"))?;
+    d.check()
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("--dialect {value}"))?;
     Ok(d)
 }
 
@@ -173,39 +190,36 @@ pub fn with_dialect(
     keys: ReceiverKeys,
     raw_keys: &[String],
     dialect: Option<&str>,
-) -> Result<ReceiverKeys, String> {
+) -> anyhow::Result<ReceiverKeys> {
     let Some(value) = dialect else {
         return Ok(keys);
     };
     if profile != Profile::Dialect {
-        return Err(format!(
+        anyhow::bail!(
             "--dialect applies to the dialect profile only, not {}",
             profile.name()
-        ));
+        );
     }
     let d = load_dialect(value)?;
     herald_protocols::dialect::receiver_keys(d, raw_keys)
         .map(|k| ReceiverKeys::Dialect(Box::new(k)))
-        .map_err(|e| format!("--key: {e}"))
+        .context("--key")
 }
 
-pub fn parse_header(h: &str) -> Result<(String, String), String> {
+pub fn parse_header(h: &str) -> anyhow::Result<(String, String)> {
     let (name, value) = h
         .split_once(':')
-        .ok_or_else(|| format!("--header {h:?} must look like 'Name: value'"))?;
+        .with_context(|| format!("--header {h:?} must look like 'Name: value'"))?;
     let name = name.trim();
     if name.is_empty() {
-        return Err(format!("--header {h:?} has no name"));
+        anyhow::bail!("--header {h:?} has no name");
     }
     Ok((name.to_string(), value.trim().to_string()))
 }
 
 /// Returns Ok(true) when valid, Ok(false) when invalid (already reported), Err on bad usage.
-pub fn run(args: VerifyArgs) -> Result<bool, String> {
-    let profile: Profile = args
-        .profile
-        .parse()
-        .map_err(|e: herald_protocols::ProfileError| e.to_string())?;
+pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
+    let profile: Profile = args.profile.parse()?;
     // The request first: `herald sign | herald verify --key FILE` reads a key file that
     // `sign` writes before it prints anything.
     let mut input = Vec::new();
@@ -213,20 +227,15 @@ pub fn run(args: VerifyArgs) -> Result<bool, String> {
         Some("-") | None => {
             std::io::stdin()
                 .read_to_end(&mut input)
-                .map_err(|e| format!("cannot read standard input: {e}"))?;
+                .context("cannot read standard input")?;
             match args.request {
-                Some(_) => {
-                    Some(super::capture::parse(&input).map_err(|e| format!("--request -: {e}"))?)
-                }
+                Some(_) => Some(super::capture::parse(&input).context("--request -")?),
                 None => None,
             }
         }
         Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => format!("--request {path}: no such file"),
-                _ => format!("--request {path}: cannot read it: {e}"),
-            })?;
-            Some(super::capture::parse(&bytes).map_err(|e| format!("--request {path}: {e}"))?)
+            let bytes = std::fs::read(path).with_context(|| format!("--request {path}"))?;
+            Some(super::capture::parse(&bytes).with_context(|| format!("--request {path}"))?)
         }
     };
     let keys: Vec<String> = args
@@ -234,16 +243,16 @@ pub fn run(args: VerifyArgs) -> Result<bool, String> {
         .iter()
         .map(|k| key_arg(k))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--key: {e}"))?;
+        .context("--key")?;
     let decrypt = args
         .decrypt_key
         .as_deref()
         .map(key_arg)
         .transpose()
-        .map_err(|e| format!("--decrypt-key: {e}"))?;
+        .context("--decrypt-key")?;
     let receiver_keys = profile
         .receiver_keys(&keys, decrypt.as_deref())
-        .map_err(|e| format!("--key: {e}"))?;
+        .context("--key")?;
     let receiver_keys = with_sign_type(profile, receiver_keys, args.sign_type.as_deref())?;
     let receiver_keys = with_dialect(profile, receiver_keys, &keys, args.dialect.as_deref())?;
     let extra = args
@@ -275,10 +284,7 @@ pub fn run(args: VerifyArgs) -> Result<bool, String> {
     }
     match profile.verify_detailed(&receiver_keys, &req) {
         Ok(n) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&n).map_err(|e| e.to_string())?
-            );
+            println!("{}", serde_json::to_string_pretty(&n)?);
             Ok(true)
         }
         Err(Refusal {

@@ -11,8 +11,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald::server::{self, Database, Running, ServerOptions};
 use herald_engine::{EngineConfig, TargetPolicy};
+use herald_server::server::{self, Database, Running, ServerOptions};
 use herald_store_sqlite::Durability;
 use serde_json::{json, Value};
 
@@ -57,7 +57,7 @@ impl TestServer {
 
     /// A server with the payment sandbox mounted, on a fresh database; its client does not
     /// follow redirects (checkout forms answer 303 to the return_url).
-    pub async fn start_sandbox(sandbox: herald::sandbox::SandboxOptions) -> TestServer {
+    pub async fn start_sandbox(sandbox: herald_server::sandbox::SandboxOptions) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -88,7 +88,7 @@ impl TestServer {
     async fn launch(
         db: PathBuf,
         engine: EngineConfig,
-        sandbox: Option<herald::sandbox::SandboxOptions>,
+        sandbox: Option<herald_server::sandbox::SandboxOptions>,
         client: reqwest::Client,
     ) -> TestServer {
         match Self::try_launch(db, engine, sandbox, client, Default::default()).await {
@@ -100,7 +100,7 @@ impl TestServer {
     async fn try_launch(
         db: PathBuf,
         engine: EngineConfig,
-        sandbox: Option<herald::sandbox::SandboxOptions>,
+        sandbox: Option<herald_server::sandbox::SandboxOptions>,
         client: reqwest::Client,
         sealer: herald_store::Sealer,
     ) -> Result<TestServer, server::ServerError> {

@@ -4,6 +4,7 @@
 //! endpoint (accepting and sending at once share the cores). The baseline is the same server
 //! stack doing nothing: an axum router whose handler reads the body and answers `202`, hit
 //! by the same client at the same concurrency with the same request.
+use anyhow::Context as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use super::sink::AckSink;
 use super::Plan;
 
 /// Returns the accept rate (notifications/s) and the figures.
-pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(f64, Vec<Figure>), String> {
+pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<(f64, Vec<Figure>)> {
     let n = plan.sizes.ingest;
     let client = load::client(plan.concurrency)?;
     let body = herald_api::notification_body();
@@ -88,13 +89,11 @@ struct NoopServer {
 }
 
 impl NoopServer {
-    async fn start() -> Result<NoopServer, String> {
+    async fn start() -> anyhow::Result<NoopServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(|e| format!("cannot bind the no-op server: {e}"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("no-op server address: {e}"))?;
+            .context("cannot bind the no-op server")?;
+        let addr = listener.local_addr().context("no-op server address")?;
         let app = Router::new().route(
             "/v1/apps/{app_id}/notifications",
             post(|body: Bytes| async move {

@@ -1,6 +1,7 @@
 //! Herald as a user runs it, for the scenarios that go through the HTTP API: the full
 //! server (`server::start`: API and engine) on a fresh durable database, an app created
 //! through the API with one endpoint subscribed, and the request every producer sends.
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::fixture::{self, EVENT_TYPE, PAYLOAD};
 use super::Plan;
-use crate::server::{self, Database, Running, ServerOptions};
+use herald_server::server::{self, Database, Running, ServerOptions};
 
 /// The admin token the bench's servers are started with.
 pub const TOKEN: &str = "herald-bench-token";
@@ -31,7 +32,7 @@ impl Herald {
         client: &reqwest::Client,
         endpoint_url: &str,
         deliver: bool,
-    ) -> Result<Herald, String> {
+    ) -> anyhow::Result<Herald> {
         let dir = fixture::temp_dir(plan)?;
         let database = Database::Sqlite(dir.path().join("herald.db"));
         Herald::launch(plan, client, database, endpoint_url, deliver, None, dir).await
@@ -45,7 +46,7 @@ impl Herald {
         database: Database,
         endpoint_url: &str,
         app_id: Option<String>,
-    ) -> Result<Herald, String> {
+    ) -> anyhow::Result<Herald> {
         let dir = fixture::temp_dir(plan)?;
         Herald::launch(plan, client, database, endpoint_url, true, app_id, dir).await
     }
@@ -58,7 +59,7 @@ impl Herald {
         deliver: bool,
         app_id: Option<String>,
         dir: tempfile::TempDir,
-    ) -> Result<Herald, String> {
+    ) -> anyhow::Result<Herald> {
         let running = server::start(
             ServerOptions {
                 database,
@@ -74,7 +75,7 @@ impl Herald {
             std::future::pending(),
         )
         .await
-        .map_err(|e| format!("cannot start Herald: {e}"))?;
+        .context("cannot start Herald")?;
         let base = format!("http://{}", running.addr);
         if let Some(app_id) = app_id {
             return Ok(Herald {
@@ -92,7 +93,7 @@ impl Herald {
         .await?;
         let app_id = app["id"]
             .as_str()
-            .ok_or_else(|| format!("creating the app answered {app}"))?
+            .with_context(|| format!("creating the app answered {app}"))?
             .to_string();
         call(
             client,
@@ -164,7 +165,7 @@ pub fn post(client: &reqwest::Client, url: &str, body: &Arc<str>) -> reqwest::Re
         .body(body.to_string())
 }
 
-async fn call(client: &reqwest::Client, url: &str, body: Value) -> Result<Value, String> {
+async fn call(client: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<Value> {
     let resp = client
         .post(url)
         .bearer_auth(TOKEN)
@@ -172,16 +173,16 @@ async fn call(client: &reqwest::Client, url: &str, body: Value) -> Result<Value,
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
+        .with_context(|| format!("POST {url}"))?;
     let status = resp.status();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| format!("POST {url}: reading the answer: {e}"))?;
+        .with_context(|| format!("POST {url}: reading the answer"))?;
     let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("POST {url}: the answer is not JSON: {e}"))?;
+        .with_context(|| format!("POST {url}: the answer is not JSON"))?;
     if !status.is_success() {
-        return Err(format!("POST {url} answered {status}: {v}"));
+        anyhow::bail!("POST {url} answered {status}: {v}");
     }
     Ok(v)
 }

@@ -2,6 +2,7 @@
 //! pooled keep-alive client and send `n` requests between them, each task sending its next
 //! request as soon as the last one is answered. The ceiling, the ingest run and its no-op
 //! baseline are all driven by this one function, so they differ only in what answers.
+use anyhow::Context as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,14 +33,14 @@ impl LoadResult {
 }
 
 /// A plain pooled keep-alive client, enough idle connections kept for `concurrency`.
-pub fn client(concurrency: u32) -> Result<reqwest::Client, String> {
+pub fn client(concurrency: u32) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(concurrency as usize)
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .context("cannot build the HTTP client")
 }
 
 /// Sends `n` requests from `concurrency` tasks; any failure (transport error or non-2xx)
@@ -50,7 +51,7 @@ pub async fn closed_loop(
     n: u64,
     concurrency: u32,
     make: MakeRequest,
-) -> Result<LoadResult, String> {
+) -> anyhow::Result<LoadResult> {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
@@ -112,7 +113,7 @@ pub async fn closed_loop(
     for t in tasks {
         round_trips_us.extend(
             t.await
-                .map_err(|e| format!("{label}: a client task died: {e}"))?,
+                .with_context(|| format!("{label}: a client task died"))?,
         );
     }
     let elapsed = started.elapsed();
@@ -123,7 +124,7 @@ pub async fn closed_loop(
             .ok()
             .and_then(|mut f| f.take())
             .unwrap_or_default();
-        return Err(format!("{label}: a request failed: {e}"));
+        anyhow::bail!("{label}: a request failed: {e}");
     }
     round_trips_us.sort_unstable();
     Ok(LoadResult {

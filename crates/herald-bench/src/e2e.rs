@@ -25,14 +25,14 @@ use super::progress::Progress;
 use super::report::{Figure, Target};
 use super::sink::AckSink;
 use super::{E2eDatabases, Plan};
-use crate::server::Database;
+use herald_server::server::Database;
 
 /// Producers posting at once (the scenario's fixed setting, whatever `--concurrency` says).
 const PRODUCERS: u32 = 32;
 /// Endpoints (one app each) the spread shape's notifications go to.
 pub const SPREAD: usize = 6;
 
-pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Figure>, String> {
+pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Result<Vec<Figure>> {
     let n = plan.sizes.e2e;
     let mut figures = Vec::new();
     if plan.e2e_databases != E2eDatabases::Postgres {
@@ -107,7 +107,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> Result<Vec<Fi
                 "e2e: no PostgreSQL to measure on ({why}); pass --postgres URL"
             ))
         }
-        Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why}); pass --postgres URL"),
+        Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why:#}); pass --postgres URL"),
     }
     Ok(figures)
 }
@@ -122,7 +122,7 @@ async fn measure(
     database: &Database,
     nodes: usize,
     endpoints: usize,
-) -> Result<f64, String> {
+) -> anyhow::Result<f64> {
     let n = plan.sizes.e2e;
     let client = load::client(PRODUCERS)?;
     let first = Herald::start_on(plan, &client, database.clone(), &sink.url("/hook"), None).await?;
@@ -188,9 +188,9 @@ async fn measure(
 /// The PostgreSQL database to measure on: `--postgres`, else a new database on a
 /// throwaway cluster started from this machine's PostgreSQL binaries (each run gets its
 /// own); the reason when there is none.
-fn postgres(plan: &Plan) -> Result<String, String> {
+fn postgres(plan: &Plan) -> anyhow::Result<String> {
     match &plan.postgres {
         Some(url) => Ok(url.clone()),
-        None => herald_pgtest::try_database(),
+        None => herald_pgtest::try_database().map_err(anyhow::Error::msg),
     }
 }

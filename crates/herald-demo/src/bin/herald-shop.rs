@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
+use herald_demo::shop::{Platform, ShopConfig};
 use herald_inbox::SqliteInbox;
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Receiver};
-use herald_shop::{Platform, ShopConfig};
 
 /// The example shop: products, orders, checkout, return page and a notify_url handler that
 /// takes each payment notification exactly once.
@@ -103,7 +103,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let public_url = args.public_url.unwrap_or_else(|| format!("http://{addr}"));
-    let router = herald_shop::router(ShopConfig {
+    let router = herald_demo::shop::router(ShopConfig {
         inbox,
         database: args.db,
         public_url: public_url.clone(),
@@ -112,7 +112,7 @@ async fn run(args: Args) -> Result<(), String> {
         // The trade query needs the merchant's own request keys: see herald_receiver::TradeQuery
         // (`herald demo` wires one to the sandbox).
         query: None,
-        query_after: herald_shop::DEFAULT_QUERY_AFTER,
+        query_after: herald_demo::shop::DEFAULT_QUERY_AFTER,
     })
     .map_err(|e| e.to_string())?;
     println!("Shop open at {public_url}  (notify_url {public_url}/notify)");

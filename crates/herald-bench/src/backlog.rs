@@ -7,6 +7,7 @@
 //! - CPU while idle (utime + stime over 5 s, `--quick` 1 s) as a percentage of one core;
 //! - the time from start (store open + engine start) to ready (the engine's first window
 //!   load answered), against the same restart on an empty database.
+use anyhow::Context as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use super::Plan;
 const AHEAD_MS: i64 = 24 * 3600 * 1000;
 const MIB: f64 = 1024.0 * 1024.0;
 
-pub async fn run(plan: &Plan, sink: &AckSink) -> Result<Vec<Figure>, String> {
+pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<Vec<Figure>> {
     let n = plan.sizes.backlog;
     let empty_dir = fixture::temp_dir(plan)?;
     let empty_db = empty_dir.path().join("empty.db");
@@ -66,7 +67,7 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<Vec<Figure>, String> {
 
     let num = |v: &Value, k: &str| {
         v[k].as_f64()
-            .ok_or_else(|| format!("backlog probe: no {k} in {v}"))
+            .with_context(|| format!("backlog probe: no {k} in {v}"))
     };
     let rss = num(&full, "rss_up_bytes")? / MIB;
     let rss_before = num(&full, "rss_before_bytes")? / MIB;
@@ -95,8 +96,8 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<Vec<Figure>, String> {
 }
 
 /// Runs [`probe`] in a fresh `herald` process and returns its report.
-async fn run_probe(plan: &Plan, db: &Path, idle: Duration) -> Result<Value, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+async fn run_probe(plan: &Plan, db: &Path, idle: Duration) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("cannot find this binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("bench")
         .arg("--backlog-probe")
@@ -111,14 +112,14 @@ async fn run_probe(plan: &Plan, db: &Path, idle: Duration) -> Result<Value, Stri
         .kill_on_drop(true);
     let out = tokio::time::timeout(idle + Duration::from_secs(300), cmd.output())
         .await
-        .map_err(|_| "backlog probe: no answer after 5 minutes".to_string())?
-        .map_err(|e| format!("backlog probe: cannot run: {e}"))?;
+        .context("backlog probe: no answer after 5 minutes")?
+        .context("backlog probe: cannot run")?;
     if !out.status.success() {
-        return Err(format!("backlog probe failed ({})", out.status));
+        anyhow::bail!("backlog probe failed ({})", out.status);
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| {
+    serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
-            "backlog probe: bad report ({e}): {}",
+            "backlog probe: bad report: {}",
             String::from_utf8_lossy(&out.stdout)
         )
     })
@@ -126,9 +127,9 @@ async fn run_probe(plan: &Plan, db: &Path, idle: Duration) -> Result<Value, Stri
 
 /// The restarted process: open the store at `db`, start the engine, wait until it is
 /// ready, then watch memory and CPU for `idle`. Returns what `run` reads.
-pub async fn probe(db: &Path, concurrency: u32, idle: Duration) -> Result<Value, String> {
+pub async fn probe(db: &Path, concurrency: u32, idle: Duration) -> anyhow::Result<Value> {
     if !db.exists() {
-        return Err(format!("{} does not exist", db.display()));
+        anyhow::bail!("{} does not exist", db.display());
     }
     let rss_before = procfs::rss_bytes()?;
     let started = Instant::now();

@@ -33,7 +33,7 @@ const HANGING_NOTIFICATIONS: u64 = 2 * HANGING_IN_FLIGHT as u64;
 /// Longer than any measurement: hung attempts stay hung until the sink lets go.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub async fn run(plan: &Plan, sink: &AckSink) -> Result<Vec<Figure>, String> {
+pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<Vec<Figure>> {
     let m = plan.sizes.isolation;
     let rounds = plan.sizes.isolation_rounds.max(1);
     // Interleaved rounds and medians: a drain lasts about a second and is bound by fsync,
@@ -97,7 +97,7 @@ async fn phase(
     sink: &AckSink,
     hanging: bool,
     round: usize,
-) -> Result<Measured, String> {
+) -> anyhow::Result<Measured> {
     let label = match (hanging, plan.sizes.isolation_rounds > 1) {
         (true, true) => format!("isolation: with hanging {round}"),
         (true, false) => "isolation: with hanging".to_string(),
@@ -159,7 +159,7 @@ async fn measure(
     app_id: &str,
     hanging: Option<&HangSink>,
     label: &str,
-) -> Result<Measured, String> {
+) -> anyhow::Result<Measured> {
     let m = plan.sizes.isolation;
     let slots = HANGING * HANGING_IN_FLIGHT as u64;
     let held = || hanging.map(|h| h.open.load(Ordering::Relaxed)).unwrap_or(0);
@@ -184,10 +184,10 @@ async fn measure(
     )
     .await?;
     if Instant::now() >= t_instant {
-        return Err(format!(
+        anyhow::bail!(
             "{label}: storing {m} deliveries took longer than the {margin:?} allowed \
              before they fall due"
-        ));
+        );
     }
     tokio::time::sleep_until(t_instant.into()).await;
     let held_at_t = held();

@@ -2,25 +2,25 @@
 //! (`VmRSS` in `/proc/self/status`) and CPU time used (`utime + stime` in
 //! `/proc/self/stat`, every thread, living or exited). Linux only; elsewhere the readings
 //! fail with a clear error.
+use anyhow::Context as _;
 
 /// Clock ticks per second of `/proc/self/stat`'s times. Linux fixes `USER_HZ` at 100 for
 /// user space on every mainstream architecture, whatever the kernel's own tick rate.
 const USER_HZ: f64 = 100.0;
 
 /// Resident set size in bytes.
-pub fn rss_bytes() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
-    parse_vm_rss(&status).ok_or_else(|| "no VmRSS line in /proc/self/status".to_string())
+pub fn rss_bytes() -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    parse_vm_rss(&status).context("no VmRSS line in /proc/self/status")
 }
 
 /// CPU time used by the process so far (user + system), seconds.
-pub fn cpu_seconds() -> Result<f64, String> {
-    let stat = std::fs::read_to_string("/proc/self/stat")
-        .map_err(|e| format!("cannot read /proc/self/stat: {e}"))?;
+pub fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("cannot read /proc/self/stat")?;
     parse_cpu_ticks(&stat)
         .map(|ticks| ticks as f64 / USER_HZ)
-        .ok_or_else(|| "cannot parse /proc/self/stat".to_string())
+        .context("cannot parse /proc/self/stat")
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {

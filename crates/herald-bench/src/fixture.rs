@@ -3,6 +3,7 @@
 //! credentials, endpoints, bulk inserts from many tasks (the store's writer group-commits
 //! them, so this is how a busy API would fill it), and an engine that can be stopped and
 //! whose counters are waited on.
+use anyhow::Context as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,29 +30,29 @@ pub const EVENT_TYPE: &str = "trade.success";
 const INSERT_TASKS: u64 = 256;
 
 /// A fresh temporary directory under the plan's directory; removed when dropped.
-pub fn temp_dir(plan: &Plan) -> Result<tempfile::TempDir, String> {
+pub fn temp_dir(plan: &Plan) -> anyhow::Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix("herald-bench-")
         .tempdir_in(&plan.dir)
-        .map_err(|e| {
+        .with_context(|| {
             format!(
-                "cannot create a temporary directory in {}: {e}",
+                "cannot create a temporary directory in {}",
                 plan.dir.display()
             )
         })
 }
 
 /// Opens a durable store. Must be called inside the runtime.
-pub fn open_store(path: &Path) -> Result<Arc<SqliteStore>, String> {
+pub fn open_store(path: &Path) -> anyhow::Result<Arc<SqliteStore>> {
     SqliteStore::open(path, Durability::Full)
         .map(Arc::new)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+        .with_context(|| format!("cannot open {}", path.display()))
 }
 
-pub async fn create_app(store: &dyn Store, name: &str, profile: Profile) -> Result<App, String> {
+pub async fn create_app(store: &dyn Store, name: &str, profile: Profile) -> anyhow::Result<App> {
     let (credentials, _) = profile
         .create_credentials(&serde_json::Value::Null)
-        .map_err(|e| format!("{} credentials: {e}", profile.name()))?;
+        .with_context(|| format!("{} credentials", profile.name()))?;
     store
         .create_app(NewApp {
             name: name.into(),
@@ -62,7 +63,7 @@ pub async fn create_app(store: &dyn Store, name: &str, profile: Profile) -> Resu
             now: herald_engine::now_ms(),
         })
         .await
-        .map_err(|e| format!("create app: {e}"))
+        .context("create app")
 }
 
 pub async fn create_endpoint(
@@ -70,7 +71,7 @@ pub async fn create_endpoint(
     app_id: &str,
     url: String,
     max_in_flight: u32,
-) -> Result<Endpoint, String> {
+) -> anyhow::Result<Endpoint> {
     store
         .create_endpoint(NewEndpoint {
             app_id: app_id.into(),
@@ -85,7 +86,7 @@ pub async fn create_endpoint(
             now: herald_engine::now_ms(),
         })
         .await
-        .map_err(|e| format!("create endpoint: {e}"))
+        .context("create endpoint")
 }
 
 /// A notification of `app_id` with the bench payload, created at `now`, to `notify_url`
@@ -108,7 +109,7 @@ pub async fn insert(
     store: Arc<dyn Store>,
     n: u64,
     make: Arc<dyn Fn(u64) -> NewNotification + Send + Sync>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(label, n, {
         let done = done.clone();
@@ -123,16 +124,16 @@ pub async fn insert(
                 store
                     .create_notification(make(i))
                     .await
-                    .map_err(|e| format!("storing notification {i}: {e}"))?;
+                    .with_context(|| format!("storing notification {i}"))?;
                 done.fetch_add(1, Ordering::Relaxed);
                 i += INSERT_TASKS;
             }
-            Ok::<(), String>(())
+            anyhow::Ok(())
         }));
     }
     for t in tasks {
         t.await
-            .map_err(|e| format!("{label}: an insert task died: {e}"))??;
+            .with_context(|| format!("{label}: an insert task died"))??;
     }
     progress.finish().await;
     Ok(())
@@ -162,12 +163,12 @@ pub struct BenchEngine {
 }
 
 impl BenchEngine {
-    pub fn start(store: Arc<dyn Store>, config: EngineConfig) -> Result<BenchEngine, String> {
+    pub fn start(store: Arc<dyn Store>, config: EngineConfig) -> anyhow::Result<BenchEngine> {
         let (stop, stopped) = oneshot::channel::<()>();
         let engine = Engine::start(store, config, async move {
             let _ = stopped.await;
         })
-        .map_err(|e| format!("cannot start the engine: {e}"))?;
+        .context("cannot start the engine")?;
         Ok(BenchEngine {
             stats: engine.stats,
             stop: Some(stop),
@@ -195,11 +196,11 @@ pub async fn wait_until(
     what: &str,
     timeout: Duration,
     mut done: impl FnMut() -> bool,
-) -> Result<Duration, String> {
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     while !done() {
         if started.elapsed() > timeout {
-            return Err(format!("{what}: not done after {timeout:?}"));
+            anyhow::bail!("{what}: not done after {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use herald_demo::shop::ShopConfig;
 use herald_inbox::SqliteInbox;
 use herald_protocols::profile::{Credentials, OutgoingNotification};
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Receiver};
-use herald_shop::ShopConfig;
 use serde_json::{json, Value};
 
 struct Shop {
@@ -40,14 +40,14 @@ async fn open_shop(profile: Profile) -> Shop {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = herald_shop::router(ShopConfig {
+    let router = herald_demo::shop::router(ShopConfig {
         inbox,
         database: db.clone(),
         public_url: format!("http://{addr}"),
         currency: currency(profile).into(),
         platform: None,
         query: None,
-        query_after: herald_shop::DEFAULT_QUERY_AFTER,
+        query_after: herald_demo::shop::DEFAULT_QUERY_AFTER,
     })
     .unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });

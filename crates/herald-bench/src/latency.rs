@@ -8,6 +8,7 @@
 //! durable commit before the `202`. The baseline is the ceiling's request round trip.
 //! `--latency-rate` sets another load; a warning says when Herald could not keep the pace
 //! (then the figures include queueing in front of the API).
+use anyhow::Context as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub async fn run(
     ceiling: Ceiling,
     delivery_rate: f64,
     ingest_rate: f64,
-) -> Result<Vec<Figure>, String> {
+) -> anyhow::Result<Vec<Figure>> {
     // What the load is half of.
     let (full_name, full) = if plan.latency_rate.is_none() && ingest_rate < delivery_rate {
         ("ingest rate", ingest_rate)
@@ -47,7 +48,7 @@ pub async fn run(
     let arrivals = sink
         .arrivals
         .clone()
-        .ok_or("the latency sink does not record arrivals")?;
+        .context("the latency sink does not record arrivals")?;
     let client = load::client(plan.concurrency)?;
     let herald = Herald::start(plan, &client, &sink.url("/hook"), true).await?;
     let (sent, send_time) = match paced(&client, &herald, rate, total).await {
@@ -70,12 +71,13 @@ pub async fn run(
 
     let seen = arrivals
         .lock()
-        .map_err(|_| "the arrivals table is poisoned")?;
+        .ok()
+        .context("the arrivals table is poisoned")?;
     let mut micros = Vec::with_capacity(sent.len());
     for (id, t0) in &sent {
         let at = seen
             .get(id)
-            .ok_or_else(|| format!("latency: {id} never reached the sink"))?;
+            .with_context(|| format!("latency: {id} never reached the sink"))?;
         micros.push(at.saturating_duration_since(*t0).as_micros() as u64);
     }
     micros.sort_unstable();
@@ -112,7 +114,7 @@ async fn paced(
     herald: &Herald,
     rate: f64,
     total: u64,
-) -> Result<(Vec<(String, Instant)>, Duration), String> {
+) -> anyhow::Result<(Vec<(String, Instant)>, Duration)> {
     let url: Arc<str> = herald.notifications_url().into();
     let body = herald_api::notification_body();
     let sent: Arc<Mutex<Vec<(String, Instant)>>> =
@@ -138,7 +140,7 @@ async fn paced(
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|e| format!("latency: {e}"))?;
+                .context("latency")?;
             let req = herald_api::post(client, &url, &body);
             let (sent, first_error) = (sent.clone(), first_error.clone());
             tokio::spawn(async move {
@@ -151,7 +153,7 @@ async fn paced(
                     }
                     Err(e) => {
                         if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert(e);
+                            f.get_or_insert(format!("{e:#}"));
                         }
                     }
                 }
@@ -164,31 +166,27 @@ async fn paced(
     let _all = outstanding
         .acquire_many(OUTSTANDING as u32)
         .await
-        .map_err(|e| format!("latency: {e}"))?;
+        .context("latency")?;
     let send_time = started.elapsed();
     progress.finish().await;
     if let Some(e) = first_error.lock().ok().and_then(|mut f| f.take()) {
-        return Err(format!("latency: a POST failed: {e}"));
+        anyhow::bail!("latency: a POST failed: {e}");
     }
-    let sent = std::mem::take(&mut *sent.lock().map_err(|_| "the sent list is poisoned")?);
+    let sent = std::mem::take(&mut *sent.lock().ok().context("the sent list is poisoned")?);
     Ok((sent, send_time))
 }
 
 /// Sends one notification and returns the notify id of its (only) delivery.
-async fn accepted_notify_id(req: reqwest::RequestBuilder) -> Result<String, String> {
-    let resp = req.send().await.map_err(|e| e.to_string())?;
+async fn accepted_notify_id(req: reqwest::RequestBuilder) -> anyhow::Result<String> {
+    let resp = req.send().await?;
     let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    let bytes = resp.bytes().await.context("reading the answer")?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).context("the answer is not JSON")?;
     if status.as_u16() != 202 {
-        return Err(format!("answered {status}: {v}"));
+        anyhow::bail!("answered {status}: {v}");
     }
     v["deliveries"][0]["notify_id"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| format!("no deliveries[0].notify_id in {v}"))
+        .with_context(|| format!("no deliveries[0].notify_id in {v}"))
 }

@@ -3,6 +3,7 @@
 //! RSA2 for alipay, RSA + AES-256-GCM for wechatpay-v3, MD5 for wechatpay-v2) runs in a
 //! time-bounded loop on one thread, with generated credentials; notifications per second on
 //! one core, against standard-webhooks.
+use anyhow::Context as _;
 use std::time::{Duration, Instant};
 
 use herald_protocols::{OutgoingNotification, Profile};
@@ -11,7 +12,7 @@ use super::fixture::{EVENT_TYPE, PAYLOAD};
 use super::report::Figure;
 use super::Plan;
 
-pub async fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
+pub async fn run(plan: &Plan) -> anyhow::Result<Vec<Figure>> {
     let window = plan.sizes.profile_window;
     let mut rates = Vec::new();
     for profile in Profile::ALL {
@@ -23,14 +24,14 @@ pub async fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         // One thread, off the runtime's workers: this loop never yields.
         let rate = tokio::task::spawn_blocking(move || encode_rate(profile, window))
             .await
-            .map_err(|e| format!("profiles: the {} loop died: {e}", profile.name()))??;
+            .with_context(|| format!("profiles: the {} loop died", profile.name()))??;
         rates.push((profile, rate));
     }
     let base = rates
         .iter()
         .find(|(p, _)| *p == Profile::StandardWebhooks)
         .map(|(_, r)| *r)
-        .ok_or("profiles: standard-webhooks was not measured")?;
+        .context("profiles: standard-webhooks was not measured")?;
     Ok(rates
         .into_iter()
         .map(|(p, rate)| {
@@ -47,10 +48,10 @@ pub async fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
 const DIALECT_PAYLOAD: &str = r#"{"out_trade_no":"20261123000001","trade_no":"4200002026112300001","money":"88.00","trade_status":"TRADE_SUCCESS","type":"alipay","name":"coffee"}"#;
 
 /// Encodes the bench notification with `profile` for `window`; encodes per second.
-fn encode_rate(profile: Profile, window: Duration) -> Result<f64, String> {
+fn encode_rate(profile: Profile, window: Duration) -> anyhow::Result<f64> {
     let (creds, _) = profile
         .create_credentials(&serde_json::Value::Null)
-        .map_err(|e| format!("profiles: {} credentials: {e}", profile.name()))?;
+        .with_context(|| format!("profiles: {} credentials", profile.name()))?;
     let notify_id = profile.new_notify_id();
     let now = herald_engine::now_ms() / 1000;
     // A dialect (the epay preset) names its amount `money`: the same order in its fields.
@@ -69,7 +70,7 @@ fn encode_rate(profile: Profile, window: Duration) -> Result<f64, String> {
     // Fail on the first encode, not after a loop of errors.
     profile
         .encode(&creds, &n)
-        .map_err(|e| format!("profiles: {}: {e}", profile.name()))?;
+        .with_context(|| format!("profiles: {}", profile.name()))?;
     let started = Instant::now();
     let mut count = 0u64;
     loop {

@@ -1,7 +1,13 @@
-//! `herald demo`'s wiring, callable from tests: Herald with the payment sandbox on a fresh
-//! embedded database, one merchant app of the chosen profile, and the example shop (from
-//! `examples/shop`) receiving that app's notifications through the inbox. Everything runs
+//! `herald demo`, callable from tests: Herald with the payment sandbox on a fresh embedded
+//! database, one merchant app of the chosen profile, and the demo's merchant, the example
+//! shop ([`shop`]), receiving that app's notifications through the inbox. Everything runs
 //! in this process on loopback (private targets allowed, so the engine may call the shop).
+//! The shop also runs on its own (`herald-shop`) against any sender, and is the Rust example
+//! of a merchant on `herald-receiver`. The `herald demo` command only parses arguments and
+//! prints what [`start`] returns.
+use anyhow::Context as _;
+pub mod shop;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,13 +19,13 @@ use herald_inbox::SqliteInbox;
 use herald_protocols::profile::Credentials;
 use herald_protocols::Profile;
 use herald_receiver::{Inbox, Receiver, TradeQuery};
-use herald_shop::{Platform, ShopConfig};
+use herald_server::sandbox::SandboxOptions;
+use herald_server::server::{self, Database, Running, ServerOptions};
 use herald_store::NewApp;
 use herald_store_sqlite::Durability;
 use rand::RngCore;
 
-use crate::sandbox::SandboxOptions;
-use crate::server::{self, Database, Running, ServerOptions};
+use crate::shop::{Platform, ShopConfig};
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -87,11 +93,9 @@ fn currency_for(profile: Profile) -> &'static str {
 /// Alipay and WeChat Pay v3 requests are signed with the merchant's own key pair, which a
 /// Herald app does not hold: the demo merchant gets a fresh one (the sandbox does not check
 /// those signatures, and says so in a reply header).
-fn trade_query(herald_url: &str, creds: &Credentials) -> Result<Option<TradeQuery>, String> {
-    let merchant_key = || {
-        herald_protocols::keys::private_pem_pkcs8(&herald_protocols::keys::generate_rsa_2048())
-            .map_err(|e| e.to_string())
-    };
+fn trade_query(herald_url: &str, creds: &Credentials) -> anyhow::Result<Option<TradeQuery>> {
+    let merchant_key =
+        || herald_protocols::keys::private_pem_pkcs8(&herald_protocols::keys::generate_rsa_2048());
     let query = match creds {
         Credentials::Alipay(c) => Some(TradeQuery::alipay(
             &format!("{herald_url}/gateway.do"),
@@ -117,7 +121,7 @@ fn trade_query(herald_url: &str, creds: &Credentials) -> Result<Option<TradeQuer
         | Credentials::WechatPayLegacy(_)
         | Credentials::Dialect(_) => None,
     };
-    query.transpose().map_err(|e| e.to_string())
+    query.transpose().context("the demo merchant's trade query")
 }
 
 fn expected_ids(creds: &Credentials) -> (Option<String>, Option<String>) {
@@ -148,9 +152,9 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Starts Herald with the sandbox, creates the merchant app, and opens the shop.
-pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
+pub async fn start(opts: DemoOptions) -> anyhow::Result<Demo> {
     std::fs::create_dir_all(&opts.dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
+        .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let mut raw = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut raw);
     let admin_token = format!(
@@ -161,9 +165,9 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     // Bind the shop first so Herald's sandbox and the app know its URL.
     let shop_listener = tokio::net::TcpListener::bind(SocketAddr::new(opts.host, opts.shop_port))
         .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.shop_port))?;
-    let shop_addr = shop_listener.local_addr().map_err(|e| e.to_string())?;
-    let shop_url = crate::sandbox::default_public_url(shop_addr);
+        .with_context(|| format!("cannot listen on {}:{}", opts.host, opts.shop_port))?;
+    let shop_addr = shop_listener.local_addr()?;
+    let shop_url = herald_server::sandbox::default_public_url(shop_addr);
 
     let herald_listen = SocketAddr::new(opts.host, opts.herald_port);
     let herald = server::start(
@@ -191,15 +195,11 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         },
         std::future::pending(),
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let herald_url = crate::sandbox::default_public_url(herald.addr);
+    .await?;
+    let herald_url = herald_server::sandbox::default_public_url(herald.addr);
 
-    let now_ms = crate::clock::now_ms();
-    let (credentials, _) = opts
-        .profile
-        .create_credentials(&serde_json::Value::Null)
-        .map_err(|e| e.to_string())?;
+    let now_ms = herald_server::clock::now_ms();
+    let (credentials, _) = opts.profile.create_credentials(&serde_json::Value::Null)?;
     let app = herald
         .store
         .create_app(NewApp {
@@ -211,11 +211,10 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
             now: now_ms,
         })
         .await
-        .map_err(|e| format!("cannot create the demo app: {e}"))?;
+        .context("cannot create the demo app")?;
     let keys = opts
         .profile
-        .receiver_keys_from(&app.credentials, now_ms / 1000)
-        .map_err(|e| e.to_string())?;
+        .receiver_keys_from(&app.credentials, now_ms / 1000)?;
     let mut receiver = Receiver::new(opts.profile, keys);
     let (app_id, merchant_id) = expected_ids(&app.credentials);
     if let Some(id) = app_id {
@@ -225,8 +224,8 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         receiver = receiver.expect_merchant_id(id);
     }
     let shop_db = opts.dir.join("shop.db");
-    let inbox_store = SqliteInbox::open(&shop_db).map_err(|e| format!("shop database: {e}"))?;
-    let shop = herald_shop::router(ShopConfig {
+    let inbox_store = SqliteInbox::open(&shop_db).context("shop database")?;
+    let shop = shop::router(ShopConfig {
         inbox: Inbox::new(receiver, Arc::new(inbox_store)),
         database: shop_db,
         public_url: shop_url.clone(),
@@ -241,8 +240,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
             &app.credentials,
         )?,
         query_after: opts.query_after,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let shop_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(shop_listener, shop).await {
             tracing::error!(error = %e, "the shop stopped");

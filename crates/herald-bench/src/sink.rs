@@ -4,6 +4,7 @@
 //! connections, reads what comes and never answers (the isolation scenario's bad
 //! endpoints). Both are minimal hyper servers, so they take as little as possible of the
 //! machine being measured.
+use anyhow::Context as _;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,11 +48,9 @@ struct Answer {
 impl AckSink {
     /// Starts on a random loopback port. Connection tasks end when their client closes;
     /// dropping the sink stops accepting.
-    pub async fn start(profile: Profile, record: bool) -> Result<AckSink, String> {
+    pub async fn start(profile: Profile, record: bool) -> anyhow::Result<AckSink> {
         let listener = bind().await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("sink address: {e}"))?;
+        let addr = listener.local_addr().context("sink address")?;
         let reply = profile.ack_reply();
         let served = Arc::new(AtomicU64::new(0));
         let arrivals = record.then(Arrivals::default);
@@ -137,11 +136,9 @@ pub struct HangSink {
 }
 
 impl HangSink {
-    pub async fn start() -> Result<HangSink, String> {
+    pub async fn start() -> anyhow::Result<HangSink> {
         let listener = bind().await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("sink address: {e}"))?;
+        let addr = listener.local_addr().context("sink address")?;
         let open = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = watch::channel(false);
         let accept = {
@@ -192,8 +189,8 @@ impl HangSink {
     }
 }
 
-async fn bind() -> Result<TcpListener, String> {
+async fn bind() -> anyhow::Result<TcpListener> {
     TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| format!("cannot bind a loopback sink: {e}"))
+        .context("cannot bind a loopback sink")
 }

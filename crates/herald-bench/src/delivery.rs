@@ -24,7 +24,7 @@ pub async fn run(
     plan: &Plan,
     sink: &AckSink,
     ceiling: Ceiling,
-) -> Result<(f64, Vec<Figure>), String> {
+) -> anyhow::Result<(f64, Vec<Figure>)> {
     let n = plan.sizes.delivery;
     let dir = fixture::temp_dir(plan)?;
     let store: Arc<dyn Store> = fixture::open_store(&dir.path().join("herald.db"))?;
@@ -57,9 +57,9 @@ pub async fn run(
     // acknowledgement answered a request that really arrived.
     let served = sink.served.load(Ordering::Relaxed) - served_before;
     if served < n {
-        return Err(format!(
+        anyhow::bail!(
             "delivery: the engine counted {n} acknowledgements, the sink served {served}"
-        ));
+        );
     }
 
     let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);

@@ -2,6 +2,7 @@
 //! the delivery scenario's request (the same signed body and headers) to the same sink at
 //! the same concurrency. Its rate is the delivery scenario's baseline; its round trip
 //! (p50/p99) is the latency scenario's.
+use anyhow::Context as _;
 use std::sync::Arc;
 
 use herald_protocols::{OutgoingNotification, Profile};
@@ -20,12 +21,12 @@ pub struct Ceiling {
     pub p99_ms: f64,
 }
 
-pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(Ceiling, Vec<Figure>), String> {
+pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<(Ceiling, Vec<Figure>)> {
     // One attempt as Herald would sign it, sent over and over.
     let profile = Profile::StandardWebhooks;
     let (creds, _) = profile
         .create_credentials(&serde_json::Value::Null)
-        .map_err(|e| format!("ceiling credentials: {e}"))?;
+        .context("ceiling credentials")?;
     let now = herald_engine::now_ms() / 1000;
     let notify_id = profile.new_notify_id();
     let encoded = profile
@@ -39,7 +40,7 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> Result<(Ceiling, Vec<Figure>), 
                 created_at: now,
             },
         )
-        .map_err(|e| format!("ceiling: {e}"))?;
+        .context("ceiling")?;
     let encoded = Arc::new(encoded);
     let url = sink.url("/notify");
     let make: MakeRequest = Arc::new(move |client, _| {

@@ -1,7 +1,8 @@
 //! `herald bench`: measures Herald on this machine against baselines measured in the same
 //! run, and reports each figure with its ratio and its target. Owns the scenario
 //! list, the sizes (full and `--quick`), and running the chosen scenarios in order; the
-//! command line is in `cmd::bench`.
+//! command line is the `herald` binary's `cmd::bench`, and Herald itself is `herald-server`,
+//! started in process.
 //!
 //! One file per scenario ([`ceiling`], [`delivery`], [`ingest`], [`e2e`], [`latency`],
 //! [`isolation`], [`backlog`], [`profiles`]), and the pieces they share: the loopback sinks
@@ -12,6 +13,7 @@
 //! Everything runs in this process on loopback, on the same runtime, so Herald, its sinks
 //! and its clients share the same cores, exactly as the baselines do. Completions are
 //! counted from the engine's own counters, not from the sender's side.
+use anyhow::Context as _;
 pub mod backlog;
 mod ceiling;
 mod delivery;
@@ -201,7 +203,7 @@ impl Plan {
 }
 
 /// Runs the plan's scenarios in order; the first one that cannot run ends the bench.
-pub async fn run(plan: &Plan) -> Result<Report, String> {
+pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     // The sink of the ceiling, delivery, ingest, isolation and backlog scenarios, shared
     // so the ceiling and Herald are measured against the very same receiver.
     let sink = AckSink::start(Profile::StandardWebhooks, false).await?;
@@ -219,7 +221,7 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
                 figures
             }
             Scenario::Delivery => {
-                let c = ceiling.ok_or("delivery needs the ceiling")?;
+                let c = ceiling.context("delivery needs the ceiling")?;
                 let (rate, figures) = delivery::run(plan, &sink, c).await?;
                 delivery_rate = Some(rate);
                 figures
@@ -230,13 +232,13 @@ pub async fn run(plan: &Plan) -> Result<Report, String> {
                 figures
             }
             Scenario::E2e => {
-                let c = ceiling.ok_or("e2e needs the ceiling")?;
+                let c = ceiling.context("e2e needs the ceiling")?;
                 e2e::run(plan, &sink, c).await?
             }
             Scenario::Latency => {
-                let c = ceiling.ok_or("latency needs the ceiling")?;
-                let delivery = delivery_rate.ok_or("latency needs the delivery rate")?;
-                let ingest = ingest_rate.ok_or("latency needs the ingest rate")?;
+                let c = ceiling.context("latency needs the ceiling")?;
+                let delivery = delivery_rate.context("latency needs the delivery rate")?;
+                let ingest = ingest_rate.context("latency needs the ingest rate")?;
                 latency::run(plan, c, delivery, ingest).await?
             }
             Scenario::Isolation => isolation::run(plan, &sink).await?,

@@ -3,7 +3,7 @@
 use herald_inbox::{OrderRecord, OrderState};
 use herald_protocols::receive::format_minor;
 
-use crate::Product;
+use super::Product;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#1d2330}\
 h1{font-size:1.6rem}.card{border:1px solid #d8dce5;border-radius:10px;padding:1rem 1.2rem;margin:.8rem 0}\

@@ -103,9 +103,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
             }
         }
         Err(why) if plan.e2e_databases == E2eDatabases::Postgres => {
-            return Err(format!(
-                "e2e: no PostgreSQL to measure on ({why}); pass --postgres URL"
-            ))
+            anyhow::bail!("e2e: no PostgreSQL to measure on ({why:#}); pass --postgres URL")
         }
         Err(why) => eprintln!("bench e2e: PostgreSQL skipped ({why:#}); pass --postgres URL"),
     }

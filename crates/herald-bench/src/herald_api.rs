@@ -121,7 +121,7 @@ impl Herald {
         plan: &Plan,
         client: &reqwest::Client,
         endpoint_url: &str,
-    ) -> Result<String, String> {
+    ) -> anyhow::Result<String> {
         let app = call(
             client,
             &format!("{}/v1/apps", self.base),
@@ -130,7 +130,7 @@ impl Herald {
         .await?;
         let app_id = app["id"]
             .as_str()
-            .ok_or_else(|| format!("creating the app answered {app}"))?
+            .with_context(|| format!("creating the app answered {app}"))?
             .to_string();
         call(
             client,

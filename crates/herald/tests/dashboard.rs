@@ -780,7 +780,7 @@ async fn an_api_key_signs_in_and_every_page_shows_its_app_only() {
 
 #[tokio::test]
 async fn an_api_key_session_is_refused_every_admin_only_action_with_403_and_changes_nothing() {
-    let server = TestServer::start_sandbox(herald::sandbox::SandboxOptions::default()).await;
+    let server = TestServer::start_sandbox(herald_server::sandbox::SandboxOptions::default()).await;
     let t = two_apps(&server).await;
     let (a, ea, _, da) = &t.mine;
     let op = Operator::signed_in_with(&server, &t.key).await;

@@ -101,7 +101,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::BadCursor => ApiError::Invalid("invalid cursor".into()),
-            StoreError::Backend(m) => ApiError::Unavailable(m),
+            e @ StoreError::Backend { .. } => ApiError::Unavailable(e.to_string()),
             StoreError::Closed => ApiError::Unavailable("the store is shut down".into()),
         }
     }

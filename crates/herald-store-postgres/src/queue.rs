@@ -92,7 +92,7 @@ const COMPLETE: &str = "
     SELECT (SELECT count(*) FROM u), (SELECT status FROM deliveries WHERE seq = $1)";
 
 fn i32_of(v: u32, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| StoreError::Backend(format!("{what} out of range: {v}")))
+    i32::try_from(v).map_err(|e| StoreError::backend(format!("{what} out of range: {v}"), e))
 }
 
 fn limit_of(n: usize) -> i64 {

@@ -37,6 +37,20 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// An unexpected failure caused by `e`: the cause logged is `e` and its whole
+    /// [`source`](std::error::Error::source) chain on one line (the response says only
+    /// "internal error").
+    pub fn internal(e: &(dyn std::error::Error + 'static)) -> ApiError {
+        let mut cause = e.to_string();
+        let mut next = e.source();
+        while let Some(s) = next {
+            cause.push_str(": ");
+            cause.push_str(&s.to_string());
+            next = s.source();
+        }
+        ApiError::Internal(cause)
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         self.status_and_code().0

@@ -73,7 +73,11 @@ async fn a_bad_postgres_url_is_a_clear_error() {
         .await
         .err()
         .expect("bad url");
-    assert!(matches!(err, InboxError::Invalid(_)), "{err}");
+    assert!(matches!(err, InboxError::BadUrl(_)), "{err}");
+    assert!(
+        err.to_string().starts_with("invalid: bad PostgreSQL URL"),
+        "{err}"
+    );
 }
 
 #[test]

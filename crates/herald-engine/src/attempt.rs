@@ -158,7 +158,13 @@ impl HttpAttempter {
         {
             match crate::raw::unpack(&job.payload) {
                 Ok(r) => Some(r),
-                Err(e) => return fail("encode", e, None, None),
+                // The recorded error is one line: the error and its cause.
+                Err(e) => {
+                    let cause = std::error::Error::source(&e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
+                    return fail("encode", format!("{e}{cause}"), None, None);
+                }
             }
         } else {
             None

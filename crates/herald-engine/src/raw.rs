@@ -27,13 +27,21 @@ pub struct RawRequest {
     pub body: Vec<u8>,
 }
 
+/// Why a payload is not a raw forward; the parser's error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    #[error("not a raw forward envelope")]
+    Envelope(#[source] serde_json::Error),
+    #[error("the raw forward's body is not base64")]
+    Body(#[source] base64::DecodeError),
+}
+
 /// Unpacks a raw forward's payload.
-pub fn unpack(payload: &str) -> Result<RawRequest, String> {
-    let env: Envelope =
-        serde_json::from_str(payload).map_err(|e| format!("not a raw forward envelope: {e}"))?;
+pub fn unpack(payload: &str) -> Result<RawRequest, RawError> {
+    let env: Envelope = serde_json::from_str(payload).map_err(RawError::Envelope)?;
     let body = base64::engine::general_purpose::STANDARD
         .decode(env.body.as_bytes())
-        .map_err(|_| "the raw forward's body is not base64".to_string())?;
+        .map_err(RawError::Body)?;
     let mut content_type = None;
     let mut headers = Vec::with_capacity(env.headers.len());
     for (k, v) in env.headers {
@@ -64,5 +72,22 @@ mod tests {
         assert_eq!(r.body, b"<xml></xml>");
         assert!(unpack(r#"{"amount": 1}"#).is_err());
         assert!(unpack(r#"{"headers": [], "body": "***"}"#).is_err());
+    }
+
+    #[test]
+    fn a_bad_envelope_keeps_the_parsers_error_as_its_source() {
+        use std::error::Error as _;
+        let err = unpack(r#"{"amount": 1}"#).unwrap_err();
+        assert!(matches!(err, RawError::Envelope(_)), "{err:?}");
+        assert!(err
+            .source()
+            .and_then(|s| s.downcast_ref::<serde_json::Error>())
+            .is_some());
+        let err = unpack(r#"{"headers": [], "body": "***"}"#).unwrap_err();
+        assert!(matches!(err, RawError::Body(_)), "{err:?}");
+        assert!(err
+            .source()
+            .and_then(|s| s.downcast_ref::<base64::DecodeError>())
+            .is_some());
     }
 }

@@ -190,7 +190,7 @@ impl Queue for FakeQueue {
         let mut lose = self.lose_claim_answers.lock().expect("lose");
         if *lose > 0 && !jobs.is_empty() {
             *lose -= 1;
-            return Err(StoreError::Backend("connection closed".into()));
+            return Err(StoreError::backend_msg("connection closed"));
         }
         Ok(jobs)
     }

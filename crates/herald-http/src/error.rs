@@ -37,6 +37,20 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// An unexpected failure caused by `e`: the cause logged is `e` and its whole
+    /// [`source`](std::error::Error::source) chain on one line (the response says only
+    /// "internal error").
+    pub fn internal(e: &(dyn std::error::Error + 'static)) -> ApiError {
+        let mut cause = e.to_string();
+        let mut next = e.source();
+        while let Some(s) = next {
+            cause.push_str(": ");
+            cause.push_str(&s.to_string());
+            next = s.source();
+        }
+        ApiError::Internal(cause)
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         self.status_and_code().0
@@ -108,7 +122,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::BadCursor => ApiError::Invalid("invalid cursor".into()),
-            StoreError::Backend(m) => ApiError::Unavailable(m),
+            e @ StoreError::Backend { .. } => ApiError::Unavailable(e.to_string()),
             StoreError::Closed => ApiError::Unavailable("the store is shut down".into()),
         }
     }

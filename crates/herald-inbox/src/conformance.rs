@@ -270,7 +270,7 @@ pub async fn a_failing_merchant_statement_rolls_back_the_order_change(store: Arc
         .await
         .unwrap_err();
     assert!(
-        matches!(err, InboxError::Statement(ref m) if m.contains("no_such_table")),
+        matches!(err, InboxError::Statement { ref message, .. } if message.contains("no_such_table")),
         "{err}"
     );
     assert_eq!(store.order("A1").await.expect("read"), Some(before));
@@ -407,5 +407,5 @@ pub async fn merchant_queries_read_integers_text_and_null(store: Arc<dyn InboxSt
         .query_value("SELECT * FROM no_such_table", vec![])
         .await
         .unwrap_err();
-    assert!(matches!(err, InboxError::Statement(_)), "{err}");
+    assert!(matches!(err, InboxError::Statement { .. }), "{err}");
 }

@@ -184,7 +184,12 @@ pub enum ProcessOutcome {
 }
 
 /// Inbox errors. Outcomes a caller expects (duplicates, unknown orders) are not errors.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+///
+/// A failure that comes from the database keeps the driver's error (rusqlite or
+/// tokio-postgres) as its [`source`](std::error::Error::source); its message is a line an
+/// operator can act on (the statement and the driver's summary, which for PostgreSQL is the
+/// server's message and detail that `tokio_postgres::Error`'s `Display` leaves out).
+#[derive(Debug, thiserror::Error)]
 pub enum InboxError {
     /// An order with this `out_trade_no` already exists.
     #[error("conflict: {0}")]
@@ -192,12 +197,62 @@ pub enum InboxError {
     /// A value the inbox cannot store (a negative amount, an empty order reference).
     #[error("invalid: {0}")]
     Invalid(String),
-    /// A merchant statement failed; the transaction was rolled back.
-    #[error("merchant statement failed: {0}")]
-    Statement(String),
-    /// The database failed (connection, I/O, a newer schema).
-    #[error("inbox storage failure: {0}")]
-    Backend(String),
+    /// The PostgreSQL URL given to [`PgInbox::connect`](crate::PgInbox::connect) does not
+    /// parse.
+    #[error("invalid: bad PostgreSQL URL: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    /// A merchant statement failed; the transaction was rolled back. `message` names the
+    /// statement and what went wrong.
+    #[error("merchant statement failed: {message}")]
+    Statement {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The database failed (connection, I/O, a newer schema, a stored value it cannot read).
+    #[error("inbox storage failure: {context}")]
+    Backend {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// The lower error an [`InboxError`] keeps.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl InboxError {
+    /// A storage failure caused by `source`.
+    pub fn backend(context: impl Into<String>, source: impl Into<BoxError>) -> InboxError {
+        InboxError::Backend {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A storage failure with no lower error (the inbox is closed, its schema is newer).
+    pub fn backend_msg(context: impl Into<String>) -> InboxError {
+        InboxError::Backend {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A merchant statement that failed with `source`.
+    pub fn statement(message: impl Into<String>, source: impl Into<BoxError>) -> InboxError {
+        InboxError::Statement {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A merchant statement the inbox refuses (no lower error).
+    pub fn statement_msg(message: impl Into<String>) -> InboxError {
+        InboxError::Statement {
+            message: message.into(),
+            source: None,
+        }
+    }
 }
 
 /// The `decide` callback of [`InboxStore::process`].
@@ -295,5 +350,5 @@ pub(crate) fn fresh_record(new: NewOrder) -> OrderRecord {
 /// A stored state name back to the enum (a bad one means the table was edited by hand).
 pub(crate) fn parse_state(s: &str) -> Result<OrderState, InboxError> {
     s.parse()
-        .map_err(|e: UnknownOrderState| InboxError::Backend(format!("stored order: {e}")))
+        .map_err(|e: UnknownOrderState| InboxError::backend(format!("stored order: {e}"), e))
 }

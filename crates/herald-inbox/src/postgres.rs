@@ -86,7 +86,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 fn backend(e: tokio_postgres::Error) -> InboxError {
-    InboxError::Backend(describe(&e))
+    InboxError::backend(describe(&e), e)
 }
 
 impl Pool {
@@ -95,7 +95,7 @@ impl Pool {
             .permits
             .acquire()
             .await
-            .map_err(|_| InboxError::Backend("the inbox is closed".into()))?;
+            .map_err(|_| InboxError::backend_msg("the inbox is closed"))?;
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let client = match idle {
             Some(c) => c,
@@ -113,7 +113,7 @@ impl Pool {
             .config
             .connect(NoTls)
             .await
-            .map_err(|e| InboxError::Backend(format!("cannot connect: {}", describe(&e))))?;
+            .map_err(|e| InboxError::backend(format!("cannot connect: {}", describe(&e)), e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %describe(&e), "inbox connection closed");
@@ -127,9 +127,7 @@ impl PgInbox {
     /// Connects to the database at `url` (`postgres://user@host:port/db`, or the key=value
     /// form) and runs the inbox's migrations. Must be called inside a Tokio runtime.
     pub async fn connect(url: &str) -> Result<Self, InboxError> {
-        let config: Config = url
-            .parse()
-            .map_err(|e| InboxError::Invalid(format!("bad PostgreSQL URL: {e}")))?;
+        let config: Config = url.parse().map_err(InboxError::BadUrl)?;
         let pool = Pool {
             config,
             idle: Mutex::new(Vec::new()),
@@ -161,7 +159,7 @@ async fn migrate(client: &mut Client) -> Result<(), InboxError> {
         .get(0);
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
     if applied > schema::POSTGRES.len() {
-        return Err(InboxError::Backend(format!(
+        return Err(InboxError::backend_msg(format!(
             "the inbox is at schema version {applied}, newer than this Herald ({}); upgrade Herald",
             schema::POSTGRES.len()
         )));
@@ -179,7 +177,7 @@ async fn migrate(client: &mut Client) -> Result<(), InboxError> {
 }
 
 fn read_order(row: &Row) -> Result<OrderRecord, InboxError> {
-    let get = |e: tokio_postgres::Error| InboxError::Backend(format!("stored order: {e}"));
+    let get = |e: tokio_postgres::Error| InboxError::backend(format!("stored order: {e}"), e);
     let state: String = row.try_get(4).map_err(get)?;
     Ok(OrderRecord {
         out_trade_no: row.try_get(0).map_err(get)?,
@@ -238,7 +236,7 @@ async fn run_statement(
 ) -> Result<u64, InboxError> {
     tx.execute(st.sql.as_str(), &as_params(&st.params))
         .await
-        .map_err(|e| InboxError::Statement(format!("{}: {}", st.sql, describe(&e))))
+        .map_err(|e| InboxError::statement(format!("{}: {}", st.sql, describe(&e)), e))
 }
 
 /// Records a processed notify id. False when another transaction recorded it first.
@@ -443,7 +441,7 @@ impl InboxStore for PgInbox {
     ) -> Result<Option<SqlValue>, InboxError> {
         let client = self.pool.get().await?;
         let fail =
-            |e: tokio_postgres::Error| InboxError::Statement(format!("{sql}: {}", describe(&e)));
+            |e: tokio_postgres::Error| InboxError::statement(format!("{sql}: {}", describe(&e)), e);
         let Some(row) = client
             .query_opt(sql, &as_params(&params))
             .await
@@ -455,7 +453,7 @@ impl InboxStore for PgInbox {
             .columns()
             .first()
             .map(|c| c.type_().clone())
-            .ok_or_else(|| InboxError::Statement(format!("{sql}: returns no column")))?;
+            .ok_or_else(|| InboxError::statement_msg(format!("{sql}: returns no column")))?;
         let value = match ty {
             Type::INT8 => row
                 .try_get::<_, Option<i64>>(0)
@@ -470,7 +468,7 @@ impl InboxStore for PgInbox {
                 .try_get::<_, Option<String>>(0)
                 .map(|v| v.map(SqlValue::Text)),
             other => {
-                return Err(InboxError::Statement(format!(
+                return Err(InboxError::statement_msg(format!(
                     "{sql}: the first column is {other}; only integers and text are supported"
                 )))
             }

@@ -37,13 +37,13 @@ struct Shared {
 }
 
 fn backend(e: rusqlite::Error) -> InboxError {
-    InboxError::Backend(e.to_string())
+    InboxError::backend(e.to_string(), e)
 }
 
 impl Shared {
     fn connect(&self) -> Result<Connection, InboxError> {
         let conn = Connection::open(&self.path).map_err(|e| {
-            InboxError::Backend(format!("cannot open {}: {e}", self.path.display()))
+            InboxError::backend(format!("cannot open {}: {e}", self.path.display()), e)
         })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -86,7 +86,7 @@ impl SqliteInbox {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| InboxError::Backend("the inbox is closed".into()))?;
+            .map_err(|_| InboxError::backend_msg("the inbox is closed"))?;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -102,7 +102,7 @@ impl SqliteInbox {
             out
         })
         .await
-        .map_err(|e| InboxError::Backend(format!("inbox task failed: {e}")))?
+        .map_err(|e| InboxError::backend(format!("inbox task failed: {e}"), e))?
     }
 }
 
@@ -123,7 +123,7 @@ fn migrate(conn: &mut Connection) -> Result<(), InboxError> {
         .map_err(backend)?;
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
     if applied > schema::SQLITE.len() {
-        return Err(InboxError::Backend(format!(
+        return Err(InboxError::backend_msg(format!(
             "the inbox is at schema version {applied}, newer than this Herald ({}); upgrade Herald",
             schema::SQLITE.len()
         )));
@@ -175,7 +175,7 @@ fn to_value(v: &SqlValue) -> Value {
 
 /// Runs one merchant statement (rows it returns are read and dropped). Returns rows changed.
 fn run_statement(conn: &Connection, st: &Statement) -> Result<u64, InboxError> {
-    let fail = |e: rusqlite::Error| InboxError::Statement(format!("{}: {e}", st.sql));
+    let fail = |e: rusqlite::Error| InboxError::statement(format!("{}: {e}", st.sql), e);
     let mut prepared = conn.prepare(&st.sql).map_err(fail)?;
     let mut rows = prepared
         .query(rusqlite::params_from_iter(st.params.iter().map(to_value)))
@@ -372,7 +372,7 @@ impl InboxStore for SqliteInbox {
     ) -> Result<Option<SqlValue>, InboxError> {
         let sql = sql.to_string();
         self.run(move |conn| {
-            let fail = |e: rusqlite::Error| InboxError::Statement(format!("{sql}: {e}"));
+            let fail = |e: rusqlite::Error| InboxError::statement(format!("{sql}: {e}"), e);
             let mut st = conn.prepare(&sql).map_err(fail)?;
             let mut rows = st
                 .query(rusqlite::params_from_iter(params.iter().map(to_value)))
@@ -386,7 +386,7 @@ impl InboxStore for SqliteInbox {
                 ValueRef::Text(t) => Ok(Some(SqlValue::Text(
                     String::from_utf8_lossy(t).into_owned(),
                 ))),
-                other => Err(InboxError::Statement(format!(
+                other => Err(InboxError::statement_msg(format!(
                     "{sql}: the first column is {:?}; only integers and text are supported",
                     other.data_type()
                 ))),

@@ -73,7 +73,11 @@ async fn a_bad_postgres_url_is_a_clear_error() {
         .await
         .err()
         .expect("bad url");
-    assert!(matches!(err, InboxError::Invalid(_)), "{err}");
+    assert!(matches!(err, InboxError::BadUrl(_)), "{err}");
+    assert!(
+        err.to_string().starts_with("invalid: bad PostgreSQL URL"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -82,4 +86,34 @@ fn order_states_round_trip_through_their_names() {
         assert_eq!(s.as_str().parse::<OrderState>(), Ok(s));
     }
     assert!("PAID".parse::<OrderState>().is_err());
+}
+
+/// Driver failures keep the driver's error as their source: an inbox opened on a directory
+/// has rusqlite's, a PostgreSQL URL that does not parse has tokio-postgres's.
+#[tokio::test]
+async fn inbox_errors_keep_the_drivers_error_as_their_source() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let dir = outer.path().join("not-a-file");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let err = match SqliteInbox::open(&dir) {
+        Ok(_) => panic!("a directory opened as an inbox"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, InboxError::Backend { .. }), "{err:?}");
+    let source = std::error::Error::source(&err).expect("rusqlite's error is kept");
+    assert!(
+        source.downcast_ref::<rusqlite::Error>().is_some(),
+        "{source:?}"
+    );
+
+    let err = match PgInbox::connect("postgres://herald@127.0.0.1:notaport/db").await {
+        Ok(_) => panic!("a bad URL connected"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, InboxError::BadUrl(_)), "{err:?}");
+    let source = std::error::Error::source(&err).expect("the parser's error is kept");
+    assert!(
+        source.downcast_ref::<tokio_postgres::Error>().is_some(),
+        "{source:?}"
+    );
 }

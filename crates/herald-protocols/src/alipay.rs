@@ -340,8 +340,7 @@ pub fn encode(
             "the payload has characters that charset {charset} cannot represent"
         ))
     })?;
-    let sign = keys::sign_sha256_cached(&c.private_key, &to_sign)
-        .map_err(|e| ProfileError::Encode(e.to_string()))?;
+    let sign = keys::sign_sha256_cached(&c.private_key, &to_sign).map_err(ProfileError::Sign)?;
     params.push(("sign_type".into(), SIGN_TYPE.into()));
     params.push(("sign".into(), sign));
 
@@ -382,7 +381,7 @@ pub fn sign_params(
 ) -> Result<(), ProfileError> {
     params.retain(|(k, _)| k != "sign" && k != "sign_type");
     let sign = keys::sign_sha256_cached(&c.private_key, string_to_sign(params).as_bytes())
-        .map_err(|e| ProfileError::Encode(e.to_string()))?;
+        .map_err(ProfileError::Sign)?;
     params.push(("sign_type".into(), SIGN_TYPE.into()));
     params.push(("sign".into(), sign));
     Ok(())
@@ -395,7 +394,7 @@ pub fn sign_query_response(
     response_json_text: &str,
 ) -> Result<String, ProfileError> {
     keys::sign_sha256_cached(&c.private_key, response_json_text.as_bytes())
-        .map_err(|e| ProfileError::Encode(e.to_string()))
+        .map_err(ProfileError::Sign)
 }
 
 /// Whether `sig` (RSA2) over the raw `*_response` JSON text verifies under any receiver key.
@@ -698,5 +697,39 @@ pub fn carried_ids(_n: &VerifiedNotification) -> crate::order::CarriedIds {
     crate::order::CarriedIds {
         app_id: Some("app_id"),
         merchant_id: None,
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn a_private_key_that_cannot_sign_keeps_the_key_error_as_its_source() {
+        let c = Credentials {
+            app_id: "2021000000000001".into(),
+            private_key: "-----BEGIN PRIVATE KEY-----\nc2VjcmV0c3R1ZmY=\n-----END PRIVATE KEY-----"
+                .into(),
+            seller_id: None,
+        };
+        let mut params = vec![("out_trade_no".to_string(), "T1".to_string())];
+        let err = sign_params(&c, &mut params).unwrap_err();
+        assert!(matches!(err, ProfileError::Sign(_)), "{err:?}");
+        let key_err = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<keys::KeyError>())
+            .unwrap_or_else(|| panic!("the key's error is kept under {err:?}"));
+        assert!(
+            matches!(key_err, keys::KeyError::BadPrivateKey(_)),
+            "{key_err:?}"
+        );
+        // Down to the DER parser's own error, and no key text on the way.
+        let parser = std::error::Error::source(key_err)
+            .and_then(std::error::Error::source)
+            .expect("the parser's error");
+        assert!(
+            parser.downcast_ref::<rsa::pkcs8::Error>().is_some(),
+            "{parser:?}"
+        );
+        assert!(!err.to_string().contains("c2Vj"), "{err}");
     }
 }

@@ -45,18 +45,36 @@ pub enum KeyError {
     Encrypted,
     #[error("the key is neither PEM nor valid base64")]
     BadBase64,
+    /// The source is the DER parser's error for the form tried first (or the only form the
+    /// PEM label allows).
     #[error("not a valid RSA public key (tried SPKI, PKCS#1, X.509 certificate, and a private key to derive one from)")]
-    BadPublicKey,
+    BadPublicKey(#[source] DerError),
+    /// The source is the DER parser's error for the form tried first (PKCS#8), or the only
+    /// form the PEM label allows.
     #[error("not a valid RSA private key (tried PKCS#8 and PKCS#1)")]
-    BadPrivateKey,
+    BadPrivateKey(#[source] DerError),
     #[error("the certificate cannot be read, or does not carry an RSA public key")]
-    BadCertificate,
+    BadCertificate(#[source] DerError),
     #[error("the RSA key has {bits} bits; at least {min} are required")]
     TooSmall { bits: usize, min: usize },
     #[error("cannot export the key")]
     Export,
     #[error("RSA signing failed")]
     Sign,
+}
+
+/// Why DER bytes are not a key of the form tried: the RustCrypto parser's own error, which
+/// names a position, a tag or a length, never the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DerError {
+    #[error("as PKCS#8")]
+    Pkcs8(#[source] rsa::pkcs8::Error),
+    #[error("as PKCS#1")]
+    Pkcs1(#[source] rsa::pkcs1::Error),
+    #[error("as SPKI")]
+    Spki(#[source] rsa::pkcs8::spki::Error),
+    #[error("as an X.509 certificate")]
+    Certificate(#[source] x509_cert::der::Error),
 }
 
 /// One PEM block: its label and the DER bytes it armours.
@@ -101,16 +119,18 @@ fn decode_base64_text(s: &str) -> Result<Vec<u8>, KeyError> {
 }
 
 fn public_from_certificate_der(der: &[u8]) -> Result<RsaPublicKey, KeyError> {
-    let cert = x509_cert::Certificate::from_der(der).map_err(|_| KeyError::BadCertificate)?;
+    let bad = |e| KeyError::BadCertificate(DerError::Certificate(e));
+    let cert = x509_cert::Certificate::from_der(der).map_err(bad)?;
     let spki = x509_cert::der::Encode::to_der(&cert.tbs_certificate.subject_public_key_info)
-        .map_err(|_| KeyError::BadCertificate)?;
-    RsaPublicKey::from_public_key_der(&spki).map_err(|_| KeyError::BadCertificate)
+        .map_err(bad)?;
+    RsaPublicKey::from_public_key_der(&spki)
+        .map_err(|e| KeyError::BadCertificate(DerError::Spki(e)))
 }
 
-fn private_from_der(der: &[u8]) -> Option<RsaPrivateKey> {
+/// A private key from PKCS#8 or PKCS#1 DER; the PKCS#8 parser's error when neither reads.
+fn private_from_der(der: &[u8]) -> Result<RsaPrivateKey, DerError> {
     RsaPrivateKey::from_pkcs8_der(der)
-        .or_else(|_| RsaPrivateKey::from_pkcs1_der(der))
-        .ok()
+        .or_else(|e| RsaPrivateKey::from_pkcs1_der(der).map_err(|_| DerError::Pkcs8(e)))
 }
 
 /// Parses an RSA public key: PEM `PUBLIC KEY` (SPKI), `RSA PUBLIC KEY` (PKCS#1), `CERTIFICATE`
@@ -124,28 +144,27 @@ pub fn parse_public_key(s: &str) -> Result<RsaPublicKey, KeyError> {
     }
     if let Some(pem) = read_pem(s)? {
         return match pem.label.as_str() {
-            "PUBLIC KEY" => {
-                RsaPublicKey::from_public_key_der(&pem.der).map_err(|_| KeyError::BadPublicKey)
-            }
-            "RSA PUBLIC KEY" => {
-                RsaPublicKey::from_pkcs1_der(&pem.der).map_err(|_| KeyError::BadPublicKey)
-            }
+            "PUBLIC KEY" => RsaPublicKey::from_public_key_der(&pem.der)
+                .map_err(|e| KeyError::BadPublicKey(DerError::Spki(e))),
+            "RSA PUBLIC KEY" => RsaPublicKey::from_pkcs1_der(&pem.der)
+                .map_err(|e| KeyError::BadPublicKey(DerError::Pkcs1(e))),
             "CERTIFICATE" | "X509 CERTIFICATE" | "TRUSTED CERTIFICATE" => {
                 public_from_certificate_der(&pem.der)
             }
             "PRIVATE KEY" | "RSA PRIVATE KEY" => private_from_der(&pem.der)
                 .map(|k| k.to_public_key())
-                .ok_or(KeyError::BadPrivateKey),
+                .map_err(KeyError::BadPrivateKey),
             other => Err(KeyError::UnsupportedPem(other.to_string())),
         };
     }
     let der = decode_base64_text(s)?;
-    RsaPublicKey::from_public_key_der(&der)
-        .or_else(|_| RsaPublicKey::from_pkcs1_der(&der))
-        .ok()
-        .or_else(|| public_from_certificate_der(&der).ok())
-        .or_else(|| private_from_der(&der).map(|k| k.to_public_key()))
-        .ok_or(KeyError::BadPublicKey)
+    RsaPublicKey::from_public_key_der(&der).or_else(|spki| {
+        RsaPublicKey::from_pkcs1_der(&der)
+            .ok()
+            .or_else(|| public_from_certificate_der(&der).ok())
+            .or_else(|| private_from_der(&der).ok().map(|k| k.to_public_key()))
+            .ok_or(KeyError::BadPublicKey(DerError::Spki(spki)))
+    })
 }
 
 /// Parses an RSA private key: PEM `PRIVATE KEY` (PKCS#8), `RSA PRIVATE KEY` (PKCS#1), or bare
@@ -158,16 +177,18 @@ pub fn parse_private_key(s: &str) -> Result<RsaPrivateKey, KeyError> {
     let der = match read_pem(s)? {
         Some(pem) => match pem.label.as_str() {
             "PRIVATE KEY" => {
-                return RsaPrivateKey::from_pkcs8_der(&pem.der).map_err(|_| KeyError::BadPrivateKey)
+                return RsaPrivateKey::from_pkcs8_der(&pem.der)
+                    .map_err(|e| KeyError::BadPrivateKey(DerError::Pkcs8(e)))
             }
             "RSA PRIVATE KEY" => {
-                return RsaPrivateKey::from_pkcs1_der(&pem.der).map_err(|_| KeyError::BadPrivateKey)
+                return RsaPrivateKey::from_pkcs1_der(&pem.der)
+                    .map_err(|e| KeyError::BadPrivateKey(DerError::Pkcs1(e)))
             }
             other => return Err(KeyError::UnsupportedPem(other.to_string())),
         },
         None => decode_base64_text(s)?,
     };
-    private_from_der(&der).ok_or(KeyError::BadPrivateKey)
+    private_from_der(&der).map_err(KeyError::BadPrivateKey)
 }
 
 /// Like [`parse_private_key`], and the key must have at least [`RSA_BITS`] bits: for keys
@@ -492,6 +513,58 @@ nnwm60/EonnpkKYHIA==
         assert_eq!(certificate_serial("garbage"), None);
     }
 
+    /// An error and its sources, as a report would print them.
+    fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(s) = next {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            next = s.source();
+        }
+        out
+    }
+
+    fn assert_same_kind(got: &KeyError, want: &KeyError, case: usize) {
+        assert_eq!(
+            (std::mem::discriminant(got), got.to_string()),
+            (std::mem::discriminant(want), want.to_string()),
+            "case {case}: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_that_does_not_parse_keeps_the_der_parsers_error_as_its_source() {
+        // Valid base64 (not PEM) that is no DER key: the PKCS#8 and SPKI parsers' errors.
+        let err = parse_private_key("c2VjcmV0c3R1ZmY=").unwrap_err();
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(
+            matches!(source.downcast_ref::<DerError>(), Some(DerError::Pkcs8(_))),
+            "{source:?}"
+        );
+        let parser = std::error::Error::source(source).expect("the parser's error");
+        assert!(
+            parser.downcast_ref::<rsa::pkcs8::Error>().is_some(),
+            "{parser:?}"
+        );
+        let err = parse_public_key("c2VjcmV0c3R1ZmY=").unwrap_err();
+        let source = std::error::Error::source(&err).expect("a source");
+        let parser = std::error::Error::source(source).expect("the parser's error");
+        assert!(
+            parser.downcast_ref::<rsa::pkcs8::spki::Error>().is_some(),
+            "{parser:?}"
+        );
+        // A PEM `RSA PUBLIC KEY` whose body is no PKCS#1 key: PKCS#1's parser's error.
+        let pem = "-----BEGIN RSA PUBLIC KEY-----\nc2VjcmV0c3R1ZmY=\n-----END RSA PUBLIC KEY-----";
+        let err = parse_public_key(pem).unwrap_err();
+        let source = std::error::Error::source(&err).expect("a source");
+        let parser = std::error::Error::source(source).expect("the parser's error");
+        assert!(
+            parser.downcast_ref::<rsa::pkcs1::Error>().is_some(),
+            "{parser:?}"
+        );
+    }
+
     #[test]
     fn bad_keys_are_refused_with_messages_that_do_not_quote_them() {
         let private = private_pem_pkcs8(&key()).unwrap();
@@ -501,6 +574,8 @@ nnwm60/EonnpkKYHIA==
             "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
             &b[..400]
         );
+        // Compared by kind and message: the parser's error under it is the parser's business.
+        let der = DerError::Pkcs8(rsa::pkcs8::Error::KeyMalformed);
         let cases: Vec<(String, KeyError, KeyError)> = vec![
             ("".into(), KeyError::Empty, KeyError::Empty),
             ("  \n".into(), KeyError::Empty, KeyError::Empty),
@@ -511,13 +586,13 @@ nnwm60/EonnpkKYHIA==
             ),
             (
                 "c2VjcmV0c3R1ZmY=".into(),
-                KeyError::BadPublicKey,
-                KeyError::BadPrivateKey,
+                KeyError::BadPublicKey(der),
+                KeyError::BadPrivateKey(der),
             ),
             (
                 truncated.clone(),
-                KeyError::BadPrivateKey,
-                KeyError::BadPrivateKey,
+                KeyError::BadPrivateKey(der),
+                KeyError::BadPrivateKey(der),
             ),
             (
                 format!("-----BEGIN PRIVATE KEY-----\n{secret_part}"),
@@ -541,19 +616,19 @@ nnwm60/EonnpkKYHIA==
             ),
             (
                 public_pem(&key().to_public_key()),
-                KeyError::BadPublicKey, // unused: a public key is a fine public key
+                KeyError::BadPublicKey(der), // unused: a public key is a fine public key
                 KeyError::UnsupportedPem("PUBLIC KEY".into()),
             ),
         ];
         for (i, (input, public_err, private_err)) in cases.iter().enumerate() {
             if !input.contains("BEGIN PUBLIC KEY") {
                 let err = parse_public_key(input).unwrap_err();
-                assert_eq!(&err, public_err, "case {i}");
-                assert!(!err.to_string().contains(secret_part), "{err}");
+                assert_same_kind(&err, public_err, i);
+                assert!(!chain(&err).contains(secret_part), "{err}");
             }
             let err = parse_private_key(input).unwrap_err();
-            assert_eq!(&err, private_err, "case {i}");
-            let msg = err.to_string();
+            assert_same_kind(&err, private_err, i);
+            let msg = chain(&err);
             assert!(!msg.contains(secret_part) && !msg.contains("c2Vj"), "{msg}");
             assert!(!format!("{err:?}").contains(secret_part));
         }
@@ -575,7 +650,7 @@ nnwm60/EonnpkKYHIA==
         );
         assert!(matches!(
             sign_sha256_cached("not a key", b"x"),
-            Err(KeyError::BadPem | KeyError::BadBase64 | KeyError::BadPrivateKey)
+            Err(KeyError::BadPem | KeyError::BadBase64 | KeyError::BadPrivateKey(_))
         ));
         assert!(!verify_sha256(&public, b"a=1&b=3", &sig));
         assert!(!verify_sha256(&public, b"a=1&b=2", "not base64!"));

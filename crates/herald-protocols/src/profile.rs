@@ -58,6 +58,9 @@ pub enum Profile {
     Dialect,
 }
 
+/// Why a profile cannot be named, configured or encode a notification. A failure that comes
+/// from a lower error keeps it as its [`source`](std::error::Error::source) (a signing key's
+/// parse error); its message is one line without key material.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("unknown profile {0:?}; expected one of: standard-webhooks, alipay, wechatpay-v2, wechatpay-v3, stripe, wechatpay-legacy, dialect")]
@@ -66,6 +69,12 @@ pub enum ProfileError {
     BadCredentials(String),
     #[error("cannot encode the notification: {0}")]
     Encode(String),
+    /// The app's RSA private key cannot sign (it does not parse, or is too small).
+    #[error("cannot sign the notification: {0}")]
+    Sign(#[source] crate::keys::KeyError),
+    /// The app's Standard Webhooks signing secrets cannot sign.
+    #[error("cannot sign the notification: {0}")]
+    SigningSecret(#[source] crate::standard_webhooks::KeyError),
 }
 
 /// One notification as the engine hands it to a profile for one attempt.
@@ -938,8 +947,14 @@ mod tests {
         let err = P
             .encode(&creds, &notification("msg_1", b"{}", 10))
             .unwrap_err();
-        assert!(matches!(err, ProfileError::Encode(_)));
+        assert!(matches!(err, ProfileError::SigningSecret(_)), "{err:?}");
         assert!(err.to_string().contains("no key is valid"), "{err}");
+        assert!(
+            std::error::Error::source(&err)
+                .and_then(|s| s.downcast_ref::<crate::standard_webhooks::KeyError>())
+                .is_some(),
+            "the key list's error is the source: {err:?}"
+        );
     }
 
     #[test]

@@ -691,7 +691,7 @@ pub fn encode(keys: &Keys, n: &OutgoingNotification<'_>) -> Result<EncodedReques
     check_msg_id(n.notify_id)?;
     let secrets = keys
         .signing_secrets(n.timestamp)
-        .map_err(|e| ProfileError::Encode(e.to_string()))?;
+        .map_err(ProfileError::SigningSecret)?;
     let signature = sign(n.notify_id, n.timestamp, n.payload, &secrets);
     Ok(EncodedRequest {
         method: "POST",

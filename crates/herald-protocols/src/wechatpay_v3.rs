@@ -441,7 +441,7 @@ pub fn encode(
     let header_nonce = random_alphanumeric(32);
     let signature =
         keys::sign_sha256_cached(&c.private_key, &message(&timestamp, &header_nonce, &body))
-            .map_err(|e| ProfileError::Encode(e.to_string()))?;
+            .map_err(ProfileError::Sign)?;
     Ok(EncodedRequest {
         method: "POST",
         query: String::new(),

@@ -195,7 +195,7 @@ impl Inbox {
                 Err(taken().unwrap_or(Rejection::Handler(reason)))
             }
             Ok(ProcessOutcome::UnknownOrder) => Err(Rejection::UnknownOrder(out_trade_no.clone())),
-            Err(InboxError::Statement(msg)) => Err(Rejection::Handler(msg)),
+            Err(InboxError::Statement { message, .. }) => Err(Rejection::Handler(message)),
             Err(e) => Err(Rejection::Store(e.to_string())),
         };
         log(profile.name(), &notify_id, &out_trade_no, &result);

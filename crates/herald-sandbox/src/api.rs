@@ -414,7 +414,8 @@ pub async fn trade_query(
         .ok_or(ApiError::NotFound("trade"))?;
     let p = Payment::from_row(&row)
         .map_err(|e| ApiError::Internal(format!("stored sandbox payment: {e}")))?;
-    let resp = wire::trade_query(&p, &app.credentials, now_ms()).map_err(ApiError::Internal)?;
+    let resp =
+        wire::trade_query(&p, &app.credentials, now_ms()).map_err(|e| ApiError::internal(&e))?;
     let mut out = (StatusCode::OK, resp.body).into_response();
     let headers = out.headers_mut();
     headers.insert(

@@ -627,7 +627,7 @@ fn v3_signed(app: &App, status: StatusCode, body: Value) -> Response {
             headers.push(unverified(V3_UNVERIFIED));
             respond(status, "application/json", headers, body)
         }
-        Err(e) => ApiError::Internal(e).into_response(),
+        Err(e) => ApiError::internal(&e).into_response(),
     }
 }
 

@@ -230,7 +230,7 @@ async fn return_redirect(sandbox: &Sandbox, p: &Payment, return_url: &str) -> Re
     let existing: Vec<(String, String)> = url.query_pairs().into_owned().collect();
     let params = match wire::return_params(p, &app.credentials, now_ms(), existing) {
         Ok(params) => params,
-        Err(e) => return ApiError::Internal(e).into_response(),
+        Err(e) => return ApiError::internal(&e).into_response(),
     };
     url.set_query(None);
     url.query_pairs_mut().extend_pairs(params);

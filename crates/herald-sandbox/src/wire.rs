@@ -3,7 +3,7 @@
 //! trade-query response, provider-shaped ids, and the amount change of the tampering drill.
 //! The profile's `encode` (herald-protocols) turns a payload into the signed wire request.
 use herald_protocols::receive::format_minor;
-use herald_protocols::{alipay, wechatpay_v2, Credentials, Profile};
+use herald_protocols::{alipay, wechatpay_v2, Credentials, Profile, ProfileError};
 use herald_store::Millis;
 use rand::Rng;
 use serde_json::{json, Map, Value};
@@ -625,7 +625,7 @@ pub fn return_params(
     c: &Credentials,
     now: Millis,
     existing: Vec<(String, String)>,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ProfileError> {
     match c {
         Credentials::Alipay(a) => {
             let mut ours = vec![
@@ -645,7 +645,7 @@ pub fn return_params(
             if let (_, Some(s)) = alipay_ids(p, c) {
                 ours.push(("seller_id".into(), s));
             }
-            alipay::sign_params(a, &mut ours).map_err(|e| e.to_string())?;
+            alipay::sign_params(a, &mut ours)?;
             let mut params: Vec<(String, String)> = existing
                 .into_iter()
                 .filter(|(k, _)| !ours.iter().any(|(o, _)| o == k))
@@ -844,12 +844,12 @@ pub fn v3_response_headers(
     w: &herald_protocols::wechatpay_v3::Credentials,
     body: &str,
     now: Millis,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ProfileError> {
     let timestamp = (now / 1000).to_string();
     let nonce = alphanumeric(32);
     let message = format!("{timestamp}\n{nonce}\n{body}\n");
     let signature = herald_protocols::keys::sign_sha256_cached(&w.private_key, message.as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(ProfileError::Sign)?;
     Ok(vec![
         ("Wechatpay-Timestamp".into(), timestamp),
         ("Wechatpay-Nonce".into(), nonce),
@@ -867,11 +867,15 @@ pub fn v3_response_headers(
 /// object's raw JSON text), WeChat Pay v2's `orderquery` XML with `sign`, WeChat Pay v3's
 /// JSON with `Wechatpay-*` signature headers. Stripe and Standard Webhooks do not sign API
 /// responses: their JSON comes unsigned (the admin token authenticates it).
-pub fn trade_query(p: &Payment, c: &Credentials, now: Millis) -> Result<QueryResponse, String> {
+pub fn trade_query(
+    p: &Payment,
+    c: &Credentials,
+    now: Millis,
+) -> Result<QueryResponse, ProfileError> {
     match c {
         Credentials::Alipay(a) => {
             let text = Value::Object(alipay_query_response(p)).to_string();
-            let sign = alipay::sign_query_response(a, &text).map_err(|e| e.to_string())?;
+            let sign = alipay::sign_query_response(a, &text)?;
             Ok(QueryResponse {
                 content_type: "application/json; charset=utf-8",
                 headers: vec![],

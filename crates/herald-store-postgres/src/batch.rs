@@ -146,7 +146,8 @@ impl Done {
     fn failed_statement(&self) -> bool {
         matches!(
             self,
-            Done::Create(Err(StoreError::Backend(_))) | Done::Complete(Err(StoreError::Backend(_)))
+            Done::Create(Err(StoreError::Backend { .. }))
+                | Done::Complete(Err(StoreError::Backend { .. }))
         )
     }
 }
@@ -192,7 +193,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
                 if client.is_closed() {
                     return fail_all(
                         batch,
-                        StoreError::Backend("the database connection was lost".into()),
+                        StoreError::backend("the database connection was lost", e),
                     );
                 }
                 join_all(batch.into_iter().map(|w| alone(inner, w))).await;
@@ -261,7 +262,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         if client.is_closed() {
             return fail_all(
                 batch,
-                StoreError::Backend("the database connection was lost".into()),
+                StoreError::backend_msg("the database connection was lost"),
             );
         }
         // A statement failed and the transaction with it: each runs again alone.
@@ -286,7 +287,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
             }
             (w, _) => fail_all(
                 vec![w],
-                StoreError::Backend("internal error: batch outcomes out of order".into()),
+                StoreError::backend_msg("internal error: batch outcomes out of order"),
             ),
         }
     }

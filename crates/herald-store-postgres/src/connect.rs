@@ -51,7 +51,7 @@ impl Target {
     /// `key=value` form). `sslmode` and `sslrootcert` are handled here (see the module doc);
     /// the other parameters are tokio-postgres's.
     pub(crate) fn parse(url: &str) -> Result<Target> {
-        let invalid = |why: String| StoreError::Backend(format!("bad PostgreSQL URL: {why}"));
+        let invalid = |why: String| StoreError::backend_msg(format!("bad PostgreSQL URL: {why}"));
         let (base, query) = match url.split_once('?') {
             Some((b, q)) => (b, q),
             None => (url, ""),
@@ -78,7 +78,9 @@ impl Target {
         } else {
             format!("{base}?{}", rest.join("&"))
         };
-        let mut config: Config = url.parse().map_err(|e| invalid(format!("{e}")))?;
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| StoreError::backend(format!("bad PostgreSQL URL: {e}"), e))?;
         config.ssl_mode(ssl_mode);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -113,7 +115,7 @@ impl Target {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))
+            .map_err(|e| StoreError::backend(format!("cannot build the connection pool: {e}"), e))
     }
 
     /// One connection outside the pool (the hint listener's, the migration's). The
@@ -129,7 +131,7 @@ impl Target {
         config
             .connect(self.tls.clone())
             .await
-            .map_err(|e| StoreError::Backend(format!("cannot connect: {}", describe(&e))))
+            .map_err(|e| StoreError::backend(format!("cannot connect: {}", describe(&e)), e))
     }
 }
 
@@ -139,18 +141,22 @@ fn tls_connector(root_cert: Option<&str>) -> Result<MakeRustlsConnect> {
     let mut roots = rustls::RootCertStore::empty();
     match root_cert {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| StoreError::Backend(format!("cannot read sslrootcert {path}: {e}")))?;
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                StoreError::backend(format!("cannot read sslrootcert {path}: {e}"), e)
+            })?;
             for cert in certs {
                 let cert = cert.map_err(|e| {
-                    StoreError::Backend(format!("bad certificate in sslrootcert {path}: {e}"))
+                    StoreError::backend(format!("bad certificate in sslrootcert {path}: {e}"), e)
                 })?;
                 roots.add(cert).map_err(|e| {
-                    StoreError::Backend(format!("unusable certificate in sslrootcert {path}: {e}"))
+                    StoreError::backend(
+                        format!("unusable certificate in sslrootcert {path}: {e}"),
+                        e,
+                    )
                 })?;
             }
             if roots.is_empty() {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::backend_msg(format!(
                     "sslrootcert {path} holds no certificate"
                 )));
             }
@@ -160,7 +166,7 @@ fn tls_connector(root_cert: Option<&str>) -> Result<MakeRustlsConnect> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Backend(format!("TLS set-up failed: {e}")))?
+        .map_err(|e| StoreError::backend(format!("TLS set-up failed: {e}"), e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))

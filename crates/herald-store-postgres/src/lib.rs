@@ -155,17 +155,19 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A tokio-postgres error as a storage failure: [`describe`]'s line as the context, the
+/// error itself as the source.
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(describe(&e))
+    StoreError::backend(describe(&e), e)
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => {
-            StoreError::Backend(format!("cannot connect: {}", describe(&e)))
+            StoreError::backend(format!("cannot connect: {}", describe(&e)), e)
         }
         deadpool_postgres::PoolError::Closed => StoreError::Closed,
-        other => StoreError::Backend(format!("no database connection: {other}")),
+        other => StoreError::backend(format!("no database connection: {other}"), other),
     }
 }
 
@@ -419,7 +421,7 @@ impl MetaStore for PgStore {
     async fn ping(&self) -> Result<()> {
         let deadline = tokio::time::Instant::now() + PING_TIMEOUT;
         let late = || {
-            StoreError::Backend(format!(
+            StoreError::backend_msg(format!(
                 "the database did not answer within {PING_TIMEOUT:?}"
             ))
         };

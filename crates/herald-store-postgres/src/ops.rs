@@ -374,7 +374,7 @@ pub(crate) async fn breaker_counts(inner: &Inner) -> Result<Vec<(BreakerState, u
         let state: String = col(&row, 0)?;
         let n: i64 = col(&row, 1)?;
         let state = BreakerState::parse(&state)
-            .ok_or_else(|| StoreError::Backend(format!("bad breaker state {state:?}")))?;
+            .ok_or_else(|| StoreError::backend_msg(format!("bad breaker state {state:?}")))?;
         out.push((state, n as u64));
     }
     Ok(out)

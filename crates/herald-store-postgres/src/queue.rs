@@ -129,7 +129,7 @@ const COMPLETE_MANY: &str = "
     FROM j LEFT JOIN u ON u.seq = j.seq LEFT JOIN deliveries d ON d.seq = j.seq";
 
 fn i32_of(v: u32, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| StoreError::Backend(format!("{what} out of range: {v}")))
+    i32::try_from(v).map_err(|e| StoreError::backend(format!("{what} out of range: {v}"), e))
 }
 
 fn limit_of(n: usize) -> i64 {

@@ -24,8 +24,9 @@ pub(crate) const NOTIFICATION_COLS: &str =
 pub(crate) const DELIVERY_COLS: &str = "d.seq, d.id, n.id, d.app_id, d.endpoint_id, d.url, \
      d.notify_id, d.status, d.attempts, d.next_at, d.created_at, d.updated_at";
 
-fn decode(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("bad {what} in the database: {e}"))
+/// A stored value this Herald cannot read, with the decoder's error as the source.
+fn decode(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend(format!("bad {what} in the database: {e}"), e)
 }
 
 /// A column, or a decoding failure naming it.
@@ -50,7 +51,7 @@ fn json_col<T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+    serde_json::to_string(v).map_err(|e| StoreError::backend(e.to_string(), e))
 }
 
 pub(crate) fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
@@ -114,7 +115,9 @@ pub(crate) fn endpoint_from_row(row: &Row) -> Result<(Endpoint, bool)> {
 fn health_from_row(row: &Row, at: usize) -> Result<EndpointHealth> {
     let state: String = col(row, at)?;
     Ok(EndpointHealth {
-        state: BreakerState::parse(&state).ok_or_else(|| decode("breaker state", &state))?,
+        state: BreakerState::parse(&state).ok_or_else(|| {
+            StoreError::backend_msg(format!("bad breaker state in the database: {state}"))
+        })?,
         consecutive_failures: u32_col(row, at + 1)?,
         failing_since: col(row, at + 2)?,
         last_success_at: col(row, at + 3)?,
@@ -228,7 +231,9 @@ pub(crate) fn delivery_from_row(row: &Row) -> Result<(i64, Delivery)> {
             endpoint_id: col(row, 4)?,
             url: col(row, 5)?,
             notify_id: col(row, 6)?,
-            status: DeliveryStatus::parse(&status).ok_or_else(|| decode("status", &status))?,
+            status: DeliveryStatus::parse(&status).ok_or_else(|| {
+                StoreError::backend_msg(format!("bad status in the database: {status}"))
+            })?,
             attempts: u32_col(row, 8)?,
             next_attempt_at: col(row, 9)?,
             created_at: col(row, 10)?,

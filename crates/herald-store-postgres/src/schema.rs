@@ -262,7 +262,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<()> {
         .get(0);
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
     if applied > MIGRATIONS.len() {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend_msg(format!(
             "the database is at schema version {applied}, newer than this Herald ({}); upgrade Herald",
             MIGRATIONS.len()
         )));

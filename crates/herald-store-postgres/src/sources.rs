@@ -33,7 +33,7 @@ fn source_from_row(r: &Row, sealer: &Sealer) -> Result<Source> {
         expect_app_id: col(r, 4)?,
         expect_merchant_id: col(r, 5)?,
         format: SourceFormat::parse(&format).ok_or_else(|| {
-            StoreError::Backend(format!("bad source format {format:?} in the database"))
+            StoreError::backend_msg(format!("bad source format {format:?} in the database"))
         })?,
         app_id: col(r, 7)?,
         endpoint_id: col(r, 8)?,

@@ -84,3 +84,29 @@ impl herald_store::conformance::SealingHarness for Sealing {
 }
 
 herald_store::sealing_conformance_tests!(sealing());
+
+/// A server that is not there (a loopback port nobody listens on any more) is a storage
+/// failure whose source is tokio-postgres's error, not a copy of its text.
+#[tokio::test]
+async fn a_store_whose_server_is_gone_fails_with_tokio_postgres_error_as_its_source() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let url = format!("postgres://herald@127.0.0.1:{port}/herald?connect_timeout=5");
+    let err = match PgStore::connect(&url).await {
+        Ok(_) => panic!("connected to a closed port"),
+        Err(e) => e,
+    };
+    assert!(err.is_backend(), "{err:?}");
+    let source = std::error::Error::source(&err).expect("the driver's error is kept");
+    let pg = source
+        .downcast_ref::<tokio_postgres::Error>()
+        .unwrap_or_else(|| panic!("the source is tokio-postgres's error, not {source:?}"));
+    assert!(pg.as_db_error().is_none(), "{pg:?}");
+    // And tokio-postgres's own cause (the refused connection) is reachable below it.
+    let io = std::error::Error::source(pg)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .unwrap_or_else(|| panic!("the I/O cause is kept under {pg:?}"));
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused, "{io:?}");
+}

@@ -556,12 +556,12 @@ async fn ping_fails_while_the_database_refuses_connections_and_recovers() {
     terminate(&url, "TRUE").await;
     let err = store.ping().await.expect_err("unreachable");
     assert!(
-        matches!(err, herald_store::StoreError::Backend(_)),
+        matches!(err, herald_store::StoreError::Backend { .. }),
         "{err:?}"
     );
     let err = store.get_app("app_x").await.expect_err("no connection");
     assert!(
-        matches!(err, herald_store::StoreError::Backend(_)),
+        matches!(err, herald_store::StoreError::Backend { .. }),
         "{err:?}"
     );
     let err = store
@@ -569,7 +569,7 @@ async fn ping_fails_while_the_database_refuses_connections_and_recovers() {
         .await
         .expect_err("nothing is acknowledged that was not stored");
     assert!(
-        matches!(err, herald_store::StoreError::Backend(_)),
+        matches!(err, herald_store::StoreError::Backend { .. }),
         "{err:?}"
     );
     admin
@@ -620,7 +620,7 @@ async fn migrate_alone_is_idempotent_and_connect_rejects_bad_urls() {
         .err()
         .expect("refused");
     assert!(
-        matches!(err, herald_store::StoreError::Backend(_)),
+        matches!(err, herald_store::StoreError::Backend { .. }),
         "{err:?}"
     );
 }
@@ -788,7 +788,10 @@ async fn a_failing_write_does_not_fail_the_others_of_its_batch() {
             }
             Err(e) => {
                 assert_eq!(i, 17, "{e}");
-                assert!(matches!(e, herald_store::StoreError::Backend(_)), "{e:?}");
+                assert!(
+                    matches!(e, herald_store::StoreError::Backend { .. }),
+                    "{e:?}"
+                );
             }
         }
     }

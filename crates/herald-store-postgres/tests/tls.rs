@@ -170,7 +170,7 @@ async fn sslmode_require_connects_over_verified_tls_only() {
         .await
         .err()
         .expect("untrusted certificate");
-    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
     // Without sslrootcert the public roots are used, which do not include this CA either.
     let public = format!("{url}?sslmode=require");
     assert!(PgStore::connect(&public).await.is_err());

@@ -139,7 +139,7 @@ impl Readers {
             out
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+        .map_err(|e| StoreError::backend(format!("reader task failed: {e}"), e))?
     }
 }
 
@@ -212,7 +212,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || writer.run(ops_rx))
-            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("cannot start the writer thread: {e}"), e))?;
         Ok(SqliteStore {
             ops: ops_tx,
             hints,
@@ -692,10 +692,10 @@ fn lock_file(path: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot open the lock file {}: {e}",
-                lock_path.display()
-            ))
+            StoreError::backend(
+                format!("cannot open the lock file {}: {e}", lock_path.display()),
+                e,
+            )
         })?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
@@ -716,14 +716,14 @@ fn lock_result(
 ) -> Result<std::fs::File> {
     match result {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::backend_msg(format!(
             "another Herald process is using {} (its lock {} is held); one process owns an SQLite database, use PostgreSQL for several nodes",
             path.display(),
             lock_path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Backend(format!(
-            "cannot lock {}: {e}",
-            lock_path.display()
-        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::backend(
+            format!("cannot lock {}: {e}", lock_path.display()),
+            e,
+        )),
     }
 }

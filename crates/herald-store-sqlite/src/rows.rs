@@ -23,11 +23,38 @@ pub(crate) const DELIVERY_COLS: &str =
     "d.seq, d.id, n.id, d.app_id, d.endpoint_id, d.url, d.notify_id, \
      d.status, d.attempts, d.next_at, d.created_at, d.updated_at";
 
+/// A stored value this Herald cannot read; keeps the parser's error when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("bad {what} in the database: {value}")]
+struct BadValue {
+    what: String,
+    value: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
 fn decode_err(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         0,
         rusqlite::types::Type::Text,
-        format!("bad {what} in the database: {e}").into(),
+        Box::new(BadValue {
+            what: what.to_string(),
+            value: e.to_string(),
+            source: None,
+        }),
+    )
+}
+
+/// A JSON column that does not parse: serde_json's error is the source.
+fn json_err(what: &str, e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        Box::new(BadValue {
+            what: what.to_string(),
+            value: e.to_string(),
+            source: Some(Box::new(e)),
+        }),
     )
 }
 
@@ -37,12 +64,12 @@ fn json_col<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> rusqlite::Result<Option<T>> {
     let text: Option<String> = row.get(idx)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| decode_err(what, e)))
+    text.map(|t| serde_json::from_str(&t).map_err(|e| json_err(what, e)))
         .transpose()
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+    serde_json::to_string(v).map_err(|e| StoreError::backend(e.to_string(), e))
 }
 
 pub(crate) fn opt_json<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>> {
@@ -579,7 +606,7 @@ fn source_from_row(r: &Row, sealer: &Sealer) -> Result<Source> {
         expect_app_id: r.get(4).map_err(get)?,
         expect_merchant_id: r.get(5).map_err(get)?,
         format: SourceFormat::parse(&format).ok_or_else(|| {
-            StoreError::Backend(format!("bad source format {format:?} in the database"))
+            StoreError::backend_msg(format!("bad source format {format:?} in the database"))
         })?,
         app_id: r.get(7).map_err(get)?,
         endpoint_id: r.get(8).map_err(get)?,
@@ -721,7 +748,7 @@ pub(crate) fn breaker_counts(conn: &Connection) -> Result<Vec<(BreakerState, u64
     for row in rows {
         let (state, n) = row.map_err(backend)?;
         let state = BreakerState::parse(&state)
-            .ok_or_else(|| StoreError::Backend(format!("bad breaker state {state:?}")))?;
+            .ok_or_else(|| StoreError::backend_msg(format!("bad breaker state {state:?}")))?;
         out.push((state, n as u64));
     }
     Ok(out)

@@ -229,7 +229,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(backend)? as usize;
     if applied > MIGRATIONS.len() {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend_msg(format!(
             "the database is at schema version {applied}, newer than this Herald ({}); upgrade Herald",
             MIGRATIONS.len()
         )));
@@ -244,6 +244,8 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// A rusqlite error as a storage failure: its message as the context, the error itself as
+/// the source.
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::backend(e.to_string(), e)
 }

@@ -296,3 +296,26 @@ mod single_process {
         assert_eq!(jobs[0].id, created.deliveries[0].id);
     }
 }
+
+/// A path SQLite cannot open (here a directory) is a storage failure that keeps rusqlite's
+/// error as its source, for code and reports that need the driver's own words.
+#[tokio::test]
+async fn a_store_opened_on_a_directory_fails_with_rusqlites_error_as_its_source() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let dir = outer.path().join("not-a-file");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let err = match SqliteStore::open(&dir, Durability::Normal) {
+        Ok(_) => panic!("a directory opened as a database"),
+        Err(e) => e,
+    };
+    assert!(err.is_backend(), "{err:?}");
+    let source = std::error::Error::source(&err).expect("the driver's error is kept");
+    let sqlite = source
+        .downcast_ref::<rusqlite::Error>()
+        .unwrap_or_else(|| panic!("the source is rusqlite's error, not {source:?}"));
+    assert!(
+        matches!(sqlite, rusqlite::Error::SqliteFailure(..)),
+        "{sqlite:?}"
+    );
+    assert!(err.to_string().starts_with("storage failure: "), "{err}");
+}

@@ -33,19 +33,86 @@ pub use sessions::SessionStore;
 
 /// Storage errors. Caller mistakes (missing rows) are `Ok(None)`/`Ok(false)` on the traits,
 /// so what is left here is either a conflict the API reports, or an unexpected failure.
-#[derive(Clone, Debug, thiserror::Error)]
+///
+/// A [`StoreError::Backend`] keeps the error it comes from (the driver's rusqlite,
+/// tokio-postgres, pool or I/O error) as its [`source`](std::error::Error::source), so code
+/// can look at it (a SQLSTATE, an I/O kind) and a report can walk the chain. Its `Display`
+/// is `storage failure: ` and the context, which the drivers write as one line an operator
+/// can act on (for a driver error, what Herald was doing and the driver's own summary, such
+/// as PostgreSQL's message and detail, which `tokio_postgres::Error`'s `Display` leaves
+/// out), so printing the error alone still says what went wrong. The source is behind an
+/// [`Arc`](std::sync::Arc) because one failed batch answers every operation in it with the
+/// same error (hence `Clone`).
+#[derive(Clone, Debug)]
 pub enum StoreError {
-    #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("conflict: {0}")]
     Conflict(String),
-    #[error("invalid cursor")]
     BadCursor,
-    /// The database refused or failed (I/O, disk full, connection lost). The API answers 503.
-    #[error("storage failure: {0}")]
-    Backend(String),
-    #[error("the store is shut down")]
+    /// The database refused or failed (I/O, disk full, connection lost), or returned
+    /// something this Herald cannot read. The API answers 503.
+    Backend {
+        /// What the store was doing, or what is wrong; free of secrets (no URL password,
+        /// no key, no credential).
+        context: String,
+        /// The driver's own error, when there is one.
+        source: Option<BackendSource>,
+    },
     Closed,
+}
+
+/// The error a [`StoreError::Backend`] comes from.
+pub type BackendSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// A storage failure caused by `source` (a driver, pool or I/O error) while doing
+    /// `context`.
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> StoreError {
+        StoreError::Backend {
+            context: context.into(),
+            source: Some(BackendSource::from(source.into())),
+        }
+    }
+
+    /// A storage failure with no lower error to carry: the database holds something this
+    /// Herald cannot read, or the store's own state forbids the operation.
+    pub fn backend_msg(context: impl Into<String>) -> StoreError {
+        StoreError::Backend {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Whether this is a [`StoreError::Backend`].
+    pub fn is_backend(&self) -> bool {
+        matches!(self, StoreError::Backend { .. })
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NotFound(what) => write!(f, "{what} not found"),
+            StoreError::Conflict(m) => write!(f, "conflict: {m}"),
+            StoreError::BadCursor => f.write_str("invalid cursor"),
+            StoreError::Backend { context, .. } => write!(f, "storage failure: {context}"),
+            StoreError::Closed => f.write_str("the store is shut down"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Backend {
+                source: Some(source),
+                ..
+            } => Some(&**source as &(dyn std::error::Error + 'static)),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

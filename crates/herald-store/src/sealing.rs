@@ -94,7 +94,7 @@ pub struct CredentialsError {
 
 impl From<CredentialsError> for StoreError {
     fn from(e: CredentialsError) -> StoreError {
-        StoreError::Backend(e.to_string())
+        StoreError::backend(e.to_string(), e)
     }
 }
 
@@ -312,8 +312,9 @@ impl Sealer {
         app_id: &str,
         credentials: &Credentials,
     ) -> Result<String, StoreError> {
+        // serde_json's error is not kept as the source: its message may quote a secret.
         let json = serde_json::to_string(credentials).map_err(|e| {
-            StoreError::Backend(format!(
+            StoreError::backend_msg(format!(
                 "cannot encode the credentials of app {app_id}: {}",
                 redacted_json_error(&e)
             ))
@@ -348,15 +349,16 @@ impl Sealer {
         source_id: &str,
         keys: &crate::model::SourceKeys,
     ) -> Result<String, StoreError> {
+        // serde_json's error is not kept as the source: its message may quote a key.
         let json = serde_json::to_string(keys).map_err(|e| {
-            StoreError::Backend(format!(
+            StoreError::backend_msg(format!(
                 "cannot encode the keys of source {source_id}: {}",
                 redacted_json_error(&e)
             ))
         })?;
         self.seal(source_id, &json)
             .map(Cow::into_owned)
-            .map_err(|e| StoreError::Backend(format!("the keys of source {source_id}: {e}")))
+            .map_err(|e| StoreError::backend(format!("the keys of source {source_id}: {e}"), e))
     }
 
     /// A source's verification keys from the `sources.keys` column.
@@ -366,9 +368,10 @@ impl Sealer {
         stored: &str,
     ) -> Result<crate::model::SourceKeys, StoreError> {
         let fail = |e: SealError| {
-            StoreError::Backend(format!(
-                "the keys of source {source_id} cannot be read: {e}"
-            ))
+            StoreError::backend(
+                format!("the keys of source {source_id} cannot be read: {e}"),
+                e,
+            )
         };
         let json = self.open(source_id, stored).map_err(fail)?;
         serde_json::from_str(&json).map_err(|e| fail(SealError::Json(redacted_json_error(&e))))

@@ -140,6 +140,12 @@ pub async fn create(
                 app.profile.name()
             )))
         }
+        Err(e @ (ProfileError::Sign(_) | ProfileError::SigningSecret(_))) => {
+            return Err(ApiError::Invalid(format!(
+                "the {} profile cannot send this notification: {e}",
+                app.profile.name()
+            )))
+        }
         Err(e) => return Err(ApiError::Internal(format!("encoding check: {e}"))),
     }
     let new = NewNotification {

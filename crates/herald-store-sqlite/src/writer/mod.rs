@@ -210,8 +210,8 @@ impl Writer {
             // Some errors (disk full, I/O) roll back the whole transaction, not just the
             // savepoint: then nothing of this batch may be reported as done.
             if self.conn.is_autocommit() {
-                aborted = Some(StoreError::Backend(
-                    "the transaction was rolled back by the database".into(),
+                aborted = Some(StoreError::backend_msg(
+                    "the transaction was rolled back by the database",
                 ));
                 break;
             }
@@ -242,7 +242,7 @@ impl Writer {
         for op in remaining {
             fail_op(
                 op,
-                &StoreError::Backend("an earlier operation of its batch failed".into()),
+                &StoreError::backend_msg("an earlier operation of its batch failed"),
             );
         }
     }

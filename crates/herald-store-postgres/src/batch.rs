@@ -250,8 +250,8 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         .map(|d| {
             d.unwrap_or_else(|| {
                 Done::Complete(many.next().unwrap_or_else(|| {
-                    Err(StoreError::Backend(
-                        "internal error: a batch outcome got no answer".into(),
+                    Err(StoreError::backend_msg(
+                        "internal error: a batch outcome got no answer",
                     ))
                 }))
             })

@@ -501,7 +501,7 @@ pub(crate) async fn complete_many(
     ps.iter()
         .map(|p| {
             let (applied, before) = answers.remove(&p.report.job.seq).ok_or_else(|| {
-                StoreError::Backend("internal error: an outcome of the batch got no answer".into())
+                StoreError::backend_msg("internal error: an outcome of the batch got no answer")
             })?;
             Ok(applied_or_not(p, applied, before))
         })

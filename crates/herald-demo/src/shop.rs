@@ -428,7 +428,7 @@ async fn query_if_late(shop: &Shop, order: &OrderRecord, checkout: &Checkout) {
         ),
         Err(e) => tracing::warn!(
             out_trade_no = %order.out_trade_no,
-            error = %e,
+            error = %format!("{:#}", anyhow::Error::new(e)),
             "late notification: the trade query gave nothing to apply"
         ),
     }

@@ -26,14 +26,15 @@ use serde_json::{json, Value};
 use crate::{Inbox, Outcome, Rejection};
 
 /// Why a query gave no answer. Messages never contain key material.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum QueryError {
     /// The query could not be configured (a bad key or URL).
     #[error("trade query configuration: {0}")]
     Config(String),
-    /// The platform could not be reached or answered with a transport error.
-    #[error("trade query failed: {0}")]
-    Transport(String),
+    /// The platform could not be reached or answered with a transport error; the HTTP
+    /// client's error is the source (shared, so the error stays `Clone`).
+    #[error("the trade query could not reach the platform")]
+    Transport(#[source] std::sync::Arc<reqwest::Error>),
     /// The answer's signature did not verify with the platform keys: it is not used.
     #[error("the trade query answer is not signed by the platform: {0}")]
     BadSignature(String),
@@ -141,14 +142,7 @@ fn client() -> Result<reqwest::Client, QueryError> {
 }
 
 fn transport(e: reqwest::Error) -> QueryError {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    QueryError::Transport(s)
+    QueryError::Transport(std::sync::Arc::new(e))
 }
 
 fn now_secs() -> i64 {
@@ -762,12 +756,59 @@ impl Inbox {
 }
 
 /// Why [`Inbox::reconcile`] changed nothing.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// No usable answer from the platform.
-    #[error("{0}")]
+    #[error(transparent)]
     Query(QueryError),
     /// The answer was refused by the inbox (unknown order, amount mismatch, storage...).
     #[error("{0}")]
     Rejected(Rejection),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_platform_that_cannot_be_reached_is_a_transport_error_whose_cause_is_the_connection_error(
+    ) {
+        // A loopback port that was just freed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let query = TradeQuery::wechatpay_v2(
+            &format!("http://127.0.0.1:{port}/"),
+            "wx_app",
+            "1900000109",
+            "an-api-key-of-32-characters-0000",
+            SignType::Md5,
+        )
+        .expect("a valid configuration");
+        let keys = ReceiverKeys::StandardWebhooks(Vec::new());
+        let err = query
+            .query(&keys, "T20261128")
+            .await
+            .expect_err("nothing listens on the port");
+        assert!(matches!(err, QueryError::Transport(_)), "{err:?}");
+        let mut causes = Vec::new();
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            causes.push(e);
+            source = e.source();
+        }
+        assert!(
+            causes
+                .first()
+                .is_some_and(|e| e.is::<std::sync::Arc<reqwest::Error>>()),
+            "the first cause is the HTTP client's error: {causes:?}"
+        );
+        assert!(
+            causes.iter().any(|e| e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)),
+            "the chain reaches the refused connection: {causes:?}"
+        );
+    }
 }

@@ -189,6 +189,6 @@ async fn measure(
 fn postgres(plan: &Plan) -> anyhow::Result<String> {
     match &plan.postgres {
         Some(url) => Ok(url.clone()),
-        None => herald_pgtest::try_database().map_err(anyhow::Error::msg),
+        None => Ok(herald_pgtest::try_database()?),
     }
 }

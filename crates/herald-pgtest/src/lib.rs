@@ -18,7 +18,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a cluster may take to accept connections before the attempt is given up.
@@ -44,6 +44,56 @@ if [ -n "${pid:-}" ]; then kill -QUIT "$pid" 2>/dev/null; wait "$pid"; fi
 rm -rf "$dir"
 "#;
 
+/// Why no database could be handed out. `Clone` because the first start's failure is kept
+/// and answered to every later caller of the process.
+#[derive(Clone, Debug)]
+pub enum PgTestError {
+    /// No `initdb`/`postgres` binaries on this machine.
+    NoServerBinaries,
+    /// An operating-system call failed: `what` says which, the I/O error is the source.
+    Io {
+        what: String,
+        source: Arc<std::io::Error>,
+    },
+    /// A child process (`initdb`, `postgres`, `psql`, the wrapper) reported a failure; the
+    /// message carries what it printed, as there is no Rust error below it.
+    Failed(String),
+    /// Every start attempt failed; the last attempt's error is the source.
+    DidNotStart(Box<PgTestError>),
+}
+
+impl std::fmt::Display for PgTestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgTestError::NoServerBinaries => f.write_str(
+                "no PostgreSQL server binaries found (looked at `pg_config --bindir` and \
+                 /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql`",
+            ),
+            PgTestError::Io { what, .. } => f.write_str(what),
+            PgTestError::Failed(why) => f.write_str(why),
+            PgTestError::DidNotStart(_) => f.write_str("PostgreSQL did not start"),
+        }
+    }
+}
+
+impl std::error::Error for PgTestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // The I/O error itself (not its shared handle), so callers can downcast to it.
+            PgTestError::Io { source, .. } => Some(&**source),
+            PgTestError::DidNotStart(last) => Some(&**last),
+            PgTestError::NoServerBinaries | PgTestError::Failed(_) => None,
+        }
+    }
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> PgTestError {
+    move |e| PgTestError::Io {
+        what,
+        source: Arc::new(e),
+    }
+}
+
 /// A running cluster. Its fields live until the process exits: dropping `_keepalive` would
 /// stop the server.
 struct Cluster {
@@ -52,7 +102,7 @@ struct Cluster {
     _keepalive: Mutex<(Child, ChildStdin)>,
 }
 
-static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+static CLUSTER: OnceLock<Result<Cluster, PgTestError>> = OnceLock::new();
 static NEXT_DB: AtomicU64 = AtomicU64::new(1);
 
 /// The URL of a new, empty database on this process's cluster (started on first call).
@@ -60,11 +110,20 @@ static NEXT_DB: AtomicU64 = AtomicU64::new(1);
 /// Panics with an explanation when PostgreSQL is not installed or will not start: tests
 /// that need it cannot run without it.
 pub fn database() -> String {
-    try_database().unwrap_or_else(|e| panic!("herald-pgtest: {e}"))
+    try_database().unwrap_or_else(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            why.push_str(": ");
+            why.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        panic!("herald-pgtest: {why}")
+    })
 }
 
 /// [`database`], returning the reason instead of panicking.
-pub fn try_database() -> Result<String, String> {
+pub fn try_database() -> Result<String, PgTestError> {
     let cluster = CLUSTER.get_or_init(start).as_ref().map_err(Clone::clone)?;
     let name = format!(
         "herald_test_{}_{}",
@@ -86,12 +145,12 @@ pub fn try_database() -> Result<String, String> {
         .args(["-c", &format!("CREATE DATABASE {name}")])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", cluster.psql.display()))?;
+        .map_err(io(format!("cannot run {}", cluster.psql.display())))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(PgTestError::Failed(format!(
             "CREATE DATABASE {name} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(format!(
         "postgres://herald@127.0.0.1:{}/{name}",
@@ -101,7 +160,7 @@ pub fn try_database() -> Result<String, String> {
 
 /// The directory holding `initdb`, `postgres` and `psql`: `pg_config --bindir`, else the
 /// newest `/usr/lib/postgresql/*/bin`.
-pub fn bin_dir() -> Result<PathBuf, String> {
+pub fn bin_dir() -> Result<PathBuf, PgTestError> {
     let has_server = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -120,17 +179,16 @@ pub fn bin_dir() -> Result<PathBuf, String> {
         .filter(|(_, d)| has_server(d))
         .collect();
     versions.sort();
-    versions.pop().map(|(_, d)| d).ok_or_else(|| {
-        "no PostgreSQL server binaries found (looked at `pg_config --bindir` and \
-         /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql`"
-            .to_string()
-    })
+    versions
+        .pop()
+        .map(|(_, d)| d)
+        .ok_or(PgTestError::NoServerBinaries)
 }
 
-fn start() -> Result<Cluster, String> {
+fn start() -> Result<Cluster, PgTestError> {
     let bin = bin_dir()?;
     let psql = bin.join("psql");
-    let mut last = String::new();
+    let mut last = PgTestError::Failed("no start attempt was made".into());
     for _ in 0..ATTEMPTS {
         match start_once(&bin) {
             Ok((port, keepalive)) => {
@@ -143,10 +201,10 @@ fn start() -> Result<Cluster, String> {
             Err(e) => last = e,
         }
     }
-    Err(format!("PostgreSQL did not start: {last}"))
+    Err(PgTestError::DidNotStart(Box::new(last)))
 }
 
-fn start_once(bin: &Path) -> Result<(u16, (Child, ChildStdin)), String> {
+fn start_once(bin: &Path) -> Result<(u16, (Child, ChildStdin)), PgTestError> {
     let port = free_port()?;
     let dir = std::env::temp_dir().join(format!(
         "herald-pgtest-{}-{}-{port}",
@@ -171,28 +229,29 @@ fn start_once(bin: &Path) -> Result<(u16, (Child, ChildStdin)), String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start the cluster wrapper (sh{}): {e}",
-            if as_root {
-                " via runuser -u postgres"
-            } else {
-                ""
-            }
-        )
-    })?;
-    let stdin = child.stdin.take().ok_or("the wrapper has no stdin pipe")?;
+    let mut child = cmd.spawn().map_err(io(format!(
+        "cannot start the cluster wrapper (sh{})",
+        if as_root {
+            " via runuser -u postgres"
+        } else {
+            ""
+        }
+    )))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| PgTestError::Failed("the wrapper has no stdin pipe".into()))?;
     let give_up = |mut child: Child, stdin: ChildStdin, why: String| {
         drop(stdin); // the wrapper stops the server and removes the directory
         let _ = child.wait();
-        Err(why)
+        Err(PgTestError::Failed(why))
     };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
+            return Err(PgTestError::Failed(format!(
                 "the cluster wrapper exited early ({status}); is there a `postgres` system user?"
-            ));
+            )));
         }
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
         if status.trim() == "initdb-failed" {
@@ -225,11 +284,11 @@ fn start_once(bin: &Path) -> Result<(u16, (Child, ChildStdin)), String> {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> Result<u16, String> {
+fn free_port() -> Result<u16, PgTestError> {
     std::net::TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free loopback port: {e}"))
+        .map_err(io("cannot find a free loopback port".into()))
 }
 
 fn is_root() -> bool {
@@ -247,6 +306,22 @@ fn is_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_start_keeps_the_operating_systems_error_as_its_cause() {
+        let refused = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = PgTestError::DidNotStart(Box::new(io(
+            "cannot start the cluster wrapper (sh)".into()
+        )(refused)));
+        assert_eq!(e.to_string(), "PostgreSQL did not start");
+        let wrapper = std::error::Error::source(&e).expect("the attempt's error");
+        assert_eq!(wrapper.to_string(), "cannot start the cluster wrapper (sh)");
+        let os = wrapper.source().expect("the I/O error");
+        assert_eq!(
+            os.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+    }
 
     fn port_of(url: &str) -> u16 {
         url.split(':')

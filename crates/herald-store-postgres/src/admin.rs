@@ -10,7 +10,7 @@ use ulid::Ulid;
 
 use herald_store::health::EndpointHealth;
 use herald_store::model::*;
-use herald_store::{Result, SealCensus, StoreError};
+use herald_store::{Result, SealCensus, Sealer, StoreError};
 
 use crate::hints::{notify, notify_revoked, CHANNEL};
 use crate::rows::{self, col, opt_json, APP_COLS, ENDPOINT_COLS};
@@ -20,8 +20,9 @@ fn int(v: u32, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| StoreError::Conflict(format!("{what} is too large: {v}")))
 }
 
-pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
-    let app = App {
+/// A new app's row from its request, with a fresh id.
+pub(crate) fn app_row(new: NewApp) -> App {
+    App {
         id: format!("app_{}", Ulid::new()),
         name: new.name,
         profile: new.profile,
@@ -29,28 +30,41 @@ pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
         ack: new.ack,
         credentials: new.credentials,
         created_at: new.now,
-    };
+    }
+}
+
+/// Inserts an app's row, its credentials sealed; `internal` names what owns an internal app
+/// (`ops_outbox::INTERNAL_OPS` / `INTERNAL_SOURCE`), `None` for a producer's app.
+pub(crate) async fn insert_app(
+    c: &impl GenericClient,
+    sealer: &Sealer,
+    app: &App,
+    internal: Option<&str>,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at, internal)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &app.id,
+            &app.name,
+            &app.profile.name(),
+            &opt_json(&app.retry)?,
+            &opt_json(&app.ack)?,
+            &sealer.seal_credentials(&app.id, &app.credentials)?,
+            &app.created_at,
+            &internal,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(crate) async fn create_app(inner: &Inner, new: NewApp) -> Result<App> {
+    let app = app_row(new);
     let generation = inner.contexts.generation();
     let client = inner.client().await?;
-    client
-        .execute(
-            "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &app.id,
-                &app.name,
-                &app.profile.name(),
-                &opt_json(&app.retry)?,
-                &opt_json(&app.ack)?,
-                &inner
-                    .contexts
-                    .sealer
-                    .seal_credentials(&app.id, &app.credentials)?,
-                &app.created_at,
-            ],
-        )
-        .await
-        .map_err(backend)?;
+    insert_app(&client, &inner.contexts.sealer, &app, None).await?;
     inner
         .contexts
         .put_app_since(Arc::new(AppCtx::from_app(&app)), generation);
@@ -314,8 +328,9 @@ pub(crate) async fn touch_api_key(inner: &Inner, id: &str, now: Millis) -> Resul
     Ok(())
 }
 
-pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<Endpoint> {
-    let ep = Endpoint {
+/// A new endpoint's row from its request, with a fresh id and a healthy start.
+pub(crate) fn endpoint_row(new: NewEndpoint) -> Endpoint {
+    Endpoint {
         id: format!("ep_{}", Ulid::new()),
         app_id: new.app_id,
         url: new.url,
@@ -329,7 +344,38 @@ pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<E
         created_at: new.now,
         updated_at: new.now,
         health: EndpointHealth::default(),
-    };
+    }
+}
+
+/// Inserts an endpoint's row; the caller has inserted or locked its app in the same
+/// transaction.
+pub(crate) async fn insert_endpoint(c: &impl GenericClient, ep: &Endpoint) -> Result<()> {
+    c.execute(
+        "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
+                                ordered, enabled, timeout_ms, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &ep.id,
+            &ep.app_id,
+            &ep.url,
+            &opt_json(&ep.event_types)?,
+            &opt_json(&ep.retry)?,
+            &opt_json(&ep.ack)?,
+            &int(ep.max_in_flight, "max_in_flight")?,
+            &ep.ordered,
+            &ep.enabled,
+            &ep.timeout_ms.map(|t| int(t, "timeout_ms")).transpose()?,
+            &ep.created_at,
+            &ep.updated_at,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<Endpoint> {
+    let ep = endpoint_row(new);
     let client = inner.client().await?;
     // Only for a live app (the app row locked as the foreign key's check would).
     let inserted = client

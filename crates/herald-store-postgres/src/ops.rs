@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
-use ulid::Ulid;
 
 use herald_store::health::*;
 use herald_store::model::*;
@@ -15,7 +14,10 @@ use herald_store::ops_outbox::{
 };
 use herald_store::{Result, Sealer, StoreError};
 
-use crate::admin::{delete_app_in, insert_notification, write_endpoint};
+use crate::admin::{
+    app_row, delete_app_in, endpoint_row, insert_app, insert_endpoint, insert_notification,
+    write_endpoint,
+};
 use crate::hints::notify;
 use crate::rows::{self, col, opt_json, APP_COLS, ENDPOINT_COLS};
 use crate::{backend, Inner};
@@ -202,41 +204,21 @@ async fn set_app_ops_in(
                     write_endpoint(tx, &ep).await?;
                     ep
                 }
-                None => insert_endpoint(tx, ops_endpoint(&ops_app, &target.url, now)).await?,
+                None => {
+                    let ep = endpoint_row(ops_endpoint(&ops_app, &target.url, now));
+                    insert_endpoint(tx, &ep).await?;
+                    ep
+                }
             };
             notify(tx, &format!("endpoint:{}", ep.id)).await?;
             notify(tx, "work").await?;
             changed.endpoint = Some(ep);
         }
         (Some(target), None) => {
-            let new = ops_app(app_id, &target, now);
-            let app = App {
-                id: format!("app_{}", Ulid::new()),
-                name: new.name,
-                profile: new.profile,
-                retry: new.retry,
-                ack: new.ack,
-                credentials: new.credentials,
-                created_at: new.now,
-            };
-            tx.execute(
-                "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at,
-                                   internal)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &app.id,
-                    &app.name,
-                    &app.profile.name(),
-                    &opt_json(&app.retry)?,
-                    &opt_json(&app.ack)?,
-                    &sealer.seal_credentials(&app.id, &app.credentials)?,
-                    &app.created_at,
-                    &INTERNAL_OPS,
-                ],
-            )
-            .await
-            .map_err(backend)?;
-            let ep = insert_endpoint(tx, ops_endpoint(&app.id, &target.url, now)).await?;
+            let app = app_row(ops_app(app_id, &target, now));
+            insert_app(tx, sealer, &app, Some(INTERNAL_OPS)).await?;
+            let ep = endpoint_row(ops_endpoint(&app.id, &target.url, now));
+            insert_endpoint(tx, &ep).await?;
             tx.execute(
                 "UPDATE apps SET ops_app_id = $2, ops_url = NULL, ops_credentials = NULL
                  WHERE id = $1",
@@ -263,44 +245,6 @@ async fn set_app_ops_in(
         }
     }
     Ok(Some(changed))
-}
-
-/// Inserts the internal app's endpoint (its app was inserted or locked by the caller).
-async fn insert_endpoint(tx: &impl GenericClient, new: NewEndpoint) -> Result<Endpoint> {
-    let ep = Endpoint {
-        id: format!("ep_{}", Ulid::new()),
-        app_id: new.app_id,
-        url: new.url,
-        event_types: new.event_types,
-        retry: new.retry,
-        ack: new.ack,
-        max_in_flight: new.max_in_flight,
-        ordered: new.ordered,
-        enabled: new.enabled,
-        timeout_ms: new.timeout_ms,
-        created_at: new.now,
-        updated_at: new.now,
-        health: EndpointHealth::default(),
-    };
-    let max_in_flight = i32::try_from(ep.max_in_flight).unwrap_or(i32::MAX);
-    tx.execute(
-        "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
-                                ordered, enabled, timeout_ms, created_at, updated_at)
-         VALUES ($1, $2, $3, NULL, NULL, NULL, $4, $5, $6, NULL, $7, $8)",
-        &[
-            &ep.id,
-            &ep.app_id,
-            &ep.url,
-            &max_in_flight,
-            &ep.ordered,
-            &ep.enabled,
-            &ep.created_at,
-            &ep.updated_at,
-        ],
-    )
-    .await
-    .map_err(backend)?;
-    Ok(ep)
 }
 
 /// Moves ops targets set before migration 8 (the URL and sealed secret on the app's row)

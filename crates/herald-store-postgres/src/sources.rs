@@ -12,15 +12,11 @@ use ulid::Ulid;
 use herald_store::model::*;
 use herald_store::{Result, Sealer, StoreError};
 
-use crate::rows::{col, opt_json};
+use crate::rows::col;
 use crate::{admin, backend, Inner};
 
 const SOURCE_COLS: &str = "id, name, profile, keys, expect_app_id, expect_merchant_id, \
      format, app_id, endpoint_id, created_at";
-
-fn int(v: u32, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| StoreError::Conflict(format!("{what} is too large: {v}")))
-}
 
 fn source_from_row(r: &Row, sealer: &Sealer) -> Result<Source> {
     let id: String = col(r, 0)?;
@@ -44,31 +40,11 @@ fn source_from_row(r: &Row, sealer: &Sealer) -> Result<Source> {
 
 pub(crate) async fn create(inner: &Inner, new: NewSource) -> Result<Source> {
     let sealer = &inner.contexts.sealer;
-    let app = App {
-        id: format!("app_{}", Ulid::new()),
-        name: new.app.name,
-        profile: new.app.profile,
-        retry: new.app.retry,
-        ack: new.app.ack,
-        credentials: new.app.credentials,
-        created_at: new.app.now,
-    };
-    let d = new.destination;
-    let ep = Endpoint {
-        id: format!("ep_{}", Ulid::new()),
+    let app = admin::app_row(new.app);
+    let ep = admin::endpoint_row(NewEndpoint {
         app_id: app.id.clone(),
-        url: d.url,
-        event_types: d.event_types,
-        retry: d.retry,
-        ack: d.ack,
-        max_in_flight: d.max_in_flight,
-        ordered: d.ordered,
-        enabled: d.enabled,
-        timeout_ms: d.timeout_ms,
-        created_at: d.now,
-        updated_at: d.now,
-        health: herald_store::health::EndpointHealth::default(),
-    };
+        ..new.destination
+    });
     let source = Source {
         id: format!("src_{}", Ulid::new()),
         name: new.name,
@@ -79,53 +55,19 @@ pub(crate) async fn create(inner: &Inner, new: NewSource) -> Result<Source> {
         format: new.format,
         app_id: app.id.clone(),
         endpoint_id: ep.id.clone(),
-        created_at: d.now,
+        created_at: ep.created_at,
     };
     let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
-    tx.execute(
-        "INSERT INTO apps (id, name, profile, retry, ack, credentials, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &app.id,
-            &app.name,
-            &app.profile.name(),
-            &opt_json(&app.retry)?,
-            &opt_json(&app.ack)?,
-            &sealer.seal_credentials(&app.id, &app.credentials)?,
-            &app.created_at,
-        ],
+    admin::insert_app(
+        &tx,
+        sealer,
+        &app,
+        Some(herald_store::ops_outbox::INTERNAL_SOURCE),
     )
-    .await
-    .map_err(backend)?;
-    tx.execute(
-        "UPDATE apps SET internal = $2 WHERE id = $1",
-        &[&app.id, &herald_store::ops_outbox::INTERNAL_SOURCE],
-    )
-    .await
-    .map_err(backend)?;
-    tx.execute(
-        "INSERT INTO endpoints (id, app_id, url, event_types, retry, ack, max_in_flight,
-                                ordered, enabled, timeout_ms, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        &[
-            &ep.id,
-            &ep.app_id,
-            &ep.url,
-            &opt_json(&ep.event_types)?,
-            &opt_json(&ep.retry)?,
-            &opt_json(&ep.ack)?,
-            &int(ep.max_in_flight, "max_in_flight")?,
-            &ep.ordered,
-            &ep.enabled,
-            &ep.timeout_ms.map(|t| int(t, "timeout_ms")).transpose()?,
-            &ep.created_at,
-            &ep.updated_at,
-        ],
-    )
-    .await
-    .map_err(backend)?;
+    .await?;
+    admin::insert_endpoint(&tx, &ep).await?;
     tx.execute(
         "INSERT INTO sources (id, name, profile, keys, expect_app_id, expect_merchant_id,
                               format, app_id, endpoint_id, created_at)

@@ -182,8 +182,9 @@ impl SqliteStore {
         // several nodes write, enforces them).
         conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(backend)?;
-        // Each operation runs in a savepoint; keep their sub-journals in memory instead of a
-        // temporary file (otherwise every savepoint costs write syscalls).
+        // Most operations run in a savepoint (not the per-notification ones, see the writer's
+        // `needs_savepoint`); keep their sub-journals in memory instead of a temporary file
+        // (otherwise every savepoint costs write syscalls).
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(backend)?;
         // 32 MiB of page cache for the writer (the default is 2 MiB): the hot pages of the

@@ -319,3 +319,121 @@ async fn a_store_opened_on_a_directory_fails_with_rusqlites_error_as_its_source(
     );
     assert!(err.to_string().starts_with("storage failure: "), "{err}");
 }
+
+/// An app of the standard-webhooks profile in a fresh file, for the writer's batch cases.
+async fn store_with_app() -> (SqliteStore, std::path::PathBuf, herald_store::App) {
+    use herald_protocols::standard_webhooks::Keys;
+    use herald_protocols::{Credentials, Profile};
+    use herald_store::{AdminStore, NewApp};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.keep().join("herald.db");
+    let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+    let app = store
+        .create_app(NewApp {
+            name: "shop".into(),
+            profile: Profile::StandardWebhooks,
+            retry: None,
+            ack: None,
+            credentials: Credentials::StandardWebhooks(Keys::single(
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+            )),
+            now: 1_700_000_000_000,
+        })
+        .await
+        .unwrap();
+    (store, path, app)
+}
+
+fn to_url(app_id: &str, url: &str) -> herald_store::NewNotification {
+    herald_store::NewNotification {
+        app_id: app_id.into(),
+        event_type: "trade.success".parse().unwrap(),
+        payload: r#"{"amount": 100}"#.into(),
+        notify_url: Some(url.parse().unwrap()),
+        idempotency_key: None,
+        order_key: None,
+        now: 1_700_000_000_000,
+    }
+}
+
+fn count(path: &std::path::Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Storing a notification runs without a savepoint of its own (see the writer's
+/// `needs_savepoint`). When the database fails it after its notification row is written (here
+/// a trigger raises on its delivery's insert), nothing of it stays: the batch is rolled back,
+/// the caller gets the error, and the store goes on working.
+#[tokio::test]
+async fn a_notification_failing_after_its_first_write_leaves_nothing_behind() {
+    use herald_store::AdminStore;
+
+    let (store, path, app) = store_with_app().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER fail_delivery BEFORE INSERT ON deliveries
+         WHEN NEW.url = 'https://fail.example/hook'
+         BEGIN SELECT RAISE(ABORT, 'the disk failed'); END;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let err = store
+        .create_notification(to_url(&app.id, "https://fail.example/hook"))
+        .await
+        .expect_err("the delivery's insert fails");
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    assert_eq!(count(&path, "notifications"), 0);
+    assert_eq!(count(&path, "deliveries"), 0);
+
+    let ok = store
+        .create_notification(to_url(&app.id, "https://ok.example/hook"))
+        .await
+        .expect("the next notification is stored");
+    assert_eq!(ok.deliveries.len(), 1);
+    assert_eq!(count(&path, "notifications"), 1);
+    assert_eq!(count(&path, "deliveries"), 1);
+    store.close().await;
+}
+
+/// A notification refused before it writes anything (an unknown app) fails alone: the
+/// notifications committed in the same batches are all stored.
+#[tokio::test]
+async fn a_notification_refused_before_writing_fails_alone_in_its_batch() {
+    use herald_store::{AdminStore, StoreError};
+
+    let (store, path, app) = store_with_app().await;
+    let store = std::sync::Arc::new(store);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        let app_id = if i % 2 == 0 {
+            app.id.clone()
+        } else {
+            "app_unknown".to_string()
+        };
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_notification(to_url(&app_id, "https://ok.example/hook"))
+                .await
+        }));
+    }
+    let (mut stored, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => stored += 1,
+            Err(StoreError::NotFound(what)) => {
+                assert_eq!(what, "app");
+                refused += 1
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((stored, refused), (100, 100));
+    assert_eq!(count(&path, "notifications"), 100);
+    assert_eq!(count(&path, "deliveries"), 100);
+    store.close().await;
+}

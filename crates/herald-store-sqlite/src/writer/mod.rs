@@ -2,7 +2,8 @@
 //! in batches, many per transaction (group commit), so durability costs one fsync per batch
 //! rather than one per notification, claim or attempt.
 //!
-//! Each operation runs in its own savepoint, so one failing operation rolls back alone; an
+//! Each operation runs in its own savepoint, so one failing operation rolls back alone
+//! (except the two hot ones, which validate before they write: see `needs_savepoint`); an
 //! error that rolls back the whole transaction (disk full, I/O) fails every operation of the
 //! batch, and nothing of it is reported as done. Replies and hints go out only after the
 //! commit.
@@ -191,20 +192,34 @@ impl Writer {
         let mut aborted: Option<StoreError> = None;
         let mut ops = batch.drain(..);
         for op in ops.by_ref() {
-            if let Err(e) = self.exec_cached("SAVEPOINT op") {
-                let err = backend(e);
-                fail_op(op, &err);
-                aborted = Some(err);
-                break;
+            let guarded = needs_savepoint(&op);
+            if guarded {
+                if let Err(e) = self.exec_cached("SAVEPOINT op") {
+                    let err = backend(e);
+                    fail_op(op, &err);
+                    aborted = Some(err);
+                    break;
+                }
             }
+            let written_before = self.conn.total_changes();
             let mut op_hints = Vec::new();
             let (ok, completion) = self.apply(op, &mut op_hints);
             if ok {
-                let _ = self.exec_cached("RELEASE op");
+                if guarded {
+                    let _ = self.exec_cached("RELEASE op");
+                }
                 hints.append(&mut op_hints);
-            } else {
+            } else if guarded {
                 let _ = self.exec_cached("ROLLBACK TO op");
                 let _ = self.exec_cached("RELEASE op");
+            } else if self.conn.total_changes() != written_before {
+                // An unguarded operation failed after writing part of itself: nothing can
+                // undo that part alone, so the whole batch fails (see `needs_savepoint`).
+                completions.push(completion);
+                aborted = Some(StoreError::backend_msg(
+                    "an operation failed after writing part of itself; its batch is rolled back",
+                ));
+                break;
             }
             completions.push(completion);
             // Some errors (disk full, I/O) roll back the whole transaction, not just the
@@ -447,6 +462,19 @@ impl Writer {
             Op::Close(reply) => done(reply, Ok(())),
         }
     }
+}
+
+/// Whether an operation runs in its own savepoint. The two that run once per notification
+/// (storing one, recording an attempt's outcome) do not: each of them checks everything a
+/// caller can get wrong (unknown app, a replayed idempotency key, a stale outcome) before its
+/// first write, so once it has written, only the database itself can fail it (disk full, I/O,
+/// a collision of fresh random ids). Such a failure fails the whole batch, as a failed commit
+/// does, so nothing of it is acknowledged. Without the savepoint SQLite copies no page into a
+/// sub-journal: in a savepoint every page an operation first touches is copied there, for
+/// each operation of the batch anew, and the savepoint's own statements run twice per
+/// operation.
+fn needs_savepoint(op: &Op) -> bool {
+    !matches!(op, Op::CreateNotification(..) | Op::Complete(..))
 }
 
 /// Sends `err` as an operation's reply.

@@ -101,27 +101,29 @@ impl Writer {
             order_key: new.order_key,
             created_at: new.now,
         };
+        // Plain inserts with the new row's seq read back by `last_insert_rowid` (the rowid
+        // alias), not `RETURNING seq`: SQLite runs RETURNING as a trigger that buffers its rows
+        // in a temporary table, which also makes the statement "multi-write", so each one
+        // opened a statement journal and copied every page it touched into it.
         let nseq = self
             .conn
             .prepare_cached(
                 "INSERT INTO notifications (id, app_id, event_type, payload, notify_url, idempotency_key, order_key, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .and_then(|mut s| {
-                s.query_row(
-                    params![
-                        notification.id,
-                        notification.app_id,
-                        notification.event_type.as_str(),
-                        notification.payload,
-                        notification.notify_url.as_deref(),
-                        notification.idempotency_key.as_deref(),
-                        notification.order_key,
-                        notification.created_at
-                    ],
-                    |r| r.get::<_, i64>(0),
-                )
+                s.execute(params![
+                    notification.id,
+                    notification.app_id,
+                    notification.event_type.as_str(),
+                    notification.payload,
+                    notification.notify_url.as_deref(),
+                    notification.idempotency_key.as_deref(),
+                    notification.order_key,
+                    notification.created_at
+                ])
             })
+            .map(|_| self.conn.last_insert_rowid())
             .map_err(backend)?;
 
         let payload: Arc<str> = Arc::from(notification.payload.as_str());
@@ -154,24 +156,22 @@ impl Writer {
                 .conn
                 .prepare_cached(
                     "INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id, status, attempts, next_at, order_key, created_at, updated_at, locked_by)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?7, ?7, ?9) RETURNING seq",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?7, ?7, ?9)",
                 )
                 .and_then(|mut s| {
-                    s.query_row(
-                        params![
-                            delivery.id,
-                            nseq,
-                            delivery.app_id,
-                            delivery.endpoint_id,
-                            delivery.url,
-                            delivery.notify_id,
-                            new.now,
-                            order_key,
-                            if blocked { None } else { birth.as_deref() }
-                        ],
-                        |r| r.get::<_, i64>(0),
-                    )
+                    s.execute(params![
+                        delivery.id,
+                        nseq,
+                        delivery.app_id,
+                        delivery.endpoint_id,
+                        delivery.url,
+                        delivery.notify_id,
+                        new.now,
+                        order_key,
+                        if blocked { None } else { birth.as_deref() }
+                    ])
                 })
+                .map(|_| self.conn.last_insert_rowid())
                 .map_err(backend)?;
             if !blocked && birth.is_some() {
                 jobs.push(Arc::new(ClaimedDelivery {

@@ -5,7 +5,8 @@
 //! sandbox's payments, 3 the claim-based queue, 4 deleting apps and app-scoped API keys, 5 the inbound
 //! gateway's sources, 6 the dashboard's indexes, 7 endpoint health, ops targets and
 //! retention, 8 durable ops notifications, 9 dashboard sessions, 10 the hot write path
-//! without foreign-key checks its statements already guarantee.
+//! without foreign-key checks its statements already guarantee, and one index of held
+//! deliveries instead of two.
 //! `herald_store_migrations` records which ran.
 //! Millisecond times are `BIGINT`, sequence numbers identity columns; the delivery status is
 //! a closed set enforced by a CHECK constraint, as on SQLite.
@@ -257,6 +258,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE notifications DROP CONSTRAINT IF EXISTS notifications_app_id_fkey;
     ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_notification_seq_fkey;
     ALTER TABLE attempts DROP CONSTRAINT IF EXISTS attempts_delivery_seq_fkey;
+    -- What nodes hold: one index instead of two. Every claim wrote an entry in both
+    -- (`locked_by` changes, so no update of a delivery is HOT), and no statement looks held
+    -- rows up by endpoint first: the claim's "endpoints other live nodes hold" reads each
+    -- other node's rows (`locked_by = o.id`, then their `endpoint_id`), as do the hints and
+    -- rescue: all served by this index's leading column.
+    DROP INDEX deliveries_held_by_endpoint;
+    DROP INDEX deliveries_held_by_node;
+    CREATE INDEX deliveries_held_by_node ON deliveries(locked_by, endpoint_id)
+        WHERE locked_by IS NOT NULL;
     "#,
 ];
 
@@ -375,6 +385,26 @@ mod tests {
         assert_eq!(kept.get::<_, String>(1), "dlv_1");
         assert_eq!(kept.get::<_, String>(2), "pending");
         assert_eq!(kept.get::<_, Option<i32>>(3), Some(500));
+
+        // Held deliveries: one index, by node then endpoint.
+        let held: Vec<String> = c
+            .query(
+                "SELECT indexdef FROM pg_indexes
+                 WHERE tablename = 'deliveries' AND indexname LIKE 'deliveries_held%'",
+                &[],
+            )
+            .await
+            .expect("held indexes")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert!(
+            held[0].contains("deliveries_held_by_node")
+                && held[0].contains("(locked_by, endpoint_id)")
+                && held[0].contains("WHERE (locked_by IS NOT NULL)"),
+            "{held:?}"
+        );
 
         // Run again: nothing left to apply, nothing changes.
         migrate(&mut c).await.expect("migrate again");

@@ -562,9 +562,11 @@ async fn existing(c: &impl GenericClient, seq: i64) -> Result<CreatedNotificatio
     })
 }
 
-/// The app row is locked `FOR KEY SHARE` (as the foreign key's check would) with its
+/// The app row is locked `FOR KEY SHARE` (as a foreign key's check would) with its
 /// liveness in the condition: an app deleted meanwhile (`delete_app` holds it `FOR UPDATE`)
-/// is re-checked once its deletion commits, and nothing is inserted for it.
+/// is re-checked once its deletion commits, and nothing is inserted for it. This lock is
+/// the check: the notification's and the delivery's foreign keys were dropped by migration
+/// 10, since this one statement guarantees both parents (its app, and its notification).
 const INSERT_NOTIFICATION: &str = "
     WITH a AS (SELECT id FROM apps WHERE id = $2 AND deleted_at IS NULL FOR KEY SHARE),
     n AS (
@@ -709,10 +711,7 @@ async fn insert_decided(
         // Without a key, only a deleted app inserts nothing.
         Ok(None) if notification.idempotency_key.is_none() => Err(StoreError::NotFound("app")),
         Ok(None) => Ok(None),
-        Err(e) => match violated(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-            Some(_) => Err(StoreError::NotFound("app")),
-            None => Err(backend(e)),
-        },
+        Err(e) => Err(backend(e)),
     }
 }
 

@@ -178,8 +178,9 @@ impl SqliteStore {
         // only code that inserts, and each operation inserts a row only after inserting or
         // reading its parent in the same transaction, so the checks could never fail; enforcing
         // them would add a parent-index probe to every delivery and attempt insert on the hot
-        // path. The schema's REFERENCES clauses document the relations (and PostgreSQL, where
-        // several nodes write, enforces them).
+        // path. The schema's REFERENCES clauses document the relations (PostgreSQL, where
+        // several nodes write, enforces those its hot path does not already guarantee; see
+        // its migration 10).
         conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(backend)?;
         // Most operations run in a savepoint (not the per-notification ones, see the writer's

@@ -242,6 +242,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX dashboard_login_links_by_expiry ON dashboard_login_links(expires_at);
     "#,
+    // 10: reserved for the insert path's indexes (branch `perf-pg-write`); replaced by that
+    // migration when both are merged.
+    r#"
+    SELECT 1;
+    "#,
+    // 11: endpoints spread over nodes (see `queue.rs`). One row per endpoint, taken with a
+    // row lock by every claim of the endpoint's deliveries, names the node that claimed it
+    // last; rows are added by the claims themselves. Claims go endpoint by endpoint: the
+    // endpoints with unheld pending work by a skip scan, and each one's due, unheld work
+    // in (next_at, seq) order, both on the partial index below.
+    r#"
+    CREATE TABLE endpoint_holders (
+        endpoint_id TEXT PRIMARY KEY,
+        node_id     TEXT
+    );
+    INSERT INTO endpoint_holders (endpoint_id) SELECT id FROM endpoints;
+    CREATE INDEX deliveries_due_by_endpoint ON deliveries(endpoint_id, next_at, seq)
+        WHERE status = 'pending' AND locked_by IS NULL;
+    "#,
 ];
 
 /// Applies every migration not yet applied, in one transaction that holds an advisory

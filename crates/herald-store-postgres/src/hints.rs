@@ -12,8 +12,9 @@
 //! `work` is the hot one (every notification makes work): writers do not notify inside
 //! their transactions but signal the store's [`WorkSignal`] after they commit, and one
 //! task sends a single `work` for all the signals since its last one (at most one per
-//! 5 ms). The listener passes `work` on to its engines at most once per 10 ms: every node
-//! hears every node's commits, and each `work` makes each engine claim. A transaction that
+//! 5 ms). The listener passes `work` on to its engines at most once per 10 ms (100 ms
+//! while their claims keep finding nothing): every node hears every node's commits, and
+//! each `work` makes each engine claim. A transaction that
 //! notifies takes a database-wide lock through its commit (PostgreSQL serializes the
 //! notification queue), so notifying in every notification's transaction would serialize
 //! their commits and their fsyncs.
@@ -66,6 +67,21 @@ const WORK_COALESCE: Duration = Duration::from_millis(5);
 /// The least time between two `work` hints to this store's engines (those owed meanwhile
 /// are folded into one at the end of the gap).
 const WORK_GAP: Duration = Duration::from_millis(10);
+/// The gap once this store's claims found nothing [`IDLE_AFTER`] times in a row: a node
+/// that only watches another node's endpoints looks ten times a second, not a hundred
+/// (each look costs the busy node's machine too). Its claim timer, and a claim that finds
+/// work, bring it back at once.
+const IDLE_WORK_GAP: Duration = Duration::from_millis(100);
+const IDLE_AFTER: u32 = 3;
+
+/// The gap before the next `work` hint, by how idle this store's claims have been.
+fn work_gap(inner: &Inner) -> Duration {
+    if inner.idle_claims.load(Ordering::Relaxed) >= IDLE_AFTER {
+        IDLE_WORK_GAP
+    } else {
+        WORK_GAP
+    }
+}
 
 /// Coalesced `work` hints (see the module doc): [`WorkSignal::signal`] after a commit that
 /// made unheld work.
@@ -469,7 +485,7 @@ async fn run(store: Weak<Inner>, first: Listening) {
                     let Some(inner) = store.upgrade() else { return };
                     if payload == "work" {
                         let now = tokio::time::Instant::now();
-                        match last_work.map(|t| t + WORK_GAP) {
+                        match last_work.map(|t| t + work_gap(&inner)) {
                             Some(next) if next > now => {
                                 work_owed.get_or_insert(next);
                             }

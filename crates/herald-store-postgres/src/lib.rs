@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     pub(crate) subscribers: Subscribers,
     pub(crate) work: WorkSignal,
     pub(crate) batcher: batch::Batcher,
+    /// Claims in a row that found nothing for this store's nodes: `work` hints reach an
+    /// idle node less often (see `hints`).
+    pub(crate) idle_claims: std::sync::atomic::AtomicU32,
     /// The health check's own connection (see [`MetaStore::ping`]).
     health: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
@@ -113,6 +116,7 @@ impl PgStore {
             subscribers: Subscribers::default(),
             work,
             batcher,
+            idle_claims: std::sync::atomic::AtomicU32::new(0),
             health: tokio::sync::Mutex::new(None),
         });
         batch::start(Arc::downgrade(&inner), writes);

@@ -1,20 +1,44 @@
 //! The engine's claim-based queue on PostgreSQL (see `herald_store::queue` for the rules).
 //!
-//! - **Claims** are one `UPDATE ... WHERE seq IN (SELECT ... FOR UPDATE SKIP LOCKED)`
-//!   statement that takes due, unheld deliveries that head their order key and whose
-//!   endpoint no other live node holds. Claims from all nodes are serialized by a
-//!   transaction-scoped advisory lock taken in the statement before (so the claim's
-//!   snapshot sees every earlier claim): without it, two nodes could both see an endpoint
-//!   as unheld and split it between them. A lock-free peek first skips the lock when there
-//!   is nothing to claim, the usual answer for nodes that do not hold a busy endpoint.
+//! - **Who may claim an endpoint.** One live node at a time holds an endpoint's
+//!   deliveries (so ordering and in-flight limits hold across nodes). Each endpoint has a
+//!   row in `endpoint_holders` naming the node that claimed from it last; every claim of
+//!   an endpoint's deliveries holds that row locked (`FOR UPDATE SKIP LOCKED`) and, in a
+//!   statement taken after the lock (so its snapshot sees every earlier claim of the
+//!   endpoint), checks that the named node is this one, or is dead, or holds no pending
+//!   delivery of the endpoint any more (one probe of `deliveries_held_by_endpoint`), then
+//!   names itself. An endpoint's deliveries become held only under that row lock, so two
+//!   nodes never hold the same endpoint's; they contend only for the same endpoint's row,
+//!   and a claimer skips a row another claim holds instead of waiting for its commit
+//!   (there is no lock every claim takes: claims of different endpoints commit, and flush,
+//!   side by side).
+//! - **Spreading endpoints (fair share).** With `w` endpoints that have work and `n` live
+//!   nodes, a node claims from at most `ceil(w / n)` endpoints: those it claimed last
+//!   first, then free ones (in an order of its own, so nodes starting together reach for
+//!   different ones). A node above its share (it started alone, or a node joined) stops
+//!   taking more of the extra endpoints; once it has finished what it holds of one, the
+//!   endpoint is free and an idle node takes it. One endpoint cannot be spread (its
+//!   in-flight limit and order belong to one holder), so with one busy endpoint the other
+//!   nodes only look.
+//! - **Looking is cheap.** A claim first looks without a transaction ([`PEEK`]): a skip
+//!   scan lists the endpoints with unheld pending work (one index probe per endpoint, not
+//!   a walk over its backlog), a holder-row lookup and one probe tell who holds each, and
+//!   only endpoints nobody else holds are probed for due work. A node holding nothing on a
+//!   fleet with one busy endpoint thus reads a few index pages per look, and stops there;
+//!   once its claims keep finding nothing, its `work` hints come every 100 ms instead of
+//!   every 10 ms (`hints::work_gap`), so it looks ten times a second.
+//!   Deliveries without an endpoint (a notification's own URL) have no holder: any node
+//!   may claim them, one at a time by their row locks.
 //! - **Outcomes** are one statement conditional on the delivery being pending, with the
 //!   attempt count the engine saw, and held by the reporting node; the attempt row is
 //!   inserted only when the outcome applies. A final outcome of an ordered delivery claims
-//!   its successor in the same transaction (under the claim lock). A group commit's
-//!   outcomes are one statement ([`complete_many`]) with the same conditions.
+//!   its successor in the same transaction (under its endpoint's holder row; skipped when
+//!   another claim holds that row, and a later claim takes the successor then). A group
+//!   commit's outcomes are one statement ([`complete_many`]) with the same conditions.
 //! - **Leases** are rows of `nodes`; [`rescue`] forgets expired nodes and releases what
 //!   they held in one statement.
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
@@ -28,59 +52,127 @@ use herald_store::{Result, StoreError};
 use crate::rows::col;
 use crate::{backend, Inner};
 
-/// Any constant: the advisory lock that serializes claims across nodes.
-const CLAIM_LOCK: i64 = 0x6865_7261_6c64_0003;
-
-/// What makes a delivery `d` claimable by node `$1` at horizon `$2` and time `$3`: due,
-/// unheld, first of its order key, of an endpoint no other live node holds, and not held
-/// back by its endpoint's health (breaker open and cooling down, or disabled). The
-/// endpoints other nodes hold are one uncorrelated set, computed once per statement: a
-/// correlated `NOT EXISTS` here cost, for every candidate, a walk over every row the
-/// claiming node itself held of that endpoint (quadratic in a backlog; claims of three
-/// nodes stalled for seconds). The set reads only the rows of the other live nodes (a
-/// handful of `nodes` rows first, then `deliveries_held_by_node` for each): reading every
-/// held row and dropping the claimer's own cost a lone node, holding thousands in a
-/// backlog, a walk over all of them in every claim and every peek.
-const CLAIMABLE: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
+/// A due, unheld delivery `d` at horizon `$2` that heads its order key.
+const DUE_HEAD: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
           AND (d.order_key IS NULL OR NOT EXISTS (
                SELECT 1 FROM deliveries p
-               WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))
-          AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
-               SELECT h.endpoint_id FROM nodes o CROSS JOIN LATERAL (
-                   SELECT h.endpoint_id FROM deliveries h
-                   WHERE h.locked_by = o.id AND h.endpoint_id IS NOT NULL
-                     AND h.status = 'pending'
-                   OFFSET 0) h
-               WHERE o.id <> $1 AND o.lease_until >= $3))
-          AND (d.endpoint_id IS NULL OR d.endpoint_id NOT IN (
-               SELECT b.id FROM endpoints b
-               WHERE b.health_state <> 'closed'
-                 AND (b.health_state = 'disabled' OR b.breaker_open_until > $3)))";
+               WHERE p.order_key = d.order_key AND p.status = 'pending' AND p.seq < d.seq))";
 
-/// Whether anything is claimable, read without the claim lock: a node that finds nothing
-/// (say, every due delivery belongs to an endpoint another node holds, however long that
-/// backlog) does not hold up the other nodes' claims while it looks.
-const PEEK: &str = "SELECT EXISTS (SELECT 1 FROM deliveries d WHERE {claimable})";
+/// Endpoint `{e}` is held back by its health at `$3` (breaker open and cooling down, or
+/// disabled): one primary-key lookup.
+const HELD_BACK: &str = "EXISTS (SELECT 1 FROM endpoints b
+          WHERE b.id = {e} AND b.health_state <> 'closed'
+            AND (b.health_state = 'disabled' OR b.breaker_open_until > $3))";
 
-/// The claim statement. `$1` node, `$2` horizon, `$3` now, `$4` limit; `{extra}` narrows
-/// the candidates (the successor claim adds `AND d.order_key = $5`).
+/// Whether `h.node_id` (the holder row of endpoint `{e}`), another live node than `$1`,
+/// holds a pending delivery of it at `$3`: a `nodes` lookup and one probe of
+/// `deliveries_held_by_endpoint`.
+const HELD_BY_OTHER: &str = "h.node_id <> $1
+          AND EXISTS (SELECT 1 FROM nodes o WHERE o.id = h.node_id AND o.lease_until >= $3)
+          AND EXISTS (SELECT 1 FROM deliveries x
+                      WHERE x.endpoint_id = {e} AND x.locked_by = h.node_id
+                        AND x.status = 'pending')";
+
+/// The lock-free look for work of node `$1` at horizon `$2`, time `$3`: one row per
+/// endpoint with unheld pending work (found by a skip scan of
+/// `deliveries_due_by_endpoint`, one probe per endpoint, however long its backlog), with
+/// its state for this node (`other`: another live node holds it; `mine`: this node claimed
+/// it last; `free`), whether it has its holder row yet, and the number of live nodes;
+/// endpoints of another node are not probed for due work. A last row with a NULL
+/// endpoint says that due work without an endpoint waits. Endpoints held back by their
+/// health are left out.
+const PEEK: &str = "
+    WITH RECURSIVE pend(e) AS (
+        (SELECT endpoint_id FROM deliveries
+         WHERE status = 'pending' AND locked_by IS NULL AND endpoint_id IS NOT NULL
+         ORDER BY endpoint_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT q.endpoint_id FROM deliveries q
+                WHERE q.status = 'pending' AND q.locked_by IS NULL AND q.endpoint_id > pend.e
+                ORDER BY q.endpoint_id LIMIT 1)
+        FROM pend WHERE pend.e IS NOT NULL),
+    st AS MATERIALIZED (
+        SELECT pend.e, h.endpoint_id IS NOT NULL AS has_row,
+               CASE WHEN h.node_id = $1 THEN 'mine'
+                    WHEN {held_by_other_pend} THEN 'other'
+                    ELSE 'free' END AS state
+        FROM pend LEFT JOIN endpoint_holders h ON h.endpoint_id = pend.e
+        WHERE pend.e IS NOT NULL AND NOT {held_back_pend})
+    SELECT st.e, st.state, st.has_row,
+           (SELECT count(*) FROM nodes WHERE lease_until >= $3)
+    FROM st
+    WHERE st.state = 'other'
+       OR EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id = st.e AND {due_head})
+    UNION ALL
+    SELECT NULL, 'free', TRUE, 0
+    WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id IS NULL AND {due_head})";
+
+/// Takes the holder rows of the endpoints `$1` that no other claim has taken: the only
+/// lock a claim waits for nothing on, and the only one two nodes contend for (and then
+/// only for the same endpoint).
+const LOCK_ENDPOINTS: &str = "SELECT endpoint_id FROM endpoint_holders
+    WHERE endpoint_id = ANY($1) ORDER BY endpoint_id FOR UPDATE SKIP LOCKED";
+
+/// The claim statement, run after [`LOCK_ENDPOINTS`] in the same transaction so that its
+/// snapshot sees every earlier claim of those endpoints. `$1` node, `$2` horizon, `$3` now,
+/// `$4` limit, `$5` the endpoints whose holder rows this transaction locked, `$6` whether
+/// to claim deliveries without an endpoint; `{extra}` narrows the candidates (the successor
+/// claim adds `AND d.order_key = $7`). An endpoint another live node holds, or held back
+/// by its health, is dropped; each endpoint's due work is read on its own (a walk of
+/// `deliveries_due_by_endpoint` that stops at the limit), and the holder rows of the
+/// endpoints claimed from are set to this node.
 const CLAIM: &str = "
-    WITH picked AS (
-        SELECT d.seq FROM deliveries d
-        WHERE {claimable}
-          AND EXISTS (SELECT 1 FROM nodes WHERE id = $1)
-          {extra}
-        ORDER BY d.next_at, d.seq
-        LIMIT $4
-        FOR UPDATE OF d SKIP LOCKED),
+    WITH ok AS (
+        SELECT u.e FROM unnest($5::text[]) AS u(e)
+        WHERE NOT EXISTS (SELECT 1 FROM endpoint_holders h
+                          WHERE h.endpoint_id = u.e AND {held_by_other_u})
+          AND NOT {held_back_u}),
+    cand AS (
+        SELECT c.seq, c.next_at FROM ok CROSS JOIN LATERAL (
+            SELECT d.seq, d.next_at FROM deliveries d
+            WHERE d.endpoint_id = ok.e AND {due_head} {extra}
+            ORDER BY d.next_at, d.seq LIMIT $4
+            FOR UPDATE OF d SKIP LOCKED) c
+        UNION ALL
+        SELECT n.seq, n.next_at FROM (
+            SELECT d.seq, d.next_at FROM deliveries d
+            WHERE $6 AND d.endpoint_id IS NULL AND {due_head} {extra}
+            ORDER BY d.next_at, d.seq LIMIT $4
+            FOR UPDATE OF d SKIP LOCKED) n),
+    picked AS (
+        SELECT cand.seq FROM cand
+        WHERE EXISTS (SELECT 1 FROM nodes WHERE id = $1)
+        ORDER BY cand.next_at, cand.seq
+        LIMIT $4),
     claimed AS (
         UPDATE deliveries d SET locked_by = $1 FROM picked WHERE d.seq = picked.seq
         RETURNING d.seq, d.id, d.notify_id, d.notification_seq, d.app_id, d.endpoint_id,
-                  d.url, d.attempts, d.next_at, d.order_key)
+                  d.url, d.attempts, d.next_at, d.order_key),
+    own AS (
+        UPDATE endpoint_holders h SET node_id = $1
+        WHERE h.endpoint_id IN (SELECT endpoint_id FROM claimed)
+          AND h.node_id IS DISTINCT FROM $1)
     SELECT c.seq, c.id, c.notify_id, n.id, c.app_id, c.endpoint_id, c.url, n.event_type,
            n.payload, c.attempts, c.next_at, c.order_key, n.created_at
     FROM claimed c JOIN notifications n ON n.seq = c.notification_seq
     ORDER BY c.next_at, c.seq";
+
+fn peek_sql() -> String {
+    PEEK.replace(
+        "{held_by_other_pend}",
+        &HELD_BY_OTHER.replace("{e}", "pend.e"),
+    )
+    .replace("{held_back_pend}", &HELD_BACK.replace("{e}", "pend.e"))
+    .replace("{due_head}", DUE_HEAD)
+}
+
+fn claim_sql(by_key: bool) -> String {
+    CLAIM
+        .replace("{held_by_other_u}", &HELD_BY_OTHER.replace("{e}", "u.e"))
+        .replace("{held_back_u}", &HELD_BACK.replace("{e}", "u.e"))
+        .replace("{due_head}", DUE_HEAD)
+        .replace("{extra}", if by_key { "AND d.order_key = $7" } else { "" })
+}
 
 /// An attempt's outcome, conditional on the claim (see the module doc). Answers whether it
 /// applied and the status the delivery had before this statement.
@@ -196,10 +288,11 @@ pub(crate) async fn rescue(inner: &Inner, now: Millis) -> Result<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Claims with [`CLAIM`] inside `tx`, after taking the claim lock. The two statements are
-/// pipelined, the lock first (`biased`: polled, so sent, in order); the server runs them in
-/// order, so the claim's snapshot is taken once the lock is granted. `order_key` narrows
-/// the claim to one key.
+/// Claims with [`CLAIM`] inside `tx`: first takes the holder rows of `endpoints` that no
+/// other claim holds ([`LOCK_ENDPOINTS`], skipping those), then claims from the endpoints
+/// it took (and from deliveries without an endpoint when `endpointless`). The claim is a
+/// statement of its own, after the lock's answer, so its snapshot sees every claim that
+/// held those rows before. `order_key` narrows the claim to one key.
 #[allow(clippy::too_many_arguments)]
 async fn claim_in(
     inner: &Inner,
@@ -209,42 +302,99 @@ async fn claim_in(
     now: Millis,
     horizon: Millis,
     limit: usize,
+    endpoints: &[&str],
+    endpointless: bool,
     order_key: Option<&str>,
 ) -> Result<Vec<Arc<ClaimedDelivery>>> {
-    let sql = CLAIM.replace("{claimable}", CLAIMABLE).replace(
-        "{extra}",
-        if order_key.is_some() {
-            "AND d.order_key = $5"
-        } else {
-            ""
-        },
-    );
-    let lock = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+    let locked: Vec<String> = if endpoints.is_empty() {
+        Vec::new()
+    } else {
+        let lock = tx.prepare_cached(LOCK_ENDPOINTS).await.map_err(backend)?;
+        tx.query(&lock, &[&endpoints])
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| col::<String>(r, 0))
+            .collect::<Result<_>>()?
+    };
+    if locked.is_empty() && !endpointless {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached(&claim_sql(order_key.is_some()))
         .await
         .map_err(backend)?;
-    let stmt = tx.prepare_cached(&sql).await.map_err(backend)?;
     let limit = limit_of(limit);
-    let lock_fut = async { tx.execute(&lock, &[&CLAIM_LOCK]).await.map_err(backend) };
     let rows = match order_key {
-        None => {
-            let claim = async {
-                tx.query(&stmt, &[&node, &horizon, &now, &limit])
-                    .await
-                    .map_err(backend)
-            };
-            tokio::try_join!(biased; lock_fut, claim)?.1
-        }
-        Some(key) => {
-            let claim = async {
-                tx.query(&stmt, &[&node, &horizon, &now, &limit, &key])
-                    .await
-                    .map_err(backend)
-            };
-            tokio::try_join!(biased; lock_fut, claim)?.1
-        }
+        None => tx
+            .query(
+                &stmt,
+                &[&node, &horizon, &now, &limit, &locked, &endpointless],
+            )
+            .await
+            .map_err(backend)?,
+        Some(key) => tx
+            .query(
+                &stmt,
+                &[&node, &horizon, &now, &limit, &locked, &endpointless, &key],
+            )
+            .await
+            .map_err(backend)?,
     };
     jobs_from_rows(inner, generation, tx, &rows, now).await
+}
+
+/// What [`PEEK`] found for a node: the endpoints it may claim from now, in the order to
+/// try them, and whether due work without an endpoint waits.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    endpoints: Vec<String>,
+    /// Of `endpoints`, those without their holder row yet.
+    unrowed: Vec<String>,
+    endpointless: bool,
+}
+
+/// The fair-share rule (see the module doc): of `w` endpoints with work (the rows of
+/// [`PEEK`]) over `live` nodes, a node claims from at most `ceil(w / live)`; the ones it
+/// claimed last first (so an endpoint stays put), then free ones in an order of its own
+/// (a hash of node and endpoint, so nodes starting together reach for different ones).
+fn plan(node: &str, rows: &[(Option<String>, String, bool, i64)]) -> Plan {
+    use std::hash::{Hash, Hasher};
+    let mut out = Plan::default();
+    let mut live = 1;
+    let mut work = 0usize;
+    let mut mine = Vec::new();
+    let mut free = Vec::new();
+    for (e, state, has_row, n) in rows {
+        let Some(e) = e else {
+            out.endpointless = true;
+            continue;
+        };
+        live = live.max(*n);
+        work += 1;
+        match state.as_str() {
+            "mine" => mine.push((e.clone(), *has_row)),
+            "free" => free.push((e.clone(), *has_row)),
+            _ => {}
+        }
+    }
+    let live = usize::try_from(live).unwrap_or(1).max(1);
+    let share = work.div_ceil(live);
+    let key = |e: &str| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (node, e).hash(&mut h);
+        h.finish()
+    };
+    free.sort_by_cached_key(|(e, _)| key(e));
+    for (e, has_row) in mine.into_iter().chain(free).take(share) {
+        if !has_row {
+            out.unrowed.push(e.clone());
+        }
+        out.endpoints.push(e);
+    }
+    out.endpoints.sort_unstable();
+    out.unrowed.sort_unstable();
+    out
 }
 
 /// Builds jobs from claimed rows, resolving apps and endpoints (cached). A delivery whose
@@ -332,29 +482,59 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Claim
     }
     let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
-    // Most claims on a busy fleet find nothing for this node: find that out without the
-    // lock. (Whatever the peek saw may be gone by the claim; the claim decides.)
-    let peek = client
-        .prepare_cached(&PEEK.replace("{claimable}", CLAIMABLE))
-        .await
-        .map_err(backend)?;
+    // Most claims on a busy fleet find nothing for this node: find that out without a
+    // transaction or a lock. (Whatever the peek saw may be gone by the claim; the claim
+    // decides.)
+    let peek = client.prepare_cached(&peek_sql()).await.map_err(backend)?;
     let node: &str = &p.node;
-    let any: bool = col(
-        &client
-            .query_one(&peek, &[&node, &p.horizon, &p.now])
-            .await
-            .map_err(backend)?,
-        0,
-    )?;
-    if !any {
+    let rows = client
+        .query(&peek, &[&node, &p.horizon, &p.now])
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = plan(node, &rows);
+    if plan.endpoints.is_empty() && !plan.endpointless {
+        inner.idle_claims.fetch_add(1, Ordering::Relaxed);
         return Ok(Vec::new());
     }
+    if !plan.unrowed.is_empty() {
+        // A new endpoint's holder row, made once, in a statement of its own (sorted: two
+        // nodes adding the same rows wait for each other instead of deadlocking).
+        let add = client
+            .prepare_cached(
+                "INSERT INTO endpoint_holders (endpoint_id) SELECT unnest($1::text[])
+                 ON CONFLICT (endpoint_id) DO NOTHING",
+            )
+            .await
+            .map_err(backend)?;
+        client
+            .execute(&add, &[&plan.unrowed])
+            .await
+            .map_err(backend)?;
+    }
+    let endpoints: Vec<&str> = plan.endpoints.iter().map(String::as_str).collect();
     let tx = client.transaction().await.map_err(backend)?;
     let jobs = claim_in(
-        inner, generation, &tx, &p.node, p.now, p.horizon, p.limit, None,
+        inner,
+        generation,
+        &tx,
+        &p.node,
+        p.now,
+        p.horizon,
+        p.limit,
+        &endpoints,
+        plan.endpointless,
+        None,
     )
     .await?;
     tx.commit().await.map_err(backend)?;
+    if jobs.is_empty() {
+        inner.idle_claims.fetch_add(1, Ordering::Relaxed);
+    } else {
+        inner.idle_claims.store(0, Ordering::Relaxed);
+    }
     inner.contexts.refresh(&client, jobs, generation).await
 }
 
@@ -425,9 +605,23 @@ pub(crate) async fn complete_in(
         return Ok(applied_or_not(p, false, col(&row, 1)?));
     }
     let successor = match (&job.order_key, status.is_final()) {
-        (Some(key), true) => claim_in(inner, generation, tx, node, p.now, p.horizon, 1, Some(key))
+        (Some(key), true) => {
+            let endpoint = job.endpoint.as_ref().map(|e| e.id.as_str());
+            claim_in(
+                inner,
+                generation,
+                tx,
+                node,
+                p.now,
+                p.horizon,
+                1,
+                endpoint.as_slice(),
+                endpoint.is_none(),
+                Some(key),
+            )
             .await?
-            .pop(),
+            .pop()
+        }
         _ => None,
     };
     Ok(Completed {
@@ -596,4 +790,79 @@ pub(crate) async fn held(inner: &Inner, p: HeldParams) -> Result<Vec<Arc<Claimed
         .map_err(backend)?;
     let jobs = jobs_from_rows(inner, generation, &client, &rows, p.now).await?;
     inner.contexts.refresh(&client, jobs, generation).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        e: Option<&str>,
+        state: &str,
+        has_row: bool,
+        live: i64,
+    ) -> (Option<String>, String, bool, i64) {
+        (e.map(String::from), state.to_string(), has_row, live)
+    }
+
+    #[test]
+    fn a_plan_keeps_its_own_endpoints_and_takes_free_ones_up_to_its_fair_share() {
+        let rows = [
+            row(Some("ep_a"), "mine", true, 2),
+            row(Some("ep_b"), "free", true, 2),
+            row(Some("ep_c"), "free", false, 2),
+            row(Some("ep_d"), "other", true, 2),
+        ];
+        // Four endpoints with work over two live nodes: two each.
+        let p = plan("n1", &rows);
+        assert_eq!(p.endpoints.len(), 2, "{p:?}");
+        assert!(p.endpoints.contains(&"ep_a".to_string()), "its own first");
+        assert!(
+            !p.endpoints.contains(&"ep_d".to_string()),
+            "never another's"
+        );
+        assert_eq!(
+            p.unrowed,
+            p.endpoints
+                .iter()
+                .filter(|e| *e == "ep_c")
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+        assert!(!p.endpointless);
+    }
+
+    #[test]
+    fn a_plan_above_its_share_keeps_only_its_share_of_its_own_endpoints() {
+        let rows = [
+            row(Some("ep_a"), "mine", true, 3),
+            row(Some("ep_b"), "mine", true, 3),
+            row(Some("ep_c"), "mine", true, 3),
+        ];
+        assert_eq!(plan("n1", &rows).endpoints, vec!["ep_a".to_string()]);
+    }
+
+    #[test]
+    fn a_plan_with_every_endpoint_held_elsewhere_claims_only_work_without_an_endpoint() {
+        let rows = [
+            row(Some("ep_a"), "other", true, 3),
+            row(None, "free", true, 0),
+        ];
+        let p = plan("n1", &rows);
+        assert!(p.endpoints.is_empty());
+        assert!(p.endpointless);
+        assert_eq!(plan("n1", &rows[..1]), Plan::default());
+    }
+
+    #[test]
+    fn nodes_starting_together_reach_for_free_endpoints_in_different_orders() {
+        let rows: Vec<_> = (0..8)
+            .map(|i| row(Some(&format!("ep_{i}")), "free", true, 8))
+            .collect();
+        let picks: HashSet<Vec<String>> = (0..8)
+            .map(|n| plan(&format!("node_{n}"), &rows).endpoints)
+            .collect();
+        assert!(picks.iter().all(|p| p.len() == 1));
+        assert!(picks.len() > 1, "eight nodes all picked {picks:?}");
+    }
 }

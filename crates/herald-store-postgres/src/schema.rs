@@ -1,12 +1,13 @@
 //! The PostgreSQL schema and its migrations, applied in order by [`migrate`] under an
 //! advisory lock so that nodes starting together do not migrate at once.
 //!
-//! Migration numbers are the same as the SQLite driver's: 1 the initial schema, 2 the
+//! Migrations 1 to 9 are numbered as in the SQLite driver: 1 the initial schema, 2 the
 //! sandbox's payments, 3 the claim-based queue, 4 deleting apps and app-scoped API keys, 5 the inbound
 //! gateway's sources, 6 the dashboard's indexes, 7 endpoint health, ops targets and
 //! retention, 8 durable ops notifications, 9 dashboard sessions, 10 the hot write path
 //! without foreign-key checks its statements already guarantee, and one index of held
-//! deliveries instead of two.
+//! deliveries instead of two, 11 endpoints spread over nodes (`endpoint_holders`). 10 and
+//! 11 are PostgreSQL's own: the SQLite driver has one writer and no claims across nodes.
 //! `herald_store_migrations` records which ran.
 //! Millisecond times are `BIGINT`, sequence numbers identity columns; the delivery status is
 //! a closed set enforced by a CHECK constraint, as on SQLite.
@@ -267,6 +268,20 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX deliveries_held_by_node;
     CREATE INDEX deliveries_held_by_node ON deliveries(locked_by, endpoint_id)
         WHERE locked_by IS NOT NULL;
+    "#,
+    // 11: endpoints spread over nodes (see `queue.rs`). One row per endpoint, taken with a
+    // row lock by every claim of the endpoint's deliveries, names the node that claimed it
+    // last; rows are added by the claims themselves. Claims go endpoint by endpoint: the
+    // endpoints with unheld pending work by a skip scan, and each one's due, unheld work
+    // in (next_at, seq) order, both on the partial index below.
+    r#"
+    CREATE TABLE endpoint_holders (
+        endpoint_id TEXT PRIMARY KEY,
+        node_id     TEXT
+    );
+    INSERT INTO endpoint_holders (endpoint_id) SELECT id FROM endpoints;
+    CREATE INDEX deliveries_due_by_endpoint ON deliveries(endpoint_id, next_at, seq)
+        WHERE status = 'pending' AND locked_by IS NULL;
     "#,
 ];
 

@@ -281,6 +281,99 @@ async fn only_one_live_node_at_a_time_holds_an_endpoint() {
     );
 }
 
+/// The endpoints (distinct) of some claimed deliveries.
+fn endpoints_of(jobs: &[Arc<ClaimedDelivery>]) -> Vec<String> {
+    let mut ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j.endpoint.as_ref().expect("an endpoint").id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[tokio::test]
+async fn two_live_nodes_each_claim_their_share_of_the_endpoints() {
+    let (a, b, _) = two_stores().await;
+    let ap = app(&a).await;
+    let e1 = endpoint(&a, &ap.id, false).await;
+    let e2 = endpoint(&a, &ap.id, false).await;
+    for _ in 0..3 {
+        a.create_notification(notification(&ap.id, None))
+            .await
+            .unwrap();
+    }
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    // Two endpoints with work over two live nodes: one each, however much a may take.
+    let first = claim(&a, &na, T0, 10).await;
+    assert_eq!(first.len(), 3, "all of one endpoint's deliveries");
+    let mine = endpoints_of(&first);
+    assert_eq!(mine.len(), 1, "a claims from its share only: {mine:?}");
+    let second = claim(&b, &nb, T0, 10).await;
+    assert_eq!(second.len(), 3);
+    let theirs = endpoints_of(&second);
+    assert_eq!(theirs.len(), 1);
+    assert_ne!(mine, theirs, "b takes the other endpoint");
+    let mut both = [mine[0].clone(), theirs[0].clone()];
+    both.sort();
+    let mut want = [e1.id.clone(), e2.id.clone()];
+    want.sort();
+    assert_eq!(both, want);
+    // Neither takes the other's endpoint: a new notification's deliveries go to their
+    // endpoint's holder.
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    let more_a = claim(&a, &na, T0, 10).await;
+    let more_b = claim(&b, &nb, T0, 10).await;
+    assert_eq!(endpoints_of(&more_a), mine);
+    assert_eq!(endpoints_of(&more_b), theirs);
+    assert!(claim(&a, &na, T0, 10).await.is_empty());
+    assert!(claim(&b, &nb, T0, 10).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_node_above_its_share_hands_an_endpoint_over_once_it_finished_its_part() {
+    let (a, b, _) = two_stores().await;
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, false).await;
+    endpoint(&a, &ap.id, false).await;
+    for _ in 0..4 {
+        a.create_notification(notification(&ap.id, None))
+            .await
+            .unwrap();
+    }
+    // Alone, a's share is both endpoints: the first notification's two deliveries.
+    let na = node(&a, "node_a", T0).await;
+    let first = claim(&a, &na, T0, 2).await;
+    assert_eq!(endpoints_of(&first).len(), 2, "alone, a claims from both");
+    // b joins: a's share is one endpoint now, so it takes more of one only; b cannot take
+    // the other while a still holds a delivery of it.
+    let nb = node(&b, "node_b", T0).await;
+    let kept = claim(&a, &na, T0, 10).await;
+    assert_eq!(kept.len(), 3, "the rest of one endpoint");
+    let kept_endpoint = endpoints_of(&kept);
+    assert_eq!(kept_endpoint.len(), 1);
+    assert!(claim(&b, &nb, T0, 10).await.is_empty(), "a holds both");
+    // a finishes what it held of the other endpoint: b takes that endpoint over.
+    let other = first
+        .iter()
+        .find(|j| j.endpoint.as_ref().unwrap().id != kept_endpoint[0])
+        .expect("a held one of the other endpoint");
+    complete(&a, &na, other, AttemptOutcome::Succeeded, T0 + 1).await;
+    let taken = claim(&b, &nb, T0, 10).await;
+    assert_eq!(taken.len(), 3, "the rest of the other endpoint");
+    assert_eq!(
+        endpoints_of(&taken),
+        vec![other.endpoint.as_ref().unwrap().id.clone()]
+    );
+    assert!(
+        claim(&a, &na, T0, 10).await.is_empty(),
+        "nothing left for a"
+    );
+}
+
 #[tokio::test]
 async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
     let (a, b, _) = two_stores().await;

@@ -367,7 +367,7 @@ mod tests {
                     'attempts_delivery_seq_fkey')";
         assert_eq!(count(&c, fks).await, 3);
 
-        migrate(&mut c).await.expect("migrate to 10");
+        migrate_to(&mut c, 10).await.expect("migrate to 10");
         assert_eq!(
             count(
                 &c,
@@ -422,7 +422,7 @@ mod tests {
         );
 
         // Run again: nothing left to apply, nothing changes.
-        migrate(&mut c).await.expect("migrate again");
+        migrate_to(&mut c, 10).await.expect("migrate to 10 again");
         assert_eq!(count(&c, "SELECT count(*) FROM deliveries").await, 1);
     }
 }

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 
 pub use dashboard::DashboardStore;
 pub use fields::{EventType, FieldError, IdempotencyKey, NotifyUrl};
+pub use herald_protocols::{UnixMillis, UnixSeconds};
 pub use health::*;
 pub use model::*;
 pub use ops_outbox::*;

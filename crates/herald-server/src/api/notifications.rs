@@ -128,8 +128,8 @@ pub async fn create(
             notify_id: &app.profile.new_notify_id(),
             event_type: &event_type,
             payload: req.payload.get().as_bytes(),
-            timestamp: now.div_euclid(1000),
-            created_at: now.div_euclid(1000),
+            timestamp: herald_store::UnixMillis::new(now).to_seconds(),
+            created_at: herald_store::UnixMillis::new(now).to_seconds(),
         },
     );
     match encoded {

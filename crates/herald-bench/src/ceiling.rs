@@ -36,8 +36,8 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<(Ceiling, Vec<Fi
                 notify_id: &notify_id,
                 event_type: EVENT_TYPE,
                 payload: PAYLOAD.as_bytes(),
-                timestamp: now,
-                created_at: now,
+                timestamp: herald_protocols::UnixSeconds::new(now),
+                created_at: herald_protocols::UnixSeconds::new(now),
             },
         )
         .context("ceiling")?;

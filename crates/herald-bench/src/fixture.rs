@@ -75,7 +75,7 @@ pub async fn create_endpoint(
     store
         .create_endpoint(NewEndpoint {
             app_id: app_id.into(),
-            url,
+            url: url.parse().context("endpoint url")?,
             event_types: None,
             retry: None,
             ack: None,

@@ -64,8 +64,8 @@ fn encode_rate(profile: Profile, window: Duration) -> anyhow::Result<f64> {
         notify_id: &notify_id,
         event_type: EVENT_TYPE,
         payload: payload.as_bytes(),
-        timestamp: now,
-        created_at: now,
+        timestamp: herald_protocols::UnixSeconds::new(now),
+        created_at: herald_protocols::UnixSeconds::new(now),
     };
     // Fail on the first encode, not after a loop of errors.
     profile

@@ -154,8 +154,8 @@ impl Shop {
                     notify_id,
                     event_type,
                     payload: payload.as_bytes(),
-                    timestamp: now,
-                    created_at: now,
+                    timestamp: herald_protocols::UnixSeconds::new(now),
+                    created_at: herald_protocols::UnixSeconds::new(now),
                 },
             )
             .unwrap();

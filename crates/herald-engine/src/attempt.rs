@@ -177,8 +177,8 @@ impl HttpAttempter {
                 payload: raw
                     .as_ref()
                     .map_or(job.payload.as_bytes(), |r| r.body.as_slice()),
-                timestamp: at.div_euclid(1000),
-                created_at: job.created_at.div_euclid(1000),
+                timestamp: herald_store::UnixMillis::new(at).to_seconds(),
+                created_at: herald_store::UnixMillis::new(job.created_at).to_seconds(),
             },
         ) {
             Ok(mut e) => {

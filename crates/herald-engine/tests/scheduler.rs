@@ -511,7 +511,7 @@ fn job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, order_key: Option<&str>) ->
         notification_id: format!("ntf_{seq}"),
         app: app.clone(),
         endpoint: None,
-        url: "http://receiver.test/hook".into(),
+        url: "http://receiver.test/hook".parse().unwrap(),
         event_type: "e".parse().unwrap(),
         payload: Arc::from("{}"),
         created_at: T0,
@@ -525,7 +525,7 @@ fn endpoint(id: &str, max_in_flight: u32) -> Endpoint {
     Endpoint {
         id: id.into(),
         app_id: "app_1".into(),
-        url: "http://receiver.test/hook".into(),
+        url: "http://receiver.test/hook".parse().unwrap(),
         event_types: None,
         retry: None,
         ack: None,

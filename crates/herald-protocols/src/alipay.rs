@@ -307,7 +307,7 @@ pub fn encode(
         }
     }
     let notify_time = china_time(
-        n.timestamp,
+        n.timestamp.get(),
         format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
     )
     .ok_or_else(|| ProfileError::Encode(format!("timestamp {} is out of range", n.timestamp)))?;

@@ -127,8 +127,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 notify_id: &id,
                 event_type: "TRANSACTION.SUCCESS",
                 payload: payload.as_bytes(),
-                timestamp: now,
-                created_at: now,
+                timestamp: crate::UnixSeconds::new(now),
+                created_at: crate::UnixSeconds::new(now),
             };
             let req = p.encode(c, &n).ok()?;
             let mut out = vec![i as u8];

@@ -17,6 +17,7 @@ pub mod receive;
 pub mod retry;
 pub mod standard_webhooks;
 pub mod stripe;
+pub mod unix_time;
 pub mod wechatpay_legacy;
 pub mod wechatpay_v2;
 pub mod wechatpay_v3;
@@ -26,3 +27,4 @@ pub use profile::{
     Credentials, EncodedRequest, OutgoingNotification, Profile, ProfileError, ReceiverKeys,
 };
 pub use retry::{RetryPolicy, RetryPolicyError};
+pub use unix_time::{UnixMillis, UnixSeconds};

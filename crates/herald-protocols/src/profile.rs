@@ -13,7 +13,7 @@ use crate::receive::{IncomingRequest, ReceiveError, Refusal, Reply, VerifiedNoti
 use crate::{
     alipay, dialect, standard_webhooks, stripe, wechatpay_legacy, wechatpay_v2, wechatpay_v3,
 };
-use crate::{AckRule, RetryPolicy};
+use crate::{AckRule, RetryPolicy, UnixSeconds};
 
 /// A credentials error with its message (which must never quote a secret).
 pub(crate) fn bad_credentials(msg: impl Into<String>) -> ProfileError {
@@ -85,10 +85,10 @@ pub struct OutgoingNotification<'a> {
     pub event_type: &'a str,
     /// The producer's JSON payload, byte for byte.
     pub payload: &'a [u8],
-    /// This attempt's time, unix seconds.
-    pub timestamp: i64,
-    /// When the notification was created, unix seconds (the same on every attempt).
-    pub created_at: i64,
+    /// This attempt's time.
+    pub timestamp: UnixSeconds,
+    /// When the notification was created (the same on every attempt).
+    pub created_at: UnixSeconds,
 }
 
 /// The method, query, bytes and headers of one signed request.
@@ -625,8 +625,8 @@ mod tests {
             notify_id: id,
             event_type: "payment.succeeded",
             payload,
-            timestamp,
-            created_at: timestamp,
+            timestamp: UnixSeconds::new(timestamp),
+            created_at: UnixSeconds::new(timestamp),
         }
     }
 
@@ -1019,8 +1019,8 @@ mod tests {
                 notify_id: &id,
                 event_type,
                 payload: payload.as_bytes(),
-                timestamp: now,
-                created_at: now,
+                timestamp: UnixSeconds::new(now),
+                created_at: UnixSeconds::new(now),
             };
             let req = profile.encode(&creds, &n).unwrap();
             let mut headers = req.headers.clone();

@@ -690,9 +690,9 @@ fn check_msg_id(id: &str) -> Result<(), ProfileError> {
 pub fn encode(keys: &Keys, n: &OutgoingNotification<'_>) -> Result<EncodedRequest, ProfileError> {
     check_msg_id(n.notify_id)?;
     let secrets = keys
-        .signing_secrets(n.timestamp)
+        .signing_secrets(n.timestamp.get())
         .map_err(ProfileError::SigningSecret)?;
-    let signature = sign(n.notify_id, n.timestamp, n.payload, &secrets);
+    let signature = sign(n.notify_id, n.timestamp.get(), n.payload, &secrets);
     Ok(EncodedRequest {
         method: "POST",
         query: String::new(),

@@ -401,7 +401,7 @@ pub fn encode(
             "the payload must be a JSON object (it becomes data.object)".into(),
         ));
     }
-    let secrets = c.signing_secrets(n.timestamp);
+    let secrets = c.signing_secrets(n.timestamp.get());
     if secrets.is_empty() {
         return Err(ProfileError::Encode(
             "no secret is valid at this time: every secret has expired".into(),
@@ -414,7 +414,7 @@ pub fn encode(
         id: n.notify_id,
         object: "event",
         api_version: c.api_version(),
-        created: n.created_at,
+        created: n.created_at.get(),
         event_type: n.event_type,
         livemode: false,
         pending_webhooks: 1,
@@ -426,7 +426,7 @@ pub fn encode(
     };
     let body = serde_json::to_vec(&event)
         .map_err(|e| ProfileError::Encode(format!("cannot serialise the event: {e}")))?;
-    let header = signature_header(n.timestamp, &body, &secrets);
+    let header = signature_header(n.timestamp.get(), &body, &secrets);
     Ok(EncodedRequest {
         method: "POST",
         query: String::new(),

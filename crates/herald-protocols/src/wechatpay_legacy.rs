@@ -397,7 +397,7 @@ pub fn encode(
         return Err(err("sign_type must be MD5".into()));
     }
     let date = china_time(
-        n.timestamp,
+        n.timestamp.get(),
         time::macros::format_description!("[year][month][day]"),
     );
     let defaults = [
@@ -412,7 +412,7 @@ pub fn encode(
         (
             "time_end",
             china_time(
-                n.timestamp,
+                n.timestamp.get(),
                 time::macros::format_description!("[year][month][day][hour][minute][second]"),
             ),
         ),

@@ -418,7 +418,7 @@ pub fn encode(
     };
     let nonce = random_alphanumeric(NONCE_LEN);
     let ciphertext = encrypt_resource(c.api_v3_key.as_bytes(), &nonce, original_type, &plaintext)?;
-    let create_time = china_rfc3339(n.created_at).ok_or_else(|| {
+    let create_time = china_rfc3339(n.created_at.get()).ok_or_else(|| {
         ProfileError::Encode(format!("created_at {} is out of range", n.created_at))
     })?;
     let body = serde_json::to_vec(&Body {

@@ -123,8 +123,8 @@ fn notification<'a>(payload: &'a [u8], id: &'a str) -> OutgoingNotification<'a> 
         notify_id: id,
         event_type: "payment.succeeded",
         payload,
-        timestamp: TS,
-        created_at: TS - 10,
+        timestamp: herald_protocols::UnixSeconds::new(TS),
+        created_at: herald_protocols::UnixSeconds::new(TS - 10),
     }
 }
 

@@ -132,8 +132,8 @@ fn encode(
             notify_id: "20261127000000123456",
             event_type: "trade.success",
             payload: payload.as_bytes(),
-            timestamp: 1_764_000_000,
-            created_at: 1_764_000_000,
+            timestamp: herald_protocols::UnixSeconds::new(1_764_000_000),
+            created_at: herald_protocols::UnixSeconds::new(1_764_000_000),
         },
     )
 }

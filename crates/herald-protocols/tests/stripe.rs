@@ -28,8 +28,8 @@ fn notification(payload: &[u8], timestamp: i64) -> OutgoingNotification<'_> {
         notify_id: "evt_01J00000000000000000000000",
         event_type: "payment_intent.succeeded",
         payload,
-        timestamp,
-        created_at: T - 60,
+        timestamp: herald_protocols::UnixSeconds::new(timestamp),
+        created_at: herald_protocols::UnixSeconds::new(T - 60),
     }
 }
 

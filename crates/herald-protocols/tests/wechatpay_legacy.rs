@@ -168,8 +168,8 @@ fn herald_encodes_a_query_and_xml_that_the_receiver_verifies_as_paid() {
                 notify_id: &id,
                 event_type: "trade.success",
                 payload,
-                timestamp: 1_409_647_907,
-                created_at: 1_409_647_907,
+                timestamp: herald_protocols::UnixSeconds::new(1_409_647_907),
+                created_at: herald_protocols::UnixSeconds::new(1_409_647_907),
             },
         )
         .unwrap();
@@ -240,8 +240,8 @@ fn encode_refuses_payloads_without_an_order_or_a_whole_fen_amount() {
                     notify_id: "n1",
                     event_type: "trade.success",
                     payload: payload.as_bytes(),
-                    timestamp: 1,
-                    created_at: 1,
+                    timestamp: herald_protocols::UnixSeconds::new(1),
+                    created_at: herald_protocols::UnixSeconds::new(1),
                 },
             )
             .unwrap_err();

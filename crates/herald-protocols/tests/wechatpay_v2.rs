@@ -52,8 +52,8 @@ fn notification(payload: &[u8]) -> OutgoingNotification<'_> {
         notify_id: "wx2_01J0000000000000000000000",
         event_type: "TRANSACTION.SUCCESS",
         payload,
-        timestamp: 1_700_000_100,
-        created_at: 1_700_000_000,
+        timestamp: herald_protocols::UnixSeconds::new(1_700_000_100),
+        created_at: herald_protocols::UnixSeconds::new(1_700_000_000),
     }
 }
 

@@ -56,8 +56,8 @@ fn encode(payload: &str, event_type: &str) -> EncodedRequest {
             notify_id: "EV-2018022511223320873",
             event_type,
             payload: payload.as_bytes(),
-            timestamp: TS,
-            created_at: TS - 10,
+            timestamp: herald_protocols::UnixSeconds::new(TS),
+            created_at: herald_protocols::UnixSeconds::new(TS - 10),
         },
     )
     .unwrap()
@@ -385,8 +385,8 @@ fn encode_refuses_payloads_that_are_not_objects() {
                 notify_id: "x",
                 event_type: "TRANSACTION.SUCCESS",
                 payload: payload.as_bytes(),
-                timestamp: TS,
-                created_at: TS,
+                timestamp: herald_protocols::UnixSeconds::new(TS),
+                created_at: herald_protocols::UnixSeconds::new(TS),
             },
         )
         .unwrap_err();
@@ -768,8 +768,8 @@ fn rotation_changes_key_and_serial_and_receivers_select_by_serial() {
             notify_id: "n",
             event_type: "TRANSACTION.SUCCESS",
             payload: b"{}",
-            timestamp: TS,
-            created_at: TS,
+            timestamp: herald_protocols::UnixSeconds::new(TS),
+            created_at: herald_protocols::UnixSeconds::new(TS),
         },
     )
     .unwrap();

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use herald_protocols::standard_webhooks::{self as sw, Keys};
 use herald_protocols::{stripe, wechatpay_v2, Credentials, RetryPolicy};
 use herald_store::{
-    App, EventType, IdempotencyKey, NewApp, NewNotification, NotifyUrl, SandboxNotification, Store,
+    App, EventType, IdempotencyKey, NewApp, NewNotification, NotifyUrl, OrderKey,
+    SandboxNotification, Store,
 };
 
 use super::model::Drills;
@@ -165,7 +166,7 @@ pub fn plan(
                 payload,
                 notify_url: Some(NotifyUrl::from_stored(notify_url.to_string())),
                 idempotency_key: Some(IdempotencyKey::from_stored(key)),
-                order_key: ordered.then(|| order_key.to_string()),
+                order_key: ordered.then(|| OrderKey::from_stored(order_key.to_string())),
                 now,
             },
             notify_id: nid.map(str::to_string),

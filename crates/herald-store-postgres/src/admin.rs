@@ -357,7 +357,7 @@ pub(crate) async fn insert_endpoint(c: &impl GenericClient, ep: &Endpoint) -> Re
         &[
             &ep.id,
             &ep.app_id,
-            &ep.url,
+            &ep.url.as_str(),
             &opt_json(&ep.event_types)?,
             &opt_json(&ep.retry)?,
             &opt_json(&ep.ack)?,
@@ -389,7 +389,7 @@ pub(crate) async fn create_endpoint(inner: &Inner, new: NewEndpoint) -> Result<E
             &[
                 &ep.id,
                 &ep.app_id,
-                &ep.url,
+                &ep.url.as_str(),
                 &opt_json(&ep.event_types)?,
                 &opt_json(&ep.retry)?,
                 &opt_json(&ep.ack)?,
@@ -537,7 +537,7 @@ fn targets(new: &NewNotification, endpoints: &[Endpoint]) -> Targets {
             .filter(|e| new.goes_to(e.enabled, e.event_types.as_deref()))
             .map(|e| {
                 let key = new.order_key_for(Some((&e.id, e.ordered)));
-                (Some(e.id.clone()), e.url.clone(), key)
+                (Some(e.id.clone()), e.url.to_string(), key)
             })
             .collect(),
     }
@@ -692,7 +692,7 @@ async fn insert_decided(
                 &notification.payload,
                 &notification.notify_url.as_deref(),
                 &notification.idempotency_key.as_deref(),
-                &notification.order_key,
+                &notification.order_key.as_deref(),
                 &notification.created_at,
                 &ids,
                 &endpoint_ids,
@@ -940,7 +940,7 @@ pub(crate) async fn write_endpoint(c: &impl GenericClient, ep: &Endpoint) -> Res
          WHERE id = $1",
         &[
             &ep.id,
-            &ep.url,
+            &ep.url.as_str(),
             &opt_json(&ep.event_types)?,
             &opt_json(&ep.retry)?,
             &opt_json(&ep.ack)?,

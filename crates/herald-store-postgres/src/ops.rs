@@ -12,7 +12,7 @@ use herald_store::model::*;
 use herald_store::ops_outbox::{
     ops_app, ops_endpoint, ops_notification as ops_notification_for, INTERNAL_OPS,
 };
-use herald_store::{Result, Sealer, StoreError};
+use herald_store::{EndpointUrl, Result, Sealer, StoreError};
 
 use crate::admin::{
     app_row, delete_app_in, endpoint_row, insert_app, insert_endpoint, insert_notification,
@@ -196,7 +196,7 @@ async fn set_app_ops_in(
                 Some(row) => {
                     let (mut ep, _) = rows::endpoint_from_row(&row)?;
                     EndpointPatch {
-                        url: Some(target.url.clone()),
+                        url: Some(EndpointUrl::from_stored(target.url.clone())),
                         enabled: Some(true),
                         ..EndpointPatch::default()
                     }

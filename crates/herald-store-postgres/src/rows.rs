@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 
 use herald_store::health::{BreakerState, EndpointHealth, OpsTarget};
 use herald_store::model::*;
-use herald_store::{EventType, IdempotencyKey, NotifyUrl};
+use herald_store::{EndpointUrl, EventType, IdempotencyKey, NotifyUrl, OrderKey};
 use herald_store::{Result, SealCensus, Sealer, StoreError};
 
 use crate::backend;
@@ -93,7 +93,7 @@ pub(crate) fn endpoint_from_row(row: &Row) -> Result<(Endpoint, bool)> {
         Endpoint {
             id: col(row, 0)?,
             app_id: col(row, 1)?,
-            url: col(row, 2)?,
+            url: EndpointUrl::from_stored(col(row, 2)?),
             event_types: json_col(row, 3, "event types")?,
             retry: json_col(row, 4, "retry policy")?,
             ack: json_col(row, 5, "ack rule")?,
@@ -214,7 +214,7 @@ pub(crate) fn notification_from_row(row: &Row) -> Result<(i64, Notification)> {
             payload: col(row, 4)?,
             notify_url: col::<Option<String>>(row, 5)?.map(NotifyUrl::from_stored),
             idempotency_key: col::<Option<String>>(row, 6)?.map(IdempotencyKey::from_stored),
-            order_key: col(row, 7)?,
+            order_key: col::<Option<String>>(row, 7)?.map(OrderKey::from_stored),
             created_at: col(row, 8)?,
         },
     ))
@@ -757,7 +757,7 @@ pub(crate) async fn summaries_with_deliveries(
                     event_type: EventType::from_stored(col(r, 3)?),
                     notify_url: col::<Option<String>>(r, 4)?.map(NotifyUrl::from_stored),
                     idempotency_key: col::<Option<String>>(r, 5)?.map(IdempotencyKey::from_stored),
-                    order_key: col(r, 6)?,
+                    order_key: col::<Option<String>>(r, 6)?.map(OrderKey::from_stored),
                     created_at: col(r, 7)?,
                     deliveries: Vec::new(),
                 },

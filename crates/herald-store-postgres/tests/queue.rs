@@ -46,7 +46,7 @@ async fn endpoint(store: &PgStore, app_id: &str, ordered: bool) -> Endpoint {
     store
         .create_endpoint(NewEndpoint {
             app_id: app_id.into(),
-            url: "https://a.example/hook".into(),
+            url: "https://a.example/hook".parse().unwrap(),
             event_types: None,
             retry: None,
             ack: None,
@@ -939,7 +939,7 @@ async fn nodes_working_concurrently_keep_endpoints_and_order_keys_exclusive() {
             .unwrap();
         let keyed = store
             .create_notification(NewNotification {
-                order_key: Some(format!("trade-{}", i % 7)),
+                order_key: Some(format!("trade-{}", i % 7).parse().unwrap()),
                 ..notification(&ap.id, Some("https://merchant.example/n"))
             })
             .await

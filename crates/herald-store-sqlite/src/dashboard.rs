@@ -9,7 +9,7 @@ use super::sandbox;
 use super::schema::backend;
 use herald_store::dashboard::*;
 use herald_store::model::*;
-use herald_store::{EventType, IdempotencyKey, NotifyUrl};
+use herald_store::{EventType, IdempotencyKey, NotifyUrl, OrderKey};
 use herald_store::{Result, StoreError};
 
 fn limit_of(limit: u32) -> i64 {
@@ -285,7 +285,7 @@ pub(crate) fn search_notifications(
                     idempotency_key: r
                         .get::<_, Option<String>>(5)?
                         .map(IdempotencyKey::from_stored),
-                    order_key: r.get(6)?,
+                    order_key: r.get::<_, Option<String>>(6)?.map(OrderKey::from_stored),
                     created_at: r.get(7)?,
                     deliveries: Vec::new(),
                 },

@@ -7,7 +7,7 @@ use super::schema::backend;
 use herald_store::health::{BreakerState, EndpointHealth, OpsTarget};
 use herald_store::model::*;
 use herald_store::sealing::CredentialsError;
-use herald_store::{EventType, IdempotencyKey, NotifyUrl};
+use herald_store::{EndpointUrl, EventType, IdempotencyKey, NotifyUrl, OrderKey};
 use herald_store::{Result, SealCensus, Sealer, StoreError};
 use rusqlite::types::Type;
 
@@ -101,7 +101,7 @@ pub(crate) fn endpoint_from_row(row: &Row) -> rusqlite::Result<Endpoint> {
     Ok(Endpoint {
         id: row.get(0)?,
         app_id: row.get(1)?,
-        url: row.get(2)?,
+        url: EndpointUrl::from_stored(row.get(2)?),
         event_types: json_col(row, 3, "event types")?,
         retry: json_col(row, 4, "retry policy")?,
         ack: json_col(row, 5, "ack rule")?,
@@ -143,7 +143,7 @@ pub(crate) fn notification_from_row(row: &Row) -> rusqlite::Result<(i64, Notific
             idempotency_key: row
                 .get::<_, Option<String>>(6)?
                 .map(IdempotencyKey::from_stored),
-            order_key: row.get(7)?,
+            order_key: row.get::<_, Option<String>>(7)?.map(OrderKey::from_stored),
             created_at: row.get(8)?,
         },
     ))
@@ -548,7 +548,7 @@ pub(crate) fn list_notifications(
                 idempotency_key: r
                     .get::<_, Option<String>>(5)?
                     .map(IdempotencyKey::from_stored),
-                order_key: r.get(6)?,
+                order_key: r.get::<_, Option<String>>(6)?.map(OrderKey::from_stored),
                 created_at: r.get(7)?,
                 deliveries: Vec::new(),
             },

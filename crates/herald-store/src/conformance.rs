@@ -8,7 +8,7 @@ use std::sync::Arc;
 use herald_protocols::standard_webhooks::{KeyEntry, Keys};
 use herald_protocols::{Credentials, Profile, RetryPolicy};
 
-use crate::fields::{EventType, IdempotencyKey, NotifyUrl};
+use crate::fields::{EndpointUrl, EventType, IdempotencyKey, NotifyUrl, OrderKey};
 use crate::health::*;
 use crate::model::*;
 use crate::queue::*;
@@ -26,6 +26,7 @@ macro_rules! conformance_tests {
             notification_fans_out_to_enabled_matching_endpoints,
             notify_url_goes_to_that_url_alone,
             a_notifications_typed_fields_read_back_equal,
+            an_order_key_and_an_endpoint_url_read_back_equal,
             idempotency_key_returns_the_first_notification_and_creates_nothing,
             ordered_endpoint_releases_next_delivery_only_when_previous_ends,
             order_key_serializes_notify_url_deliveries,
@@ -121,7 +122,7 @@ async fn named_app(store: &impl Store, name: &str) -> App {
 fn new_endpoint(app_id: &str, url: &str) -> NewEndpoint {
     NewEndpoint {
         app_id: app_id.into(),
-        url: url.into(),
+        url: url.parse().unwrap(),
         event_types: None,
         retry: None,
         ack: None,
@@ -278,7 +279,7 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
             &a.id,
             &ep.id,
             EndpointPatch {
-                url: Some("https://example.com/v2".into()),
+                url: Some("https://example.com/v2".parse().unwrap()),
                 max_in_flight: Some(2),
                 event_types: Some(Some(vec!["trade.*".into()])),
                 ..Default::default()
@@ -443,7 +444,7 @@ pub async fn a_notifications_typed_fields_read_back_equal(store: &impl Store) {
             event_type: event_type.clone(),
             notify_url: Some(notify_url.clone()),
             idempotency_key: Some(key.clone()),
-            order_key: Some("order-1".into()),
+            order_key: Some("order-1".parse().unwrap()),
             ..new_notification(&a.id, "unused")
         })
         .await
@@ -498,6 +499,86 @@ pub async fn a_notifications_typed_fields_read_back_equal(store: &impl Store) {
         .unwrap();
     assert!(again.replayed);
     assert_eq!(again.notification, *n);
+}
+
+pub async fn an_order_key_and_an_endpoint_url_read_back_equal(store: &impl Store) {
+    let a = app(store).await;
+    let n1 = node(store, "node_a").await;
+    let url: EndpointUrl = "https://user:pw@hooks.example:8443/in?x=1&y=%E4%B8%AD"
+        .parse()
+        .unwrap();
+    let ep = store
+        .create_endpoint(NewEndpoint {
+            url: url.clone(),
+            ..new_endpoint(&a.id, "https://unused.example/")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ep.url, url);
+    let read = store.get_endpoint(&a.id, &ep.id).await.unwrap().unwrap();
+    assert_eq!(read, ep);
+    let listed = store
+        .list_endpoints(
+            &a.id,
+            ListEndpoints {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.items, vec![ep.clone()]);
+
+    let order_key: OrderKey = "订单-42 / trade 2024".parse().unwrap();
+    let created = store
+        .create_notification(NewNotification {
+            order_key: Some(order_key.clone()),
+            ..new_notification(&a.id, "trade.success")
+        })
+        .await
+        .unwrap();
+    let n = &created.notification;
+    assert_eq!(n.order_key.as_ref(), Some(&order_key));
+    assert_eq!(created.deliveries[0].url, url.as_str());
+    let read = store.get_notification(&n.id).await.unwrap().unwrap();
+    assert_eq!(read.notification, *n);
+    let page = store
+        .list_notifications(
+            &a.id,
+            ListNotifications {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].order_key.as_ref(), Some(&order_key));
+    let jobs = claim(store, &n1).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].endpoint.as_ref().map(|e| e.url.clone()),
+        Some(url.clone())
+    );
+    assert_eq!(jobs[0].url, url.as_str());
+
+    // A patched URL reads back as given.
+    let moved: EndpointUrl = "http://10.1.2.3:9000/moved".parse().unwrap();
+    let patched = store
+        .update_endpoint(
+            &a.id,
+            &ep.id,
+            EndpointPatch {
+                url: Some(moved.clone()),
+                ..Default::default()
+            },
+            T0 + 1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(patched.url, moved);
+    let read = store.get_endpoint(&a.id, &ep.id).await.unwrap().unwrap();
+    assert_eq!(read.url, moved);
 }
 
 pub async fn idempotency_key_returns_the_first_notification_and_creates_nothing(
@@ -613,7 +694,7 @@ pub async fn order_key_serializes_notify_url_deliveries(store: &impl Store) {
     let n1 = node(store, "node_a").await;
     let mk = |key: &str| NewNotification {
         notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-        order_key: Some(key.into()),
+        order_key: Some(key.parse().unwrap()),
         ..new_notification(&a.id, "trade.success")
     };
     store.create_notification(mk("trade-1")).await.unwrap();
@@ -744,7 +825,7 @@ pub async fn claim_skips_deliveries_blocked_by_their_order_key(store: &impl Stor
     let n1 = node(store, "node_a").await;
     let mk = || NewNotification {
         notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-        order_key: Some("k".into()),
+        order_key: Some("k".parse().unwrap()),
         ..new_notification(&a.id, "e")
     };
     let first = store.create_notification(mk()).await.unwrap();
@@ -1079,7 +1160,7 @@ pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &i
     let n1 = node(store, "node_a").await;
     let mk = || NewNotification {
         notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-        order_key: Some("trade-9".into()),
+        order_key: Some("trade-9".parse().unwrap()),
         ..new_notification(&a.id, "e")
     };
     let first = store.create_notification(mk()).await.unwrap();
@@ -1487,7 +1568,7 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
 
     let mut notification = new_notification(&a.id, "trade.success");
     notification.notify_url = Some("http://127.0.0.1:9/notify".parse().unwrap());
-    notification.order_key = Some("T-1".into());
+    notification.order_key = Some("T-1".parse().unwrap());
     let mut paid = row("pay_1", "T-1", None);
     paid.doc = r#"{"state":"TRADE_SUCCESS"}"#.into();
     let written = store
@@ -1625,7 +1706,7 @@ pub async fn a_source_forwards_each_notify_id_once_ordered_per_trade(store: &imp
         .unwrap();
     let received = |notify_id: &str| NewNotification {
         idempotency_key: Some(notify_id.parse().unwrap()),
-        order_key: Some("T1".into()),
+        order_key: Some("T1".parse().unwrap()),
         ..new_notification(&s.app_id, "TRADE_SUCCESS")
     };
     let first = store.create_notification(received("n-1")).await.unwrap();
@@ -3426,7 +3507,7 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
         |app_id: &str, event: &str, payload: &str, order_key: Option<&str>, now| NewNotification {
             notify_url: Some("https://merchant.example/notify".parse().unwrap()),
             payload: payload.into(),
-            order_key: order_key.map(Into::into),
+            order_key: order_key.map(|k| k.parse().unwrap()),
             now,
             ..new_notification(app_id, event)
         };

@@ -1,5 +1,8 @@
-//! The seam's vocabulary for what producers send: a notification's [`EventType`], its
-//! [`NotifyUrl`] and its [`IdempotencyKey`], each a validated string.
+//! The seam's vocabulary for what producers and operators send: a notification's
+//! [`EventType`], its [`NotifyUrl`], its [`IdempotencyKey`] and its [`OrderKey`], and an
+//! endpoint's [`EndpointUrl`], each a validated string. (Times are typed too:
+//! [`UnixMillis`](crate::UnixMillis) and [`UnixSeconds`](crate::UnixSeconds), from
+//! `herald-protocols`.)
 //!
 //! The rules live here, once: the API parses a request into these types as it deserializes it
 //! (`#[serde(try_from = "String")]`, or [`FromStr`] for a header), and everything further in
@@ -190,6 +193,36 @@ checked_string!(
     |s| check_url(NotifyUrl::FIELD, s).map(|_| ())
 );
 
+checked_string!(
+    /// What serializes a notification's deliveries (the producer's `order_key`: an order
+    /// number, say): not blank, at most [`MAX_KEY_CHARS`] characters, no control characters
+    /// ([`check_key`]). Deliveries to one endpoint (or to one app's `notify_url`s) that share
+    /// it are attempted one at a time, in creation order.
+    OrderKey,
+    "order_key",
+    |s| check_key(OrderKey::FIELD, s, MAX_KEY_CHARS)
+);
+
+checked_string!(
+    /// An endpoint's URL (`url` in the API): the same rule as a [`NotifyUrl`] ([`check_url`]),
+    /// but its own type, so its errors name the field the endpoint API knows (`url`) and an
+    /// endpoint's subscription cannot be passed where a notification's one-off target is
+    /// expected, or the other way round. Kept byte for byte; the target policy is the
+    /// server's check.
+    EndpointUrl,
+    "url",
+    |s| check_url(EndpointUrl::FIELD, s).map(|_| ())
+);
+
+impl EndpointUrl {
+    /// Validates `s` as [`EndpointUrl::parse`] does, with errors naming `field` (a source's
+    /// `destination.url`, an ops target's `url`).
+    pub fn parse_field(field: &'static str, s: String) -> Result<EndpointUrl, FieldError> {
+        check_url(field, &s)?;
+        Ok(EndpointUrl(s))
+    }
+}
+
 impl EventType {
     /// One of Herald's own event types (ops notifications, the gateway's raw forwards).
     /// Panics in debug builds if `s` breaks the rule.
@@ -294,6 +327,58 @@ mod tests {
             "notify_url is longer than 2048 characters"
         );
         assert!(err("http://").starts_with("notify_url is not a valid URL: "));
+    }
+
+    #[test]
+    fn order_key_accepts_order_numbers_and_refuses_each_invalid_shape_with_its_message() {
+        for ok in ["order-1", "2024061222001", "订单 42", &"o".repeat(256)] {
+            assert_eq!(ok.parse::<OrderKey>().unwrap().as_str(), ok);
+        }
+        let err = |s: &str| s.parse::<OrderKey>().unwrap_err().to_string();
+        assert_eq!(err(""), "order_key must not be empty");
+        assert_eq!(err(" \t"), "order_key must not be empty");
+        assert_eq!(
+            err(&"o".repeat(257)),
+            "order_key is longer than 256 characters"
+        );
+        assert_eq!(
+            err("order\0-1"),
+            "order_key must not contain control characters"
+        );
+        assert_eq!(serde_json::from_str::<OrderKey>(r#""o-1""#).unwrap(), "o-1");
+        assert!(serde_json::from_str::<OrderKey>(r#""""#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("order_key must not be empty"));
+    }
+
+    #[test]
+    fn endpoint_url_accepts_what_notify_url_does_and_names_the_url_field_when_refusing() {
+        for ok in [
+            "https://merchant.example/hooks",
+            "http://10.0.0.5:9000/h?x=1",
+            "https://user:pw@hooks.example.com/x",
+        ] {
+            assert_eq!(ok.parse::<EndpointUrl>().unwrap().as_str(), ok);
+        }
+        let err = |s: &str| s.parse::<EndpointUrl>().unwrap_err().to_string();
+        assert_eq!(
+            err("merchant.example/hooks"),
+            "url is not a valid URL: relative URL without a base"
+        );
+        assert_eq!(
+            err("ftp://merchant.example/h"),
+            "url must be an http or https URL"
+        );
+        assert_eq!(
+            err(&format!("https://merchant.example/{}", "a".repeat(2048))),
+            "url is longer than 2048 characters"
+        );
+        assert!(err("http://").starts_with("url is not a valid URL: "));
+        assert_eq!(
+            EndpointUrl::from_stored("not a url".into()).as_str(),
+            "not a url"
+        );
     }
 
     #[test]

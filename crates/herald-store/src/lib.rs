@@ -23,8 +23,9 @@ pub mod sessions;
 use async_trait::async_trait;
 
 pub use dashboard::DashboardStore;
-pub use fields::{EventType, FieldError, IdempotencyKey, NotifyUrl};
+pub use fields::{EndpointUrl, EventType, FieldError, IdempotencyKey, NotifyUrl, OrderKey};
 pub use health::*;
+pub use herald_protocols::{UnixMillis, UnixSeconds};
 pub use model::*;
 pub use ops_outbox::*;
 pub use queue::*;

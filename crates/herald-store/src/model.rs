@@ -2,15 +2,15 @@
 //! attempts, plus the resolved views the engine works with ([`ClaimedDelivery`], [`AppCtx`],
 //! [`EndpointCtx`]).
 //!
-//! Producers' fields are validated types ([`EventType`], [`NotifyUrl`], [`IdempotencyKey`];
-//! see [`crate::fields`]). Times are unix milliseconds ([`Millis`]) and always passed in by
+//! Producers' fields are validated types ([`EventType`], [`NotifyUrl`], [`IdempotencyKey`],
+//! [`OrderKey`], an endpoint's [`EndpointUrl`]; see [`crate::fields`]). Times are unix milliseconds ([`Millis`]) and always passed in by
 //! the caller, so tests control the clock.
 use std::sync::Arc;
 
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::fields::{EventType, IdempotencyKey, NotifyUrl};
+use crate::fields::{EndpointUrl, EventType, IdempotencyKey, NotifyUrl, OrderKey};
 use crate::health::{BreakerState, EndpointHealth};
 
 /// Unix time in milliseconds.
@@ -143,7 +143,7 @@ pub struct NewApiKey {
 pub struct Endpoint {
     pub id: String,
     pub app_id: String,
-    pub url: String,
+    pub url: EndpointUrl,
     /// Event-type filter; `None` receives every event type. See [`event_type_matches`].
     pub event_types: Option<Vec<String>>,
     pub retry: Option<RetryPolicy>,
@@ -162,7 +162,7 @@ pub struct Endpoint {
 #[derive(Clone, Debug)]
 pub struct NewEndpoint {
     pub app_id: String,
-    pub url: String,
+    pub url: EndpointUrl,
     pub event_types: Option<Vec<String>>,
     pub retry: Option<RetryPolicy>,
     pub ack: Option<AckRule>,
@@ -177,7 +177,7 @@ pub struct NewEndpoint {
 /// clears the value.
 #[derive(Clone, Debug, Default)]
 pub struct EndpointPatch {
-    pub url: Option<String>,
+    pub url: Option<EndpointUrl>,
     pub event_types: Option<Option<Vec<String>>>,
     pub retry: Option<Option<RetryPolicy>>,
     pub ack: Option<Option<AckRule>>,
@@ -238,7 +238,7 @@ pub struct Notification {
     pub payload: String,
     pub notify_url: Option<NotifyUrl>,
     pub idempotency_key: Option<IdempotencyKey>,
-    pub order_key: Option<String>,
+    pub order_key: Option<OrderKey>,
     pub created_at: Millis,
 }
 
@@ -250,7 +250,7 @@ pub struct NewNotification {
     /// Send to this URL alone (the payment-API style) instead of the app's endpoints.
     pub notify_url: Option<NotifyUrl>,
     pub idempotency_key: Option<IdempotencyKey>,
-    pub order_key: Option<String>,
+    pub order_key: Option<OrderKey>,
     pub now: Millis,
 }
 
@@ -347,7 +347,7 @@ pub struct NotificationSummary {
     pub event_type: EventType,
     pub notify_url: Option<NotifyUrl>,
     pub idempotency_key: Option<IdempotencyKey>,
-    pub order_key: Option<String>,
+    pub order_key: Option<OrderKey>,
     pub created_at: Millis,
     /// In creation order. One per matching endpoint (an app has at most a bounded number of
     /// endpoints, see the API), or one for a `notify_url`.
@@ -452,7 +452,7 @@ impl AppCtx {
 pub struct EndpointCtx {
     pub id: String,
     pub app_id: String,
-    pub url: String,
+    pub url: EndpointUrl,
     pub event_types: Option<Vec<String>>,
     pub retry: Option<RetryPolicy>,
     pub ack: Option<AckRule>,
@@ -498,7 +498,8 @@ pub struct ClaimedDelivery {
     pub notification_id: String,
     pub app: Arc<AppCtx>,
     pub endpoint: Option<Arc<EndpointCtx>>,
-    /// The URL recorded at creation (for endpoint deliveries the endpoint's current URL wins).
+    /// The URL recorded at creation (for endpoint deliveries the endpoint's current URL wins):
+    /// an [`EndpointUrl`] or a [`NotifyUrl`] as it was then, so a plain string.
     pub url: String,
     pub event_type: EventType,
     pub payload: Arc<str>,
@@ -507,6 +508,8 @@ pub struct ClaimedDelivery {
     /// Attempts already made.
     pub attempts: u32,
     pub next_at: Millis,
+    /// The delivery's scoped order key ([`NewNotification::order_key_for`]: `ep:...` or
+    /// `app:...`), not the producer's [`OrderKey`] itself.
     pub order_key: Option<String>,
 }
 

@@ -19,6 +19,7 @@
 use herald_protocols::{Credentials, Profile, RetryPolicy};
 use serde::Serialize;
 
+use crate::fields::{EndpointUrl, OrderKey};
 use crate::health::{EndpointHealth, HealthTransition};
 use crate::model::{Endpoint, Millis, NewApp, NewEndpoint, NewNotification};
 
@@ -57,11 +58,12 @@ pub fn ops_app(owner_app_id: &str, target: &OpsTarget, now: Millis) -> NewApp {
 }
 
 /// The internal app's one endpoint: the ops URL, one attempt at a time per endpoint it
-/// reports on (see [`ops_notification`]'s order key).
+/// reports on (see [`ops_notification`]'s order key). The URL is the app's stored ops
+/// target, checked by the API when it was set.
 pub fn ops_endpoint(ops_app_id: &str, url: &str, now: Millis) -> NewEndpoint {
     NewEndpoint {
         app_id: ops_app_id.to_string(),
-        url: url.to_string(),
+        url: EndpointUrl::from_stored(url.to_string()),
         event_types: None,
         retry: None,
         ack: None,
@@ -90,7 +92,7 @@ pub fn ops_notification(
         payload: ops_body(event_type, endpoint, now),
         notify_url: None,
         idempotency_key: None,
-        order_key: Some(endpoint.id.clone()),
+        order_key: Some(OrderKey::from_stored(endpoint.id.clone())),
         now,
     })
 }
@@ -189,7 +191,7 @@ mod tests {
         let ep = Endpoint {
             id: "ep_1".into(),
             app_id: "app_1".into(),
-            url: "https://u:pw@h.example/x".into(),
+            url: "https://u:pw@h.example/x".parse().unwrap(),
             event_types: None,
             retry: None,
             ack: None,

@@ -348,6 +348,108 @@ async fn a_bad_event_type_notify_url_or_idempotency_key_gets_its_422_and_stores_
 }
 
 #[tokio::test]
+async fn a_bad_order_key_or_endpoint_url_gets_its_422_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let app = server.app(json!({})).await;
+    let long_url = format!("https://merchant.example/{}", "a".repeat(2048));
+    let expect_422 = |status: u16, v: &Value, what: &str, want: &str| {
+        assert_eq!(status, 422, "{what}: {v}");
+        assert_eq!(v["error"]["code"], "invalid", "{what}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.starts_with(want),
+            "{what}: want {want:?}, got {message:?}"
+        );
+    };
+
+    // order_key on a notification.
+    let notifications = format!("/v1/apps/{app}/notifications");
+    let cases: Vec<(Value, &str)> = vec![
+        (json!(""), "order_key must not be empty"),
+        (json!("   "), "order_key must not be empty"),
+        (
+            json!("o".repeat(257)),
+            "order_key is longer than 256 characters",
+        ),
+        (
+            json!("order-1\n"),
+            "order_key must not contain control characters",
+        ),
+        (json!(42), "invalid type: integer"),
+    ];
+    for (key, want) in cases {
+        let body = json!({"event_type": "e", "payload": {}, "order_key": key});
+        let (status, v) = server
+            .call("POST", &notifications, Some(body.clone()))
+            .await;
+        expect_422(status, &v, &body.to_string(), want);
+    }
+    let (_, list) = server.call("GET", &notifications, None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0, "{list}");
+
+    // url on a new endpoint.
+    let endpoints = format!("/v1/apps/{app}/endpoints");
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!("merchant.example/hook"),
+            "url is not a valid URL: relative URL without a base",
+        ),
+        (
+            json!(""),
+            "url is not a valid URL: relative URL without a base",
+        ),
+        (
+            json!("ftp://merchant.example/hook"),
+            "url must be an http or https URL",
+        ),
+        (json!(long_url), "url is longer than 2048 characters"),
+        (json!(7), "invalid type: integer"),
+    ];
+    for (url, want) in &cases {
+        let body = json!({ "url": url });
+        let (status, v) = server.call("POST", &endpoints, Some(body.clone())).await;
+        expect_422(status, &v, &body.to_string(), want);
+    }
+    let (_, list) = server.call("GET", &endpoints, None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0, "{list}");
+
+    // url in an endpoint's PATCH: refused the same way, the endpoint unchanged.
+    let ep = server
+        .endpoint(&app, json!({"url": "https://merchant.example/hook"}))
+        .await;
+    let ep_path = format!("/v1/apps/{app}/endpoints/{ep}");
+    for (url, want) in &cases[..4] {
+        let body = json!({ "url": url });
+        let (status, v) = server.call("PATCH", &ep_path, Some(body.clone())).await;
+        expect_422(status, &v, &body.to_string(), want);
+    }
+    let (status, v) = server.call("GET", &ep_path, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["url"], "https://merchant.example/hook");
+
+    // Valid, both are stored as sent.
+    let (status, v) = server
+        .call(
+            "PATCH",
+            &ep_path,
+            Some(json!({"url": "https://merchant.example/hook?v=2"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["url"], "https://merchant.example/hook?v=2");
+    let (status, v) = server
+        .call(
+            "POST",
+            &notifications,
+            Some(json!({"event_type": "e", "payload": {}, "order_key": "订单 42"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let n = server.notification(v["id"].as_str().unwrap()).await;
+    assert_eq!(n["order_key"], "订单 42");
+}
+
+#[tokio::test]
 async fn bodies_over_one_mebibyte_get_413() {
     let server = TestServer::start().await;
     let app = server.app(json!({})).await;

@@ -1385,8 +1385,8 @@ async fn listen_dump_saves_each_request_and_verify_request_explains_it_back() {
                 notify_id: "n-1",
                 event_type: "trade.success",
                 payload: PROFILE_PAYLOADS[1].1.as_bytes(),
-                timestamp: now,
-                created_at: now,
+                timestamp: herald_protocols::UnixSeconds::new(now),
+                created_at: herald_protocols::UnixSeconds::new(now),
             },
         )
         .unwrap();

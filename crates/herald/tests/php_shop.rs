@@ -681,8 +681,8 @@ async fn php_gateway_handler_refuses_a_forward_with_a_bad_or_stale_signature() {
                 notify_id: "msg_1",
                 event_type: "payment",
                 payload: body.as_bytes(),
-                timestamp: ts,
-                created_at: ts,
+                timestamp: herald_protocols::UnixSeconds::new(ts),
+                created_at: herald_protocols::UnixSeconds::new(ts),
             },
         )
         .expect("sign")

@@ -71,8 +71,8 @@ impl Sender {
             notify_id,
             event_type,
             payload: payload.as_bytes(),
-            timestamp,
-            created_at: timestamp,
+            timestamp: herald_protocols::UnixSeconds::new(timestamp),
+            created_at: herald_protocols::UnixSeconds::new(timestamp),
         };
         let enc = self
             .profile

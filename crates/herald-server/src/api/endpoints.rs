@@ -4,7 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use herald_store::{EndpointPatch, ListEndpoints, NewEndpoint};
+use herald_store::{EndpointPatch, EndpointUrl, ListEndpoints, NewEndpoint};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -23,7 +23,9 @@ const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u32> = 100..=60_000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
-    url: String,
+    /// An absolute http(s) URL with a host, at most 2048 bytes.
+    #[schema(value_type = String)]
+    url: EndpointUrl,
     #[serde(default)]
     event_types: Option<Vec<String>>,
     #[serde(default)]
@@ -88,7 +90,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
     let new = NewEndpoint {
         app_id,
-        url: views::parse_target(&state.target_policy, "url", &req.url)?,
+        url: views::permit_endpoint_url(&state.target_policy, req.url)?,
         event_types: req.event_types.as_deref().map(event_types).transpose()?,
         retry: req.retry.as_ref().map(views::parse_retry).transpose()?,
         ack: req.ack.as_deref().map(views::parse_ack).transpose()?,
@@ -203,7 +205,8 @@ fn parse_patch(
         match key.as_str() {
             "url" => {
                 let s = value.as_str().ok_or_else(|| invalid("a URL string"))?;
-                patch.url = Some(views::parse_target(policy, "url", s)?);
+                let url = EndpointUrl::parse(s.to_string())?;
+                patch.url = Some(views::permit_endpoint_url(policy, url)?);
             }
             "event_types" => {
                 patch.event_types = Some(match value {

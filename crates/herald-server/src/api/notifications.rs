@@ -15,7 +15,7 @@ use axum::Json;
 use herald_protocols::{OutgoingNotification, ProfileError};
 use herald_store::{
     DeliveryStatus, EventType, IdempotencyKey, ListAttempts, ListNotifications, NewNotification,
-    Notification, NotifyUrl,
+    Notification, NotifyUrl, OrderKey,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -48,8 +48,11 @@ pub struct CreateNotification {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     idempotency_key: Option<IdempotencyKey>,
+    /// Serializes deliveries that share it: not blank, at most 256 characters, no control
+    /// characters.
     #[serde(default)]
-    order_key: Option<String>,
+    #[schema(value_type = Option<String>)]
+    order_key: Option<OrderKey>,
 }
 
 #[utoipa::path(post, path = "/v1/apps/{app_id}/notifications", tag = "notifications",
@@ -109,11 +112,7 @@ pub async fn create(
     if let Some(url) = &notify_url {
         views::permit_notify_url(&state.target_policy, url)?;
     }
-    let order_key = req
-        .order_key
-        .as_deref()
-        .map(|k| views::bounded_text("order_key", k, 256))
-        .transpose()?;
+    let order_key = req.order_key;
     let now = now_ms();
     let app = state
         .apps
@@ -128,8 +127,8 @@ pub async fn create(
             notify_id: &app.profile.new_notify_id(),
             event_type: &event_type,
             payload: req.payload.get().as_bytes(),
-            timestamp: now.div_euclid(1000),
-            created_at: now.div_euclid(1000),
+            timestamp: herald_store::UnixMillis::new(now).to_seconds(),
+            created_at: herald_store::UnixMillis::new(now).to_seconds(),
         },
     );
     match encoded {
@@ -190,7 +189,7 @@ pub async fn create(
 }
 
 /// What makes two requests the same: event type, payload bytes, notify_url, order_key.
-type RequestShape = (EventType, String, Option<NotifyUrl>, Option<String>);
+type RequestShape = (EventType, String, Option<NotifyUrl>, Option<OrderKey>);
 
 /// True when a stored notification was made from the same request (event type, payload
 /// bytes, notify_url, order_key).

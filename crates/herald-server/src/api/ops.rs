@@ -46,7 +46,7 @@ pub async fn set(
     Path(app_id): Path<String>,
     JsonBody(req): JsonBody<SetOps>,
 ) -> Result<Json<Value>, ApiError> {
-    let url = views::parse_target(&state.target_policy, "url", &req.url)?;
+    let url = views::parse_target(&state.target_policy, "url", &req.url)?.into_string();
     let secret = match req.secret {
         Some(s) => match SigningSecret::parse_for_signing(&s) {
             Ok(SigningSecret::Hmac(_)) => s,

@@ -21,7 +21,7 @@ use herald_protocols::standard_webhooks::{self as sw, Keys};
 use herald_protocols::{Credentials, Profile};
 use herald_store::{
     EventType, IdempotencyKey, ListSources, NewApp, NewEndpoint, NewNotification, NewSource,
-    Source, SourceFormat, SourceKeys, StoreError,
+    OrderKey, Source, SourceFormat, SourceKeys, StoreError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -535,10 +535,7 @@ pub async fn ingest(
             "the notify id is empty, too long or has control characters",
         ));
     };
-    let order_key = n
-        .out_trade_no
-        .clone()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN);
+    let order_key = n.out_trade_no.clone().and_then(|k| OrderKey::parse(k).ok());
     let (event_type, payload) = match source.format {
         SourceFormat::StandardWebhooks => (EventType::internal(kind(&n)), decoded(&n)),
         SourceFormat::Raw => (

@@ -4,8 +4,8 @@
 use herald_engine::TargetPolicy;
 use herald_protocols::{AckRule, RetryPolicy};
 use herald_store::{
-    ApiKey, App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, NotificationDetail,
-    NotificationSummary, NotifyUrl,
+    ApiKey, App, Attempt, Delivery, DeliveryDetail, DeliveryStatus, Endpoint, EndpointUrl,
+    NotificationDetail, NotificationSummary, NotifyUrl,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -23,10 +23,10 @@ pub fn parse_target(
     policy: &TargetPolicy,
     field: &'static str,
     s: &str,
-) -> Result<String, ApiError> {
+) -> Result<EndpointUrl, ApiError> {
     let url = check_url(field, s)?;
     permit_target(policy, field, &url)?;
-    Ok(s.to_string())
+    Ok(EndpointUrl::parse_field(field, s.to_string())?)
 }
 
 /// A [`NotifyUrl`] (already parsed as the body was read) the target policy permits; the
@@ -35,6 +35,19 @@ pub fn permit_notify_url(policy: &TargetPolicy, url: &NotifyUrl) -> Result<(), A
     let parsed = url::Url::parse(url.as_str())
         .map_err(|e| ApiError::Invalid(format!("{} is not a valid URL: {e}", NotifyUrl::FIELD)))?;
     permit_target(policy, NotifyUrl::FIELD, &parsed)
+}
+
+/// An [`EndpointUrl`] (already parsed) the target policy permits, returned as it is; the
+/// policy's rule as in [`parse_target`].
+pub fn permit_endpoint_url(
+    policy: &TargetPolicy,
+    url: EndpointUrl,
+) -> Result<EndpointUrl, ApiError> {
+    let parsed = url::Url::parse(url.as_str()).map_err(|e| {
+        ApiError::Invalid(format!("{} is not a valid URL: {e}", EndpointUrl::FIELD))
+    })?;
+    permit_target(policy, EndpointUrl::FIELD, &parsed)?;
+    Ok(url)
 }
 
 fn permit_target(policy: &TargetPolicy, field: &str, url: &url::Url) -> Result<(), ApiError> {
@@ -335,7 +348,7 @@ pub fn notification(n: &NotificationDetail) -> NotificationView {
         payload,
         notify_url: x.notify_url.as_deref().map(masked_url),
         idempotency_key: x.idempotency_key.as_deref().map(str::to_string),
-        order_key: x.order_key.clone(),
+        order_key: x.order_key.as_deref().map(str::to_string),
         created_at: rfc3339(x.created_at),
         status: overall_status(
             &n.deliveries
@@ -369,7 +382,7 @@ pub fn notification_summary(n: &NotificationSummary) -> NotificationSummaryView 
         event_type: n.event_type.to_string(),
         notify_url: n.notify_url.as_deref().map(masked_url),
         idempotency_key: n.idempotency_key.as_deref().map(str::to_string),
-        order_key: n.order_key.clone(),
+        order_key: n.order_key.as_deref().map(str::to_string),
         created_at: rfc3339(n.created_at),
         status: overall_status(&n.deliveries.iter().map(|d| d.status).collect::<Vec<_>>()),
         deliveries: n.deliveries.iter().map(delivery_brief).collect(),

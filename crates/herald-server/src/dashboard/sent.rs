@@ -34,8 +34,8 @@ pub fn rebuild(
                 notify_id: &d.notify_id,
                 event_type: &n.event_type,
                 payload: n.payload.as_bytes(),
-                timestamp: at.div_euclid(1000),
-                created_at: n.created_at.div_euclid(1000),
+                timestamp: herald_store::UnixMillis::new(at).to_seconds(),
+                created_at: herald_store::UnixMillis::new(n.created_at).to_seconds(),
             },
         )
         .map_err(|e| format!("cannot rebuild the request: {e}"))?;

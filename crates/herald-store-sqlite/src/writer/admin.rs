@@ -379,7 +379,7 @@ impl Writer {
                 s.execute(params![
                     ep.id,
                     ep.app_id,
-                    ep.url,
+                    ep.url.as_str(),
                     opt_json(&ep.event_types).ok().flatten(),
                     opt_json(&ep.retry).ok().flatten(),
                     opt_json(&ep.ack).ok().flatten(),

@@ -85,7 +85,7 @@ impl Writer {
                 .filter(|e| new.goes_to(e.enabled, e.event_types.as_deref()))
                 .map(|e| {
                     let key = new.order_key_for(Some((&e.id, e.ordered)));
-                    let url = e.url.clone();
+                    let url = e.url.to_string();
                     (Some(e), url, key)
                 })
                 .collect(),
@@ -119,7 +119,7 @@ impl Writer {
                     notification.payload,
                     notification.notify_url.as_deref(),
                     notification.idempotency_key.as_deref(),
-                    notification.order_key,
+                    notification.order_key.as_deref(),
                     notification.created_at
                 ])
             })

@@ -15,6 +15,7 @@ use herald_store::ops_outbox::{
     ops_app, ops_endpoint, ops_notification as ops_notification_for, OpsTarget, INTERNAL_OPS,
 };
 use herald_store::queue::Hint;
+use herald_store::EndpointUrl;
 use herald_store::Result;
 
 impl Writer {
@@ -119,7 +120,7 @@ impl Writer {
                     .optional()
                     .map_err(backend)?;
                 let patch = EndpointPatch {
-                    url: Some(target.url.clone()),
+                    url: Some(EndpointUrl::from_stored(target.url.clone())),
                     enabled: Some(true),
                     ..EndpointPatch::default()
                 };

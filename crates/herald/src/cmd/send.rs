@@ -180,8 +180,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<bool> {
                 notify_id: &profile.new_notify_id(),
                 event_type: &args.event_type,
                 payload: payload.as_bytes(),
-                timestamp: now_ms() / 1000,
-                created_at: now_ms() / 1000,
+                timestamp: herald_protocols::UnixMillis::new(now_ms()).to_seconds(),
+                created_at: herald_protocols::UnixMillis::new(now_ms()).to_seconds(),
             },
         )
         .with_context(|| format!("--json cannot be sent as {}", profile.name()))?

@@ -142,8 +142,8 @@ fn sign_with(
             notify_id: &notify_id,
             event_type: &args.event_type,
             payload: &payload,
-            timestamp: now,
-            created_at: now,
+            timestamp: herald_protocols::UnixSeconds::new(now),
+            created_at: herald_protocols::UnixSeconds::new(now),
         },
     )?;
     if args.key.is_none() {

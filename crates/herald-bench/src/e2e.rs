@@ -13,6 +13,12 @@
 //! one. The PostgreSQL runs are therefore measured on a second shape too: the same total
 //! load spread over [`SPREAD`] apps with one endpoint each (each notification still makes one
 //! delivery), one node and then three, so that each node can hold some of the endpoints.
+//!
+//! Each phase also reports the process's CPU time (user + system, every thread) per
+//! notification over the same interval: producers, API, engine, store and sink all run in
+//! this process, and on PostgreSQL the database's own processes are not counted. Unlike the
+//! rate, other work on the machine barely moves it, so it is the figure to compare builds by
+//! on a shared machine.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +27,7 @@ use super::ceiling::Ceiling;
 use super::fixture;
 use super::herald_api::{self, Herald};
 use super::load::{self, MakeRequest};
+use super::procfs;
 use super::progress::Progress;
 use super::report::{Figure, Target};
 use super::sink::AckSink;
@@ -31,6 +38,25 @@ use herald_server::server::Database;
 const PRODUCERS: u32 = 32;
 /// Endpoints (one app each) the spread shape's notifications go to.
 pub const SPREAD: usize = 6;
+/// The unit of the CPU figures.
+pub const CPU_UNIT: &str = "µs CPU/notification";
+
+/// What one phase measured.
+struct Phase {
+    /// Notifications delivered per second.
+    rate: f64,
+    /// Microseconds of this process's CPU time per notification.
+    cpu_us: f64,
+}
+
+/// The CPU figure of a phase called `what`.
+fn cpu_figure(what: &str, phase: &Phase) -> Figure {
+    Figure::new(
+        format!("{what}: CPU time of the whole process per notification"),
+        phase.cpu_us,
+        CPU_UNIT,
+    )
+}
 
 pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Result<Vec<Figure>> {
     let n = plan.sizes.e2e;
@@ -38,16 +64,17 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
     if plan.e2e_databases != E2eDatabases::Postgres {
         let dir = fixture::temp_dir(plan)?;
         let sqlite = Database::Sqlite(dir.path().join("e2e.db"));
-        let rate = measure(plan, sink, "e2e: sqlite", &sqlite, 1, 1).await?;
+        let phase = measure(plan, sink, "e2e: sqlite", &sqlite, 1, 1).await?;
         figures.push(
             Figure::new(
                 format!("SQLite, {n} posted by {PRODUCERS} producers, each delivered"),
-                rate,
+                phase.rate,
                 "notifications/s",
             )
             .against("ceiling", ceiling.rate, "req/s")
             .target(Target::RatioAtLeast(0.3)),
         );
+        figures.push(cpu_figure("SQLite", &phase));
     }
     if plan.e2e_databases == E2eDatabases::Sqlite {
         return Ok(figures);
@@ -76,12 +103,13 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
                 figures.push(
                     Figure::new(
                         format!("PostgreSQL, one node{shape}"),
-                        one,
+                        one.rate,
                         "notifications/s",
                     )
                     .against("ceiling", ceiling.rate, "req/s")
                     .target(Target::RatioAtLeast(0.08)),
                 );
+                figures.push(cpu_figure(&format!("PostgreSQL, one node{shape}"), &one));
                 let three = measure(
                     plan,
                     sink,
@@ -94,12 +122,16 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
                 figures.push(
                     Figure::new(
                         format!("PostgreSQL, three nodes on one database{shape}"),
-                        three,
+                        three.rate,
                         "notifications/s",
                     )
-                    .against(format!("one node{shape}"), one, "notifications/s")
+                    .against(format!("one node{shape}"), one.rate, "notifications/s")
                     .target(Target::RatioAtLeast(1.0)),
                 );
+                figures.push(cpu_figure(
+                    &format!("PostgreSQL, three nodes{shape}"),
+                    &three,
+                ));
             }
         }
         Err(why) if plan.e2e_databases == E2eDatabases::Postgres => {
@@ -112,7 +144,8 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
 
 /// Posts `plan.sizes.e2e` notifications spread over `nodes` Herald nodes on `database` and
 /// over `endpoints` apps (one endpoint each), and waits until the engines counted every
-/// acknowledgement; returns notifications/s.
+/// acknowledgement; returns notifications/s and the process's CPU time per notification,
+/// both from the first POST to the last acknowledgement.
 async fn measure(
     plan: &Plan,
     sink: &AckSink,
@@ -120,7 +153,7 @@ async fn measure(
     database: &Database,
     nodes: usize,
     endpoints: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Phase> {
     let n = plan.sizes.e2e;
     let client = load::client(PRODUCERS)?;
     let first = Herald::start_on(plan, &client, database.clone(), &sink.url("/hook"), None).await?;
@@ -163,6 +196,7 @@ async fn measure(
         let i = turn.fetch_add(1, Ordering::Relaxed) % urls.len();
         herald_api::post(c, &urls[i], &body)
     });
+    let cpu_before = procfs::cpu_seconds()?;
     let started = Instant::now();
     let posted = load::closed_loop(&format!("{label}: post"), &client, n, PRODUCERS, make).await;
     let result = match posted {
@@ -171,8 +205,15 @@ async fn measure(
                 Progress::start(format!("{label}: deliver"), n, Arc::new(succeeded.clone()));
             let drained =
                 fixture::wait_until(label, fixture::drain_timeout(n), || succeeded() >= n).await;
+            let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+            let cpu = procfs::cpu_seconds().map(|after| after - cpu_before);
             progress.finish().await;
-            drained.map(|_| n as f64 / started.elapsed().as_secs_f64().max(1e-9))
+            drained.and_then(|_| {
+                cpu.map(|cpu| Phase {
+                    rate: n as f64 / elapsed,
+                    cpu_us: cpu * 1e6 / n as f64,
+                })
+            })
         }
         Err(e) => Err(e),
     };

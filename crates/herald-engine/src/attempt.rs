@@ -3,7 +3,8 @@
 //!
 //! The scheduler makes attempts through the [`Attempter`] trait, so its tests can script
 //! receivers without sockets; [`HttpAttempter`] is the real one.
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use herald_protocols::{classify, AckRule, OutgoingNotification, RetryPolicy, Verdict};
@@ -79,6 +80,48 @@ pub struct HttpAttempter {
     /// The configured time limit of one attempt (the client's); a profile whose provider
     /// allows less (WeChat Pay: 5 s) gets its own, shorter one.
     pub request_timeout: Duration,
+    /// Endpoint URLs already parsed (`UrlCache::default()` to start empty).
+    pub urls: UrlCache,
+}
+
+/// Most URLs an [`UrlCache`] keeps; past that it starts again empty, so a stream of
+/// one-off URLs cannot grow it without bound.
+const URL_CACHE_MAX: usize = 1024;
+
+/// Endpoint URLs as parsed: an endpoint's URL is the same for every attempt, and parsing
+/// it again each time was a measurable share of the engine's CPU. Only URLs that parse,
+/// with an `http`/`https` scheme, are kept; an invalid URL is parsed (and its error built)
+/// at each attempt, as before. The address check of a literal host still runs at each
+/// attempt, on the parsed URL.
+#[derive(Default)]
+pub struct UrlCache {
+    parsed: Mutex<HashMap<Box<str>, reqwest::Url>>,
+}
+
+impl UrlCache {
+    /// `url` parsed, from the cache when it was parsed before; the error text when it is
+    /// not an `http`/`https` URL.
+    fn get(&self, url: &str) -> Result<reqwest::Url, String> {
+        if let Some(u) = self.lock().get(url) {
+            return Ok(u.clone());
+        }
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            Ok(u) => return Err(format!("unsupported URL scheme {:?}", u.scheme())),
+            Err(e) => return Err(format!("invalid URL: {e}")),
+        };
+        let mut map = self.lock();
+        if map.len() >= URL_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(url.into(), parsed.clone());
+        Ok(parsed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, reqwest::Url>> {
+        // The map holds only finished parses: a panic elsewhere cannot leave it half-done.
+        self.parsed.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[async_trait::async_trait]
@@ -128,17 +171,9 @@ impl HttpAttempter {
             }
         };
 
-        let parsed = match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            Ok(u) => {
-                return fail(
-                    "request",
-                    format!("unsupported URL scheme {:?}", u.scheme()),
-                    None,
-                    None,
-                )
-            }
-            Err(e) => return fail("request", format!("invalid URL: {e}"), None, None),
+        let parsed = match self.urls.get(url) {
+            Ok(u) => u,
+            Err(e) => return fail("request", e, None, None),
         };
         // Literal addresses never reach the resolver: check them here.
         let literal = match parsed.host() {
@@ -563,6 +598,7 @@ mod tests {
             store_cap: 256,
             clock: Arc::new(crate::SystemClock),
             request_timeout: config.request_timeout,
+            urls: UrlCache::default(),
         };
         let app = test_app();
         let job = test_job(&app, &url);
@@ -589,5 +625,36 @@ mod tests {
     fn snippet_is_capped() {
         assert_eq!(snippet(b"", 4), None);
         assert_eq!(snippet(b"abcdef", 4).as_deref(), Some("abcd"));
+    }
+
+    #[test]
+    fn url_cache_parses_once_and_keeps_only_http_urls() {
+        let cache = UrlCache::default();
+        let u = cache.get("http://example.com:8080/hook?a=1").unwrap();
+        assert_eq!(u.as_str(), "http://example.com:8080/hook?a=1");
+        assert_eq!(cache.lock().len(), 1);
+        // The second time comes from the cache, equal to a fresh parse.
+        assert_eq!(cache.get("http://example.com:8080/hook?a=1").unwrap(), u);
+        assert_eq!(cache.lock().len(), 1);
+        // Errors read as before and are not kept.
+        assert_eq!(
+            cache.get("ftp://example.com/x").unwrap_err(),
+            "unsupported URL scheme \"ftp\""
+        );
+        assert!(cache
+            .get("not a url")
+            .unwrap_err()
+            .starts_with("invalid URL: "));
+        assert_eq!(cache.lock().len(), 1);
+    }
+
+    #[test]
+    fn url_cache_is_bounded() {
+        let cache = UrlCache::default();
+        for i in 0..URL_CACHE_MAX + 10 {
+            cache.get(&format!("https://h{i}.example/")).unwrap();
+        }
+        assert!(cache.lock().len() <= URL_CACHE_MAX);
+        assert!(!cache.lock().is_empty());
     }
 }

@@ -145,6 +145,7 @@ impl Engine {
             store_cap: config.response_store_cap,
             clock: config.clock.clone(),
             request_timeout: config.request_timeout,
+            urls: Default::default(),
         });
         Ok(Engine::with_attempter(queue, config, attempter, shutdown))
     }

@@ -1,5 +1,5 @@
 //! `herald bench`: the quick run reports every scenario with positive, finite figures in its
-//! JSON; a debug build refuses a full run; `--help` explains every scenario. Nothing about
+//! JSON; e2e reports the process's CPU time per notification; a debug build refuses a full run; `--help` explains every scenario. Nothing about
 //! speed is asserted: a debug build on a shared machine measures nothing worth asserting.
 use std::process::Command;
 
@@ -122,10 +122,72 @@ fn e2e_db_sqlite_measures_on_sqlite_alone() {
     let figures = report["scenarios"]["e2e"]["figures"]
         .as_array()
         .unwrap_or_else(|| panic!("no e2e in {report:#}"));
-    assert_eq!(figures.len(), 1, "{report:#}");
+    assert_eq!(figures.len(), 2, "{report:#}");
     let name = figures[0]["name"].as_str().expect("a figure name");
     assert!(name.starts_with("SQLite"), "{name}");
+    assert_eq!(figures[0]["unit"], "notifications/s", "{report:#}");
     positive(&figures[0]["value"], name);
+}
+
+#[test]
+fn e2e_reports_cpu_time_per_notification_of_each_phase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--quick",
+            "--scenario",
+            "e2e",
+            "--e2e-db",
+            "sqlite",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "herald bench: {}\n{stderr}",
+        out.status
+    );
+    // The table shows it ...
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().any(
+            |l| l.contains("SQLite: CPU time of the whole process per notification")
+                && l.contains("µs CPU/notification")
+        ),
+        "{table}"
+    );
+    // ... and the JSON carries it, positive, with no target of its own.
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--json", "--scenario", "e2e"])
+        .args(["--e2e-db", "sqlite", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald bench");
+    assert!(out.status.success(), "herald bench --json: {}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let figures = report["scenarios"]["e2e"]["figures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no e2e in {report:#}"));
+    let cpu = figures
+        .iter()
+        .find(|f| f["unit"] == "µs CPU/notification")
+        .unwrap_or_else(|| panic!("no CPU figure in {report:#}"));
+    assert!(
+        cpu["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("SQLite")),
+        "{cpu}"
+    );
+    let us = positive(&cpu["value"], "CPU per notification");
+    // At least some work per notification, at most a whole second: a unit slip shows.
+    assert!((1.0..1e6).contains(&us), "{us} µs per notification");
+    assert!(cpu["target"].is_null() && cpu["pass"].is_null(), "{cpu}");
 }
 
 #[test]

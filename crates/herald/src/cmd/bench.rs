@@ -33,7 +33,10 @@ and its target; targets are reported, not enforced):
              node's work). Each PostgreSQL run gets a fresh database on the throwaway
              cluster; with --postgres every run uses that one database, on top of the
              rows the runs before it left. --e2e-db sqlite (or postgres) measures on one
-             database only.
+             database only. Each phase also reports this process's CPU time (user +
+             system, /proc/self/stat) per notification, in µs: producers, API, engine,
+             store and sink together (PostgreSQL's own processes not counted); other
+             work on the machine barely moves it, unlike the rate.
   latency    Accept -> first attempt p50/p99/max while posting at half load (paced, open
              loop): half the delivery rate, or half the ingest rate when that is lower;
              --latency-rate sets another load. Against the ceiling's round trip.

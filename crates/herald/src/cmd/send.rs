@@ -208,6 +208,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<bool> {
         store_cap: config.response_store_cap,
         clock: config.clock.clone(),
         request_timeout: config.request_timeout,
+        urls: Default::default(),
     };
     let mut job = ClaimedDelivery {
         seq: 0,

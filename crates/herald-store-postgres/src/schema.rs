@@ -254,7 +254,7 @@ const MIGRATIONS: &[&str] = &[
     // attempt only in the statement that updated its delivery under the claim (joined to the
     // `UPDATE`'s `RETURNING`). Retention deletes attempts, deliveries and notifications in
     // one statement. Without them a notification's insert touches about 30 buffers instead
-    // of 39 (`pg_stat_statements`, README "Performance").
+    // of 39 (`pg_stat_statements`, docs/performance.md).
     r#"
     ALTER TABLE notifications DROP CONSTRAINT IF EXISTS notifications_app_id_fkey;
     ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_notification_seq_fkey;

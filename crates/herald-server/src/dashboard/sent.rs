@@ -7,7 +7,7 @@
 //! page says so: random nonces (WeChat Pay v3's signature nonce and resource encryption), and
 //! anything derived from credentials rotated since the attempt.
 use herald_protocols::{Credentials, OutgoingNotification, Profile};
-use herald_store::{Delivery, Millis, Notification};
+use herald_store::{Delivery, Notification, UnixMillis};
 
 /// What replaces a masked value.
 pub const MASK: &str = "•••• masked";
@@ -25,7 +25,7 @@ pub fn rebuild(
     credentials: &Credentials,
     n: &Notification,
     d: &Delivery,
-    at: Millis,
+    at: UnixMillis,
 ) -> Result<SentRequest, String> {
     let encoded = profile
         .encode(
@@ -34,8 +34,8 @@ pub fn rebuild(
                 notify_id: &d.notify_id,
                 event_type: &n.event_type,
                 payload: n.payload.as_bytes(),
-                timestamp: herald_store::UnixMillis::new(at).to_seconds(),
-                created_at: herald_store::UnixMillis::new(n.created_at).to_seconds(),
+                timestamp: at.to_seconds(),
+                created_at: n.created_at.to_seconds(),
             },
         )
         .map_err(|e| format!("cannot rebuild the request: {e}"))?;

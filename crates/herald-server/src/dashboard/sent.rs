@@ -172,7 +172,7 @@ mod tests {
             notify_url: None,
             idempotency_key: None,
             order_key: None,
-            created_at: 1_700_000_000_000,
+            created_at: UnixMillis::new(1_700_000_000_000),
         };
         let d = Delivery {
             id: "dlv_1".into(),
@@ -184,10 +184,17 @@ mod tests {
             status: herald_store::DeliveryStatus::Failed,
             attempts: 1,
             next_attempt_at: None,
-            created_at: 1_700_000_000_000,
-            updated_at: 1_700_000_000_000,
+            created_at: UnixMillis::new(1_700_000_000_000),
+            updated_at: UnixMillis::new(1_700_000_000_000),
         };
-        let sent = rebuild(Profile::StandardWebhooks, &creds, &n, &d, 1_700_000_005_000).unwrap();
+        let sent = rebuild(
+            Profile::StandardWebhooks,
+            &creds,
+            &n,
+            &d,
+            UnixMillis::new(1_700_000_005_000),
+        )
+        .unwrap();
         let get = |name: &str| {
             sent.headers
                 .iter()

@@ -229,11 +229,11 @@ impl EndpointHealth {
 /// `5d`, `3h`, `10m`, `42s`: the largest whole unit.
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 86_400 && s % 86_400 == 0 {
+    if s >= 86_400 && s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s >= 3_600 && s % 3_600 == 0 {
+    } else if s >= 3_600 && s.is_multiple_of(3_600) {
         format!("{}h", s / 3_600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

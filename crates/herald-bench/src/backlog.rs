@@ -24,7 +24,7 @@ use super::sink::AckSink;
 use super::Plan;
 
 /// How far ahead the backlog is scheduled: far beyond the engine's in-memory window.
-const AHEAD_MS: i64 = 24 * 3600 * 1000;
+const AHEAD_MS: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<Vec<Figure>> {

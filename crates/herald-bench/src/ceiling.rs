@@ -27,7 +27,7 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<(Ceiling, Vec<Fi
     let (creds, _) = profile
         .create_credentials(&serde_json::Value::Null)
         .context("ceiling credentials")?;
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     let notify_id = profile.new_notify_id();
     let encoded = profile
         .encode(

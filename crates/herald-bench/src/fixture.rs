@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use herald_engine::{Engine, EngineConfig, EngineStats, TargetPolicy};
 use herald_protocols::Profile;
 use herald_store::{
-    App, Endpoint, EventType, NewApp, NewEndpoint, NewNotification, NotifyUrl, Store,
+    App, Endpoint, EventType, NewApp, NewEndpoint, NewNotification, NotifyUrl, Store, UnixMillis,
 };
 use herald_store_sqlite::{Durability, SqliteStore};
 use tokio::sync::oneshot;
@@ -91,7 +91,7 @@ pub async fn create_endpoint(
 
 /// A notification of `app_id` with the bench payload, created at `now`, to `notify_url`
 /// (or to the app's endpoints when `None`).
-pub fn notification(app_id: &str, notify_url: Option<&str>, now: i64) -> NewNotification {
+pub fn notification(app_id: &str, notify_url: Option<&str>, now: UnixMillis) -> NewNotification {
     NewNotification {
         app_id: app_id.into(),
         event_type: EventType::internal(EVENT_TYPE),

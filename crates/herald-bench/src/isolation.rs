@@ -174,7 +174,7 @@ async fn measure(
     // T: far enough ahead for the inserts (at 20,000/s, about half the usual rate).
     let margin = Duration::from_secs(1) + Duration::from_micros(50 * m);
     let t_instant = Instant::now() + margin;
-    let t_ms = herald_engine::now_ms() + margin.as_millis() as i64;
+    let t_ms = herald_engine::now_ms() + margin;
     let app_id = app_id.to_string();
     fixture::insert(
         "isolation: store healthy",

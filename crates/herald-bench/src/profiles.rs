@@ -53,7 +53,7 @@ fn encode_rate(profile: Profile, window: Duration) -> anyhow::Result<f64> {
         .create_credentials(&serde_json::Value::Null)
         .with_context(|| format!("profiles: {} credentials", profile.name()))?;
     let notify_id = profile.new_notify_id();
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     // A dialect (the epay preset) names its amount `money`: the same order in its fields.
     let payload = if profile == Profile::Dialect {
         DIALECT_PAYLOAD

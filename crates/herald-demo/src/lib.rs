@@ -214,7 +214,7 @@ pub async fn start(opts: DemoOptions) -> anyhow::Result<Demo> {
         .context("cannot create the demo app")?;
     let keys = opts
         .profile
-        .receiver_keys_from(&app.credentials, now_ms / 1000)?;
+        .receiver_keys_from(&app.credentials, now_ms.to_seconds().get())?;
     let mut receiver = Receiver::new(opts.profile, keys);
     let (app_id, merchant_id) = expected_ids(&app.credentials);
     if let Some(id) = app_id {

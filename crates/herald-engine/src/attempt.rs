@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use herald_protocols::{classify, AckRule, OutgoingNotification, RetryPolicy, Verdict};
-use herald_store::{AppCtx, Attempt, AttemptOutcome, ClaimedDelivery, EndpointCtx, Millis};
+use herald_store::{AppCtx, Attempt, AttemptOutcome, ClaimedDelivery, EndpointCtx, UnixMillis};
 use rand::Rng;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
@@ -212,8 +212,8 @@ impl HttpAttempter {
                 payload: raw
                     .as_ref()
                     .map_or(job.payload.as_bytes(), |r| r.body.as_slice()),
-                timestamp: herald_store::UnixMillis::new(at).to_seconds(),
-                created_at: herald_store::UnixMillis::new(job.created_at).to_seconds(),
+                timestamp: at.to_seconds(),
+                created_at: job.created_at.to_seconds(),
             },
         ) {
             Ok(mut e) => {
@@ -311,7 +311,7 @@ impl HttpAttempter {
             status,
             &body,
             retry_after.as_deref(),
-            UNIX_EPOCH + Duration::from_millis(self.clock.now().max(0) as u64),
+            UNIX_EPOCH + self.clock.now().saturating_sub(UnixMillis::EPOCH),
         );
         let (error_class, error) = match verdict {
             Verdict::Acked => (None, None),
@@ -344,7 +344,7 @@ pub fn next_outcome(
     verdict: &Verdict,
     attempts_made: u32,
     policy: &RetryPolicy,
-    now: Millis,
+    now: UnixMillis,
     rng: &mut impl Rng,
 ) -> AttemptOutcome {
     let not_before = match verdict {
@@ -354,7 +354,7 @@ pub fn next_outcome(
     };
     match policy.next_delay(attempts_made, rng) {
         Some(delay) => AttemptOutcome::Retry {
-            next_at: now + delay.max(not_before).as_millis() as Millis,
+            next_at: now + delay.max(not_before),
         },
         None => AttemptOutcome::Failed,
     }
@@ -458,15 +458,17 @@ mod tests {
         let p = policy(&[1000]);
         let mut rng = rand::thread_rng();
         assert_eq!(
-            next_outcome(&Verdict::Acked, 1, &p, 0, &mut rng),
+            next_outcome(&Verdict::Acked, 1, &p, UnixMillis::new(0), &mut rng),
             AttemptOutcome::Succeeded
         );
         assert_eq!(
-            next_outcome(&Verdict::Retry, 1, &p, 0, &mut rng),
-            AttemptOutcome::Retry { next_at: 1000 }
+            next_outcome(&Verdict::Retry, 1, &p, UnixMillis::new(0), &mut rng),
+            AttemptOutcome::Retry {
+                next_at: UnixMillis::new(1000)
+            }
         );
         assert_eq!(
-            next_outcome(&Verdict::Retry, 2, &p, 0, &mut rng),
+            next_outcome(&Verdict::Retry, 2, &p, UnixMillis::new(0), &mut rng),
             AttemptOutcome::Failed
         );
     }
@@ -477,13 +479,17 @@ mod tests {
         let mut rng = rand::thread_rng();
         let v = Verdict::RetryNotBefore(Duration::from_secs(30));
         assert_eq!(
-            next_outcome(&v, 1, &p, 5, &mut rng),
-            AttemptOutcome::Retry { next_at: 30_005 }
+            next_outcome(&v, 1, &p, UnixMillis::new(5), &mut rng),
+            AttemptOutcome::Retry {
+                next_at: UnixMillis::new(30_005)
+            }
         );
         let short = Verdict::RetryNotBefore(Duration::from_millis(10));
         assert_eq!(
-            next_outcome(&short, 1, &p, 5, &mut rng),
-            AttemptOutcome::Retry { next_at: 1005 }
+            next_outcome(&short, 1, &p, UnixMillis::new(5), &mut rng),
+            AttemptOutcome::Retry {
+                next_at: UnixMillis::new(1005)
+            }
         );
     }
 
@@ -512,9 +518,9 @@ mod tests {
             url: url.into(),
             event_type: "e".parse().unwrap(),
             payload: Arc::from("{}"),
-            created_at: 0,
+            created_at: UnixMillis::new(0),
             attempts: 0,
-            next_at: 0,
+            next_at: UnixMillis::new(0),
             order_key: None,
         }
     }

@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_store::{BreakerPolicy, Millis, NodeId, Queue};
+use herald_store::{BreakerPolicy, NodeId, Queue, UnixMillis};
 
 pub use ssrf::TargetPolicy;
 
@@ -166,7 +166,7 @@ impl Engine {
 
 /// Where the engine reads the time, in unix milliseconds.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    fn now(&self) -> Millis;
+    fn now(&self) -> UnixMillis;
 }
 
 /// The system's wall clock.
@@ -174,7 +174,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now(&self) -> Millis {
+    fn now(&self) -> UnixMillis {
         now_ms()
     }
 }
@@ -183,13 +183,13 @@ impl Clock for SystemClock {
 /// pause and advance Tokio's time move the engine's time with it.
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
-    start: Millis,
+    start: UnixMillis,
     origin: tokio::time::Instant,
 }
 
 impl TokioClock {
     /// Must be called inside a Tokio runtime.
-    pub fn starting_at(start: Millis) -> TokioClock {
+    pub fn starting_at(start: UnixMillis) -> TokioClock {
         TokioClock {
             start,
             origin: tokio::time::Instant::now(),
@@ -198,8 +198,8 @@ impl TokioClock {
 }
 
 impl Clock for TokioClock {
-    fn now(&self) -> Millis {
-        self.start + self.origin.elapsed().as_millis() as Millis
+    fn now(&self) -> UnixMillis {
+        self.start + self.origin.elapsed()
     }
 }
 
@@ -209,9 +209,6 @@ pub(crate) fn new_node_id() -> NodeId {
 }
 
 /// The wall clock in unix milliseconds.
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+pub fn now_ms() -> UnixMillis {
+    UnixMillis::now()
 }

@@ -50,8 +50,8 @@ use std::time::Duration;
 use herald_store::{
     AppCtx, AttemptOutcome, AttemptReport, BreakerState, ClaimParams, ClaimedDelivery,
     CompleteParams, Completed, DeliveryStatus, EndpointCtx, HealthRecorded, HealthReport,
-    HealthSignal, HealthTransition, HeldParams, Hint, HintReceiver, Lease, LeaseParams, Millis,
-    NodeId, Queue, ReleaseParams, StoreError,
+    HealthSignal, HealthTransition, HeldParams, Hint, HintReceiver, Lease, LeaseParams, NodeId,
+    Queue, ReleaseParams, StoreError, UnixMillis,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -65,8 +65,8 @@ const UNHEALTHY_AFTER: u32 = 5;
 const MSG_BATCH: usize = 1024;
 /// Delay before a job whose outcome could not be recorded is tried again; doubles with each
 /// consecutive storage failure, up to `RECORD_RETRY_MAX`.
-const RECORD_RETRY: Millis = 1_000;
-const RECORD_RETRY_MAX: Millis = 30_000;
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Pauses between tries to record an outcome while the store fails.
 const RECORD_PAUSE_MIN: Duration = Duration::from_millis(250);
 const RECORD_PAUSE_MAX: Duration = Duration::from_secs(4);
@@ -98,7 +98,7 @@ struct Slot {
 struct HealthMemo {
     /// A failure was reported since the last recorded success.
     dirty: bool,
-    success_recorded_at: Option<Millis>,
+    success_recorded_at: Option<UnixMillis>,
     /// A report is being recorded; what comes meanwhile waits in `queued` and goes in the
     /// next report, so an endpoint has one health write in flight at a time.
     recording: bool,
@@ -232,7 +232,7 @@ pub(crate) struct Scheduler {
     node: NodeId,
     /// The node's lease is registered (claims wait until it is).
     registered: bool,
-    timers: BTreeSet<(Millis, i64)>,
+    timers: BTreeSet<(UnixMillis, i64)>,
     jobs: HashMap<i64, Slot>,
     dests: HashMap<Arc<str>, Dest>,
     ready_dests: VecDeque<Arc<str>>,
@@ -311,12 +311,12 @@ impl Scheduler {
         }
     }
 
-    fn lease_ms(&self) -> Millis {
-        self.config.lease.as_millis() as Millis
+    fn lease_ms(&self) -> Duration {
+        self.config.lease
     }
 
-    fn window_ms(&self) -> Millis {
-        self.config.window.as_millis() as Millis
+    fn window_ms(&self) -> Duration {
+        self.config.window
     }
 
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) {
@@ -372,12 +372,12 @@ impl Scheduler {
     }
 
     /// When the loop must look again: the first timer, the next claim, renewal or rescue.
-    fn next_wake(&self, now: Millis) -> Instant {
+    fn next_wake(&self, now: UnixMillis) -> Instant {
         let soon = Instant::now() + Duration::from_millis(1);
         let mut wake = self
             .timers
             .first()
-            .map(|&(t, _)| Instant::now() + Duration::from_millis((t - now).max(0) as u64))
+            .map(|&(t, _)| Instant::now() + t.saturating_sub(now))
             .unwrap_or(Instant::now() + Duration::from_secs(3600));
         if self.registered && !self.claim_pending {
             wake = wake.min(self.next_claim_at.max(soon));
@@ -440,7 +440,7 @@ impl Scheduler {
     }
 
     /// Starts the lease renewal, the rescue of dead nodes' work and claims when they are due.
-    fn maintain(&mut self, now: Millis) {
+    fn maintain(&mut self, now: UnixMillis) {
         let instant = Instant::now();
         if !self.renew_pending && instant >= self.next_renew_at {
             if !self.registered {
@@ -484,7 +484,7 @@ impl Scheduler {
         self.maybe_claim(now);
     }
 
-    fn maybe_claim(&mut self, now: Millis) {
+    fn maybe_claim(&mut self, now: UnixMillis) {
         if !self.registered || self.claim_pending || Instant::now() < self.next_claim_at {
             return;
         }
@@ -666,7 +666,7 @@ impl Scheduler {
     /// Keeps memory bounded. First releases the latest waiting jobs (the store keeps them;
     /// a later claim brings them back). If ready jobs alone exceed the bound (destinations
     /// that cannot keep up), parks the tail of the longest ready queues with a later time.
-    fn keep_memory_bounded(&mut self, now: Millis) {
+    fn keep_memory_bounded(&mut self, now: UnixMillis) {
         let max = self.config.max_in_memory;
         if self.jobs.len() - self.parking <= max {
             return;
@@ -736,11 +736,14 @@ impl Scheduler {
             .parked
             .fetch_add(parked.len() as u64, Ordering::Relaxed);
         // Beyond the claim horizon, so claims do not bring them straight back.
-        self.release(parked, Some(now + self.window_ms() + 1));
+        self.release(
+            parked,
+            Some(now + self.window_ms() + Duration::from_millis(1)),
+        );
     }
 
     /// Gives jobs (already in `Parking` state) back to the store.
-    fn release(&mut self, jobs: Vec<Arc<ClaimedDelivery>>, next_at: Option<Millis>) {
+    fn release(&mut self, jobs: Vec<Arc<ClaimedDelivery>>, next_at: Option<UnixMillis>) {
         self.parking += jobs.len();
         let requested: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
         let params = ReleaseParams {
@@ -908,7 +911,7 @@ impl Scheduler {
         }
         self.record_failures = self.record_failures.saturating_add(1);
         let backoff = RECORD_RETRY
-            .saturating_mul(1 << self.record_failures.min(20))
+            .saturating_mul(1u32 << self.record_failures.min(20))
             .min(RECORD_RETRY_MAX);
         let mut retry = (*job).clone();
         retry.next_at = self.clock.now() + backoff;
@@ -1003,8 +1006,10 @@ impl Scheduler {
                 .endpoints
                 .get(&*endpoint)
                 .is_some_and(|e| e.health.state != BreakerState::Closed);
-            let interval = self.config.success_record_interval.as_millis() as Millis;
-            let due = memo.success_recorded_at.is_none_or(|t| now - t >= interval);
+            let interval = self.config.success_record_interval;
+            let due = memo
+                .success_recorded_at
+                .is_none_or(|t| now.saturating_sub(t) >= interval);
             if !(memo.dirty || unhealthy || due) {
                 return;
             }
@@ -1176,7 +1181,7 @@ impl Scheduler {
     }
 
     /// Moves every job due at `now` to its destination's ready queue.
-    fn promote_due(&mut self, now: Millis) {
+    fn promote_due(&mut self, now: UnixMillis) {
         let mut held_back = Vec::new();
         while let Some(&key) = self.timers.first() {
             if key.0 > now {

@@ -13,7 +13,11 @@ use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy, Verdict};
 use herald_store::*;
 use tokio::sync::mpsc;
 
-const T0: Millis = 1_700_000_000_000;
+const T0: UnixMillis = UnixMillis::new(1_700_000_000_000);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 // --- a queue with the store's rules, in memory ------------------------------------------
 
@@ -22,14 +26,14 @@ struct Row {
     job: Arc<ClaimedDelivery>,
     status: DeliveryStatus,
     attempts: u32,
-    next_at: Millis,
+    next_at: UnixMillis,
     locked_by: Option<NodeId>,
 }
 
 #[derive(Default)]
 struct QueueState {
     rows: BTreeMap<i64, Row>,
-    nodes: HashMap<NodeId, Millis>,
+    nodes: HashMap<NodeId, UnixMillis>,
     /// Every claim's parameters, in order.
     claims: Vec<ClaimParams>,
     /// Claims running right now, and the most that ever ran at once.
@@ -98,7 +102,7 @@ impl FakeQueue {
         self.state().endpoints[id].clone()
     }
 
-    fn claimable(st: &QueueState, row: &Row, now: Millis, horizon: Millis) -> bool {
+    fn claimable(st: &QueueState, row: &Row, now: UnixMillis, horizon: UnixMillis) -> bool {
         row.status == DeliveryStatus::Pending
             && row.locked_by.is_none()
             && row.next_at <= horizon
@@ -142,7 +146,7 @@ impl Queue for FakeQueue {
         }
     }
 
-    async fn rescue(&self, now: Millis) -> Result<u64> {
+    async fn rescue(&self, now: UnixMillis) -> Result<u64> {
         let mut st = self.state();
         st.nodes.retain(|_, until| *until >= now);
         let live: Vec<NodeId> = st.nodes.keys().cloned().collect();
@@ -376,10 +380,10 @@ const GONE: Verdict = Verdict::RetryNotBefore(Duration::from_millis(410_410));
 struct FakeReceiver {
     clock: TokioClock,
     /// (seq, attempt number, time) of every attempt, in order.
-    log: Mutex<Vec<(i64, u32, Millis)>>,
+    log: Mutex<Vec<(i64, u32, UnixMillis)>>,
     script: Mutex<Script>,
     /// Operational notifications received: (event type, URL, JSON body, time); always acked.
-    ops: Mutex<Vec<(String, String, serde_json::Value, Millis)>>,
+    ops: Mutex<Vec<(String, String, serde_json::Value, UnixMillis)>>,
 }
 
 impl FakeReceiver {
@@ -402,18 +406,18 @@ impl FakeReceiver {
     }
 
     /// Attempts made in `[from, to)` (times relative to `T0`, in ms).
-    fn attempts_between(&self, from: Millis, to: Millis) -> usize {
+    fn attempts_between(&self, from: u64, to: u64) -> usize {
         self.attempts()
             .iter()
-            .filter(|a| (T0 + from..T0 + to).contains(&a.2))
+            .filter(|a| (T0 + ms(from)..T0 + ms(to)).contains(&a.2))
             .count()
     }
 
-    fn attempts(&self) -> Vec<(i64, u32, Millis)> {
+    fn attempts(&self) -> Vec<(i64, u32, UnixMillis)> {
         self.log.lock().expect("log").clone()
     }
 
-    fn attempts_of(&self, seq: i64) -> Vec<Millis> {
+    fn attempts_of(&self, seq: i64) -> Vec<UnixMillis> {
         self.attempts()
             .into_iter()
             .filter(|a| a.0 == seq)
@@ -503,7 +507,12 @@ fn app(retry_secs: &[u64]) -> Arc<AppCtx> {
     })
 }
 
-fn job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, order_key: Option<&str>) -> ClaimedDelivery {
+fn job(
+    seq: i64,
+    app: &Arc<AppCtx>,
+    next_at: UnixMillis,
+    order_key: Option<&str>,
+) -> ClaimedDelivery {
     ClaimedDelivery {
         seq,
         id: format!("dlv_{seq}"),
@@ -539,7 +548,7 @@ fn endpoint(id: &str, max_in_flight: u32) -> Endpoint {
     }
 }
 
-fn ep_job(seq: i64, app: &Arc<AppCtx>, next_at: Millis, ep: &Endpoint) -> ClaimedDelivery {
+fn ep_job(seq: i64, app: &Arc<AppCtx>, next_at: UnixMillis, ep: &Endpoint) -> ClaimedDelivery {
     ClaimedDelivery {
         endpoint: Some(Arc::new(EndpointCtx::from_endpoint(ep))),
         ..job(seq, app, next_at, None)
@@ -618,14 +627,14 @@ async fn run_for(d: Duration) {
 async fn a_delivery_is_attempted_when_it_is_due_not_before() {
     let a = app(&[10]);
     let h = Harness::start(acks(), |_| {});
-    h.queue.add(job(1, &a, T0 + 10_000, None));
+    h.queue.add(job(1, &a, T0 + ms(10_000), None));
     run_for(Duration::from_secs(20)).await;
     let at = h.receiver.attempts_of(1);
     assert_eq!(at.len(), 1);
     assert!(
-        (T0 + 10_000..T0 + 10_050).contains(&at[0]),
+        (T0 + ms(10_000)..T0 + ms(10_050)).contains(&at[0]),
         "attempted at +{} ms",
-        at[0] - T0
+        at[0].ms_since(T0)
     );
     assert_eq!(h.queue.status(1), DeliveryStatus::Succeeded);
     h.stop().await;
@@ -635,7 +644,7 @@ async fn a_delivery_is_attempted_when_it_is_due_not_before() {
 async fn work_beyond_the_window_is_claimed_only_once_it_comes_within_it() {
     let a = app(&[10]);
     let h = Harness::start(acks(), |c| c.window = Duration::from_secs(60));
-    h.queue.add(job(1, &a, T0 + 300_000, None));
+    h.queue.add(job(1, &a, T0 + ms(300_000), None));
     run_for(Duration::from_secs(100)).await;
     assert!(h.queue.holder(1).is_none(), "not claimed 200 s ahead");
     assert!(h
@@ -643,11 +652,11 @@ async fn work_beyond_the_window_is_claimed_only_once_it_comes_within_it() {
         .state()
         .claims
         .iter()
-        .all(|c| c.horizon <= c.now + 60_000));
+        .all(|c| c.horizon <= c.now + ms(60_000)));
     run_for(Duration::from_secs(210)).await;
     let at = h.receiver.attempts_of(1);
     assert_eq!(at.len(), 1);
-    assert!(at[0] >= T0 + 300_000);
+    assert!(at[0] >= T0 + ms(300_000));
     h.stop().await;
 }
 
@@ -662,7 +671,7 @@ async fn a_failed_attempt_is_retried_on_the_schedule() {
     run_for(Duration::from_secs(60)).await;
     let at = h.receiver.attempts_of(1);
     assert_eq!(at.len(), 3, "{at:?}");
-    let gaps: Vec<Millis> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let gaps: Vec<i64> = at.windows(2).map(|w| w[1].ms_since(w[0])).collect();
     assert!((5_000..5_100).contains(&gaps[0]), "{gaps:?}");
     assert!((30_000..30_100).contains(&gaps[1]), "{gaps:?}");
     assert_eq!(h.queue.status(1), DeliveryStatus::Failed);
@@ -689,7 +698,11 @@ async fn retry_after_postpones_the_next_attempt_past_the_schedule() {
     run_for(Duration::from_secs(90)).await;
     let at = h.receiver.attempts_of(1);
     assert_eq!(at.len(), 2);
-    assert!(at[1] - at[0] >= 40_000, "{} ms apart", at[1] - at[0]);
+    assert!(
+        at[1].ms_since(at[0]) >= 40_000,
+        "{} ms apart",
+        at[1].ms_since(at[0])
+    );
     assert_eq!(h.queue.status(1), DeliveryStatus::Succeeded);
     h.stop().await;
 }
@@ -726,7 +739,7 @@ async fn a_hint_claims_new_work_before_the_claim_interval() {
     let a = app(&[10]);
     let h = Harness::start(acks(), |c| c.claim_interval = Duration::from_secs(30));
     run_for(Duration::from_secs(1)).await;
-    h.queue.add(job(1, &a, T0 + 1_000, None)); // sends Hint::Work
+    h.queue.add(job(1, &a, T0 + ms(1_000), None)); // sends Hint::Work
     run_for(Duration::from_millis(200)).await;
     let at = h.receiver.attempts_of(1);
     assert_eq!(at.len(), 1, "attempted within 200 ms of the hint, not 30 s");
@@ -779,7 +792,7 @@ async fn a_lost_lease_drops_held_work_and_the_new_node_takes_it_again() {
         c.lease = Duration::from_secs(30);
         c.window = Duration::from_secs(60);
     });
-    queue.add(job(1, &a, T0 + 50_000, None));
+    queue.add(job(1, &a, T0 + ms(50_000), None));
     run_for(Duration::from_secs(2)).await;
     let first = queue.holder(1).expect("claimed ahead of time");
     // Another node rescued this node's work (as after a long pause).
@@ -825,7 +838,7 @@ async fn a_stuck_destination_keeps_memory_bounded_and_its_in_flight_limit() {
 async fn shutdown_gives_back_what_the_node_holds() {
     let a = app(&[10]);
     let h = Harness::start(acks(), |c| c.window = Duration::from_secs(60));
-    h.queue.add(job(1, &a, T0 + 30_000, None));
+    h.queue.add(job(1, &a, T0 + ms(30_000), None));
     run_for(Duration::from_secs(2)).await;
     assert!(h.queue.holder(1).is_some());
     let queue = h.queue.clone();
@@ -902,16 +915,16 @@ async fn one_apps_hanging_destinations_cannot_take_every_global_slot() {
         }
     }
     run_for(Duration::from_secs(1)).await;
-    let mut healthy = job(100_000, &other, T0 + 1_000, None);
+    let mut healthy = job(100_000, &other, T0 + ms(1_000), None);
     healthy.url = "http://healthy.test/hook".into();
     h.queue.add(healthy);
     run_for(Duration::from_millis(500)).await;
     let at = h.receiver.attempts_of(100_000);
     assert_eq!(at.len(), 1, "the healthy app's delivery was attempted");
     assert!(
-        at[0] - (T0 + 1_000) < 50,
+        at[0].ms_since(T0 + ms(1_000)) < 50,
         "within {} ms of being due",
-        at[0] - (T0 + 1_000)
+        at[0].ms_since(T0 + ms(1_000))
     );
     assert_eq!(h.queue.status(100_000), DeliveryStatus::Succeeded);
     let hogging = h
@@ -948,9 +961,9 @@ async fn work_claimed_but_whose_answer_was_lost_is_taken_back_and_sent() {
 fn breaker(c: &mut EngineConfig) {
     c.breaker = BreakerPolicy {
         failure_threshold: 3,
-        cooldown: 60_000,
-        cooldown_max: 120_000,
-        disable_after: 600_000,
+        cooldown: ms(60_000),
+        cooldown_max: ms(120_000),
+        disable_after: ms(600_000),
     };
 }
 
@@ -990,7 +1003,10 @@ async fn the_breaker_opens_after_consecutive_failures_and_one_probe_after_the_co
     assert_eq!(health.state, BreakerState::Open);
     assert_eq!(health.consecutive_failures, 3);
     let until = health.open_until.expect("open until");
-    assert!((T0 + 60_000..T0 + 60_100).contains(&until), "{until}");
+    assert!(
+        (T0 + ms(60_000)..T0 + ms(60_100)).contains(&until),
+        "{until}"
+    );
     for seq in 1..=3 {
         assert_eq!(h.queue.status(seq), DeliveryStatus::Pending);
         assert_eq!(
@@ -1008,7 +1024,7 @@ async fn the_breaker_opens_after_consecutive_failures_and_one_probe_after_the_co
     assert_eq!(health.state, BreakerState::Open);
     assert_eq!(health.times_opened, 2);
     let probe_at = h.receiver.attempts().last().expect("probe").2;
-    assert!(probe_at >= until, "probe at +{} ms", probe_at - T0);
+    assert!(probe_at >= until, "probe at +{} ms", probe_at.ms_since(T0));
 
     // The receiver recovers; the next probe (after 120 s) succeeds and closes the breaker,
     // and the rest follow at once.
@@ -1022,9 +1038,9 @@ async fn the_breaker_opens_after_consecutive_failures_and_one_probe_after_the_co
         .find(|t| *t > probe_at)
         .expect("a second probe");
     assert!(
-        next_probe >= probe_at + 120_000,
+        next_probe >= probe_at + ms(120_000),
         "second probe {} ms after the first",
-        next_probe - probe_at
+        next_probe.ms_since(probe_at)
     );
     for seq in 1..=3 {
         assert_eq!(h.queue.status(seq), DeliveryStatus::Succeeded);
@@ -1104,13 +1120,15 @@ async fn an_endpoint_failing_for_longer_than_the_disable_period_is_disabled() {
     // The first failure was at T0; probes every 60 s, then every 120 s, and the first
     // failed probe at or after 10 minutes disables it.
     assert!(
-        (T0 + 600_000..T0 + 600_000 + 121_000).contains(&disabled_at),
+        (T0 + ms(600_000)..T0 + ms(600_000) + ms(121_000)).contains(&disabled_at),
         "disabled at +{} ms",
-        disabled_at - T0
+        disabled_at.ms_since(T0)
     );
     assert_eq!(
-        h.receiver
-            .attempts_between(disabled_at - T0 + 1, 3 * 3_600_000),
+        h.receiver.attempts_between(
+            disabled_at.saturating_sub(T0).as_millis() as u64 + 1,
+            3 * 3_600_000
+        ),
         0
     );
     // One attempt, then one probe per cool-down: far fewer than the schedule's 1 s retries.

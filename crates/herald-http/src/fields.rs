@@ -1,12 +1,12 @@
 //! Parsing and formatting of the fields several handlers share (times, URLs, bounded text),
 //! at the edge: what passes here is what the store is given.
 use herald_store::fields::check_url;
-use herald_store::Millis;
+use herald_store::UnixMillis;
 
 use crate::error::ApiError;
 
-pub fn rfc3339(ms: Millis) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+pub fn rfc3339(ms: UnixMillis) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms.get()) * 1_000_000)
         .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
@@ -15,9 +15,9 @@ pub fn rfc3339(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-pub fn parse_rfc3339(s: &str) -> Result<Millis, ApiError> {
+pub fn parse_rfc3339(s: &str) -> Result<UnixMillis, ApiError> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as Millis)
+        .map(|t| UnixMillis::new((t.unix_timestamp_nanos() / 1_000_000) as i64))
         .map_err(|e| ApiError::Invalid(format!("{s:?} is not an RFC 3339 time: {e}")))
 }
 

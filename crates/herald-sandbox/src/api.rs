@@ -193,8 +193,6 @@ pub async fn create(
         .transpose()?;
     let drills = check_drills(req.drills.unwrap_or_default())?;
     let now = now_ms();
-    let timeout_ms =
-        i64::try_from(sandbox.inner.unpaid_timeout.as_millis()).unwrap_or(i64::MAX / 2);
     let payment = Payment {
         id: format!("pay_{}", ulid::Ulid::new()),
         app_id: app.id.clone(),
@@ -209,7 +207,7 @@ pub async fn create(
         seller_id: wire::seller_id(&app.id, &app.credentials),
         state: TradeState::WaitBuyerPay,
         created_at: now,
-        expires_at: now.saturating_add(timeout_ms),
+        expires_at: now + sandbox.inner.unpaid_timeout,
         paid_at: None,
         buyer: None,
         finished_at: None,

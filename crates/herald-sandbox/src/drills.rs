@@ -48,7 +48,7 @@ fn one_attempt() -> Option<RetryPolicy> {
 
 /// Credentials with the same public ids as `c` and a different signing key or secret.
 fn foreign_credentials(app: &App) -> Result<Credentials, ApiError> {
-    let now = now_ms() / 1000;
+    let now = now_ms().to_seconds().get();
     let internal = |e: herald_protocols::ProfileError| ApiError::Internal(e.to_string());
     Ok(match &app.credentials {
         Credentials::StandardWebhooks(_) => {

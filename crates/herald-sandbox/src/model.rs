@@ -2,7 +2,7 @@
 //! drills) and the events it emitted. Stored by herald-store as an opaque JSON document next
 //! to the columns it indexes (`sandbox_payments`).
 use herald_protocols::Profile;
-use herald_store::{Millis, SandboxPayment};
+use herald_store::{SandboxPayment, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// A trade's state, named as Alipay names them (the sandbox's lingua franca).
@@ -71,7 +71,7 @@ pub struct Event {
     /// 1, 2, ... in the trade's order.
     pub seq: u32,
     pub kind: EventKind,
-    pub at: Millis,
+    pub at: UnixMillis,
     /// The notification's event type and payload; `None` when the provider sends none.
     pub event_type: Option<String>,
     pub payload: Option<String>,
@@ -142,7 +142,7 @@ pub struct Refund {
     pub amount: i64,
     /// Refunded so far, this refund included when it succeeded.
     pub refunded_total: i64,
-    pub at: Millis,
+    pub at: UnixMillis,
     #[serde(default)]
     pub status: RefundStatus,
 }
@@ -167,17 +167,17 @@ pub struct Payment {
     #[serde(default)]
     pub seller_id: Option<String>,
     pub state: TradeState,
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
     /// When an unpaid trade closes by itself.
-    pub expires_at: Millis,
-    pub paid_at: Option<Millis>,
+    pub expires_at: UnixMillis,
+    pub paid_at: Option<UnixMillis>,
     /// Who paid (set when paid).
     #[serde(default)]
     pub buyer: Option<Buyer>,
     /// When the refund window ended (`TRADE_FINISHED`).
     #[serde(default)]
-    pub finished_at: Option<Millis>,
-    pub closed_at: Option<Millis>,
+    pub finished_at: Option<UnixMillis>,
+    pub closed_at: Option<UnixMillis>,
     pub close_reason: Option<String>,
     #[serde(default)]
     pub refunds: Vec<Refund>,

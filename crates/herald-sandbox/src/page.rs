@@ -19,6 +19,7 @@ use super::model::{Payment, TradeState};
 use super::{money, qr, wire, Sandbox};
 use herald_engine::now_ms;
 use herald_http::error::ApiError;
+use herald_store::UnixMillis;
 
 pub use herald_http::html::escape;
 
@@ -141,9 +142,9 @@ fn render(sandbox: &Sandbox, p: &Payment, merchant: &str, message: Option<&str>)
 }
 
 /// The expiry as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn expiry_text(ms: i64) -> String {
+fn expiry_text(ms: UnixMillis) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+    time::OffsetDateTime::from_unix_timestamp(ms.to_seconds().get())
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_default()

@@ -18,7 +18,7 @@ use herald_engine::now_ms;
 /// How many due payments one pass reads.
 const BATCH: u32 = 64;
 /// How long a payment that could not be closed waits before the next try.
-const RETRY_MS: i64 = 1000;
+const RETRY_MS: Duration = Duration::from_secs(1);
 
 pub async fn run(sandbox: Sandbox, mut stop: watch::Receiver<bool>) {
     loop {
@@ -27,9 +27,7 @@ pub async fn run(sandbox: Sandbox, mut stop: watch::Receiver<bool>) {
         }
         let recheck = sandbox.inner.recheck;
         let sleep = match pass(&sandbox).await {
-            Ok(Some(next)) => {
-                Duration::from_millis(u64::try_from(next - now_ms()).unwrap_or(0)).min(recheck)
-            }
+            Ok(Some(next)) => next.saturating_sub(now_ms()).min(recheck),
             Ok(None) => recheck,
             Err(e) => {
                 tracing::warn!(error = %e, "the sandbox timer cannot read deadlines; retrying");
@@ -49,7 +47,9 @@ pub async fn run(sandbox: Sandbox, mut stop: watch::Receiver<bool>) {
 
 /// Closes the due payments of the earliest batch; returns the next deadline (now when the
 /// batch was full of due ones, so the caller goes again at once).
-async fn pass(sandbox: &Sandbox) -> Result<Option<i64>, herald_store::StoreError> {
+async fn pass(
+    sandbox: &Sandbox,
+) -> Result<Option<herald_store::UnixMillis>, herald_store::StoreError> {
     let rows = sandbox.store().sandbox_deadlines(BATCH).await?;
     let now = now_ms();
     for row in &rows {

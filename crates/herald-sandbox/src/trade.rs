@@ -3,7 +3,7 @@
 //! document and its notifications (atomic, version-checked); the notifications carry the
 //! trade as order key, so one trade's notifications reach the merchant in order.
 use herald_protocols::Profile;
-use herald_store::{App, SandboxWrite, StoreError};
+use herald_store::{App, SandboxWrite, StoreError, UnixMillis};
 use serde_json::Value;
 
 use super::drills::{self, Planned};
@@ -340,7 +340,7 @@ impl Sandbox {
 /// provider sends one. Returns the index of the event to send.
 /// A payment notification held by an out-of-order drill goes first (there will be no refund
 /// to release it).
-fn finish(p: &mut Payment, app: &App, now: i64) -> Vec<usize> {
+fn finish(p: &mut Payment, app: &App, now: UnixMillis) -> Vec<usize> {
     if p.state != TradeState::TradeSuccess {
         return vec![];
     }
@@ -376,7 +376,7 @@ fn new_event(
     p: &Payment,
     app: &App,
     kind: EventKind,
-    now: i64,
+    now: UnixMillis,
     out: Option<Outgoing>,
     note: Option<String>,
 ) -> Event {

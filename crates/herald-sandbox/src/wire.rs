@@ -4,7 +4,7 @@
 //! The profile's `encode` (herald-protocols) turns a payload into the signed wire request.
 use herald_protocols::receive::format_minor;
 use herald_protocols::{alipay, wechatpay_v2, Credentials, Profile, ProfileError};
-use herald_store::Millis;
+use herald_store::UnixMillis;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -20,16 +20,16 @@ pub struct Outgoing {
 
 const CHINA_OFFSET_SECS: i32 = 8 * 3600;
 
-fn china(ms: Millis) -> time::OffsetDateTime {
+fn china(ms: UnixMillis) -> time::OffsetDateTime {
     let offset =
         time::UtcOffset::from_whole_seconds(CHINA_OFFSET_SECS).unwrap_or(time::UtcOffset::UTC);
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+    time::OffsetDateTime::from_unix_timestamp(ms.to_seconds().get())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .to_offset(offset)
 }
 
 /// `yyyy-MM-dd HH:mm:ss` in China time (Alipay's `gmt_*`, `timestamp`).
-pub fn alipay_time(ms: Millis) -> String {
+pub fn alipay_time(ms: UnixMillis) -> String {
     china(ms)
         .format(time::macros::format_description!(
             "[year]-[month]-[day] [hour]:[minute]:[second]"
@@ -39,12 +39,12 @@ pub fn alipay_time(ms: Millis) -> String {
 
 /// `yyyy-MM-dd HH:mm:ss.SSS` in China time (Alipay's `gmt_refund`, which carries
 /// milliseconds: `2019-08-15 15:56:22.123`).
-pub fn alipay_time_ms(ms: Millis) -> String {
-    format!("{}.{:03}", alipay_time(ms), ms.rem_euclid(1000))
+pub fn alipay_time_ms(ms: UnixMillis) -> String {
+    format!("{}.{:03}", alipay_time(ms), ms.get().rem_euclid(1000))
 }
 
 /// `yyyyMMddHHmmss` in China time (WeChat Pay v2's `time_end`).
-fn wechat_compact_time(ms: Millis) -> String {
+fn wechat_compact_time(ms: UnixMillis) -> String {
     china(ms)
         .format(time::macros::format_description!(
             "[year][month][day][hour][minute][second]"
@@ -53,7 +53,7 @@ fn wechat_compact_time(ms: Millis) -> String {
 }
 
 /// RFC 3339 in China time (WeChat Pay v3's `success_time`).
-fn wechat_rfc3339(ms: Millis) -> String {
+fn wechat_rfc3339(ms: UnixMillis) -> String {
     china(ms)
         .format(time::macros::format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second]+08:00"
@@ -61,7 +61,7 @@ fn wechat_rfc3339(ms: Millis) -> String {
         .unwrap_or_default()
 }
 
-fn china_date(ms: Millis) -> String {
+fn china_date(ms: UnixMillis) -> String {
     china(ms)
         .format(time::macros::format_description!("[year][month][day]"))
         .unwrap_or_default()
@@ -83,7 +83,7 @@ fn alphanumeric(n: usize) -> String {
 }
 
 /// The provider's transaction id for a new trade.
-pub fn new_trade_no(profile: Profile, now: Millis) -> String {
+pub fn new_trade_no(profile: Profile, now: UnixMillis) -> String {
     match profile {
         // 2013112011001004330000121536: date, channel, then digits (28 in all).
         Profile::Alipay => format!("{}22001{}", china_date(now), digits(15)),
@@ -100,7 +100,7 @@ pub fn new_trade_no(profile: Profile, now: Millis) -> String {
 }
 
 /// The provider's id for a refund.
-pub fn new_refund_id(profile: Profile, now: Millis) -> String {
+pub fn new_refund_id(profile: Profile, now: UnixMillis) -> String {
     match profile {
         Profile::WechatPayV2 | Profile::WechatPayV3 => {
             format!("5030001{}{}", china_date(now), digits(13))
@@ -236,7 +236,7 @@ fn stripe_intent(p: &Payment, status: &str) -> Value {
         "amount_received": received,
         "currency": p.currency.to_ascii_lowercase(),
         "status": status,
-        "created": p.created_at / 1000,
+        "created": p.created_at.to_seconds().get(),
         "description": p.subject,
         "livemode": false,
         "metadata": {"out_trade_no": p.out_trade_no, "payment_id": p.id},
@@ -320,7 +320,7 @@ pub fn paid(p: &Payment, c: &Credentials) -> Outgoing {
 /// WeChat Pay v3's transaction (the decrypted `TRANSACTION.SUCCESS` resource and the query
 /// answer): state and its description, and once paid the bank, the payer's openid and
 /// `success_time`.
-fn v3_transaction(p: &Payment, c: &Credentials, state: &str, paid_at: Option<Millis>) -> Value {
+fn v3_transaction(p: &Payment, c: &Credentials, state: &str, paid_at: Option<UnixMillis>) -> Value {
     let (appid, mchid) = wechat_ids(c);
     let payer_total = if paid_at.is_some() { p.amount } else { 0 };
     let desc = wechat_trade_state_desc(state);
@@ -623,7 +623,7 @@ fn dialect_payload(p: &Payment, c: &Credentials) -> Value {
 pub fn return_params(
     p: &Payment,
     c: &Credentials,
-    now: Millis,
+    now: UnixMillis,
     existing: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, ProfileError> {
     match c {
@@ -843,9 +843,9 @@ pub fn v3_refund(p: &Payment, r: &Refund) -> Value {
 pub fn v3_response_headers(
     w: &herald_protocols::wechatpay_v3::Credentials,
     body: &str,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Vec<(String, String)>, ProfileError> {
-    let timestamp = (now / 1000).to_string();
+    let timestamp = now.to_seconds().to_string();
     let nonce = alphanumeric(32);
     let message = format!("{timestamp}\n{nonce}\n{body}\n");
     let signature = herald_protocols::keys::sign_sha256_cached(&w.private_key, message.as_bytes())
@@ -870,7 +870,7 @@ pub fn v3_response_headers(
 pub fn trade_query(
     p: &Payment,
     c: &Credentials,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<QueryResponse, ProfileError> {
     match c {
         Credentials::Alipay(a) => {

@@ -248,15 +248,15 @@ pub fn serve_defaults() -> Vec<(&'static str, String)> {
         ),
         (
             "breaker_cooldown",
-            format!("{}s", engine.breaker.cooldown / 1000),
+            format!("{}s", engine.breaker.cooldown.as_secs()),
         ),
         (
             "breaker_cooldown_max",
-            format!("{}s", engine.breaker.cooldown_max / 1000),
+            format!("{}s", engine.breaker.cooldown_max.as_secs()),
         ),
         (
             "disable_after",
-            format!("{}d", engine.breaker.disable_after / 86_400_000),
+            format!("{}d", engine.breaker.disable_after.as_secs() / 86_400),
         ),
     ]
 }
@@ -645,7 +645,6 @@ impl ServeArgs {
             Some(v) if v.trim() == "off" => None,
             Some(v) => Some(duration_setting("retention", &v)?),
         };
-        let ms = |d: Duration| d.as_millis() as herald_store::Millis;
         if let Some(n) = self.breaker_failures {
             if n == 0 {
                 return Err(ConfigError::Zero("breaker_failures"));
@@ -653,16 +652,16 @@ impl ServeArgs {
             engine.breaker.failure_threshold = n;
         }
         if let Some(v) = self.breaker_cooldown {
-            engine.breaker.cooldown = ms(duration_setting("breaker-cooldown", &v)?);
+            engine.breaker.cooldown = duration_setting("breaker-cooldown", &v)?;
         }
         if let Some(v) = self.breaker_cooldown_max {
-            engine.breaker.cooldown_max = ms(duration_setting("breaker-cooldown-max", &v)?);
+            engine.breaker.cooldown_max = duration_setting("breaker-cooldown-max", &v)?;
         }
         if engine.breaker.cooldown_max < engine.breaker.cooldown {
             return Err(ConfigError::CooldownMax);
         }
         if let Some(v) = self.disable_after {
-            engine.breaker.disable_after = ms(duration_setting("disable-after", &v)?);
+            engine.breaker.disable_after = duration_setting("disable-after", &v)?;
         }
         Ok(ServerOptions {
             database,
@@ -707,9 +706,9 @@ mod tests {
         .unwrap();
         assert_eq!(o.retention, Some(Duration::from_secs(90 * 86_400)));
         assert_eq!(o.engine.breaker.failure_threshold, 5);
-        assert_eq!(o.engine.breaker.cooldown, 30_000);
-        assert_eq!(o.engine.breaker.cooldown_max, 7_200_000);
-        assert_eq!(o.engine.breaker.disable_after, 86_400_000);
+        assert_eq!(o.engine.breaker.cooldown, Duration::from_secs(30));
+        assert_eq!(o.engine.breaker.cooldown_max, Duration::from_secs(7_200));
+        assert_eq!(o.engine.breaker.disable_after, Duration::from_secs(86_400));
         let off = ServeArgs {
             retention: Some("off".into()),
             ..Default::default()

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_store::{Millis, PurgeParams, Purged, Store, StoreError};
+use herald_store::{PurgeParams, Purged, Store, StoreError, UnixMillis};
 use tokio::sync::watch;
 
 use crate::metrics::ServerMetrics;
@@ -29,7 +29,7 @@ const FIRST: Duration = Duration::from_secs(10);
 /// or `stop` says so. `on_batch` sees each batch's counts.
 pub async fn purge_before(
     store: &dyn Store,
-    before: Millis,
+    before: UnixMillis,
     mut on_batch: impl FnMut(Purged),
     stop: Option<&watch::Receiver<bool>>,
 ) -> Result<Purged, StoreError> {
@@ -69,7 +69,7 @@ pub fn spawn(
                 _ = stop.wait_for(|s| *s) => return,
             }
             wait = EVERY;
-            let before = crate::clock::now_ms() - retention.as_millis() as Millis;
+            let before = crate::clock::now_ms() - retention;
             match purge_before(
                 store.as_ref(),
                 before,

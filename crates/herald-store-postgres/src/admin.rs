@@ -168,7 +168,7 @@ pub(crate) async fn update_app(inner: &Inner, id: &str, patch: AppPatch) -> Resu
 /// Deletes the app (see `AdminStore::delete_app`). The app row is locked `FOR UPDATE` first:
 /// that waits for notifications being stored for it (they lock it `FOR KEY SHARE`), so their
 /// deliveries are committed and canceled here, and those that come later find it deleted.
-pub(crate) async fn delete_app(inner: &Inner, id: &str, now: Millis) -> Result<Option<u64>> {
+pub(crate) async fn delete_app(inner: &Inner, id: &str, now: UnixMillis) -> Result<Option<u64>> {
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
     let Some(deleted) = delete_app_in(&tx, id, now).await? else {
@@ -194,7 +194,7 @@ pub(crate) struct AppDeleted {
 pub(crate) async fn delete_app_in(
     tx: &impl GenericClient,
     id: &str,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Option<AppDeleted>> {
     let mut out = AppDeleted {
         canceled: 0,
@@ -315,7 +315,7 @@ pub(crate) async fn delete_api_key(inner: &Inner, app_id: &str, id: &str) -> Res
     Ok(n > 0)
 }
 
-pub(crate) async fn touch_api_key(inner: &Inner, id: &str, now: Millis) -> Result<()> {
+pub(crate) async fn touch_api_key(inner: &Inner, id: &str, now: UnixMillis) -> Result<()> {
     let client = inner.client().await?;
     client
         .execute(
@@ -417,7 +417,7 @@ pub(crate) async fn update_endpoint(
     app_id: &str,
     id: &str,
     patch: EndpointPatch,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Option<Endpoint>> {
     let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
@@ -452,7 +452,7 @@ pub(crate) async fn delete_endpoint(
     inner: &Inner,
     app_id: &str,
     id: &str,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<bool> {
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
@@ -787,7 +787,7 @@ pub(crate) async fn existing_by_key(
 pub(crate) async fn retry_delivery(
     inner: &Inner,
     id: &str,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Option<Delivery>> {
     let mut client = inner.client().await?;
     let tx = client.transaction().await.map_err(backend)?;
@@ -856,8 +856,8 @@ pub(crate) async fn retry_delivery(
 pub(crate) async fn recover(
     inner: &Inner,
     app_id: &str,
-    since: Millis,
-    now: Millis,
+    since: UnixMillis,
+    now: UnixMillis,
 ) -> Result<u64> {
     let client = inner.client().await?;
     let row = client
@@ -893,8 +893,8 @@ pub(crate) async fn recover_endpoint(
     inner: &Inner,
     app_id: &str,
     endpoint_id: &str,
-    since: Millis,
-    now: Millis,
+    since: UnixMillis,
+    now: UnixMillis,
 ) -> Result<Option<u64>> {
     let client = inner.client().await?;
     let row = client

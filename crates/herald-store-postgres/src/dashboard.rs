@@ -56,8 +56,8 @@ pub(crate) async fn list_apps(c: &impl GenericClient, page: &ListPage) -> Result
 /// Attempts per minute: a range of `attempts_by_time (at, error_class)`.
 pub(crate) async fn activity(
     c: &impl GenericClient,
-    since: Millis,
-    until: Millis,
+    since: UnixMillis,
+    until: UnixMillis,
 ) -> Result<Vec<MinuteActivity>> {
     let stmt = c
         .prepare_cached(
@@ -85,7 +85,7 @@ pub(crate) async fn activity(
 
 /// Pending and due walk `deliveries_due` (unheld) and `deliveries_held_by_node` (held);
 /// failed walks `deliveries_failed_by_app`. Each stops at the cap.
-pub(crate) async fn queue_counts(c: &impl GenericClient, now: Millis) -> Result<QueueCounts> {
+pub(crate) async fn queue_counts(c: &impl GenericClient, now: UnixMillis) -> Result<QueueCounts> {
     let cap = COUNT_CAP as i64 + 1;
     let stmt = c
         .prepare_cached(
@@ -116,7 +116,7 @@ pub(crate) async fn queue_counts(c: &impl GenericClient, now: Millis) -> Result<
 /// key.
 pub(crate) async fn troubled_endpoints(
     c: &impl GenericClient,
-    since: Millis,
+    since: UnixMillis,
     limit: u32,
 ) -> Result<Vec<EndpointTrouble>> {
     let stmt = c
@@ -172,7 +172,7 @@ pub(crate) async fn endpoint_health(
         .await
         .map_err(backend)?
         .iter()
-        .map(|r| Ok((col::<i64>(r, 0)?, col::<bool>(r, 1)?)))
+        .map(|r| Ok((col::<UnixMillis>(r, 0)?, col::<bool>(r, 1)?)))
         .collect::<Result<Vec<_>>>()?;
     let pending = c
         .prepare_cached(

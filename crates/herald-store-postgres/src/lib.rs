@@ -124,10 +124,7 @@ impl PgStore {
         let listener = hints::start(&inner).await?;
         // Connecting is the one place the driver reads the clock: it stamps the internal
         // apps of ops targets set before migration 8, moved now.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0);
+        let now = UnixMillis::now();
         ops::upgrade_legacy_ops_targets(&inner, now).await?;
         Ok(PgStore { inner, listener })
     }
@@ -223,12 +220,12 @@ impl AdminStore for PgStore {
         app_id: &str,
         id: &str,
         patch: EndpointPatch,
-        now: Millis,
+        now: UnixMillis,
     ) -> Result<Option<Endpoint>> {
         admin::update_endpoint(&self.inner, app_id, id, patch, now).await
     }
 
-    async fn delete_endpoint(&self, app_id: &str, id: &str, now: Millis) -> Result<bool> {
+    async fn delete_endpoint(&self, app_id: &str, id: &str, now: UnixMillis) -> Result<bool> {
         admin::delete_endpoint(&self.inner, app_id, id, now).await
     }
 
@@ -256,11 +253,11 @@ impl AdminStore for PgStore {
         rows::list_attempts(&self.client().await?, id, &page).await
     }
 
-    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
+    async fn retry_delivery(&self, id: &str, now: UnixMillis) -> Result<Option<Delivery>> {
         admin::retry_delivery(&self.inner, id, now).await
     }
 
-    async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64> {
+    async fn recover(&self, app_id: &str, since: UnixMillis, now: UnixMillis) -> Result<u64> {
         admin::recover(&self.inner, app_id, since, now).await
     }
 
@@ -272,7 +269,7 @@ impl AdminStore for PgStore {
         admin::update_app(&self.inner, id, patch).await
     }
 
-    async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>> {
+    async fn delete_app(&self, id: &str, now: UnixMillis) -> Result<Option<u64>> {
         admin::delete_app(&self.inner, id, now).await
     }
 
@@ -280,8 +277,8 @@ impl AdminStore for PgStore {
         &self,
         app_id: &str,
         endpoint_id: &str,
-        since: Millis,
-        now: Millis,
+        since: UnixMillis,
+        now: UnixMillis,
     ) -> Result<Option<u64>> {
         admin::recover_endpoint(&self.inner, app_id, endpoint_id, since, now).await
     }
@@ -293,7 +290,11 @@ impl SessionStore for PgStore {
         sessions::create(&self.inner, new, false).await
     }
 
-    async fn find_session(&self, id_sha256: &str, now: Millis) -> Result<Option<SessionRecord>> {
+    async fn find_session(
+        &self,
+        id_sha256: &str,
+        now: UnixMillis,
+    ) -> Result<Option<SessionRecord>> {
         sessions::find(&self.client().await?, id_sha256, now).await
     }
 
@@ -308,12 +309,12 @@ impl SessionStore for PgStore {
     async fn consume_login_link(
         &self,
         id_sha256: &str,
-        now: Millis,
+        now: UnixMillis,
     ) -> Result<Option<SessionPrincipal>> {
         sessions::consume_link(&self.inner, id_sha256, now).await
     }
 
-    async fn purge_sessions(&self, now: Millis) -> Result<u64> {
+    async fn purge_sessions(&self, now: UnixMillis) -> Result<u64> {
         sessions::purge(&self.inner, now).await
     }
 }
@@ -336,7 +337,7 @@ impl ApiKeyStore for PgStore {
         rows::find_api_key(&self.client().await?, key_sha256).await
     }
 
-    async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
+    async fn touch_api_key(&self, id: &str, now: UnixMillis) -> Result<()> {
         admin::touch_api_key(&self.inner, id, now).await
     }
 }
@@ -355,7 +356,7 @@ impl SourceStore for PgStore {
         sources::list(&self.client().await?, &self.inner.contexts.sealer, &page).await
     }
 
-    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool> {
+    async fn delete_source(&self, id: &str, now: UnixMillis) -> Result<bool> {
         sources::delete(&self.inner, id, now).await
     }
 }
@@ -366,15 +367,19 @@ impl DashboardStore for PgStore {
         dashboard::list_apps(&self.client().await?, &page).await
     }
 
-    async fn activity(&self, since: Millis, until: Millis) -> Result<Vec<MinuteActivity>> {
+    async fn activity(&self, since: UnixMillis, until: UnixMillis) -> Result<Vec<MinuteActivity>> {
         dashboard::activity(&self.client().await?, since, until).await
     }
 
-    async fn queue_counts(&self, now: Millis) -> Result<QueueCounts> {
+    async fn queue_counts(&self, now: UnixMillis) -> Result<QueueCounts> {
         dashboard::queue_counts(&self.client().await?, now).await
     }
 
-    async fn troubled_endpoints(&self, since: Millis, limit: u32) -> Result<Vec<EndpointTrouble>> {
+    async fn troubled_endpoints(
+        &self,
+        since: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<EndpointTrouble>> {
         dashboard::troubled_endpoints(&self.client().await?, since, limit).await
     }
 
@@ -508,7 +513,7 @@ impl Queue for PgStore {
         queue::renew_lease(&self.inner, params).await
     }
 
-    async fn rescue(&self, now: Millis) -> Result<u64> {
+    async fn rescue(&self, now: UnixMillis) -> Result<u64> {
         queue::rescue(&self.inner, now).await
     }
 
@@ -548,7 +553,7 @@ impl OpsStore for PgStore {
         &self,
         app_id: &str,
         target: Option<OpsTarget>,
-        now: Millis,
+        now: UnixMillis,
     ) -> Result<bool> {
         ops::set_app_ops(&self.inner, app_id, target, now).await
     }

@@ -98,7 +98,7 @@ pub(crate) async fn set_app_ops(
     inner: &Inner,
     app_id: &str,
     ops: Option<OpsTarget>,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<bool> {
     let generation = inner.contexts.generation();
     let mut client = inner.client().await?;
@@ -137,7 +137,7 @@ async fn set_app_ops_in(
     sealer: &Sealer,
     app_id: &str,
     ops: Option<OpsTarget>,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Option<OpsChanged>> {
     let Some(row) = tx
         .query_opt(
@@ -250,7 +250,7 @@ async fn set_app_ops_in(
 /// Moves ops targets set before migration 8 (the URL and sealed secret on the app's row)
 /// into internal apps, once at connect. Each app is moved in its own transaction with its
 /// row locked, so nodes starting together move each once.
-pub(crate) async fn upgrade_legacy_ops_targets(inner: &Inner, now: Millis) -> Result<()> {
+pub(crate) async fn upgrade_legacy_ops_targets(inner: &Inner, now: UnixMillis) -> Result<()> {
     let client = inner.client().await?;
     let ids = client
         .query(

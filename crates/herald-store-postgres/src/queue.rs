@@ -261,7 +261,7 @@ pub(crate) async fn renew_lease(inner: &Inner, p: LeaseParams) -> Result<Lease> 
     Ok(if n == 1 { Lease::Held } else { Lease::Lost })
 }
 
-pub(crate) async fn rescue(inner: &Inner, now: Millis) -> Result<u64> {
+pub(crate) async fn rescue(inner: &Inner, now: UnixMillis) -> Result<u64> {
     let client = inner.client().await?;
     // Held by a forgotten node (its row is gone) counts as dead too: nobody renews it.
     let row = client
@@ -299,8 +299,8 @@ async fn claim_in(
     generation: u64,
     tx: &deadpool_postgres::Transaction<'_>,
     node: &str,
-    now: Millis,
-    horizon: Millis,
+    now: UnixMillis,
+    horizon: UnixMillis,
     limit: usize,
     endpoints: &[&str],
     endpointless: bool,
@@ -404,7 +404,7 @@ async fn jobs_from_rows(
     generation: u64,
     c: &impl GenericClient,
     rows: &[Row],
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Vec<Arc<ClaimedDelivery>>> {
     if rows.is_empty() {
         return Ok(Vec::new());

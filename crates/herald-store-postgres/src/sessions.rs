@@ -8,8 +8,8 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
-use herald_store::model::Millis;
 use herald_store::sessions::{NewSession, SessionPrincipal, SessionRecord, PURGE_BATCH};
+use herald_store::UnixMillis;
 use herald_store::{Result, StoreError};
 
 use crate::rows::col;
@@ -87,7 +87,7 @@ pub(crate) async fn create(inner: &Inner, new: NewSession, links: bool) -> Resul
 pub(crate) async fn find(
     c: &impl GenericClient,
     id_sha256: &str,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Option<SessionRecord>> {
     let stmt = c
         .prepare_cached(
@@ -108,7 +108,7 @@ pub(crate) async fn find(
     };
     let principal: String = col(&row, 0)?;
     let app_id: Option<String> = col(&row, 1)?;
-    let (created_at, expires_at): (Millis, Millis) = (col(&row, 2)?, col(&row, 3)?);
+    let (created_at, expires_at): (UnixMillis, UnixMillis) = (col(&row, 2)?, col(&row, 3)?);
     Ok(
         SessionPrincipal::from_columns(&principal, app_id).map(|principal| SessionRecord {
             principal,
@@ -133,7 +133,7 @@ pub(crate) async fn delete(inner: &Inner, id_sha256: &str) -> Result<bool> {
 pub(crate) async fn consume_link(
     inner: &Inner,
     id_sha256: &str,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Option<SessionPrincipal>> {
     let client = inner.client().await?;
     let Some(row) = client
@@ -147,7 +147,7 @@ pub(crate) async fn consume_link(
     else {
         return Ok(None);
     };
-    let expires_at: Millis = col(&row, 2)?;
+    let expires_at: UnixMillis = col(&row, 2)?;
     if expires_at <= now {
         return Ok(None);
     }
@@ -155,7 +155,7 @@ pub(crate) async fn consume_link(
     Ok(SessionPrincipal::from_columns(&principal, col(&row, 1)?))
 }
 
-pub(crate) async fn purge(inner: &Inner, now: Millis) -> Result<u64> {
+pub(crate) async fn purge(inner: &Inner, now: UnixMillis) -> Result<u64> {
     let client = inner.client().await?;
     let batch = i64::from(PURGE_BATCH);
     let mut n = 0;

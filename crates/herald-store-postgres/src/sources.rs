@@ -145,7 +145,7 @@ pub(crate) async fn list(
     })
 }
 
-pub(crate) async fn delete(inner: &Inner, id: &str, now: Millis) -> Result<bool> {
+pub(crate) async fn delete(inner: &Inner, id: &str, now: UnixMillis) -> Result<bool> {
     let row = inner
         .client()
         .await?

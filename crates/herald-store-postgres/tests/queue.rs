@@ -12,8 +12,12 @@ use herald_store::queue::*;
 use herald_store::{AdminStore, EventType, MetaStore, Queue};
 use herald_store_postgres::PgStore;
 
-const T0: Millis = 1_700_000_000_000;
-const LEASE: Millis = 30_000;
+const T0: UnixMillis = UnixMillis::new(1_700_000_000_000);
+const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
+}
 
 /// Two stores (as two nodes would have) on one fresh database, and its URL.
 async fn two_stores() -> (PgStore, PgStore, String) {
@@ -72,7 +76,7 @@ fn notification(app_id: &str, notify_url: Option<&str>) -> NewNotification {
     }
 }
 
-async fn node(store: &PgStore, name: &str, now: Millis) -> NodeId {
+async fn node(store: &PgStore, name: &str, now: UnixMillis) -> NodeId {
     let node: NodeId = Arc::from(name);
     store
         .register_node(
@@ -91,14 +95,14 @@ async fn node(store: &PgStore, name: &str, now: Millis) -> NodeId {
 async fn claim(
     store: &PgStore,
     node: &NodeId,
-    now: Millis,
+    now: UnixMillis,
     limit: usize,
 ) -> Vec<Arc<ClaimedDelivery>> {
     store
         .claim(ClaimParams {
             node: node.clone(),
             now,
-            horizon: now + 60_000,
+            horizon: now + ms(60_000),
             limit,
         })
         .await
@@ -110,7 +114,7 @@ async fn complete(
     node: &NodeId,
     job: &Arc<ClaimedDelivery>,
     outcome: AttemptOutcome,
-    now: Millis,
+    now: UnixMillis,
 ) -> Completed {
     store
         .complete(CompleteParams {
@@ -134,7 +138,7 @@ async fn complete(
                 outcome,
             },
             now,
-            horizon: now + 60_000,
+            horizon: now + ms(60_000),
         })
         .await
         .expect("complete")
@@ -197,7 +201,8 @@ async fn two_nodes_never_claim_the_same_delivery_under_concurrency() {
                 }
                 idle = 0;
                 for job in jobs {
-                    let done = complete(&store, &me, &job, AttemptOutcome::Succeeded, T0 + 1).await;
+                    let done =
+                        complete(&store, &me, &job, AttemptOutcome::Succeeded, T0 + ms(1)).await;
                     assert!(
                         done.applied,
                         "{} was claimed by {me}, so its outcome applies",
@@ -248,7 +253,7 @@ async fn only_one_live_node_at_a_time_holds_an_endpoint() {
     let third = claim(&a, &na, T0, 1).await;
     assert_eq!(third.len(), 1);
     for job in &held {
-        complete(&a, &na, job, AttemptOutcome::Succeeded, T0 + 1).await;
+        complete(&a, &na, job, AttemptOutcome::Succeeded, T0 + ms(1)).await;
     }
     assert!(claim(&b, &nb, T0, 10).await.is_empty(), "a still holds one");
     // a parks the one it holds (no attempt spent): then b may take the endpoint.
@@ -256,7 +261,7 @@ async fn only_one_live_node_at_a_time_holds_an_endpoint() {
         .release(ReleaseParams {
             node: na.clone(),
             jobs: vec![(third[0].seq, third[0].attempts), (held[0].seq, 0)],
-            next_at: Some(T0 + 500),
+            next_at: Some(T0 + ms(500)),
             now: T0,
         })
         .await
@@ -267,7 +272,7 @@ async fn only_one_live_node_at_a_time_holds_an_endpoint() {
         "the ended one is not a's any more"
     );
     let d = a.get_delivery(&third[0].id).await.unwrap().unwrap();
-    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 500));
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + ms(500)));
     assert_eq!(d.delivery.attempts, 0, "parking spends no attempt");
     let taken = claim(&b, &nb, T0, 10).await;
     assert_eq!(
@@ -361,7 +366,7 @@ async fn a_node_above_its_share_hands_an_endpoint_over_once_it_finished_its_part
         .iter()
         .find(|j| j.endpoint.as_ref().unwrap().id != kept_endpoint[0])
         .expect("a held one of the other endpoint");
-    complete(&a, &na, other, AttemptOutcome::Succeeded, T0 + 1).await;
+    complete(&a, &na, other, AttemptOutcome::Succeeded, T0 + ms(1)).await;
     let taken = claim(&b, &nb, T0, 10).await;
     assert_eq!(taken.len(), 3, "the rest of the other endpoint");
     assert_eq!(
@@ -390,29 +395,29 @@ async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
     // Before a's lease ends, nothing is rescued and b gets nothing.
     b.renew_lease(LeaseParams {
         node: nb.clone(),
-        now: T0 + 20_000,
+        now: T0 + ms(20_000),
         lease: LEASE,
     })
     .await
     .unwrap();
-    assert_eq!(b.rescue(T0 + 20_000).await.unwrap(), 0);
-    assert!(claim(&b, &nb, T0 + 20_000, 10).await.is_empty());
+    assert_eq!(b.rescue(T0 + ms(20_000)).await.unwrap(), 0);
+    assert!(claim(&b, &nb, T0 + ms(20_000), 10).await.is_empty());
     // a's lease (T0 + 30 s) ran out: b rescues and takes over.
-    assert_eq!(b.rescue(T0 + 31_000).await.unwrap(), 1);
-    let taken = claim(&b, &nb, T0 + 31_000, 10).await;
+    assert_eq!(b.rescue(T0 + ms(31_000)).await.unwrap(), 1);
+    let taken = claim(&b, &nb, T0 + ms(31_000), 10).await;
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].id, n.deliveries[0].id);
     let lost = a
         .renew_lease(LeaseParams {
             node: na.clone(),
-            now: T0 + 32_000,
+            now: T0 + ms(32_000),
             lease: LEASE,
         })
         .await
         .unwrap();
     assert_eq!(lost, Lease::Lost);
     // a's late outcome is stale: nothing changes, no attempt is recorded.
-    let late = complete(&a, &na, &held[0], AttemptOutcome::Failed, T0 + 33_000).await;
+    let late = complete(&a, &na, &held[0], AttemptOutcome::Failed, T0 + ms(33_000)).await;
     assert!(!late.applied);
     assert_eq!(late.status, Some(DeliveryStatus::Pending));
     let d = a.get_delivery(&n.deliveries[0].id).await.unwrap().unwrap();
@@ -424,27 +429,36 @@ async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
         &nb,
         &taken[0],
         AttemptOutcome::Retry {
-            next_at: T0 + 40_000,
+            next_at: T0 + ms(40_000),
         },
-        T0 + 34_000,
+        T0 + ms(34_000),
     )
     .await;
     assert!(done.applied);
     let again = done.held.expect("still held by b");
-    assert_eq!((again.attempts, again.next_at), (1, T0 + 40_000));
-    assert!(
-        claim(&a, &node(&a, "node_a2", T0 + 35_000).await, T0 + 41_000, 10)
-            .await
-            .is_empty()
-    );
+    assert_eq!((again.attempts, again.next_at), (1, T0 + ms(40_000)));
+    assert!(claim(
+        &a,
+        &node(&a, "node_a2", T0 + ms(35_000)).await,
+        T0 + ms(41_000),
+        10
+    )
+    .await
+    .is_empty());
     // An outcome with an old attempt count is stale too.
     assert!(
-        !complete(&b, &nb, &taken[0], AttemptOutcome::Succeeded, T0 + 41_000)
-            .await
-            .applied
+        !complete(
+            &b,
+            &nb,
+            &taken[0],
+            AttemptOutcome::Succeeded,
+            T0 + ms(41_000)
+        )
+        .await
+        .applied
     );
     assert!(
-        complete(&b, &nb, &again, AttemptOutcome::Succeeded, T0 + 41_000)
+        complete(&b, &nb, &again, AttemptOutcome::Succeeded, T0 + ms(41_000))
             .await
             .applied
     );
@@ -474,9 +488,9 @@ async fn an_ordered_successor_is_claimed_with_the_outcome_that_frees_it() {
         &na,
         &first[0],
         AttemptOutcome::Retry {
-            next_at: T0 + 5_000,
+            next_at: T0 + ms(5_000),
         },
-        T0 + 1,
+        T0 + ms(1),
     )
     .await;
     assert!(retried.successor.is_none(), "a retry does not end it");
@@ -485,13 +499,13 @@ async fn an_ordered_successor_is_claimed_with_the_outcome_that_frees_it() {
         &na,
         &retried.held.unwrap(),
         AttemptOutcome::Succeeded,
-        T0 + 6_000,
+        T0 + ms(6_000),
     )
     .await;
     let next = done.successor.expect("the successor, claimed for a");
     assert_eq!(next.id, n2.deliveries[0].id);
     assert!(
-        claim(&b, &nb, T0 + 6_000, 10).await.is_empty(),
+        claim(&b, &nb, T0 + ms(6_000), 10).await.is_empty(),
         "a holds it"
     );
 }
@@ -519,7 +533,7 @@ async fn hints_reach_the_other_node() {
             max_in_flight: Some(3),
             ..Default::default()
         },
-        T0 + 1,
+        T0 + ms(1),
     )
     .await
     .unwrap();
@@ -543,18 +557,18 @@ async fn hints_reach_the_other_node() {
     assert_eq!(app_ctx.credentials, creds);
 
     // A manual retry of a held delivery revokes it from its holder.
-    a.retry_delivery(&jobs[0].id, T0 + 2).await.unwrap();
+    a.retry_delivery(&jobs[0].id, T0 + ms(2)).await.unwrap();
     let Hint::Revoked(seqs) = next_hint(&mut hints, |h| matches!(h, Hint::Revoked(_))).await else {
         unreachable!()
     };
     assert_eq!(seqs, vec![jobs[0].seq]);
-    let stale = complete(&b, &nb, &jobs[0], AttemptOutcome::Succeeded, T0 + 3).await;
+    let stale = complete(&b, &nb, &jobs[0], AttemptOutcome::Succeeded, T0 + ms(3)).await;
     assert!(!stale.applied, "no longer held by b");
 
     // Deleting the endpoint cancels what b holds, and says so.
-    let again = claim(&b, &nb, T0 + 2, 10).await;
+    let again = claim(&b, &nb, T0 + ms(2), 10).await;
     assert_eq!(again.len(), 1);
-    assert!(a.delete_endpoint(&ap.id, &ep.id, T0 + 4).await.unwrap());
+    assert!(a.delete_endpoint(&ap.id, &ep.id, T0 + ms(4)).await.unwrap());
     let (mut revoked, mut deleted) = (None, None);
     while revoked.is_none() || deleted.is_none() {
         match next_hint(&mut hints, |h| {
@@ -1060,7 +1074,7 @@ async fn ping_answers_while_every_pooled_connection_is_busy() {
                 max_in_flight: Some(i + 1),
                 ..Default::default()
             };
-            store.update_endpoint(&app_id, &id, patch, T0 + 1).await
+            store.update_endpoint(&app_id, &id, patch, T0 + ms(1)).await
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1102,7 +1116,7 @@ async fn one_node_drains_a_backlog_with_outcomes_in_flight_together() {
         }
         let outcomes = jobs
             .iter()
-            .map(|job| complete(&a, &me, job, AttemptOutcome::Succeeded, T0 + 1));
+            .map(|job| complete(&a, &me, job, AttemptOutcome::Succeeded, T0 + ms(1)));
         for c in futures_util::future::join_all(outcomes).await {
             assert!(c.applied);
             done += 1;
@@ -1205,25 +1219,32 @@ async fn outcomes_recorded_together_each_apply_only_under_their_claim() {
     let stranger = node(&a, "node_x", T0).await;
     let jobs = claim(&a, &me, T0, 5 * EACH).await;
     assert_eq!(jobs.len(), 5 * EACH);
-    let retry_at = T0 + 30_000;
+    let retry_at = T0 + ms(30_000);
     let calls = jobs.iter().enumerate().map(|(i, job)| {
         let (a, me, stranger) = (a.clone(), me.clone(), stranger.clone());
         let job = job.clone();
         async move {
             match i % 5 {
-                0 => complete(&a, &me, &job, AttemptOutcome::Succeeded, T0 + 1).await,
-                1 => complete(&a, &me, &job, AttemptOutcome::Failed, T0 + 1).await,
+                0 => complete(&a, &me, &job, AttemptOutcome::Succeeded, T0 + ms(1)).await,
+                1 => complete(&a, &me, &job, AttemptOutcome::Failed, T0 + ms(1)).await,
                 2 => {
                     let outcome = AttemptOutcome::Retry { next_at: retry_at };
-                    complete(&a, &me, &job, outcome, T0 + 1).await
+                    complete(&a, &me, &job, outcome, T0 + ms(1)).await
                 }
                 3 => {
                     // As if this node had already recorded an attempt it since forgot.
                     let mut stale = (*job).clone();
                     stale.attempts = 3;
-                    complete(&a, &me, &Arc::new(stale), AttemptOutcome::Succeeded, T0 + 1).await
+                    complete(
+                        &a,
+                        &me,
+                        &Arc::new(stale),
+                        AttemptOutcome::Succeeded,
+                        T0 + ms(1),
+                    )
+                    .await
                 }
-                _ => complete(&a, &stranger, &job, AttemptOutcome::Succeeded, T0 + 1).await,
+                _ => complete(&a, &stranger, &job, AttemptOutcome::Succeeded, T0 + ms(1)).await,
             }
         }
     });
@@ -1273,7 +1294,7 @@ async fn outcomes_recorded_together_each_apply_only_under_their_claim() {
             )
             .await
             .expect("read the delivery");
-        let got: (String, i32, Option<i64>, Option<String>, i64) =
+        let got: (String, i32, Option<UnixMillis>, Option<String>, i64) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         let want = match i % 5 {
             0 => ("succeeded".to_string(), 1, None, None, 1),

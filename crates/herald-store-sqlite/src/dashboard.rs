@@ -58,8 +58,8 @@ pub(crate) fn list_apps(conn: &Connection, page: &ListPage) -> Result<Page<AppSu
 /// Attempts per minute: a range of `attempts_by_time (at, error_class)`, index only.
 pub(crate) fn activity(
     conn: &Connection,
-    since: Millis,
-    until: Millis,
+    since: UnixMillis,
+    until: UnixMillis,
 ) -> Result<Vec<MinuteActivity>> {
     let mut stmt = conn
         .prepare_cached(
@@ -85,7 +85,7 @@ pub(crate) fn activity(
 /// Pending and due walk the partial index `deliveries_due (next_at, seq) WHERE pending`;
 /// held walks `deliveries_held` plus the due index for ad-hoc deliveries; failed walks
 /// `deliveries_failed_by_app`. Each stops at the cap.
-pub(crate) fn queue_counts(conn: &Connection, now: Millis) -> Result<QueueCounts> {
+pub(crate) fn queue_counts(conn: &Connection, now: UnixMillis) -> Result<QueueCounts> {
     let cap = COUNT_CAP as i64 + 1;
     Ok(QueueCounts {
         pending: capped(
@@ -116,7 +116,7 @@ pub(crate) fn queue_counts(conn: &Connection, now: Millis) -> Result<QueueCounts
 /// key.
 pub(crate) fn troubled_endpoints(
     conn: &Connection,
-    since: Millis,
+    since: UnixMillis,
     limit: u32,
 ) -> Result<Vec<EndpointTrouble>> {
     let mut stmt = conn
@@ -160,7 +160,7 @@ pub(crate) fn endpoint_health(conn: &Connection, endpoint_id: &str) -> Result<En
         .map_err(backend)?;
     let attempts = stmt
         .query_map(params![endpoint_id, HEALTH_DELIVERIES], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))
+            Ok((r.get::<_, UnixMillis>(0)?, r.get::<_, bool>(1)?))
         })
         .map_err(backend)?
         .collect::<rusqlite::Result<Vec<_>>>()
@@ -176,7 +176,7 @@ pub(crate) fn endpoint_health(conn: &Connection, endpoint_id: &str) -> Result<En
 }
 
 /// Health from attempts newest first: `(at, acknowledged)`.
-pub(crate) fn health_of(attempts: &[(Millis, bool)]) -> EndpointRecent {
+pub(crate) fn health_of(attempts: &[(UnixMillis, bool)]) -> EndpointRecent {
     EndpointRecent {
         last_attempt_at: attempts.first().map(|(at, _)| *at),
         last_success_at: attempts.iter().find(|(_, ok)| *ok).map(|(at, _)| *at),
@@ -240,11 +240,11 @@ pub(crate) fn search_notifications(
     }
     if let Some(from) = q.from {
         filters.push("n.created_at >= ?".into());
-        args.push(Value::Integer(from));
+        args.push(Value::Integer(from.get()));
     }
     if let Some(until) = q.until {
         filters.push("n.created_at < ?".into());
-        args.push(Value::Integer(until));
+        args.push(Value::Integer(until.get()));
     }
     match q.status {
         None => {}

@@ -206,10 +206,7 @@ impl SqliteStore {
         let mut writer = Writer::new(conn, hints.clone(), sealer.clone());
         // Opening is the one place a driver reads the clock: it stamps the internal apps of
         // ops targets set before migration 8, moved now.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0);
+        let now = UnixMillis::now();
         writer.upgrade_legacy_ops_targets(now)?;
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
@@ -247,7 +244,7 @@ impl Queue for SqliteStore {
         self.call(|r| Op::RenewLease(params, r)).await
     }
 
-    async fn rescue(&self, now: Millis) -> Result<u64> {
+    async fn rescue(&self, now: UnixMillis) -> Result<u64> {
         self.call(|r| Op::Rescue(now, r)).await
     }
 
@@ -278,7 +275,12 @@ impl Queue for SqliteStore {
 
 #[async_trait]
 impl OpsStore for SqliteStore {
-    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>, now: Millis) -> Result<bool> {
+    async fn set_app_ops(
+        &self,
+        app_id: &str,
+        ops: Option<OpsTarget>,
+        now: UnixMillis,
+    ) -> Result<bool> {
         let app_id = app_id.to_string();
         self.call(|r| Op::SetAppOps(app_id, ops, now, r)).await
     }
@@ -358,7 +360,7 @@ impl AdminStore for SqliteStore {
         app_id: &str,
         id: &str,
         patch: EndpointPatch,
-        now: Millis,
+        now: UnixMillis,
     ) -> Result<Option<Endpoint>> {
         let (app_id, id) = (app_id.to_string(), id.to_string());
         self.call(|reply| Op::UpdateEndpoint {
@@ -371,7 +373,7 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn delete_endpoint(&self, app_id: &str, id: &str, now: Millis) -> Result<bool> {
+    async fn delete_endpoint(&self, app_id: &str, id: &str, now: UnixMillis) -> Result<bool> {
         let (app_id, id) = (app_id.to_string(), id.to_string());
         self.call(|reply| Op::DeleteEndpoint {
             app_id,
@@ -418,13 +420,13 @@ impl AdminStore for SqliteStore {
             .await
     }
 
-    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>> {
+    async fn retry_delivery(&self, id: &str, now: UnixMillis) -> Result<Option<Delivery>> {
         let id = id.to_string();
         self.call(|reply| Op::RetryDelivery { id, now, reply })
             .await
     }
 
-    async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64> {
+    async fn recover(&self, app_id: &str, since: UnixMillis, now: UnixMillis) -> Result<u64> {
         let app_id = app_id.to_string();
         self.call(|reply| Op::Recover {
             app_id,
@@ -447,7 +449,7 @@ impl AdminStore for SqliteStore {
         self.call(|r| Op::UpdateApp(id, patch, r)).await
     }
 
-    async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>> {
+    async fn delete_app(&self, id: &str, now: UnixMillis) -> Result<Option<u64>> {
         let id = id.to_string();
         self.call(|r| Op::DeleteApp(id, now, r)).await
     }
@@ -456,8 +458,8 @@ impl AdminStore for SqliteStore {
         &self,
         app_id: &str,
         endpoint_id: &str,
-        since: Millis,
-        now: Millis,
+        since: UnixMillis,
+        now: UnixMillis,
     ) -> Result<Option<u64>> {
         let (app_id, endpoint_id) = (app_id.to_string(), endpoint_id.to_string());
         self.call(|reply| Op::RecoverEndpoint {
@@ -478,7 +480,11 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn find_session(&self, id_sha256: &str, now: Millis) -> Result<Option<SessionRecord>> {
+    async fn find_session(
+        &self,
+        id_sha256: &str,
+        now: UnixMillis,
+    ) -> Result<Option<SessionRecord>> {
         let id = id_sha256.to_string();
         self.readers
             .read(move |c| sessions::find_session(c, &id, now))
@@ -497,13 +503,13 @@ impl SessionStore for SqliteStore {
     async fn consume_login_link(
         &self,
         id_sha256: &str,
-        now: Millis,
+        now: UnixMillis,
     ) -> Result<Option<SessionPrincipal>> {
         let id = id_sha256.to_string();
         self.call(|r| Op::ConsumeLoginLink(id, now, r)).await
     }
 
-    async fn purge_sessions(&self, now: Millis) -> Result<u64> {
+    async fn purge_sessions(&self, now: UnixMillis) -> Result<u64> {
         self.call(|r| Op::PurgeSessions(now, r)).await
     }
 }
@@ -533,7 +539,7 @@ impl ApiKeyStore for SqliteStore {
             .await
     }
 
-    async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()> {
+    async fn touch_api_key(&self, id: &str, now: UnixMillis) -> Result<()> {
         let id = id.to_string();
         self.call(|r| Op::TouchApiKey(id, now, r)).await
     }
@@ -559,7 +565,7 @@ impl SourceStore for SqliteStore {
             .await
     }
 
-    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool> {
+    async fn delete_source(&self, id: &str, now: UnixMillis) -> Result<bool> {
         let id = id.to_string();
         self.call(|reply| Op::DeleteSource { id, now, reply }).await
     }
@@ -573,19 +579,23 @@ impl DashboardStore for SqliteStore {
             .await
     }
 
-    async fn activity(&self, since: Millis, until: Millis) -> Result<Vec<MinuteActivity>> {
+    async fn activity(&self, since: UnixMillis, until: UnixMillis) -> Result<Vec<MinuteActivity>> {
         self.readers
             .read(move |c| dashboard::activity(c, since, until))
             .await
     }
 
-    async fn queue_counts(&self, now: Millis) -> Result<QueueCounts> {
+    async fn queue_counts(&self, now: UnixMillis) -> Result<QueueCounts> {
         self.readers
             .read(move |c| dashboard::queue_counts(c, now))
             .await
     }
 
-    async fn troubled_endpoints(&self, since: Millis, limit: u32) -> Result<Vec<EndpointTrouble>> {
+    async fn troubled_endpoints(
+        &self,
+        since: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<EndpointTrouble>> {
         self.readers
             .read(move |c| dashboard::troubled_endpoints(c, since, limit))
             .await

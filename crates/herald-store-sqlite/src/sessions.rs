@@ -4,16 +4,16 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema::backend;
-use herald_store::model::Millis;
 use herald_store::sessions::{SessionPrincipal, SessionRecord};
 use herald_store::Result;
+use herald_store::UnixMillis;
 
 pub(crate) fn find_session(
     conn: &Connection,
     id_sha256: &str,
-    now: Millis,
+    now: UnixMillis,
 ) -> Result<Option<SessionRecord>> {
-    let row: Option<(String, Option<String>, Millis, Millis)> = conn
+    let row: Option<(String, Option<String>, UnixMillis, UnixMillis)> = conn
         .prepare_cached(
             "SELECT s.principal, s.app_id, s.created_at, s.expires_at FROM dashboard_sessions s
              WHERE s.id_sha256 = ?1 AND s.expires_at > ?2

@@ -1,6 +1,6 @@
 //! Runs the store conformance suite against the SQLite driver, plus what only a file-backed
 //! driver can show (data survives reopening).
-use herald_store::MetaStore;
+use herald_store::{MetaStore, UnixMillis};
 use herald_store_sqlite::{Durability, SqliteStore};
 
 async fn fresh() -> SqliteStore {
@@ -106,7 +106,7 @@ async fn an_ops_target_stored_before_migration_8_is_moved_into_an_internal_app_a
                 retry: None,
                 ack: None,
                 credentials: creds.clone(),
-                now: 1_700_000_000_000,
+                now: UnixMillis::new(1_700_000_000_000),
             })
             .await
             .unwrap();
@@ -158,7 +158,11 @@ mod single_process {
     use herald_store::*;
     use herald_store_sqlite::{Durability, SqliteStore};
 
-    const T0: Millis = 1_700_000_000_000;
+    const T0: UnixMillis = UnixMillis::new(1_700_000_000_000);
+
+    fn ms(n: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(n)
+    }
 
     async fn app_and_node(store: &SqliteStore, claim_new: bool) -> (App, NodeId) {
         let app = store
@@ -183,7 +187,7 @@ mod single_process {
                 LeaseParams {
                     node: node.clone(),
                     now: T0,
-                    lease: 30_000,
+                    lease: ms(30_000),
                 },
                 claim_new,
             )
@@ -224,7 +228,7 @@ mod single_process {
         let claim = ClaimParams {
             node,
             now: T0,
-            horizon: T0 + 60_000,
+            horizon: T0 + ms(60_000),
             limit: 10,
         };
         assert!(
@@ -277,7 +281,7 @@ mod single_process {
                 LeaseParams {
                     node: node.clone(),
                     now: T0,
-                    lease: 30_000,
+                    lease: ms(30_000),
                 },
                 false,
             )
@@ -287,7 +291,7 @@ mod single_process {
             .claim(ClaimParams {
                 node,
                 now: T0,
-                horizon: T0 + 60_000,
+                horizon: T0 + ms(60_000),
                 limit: 10,
             })
             .await
@@ -338,7 +342,7 @@ async fn store_with_app() -> (SqliteStore, std::path::PathBuf, herald_store::App
             credentials: Credentials::StandardWebhooks(Keys::single(
                 "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
             )),
-            now: 1_700_000_000_000,
+            now: UnixMillis::new(1_700_000_000_000),
         })
         .await
         .unwrap();
@@ -353,7 +357,7 @@ fn to_url(app_id: &str, url: &str) -> herald_store::NewNotification {
         notify_url: Some(url.parse().unwrap()),
         idempotency_key: None,
         order_key: None,
-        now: 1_700_000_000_000,
+        now: UnixMillis::new(1_700_000_000_000),
     }
 }
 

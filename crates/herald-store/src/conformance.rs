@@ -4,6 +4,7 @@
 //! [`conformance_tests!`](crate::conformance_tests), which turns every case below into a
 //! `#[tokio::test]`. Cases panic (assert) on a violation.
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_protocols::standard_webhooks::{KeyEntry, Keys};
 use herald_protocols::{Credentials, Profile, RetryPolicy};
@@ -90,7 +91,11 @@ macro_rules! conformance_tests {
     };
 }
 
-const T0: Millis = 1_700_000_000_000;
+const T0: UnixMillis = UnixMillis::new(1_700_000_000_000);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 fn creds() -> Credentials {
     Credentials::StandardWebhooks(Keys {
@@ -147,9 +152,9 @@ fn new_notification(app_id: &str, event_type: &str) -> NewNotification {
 }
 
 /// The lease every case's nodes take (30 s from `T0`).
-const LEASE: Millis = 30_000;
+const LEASE: Duration = Duration::from_secs(30);
 /// How far ahead nodes hold work in these cases.
-const HORIZON: Millis = T0 + 60_000;
+const HORIZON: UnixMillis = UnixMillis::new(T0.get() + 60_000);
 
 /// Registers a node (without claims at birth, so every driver behaves alike here).
 async fn node(store: &impl Store, name: &str) -> NodeId {
@@ -171,8 +176,8 @@ async fn node(store: &impl Store, name: &str) -> NodeId {
 async fn claim_at(
     store: &impl Store,
     node: &NodeId,
-    now: Millis,
-    horizon: Millis,
+    now: UnixMillis,
+    horizon: UnixMillis,
 ) -> Vec<Arc<ClaimedDelivery>> {
     store
         .claim(ClaimParams {
@@ -195,7 +200,7 @@ fn report(job: &Arc<ClaimedDelivery>, outcome: AttemptOutcome) -> AttemptReport 
         job: job.clone(),
         attempt: Attempt {
             n: job.attempts + 1,
-            at: T0 + 1000,
+            at: T0 + ms(1000),
             duration_ms: 12,
             status_code: Some(if outcome == AttemptOutcome::Succeeded {
                 200
@@ -224,7 +229,7 @@ async fn complete(
         .complete(CompleteParams {
             node: node.clone(),
             report: report(job, outcome),
-            now: T0 + 1000,
+            now: T0 + ms(1000),
             horizon: HORIZON,
         })
         .await
@@ -284,7 +289,7 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
                 event_types: Some(Some(vec!["trade.*".into()])),
                 ..Default::default()
             },
-            T0 + 5,
+            T0 + ms(5),
         )
         .await
         .unwrap()
@@ -292,7 +297,7 @@ pub async fn endpoint_crud_works_and_missing_app_is_not_found(store: &impl Store
     assert_eq!(patched.url, "https://example.com/v2");
     assert_eq!(patched.max_in_flight, 2);
     assert_eq!(patched.event_types, Some(vec!["trade.*".to_string()]));
-    assert_eq!(patched.updated_at, T0 + 5);
+    assert_eq!(patched.updated_at, T0 + ms(5));
     assert_eq!(
         store.get_endpoint(&a.id, &ep.id).await.unwrap(),
         Some(patched)
@@ -571,7 +576,7 @@ pub async fn an_order_key_and_an_endpoint_url_read_back_equal(store: &impl Store
                 url: Some(moved.clone()),
                 ..Default::default()
             },
-            T0 + 1,
+            T0 + ms(1),
         )
         .await
         .unwrap()
@@ -669,7 +674,9 @@ pub async fn ordered_endpoint_releases_next_delivery_only_when_previous_ends(sto
         store,
         &n1,
         &jobs[0],
-        AttemptOutcome::Retry { next_at: T0 + 5000 },
+        AttemptOutcome::Retry {
+            next_at: T0 + ms(5000),
+        },
     )
     .await;
     assert!(done.applied);
@@ -729,7 +736,7 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
         &n1,
         &job,
         AttemptOutcome::Retry {
-            next_at: T0 + 50_000,
+            next_at: T0 + ms(50_000),
         },
     )
     .await;
@@ -737,7 +744,7 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
     assert_eq!(done.status, Some(DeliveryStatus::Pending));
     let job = done.held.expect("held: due within the horizon");
     assert_eq!(job.attempts, 1);
-    assert_eq!(job.next_at, T0 + 50_000);
+    assert_eq!(job.next_at, T0 + ms(50_000));
     let d = store
         .get_delivery(&n.deliveries[0].id)
         .await
@@ -745,7 +752,7 @@ pub async fn attempt_outcomes_move_delivery_state(store: &impl Store) {
         .unwrap();
     assert_eq!(d.delivery.status, DeliveryStatus::Pending);
     assert_eq!(d.delivery.attempts, 1);
-    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 50_000));
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + ms(50_000)));
     assert_eq!(d.attempts.len(), 1);
     assert_eq!(d.attempts[0].status_code, Some(500));
     assert_eq!(d.attempts[0].error_class.as_deref(), Some("http-status"));
@@ -800,7 +807,7 @@ pub async fn claim_takes_due_work_in_key_order_up_to_the_horizon(store: &impl St
         let n = store
             .create_notification(NewNotification {
                 notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-                now: T0 + i,
+                now: T0 + ms(i),
                 ..new_notification(&a.id, "e")
             })
             .await
@@ -810,7 +817,7 @@ pub async fn claim_takes_due_work_in_key_order_up_to_the_horizon(store: &impl St
     let params = |limit| ClaimParams {
         node: n1.clone(),
         now: T0,
-        horizon: T0 + 3,
+        horizon: T0 + ms(3),
         limit,
     };
     let first = store.claim(params(2)).await.unwrap();
@@ -942,20 +949,30 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
         lease: LEASE,
     };
     assert_eq!(
-        store.renew_lease(renew(&n2, T0 + 20_000)).await.unwrap(),
+        store
+            .renew_lease(renew(&n2, T0 + ms(20_000)))
+            .await
+            .unwrap(),
         Lease::Held
     );
-    assert_eq!(store.rescue(T0 + LEASE - 1).await.unwrap(), 0, "not yet");
-    assert!(claim_at(store, &n2, T0 + LEASE - 1, HORIZON)
+    assert_eq!(
+        store.rescue(T0 + LEASE - ms(1)).await.unwrap(),
+        0,
+        "not yet"
+    );
+    assert!(claim_at(store, &n2, T0 + LEASE - ms(1), HORIZON)
         .await
         .is_empty());
-    assert_eq!(store.rescue(T0 + LEASE + 1).await.unwrap(), 1);
-    let taken = claim_at(store, &n2, T0 + LEASE + 1, HORIZON).await;
+    assert_eq!(store.rescue(T0 + LEASE + ms(1)).await.unwrap(), 1);
+    let taken = claim_at(store, &n2, T0 + LEASE + ms(1), HORIZON).await;
     assert_eq!(ids(&taken), ids(&held));
     assert_eq!(taken[0].attempts, 0);
     // The dead node learns it lost everything, and its late outcome is stale.
     assert_eq!(
-        store.renew_lease(renew(&n1, T0 + LEASE + 2)).await.unwrap(),
+        store
+            .renew_lease(renew(&n1, T0 + LEASE + ms(2)))
+            .await
+            .unwrap(),
         Lease::Lost
     );
     let done = complete(store, &n1, &held[0], AttemptOutcome::Succeeded).await;
@@ -968,7 +985,7 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
         .await
         .unwrap();
     assert!(
-        claim_at(store, &n1, T0 + LEASE + 2, HORIZON)
+        claim_at(store, &n1, T0 + LEASE + ms(2), HORIZON)
             .await
             .is_empty(),
         "a forgotten node claims nothing until it registers again"
@@ -988,7 +1005,7 @@ pub async fn a_retry_far_ahead_releases_the_claim(store: &impl Store) {
         .await
         .unwrap();
     let job = claim(store, &n1).await.remove(0);
-    let later = HORIZON + 3_600_000;
+    let later = HORIZON + ms(3_600_000);
     let done = complete(store, &n1, &job, AttemptOutcome::Retry { next_at: later }).await;
     assert!(done.applied);
     assert!(done.held.is_none(), "beyond the horizon: released");
@@ -1041,7 +1058,10 @@ pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl St
         .await
         .unwrap();
     let jobs = claim(store, &n1).await;
-    assert!(store.delete_endpoint(&a.id, &ep.id, T0 + 1).await.unwrap());
+    assert!(store
+        .delete_endpoint(&a.id, &ep.id, T0 + ms(1))
+        .await
+        .unwrap());
     let d = store
         .get_delivery(&n.deliveries[0].id)
         .await
@@ -1053,7 +1073,7 @@ pub async fn deleting_an_endpoint_cancels_its_pending_deliveries(store: &impl St
     assert!(!done.applied);
     assert_eq!(done.status, Some(DeliveryStatus::Canceled));
     let err = store
-        .retry_delivery(&n.deliveries[0].id, T0 + 2)
+        .retry_delivery(&n.deliveries[0].id, T0 + ms(2))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -1078,16 +1098,16 @@ pub async fn manual_retry_puts_a_failed_delivery_back_to_pending(store: &impl St
     let job = claim(store, &n1).await.remove(0);
     complete(store, &n1, &job, AttemptOutcome::Failed).await;
     let d = store
-        .retry_delivery(&n.deliveries[0].id, T0 + 9)
+        .retry_delivery(&n.deliveries[0].id, T0 + ms(9))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(d.status, DeliveryStatus::Pending);
-    assert_eq!(d.next_attempt_at, Some(T0 + 9));
+    assert_eq!(d.next_attempt_at, Some(T0 + ms(9)));
     let jobs = claim(store, &n1).await;
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].attempts, 1);
-    assert_eq!(jobs[0].next_at, T0 + 9);
+    assert_eq!(jobs[0].next_at, T0 + ms(9));
     assert!(store
         .retry_delivery("dlv_missing", T0)
         .await
@@ -1111,16 +1131,16 @@ pub async fn manual_retry_of_a_held_delivery_frees_it_for_any_node(store: &impl 
         &n1,
         &job,
         AttemptOutcome::Retry {
-            next_at: T0 + 40_000,
+            next_at: T0 + ms(40_000),
         },
     )
     .await;
     let held = done.held.expect("held");
     store
-        .retry_delivery(&n.deliveries[0].id, T0 + 2_000)
+        .retry_delivery(&n.deliveries[0].id, T0 + ms(2_000))
         .await
         .unwrap();
-    let jobs = claim_at(store, &n2, T0 + 2_000, T0 + 2_000).await;
+    let jobs = claim_at(store, &n2, T0 + ms(2_000), T0 + ms(2_000)).await;
     assert_eq!(
         ids(&jobs),
         vec![n.deliveries[0].id.clone()],
@@ -1134,7 +1154,7 @@ pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store)
     let a = app(store).await;
     let n1 = node(store, "node_a").await;
     let mut jobs = Vec::new();
-    for t in [T0, T0 + 100] {
+    for t in [T0, T0 + ms(100)] {
         store
             .create_notification(NewNotification {
                 notify_url: Some("https://merchant.example/notify".parse().unwrap()),
@@ -1148,11 +1168,23 @@ pub async fn recover_requeues_failed_deliveries_since_a_time(store: &impl Store)
     for j in &jobs {
         complete(store, &n1, j, AttemptOutcome::Failed).await;
     }
-    assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 1);
-    let again = claim_at(store, &n1, T0 + 200, T0 + 200).await;
+    assert_eq!(
+        store
+            .recover(&a.id, T0 + ms(50), T0 + ms(200))
+            .await
+            .unwrap(),
+        1
+    );
+    let again = claim_at(store, &n1, T0 + ms(200), T0 + ms(200)).await;
     assert_eq!(ids(&again), vec![jobs[1].id.clone()]);
     assert_eq!(again[0].attempts, 1);
-    assert_eq!(store.recover(&a.id, T0 + 50, T0 + 200).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .recover(&a.id, T0 + ms(50), T0 + ms(200))
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &impl Store) {
@@ -1172,11 +1204,11 @@ pub async fn recover_and_retry_never_overtake_a_pending_later_delivery(store: &i
         "the second is released and now pending"
     );
     let err = store
-        .retry_delivery(&first.deliveries[0].id, T0 + 5)
+        .retry_delivery(&first.deliveries[0].id, T0 + ms(5))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert_eq!(store.recover(&a.id, T0, T0 + 5).await.unwrap(), 0);
+    assert_eq!(store.recover(&a.id, T0, T0 + ms(5)).await.unwrap(), 0);
     let d = store
         .get_delivery(&first.deliveries[0].id)
         .await
@@ -1204,26 +1236,28 @@ pub async fn release_moves_held_jobs_and_skips_changed_ones(store: &impl Store) 
         store,
         &n1,
         &jobs[1],
-        AttemptOutcome::Retry { next_at: T0 + 10 },
+        AttemptOutcome::Retry {
+            next_at: T0 + ms(10),
+        },
     )
     .await;
     let released = store
         .release(ReleaseParams {
             node: n1.clone(),
             jobs: jobs.iter().map(|j| (j.seq, j.attempts)).collect(),
-            next_at: Some(T0 + 99_000),
-            now: T0 + 1,
+            next_at: Some(T0 + ms(99_000)),
+            now: T0 + ms(1),
         })
         .await
         .unwrap();
     assert_eq!(released, vec![jobs[0].seq]);
     let d = store.get_delivery(&jobs[0].id).await.unwrap().unwrap();
-    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 99_000));
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + ms(99_000)));
     assert_eq!(d.delivery.attempts, 0);
     let d = store.get_delivery(&jobs[1].id).await.unwrap().unwrap();
-    assert_eq!(d.delivery.next_attempt_at, Some(T0 + 10));
+    assert_eq!(d.delivery.next_attempt_at, Some(T0 + ms(10)));
     // Released work is anyone's once due.
-    let taken = claim_at(store, &n2, T0 + 99_000, T0 + 99_000).await;
+    let taken = claim_at(store, &n2, T0 + ms(99_000), T0 + ms(99_000)).await;
     assert_eq!(ids(&taken), vec![jobs[0].id.clone()]);
 }
 
@@ -1362,7 +1396,7 @@ pub async fn detail_reads_embed_the_latest_attempts_and_the_rest_are_paged(store
             &n1,
             &job,
             AttemptOutcome::Retry {
-                next_at: T0 + 2_000,
+                next_at: T0 + ms(2_000),
             },
         )
         .await;
@@ -1427,7 +1461,7 @@ pub async fn endpoints_list_in_pages_by_creation_time_then_id(store: &impl Store
         let ep = store
             .create_endpoint(NewEndpoint {
                 // Two share a creation time: the id breaks the tie.
-                now: T0 + (i / 2),
+                now: T0 + ms(i / 2),
                 ..new_endpoint(&a.id, &format!("https://example.com/{i}"))
             })
             .await
@@ -1527,7 +1561,7 @@ pub async fn credentials_change_reaches_claimed_work(store: &impl Store) {
 /// earliest first.
 pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl Store) {
     let a = app(store).await;
-    let row = |id: &str, trade: &str, deadline: Option<Millis>| SandboxPayment {
+    let row = |id: &str, trade: &str, deadline: Option<UnixMillis>| SandboxPayment {
         id: id.into(),
         app_id: a.id.clone(),
         out_trade_no: trade.into(),
@@ -1537,7 +1571,7 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
     };
     let first = store
         .write_sandbox_payment(SandboxWrite {
-            payment: row("pay_1", "T-1", Some(T0 + 2_000)),
+            payment: row("pay_1", "T-1", Some(T0 + ms(2_000))),
             expected_version: None,
             notifications: vec![],
         })
@@ -1546,7 +1580,7 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
     assert_eq!(first.payment.version, 1);
     store
         .write_sandbox_payment(SandboxWrite {
-            payment: row("pay_2", "T-2", Some(T0 + 1_000)),
+            payment: row("pay_2", "T-2", Some(T0 + ms(1_000))),
             expected_version: None,
             notifications: vec![],
         })
@@ -1638,7 +1672,7 @@ pub async fn sandbox_payment_and_its_notifications_commit_together(store: &impl 
 
 const SOURCE_SECRET: &str = "an-api-key-32-characters-long-xx";
 
-fn new_source(name: &str, url: &str, now: Millis) -> NewSource {
+fn new_source(name: &str, url: &str, now: UnixMillis) -> NewSource {
     NewSource {
         name: name.into(),
         profile: "wechatpay-v2".into(),
@@ -1757,9 +1791,9 @@ pub async fn deleting_a_source_hides_it_and_cancels_its_pending_forwards(store: 
         })
         .await
         .unwrap();
-    assert!(store.delete_source(&s.id, T0 + 1).await.unwrap());
+    assert!(store.delete_source(&s.id, T0 + ms(1)).await.unwrap());
     assert!(store.get_source(&s.id).await.unwrap().is_none());
-    assert!(!store.delete_source(&s.id, T0 + 2).await.unwrap());
+    assert!(!store.delete_source(&s.id, T0 + ms(2)).await.unwrap());
     let d = store
         .get_delivery(&pending.deliveries[0].id)
         .await
@@ -1782,7 +1816,11 @@ pub async fn sources_list_in_pages_by_creation_time_then_id(store: &impl Store) 
     let mut made = Vec::new();
     for i in 0..5 {
         let s = store
-            .create_source(new_source(&format!("s{i}"), "http://127.0.0.1:9/n", T0 + i))
+            .create_source(new_source(
+                &format!("s{i}"),
+                "http://127.0.0.1:9/n",
+                T0 + ms(i),
+            ))
             .await
             .unwrap();
         made.push(s.id);
@@ -1819,9 +1857,9 @@ pub async fn sources_list_in_pages_by_creation_time_then_id(store: &impl Store) 
 fn policy() -> BreakerPolicy {
     BreakerPolicy {
         failure_threshold: 3,
-        cooldown: 5_000,
-        cooldown_max: 60_000,
-        disable_after: 86_400_000,
+        cooldown: Duration::from_secs(5),
+        cooldown_max: Duration::from_secs(60),
+        disable_after: Duration::from_secs(86_400),
     }
 }
 
@@ -1829,7 +1867,7 @@ async fn health(
     store: &impl Store,
     endpoint_id: &str,
     signal: HealthSignal,
-    now: Millis,
+    now: UnixMillis,
 ) -> HealthRecorded {
     store
         .record_health(HealthReport {
@@ -1870,7 +1908,7 @@ pub async fn health_failures_open_the_breaker_and_claims_wait_for_the_cooldown(s
         .create_notification(new_notification(&a.id, "e"))
         .await
         .unwrap();
-    let t = T0 + 1_000;
+    let t = T0 + ms(1_000);
     assert_eq!(
         health(store, &ep.id, HealthSignal::Failure, t)
             .await
@@ -1878,17 +1916,17 @@ pub async fn health_failures_open_the_breaker_and_claims_wait_for_the_cooldown(s
         None
     );
     assert_eq!(
-        health(store, &ep.id, HealthSignal::Failure, t + 1)
+        health(store, &ep.id, HealthSignal::Failure, t + ms(1))
             .await
             .transition,
         None
     );
-    let opened = health(store, &ep.id, HealthSignal::Failure, t + 2).await;
+    let opened = health(store, &ep.id, HealthSignal::Failure, t + ms(2)).await;
     assert_eq!(opened.transition, Some(HealthTransition::Opened));
     assert_eq!(opened.endpoint.health.state, BreakerState::Open);
     assert_eq!(opened.endpoint.health.consecutive_failures, 3);
     assert_eq!(opened.endpoint.health.failing_since, Some(t));
-    let until = t + 2 + 5_000;
+    let until = t + ms(2) + ms(5_000);
     assert_eq!(opened.endpoint.health.open_until, Some(until));
     // Stored, and shown by reads.
     let got = store.get_endpoint(&a.id, &ep.id).await.unwrap().unwrap();
@@ -1897,7 +1935,7 @@ pub async fn health_failures_open_the_breaker_and_claims_wait_for_the_cooldown(s
 
     // While it cools down, nothing of the endpoint is claimed (and the delivery stays
     // pending, no attempt spent).
-    assert!(claim_at(store, &n1, until - 1, until + 60_000)
+    assert!(claim_at(store, &n1, until - ms(1), until + ms(60_000))
         .await
         .is_empty());
     let d = store
@@ -1915,29 +1953,32 @@ pub async fn health_failures_open_the_breaker_and_claims_wait_for_the_cooldown(s
         })
         .await
         .unwrap();
-    let jobs = claim_at(store, &n1, until - 1, until + 60_000).await;
+    let jobs = claim_at(store, &n1, until - ms(1), until + ms(60_000)).await;
     assert_eq!(ids(&jobs), vec![other.deliveries[0].id.clone()]);
 
     // Cooled down: the endpoint's delivery is claimable again (the probe).
-    let jobs = claim_at(store, &n1, until, until + 60_000).await;
+    let jobs = claim_at(store, &n1, until, until + ms(60_000)).await;
     assert_eq!(ids(&jobs), vec![n.deliveries[0].id.clone()]);
     let health_of = jobs[0].endpoint.as_ref().unwrap().health.clone();
     assert!(health_of.half_open(until), "{health_of:?}");
 
     // The probe fails: open again, for twice as long.
-    let reopened = health(store, &ep.id, HealthSignal::Failure, until + 10).await;
+    let reopened = health(store, &ep.id, HealthSignal::Failure, until + ms(10)).await;
     assert_eq!(reopened.transition, Some(HealthTransition::Reopened));
     assert_eq!(
         reopened.endpoint.health.open_until,
-        Some(until + 10 + 10_000)
+        Some(until + ms(10) + ms(10_000))
     );
     // A later probe succeeds: closed, counters reset.
-    let closed = health(store, &ep.id, HealthSignal::Success, until + 20_000).await;
+    let closed = health(store, &ep.id, HealthSignal::Success, until + ms(20_000)).await;
     assert_eq!(closed.transition, Some(HealthTransition::Recovered));
     assert_eq!(closed.endpoint.health.state, BreakerState::Closed);
     assert_eq!(closed.endpoint.health.consecutive_failures, 0);
-    assert_eq!(closed.endpoint.health.last_success_at, Some(until + 20_000));
-    assert_eq!(closed.endpoint.health.last_failure_at, Some(until + 10));
+    assert_eq!(
+        closed.endpoint.health.last_success_at,
+        Some(until + ms(20_000))
+    );
+    assert_eq!(closed.endpoint.health.last_failure_at, Some(until + ms(10)));
     // A missing endpoint has no health to record.
     let none = store
         .record_health(HealthReport {
@@ -1964,7 +2005,7 @@ pub async fn a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again(
         .create_notification(new_notification(&a.id, "e"))
         .await
         .unwrap();
-    let gone = health(store, &ep.id, HealthSignal::Gone, T0 + 1).await;
+    let gone = health(store, &ep.id, HealthSignal::Gone, T0 + ms(1)).await;
     assert_eq!(gone.transition, Some(HealthTransition::Disabled));
     assert_eq!(gone.endpoint.health.state, BreakerState::Disabled);
     assert_eq!(
@@ -1976,11 +2017,13 @@ pub async fn a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again(
     assert!(!got.enabled);
     assert_eq!(got.health.state, BreakerState::Disabled);
     // Its pending delivery is never claimed while disabled, however late.
-    assert!(claim_at(store, &n1, T0 + 86_400_000, T0 + 90_000_000)
-        .await
-        .is_empty());
+    assert!(
+        claim_at(store, &n1, T0 + ms(86_400_000), T0 + ms(90_000_000))
+            .await
+            .is_empty()
+    );
     // Later outcomes (attempts that were in flight) change nothing.
-    let late = health(store, &ep.id, HealthSignal::Success, T0 + 2).await;
+    let late = health(store, &ep.id, HealthSignal::Success, T0 + ms(2)).await;
     assert_eq!(late.transition, None);
     assert_eq!(late.endpoint.health.state, BreakerState::Disabled);
     // New notifications skip it.
@@ -1999,15 +2042,15 @@ pub async fn a_gone_endpoint_is_disabled_and_its_work_waits_until_enabled_again(
                 enabled: Some(true),
                 ..EndpointPatch::default()
             },
-            T0 + 3,
+            T0 + ms(3),
         )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(enabled.health.state, BreakerState::Closed);
     assert_eq!(enabled.health.consecutive_failures, 0);
-    assert_eq!(enabled.health.changed_at, Some(T0 + 3));
-    let jobs = claim_at(store, &n1, T0 + 4, HORIZON).await;
+    assert_eq!(enabled.health.changed_at, Some(T0 + ms(3)));
+    let jobs = claim_at(store, &n1, T0 + ms(4), HORIZON).await;
     assert_eq!(ids(&jobs), vec![n.deliveries[0].id.clone()]);
 }
 
@@ -2049,7 +2092,7 @@ pub async fn ops_target_round_trips_as_an_internal_app_hidden_from_app_lists(sto
         retry: RetryPolicy::named("alipay"),
     };
     assert!(store
-        .set_app_ops(&a.id, Some(changed.clone()), T0 + 1)
+        .set_app_ops(&a.id, Some(changed.clone()), T0 + ms(1))
         .await
         .unwrap());
     assert_eq!(store.get_app_ops(&a.id).await.unwrap(), Some(changed));
@@ -2072,7 +2115,7 @@ pub async fn ops_target_round_trips_as_an_internal_app_hidden_from_app_lists(sto
         Err(StoreError::NotFound("app"))
     ));
     // Cleared.
-    assert!(store.set_app_ops(&a.id, None, T0 + 2).await.unwrap());
+    assert!(store.set_app_ops(&a.id, None, T0 + ms(2)).await.unwrap());
     assert_eq!(store.get_app_ops(&a.id).await.unwrap(), None);
 }
 
@@ -2102,12 +2145,12 @@ pub async fn a_health_transition_commits_exactly_one_ops_notification_with_it(st
         .create_endpoint(new_endpoint(&a.id, "https://u:pw@a.example/x"))
         .await
         .unwrap();
-    let t = T0 + 1_000;
+    let t = T0 + ms(1_000);
     for i in 0..2 {
-        let r = health(store, &ep.id, HealthSignal::Failure, t + i).await;
+        let r = health(store, &ep.id, HealthSignal::Failure, t + ms(i)).await;
         assert_eq!((r.transition, r.ops_notification), (None, None));
     }
-    let opened = health(store, &ep.id, HealthSignal::Failure, t + 2).await;
+    let opened = health(store, &ep.id, HealthSignal::Failure, t + ms(2)).await;
     assert_eq!(opened.transition, Some(HealthTransition::Opened));
     let id = opened
         .ops_notification
@@ -2133,7 +2176,7 @@ pub async fn a_health_transition_commits_exactly_one_ops_notification_with_it(st
 
     // It is an ordinary delivery: a node claims it, to be signed with the ops secret.
     let n1 = node(store, "node_a").await;
-    let jobs = claim_at(store, &n1, t + 2, HORIZON).await;
+    let jobs = claim_at(store, &n1, t + ms(2), HORIZON).await;
     assert_eq!(ids(&jobs), vec![d.id.clone()]);
     assert_eq!(jobs[0].app.profile, Profile::StandardWebhooks);
     assert_eq!(jobs[0].app.credentials, ops_target(url).credentials);
@@ -2141,19 +2184,19 @@ pub async fn a_health_transition_commits_exactly_one_ops_notification_with_it(st
     assert_eq!(jobs[0].endpoint.as_ref().map(|e| e.url.as_str()), Some(url));
 
     // A failed probe reopens the breaker: not notified.
-    let until = t + 2 + 5_000;
-    let reopened = health(store, &ep.id, HealthSignal::Failure, until + 10).await;
+    let until = t + ms(2) + ms(5_000);
+    let reopened = health(store, &ep.id, HealthSignal::Failure, until + ms(10)).await;
     assert_eq!(reopened.transition, Some(HealthTransition::Reopened));
     assert_eq!(reopened.ops_notification, None);
     // Recovery is: one more, ordered after the first (same order key).
-    let closed = health(store, &ep.id, HealthSignal::Success, until + 20_000).await;
+    let closed = health(store, &ep.id, HealthSignal::Success, until + ms(20_000)).await;
     assert_eq!(closed.transition, Some(HealthTransition::Recovered));
     let id2 = closed.ops_notification.expect("recovery notified");
     let n2 = store.get_notification(&id2).await.unwrap().unwrap();
     assert_eq!(n2.notification.event_type, "endpoint.recovered");
     assert_eq!(n2.notification.app_id, ops_app);
     // A success of a closed breaker changes nothing and notifies nothing.
-    let again = health(store, &ep.id, HealthSignal::Success, until + 20_001).await;
+    let again = health(store, &ep.id, HealthSignal::Success, until + ms(20_001)).await;
     assert_eq!((again.transition, again.ops_notification), (None, None));
     let all = ops_notifications(store, &ops_app).await;
     assert_eq!(all.len(), 2, "one notification per notified transition");
@@ -2168,7 +2211,7 @@ pub async fn no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_o
         .create_endpoint(new_endpoint(&a.id, "https://a.example/x"))
         .await
         .unwrap();
-    let gone = health(store, &ep.id, HealthSignal::Gone, T0 + 1).await;
+    let gone = health(store, &ep.id, HealthSignal::Gone, T0 + ms(1)).await;
     assert_eq!(gone.transition, Some(HealthTransition::Disabled));
     assert_eq!(gone.ops_notification, None);
 
@@ -2181,7 +2224,7 @@ pub async fn no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_o
         .create_endpoint(new_endpoint(&b.id, "https://b.example/x"))
         .await
         .unwrap();
-    let id = health(store, &ep_b.id, HealthSignal::Gone, T0 + 2)
+    let id = health(store, &ep_b.id, HealthSignal::Gone, T0 + ms(2))
         .await
         .ops_notification
         .expect("notified");
@@ -2193,17 +2236,17 @@ pub async fn no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_o
         .clone()
         .expect("sent to the internal app's endpoint");
     // The ops URL answering 410: its endpoint is disabled, and it reports on nobody.
-    let own = health(store, &ops_ep, HealthSignal::Gone, T0 + 3).await;
+    let own = health(store, &ops_ep, HealthSignal::Gone, T0 + ms(3)).await;
     assert_eq!(own.transition, Some(HealthTransition::Disabled));
     assert_eq!(own.ops_notification, None);
     assert_eq!(ops_notifications(store, &ops_app).await.len(), 1);
     // An internal app is given no ops target of its own.
     assert!(!store
-        .set_app_ops(&ops_app, Some(ops_target("https://x.example/")), T0 + 4)
+        .set_app_ops(&ops_app, Some(ops_target("https://x.example/")), T0 + ms(4))
         .await
         .unwrap());
     // Clearing the target cancels what was still pending for it.
-    assert!(store.set_app_ops(&b.id, None, T0 + 5).await.unwrap());
+    assert!(store.set_app_ops(&b.id, None, T0 + ms(5)).await.unwrap());
     let d = store
         .get_delivery(&n.deliveries[0].delivery.id)
         .await
@@ -2215,7 +2258,7 @@ pub async fn no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_o
         .create_endpoint(new_endpoint(&b.id, "https://b2.example/x"))
         .await
         .unwrap();
-    let r = health(store, &ep_b2.id, HealthSignal::Gone, T0 + 6).await;
+    let r = health(store, &ep_b2.id, HealthSignal::Gone, T0 + ms(6)).await;
     assert_eq!(
         (r.transition, r.ops_notification),
         (Some(HealthTransition::Disabled), None)
@@ -2225,7 +2268,7 @@ pub async fn no_ops_notification_without_an_ops_target_or_for_an_ops_endpoints_o
 pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &impl Store) {
     let a = app(store).await;
     let n1 = node(store, "node_a").await;
-    let to = |url: &str, now: Millis| NewNotification {
+    let to = |url: &str, now: UnixMillis| NewNotification {
         notify_url: Some(url.parse().unwrap()),
         now,
         ..new_notification(&a.id, "e")
@@ -2248,7 +2291,7 @@ pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &im
         .await
         .unwrap();
     let recent = store
-        .create_notification(to("https://a.example/5", T0 + 6_000))
+        .create_notification(to("https://a.example/5", T0 + ms(6_000)))
         .await
         .unwrap();
     // And one that went nowhere (the app has no endpoints).
@@ -2281,12 +2324,12 @@ pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &im
             .applied
     );
     let mut late_report = report(&job(&late), AttemptOutcome::Succeeded);
-    late_report.attempt.at = T0 + 9_000;
+    late_report.attempt.at = T0 + ms(9_000);
     let applied = store
         .complete(CompleteParams {
             node: n1.clone(),
             report: late_report,
-            now: T0 + 9_000,
+            now: T0 + ms(9_000),
             horizon: HORIZON,
         })
         .await
@@ -2294,7 +2337,7 @@ pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &im
     assert!(applied.applied);
 
     // Purge what finished before T0 + 5 s, one notification per batch at first.
-    let before = T0 + 5_000;
+    let before = T0 + ms(5_000);
     let first = store
         .purge_finished(PurgeParams { before, limit: 1 })
         .await
@@ -2357,7 +2400,7 @@ pub async fn purge_removes_only_old_finished_notifications_in_batches(store: &im
     );
     let all = store
         .purge_finished(PurgeParams {
-            before: T0 + 365 * 86_400_000,
+            before: T0 + ms(365 * 86_400_000),
             limit: 100,
         })
         .await
@@ -2434,7 +2477,7 @@ pub async fn recover_endpoint_requeues_only_that_endpoints_failures_since_a_time
         .unwrap();
     let n1 = node(store, "node_a").await;
     let mut made = Vec::new();
-    for t in [T0, T0 + 100] {
+    for t in [T0, T0 + ms(100)] {
         let n = store
             .create_notification(NewNotification {
                 now: t,
@@ -2461,14 +2504,14 @@ pub async fn recover_endpoint_requeues_only_that_endpoints_failures_since_a_time
     };
     assert_eq!(
         store
-            .recover_endpoint(&a.id, &e1.id, T0 + 50, T0 + 200)
+            .recover_endpoint(&a.id, &e1.id, T0 + ms(50), T0 + ms(200))
             .await
             .unwrap(),
         Some(1)
     );
     for d in &made {
         let expected =
-            if d.endpoint_id.as_deref() == Some(e1.id.as_str()) && d.created_at >= T0 + 50 {
+            if d.endpoint_id.as_deref() == Some(e1.id.as_str()) && d.created_at >= T0 + ms(50) {
                 DeliveryStatus::Pending
             } else {
                 DeliveryStatus::Failed
@@ -2478,7 +2521,7 @@ pub async fn recover_endpoint_requeues_only_that_endpoints_failures_since_a_time
     assert!(made
         .iter()
         .any(|d| d.endpoint_id.as_deref() == Some(e2.id.as_str())));
-    let again = claim_at(store, &n1, T0 + 200, T0 + 200).await;
+    let again = claim_at(store, &n1, T0 + ms(200), T0 + ms(200)).await;
     assert_eq!(again.len(), 1);
     assert_eq!(
         again[0].endpoint.as_ref().map(|e| e.id.as_str()),
@@ -2486,7 +2529,7 @@ pub async fn recover_endpoint_requeues_only_that_endpoints_failures_since_a_time
     );
     assert_eq!(
         store
-            .recover_endpoint(&a.id, &e1.id, T0 + 50, T0 + 300)
+            .recover_endpoint(&a.id, &e1.id, T0 + ms(50), T0 + ms(300))
             .await
             .unwrap(),
         Some(0),
@@ -2495,37 +2538,37 @@ pub async fn recover_endpoint_requeues_only_that_endpoints_failures_since_a_time
     // Another app's endpoint, a made-up one and a deleted one are not found.
     assert_eq!(
         store
-            .recover_endpoint(&a.id, &eb.id, T0, T0 + 300)
+            .recover_endpoint(&a.id, &eb.id, T0, T0 + ms(300))
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         store
-            .recover_endpoint(&a.id, "ep_missing", T0, T0 + 300)
+            .recover_endpoint(&a.id, "ep_missing", T0, T0 + ms(300))
             .await
             .unwrap(),
         None
     );
     assert!(store
-        .delete_endpoint(&a.id, &e2.id, T0 + 300)
+        .delete_endpoint(&a.id, &e2.id, T0 + ms(300))
         .await
         .unwrap());
     assert_eq!(
         store
-            .recover_endpoint(&a.id, &e2.id, T0, T0 + 300)
+            .recover_endpoint(&a.id, &e2.id, T0, T0 + ms(300))
             .await
             .unwrap(),
         None
     );
 }
 
-fn session(id: &str, principal: SessionPrincipal, now: Millis, max_live: u32) -> NewSession {
+fn session(id: &str, principal: SessionPrincipal, now: UnixMillis, max_live: u32) -> NewSession {
     NewSession {
         id_sha256: id.into(),
         principal,
         now,
-        expires_at: now + 1_000,
+        expires_at: now + ms(1_000),
         max_live,
     }
 }
@@ -2535,18 +2578,18 @@ pub async fn sessions_are_found_by_hash_until_they_expire_or_end(store: &impl St
         .create_session(session("aa", SessionPrincipal::Admin, T0, 10))
         .await
         .unwrap());
-    let found = store.find_session("aa", T0 + 1).await.unwrap();
+    let found = store.find_session("aa", T0 + ms(1)).await.unwrap();
     assert_eq!(
         found,
         Some(SessionRecord {
             principal: SessionPrincipal::Admin,
             created_at: T0,
-            expires_at: T0 + 1_000,
+            expires_at: T0 + ms(1_000),
         })
     );
-    assert_eq!(store.find_session("bb", T0 + 1).await.unwrap(), None);
+    assert_eq!(store.find_session("bb", T0 + ms(1)).await.unwrap(), None);
     assert_eq!(
-        store.find_session("aa", T0 + 1_000).await.unwrap(),
+        store.find_session("aa", T0 + ms(1_000)).await.unwrap(),
         None,
         "expired"
     );
@@ -2557,7 +2600,7 @@ pub async fn sessions_are_found_by_hash_until_they_expire_or_end(store: &impl St
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert!(store.delete_session("aa").await.unwrap());
     assert!(!store.delete_session("aa").await.unwrap());
-    assert_eq!(store.find_session("aa", T0 + 1).await.unwrap(), None);
+    assert_eq!(store.find_session("aa", T0 + ms(1)).await.unwrap(), None);
 }
 
 pub async fn a_revoked_keys_sessions_are_no_longer_found(store: &impl Store) {
@@ -2593,9 +2636,9 @@ pub async fn a_revoked_keys_sessions_are_no_longer_found(store: &impl Store) {
     assert!(store.delete_api_key(&a.id, &ka.id).await.unwrap());
     assert_eq!(store.find_session("sa", T0).await.unwrap(), None, "revoked");
     assert!(store.find_session("sb", T0).await.unwrap().is_some());
-    store.delete_app(&b.id, T0 + 1).await.unwrap();
+    store.delete_app(&b.id, T0 + ms(1)).await.unwrap();
     assert_eq!(
-        store.find_session("sb", T0 + 2).await.unwrap(),
+        store.find_session("sb", T0 + ms(2)).await.unwrap(),
         None,
         "its app is deleted"
     );
@@ -2635,29 +2678,29 @@ pub async fn live_sessions_are_capped_per_principal(store: &impl Store) {
     }
     assert!(
         !store
-            .create_session(session("a3", SessionPrincipal::Admin, T0 + 1, 2))
+            .create_session(session("a3", SessionPrincipal::Admin, T0 + ms(1), 2))
             .await
             .unwrap(),
         "the admin has two live sessions"
     );
-    assert_eq!(store.find_session("a3", T0 + 1).await.unwrap(), None);
+    assert_eq!(store.find_session("a3", T0 + ms(1)).await.unwrap(), None);
     assert!(
         store
-            .create_session(session("k1", key, T0 + 1, 2))
+            .create_session(session("k1", key, T0 + ms(1), 2))
             .await
             .unwrap(),
         "another principal's count is its own"
     );
     assert!(
         store
-            .create_session(session("a4", SessionPrincipal::Admin, T0 + 1_000, 2))
+            .create_session(session("a4", SessionPrincipal::Admin, T0 + ms(1_000), 2))
             .await
             .unwrap(),
         "expired ones do not count"
     );
     store.delete_session("a4").await.unwrap();
     assert!(store
-        .create_session(session("a5", SessionPrincipal::Admin, T0 + 1_000, 2))
+        .create_session(session("a5", SessionPrincipal::Admin, T0 + ms(1_000), 2))
         .await
         .unwrap());
 }
@@ -2668,14 +2711,17 @@ pub async fn a_login_link_is_used_once_even_when_raced(store: &impl Store) {
         .await
         .unwrap());
     let (x, y) = tokio::join!(
-        store.consume_login_link("l1", T0 + 1),
-        store.consume_login_link("l1", T0 + 1)
+        store.consume_login_link("l1", T0 + ms(1)),
+        store.consume_login_link("l1", T0 + ms(1))
     );
     let won: Vec<_> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
     assert_eq!(won, vec![SessionPrincipal::Admin], "exactly one use");
-    assert_eq!(store.consume_login_link("l1", T0 + 2).await.unwrap(), None);
     assert_eq!(
-        store.consume_login_link("nope", T0 + 2).await.unwrap(),
+        store.consume_login_link("l1", T0 + ms(2)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.consume_login_link("nope", T0 + ms(2)).await.unwrap(),
         None
     );
     // An expired link signs no one in, and is gone.
@@ -2684,7 +2730,10 @@ pub async fn a_login_link_is_used_once_even_when_raced(store: &impl Store) {
         .await
         .unwrap());
     assert_eq!(
-        store.consume_login_link("l2", T0 + 1_000).await.unwrap(),
+        store
+            .consume_login_link("l2", T0 + ms(1_000))
+            .await
+            .unwrap(),
         None
     );
     // Links are capped in all.
@@ -2698,15 +2747,18 @@ pub async fn a_login_link_is_used_once_even_when_raced(store: &impl Store) {
         .create_login_link(session("m3", SessionPrincipal::Admin, T0, 2))
         .await
         .unwrap());
-    assert_eq!(store.consume_login_link("m3", T0 + 1).await.unwrap(), None);
     assert_eq!(
-        store.consume_login_link("m1", T0 + 1).await.unwrap(),
+        store.consume_login_link("m3", T0 + ms(1)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.consume_login_link("m1", T0 + ms(1)).await.unwrap(),
         Some(SessionPrincipal::Admin)
     );
 }
 
 pub async fn purging_sessions_removes_only_expired_ones(store: &impl Store) {
-    for (id, now) in [("old", T0), ("new", T0 + 5_000)] {
+    for (id, now) in [("old", T0), ("new", T0 + ms(5_000))] {
         assert!(store
             .create_session(session(id, SessionPrincipal::Admin, now, 10))
             .await
@@ -2716,16 +2768,19 @@ pub async fn purging_sessions_removes_only_expired_ones(store: &impl Store) {
             .await
             .unwrap());
     }
-    assert_eq!(store.purge_sessions(T0 + 2_000).await.unwrap(), 2);
-    assert_eq!(store.purge_sessions(T0 + 2_000).await.unwrap(), 0);
+    assert_eq!(store.purge_sessions(T0 + ms(2_000)).await.unwrap(), 2);
+    assert_eq!(store.purge_sessions(T0 + ms(2_000)).await.unwrap(), 0);
     assert!(!store.delete_session("old").await.unwrap(), "purged");
     assert!(store
-        .find_session("new", T0 + 5_001)
+        .find_session("new", T0 + ms(5_001))
         .await
         .unwrap()
         .is_some());
     assert_eq!(
-        store.consume_login_link("new", T0 + 5_001).await.unwrap(),
+        store
+            .consume_login_link("new", T0 + ms(5_001))
+            .await
+            .unwrap(),
         Some(SessionPrincipal::Admin)
     );
 }
@@ -3031,9 +3086,12 @@ pub async fn apps_list_in_pages_and_change_and_a_deleted_app_is_gone(store: &imp
         .is_none());
 
     // Delete the second: gone for every read and write, the others stay.
-    assert_eq!(store.delete_app(&made[1], T0 + 5).await.unwrap(), Some(0));
+    assert_eq!(
+        store.delete_app(&made[1], T0 + ms(5)).await.unwrap(),
+        Some(0)
+    );
     assert!(store.get_app(&made[1]).await.unwrap().is_none());
-    assert_eq!(store.delete_app(&made[1], T0 + 6).await.unwrap(), None);
+    assert_eq!(store.delete_app(&made[1], T0 + ms(6)).await.unwrap(), None);
     assert!(store.delete_app("app_missing", T0).await.unwrap().is_none());
     let page = store
         .list_apps(ListApps {
@@ -3110,7 +3168,7 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
     let later = store
         .create_notification(NewNotification {
             notify_url: Some("https://merchant.example/later".parse().unwrap()),
-            now: T0 + 50_000,
+            now: T0 + ms(50_000),
             ..new_notification(&a.id, "e")
         })
         .await
@@ -3118,13 +3176,13 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
     let bystander = store
         .create_notification(NewNotification {
             notify_url: Some("https://merchant.example/other".parse().unwrap()),
-            now: T0 + 50_000,
+            now: T0 + ms(50_000),
             ..new_notification(&other.id, "e")
         })
         .await
         .unwrap();
 
-    assert_eq!(store.delete_app(&a.id, T0 + 10).await.unwrap(), Some(2));
+    assert_eq!(store.delete_app(&a.id, T0 + ms(10)).await.unwrap(), Some(2));
     for (id, want) in [
         (&failed.deliveries[0].id, DeliveryStatus::Failed),
         (&held.deliveries[0].id, DeliveryStatus::Canceled),
@@ -3143,7 +3201,9 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
         store,
         &n1,
         &held_jobs[0],
-        AttemptOutcome::Retry { next_at: T0 + 2000 },
+        AttemptOutcome::Retry {
+            next_at: T0 + ms(2000),
+        },
     )
     .await;
     assert!(!done.applied);
@@ -3156,13 +3216,16 @@ pub async fn deleting_an_app_cancels_its_pending_deliveries_also_held_ones(store
     assert_eq!(d.delivery.status, DeliveryStatus::Canceled);
     assert_eq!(d.delivery.next_attempt_at, None);
     // Nothing of the app is claimable again, by hand or by recover; the other app's is.
-    let jobs = claim_at(store, &n1, T0 + 60_000, T0 + 120_000).await;
+    let jobs = claim_at(store, &n1, T0 + ms(60_000), T0 + ms(120_000)).await;
     assert_eq!(ids(&jobs), vec![bystander.deliveries[0].id.clone()]);
     for id in [&failed.deliveries[0].id, &held.deliveries[0].id] {
-        let err = store.retry_delivery(id, T0 + 11).await.unwrap_err();
+        let err = store.retry_delivery(id, T0 + ms(11)).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     }
-    assert_eq!(store.recover(&a.id, T0 - 1, T0 + 12).await.unwrap(), 0);
+    assert_eq!(
+        store.recover(&a.id, T0 - ms(1), T0 + ms(12)).await.unwrap(),
+        0
+    );
     assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().is_none());
     // Its notifications stay readable, with the canceled deliveries.
     let n = store
@@ -3187,7 +3250,7 @@ pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) 
     assert_eq!(k1.last_used_at, None);
     let k2 = store
         .create_api_key(NewApiKey {
-            now: T0 + 1,
+            now: T0 + ms(1),
             ..new_key(&a.id, "22")
         })
         .await
@@ -3213,10 +3276,10 @@ pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) 
     assert_eq!(store.find_api_key("11").await.unwrap(), Some(k1.clone()));
     assert_eq!(store.find_api_key("99").await.unwrap(), None);
 
-    store.touch_api_key(&k1.id, T0 + 500).await.unwrap();
-    store.touch_api_key(&k1.id, T0 + 100).await.unwrap();
+    store.touch_api_key(&k1.id, T0 + ms(500)).await.unwrap();
+    store.touch_api_key(&k1.id, T0 + ms(100)).await.unwrap();
     let found = store.find_api_key("11").await.unwrap().unwrap();
-    assert_eq!(found.last_used_at, Some(T0 + 500), "never moves back");
+    assert_eq!(found.last_used_at, Some(T0 + ms(500)), "never moves back");
 
     assert!(
         !store.delete_api_key(&b.id, &k1.id).await.unwrap(),
@@ -3228,7 +3291,7 @@ pub async fn api_keys_are_found_by_hash_touched_and_revoked(store: &impl Store) 
     assert_eq!(store.list_api_keys(&a.id).await.unwrap(), vec![k2.clone()]);
 
     // Deleting the app revokes its keys; the other app's key still works.
-    store.delete_app(&a.id, T0 + 9).await.unwrap();
+    store.delete_app(&a.id, T0 + ms(9)).await.unwrap();
     assert_eq!(store.find_api_key("22").await.unwrap(), None);
     assert!(store.list_api_keys(&a.id).await.unwrap().is_empty());
     assert_eq!(store.find_api_key("33").await.unwrap(), Some(kb));
@@ -3361,7 +3424,7 @@ async fn attempt_at(
     store: &impl Store,
     node: &NodeId,
     job: &Arc<ClaimedDelivery>,
-    at: Millis,
+    at: UnixMillis,
     ok: bool,
 ) {
     let mut r = report(
@@ -3373,7 +3436,9 @@ async fn attempt_at(
         },
     );
     if !ok {
-        r.outcome = AttemptOutcome::Retry { next_at: at + 1 };
+        r.outcome = AttemptOutcome::Retry {
+            next_at: at + ms(1),
+        };
     }
     r.attempt.at = at;
     let done = store
@@ -3381,7 +3446,7 @@ async fn attempt_at(
             node: node.clone(),
             report: r,
             now: at,
-            horizon: at + 60_000,
+            horizon: at + ms(60_000),
         })
         .await
         .expect("complete");
@@ -3416,32 +3481,40 @@ pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble
     let (g, b) = (job_of(&good), job_of(&bad));
     // Minute 0: the good endpoint succeeds, the bad one fails; minute 2: the bad one fails
     // twice more (one delivery's retries), after having succeeded once in minute 1.
-    attempt_at(store, &n1, &g, T0 + 5_000, true).await;
-    attempt_at(store, &n1, &b, T0 + 6_000, false).await;
+    attempt_at(store, &n1, &g, T0 + ms(5_000), true).await;
+    attempt_at(store, &n1, &b, T0 + ms(6_000), false).await;
     let b = Arc::new(ClaimedDelivery {
         attempts: 1,
         ..(*b).clone()
     });
-    attempt_at(store, &n1, &b, T0 + 61_000, false).await;
+    attempt_at(store, &n1, &b, T0 + ms(61_000), false).await;
     let b = Arc::new(ClaimedDelivery {
         attempts: 2,
         ..(*b).clone()
     });
-    attempt_at(store, &n1, &b, T0 + 125_000, false).await;
+    attempt_at(store, &n1, &b, T0 + ms(125_000), false).await;
 
-    let minute0 = T0 - T0.rem_euclid(60_000);
-    let act = store.activity(T0, T0 + 3_600_000).await.expect("activity");
-    let got: Vec<(Millis, u64, u64)> = act
+    let minute0 = T0.floor_to(ms(60_000));
+    let act = store
+        .activity(T0, T0 + ms(3_600_000))
+        .await
+        .expect("activity");
+    let got: Vec<(UnixMillis, u64, u64)> = act
         .iter()
         .map(|m| (m.minute, m.succeeded, m.failed))
         .collect();
     let mut want = Vec::new();
-    for at in [T0 + 5_000, T0 + 6_000, T0 + 61_000, T0 + 125_000] {
-        let m = at - at.rem_euclid(60_000);
-        let ok = at == T0 + 5_000;
+    for at in [
+        T0 + ms(5_000),
+        T0 + ms(6_000),
+        T0 + ms(61_000),
+        T0 + ms(125_000),
+    ] {
+        let m = at.floor_to(ms(60_000));
+        let ok = at == T0 + ms(5_000);
         match want
             .iter_mut()
-            .find(|(mm, _, _): &&mut (Millis, u64, u64)| *mm == m)
+            .find(|(mm, _, _): &&mut (UnixMillis, u64, u64)| *mm == m)
         {
             Some(e) => {
                 if ok {
@@ -3454,9 +3527,11 @@ pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble
         }
     }
     assert_eq!(got, want);
-    assert!(got.iter().all(|(m, _, _)| m % 60_000 == 0 && *m >= minute0));
+    assert!(got
+        .iter()
+        .all(|(m, _, _)| m.get() % 60_000 == 0 && *m >= minute0));
     // The window's end is exclusive.
-    let early = store.activity(T0, T0 + 6_000).await.unwrap();
+    let early = store.activity(T0, T0 + ms(6_000)).await.unwrap();
     assert_eq!(early.iter().map(|m| m.succeeded + m.failed).sum::<u64>(), 1);
 
     let trouble = store.troubled_endpoints(T0, 10).await.expect("trouble");
@@ -3465,11 +3540,11 @@ pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble
     assert_eq!(trouble[0].app_id, a.id);
     assert_eq!(trouble[0].url, "https://bad.example/hook");
     assert_eq!(trouble[0].failures, 3);
-    assert_eq!(trouble[0].last_attempt_at, T0 + 125_000);
+    assert_eq!(trouble[0].last_attempt_at, T0 + ms(125_000));
     assert_eq!(trouble[0].last_success_at, None);
     // Outside the window, nothing is in trouble.
     assert!(store
-        .troubled_endpoints(T0 + 200_000, 10)
+        .troubled_endpoints(T0 + ms(200_000), 10)
         .await
         .unwrap()
         .is_empty());
@@ -3477,18 +3552,18 @@ pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble
     let h = store.endpoint_health(&bad.id).await.expect("health");
     assert_eq!(h.consecutive_failures, 3);
     assert_eq!(h.last_success_at, None);
-    assert_eq!(h.last_attempt_at, Some(T0 + 125_000));
+    assert_eq!(h.last_attempt_at, Some(T0 + ms(125_000)));
     assert_eq!(h.pending, 1);
     let h = store.endpoint_health(&good.id).await.expect("health");
     assert_eq!(h.consecutive_failures, 0);
-    assert_eq!(h.last_success_at, Some(T0 + 5_000));
+    assert_eq!(h.last_success_at, Some(T0 + ms(5_000)));
     assert_eq!(h.pending, 0);
     assert_eq!(
         store.endpoint_health("ep_missing").await.unwrap(),
         crate::dashboard::EndpointRecent::default()
     );
 
-    let counts = store.queue_counts(T0 + 125_000).await.expect("counts");
+    let counts = store.queue_counts(T0 + ms(125_000)).await.expect("counts");
     assert_eq!(counts.pending, 1);
     assert_eq!(counts.failed, 0);
     assert_eq!(
@@ -3496,7 +3571,7 @@ pub async fn dashboard_counts_attempts_per_minute_and_finds_endpoints_in_trouble
         "the bad endpoint's retry is still held by node_a"
     );
     assert_eq!(counts.due, 0, "its retry is due at T0 + 125 001");
-    assert_eq!(store.queue_counts(T0 + 130_000).await.unwrap().due, 1);
+    assert_eq!(store.queue_counts(T0 + ms(130_000)).await.unwrap().due, 1);
 }
 
 pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) {
@@ -3527,7 +3602,7 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
             "refund.success",
             r#"{"out_trade_no": 1002}"#,
             None,
-            T0 + 10,
+            T0 + ms(10),
         ))
         .await
         .unwrap();
@@ -3537,7 +3612,7 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
             "trade.success",
             r#"[1, 2]"#,
             Some("K-3"),
-            T0 + 20,
+            T0 + ms(20),
         ))
         .await
         .unwrap();
@@ -3547,7 +3622,7 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
             "trade.success",
             r#"{"out_trade_no": "T-1"}"#,
             None,
-            T0 + 30,
+            T0 + ms(30),
         ))
         .await
         .unwrap();
@@ -3605,8 +3680,8 @@ pub async fn dashboard_search_filters_every_field_and_pages(store: &impl Store) 
     .await;
     assert_eq!(ids(&by_notify_id), vec![n2.notification.id.clone()]);
     let by_time = search(SearchNotifications {
-        from: Some(T0 + 10),
-        until: Some(T0 + 30),
+        from: Some(T0 + ms(10)),
+        until: Some(T0 + ms(30)),
         ..Default::default()
     })
     .await;

@@ -32,7 +32,7 @@ pub struct AppSummary {
     pub name: String,
     /// The profile's name (`alipay`, `stripe`, ...).
     pub profile: String,
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
 }
 
 /// A keyset page request: `limit` (1 to [`MAX_PAGE`]; 0 counts as 1) and an opaque cursor.
@@ -46,7 +46,7 @@ pub struct ListPage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MinuteActivity {
     /// The minute's start (unix ms, a multiple of 60 000).
-    pub minute: Millis,
+    pub minute: UnixMillis,
     /// Attempts the receiver acknowledged.
     pub succeeded: u64,
     /// Attempts that failed (any error class).
@@ -75,9 +75,9 @@ pub struct EndpointTrouble {
     pub url: String,
     /// Failed attempts in the window.
     pub failures: u64,
-    pub last_attempt_at: Millis,
+    pub last_attempt_at: UnixMillis,
     /// The latest acknowledged attempt in the window, if any.
-    pub last_success_at: Option<Millis>,
+    pub last_success_at: Option<UnixMillis>,
 }
 
 /// An endpoint's recent health, read from the attempts of its latest
@@ -85,8 +85,8 @@ pub struct EndpointTrouble {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointRecent {
     /// The latest acknowledged attempt among those read.
-    pub last_success_at: Option<Millis>,
-    pub last_attempt_at: Option<Millis>,
+    pub last_success_at: Option<UnixMillis>,
+    pub last_attempt_at: Option<UnixMillis>,
     /// Failed attempts since the latest acknowledged one (all of those read when none was).
     pub consecutive_failures: u64,
     /// Pending deliveries of the endpoint (capped at [`COUNT_CAP`]).
@@ -105,9 +105,9 @@ pub struct SearchNotifications {
     /// A delivery's notify id (what the receiver saw).
     pub notify_id: Option<String>,
     /// Created at or after.
-    pub from: Option<Millis>,
+    pub from: Option<UnixMillis>,
     /// Created before.
-    pub until: Option<Millis>,
+    pub until: Option<UnixMillis>,
     pub limit: u32,
     pub cursor: Option<String>,
 }
@@ -119,12 +119,16 @@ pub trait DashboardStore: Send + Sync + 'static {
     async fn list_app_summaries(&self, page: ListPage) -> Result<Page<AppSummary>>;
     /// Attempts per minute made in `[since, until)`, oldest minute first; minutes without
     /// attempts are left out.
-    async fn activity(&self, since: Millis, until: Millis) -> Result<Vec<MinuteActivity>>;
+    async fn activity(&self, since: UnixMillis, until: UnixMillis) -> Result<Vec<MinuteActivity>>;
     /// The backlog, judged at `now`.
-    async fn queue_counts(&self, now: Millis) -> Result<QueueCounts>;
+    async fn queue_counts(&self, now: UnixMillis) -> Result<QueueCounts>;
     /// Destinations whose latest attempt at or after `since` failed, most failures first, at
     /// most `limit`.
-    async fn troubled_endpoints(&self, since: Millis, limit: u32) -> Result<Vec<EndpointTrouble>>;
+    async fn troubled_endpoints(
+        &self,
+        since: UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<EndpointTrouble>>;
     /// The endpoint's recent health (all zero/none when it has had no attempts).
     async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointRecent>;
     /// Notifications matching the search, newest first, as summaries. Examines at most

@@ -19,12 +19,15 @@
 //!   `disable_after`. The endpoint's `enabled` flag is cleared too (new notifications skip
 //!   it) and its pending deliveries are held back until it is enabled again, which resets
 //!   its health.
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::model::{Endpoint, Millis};
+use crate::model::Endpoint;
 pub use crate::ops_outbox::OpsTarget;
 use crate::Result;
+use crate::UnixMillis;
 
 /// The breaker's state as stored (`closed`, `open`, `disabled`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -62,18 +65,18 @@ pub struct EndpointHealth {
     /// Failed attempts since the last success.
     pub consecutive_failures: u32,
     /// The first failure of the current run of failures (`None` after a success).
-    pub failing_since: Option<Millis>,
-    pub last_success_at: Option<Millis>,
-    pub last_failure_at: Option<Millis>,
+    pub failing_since: Option<UnixMillis>,
+    pub last_success_at: Option<UnixMillis>,
+    pub last_failure_at: Option<UnixMillis>,
     /// While open: when the breaker lets one probe through.
-    pub open_until: Option<Millis>,
+    pub open_until: Option<UnixMillis>,
     /// How many times the breaker opened in the current run of failures (the cool-down
     /// doubles with each).
     pub times_opened: u32,
     /// Why the endpoint was disabled (`disabled` only).
     pub disabled_reason: Option<String>,
     /// When the state last changed.
-    pub changed_at: Option<Millis>,
+    pub changed_at: Option<UnixMillis>,
 }
 
 /// What an attempt told about its endpoint.
@@ -119,29 +122,29 @@ pub struct BreakerPolicy {
     /// Consecutive failures that open the breaker.
     pub failure_threshold: u32,
     /// The first cool-down; each reopening doubles it.
-    pub cooldown: Millis,
-    pub cooldown_max: Millis,
+    pub cooldown: Duration,
+    pub cooldown_max: Duration,
     /// Failing continuously for this long disables the endpoint.
-    pub disable_after: Millis,
+    pub disable_after: Duration,
 }
 
 impl Default for BreakerPolicy {
     fn default() -> Self {
         BreakerPolicy {
             failure_threshold: 10,
-            cooldown: 60_000,
-            cooldown_max: 3_600_000,
-            disable_after: 5 * 24 * 3_600_000,
+            cooldown: Duration::from_secs(60),
+            cooldown_max: Duration::from_secs(3_600),
+            disable_after: Duration::from_secs(5 * 24 * 3_600),
         }
     }
 }
 
 impl BreakerPolicy {
     /// The cool-down after the breaker opened for the `n`th time in a run (1-based).
-    pub fn cooldown_for(&self, n: u32) -> Millis {
+    pub fn cooldown_for(&self, n: u32) -> Duration {
         let shift = n.saturating_sub(1).min(30);
         self.cooldown
-            .saturating_mul(1i64 << shift)
+            .saturating_mul(1u32 << shift)
             .min(self.cooldown_max.max(self.cooldown))
     }
 }
@@ -149,7 +152,7 @@ impl BreakerPolicy {
 impl EndpointHealth {
     /// True while the endpoint must not be sent to at `now` (open and cooling down, or
     /// disabled). Claims skip such endpoints.
-    pub fn blocks(&self, now: Millis) -> bool {
+    pub fn blocks(&self, now: UnixMillis) -> bool {
         match self.state {
             BreakerState::Closed => false,
             BreakerState::Open => self.open_until.is_some_and(|t| t > now),
@@ -158,7 +161,7 @@ impl EndpointHealth {
     }
 
     /// Open with its cool-down over: one delivery at a time probes the endpoint.
-    pub fn half_open(&self, now: Millis) -> bool {
+    pub fn half_open(&self, now: UnixMillis) -> bool {
         self.state == BreakerState::Open && !self.blocks(now)
     }
 
@@ -168,7 +171,7 @@ impl EndpointHealth {
     pub fn record(
         &mut self,
         signal: HealthSignal,
-        now: Millis,
+        now: UnixMillis,
         policy: &BreakerPolicy,
     ) -> Option<HealthTransition> {
         if self.state == BreakerState::Disabled {
@@ -189,10 +192,10 @@ impl EndpointHealth {
         let since = *self.failing_since.get_or_insert(now);
         let disable = if signal == HealthSignal::Gone {
             Some("the endpoint answered 410 Gone".to_string())
-        } else if now - since >= policy.disable_after {
+        } else if now.saturating_sub(since) >= policy.disable_after {
             Some(format!(
                 "failing continuously for {} without a success",
-                human_duration(now - since)
+                human_duration(now.saturating_sub(since))
             ))
         } else {
             None
@@ -224,13 +227,13 @@ impl EndpointHealth {
 }
 
 /// `5d`, `3h`, `10m`, `42s`: the largest whole unit.
-pub fn human_duration(ms: Millis) -> String {
-    let s = ms / 1000;
-    if s >= 86_400 && s % 86_400 == 0 {
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 86_400 && s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s >= 3_600 && s % 3_600 == 0 {
+    } else if s >= 3_600 && s.is_multiple_of(3_600) {
         format!("{}h", s / 3_600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -244,7 +247,7 @@ pub fn human_duration(ms: Millis) -> String {
 pub struct HealthReport {
     pub endpoint_id: String,
     pub signals: Vec<HealthSignal>,
-    pub now: Millis,
+    pub now: UnixMillis,
     pub policy: BreakerPolicy,
 }
 
@@ -278,7 +281,7 @@ pub struct HealthRecorded {
 /// attempts, at most `limit` notifications.
 #[derive(Clone, Copy, Debug)]
 pub struct PurgeParams {
-    pub before: Millis,
+    pub before: UnixMillis,
     pub limit: u32,
 }
 
@@ -307,7 +310,12 @@ pub trait OpsStore: Send + Sync + 'static {
     /// changes their URL, secret and retry policy in place (pending ops notifications go to
     /// the new URL), and clearing deletes them, canceling pending ops notifications.
     /// `Ok(false)` when there is no such live app, or it is an internal app.
-    async fn set_app_ops(&self, app_id: &str, ops: Option<OpsTarget>, now: Millis) -> Result<bool>;
+    async fn set_app_ops(
+        &self,
+        app_id: &str,
+        ops: Option<OpsTarget>,
+        now: UnixMillis,
+    ) -> Result<bool>;
     /// The app's ops target; `Err(NotFound("app"))` when there is no such live app.
     async fn get_app_ops(&self, app_id: &str) -> Result<Option<OpsTarget>>;
     /// How many deliveries are pending.
@@ -323,7 +331,11 @@ pub trait OpsStore: Send + Sync + 'static {
 mod tests {
     use super::*;
 
-    const T: Millis = 1_700_000_000_000;
+    const T: UnixMillis = UnixMillis::new(1_700_000_000_000);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     #[test]
     fn breaker_opens_after_the_threshold_and_a_probe_success_closes_it() {
@@ -333,22 +345,22 @@ mod tests {
         };
         let mut h = EndpointHealth::default();
         assert_eq!(h.record(HealthSignal::Failure, T, &p), None);
-        assert_eq!(h.record(HealthSignal::Failure, T + 1, &p), None);
+        assert_eq!(h.record(HealthSignal::Failure, T + ms(1), &p), None);
         assert_eq!(
-            h.record(HealthSignal::Failure, T + 2, &p),
+            h.record(HealthSignal::Failure, T + ms(2), &p),
             Some(HealthTransition::Opened)
         );
-        assert!(h.blocks(T + 2));
-        assert_eq!(h.open_until, Some(T + 2 + 60_000));
-        assert!(h.half_open(T + 2 + 60_000));
+        assert!(h.blocks(T + ms(2)));
+        assert_eq!(h.open_until, Some(T + ms(2) + ms(60_000)));
+        assert!(h.half_open(T + ms(2) + ms(60_000)));
         // The probe fails: open again, twice as long.
         assert_eq!(
-            h.record(HealthSignal::Failure, T + 70_000, &p),
+            h.record(HealthSignal::Failure, T + ms(70_000), &p),
             Some(HealthTransition::Reopened)
         );
-        assert_eq!(h.open_until, Some(T + 70_000 + 120_000));
+        assert_eq!(h.open_until, Some(T + ms(70_000) + ms(120_000)));
         assert_eq!(
-            h.record(HealthSignal::Success, T + 200_000, &p),
+            h.record(HealthSignal::Success, T + ms(200_000), &p),
             Some(HealthTransition::Recovered)
         );
         assert_eq!(h.state, BreakerState::Closed);
@@ -364,8 +376,8 @@ mod tests {
             h.record(HealthSignal::Gone, T, &p),
             Some(HealthTransition::Disabled)
         );
-        assert!(h.blocks(T + 10 * p.disable_after));
-        assert_eq!(h.record(HealthSignal::Success, T + 1, &p), None);
+        assert!(h.blocks(T + p.disable_after * 10));
+        assert_eq!(h.record(HealthSignal::Success, T + ms(1), &p), None);
 
         let p = BreakerPolicy {
             failure_threshold: 2,
@@ -374,7 +386,7 @@ mod tests {
         let mut h = EndpointHealth::default();
         h.record(HealthSignal::Failure, T, &p);
         assert_eq!(
-            h.record(HealthSignal::Failure, T + p.disable_after - 1, &p),
+            h.record(HealthSignal::Failure, T + p.disable_after - ms(1), &p),
             Some(HealthTransition::Opened)
         );
         h.open_until = Some(T); // cool-down over
@@ -391,9 +403,9 @@ mod tests {
     #[test]
     fn cooldown_doubles_up_to_its_maximum() {
         let p = BreakerPolicy::default();
-        assert_eq!(p.cooldown_for(1), 60_000);
-        assert_eq!(p.cooldown_for(2), 120_000);
-        assert_eq!(p.cooldown_for(7), 3_600_000);
-        assert_eq!(p.cooldown_for(1000), 3_600_000);
+        assert_eq!(p.cooldown_for(1), ms(60_000));
+        assert_eq!(p.cooldown_for(2), ms(120_000));
+        assert_eq!(p.cooldown_for(7), ms(3_600_000));
+        assert_eq!(p.cooldown_for(1000), ms(3_600_000));
     }
 }

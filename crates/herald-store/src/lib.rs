@@ -183,10 +183,10 @@ pub trait AdminStore: Send + Sync + 'static {
         app_id: &str,
         id: &str,
         patch: EndpointPatch,
-        now: Millis,
+        now: UnixMillis,
     ) -> Result<Option<Endpoint>>;
     /// Deletes the endpoint and cancels its pending deliveries. False when it did not exist.
-    async fn delete_endpoint(&self, app_id: &str, id: &str, now: Millis) -> Result<bool>;
+    async fn delete_endpoint(&self, app_id: &str, id: &str, now: UnixMillis) -> Result<bool>;
 
     // Notifications.
     /// Stores a notification and its deliveries (to `notify_url`, or to every enabled
@@ -213,10 +213,10 @@ pub trait AdminStore: Send + Sync + 'static {
     async fn list_attempts(&self, id: &str, page: ListAttempts) -> Result<Option<Page<Attempt>>>;
     /// Makes the delivery due now (a failed or succeeded one goes back to pending for one more
     /// try). `Err(Conflict)` for a canceled delivery.
-    async fn retry_delivery(&self, id: &str, now: Millis) -> Result<Option<Delivery>>;
+    async fn retry_delivery(&self, id: &str, now: UnixMillis) -> Result<Option<Delivery>>;
     /// Puts every failed delivery of the app created at or after `since` back to pending,
     /// due now. Returns how many.
-    async fn recover(&self, app_id: &str, since: Millis, now: Millis) -> Result<u64>;
+    async fn recover(&self, app_id: &str, since: UnixMillis, now: UnixMillis) -> Result<u64>;
 
     // -------------------------------------------------------------------------------------
     // Apps: listing, changing and deleting them. A deleted app is gone for every read and
@@ -235,7 +235,7 @@ pub trait AdminStore: Send + Sync + 'static {
     /// attempted again; an outcome reported later by a node that held one is stale and
     /// changes nothing). Returns how many deliveries were canceled, `None` when there is no
     /// such live app.
-    async fn delete_app(&self, id: &str, now: Millis) -> Result<Option<u64>>;
+    async fn delete_app(&self, id: &str, now: UnixMillis) -> Result<Option<u64>>;
 
     // -------------------------------------------------------------------------------------
     // Recovering one endpoint: like `recover`, for the deliveries to `endpoint_id` alone
@@ -245,8 +245,8 @@ pub trait AdminStore: Send + Sync + 'static {
         &self,
         app_id: &str,
         endpoint_id: &str,
-        since: Millis,
-        now: Millis,
+        since: UnixMillis,
+        now: UnixMillis,
     ) -> Result<Option<u64>>;
 }
 
@@ -266,7 +266,7 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     async fn find_api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>>;
     /// Records that the key was used at `now` (the API calls this at most about once a
     /// minute per key, so using a key costs no write per request).
-    async fn touch_api_key(&self, id: &str, now: Millis) -> Result<()>;
+    async fn touch_api_key(&self, id: &str, now: UnixMillis) -> Result<()>;
 }
 
 /// The payment sandbox's trades (`herald serve --sandbox`).
@@ -301,7 +301,7 @@ pub trait SourceStore: Send + Sync + 'static {
     async fn list_sources(&self, page: ListSources) -> Result<Page<Source>>;
     /// Marks the source deleted (its ingest URL stops accepting) and deletes its destination
     /// endpoint, canceling pending forwards. False when it did not exist (or was deleted).
-    async fn delete_source(&self, id: &str, now: Millis) -> Result<bool>;
+    async fn delete_source(&self, id: &str, now: UnixMillis) -> Result<bool>;
 }
 
 /// Small key-value settings (the admin token's hash), and the database's reachability.

@@ -3,18 +3,17 @@
 //! [`EndpointCtx`]).
 //!
 //! Producers' fields are validated types ([`EventType`], [`NotifyUrl`], [`IdempotencyKey`],
-//! [`OrderKey`], an endpoint's [`EndpointUrl`]; see [`crate::fields`]). Times are unix milliseconds ([`Millis`]) and always passed in by
+//! [`OrderKey`], an endpoint's [`EndpointUrl`]; see [`crate::fields`]). Times are unix milliseconds ([`UnixMillis`]) and always passed in by
 //! the caller, so tests control the clock.
 use std::sync::Arc;
 
+/// Every time in the model is a [`UnixMillis`] (re-exported so `use crate::model::*` sees it).
+pub use herald_protocols::UnixMillis;
 use herald_protocols::{AckRule, Credentials, Profile, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::fields::{EndpointUrl, EventType, IdempotencyKey, NotifyUrl, OrderKey};
 use crate::health::{BreakerState, EndpointHealth};
-
-/// Unix time in milliseconds.
-pub type Millis = i64;
 
 /// The state of one delivery. A closed set, enforced by a CHECK constraint in every driver.
 ///
@@ -70,7 +69,7 @@ pub struct App {
     /// Overrides the profile's default ack rule.
     pub ack: Option<AckRule>,
     pub credentials: Credentials,
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
 }
 
 #[derive(Clone, Debug)]
@@ -80,7 +79,7 @@ pub struct NewApp {
     pub retry: Option<RetryPolicy>,
     pub ack: Option<AckRule>,
     pub credentials: Credentials,
-    pub now: Millis,
+    pub now: UnixMillis,
 }
 
 /// A page of the live apps, by id.
@@ -124,9 +123,9 @@ pub struct ApiKey {
     pub app_id: String,
     /// The key's first characters (`hk_` and a few more), to tell keys apart in lists.
     pub prefix: String,
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
     /// When it last authenticated a request (to about a minute); `None` if never.
-    pub last_used_at: Option<Millis>,
+    pub last_used_at: Option<UnixMillis>,
 }
 
 #[derive(Clone, Debug)]
@@ -135,7 +134,7 @@ pub struct NewApiKey {
     pub prefix: String,
     /// SHA-256 of the key, lowercase hex.
     pub key_sha256: String,
-    pub now: Millis,
+    pub now: UnixMillis,
 }
 
 /// A subscribed URL of an app.
@@ -153,8 +152,8 @@ pub struct Endpoint {
     pub enabled: bool,
     /// Overrides the profile's attempt timeout (milliseconds).
     pub timeout_ms: Option<u32>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
     /// The circuit breaker and auto-disable state (see [`crate::health`]).
     pub health: EndpointHealth,
 }
@@ -170,7 +169,7 @@ pub struct NewEndpoint {
     pub ordered: bool,
     pub enabled: bool,
     pub timeout_ms: Option<u32>,
-    pub now: Millis,
+    pub now: UnixMillis,
 }
 
 /// A partial update; `None` leaves a field as it is. For nullable fields the inner `None`
@@ -189,7 +188,7 @@ pub struct EndpointPatch {
 
 impl EndpointPatch {
     /// Applies the patch to `ep`, changed at `now`. Every driver applies patches this way.
-    pub fn apply(self, ep: &mut Endpoint, now: Millis) {
+    pub fn apply(self, ep: &mut Endpoint, now: UnixMillis) {
         if let Some(v) = self.url {
             ep.url = v;
         }
@@ -239,7 +238,7 @@ pub struct Notification {
     pub notify_url: Option<NotifyUrl>,
     pub idempotency_key: Option<IdempotencyKey>,
     pub order_key: Option<OrderKey>,
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
 }
 
 #[derive(Clone, Debug)]
@@ -251,7 +250,7 @@ pub struct NewNotification {
     pub notify_url: Option<NotifyUrl>,
     pub idempotency_key: Option<IdempotencyKey>,
     pub order_key: Option<OrderKey>,
-    pub now: Millis,
+    pub now: UnixMillis,
 }
 
 impl NewNotification {
@@ -289,9 +288,9 @@ pub struct Delivery {
     pub notify_id: String,
     pub status: DeliveryStatus,
     pub attempts: u32,
-    pub next_attempt_at: Option<Millis>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
+    pub next_attempt_at: Option<UnixMillis>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
 }
 
 /// One HTTP try.
@@ -299,7 +298,7 @@ pub struct Delivery {
 pub struct Attempt {
     /// 1 for the first attempt.
     pub n: u32,
-    pub at: Millis,
+    pub at: UnixMillis,
     pub duration_ms: u32,
     pub status_code: Option<u16>,
     /// The first 4 KiB of the response body, as lossy UTF-8.
@@ -348,7 +347,7 @@ pub struct NotificationSummary {
     pub notify_url: Option<NotifyUrl>,
     pub idempotency_key: Option<IdempotencyKey>,
     pub order_key: Option<OrderKey>,
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
     /// In creation order. One per matching endpoint (an app has at most a bounded number of
     /// endpoints, see the API), or one for a `notify_url`.
     pub deliveries: Vec<Delivery>,
@@ -504,10 +503,10 @@ pub struct ClaimedDelivery {
     pub event_type: EventType,
     pub payload: Arc<str>,
     /// When the notification was created (unix ms).
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
     /// Attempts already made.
     pub attempts: u32,
-    pub next_at: Millis,
+    pub next_at: UnixMillis,
     /// The delivery's scoped order key ([`NewNotification::order_key_for`]: `ep:...` or
     /// `app:...`), not the producer's [`OrderKey`] itself.
     pub order_key: Option<String>,
@@ -515,7 +514,7 @@ pub struct ClaimedDelivery {
 
 impl ClaimedDelivery {
     /// The timer key: due time, then creation order.
-    pub fn key(&self) -> (Millis, i64) {
+    pub fn key(&self) -> (UnixMillis, i64) {
         (self.next_at, self.seq)
     }
 }
@@ -525,13 +524,13 @@ impl ClaimedDelivery {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttemptOutcome {
     Succeeded,
-    Retry { next_at: Millis },
+    Retry { next_at: UnixMillis },
     Failed,
 }
 
 impl AttemptOutcome {
     /// The delivery's status and next attempt time once this outcome is applied.
-    pub fn status_and_next_at(self) -> (DeliveryStatus, Option<Millis>) {
+    pub fn status_and_next_at(self) -> (DeliveryStatus, Option<UnixMillis>) {
         match self {
             AttemptOutcome::Succeeded => (DeliveryStatus::Succeeded, None),
             AttemptOutcome::Failed => (DeliveryStatus::Failed, None),
@@ -564,7 +563,7 @@ pub struct SandboxPayment {
     /// Bumped by every write; a write names the version it read (optimistic concurrency).
     pub version: i64,
     /// When an unpaid trade closes by itself; `None` once it is paid or closed.
-    pub deadline: Option<Millis>,
+    pub deadline: Option<UnixMillis>,
 }
 
 /// A notification the sandbox enqueues together with a trade change.
@@ -668,7 +667,7 @@ pub struct Source {
     pub app_id: String,
     /// The destination: the internal app's one endpoint.
     pub endpoint_id: String,
-    pub created_at: Millis,
+    pub created_at: UnixMillis,
 }
 
 /// A source to create, with its internal app and destination endpoint, in one transaction.

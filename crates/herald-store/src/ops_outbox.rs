@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::fields::{EndpointUrl, OrderKey};
 use crate::health::{EndpointHealth, HealthTransition};
-use crate::model::{Endpoint, Millis, NewApp, NewEndpoint, NewNotification};
+use crate::model::{Endpoint, NewApp, NewEndpoint, NewNotification};
+use crate::UnixMillis;
 
 /// The event types ops notifications carry.
 pub const OPS_EVENT_TYPES: [&str; 3] = [
@@ -46,7 +47,7 @@ pub struct OpsTarget {
 }
 
 /// The internal app holding `owner_app_id`'s ops target.
-pub fn ops_app(owner_app_id: &str, target: &OpsTarget, now: Millis) -> NewApp {
+pub fn ops_app(owner_app_id: &str, target: &OpsTarget, now: UnixMillis) -> NewApp {
     NewApp {
         name: format!("ops notifications of {owner_app_id}"),
         profile: Profile::StandardWebhooks,
@@ -60,7 +61,7 @@ pub fn ops_app(owner_app_id: &str, target: &OpsTarget, now: Millis) -> NewApp {
 /// The internal app's one endpoint: the ops URL, one attempt at a time per endpoint it
 /// reports on (see [`ops_notification`]'s order key). The URL is the app's stored ops
 /// target, checked by the API when it was set.
-pub fn ops_endpoint(ops_app_id: &str, url: &str, now: Millis) -> NewEndpoint {
+pub fn ops_endpoint(ops_app_id: &str, url: &str, now: UnixMillis) -> NewEndpoint {
     NewEndpoint {
         app_id: ops_app_id.to_string(),
         url: EndpointUrl::from_stored(url.to_string()),
@@ -83,7 +84,7 @@ pub fn ops_notification(
     ops_app_id: &str,
     transition: HealthTransition,
     endpoint: &Endpoint,
-    now: Millis,
+    now: UnixMillis,
 ) -> Option<NewNotification> {
     let event_type = transition.event_type()?;
     Some(NewNotification {
@@ -115,7 +116,7 @@ struct Data<'a> {
 
 /// The JSON body of an ops notification (the Standard Webhooks `type`/`timestamp`/`data`
 /// shape). A password in the endpoint URL is masked.
-pub fn ops_body(event_type: &str, endpoint: &Endpoint, now: Millis) -> String {
+pub fn ops_body(event_type: &str, endpoint: &Endpoint, now: UnixMillis) -> String {
     let body = Body {
         kind: event_type,
         timestamp: rfc3339(now),
@@ -139,8 +140,8 @@ fn mask_password(url: &str) -> String {
     }
 }
 
-fn rfc3339(ms: Millis) -> String {
-    let secs = ms.div_euclid(1000);
+fn rfc3339(ms: UnixMillis) -> String {
+    let secs = ms.to_seconds().get();
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
@@ -172,9 +173,15 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(UnixMillis::new(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UnixMillis::new(1_700_000_000_000)),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            rfc3339(UnixMillis::new(951_782_400_000)),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]
@@ -199,12 +206,19 @@ mod tests {
             ordered: false,
             enabled: true,
             timeout_ms: None,
-            created_at: 0,
-            updated_at: 0,
+            created_at: UnixMillis::new(0),
+            updated_at: UnixMillis::new(0),
             health: EndpointHealth::default(),
         };
-        assert!(ops_notification("app_ops", HealthTransition::Reopened, &ep, 0).is_none());
-        let n = ops_notification("app_ops", HealthTransition::Opened, &ep, 0).unwrap();
+        assert!(ops_notification(
+            "app_ops",
+            HealthTransition::Reopened,
+            &ep,
+            UnixMillis::new(0)
+        )
+        .is_none());
+        let n =
+            ops_notification("app_ops", HealthTransition::Opened, &ep, UnixMillis::new(0)).unwrap();
         assert_eq!(n.app_id, "app_ops");
         assert_eq!(n.event_type, "endpoint.breaker_opened");
         assert_eq!(n.order_key.as_deref(), Some("ep_1"));

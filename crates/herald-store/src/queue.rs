@@ -44,6 +44,7 @@
 //!
 //! Every parameter struct carries `now`: tests fix the clock, and no driver reads it.
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -59,8 +60,8 @@ pub type NodeId = Arc<str>;
 #[derive(Clone, Debug)]
 pub struct LeaseParams {
     pub node: NodeId,
-    pub now: Millis,
-    pub lease: Millis,
+    pub now: UnixMillis,
+    pub lease: Duration,
 }
 
 /// The answer to a renewal.
@@ -78,8 +79,8 @@ pub enum Lease {
 #[derive(Clone, Debug)]
 pub struct ClaimParams {
     pub node: NodeId,
-    pub now: Millis,
-    pub horizon: Millis,
+    pub now: UnixMillis,
+    pub horizon: UnixMillis,
     pub limit: usize,
 }
 
@@ -91,8 +92,8 @@ pub struct ClaimParams {
 pub struct CompleteParams {
     pub node: NodeId,
     pub report: AttemptReport,
-    pub now: Millis,
-    pub horizon: Millis,
+    pub now: UnixMillis,
+    pub horizon: UnixMillis,
 }
 
 impl CompleteParams {
@@ -125,8 +126,8 @@ pub struct Completed {
 pub struct ReleaseParams {
     pub node: NodeId,
     pub jobs: Vec<(i64, u32)>,
-    pub next_at: Option<Millis>,
-    pub now: Millis,
+    pub next_at: Option<UnixMillis>,
+    pub now: UnixMillis,
 }
 
 /// Asking for what `node` holds, due by `horizon` (see [`Queue::held`]). `now` stamps
@@ -134,8 +135,8 @@ pub struct ReleaseParams {
 #[derive(Clone, Debug)]
 pub struct HeldParams {
     pub node: NodeId,
-    pub now: Millis,
-    pub horizon: Millis,
+    pub now: UnixMillis,
+    pub horizon: UnixMillis,
 }
 
 /// A best-effort wake-up for the engines (see the module doc).
@@ -166,7 +167,7 @@ pub trait Queue: Send + Sync + 'static {
     async fn renew_lease(&self, params: LeaseParams) -> Result<Lease>;
     /// Releases the deliveries of nodes whose lease ended before `now` and forgets those
     /// nodes. Returns how many deliveries were released.
-    async fn rescue(&self, now: Millis) -> Result<u64>;
+    async fn rescue(&self, now: UnixMillis) -> Result<u64>;
     /// Claims due work (see the module doc for what is claimable), in `(next_at, seq)` order.
     async fn claim(&self, params: ClaimParams) -> Result<Vec<Arc<ClaimedDelivery>>>;
     /// Records an attempt and applies its outcome if the node's claim still holds. When the

@@ -12,8 +12,8 @@
 //! [`SessionStore::purge_sessions`] in bounded batches.
 use async_trait::async_trait;
 
-use crate::model::Millis;
 use crate::Result;
+use crate::UnixMillis;
 
 /// The most expired rows one [`SessionStore::purge_sessions`] call deletes from each table.
 pub const PURGE_BATCH: u32 = 1_000;
@@ -65,8 +65,8 @@ pub struct NewSession {
     /// SHA-256 of the random id, lowercase hex.
     pub id_sha256: String,
     pub principal: SessionPrincipal,
-    pub now: Millis,
-    pub expires_at: Millis,
+    pub now: UnixMillis,
+    pub expires_at: UnixMillis,
     /// Refused (`Ok(false)`) when this many live ones already exist: sessions of the same
     /// principal, or login links in all.
     pub max_live: u32,
@@ -76,8 +76,8 @@ pub struct NewSession {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
     pub principal: SessionPrincipal,
-    pub created_at: Millis,
-    pub expires_at: Millis,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
 }
 
 /// The dashboard's sessions and one-time login links. See the module doc.
@@ -88,7 +88,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn create_session(&self, new: NewSession) -> Result<bool>;
     /// The session whose id hashes to `id_sha256`, if it expires after `now` and, for an API
     /// key's, the key still exists and its app is not deleted. One indexed read, no write.
-    async fn find_session(&self, id_sha256: &str, now: Millis) -> Result<Option<SessionRecord>>;
+    async fn find_session(&self, id_sha256: &str, now: UnixMillis)
+        -> Result<Option<SessionRecord>>;
     /// Ends a session (sign-out); whether there was one.
     async fn delete_session(&self, id_sha256: &str) -> Result<bool>;
     /// Stores a one-time login link; `Ok(false)` when `max_live` unexpired links exist.
@@ -98,8 +99,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn consume_login_link(
         &self,
         id_sha256: &str,
-        now: Millis,
+        now: UnixMillis,
     ) -> Result<Option<SessionPrincipal>>;
     /// Deletes sessions and links expired at `now`, at most [`PURGE_BATCH`] of each; how many.
-    async fn purge_sessions(&self, now: Millis) -> Result<u64>;
+    async fn purge_sessions(&self, now: UnixMillis) -> Result<u64>;
 }

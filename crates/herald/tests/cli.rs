@@ -347,7 +347,7 @@ async fn listen_verifies_acks_and_rejects_tampered_requests() {
     let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();
     let addr = start_listen(None, Arc::new(move |l| sink.lock().unwrap().push(l))).await;
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     let body = br#"{"a":1}"#;
     let sig = sw::sign(
         "msg_1",
@@ -430,7 +430,7 @@ async fn forwarding_listener(forward_to: String, raw: bool) -> std::net::SocketA
 }
 
 async fn post_signed(addr: std::net::SocketAddr, body: &'static [u8]) -> reqwest::Response {
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     let sig = sw::sign(
         "msg_fw",
         now,
@@ -870,7 +870,7 @@ async fn listen_decrypts_a_wechat_v2_refund_notification_and_acks_it() {
 async fn verify_reports_a_signed_but_incomplete_body_as_a_valid_signature_with_a_note() {
     // A Stripe event (Stripe's event shape) without `type`, correctly signed.
     let secret = "whsec_test0123456789abcdefghijklmnopqrstu";
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     let event = r#"{"id":"evt_1NG8Du2eZvKYlo2CUI79vXWy","object":"event","api_version":"2024-06-20","created":1686089970,"data":{"object":{"id":"pi_1","object":"payment_intent","amount":100,"currency":"cny"}},"livemode":false,"pending_webhooks":1}"#;
     let header = herald_protocols::stripe::signature_header(now, event.as_bytes(), &[secret]);
     let stripe_args = [
@@ -1015,7 +1015,7 @@ async fn listen_for(
         profile,
         keys: Arc::new(
             profile
-                .receiver_keys_from(creds, herald_engine::now_ms() / 1000)
+                .receiver_keys_from(creds, herald_engine::now_ms().to_seconds().get())
                 .unwrap(),
         ),
         status: None,
@@ -1377,7 +1377,7 @@ async fn listen_dump_saves_each_request_and_verify_request_explains_it_back() {
         .unwrap()
         .unwrap();
     assert!(first.starts_with("Listening on"), "{first}");
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     let encoded = profile
         .encode(
             &creds,

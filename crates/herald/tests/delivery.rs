@@ -8,7 +8,7 @@ use herald_protocols::standard_webhooks::{self as sw, VerifyKey};
 use serde_json::json;
 
 fn verify(r: &common::Received, key: &str) -> Result<(), sw::VerifyError> {
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     sw::verify(
         &r.header("webhook-id"),
         &r.header("webhook-timestamp"),

@@ -22,7 +22,7 @@ fn verify(r: &common::Received, key: &str) -> Result<(), sw::VerifyError> {
         &r.header("webhook-signature"),
         &r.body,
         &[VerifyKey::parse(key).unwrap()],
-        herald_engine::now_ms() / 1000,
+        herald_engine::now_ms().to_seconds().get(),
     )
 }
 

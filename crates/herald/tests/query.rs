@@ -21,7 +21,7 @@ use herald_server::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 
 fn now_s() -> i64 {
-    herald_engine::now_ms() / 1000
+    herald_engine::now_ms().to_seconds().get()
 }
 
 /// A sandbox app of `profile`: its id and stored credentials.

@@ -32,7 +32,7 @@ fn secret_core() -> &'static str {
 }
 
 fn verify(r: &common::Received) -> Result<(), sw::VerifyError> {
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     sw::verify(
         &r.header("webhook-id"),
         &r.header("webhook-timestamp"),

@@ -383,7 +383,7 @@ pub async fn rotate(
         .get_app(&app_id)
         .await?
         .ok_or(ApiError::NotFound("app"))?;
-    let now = now_ms() / 1000;
+    let now = now_ms().to_seconds().get();
     let (mut credentials, once) = app
         .profile
         .rotate(&app.credentials, now + grace as i64, now)

@@ -33,7 +33,7 @@ pub const API_KEY_PREFIX: &str = "hk_";
 const SHOWN_PREFIX_LEN: usize = 11;
 /// A key's `last_used_at` is written again only when it is older than this, so using a key
 /// costs a write at most once a minute, not once a request.
-const TOUCH_EVERY_MS: i64 = 60_000;
+const TOUCH_EVERY_MS: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The caller of a request, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -127,8 +127,8 @@ pub async fn create(
             notify_id: &app.profile.new_notify_id(),
             event_type: &event_type,
             payload: req.payload.get().as_bytes(),
-            timestamp: herald_store::UnixMillis::new(now).to_seconds(),
-            created_at: herald_store::UnixMillis::new(now).to_seconds(),
+            timestamp: now.to_seconds(),
+            created_at: now.to_seconds(),
         },
     );
     match encoded {

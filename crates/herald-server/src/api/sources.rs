@@ -506,7 +506,7 @@ pub async fn ingest(
         headers: &headers,
         query: uri.query().unwrap_or(""),
         body: &body,
-        now: now_ms().div_euclid(1000),
+        now: now_ms().to_seconds().get(),
     };
     let n = match profile.verify(&keys, &req) {
         Ok(n) => n,

@@ -179,7 +179,7 @@ pub fn endpoint(e: &Endpoint) -> EndpointView {
 /// An endpoint's health: its breaker (`closed`, `open` until `open_until`, or `disabled`
 /// with a reason), its current run of failures and its last success and failure.
 pub fn health(h: &herald_store::EndpointHealth) -> Value {
-    let at = |t: Option<herald_store::Millis>| t.map(rfc3339);
+    let at = |t: Option<herald_store::UnixMillis>| t.map(rfc3339);
     serde_json::json!({
         "state": h.state,
         "consecutive_failures": h.consecutive_failures,

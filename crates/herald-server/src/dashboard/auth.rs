@@ -116,10 +116,6 @@ pub fn csrf_token(session_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize())
 }
 
-fn ttl_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Sessions {
     pub fn new(store: Arc<dyn Store>) -> Sessions {
         Sessions { store }
@@ -140,7 +136,7 @@ impl Sessions {
                 id_sha256: key(&id),
                 principal: to_store(principal),
                 now,
-                expires_at: now.saturating_add(ttl_ms(SESSION_TTL)),
+                expires_at: now + SESSION_TTL,
                 max_live: MAX_SESSIONS_PER_PRINCIPAL,
             })
             .await?;
@@ -174,7 +170,7 @@ impl Sessions {
                 id_sha256: key(&secret),
                 principal: to_store(principal),
                 now,
-                expires_at: now.saturating_add(ttl_ms(LINK_TTL)),
+                expires_at: now + LINK_TTL,
                 max_live: MAX_LINKS,
             })
             .await?;

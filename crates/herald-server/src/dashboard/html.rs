@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use herald_store::dashboard::MinuteActivity;
-use herald_store::Millis;
+use herald_store::UnixMillis;
 
 /// Escapes text for HTML element content and quoted attribute values: the workspace's one
 /// HTML escape (`herald-http`, shared with the sandbox's checkout page and the example
@@ -17,9 +17,9 @@ pub fn url_part(s: &str) -> String {
 }
 
 /// `2026-11-27 21:40:05 UTC`, or `—` for none.
-pub fn time(ms: Option<Millis>) -> String {
+pub fn time(ms: Option<UnixMillis>) -> String {
     let Some(ms) = ms else { return "—".into() };
-    match time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms.get()) * 1_000_000) {
         Ok(t) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
             t.year(),
@@ -34,8 +34,8 @@ pub fn time(ms: Option<Millis>) -> String {
 }
 
 /// `2026-11-27T21:40` (the value of an `<input type="datetime-local">`, UTC).
-pub fn datetime_local(ms: Millis) -> String {
-    match time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
+pub fn datetime_local(ms: UnixMillis) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms.get()) * 1_000_000) {
         Ok(t) => format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}",
             t.year(),
@@ -49,10 +49,12 @@ pub fn datetime_local(ms: Millis) -> String {
 }
 
 /// Parses `YYYY-MM-DDTHH:MM[:SS]` (UTC, as the form's datetime inputs send) or RFC 3339.
-pub fn parse_datetime(s: &str) -> Option<Millis> {
+pub fn parse_datetime(s: &str) -> Option<UnixMillis> {
     let s = s.trim();
     if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        return Some((t.unix_timestamp_nanos() / 1_000_000) as Millis);
+        return Some(UnixMillis::new(
+            (t.unix_timestamp_nanos() / 1_000_000) as i64,
+        ));
     }
     let (date, clock) = s.split_once('T').or_else(|| s.split_once(' '))?;
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
@@ -72,7 +74,9 @@ pub fn parse_datetime(s: &str) -> Option<Millis> {
         )
         .ok()?
         .assume_utc();
-    Some((t.unix_timestamp_nanos() / 1_000_000) as Millis)
+    Some(UnixMillis::new(
+        (t.unix_timestamp_nanos() / 1_000_000) as i64,
+    ))
 }
 
 /// A status word as a coloured badge.
@@ -196,13 +200,13 @@ pub fn action(path: &str, csrf: &str, label: &str, class: &str, fields: &str) ->
 
 /// The last hour's attempts per minute as a stacked bar chart (inline SVG): acknowledged in
 /// green, failed in red, one bar per minute from `start` (60 bars).
-pub fn chart(start: Millis, minutes: &[MinuteActivity]) -> String {
+pub fn chart(start: UnixMillis, minutes: &[MinuteActivity]) -> String {
     const W: f64 = 1080.0;
     const H: f64 = 160.0;
     const BARS: usize = 60;
     let mut per = [(0u64, 0u64); BARS];
     for m in minutes {
-        let i = (m.minute - start).div_euclid(60_000);
+        let i = m.minute.ms_since(start).div_euclid(60_000);
         if let Ok(i) = usize::try_from(i) {
             if i < BARS {
                 per[i] = (m.succeeded, m.failed);
@@ -224,7 +228,7 @@ pub fn chart(start: Millis, minutes: &[MinuteActivity]) -> String {
         let x = i as f64 * slot + 1.0;
         let hok = *ok as f64 / max as f64 * (H - 16.0);
         let hbad = *bad as f64 / max as f64 * (H - 16.0);
-        let minute = start + i as i64 * 60_000;
+        let minute = start + std::time::Duration::from_secs(60 * i as u64);
         let _ = write!(
             svg,
             "<g><title>{}: {ok} acknowledged, {bad} failed</title>\
@@ -272,11 +276,11 @@ mod tests {
 
     #[test]
     fn chart_places_each_minute_in_its_bar() {
-        let start: i64 = 1_700_000_040_000; // a whole minute
+        let start = UnixMillis::new(1_700_000_040_000); // a whole minute
         let svg = chart(
             start,
             &[MinuteActivity {
-                minute: start + 120_000,
+                minute: start + std::time::Duration::from_secs(120),
                 succeeded: 3,
                 failed: 1,
             }],

@@ -9,10 +9,12 @@ use axum::response::Response;
 use axum::Extension;
 use herald_store::dashboard::{AppSummary, ListPage, SearchNotifications, COUNT_CAP};
 use herald_store::{
-    Attempt, Delivery, DeliveryStatus, EventType, ListAttempts, ListEndpoints, Millis, Notification,
+    Attempt, Delivery, DeliveryStatus, EventType, ListAttempts, ListEndpoints, Notification,
+    UnixMillis,
 };
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::html::{
     action, badge, chart, datetime_local, esc, page, parse_datetime, time, url_part, Nav,
@@ -88,10 +90,14 @@ pub async fn overview(
     }
     let store = &state.api.store;
     let now = now_ms();
-    let start = now - now.rem_euclid(60_000) - 59 * 60_000;
-    let minutes = store.activity(start, now + 1).await?;
+    let start = now.floor_to(Duration::from_secs(60)) - Duration::from_secs(59 * 60);
+    let minutes = store
+        .activity(start, now + Duration::from_millis(1))
+        .await?;
     let counts = store.queue_counts(now).await?;
-    let trouble = store.troubled_endpoints(now - 3_600_000, 20).await?;
+    let trouble = store
+        .troubled_endpoints(now - Duration::from_secs(3_600), 20)
+        .await?;
     let (ok, bad) = minutes
         .iter()
         .fold((0, 0), |(o, b), m| (o + m.succeeded, b + m.failed));
@@ -296,7 +302,7 @@ pub async fn endpoint(
             url_part(&app_id),
             url_part(&ep.id)
         );
-        let since = datetime_local(now_ms() - 24 * 3_600_000);
+        let since = datetime_local(now_ms() - Duration::from_secs(24 * 3_600));
         let (label, set) = if ep.enabled {
             ("Disable", "false")
         } else {
@@ -506,7 +512,7 @@ pub async fn app(
             page(&app.name, Some(nav(&state, &authed, "/apps")), &b),
         ));
     }
-    let since = datetime_local(now_ms() - 24 * 3_600_000);
+    let since = datetime_local(now_ms() - Duration::from_secs(24 * 3_600));
     let _ = write!(
         b,
         "<div class=\"panel\"><h2 style=\"margin-top:0\">Actions</h2>\
@@ -587,7 +593,7 @@ pub async fn notifications(
             None
         })
     });
-    let mut time_of = |field: &str, v: &Option<String>| -> Option<Millis> {
+    let mut time_of = |field: &str, v: &Option<String>| -> Option<UnixMillis> {
         let v = given(v)?;
         parse_datetime(&v).or_else(|| {
             problems.push(format!(

@@ -80,7 +80,7 @@ pub async fn list(
                 badge(&text(&doc, "state")),
                 esc(&crate::sandbox::format_amount(&doc)),
                 esc(&text(&doc, "currency")),
-                time(doc["created_at"].as_i64()),
+                time(doc["created_at"].as_i64().map(herald_store::UnixMillis::new)),
             );
         }
         b.push_str("</table>");

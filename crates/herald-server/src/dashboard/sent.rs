@@ -7,7 +7,7 @@
 //! page says so: random nonces (WeChat Pay v3's signature nonce and resource encryption), and
 //! anything derived from credentials rotated since the attempt.
 use herald_protocols::{Credentials, OutgoingNotification, Profile};
-use herald_store::{Delivery, Millis, Notification};
+use herald_store::{Delivery, Notification, UnixMillis};
 
 /// What replaces a masked value.
 pub const MASK: &str = "•••• masked";
@@ -25,7 +25,7 @@ pub fn rebuild(
     credentials: &Credentials,
     n: &Notification,
     d: &Delivery,
-    at: Millis,
+    at: UnixMillis,
 ) -> Result<SentRequest, String> {
     let encoded = profile
         .encode(
@@ -34,8 +34,8 @@ pub fn rebuild(
                 notify_id: &d.notify_id,
                 event_type: &n.event_type,
                 payload: n.payload.as_bytes(),
-                timestamp: herald_store::UnixMillis::new(at).to_seconds(),
-                created_at: herald_store::UnixMillis::new(n.created_at).to_seconds(),
+                timestamp: at.to_seconds(),
+                created_at: n.created_at.to_seconds(),
             },
         )
         .map_err(|e| format!("cannot rebuild the request: {e}"))?;
@@ -172,7 +172,7 @@ mod tests {
             notify_url: None,
             idempotency_key: None,
             order_key: None,
-            created_at: 1_700_000_000_000,
+            created_at: UnixMillis::new(1_700_000_000_000),
         };
         let d = Delivery {
             id: "dlv_1".into(),
@@ -184,10 +184,17 @@ mod tests {
             status: herald_store::DeliveryStatus::Failed,
             attempts: 1,
             next_attempt_at: None,
-            created_at: 1_700_000_000_000,
-            updated_at: 1_700_000_000_000,
+            created_at: UnixMillis::new(1_700_000_000_000),
+            updated_at: UnixMillis::new(1_700_000_000_000),
         };
-        let sent = rebuild(Profile::StandardWebhooks, &creds, &n, &d, 1_700_000_005_000).unwrap();
+        let sent = rebuild(
+            Profile::StandardWebhooks,
+            &creds,
+            &n,
+            &d,
+            UnixMillis::new(1_700_000_005_000),
+        )
+        .unwrap();
         let get = |name: &str| {
             sent.headers
                 .iter()

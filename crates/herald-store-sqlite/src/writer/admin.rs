@@ -159,7 +159,7 @@ impl Writer {
     pub(super) fn delete_app(
         &mut self,
         id: &str,
-        now: Millis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<Option<u64>> {
         let marked = self
@@ -268,7 +268,7 @@ impl Writer {
         Ok(n > 0)
     }
 
-    pub(super) fn touch_api_key(&mut self, id: &str, now: Millis) -> Result<()> {
+    pub(super) fn touch_api_key(&mut self, id: &str, now: UnixMillis) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE api_keys SET last_used_at = ?2
@@ -409,7 +409,7 @@ impl Writer {
         app_id: &str,
         id: &str,
         patch: EndpointPatch,
-        now: Millis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<Option<Endpoint>> {
         let Some(mut ep) = rows::get_endpoint(&self.conn, app_id, id)? else {
@@ -430,7 +430,7 @@ impl Writer {
         &mut self,
         app_id: &str,
         id: &str,
-        now: Millis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<bool> {
         let Some(ep) = rows::get_endpoint(&self.conn, app_id, id)? else {

@@ -218,7 +218,7 @@ impl Writer {
     pub(super) fn retry_delivery(
         &mut self,
         id: &str,
-        now: Millis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<Option<Delivery>> {
         let Some((seq, d)) = rows::get_delivery(&self.conn, id)? else {
@@ -286,8 +286,8 @@ impl Writer {
     pub(super) fn recover(
         &mut self,
         app_id: &str,
-        since: Millis,
-        now: Millis,
+        since: UnixMillis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<u64> {
         if self.app_ctx(app_id)?.is_none() {
@@ -318,8 +318,8 @@ impl Writer {
         &mut self,
         app_id: &str,
         endpoint_id: &str,
-        since: Millis,
-        now: Millis,
+        since: UnixMillis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<Option<u64>> {
         if self.app_ctx(app_id)?.is_none() {

@@ -10,7 +10,7 @@ use super::Writer;
 use crate::rows;
 use crate::schema::backend;
 use herald_store::health::*;
-use herald_store::model::{AppPatch, EndpointPatch, Millis};
+use herald_store::model::{AppPatch, EndpointPatch, UnixMillis};
 use herald_store::ops_outbox::{
     ops_app, ops_endpoint, ops_notification as ops_notification_for, OpsTarget, INTERNAL_OPS,
 };
@@ -79,7 +79,7 @@ impl Writer {
         &mut self,
         app_id: &str,
         ops: Option<OpsTarget>,
-        now: Millis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<bool> {
         let row: Option<(Option<String>, Option<String>)> = self
@@ -168,7 +168,7 @@ impl Writer {
 
     /// Moves ops targets set before migration 8 (the URL and sealed secret on the app's
     /// row) into internal apps, in one transaction, once at open. `now` stamps the new rows.
-    pub(crate) fn upgrade_legacy_ops_targets(&mut self, now: Millis) -> Result<()> {
+    pub(crate) fn upgrade_legacy_ops_targets(&mut self, now: UnixMillis) -> Result<()> {
         let ids: Vec<String> = {
             let mut stmt = self
                 .conn

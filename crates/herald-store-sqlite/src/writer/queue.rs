@@ -66,7 +66,7 @@ impl Writer {
     /// Releases what expired nodes held, then forgets those nodes. Nothing to do (one
     /// indexed read) while every node is alive, which is always on a healthy single process;
     /// releasing scans the held rows, which only a lost lease makes necessary.
-    pub(super) fn rescue(&mut self, now: Millis, hints: &mut Vec<Hint>) -> Result<u64> {
+    pub(super) fn rescue(&mut self, now: UnixMillis, hints: &mut Vec<Hint>) -> Result<u64> {
         let expired: Vec<String> = {
             let mut stmt = self
                 .conn
@@ -232,7 +232,7 @@ impl Writer {
         let mut successor = None;
         if status.is_final() {
             if let Some(k) = &job.order_key {
-                let next: Option<(i64, Millis, Option<String>)> = self
+                let next: Option<(i64, UnixMillis, Option<String>)> = self
                     .conn
                     .prepare_cached(
                         "SELECT seq, next_at, locked_by FROM deliveries
@@ -261,7 +261,7 @@ impl Writer {
     pub(super) fn held(
         &mut self,
         node: &NodeId,
-        horizon: Millis,
+        horizon: UnixMillis,
     ) -> Result<Vec<Arc<ClaimedDelivery>>> {
         let rows = {
             let mut stmt = self
@@ -373,9 +373,9 @@ struct JobRow {
     event_type: String,
     payload: String,
     attempts: u32,
-    next_at: Millis,
+    next_at: UnixMillis,
     order_key: Option<String>,
-    created_at: Millis,
+    created_at: UnixMillis,
 }
 
 impl JobRow {

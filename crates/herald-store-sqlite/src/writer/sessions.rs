@@ -7,7 +7,7 @@ use rusqlite::{params, OptionalExtension};
 use super::Writer;
 use crate::schema::backend;
 use herald_store::sessions::{NewSession, SessionPrincipal, PURGE_BATCH};
-use herald_store::{Result, StoreError};
+use herald_store::{Result, StoreError, UnixMillis};
 
 /// Which of the two tables.
 #[derive(Clone, Copy, Debug)]
@@ -83,9 +83,9 @@ impl Writer {
     pub(super) fn consume_login_link(
         &mut self,
         id_sha256: &str,
-        now: i64,
+        now: UnixMillis,
     ) -> Result<Option<SessionPrincipal>> {
-        let row: Option<(String, Option<String>, i64)> = self
+        let row: Option<(String, Option<String>, UnixMillis)> = self
             .conn
             .prepare_cached(
                 "DELETE FROM dashboard_login_links WHERE id_sha256 = ?1
@@ -101,7 +101,7 @@ impl Writer {
             .and_then(|(p, app, _)| SessionPrincipal::from_columns(&p, app)))
     }
 
-    pub(super) fn purge_sessions(&mut self, now: i64) -> Result<u64> {
+    pub(super) fn purge_sessions(&mut self, now: UnixMillis) -> Result<u64> {
         let mut n = 0;
         for sql in [
             "DELETE FROM dashboard_sessions WHERE id_sha256 IN (

@@ -63,7 +63,7 @@ impl Writer {
     pub(super) fn delete_source(
         &mut self,
         id: &str,
-        now: Millis,
+        now: UnixMillis,
         hints: &mut Vec<Hint>,
     ) -> Result<bool> {
         let Some(source) = rows::get_source(&self.conn, &self.sealer, id)? else {

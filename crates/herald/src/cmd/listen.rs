@@ -206,7 +206,7 @@ async fn handle(
             Err(e) => (r.out)(format!("not saved: {e:#}")),
         }
     }
-    let now = herald_engine::now_ms() / 1000;
+    let now = herald_engine::now_ms().to_seconds().get();
     let req = IncomingRequest {
         method: method.as_str(),
         headers: &headers,

@@ -5,7 +5,7 @@
 //! background (`--retention`).
 use anyhow::Context as _;
 use clap::Args;
-use herald_store::{Millis, Sealer};
+use herald_store::Sealer;
 use herald_store_sqlite::Durability;
 
 use herald_server::config::parse_long_duration;
@@ -50,7 +50,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<()> {
         .open(Durability::Full, Sealer::none())
         .await
         .with_context(|| format!("opening {}", args.db))?;
-    let before = herald_server::clock::now_ms() - age.as_millis() as Millis;
+    let before = herald_server::clock::now_ms() - age;
     let result = herald_server::retention::purge_before(store.as_ref(), before, |_| {}, None).await;
     store.close().await;
     let p = result.context("purging")?;

@@ -180,8 +180,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<bool> {
                 notify_id: &profile.new_notify_id(),
                 event_type: &args.event_type,
                 payload: payload.as_bytes(),
-                timestamp: herald_protocols::UnixMillis::new(now_ms()).to_seconds(),
-                created_at: herald_protocols::UnixMillis::new(now_ms()).to_seconds(),
+                timestamp: now_ms().to_seconds(),
+                created_at: now_ms().to_seconds(),
             },
         )
         .with_context(|| format!("--json cannot be sent as {}", profile.name()))?
@@ -267,9 +267,12 @@ pub async fn run(args: SendArgs) -> anyhow::Result<bool> {
                 return Ok(false);
             }
             AttemptOutcome::Retry { next_at } => {
-                let wait = (next_at - now_ms()).max(0) as u64;
-                println!("  next attempt in {:.1} s", wait as f64 / 1000.0);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let wait = next_at.saturating_sub(now_ms());
+                println!(
+                    "  next attempt in {:.1} s",
+                    wait.as_millis() as f64 / 1000.0
+                );
+                tokio::time::sleep(wait).await;
                 job.attempts = a.n;
             }
         }

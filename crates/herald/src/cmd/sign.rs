@@ -131,7 +131,9 @@ fn sign_with(
         .iter()
         .map(|h| super::verify::parse_header(h))
         .collect::<Result<Vec<_>, _>>()?;
-    let now = args.now.unwrap_or_else(|| herald_engine::now_ms() / 1000);
+    let now = args
+        .now
+        .unwrap_or_else(|| herald_engine::now_ms().to_seconds().get());
     let notify_id = args
         .notify_id
         .clone()

@@ -268,7 +268,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     if let Some(ct) = &args.content_type {
         headers.push(("Content-Type".to_string(), ct.clone()));
     }
-    let now = args.now.unwrap_or_else(|| herald_engine::now_ms() / 1000);
+    let now = args
+        .now
+        .unwrap_or_else(|| herald_engine::now_ms().to_seconds().get());
     let req = IncomingRequest {
         method: &method,
         headers: &headers,

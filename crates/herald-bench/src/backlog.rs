@@ -24,7 +24,7 @@ use super::sink::AckSink;
 use super::Plan;
 
 /// How far ahead the backlog is scheduled: far beyond the engine's in-memory window.
-const AHEAD_MS: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const AHEAD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<Vec<Figure>> {
@@ -39,7 +39,7 @@ pub async fn run(plan: &Plan, sink: &AckSink) -> anyhow::Result<Vec<Figure>> {
         let store: Arc<dyn Store> = fixture::open_store(&db)?;
         let app = fixture::create_app(store.as_ref(), "backlog", Profile::StandardWebhooks).await?;
         let url = sink.url("/later");
-        let later = herald_engine::now_ms() + AHEAD_MS;
+        let later = herald_engine::now_ms() + AHEAD;
         fixture::insert(
             "backlog: store",
             store.clone(),

@@ -399,7 +399,7 @@ async fn query_if_late(shop: &Shop, order: &OrderRecord, checkout: &Checkout) {
     };
     let after = i64::try_from(shop.config.query_after.as_millis()).unwrap_or(i64::MAX);
     let now = now_ms();
-    let since = checkout.returned_at.unwrap_or(order.created_at);
+    let since = checkout.returned_at.unwrap_or(order.created_at.get());
     let due = now.saturating_sub(since) >= after
         && checkout
             .queried_at

@@ -311,14 +311,6 @@ impl Scheduler {
         }
     }
 
-    fn lease_ms(&self) -> Duration {
-        self.config.lease
-    }
-
-    fn window_ms(&self) -> Duration {
-        self.config.window
-    }
-
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tasks = self.task_rx.take().expect("run is called once");
@@ -421,7 +413,7 @@ impl Scheduler {
         let params = LeaseParams {
             node: self.node.clone(),
             now: self.clock.now(),
-            lease: self.lease_ms(),
+            lease: self.config.lease,
         };
         let queue = self.queue.clone();
         let tx = self.task_tx.clone();
@@ -450,7 +442,7 @@ impl Scheduler {
                 let params = LeaseParams {
                     node: self.node.clone(),
                     now,
-                    lease: self.lease_ms(),
+                    lease: self.config.lease,
                 };
                 let queue = self.queue.clone();
                 let tx = self.task_tx.clone();
@@ -499,7 +491,7 @@ impl Scheduler {
         let params = ClaimParams {
             node: self.node.clone(),
             now,
-            horizon: now + self.window_ms(),
+            horizon: now + self.config.window,
             limit,
         };
         self.claim_pending = true;
@@ -738,7 +730,7 @@ impl Scheduler {
         // Beyond the claim horizon, so claims do not bring them straight back.
         self.release(
             parked,
-            Some(now + self.window_ms() + Duration::from_millis(1)),
+            Some(now + self.config.window + Duration::from_millis(1)),
         );
     }
 
@@ -1305,7 +1297,7 @@ impl Scheduler {
         let clock = self.clock.clone();
         let stats = self.stats.clone();
         let node = self.node.clone();
-        let window = self.window_ms();
+        let window = self.config.window;
         let lease = self.config.lease;
         let tx = self.task_tx.clone();
         let mut guard = AttemptGuard {

@@ -98,7 +98,7 @@ pub async fn orders_are_created_unpaid_read_back_and_listed_newest_first(
     assert_eq!(a.refunded_minor, 0);
     assert_eq!(a.transaction_id, None);
     assert_eq!(a.currency, "CNY", "currencies are stored upper-case");
-    assert!(a.created_at > 1_600_000_000_000, "unix milliseconds");
+    assert!(a.created_at.get() > 1_600_000_000_000, "unix milliseconds");
     assert_eq!(store.order("A1").await.expect("read"), Some(a.clone()));
     assert_eq!(store.order("nope").await.expect("read"), None);
     for no in ["A2", "A3"] {

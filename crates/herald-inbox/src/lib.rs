@@ -16,6 +16,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+/// Order times are Unix milliseconds, the same type Herald's own store uses.
+pub use herald_protocols::UnixMillis;
 
 pub use self::postgres::PgInbox;
 pub use self::sqlite::SqliteInbox;
@@ -99,10 +101,10 @@ pub struct OrderRecord {
     pub refunded_minor: i64,
     /// The provider's transaction id, once a notification carried one.
     pub transaction_id: Option<String>,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    /// Unix milliseconds of the last change.
-    pub updated_at: i64,
+    /// When the order was stored.
+    pub created_at: UnixMillis,
+    /// When the order last changed.
+    pub updated_at: UnixMillis,
 }
 
 /// A parameter of a merchant statement.
@@ -318,12 +320,9 @@ pub(crate) fn validate(new: &NewOrder) -> Result<(), InboxError> {
     Ok(())
 }
 
-/// Unix milliseconds now.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Now, as stored in `created_at`, `updated_at` and the migrations table (Unix ms).
+pub(crate) fn now_ms() -> UnixMillis {
+    UnixMillis::now()
 }
 
 /// The row a fresh order is stored as.

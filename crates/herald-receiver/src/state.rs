@@ -136,8 +136,8 @@ mod tests {
             state,
             refunded_minor: refunded,
             transaction_id: None,
-            created_at: 0,
-            updated_at: 0,
+            created_at: herald_protocols::UnixMillis::EPOCH,
+            updated_at: herald_protocols::UnixMillis::EPOCH,
         }
     }
 

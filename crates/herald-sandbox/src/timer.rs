@@ -18,7 +18,7 @@ use herald_engine::now_ms;
 /// How many due payments one pass reads.
 const BATCH: u32 = 64;
 /// How long a payment that could not be closed waits before the next try.
-const RETRY_MS: Duration = Duration::from_secs(1);
+const CLOSE_RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(sandbox: Sandbox, mut stop: watch::Receiver<bool>) {
     loop {
@@ -64,7 +64,7 @@ async fn pass(
             Err(e) => {
                 // It stays due: try again in a second rather than at once, forever.
                 tracing::warn!(payment = %row.id, error = %e, "closing an expired sandbox payment failed; retrying in 1 s");
-                return Ok(Some(now + RETRY_MS));
+                return Ok(Some(now + CLOSE_RETRY));
             }
         }
     }

@@ -33,7 +33,7 @@ pub const API_KEY_PREFIX: &str = "hk_";
 const SHOWN_PREFIX_LEN: usize = 11;
 /// A key's `last_used_at` is written again only when it is older than this, so using a key
 /// costs a write at most once a minute, not once a request.
-const TOUCH_EVERY_MS: std::time::Duration = std::time::Duration::from_secs(60);
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The caller of a request, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub async fn authenticate_token(state: &ApiState, token: &str) -> Result<Princip
     let now = now_ms();
     if key
         .last_used_at
-        .is_none_or(|at| now.saturating_sub(at) >= TOUCH_EVERY_MS)
+        .is_none_or(|at| now.saturating_sub(at) >= TOUCH_EVERY)
     {
         if let Err(e) = state.store.touch_api_key(&key.id, now).await {
             tracing::warn!(key = %key.id, error = %e, "cannot record the API key's last use");

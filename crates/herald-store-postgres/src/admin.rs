@@ -234,26 +234,7 @@ pub(crate) async fn delete_app_in(
         tx.execute("DELETE FROM api_keys WHERE app_id = $1", &[&id])
             .await
             .map_err(backend)?;
-        let canceled = tx
-            .query(
-                "WITH old AS (
-                     SELECT seq, locked_by FROM deliveries
-                     WHERE app_id = $1 AND status = 'pending' FOR UPDATE)
-                 UPDATE deliveries d
-                 SET status = 'canceled', next_at = NULL, updated_at = $2, locked_by = NULL
-                 FROM old WHERE d.seq = old.seq
-                 RETURNING d.seq, old.locked_by",
-                &[&id, &now],
-            )
-            .await
-            .map_err(backend)?;
-        let mut held = Vec::new();
-        for row in &canceled {
-            if let Some(node) = col::<Option<String>>(row, 1)? {
-                held.push((col::<i64>(row, 0)?, node));
-            }
-        }
-        notify_revoked(tx, &held).await?;
+        let canceled = cancel_pending(tx, Pending::OfApp, &id, now).await?;
         for row in &endpoints {
             let ep: String = col(row, 0)?;
             notify(tx, &format!("endpoint:{ep}")).await?;
@@ -261,7 +242,7 @@ pub(crate) async fn delete_app_in(
         }
         notify(tx, &format!("app:{id}")).await?;
         if first {
-            out.canceled = canceled.len() as u64;
+            out.canceled = canceled;
         }
         first = false;
     }
@@ -468,26 +449,7 @@ pub(crate) async fn delete_endpoint(
         return Ok(false);
     }
     // Cancel what is pending, telling the nodes that held some of it.
-    let canceled = tx
-        .query(
-            "WITH old AS (
-                 SELECT seq, locked_by FROM deliveries
-                 WHERE endpoint_id = $1 AND status = 'pending' FOR UPDATE)
-             UPDATE deliveries d
-             SET status = 'canceled', next_at = NULL, updated_at = $2, locked_by = NULL
-             FROM old WHERE d.seq = old.seq
-             RETURNING d.seq, old.locked_by",
-            &[&id, &now],
-        )
-        .await
-        .map_err(backend)?;
-    let mut held = Vec::new();
-    for row in &canceled {
-        if let Some(node) = col::<Option<String>>(row, 1)? {
-            held.push((col::<i64>(row, 0)?, node));
-        }
-    }
-    notify_revoked(&tx, &held).await?;
+    cancel_pending(&tx, Pending::OfEndpoint, id, now).await?;
     notify(&tx, &format!("endpoint:{id}")).await?;
     tx.commit().await.map_err(backend)?;
     inner.contexts.forget_endpoint(id);
@@ -963,4 +925,48 @@ pub(crate) async fn write_endpoint(c: &impl GenericClient, ep: &Endpoint) -> Res
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+/// Whose pending deliveries [`cancel_pending`] cancels.
+#[derive(Clone, Copy)]
+enum Pending {
+    OfApp,
+    OfEndpoint,
+}
+
+/// Cancels the pending deliveries of an app or an endpoint being deleted, inside `tx`, and
+/// tells the nodes that held some of them to drop them. Answers how many it canceled.
+async fn cancel_pending(
+    tx: &impl GenericClient,
+    of: Pending,
+    id: &str,
+    now: UnixMillis,
+) -> Result<u64> {
+    let column = match of {
+        Pending::OfApp => "app_id",
+        Pending::OfEndpoint => "endpoint_id",
+    };
+    let canceled = tx
+        .query(
+            &format!(
+                "WITH old AS (
+                     SELECT seq, locked_by FROM deliveries
+                     WHERE {column} = $1 AND status = 'pending' FOR UPDATE)
+                 UPDATE deliveries d
+                 SET status = 'canceled', next_at = NULL, updated_at = $2, locked_by = NULL
+                 FROM old WHERE d.seq = old.seq
+                 RETURNING d.seq, old.locked_by"
+            ),
+            &[&id, &now],
+        )
+        .await
+        .map_err(backend)?;
+    let mut held = Vec::new();
+    for row in &canceled {
+        if let Some(node) = col::<Option<String>>(row, 1)? {
+            held.push((col::<i64>(row, 0)?, node));
+        }
+    }
+    notify_revoked(tx, &held).await?;
+    Ok(canceled.len() as u64)
 }

@@ -6,8 +6,9 @@
 //! - `schema`: migrations, run at connect under an advisory lock (also [`migrate`] alone);
 //! - `rows`: row mapping and the read queries;
 //! - `admin`, `sandbox` and `sources`: what the API, the sandbox and the gateway write;
-//! - `queue`: the engine's claim-based queue (`FOR UPDATE SKIP LOCKED` claims serialized by
-//!   an advisory lock, node leases, conditional outcomes);
+//! - `queue`: the engine's claim-based queue (`FOR UPDATE SKIP LOCKED` claims under
+//!   per-endpoint holder rows, a fair share of endpoints per node, node leases,
+//!   conditional outcomes);
 //! - `ops`: endpoint health, apps' ops targets, metrics counts, retention purges;
 //! - `sessions`: the dashboard's sessions and one-time login links;
 //! - `hints`: `LISTEN/NOTIFY` wake-ups and the app/endpoint caches they keep coherent.
@@ -523,7 +524,7 @@ impl Queue for PgStore {
 
     async fn complete(&self, params: CompleteParams) -> Result<Completed> {
         if queue::frees_successor(&params) {
-            // Claims under the claim lock: not inside a group commit.
+            // Claims the successor under its endpoint's holder row: not inside a group commit.
             queue::complete(&self.inner, params).await
         } else {
             self.inner.batcher.complete(params).await

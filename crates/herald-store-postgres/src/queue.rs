@@ -6,7 +6,7 @@
 //!   an endpoint's deliveries holds that row locked (`FOR UPDATE SKIP LOCKED`) and, in a
 //!   statement taken after the lock (so its snapshot sees every earlier claim of the
 //!   endpoint), checks that the named node is this one, or is dead, or holds no pending
-//!   delivery of the endpoint any more (one probe of `deliveries_held_by_endpoint`), then
+//!   delivery of the endpoint any more (one probe of `deliveries_held_by_node`), then
 //!   names itself. An endpoint's deliveries become held only under that row lock, so two
 //!   nodes never hold the same endpoint's; they contend only for the same endpoint's row,
 //!   and a claimer skips a row another claim holds instead of waiting for its commit
@@ -66,7 +66,7 @@ const HELD_BACK: &str = "EXISTS (SELECT 1 FROM endpoints b
 
 /// Whether `h.node_id` (the holder row of endpoint `{e}`), another live node than `$1`,
 /// holds a pending delivery of it at `$3`: a `nodes` lookup and one probe of
-/// `deliveries_held_by_endpoint`.
+/// `deliveries_held_by_node` (`locked_by`, `endpoint_id`).
 const HELD_BY_OTHER: &str = "h.node_id <> $1
           AND EXISTS (SELECT 1 FROM nodes o WHERE o.id = h.node_id AND o.lease_until >= $3)
           AND EXISTS (SELECT 1 FROM deliveries x
@@ -539,7 +539,7 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Claim
 }
 
 /// True when this outcome ends an ordered delivery, so that completing it also claims the
-/// successor (under the claim lock, so never inside a group commit).
+/// successor (under its endpoint's holder row, so never inside a group commit).
 pub(crate) fn frees_successor(p: &CompleteParams) -> bool {
     p.report.job.order_key.is_some() && !matches!(p.report.outcome, AttemptOutcome::Retry { .. })
 }

@@ -115,11 +115,9 @@ struct Checkout {
     queried_at: Option<i64>,
 }
 
+/// Now in Unix ms, as the shop's own `returned_at`/`queried_at` columns keep it.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    herald_inbox::UnixMillis::now().get()
 }
 
 impl Shop {

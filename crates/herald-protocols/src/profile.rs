@@ -391,11 +391,7 @@ impl Profile {
     /// What may be shown about credentials at any time (public keys and ids, never
     /// secrets), using the system clock.
     pub fn public_view(self, creds: &Credentials) -> serde_json::Value {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.public_view_at(creds, now)
+        self.public_view_at(creds, crate::UnixSeconds::now().get())
     }
 
     /// [`Profile::public_view`] at a given time (rotating keys still valid at `now`).

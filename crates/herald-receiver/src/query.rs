@@ -146,10 +146,7 @@ fn transport(e: reqwest::Error) -> QueryError {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    herald_protocols::UnixSeconds::now().get()
 }
 
 /// Alipay's request timestamp: China time, `yyyy-MM-dd HH:mm:ss`.

@@ -28,10 +28,7 @@ impl std::fmt::Debug for Receiver {
 }
 
 fn system_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    herald_protocols::UnixSeconds::now().get()
 }
 
 impl Receiver {

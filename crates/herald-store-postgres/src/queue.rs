@@ -283,23 +283,40 @@ pub(crate) async fn renew_lease(inner: &Inner, p: LeaseParams) -> Result<Lease> 
     Ok(if n == 1 { Lease::Held } else { Lease::Lost })
 }
 
+/// Forgets the nodes whose lease ended before `$1` and releases what they held, and what
+/// any node without a row holds (a forgotten node: nobody renews it). The holders are found
+/// by a skip scan of `deliveries_held_by_node`, one index probe per holding node, and only
+/// the deliveries of dead ones are read, so a rescue that finds every holder alive (nearly
+/// every rescue) reads no delivery. Each probe is a plain index scan: it steps over the
+/// entries finished deliveries left behind, marking them dead as it goes, and the next
+/// rescue skips them. (It used to test each held delivery in a bitmap scan of that index,
+/// which reads every such entry until a vacuum and marks none: measured at 680 ms a rescue
+/// in the e2e bench's PostgreSQL runs.)
+const RESCUE: &str = "
+    WITH RECURSIVE holders(node) AS (
+        (SELECT locked_by FROM deliveries WHERE locked_by IS NOT NULL
+         ORDER BY locked_by LIMIT 1)
+        UNION ALL
+        SELECT (SELECT d.locked_by FROM deliveries d
+                WHERE d.locked_by IS NOT NULL AND d.locked_by > holders.node
+                ORDER BY d.locked_by LIMIT 1)
+        FROM holders WHERE holders.node IS NOT NULL),
+    dead AS (DELETE FROM nodes WHERE lease_until < $1 RETURNING id),
+    gone AS (
+        SELECT h.node FROM holders h
+        WHERE h.node IS NOT NULL
+          AND (h.node IN (SELECT id FROM dead)
+               OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = h.node))),
+    released AS (
+        UPDATE deliveries SET locked_by = NULL
+        WHERE locked_by IN (SELECT node FROM gone)
+        RETURNING seq)
+    SELECT count(*) FROM released";
+
 pub(crate) async fn rescue(inner: &Inner, now: UnixMillis) -> Result<u64> {
     let client = inner.client().await?;
-    // Held by a forgotten node (its row is gone) counts as dead too: nobody renews it.
-    let row = client
-        .query_one(
-            "WITH dead AS (DELETE FROM nodes WHERE lease_until < $1 RETURNING id),
-             released AS (
-                 UPDATE deliveries SET locked_by = NULL
-                 WHERE locked_by IS NOT NULL
-                   AND (locked_by IN (SELECT id FROM dead)
-                        OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = deliveries.locked_by))
-                 RETURNING seq)
-             SELECT count(*) FROM released",
-            &[&now],
-        )
-        .await
-        .map_err(backend)?;
+    let stmt = client.prepare_cached(RESCUE).await.map_err(backend)?;
+    let row = client.query_one(&stmt, &[&now]).await.map_err(backend)?;
     let n: i64 = col(&row, 0)?;
     if n > 0 {
         tracing::info!(

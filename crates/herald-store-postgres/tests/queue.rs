@@ -380,6 +380,53 @@ async fn a_node_above_its_share_hands_an_endpoint_over_once_it_finished_its_part
 }
 
 #[tokio::test]
+async fn rescue_releases_what_a_forgotten_node_holds_and_leaves_live_holders_alone() {
+    let (a, b, url) = two_stores().await;
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, false).await;
+    endpoint(&a, &ap.id, false).await;
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    // Two endpoints with work, two nodes: each takes its share, one endpoint.
+    let held_a = claim(&a, &na, T0, 10).await;
+    let held_b = claim(&b, &nb, T0, 10).await;
+    assert_eq!((held_a.len(), held_b.len()), (1, 1));
+    let live = held_a[0].endpoint.as_ref().unwrap().id.clone();
+    let other = held_b[0].endpoint.as_ref().unwrap().id.clone();
+    // Forget b entirely (its row is gone, as after an operator's cleanup): nobody renews
+    // b, so what it holds must come free at once, lease or not.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .execute("DELETE FROM nodes WHERE id = 'node_b'", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.rescue(T0 + ms(1_000)).await.unwrap(), 1);
+    let rows = client
+        .query(
+            "SELECT endpoint_id, locked_by FROM deliveries ORDER BY endpoint_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let holders: Vec<(String, Option<String>)> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut expected = vec![(live, Some("node_a".to_string())), (other, None)];
+    expected.sort();
+    assert_eq!(holders, expected, "a keeps its own; b's is released");
+    assert_eq!(
+        a.rescue(T0 + ms(2_000)).await.unwrap(),
+        0,
+        "nothing more to release while a lives"
+    );
+}
+
+#[tokio::test]
 async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
     let (a, b, _) = two_stores().await;
     let ap = app(&a).await;

@@ -595,15 +595,20 @@ pub(crate) async fn insert_notification(
     insert_decided(c, new, notify_id, profile, &endpoints).await
 }
 
-/// The insert of [`insert_notification`], once the app's profile and endpoints are known
-/// and no notification holds the idempotency key (a race for the key still ends in `None`).
-async fn insert_decided(
-    c: &impl GenericClient,
+/// A new notification as decided on its app's profile and endpoints: its row, its
+/// deliveries' rows (with their ids and notify ids made here), and each delivery's order key.
+struct Decided {
+    notification: Notification,
+    deliveries: Vec<Delivery>,
+    order_keys: Vec<Option<String>>,
+}
+
+fn decide(
     new: NewNotification,
     notify_id: Option<String>,
     profile: Profile,
     endpoints: &[Endpoint],
-) -> Result<Option<CreatedNotification>> {
+) -> Decided {
     let targets = targets(&new, endpoints);
     let notification = Notification {
         id: format!("ntf_{}", Ulid::new()),
@@ -633,6 +638,27 @@ async fn insert_decided(
         });
         order_keys.push(order_key);
     }
+    Decided {
+        notification,
+        deliveries,
+        order_keys,
+    }
+}
+
+/// The insert of [`insert_notification`], once the app's profile and endpoints are known
+/// and no notification holds the idempotency key (a race for the key still ends in `None`).
+async fn insert_decided(
+    c: &impl GenericClient,
+    new: NewNotification,
+    notify_id: Option<String>,
+    profile: Profile,
+    endpoints: &[Endpoint],
+) -> Result<Option<CreatedNotification>> {
+    let Decided {
+        notification,
+        deliveries,
+        order_keys,
+    } = decide(new, notify_id, profile, endpoints);
     let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
     let endpoint_ids: Vec<Option<&str>> = deliveries
         .iter()
@@ -707,6 +733,140 @@ pub(crate) async fn create_in_batch(
         Some(created) => Ok(created),
         None => existing_by_key(c, &app_id, key.as_deref().unwrap_or_default()).await,
     }
+}
+
+/// [`INSERT_NOTIFICATION`] for many notifications without an idempotency key, in one
+/// statement: `$1` the apps (locked `FOR KEY SHARE` as in the single insert, so an app
+/// deleted meanwhile gets nothing inserted), `$2..$8` one element per notification, `$9..$15`
+/// one element per delivery with the id of its notification. Rows go in in the order given
+/// (`ORDER BY ord`), so identities, and with them the order of an order key's deliveries,
+/// follow the batch's order. Answers the ids of the notifications inserted.
+const INSERT_NOTIFICATIONS: &str = "
+    WITH a AS (SELECT id FROM apps WHERE id = ANY($1::text[]) AND deleted_at IS NULL
+               ORDER BY id FOR KEY SHARE),
+    n AS (
+        INSERT INTO notifications
+            (id, app_id, event_type, payload, notify_url, order_key, created_at)
+        SELECT t.id, t.app_id, t.event_type, t.payload, t.notify_url, t.order_key, t.created_at
+        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::bigint[])
+                WITH ORDINALITY AS t(id, app_id, event_type, payload, notify_url, order_key,
+                                     created_at, ord)
+        WHERE t.app_id IN (SELECT id FROM a)
+        ORDER BY t.ord
+        RETURNING seq, id),
+    d AS (
+        INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
+                                status, attempts, next_at, order_key, created_at, updated_at)
+        SELECT u.id, n.seq, u.app_id, u.endpoint_id, u.url, u.notify_id, 'pending', 0,
+               u.created_at, u.order_key, u.created_at, u.created_at
+        FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                    $14::text[], $15::text[], $16::bigint[])
+                WITH ORDINALITY AS u(notification_id, id, app_id, endpoint_id, url, notify_id,
+                                     order_key, created_at, ord)
+             JOIN n ON n.id = u.notification_id
+        ORDER BY u.ord
+        RETURNING seq)
+    SELECT n.id, (SELECT count(*) FROM d) FROM n";
+
+/// Stores many notifications without an idempotency key inside a group commit's
+/// transaction, in one statement ([`INSERT_NOTIFICATIONS`]) instead of one each: each
+/// decided on its app as the batch read it (`None`: no such app). Answers one result per
+/// notification, in order: `NotFound("app")` for one whose app is unknown or was deleted
+/// meanwhile. An error of the statement (which aborts the transaction) is every one's.
+pub(crate) async fn create_many_in_batch(
+    c: &impl GenericClient,
+    news: Vec<(NewNotification, Option<&AppTargets>)>,
+) -> Vec<Result<CreatedNotification>> {
+    let decided: Vec<Option<Decided>> = news
+        .into_iter()
+        .map(|(new, app)| app.map(|a| decide(new, None, a.profile, &a.endpoints)))
+        .collect();
+    let rows: Vec<&Decided> = decided.iter().flatten().collect();
+    if rows.is_empty() {
+        return decided
+            .into_iter()
+            .map(|_| Err(StoreError::NotFound("app")))
+            .collect();
+    }
+    let mut apps: Vec<&str> = rows
+        .iter()
+        .map(|d| d.notification.app_id.as_str())
+        .collect();
+    apps.sort_unstable();
+    apps.dedup();
+    let n = |f: fn(&Notification) -> Option<&str>| -> Vec<Option<&str>> {
+        rows.iter().map(|d| f(&d.notification)).collect()
+    };
+    let ids = n(|x| Some(&x.id));
+    let app_ids = n(|x| Some(&x.app_id));
+    let event_types = n(|x| Some(x.event_type.as_str()));
+    let payloads = n(|x| Some(&x.payload));
+    let notify_urls = n(|x| x.notify_url.as_deref());
+    let order_keys = n(|x| x.order_key.as_deref());
+    let created: Vec<UnixMillis> = rows.iter().map(|d| d.notification.created_at).collect();
+    let each = || {
+        rows.iter()
+            .flat_map(|d| d.deliveries.iter().zip(&d.order_keys))
+    };
+    let d_notifications: Vec<&str> = each().map(|(d, _)| d.notification_id.as_str()).collect();
+    let d_ids: Vec<&str> = each().map(|(d, _)| d.id.as_str()).collect();
+    let d_apps: Vec<&str> = each().map(|(d, _)| d.app_id.as_str()).collect();
+    let d_endpoints: Vec<Option<&str>> = each().map(|(d, _)| d.endpoint_id.as_deref()).collect();
+    let d_urls: Vec<&str> = each().map(|(d, _)| d.url.as_str()).collect();
+    let d_notify_ids: Vec<&str> = each().map(|(d, _)| d.notify_id.as_str()).collect();
+    let d_order_keys: Vec<Option<&str>> = each().map(|(_, k)| k.as_deref()).collect();
+    let d_created: Vec<UnixMillis> = each().map(|(d, _)| d.created_at).collect();
+    let inserted = async {
+        let stmt = c
+            .prepare_cached(INSERT_NOTIFICATIONS)
+            .await
+            .map_err(backend)?;
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &apps,
+                    &ids,
+                    &app_ids,
+                    &event_types,
+                    &payloads,
+                    &notify_urls,
+                    &order_keys,
+                    &created,
+                    &d_notifications,
+                    &d_ids,
+                    &d_apps,
+                    &d_endpoints,
+                    &d_urls,
+                    &d_notify_ids,
+                    &d_order_keys,
+                    &d_created,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| col::<String>(r, 0))
+            .collect::<Result<std::collections::HashSet<String>>>()
+    }
+    .await;
+    decided
+        .into_iter()
+        .map(|d| {
+            let d = d.ok_or(StoreError::NotFound("app"))?;
+            match &inserted {
+                Err(e) => Err(e.clone()),
+                Ok(ids) if ids.contains(&d.notification.id) => Ok(CreatedNotification {
+                    notification: d.notification,
+                    deliveries: d.deliveries,
+                    replayed: false,
+                }),
+                // Deleted since the batch read it.
+                Ok(_) => Err(StoreError::NotFound("app")),
+            }
+        })
+        .collect()
 }
 
 /// Stores a notification in its own statement (outside a group commit).

@@ -6,8 +6,12 @@
 //! round trips and one commit (one WAL flush) however many operations it holds. Up to
 //! [`IN_FLIGHT`] batches commit at once; the next batch forms while they do. What a new
 //! notification is decided on (its app's profile and endpoints) is read once per app for the
-//! whole batch, before its writes: a notification then costs its one insert (and a key
-//! lookup when it carries an idempotency key) instead of three statements.
+//! whole batch, before its writes. The batch's notifications without an idempotency key are
+//! then one statement for all of them (`admin::create_many_in_batch`: an `INSERT ... SELECT
+//! FROM unnest(...)` of the notifications and one of their deliveries); one with a key is
+//! its own insert after a lookup of the key, since it may be a replay. (One statement per
+//! notification cost about 0.1 ms of the database's time each, mostly starting the
+//! statement; the batch's one statement costs about a third of that per notification.)
 //!
 //! The batch's outcomes are one statement (`queue::complete_many`: an `UPDATE ... FROM
 //! unnest(...)` with the attempts' `INSERT ... SELECT` in the same statement) rather than
@@ -216,8 +220,29 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         seqs.dedup();
         seqs.len() == completes.len() && !completes.iter().any(|p| queue::frees_successor(p))
     };
+    // Notifications without an idempotency key go in one statement; one with a key is
+    // its own (it may be a replay, which reads the stored one instead).
+    let plain = |new: &NewNotification| new.idempotency_key.is_none();
+    let creates: Vec<(NewNotification, Option<&admin::AppTargets>)> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(new, _) if plain(new) => Some((
+                new.clone(),
+                apps.get(new.app_id.as_str()).and_then(Option::as_ref),
+            )),
+            _ => None,
+        })
+        .collect();
+    let many_creates = async {
+        if creates.is_empty() {
+            Vec::new()
+        } else {
+            admin::create_many_in_batch(&tx, creates).await
+        }
+    };
     let each = join_all(batch.iter().map(|w| async {
         match w {
+            Write::Create(new, _) if plain(new) => None,
             Write::Create(new, _) => Some(Done::Create(
                 admin::create_in_batch(
                     &tx,
@@ -239,21 +264,25 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
             Ok(Vec::new())
         }
     };
-    let (each, many) = tokio::join!(each, many);
+    let (each, many, many_creates) = tokio::join!(each, many, many_creates);
     let mut many = match many {
         Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
         Err(e) => vec![Err(e); completes.len()],
     }
     .into_iter();
+    let mut many_creates = many_creates.into_iter();
+    let no_answer = || StoreError::backend_msg("internal error: a batch operation got no answer");
     let done: Vec<Done> = each
         .into_iter()
-        .map(|d| {
-            d.unwrap_or_else(|| {
-                Done::Complete(many.next().unwrap_or_else(|| {
-                    Err(StoreError::backend_msg(
-                        "internal error: a batch outcome got no answer",
-                    ))
-                }))
+        .zip(&batch)
+        .map(|(d, w)| {
+            d.unwrap_or_else(|| match w {
+                Write::Create(..) => {
+                    Done::Create(many_creates.next().unwrap_or_else(|| Err(no_answer())))
+                }
+                Write::Complete(..) => {
+                    Done::Complete(many.next().unwrap_or_else(|| Err(no_answer())))
+                }
             })
         })
         .collect();

@@ -246,7 +246,29 @@ pub(crate) async fn delete_app_in(
         }
         first = false;
     }
+    forget_holders(tx, &out.endpoints).await?;
     Ok(Some(out))
+}
+
+/// Deletes the claims' holder rows of deleted endpoints (see `queue`): nothing pending is
+/// left to claim from them. Called after the transaction's other row writes, since it waits
+/// for a claim that holds one of those rows (a claim never waits for this transaction's
+/// rows: it skips them).
+async fn forget_holders(
+    tx: &impl GenericClient,
+    endpoints: &[impl AsRef<str> + Sync],
+) -> Result<()> {
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = endpoints.iter().map(AsRef::as_ref).collect();
+    tx.execute(
+        "DELETE FROM endpoint_holders WHERE endpoint_id = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 // --- API keys ----------------------------------------------------------------------------
@@ -450,6 +472,7 @@ pub(crate) async fn delete_endpoint(
     }
     // Cancel what is pending, telling the nodes that held some of it.
     cancel_pending(&tx, Pending::OfEndpoint, id, now).await?;
+    forget_holders(&tx, &[id]).await?;
     notify(&tx, &format!("endpoint:{id}")).await?;
     tx.commit().await.map_err(backend)?;
     inner.contexts.forget_endpoint(id);

@@ -35,8 +35,9 @@
 //!   its successor in the same transaction (under its endpoint's holder row; skipped when
 //!   another claim holds that row, and a later claim takes the successor then). A group
 //!   commit's outcomes are one statement ([`complete_many`]) with the same conditions.
-//! - **Leases** are rows of `nodes`; [`rescue`] forgets expired nodes and releases what
-//!   they held in one statement.
+//! - **Leases** are rows of `nodes`; [`rescue`] forgets expired nodes, releases what they
+//!   held and clears the holder rows naming them, in one statement. Deleting an endpoint
+//!   (or its app) deletes its holder row.
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -283,8 +284,11 @@ pub(crate) async fn renew_lease(inner: &Inner, p: LeaseParams) -> Result<Lease> 
     Ok(if n == 1 { Lease::Held } else { Lease::Lost })
 }
 
-/// Forgets the nodes whose lease ended before `$1` and releases what they held, and what
-/// any node without a row holds (a forgotten node: nobody renews it). The holders are found
+/// Forgets the nodes whose lease ended before `$1`, releases what they held and clears the
+/// holder rows that name them (claims already treat those as free; a cleared row says so
+/// without the `nodes` lookup), and releases what any node without a row holds (a forgotten
+/// node: nobody renews it). The holder rows of a node without a row are left: only a node
+/// this statement found dead is known to hold nothing once it commits. The holders are found
 /// by a skip scan of `deliveries_held_by_node`, one index probe per holding node, and only
 /// the deliveries of dead ones are read, so a rescue that finds every holder alive (nearly
 /// every rescue) reads no delivery. Each probe is a plain index scan: it steps over the
@@ -310,7 +314,9 @@ const RESCUE: &str = "
     released AS (
         UPDATE deliveries SET locked_by = NULL
         WHERE locked_by IN (SELECT node FROM gone)
-        RETURNING seq)
+        RETURNING seq),
+    unheld AS (
+        UPDATE endpoint_holders SET node_id = NULL WHERE node_id IN (SELECT id FROM dead))
     SELECT count(*) FROM released";
 
 pub(crate) async fn rescue(inner: &Inner, now: UnixMillis) -> Result<u64> {
@@ -540,10 +546,13 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Claim
     }
     if !plan.unrowed.is_empty() {
         // A new endpoint's holder row, made once, in a statement of its own (sorted: two
-        // nodes adding the same rows wait for each other instead of deadlocking).
+        // nodes adding the same rows wait for each other instead of deadlocking), and not
+        // for an endpoint deleted since the peek (its deletion deleted its row).
         let add = client
             .prepare_cached(
-                "INSERT INTO endpoint_holders (endpoint_id) SELECT unnest($1::text[])
+                "INSERT INTO endpoint_holders (endpoint_id)
+                 SELECT e.id FROM endpoints e WHERE e.id = ANY($1::text[]) AND NOT e.deleted
+                 ORDER BY e.id
                  ON CONFLICT (endpoint_id) DO NOTHING",
             )
             .await

@@ -426,6 +426,84 @@ async fn rescue_releases_what_a_forgotten_node_holds_and_leaves_live_holders_alo
     );
 }
 
+/// The holder rows (`endpoint_holders`) that name `endpoints`, as `(endpoint, node)`;
+/// endpoints without a row are left out.
+async fn holder_rows(url: &str, endpoints: &[&str]) -> Vec<(String, Option<String>)> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .query(
+            "SELECT endpoint_id, node_id FROM endpoint_holders
+             WHERE endpoint_id = ANY($1) ORDER BY endpoint_id",
+            &[&endpoints],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn rescue_clears_the_holder_rows_of_the_nodes_it_finds_dead() {
+    let (a, b, url) = two_stores().await;
+    let ap = app(&a).await;
+    let ep = endpoint(&a, &ap.id, false).await;
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    assert_eq!(claim(&a, &na, T0, 10).await.len(), 1);
+    assert_eq!(
+        holder_rows(&url, &[&ep.id]).await,
+        vec![(ep.id.clone(), Some("node_a".to_string()))]
+    );
+    // b lives on; a's lease (T0 + 30 s) runs out.
+    b.renew_lease(LeaseParams {
+        node: nb.clone(),
+        now: T0 + ms(20_000),
+        lease: LEASE,
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.rescue(T0 + ms(31_000)).await.unwrap(), 1);
+    assert_eq!(
+        holder_rows(&url, &[&ep.id]).await,
+        vec![(ep.id.clone(), None)],
+        "the dead node's row names nobody"
+    );
+    assert_eq!(claim(&b, &nb, T0 + ms(31_000), 10).await.len(), 1);
+    assert_eq!(
+        holder_rows(&url, &[&ep.id]).await,
+        vec![(ep.id.clone(), Some("node_b".to_string()))]
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_endpoint_or_its_app_deletes_the_endpoints_holder_rows() {
+    let (a, _b, url) = two_stores().await;
+    let ap = app(&a).await;
+    let one = endpoint(&a, &ap.id, false).await;
+    let two = endpoint(&a, &ap.id, false).await;
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .unwrap();
+    let na = node(&a, "node_a", T0).await;
+    assert_eq!(claim(&a, &na, T0, 10).await.len(), 2);
+    assert_eq!(holder_rows(&url, &[&one.id, &two.id]).await.len(), 2);
+    assert!(a.delete_endpoint(&ap.id, &one.id, T0).await.unwrap());
+    assert_eq!(
+        holder_rows(&url, &[&one.id, &two.id]).await,
+        vec![(two.id.clone(), Some("node_a".to_string()))],
+        "the deleted endpoint's row is gone, the other's kept"
+    );
+    assert!(a.delete_app(&ap.id, T0).await.unwrap().is_some());
+    assert!(holder_rows(&url, &[&one.id, &two.id]).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
     let (a, b, _) = two_stores().await;

@@ -92,6 +92,27 @@ async fn node(store: &PgStore, name: &str, now: UnixMillis) -> NodeId {
     node
 }
 
+/// Renews `node`'s lease at `now` on `store`.
+async fn renew(store: &PgStore, node: &NodeId, now: UnixMillis) -> Lease {
+    store
+        .renew_lease(LeaseParams {
+            node: node.clone(),
+            now,
+            lease: LEASE,
+        })
+        .await
+        .expect("renew")
+}
+
+/// A plain connection to the database at `url`, for what the store does not show.
+async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
 async fn claim(
     store: &PgStore,
     node: &NodeId,
@@ -398,10 +419,7 @@ async fn rescue_releases_what_a_forgotten_node_holds_and_leaves_live_holders_alo
     let other = held_b[0].endpoint.as_ref().unwrap().id.clone();
     // Forget b entirely (its row is gone, as after an operator's cleanup): nobody renews
     // b, so what it holds must come free at once, lease or not.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = raw_client(&url).await;
     client
         .execute("DELETE FROM nodes WHERE id = 'node_b'", &[])
         .await
@@ -429,11 +447,8 @@ async fn rescue_releases_what_a_forgotten_node_holds_and_leaves_live_holders_alo
 /// The holder rows (`endpoint_holders`) that name `endpoints`, as `(endpoint, node)`;
 /// endpoints without a row are left out.
 async fn holder_rows(url: &str, endpoints: &[&str]) -> Vec<(String, Option<String>)> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    raw_client(url)
         .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
         .query(
             "SELECT endpoint_id, node_id FROM endpoint_holders
              WHERE endpoint_id = ANY($1) ORDER BY endpoint_id",
@@ -462,13 +477,7 @@ async fn rescue_clears_the_holder_rows_of_the_nodes_it_finds_dead() {
         vec![(ep.id.clone(), Some("node_a".to_string()))]
     );
     // b lives on; a's lease (T0 + 30 s) runs out.
-    b.renew_lease(LeaseParams {
-        node: nb.clone(),
-        now: T0 + ms(20_000),
-        lease: LEASE,
-    })
-    .await
-    .unwrap();
+    renew(&b, &nb, T0 + ms(20_000)).await;
     assert_eq!(b.rescue(T0 + ms(31_000)).await.unwrap(), 1);
     assert_eq!(
         holder_rows(&url, &[&ep.id]).await,
@@ -518,13 +527,7 @@ async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
     let held = claim(&a, &na, T0, 10).await;
     assert_eq!(held.len(), 1);
     // Before a's lease ends, nothing is rescued and b gets nothing.
-    b.renew_lease(LeaseParams {
-        node: nb.clone(),
-        now: T0 + ms(20_000),
-        lease: LEASE,
-    })
-    .await
-    .unwrap();
+    renew(&b, &nb, T0 + ms(20_000)).await;
     assert_eq!(b.rescue(T0 + ms(20_000)).await.unwrap(), 0);
     assert!(claim(&b, &nb, T0 + ms(20_000), 10).await.is_empty());
     // a's lease (T0 + 30 s) ran out: b rescues and takes over.
@@ -532,14 +535,7 @@ async fn a_dead_nodes_work_is_rescued_and_its_late_outcomes_change_nothing() {
     let taken = claim(&b, &nb, T0 + ms(31_000), 10).await;
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].id, n.deliveries[0].id);
-    let lost = a
-        .renew_lease(LeaseParams {
-            node: na.clone(),
-            now: T0 + ms(32_000),
-            lease: LEASE,
-        })
-        .await
-        .unwrap();
+    let lost = renew(&a, &na, T0 + ms(32_000)).await;
     assert_eq!(lost, Lease::Lost);
     // a's late outcome is stale: nothing changes, no attempt is recorded.
     let late = complete(&a, &na, &held[0], AttemptOutcome::Failed, T0 + ms(33_000)).await;

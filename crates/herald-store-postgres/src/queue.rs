@@ -53,21 +53,6 @@ use herald_store::{Result, StoreError};
 use crate::rows::col;
 use crate::{backend, Inner};
 
-/// `{d}.status = 'pending'` in a form no partial index can serve, for statements that find
-/// their rows by key (primary key, or node and endpoint) and only check the status. The
-/// partial indexes on pending deliveries (`deliveries_by_endpoint`, `deliveries_due`, ...)
-/// keep an entry for every version a claim or an outcome left behind until a vacuum runs,
-/// and bitmap scans never mark those entries dead; the planner, which counts only live
-/// rows, would take one of them for a cheap way to the few pending rows and then read
-/// tens of thousands of dead entries per statement (measured: an outcome batch read 42,000
-/// to update 13 rows). `IS TRUE` keeps the test's meaning (status is never NULL) and hides
-/// it from the proof that lets a partial index be used.
-const STILL_PENDING: &str = "({d}.status = 'pending') IS TRUE";
-
-fn still_pending(alias: &str) -> String {
-    STILL_PENDING.replace("{d}", alias)
-}
-
 /// A due, unheld delivery `d` at horizon `$2` that heads its order key.
 const DUE_HEAD: &str = "d.status = 'pending' AND d.locked_by IS NULL AND d.next_at <= $2
           AND (d.order_key IS NULL OR NOT EXISTS (
@@ -82,12 +67,13 @@ const HELD_BACK: &str = "EXISTS (SELECT 1 FROM endpoints b
 
 /// Whether `h.node_id` (the holder row of endpoint `{e}`), another live node than `$1`,
 /// holds a pending delivery of it at `$3`: a `nodes` lookup and one probe of
-/// `deliveries_held_by_node` (`locked_by`, `endpoint_id`).
+/// `deliveries_held_by_node` (`locked_by`, `endpoint_id`). The status test is written as in
+/// [`COMPLETE_MANY`], for the same reason.
 const HELD_BY_OTHER: &str = "h.node_id <> $1
           AND EXISTS (SELECT 1 FROM nodes o WHERE o.id = h.node_id AND o.lease_until >= $3)
           AND EXISTS (SELECT 1 FROM deliveries x
                       WHERE x.endpoint_id = {e} AND x.locked_by = h.node_id
-                        AND {x_pending})";
+                        AND (x.status = 'pending') IS TRUE)";
 
 /// The lock-free look for work of node `$1` at horizon `$2`, time `$3`: one row per
 /// endpoint with unheld pending work (found by a skip scan of
@@ -176,9 +162,7 @@ const CLAIM: &str = "
 fn peek_sql() -> String {
     PEEK.replace(
         "{held_by_other_pend}",
-        &HELD_BY_OTHER
-            .replace("{e}", "pend.e")
-            .replace("{x_pending}", &still_pending("x")),
+        &HELD_BY_OTHER.replace("{e}", "pend.e"),
     )
     .replace("{held_back_pend}", &HELD_BACK.replace("{e}", "pend.e"))
     .replace("{due_head}", DUE_HEAD)
@@ -186,12 +170,7 @@ fn peek_sql() -> String {
 
 fn claim_sql(by_key: bool) -> String {
     CLAIM
-        .replace(
-            "{held_by_other_u}",
-            &HELD_BY_OTHER
-                .replace("{e}", "u.e")
-                .replace("{x_pending}", &still_pending("x")),
-        )
+        .replace("{held_by_other_u}", &HELD_BY_OTHER.replace("{e}", "u.e"))
         .replace("{held_back_u}", &HELD_BACK.replace("{e}", "u.e"))
         .replace("{due_head}", DUE_HEAD)
         .replace("{extra}", if by_key { "AND d.order_key = $7" } else { "" })
@@ -218,6 +197,16 @@ const COMPLETE: &str = "
 /// parameters. Answers, per outcome, its delivery, whether it applied and the status the
 /// delivery had before the statement (the final `SELECT` reads the snapshot the updates do
 /// not change).
+///
+/// Its status test is `(d.status = 'pending') IS TRUE`: a form no partial index can serve,
+/// for a statement that finds its rows by key and only checks the status. The
+/// partial indexes on pending deliveries (`deliveries_by_endpoint`, `deliveries_due`, ...)
+/// keep an entry for every version a claim or an outcome left behind until a vacuum runs,
+/// and bitmap scans never mark those entries dead; the planner, which counts only live
+/// rows, would take one of them for a cheap way to the few pending rows and then read
+/// tens of thousands of dead entries per statement (measured: an outcome batch read 42,000
+/// to update 13 rows). `IS TRUE` keeps the test's meaning (status is never NULL) and hides
+/// it from the proof that lets a partial index be used.
 const COMPLETE_MANY: &str = "
     WITH j AS (
         SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[],
@@ -230,7 +219,7 @@ const COMPLETE_MANY: &str = "
         SET status = j.status, attempts = j.n, next_at = j.next_at, updated_at = j.updated_at,
             locked_by = CASE WHEN j.keep THEN d.locked_by END
         FROM j
-        WHERE d.seq = j.seq AND {d_pending} AND d.attempts = j.seen
+        WHERE d.seq = j.seq AND (d.status = 'pending') IS TRUE AND d.attempts = j.seen
           AND d.locked_by = j.node
         RETURNING d.seq),
     a AS (
@@ -733,8 +722,7 @@ pub(crate) async fn complete_many(
         &seqs, &seen, &nodes, &statuses, &ns, &next_ats, &updated, &keeps, &ats, &durations,
         &codes, &responses, &classes, &errors,
     ];
-    let sql = COMPLETE_MANY.replace("{d_pending}", &still_pending("d"));
-    let stmt = tx.prepare_cached(&sql).await.map_err(backend)?;
+    let stmt = tx.prepare_cached(COMPLETE_MANY).await.map_err(backend)?;
     let rows = tx.query(&stmt, &params).await.map_err(backend)?;
     let mut answers: std::collections::HashMap<i64, (bool, Option<String>)> =
         std::collections::HashMap::with_capacity(rows.len());

@@ -760,8 +760,9 @@ pub(crate) async fn create_in_batch(
 
 /// [`INSERT_NOTIFICATION`] for many notifications without an idempotency key, in one
 /// statement: `$1` the apps (locked `FOR KEY SHARE` as in the single insert, so an app
-/// deleted meanwhile gets nothing inserted), `$2..$8` one element per notification, `$9..$15`
-/// one element per delivery with the id of its notification. Rows go in in the order given
+/// deleted meanwhile gets nothing inserted), `$2..$8` one element per notification, `$9..$14`
+/// one element per delivery with the id of its notification (its app and time are its
+/// notification's). Rows go in in the order given
 /// (`ORDER BY ord`), so identities, and with them the order of an order key's deliveries,
 /// follow the batch's order. Answers the ids of the notifications inserted.
 const INSERT_NOTIFICATIONS: &str = "
@@ -777,16 +778,16 @@ const INSERT_NOTIFICATIONS: &str = "
                                      created_at, ord)
         WHERE t.app_id IN (SELECT id FROM a)
         ORDER BY t.ord
-        RETURNING seq, id),
+        RETURNING seq, id, app_id, created_at),
     d AS (
         INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
                                 status, attempts, next_at, order_key, created_at, updated_at)
-        SELECT u.id, n.seq, u.app_id, u.endpoint_id, u.url, u.notify_id, 'pending', 0,
-               u.created_at, u.order_key, u.created_at, u.created_at
+        SELECT u.id, n.seq, n.app_id, u.endpoint_id, u.url, u.notify_id, 'pending', 0,
+               n.created_at, u.order_key, n.created_at, n.created_at
         FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                    $14::text[], $15::text[], $16::bigint[])
-                WITH ORDINALITY AS u(notification_id, id, app_id, endpoint_id, url, notify_id,
-                                     order_key, created_at, ord)
+                    $14::text[])
+                WITH ORDINALITY AS u(notification_id, id, endpoint_id, url, notify_id,
+                                     order_key, ord)
              JOIN n ON n.id = u.notification_id
         ORDER BY u.ord
         RETURNING seq)
@@ -834,12 +835,10 @@ pub(crate) async fn create_many_in_batch(
     };
     let d_notifications: Vec<&str> = each().map(|(d, _)| d.notification_id.as_str()).collect();
     let d_ids: Vec<&str> = each().map(|(d, _)| d.id.as_str()).collect();
-    let d_apps: Vec<&str> = each().map(|(d, _)| d.app_id.as_str()).collect();
     let d_endpoints: Vec<Option<&str>> = each().map(|(d, _)| d.endpoint_id.as_deref()).collect();
     let d_urls: Vec<&str> = each().map(|(d, _)| d.url.as_str()).collect();
     let d_notify_ids: Vec<&str> = each().map(|(d, _)| d.notify_id.as_str()).collect();
     let d_order_keys: Vec<Option<&str>> = each().map(|(_, k)| k.as_deref()).collect();
-    let d_created: Vec<UnixMillis> = each().map(|(d, _)| d.created_at).collect();
     let inserted = async {
         let stmt = c
             .prepare_cached(INSERT_NOTIFICATIONS)
@@ -859,12 +858,10 @@ pub(crate) async fn create_many_in_batch(
                     &created,
                     &d_notifications,
                     &d_ids,
-                    &d_apps,
                     &d_endpoints,
                     &d_urls,
                     &d_notify_ids,
                     &d_order_keys,
-                    &d_created,
                 ],
             )
             .await

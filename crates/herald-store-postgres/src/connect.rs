@@ -30,6 +30,8 @@ use crate::describe;
 
 /// Connections the pool keeps open at most (the hint listener has one more of its own).
 pub(crate) const POOL_SIZE: usize = 16;
+/// Settings of every connection's session (see [`Target::parse`]).
+pub(crate) const SESSION_OPTIONS: &str = "-c jit=off";
 /// How long connecting (TCP, TLS, authentication) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a pooled connection before the store reports a failure.
@@ -91,6 +93,14 @@ impl Target {
         config.keepalives_idle(Duration::from_secs(15));
         config.keepalives_interval(Duration::from_secs(5));
         config.keepalives_retries(3);
+        // Herald's statements are short and run thousands of times a second; a plan whose
+        // estimate crosses `jit_above_cost` (the rescue's can) would be compiled by LLVM on
+        // every run, for tens of milliseconds. Options given in the URL come later and win.
+        let options = match config.get_options() {
+            Some(given) => format!("{SESSION_OPTIONS} {given}"),
+            None => SESSION_OPTIONS.to_string(),
+        };
+        config.options(&options);
         let tls = tls_connector(root_cert.as_deref())?;
         Ok(Target { config, tls })
     }
@@ -208,10 +218,30 @@ mod tests {
         let t = Target::parse("postgres://herald@db.example/db").expect("parse");
         assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
         assert!(Target::parse("postgres://h@x/db?sslmode=bogus").is_err());
+        assert_eq!(t.config.get_options(), Some(SESSION_OPTIONS));
+        let t = Target::parse("postgres://h@x/db?options=-c%20work_mem%3D8MB").expect("parse");
+        assert_eq!(
+            t.config.get_options(),
+            Some("-c jit=off -c work_mem=8MB"),
+            "the URL's options come after ours, so they win"
+        );
         let err =
             Target::parse("postgres://h@x/db?sslmode=require&sslrootcert=/nonexistent%2Fca.pem")
                 .err()
                 .expect("missing file");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn every_pooled_connection_runs_without_jit_unless_the_url_says_otherwise() {
+        let url = herald_pgtest::database();
+        let show = |url: String| async move {
+            let pool = Target::parse(&url).expect("parse").pool().expect("pool");
+            let client = pool.get().await.expect("connection");
+            let row = client.query_one("SHOW jit", &[]).await.expect("show");
+            row.get::<_, String>(0)
+        };
+        assert_eq!(show(url.clone()).await, "off");
+        assert_eq!(show(format!("{url}?options=-c%20jit%3Don")).await, "on");
     }
 }

@@ -18,6 +18,11 @@
 //! unnest(...)` with the attempts' `INSERT ... SELECT` in the same statement) rather than
 //! one statement each.
 //!
+//! A batch whose writes are that one statement (only notifications without a key, or only
+//! outcomes `complete_many` takes) runs it without a transaction: the statement is atomic
+//! and commits by itself, so the batch saves `BEGIN` and `COMMIT`, two of its three or
+//! four round trips. Only a batch that mixes kinds needs the transaction, for one commit.
+//!
 //! A failed statement aborts the whole transaction, and PostgreSQL then answers `COMMIT`
 //! with a rollback; so a batch in which any statement failed is not committed, and each of
 //! its operations runs again alone (one bad operation, or a deadlock between two nodes'
@@ -161,12 +166,44 @@ impl Done {
     }
 }
 
+/// Whether a batch's outcomes can go in one statement (`queue::complete_many`): each
+/// delivery once, and none freeing a successor (which `Store::complete` already sends
+/// elsewhere).
+fn set_based(completes: &[&CompleteParams]) -> bool {
+    let mut seqs: Vec<i64> = completes.iter().map(|p| p.report.job.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.len() == completes.len() && !completes.iter().any(|p| queue::frees_successor(p))
+}
+
+/// A notification that goes in the batch's one insert: one without an idempotency key (one
+/// with a key may be a replay, which reads the stored one instead).
+fn plain(new: &NewNotification) -> bool {
+    new.idempotency_key.is_none()
+}
+
 async fn run(inner: &Inner, batch: Vec<Write>) {
     if batch.len() == 1 {
         for w in batch {
             alone(inner, w).await;
         }
         return;
+    }
+    if batch
+        .iter()
+        .all(|w| matches!(w, Write::Create(new, _) if plain(new)))
+    {
+        return creates_in_one_statement(inner, batch).await;
+    }
+    let completes: Vec<&CompleteParams> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Complete(p, _) => Some(p),
+            Write::Create(..) => None,
+        })
+        .collect();
+    if completes.len() == batch.len() && set_based(&completes) {
+        return completes_in_one_statement(inner, batch).await;
     }
     let generation = inner.contexts.generation();
     let mut client = match inner.client().await {
@@ -210,24 +247,10 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
             }
         }
     }
-    // The outcomes go in one statement when they can (each delivery once, none freeing a
-    // successor, which `Store::complete` already sends elsewhere); else one each.
-    let completes: Vec<&CompleteParams> = batch
-        .iter()
-        .filter_map(|w| match w {
-            Write::Complete(p, _) => Some(p),
-            Write::Create(..) => None,
-        })
-        .collect();
-    let set_based = {
-        let mut seqs: Vec<i64> = completes.iter().map(|p| p.report.job.seq).collect();
-        seqs.sort_unstable();
-        seqs.dedup();
-        seqs.len() == completes.len() && !completes.iter().any(|p| queue::frees_successor(p))
-    };
+    // The outcomes go in one statement when they can; else one each.
+    let set_based = set_based(&completes);
     // Notifications without an idempotency key go in one statement; one with a key is
-    // its own (it may be a replay, which reads the stored one instead).
-    let plain = |new: &NewNotification| new.idempotency_key.is_none();
+    // its own.
     let creates: Vec<(NewNotification, Option<&admin::AppTargets>)> = batch
         .iter()
         .filter_map(|w| match w {
@@ -328,6 +351,113 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
     if work {
         inner.work.signal();
     }
+}
+
+/// A batch of notifications without an idempotency key: their apps' state is read (once
+/// per app, pipelined), then all are stored by one statement, which commits by itself.
+/// (The transaction of a mixed batch would add `BEGIN` and `COMMIT`, two round trips,
+/// and share nothing: each statement reads its own snapshot either way.)
+async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
+    let client = match inner.client().await {
+        Ok(c) => c,
+        Err(e) => return fail_all(batch, e),
+    };
+    let mut app_ids: Vec<&str> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(new, _) => Some(new.app_id.as_str()),
+            Write::Complete(..) => None,
+        })
+        .collect();
+    app_ids.sort_unstable();
+    app_ids.dedup();
+    let read = join_all(
+        app_ids
+            .iter()
+            .map(|id| admin::read_app_targets(&client, id)),
+    )
+    .await;
+    let mut apps = HashMap::with_capacity(app_ids.len());
+    for (id, r) in app_ids.into_iter().zip(read) {
+        match r {
+            Ok(targets) => {
+                apps.insert(id, targets);
+            }
+            Err(e) => return each_alone(inner, &client, batch, e).await,
+        }
+    }
+    let creates: Vec<(NewNotification, Option<&admin::AppTargets>)> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(new, _) => Some((
+                new.clone(),
+                apps.get(new.app_id.as_str()).and_then(Option::as_ref),
+            )),
+            Write::Complete(..) => None,
+        })
+        .collect();
+    let created = admin::create_many_in_batch(&client, creates).await;
+    if let Some(e) = created.iter().find_map(|r| match r {
+        Err(e @ StoreError::Backend { .. }) => Some(e.clone()),
+        _ => None,
+    }) {
+        return each_alone(inner, &client, batch, e).await;
+    }
+    let mut work = false;
+    for (w, r) in batch.into_iter().zip(created) {
+        if let Write::Create(_, reply) = w {
+            work |= matches!(&r, Ok(c) if !c.deliveries.is_empty());
+            let _ = reply.send(r);
+        }
+    }
+    if work {
+        inner.work.signal();
+    }
+}
+
+/// A batch of outcomes that `queue::complete_many` takes: one statement, which commits by
+/// itself (see [`creates_in_one_statement`]).
+async fn completes_in_one_statement(inner: &Inner, batch: Vec<Write>) {
+    let client = match inner.client().await {
+        Ok(c) => c,
+        Err(e) => return fail_all(batch, e),
+    };
+    let completes: Vec<&CompleteParams> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Complete(p, _) => Some(p),
+            Write::Create(..) => None,
+        })
+        .collect();
+    let answers = match queue::complete_many(&client, &completes).await {
+        Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e @ StoreError::Backend { .. }) => return each_alone(inner, &client, batch, e).await,
+        Err(e) => vec![Err(e); completes.len()],
+    };
+    for (w, r) in batch.into_iter().zip(answers) {
+        if let Write::Complete(_, reply) = w {
+            let _ = reply.send(r);
+        }
+    }
+}
+
+/// After a batch's statement failed (so nothing of it was stored): each operation runs
+/// again alone, or, when the connection was lost (so whether it committed is unknown),
+/// every one gets the failure.
+async fn each_alone(
+    inner: &Inner,
+    client: &deadpool_postgres::Object,
+    batch: Vec<Write>,
+    e: StoreError,
+) {
+    if client.is_closed() {
+        return fail_all(
+            batch,
+            StoreError::backend("the database connection was lost", e),
+        );
+    }
+    tracing::debug!(error = %e, size = batch.len(), "batch not stored; each runs alone");
+    join_all(batch.into_iter().map(|w| alone(inner, w))).await;
 }
 
 /// Answers every operation of a batch with the same failure.

@@ -682,7 +682,7 @@ pub(crate) async fn complete_in(
 /// many there are. Each outcome's delivery must appear once, and none may free a successor
 /// ([`frees_successor`]); the answers are in the order of `ps`.
 pub(crate) async fn complete_many(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &impl GenericClient,
     ps: &[&CompleteParams],
 ) -> Result<Vec<Completed>> {
     let len = ps.len();

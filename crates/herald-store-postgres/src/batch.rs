@@ -4,7 +4,8 @@
 //! Concurrent calls queue here, and a batch of them runs in one transaction: their
 //! statements are pipelined (sent together, answered in order), so a batch costs a few
 //! round trips and one commit (one WAL flush) however many operations it holds. Up to
-//! [`IN_FLIGHT`] batches commit at once; the next batch forms while they do. What a new
+//! [`IN_FLIGHT`] batches commit at once (one while other nodes share the database); the
+//! next batch forms while they do. What a new
 //! notification is decided on (its app's profile and endpoints) is read once per app for the
 //! whole batch, before its writes. The batch's notifications without an idempotency key are
 //! then one statement for all of them (`admin::create_many_in_batch`: an `INSERT ... SELECT
@@ -43,11 +44,16 @@ use crate::{admin, backend, queue, Inner};
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 256;
-/// Batches committing at once. Fewer batches in flight make each one larger (more of the
-/// queue's writes wait for the next), so fewer statements and commits for the same work.
-/// Measured with the e2e bench (PostgreSQL phases, 2 to 4 runs each, alternately): 4 in flight
-/// gave one node 4,537-4,626 notifications/s and three nodes 2,613-2,964; 2 gave 4,820-5,486
-/// and 3,613-3,972; 1 gave 4,476-4,753 and 3,953-4,300.
+/// Batches committing at once on a database this node has to itself; one while other
+/// live nodes commit there too ([`permits`]), since the database's commits are then shared.
+/// Fewer batches in flight make each one larger (more of the queue's writes wait for the
+/// next), so fewer statements and commits for the same work. Measured with the e2e bench
+/// (PostgreSQL phases, 2 to 4 runs each, alternately), the same number on every node: 4 in
+/// flight gave one node 4,537-4,626 notifications/s and three nodes 2,613-2,964; 2 gave
+/// 4,820-5,486 and 3,613-3,972; 1 gave 4,476-4,753 and 3,953-4,300. Taking one once a
+/// second node is seen, three nodes went from 2,791 and 3,491 to 4,303 and 4,557 (the
+/// bench process's CPU from 195 to 149-158 µs a notification), two runs of each build,
+/// alternately.
 const IN_FLIGHT: usize = 2;
 /// Operations waiting for a batch; callers wait when it is full (backpressure).
 const QUEUE: usize = 8 * 1024;
@@ -125,7 +131,11 @@ pub(crate) fn start(store: Weak<Inner>, queue: BatchQueue) {
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
+            let share = match store.upgrade() {
+                Some(inner) => permits(&inner),
+                None => return,
+            };
+            let Ok(slot) = slots.clone().acquire_many_owned(share).await else {
                 return;
             };
             let Some(first) = rx.recv().await else { break };
@@ -147,6 +157,16 @@ pub(crate) fn start(store: Weak<Inner>, queue: BatchQueue) {
         let _ = slots.acquire_many(all).await;
         let _ = drained.send(());
     });
+}
+
+/// The permits a batch takes: one of [`IN_FLIGHT`] on a database this node has to itself,
+/// all of them when its last peek counted other live nodes (`Inner::live_nodes`).
+fn permits(inner: &Inner) -> u32 {
+    if inner.live_nodes.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+        u32::try_from(IN_FLIGHT).unwrap_or(u32::MAX)
+    } else {
+        1
+    }
 }
 
 /// What one operation of a batch produced, to be sent once the batch's fate is known.
@@ -482,6 +502,86 @@ async fn alone(inner: &Inner, w: Write) {
         }
         Write::Complete(p, reply) => {
             let _ = reply.send(queue::complete(inner, p).await);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_protocols::standard_webhooks::{KeyEntry, Keys};
+    use herald_protocols::{Credentials, Profile};
+    use herald_store::model::*;
+    use herald_store::queue::{ClaimParams, LeaseParams, NodeId};
+    use herald_store::{AdminStore, Queue};
+
+    use super::*;
+    use crate::PgStore;
+
+    const T0: UnixMillis = UnixMillis::new(1_700_000_000_000);
+
+    async fn register(store: &PgStore, name: &str) -> NodeId {
+        let node: NodeId = Arc::from(name);
+        let lease = LeaseParams {
+            node: node.clone(),
+            now: T0,
+            lease: std::time::Duration::from_secs(30),
+        };
+        store.register_node(lease, true).await.expect("register");
+        node
+    }
+
+    /// Alone on its database a node keeps [`IN_FLIGHT`] batches committing; once its peek
+    /// counts another live node, one (their batches share the database's commits).
+    #[tokio::test]
+    async fn a_node_commits_one_batch_at_a_time_once_it_sees_another_node() {
+        let url = herald_pgtest::database();
+        let a = PgStore::connect(&url).await.expect("store a");
+        let node_a = register(&a, "node_a").await;
+        assert_eq!(permits(&a.inner), 1, "a node alone");
+        let app = a
+            .create_app(NewApp {
+                name: "shop".into(),
+                profile: Profile::StandardWebhooks,
+                retry: None,
+                ack: None,
+                credentials: Credentials::StandardWebhooks(Keys {
+                    keys: vec![KeyEntry {
+                        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                        expires_at: None,
+                    }],
+                }),
+                now: T0,
+            })
+            .await
+            .expect("app");
+        let claim = |node: NodeId| ClaimParams {
+            node,
+            now: T0,
+            horizon: T0 + std::time::Duration::from_secs(60),
+            limit: 10,
+        };
+        for round in 0..2 {
+            a.create_notification(NewNotification {
+                app_id: app.id.clone(),
+                event_type: "trade.success".parse().expect("event type"),
+                payload: "{}".into(),
+                notify_url: Some("https://m.example/notify".parse().expect("url")),
+                idempotency_key: None,
+                order_key: None,
+                now: T0,
+            })
+            .await
+            .expect("notification");
+            if round == 1 {
+                let b = PgStore::connect(&url).await.expect("store b");
+                register(&b, "node_b").await;
+            }
+            let jobs = a.claim(claim(node_a.clone())).await.expect("claim");
+            assert_eq!(jobs.len(), 1);
+            let want = if round == 0 { 1 } else { IN_FLIGHT };
+            assert_eq!(permits(&a.inner) as usize, want, "round {round}");
         }
     }
 }

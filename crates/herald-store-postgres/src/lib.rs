@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     /// Claims in a row that found nothing for this store's nodes: `work` hints reach an
     /// idle node less often (see `hints`).
     pub(crate) idle_claims: std::sync::atomic::AtomicU32,
+    /// Live nodes on the database, as this store's last peek counted them (1 until then).
+    pub(crate) live_nodes: std::sync::atomic::AtomicU32,
     /// The health check's own connection (see [`MetaStore::ping`]).
     health: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
@@ -118,6 +120,7 @@ impl PgStore {
             work,
             batcher,
             idle_claims: std::sync::atomic::AtomicU32::new(0),
+            live_nodes: std::sync::atomic::AtomicU32::new(1),
             health: tokio::sync::Mutex::new(None),
         });
         batch::start(Arc::downgrade(&inner), writes);

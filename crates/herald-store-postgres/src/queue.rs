@@ -81,7 +81,7 @@ const HELD_BY_OTHER: &str = "h.node_id <> $1
 /// its state for this node (`other`: another live node holds it; `mine`: this node claimed
 /// it last; `free`), whether it has its holder row yet, and the number of live nodes;
 /// endpoints of another node are not probed for due work. A last row with a NULL
-/// endpoint says that due work without an endpoint waits. Endpoints held back by their
+/// endpoint (and the number of live nodes) says that due work without an endpoint waits. Endpoints held back by their
 /// health are left out.
 ///
 /// Its two probes of `deliveries` per endpoint end in `OFFSET 0`, which keeps PostgreSQL
@@ -113,7 +113,7 @@ const PEEK: &str = "
        OR EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id = st.e AND {due_head}
                   OFFSET 0)
     UNION ALL
-    SELECT NULL, 'free', TRUE, 0
+    SELECT NULL, 'free', TRUE, (SELECT count(*) FROM nodes WHERE lease_until >= $3)
     WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id IS NULL AND {due_head})";
 
 /// Takes the holder rows of the endpoints `$1` that no other claim has taken: the only
@@ -548,6 +548,11 @@ pub(crate) async fn claim(inner: &Inner, p: ClaimParams) -> Result<Vec<Arc<Claim
         .iter()
         .map(|r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)))
         .collect::<Result<Vec<_>>>()?;
+    // The batcher's share of the database's commits follows the fleet's size.
+    if let Some(live) = rows.iter().map(|r| r.3).max() {
+        let live = u32::try_from(live).unwrap_or(u32::MAX).max(1);
+        inner.live_nodes.store(live, Ordering::Relaxed);
+    }
     let plan = plan(node, &rows);
     if plan.endpoints.is_empty() && !plan.endpointless {
         inner.idle_claims.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! What the API writes: apps, endpoints, notifications and their deliveries, manual retries
 //! and recoveries. Each change that the engines must learn of notifies them (see `hints`)
 //! inside its own transaction.
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
@@ -580,25 +581,46 @@ pub(crate) struct AppTargets {
     endpoints: Vec<Endpoint>,
 }
 
-/// Reads [`AppTargets`] of `app_id` (the app's row and its endpoints, pipelined); `None`
-/// when there is no such app.
-pub(crate) async fn read_app_targets(
+/// Reads the [`AppTargets`] of the live apps among `app_ids`, by app id: two statements
+/// (the apps' rows, and their endpoints in creation order), pipelined, however many apps.
+/// An unknown or deleted app is absent from the answer.
+pub(crate) async fn read_apps_targets(
     c: &impl GenericClient,
-    app_id: &str,
-) -> Result<Option<AppTargets>> {
+    app_ids: &[&str],
+) -> Result<HashMap<String, AppTargets>> {
     let app_stmt = c
         .prepare_cached(&format!(
-            "SELECT {APP_COLS} FROM apps WHERE id = $1 AND deleted_at IS NULL"
+            "SELECT {APP_COLS} FROM apps WHERE id = ANY($1) AND deleted_at IS NULL"
         ))
         .await
         .map_err(backend)?;
-    let app_query = async { c.query_opt(&app_stmt, &[&app_id]).await.map_err(backend) };
-    let (row, endpoints) = tokio::try_join!(app_query, rows::list_endpoints(c, app_id))?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(AppTargets {
-        profile: rows::app_profile(&row)?,
-        endpoints,
-    }))
+    let endpoint_stmt = c
+        .prepare_cached(&format!(
+            "SELECT {ENDPOINT_COLS} FROM endpoints WHERE app_id = ANY($1) AND NOT deleted
+             ORDER BY created_at, id"
+        ))
+        .await
+        .map_err(backend)?;
+    let (apps, endpoints) = tokio::try_join!(
+        async { c.query(&app_stmt, &[&app_ids]).await.map_err(backend) },
+        async { c.query(&endpoint_stmt, &[&app_ids]).await.map_err(backend) },
+    )?;
+    let mut out = HashMap::with_capacity(apps.len());
+    for row in &apps {
+        let id: String = col(row, 0)?;
+        let targets = AppTargets {
+            profile: rows::app_profile(row)?,
+            endpoints: Vec::new(),
+        };
+        out.insert(id, targets);
+    }
+    for row in &endpoints {
+        let (endpoint, _) = rows::endpoint_from_row(row)?;
+        if let Some(app) = out.get_mut(&endpoint.app_id) {
+            app.endpoints.push(endpoint);
+        }
+    }
+    Ok(out)
 }
 
 /// Stores a notification and its deliveries in one statement (atomic on its own, or part

@@ -5,9 +5,9 @@
 //! statements are pipelined (sent together, answered in order), so a batch costs a few
 //! round trips and one commit (one WAL flush) however many operations it holds. Up to
 //! [`IN_FLIGHT`] batches commit at once (one while other nodes share the database); the
-//! next batch forms while they do. What a new
-//! notification is decided on (its app's profile and endpoints) is read once per app for the
-//! whole batch, before its writes. The batch's notifications without an idempotency key are
+//! next batch forms while they do. What a new notification is decided on (its app's
+//! profile and endpoints) is read for the whole batch before its writes, in two statements
+//! however many apps it holds (`admin::read_apps_targets`). The batch's notifications without an idempotency key are
 //! then one statement for all of them (`admin::create_many_in_batch`: an `INSERT ... SELECT
 //! FROM unnest(...)` of the notifications and one of their deliveries); one with a key is
 //! its own insert after a lookup of the key, since it may be a replay. (Measured with
@@ -33,6 +33,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
+use deadpool_postgres::GenericClient;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -234,39 +235,14 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, backend(e)),
     };
-    // What the batch's notifications are decided on, read once per app (pipelined): a
-    // batch of one app's notifications then costs one statement each.
-    let mut app_ids: Vec<&str> = batch
-        .iter()
-        .filter_map(|w| match w {
-            Write::Create(new, _) => Some(new.app_id.as_str()),
-            Write::Complete(..) => None,
-        })
-        .collect();
-    app_ids.sort_unstable();
-    app_ids.dedup();
-    let read = join_all(app_ids.iter().map(|id| admin::read_app_targets(&tx, id))).await;
-    let mut apps = HashMap::with_capacity(app_ids.len());
-    for (id, r) in app_ids.into_iter().zip(read) {
-        match r {
-            Ok(targets) => {
-                apps.insert(id, targets);
-            }
-            Err(e) => {
-                // As a failed statement: each operation runs again alone.
-                tracing::debug!(error = %e, "reading a batch's apps failed; each runs alone");
-                drop(tx);
-                if client.is_closed() {
-                    return fail_all(
-                        batch,
-                        StoreError::backend("the database connection was lost", e),
-                    );
-                }
-                join_all(batch.into_iter().map(|w| alone(inner, w))).await;
-                return;
-            }
+    let apps = match read_apps(&tx, &batch).await {
+        Ok(apps) => apps,
+        Err(e) => {
+            // As a failed statement: each operation runs again alone.
+            drop(tx);
+            return each_alone(inner, &client, batch, e).await;
         }
-    }
+    };
     // The outcomes go in one statement when they can; else one each.
     let set_based = set_based(&completes);
     // Notifications without an idempotency key go in one statement; one with a key is
@@ -274,10 +250,9 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
     let creates: Vec<(NewNotification, Option<&admin::AppTargets>)> = batch
         .iter()
         .filter_map(|w| match w {
-            Write::Create(new, _) if plain(new) => Some((
-                new.clone(),
-                apps.get(new.app_id.as_str()).and_then(Option::as_ref),
-            )),
+            Write::Create(new, _) if plain(new) => {
+                Some((new.clone(), apps.get(new.app_id.as_str())))
+            }
             _ => None,
         })
         .collect();
@@ -292,12 +267,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         match w {
             Write::Create(new, _) if plain(new) => None,
             Write::Create(new, _) => Some(Done::Create(
-                admin::create_in_batch(
-                    &tx,
-                    new.clone(),
-                    apps.get(new.app_id.as_str()).and_then(Option::as_ref),
-                )
-                .await,
+                admin::create_in_batch(&tx, new.clone(), apps.get(new.app_id.as_str())).await,
             )),
             Write::Complete(..) if set_based => None,
             Write::Complete(p, _) => Some(Done::Complete(
@@ -373,6 +343,27 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
     }
 }
 
+/// What the batch's notifications are decided on, by app id: each app's profile and
+/// endpoints, read once for all of its notifications in the batch (two statements).
+async fn read_apps(
+    c: &impl GenericClient,
+    batch: &[Write],
+) -> Result<HashMap<String, admin::AppTargets>> {
+    let mut app_ids: Vec<&str> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(new, _) => Some(new.app_id.as_str()),
+            Write::Complete(..) => None,
+        })
+        .collect();
+    if app_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    app_ids.sort_unstable();
+    app_ids.dedup();
+    admin::read_apps_targets(c, &app_ids).await
+}
+
 /// A batch of notifications without an idempotency key: their apps' state is read (once
 /// per app, pipelined), then all are stored by one statement, which commits by itself.
 /// (The transaction of a mixed batch would add `BEGIN` and `COMMIT`, two round trips,
@@ -382,37 +373,14 @@ async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
         Ok(c) => c,
         Err(e) => return fail_all(batch, e),
     };
-    let mut app_ids: Vec<&str> = batch
-        .iter()
-        .filter_map(|w| match w {
-            Write::Create(new, _) => Some(new.app_id.as_str()),
-            Write::Complete(..) => None,
-        })
-        .collect();
-    app_ids.sort_unstable();
-    app_ids.dedup();
-    let read = join_all(
-        app_ids
-            .iter()
-            .map(|id| admin::read_app_targets(&client, id)),
-    )
-    .await;
-    let mut apps = HashMap::with_capacity(app_ids.len());
-    for (id, r) in app_ids.into_iter().zip(read) {
-        match r {
-            Ok(targets) => {
-                apps.insert(id, targets);
-            }
-            Err(e) => return each_alone(inner, &client, batch, e).await,
-        }
-    }
+    let apps = match read_apps(&client, &batch).await {
+        Ok(apps) => apps,
+        Err(e) => return each_alone(inner, &client, batch, e).await,
+    };
     let creates: Vec<(NewNotification, Option<&admin::AppTargets>)> = batch
         .iter()
         .filter_map(|w| match w {
-            Write::Create(new, _) => Some((
-                new.clone(),
-                apps.get(new.app_id.as_str()).and_then(Option::as_ref),
-            )),
+            Write::Create(new, _) => Some((new.clone(), apps.get(new.app_id.as_str()))),
             Write::Complete(..) => None,
         })
         .collect();

@@ -492,16 +492,29 @@ async fn read_for_notification(
     c: &impl GenericClient,
     new: &NewNotification,
 ) -> Result<(Profile, Vec<Endpoint>, Option<i64>)> {
-    let app_sql = format!(
-        "SELECT {APP_COLS},
-                (SELECT seq FROM notifications WHERE app_id = $1 AND idempotency_key = $2)
-         FROM apps WHERE id = $1 AND deleted_at IS NULL"
-    );
-    let app_stmt = c.prepare_cached(&app_sql).await.map_err(backend)?;
+    // Without a key, a statement of its own: one whose key may be NULL was planned anew on
+    // every run (a plan for a NULL key skips the lookup, so it always looked cheaper).
     let app_query = async {
-        c.query_opt(&app_stmt, &[&new.app_id, &new.idempotency_key.as_deref()])
-            .await
-            .map_err(backend)
+        match new.idempotency_key.as_deref() {
+            Some(key) => {
+                let sql = format!(
+                    "SELECT {APP_COLS},
+                            (SELECT seq FROM notifications
+                             WHERE app_id = $1 AND idempotency_key = $2)
+                     FROM apps WHERE id = $1 AND deleted_at IS NULL"
+                );
+                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                c.query_opt(&stmt, &[&new.app_id, &key]).await
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {APP_COLS}, NULL::bigint FROM apps WHERE id = $1 AND deleted_at IS NULL"
+                );
+                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                c.query_opt(&stmt, &[&new.app_id]).await
+            }
+        }
+        .map_err(backend)
     };
     // Pipelined with the app's row: the endpoints, when the notification fans out.
     let (app_row, endpoints) = if new.notify_url.is_none() {

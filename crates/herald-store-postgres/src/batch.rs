@@ -197,6 +197,17 @@ fn set_based(completes: &[&CompleteParams]) -> bool {
     seqs.len() == completes.len() && !completes.iter().any(|p| queue::frees_successor(p))
 }
 
+/// The outcomes of a batch, in its order.
+fn completes_of(batch: &[Write]) -> Vec<&CompleteParams> {
+    batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Complete(p, _) => Some(p),
+            Write::Create(..) => None,
+        })
+        .collect()
+}
+
 /// A notification that goes in the batch's one insert: one without an idempotency key (one
 /// with a key may be a replay, which reads the stored one instead).
 fn plain(new: &NewNotification) -> bool {
@@ -216,13 +227,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
     {
         return creates_in_one_statement(inner, batch).await;
     }
-    let completes: Vec<&CompleteParams> = batch
-        .iter()
-        .filter_map(|w| match w {
-            Write::Complete(p, _) => Some(p),
-            Write::Create(..) => None,
-        })
-        .collect();
+    let completes = completes_of(&batch);
     if completes.len() == batch.len() && set_based(&completes) {
         return completes_in_one_statement(inner, batch).await;
     }
@@ -410,13 +415,7 @@ async fn completes_in_one_statement(inner: &Inner, batch: Vec<Write>) {
         Ok(c) => c,
         Err(e) => return fail_all(batch, e),
     };
-    let completes: Vec<&CompleteParams> = batch
-        .iter()
-        .filter_map(|w| match w {
-            Write::Complete(p, _) => Some(p),
-            Write::Create(..) => None,
-        })
-        .collect();
+    let completes = completes_of(&batch);
     let answers = match queue::complete_many(&client, &completes).await {
         Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
         Err(e @ StoreError::Backend { .. }) => return each_alone(inner, &client, batch, e).await,

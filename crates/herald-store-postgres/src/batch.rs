@@ -7,10 +7,11 @@
 //! [`IN_FLIGHT`] batches commit at once (one while other nodes share the database); the
 //! next batch forms while they do. What a new notification is decided on (its app's
 //! profile and endpoints) is read for the whole batch before its writes, in two statements
-//! however many apps it holds (`admin::read_apps_targets`). The batch's notifications without an idempotency key are
-//! then one statement for all of them (`admin::create_many_in_batch`: an `INSERT ... SELECT
-//! FROM unnest(...)` of the notifications and one of their deliveries); one with a key is
-//! its own insert after a lookup of the key, since it may be a replay. (Measured with
+//! however many apps it holds (`admin::read_apps_targets`). The batch's notifications
+//! without an idempotency key are then one statement for all of them
+//! (`admin::create_many_in_batch`: an `INSERT ... SELECT FROM unnest(...)` of the
+//! notifications and one of their deliveries); one with a key is its own insert after a
+//! lookup of the key, since it may be a replay. (Measured with
 //! `pg_stat_statements` in the e2e bench: one statement per notification cost about 0.10 ms
 //! of the database's time each; in the batch's one statement a notification costs about
 //! 0.05 ms.)
@@ -177,14 +178,20 @@ enum Done {
 }
 
 impl Done {
-    /// Whether a statement failed (which aborted the transaction).
-    fn failed_statement(&self) -> bool {
-        matches!(
-            self,
-            Done::Create(Err(StoreError::Backend { .. }))
-                | Done::Complete(Err(StoreError::Backend { .. }))
-        )
+    /// The error of a statement that failed (which aborted the transaction, or stored
+    /// nothing of a statement that was the whole batch).
+    fn failure(&self) -> Option<&StoreError> {
+        match self {
+            Done::Create(Err(e @ StoreError::Backend { .. }))
+            | Done::Complete(Err(e @ StoreError::Backend { .. })) => Some(e),
+            _ => None,
+        }
     }
+}
+
+/// The first statement failure among a batch's results (see [`Done::failure`]).
+fn first_failure(done: &[Done]) -> Option<StoreError> {
+    done.iter().find_map(Done::failure).cloned()
 }
 
 /// Whether a batch's outcomes can go in one statement (`queue::complete_many`): each
@@ -252,15 +259,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
     let set_based = set_based(&completes);
     // Notifications without an idempotency key go in one statement; one with a key is
     // its own.
-    let creates: Vec<(NewNotification, Option<&admin::AppTargets>)> = batch
-        .iter()
-        .filter_map(|w| match w {
-            Write::Create(new, _) if plain(new) => {
-                Some((new.clone(), apps.get(new.app_id.as_str())))
-            }
-            _ => None,
-        })
-        .collect();
+    let creates = plain_creates(&batch, &apps);
     let many_creates = async {
         if creates.is_empty() {
             Vec::new()
@@ -309,24 +308,22 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
             })
         })
         .collect();
-    if done.iter().any(Done::failed_statement) {
-        drop(tx);
-        if client.is_closed() {
-            return fail_all(
-                batch,
-                StoreError::backend_msg("the database connection was lost"),
-            );
-        }
+    if let Some(e) = first_failure(&done) {
         // A statement failed and the transaction with it: each runs again alone.
-        tracing::debug!(size = batch.len(), "batch not committed; each runs alone");
-        join_all(batch.into_iter().map(|w| alone(inner, w))).await;
-        return;
+        drop(tx);
+        return each_alone(inner, &client, batch, e).await;
     }
     if let Err(e) = tx.commit().await {
         // Whether it committed is unknown: the callers retry (the API's producers with
         // their idempotency keys; the engine's outcomes are conditional).
         return fail_all(batch, backend(e));
     }
+    answer(inner, batch, done);
+}
+
+/// Sends each operation of a committed batch its result, and the `work` signal when new
+/// deliveries were stored.
+fn answer(inner: &Inner, batch: Vec<Write>, done: Vec<Done>) {
     let mut work = false;
     for (w, d) in batch.into_iter().zip(done) {
         match (w, d) {
@@ -369,10 +366,26 @@ async fn read_apps(
     admin::read_apps_targets(c, &app_ids).await
 }
 
-/// A batch of notifications without an idempotency key: their apps' state is read (once
-/// per app, pipelined), then all are stored by one statement, which commits by itself.
-/// (The transaction of a mixed batch would add `BEGIN` and `COMMIT`, two round trips,
-/// and share nothing: each statement reads its own snapshot either way.)
+/// The batch's notifications that go in its one insert, each with its app as read.
+fn plain_creates<'a>(
+    batch: &[Write],
+    apps: &'a HashMap<String, admin::AppTargets>,
+) -> Vec<(NewNotification, Option<&'a admin::AppTargets>)> {
+    batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create(new, _) if plain(new) => {
+                Some((new.clone(), apps.get(new.app_id.as_str())))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batch of notifications without an idempotency key: their apps are read (two
+/// statements), then all are stored by one statement, which commits by itself. (The
+/// transaction of a mixed batch would add `BEGIN` and `COMMIT`, two round trips, and
+/// share nothing: each statement reads its own snapshot either way.)
 async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
     let client = match inner.client().await {
         Ok(c) => c,
@@ -382,29 +395,14 @@ async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
         Ok(apps) => apps,
         Err(e) => return each_alone(inner, &client, batch, e).await,
     };
-    let creates: Vec<(NewNotification, Option<&admin::AppTargets>)> = batch
-        .iter()
-        .filter_map(|w| match w {
-            Write::Create(new, _) => Some((new.clone(), apps.get(new.app_id.as_str()))),
-            Write::Complete(..) => None,
-        })
+    let done: Vec<Done> = admin::create_many_in_batch(&client, plain_creates(&batch, &apps))
+        .await
+        .into_iter()
+        .map(Done::Create)
         .collect();
-    let created = admin::create_many_in_batch(&client, creates).await;
-    if let Some(e) = created.iter().find_map(|r| match r {
-        Err(e @ StoreError::Backend { .. }) => Some(e.clone()),
-        _ => None,
-    }) {
-        return each_alone(inner, &client, batch, e).await;
-    }
-    let mut work = false;
-    for (w, r) in batch.into_iter().zip(created) {
-        if let Write::Create(_, reply) = w {
-            work |= matches!(&r, Ok(c) if !c.deliveries.is_empty());
-            let _ = reply.send(r);
-        }
-    }
-    if work {
-        inner.work.signal();
+    match first_failure(&done) {
+        Some(e) => each_alone(inner, &client, batch, e).await,
+        None => answer(inner, batch, done),
     }
 }
 
@@ -416,16 +414,15 @@ async fn completes_in_one_statement(inner: &Inner, batch: Vec<Write>) {
         Err(e) => return fail_all(batch, e),
     };
     let completes = completes_of(&batch);
-    let answers = match queue::complete_many(&client, &completes).await {
-        Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+    let done: Vec<Done> = match queue::complete_many(&client, &completes).await {
+        Ok(v) => v.into_iter().map(|c| Done::Complete(Ok(c))).collect(),
         Err(e @ StoreError::Backend { .. }) => return each_alone(inner, &client, batch, e).await,
-        Err(e) => vec![Err(e); completes.len()],
+        Err(e) => completes
+            .iter()
+            .map(|_| Done::Complete(Err(e.clone())))
+            .collect(),
     };
-    for (w, r) in batch.into_iter().zip(answers) {
-        if let Write::Complete(_, reply) = w {
-            let _ = reply.send(r);
-        }
-    }
+    answer(inner, batch, done);
 }
 
 /// After a batch's statement failed (so nothing of it was stored): each operation runs

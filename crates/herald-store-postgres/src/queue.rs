@@ -81,8 +81,8 @@ const HELD_BY_OTHER: &str = "h.node_id <> $1
 /// its state for this node (`other`: another live node holds it; `mine`: this node claimed
 /// it last; `free`), whether it has its holder row yet, and the number of live nodes;
 /// endpoints of another node are not probed for due work. A last row with a NULL
-/// endpoint (and the number of live nodes) says that due work without an endpoint waits. Endpoints held back by their
-/// health are left out.
+/// endpoint (and the number of live nodes) says that due work without an endpoint waits.
+/// Endpoints held back by their health are left out.
 ///
 /// Its two probes of `deliveries` per endpoint end in `OFFSET 0`, which keeps PostgreSQL
 /// from turning them into hashed subplans: it estimates the endpoint list at 100 rows

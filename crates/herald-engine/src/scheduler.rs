@@ -381,7 +381,8 @@ impl Scheduler {
     }
 
     /// Lets attempts in flight finish and be recorded, for a bounded time, then gives back
-    /// everything still held so another node (or the next start) takes it at once.
+    /// everything still held so another node (or the next start) takes it at once, and
+    /// leaves the fleet ([`Queue::leave`]).
     async fn shut_down(&mut self, mut tasks: UnboundedReceiver<TaskMsg>) {
         let deadline = Instant::now() + self.config.shutdown_grace;
         while self.in_flight > 0 || self.recording > 0 {
@@ -405,6 +406,10 @@ impl Scheduler {
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), self.queue.release(params)).await;
         }
+        // Then leave: other nodes stop counting this one at once when it holds nothing (an
+        // attempt still out past the grace keeps the lease, which then runs out as usual).
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.queue.leave(self.node.clone())).await;
     }
 
     // --- the lease and claims ------------------------------------------------------------

@@ -44,6 +44,8 @@ struct QueueState {
     endpoints: HashMap<String, Endpoint>,
     /// The app's ops target.
     ops: Option<OpsTarget>,
+    /// The nodes that asked to leave, in order.
+    left: Vec<NodeId>,
 }
 
 #[derive(Default)]
@@ -144,6 +146,19 @@ impl Queue for FakeQueue {
             }
             None => Ok(Lease::Lost),
         }
+    }
+
+    async fn leave(&self, node: NodeId) -> Result<bool> {
+        let mut st = self.state();
+        st.left.push(node.clone());
+        if st
+            .rows
+            .values()
+            .any(|r| r.locked_by.as_ref() == Some(&node))
+        {
+            return Ok(false);
+        }
+        Ok(st.nodes.remove(&node).is_some())
     }
 
     async fn rescue(&self, now: UnixMillis) -> Result<u64> {
@@ -844,6 +859,24 @@ async fn shutdown_gives_back_what_the_node_holds() {
     let queue = h.queue.clone();
     h.stop().await;
     assert!(queue.holder(1).is_none(), "released for the next node");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_node_leaves_once_it_has_given_back_its_work() {
+    let a = app(&[10]);
+    let h = Harness::start(acks(), |c| c.window = Duration::from_secs(60));
+    h.queue.add(job(1, &a, T0 + ms(30_000), None));
+    run_for(Duration::from_secs(2)).await;
+    let node = h.queue.holder(1).expect("held before the stop");
+    assert!(h.queue.state().nodes.contains_key(&node));
+    let queue = h.queue.clone();
+    h.stop().await;
+    let st = queue.state();
+    assert_eq!(st.left, vec![node.clone()], "the node asked to leave once");
+    assert!(
+        !st.nodes.contains_key(&node),
+        "released first, so it held nothing and was forgotten at once"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -517,6 +517,10 @@ impl Queue for PgStore {
         queue::renew_lease(&self.inner, params).await
     }
 
+    async fn leave(&self, node: NodeId) -> Result<bool> {
+        queue::leave(&self.inner, &node).await
+    }
+
     async fn rescue(&self, now: UnixMillis) -> Result<u64> {
         queue::rescue(&self.inner, now).await
     }

@@ -291,6 +291,18 @@ pub(crate) async fn renew_lease(inner: &Inner, p: LeaseParams) -> Result<Lease> 
     Ok(if n == 1 { Lease::Held } else { Lease::Lost })
 }
 
+/// Forgets node `$1` if it holds no delivery (a final outcome, a release and a cancel all
+/// clear `locked_by`): one probe of `deliveries_held_by_node`. Holder rows that still name
+/// it are free to claims from then on (they test the holder's lease), as after a rescue.
+const LEAVE: &str = "DELETE FROM nodes WHERE id = $1
+    AND NOT EXISTS (SELECT 1 FROM deliveries WHERE locked_by = $1)";
+
+pub(crate) async fn leave(inner: &Inner, node: &str) -> Result<bool> {
+    let client = inner.client().await?;
+    let n = client.execute(LEAVE, &[&node]).await.map_err(backend)?;
+    Ok(n == 1)
+}
+
 /// Forgets the nodes whose lease ended before `$1`, releases what they held and clears the
 /// holder rows that name them (claims already treat those as free; a cleared row says so
 /// without the `nodes` lookup), and releases what any node without a row holds (a forgotten

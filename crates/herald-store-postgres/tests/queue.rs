@@ -360,6 +360,82 @@ async fn two_live_nodes_each_claim_their_share_of_the_endpoints() {
 }
 
 #[tokio::test]
+async fn a_node_that_left_holding_nothing_no_longer_shrinks_the_others_share() {
+    let (a, b, url) = two_stores().await;
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, false).await;
+    endpoint(&a, &ap.id, false).await;
+    for _ in 0..3 {
+        a.create_notification(notification(&ap.id, None))
+            .await
+            .unwrap();
+    }
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    // a took its share and gave it back (a stopping engine's release): it holds nothing.
+    let mine = claim(&a, &na, T0, 10).await;
+    assert_eq!(
+        endpoints_of(&mine).len(),
+        1,
+        "a's share while both are live"
+    );
+    let jobs = mine.iter().map(|j| (j.seq, j.attempts)).collect();
+    let released = a
+        .release(ReleaseParams {
+            node: na.clone(),
+            jobs,
+            next_at: None,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 3);
+    assert!(
+        a.leave(na.clone()).await.unwrap(),
+        "a held nothing: forgotten"
+    );
+    let live: i64 = raw_client(&url)
+        .await
+        .query_one("SELECT count(*) FROM nodes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 1, "only b is left in the nodes table");
+    // Well within a's lease, b alone is the fleet: both endpoints are its share.
+    let all = claim(&b, &nb, T0 + ms(1_000), 10).await;
+    assert_eq!(all.len(), 6);
+    assert_eq!(endpoints_of(&all).len(), 2, "b takes both endpoints");
+    assert_eq!(
+        renew(&a, &na, T0 + ms(1_000)).await,
+        Lease::Lost,
+        "a left: a late renewal finds no lease"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_while_holding_work_keeps_its_lease_and_its_share() {
+    let (a, b, _) = two_stores().await;
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, false).await;
+    endpoint(&a, &ap.id, false).await;
+    for _ in 0..3 {
+        a.create_notification(notification(&ap.id, None))
+            .await
+            .unwrap();
+    }
+    let na = node(&a, "node_a", T0).await;
+    let nb = node(&b, "node_b", T0).await;
+    let mine = claim(&a, &na, T0, 10).await;
+    assert_eq!(mine.len(), 3);
+    assert!(!a.leave(na.clone()).await.unwrap(), "a still holds work");
+    // b still counts a as live and claims only its own share, never a's deliveries.
+    let theirs = claim(&b, &nb, T0 + ms(1_000), 10).await;
+    assert_eq!(theirs.len(), 3);
+    assert_ne!(endpoints_of(&theirs), endpoints_of(&mine));
+    assert_eq!(renew(&a, &na, T0 + ms(1_000)).await, Lease::Held);
+}
+
+#[tokio::test]
 async fn a_node_above_its_share_hands_an_endpoint_over_once_it_finished_its_part() {
     let (a, b, _) = two_stores().await;
     let ap = app(&a).await;

@@ -244,6 +244,10 @@ impl Queue for SqliteStore {
         self.call(|r| Op::RenewLease(params, r)).await
     }
 
+    async fn leave(&self, node: NodeId) -> Result<bool> {
+        self.call(|r| Op::Leave(node, r)).await
+    }
+
     async fn rescue(&self, now: UnixMillis) -> Result<u64> {
         self.call(|r| Op::Rescue(now, r)).await
     }

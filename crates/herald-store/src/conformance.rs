@@ -38,6 +38,8 @@ macro_rules! conformance_tests {
             a_claimed_delivery_is_not_claimed_by_another_node,
             an_endpoint_is_served_by_one_node_at_a_time,
             a_dead_nodes_work_is_rescued_after_its_lease,
+            a_node_that_leaves_while_holding_work_keeps_it_until_its_lease_ends,
+            nothing_is_claimed_at_birth_for_a_node_that_left,
             a_retry_far_ahead_releases_the_claim,
             a_node_reads_back_what_it_holds,
             deleting_an_endpoint_cancels_its_pending_deliveries,
@@ -992,6 +994,75 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     );
     let done = complete(store, &n2, &taken[0], AttemptOutcome::Succeeded).await;
     assert!(done.applied);
+}
+
+pub async fn a_node_that_leaves_while_holding_work_keeps_it_until_its_lease_ends(
+    store: &impl Store,
+) {
+    let a = app(store).await;
+    let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    let held = claim(store, &n1).await;
+    assert_eq!(held.len(), 1);
+    assert!(
+        !store.leave(n1.clone()).await.unwrap(),
+        "a node holding work is not forgotten by leaving"
+    );
+    assert!(
+        claim_at(store, &n2, T0 + ms(1_000), HORIZON)
+            .await
+            .is_empty(),
+        "what it holds stays its own"
+    );
+    let renewed = store
+        .renew_lease(LeaseParams {
+            node: n2.clone(),
+            now: T0 + LEASE - ms(1),
+            lease: LEASE,
+        })
+        .await
+        .unwrap();
+    assert_eq!(renewed, Lease::Held);
+    assert_eq!(store.rescue(T0 + LEASE + ms(1)).await.unwrap(), 1);
+    let taken = claim_at(store, &n2, T0 + LEASE + ms(1), HORIZON).await;
+    assert_eq!(ids(&taken), ids(&held), "rescued once its lease ended");
+}
+
+pub async fn nothing_is_claimed_at_birth_for_a_node_that_left(store: &impl Store) {
+    let a = app(store).await;
+    let n1: NodeId = Arc::from("node_a");
+    // With claims at birth where the driver has them (SQLite).
+    store
+        .register_node(
+            LeaseParams {
+                node: n1.clone(),
+                now: T0,
+                lease: LEASE,
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    let n2 = node(store, "node_b").await;
+    store.leave(n1.clone()).await.unwrap();
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
+            ..new_notification(&a.id, "e")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(store, &n2).await.len(),
+        1,
+        "born unheld: a live node claims it at once"
+    );
 }
 
 pub async fn a_retry_far_ahead_releases_the_claim(store: &impl Store) {

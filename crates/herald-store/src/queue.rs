@@ -165,6 +165,14 @@ pub trait Queue: Send + Sync + 'static {
     async fn register_node(&self, params: LeaseParams, claim_new: bool) -> Result<()>;
     /// Extends the node's lease; [`Lease::Lost`] when the node was forgotten.
     async fn renew_lease(&self, params: LeaseParams) -> Result<Lease>;
+    /// A node's graceful exit, once it has released what it held: nothing is claimed for it
+    /// at birth any more, and when it holds no pending delivery it is forgotten at once, so
+    /// the other nodes stop counting it at their next look (a driver whose claims share the
+    /// endpoints among the live nodes would otherwise leave them a lease long with a share
+    /// sized for a node that is gone). A node that still holds work keeps its lease, which
+    /// ends as usual; then its work is rescued. Returns whether the node was forgotten.
+    /// A driver whose claims do not count nodes (SQLite: one process) may keep the lease.
+    async fn leave(&self, node: NodeId) -> Result<bool>;
     /// Releases the deliveries of nodes whose lease ended before `now` and forgets those
     /// nodes. Returns how many deliveries were released.
     async fn rescue(&self, now: UnixMillis) -> Result<u64>;

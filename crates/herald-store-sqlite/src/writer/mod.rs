@@ -91,6 +91,7 @@ pub(crate) enum Op {
     WriteSandbox(SandboxWrite, Reply<SandboxWritten>),
     RegisterNode(LeaseParams, bool, Reply<()>),
     RenewLease(LeaseParams, Reply<Lease>),
+    Leave(NodeId, Reply<bool>),
     Rescue(UnixMillis, Reply<u64>),
     Claim(ClaimParams, Reply<Vec<Arc<ClaimedDelivery>>>),
     Complete(Box<CompleteParams>, Reply<Completed>),
@@ -423,6 +424,10 @@ impl Writer {
                 let r = self.renew_lease(&params);
                 done(reply, r)
             }
+            Op::Leave(node, reply) => {
+                let r = Ok(self.leave(&node));
+                done(reply, r)
+            }
             Op::Rescue(now, reply) => {
                 let r = self.rescue(now, hints);
                 done(reply, r)
@@ -511,6 +516,7 @@ fn fail_op(op: Op, err: &StoreError) {
         Op::DeleteSource { reply, .. } => fail(reply, err),
         Op::RegisterNode(_, _, r) => fail(r, err),
         Op::RenewLease(_, r) => fail(r, err),
+        Op::Leave(_, r) => fail(r, err),
         Op::Rescue(_, r) => fail(r, err),
         Op::Claim(_, r) => fail(r, err),
         Op::Complete(_, r) => fail(r, err),

@@ -63,6 +63,17 @@ impl Writer {
         Ok(if n == 1 { Lease::Held } else { Lease::Lost })
     }
 
+    /// Stops claiming new deliveries at birth for `node`. The lease is kept (false): SQLite's
+    /// claims do not count nodes, and proving that the node holds nothing would read every
+    /// pending delivery (no index leads with `locked_by`); a lease that runs out is
+    /// forgotten by the next rescue.
+    pub(super) fn leave(&mut self, node: &str) -> bool {
+        if self.birth_node.as_deref() == Some(node) {
+            self.birth_node = None;
+        }
+        false
+    }
+
     /// Releases what expired nodes held, then forgets those nodes. Nothing to do (one
     /// indexed read) while every node is alive, which is always on a healthy single process;
     /// releasing scans the held rows, which only a lost lease makes necessary.

@@ -359,19 +359,24 @@ async fn two_live_nodes_each_claim_their_share_of_the_endpoints() {
     assert!(claim(&b, &nb, T0, 10).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_node_that_left_holding_nothing_no_longer_shrinks_the_others_share() {
-    let (a, b, url) = two_stores().await;
-    let ap = app(&a).await;
-    endpoint(&a, &ap.id, false).await;
-    endpoint(&a, &ap.id, false).await;
+/// An app with two endpoints and three notifications (three deliveries each), then nodes
+/// `node_a` on `a` and `node_b` on `b`.
+async fn two_endpoints_with_work(a: &PgStore, b: &PgStore) -> (NodeId, NodeId) {
+    let ap = app(a).await;
+    endpoint(a, &ap.id, false).await;
+    endpoint(a, &ap.id, false).await;
     for _ in 0..3 {
         a.create_notification(notification(&ap.id, None))
             .await
             .unwrap();
     }
-    let na = node(&a, "node_a", T0).await;
-    let nb = node(&b, "node_b", T0).await;
+    (node(a, "node_a", T0).await, node(b, "node_b", T0).await)
+}
+
+#[tokio::test]
+async fn a_node_that_left_holding_nothing_no_longer_shrinks_the_others_share() {
+    let (a, b, url) = two_stores().await;
+    let (na, nb) = two_endpoints_with_work(&a, &b).await;
     // a took its share and gave it back (a stopping engine's release): it holds nothing.
     let mine = claim(&a, &na, T0, 10).await;
     assert_eq!(
@@ -415,16 +420,7 @@ async fn a_node_that_left_holding_nothing_no_longer_shrinks_the_others_share() {
 #[tokio::test]
 async fn a_node_that_leaves_while_holding_work_keeps_its_lease_and_its_share() {
     let (a, b, _) = two_stores().await;
-    let ap = app(&a).await;
-    endpoint(&a, &ap.id, false).await;
-    endpoint(&a, &ap.id, false).await;
-    for _ in 0..3 {
-        a.create_notification(notification(&ap.id, None))
-            .await
-            .unwrap();
-    }
-    let na = node(&a, "node_a", T0).await;
-    let nb = node(&b, "node_b", T0).await;
+    let (na, nb) = two_endpoints_with_work(&a, &b).await;
     let mine = claim(&a, &na, T0, 10).await;
     assert_eq!(mine.len(), 3);
     assert!(!a.leave(na.clone()).await.unwrap(), "a still holds work");

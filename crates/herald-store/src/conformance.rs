@@ -175,6 +175,17 @@ async fn node(store: &impl Store, name: &str) -> NodeId {
     node
 }
 
+/// Stores a notification of app `app_id` sent to its own URL (one delivery, no endpoint).
+async fn to_own_url(store: &impl Store, app_id: &str) {
+    store
+        .create_notification(NewNotification {
+            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
+            ..new_notification(app_id, "e")
+        })
+        .await
+        .unwrap();
+}
+
 async fn claim_at(
     store: &impl Store,
     node: &NodeId,
@@ -935,13 +946,7 @@ pub async fn an_endpoint_is_served_by_one_node_at_a_time(store: &impl Store) {
 pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     let a = app(store).await;
     let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
-    store
-        .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-            ..new_notification(&a.id, "e")
-        })
-        .await
-        .unwrap();
+    to_own_url(store, &a.id).await;
     let held = claim(store, &n1).await;
     assert_eq!(held.len(), 1);
     // node_b stays alive; node_a stops renewing.
@@ -979,13 +984,7 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     );
     let done = complete(store, &n1, &held[0], AttemptOutcome::Succeeded).await;
     assert!(!done.applied);
-    store
-        .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-            ..new_notification(&a.id, "e")
-        })
-        .await
-        .unwrap();
+    to_own_url(store, &a.id).await;
     assert!(
         claim_at(store, &n1, T0 + LEASE + ms(2), HORIZON)
             .await
@@ -1001,13 +1000,7 @@ pub async fn a_node_that_leaves_while_holding_work_keeps_it_until_its_lease_ends
 ) {
     let a = app(store).await;
     let (n1, n2) = (node(store, "node_a").await, node(store, "node_b").await);
-    store
-        .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-            ..new_notification(&a.id, "e")
-        })
-        .await
-        .unwrap();
+    to_own_url(store, &a.id).await;
     let held = claim(store, &n1).await;
     assert_eq!(held.len(), 1);
     assert!(
@@ -1051,13 +1044,7 @@ pub async fn nothing_is_claimed_at_birth_for_a_node_that_left(store: &impl Store
         .unwrap();
     let n2 = node(store, "node_b").await;
     store.leave(n1.clone()).await.unwrap();
-    store
-        .create_notification(NewNotification {
-            notify_url: Some("https://merchant.example/notify".parse().unwrap()),
-            ..new_notification(&a.id, "e")
-        })
-        .await
-        .unwrap();
+    to_own_url(store, &a.id).await;
     assert_eq!(
         claim(store, &n2).await.len(),
         1,

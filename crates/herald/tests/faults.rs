@@ -1,7 +1,8 @@
 //! Fault tests on the real binary: `kill -9` at random moments under load, and a database
 //! that refuses writes. What they prove is the delivery guarantee: every notification that
 //! got a 2xx is delivered, every delivery ends `succeeded`, and a repeat happens only for an
-//! attempt that was in flight when a process died.
+//! attempt that was in flight when a process died. And a graceful stop (`SIGTERM`) takes
+//! a node out of the fleet at once, not a lease later.
 #[path = "common/fleet.rs"]
 mod fleet;
 
@@ -242,6 +243,64 @@ async fn postgres_a_node_killed_for_good_has_its_work_finished_by_the_others() {
         repeats <= in_flight_at_kill as u64,
         "{repeats} repeats, {in_flight_at_kill} attempts in flight at the kill"
     );
+}
+
+/// The nodes' rows: id and lease end (unix ms).
+async fn pg_nodes(url: &str) -> Vec<(String, i64)> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .query("SELECT id, lease_until FROM nodes ORDER BY id", &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_node_stopped_with_sigterm_leaves_the_fleet_before_its_lease_ends() {
+    const COUNT: usize = 300;
+    let url = herald_pgtest::database();
+    let rx = FlakyReceiver::start(0.0).await;
+    // The default lease (30 s): a node that merely stopped renewing would stay counted.
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(Node::start(&url, fleet::free_port(), &[]).await);
+    }
+    let bases = Arc::new(nodes.iter().map(Node::url).collect::<Vec<_>>());
+    let client = reqwest::Client::new();
+    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+    let acknowledged = fleet::post_notifications(bases.clone(), app, COUNT, 8).await;
+    wait_all_received(&rx, &acknowledged, Duration::from_secs(60)).await;
+    let before = pg_nodes(&url).await;
+    assert_eq!(before.len(), 2, "two live nodes: {before:?}");
+    let status = nodes[0].terminate().await;
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    let after = pg_nodes(&url).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    assert_eq!(after.len(), 1, "the stopped node left: {after:?}");
+    let (gone, lease_until) = before
+        .iter()
+        .find(|(id, _)| *id != after[0].0)
+        .expect("the stopped node's row before the stop");
+    assert!(
+        now_ms < *lease_until,
+        "{gone} was forgotten {} ms before its lease would have ended",
+        lease_until - now_ms
+    );
+    // The node left is the fleet: it delivers a new app's notifications posted to it.
+    let survivor = Arc::new(vec![nodes[1].url()]);
+    let second = fleet::app_with_endpoint(&client, &survivor, &rx.url).await;
+    let more = fleet::post_notifications(survivor, second, COUNT, 8).await;
+    wait_all_received(&rx, &more, Duration::from_secs(60)).await;
+    nodes[1].kill9().await;
+    assert_eq!(rx.acked_ids(), 2 * COUNT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! Fault-test support: real `herald serve` processes that can be killed with `-9` and
+//! Fault-test support: real `herald serve` processes that can be killed with `-9` (or
+//! stopped with `SIGTERM`) and
 //! started again, a receiver that fails a share of attempts at random and counts what it
 //! acknowledged, and a loader that posts notifications until each is accepted.
 //! Everything is on loopback and bounded in time.
@@ -76,6 +77,22 @@ impl Node {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `SIGTERM`: the graceful stop `herald serve` takes on Ctrl-C; waits (at most 15 s)
+    /// for the process to exit and returns its exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running node");
+        let pid = child.id().expect("a running node has a pid");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("the node exits within 15 s of SIGTERM")
+            .expect("exit status")
     }
 
     /// `kill -9`: no shutdown, no flush, nothing but what was committed survives.

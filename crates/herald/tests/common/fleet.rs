@@ -1,7 +1,7 @@
 //! Fault-test support: real `herald serve` processes that can be killed with `-9` (or
-//! stopped with `SIGTERM`) and
-//! started again, a receiver that fails a share of attempts at random and counts what it
-//! acknowledged, and a loader that posts notifications until each is accepted.
+//! stopped with `SIGTERM`) and started again, a receiver that fails a share of attempts at
+//! random and counts what it acknowledged, and a loader that posts notifications until each
+//! is accepted.
 //! Everything is on loopback and bounded in time.
 #![allow(dead_code)]
 

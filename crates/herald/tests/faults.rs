@@ -181,22 +181,46 @@ async fn pg_admin(url: &str) -> (tokio_postgres::Client, String) {
     (client, db)
 }
 
-/// Counts deliveries by status in the PostgreSQL database at `url`.
-async fn pg_statuses(url: &str) -> Vec<(String, i64)> {
+/// `n` nodes on the database at `url` (each with `extra` flags), their base URLs, and an
+/// app whose one endpoint is `receiver`.
+async fn fleet_with_app(
+    url: &str,
+    n: usize,
+    extra: &[&str],
+    receiver: &str,
+) -> (Vec<Node>, Arc<Vec<String>>, reqwest::Client, String) {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Node::start(url, fleet::free_port(), extra).await);
+    }
+    let bases = Arc::new(nodes.iter().map(Node::url).collect::<Vec<_>>());
+    let client = reqwest::Client::new();
+    let app = fleet::app_with_endpoint(&client, &bases, receiver).await;
+    (nodes, bases, client, app)
+}
+
+/// The rows of `sql` in the PostgreSQL database at `url`, as (text, bigint) pairs.
+async fn pg_pairs(url: &str, sql: &str) -> Vec<(String, i64)> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect");
     tokio::spawn(conn);
     client
-        .query(
-            "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status",
-            &[],
-        )
+        .query(sql, &[])
         .await
         .expect("query")
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
         .collect()
+}
+
+/// Counts deliveries by status in the PostgreSQL database at `url`.
+async fn pg_statuses(url: &str) -> Vec<(String, i64)> {
+    pg_pairs(
+        url,
+        "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,14 +229,7 @@ async fn postgres_a_node_killed_for_good_has_its_work_finished_by_the_others() {
     let url = herald_pgtest::database();
     let rx = FlakyReceiver::start(1.0 / 3.0).await;
     // A short lease so the test does not wait the default 30 s for the takeover.
-    let lease = ["--lease", "3"];
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(Node::start(&url, fleet::free_port(), &lease).await);
-    }
-    let bases = Arc::new(nodes.iter().map(Node::url).collect::<Vec<_>>());
-    let client = reqwest::Client::new();
-    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+    let (mut nodes, bases, _, app) = fleet_with_app(&url, 3, &["--lease", "3"], &rx.url).await;
     let loader = tokio::spawn(fleet::post_notifications(bases.clone(), app, COUNT, 24));
     tokio::time::sleep(Duration::from_millis(
         rand::thread_rng().gen_range(800..1_500),
@@ -247,17 +264,7 @@ async fn postgres_a_node_killed_for_good_has_its_work_finished_by_the_others() {
 
 /// The nodes' rows: id and lease end (unix ms).
 async fn pg_nodes(url: &str) -> Vec<(String, i64)> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
-        .query("SELECT id, lease_until FROM nodes ORDER BY id", &[])
-        .await
-        .expect("query")
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-        .collect()
+    pg_pairs(url, "SELECT id, lease_until FROM nodes ORDER BY id").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,13 +273,7 @@ async fn postgres_a_node_stopped_with_sigterm_leaves_the_fleet_before_its_lease_
     let url = herald_pgtest::database();
     let rx = FlakyReceiver::start(0.0).await;
     // The default lease (30 s): a node that merely stopped renewing would stay counted.
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        nodes.push(Node::start(&url, fleet::free_port(), &[]).await);
-    }
-    let bases = Arc::new(nodes.iter().map(Node::url).collect::<Vec<_>>());
-    let client = reqwest::Client::new();
-    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+    let (mut nodes, bases, client, app) = fleet_with_app(&url, 2, &[], &rx.url).await;
     let acknowledged = fleet::post_notifications(bases.clone(), app, COUNT, 8).await;
     wait_all_received(&rx, &acknowledged, Duration::from_secs(60)).await;
     let before = pg_nodes(&url).await;
@@ -308,13 +309,7 @@ async fn postgres_outage_under_load_nodes_report_unhealthy_then_resume_and_lose_
     const COUNT: usize = 4_000;
     let url = herald_pgtest::database();
     let rx = FlakyReceiver::start(1.0 / 3.0).await;
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        nodes.push(Node::start(&url, fleet::free_port(), &[]).await);
-    }
-    let bases = Arc::new(nodes.iter().map(Node::url).collect::<Vec<_>>());
-    let client = reqwest::Client::new();
-    let app = fleet::app_with_endpoint(&client, &bases, &rx.url).await;
+    let (mut nodes, bases, client, app) = fleet_with_app(&url, 2, &[], &rx.url).await;
     let loader = tokio::spawn(fleet::post_notifications(bases.clone(), app, COUNT, 16));
     tokio::time::sleep(Duration::from_millis(800)).await;
 

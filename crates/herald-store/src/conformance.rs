@@ -158,18 +158,20 @@ const LEASE: Duration = Duration::from_secs(30);
 /// How far ahead nodes hold work in these cases.
 const HORIZON: UnixMillis = UnixMillis::new(T0.get() + 60_000);
 
+/// `node`'s lease of [`LEASE`] from `now`, to register or renew.
+fn lease(node: &NodeId, now: UnixMillis) -> LeaseParams {
+    LeaseParams {
+        node: node.clone(),
+        now,
+        lease: LEASE,
+    }
+}
+
 /// Registers a node (without claims at birth, so every driver behaves alike here).
 async fn node(store: &impl Store, name: &str) -> NodeId {
     let node: NodeId = Arc::from(name);
     store
-        .register_node(
-            LeaseParams {
-                node: node.clone(),
-                now: T0,
-                lease: LEASE,
-            },
-            false,
-        )
+        .register_node(lease(&node, T0), false)
         .await
         .expect("register node");
     node
@@ -950,14 +952,9 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     let held = claim(store, &n1).await;
     assert_eq!(held.len(), 1);
     // node_b stays alive; node_a stops renewing.
-    let renew = |n: &NodeId, now| LeaseParams {
-        node: n.clone(),
-        now,
-        lease: LEASE,
-    };
     assert_eq!(
         store
-            .renew_lease(renew(&n2, T0 + ms(20_000)))
+            .renew_lease(lease(&n2, T0 + ms(20_000)))
             .await
             .unwrap(),
         Lease::Held
@@ -977,7 +974,7 @@ pub async fn a_dead_nodes_work_is_rescued_after_its_lease(store: &impl Store) {
     // The dead node learns it lost everything, and its late outcome is stale.
     assert_eq!(
         store
-            .renew_lease(renew(&n1, T0 + LEASE + ms(2)))
+            .renew_lease(lease(&n1, T0 + LEASE + ms(2)))
             .await
             .unwrap(),
         Lease::Lost
@@ -1014,11 +1011,7 @@ pub async fn a_node_that_leaves_while_holding_work_keeps_it_until_its_lease_ends
         "what it holds stays its own"
     );
     let renewed = store
-        .renew_lease(LeaseParams {
-            node: n2.clone(),
-            now: T0 + LEASE - ms(1),
-            lease: LEASE,
-        })
+        .renew_lease(lease(&n2, T0 + LEASE - ms(1)))
         .await
         .unwrap();
     assert_eq!(renewed, Lease::Held);
@@ -1031,17 +1024,7 @@ pub async fn nothing_is_claimed_at_birth_for_a_node_that_left(store: &impl Store
     let a = app(store).await;
     let n1: NodeId = Arc::from("node_a");
     // With claims at birth where the driver has them (SQLite).
-    store
-        .register_node(
-            LeaseParams {
-                node: n1.clone(),
-                now: T0,
-                lease: LEASE,
-            },
-            true,
-        )
-        .await
-        .unwrap();
+    store.register_node(lease(&n1, T0), true).await.unwrap();
     let n2 = node(store, "node_b").await;
     store.leave(n1.clone()).await.unwrap();
     to_own_url(store, &a.id).await;

@@ -223,6 +223,11 @@ async fn pg_statuses(url: &str) -> Vec<(String, i64)> {
     .await
 }
 
+/// The nodes' rows: id and lease end (unix ms).
+async fn pg_nodes(url: &str) -> Vec<(String, i64)> {
+    pg_pairs(url, "SELECT id, lease_until FROM nodes ORDER BY id").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_node_killed_for_good_has_its_work_finished_by_the_others() {
     const COUNT: usize = 6_000;
@@ -260,11 +265,6 @@ async fn postgres_a_node_killed_for_good_has_its_work_finished_by_the_others() {
         repeats <= in_flight_at_kill as u64,
         "{repeats} repeats, {in_flight_at_kill} attempts in flight at the kill"
     );
-}
-
-/// The nodes' rows: id and lease end (unix ms).
-async fn pg_nodes(url: &str) -> Vec<(String, i64)> {
-    pg_pairs(url, "SELECT id, lease_until FROM nodes ORDER BY id").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

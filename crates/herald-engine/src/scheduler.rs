@@ -803,6 +803,14 @@ impl Scheduler {
                     self.next_claim_at = Instant::now();
                 }
             }
+            Hint::Reread => {
+                self.readopt = true;
+                if self.claim_pending {
+                    self.claim_again = true;
+                } else {
+                    self.next_claim_at = Instant::now();
+                }
+            }
             Hint::Revoked(seqs) => self.revoke(&seqs),
             Hint::AppChanged(app) => {
                 self.apps.insert(app.id.clone(), app);

@@ -1210,3 +1210,43 @@ async fn successes_of_a_healthy_endpoint_are_recorded_once_per_interval() {
     assert!(h.queue.endpoint("ep_1").health.last_success_at.is_some());
     h.stop().await;
 }
+
+/// A store that claimed deliveries for the node without handing them over (a write that
+/// claims at birth lost its answer) says `Hint::Reread`: the engine reads back what it
+/// holds at once, not at its next claim, and sends it.
+#[tokio::test(start_paused = true)]
+async fn a_reread_hint_takes_back_what_the_store_holds_for_the_node_at_once() {
+    let a = app(&[10]);
+    let queue = Arc::new(FakeQueue::default());
+    let h = Harness::start_on(queue.clone(), acks(), |c| {
+        c.claim_interval = Duration::from_secs(30)
+    });
+    run_for(Duration::from_secs(1)).await;
+    {
+        let mut st = queue.state();
+        let node = st.nodes.keys().next().cloned().expect("the engine's node");
+        let job = Arc::new(job(1, &a, T0, None));
+        st.rows.insert(
+            1,
+            Row {
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                next_at: T0,
+                locked_by: Some(node),
+                job,
+            },
+        );
+    }
+    run_for(Duration::from_secs(2)).await;
+    assert!(
+        h.receiver.attempts_of(1).is_empty(),
+        "held, so no claim takes it"
+    );
+    for hint in &queue.state().hints {
+        let _ = hint.send(Hint::Reread);
+    }
+    run_for(Duration::from_millis(200)).await;
+    assert_eq!(h.receiver.attempts_of(1).len(), 1);
+    assert_eq!(queue.status(1), DeliveryStatus::Succeeded);
+    h.stop().await;
+}

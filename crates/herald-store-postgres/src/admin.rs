@@ -11,6 +11,7 @@ use ulid::Ulid;
 
 use herald_store::health::EndpointHealth;
 use herald_store::model::*;
+use herald_store::queue::NodeId;
 use herald_store::{Result, SealCensus, Sealer, StoreError};
 
 use crate::hints::{notify, notify_revoked, CHANNEL};
@@ -799,10 +800,30 @@ pub(crate) async fn create_in_batch(
 /// one element per delivery with the id of its notification (its app and time are its
 /// notification's). Rows go in in the order given
 /// (`ORDER BY ord`), so identities, and with them the order of an order key's deliveries,
-/// follow the batch's order. Answers the ids of the notifications inserted.
+/// follow the batch's order.
+///
+/// Claims at birth (see [`Birth`]): with `$15` a node and `$16` the time, a delivery without
+/// an order key is inserted held by that node when the node's lease is live and either the
+/// delivery has no endpoint, or its endpoint's holder row names the node, is not locked by
+/// a claim (`FOR KEY SHARE SKIP LOCKED`: the row stays locked until this statement commits,
+/// so a claim of that endpoint on any node skips it meanwhile and, once it commits, sees the
+/// deliveries held) and its health does not hold it back. With `$15` NULL nothing is
+/// claimed.
+///
+/// Answers the ids of the notifications inserted (with a NULL seq), then the id and seq of
+/// each delivery claimed at birth.
 const INSERT_NOTIFICATIONS: &str = "
     WITH a AS (SELECT id FROM apps WHERE id = ANY($1::text[]) AND deleted_at IS NULL
                ORDER BY id FOR KEY SHARE),
+    me AS MATERIALIZED (SELECT id FROM nodes WHERE id = $15::text AND lease_until >= $16),
+    h AS MATERIALIZED (
+        SELECT hh.endpoint_id FROM endpoint_holders hh
+        WHERE hh.endpoint_id = ANY($11::text[]) AND hh.node_id = $15::text
+          AND EXISTS (SELECT 1 FROM me)
+          AND NOT EXISTS (SELECT 1 FROM endpoints b
+                          WHERE b.id = hh.endpoint_id AND b.health_state <> 'closed'
+                            AND (b.health_state = 'disabled' OR b.breaker_open_until > $16))
+        ORDER BY hh.endpoint_id FOR KEY SHARE SKIP LOCKED),
     n AS (
         INSERT INTO notifications
             (id, app_id, event_type, payload, notify_url, order_key, created_at)
@@ -816,38 +837,83 @@ const INSERT_NOTIFICATIONS: &str = "
         RETURNING seq, id, app_id, created_at),
     d AS (
         INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
-                                status, attempts, next_at, order_key, created_at, updated_at)
+                                status, attempts, next_at, order_key, created_at, updated_at,
+                                locked_by)
         SELECT u.id, n.seq, n.app_id, u.endpoint_id, u.url, u.notify_id, 'pending', 0,
-               n.created_at, u.order_key, n.created_at, n.created_at
+               n.created_at, u.order_key, n.created_at, n.created_at,
+               CASE WHEN u.order_key IS NULL
+                     AND CASE WHEN u.endpoint_id IS NULL THEN EXISTS (SELECT 1 FROM me)
+                              ELSE u.endpoint_id IN (SELECT endpoint_id FROM h) END
+                    THEN $15::text END
         FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
                     $14::text[])
                 WITH ORDINALITY AS u(notification_id, id, endpoint_id, url, notify_id,
                                      order_key, ord)
              JOIN n ON n.id = u.notification_id
         ORDER BY u.ord
-        RETURNING seq)
-    SELECT n.id, (SELECT count(*) FROM d) FROM n";
+        RETURNING seq, id, locked_by IS NOT NULL AS born)
+    SELECT n.id, NULL::bigint FROM n
+    UNION ALL
+    SELECT d.id, d.seq FROM d WHERE d.born";
+
+/// Claiming new deliveries at birth on PostgreSQL, for the node this store's engine runs
+/// (`Queue::register_node` with `claim_new`): the group commit's insert takes the deliveries
+/// it may ([`INSERT_NOTIFICATIONS`]) and the engine gets them as `Hint::Claimed` once the
+/// insert committed, so a notification needs no claim and no peek. The store asks for it
+/// only while its last peek counted no other live node (`Inner::live_nodes`): on a fleet the
+/// endpoints move between nodes by the fair-share rule of the claims, which deliveries
+/// claimed at birth would hold in place. The holder-row lock keeps the one-node-per-endpoint
+/// rule either way.
+pub(crate) struct Birth {
+    pub(crate) node: NodeId,
+    pub(crate) now: UnixMillis,
+}
+
+/// What [`create_many_in_batch`] stored: one result per notification, in order, and the
+/// deliveries claimed at birth as jobs for the birth node (to be sent once the insert has
+/// committed). `unclaimed` is true when some new delivery was stored without a holder
+/// (claims take it: the caller signals work); `unsure` when deliveries were claimed at birth
+/// for the node but could not be made into jobs (their app or endpoint was deleted
+/// meanwhile): the engine should read back what it holds.
+pub(crate) struct ManyCreated {
+    pub(crate) results: Vec<Result<CreatedNotification>>,
+    pub(crate) born: Vec<Arc<ClaimedDelivery>>,
+    pub(crate) unclaimed: bool,
+    pub(crate) unsure: bool,
+    /// The contexts' generation read before the insert (see `Contexts::refresh`).
+    pub(crate) generation: u64,
+}
 
 /// Stores many notifications without an idempotency key inside a group commit's
 /// transaction, in one statement ([`INSERT_NOTIFICATIONS`]) instead of one each: each
-/// decided on its app as the batch read it (`None`: no such app). Answers one result per
-/// notification, in order: `NotFound("app")` for one whose app is unknown or was deleted
-/// meanwhile. An error of the statement (which aborts the transaction) is every one's.
+/// decided on its app as the batch read it (`None`: no such app), with the new deliveries
+/// claimed at birth for `birth` where they may be. A result is `NotFound("app")` for a
+/// notification whose app is unknown or was deleted meanwhile. An error of the statement
+/// (which aborts the transaction) is every one's.
 pub(crate) async fn create_many_in_batch(
+    inner: &Inner,
     c: &impl GenericClient,
     news: Vec<(NewNotification, Option<&AppTargets>)>,
-) -> Vec<Result<CreatedNotification>> {
+    birth: Option<&Birth>,
+) -> ManyCreated {
     let decided: Vec<Option<Decided>> = news
         .into_iter()
         .map(|(new, app)| app.map(|a| decide(new, None, a.profile, &a.endpoints)))
         .collect();
     let rows: Vec<&Decided> = decided.iter().flatten().collect();
     if rows.is_empty() {
-        return decided
-            .into_iter()
-            .map(|_| Err(StoreError::NotFound("app")))
-            .collect();
+        return ManyCreated {
+            results: decided
+                .into_iter()
+                .map(|_| Err(StoreError::NotFound("app")))
+                .collect(),
+            born: Vec::new(),
+            unclaimed: false,
+            unsure: false,
+            generation: inner.contexts.generation(),
+        };
     }
+    let generation = inner.contexts.generation();
     let mut apps: Vec<&str> = rows
         .iter()
         .map(|d| d.notification.app_id.as_str())
@@ -874,6 +940,8 @@ pub(crate) async fn create_many_in_batch(
     let d_urls: Vec<&str> = each().map(|(d, _)| d.url.as_str()).collect();
     let d_notify_ids: Vec<&str> = each().map(|(d, _)| d.notify_id.as_str()).collect();
     let d_order_keys: Vec<Option<&str>> = each().map(|(_, k)| k.as_deref()).collect();
+    let birth_node: Option<&str> = birth.map(|b| &*b.node);
+    let birth_now: UnixMillis = birth.map(|b| b.now).unwrap_or(UnixMillis::new(0));
     let inserted = async {
         let stmt = c
             .prepare_cached(INSERT_NOTIFICATIONS)
@@ -897,22 +965,53 @@ pub(crate) async fn create_many_in_batch(
                     &d_urls,
                     &d_notify_ids,
                     &d_order_keys,
+                    &birth_node,
+                    &birth_now,
                 ],
             )
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(|r| col::<String>(r, 0))
-            .collect::<Result<std::collections::HashSet<String>>>()
+        let mut notifications = std::collections::HashSet::new();
+        let mut born = HashMap::new();
+        for r in &rows {
+            let id: String = col(r, 0)?;
+            match col::<Option<i64>>(r, 1)? {
+                None => {
+                    notifications.insert(id);
+                }
+                Some(seq) => {
+                    born.insert(id, seq);
+                }
+            }
+        }
+        Ok::<_, StoreError>((notifications, born))
     }
     .await;
-    decided
+    let (born, unclaimed, unsure) = match (&inserted, birth) {
+        (Ok((notifications, born)), Some(_)) => {
+            let stored = rows
+                .iter()
+                .filter(|d| notifications.contains(&d.notification.id))
+                .map(|d| d.deliveries.len())
+                .sum::<usize>();
+            let (jobs, unsure) = born_jobs(inner, c, generation, &rows, born).await;
+            (jobs, stored > born.len(), unsure)
+        }
+        (Ok((notifications, _)), None) => {
+            let stored = rows
+                .iter()
+                .any(|d| notifications.contains(&d.notification.id) && !d.deliveries.is_empty());
+            (Vec::new(), stored, false)
+        }
+        (Err(_), _) => (Vec::new(), false, false),
+    };
+    let results = decided
         .into_iter()
         .map(|d| {
             let d = d.ok_or(StoreError::NotFound("app"))?;
             match &inserted {
                 Err(e) => Err(e.clone()),
-                Ok(ids) if ids.contains(&d.notification.id) => Ok(CreatedNotification {
+                Ok((ids, _)) if ids.contains(&d.notification.id) => Ok(CreatedNotification {
                     notification: d.notification,
                     deliveries: d.deliveries,
                     replayed: false,
@@ -921,7 +1020,91 @@ pub(crate) async fn create_many_in_batch(
                 Ok(_) => Err(StoreError::NotFound("app")),
             }
         })
-        .collect()
+        .collect();
+    ManyCreated {
+        results,
+        born,
+        unclaimed,
+        unsure,
+        generation,
+    }
+}
+
+/// The deliveries [`INSERT_NOTIFICATIONS`] claimed at birth (`born`: delivery id to seq), as
+/// jobs: their app's and endpoint's contexts from the store's cache (read on `c` when
+/// missing). True with them when some could not be made (the app or endpoint is gone, or
+/// reading it failed): those stay held by the node, which reads them back.
+async fn born_jobs(
+    inner: &Inner,
+    c: &impl GenericClient,
+    generation: u64,
+    rows: &[&Decided],
+    born: &HashMap<String, i64>,
+) -> (Vec<Arc<ClaimedDelivery>>, bool) {
+    if born.is_empty() {
+        return (Vec::new(), false);
+    }
+    let mut app_ids = Vec::new();
+    let mut endpoint_ids = Vec::new();
+    for d in rows {
+        for delivery in &d.deliveries {
+            if born.contains_key(&delivery.id) {
+                app_ids.push(delivery.app_id.as_str());
+                endpoint_ids.extend(delivery.endpoint_id.as_deref());
+            }
+        }
+    }
+    app_ids.sort_unstable();
+    app_ids.dedup();
+    endpoint_ids.sort_unstable();
+    endpoint_ids.dedup();
+    let Ok((apps, endpoints)) = inner
+        .contexts
+        .resolve(c, &app_ids, &endpoint_ids, generation)
+        .await
+    else {
+        return (Vec::new(), true);
+    };
+    let mut jobs = Vec::with_capacity(born.len());
+    let mut unsure = false;
+    for d in rows {
+        let payload: Arc<str> = Arc::from(d.notification.payload.as_str());
+        for (delivery, order_key) in d.deliveries.iter().zip(&d.order_keys) {
+            let Some(&seq) = born.get(&delivery.id) else {
+                continue;
+            };
+            let Some(app) = apps.get(&delivery.app_id) else {
+                unsure = true;
+                continue;
+            };
+            let endpoint = match &delivery.endpoint_id {
+                None => None,
+                Some(id) => match endpoints.get(id) {
+                    Some(e) => Some(e.clone()),
+                    None => {
+                        unsure = true;
+                        continue;
+                    }
+                },
+            };
+            jobs.push(Arc::new(ClaimedDelivery {
+                seq,
+                id: delivery.id.clone(),
+                notify_id: delivery.notify_id.clone(),
+                notification_id: d.notification.id.clone(),
+                app: app.clone(),
+                endpoint,
+                url: delivery.url.clone(),
+                event_type: d.notification.event_type.clone(),
+                payload: payload.clone(),
+                created_at: d.notification.created_at,
+                attempts: 0,
+                next_at: d.notification.created_at,
+                order_key: order_key.clone(),
+            }));
+        }
+    }
+    (jobs, unsure)
 }
 
 /// Stores a notification in its own statement (outside a group commit).

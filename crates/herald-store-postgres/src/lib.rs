@@ -71,8 +71,32 @@ pub(crate) struct Inner {
     pub(crate) idle_claims: std::sync::atomic::AtomicU32,
     /// Live nodes on the database, as this store's last peek counted them (1 until then).
     pub(crate) live_nodes: std::sync::atomic::AtomicU32,
+    /// The node new deliveries are claimed at birth for while it is alone
+    /// (`admin::Birth`): the last registered with `claim_new`, until it leaves.
+    pub(crate) birth_node: std::sync::Mutex<Option<NodeId>>,
     /// The health check's own connection (see [`MetaStore::ping`]).
     health: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Inner {
+    pub(crate) fn birth_node(&self) -> Option<NodeId> {
+        self.birth_node.lock().ok().and_then(|b| b.clone())
+    }
+
+    pub(crate) fn set_birth_node(&self, node: Option<NodeId>) {
+        if let Ok(mut b) = self.birth_node.lock() {
+            *b = node;
+        }
+    }
+
+    /// Whom a group commit claims new deliveries for at birth, at `now`: the birth node,
+    /// while the last peek counted no other live node (see `admin::Birth`).
+    pub(crate) fn birth(&self, now: UnixMillis) -> Option<admin::Birth> {
+        if self.live_nodes.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+            return None;
+        }
+        self.birth_node().map(|node| admin::Birth { node, now })
+    }
 }
 
 impl Drop for PgStore {
@@ -121,6 +145,7 @@ impl PgStore {
             batcher,
             idle_claims: std::sync::atomic::AtomicU32::new(0),
             live_nodes: std::sync::atomic::AtomicU32::new(1),
+            birth_node: std::sync::Mutex::new(None),
             health: tokio::sync::Mutex::new(None),
         });
         batch::start(Arc::downgrade(&inner), writes);
@@ -509,8 +534,8 @@ impl MetaStore for PgStore {
 
 #[async_trait]
 impl Queue for PgStore {
-    async fn register_node(&self, params: LeaseParams, _claim_new: bool) -> Result<()> {
-        queue::register_node(&self.inner, params).await
+    async fn register_node(&self, params: LeaseParams, claim_new: bool) -> Result<()> {
+        queue::register_node(&self.inner, params, claim_new).await
     }
 
     async fn renew_lease(&self, params: LeaseParams) -> Result<Lease> {

@@ -35,6 +35,13 @@
 //!   its successor in the same transaction (under its endpoint's holder row; skipped when
 //!   another claim holds that row, and a later claim takes the successor then). A group
 //!   commit's outcomes are one statement ([`complete_many`]) with the same conditions.
+//! - **Claims at birth.** A node alone on the database (its last peek counted no other
+//!   live node) gets the new deliveries of the endpoints whose holder rows name it, and
+//!   those without an endpoint, claimed by the group commit's insert itself, under a
+//!   `FOR KEY SHARE SKIP LOCKED` lock of those holder rows (see `admin::Birth`): a claim of
+//!   such an endpoint skips it until the insert commits, then sees its deliveries held, so
+//!   the one-holder rule stands. Deliveries with an order key, of an endpoint held back by
+//!   its health, or whose holder row a claim holds are left for claims.
 //! - **Leases** are rows of `nodes`; [`rescue`] forgets expired nodes, releases what they
 //!   held and clears the holder rows naming them, in one statement. Deleting an endpoint
 //!   (or its app) deletes its holder row.
@@ -80,8 +87,10 @@ const HELD_BY_OTHER: &str = "h.node_id <> $1
 /// `deliveries_due_by_endpoint`, one probe per endpoint, however long its backlog), with
 /// its state for this node (`other`: another live node holds it; `mine`: this node claimed
 /// it last; `free`), whether it has its holder row yet, and the number of live nodes;
-/// endpoints of another node are not probed for due work. A last row with a NULL
-/// endpoint (and the number of live nodes) says that due work without an endpoint waits.
+/// endpoints of another node are not probed for due work. A last row, always there, has a
+/// NULL endpoint, the number of live nodes (so a node learns of the others also when it
+/// finds nothing to claim: `Inner::live_nodes` decides claims at birth), and `free` when
+/// due work without an endpoint waits (`none` otherwise).
 /// Endpoints held back by their health are left out.
 ///
 /// Its two probes of `deliveries` per endpoint end in `OFFSET 0`, which keeps PostgreSQL
@@ -113,8 +122,10 @@ const PEEK: &str = "
        OR EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id = st.e AND {due_head}
                   OFFSET 0)
     UNION ALL
-    SELECT NULL, 'free', TRUE, (SELECT count(*) FROM nodes WHERE lease_until >= $3)
-    WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id IS NULL AND {due_head})";
+    SELECT NULL,
+           CASE WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id IS NULL AND {due_head})
+                THEN 'free' ELSE 'none' END,
+           TRUE, (SELECT count(*) FROM nodes WHERE lease_until >= $3)";
 
 /// Takes the holder rows of the endpoints `$1` that no other claim has taken: the only
 /// lock a claim waits for nothing on, and the only one two nodes contend for (and then
@@ -263,7 +274,7 @@ fn text(s: &Option<String>) -> Option<String> {
     s.as_ref().map(|s| s.replace('\0', "\u{fffd}"))
 }
 
-pub(crate) async fn register_node(inner: &Inner, p: LeaseParams) -> Result<()> {
+pub(crate) async fn register_node(inner: &Inner, p: LeaseParams, claim_new: bool) -> Result<()> {
     let client = inner.client().await?;
     client
         .execute(
@@ -274,7 +285,10 @@ pub(crate) async fn register_node(inner: &Inner, p: LeaseParams) -> Result<()> {
         )
         .await
         .map_err(backend)?;
-    // No claims at birth here: tell the node to look for work now.
+    if claim_new {
+        inner.set_birth_node(Some(p.node.clone()));
+    }
+    // Tell the node to look for work now (what was stored before it came).
     inner.subscribers.send_to(&p.node, Hint::Work);
     Ok(())
 }
@@ -298,6 +312,9 @@ const LEAVE: &str = "DELETE FROM nodes WHERE id = $1
     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE locked_by = $1)";
 
 pub(crate) async fn leave(inner: &Inner, node: &str) -> Result<bool> {
+    if inner.birth_node().as_deref() == Some(node) {
+        inner.set_birth_node(None);
+    }
     let client = inner.client().await?;
     let n = client.execute(LEAVE, &[&node]).await.map_err(backend)?;
     Ok(n == 1)
@@ -433,7 +450,7 @@ fn plan(node: &str, rows: &[(Option<String>, String, bool, i64)]) -> Plan {
     let mut free = Vec::new();
     for (e, state, has_row, n) in rows {
         let Some(e) = e else {
-            out.endpointless = true;
+            out.endpointless |= state == "free";
             continue;
         };
         live = live.max(*n);
@@ -926,6 +943,11 @@ mod tests {
         assert!(p.endpoints.is_empty());
         assert!(p.endpointless);
         assert_eq!(plan("n1", &rows[..1]), Plan::default());
+        let none = [
+            row(Some("ep_a"), "other", true, 3),
+            row(None, "none", true, 3),
+        ];
+        assert_eq!(plan("n1", &none), Plan::default());
     }
 
     #[test]

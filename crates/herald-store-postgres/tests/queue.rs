@@ -1504,3 +1504,234 @@ async fn outcomes_recorded_together_each_apply_only_under_their_claim() {
         assert_eq!(got, want, "delivery {i}");
     }
 }
+
+// --- claims at birth ------------------------------------------------------------------
+
+/// Stores `n` notifications of `app_id` at once from as many tasks, so that the group
+/// commit takes most of them in batches of several (its one-statement insert).
+async fn create_at_once(store: &Arc<PgStore>, app_id: &str, notify_url: Option<&str>, n: usize) {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (store, new) = (store.clone(), notification(app_id, notify_url));
+        tasks.push(tokio::spawn(async move {
+            store.create_notification(new).await.expect("create")
+        }));
+    }
+    for t in tasks {
+        t.await.expect("producer");
+    }
+}
+
+/// The jobs of every `Hint::Claimed` waiting in `hints` (nothing else is waited for).
+fn claimed_hints(hints: &mut HintReceiver) -> Vec<Arc<ClaimedDelivery>> {
+    let mut jobs = Vec::new();
+    while let Ok(hint) = hints.try_recv() {
+        if let Hint::Claimed(j) = hint {
+            jobs.extend(j);
+        }
+    }
+    jobs
+}
+
+/// `(seq, locked_by)` of every pending delivery, by seq.
+async fn pending_holders(url: &str) -> Vec<(i64, Option<String>)> {
+    raw_client(url)
+        .await
+        .query(
+            "SELECT seq, locked_by FROM deliveries WHERE status = 'pending' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("deliveries")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A node alone on its database that holds an endpoint (its holder row names it) gets the
+/// endpoint's new deliveries claimed at birth by the group commit's insert: they are held by
+/// it in the database, reach it as `Hint::Claimed` with what an attempt needs, and no claim
+/// returns them again. Every delivery is either claimed at birth or left for claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_node_holding_the_endpoint_gets_new_deliveries_claimed_at_birth() {
+    let (a, _b, url) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    let ep = endpoint(&a, &ap.id, false).await;
+    let me = node(&a, "node_a", T0).await;
+    let mut hints = a.hints(me.clone());
+    // The first claim of the endpoint makes its holder row, naming this node.
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .expect("first");
+    let first = claim(&a, &me, T0, 10).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        holder_rows(&url, &[&ep.id]).await[0].1.as_deref(),
+        Some("node_a")
+    );
+    let _ = claimed_hints(&mut hints);
+
+    create_at_once(&a, &ap.id, None, 40).await;
+    let born = claimed_hints(&mut hints);
+    assert!(!born.is_empty(), "some deliveries were claimed at birth");
+    let held_by_me = |rows: Vec<(i64, Option<String>)>| -> HashSet<i64> {
+        rows.into_iter()
+            .filter(|(_, by)| by.as_deref() == Some("node_a"))
+            .map(|(seq, _)| seq)
+            .collect()
+    };
+    let held = held_by_me(pending_holders(&url).await);
+    for job in &born {
+        assert!(
+            held.contains(&job.seq),
+            "job {} is held in the database",
+            job.seq
+        );
+        assert_eq!(
+            job.endpoint.as_ref().map(|e| e.id.as_str()),
+            Some(ep.id.as_str())
+        );
+        assert_eq!(job.app.id, ap.id);
+        assert_eq!(&*job.payload, r#"{"amount": 100}"#);
+        assert_eq!(job.attempts, 0);
+        assert_eq!(job.next_at, T0);
+        assert!(job.notification_id.starts_with("ntf_"));
+    }
+    let mut rest = Vec::new();
+    loop {
+        let jobs = claim(&a, &me, T0, 500).await;
+        if jobs.is_empty() {
+            break;
+        }
+        rest.extend(jobs);
+    }
+    let born_seqs: HashSet<i64> = born.iter().map(|j| j.seq).collect();
+    assert!(
+        rest.iter().all(|j| !born_seqs.contains(&j.seq)),
+        "claimed twice"
+    );
+    assert_eq!(born.len() + rest.len(), 40);
+    let held = held_by_me(pending_holders(&url).await);
+    assert_eq!(
+        held.len(),
+        40 + 1,
+        "{} born, {} claimed",
+        born.len(),
+        rest.len()
+    );
+    assert!(held.contains(&first[0].seq));
+}
+
+/// A delivery to a notification's own URL has no endpoint, so no holder row: a lone node
+/// gets it claimed at birth as soon as it is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_node_gets_deliveries_to_a_notify_url_claimed_at_birth() {
+    let (a, _b, url) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    let me = node(&a, "node_a", T0).await;
+    let mut hints = a.hints(me.clone());
+    create_at_once(&a, &ap.id, Some("https://m.example/notify"), 40).await;
+    let born = claimed_hints(&mut hints);
+    assert!(!born.is_empty(), "some deliveries were claimed at birth");
+    assert!(born
+        .iter()
+        .all(|j| j.endpoint.is_none() && j.url == "https://m.example/notify"));
+    let held = pending_holders(&url)
+        .await
+        .into_iter()
+        .filter(|(_, by)| by.is_some())
+        .count();
+    assert_eq!(held, born.len());
+}
+
+/// Nothing is claimed at birth for a node whose last peek counted another live node (the
+/// endpoints move between nodes by the claims' fair share), for a node that left, for a
+/// node registered without `claim_new`, or while a claim holds the endpoint's holder row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_claimed_at_birth_on_a_fleet_after_leaving_or_while_a_claim_holds_the_row() {
+    let (a, b, url) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    let ep = endpoint(&a, &ap.id, false).await;
+    let me = node(&a, "node_a", T0).await;
+    let mut hints = a.hints(me.clone());
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .expect("first");
+    assert_eq!(claim(&a, &me, T0, 10).await.len(), 1);
+    let unheld = |rows: Vec<(i64, Option<String>)>| rows.iter().filter(|r| r.1.is_none()).count();
+
+    // A claim holds the endpoint's holder row: the insert does not wait for it, and claims
+    // nothing at birth.
+    let mut locker = raw_client(&url).await;
+    let tx = locker.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT 1 FROM endpoint_holders WHERE endpoint_id = $1 FOR UPDATE",
+        &[&ep.id],
+    )
+    .await
+    .expect("lock the holder row");
+    let _ = claimed_hints(&mut hints);
+    create_at_once(&a, &ap.id, None, 20).await;
+    assert!(
+        claimed_hints(&mut hints).is_empty(),
+        "claimed while the row was locked"
+    );
+    assert_eq!(unheld(pending_holders(&url).await), 20);
+    tx.rollback().await.expect("rollback");
+    assert_eq!(claim(&a, &me, T0, 500).await.len(), 20);
+
+    // Another live node, counted by this node's last peek.
+    let other = node(&b, "node_b", T0).await;
+    assert!(claim(&a, &me, T0, 10).await.is_empty());
+    create_at_once(&a, &ap.id, None, 20).await;
+    assert!(claimed_hints(&mut hints).is_empty(), "claimed on a fleet");
+    assert_eq!(unheld(pending_holders(&url).await), 20);
+    assert_eq!(claim(&a, &me, T0, 500).await.len(), 20);
+    assert!(b.leave(other).await.expect("b leaves"));
+    assert!(claim(&a, &me, T0, 10).await.is_empty()); // counts one live node again
+
+    // Registered without `claim_new` (store b's node), and a node that left (store a's).
+    let plain = NodeId::from("node_plain");
+    b.register_node(
+        LeaseParams {
+            node: plain.clone(),
+            now: T0,
+            lease: LEASE,
+        },
+        false,
+    )
+    .await
+    .expect("register without claim_new");
+    let b = Arc::new(b);
+    create_at_once(&b, &ap.id, Some("https://m.example/notify"), 10).await;
+    a.leave(me.clone()).await.expect("a leaves");
+    create_at_once(&a, &ap.id, None, 20).await;
+    assert!(
+        claimed_hints(&mut hints).is_empty(),
+        "claimed for a node that left"
+    );
+    assert_eq!(unheld(pending_holders(&url).await), 30);
+}
+
+/// A delivery with an order key (an ordered endpoint's) waits for its predecessors, so it
+/// is never claimed at birth; claims take the head of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ordered_endpoints_deliveries_are_not_claimed_at_birth() {
+    let (a, _b, url) = two_stores().await;
+    let a = Arc::new(a);
+    let ap = app(&a).await;
+    endpoint(&a, &ap.id, true).await;
+    let me = node(&a, "node_a", T0).await;
+    let mut hints = a.hints(me.clone());
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .expect("first");
+    assert_eq!(claim(&a, &me, T0, 10).await.len(), 1);
+    create_at_once(&a, &ap.id, None, 20).await;
+    assert!(claimed_hints(&mut hints).is_empty());
+    let rows = pending_holders(&url).await;
+    assert_eq!(rows.iter().filter(|r| r.1.is_none()).count(), 20);
+}

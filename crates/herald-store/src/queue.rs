@@ -41,6 +41,8 @@
 //! the engine stays correct without them because it also claims on a timer. The SQLite
 //! driver, being one process, sends exact hints that carry the new deliveries already claimed
 //! for the local node ("claimed at birth"), which saves a claim round trip per notification.
+//! The PostgreSQL driver does the same for a node alone on its database, for the endpoints
+//! it already holds (see `herald_store_postgres`'s batch insert); on a fleet it sends `Work`.
 //!
 //! Every parameter struct carries `now`: tests fix the clock, and no driver reads it.
 use std::sync::Arc;
@@ -146,6 +148,10 @@ pub enum Hint {
     Claimed(Vec<Arc<ClaimedDelivery>>),
     /// Unheld work was committed (new, retried, recovered, released): claim now.
     Work,
+    /// Deliveries may have been claimed for this node without reaching it: a write that
+    /// claims at birth failed without saying whether it committed, or claimed deliveries
+    /// it could not hand over. Read back what the node holds ([`Queue::held`]).
+    Reread,
     /// Deliveries that left this node's hands: canceled, or retried by hand while held.
     /// Drop them from memory; their late outcomes are stale anyway.
     Revoked(Vec<i64>),
@@ -159,9 +165,10 @@ pub type HintReceiver = mpsc::UnboundedReceiver<Hint>;
 /// The claim-based delivery queue the engine works against. See the module doc.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// Starts a node's lease. With `claim_new`, a driver that can (SQLite, one process) also
-    /// claims new deliveries at birth for this node and sends them as [`Hint::Claimed`];
-    /// others ignore it and send [`Hint::Work`].
+    /// Starts a node's lease. With `claim_new`, a driver that can also claims new deliveries
+    /// at birth for this node and sends them as [`Hint::Claimed`] (SQLite: every claimable
+    /// one; PostgreSQL: while the node is alone, those of endpoints it holds and those
+    /// without an endpoint); what it does not claim it announces with [`Hint::Work`].
     async fn register_node(&self, params: LeaseParams, claim_new: bool) -> Result<()>;
     /// Extends the node's lease; [`Lease::Lost`] when the node was forgotten.
     async fn renew_lease(&self, params: LeaseParams) -> Result<Lease>;

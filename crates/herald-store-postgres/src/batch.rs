@@ -26,7 +26,13 @@
 //! A batch whose writes are that one statement (only notifications without a key, or only
 //! outcomes `complete_many` takes) runs it without a transaction: the statement is atomic
 //! and commits by itself, so the batch saves `BEGIN` and `COMMIT`, two of its three or
-//! four round trips. Only a batch that mixes kinds needs the transaction, for one commit.
+//! four round trips. A batch of both (notifications without a key and such outcomes) runs
+//! the two statements side by side on two connections, each committing by itself: they
+//! share nothing that needs one snapshot, and a transaction would put `BEGIN` and `COMMIT`
+//! around them on the notifications' path (the API's callers wait for it; with claims at
+//! birth, outcomes arrive steadily and most batches are mixed). Only a batch holding a
+//! notification with a key, or an outcome one statement cannot take, runs in one
+//! transaction.
 //!
 //! A failed statement aborts the whole transaction, and PostgreSQL then answers `COMMIT`
 //! with a rollback; so a batch in which any statement failed is not committed, and each of
@@ -240,6 +246,22 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
     let completes = completes_of(&batch);
     if completes.len() == batch.len() && set_based(&completes) {
         return completes_in_one_statement(inner, batch).await;
+    }
+    if set_based(&completes)
+        && batch.iter().all(|w| {
+            matches!(w, Write::Complete(..)) || matches!(w, Write::Create(new, _) if plain(new))
+        })
+    {
+        // Two statements that need no shared snapshot: each commits by itself, side by side
+        // on two connections, instead of `BEGIN`, both, `COMMIT` on one.
+        let (creates, completes): (Vec<Write>, Vec<Write>) = batch
+            .into_iter()
+            .partition(|w| matches!(w, Write::Create(..)));
+        tokio::join!(
+            creates_in_one_statement(inner, creates),
+            completes_in_one_statement(inner, completes)
+        );
+        return;
     }
     let generation = inner.contexts.generation();
     let mut client = match inner.client().await {

@@ -231,17 +231,19 @@ fn plain(new: &NewNotification) -> bool {
 }
 
 async fn run(inner: &Inner, batch: Vec<Write>) {
-    if batch.len() == 1 {
-        for w in batch {
-            alone(inner, w).await;
-        }
-        return;
-    }
+    // Notifications without a key take the batch insert even alone: it is as many
+    // statements as the single insert's, and it claims at birth.
     if batch
         .iter()
         .all(|w| matches!(w, Write::Create(new, _) if plain(new)))
     {
         return creates_in_one_statement(inner, batch).await;
+    }
+    if batch.len() == 1 {
+        for w in batch {
+            alone(inner, w).await;
+        }
+        return;
     }
     let completes = completes_of(&batch);
     if completes.len() == batch.len() && set_based(&completes) {
@@ -498,6 +500,11 @@ async fn hand_over(
     let Some(b) = birth else { return };
     let mut reread = unsure;
     if !born.is_empty() {
+        // The node has work: `work` hints for what claims must take reach it without the
+        // idle node's gap (see `hints`).
+        inner
+            .idle_claims
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         match inner.contexts.refresh(client, born, generation).await {
             Ok(jobs) => inner.subscribers.send_to(&b.node, Hint::Claimed(jobs)),
             Err(_) => reread = true,
@@ -594,7 +601,8 @@ mod tests {
             now: T0,
             lease: std::time::Duration::from_secs(30),
         };
-        store.register_node(lease, true).await.expect("register");
+        // Without claims at birth: this test claims what it stores.
+        store.register_node(lease, false).await.expect("register");
         node
     }
 

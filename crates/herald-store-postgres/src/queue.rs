@@ -133,6 +133,14 @@ const PEEK: &str = "
 const LOCK_ENDPOINTS: &str = "SELECT endpoint_id FROM endpoint_holders
     WHERE endpoint_id = ANY($1) ORDER BY endpoint_id FOR UPDATE SKIP LOCKED";
 
+/// Locks, first and waiting for them, the holder rows among `$1` that name node `$2`: only
+/// this node's own inserts lock those (`FOR KEY SHARE` while they claim new deliveries at
+/// birth, about a millisecond), and a claim that skipped them would leave what those
+/// inserts did not claim for its next look, a claim interval later. [`LOCK_ENDPOINTS`]
+/// then takes the others (and returns these, already this transaction's).
+const LOCK_OWN_ENDPOINTS: &str = "SELECT endpoint_id FROM endpoint_holders
+    WHERE endpoint_id = ANY($1) AND node_id = $2 ORDER BY endpoint_id FOR UPDATE";
+
 /// Makes the rest of a claim's transaction run [`CLAIM`] (and [`LOCK_ENDPOINTS`]) on their
 /// generic plans. Left to itself, PostgreSQL planned the claim anew on every run (a plan
 /// for the actual endpoint array always looks cheaper than the generic one): about 1 ms of
@@ -393,12 +401,28 @@ async fn claim_in(
         generic.await?;
         Vec::new()
     } else {
+        // A successor's claim (inside an outcome's transaction) waits for nothing.
+        let own = async {
+            if order_key.is_some() {
+                return Ok(Vec::new());
+            }
+            let own = tx
+                .prepare_cached(LOCK_OWN_ENDPOINTS)
+                .await
+                .map_err(backend)?;
+            tx.query(&own, &[&endpoints, &node]).await.map_err(backend)
+        };
         let lock = tx.prepare_cached(LOCK_ENDPOINTS).await.map_err(backend)?;
         let lock = async { tx.query(&lock, &[&endpoints]).await.map_err(backend) };
-        let ((), rows) = tokio::try_join!(generic, lock)?;
-        rows.iter()
+        let ((), own, rows) = tokio::try_join!(generic, own, lock)?;
+        let mut locked = own
+            .iter()
+            .chain(&rows)
             .map(|r| col::<String>(r, 0))
-            .collect::<Result<_>>()?
+            .collect::<Result<Vec<_>>>()?;
+        locked.sort_unstable();
+        locked.dedup();
+        locked
     };
     if locked.is_empty() && !endpointless {
         return Ok(Vec::new());

@@ -879,12 +879,17 @@ async fn ping_fails_while_the_database_refuses_connections_and_recovers() {
     store.ping().await.expect("healthy again");
     // Writes, claims and hints work again (the listener reconnected by itself).
     next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
-    store
+    let created = store
         .create_notification(notification(&ap.id, Some("https://m.example/n")))
         .await
         .expect("stored after the outage");
-    next_hint(&mut hints, |h| matches!(h, Hint::Work)).await;
-    assert_eq!(claim(&store, &me, T0, 10).await.len(), 1);
+    // Alone on its database, the node gets the new delivery claimed at birth.
+    let Hint::Claimed(jobs) = next_hint(&mut hints, |h| matches!(h, Hint::Claimed(_))).await else {
+        unreachable!("the filter takes only claimed jobs")
+    };
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].id, created.deliveries[0].id);
+    assert!(claim(&store, &me, T0, 10).await.is_empty(), "held already");
 }
 
 #[tokio::test]
@@ -1734,4 +1739,50 @@ async fn an_ordered_endpoints_deliveries_are_not_claimed_at_birth() {
     assert!(claimed_hints(&mut hints).is_empty());
     let rows = pending_holders(&url).await;
     assert_eq!(rows.iter().filter(|r| r.1.is_none()).count(), 20);
+}
+
+/// A node's claim waits for a lock on a holder row that names the node (only its own
+/// inserts, claiming at birth, take one) instead of skipping the endpoint until its next
+/// look; then it takes what those inserts left unclaimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_waits_for_its_own_inserts_lock_on_the_holder_row() {
+    let (a, _b, url) = two_stores().await;
+    let ap = app(&a).await;
+    let ep = endpoint(&a, &ap.id, false).await;
+    let me = node(&a, "node_a", T0).await;
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .expect("first");
+    assert_eq!(claim(&a, &me, T0, 10).await.len(), 1);
+    // Stored while a claim holds the row: left unclaimed.
+    let mut locker = raw_client(&url).await;
+    let tx = locker.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT 1 FROM endpoint_holders WHERE endpoint_id = $1 FOR UPDATE",
+        &[&ep.id],
+    )
+    .await
+    .expect("lock");
+    a.create_notification(notification(&ap.id, None))
+        .await
+        .expect("second");
+    tx.rollback().await.expect("rollback");
+    // An insert of this node's holds the row now.
+    let tx = locker.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT 1 FROM endpoint_holders WHERE endpoint_id = $1 FOR KEY SHARE",
+        &[&ep.id],
+    )
+    .await
+    .expect("share");
+    let a = Arc::new(a);
+    let claiming = tokio::spawn({
+        let (a, me) = (a.clone(), me.clone());
+        async move { claim(&a, &me, T0, 10).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!claiming.is_finished(), "the claim waits for the row");
+    tx.commit().await.expect("commit");
+    let jobs = claiming.await.expect("claim");
+    assert_eq!(jobs.len(), 1, "the claim took what was left");
 }

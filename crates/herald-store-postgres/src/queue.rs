@@ -41,7 +41,9 @@
 //!   `FOR KEY SHARE SKIP LOCKED` lock of those holder rows (see `admin::Birth`): a claim of
 //!   such an endpoint skips it until the insert commits, then sees its deliveries held, so
 //!   the one-holder rule stands. Deliveries with an order key, of an endpoint held back by
-//!   its health, or whose holder row a claim holds are left for claims.
+//!   its health, or whose holder row a claim holds are left for claims. A node's own claims
+//!   wait for those inserts on the rows that name the node ([`LOCK_OWN_ENDPOINTS`]) rather
+//!   than skip them, so what an insert left is claimed at once.
 //! - **Leases** are rows of `nodes`; [`rescue`] forgets expired nodes, releases what they
 //!   held and clears the holder rows naming them, in one statement. Deleting an endpoint
 //!   (or its app) deletes its holder row.

@@ -1553,29 +1553,62 @@ async fn pending_holders(url: &str) -> Vec<(i64, Option<String>)> {
         .collect()
 }
 
+/// A node alone on a fresh database (store `a`; store `b` is there for a second node)
+/// holding an endpoint of an app: its first delivery was claimed, so the endpoint's holder
+/// row names it (and that delivery stays held).
+struct Holding {
+    a: Arc<PgStore>,
+    b: PgStore,
+    url: String,
+    app: App,
+    ep: Endpoint,
+    me: NodeId,
+    hints: HintReceiver,
+}
+
+async fn holding_an_endpoint(ordered: bool) -> Holding {
+    let (a, b, url) = two_stores().await;
+    let a = Arc::new(a);
+    let app = app(&a).await;
+    let ep = endpoint(&a, &app.id, ordered).await;
+    let me = node(&a, "node_a", T0).await;
+    let mut hints = a.hints(me.clone());
+    a.create_notification(notification(&app.id, None))
+        .await
+        .expect("first");
+    assert_eq!(claim(&a, &me, T0, 10).await.len(), 1);
+    let _ = claimed_hints(&mut hints);
+    Holding {
+        a,
+        b,
+        url,
+        app,
+        ep,
+        me,
+        hints,
+    }
+}
+
 /// A node alone on its database that holds an endpoint (its holder row names it) gets the
 /// endpoint's new deliveries claimed at birth by the group commit's insert: they are held by
 /// it in the database, reach it as `Hint::Claimed` with what an attempt needs, and no claim
 /// returns them again. Every delivery is either claimed at birth or left for claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lone_node_holding_the_endpoint_gets_new_deliveries_claimed_at_birth() {
-    let (a, _b, url) = two_stores().await;
-    let a = Arc::new(a);
-    let ap = app(&a).await;
-    let ep = endpoint(&a, &ap.id, false).await;
-    let me = node(&a, "node_a", T0).await;
-    let mut hints = a.hints(me.clone());
-    // The first claim of the endpoint makes its holder row, naming this node.
-    a.create_notification(notification(&ap.id, None))
-        .await
-        .expect("first");
-    let first = claim(&a, &me, T0, 10).await;
-    assert_eq!(first.len(), 1);
+    let Holding {
+        a,
+        url,
+        app: ap,
+        ep,
+        me,
+        mut hints,
+        ..
+    } = holding_an_endpoint(false).await;
     assert_eq!(
         holder_rows(&url, &[&ep.id]).await[0].1.as_deref(),
         Some("node_a")
     );
-    let _ = claimed_hints(&mut hints);
+    let first: Vec<i64> = pending_holders(&url).await.iter().map(|r| r.0).collect();
 
     create_at_once(&a, &ap.id, None, 40).await;
     let born = claimed_hints(&mut hints);
@@ -1625,7 +1658,7 @@ async fn a_lone_node_holding_the_endpoint_gets_new_deliveries_claimed_at_birth()
         born.len(),
         rest.len()
     );
-    assert!(held.contains(&first[0].seq));
+    assert!(held.contains(&first[0]));
 }
 
 /// A delivery to a notification's own URL has no endpoint, so no holder row: a lone node
@@ -1656,16 +1689,15 @@ async fn a_lone_node_gets_deliveries_to_a_notify_url_claimed_at_birth() {
 /// node registered without `claim_new`, or while a claim holds the endpoint's holder row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_claimed_at_birth_on_a_fleet_after_leaving_or_while_a_claim_holds_the_row() {
-    let (a, b, url) = two_stores().await;
-    let a = Arc::new(a);
-    let ap = app(&a).await;
-    let ep = endpoint(&a, &ap.id, false).await;
-    let me = node(&a, "node_a", T0).await;
-    let mut hints = a.hints(me.clone());
-    a.create_notification(notification(&ap.id, None))
-        .await
-        .expect("first");
-    assert_eq!(claim(&a, &me, T0, 10).await.len(), 1);
+    let Holding {
+        a,
+        b,
+        url,
+        app: ap,
+        ep,
+        me,
+        mut hints,
+    } = holding_an_endpoint(false).await;
     let unheld = |rows: Vec<(i64, Option<String>)>| rows.iter().filter(|r| r.1.is_none()).count();
 
     // A claim holds the endpoint's holder row: the insert does not wait for it, and claims
@@ -1725,16 +1757,13 @@ async fn nothing_is_claimed_at_birth_on_a_fleet_after_leaving_or_while_a_claim_h
 /// is never claimed at birth; claims take the head of its key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ordered_endpoints_deliveries_are_not_claimed_at_birth() {
-    let (a, _b, url) = two_stores().await;
-    let a = Arc::new(a);
-    let ap = app(&a).await;
-    endpoint(&a, &ap.id, true).await;
-    let me = node(&a, "node_a", T0).await;
-    let mut hints = a.hints(me.clone());
-    a.create_notification(notification(&ap.id, None))
-        .await
-        .expect("first");
-    assert_eq!(claim(&a, &me, T0, 10).await.len(), 1);
+    let Holding {
+        a,
+        url,
+        app: ap,
+        mut hints,
+        ..
+    } = holding_an_endpoint(true).await;
     create_at_once(&a, &ap.id, None, 20).await;
     assert!(claimed_hints(&mut hints).is_empty());
     let rows = pending_holders(&url).await;
@@ -1746,14 +1775,14 @@ async fn an_ordered_endpoints_deliveries_are_not_claimed_at_birth() {
 /// look; then it takes what those inserts left unclaimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_claim_waits_for_its_own_inserts_lock_on_the_holder_row() {
-    let (a, _b, url) = two_stores().await;
-    let ap = app(&a).await;
-    let ep = endpoint(&a, &ap.id, false).await;
-    let me = node(&a, "node_a", T0).await;
-    a.create_notification(notification(&ap.id, None))
-        .await
-        .expect("first");
-    assert_eq!(claim(&a, &me, T0, 10).await.len(), 1);
+    let Holding {
+        a,
+        url,
+        app: ap,
+        ep,
+        me,
+        ..
+    } = holding_an_endpoint(false).await;
     // Stored while a claim holds the row: left unclaimed.
     let mut locker = raw_client(&url).await;
     let tx = locker.transaction().await.expect("begin");
@@ -1775,7 +1804,6 @@ async fn a_claim_waits_for_its_own_inserts_lock_on_the_holder_row() {
     )
     .await
     .expect("share");
-    let a = Arc::new(a);
     let claiming = tokio::spawn({
         let (a, me) = (a.clone(), me.clone());
         async move { claim(&a, &me, T0, 10).await }

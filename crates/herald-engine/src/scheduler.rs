@@ -796,26 +796,25 @@ impl Scheduler {
                     self.admit(job);
                 }
             }
-            Hint::Work => {
-                if self.claim_pending {
-                    self.claim_again = true;
-                } else {
-                    self.next_claim_at = Instant::now();
-                }
-            }
+            Hint::Work => self.claim_now(),
             Hint::Reread => {
                 self.readopt = true;
-                if self.claim_pending {
-                    self.claim_again = true;
-                } else {
-                    self.next_claim_at = Instant::now();
-                }
+                self.claim_now();
             }
             Hint::Revoked(seqs) => self.revoke(&seqs),
             Hint::AppChanged(app) => {
                 self.apps.insert(app.id.clone(), app);
             }
             Hint::EndpointChanged(ep) => self.endpoint_changed(ep),
+        }
+    }
+
+    /// Claims at once, or again as soon as the claim that is out answers.
+    fn claim_now(&mut self) {
+        if self.claim_pending {
+            self.claim_again = true;
+        } else {
+            self.next_claim_at = Instant::now();
         }
     }
 

@@ -869,19 +869,26 @@ pub(crate) struct Birth {
     pub(crate) now: UnixMillis,
 }
 
-/// What [`create_many_in_batch`] stored: one result per notification, in order, and the
-/// deliveries claimed at birth as jobs for the birth node (to be sent once the insert has
-/// committed). `unclaimed` is true when some new delivery was stored without a holder
-/// (claims take it: the caller signals work); `unsure` when deliveries were claimed at birth
-/// for the node but could not be made into jobs (their app or endpoint was deleted
-/// meanwhile): the engine should read back what it holds.
-pub(crate) struct ManyCreated {
-    pub(crate) results: Vec<Result<CreatedNotification>>,
-    pub(crate) born: Vec<Arc<ClaimedDelivery>>,
-    pub(crate) unclaimed: bool,
-    pub(crate) unsure: bool,
+/// The deliveries a batch insert claimed at birth, to be handed to the birth node once the
+/// insert has committed (`batch::hand_over`).
+#[derive(Default)]
+pub(crate) struct Born {
+    /// As jobs, with the app and endpoint contexts they were built with.
+    pub(crate) jobs: Vec<Arc<ClaimedDelivery>>,
     /// The contexts' generation read before the insert (see `Contexts::refresh`).
     pub(crate) generation: u64,
+    /// Some were claimed but could not be made into jobs (their app or endpoint was deleted
+    /// meanwhile, or reading it failed): the node should read back what it holds.
+    pub(crate) unsure: bool,
+}
+
+/// What [`create_many_in_batch`] stored: one result per notification, in order; what it
+/// claimed at birth; and whether some new delivery was left without a holder (`unclaimed`:
+/// claims take it, so the caller signals work).
+pub(crate) struct ManyCreated {
+    pub(crate) results: Vec<Result<CreatedNotification>>,
+    pub(crate) born: Born,
+    pub(crate) unclaimed: bool,
 }
 
 /// Stores many notifications without an idempotency key inside a group commit's
@@ -907,10 +914,8 @@ pub(crate) async fn create_many_in_batch(
                 .into_iter()
                 .map(|_| Err(StoreError::NotFound("app")))
                 .collect(),
-            born: Vec::new(),
+            born: Born::default(),
             unclaimed: false,
-            unsure: false,
-            generation: inner.contexts.generation(),
         };
     }
     let generation = inner.contexts.generation();
@@ -987,23 +992,22 @@ pub(crate) async fn create_many_in_batch(
         Ok::<_, StoreError>((notifications, born))
     }
     .await;
-    let (born, unclaimed, unsure) = match (&inserted, birth) {
-        (Ok((notifications, born)), Some(_)) => {
+    let (born, unclaimed) = match &inserted {
+        Ok((notifications, born)) => {
             let stored = rows
                 .iter()
                 .filter(|d| notifications.contains(&d.notification.id))
                 .map(|d| d.deliveries.len())
                 .sum::<usize>();
             let (jobs, unsure) = born_jobs(inner, c, generation, &rows, born).await;
-            (jobs, stored > born.len(), unsure)
+            let born_now = Born {
+                jobs,
+                generation,
+                unsure,
+            };
+            (born_now, stored > born.len())
         }
-        (Ok((notifications, _)), None) => {
-            let stored = rows
-                .iter()
-                .any(|d| notifications.contains(&d.notification.id) && !d.deliveries.is_empty());
-            (Vec::new(), stored, false)
-        }
-        (Err(_), _) => (Vec::new(), false, false),
+        Err(_) => (Born::default(), false),
     };
     let results = decided
         .into_iter()
@@ -1025,8 +1029,6 @@ pub(crate) async fn create_many_in_batch(
         results,
         born,
         unclaimed,
-        unsure,
-        generation,
     }
 }
 

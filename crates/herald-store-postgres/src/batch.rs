@@ -320,15 +320,11 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         Err(e) => vec![Err(e); completes.len()],
     }
     .into_iter();
-    let (mut born, mut generation, mut unsure, mut unclaimed) = (Vec::new(), 0, false, false);
-    let mut many_creates = match many_creates {
-        Some(m) => {
-            (born, generation, unsure, unclaimed) = (m.born, m.generation, m.unsure, m.unclaimed);
-            m.results
-        }
-        None => Vec::new(),
-    }
-    .into_iter();
+    let (results, born, unclaimed) = match many_creates {
+        Some(m) => (m.results, m.born, m.unclaimed),
+        None => (Vec::new(), admin::Born::default(), false),
+    };
+    let mut many_creates = results.into_iter();
     let no_answer = || StoreError::backend_msg("internal error: a batch operation got no answer");
     let done: Vec<Done> = each
         .into_iter()
@@ -353,12 +349,12 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         // Whether it committed is unknown: the callers retry (the API's producers with
         // their idempotency keys; the engine's outcomes are conditional), and the birth
         // node reads back what it holds.
-        if !born.is_empty() || unsure {
+        if !born.jobs.is_empty() || born.unsure {
             reread_if(inner, birth.as_ref());
         }
         return fail_all(batch, backend(e));
     }
-    hand_over(inner, &client, birth.as_ref(), born, generation, unsure).await;
+    hand_over(inner, &client, birth.as_ref(), born).await;
     let keyed = batch
         .iter()
         .any(|w| matches!(w, Write::Create(new, _) if !plain(new)));
@@ -451,15 +447,7 @@ async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
             each_alone(inner, &client, batch, e).await
         }
         None => {
-            hand_over(
-                inner,
-                &client,
-                birth.as_ref(),
-                many.born,
-                many.generation,
-                many.unsure,
-            )
-            .await;
+            hand_over(inner, &client, birth.as_ref(), many.born).await;
             answer(inner, batch, done, many.unclaimed);
         }
     }
@@ -493,19 +481,21 @@ async fn hand_over(
     inner: &Inner,
     client: &deadpool_postgres::Object,
     birth: Option<&admin::Birth>,
-    born: Vec<Arc<ClaimedDelivery>>,
-    generation: u64,
-    unsure: bool,
+    born: admin::Born,
 ) {
     let Some(b) = birth else { return };
-    let mut reread = unsure;
-    if !born.is_empty() {
+    let mut reread = born.unsure;
+    if !born.jobs.is_empty() {
         // The node has work: `work` hints for what claims must take reach it without the
         // idle node's gap (see `hints`).
         inner
             .idle_claims
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        match inner.contexts.refresh(client, born, generation).await {
+        match inner
+            .contexts
+            .refresh(client, born.jobs, born.generation)
+            .await
+        {
             Ok(jobs) => inner.subscribers.send_to(&b.node, Hint::Claimed(jobs)),
             Err(_) => reread = true,
         }

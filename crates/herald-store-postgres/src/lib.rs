@@ -83,9 +83,18 @@ impl Inner {
         self.birth_node.lock().ok().and_then(|b| b.clone())
     }
 
-    pub(crate) fn set_birth_node(&self, node: Option<NodeId>) {
+    pub(crate) fn set_birth_node(&self, node: NodeId) {
         if let Ok(mut b) = self.birth_node.lock() {
-            *b = node;
+            *b = Some(node);
+        }
+    }
+
+    /// Stops claiming at birth for `node` (a node that leaves); another birth node stays.
+    pub(crate) fn forget_birth_node(&self, node: &str) {
+        if let Ok(mut b) = self.birth_node.lock() {
+            if b.as_deref() == Some(node) {
+                *b = None;
+            }
         }
     }
 

@@ -296,7 +296,7 @@ pub(crate) async fn register_node(inner: &Inner, p: LeaseParams, claim_new: bool
         .await
         .map_err(backend)?;
     if claim_new {
-        inner.set_birth_node(Some(p.node.clone()));
+        inner.set_birth_node(p.node.clone());
     }
     // Tell the node to look for work now (what was stored before it came).
     inner.subscribers.send_to(&p.node, Hint::Work);
@@ -322,9 +322,7 @@ const LEAVE: &str = "DELETE FROM nodes WHERE id = $1
     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE locked_by = $1)";
 
 pub(crate) async fn leave(inner: &Inner, node: &str) -> Result<bool> {
-    if inner.birth_node().as_deref() == Some(node) {
-        inner.set_birth_node(None);
-    }
+    inner.forget_birth_node(node);
     let client = inner.client().await?;
     let n = client.execute(LEAVE, &[&node]).await.map_err(backend)?;
     Ok(n == 1)

@@ -75,8 +75,14 @@ fn permit_target(policy: &TargetPolicy, field: &str, url: &url::Url) -> Result<(
     }
 }
 
-/// A URL as shown in responses: a password in it is replaced by `****`.
+/// A URL as shown in responses: a password in it is replaced by `****`. A URL without an
+/// `@` has no user information, so no password, and is not parsed (every notification's
+/// answer shows each delivery's URL: the parse was about 3% of the API's time in the e2e
+/// bench).
 pub fn masked_url(s: &str) -> String {
+    if !s.contains('@') {
+        return s.to_string();
+    }
     match url::Url::parse(s) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("****"));
@@ -89,6 +95,9 @@ pub fn masked_url(s: &str) -> String {
 /// `text` with the password of `url` (as written in it) masked, for messages that quote
 /// the URL (transport errors do).
 fn mask_password_in(text: &str, url: &str) -> String {
+    if !url.contains('@') {
+        return text.to_string();
+    }
     match url::Url::parse(url) {
         Ok(u) => match u.password() {
             Some(p) if !p.is_empty() => text.replace(&format!(":{p}@"), ":****@"),
@@ -454,6 +463,10 @@ mod tests {
         assert_eq!(
             masked_url("https://user@hooks.example.com/x"),
             "https://user@hooks.example.com/x"
+        );
+        assert_eq!(
+            masked_url("https://hooks.example.com/x?to=ops@example.com"),
+            "https://hooks.example.com/x?to=ops@example.com"
         );
         assert_eq!(
             mask_password_in(

@@ -574,8 +574,6 @@ async fn alone(inner: &Inner, w: Write) {
 mod tests {
     use std::sync::Arc;
 
-    use herald_protocols::standard_webhooks::{KeyEntry, Keys};
-    use herald_protocols::{Credentials, Profile};
     use herald_store::model::*;
     use herald_store::queue::{ClaimParams, LeaseParams, NodeId};
     use herald_store::{AdminStore, Queue};
@@ -605,22 +603,7 @@ mod tests {
         let a = PgStore::connect(&url).await.expect("store a");
         let node_a = register(&a, "node_a").await;
         assert_eq!(permits(&a.inner), 1, "a node alone");
-        let app = a
-            .create_app(NewApp {
-                name: "shop".into(),
-                profile: Profile::StandardWebhooks,
-                retry: None,
-                ack: None,
-                credentials: Credentials::StandardWebhooks(Keys {
-                    keys: vec![KeyEntry {
-                        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                        expires_at: None,
-                    }],
-                }),
-                now: T0,
-            })
-            .await
-            .expect("app");
+        let app = a.create_app(crate::testing::shop(T0)).await.expect("app");
         let claim = |node: NodeId| ClaimParams {
             node,
             now: T0,

@@ -28,6 +28,8 @@ mod sandbox;
 mod schema;
 mod sessions;
 mod sources;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1040,26 +1040,9 @@ mod tests {
             assert!(jobs.is_empty());
             tx.commit().await.expect("commit");
         }
-        let row = client
-            .query_one(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
-                 WHERE statement LIKE '%WITH ok AS%'
-                   AND statement NOT LIKE '%pg_prepared_statements%'",
-                &[],
-            )
-            .await
-            .expect("the claim's prepared statement");
-        let (generic, custom): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!((generic, custom), (3, 0), "each claim ran the generic plan");
-        let mode = client
-            .query_one("SHOW plan_cache_mode", &[])
-            .await
-            .expect("show");
-        assert_eq!(
-            mode.get::<_, String>(0),
-            "auto",
-            "SET LOCAL ended with the claim"
-        );
+        let (runs, mode) = crate::testing::plans(&client, "%WITH ok AS%").await;
+        assert_eq!(runs, (3, 0), "each claim ran the generic plan");
+        assert_eq!(mode, "auto", "SET LOCAL ended with the claim");
     }
 
     #[tokio::test]
@@ -1077,26 +1060,9 @@ mod tests {
             assert_eq!((rows[0].0.as_deref(), rows[0].1.as_str()), (None, "none"));
             tx.commit().await.expect("commit");
         }
-        let row = client
-            .query_one(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
-                 WHERE statement LIKE '%WITH RECURSIVE pend%'
-                   AND statement NOT LIKE '%pg_prepared_statements%'",
-                &[],
-            )
-            .await
-            .expect("the peek's prepared statement");
-        let (generic, custom): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!((generic, custom), (3, 0), "each peek ran the generic plan");
-        let mode = client
-            .query_one("SHOW plan_cache_mode", &[])
-            .await
-            .expect("show");
-        assert_eq!(
-            mode.get::<_, String>(0),
-            "auto",
-            "SET LOCAL ended with the peek"
-        );
+        let (runs, mode) = crate::testing::plans(&client, "%WITH RECURSIVE pend%").await;
+        assert_eq!(runs, (3, 0), "each peek ran the generic plan");
+        assert_eq!(mode, "auto", "SET LOCAL ended with the peek");
     }
 
     /// The plan PostgreSQL makes for `sql` (prepared with `types`, run with `args`) under

@@ -10,9 +10,12 @@
 //!
 //! One node at a time holds an endpoint's deliveries (the rule that keeps per-endpoint
 //! in-flight limits across nodes), so with the single endpoint three nodes deliver through
-//! one. The PostgreSQL runs are therefore measured on a second shape too: the same total
+//! one. The PostgreSQL runs are therefore measured on two more shapes: the same total
 //! load spread over [`SPREAD`] apps with one endpoint each (each notification still makes one
-//! delivery), one node and then three, so that each node can hold some of the endpoints.
+//! delivery), one node and then three, so that each node can hold some of the endpoints;
+//! and every notification sent to its own `notify_url` (the sink, as a payment platform
+//! names each merchant's URL in the notification) instead of an endpoint, which no rule
+//! ties to a node.
 //!
 //! Each phase also reports the process's CPU time (user + system, every thread) per
 //! notification over the same interval: producers, API, engine, store and sink all run in
@@ -41,6 +44,26 @@ pub const SPREAD: usize = 6;
 /// The unit of the CPU figures.
 pub const CPU_UNIT: &str = "µs CPU/notification";
 
+/// Where a phase's notifications go.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// This many apps with one endpoint each.
+    Endpoints(usize),
+    /// Each notification's own `notify_url`.
+    NotifyUrl,
+}
+
+impl Shape {
+    /// What the phase's names add for this shape.
+    fn label(self) -> String {
+        match self {
+            Shape::Endpoints(1) => String::new(),
+            Shape::Endpoints(n) => format!(", {n} endpoints"),
+            Shape::NotifyUrl => ", notify_url".into(),
+        }
+    }
+}
+
 /// What one phase measured.
 struct Phase {
     /// Notifications delivered per second.
@@ -64,7 +87,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
     if plan.e2e_databases != E2eDatabases::Postgres {
         let dir = fixture::temp_dir(plan)?;
         let sqlite = Database::Sqlite(dir.path().join("e2e.db"));
-        let phase = measure(plan, sink, "e2e: sqlite", &sqlite, 1, 1).await?;
+        let phase = measure(plan, sink, "e2e: sqlite", &sqlite, 1, Shape::Endpoints(1)).await?;
         figures.push(
             Figure::new(
                 format!("SQLite, {n} posted by {PRODUCERS} producers, each delivered"),
@@ -81,55 +104,55 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
     }
     match postgres(plan) {
         Ok(url) => {
-            for endpoints in [1, SPREAD] {
-                let shape = if endpoints == 1 {
-                    String::new()
-                } else {
-                    format!(", {endpoints} endpoints")
-                };
+            for shape in [
+                Shape::Endpoints(1),
+                Shape::Endpoints(SPREAD),
+                Shape::NotifyUrl,
+            ] {
+                let label = shape.label();
                 let one = measure(
                     plan,
                     sink,
-                    &format!("e2e: postgres, 1 node{shape}"),
-                    &Database::Postgres(if endpoints == 1 {
+                    &format!("e2e: postgres, 1 node{label}"),
+                    &Database::Postgres(if shape == Shape::Endpoints(1) {
                         url.clone()
                     } else {
                         postgres(plan)?
                     }),
                     1,
-                    endpoints,
+                    shape,
                 )
                 .await?;
                 figures.push(
                     Figure::new(
-                        format!("PostgreSQL, one node{shape}"),
+                        format!("PostgreSQL, one node{label}"),
                         one.rate,
                         "notifications/s",
                     )
                     .against("ceiling", ceiling.rate, "req/s")
                     .target(Target::RatioAtLeast(0.08)),
                 );
-                figures.push(cpu_figure(&format!("PostgreSQL, one node{shape}"), &one));
+                figures.push(cpu_figure(&format!("PostgreSQL, one node{label}"), &one));
                 let three = measure(
                     plan,
                     sink,
-                    &format!("e2e: postgres, 3 nodes{shape}"),
+                    &format!("e2e: postgres, 3 nodes{label}"),
                     &Database::Postgres(postgres(plan)?),
                     3,
-                    endpoints,
+                    shape,
                 )
                 .await?;
                 figures.push(
                     Figure::new(
-                        format!("PostgreSQL, three nodes on one database{shape}"),
+                        format!("PostgreSQL, three nodes on one database{label}"),
                         three.rate,
                         "notifications/s",
                     )
-                    .against(format!("one node{shape}"), one.rate, "notifications/s")
+                    .against(format!("one node{label}"), one.rate, "notifications/s")
                     .target(Target::RatioAtLeast(1.0)),
                 );
                 figures.push(cpu_figure(
-                    &format!("PostgreSQL, three nodes{shape}"),
+                    &format!("PostgreSQL, three nodes{label}"),
                     &three,
                 ));
             }
@@ -143,8 +166,8 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
 }
 
 /// Posts `plan.sizes.e2e` notifications spread over `nodes` Herald nodes on `database` and
-/// over `endpoints` apps (one endpoint each), and waits until the engines counted every
-/// acknowledgement; returns notifications/s and the process's CPU time per notification,
+/// over the apps of `shape` (or all to the sink as their `notify_url`), and waits until the
+/// engines counted every acknowledgement; returns notifications/s and the process's CPU time per notification,
 /// both from the first POST to the last acknowledgement.
 async fn measure(
     plan: &Plan,
@@ -152,7 +175,7 @@ async fn measure(
     label: &str,
     database: &Database,
     nodes: usize,
-    endpoints: usize,
+    shape: Shape,
 ) -> anyhow::Result<Phase> {
     let n = plan.sizes.e2e;
     let client = load::client(PRODUCERS)?;
@@ -171,6 +194,10 @@ async fn measure(
         );
     }
     let mut apps = vec![first.app_id.clone()];
+    let endpoints = match shape {
+        Shape::Endpoints(n) => n,
+        Shape::NotifyUrl => 1,
+    };
     for _ in 1..endpoints {
         apps.push(first.add_app(plan, &client, &sink.url("/hook")).await?);
     }
@@ -190,7 +217,10 @@ async fn measure(
             .map(|s| s.succeeded.load(Ordering::Relaxed))
             .sum()
     };
-    let body = herald_api::notification_body();
+    let body = match shape {
+        Shape::Endpoints(_) => herald_api::notification_body(),
+        Shape::NotifyUrl => herald_api::notification_body_to(&sink.url("/hook")),
+    };
     let turn = Arc::new(AtomicUsize::new(0));
     let make: MakeRequest = Arc::new(move |c, _| {
         let i = turn.fetch_add(1, Ordering::Relaxed) % urls.len();

@@ -151,9 +151,15 @@ impl Herald {
     }
 }
 
-/// The body of every notification posted through the API.
+/// The body of every notification posted through the API (it goes to the app's endpoints).
 pub fn notification_body() -> Arc<str> {
     format!(r#"{{"event_type":"{EVENT_TYPE}","payload":{PAYLOAD}}}"#).into()
+}
+
+/// The body of a notification sent to its own `notify_url` instead of the app's endpoints.
+pub fn notification_body_to(notify_url: &str) -> Arc<str> {
+    let url = serde_json::Value::from(notify_url);
+    format!(r#"{{"event_type":"{EVENT_TYPE}","payload":{PAYLOAD},"notify_url":{url}}}"#).into()
 }
 
 /// A POST of `body` to `url` as a producer sends it (admin token, JSON).

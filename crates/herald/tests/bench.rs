@@ -1,5 +1,6 @@
 //! `herald bench`: the quick run reports every scenario with positive, finite figures in its
-//! JSON; e2e reports the process's CPU time per notification; a debug build refuses a full run; `--help` explains every scenario. Nothing about
+//! JSON; e2e reports the process's CPU time per notification, and on PostgreSQL one node and
+//! three for each shape (one endpoint, six, each notification's own `notify_url`); a debug build refuses a full run; `--help` explains every scenario. Nothing about
 //! speed is asserted: a debug build on a shared machine measures nothing worth asserting.
 use std::process::Command;
 
@@ -188,6 +189,55 @@ fn e2e_reports_cpu_time_per_notification_of_each_phase() {
     // At least some work per notification, at most a whole second: a unit slip shows.
     assert!((1.0..1e6).contains(&us), "{us} µs per notification");
     assert!(cpu["target"].is_null() && cpu["pass"].is_null(), "{cpu}");
+}
+
+#[test]
+fn e2e_on_postgres_measures_one_node_and_three_for_each_shape_notify_url_included() {
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--json", "--scenario", "e2e"])
+        .args(["--e2e-db", "postgres"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "herald bench: {}\n{stderr}",
+        out.status
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let figures = report["scenarios"]["e2e"]["figures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no e2e in {report:#}"));
+    let rates: Vec<(&str, Option<&str>)> = figures
+        .iter()
+        .filter(|f| f["unit"] == "notifications/s")
+        .map(|f| {
+            positive(&f["value"], &f["name"].to_string());
+            (
+                f["name"].as_str().unwrap_or_default(),
+                f["baseline"]["name"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rates,
+        [
+            ("PostgreSQL, one node", Some("ceiling")),
+            ("PostgreSQL, three nodes on one database", Some("one node")),
+            ("PostgreSQL, one node, 6 endpoints", Some("ceiling")),
+            (
+                "PostgreSQL, three nodes on one database, 6 endpoints",
+                Some("one node, 6 endpoints")
+            ),
+            ("PostgreSQL, one node, notify_url", Some("ceiling")),
+            (
+                "PostgreSQL, three nodes on one database, notify_url",
+                Some("one node, notify_url")
+            ),
+        ],
+        "{report:#}"
+    );
 }
 
 #[test]

@@ -818,8 +818,8 @@ pub(crate) async fn create_in_batch(
 ///
 /// Claims at birth (see [`Birth`]): with `$15` a node and `$16` the time, a delivery without
 /// an order key is inserted held by that node when the node's lease is live and either the
-/// delivery has no endpoint, or `$17` (the node is alone) and its endpoint's holder row
-/// names the node, is not locked by a claim (`FOR KEY SHARE SKIP LOCKED`: the row stays locked until this statement commits,
+/// delivery has no endpoint, or its endpoint's holder row names the node, is not locked by
+/// a claim (`FOR KEY SHARE SKIP LOCKED`: the row stays locked until this statement commits,
 /// so a claim of that endpoint on any node skips it meanwhile and, once it commits, sees the
 /// deliveries held) and its health does not hold it back. With `$15` NULL nothing is
 /// claimed.
@@ -832,7 +832,7 @@ const INSERT_NOTIFICATIONS: &str = "
     me AS MATERIALIZED (SELECT id FROM nodes WHERE id = $15::text AND lease_until >= $16),
     h AS MATERIALIZED (
         SELECT hh.endpoint_id FROM endpoint_holders hh
-        WHERE hh.endpoint_id = ANY($11::text[]) AND hh.node_id = $15::text AND $17::bool
+        WHERE hh.endpoint_id = ANY($11::text[]) AND hh.node_id = $15::text
           AND EXISTS (SELECT 1 FROM me)
           AND NOT EXISTS (SELECT 1 FROM endpoints b
                           WHERE b.id = hh.endpoint_id AND b.health_state <> 'closed'
@@ -873,19 +873,14 @@ const INSERT_NOTIFICATIONS: &str = "
 /// Claiming new deliveries at birth on PostgreSQL, for the node this store's engine runs
 /// (`Queue::register_node` with `claim_new`): the group commit's insert takes the deliveries
 /// it may ([`INSERT_NOTIFICATIONS`]) and the engine gets them as `Hint::Claimed` once the
-/// insert committed, so a notification needs no claim and no peek.
-///
-/// Deliveries to a `notify_url` (no endpoint, no order key) are claimed at birth on a fleet
-/// too: no rule ties them to a node, so the node whose API took the notification sends it.
-/// Deliveries to endpoints only while the store's last peek counted no other live node
-/// (`Inner::live_nodes`, [`Birth::endpoints`]): on a fleet the endpoints move between nodes
-/// by the fair-share rule of the claims, which deliveries claimed at birth would hold in
-/// place. The holder-row lock keeps the one-node-per-endpoint rule either way.
+/// insert committed, so a notification needs no claim and no peek. The store asks for it
+/// only while its last peek counted no other live node (`Inner::live_nodes`): on a fleet the
+/// endpoints move between nodes by the fair-share rule of the claims, which deliveries
+/// claimed at birth would hold in place. The holder-row lock keeps the one-node-per-endpoint
+/// rule either way.
 pub(crate) struct Birth {
     pub(crate) node: NodeId,
     pub(crate) now: UnixMillis,
-    /// Whether deliveries to endpoints may be claimed at birth (the node is alone).
-    pub(crate) endpoints: bool,
 }
 
 /// The deliveries a batch insert claimed at birth, to be handed to the birth node once the
@@ -966,7 +961,6 @@ pub(crate) async fn create_many_in_batch(
     let d_order_keys: Vec<Option<&str>> = each().map(|(_, k)| k.as_deref()).collect();
     let birth_node: Option<&str> = birth.map(|b| &*b.node);
     let birth_now: UnixMillis = birth.map(|b| b.now).unwrap_or(UnixMillis::new(0));
-    let birth_endpoints: bool = birth.is_some_and(|b| b.endpoints);
     let inserted = async {
         let stmt = c
             .prepare_cached(INSERT_NOTIFICATIONS)
@@ -992,7 +986,6 @@ pub(crate) async fn create_many_in_batch(
                     &d_order_keys,
                     &birth_node,
                     &birth_now,
-                    &birth_endpoints,
                 ],
             )
             .await

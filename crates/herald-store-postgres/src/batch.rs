@@ -12,8 +12,7 @@
 //! (`admin::create_many_in_batch`: an `INSERT ... SELECT FROM unnest(...)` of the
 //! notifications and one of their deliveries); one with a key is its own insert after a
 //! lookup of the key, since it may be a replay. That insert also claims new deliveries at
-//! birth for this store's node (to a `notify_url` always, to endpoints while the node is
-//! alone on the database: `admin::Birth`); they go
+//! birth for this store's node while it is alone on the database (`admin::Birth`); they go
 //! to the engine as `Hint::Claimed` once the batch committed, and the `work` signal goes out
 //! only when some new delivery was left for claims. (Measured with
 //! `pg_stat_statements` in the e2e bench: one statement per notification cost about 0.10 ms

@@ -73,8 +73,8 @@ pub(crate) struct Inner {
     pub(crate) idle_claims: std::sync::atomic::AtomicU32,
     /// Live nodes on the database, as this store's last peek counted them (1 until then).
     pub(crate) live_nodes: std::sync::atomic::AtomicU32,
-    /// The node new deliveries are claimed at birth for (`admin::Birth`): the last
-    /// registered with `claim_new`, until it leaves.
+    /// The node new deliveries are claimed at birth for while it is alone
+    /// (`admin::Birth`): the last registered with `claim_new`, until it leaves.
     pub(crate) birth_node: std::sync::Mutex<Option<NodeId>>,
     /// The health check's own connection (see [`MetaStore::ping`]).
     health: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
@@ -100,16 +100,13 @@ impl Inner {
         }
     }
 
-    /// Whom a group commit claims new deliveries for at birth, at `now`: the birth node;
-    /// deliveries to endpoints only while the last peek counted no other live node (see
-    /// `admin::Birth`).
+    /// Whom a group commit claims new deliveries for at birth, at `now`: the birth node,
+    /// while the last peek counted no other live node (see `admin::Birth`).
     pub(crate) fn birth(&self, now: UnixMillis) -> Option<admin::Birth> {
-        let alone = self.live_nodes.load(std::sync::atomic::Ordering::Relaxed) <= 1;
-        self.birth_node().map(|node| admin::Birth {
-            node,
-            now,
-            endpoints: alone,
-        })
+        if self.live_nodes.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+            return None;
+        }
+        self.birth_node().map(|node| admin::Birth { node, now })
     }
 }
 

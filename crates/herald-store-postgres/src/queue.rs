@@ -35,16 +35,15 @@
 //!   its successor in the same transaction (under its endpoint's holder row; skipped when
 //!   another claim holds that row, and a later claim takes the successor then). A group
 //!   commit's outcomes are one statement ([`complete_many`]) with the same conditions.
-//! - **Claims at birth.** A node gets the new deliveries its API took without an endpoint
-//!   (to a `notify_url`) claimed by the group commit's insert itself; alone on the database
-//!   (its last peek counted no other live node), also those of the endpoints whose holder
-//!   rows name it, under a `FOR KEY SHARE SKIP LOCKED` lock of those holder rows (see
-//!   `admin::Birth`): a claim of such an endpoint skips it until the insert commits, then
-//!   sees its deliveries held, so the one-holder rule stands. Deliveries with an order key,
-//!   of an endpoint held back by its health, or whose holder row a claim holds are left for
-//!   claims. A node's own claims wait for those inserts on the rows that name the node
-//!   ([`LOCK_OWN_ENDPOINTS`]) rather than skip them, so what an insert left is claimed at
-//!   once.
+//! - **Claims at birth.** A node alone on the database (its last peek counted no other
+//!   live node) gets the new deliveries of the endpoints whose holder rows name it, and
+//!   those without an endpoint, claimed by the group commit's insert itself, under a
+//!   `FOR KEY SHARE SKIP LOCKED` lock of those holder rows (see `admin::Birth`): a claim of
+//!   such an endpoint skips it until the insert commits, then sees its deliveries held, so
+//!   the one-holder rule stands. Deliveries with an order key, of an endpoint held back by
+//!   its health, or whose holder row a claim holds are left for claims. A node's own claims
+//!   wait for those inserts on the rows that name the node ([`LOCK_OWN_ENDPOINTS`]) rather
+//!   than skip them, so what an insert left is claimed at once.
 //! - **Leases** are rows of `nodes`; [`rescue`] forgets expired nodes, releases what they
 //!   held and clears the holder rows naming them, in one statement. Deleting an endpoint
 //!   (or its app) deletes its holder row.
@@ -92,7 +91,7 @@ const HELD_BY_OTHER: &str = "h.node_id <> $1
 /// it last; `free`), whether it has its holder row yet, and the number of live nodes;
 /// endpoints of another node are not probed for due work. A last row, always there, has a
 /// NULL endpoint, the number of live nodes (so a node learns of the others also when it
-/// finds nothing to claim: `Inner::live_nodes` decides claims at birth to endpoints), and `free` when
+/// finds nothing to claim: `Inner::live_nodes` decides claims at birth), and `free` when
 /// due work without an endpoint waits (`none` otherwise).
 /// Endpoints held back by their health are left out.
 ///

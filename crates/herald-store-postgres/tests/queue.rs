@@ -1688,8 +1688,7 @@ async fn a_lone_node_gets_deliveries_to_a_notify_url_claimed_at_birth() {
 /// endpoints move between nodes by the claims' fair share), for a node that left, for a
 /// node registered without `claim_new`, or while a claim holds the endpoint's holder row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn endpoint_deliveries_are_not_claimed_at_birth_on_a_fleet_nor_any_after_leaving_or_while_a_claim_holds_the_row(
-) {
+async fn nothing_is_claimed_at_birth_on_a_fleet_after_leaving_or_while_a_claim_holds_the_row() {
     let Holding {
         a,
         b,
@@ -1728,31 +1727,6 @@ async fn endpoint_deliveries_are_not_claimed_at_birth_on_a_fleet_nor_any_after_l
     assert!(claimed_hints(&mut hints).is_empty(), "claimed on a fleet");
     assert_eq!(unheld(pending_holders(&url).await), 20);
     assert_eq!(claim(&a, &me, T0, 500).await.len(), 20);
-    // Deliveries to a notify_url, which no rule ties to a node: the node whose API took
-    // them holds them from birth, on a fleet too.
-    create_at_once(&a, &ap.id, Some("https://m.example/notify"), 10).await;
-    let born = claimed_hints(&mut hints);
-    assert_eq!(
-        born.len(),
-        10,
-        "notify_url deliveries claimed at birth on a fleet"
-    );
-    assert!(born.iter().all(|j| j.endpoint.is_none()));
-    let held: Vec<i64> = pending_holders(&url)
-        .await
-        .into_iter()
-        .filter(|r| r.1.as_deref() == Some(&*me))
-        .map(|r| r.0)
-        .collect();
-    assert!(
-        born.iter().all(|j| held.contains(&j.seq)),
-        "held by the node"
-    );
-    assert!(
-        claim(&b, &other, T0, 500).await.is_empty(),
-        "node b finds them held"
-    );
-    assert_eq!(unheld(pending_holders(&url).await), 0);
     assert!(b.leave(other).await.expect("b leaves"));
     assert!(claim(&a, &me, T0, 10).await.is_empty()); // counts one live node again
 

@@ -27,27 +27,34 @@ fn positive(v: &Value, what: &str) -> f64 {
     x
 }
 
+/// Runs `herald` with `args` (RUST_LOG=warn), asserts that it succeeded, and returns its
+/// standard output and standard error.
+fn run_ok(args: &[&str], dir: Option<&std::path::Path>) -> (Vec<u8>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_LOG", "warn");
+    if let Some(dir) = dir {
+        cmd.arg("--dir").arg(dir);
+    }
+    let out = cmd.output().expect("run herald bench");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "herald {args:?}: {}\n{stderr}",
+        out.status
+    );
+    (out.stdout, stderr)
+}
+
 #[test]
 fn quick_json_reports_every_scenario() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
-        .args(["bench", "--quick", "--json", "--dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run herald bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "herald bench: {}\n{stderr}",
-        out.status
-    );
+    let (stdout, stderr) = run_ok(&["bench", "--quick", "--json"], Some(dir.path()));
     // Progress goes to standard error, in the fixed format.
     assert!(stderr.contains("bench delivery "), "{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let report: Value = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
         panic!(
             "stdout is not one JSON object ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&stdout)
         )
     });
     assert_eq!(report["quick"], true);
@@ -97,8 +104,8 @@ fn quick_json_reports_every_scenario() {
 #[test]
 fn e2e_db_sqlite_measures_on_sqlite_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
-        .args([
+    let (stdout, stderr) = run_ok(
+        &[
             "bench",
             "--quick",
             "--json",
@@ -106,20 +113,11 @@ fn e2e_db_sqlite_measures_on_sqlite_alone() {
             "e2e",
             "--e2e-db",
             "sqlite",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run herald bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "herald bench: {}\n{stderr}",
-        out.status
+        ],
+        Some(dir.path()),
     );
     assert!(!stderr.contains("postgres"), "{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
     let figures = report["scenarios"]["e2e"]["figures"]
         .as_array()
         .unwrap_or_else(|| panic!("no e2e in {report:#}"));
@@ -133,28 +131,17 @@ fn e2e_db_sqlite_measures_on_sqlite_alone() {
 #[test]
 fn e2e_reports_cpu_time_per_notification_of_each_phase() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--quick",
-            "--scenario",
-            "e2e",
-            "--e2e-db",
-            "sqlite",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run herald bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "herald bench: {}\n{stderr}",
-        out.status
-    );
+    let e2e = [
+        "bench",
+        "--quick",
+        "--scenario",
+        "e2e",
+        "--e2e-db",
+        "sqlite",
+    ];
+    let (stdout, _) = run_ok(&e2e, Some(dir.path()));
     // The table shows it ...
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = String::from_utf8_lossy(&stdout);
     assert!(
         table.lines().any(
             |l| l.contains("SQLite: CPU time of the whole process per notification")
@@ -163,15 +150,8 @@ fn e2e_reports_cpu_time_per_notification_of_each_phase() {
         "{table}"
     );
     // ... and the JSON carries it, positive, with no target of its own.
-    let out = Command::new(BIN)
-        .args(["bench", "--quick", "--json", "--scenario", "e2e"])
-        .args(["--e2e-db", "sqlite", "--dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run herald bench");
-    assert!(out.status.success(), "herald bench --json: {}", out.status);
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let (stdout, _) = run_ok(&[&e2e[..], &["--json"]].concat(), Some(dir.path()));
+    let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
     let figures = report["scenarios"]["e2e"]["figures"]
         .as_array()
         .unwrap_or_else(|| panic!("no e2e in {report:#}"));
@@ -193,19 +173,19 @@ fn e2e_reports_cpu_time_per_notification_of_each_phase() {
 
 #[test]
 fn e2e_on_postgres_measures_one_node_and_three_for_each_shape_notify_url_included() {
-    let out = Command::new(BIN)
-        .args(["bench", "--quick", "--json", "--scenario", "e2e"])
-        .args(["--e2e-db", "postgres"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run herald bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "herald bench: {}\n{stderr}",
-        out.status
+    let (stdout, _) = run_ok(
+        &[
+            "bench",
+            "--quick",
+            "--json",
+            "--scenario",
+            "e2e",
+            "--e2e-db",
+            "postgres",
+        ],
+        None,
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
     let figures = report["scenarios"]["e2e"]["figures"]
         .as_array()
         .unwrap_or_else(|| panic!("no e2e in {report:#}"));

@@ -62,6 +62,14 @@ impl Shape {
             Shape::NotifyUrl => ", notify_url".into(),
         }
     }
+
+    /// The apps (one endpoint each) the phase creates.
+    fn apps(self) -> usize {
+        match self {
+            Shape::Endpoints(n) => n,
+            Shape::NotifyUrl => 1,
+        }
+    }
 }
 
 /// What one phase measured.
@@ -167,8 +175,8 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
 
 /// Posts `plan.sizes.e2e` notifications spread over `nodes` Herald nodes on `database` and
 /// over the apps of `shape` (or all to the sink as their `notify_url`), and waits until the
-/// engines counted every acknowledgement; returns notifications/s and the process's CPU time per notification,
-/// both from the first POST to the last acknowledgement.
+/// engines counted every acknowledgement; returns notifications/s and the process's CPU
+/// time per notification, both from the first POST to the last acknowledgement.
 async fn measure(
     plan: &Plan,
     sink: &AckSink,
@@ -194,11 +202,7 @@ async fn measure(
         );
     }
     let mut apps = vec![first.app_id.clone()];
-    let endpoints = match shape {
-        Shape::Endpoints(n) => n,
-        Shape::NotifyUrl => 1,
-    };
-    for _ in 1..endpoints {
+    for _ in 1..shape.apps() {
         apps.push(first.add_app(plan, &client, &sink.url("/hook")).await?);
     }
     // Consecutive posts go to different nodes and, a round of nodes later, to the next app.

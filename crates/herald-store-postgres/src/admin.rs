@@ -1084,7 +1084,8 @@ async fn born_jobs(
     let mut jobs = Vec::with_capacity(born.len());
     let mut unsure = false;
     for d in rows {
-        let payload: Arc<str> = Arc::from(d.notification.payload.as_str());
+        // Shared by the notification's born deliveries; made only if it has one.
+        let mut payload: Option<Arc<str>> = None;
         for (delivery, order_key) in d.deliveries.iter().zip(&d.order_keys) {
             let Some(&seq) = born.get(&delivery.id) else {
                 continue;
@@ -1112,7 +1113,9 @@ async fn born_jobs(
                 endpoint,
                 url: delivery.url.clone(),
                 event_type: d.notification.event_type.clone(),
-                payload: payload.clone(),
+                payload: payload
+                    .get_or_insert_with(|| Arc::from(d.notification.payload.as_str()))
+                    .clone(),
                 created_at: d.notification.created_at,
                 attempts: 0,
                 next_at: d.notification.created_at,

@@ -45,6 +45,13 @@ fn run_ok(args: &[&str], dir: Option<&std::path::Path>) -> (Vec<u8>, String) {
     (out.stdout, stderr)
 }
 
+/// The e2e scenario's figures in a `--json` report.
+fn e2e_figures(report: &Value) -> &Vec<Value> {
+    report["scenarios"]["e2e"]["figures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no e2e in {report:#}"))
+}
+
 #[test]
 fn quick_json_reports_every_scenario() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -118,9 +125,7 @@ fn e2e_db_sqlite_measures_on_sqlite_alone() {
     );
     assert!(!stderr.contains("postgres"), "{stderr}");
     let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
-    let figures = report["scenarios"]["e2e"]["figures"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no e2e in {report:#}"));
+    let figures = e2e_figures(&report);
     assert_eq!(figures.len(), 2, "{report:#}");
     let name = figures[0]["name"].as_str().expect("a figure name");
     assert!(name.starts_with("SQLite"), "{name}");
@@ -152,9 +157,7 @@ fn e2e_reports_cpu_time_per_notification_of_each_phase() {
     // ... and the JSON carries it, positive, with no target of its own.
     let (stdout, _) = run_ok(&[&e2e[..], &["--json"]].concat(), Some(dir.path()));
     let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
-    let figures = report["scenarios"]["e2e"]["figures"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no e2e in {report:#}"));
+    let figures = e2e_figures(&report);
     let cpu = figures
         .iter()
         .find(|f| f["unit"] == "µs CPU/notification")
@@ -186,9 +189,7 @@ fn e2e_on_postgres_measures_one_node_and_three_for_each_shape_notify_url_include
         None,
     );
     let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
-    let figures = report["scenarios"]["e2e"]["figures"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no e2e in {report:#}"));
+    let figures = e2e_figures(&report);
     let rates: Vec<(&str, Option<&str>)> = figures
         .iter()
         .filter(|f| f["unit"] == "notifications/s")

@@ -143,17 +143,33 @@ const LOCK_ENDPOINTS: &str = "SELECT endpoint_id FROM endpoint_holders
 const LOCK_OWN_ENDPOINTS: &str = "SELECT endpoint_id FROM endpoint_holders
     WHERE endpoint_id = ANY($1) AND node_id = $2 ORDER BY endpoint_id FOR UPDATE";
 
-/// Makes the rest of a claim's transaction run [`CLAIM`] (and [`LOCK_ENDPOINTS`]) on their
-/// generic plans, and the peek before them (see [`look`]). Left to itself, PostgreSQL
-/// planned the claim anew on every run (a plan for the actual endpoint array always looks
-/// cheaper than the generic one): about 1 ms of the database's time a claim, measured with
-/// `pg_stat_statements` in the e2e bench, as much as running it. The generic plan walks the
-/// same indexes (`deliveries_due_by_endpoint` per endpoint, one probe of
-/// `deliveries_held_by_node`); the small tables (endpoints, holder rows, nodes) are read
-/// however their statistics make cheapest. A claim whose peek ran in the same transaction
-/// sends it again with the lock: a utility statement in the same round trip, cheaper than
-/// a flag through [`claim_in`] (0.01 s of a bench phase for about 1,200 of them).
-const GENERIC_CLAIM: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+/// How the rest of a claim's transaction is planned: [`CLAIM`] (and [`LOCK_ENDPOINTS`]) and
+/// the peek before them (see [`look`]), each on its generic plan and without bitmap scans.
+///
+/// Generic plans: left to itself, PostgreSQL planned the claim anew on every run (a plan for
+/// the actual endpoint array always looks cheaper than the generic one): about 1 ms of the
+/// database's time a claim, measured with `pg_stat_statements` in the e2e bench, as much as
+/// running it. The generic plan walks the same indexes (`deliveries_due_by_endpoint` per
+/// endpoint, one probe of `deliveries_held_by_node`); the small tables (endpoints, holder
+/// rows, nodes) are read however their statistics make cheapest.
+///
+/// No bitmap scans: the probe "does another live node hold a pending delivery of this
+/// endpoint" ([`HELD_BY_OTHER`]) reads `deliveries_held_by_node`, whose entries for the
+/// versions that finished deliveries left behind stay until a vacuum. The planner, which
+/// counts live rows only, took a bitmap scan for it; a bitmap scan reads the heap page of
+/// every such entry on every call and marks none dead. A plain index scan marks each one
+/// dead the first time it finds its version dead, and later probes step over it without
+/// the heap (`a_repeated_peek_steps_over_what_another_nodes_finished_deliveries_left`).
+/// On a database that had served four earlier bench phases, the three-node, 6-endpoint
+/// phase's peek went from 2.3-2.6 ms and about 3,000 buffers a call to 0.14 ms and 82
+/// (docs/performance.md). Set for these transactions only: for every statement (tried in
+/// an earlier round) it made other statements slower.
+///
+/// A claim whose peek ran in the same transaction sends this again with the lock: utility
+/// statements in the same round trip, cheaper than a flag through [`claim_in`] (0.01 s of
+/// a bench phase for about 1,200 of them).
+const CLAIM_PLANS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_bitmapscan = off";
 
 /// The claim statement, run after [`LOCK_ENDPOINTS`] in the same transaction so that its
 /// snapshot sees every earlier claim of those endpoints. `$1` node, `$2` horizon, `$3` now,
@@ -398,10 +414,10 @@ async fn claim_in(
     endpointless: bool,
     order_key: Option<&str>,
 ) -> Result<Vec<Arc<ClaimedDelivery>>> {
-    // Sent ahead of the lock, in the same round trip (see [`GENERIC_CLAIM`]).
-    let generic = async { tx.batch_execute(GENERIC_CLAIM).await.map_err(backend) };
+    // Sent ahead of the lock, in the same round trip (see [`CLAIM_PLANS`]).
+    let settings = async { tx.batch_execute(CLAIM_PLANS).await.map_err(backend) };
     let locked: Vec<String> = if endpoints.is_empty() {
-        generic.await?;
+        settings.await?;
         Vec::new()
     } else {
         // A successor's claim (inside an outcome's transaction) waits for nothing.
@@ -417,7 +433,7 @@ async fn claim_in(
         };
         let lock = tx.prepare_cached(LOCK_ENDPOINTS).await.map_err(backend)?;
         let lock = async { tx.query(&lock, &[&endpoints]).await.map_err(backend) };
-        let ((), own, rows) = tokio::try_join!(generic, own, lock)?;
+        let ((), own, rows) = tokio::try_join!(settings, own, lock)?;
         let mut locked = own
             .iter()
             .chain(&rows)
@@ -591,7 +607,7 @@ async fn jobs_from_rows(
 type PeekRow = (Option<String>, String, bool, i64);
 
 /// Runs [`PEEK`] (prepared as `peek`) in `tx` on its generic plan, sent with
-/// [`GENERIC_CLAIM`] in one round trip. Left to itself, PostgreSQL planned the peek anew on
+/// [`CLAIM_PLANS`] in one round trip. Left to itself, PostgreSQL planned the peek anew on
 /// every run, as it did the claim: 0.15 s of planning for 0.05 s of running in the e2e
 /// bench's one-node phase (`pg_stat_statements`). Its generic plan probes the same indexes
 /// (`the_peek_probes_each_endpoint_instead_of_hashing_the_whole_table`).
@@ -602,13 +618,13 @@ async fn look(
     horizon: UnixMillis,
     now: UnixMillis,
 ) -> Result<Vec<PeekRow>> {
-    let generic = async { tx.batch_execute(GENERIC_CLAIM).await.map_err(backend) };
+    let settings = async { tx.batch_execute(CLAIM_PLANS).await.map_err(backend) };
     let rows = async {
         tx.query(peek, &[&node, &horizon, &now])
             .await
             .map_err(backend)
     };
-    let ((), rows) = tokio::try_join!(generic, rows)?;
+    let ((), rows) = tokio::try_join!(settings, rows)?;
     rows.iter()
         .map(|r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)))
         .collect()
@@ -1045,6 +1061,10 @@ mod tests {
         let (runs, mode) = crate::testing::plans(&client, "%WITH ok AS%").await;
         assert_eq!(runs, (3, 0), "each claim ran the generic plan");
         assert_eq!(mode, "auto", "SET LOCAL ended with the claim");
+        assert_eq!(
+            crate::testing::show(&client, "enable_bitmapscan").await,
+            "on"
+        );
     }
 
     #[tokio::test]
@@ -1065,6 +1085,133 @@ mod tests {
         let (runs, mode) = crate::testing::plans(&client, "%WITH RECURSIVE pend%").await;
         assert_eq!(runs, (3, 0), "each peek ran the generic plan");
         assert_eq!(mode, "auto", "SET LOCAL ended with the peek");
+        assert_eq!(
+            crate::testing::show(&client, "enable_bitmapscan").await,
+            "on"
+        );
+    }
+
+    /// The shared buffers one peek of node `node` at `now` touches, run as [`look`] runs it
+    /// (in a transaction, after [`CLAIM_PLANS`]), read from `EXPLAIN (ANALYZE, BUFFERS)`;
+    /// and its rows as (endpoint, state).
+    async fn peek_buffers(
+        client: &mut deadpool_postgres::Object,
+        node: &str,
+        now: i64,
+    ) -> (u64, Vec<(Option<String>, String)>) {
+        let tx = client.transaction().await.expect("begin");
+        tx.batch_execute(CLAIM_PLANS).await.expect("settings");
+        let plan: Vec<String> = tx
+            .query(
+                &format!("EXPLAIN (ANALYZE, BUFFERS) EXECUTE peek('{node}', {now}, {now})"),
+                &[],
+            )
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let rows = tx
+            .query(&format!("EXECUTE peek('{node}', {now}, {now})"), &[])
+            .await
+            .expect("peek")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        tx.commit().await.expect("commit");
+        // The first `Buffers:` line is the top node's, which counts every node under it.
+        let line = plan
+            .iter()
+            .find(|l| l.trim_start().starts_with("Buffers:"))
+            .unwrap_or_else(|| panic!("no buffers in\n{}", plan.join("\n")));
+        let count = |what: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(what))
+                .map_or(0, |n| n.parse().expect("a count"))
+        };
+        (count("hit=") + count("read="), rows)
+    }
+
+    #[tokio::test]
+    async fn a_repeated_peek_steps_over_what_another_nodes_finished_deliveries_left() {
+        let store = crate::PgStore::connect(&herald_pgtest::database())
+            .await
+            .expect("store");
+        let mut client = store.inner.client().await.expect("client");
+        client
+            .batch_execute(&format!(
+                "PREPARE peek(text, bigint, bigint) AS {}",
+                peek_sql()
+            ))
+            .await
+            .expect("prepare");
+        // The peek's generic plan is made on its first run, here on a young table of 600
+        // deliveries, 60 of them held: its probe of another node's held work is then a
+        // bitmap scan unless bitmap scans are off.
+        for sql in [
+            "INSERT INTO nodes (id, lease_until) VALUES ('node_a', 9000000000000),
+                                                       ('node_b', 9000000000000)",
+            "INSERT INTO endpoint_holders (endpoint_id, node_id) VALUES ('ep_1', 'node_b')",
+            "INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
+                                     status, attempts, next_at, created_at, updated_at,
+                                     locked_by)
+             SELECT 'dlv_y' || i, 100000 + i, 'app_1', 'ep_' || (i % 6), 'http://127.0.0.1:9/',
+                    'msg_y' || i, CASE WHEN i % 10 = 0 THEN 'pending' ELSE 'succeeded' END, 0,
+                    CASE WHEN i % 10 = 0 THEN i END, i, i,
+                    CASE WHEN i % 10 = 0 THEN 'node_' || (i % 3) END
+             FROM generate_series(1, 600) AS i",
+            "ANALYZE deliveries",
+        ] {
+            client.batch_execute(sql).await.expect("a young table");
+        }
+        peek_buffers(&mut client, "node_a", 1_000).await;
+        // Then node_b held and finished 20,000 deliveries of ep_1: each left a version
+        // behind, and an entry for it in `deliveries_held_by_node`, until a vacuum. It
+        // still holds one; one more waits unheld.
+        for sql in [
+            "INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
+                                     status, attempts, next_at, created_at, updated_at,
+                                     locked_by)
+             SELECT 'dlv_' || i, i, 'app_1', 'ep_1', 'http://127.0.0.1:9/', 'msg_' || i,
+                    'pending', 0, i, i, i, 'node_b'
+             FROM generate_series(1, 20000) AS i",
+            "UPDATE deliveries SET status = 'succeeded', attempts = 1, next_at = NULL,
+                                   locked_by = NULL
+             WHERE locked_by = 'node_b'",
+            "INSERT INTO deliveries (id, notification_seq, app_id, endpoint_id, url, notify_id,
+                                     status, attempts, next_at, created_at, updated_at,
+                                     locked_by)
+             VALUES ('dlv_held', 20001, 'app_1', 'ep_1', 'http://127.0.0.1:9/', 'msg_held',
+                     'pending', 0, 1, 1, 1, 'node_b'),
+                    ('dlv_waits', 20002, 'app_1', 'ep_1', 'http://127.0.0.1:9/', 'msg_waits',
+                     'pending', 0, 1, 1, 1, NULL)",
+        ] {
+            client.batch_execute(sql).await.expect("setup");
+        }
+        let other = (Some("ep_1".to_string()), "other".to_string());
+        let (first, rows) = peek_buffers(&mut client, "node_a", 1_000).await;
+        assert_eq!(rows.first(), Some(&other), "{rows:?}");
+        // A bitmap scan reads the heap page of each of the 20,000 entries on every peek
+        // (about 400 pages each time); an index scan marks them dead once their versions
+        // are dead to every transaction (other tests' transactions in this cluster can
+        // delay that a little), and later peeks step over them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut reads = Vec::new();
+        loop {
+            let (again, rows) = peek_buffers(&mut client, "node_a", 1_000).await;
+            assert_eq!(rows.first(), Some(&other), "{rows:?}");
+            reads.push(again);
+            if again * 10 < first {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first peek read {first} buffers, the {} after it over 20 s at least {}",
+                reads.len(),
+                reads.iter().min().unwrap_or(&0)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// The plan PostgreSQL makes for `sql` (prepared with `types`, run with `args`) under

@@ -40,3 +40,11 @@ pub(crate) async fn plans(c: &impl GenericClient, pattern: &str) -> ((i64, i64),
         .expect("show");
     ((row.get(0), row.get(1)), mode.get(0))
 }
+
+/// The session's value of setting `name`.
+pub(crate) async fn show(c: &impl GenericClient, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}"), &[])
+        .await
+        .expect("show")
+        .get(0)
+}

@@ -160,14 +160,17 @@ const LOCK_OWN_ENDPOINTS: &str = "SELECT endpoint_id FROM endpoint_holders
 /// every such entry on every call and marks none dead. A plain index scan marks each one
 /// dead the first time it finds its version dead, and later probes step over it without
 /// the heap (`a_repeated_peek_steps_over_what_another_nodes_finished_deliveries_left`).
-/// On a database that had served four earlier bench phases, the three-node, 6-endpoint
-/// phase's peek went from 2.3-2.6 ms and about 3,000 buffers a call to 0.14 ms and 82
-/// (docs/performance.md). Set for these transactions only: for every statement (tried in
-/// an earlier round) it made other statements slower.
+/// On a database that had served three earlier bench phases, the three-node, 6-endpoint
+/// phase's peek went from 1.7-2.6 ms and 2,256-3,077 buffers a call (in four runs of five)
+/// to 0.14-0.19 ms and 82-190 (docs/performance.md). Set for these transactions only: for
+/// every statement (tried in an earlier round) it made other statements slower.
 ///
 /// A claim whose peek ran in the same transaction sends this again with the lock: utility
 /// statements in the same round trip, cheaper than a flag through [`claim_in`] (0.01 s of
-/// a bench phase for about 1,200 of them).
+/// a bench phase for about 1,200 of them). A successor's claim runs inside its outcome's
+/// transaction, which may be a group commit's: the statements that batch sends after it
+/// run under these settings too (they look their rows up by key; so it was for the generic
+/// plans before bitmap scans were turned off here).
 const CLAIM_PLANS: &str =
     "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_bitmapscan = off";
 

@@ -1394,12 +1394,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_of_one_apps_reads_settle_on_their_generic_plans() {
-        let store = crate::PgStore::connect(&herald_pgtest::database())
-            .await
-            .expect("store");
-        let app = create_app(&store.inner, crate::testing::shop(UnixMillis::new(1_000)))
-            .await
-            .expect("app");
+        let store = crate::testing::store().await;
+        let app = create_app(
+            &store.inner,
+            herald_store::conformance::new_app("shop", UnixMillis::new(1_000)),
+        )
+        .await
+        .expect("app");
         let client = store.inner.client().await.expect("client");
         // PostgreSQL plans a prepared statement anew on its first five runs, then keeps
         // the generic plan unless a fresh plan looks cheaper.

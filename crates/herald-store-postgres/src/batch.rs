@@ -602,7 +602,10 @@ mod tests {
         let a = PgStore::connect(&url).await.expect("store a");
         let node_a = register(&a, "node_a").await;
         assert_eq!(permits(&a.inner), 1, "a node alone");
-        let app = a.create_app(crate::testing::shop(T0)).await.expect("app");
+        let app = a
+            .create_app(herald_store::conformance::new_app("shop", T0))
+            .await
+            .expect("app");
         let claim = |node: NodeId| ClaimParams {
             node,
             now: T0,

@@ -1037,9 +1037,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_runs_on_the_generic_plan_and_leaves_the_session_as_it_was() {
-        let store = crate::PgStore::connect(&herald_pgtest::database())
-            .await
-            .expect("store");
+        let store = crate::testing::store().await;
         let inner = &store.inner;
         let mut client = inner.client().await.expect("client");
         for _ in 0..3 {
@@ -1072,9 +1070,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_peek_runs_on_the_generic_plan_and_leaves_the_session_as_it_was() {
-        let store = crate::PgStore::connect(&herald_pgtest::database())
-            .await
-            .expect("store");
+        let store = crate::testing::store().await;
         let mut client = store.inner.client().await.expect("client");
         let peek = client.prepare_cached(&peek_sql()).await.expect("prepare");
         for i in 0..3 {
@@ -1137,9 +1133,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeated_peek_steps_over_what_another_nodes_finished_deliveries_left() {
-        let store = crate::PgStore::connect(&herald_pgtest::database())
-            .await
-            .expect("store");
+        let store = crate::testing::store().await;
         let mut client = store.inner.client().await.expect("client");
         client
             .batch_execute(&format!(

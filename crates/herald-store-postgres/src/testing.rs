@@ -1,26 +1,13 @@
-//! What the driver's unit tests share: a new app to store, and how PostgreSQL planned a
-//! prepared statement (several hot statements are written so that it keeps their generic
-//! plans, and the tests check that it does).
+//! What the driver's unit tests share: a store on a fresh database, and how PostgreSQL
+//! planned a prepared statement (several hot statements are written so that it keeps their
+//! generic plans, and the tests check that it does) and a session's settings.
 use deadpool_postgres::GenericClient;
-use herald_protocols::standard_webhooks::{KeyEntry, Keys};
-use herald_protocols::{Credentials, Profile};
-use herald_store::model::{NewApp, UnixMillis};
 
-/// A Standard Webhooks app named `shop`, created at `now`.
-pub(crate) fn shop(now: UnixMillis) -> NewApp {
-    NewApp {
-        name: "shop".into(),
-        profile: Profile::StandardWebhooks,
-        retry: None,
-        ack: None,
-        credentials: Credentials::StandardWebhooks(Keys {
-            keys: vec![KeyEntry {
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                expires_at: None,
-            }],
-        }),
-        now,
-    }
+/// A store on a fresh database of the tests' throwaway cluster.
+pub(crate) async fn store() -> crate::PgStore {
+    crate::PgStore::connect(&herald_pgtest::database())
+        .await
+        .expect("store")
 }
 
 /// How often this session ran the one prepared statement whose text is `LIKE pattern` on
@@ -34,11 +21,7 @@ pub(crate) async fn plans(c: &impl GenericClient, pattern: &str) -> ((i64, i64),
         )
         .await
         .expect("the prepared statement");
-    let mode = c
-        .query_one("SHOW plan_cache_mode", &[])
-        .await
-        .expect("show");
-    ((row.get(0), row.get(1)), mode.get(0))
+    ((row.get(0), row.get(1)), show(c, "plan_cache_mode").await)
 }
 
 /// The session's value of setting `name`.

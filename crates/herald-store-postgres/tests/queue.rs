@@ -5,8 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_protocols::standard_webhooks::{KeyEntry, Keys};
-use herald_protocols::{Credentials, Profile};
+use herald_protocols::Credentials;
 use herald_store::model::*;
 use herald_store::queue::*;
 use herald_store::{AdminStore, EventType, MetaStore, Queue};
@@ -29,19 +28,7 @@ async fn two_stores() -> (PgStore, PgStore, String) {
 
 async fn app(store: &PgStore) -> App {
     store
-        .create_app(NewApp {
-            name: "shop".into(),
-            profile: Profile::StandardWebhooks,
-            retry: None,
-            ack: None,
-            credentials: Credentials::StandardWebhooks(Keys {
-                keys: vec![KeyEntry {
-                    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                    expires_at: None,
-                }],
-            }),
-            now: T0,
-        })
+        .create_app(herald_store::conformance::new_app("shop", T0))
         .await
         .expect("create app")
 }

@@ -153,8 +153,6 @@ async fn an_ops_target_stored_before_migration_8_is_moved_into_an_internal_app_a
 mod single_process {
     use std::sync::Arc;
 
-    use herald_protocols::standard_webhooks::{KeyEntry, Keys};
-    use herald_protocols::{Credentials, Profile};
     use herald_store::*;
     use herald_store_sqlite::{Durability, SqliteStore};
 
@@ -166,19 +164,7 @@ mod single_process {
 
     async fn app_and_node(store: &SqliteStore, claim_new: bool) -> (App, NodeId) {
         let app = store
-            .create_app(NewApp {
-                name: "shop".into(),
-                profile: Profile::StandardWebhooks,
-                retry: None,
-                ack: None,
-                credentials: Credentials::StandardWebhooks(Keys {
-                    keys: vec![KeyEntry {
-                        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                        expires_at: None,
-                    }],
-                }),
-                now: T0,
-            })
+            .create_app(conformance::new_app("shop", T0))
             .await
             .unwrap();
         let node: NodeId = Arc::from("node_local");

@@ -114,16 +114,22 @@ async fn app(store: &impl Store) -> App {
 
 async fn named_app(store: &impl Store, name: &str) -> App {
     store
-        .create_app(NewApp {
-            name: name.into(),
-            profile: Profile::StandardWebhooks,
-            retry: None,
-            ack: None,
-            credentials: creds(),
-            now: T0,
-        })
+        .create_app(new_app(name, T0))
         .await
         .expect("create app")
+}
+
+/// A Standard Webhooks app named `name`, created at `now`, signing with the suite's key:
+/// the app drivers' own tests create too.
+pub fn new_app(name: &str, now: UnixMillis) -> NewApp {
+    NewApp {
+        name: name.into(),
+        profile: Profile::StandardWebhooks,
+        retry: None,
+        ack: None,
+        credentials: creds(),
+        now,
+    }
 }
 
 fn new_endpoint(app_id: &str, url: &str) -> NewEndpoint {

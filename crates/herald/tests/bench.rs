@@ -1,7 +1,8 @@
 //! `herald bench`: the quick run reports every scenario with positive, finite figures in its
 //! JSON; e2e reports the process's CPU time per notification, and on PostgreSQL one node and
-//! three for each shape (one endpoint, six, each notification's own `notify_url`); a debug build refuses a full run; `--help` explains every scenario. Nothing about
-//! speed is asserted: a debug build on a shared machine measures nothing worth asserting.
+//! three for each shape (one endpoint, six, each notification's own `notify_url`); a debug
+//! build refuses a full run; `--help` explains every scenario. Nothing about speed is
+//! asserted: a debug build on a shared machine measures nothing worth asserting.
 use std::process::Command;
 
 use serde_json::Value;
@@ -43,6 +44,25 @@ fn run_ok(args: &[&str], dir: Option<&std::path::Path>) -> (Vec<u8>, String) {
         out.status
     );
     (out.stdout, stderr)
+}
+
+/// `herald bench --quick --json --scenario e2e --e2e-db <db>`: the report, and standard
+/// error.
+fn quick_e2e_report(db: &str, dir: Option<&std::path::Path>) -> (Value, String) {
+    let (stdout, stderr) = run_ok(
+        &[
+            "bench",
+            "--quick",
+            "--json",
+            "--scenario",
+            "e2e",
+            "--e2e-db",
+            db,
+        ],
+        dir,
+    );
+    let report = serde_json::from_slice(&stdout).expect("one JSON object");
+    (report, stderr)
 }
 
 /// The e2e scenario's figures in a `--json` report.
@@ -111,20 +131,8 @@ fn quick_json_reports_every_scenario() {
 #[test]
 fn e2e_db_sqlite_measures_on_sqlite_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (stdout, stderr) = run_ok(
-        &[
-            "bench",
-            "--quick",
-            "--json",
-            "--scenario",
-            "e2e",
-            "--e2e-db",
-            "sqlite",
-        ],
-        Some(dir.path()),
-    );
+    let (report, stderr) = quick_e2e_report("sqlite", Some(dir.path()));
     assert!(!stderr.contains("postgres"), "{stderr}");
-    let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
     let figures = e2e_figures(&report);
     assert_eq!(figures.len(), 2, "{report:#}");
     let name = figures[0]["name"].as_str().expect("a figure name");
@@ -176,19 +184,7 @@ fn e2e_reports_cpu_time_per_notification_of_each_phase() {
 
 #[test]
 fn e2e_on_postgres_measures_one_node_and_three_for_each_shape_notify_url_included() {
-    let (stdout, _) = run_ok(
-        &[
-            "bench",
-            "--quick",
-            "--json",
-            "--scenario",
-            "e2e",
-            "--e2e-db",
-            "postgres",
-        ],
-        None,
-    );
-    let report: Value = serde_json::from_slice(&stdout).expect("one JSON object");
+    let (report, _) = quick_e2e_report("postgres", None);
     let figures = e2e_figures(&report);
     let rates: Vec<(&str, Option<&str>)> = figures
         .iter()

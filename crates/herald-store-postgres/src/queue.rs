@@ -1059,13 +1059,7 @@ mod tests {
             assert!(jobs.is_empty());
             tx.commit().await.expect("commit");
         }
-        let (runs, mode) = crate::testing::plans(&client, "%WITH ok AS%").await;
-        assert_eq!(runs, (3, 0), "each claim ran the generic plan");
-        assert_eq!(mode, "auto", "SET LOCAL ended with the claim");
-        assert_eq!(
-            crate::testing::show(&client, "enable_bitmapscan").await,
-            "on"
-        );
+        three_generic_runs_then_as_it_was(&client, "%WITH ok AS%", "claim").await;
     }
 
     #[tokio::test]
@@ -1081,11 +1075,21 @@ mod tests {
             assert_eq!((rows[0].0.as_deref(), rows[0].1.as_str()), (None, "none"));
             tx.commit().await.expect("commit");
         }
-        let (runs, mode) = crate::testing::plans(&client, "%WITH RECURSIVE pend%").await;
-        assert_eq!(runs, (3, 0), "each peek ran the generic plan");
-        assert_eq!(mode, "auto", "SET LOCAL ended with the peek");
+        three_generic_runs_then_as_it_was(&client, "%WITH RECURSIVE pend%", "peek").await;
+    }
+
+    /// The statement `LIKE pattern` (a `what`) ran three times, each on its generic plan,
+    /// and [`CLAIM_PLANS`] ended with each transaction.
+    async fn three_generic_runs_then_as_it_was(
+        client: &deadpool_postgres::Object,
+        pattern: &str,
+        what: &str,
+    ) {
+        let (runs, mode) = crate::testing::plans(client, pattern).await;
+        assert_eq!(runs, (3, 0), "each {what} ran the generic plan");
+        assert_eq!(mode, "auto", "SET LOCAL ended with the {what}");
         assert_eq!(
-            crate::testing::show(&client, "enable_bitmapscan").await,
+            crate::testing::show(client, "enable_bitmapscan").await,
             "on"
         );
     }

@@ -590,10 +590,80 @@ const INSERT_NOTIFICATION: &str = "
 
 /// What a new notification of one app is decided on: the app's profile (its credentials
 /// are not needed, so not opened) and the endpoints it may fan out to. A group commit reads
-/// this once per app for all of that app's notifications in the batch.
+/// this once per app for all of that app's notifications in the batch, or takes it from the
+/// store's [`TargetsCache`].
 pub(crate) struct AppTargets {
     profile: Profile,
     endpoints: Vec<Endpoint>,
+    /// The versions of the rows this was read from ([`fingerprint_of`]), as the apps' read
+    /// saw them: the batch insert refuses to decide on it once they changed.
+    fingerprint: String,
+}
+
+/// The row versions an app's [`AppTargets`] are read from, as one text: the app row's and
+/// its live endpoints' `xmin` (the transaction that wrote the version) and `ctid` (where
+/// the version lies), endpoints in id order. Every change of one of those rows writes a new
+/// version (a new `xmin` and `ctid`), an endpoint created or deleted changes the list, so
+/// the text changes with every change that can change a decision; row locks (the inserts'
+/// `FOR KEY SHARE`) change neither. A `VACUUM FULL` moves rows and changes it without a
+/// change of settings: the targets are then read again, nothing worse. `{app}` is the alias
+/// of the app row.
+fn fingerprint_of(app: &str) -> String {
+    format!(
+        "({app}.xmin::text || '/' || {app}.ctid::text || ':' || coalesce(
+            (SELECT string_agg(fe.xmin::text || '/' || fe.ctid::text, ',' ORDER BY fe.id)
+             FROM endpoints fe WHERE fe.app_id = {app}.id AND NOT fe.deleted), ''))"
+    )
+}
+
+/// The [`AppTargets`] a store's group commits decided on, by app id, so that a batch of
+/// notifications of apps seen before costs one statement (the insert) instead of three
+/// (the app, its endpoints, the insert): the two reads were half of the statements of the
+/// e2e bench's one-node PostgreSQL phase. An entry is never trusted blindly: the insert
+/// checks every app's [fingerprint](fingerprint_of) against the rows in its own snapshot
+/// and inserts nothing when one differs (a change made on this node or any other since the
+/// read), and the batch then reads them again ([`TargetsCache::forget`]). Bounded: past
+/// [`TargetsCache::MAX`] apps it starts over.
+#[derive(Default)]
+pub(crate) struct TargetsCache {
+    apps: std::sync::Mutex<HashMap<String, Arc<AppTargets>>>,
+    /// Reads of targets from the database that filled it (what the tests count).
+    pub(crate) reads: std::sync::atomic::AtomicU64,
+}
+
+impl TargetsCache {
+    const MAX: usize = 10_000;
+
+    /// The targets of every app of `app_ids`, when all are cached.
+    pub(crate) fn all(&self, app_ids: &[&str]) -> Option<HashMap<String, Arc<AppTargets>>> {
+        let apps = self.apps.lock().ok()?;
+        app_ids
+            .iter()
+            .map(|id| apps.get(*id).map(|t| (id.to_string(), t.clone())))
+            .collect()
+    }
+
+    fn put(&self, read: &HashMap<String, Arc<AppTargets>>) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut apps) = self.apps.lock() {
+            if apps.len() + read.len() > Self::MAX {
+                apps.clear();
+            }
+            for (id, t) in read {
+                apps.insert(id.clone(), t.clone());
+            }
+        }
+    }
+
+    /// Drops the entries of `app_ids` (found changed by an insert).
+    pub(crate) fn forget(&self, app_ids: &[&str]) {
+        if let Ok(mut apps) = self.apps.lock() {
+            for id in app_ids {
+                apps.remove(*id);
+            }
+        }
+    }
 }
 
 /// Reads the [`AppTargets`] of the live apps among `app_ids`, by app id: two statements
@@ -607,10 +677,13 @@ pub(crate) struct AppTargets {
 /// its first runs. Measured with `pg_stat_statements` in the e2e bench's PostgreSQL phases:
 /// planning took 0.37 s of the one-node phase's 4.95 s of statement time and 0.48 s of the
 /// three-node phase's 5.79 s, as much as running the two reads.
+///
+/// What is read goes into `cache` (when given) for the next batches.
 pub(crate) async fn read_apps_targets(
     c: &impl GenericClient,
     app_ids: &[&str],
-) -> Result<HashMap<String, AppTargets>> {
+    cache: Option<&TargetsCache>,
+) -> Result<HashMap<String, Arc<AppTargets>>> {
     let one = app_ids.first().filter(|_| app_ids.len() == 1);
     let (test, arg): (&str, &(dyn ToSql + Sync)) = match &one {
         Some(id) => ("= $1", id),
@@ -618,7 +691,8 @@ pub(crate) async fn read_apps_targets(
     };
     let app_stmt = c
         .prepare_cached(&format!(
-            "SELECT {APP_COLS} FROM apps WHERE id {test} AND deleted_at IS NULL"
+            "SELECT {APP_COLS}, {} FROM apps WHERE id {test} AND deleted_at IS NULL",
+            fingerprint_of("apps")
         ))
         .await
         .map_err(backend)?;
@@ -633,12 +707,15 @@ pub(crate) async fn read_apps_targets(
         async { c.query(&app_stmt, &[arg]).await.map_err(backend) },
         async { c.query(&endpoint_stmt, &[arg]).await.map_err(backend) },
     )?;
+    // The fingerprint follows the app's columns.
+    let fingerprint_column = APP_COLS.split(',').count();
     let mut out = HashMap::with_capacity(apps.len());
     for row in &apps {
         let id: String = col(row, 0)?;
         let targets = AppTargets {
             profile: rows::app_profile(row)?,
             endpoints: Vec::new(),
+            fingerprint: col(row, fingerprint_column)?,
         };
         out.insert(id, targets);
     }
@@ -647,6 +724,11 @@ pub(crate) async fn read_apps_targets(
         if let Some(app) = out.get_mut(&endpoint.app_id) {
             app.endpoints.push(endpoint);
         }
+    }
+    let out: HashMap<String, Arc<AppTargets>> =
+        out.into_iter().map(|(id, t)| (id, Arc::new(t))).collect();
+    if let Some(cache) = cache {
+        cache.put(&out);
     }
     Ok(out)
 }
@@ -824,11 +906,28 @@ pub(crate) async fn create_in_batch(
 /// deliveries held) and its health does not hold it back. With `$15` NULL nothing is
 /// claimed.
 ///
+/// With `$17` the [fingerprints](fingerprint_of) of the apps `$1` (in the same order) as the
+/// batch's targets were read, nothing is inserted when one of them differs from the rows in
+/// this statement's snapshot (the targets were read from the cache, and a change was
+/// committed since); the answer is then one row of NULLs. With `$17` NULL there is no such
+/// check (targets read just before, by the batch itself).
+///
 /// Answers the ids of the notifications inserted (with a NULL seq), then the id and seq of
 /// each delivery claimed at birth.
-const INSERT_NOTIFICATIONS: &str = "
+static INSERT_NOTIFICATIONS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    INSERT_NOTIFICATIONS_SQL.replace("{fingerprint}", &fingerprint_of("fa"))
+});
+
+/// [`INSERT_NOTIFICATIONS`] before its fingerprint expression is put in.
+const INSERT_NOTIFICATIONS_SQL: &str = "
     WITH a AS (SELECT id FROM apps WHERE id = ANY($1::text[]) AND deleted_at IS NULL
                ORDER BY id FOR KEY SHARE),
+    stale AS MATERIALIZED (
+        SELECT 1 FROM unnest($1::text[], $17::text[]) AS v(app, fingerprint)
+        WHERE $17::text[] IS NOT NULL
+          AND v.fingerprint IS DISTINCT FROM (SELECT {fingerprint} FROM apps fa
+                                               WHERE fa.id = v.app)
+        LIMIT 1),
     me AS MATERIALIZED (SELECT id FROM nodes WHERE id = $15::text AND lease_until >= $16),
     h AS MATERIALIZED (
         SELECT hh.endpoint_id FROM endpoint_holders hh
@@ -846,7 +945,7 @@ const INSERT_NOTIFICATIONS: &str = "
                     $8::bigint[])
                 WITH ORDINALITY AS t(id, app_id, event_type, payload, notify_url, order_key,
                                      created_at, ord)
-        WHERE t.app_id IN (SELECT id FROM a)
+        WHERE t.app_id IN (SELECT id FROM a) AND NOT EXISTS (SELECT 1 FROM stale)
         ORDER BY t.ord
         RETURNING seq, id, app_id, created_at),
     d AS (
@@ -868,7 +967,9 @@ const INSERT_NOTIFICATIONS: &str = "
         RETURNING seq, id, locked_by IS NOT NULL AS born)
     SELECT n.id, NULL::bigint FROM n
     UNION ALL
-    SELECT d.id, d.seq FROM d WHERE d.born";
+    SELECT d.id, d.seq FROM d WHERE d.born
+    UNION ALL
+    SELECT NULL, NULL FROM stale";
 
 /// Claiming new deliveries at birth on PostgreSQL, for the node this store's engine runs
 /// (`Queue::register_node` with `claim_new`): the group commit's insert takes the deliveries
@@ -903,6 +1004,9 @@ pub(crate) struct ManyCreated {
     pub(crate) results: Vec<Result<CreatedNotification>>,
     pub(crate) born: Born,
     pub(crate) unclaimed: bool,
+    /// Nothing was stored: an app's targets changed since they were read (only when asked
+    /// to check them). The caller reads them again and stores the batch then.
+    pub(crate) stale: bool,
 }
 
 /// Stores many notifications without an idempotency key inside a group commit's
@@ -910,13 +1014,25 @@ pub(crate) struct ManyCreated {
 /// decided on its app as the batch read it (`None`: no such app), with the new deliveries
 /// claimed at birth for `birth` where they may be. A result is `NotFound("app")` for a
 /// notification whose app is unknown or was deleted meanwhile. An error of the statement
-/// (which aborts the transaction) is every one's.
+/// (which aborts the transaction) is every one's. With `check`, the statement first checks
+/// that the apps' targets are what they were read as (see [`ManyCreated::stale`]).
 pub(crate) async fn create_many_in_batch(
     inner: &Inner,
     c: &impl GenericClient,
     news: Vec<(NewNotification, Option<&AppTargets>)>,
     birth: Option<&Birth>,
+    check: bool,
 ) -> ManyCreated {
+    let mut fingerprints: HashMap<String, &str> = HashMap::new();
+    if check {
+        for (new, app) in &news {
+            if let Some(app) = app {
+                fingerprints
+                    .entry(new.app_id.clone())
+                    .or_insert(app.fingerprint.as_str());
+            }
+        }
+    }
     let decided: Vec<Option<Decided>> = news
         .into_iter()
         .map(|(new, app)| app.map(|a| decide(new, None, a.profile, &a.endpoints)))
@@ -930,6 +1046,7 @@ pub(crate) async fn create_many_in_batch(
                 .collect(),
             born: Born::default(),
             unclaimed: false,
+            stale: false,
         };
     }
     let generation = inner.contexts.generation();
@@ -939,6 +1056,11 @@ pub(crate) async fn create_many_in_batch(
         .collect();
     apps.sort_unstable();
     apps.dedup();
+    let app_fingerprints: Option<Vec<&str>> = check.then(|| {
+        apps.iter()
+            .map(|id| fingerprints.get(*id).copied().unwrap_or_default())
+            .collect()
+    });
     let n = |f: fn(&Notification) -> Option<&str>| -> Vec<Option<&str>> {
         rows.iter().map(|d| f(&d.notification)).collect()
     };
@@ -963,7 +1085,7 @@ pub(crate) async fn create_many_in_batch(
     let birth_now: UnixMillis = birth.map(|b| b.now).unwrap_or(UnixMillis::new(0));
     let inserted = async {
         let stmt = c
-            .prepare_cached(INSERT_NOTIFICATIONS)
+            .prepare_cached(&INSERT_NOTIFICATIONS)
             .await
             .map_err(backend)?;
         let rows = c
@@ -986,14 +1108,19 @@ pub(crate) async fn create_many_in_batch(
                     &d_order_keys,
                     &birth_node,
                     &birth_now,
+                    &app_fingerprints,
                 ],
             )
             .await
             .map_err(backend)?;
         let mut notifications = std::collections::HashSet::new();
         let mut born = HashMap::new();
+        let mut stale = false;
         for r in &rows {
-            let id: String = col(r, 0)?;
+            let Some(id) = col::<Option<String>>(r, 0)? else {
+                stale = true;
+                continue;
+            };
             match col::<Option<i64>>(r, 1)? {
                 None => {
                     notifications.insert(id);
@@ -1003,11 +1130,19 @@ pub(crate) async fn create_many_in_batch(
                 }
             }
         }
-        Ok::<_, StoreError>((notifications, born))
+        Ok::<_, StoreError>((notifications, born, stale))
     }
     .await;
+    if matches!(inserted, Ok((_, _, true))) {
+        return ManyCreated {
+            results: Vec::new(),
+            born: Born::default(),
+            unclaimed: false,
+            stale: true,
+        };
+    }
     let (born, unclaimed) = match &inserted {
-        Ok((notifications, born)) => {
+        Ok((notifications, born, _)) => {
             let stored = rows
                 .iter()
                 .filter(|d| notifications.contains(&d.notification.id))
@@ -1029,7 +1164,7 @@ pub(crate) async fn create_many_in_batch(
             let d = d.ok_or(StoreError::NotFound("app"))?;
             match &inserted {
                 Err(e) => Err(e.clone()),
-                Ok((ids, _)) if ids.contains(&d.notification.id) => Ok(CreatedNotification {
+                Ok((ids, _, _)) if ids.contains(&d.notification.id) => Ok(CreatedNotification {
                     notification: d.notification,
                     deliveries: d.deliveries,
                     replayed: false,
@@ -1043,6 +1178,7 @@ pub(crate) async fn create_many_in_batch(
         results,
         born,
         unclaimed,
+        stale: false,
     }
 }
 
@@ -1405,7 +1541,7 @@ mod tests {
         // PostgreSQL plans a prepared statement anew on its first five runs, then keeps
         // the generic plan unless a fresh plan looks cheaper.
         for _ in 0..10 {
-            let read = read_apps_targets(&client, &[app.id.as_str()])
+            let read = read_apps_targets(&client, &[app.id.as_str()], None)
                 .await
                 .expect("read");
             assert!(read.contains_key(&app.id));

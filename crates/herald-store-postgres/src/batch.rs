@@ -7,7 +7,10 @@
 //! [`IN_FLIGHT`] batches commit at once (one while other nodes share the database); the
 //! next batch forms while they do. What a new notification is decided on (its app's
 //! profile and endpoints) is read for the whole batch before its writes, in two statements
-//! however many apps it holds (`admin::read_apps_targets`). The batch's notifications
+//! however many apps it holds (`admin::read_apps_targets`), unless the store's cache holds
+//! every app of the batch (`admin::TargetsCache`: the insert then checks, in its own
+//! snapshot, that none of those apps or their endpoints changed since, and stores nothing
+//! when one did; the batch reads them and stores again). The batch's notifications
 //! without an idempotency key are then one statement for all of them
 //! (`admin::create_many_in_batch`: an `INSERT ... SELECT FROM unnest(...)` of the
 //! notifications and one of their deliveries); one with a key is its own insert after a
@@ -274,7 +277,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, backend(e)),
     };
-    let apps = match read_apps(&tx, &batch).await {
+    let apps = match read_apps(&tx, &batch, None).await {
         Ok(apps) => apps,
         Err(e) => {
             // As a failed statement: each operation runs again alone.
@@ -292,14 +295,19 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         if creates.is_empty() {
             None
         } else {
-            Some(admin::create_many_in_batch(inner, &tx, creates, birth.as_ref()).await)
+            Some(admin::create_many_in_batch(inner, &tx, creates, birth.as_ref(), false).await)
         }
     };
     let each = join_all(batch.iter().map(|w| async {
         match w {
             Write::Create(new, _) if plain(new) => None,
             Write::Create(new, _) => Some(Done::Create(
-                admin::create_in_batch(&tx, new.clone(), apps.get(new.app_id.as_str())).await,
+                admin::create_in_batch(
+                    &tx,
+                    new.clone(),
+                    apps.get(new.app_id.as_str()).map(|a| &**a),
+                )
+                .await,
             )),
             Write::Complete(..) if set_based => None,
             Write::Complete(p, _) => Some(Done::Complete(
@@ -386,12 +394,8 @@ fn answer(inner: &Inner, batch: Vec<Write>, done: Vec<Done>, unclaimed: bool) {
     }
 }
 
-/// What the batch's notifications are decided on, by app id: each app's profile and
-/// endpoints, read once for all of its notifications in the batch (two statements).
-async fn read_apps(
-    c: &impl GenericClient,
-    batch: &[Write],
-) -> Result<HashMap<String, admin::AppTargets>> {
+/// The apps of the batch's notifications, each once.
+fn app_ids_of(batch: &[Write]) -> Vec<&str> {
     let mut app_ids: Vec<&str> = batch
         .iter()
         .filter_map(|w| match w {
@@ -399,47 +403,78 @@ async fn read_apps(
             Write::Complete(..) => None,
         })
         .collect();
+    app_ids.sort_unstable();
+    app_ids.dedup();
+    app_ids
+}
+
+/// What the batch's notifications are decided on, by app id: each app's profile and
+/// endpoints, read once for all of its notifications in the batch (two statements), and
+/// kept in `cache` when given.
+async fn read_apps(
+    c: &impl GenericClient,
+    batch: &[Write],
+    cache: Option<&admin::TargetsCache>,
+) -> Result<HashMap<String, Arc<admin::AppTargets>>> {
+    let app_ids = app_ids_of(batch);
     if app_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    app_ids.sort_unstable();
-    app_ids.dedup();
-    admin::read_apps_targets(c, &app_ids).await
+    admin::read_apps_targets(c, &app_ids, cache).await
 }
 
 /// The batch's notifications that go in its one insert, each with its app as read.
 fn plain_creates<'a>(
     batch: &[Write],
-    apps: &'a HashMap<String, admin::AppTargets>,
+    apps: &'a HashMap<String, Arc<admin::AppTargets>>,
 ) -> Vec<(NewNotification, Option<&'a admin::AppTargets>)> {
     batch
         .iter()
         .filter_map(|w| match w {
             Write::Create(new, _) if plain(new) => {
-                Some((new.clone(), apps.get(new.app_id.as_str())))
+                Some((new.clone(), apps.get(new.app_id.as_str()).map(|a| &**a)))
             }
             _ => None,
         })
         .collect()
 }
 
-/// A batch of notifications without an idempotency key: their apps are read (two
-/// statements), then all are stored by one statement, which commits by itself. (The
-/// transaction of a mixed batch would add `BEGIN` and `COMMIT`, two round trips, and
-/// share nothing: each statement reads its own snapshot either way.)
+/// A batch of notifications without an idempotency key, stored by one statement, which
+/// commits by itself. (The transaction of a mixed batch would add `BEGIN` and `COMMIT`,
+/// two round trips, and share nothing: each statement reads its own snapshot either way.)
+/// Their apps' targets come from the store's cache when every app of the batch is there,
+/// and the insert checks them (`admin::TargetsCache`); otherwise, or when the insert found
+/// one changed, they are read first (two statements) and the insert takes them as read.
 async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
     let client = match inner.client().await {
         Ok(c) => c,
         Err(e) => return fail_all(batch, e),
     };
-    let apps = match read_apps(&client, &batch).await {
-        Ok(apps) => apps,
-        Err(e) => return each_alone(inner, &client, batch, e).await,
-    };
     let birth = birth_of(inner, &batch);
-    let many =
-        admin::create_many_in_batch(inner, &client, plain_creates(&batch, &apps), birth.as_ref())
-            .await;
+    let mut cached = inner.targets.all(&app_ids_of(&batch));
+    let many = loop {
+        let check = cached.is_some();
+        let apps = match cached.take() {
+            Some(apps) => apps,
+            None => match read_apps(&client, &batch, Some(&inner.targets)).await {
+                Ok(apps) => apps,
+                Err(e) => return each_alone(inner, &client, batch, e).await,
+            },
+        };
+        let many = admin::create_many_in_batch(
+            inner,
+            &client,
+            plain_creates(&batch, &apps),
+            birth.as_ref(),
+            check,
+        )
+        .await;
+        if !many.stale {
+            break many;
+        }
+        // Changed since it was cached: read again (and store on what was read).
+        inner.targets.forget(&app_ids_of(&batch));
+    };
     let done: Vec<Done> = many.results.into_iter().map(Done::Create).collect();
     match first_failure(&done) {
         Some(e) => {
@@ -633,5 +668,84 @@ mod tests {
             let want = if round == 0 { 1 } else { IN_FLIGHT };
             assert_eq!(permits(&a.inner) as usize, want, "round {round}");
         }
+    }
+
+    /// A group commit decides a notification on its app's targets from the store's cache,
+    /// reading nothing, yet on the endpoints as they are: each change another node makes
+    /// (an endpoint added, one disabled, one deleted) reaches the very next notification.
+    #[tokio::test]
+    async fn cached_targets_follow_every_endpoint_change_another_node_makes() {
+        use herald_store::conformance::{new_app, new_endpoint};
+        use std::sync::atomic::Ordering::Relaxed;
+
+        let url = herald_pgtest::database();
+        let a = PgStore::connect(&url).await.expect("store a");
+        let b = PgStore::connect(&url).await.expect("store b");
+        let app = a.create_app(new_app("shop", T0)).await.expect("app");
+        let one = a
+            .create_endpoint(new_endpoint(&app.id, "https://one.example/hook"))
+            .await
+            .expect("endpoint one");
+        // Where node a's next notification of the app goes.
+        let send = || async {
+            let created = a
+                .create_notification(NewNotification {
+                    app_id: app.id.clone(),
+                    event_type: "trade.success".parse().expect("event type"),
+                    payload: "{}".into(),
+                    notify_url: None,
+                    idempotency_key: None,
+                    order_key: None,
+                    now: T0,
+                })
+                .await
+                .expect("notification");
+            let mut to: Vec<String> = created
+                .deliveries
+                .iter()
+                .filter_map(|d| d.endpoint_id.clone())
+                .collect();
+            to.sort();
+            to
+        };
+        assert_eq!(send().await, vec![one.id.clone()]);
+        let reads = a.inner.targets.reads.load(Relaxed);
+        assert_eq!(send().await, vec![one.id.clone()]);
+        assert_eq!(
+            a.inner.targets.reads.load(Relaxed),
+            reads,
+            "the second notification's targets came from the cache"
+        );
+
+        let two = b
+            .create_endpoint(new_endpoint(&app.id, "https://two.example/hook"))
+            .await
+            .expect("endpoint two");
+        let mut both = vec![one.id.clone(), two.id.clone()];
+        both.sort();
+        assert_eq!(send().await, both, "an endpoint added on node b");
+
+        let off = EndpointPatch {
+            enabled: Some(false),
+            ..EndpointPatch::default()
+        };
+        b.update_endpoint(&app.id, &one.id, off, T0)
+            .await
+            .expect("disable")
+            .expect("endpoint one");
+        assert_eq!(
+            send().await,
+            vec![two.id.clone()],
+            "endpoint one disabled on b"
+        );
+
+        assert!(b
+            .delete_endpoint(&app.id, &two.id, T0)
+            .await
+            .expect("delete"));
+        assert!(send().await.is_empty(), "endpoint two deleted on b");
+        let reads = a.inner.targets.reads.load(Relaxed);
+        assert!(send().await.is_empty());
+        assert_eq!(a.inner.targets.reads.load(Relaxed), reads, "cached again");
     }
 }

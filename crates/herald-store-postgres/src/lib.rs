@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) target: Target,
     pub(crate) contexts: Contexts,
+    /// What the group commit decides new notifications on, by app (see `admin::TargetsCache`).
+    pub(crate) targets: admin::TargetsCache,
     pub(crate) subscribers: Subscribers,
     pub(crate) work: WorkSignal,
     pub(crate) batcher: batch::Batcher,
@@ -151,6 +153,7 @@ impl PgStore {
             pool,
             target,
             contexts: Contexts::with_sealer(sealer),
+            targets: admin::TargetsCache::default(),
             subscribers: Subscribers::default(),
             work,
             batcher,

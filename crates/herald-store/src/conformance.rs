@@ -132,7 +132,9 @@ pub fn new_app(name: &str, now: UnixMillis) -> NewApp {
     }
 }
 
-fn new_endpoint(app_id: &str, url: &str) -> NewEndpoint {
+/// An enabled endpoint of app `app_id` at `url` taking every event type, created at the
+/// suite's start time: the drivers' own tests create it too.
+pub fn new_endpoint(app_id: &str, url: &str) -> NewEndpoint {
     NewEndpoint {
         app_id: app_id.into(),
         url: url.parse().unwrap(),

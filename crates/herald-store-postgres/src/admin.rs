@@ -595,72 +595,93 @@ const INSERT_NOTIFICATION: &str = "
 pub(crate) struct AppTargets {
     profile: Profile,
     endpoints: Vec<Endpoint>,
-    /// The versions of the rows this was read from ([`fingerprint_of`]), as the apps' read
-    /// saw them: the batch insert refuses to decide on it once they changed.
+    /// What this was read as ([`fingerprint_of`]): the batch insert refuses to decide on
+    /// it once the rows say otherwise.
     fingerprint: String,
 }
 
-/// The row versions an app's [`AppTargets`] are read from, as one text: the app row's and
-/// its live endpoints' `xmin` (the transaction that wrote the version) and `ctid` (where
-/// the version lies), endpoints in id order. Every change of one of those rows writes a new
-/// version (a new `xmin` and `ctid`), an endpoint created or deleted changes the list, so
-/// the text changes with every change that can change a decision; row locks (the inserts'
-/// `FOR KEY SHARE`) change neither. A `VACUUM FULL` moves rows and changes it without a
-/// change of settings: the targets are then read again, nothing worse. `{app}` is the alias
-/// of the app row.
+/// What a decision on an app's notifications depends on, as one text: a SHA-256 (hex) of
+/// the app's profile and, for each of its live endpoints in id order, the id, URL, event
+/// types, `ordered` and `enabled`, encoded as JSON (unambiguous whatever the values hold).
+/// Any change that can change a decision changes it: an endpoint added, deleted, disabled
+/// (by hand or by its health), its URL or filter changed. Changes that cannot, such as the
+/// health counters every failed attempt writes, leave it as it was, so a cached entry
+/// survives them. `{app}` is the alias of the app row.
 fn fingerprint_of(app: &str) -> String {
     format!(
-        "({app}.xmin::text || '/' || {app}.ctid::text || ':' || coalesce(
-            (SELECT string_agg(fe.xmin::text || '/' || fe.ctid::text, ',' ORDER BY fe.id)
-             FROM endpoints fe WHERE fe.app_id = {app}.id AND NOT fe.deleted), ''))"
+        "encode(sha256(convert_to(json_build_array({app}.profile,
+            (SELECT json_agg(json_build_array(fe.id, fe.url, fe.event_types, fe.ordered,
+                                              fe.enabled) ORDER BY fe.id)
+             FROM endpoints fe WHERE fe.app_id = {app}.id AND NOT fe.deleted))::text,
+            'UTF8')), 'hex')"
     )
 }
 
 /// The [`AppTargets`] a store's group commits decided on, by app id, so that a batch of
 /// notifications of apps seen before costs one statement (the insert) instead of three
-/// (the app, its endpoints, the insert): the two reads were half of the statements of the
-/// e2e bench's one-node PostgreSQL phase. An entry is never trusted blindly: the insert
-/// checks every app's [fingerprint](fingerprint_of) against the rows in its own snapshot
-/// and inserts nothing when one differs (a change made on this node or any other since the
-/// read), and the batch then reads them again ([`TargetsCache::forget`]). Bounded: past
-/// [`TargetsCache::MAX`] apps it starts over.
+/// (the app, its endpoints, the insert): the two reads were more than half of the
+/// statements of the e2e bench's one-node PostgreSQL phase, and one of the batch's two
+/// round trips before its commit. An entry is never trusted blindly: the insert checks
+/// every app's [fingerprint](fingerprint_of) against the rows in its own snapshot and
+/// inserts nothing when one differs (a change made on this node or any other since the
+/// read), and the batch then reads them again ([`TargetsCache::forget`]). Bounded by the
+/// endpoints it holds ([`TargetsCache::MAX_ENDPOINTS`]): past that it starts over, and an
+/// app with more endpoints than that is not kept at all.
 #[derive(Default)]
 pub(crate) struct TargetsCache {
-    apps: std::sync::Mutex<HashMap<String, Arc<AppTargets>>>,
+    kept: std::sync::Mutex<Kept>,
     /// Reads of targets from the database that filled it (what the tests count).
     pub(crate) reads: std::sync::atomic::AtomicU64,
 }
 
+#[derive(Default)]
+struct Kept {
+    apps: HashMap<String, Arc<AppTargets>>,
+    /// The endpoints of all of `apps` (each app counts one more, for the app itself).
+    size: usize,
+}
+
 impl TargetsCache {
-    const MAX: usize = 10_000;
+    /// Most endpoints (and apps) kept: a few tens of megabytes at most.
+    const MAX_ENDPOINTS: usize = 100_000;
 
     /// The targets of every app of `app_ids`, when all are cached.
     pub(crate) fn all(&self, app_ids: &[&str]) -> Option<HashMap<String, Arc<AppTargets>>> {
-        let apps = self.apps.lock().ok()?;
+        let kept = self.kept.lock().ok()?;
         app_ids
             .iter()
-            .map(|id| apps.get(*id).map(|t| (id.to_string(), t.clone())))
+            .map(|id| kept.apps.get(*id).map(|t| (id.to_string(), t.clone())))
             .collect()
     }
 
     fn put(&self, read: &HashMap<String, Arc<AppTargets>>) {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut apps) = self.apps.lock() {
-            if apps.len() + read.len() > Self::MAX {
-                apps.clear();
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        for (id, t) in read {
+            let size = t.endpoints.len() + 1;
+            if size > Self::MAX_ENDPOINTS {
+                continue;
             }
-            for (id, t) in read {
-                apps.insert(id.clone(), t.clone());
+            if kept.size + size > Self::MAX_ENDPOINTS {
+                *kept = Kept::default();
             }
+            if let Some(old) = kept.apps.insert(id.clone(), t.clone()) {
+                kept.size -= old.endpoints.len() + 1;
+            }
+            kept.size += size;
         }
     }
 
     /// Drops the entries of `app_ids` (found changed by an insert).
     pub(crate) fn forget(&self, app_ids: &[&str]) {
-        if let Ok(mut apps) = self.apps.lock() {
+        if let Ok(mut kept) = self.kept.lock() {
             for id in app_ids {
-                apps.remove(*id);
+                if let Some(old) = kept.apps.remove(*id) {
+                    kept.size -= old.endpoints.len() + 1;
+                }
             }
         }
     }
@@ -1527,6 +1548,56 @@ async fn cancel_pending(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache of targets never holds more than its bound of endpoints, whatever the
+    /// apps it is given: it starts over past the bound, skips an app bigger than the bound,
+    /// and counts what it forgets.
+    #[test]
+    fn the_targets_cache_holds_at_most_its_bound_of_endpoints() {
+        let endpoint = Endpoint {
+            id: "ep_1".into(),
+            app_id: "app_1".into(),
+            url: "https://a.example/hook".parse().expect("url"),
+            event_types: None,
+            retry: None,
+            ack: None,
+            max_in_flight: 8,
+            ordered: false,
+            enabled: true,
+            timeout_ms: None,
+            created_at: UnixMillis::new(0),
+            updated_at: UnixMillis::new(0),
+            health: Default::default(),
+        };
+        let app = |endpoints: usize| {
+            Arc::new(AppTargets {
+                profile: Profile::StandardWebhooks,
+                endpoints: vec![endpoint.clone(); endpoints],
+                fingerprint: String::new(),
+            })
+        };
+        let size = |cache: &TargetsCache| cache.kept.lock().expect("lock").size;
+        let cache = TargetsCache::default();
+        let per_app = TargetsCache::MAX_ENDPOINTS / 4;
+        for i in 0..10 {
+            let id = format!("app_{i}");
+            cache.put(&HashMap::from([(id.clone(), app(per_app))]));
+            assert!(size(&cache) <= TargetsCache::MAX_ENDPOINTS, "after {id}");
+            assert!(cache.all(&[id.as_str()]).is_some(), "{id} is kept");
+        }
+        assert!(cache.all(&["app_0"]).is_none(), "the first apps made room");
+
+        cache.put(&HashMap::from([(
+            "huge".to_string(),
+            app(TargetsCache::MAX_ENDPOINTS),
+        )]));
+        assert!(cache.all(&["huge"]).is_none(), "bigger than the bound");
+
+        let before = size(&cache);
+        cache.forget(&["app_9", "unknown"]);
+        assert_eq!(size(&cache), before - (per_app + 1));
+        assert!(cache.all(&["app_9"]).is_none());
+    }
 
     #[tokio::test]
     async fn a_batch_of_one_apps_reads_settle_on_their_generic_plans() {

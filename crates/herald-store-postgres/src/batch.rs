@@ -672,7 +672,8 @@ mod tests {
 
     /// A group commit decides a notification on its app's targets from the store's cache,
     /// reading nothing, yet on the endpoints as they are: each change another node makes
-    /// (an endpoint added, one disabled, one deleted) reaches the very next notification.
+    /// (an endpoint added, one disabled, one deleted) reaches the very next notification,
+    /// while a health write, which changes no decision, keeps the cache serving.
     #[tokio::test]
     async fn cached_targets_follow_every_endpoint_change_another_node_makes() {
         use herald_store::conformance::{new_app, new_endpoint};
@@ -715,6 +716,24 @@ mod tests {
             a.inner.targets.reads.load(Relaxed),
             reads,
             "the second notification's targets came from the cache"
+        );
+        // What every failed attempt writes (another node's health report) changes nothing
+        // a decision depends on: the cache still serves.
+        b.inner
+            .client()
+            .await
+            .expect("client")
+            .execute(
+                "UPDATE endpoints SET health_failures = health_failures + 1 WHERE id = $1",
+                &[&one.id],
+            )
+            .await
+            .expect("a health write");
+        assert_eq!(send().await, vec![one.id.clone()]);
+        assert_eq!(
+            a.inner.targets.reads.load(Relaxed),
+            reads,
+            "a health write left the cached targets alone"
         );
 
         let two = b

@@ -1554,21 +1554,10 @@ mod tests {
     /// and counts what it forgets.
     #[test]
     fn the_targets_cache_holds_at_most_its_bound_of_endpoints() {
-        let endpoint = Endpoint {
-            id: "ep_1".into(),
-            app_id: "app_1".into(),
-            url: "https://a.example/hook".parse().expect("url"),
-            event_types: None,
-            retry: None,
-            ack: None,
-            max_in_flight: 8,
-            ordered: false,
-            enabled: true,
-            timeout_ms: None,
-            created_at: UnixMillis::new(0),
-            updated_at: UnixMillis::new(0),
-            health: Default::default(),
-        };
+        let endpoint = endpoint_row(herald_store::conformance::new_endpoint(
+            "app_1",
+            "https://a.example/hook",
+        ));
         let app = |endpoints: usize| {
             Arc::new(AppTargets {
                 profile: Profile::StandardWebhooks,

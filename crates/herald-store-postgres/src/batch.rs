@@ -672,8 +672,9 @@ mod tests {
 
     /// A group commit decides a notification on its app's targets from the store's cache,
     /// reading nothing, yet on the endpoints as they are: each change another node makes
-    /// (an endpoint added, one disabled, one deleted) reaches the very next notification,
-    /// while a health write, which changes no decision, keeps the cache serving.
+    /// (an endpoint added, one disabled, one deleted, the app deleted) reaches the very next
+    /// notification, while a health write, which changes no decision, keeps the cache
+    /// serving.
     #[tokio::test]
     async fn cached_targets_follow_every_endpoint_change_another_node_makes() {
         use herald_store::conformance::{new_app, new_endpoint};
@@ -687,18 +688,19 @@ mod tests {
             .create_endpoint(new_endpoint(&app.id, "https://one.example/hook"))
             .await
             .expect("endpoint one");
+        let notification = || NewNotification {
+            app_id: app.id.clone(),
+            event_type: "trade.success".parse().expect("event type"),
+            payload: "{}".into(),
+            notify_url: None,
+            idempotency_key: None,
+            order_key: None,
+            now: T0,
+        };
         // Where node a's next notification of the app goes.
         let send = || async {
             let created = a
-                .create_notification(NewNotification {
-                    app_id: app.id.clone(),
-                    event_type: "trade.success".parse().expect("event type"),
-                    payload: "{}".into(),
-                    notify_url: None,
-                    idempotency_key: None,
-                    order_key: None,
-                    now: T0,
-                })
+                .create_notification(notification())
                 .await
                 .expect("notification");
             let mut to: Vec<String> = created
@@ -766,5 +768,16 @@ mod tests {
         let reads = a.inner.targets.reads.load(Relaxed);
         assert!(send().await.is_empty());
         assert_eq!(a.inner.targets.reads.load(Relaxed), reads, "cached again");
+
+        // The app deleted on b: a's next notification of it is refused, nothing stored.
+        b.delete_app(&app.id, T0)
+            .await
+            .expect("delete the app")
+            .expect("the app existed");
+        let refused = a.create_notification(notification()).await;
+        assert!(
+            matches!(refused, Err(herald_store::StoreError::NotFound("app"))),
+            "{refused:?}"
+        );
     }
 }

@@ -9,9 +9,9 @@
 //! profile and endpoints) is read for the whole batch before its writes, in two statements
 //! however many apps it holds (`admin::read_apps_targets`), unless the store's cache holds
 //! every app of the batch (`admin::TargetsCache`: the insert then checks, in its own
-//! snapshot, that none of those apps or their endpoints changed since, and stores nothing
-//! when one did; the batch reads them and stores again). The batch's notifications
-//! without an idempotency key are then one statement for all of them
+//! snapshot, that nothing those apps' notifications are decided on changed since, and
+//! stores nothing when it did; the batch reads them and stores again). The batch's
+//! notifications without an idempotency key are then one statement for all of them
 //! (`admin::create_many_in_batch`: an `INSERT ... SELECT FROM unnest(...)` of the
 //! notifications and one of their deliveries); one with a key is its own insert after a
 //! lookup of the key, since it may be a replay. That insert also claims new deliveries at

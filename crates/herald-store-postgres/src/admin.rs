@@ -624,9 +624,11 @@ fn fingerprint_of(app: &str) -> String {
 /// round trips before its commit. An entry is never trusted blindly: the insert checks
 /// every app's [fingerprint](fingerprint_of) against the rows in its own snapshot and
 /// inserts nothing when one differs (a change made on this node or any other since the
-/// read), and the batch then reads them again ([`TargetsCache::forget`]). Bounded by the
-/// endpoints it holds ([`TargetsCache::MAX_ENDPOINTS`]): past that it starts over, and an
-/// app with more endpoints than that is not kept at all.
+/// read), and the batch then reads them again ([`TargetsCache::forget`]). (The engine's
+/// `hints::Contexts` caches single apps and endpoints for claimed jobs, kept coherent by
+/// lossy hints; a decision needs an app's whole endpoint list, exactly, so it is not served
+/// from there.) Bounded by the endpoints it holds ([`TargetsCache::MAX_ENDPOINTS`]): past
+/// that it starts over, and an app with more endpoints than that is not kept at all.
 #[derive(Default)]
 pub(crate) struct TargetsCache {
     kept: std::sync::Mutex<Kept>,
@@ -1044,16 +1046,12 @@ pub(crate) async fn create_many_in_batch(
     birth: Option<&Birth>,
     check: bool,
 ) -> ManyCreated {
-    let mut fingerprints: HashMap<String, &str> = HashMap::new();
-    if check {
-        for (new, app) in &news {
-            if let Some(app) = app {
-                fingerprints
-                    .entry(new.app_id.clone())
-                    .or_insert(app.fingerprint.as_str());
-            }
-        }
-    }
+    // Each app's fingerprint as its targets were read (all of its notifications share them).
+    let fingerprints: HashMap<String, &str> = news
+        .iter()
+        .filter(|_| check)
+        .filter_map(|(new, app)| app.map(|a| (new.app_id.clone(), a.fingerprint.as_str())))
+        .collect();
     let decided: Vec<Option<Decided>> = news
         .into_iter()
         .map(|(new, app)| app.map(|a| decide(new, None, a.profile, &a.endpoints)))

@@ -277,7 +277,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, backend(e)),
     };
-    let apps = match read_apps(&tx, &batch, None).await {
+    let apps = match read_apps(&tx, &app_ids_of(&batch), None).await {
         Ok(apps) => apps,
         Err(e) => {
             // As a failed statement: each operation runs again alone.
@@ -408,19 +408,18 @@ fn app_ids_of(batch: &[Write]) -> Vec<&str> {
     app_ids
 }
 
-/// What the batch's notifications are decided on, by app id: each app's profile and
-/// endpoints, read once for all of its notifications in the batch (two statements), and
-/// kept in `cache` when given.
+/// What the notifications of apps `app_ids` (a batch's, [`app_ids_of`]) are decided on,
+/// by app id: each app's profile and endpoints, read once for all of its notifications in
+/// the batch (two statements), and kept in `cache` when given.
 async fn read_apps(
     c: &impl GenericClient,
-    batch: &[Write],
+    app_ids: &[&str],
     cache: Option<&admin::TargetsCache>,
 ) -> Result<HashMap<String, Arc<admin::AppTargets>>> {
-    let app_ids = app_ids_of(batch);
     if app_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    admin::read_apps_targets(c, &app_ids, cache).await
+    admin::read_apps_targets(c, app_ids, cache).await
 }
 
 /// The batch's notifications that go in its one insert, each with its app as read.
@@ -451,29 +450,40 @@ async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
         Err(e) => return fail_all(batch, e),
     };
     let birth = birth_of(inner, &batch);
-    let mut cached = inner.targets.all(&app_ids_of(&batch));
-    let many = loop {
-        let check = cached.is_some();
-        let apps = match cached.take() {
-            Some(apps) => apps,
-            None => match read_apps(&client, &batch, Some(&inner.targets)).await {
-                Ok(apps) => apps,
-                Err(e) => return each_alone(inner, &client, batch, e).await,
-            },
-        };
+    let app_ids = app_ids_of(&batch);
+    let mut stored = None;
+    if let Some(apps) = inner.targets.all(&app_ids) {
         let many = admin::create_many_in_batch(
             inner,
             &client,
             plain_creates(&batch, &apps),
             birth.as_ref(),
-            check,
+            true,
         )
         .await;
-        if !many.stale {
-            break many;
+        if many.stale {
+            // Changed since it was cached: nothing was stored; read, and store on that.
+            inner.targets.forget(&app_ids);
+        } else {
+            stored = Some(many);
         }
-        // Changed since it was cached: read again (and store on what was read).
-        inner.targets.forget(&app_ids_of(&batch));
+    }
+    let many = match stored {
+        Some(many) => many,
+        None => {
+            let apps = match read_apps(&client, &app_ids, Some(&inner.targets)).await {
+                Ok(apps) => apps,
+                Err(e) => return each_alone(inner, &client, batch, e).await,
+            };
+            admin::create_many_in_batch(
+                inner,
+                &client,
+                plain_creates(&batch, &apps),
+                birth.as_ref(),
+                false,
+            )
+            .await
+        }
     };
     let done: Vec<Done> = many.results.into_iter().map(Done::Create).collect();
     match first_failure(&done) {

@@ -80,12 +80,20 @@ struct Phase {
     cpu_us: f64,
 }
 
-/// The CPU figure of a phase called `what`.
-fn cpu_figure(what: &str, phase: &Phase) -> Figure {
+/// The CPU figure of a phase called `what`, against the ceiling's CPU per request: the
+/// ratio is how many of the ceiling's exchanges one notification costs (two of them are its
+/// own HTTP exchanges). With the cores saturated, a rate of `r` times the ceiling's allows
+/// at most `1 / r` of them, so the SQLite target of 0.3x needs 3.3 or less.
+fn cpu_figure(what: &str, phase: &Phase, ceiling: Ceiling) -> Figure {
     Figure::new(
         format!("{what}: CPU time of the whole process per notification"),
         phase.cpu_us,
         CPU_UNIT,
+    )
+    .against(
+        "ceiling, per request",
+        ceiling.cpu_us,
+        super::ceiling::CPU_UNIT,
     )
 }
 
@@ -105,7 +113,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
             .against("ceiling", ceiling.rate, "req/s")
             .target(Target::RatioAtLeast(0.3)),
         );
-        figures.push(cpu_figure("SQLite", &phase));
+        figures.push(cpu_figure("SQLite", &phase, ceiling));
     }
     if plan.e2e_databases == E2eDatabases::Sqlite {
         return Ok(figures);
@@ -140,7 +148,11 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
                     .against("ceiling", ceiling.rate, "req/s")
                     .target(Target::RatioAtLeast(0.08)),
                 );
-                figures.push(cpu_figure(&format!("PostgreSQL, one node{label}"), &one));
+                figures.push(cpu_figure(
+                    &format!("PostgreSQL, one node{label}"),
+                    &one,
+                    ceiling,
+                ));
                 let three = measure(
                     plan,
                     sink,
@@ -162,6 +174,7 @@ pub async fn run(plan: &Plan, sink: &AckSink, ceiling: Ceiling) -> anyhow::Resul
                 figures.push(cpu_figure(
                     &format!("PostgreSQL, three nodes{label}"),
                     &three,
+                    ceiling,
                 ));
             }
         }

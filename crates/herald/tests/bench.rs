@@ -180,6 +180,18 @@ fn e2e_reports_cpu_time_per_notification_of_each_phase() {
     // At least some work per notification, at most a whole second: a unit slip shows.
     assert!((1.0..1e6).contains(&us), "{us} µs per notification");
     assert!(cpu["target"].is_null() && cpu["pass"].is_null(), "{cpu}");
+    // It is read against the ceiling's CPU per request, measured in the same run: the
+    // ratio is how many of the ceiling's exchanges a notification costs.
+    let per_request = report["scenarios"]["ceiling"]["figures"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["unit"] == "µs CPU/request"))
+        .unwrap_or_else(|| panic!("no CPU figure of the ceiling in {report:#}"));
+    let request_us = positive(&per_request["value"], "CPU per request");
+    assert!((1.0..1e6).contains(&request_us), "{request_us} µs per request");
+    assert_eq!(cpu["baseline"]["name"], "ceiling, per request", "{cpu}");
+    assert_eq!(cpu["baseline"]["value"], per_request["value"], "{cpu}");
+    let ratio = positive(&cpu["ratio"], "notification to request");
+    assert!((ratio - us / request_us).abs() < 1e-9, "{cpu}");
 }
 
 #[test]

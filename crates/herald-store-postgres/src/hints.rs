@@ -21,7 +21,8 @@
 //!
 //! Each store keeps one listening connection of its own ([`start`]). Hints are lossy by
 //! nature: a notification sent while the connection is down is gone. The listener checks
-//! its connection every few seconds, reconnects with backoff when it broke, and then
+//! its connection every few seconds (and closes the pool's connections idle for 5 minutes,
+//! `connect::close_idle`), reconnects with backoff when it broke, and then
 //! clears the caches, sends every subscriber [`Hint::Work`] (work may have been committed
 //! meanwhile) and announces the current settings of every app and endpoint its nodes hold
 //! work for (settings may have changed meanwhile). Revocations sent while it was away stay
@@ -505,6 +506,9 @@ async fn run(store: Weak<Inner>, first: Listening) {
                     last_work = Some(tokio::time::Instant::now());
                 }
                 _ = check.tick() => {
+                    if let Some(inner) = store.upgrade() {
+                        crate::connect::close_idle(&inner.pool, crate::connect::IDLE_CLOSE);
+                    }
                     let alive = tokio::time::timeout(
                         CHECK_TIMEOUT,
                         listening.client.simple_query("SELECT 1"),

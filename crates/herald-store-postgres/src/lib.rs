@@ -407,15 +407,24 @@ impl SourceStore for PgStore {
 #[async_trait]
 impl DashboardStore for PgStore {
     async fn list_app_summaries(&self, page: ListPage) -> Result<Page<AppSummary>> {
-        dashboard::list_apps(&self.client().await?, &page).await
+        dashboard::report(&self.inner, move |tx| {
+            Box::pin(async move { dashboard::list_apps(tx, &page).await })
+        })
+        .await
     }
 
     async fn activity(&self, since: UnixMillis, until: UnixMillis) -> Result<Vec<MinuteActivity>> {
-        dashboard::activity(&self.client().await?, since, until).await
+        dashboard::report(&self.inner, move |tx| {
+            Box::pin(dashboard::activity(tx, since, until))
+        })
+        .await
     }
 
     async fn queue_counts(&self, now: UnixMillis) -> Result<QueueCounts> {
-        dashboard::queue_counts(&self.client().await?, now).await
+        dashboard::report(&self.inner, move |tx| {
+            Box::pin(dashboard::queue_counts(tx, now))
+        })
+        .await
     }
 
     async fn troubled_endpoints(
@@ -423,22 +432,35 @@ impl DashboardStore for PgStore {
         since: UnixMillis,
         limit: u32,
     ) -> Result<Vec<EndpointTrouble>> {
-        dashboard::troubled_endpoints(&self.client().await?, since, limit).await
+        dashboard::report(&self.inner, move |tx| {
+            Box::pin(dashboard::troubled_endpoints(tx, since, limit))
+        })
+        .await
     }
 
     async fn endpoint_health(&self, endpoint_id: &str) -> Result<EndpointRecent> {
-        dashboard::endpoint_health(&self.client().await?, endpoint_id).await
+        let id = endpoint_id.to_string();
+        dashboard::report(&self.inner, move |tx| {
+            Box::pin(async move { dashboard::endpoint_health(tx, &id).await })
+        })
+        .await
     }
 
     async fn search_notifications(
         &self,
         search: SearchNotifications,
     ) -> Result<Page<NotificationSummary>> {
-        dashboard::search_notifications(&self.client().await?, &search).await
+        dashboard::report(&self.inner, move |tx| {
+            Box::pin(async move { dashboard::search_notifications(tx, &search).await })
+        })
+        .await
     }
 
     async fn list_sandbox_payments(&self, page: ListPage) -> Result<Page<SandboxPayment>> {
-        dashboard::list_sandbox_payments(&self.client().await?, &page).await
+        dashboard::report(&self.inner, move |tx| {
+            Box::pin(async move { dashboard::list_sandbox_payments(tx, &page).await })
+        })
+        .await
     }
 }
 

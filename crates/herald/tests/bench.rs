@@ -187,7 +187,10 @@ fn e2e_reports_cpu_time_per_notification_of_each_phase() {
         .and_then(|f| f.iter().find(|f| f["unit"] == "µs CPU/request"))
         .unwrap_or_else(|| panic!("no CPU figure of the ceiling in {report:#}"));
     let request_us = positive(&per_request["value"], "CPU per request");
-    assert!((1.0..1e6).contains(&request_us), "{request_us} µs per request");
+    assert!(
+        (1.0..1e6).contains(&request_us),
+        "{request_us} µs per request"
+    );
     assert_eq!(cpu["baseline"]["name"], "ceiling, per request", "{cpu}");
     assert_eq!(cpu["baseline"]["value"], per_request["value"], "{cpu}");
     let ratio = positive(&cpu["ratio"], "notification to request");

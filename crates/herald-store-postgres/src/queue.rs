@@ -1092,16 +1092,11 @@ mod tests {
         .await
         .expect("prepare");
         let nulls = vec!["NULL"; 14].join(", ");
-        let plan: Vec<String> = c
-            .query(
-                &format!("EXPLAIN (COSTS OFF) EXECUTE outcomes({nulls})"),
-                &[],
-            )
-            .await
-            .expect("explain")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let plan = crate::testing::lines(
+            &c,
+            &format!("EXPLAIN (COSTS OFF) EXECUTE outcomes({nulls})"),
+        )
+        .await;
         c.batch_execute("DEALLOCATE outcomes; RESET plan_cache_mode")
             .await
             .expect("clean up");
@@ -1139,16 +1134,11 @@ mod tests {
     ) -> (u64, Vec<(Option<String>, String)>) {
         let tx = client.transaction().await.expect("begin");
         tx.batch_execute(CLAIM_PLANS).await.expect("settings");
-        let plan: Vec<String> = tx
-            .query(
-                &format!("EXPLAIN (ANALYZE, BUFFERS) EXECUTE peek('{node}', {now}, {now})"),
-                &[],
-            )
-            .await
-            .expect("explain")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let plan = crate::testing::lines(
+            &tx,
+            &format!("EXPLAIN (ANALYZE, BUFFERS) EXECUTE peek('{node}', {now}, {now})"),
+        )
+        .await;
         let rows = tx
             .query(&format!("EXECUTE peek('{node}', {now}, {now})"), &[])
             .await

@@ -31,3 +31,13 @@ pub(crate) async fn show(c: &impl GenericClient, name: &str) -> String {
         .expect("show")
         .get(0)
 }
+
+/// The first column of every row `sql` answers, as text (an `EXPLAIN`'s plan lines, say).
+pub(crate) async fn lines(c: &impl GenericClient, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

@@ -42,14 +42,16 @@ use self::sink::AckSink;
 /// The scenarios, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Scenario {
-    /// A plain keep-alive client against the sink: what the machine allows.
+    /// A plain keep-alive client against the sink: what the machine allows, and the CPU
+    /// time one request costs.
     Ceiling,
     /// Stored notifications drained by the engine, every outcome durable.
     Delivery,
     /// Notifications accepted through the HTTP API: alone, then while they are delivered.
     Ingest,
     /// Notifications posted through the API by 32 producers and delivered, end to end, on
-    /// SQLite and (when at hand) PostgreSQL with one and three nodes.
+    /// SQLite and (when at hand) PostgreSQL with one and three nodes; each phase's CPU time
+    /// per notification is also shown in the ceiling's requests.
     E2e,
     /// Accept to first attempt at half load.
     Latency,

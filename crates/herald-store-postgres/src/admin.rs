@@ -691,7 +691,7 @@ impl TargetsCache {
 
 /// Reads the [`AppTargets`] of the live apps among `app_ids`, by app id: two statements
 /// (the apps' rows, and their endpoints in creation order), pipelined, however many apps.
-/// An unknown or deleted app is absent from the answer.
+/// An unknown or deleted app is absent from the answer; no app, no statement.
 ///
 /// A batch of one app (the usual case) reads by equality (`id = $1`), several by
 /// `= ANY($1)`. PostgreSQL plans the array form anew on most runs: its plan for the actual
@@ -707,6 +707,9 @@ pub(crate) async fn read_apps_targets(
     app_ids: &[&str],
     cache: Option<&TargetsCache>,
 ) -> Result<HashMap<String, Arc<AppTargets>>> {
+    if app_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let one = app_ids.first().filter(|_| app_ids.len() == 1);
     let (test, arg): (&str, &(dyn ToSql + Sync)) = match &one {
         Some(id) => ("= $1", id),
@@ -1046,11 +1049,10 @@ pub(crate) async fn create_many_in_batch(
     birth: Option<&Birth>,
     check: bool,
 ) -> ManyCreated {
-    // Each app's fingerprint as its targets were read (all of its notifications share them).
-    let fingerprints: HashMap<String, &str> = news
+    // Each notification's app fingerprint as its targets were read, in the order of `news`.
+    let fingerprints: Vec<Option<&str>> = news
         .iter()
-        .filter(|_| check)
-        .filter_map(|(new, app)| app.map(|a| (new.app_id.clone(), a.fingerprint.as_str())))
+        .map(|(_, app)| app.map(|a| a.fingerprint.as_str()))
         .collect();
     let decided: Vec<Option<Decided>> = news
         .into_iter()
@@ -1069,17 +1071,17 @@ pub(crate) async fn create_many_in_batch(
         };
     }
     let generation = inner.contexts.generation();
-    let mut apps: Vec<&str> = rows
+    // The batch's apps, each once with its fingerprint (all of its notifications share it).
+    let mut app_rows: Vec<(&str, &str)> = decided
         .iter()
-        .map(|d| d.notification.app_id.as_str())
+        .zip(&fingerprints)
+        .filter_map(|(d, fp)| Some((d.as_ref()?.notification.app_id.as_str(), (*fp)?)))
         .collect();
-    apps.sort_unstable();
-    apps.dedup();
-    let app_fingerprints: Option<Vec<&str>> = check.then(|| {
-        apps.iter()
-            .map(|id| fingerprints.get(*id).copied().unwrap_or_default())
-            .collect()
-    });
+    app_rows.sort_unstable();
+    app_rows.dedup_by_key(|(id, _)| *id);
+    let apps: Vec<&str> = app_rows.iter().map(|(id, _)| *id).collect();
+    let app_fingerprints: Option<Vec<&str>> =
+        check.then(|| app_rows.iter().map(|(_, fp)| *fp).collect());
     let n = |f: fn(&Notification) -> Option<&str>| -> Vec<Option<&str>> {
         rows.iter().map(|d| f(&d.notification)).collect()
     };

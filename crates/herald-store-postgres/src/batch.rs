@@ -277,7 +277,7 @@ async fn run(inner: &Inner, batch: Vec<Write>) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, backend(e)),
     };
-    let apps = match read_apps(&tx, &app_ids_of(&batch), None).await {
+    let apps = match admin::read_apps_targets(&tx, &app_ids_of(&batch), None).await {
         Ok(apps) => apps,
         Err(e) => {
             // As a failed statement: each operation runs again alone.
@@ -408,20 +408,6 @@ fn app_ids_of(batch: &[Write]) -> Vec<&str> {
     app_ids
 }
 
-/// What the notifications of apps `app_ids` (a batch's, [`app_ids_of`]) are decided on,
-/// by app id: each app's profile and endpoints, read once for all of its notifications in
-/// the batch (two statements), and kept in `cache` when given.
-async fn read_apps(
-    c: &impl GenericClient,
-    app_ids: &[&str],
-    cache: Option<&admin::TargetsCache>,
-) -> Result<HashMap<String, Arc<admin::AppTargets>>> {
-    if app_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    admin::read_apps_targets(c, app_ids, cache).await
-}
-
 /// The batch's notifications that go in its one insert, each with its app as read.
 fn plain_creates<'a>(
     batch: &[Write],
@@ -471,7 +457,8 @@ async fn creates_in_one_statement(inner: &Inner, batch: Vec<Write>) {
     let many = match stored {
         Some(many) => many,
         None => {
-            let apps = match read_apps(&client, &app_ids, Some(&inner.targets)).await {
+            let apps = match admin::read_apps_targets(&client, &app_ids, Some(&inner.targets)).await
+            {
                 Ok(apps) => apps,
                 Err(e) => return each_alone(inner, &client, batch, e).await,
             };

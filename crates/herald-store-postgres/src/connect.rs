@@ -233,7 +233,7 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    async fn backend_pid(c: &deadpool_postgres::Object) -> i32 {
+    async fn backend_pid(c: &impl deadpool_postgres::GenericClient) -> i32 {
         c.query_one("SELECT pg_backend_pid()", &[])
             .await
             .expect("pid")
@@ -288,11 +288,7 @@ mod tests {
         drop(c);
         let inside = crate::dashboard::report(&store.inner, |tx| {
             Box::pin(async move {
-                let pid: i32 = tx
-                    .query_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .expect("pid")
-                    .get(0);
+                let pid = backend_pid(tx).await;
                 Ok((pid, crate::testing::show(tx, "enable_seqscan").await))
             })
         })

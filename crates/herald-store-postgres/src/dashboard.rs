@@ -3,8 +3,6 @@
 //! said next to it; the bounds are the seam's (see `herald_store::dashboard`).
 use deadpool_postgres::GenericClient;
 use futures_util::future::BoxFuture;
-
-use crate::Inner;
 use tokio_postgres::types::ToSql;
 
 use herald_store::dashboard::*;
@@ -12,7 +10,7 @@ use herald_store::model::*;
 use herald_store::{Result, StoreError};
 
 use crate::rows::{col, summaries_with_deliveries};
-use crate::{backend, sandbox};
+use crate::{backend, sandbox, Inner};
 
 /// Runs one dashboard report: `read` in a read-only transaction with sequential scans
 /// allowed again. The pool's sessions turn them off for the queue's statements (see

@@ -9,6 +9,7 @@
 mod common;
 
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +18,9 @@ use common::{Receiver, Reply, TestServer};
 use herald_server::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 
-/// `php -S` serving examples/php-shop, killed on drop.
+/// `php -S` serving examples/php-shop, killed on drop with its workers: it runs in a
+/// process group of its own, and the whole group is killed (killing the server alone left
+/// its four workers running, orphaned, still answering on its port).
 struct PhpShop {
     child: Child,
     base: String,
@@ -27,7 +30,10 @@ struct PhpShop {
 
 impl Drop for PhpShop {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = rustix::process::Pid::from_child(&self.child);
+        if rustix::process::kill_process_group(group, rustix::process::Signal::KILL).is_err() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -57,6 +63,7 @@ impl PhpShop {
             .env("SHOP_DB", &db)
             .env("PHP_CLI_SERVER_WORKERS", "4")
             .envs(env.iter().copied())
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -151,6 +158,21 @@ impl PhpShop {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[test]
+fn a_stopped_php_shop_leaves_no_worker_answering_on_its_port() {
+    let port = free_port();
+    let shop = PhpShop::start_on(port, &[]);
+    drop(shop);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "a PHP worker still answers on port {port} after its shop was stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

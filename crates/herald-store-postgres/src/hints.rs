@@ -506,9 +506,9 @@ async fn run(store: Weak<Inner>, first: Listening) {
                     last_work = Some(tokio::time::Instant::now());
                 }
                 _ = check.tick() => {
-                    if let Some(inner) = store.upgrade() {
-                        crate::connect::close_idle(&inner.pool, crate::connect::IDLE_CLOSE);
-                    }
+                    let Some(inner) = store.upgrade() else { return };
+                    crate::connect::close_idle(&inner.pool, crate::connect::IDLE_CLOSE);
+                    drop(inner);
                     let alive = tokio::time::timeout(
                         CHECK_TIMEOUT,
                         listening.client.simple_query("SELECT 1"),
